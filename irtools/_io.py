@@ -1,0 +1,57 @@
+"""Atomic output files: a file is written whole or not at all.
+
+Writers produce into a temporary file beside the target and rename it into place; an
+output path that is the input model is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+
+from irtools.errors import IrtoolsError
+
+
+def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> str:
+    """Return the output path as a string, refusing one that would overwrite an input."""
+    out = os.fspath(out)
+    if os.path.isdir(out):
+        raise IrtoolsError("output path is a directory", out)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise IrtoolsError("output directory does not exist", out)
+    for src in inputs:
+        src = os.fspath(src)
+        if os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out):
+            raise IrtoolsError("output would overwrite the input model", out)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside `out`; on success it is renamed to `out`, else removed."""
+    out = os.fspath(out)
+    directory = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=suffix or os.path.basename(out), dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(out: str | os.PathLike, text: str) -> None:
+    """Write `text` to `out` atomically."""
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_atomic(out: str | os.PathLike, writer: Callable[[str], None]) -> None:
+    """Call `writer(tmp_path)` and move the result to `out` atomically."""
+    with atomic_path(out) as tmp:
+        writer(tmp)

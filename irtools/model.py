@@ -1,0 +1,296 @@
+"""The analysis IR: an onnx-ir model with static shapes, readable names and its parameter set.
+
+`IRModel` wraps an `onnx_ir.Model` (linked graph, use-def chains, lazily read weights) and
+adds what analyses need: a topological node order across subgraphs, display names for
+unnamed nodes, inferred static shapes, the learnable/structural split of stored tensors and
+an array view (`IRModel.arrays()`) for compiled passes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from irtools import _io
+from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
+from irtools.loading import check_structure, check_tensors, read_model_proto
+from irtools.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
+from irtools.shapes import infer_shapes
+
+
+def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.value
+        elif attr.type == ir.AttributeType.GRAPHS:
+            yield from attr.value
+
+
+def topological_order(graph: ir.Graph, where: str | None = None) -> list[ir.Node]:
+    """Nodes of `graph` with every producer before its consumers (Kahn, O(nodes + edges)).
+
+    A node with subgraphs depends on the values its subgraphs capture. Raises on a cycle.
+    """
+    nodes = list(graph)
+    index = {n: i for i, n in enumerate(nodes)}
+    deps: list[set[int]] = []
+    for n in nodes:
+        d: set[int] = set()
+        for v in n.inputs:
+            p = v.producer() if v is not None else None
+            if p in index:
+                d.add(index[p])
+        for sub in _subgraphs(n):
+            for inner in ir.traversal.RecursiveGraphIterator(sub):
+                for v in inner.inputs:
+                    p = v.producer() if v is not None else None
+                    if p in index:
+                        d.add(index[p])
+        d.discard(index[n])
+        deps.append(d)
+    users: list[list[int]] = [[] for _ in nodes]
+    indegree = [len(d) for d in deps]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = collections.deque(i for i, k in enumerate(indegree) if k == 0)
+    order: list[ir.Node] = []
+    while ready:
+        i = ready.popleft()
+        order.append(nodes[i])
+        for j in users[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                ready.append(j)
+    if len(order) != len(nodes):
+        stuck = next(nodes[i] for i, k in enumerate(indegree) if k > 0)
+        raise ModelLoadError(f"graph '{graph.name}' has a cycle through node '{stuck.name or stuck.op_type}'", where)
+    return order
+
+
+class IRModel:
+    """An ONNX model prepared for analysis. Build it with `irtools.load`."""
+
+    def __init__(
+        self,
+        model: ir.Model,
+        *,
+        proto: onnx.ModelProto | None = None,
+        path: str | None = None,
+        input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+        parameters: set[str] | None = None,
+    ):
+        self.model = model
+        self.path = path
+        self.input_shapes = dict(input_shapes or {})
+        #: Analysis results of passes, by pass name (see `irtools.run_passes`).
+        self.results: dict[str, object] = {}
+        self.graph: ir.Graph = model.graph
+        self.nodes: list[ir.Node] = topological_order(self.graph, path)
+        self.all_nodes: list[ir.Node] = []
+        self.graphs: list[ir.Graph] = [self.graph]
+        self._flatten(self.nodes)
+        self.node_names: dict[ir.Node, str] = self._display_names()
+        proto = proto if proto is not None else ir.to_proto(model)
+        self._apply_shapes(infer_shapes(proto, self.input_shapes, path))
+        if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
+            parameters = set(json.loads(model.metadata_props[DECLARED_PARAMETERS_KEY]))
+        self.declared_parameters = parameters
+        self.constants_analysis = ConstantAnalysis(self.all_nodes)
+        self.stored: list[StoredTensor] = classify(
+            self.all_nodes, self.constants_analysis, self.graphs, self.node_names, self.static_shape, parameters
+        )
+        self.parameters: list[StoredTensor] = [t for t in self.stored if t.learnable]
+        self.constants: list[StoredTensor] = [t for t in self.stored if not t.learnable]
+        self._by_name = {t.name: t for t in self.parameters}
+        self._arrays = None
+
+    # -- structure ---------------------------------------------------------------------
+    def _flatten(self, order: list[ir.Node]) -> None:
+        for node in order:
+            self.all_nodes.append(node)
+            for sub in _subgraphs(node):
+                self.graphs.append(sub)
+                self._flatten(topological_order(sub, self.path))
+
+    def _display_names(self) -> dict[ir.Node, str]:
+        taken = {n.name for n in self.all_nodes if n.name}
+        counters: collections.Counter[str] = collections.Counter()
+        names: dict[ir.Node, str] = {}
+        for n in self.all_nodes:
+            if n.name:
+                names[n] = n.name
+                continue
+            while True:
+                candidate = f"{n.op_type}_{counters[n.op_type]}"
+                counters[n.op_type] += 1
+                if candidate not in taken:
+                    break
+            taken.add(candidate)
+            names[n] = candidate
+        return names
+
+    @property
+    def inputs(self) -> list[ir.Value]:
+        """Graph inputs that are real model inputs (not initializers listed as inputs)."""
+        return [v for v in self.graph.inputs if v.const_value is None and v.name not in self.graph.initializers]
+
+    @property
+    def outputs(self) -> list[ir.Value]:
+        return list(self.graph.outputs)
+
+    @property
+    def opset(self) -> int:
+        return int(self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 1)))
+
+    def op_histogram(self, subgraphs: bool = True) -> dict[str, int]:
+        """Op type -> number of nodes (domain-qualified for non-default domains)."""
+        nodes = self.all_nodes if subgraphs else self.nodes
+        counts = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in nodes)
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def parameter(self, name: str) -> StoredTensor:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise IrtoolsError(f"no learnable parameter named '{name}'", self.path) from None
+
+    # -- shapes ------------------------------------------------------------------------
+    def _apply_shapes(self, inferred: dict) -> None:
+        values = [v for g in self.graphs for v in (*g.inputs, *g.outputs)]
+        values.extend(v for n in self.all_nodes for v in n.outputs)
+        main_inputs = set(self.graph.inputs)
+        for v in values:
+            if v.name in self.input_shapes and v in main_inputs:
+                v.shape = ir.Shape(self.input_shapes[v.name])
+                continue
+            if v.name not in inferred:
+                continue
+            elem, dims = inferred[v.name]
+            if v.type is None and elem:
+                v.type = ir.TensorType(ir.DataType(elem))
+            if dims is not None and (v.shape is None or not v.shape.is_static()):
+                v.shape = ir.Shape(list(dims))
+
+    def static_shape(self, value: ir.Value) -> tuple[int, ...]:
+        """The value's static shape, or a `ShapeError` saying what to do about it."""
+        if value.const_value is not None:
+            return tuple(int(d) for d in value.const_value.shape)
+        shape = value.shape
+        if shape is not None and shape.is_static():
+            return tuple(int(d) for d in shape)
+        if value in self.inputs:
+            hint = ", ".join(str(d) for d in shape) if shape is not None else "unknown"
+            raise ShapeError(f"input '{value.name}' has dynamic shape [{hint}]; give --input-shape {value.name}=D1,D2,...", self.path)
+        producer = value.producer()
+        where = f" (output of {producer.op_type} node '{self.node_names.get(producer, producer.name)}')" if producer else ""
+        got = "unknown" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
+        dyn = [v.name for v in self.inputs if v.shape is None or not v.shape.is_static()]
+        hint = f"; fix dynamic inputs with --input-shape ({', '.join(dyn)})" if dyn else ""
+        raise ShapeError(f"cannot infer a static shape for value '{value.name}'{where}: {got}{hint}", self.path)
+
+    # -- array view ----------------------------------------------------------------------
+    def arrays(self):
+        """The CSR array view of the main graph for compiled passes (built once)."""
+        if self._arrays is None:
+            from irtools.arrays import GraphArrays
+
+            self._arrays = GraphArrays.build(self)
+        return self._arrays
+
+    # -- values ------------------------------------------------------------------------
+    def constant_value(self, value: ir.Value) -> np.ndarray:
+        """The numpy value of a constant (initializer, Constant node or constant subgraph)."""
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        producer = value.producer()
+        if producer is None:
+            raise IrtoolsError(f"value '{value.name}' is not a constant", self.path)
+        from onnx.reference import ReferenceEvaluator
+
+        inputs = [self.constant_value(v) if v is not None else None for v in producer.inputs]
+        node = ir.to_proto(producer)
+        names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
+        outs = [f"out{i}" for i in range(len(producer.outputs))]
+        del node.input[:]
+        node.input.extend(names)
+        del node.output[:]
+        node.output.extend(outs)
+        graph = onnx.helper.make_graph(
+            [node], "const", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names if n],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+        )
+        opsets = [onnx.helper.make_opsetid(d, v) for d, v in self.model.opset_imports.items()]
+        ref = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opsets))
+        results = ref.run(None, {n: x for n, x in zip(names, inputs, strict=True) if n})
+        return np.asarray(results[list(producer.outputs).index(value)])
+
+    # -- saving --------------------------------------------------------------------------
+    def save(self, out: str | os.PathLike) -> None:
+        """Write the model as ONNX (whole or not at all); weights over 2 GB go to OUT.data."""
+        out = _io.check_output_path(out, [self.path] if self.path else [])
+        total = sum(t.nbytes for t in self.stored)
+        if total < 1_800_000_000:
+            _io.write_atomic(out, lambda tmp: ir.save(self.model, tmp))
+            return
+        data_name = os.path.basename(out) + ".data"
+        final_data = os.path.join(os.path.dirname(os.path.abspath(out)), data_name)
+        with _io.atomic_path(out) as tmp:
+            ir.save(self.model, tmp, external_data=os.path.basename(tmp) + ".data")
+            os.replace(tmp + ".data", final_data)
+            # the model names its data file after the temporary name: point it at the final one
+            proto = onnx.load(tmp, load_external_data=False)
+            for t in _all_tensors(proto.graph):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            onnx.save(proto, tmp)
+
+    def __repr__(self) -> str:
+        return f"IRModel({self.path or self.graph.name!r}, nodes={len(self.all_nodes)}, parameters={len(self.parameters)})"
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_tensors(sub)
+
+
+def load(
+    source: str | os.PathLike | onnx.ModelProto | ir.Model,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    parameters: set[str] | None = None,
+) -> IRModel:
+    """Load an ONNX model (file path, ModelProto or onnx-ir Model) into the analysis IR.
+
+    `input_shapes` fixes dynamic input dims; `parameters` declares the framework's parameter
+    names (otherwise the model's `irtools.parameters` metadata, otherwise inferred).
+    """
+    if isinstance(source, ir.Model):
+        return IRModel(source, input_shapes=input_shapes, parameters=parameters)
+    if isinstance(source, onnx.ModelProto):
+        check_tensors(source, "<model>")
+        check_structure(source, "<model>")
+        return IRModel(ir.serde.deserialize_model(source), proto=source, input_shapes=input_shapes, parameters=parameters)
+    path = os.fspath(source)
+    proto = read_model_proto(path)
+    check_tensors(proto, path)
+    check_structure(proto, path)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot build the graph: {exc}", path) from exc
+    ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
+    return IRModel(model, proto=proto, path=path, input_shapes=input_shapes, parameters=parameters)
