@@ -212,23 +212,33 @@ class IRModel:
         producer = value.producer()
         if producer is None:
             raise IrtoolsError(f"value '{value.name}' is not a constant", self.path)
-        from onnx.reference import ReferenceEvaluator
+        import onnxruntime as ort
 
         inputs = [self.constant_value(v) if v is not None else None for v in producer.inputs]
         node = ir.to_proto(producer)
-        names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
+        names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
         outs = [f"out{i}" for i in range(len(producer.outputs))]
         del node.input[:]
         node.input.extend(names)
         del node.output[:]
         node.output.extend(outs)
+        feeds = {n: x for n, x in zip(names, inputs, strict=True) if n}
         graph = onnx.helper.make_graph(
-            [node], "const", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names if n],
-            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+            [node], "const",
+            [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
+             for n, x in feeds.items()],
+            [onnx.helper.make_empty_tensor_value_info(o) for o in outs],
         )
         opsets = [onnx.helper.make_opsetid(d, v) for d, v in self.model.opset_imports.items()]
-        ref = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opsets))
-        results = ref.run(None, {n: x for n, x in zip(names, inputs, strict=True) if n})
+        proto = onnx.helper.make_model(graph, opset_imports=opsets)
+        proto.ir_version = min(self.model.ir_version or 8, 10)
+        try:
+            sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            results = sess.run(None, feeds)
+        except Exception as exc:
+            label = self.node_names.get(producer, producer.op_type)
+            raise IrtoolsError(f"cannot evaluate constant '{value.name}' ({producer.op_type} '{label}'): {exc}",
+                               self.path) from exc
         return np.asarray(results[list(producer.outputs).index(value)])
 
     # -- saving --------------------------------------------------------------------------
