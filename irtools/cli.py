@@ -109,6 +109,35 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
     _emit(text, output, [model])
 
 
+@main.command()
+@_model_options
+@click.option("--metrics", default="reuse", show_default=True, metavar="LIST",
+              help="Comma-separated metric families to compute: reuse (spectral metrics are not built yet).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
+@_debug_option
+def analyze(model: str, input_shapes: tuple[str, ...], metrics: str, fmt: str, output: str | None, debug: bool) -> None:
+    """Compute per-model audit metrics (reuse: context counts and the reusability prior)."""
+    from irtools.passing import run_passes
+
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in ("reuse",)]
+    if unknown or not wanted:
+        raise IrtoolsError(f"--metrics: unknown or unavailable metric family {', '.join(unknown) or '(none)'} "
+                           "(available: reuse)")
+    ir_model = _load(model, input_shapes)
+    result: dict[str, Any] = {"model": model}
+    if "reuse" in wanted:
+        result["reuse"] = run_passes(ir_model, ["reuse"])["reuse"]
+    if fmt == "json":
+        text = json.dumps(result, indent=2, allow_nan=False, default=float) + "\n"
+    else:
+        from irtools.tables import render_reuse
+
+        text = render_reuse(result, color=output is None and sys.stdout.isatty())
+    _emit(text, output, [model])
+
+
 @main.command("passes")
 @_debug_option
 def list_passes_cmd(debug: bool) -> None:

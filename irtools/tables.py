@@ -62,3 +62,40 @@ def render_summary(s: dict, color: bool = False) -> str:
             t.add_row(escape(q["name"]), _shape(q["shape"]), q["dtype"], f"{q['scalars']:,}", consumer, op)
         con.print(t)
     return buf.getvalue()
+
+
+def render_reuse(result: dict, color: bool = False) -> str:
+    """The `reuse` pass result (model summary and per-tensor context statistics) as text."""
+    buf = io.StringIO()
+    con = Console(file=buf, width=120, force_terminal=color, color_system="auto" if color else None)
+    r = result["reuse"]
+    con.print(f"[bold]{escape(result['model'])}[/bold]: reusability prior (context counts, log base 2)")
+    summary = Table(title="Model", title_justify="left")
+    summary.add_column("quantity")
+    summary.add_column("value", justify="right")
+    rows = [
+        ("total surprisal S_G", f"{r['total_surprisal']:.6g}"),
+        ("entropy H", f"{r['entropy']:.6f}"),
+        ("expected spread E", f"{r['expected_spread']:.6f}"),
+        ("log2 total contexts", f"{r['log2_total_contexts']:.6f}"),
+        ("P_G", f"{r['performance_surprisal']:.6f}"),
+        ("P'_G", f"{r['performance_spread']:.6f}"),
+        ("parameters N_G", f"{r['num_params']:,}"),
+        ("input scalars N_I", f"{r['num_input_nodes']:,}"),
+        ("output scalars N_O", f"{r['num_output_nodes']:,}"),
+        ("graph size |G|", f"{r['graph_size']:,}"),
+    ]
+    if r["zero_count_scalars"]:
+        rows.append(("scalars reaching no output", f"{r['zero_count_scalars']:,}"))
+    for k, v in rows:
+        summary.add_row(k, v)
+    con.print(summary)
+    t = Table(title="Parameters", title_justify="left")
+    for col in ("name", "scalars", "log2 count min", "mean", "max", "mass share"):
+        t.add_column(col, justify="left" if col == "name" else "right")
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    for q in r["parameters"]:
+        t.add_row(escape(q["name"]), f"{q['scalars']:,}", fmt(q["log2_count_min"]), fmt(q["log2_count_mean"]),
+                  fmt(q["log2_count_max"]), f"{q['mass_share']:.2e}")
+    con.print(t)
+    return buf.getvalue()

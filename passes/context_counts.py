@@ -1,0 +1,581 @@
+"""The `context-counts` pass: for every learnable scalar, how many paths lead from it to an output.
+
+Horizontal unrolling by reverse accumulation (conventions.md section 1): every output scalar
+starts at 1, each element receives the sum of the counts of the elements computed from it
+and each parameter scalar the sum over its uses; one sweep in reverse topological order.
+Counts are float64 mantissas with one power-of-two exponent per tensor, so they never
+overflow (they reach 2^750 on EfficientNetV2-B0). One op table (`RULES`) says how each op
+hands its output counts back to its inputs; the loops are numba kernels in `_kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from irtools.errors import IrtoolsError, UnsupportedError
+from irtools.model import IRModel
+from irtools.parameters import STRUCTURAL_SLOTS
+from irtools.passing import Pass, register_pass
+from passes import _kernels
+
+
+@dataclass(slots=True)
+class Counts:
+    """Context counts of one tensor: exact value = mantissa * 2**exponent."""
+
+    mantissa: np.ndarray  # float64, the tensor's shape, max in [0.5, 1) once normalised
+    exponent: int
+
+    def log2(self) -> np.ndarray:
+        """log2 of every count (-inf for a zero count)."""
+        with np.errstate(divide="ignore"):
+            return np.log2(self.mantissa) + self.exponent
+
+    def normalised(self) -> Counts:
+        top = float(self.mantissa.max()) if self.mantissa.size else 0.0
+        if top <= 0.0:
+            return self
+        _, k = math.frexp(top)
+        return Counts(np.ldexp(self.mantissa, -k), self.exponent + k)
+
+
+class _Accumulator:
+    """Per-value running sums of counts, each with its own exponent."""
+
+    def __init__(self):
+        self._acc: dict[ir.Value, Counts] = {}
+
+    def add(self, value: ir.Value, contrib: np.ndarray, exponent: int) -> None:
+        cur = self._acc.get(value)
+        if cur is None:
+            self._acc[value] = Counts(np.array(contrib, dtype=np.float64, copy=True), exponent)
+        elif exponent == cur.exponent:
+            cur.mantissa += contrib
+        elif exponent > cur.exponent:
+            cur.mantissa = np.ldexp(cur.mantissa, cur.exponent - exponent) + contrib
+            cur.exponent = exponent
+        else:
+            cur.mantissa += np.ldexp(contrib, exponent - cur.exponent)
+
+    def pop(self, value: ir.Value) -> Counts | None:
+        c = self._acc.pop(value, None)
+        return None if c is None else c.normalised()
+
+
+class _Node:
+    """What an op rule sees: the node, its output counts, shapes and a way to give counts back."""
+
+    def __init__(self, model: IRModel, node: ir.Node, outs: list[Counts | None], acc: _Accumulator, exponent: int):
+        self.model, self.node, self.outs, self._acc, self.exponent = model, node, outs, acc, exponent
+        self._structural = STRUCTURAL_SLOTS.get(node.op_type, frozenset())
+
+    @property
+    def name(self) -> str:
+        return self.model.node_names.get(self.node, self.node.op_type)
+
+    def out(self, i: int = 0) -> np.ndarray:
+        """Output i's counts as mantissas at the common exponent (zeros if it has none)."""
+        c = self.outs[i] if i < len(self.outs) else None
+        if c is None:
+            return np.zeros(self.out_shape(i))
+        return c.mantissa if c.exponent == self.exponent else np.ldexp(c.mantissa, c.exponent - self.exponent)
+
+    def out_shape(self, i: int = 0) -> tuple[int, ...]:
+        return self.model.static_shape(self.node.outputs[i])
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.node.inputs) and self.node.inputs[i] is not None
+
+    def in_shape(self, i: int) -> tuple[int, ...]:
+        return self.model.static_shape(self.node.inputs[i])
+
+    def attr(self, name: str, default=None):
+        a = self.node.attributes.get(name)
+        return default if a is None else a.value
+
+    def const(self, i: int) -> np.ndarray:
+        """The value of input i, which must be a constant (e.g. Slice starts, Gather indices)."""
+        v = self.node.inputs[i]
+        if v is None or not self.model.constants_analysis.is_constant(v):
+            raise UnsupportedError(
+                f"input {i} of {self.node.op_type} node '{self.name}' must be constant to count contexts", self.model.path
+            )
+        return self.model.constant_value(v)
+
+    def give(self, i: int, contrib: np.ndarray) -> None:
+        """Add `contrib` (at the common exponent) to input i's counts."""
+        if not self.has_input(i) or i in self._structural:
+            return
+        v = self.node.inputs[i]
+        shape = self.model.static_shape(v)
+        contrib = np.asarray(contrib, dtype=np.float64)
+        if contrib.shape != shape:
+            contrib = contrib.reshape(shape)
+        self._acc.add(v, contrib, self.exponent)
+
+
+# -- helpers ----------------------------------------------------------------------------
+def unbroadcast(counts: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum counts over the axes along which an operand of `shape` was broadcast."""
+    extra = counts.ndim - len(shape)
+    if extra > 0:
+        counts = counts.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and counts.shape[i] != 1)
+    if axes:
+        counts = counts.sum(axis=axes, keepdims=True)
+    return counts.reshape(shape)
+
+
+def _per_channel(counts: np.ndarray, axis: int = 1) -> np.ndarray:
+    axes = tuple(i for i in range(counts.ndim) if i != axis)
+    return counts.sum(axis=axes)
+
+
+def _index_adjoint(out: np.ndarray, index_map: np.ndarray, in_numel: int) -> np.ndarray:
+    """Input counts of a data-movement op whose output element j copies input index_map[j] (-1: none)."""
+    idx = index_map.ravel()
+    w = out.ravel()
+    keep = idx >= 0
+    return np.bincount(idx[keep], weights=w[keep], minlength=in_numel)
+
+
+# -- op rules -----------------------------------------------------------------------------
+def _passthrough(n: _Node) -> None:
+    n.give(0, n.out())
+
+
+def _broadcast_all(n: _Node) -> None:
+    out = n.out()
+    for i in range(len(n.node.inputs)):
+        if n.has_input(i) and i not in n._structural:
+            n.give(i, unbroadcast(out, n.in_shape(i)))
+
+
+def _where(n: _Node) -> None:  # Where(cond, x, y): the condition carries no contexts
+    out = n.out()
+    for i in (1, 2):
+        n.give(i, unbroadcast(out, n.in_shape(i)))
+
+
+def _batch_norm(n: _Node) -> None:
+    out = n.out()
+    n.give(0, out)
+    per_channel = _per_channel(out, 1)
+    for i in (1, 2, 3, 4):
+        n.give(i, per_channel)
+
+
+def _instance_norm(n: _Node) -> None:
+    out = n.out()
+    n.give(0, out)
+    per_channel = _per_channel(out, 1)
+    for i in (1, 2):
+        n.give(i, per_channel)
+
+
+def _group_norm(n: _Node) -> None:
+    out = n.out()
+    n.give(0, out)
+    per_channel = _per_channel(out, 1)
+    for i in (1, 2):
+        if n.has_input(i):
+            size = math.prod(n.in_shape(i))
+            n.give(i, per_channel if size == per_channel.size else per_channel.reshape(size, -1).sum(1))
+
+
+def _layer_norm(n: _Node) -> None:
+    out = n.out()
+    n.give(0, out)
+    for i in (1, 2):
+        if n.has_input(i):
+            n.give(i, unbroadcast(out, n.in_shape(i)))
+
+
+def _gemm(n: _Node) -> None:
+    y = n.out()  # (M, N)
+    (m_rows, n_cols) = y.shape
+    rows = y.sum(axis=1)  # each A' row scalar feeds every output of its row
+    cols = y.sum(axis=0)
+    ta, tb = n.attr("transA", 0), n.attr("transB", 0)
+    k = n.in_shape(0)[0 if ta else 1]
+    a = np.broadcast_to(rows[:, None], (m_rows, k))
+    b = np.broadcast_to(cols[None, :], (k, n_cols))
+    n.give(0, a.T if ta else a)
+    n.give(1, b.T if tb else b)
+    if n.has_input(2):
+        n.give(2, unbroadcast(y, n.in_shape(2)))
+
+
+def _matmul(n: _Node) -> None:
+    a_shape, b_shape = n.in_shape(0), n.in_shape(1)
+    y = n.out()
+    if len(a_shape) == 1:
+        y = y[..., None, :]
+    if len(b_shape) == 1:
+        y = y[..., :, None]
+    k = a_shape[-1]
+    a2 = a_shape if len(a_shape) > 1 else (1, k)
+    b2 = b_shape if len(b_shape) > 1 else (k, 1)
+    a_counts = np.broadcast_to(y.sum(axis=-1)[..., :, None], (*y.shape[:-2], y.shape[-2], k))
+    b_counts = np.broadcast_to(y.sum(axis=-2)[..., None, :], (*y.shape[:-2], k, y.shape[-1]))
+    n.give(0, unbroadcast(a_counts, a2).reshape(a_shape))
+    n.give(1, unbroadcast(b_counts, b2).reshape(b_shape))
+
+
+def _window_geometry(n: _Node, spatial_in, spatial_out, kernel, transpose=False):
+    nd = len(kernel)
+    strides = list(n.attr("strides", None) or [1] * nd)
+    dil = list(n.attr("dilations", None) or [1] * nd)
+    pads = n.attr("pads", None)
+    auto = n.attr("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin = []
+        for i in range(nd):
+            if transpose:
+                out_pad = (n.attr("output_padding", None) or [0] * nd)[i]
+                total = strides[i] * (spatial_in[i] - 1) + out_pad + (kernel[i] - 1) * dil[i] + 1 - spatial_out[i]
+                begin.append(total - total // 2 if auto == "SAME_UPPER" else total // 2)
+            else:
+                total = max((spatial_out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - spatial_in[i], 0)
+                begin.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+    elif auto == "VALID" or pads is None:
+        begin = [0] * nd
+    else:
+        begin = list(pads[:nd])
+    return strides, dil, begin
+
+
+def _to3(seq, fill):
+    seq = list(seq)
+    return np.array([fill] * (3 - len(seq)) + seq, dtype=np.int64)
+
+
+def _conv(n: _Node) -> None:
+    x_shape, w_shape = n.in_shape(0), n.in_shape(1)
+    y = n.out()
+    if len(x_shape) > 5:
+        raise UnsupportedError(f"{n.node.op_type} node '{n.name}' has {len(x_shape) - 2} spatial dims (max 3)", n.model.path)
+    groups = int(n.attr("group", 1))
+    kernel = list(w_shape[2:])
+    strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel)
+    y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
+    in3 = _to3(x_shape[2:], 1)
+    xg, wk = _kernels.window_adjoint(
+        np.ascontiguousarray(y5), groups, in3, _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1), _to3(begin, 0), False
+    )
+    cin_per_group = x_shape[1] // groups
+    xc = np.repeat(xg, cin_per_group, axis=1).reshape(x_shape)  # every channel of a group alike
+    n.give(0, xc)
+    wc = np.broadcast_to(wk.reshape((w_shape[0], 1) + tuple(kernel)), w_shape)
+    n.give(1, wc)
+    if n.has_input(2):
+        n.give(2, _per_channel(y, 1))
+
+
+def _conv_transpose(n: _Node) -> None:
+    x_shape, w_shape = n.in_shape(0), n.in_shape(1)
+    y = n.out()
+    groups = int(n.attr("group", 1))
+    kernel = list(w_shape[2:])
+    strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel, transpose=True)
+    x5 = x_shape[:2] + (1,) * (5 - len(x_shape)) + tuple(x_shape[2:])
+    y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
+    xg, wk = _kernels.transpose_window_adjoint(
+        np.ascontiguousarray(y5), groups, np.array(x5, dtype=np.int64), _to3(kernel, 1), _to3(strides, 1),
+        _to3(dil, 1), _to3(begin, 0),
+    )
+    n.give(0, np.repeat(xg, x_shape[1] // groups, axis=1).reshape(x_shape))
+    cout_per_group = y.shape[1] // groups
+    # weight (Cin, Cout/group, k...): the count depends on the output channel and tap only
+    wc = np.empty(w_shape)
+    for g in range(groups):
+        block = wk[g * cout_per_group : (g + 1) * cout_per_group].reshape((1, cout_per_group) + tuple(kernel))
+        wc[g * (w_shape[0] // groups) : (g + 1) * (w_shape[0] // groups)] = block
+    n.give(1, wc)
+    if n.has_input(2):
+        n.give(2, _per_channel(y, 1))
+
+
+def _pool(n: _Node) -> None:
+    x_shape = n.in_shape(0)
+    y = n.out()
+    kernel = list(n.attr("kernel_shape"))
+    strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel)
+    channels = x_shape[1]
+    y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
+    xg, _ = _kernels.window_adjoint(
+        np.ascontiguousarray(y5), channels, _to3(x_shape[2:], 1), _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1),
+        _to3(begin, 0), True,
+    )
+    n.give(0, xg.reshape(x_shape))
+
+
+def _global_pool(n: _Node) -> None:
+    n.give(0, np.broadcast_to(n.out(), n.in_shape(0)))
+
+
+def _reshape_like(n: _Node) -> None:
+    n.give(0, n.out().reshape(n.in_shape(0)))
+
+
+def _transpose(n: _Node) -> None:
+    out = n.out()
+    perm = n.attr("perm", None) or list(range(out.ndim))[::-1]
+    n.give(0, out.transpose(np.argsort(perm)))
+
+
+def _expand(n: _Node) -> None:
+    n.give(0, unbroadcast(n.out(), n.in_shape(0)))
+
+
+def _tile(n: _Node) -> None:
+    x_shape = n.in_shape(0)
+    reps = [int(r) for r in n.const(1)]
+    out = n.out().reshape([v for r, d in zip(reps, x_shape, strict=True) for v in (r, d)])
+    n.give(0, out.sum(axis=tuple(range(0, 2 * len(x_shape), 2))))
+
+
+def _concat(n: _Node) -> None:
+    out = n.out()
+    axis = int(n.attr("axis")) % out.ndim
+    start = 0
+    for i in range(len(n.node.inputs)):
+        if not n.has_input(i):
+            continue
+        size = n.in_shape(i)[axis]
+        n.give(i, np.take(out, np.arange(start, start + size), axis=axis))
+        start += size
+
+
+def _split(n: _Node) -> None:
+    axis = int(n.attr("axis", 0)) % len(n.in_shape(0))
+    n.give(0, np.concatenate([n.out(i) for i in range(len(n.node.outputs))], axis=axis))
+
+
+def _index_map_rule(build: Callable[[_Node, np.ndarray], np.ndarray]):
+    def rule(n: _Node) -> None:
+        x_shape = n.in_shape(0)
+        idx = np.arange(math.prod(x_shape), dtype=np.int64).reshape(x_shape)
+        n.give(0, _index_adjoint(n.out(), build(n, idx), idx.size).reshape(x_shape))
+
+    return rule
+
+
+def _slice_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    if n.has_input(1):  # opset >= 10: starts, ends, axes, steps as inputs
+        starts, ends = n.const(1), n.const(2)
+        axes = n.const(3) if n.has_input(3) else np.arange(len(starts))
+        steps = n.const(4) if n.has_input(4) else np.ones(len(starts), dtype=np.int64)
+    else:
+        starts, ends = n.attr("starts"), n.attr("ends")
+        axes = n.attr("axes", None) or list(range(len(starts)))
+        steps = [1] * len(starts)
+    sl = [slice(None)] * idx.ndim
+    big = np.iinfo(np.int64).max
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        e = int(e)
+        e = None if (st < 0 and e <= -big) or (st > 0 and e >= big) else e
+        sl[int(a) % idx.ndim] = slice(int(s), e, int(st))
+    return idx[tuple(sl)]
+
+
+def _gather_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    indices = n.const(1).astype(np.int64)
+    axis = int(n.attr("axis", 0)) % idx.ndim
+    indices = np.where(indices < 0, indices + idx.shape[axis], indices)
+    return np.take(idx, indices, axis=axis)
+
+
+def _pad_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    pads = [int(p) for p in (n.const(1) if n.has_input(1) else n.attr("pads"))]
+    nd = idx.ndim
+    axes = [int(a) % nd for a in n.const(3)] if n.has_input(3) else list(range(nd))
+    k = len(axes)
+    width = [(0, 0)] * nd
+    for j, a in enumerate(axes):
+        width[a] = (pads[j], pads[j + k])
+    mode = n.attr("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    # negative pads crop first
+    crop = tuple(slice(max(-b, 0), idx.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(width))
+    idx = idx[crop]
+    pos = [(max(b, 0), max(e, 0)) for b, e in width]
+    if mode == "constant":
+        return np.pad(idx, pos, mode="constant", constant_values=-1)
+    return np.pad(idx, pos, mode={"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[mode])
+
+
+def _reduce(n: _Node) -> None:
+    x_shape = n.in_shape(0)
+    axes = n.attr("axes", None)
+    if axes is None and n.has_input(1):
+        axes = [int(a) for a in n.const(1)]
+    if not axes:
+        if n.attr("noop_with_empty_axes", 0):
+            n.give(0, n.out())
+            return
+        axes = list(range(len(x_shape)))
+    axes = sorted(int(a) % len(x_shape) for a in axes)
+    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
+    n.give(0, np.broadcast_to(n.out().reshape(kept), x_shape))
+
+
+UNARY = (
+    "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
+    "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
+    "Clip LRN ThresholdedRelu Shrink Swish"
+).split()
+BROADCAST = "Add Sub Mul Div Pow Max Min Sum Mean PRelu".split()
+
+#: Op type -> rule handing output counts back to the inputs.
+RULES: dict[str, Callable[[_Node], None]] = {
+    **{op: _passthrough for op in UNARY},
+    **{op: _broadcast_all for op in BROADCAST},
+    "Where": _where,
+    "Constant": lambda n: None,  # leaves: a constant that is no parameter takes no contexts
+    "ConstantOfShape": lambda n: None,
+    "BatchNormalization": _batch_norm,
+    "InstanceNormalization": _instance_norm,
+    "GroupNormalization": _group_norm,
+    "LayerNormalization": _layer_norm,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "LpPool": _pool,
+    "GlobalAveragePool": _global_pool,
+    "GlobalMaxPool": _global_pool,
+    "GlobalLpPool": _global_pool,
+    "Reshape": _reshape_like,
+    "Flatten": _reshape_like,
+    "Squeeze": _reshape_like,
+    "Unsqueeze": _reshape_like,
+    "Transpose": _transpose,
+    "Expand": _expand,
+    "Tile": _tile,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _index_map_rule(_slice_map),
+    "Gather": _index_map_rule(_gather_map),
+    "Pad": _index_map_rule(_pad_map),
+    "ReduceMean": _reduce,
+    "ReduceSum": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceMin": _reduce,
+    "ReduceProd": _reduce,
+    "ReduceL2": _reduce,
+    "ReduceL1": _reduce,
+}
+
+# Elementwise ops an activation expanded into a subgraph is built from (swish, GELU, mish, ...).
+_ACTIVATION_PARTS = frozenset(
+    "Mul Add Sub Div Pow Sigmoid Tanh Erf Relu Exp Log Softplus HardSigmoid Clip Min Max Neg Abs Sqrt "
+    "Reciprocal Softsign".split()
+)
+
+
+def activation_regions(model: IRModel) -> dict[ir.Value, ir.Value]:
+    """Exits of parameter-free elementwise subgraphs of one tensor that gate it (x * f(x)).
+
+    Returns {exit value: source tensor}; such a subgraph counts as one activation, so the
+    source receives the exit's counts once instead of once per path through the subgraph.
+    """
+    consts = model.constants_analysis
+    params = {p.value for p in model.parameters}
+    src: dict[ir.Value, ir.Value] = {}
+    gated: dict[ir.Value, bool] = {}
+    for node in model.nodes:
+        if node.op_type not in _ACTIVATION_PARTS or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        inputs = [v for v in node.inputs if v is not None]
+        if any(v in params for v in inputs):
+            continue
+        live = [v for v in inputs if not consts.is_constant(v)]
+        roots = {src.get(v, v) for v in live}
+        if len(roots) != 1:
+            continue
+        x = roots.pop()
+        out = node.outputs[0]
+        if out.shape is None or x.shape is None or list(out.shape) != list(x.shape):
+            continue
+        src[out] = x
+        gated[out] = any(gated.get(v, False) for v in live) or (node.op_type in ("Mul", "Div") and len(live) == 2)
+    members: dict[ir.Value, list[ir.Value]] = {}
+    for v, x in src.items():
+        members.setdefault(x, []).append(v)
+    graph_outputs = set(model.outputs)
+    exits: dict[ir.Value, ir.Value] = {}
+    for x, vals in members.items():
+        inside = set(vals)
+        leaving = [v for v in vals if v in graph_outputs or any(u.node.outputs[0] not in inside for u in v.uses())]
+        if len(leaving) != 1 or not gated.get(leaving[0], False):
+            continue
+        exits[leaving[0]] = x
+    return exits
+
+
+@dataclass(slots=True)
+class ContextCounts:
+    """Result of the `context-counts` pass."""
+
+    counts: dict[str, Counts]  # parameter name -> per-scalar counts
+    num_input_scalars: int
+    num_output_scalars: int
+
+
+@register_pass
+class ContextCountsPass(Pass):
+    """Exact per-scalar context counts (paths to an output) of every learnable parameter."""
+
+    name = "context-counts"
+
+    def run(self, model: IRModel) -> ContextCounts:
+        arrays = model.arrays()  # static shapes everywhere, or a clear error
+        acc = _Accumulator()
+        for v in model.outputs:
+            acc.add(v, np.ones(model.static_shape(v)), 0)
+        roots = {p.value: p for p in model.parameters}
+        collapse = activation_regions(model)
+        done: dict[str, Counts] = {}
+        for node in reversed(model.nodes):
+            outs = [acc.pop(v) for v in node.outputs]
+            for v, c in zip(node.outputs, outs, strict=True):
+                if v in roots and c is not None:
+                    done[roots[v].name] = c
+            if all(c is None for c in outs) or all(v in roots for v in node.outputs):
+                continue
+            if len(node.outputs) == 1 and node.outputs[0] in collapse:
+                c = outs[0]
+                acc.add(collapse[node.outputs[0]], c.mantissa, c.exponent)
+                continue
+            rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if rule is None:
+                label = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+                raise UnsupportedError(
+                    f"context counts: op {label} (node '{model.node_names[node]}') is not supported", model.path
+                )
+            exponent = max(c.exponent for c in outs if c is not None)
+            try:
+                rule(_Node(model, node, outs, acc, exponent))
+            except IrtoolsError:
+                raise
+            except Exception as exc:
+                raise UnsupportedError(
+                    f"context counts: cannot count {node.op_type} node '{model.node_names[node]}': {exc}", model.path
+                ) from exc
+        for p in model.parameters:
+            if p.name not in done:
+                c = acc.pop(p.value)
+                done[p.name] = c if c is not None else Counts(np.zeros(p.shape), 0)
+        n_in = int(sum(arrays.value_numel[v] for v in arrays.input_values))
+        n_out = int(sum(arrays.value_numel[v] for v in arrays.output_values))
+        return ContextCounts({p.name: done[p.name] for p in model.parameters}, n_in, n_out)

@@ -1,0 +1,288 @@
+"""Context counts and the reusability-prior quantities against independent truth."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import helper as h
+
+import irtools
+from irtools.cli import main
+from tests import builders as b
+from tests.brute_force import brute_force_counts
+from tests.conftest import EXAMPLE, LIGHT_MODELS
+
+
+def exact(c) -> np.ndarray:
+    """Counts as exact Python integers (valid while they fit a float64 mantissa)."""
+    vals = np.ldexp(c.mantissa, c.exponent)
+    assert np.all(vals < 2**53)
+    return np.vectorize(lambda v: int(v), otypes=[object])(vals)
+
+
+def counts_of(proto, **kw):
+    m = irtools.load(proto, **kw)
+    return m, irtools.run_passes(m, ["context-counts"])["context-counts"]
+
+
+def reuse_of(proto):
+    m = irtools.load(proto)
+    return irtools.run_passes(m, ["reuse"])["reuse"]
+
+
+W = lambda name, shape, rng: b.tensor(name, rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+
+
+# -- the seed's three worked examples ---------------------------------------------------
+def seed_figure3():
+    rng = np.random.default_rng(0)
+    return b.model(
+        [h.make_node("MatMul", ["x", "w1"], ["h"]), h.make_node("MatMul", ["h", "w2"], ["z"]),
+         h.make_node("ReduceSum", ["z"], ["y"], keepdims=0)],
+        [b.vinfo("x", [1, 2])], [b.vinfo("y", [])], [W("w1", (2, 2), rng), W("w2", (2, 2), rng)])
+
+
+def seed_uniform():
+    rng = np.random.default_rng(1)
+    nodes, prev = [], "x"
+    for k in range(4):
+        nodes.append(h.make_node("Mul", [prev, f"w{k}"], [f"m{k}"]))
+        prev = f"m{k}"
+    nodes.append(h.make_node("ReduceSum", [prev], ["y"], keepdims=0))
+    return b.model(nodes, [b.vinfo("x", [2])], [b.vinfo("y", [])], [W(f"w{k}", (2,), rng) for k in range(4)])
+
+
+def seed_second():
+    rng = np.random.default_rng(2)
+    return b.model(
+        [h.make_node("Mul", ["x", "v"], ["z"]), h.make_node("Mul", ["z", "a"], ["za"]),
+         h.make_node("Mul", ["za", "c"], ["zac"]), h.make_node("Mul", ["z", "b"], ["zb"]),
+         h.make_node("Add", ["zac", "zb"], ["s"]), h.make_node("ReduceSum", ["s"], ["y"], keepdims=0)],
+        [b.vinfo("x", [2])], [b.vinfo("y", [])], [W(n, (2,), rng) for n in ("v", "a", "c", "b")])
+
+
+def expected(counts: list[int], n_in: int, n_out: int) -> dict:
+    total = sum(counts)
+    p = [c / total for c in counts]
+    s = sum(-math.log2(q) for q in p)
+    e = sum(q * math.log2(c) for q, c in zip(p, counts))
+    hh = -sum(q * math.log2(q) for q in p)
+    g = n_in + n_out + len(counts)
+    return {"total_surprisal": s, "entropy": hh, "expected_spread": e,
+            "performance_surprisal": math.log2(s * n_in / g),
+            "performance_spread": math.log2(len(counts) * (e + 1) * n_in / g)}
+
+
+@pytest.mark.parametrize("build, counts, rounded", [
+    (seed_figure3, [2, 2, 2, 2, 1, 1, 1, 1], {"total_surprisal": 24.68, "entropy": 2.92, "expected_spread": 0.67,
+                                              "performance_surprisal": 2.17, "performance_spread": 1.28}),
+    (seed_uniform, [1] * 8, {"total_surprisal": 24.00, "entropy": 3.0, "expected_spread": 0.0,
+                            "performance_surprisal": 2.13, "performance_spread": 0.54}),
+    (seed_second, [2, 2] + [1] * 6, {"total_surprisal": 24.58, "entropy": 2.92, "expected_spread": 0.4,
+                                     "performance_surprisal": 2.16, "performance_spread": 1.03}),
+], ids=["figure3", "uniform", "second"])
+def test_seed_worked_examples(build, counts, rounded):
+    r = reuse_of(build())
+    assert (r["num_params"], r["num_input_nodes"], r["num_output_nodes"], r["graph_size"]) == (8, 2, 1, 11)
+    want = expected(counts, 2, 1)
+    for key, value in want.items():
+        assert r[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        assert round(r[key], 2) == pytest.approx(rounded[key], abs=0.006), key  # the seed's printed figures
+    _, cc = counts_of(build())
+    assert sorted(int(v) for c in cc.counts.values() for v in exact(c).ravel()) == sorted(counts)
+
+
+# -- brute-force path enumeration ---------------------------------------------------------
+@st.composite
+def small_cnns(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    c = draw(st.integers(1, 3))
+    hw = draw(st.integers(3, 6))
+    nodes, inits, cur, shape = [], [], "x", (1, c, hw, hw)
+    history = [(cur, shape)]
+    for layer in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "pool", "bn"]))
+        if kind in ("conv", "depthwise"):
+            k = draw(st.integers(1, 3))
+            s = draw(st.integers(1, 2))
+            d = draw(st.integers(1, 2))
+            p = draw(st.integers(0, 1))
+            span = (k - 1) * d + 1
+            if shape[2] + 2 * p < span:
+                continue
+            cout = shape[1] if kind == "depthwise" else draw(st.integers(1, 3))
+            groups = shape[1] if kind == "depthwise" else 1
+            inits.append(W(f"conv{layer}.weight", (cout, shape[1] // groups, k, k), rng))
+            inputs = [cur, f"conv{layer}.weight"]
+            if draw(st.booleans()):
+                inits.append(W(f"conv{layer}.bias", (cout,), rng))
+                inputs.append(f"conv{layer}.bias")
+            out = f"c{layer}"
+            nodes.append(h.make_node("Conv", inputs, [out], kernel_shape=[k, k], strides=[s, s], dilations=[d, d],
+                                     pads=[p] * 4, group=groups))
+            o = (shape[2] + 2 * p - span) // s + 1
+            shape = (1, cout, o, o)
+        elif kind == "pool":
+            k = draw(st.integers(1, 2))
+            if shape[2] < k:
+                continue
+            op = draw(st.sampled_from(["MaxPool", "AveragePool"]))
+            out = f"p{layer}"
+            nodes.append(h.make_node(op, [cur], [out], kernel_shape=[k, k], strides=[1, 1]))
+            shape = (1, shape[1], shape[2] - k + 1, shape[3] - k + 1)
+        else:
+            out = f"bn{layer}"
+            names = [f"bn{layer}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+            inits += [W(n, (shape[1],), rng) for n in names]
+            nodes.append(h.make_node("BatchNormalization", [cur, *names], [out]))
+        nodes.append(h.make_node("Relu", [out], [out + "_r"]))
+        cur = out + "_r"
+        same = [name for name, sh in history if sh == shape and name != cur]
+        if same and draw(st.booleans()):  # residual add with an earlier tensor of the same shape
+            nodes.append(h.make_node("Add", [cur, same[-1]], [cur + "_res"]))
+            cur = cur + "_res"
+        history.append((cur, shape))
+    classes = draw(st.integers(1, 3))
+    nodes += [h.make_node("GlobalAveragePool", [cur], ["gap"]), h.make_node("Flatten", ["gap"], ["flat"]),
+              h.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["y"], transB=1)]
+    inits += [W("fc.weight", (classes, shape[1]), rng), W("fc.bias", (classes,), rng)]
+    return b.model(nodes, [b.vinfo("x", [1, c, hw, hw])], [b.vinfo("y", [1, classes])], inits)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_cnns())
+def test_counts_equal_brute_force_on_random_cnns(proto):
+    truth = brute_force_counts(proto)
+    _, cc = counts_of(proto)
+    assert set(cc.counts) == set(truth)
+    for name, c in cc.counts.items():
+        assert (exact(c) == truth[name]).all(), name
+
+
+@st.composite
+def small_dags(draw):
+    """Random DAGs of dense layers, residual adds, broadcast scales and a shared weight."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    width = draw(st.integers(1, 3))
+    nodes, inits, values = [], [W("shared", (width, width), rng)], ["x"]
+    for k in range(draw(st.integers(1, 5))):
+        op = draw(st.sampled_from(["matmul", "shared", "add", "relu", "mul"]))
+        a = draw(st.sampled_from(values))
+        out = f"v{k}"
+        if op == "matmul":
+            inits.append(W(f"w{k}", (width, width), rng))
+            nodes.append(h.make_node("MatMul", [a, f"w{k}"], [out]))
+        elif op == "shared":
+            nodes.append(h.make_node("MatMul", [a, "shared"], [out]))
+        elif op == "add":  # x + x stays two paths (only gating products collapse, see the swish test)
+            c_ = draw(st.sampled_from(values))
+            nodes.append(h.make_node("Add", [a, c_], [out]))
+        elif op == "mul":  # elementwise scale by a broadcast parameter row
+            inits.append(W(f"g{k}", (1, width), rng))
+            nodes.append(h.make_node("Mul", [a, f"g{k}"], [out]))
+        else:
+            nodes.append(h.make_node("Relu", [a], [out]))
+        values.append(out)
+    inits.append(W("head", (width, 2), rng))
+    nodes.append(h.make_node("MatMul", [values[-1], "head"], ["y"]))
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in inits if t.name in used]
+    return b.model(nodes, [b.vinfo("x", [1, width])], [b.vinfo("y", [1, 2])], inits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_dags())
+def test_counts_equal_brute_force_on_random_dags(proto):
+    truth = brute_force_counts(proto)
+    _, cc = counts_of(proto)
+    for name, c in cc.counts.items():
+        assert (exact(c) == truth[name]).all(), name
+
+
+# -- model-level identities, real topologies, precision -------------------------------------
+@pytest.mark.parametrize("path", [p for p in LIGHT_MODELS if "vgg" not in p and "zfnet" not in p
+                                  and "alexnet" not in p], ids=os.path.basename)
+def test_entropy_plus_spread_is_log2_total(path):
+    r = reuse_of(path)
+    assert r["entropy"] + r["expected_spread"] == pytest.approx(r["log2_total_contexts"], rel=1e-12)
+    assert r["num_input_nodes"] == 3 * 224 * 224 and r["num_output_nodes"] == 1000
+    assert r["zero_count_scalars"] == 0
+    assert sum(p["mass_share"] for p in r["parameters"]) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_deep_chain_counts_do_not_overflow():
+    """200 dense 4x4 layers: weight k has 4**(200-k) contexts per scalar, far beyond float64."""
+    rng = np.random.default_rng(0)
+    depth, width = 200, 4
+    nodes = [h.make_node("MatMul", ["x" if k == 0 else f"h{k}", f"w{k}"], [f"h{k + 1}"]) for k in range(depth)]
+    nodes.append(h.make_node("ReduceSum", [f"h{depth}"], ["y"], keepdims=0))
+    proto = b.model(nodes, [b.vinfo("x", [1, width])], [b.vinfo("y", [])],
+                    [W(f"w{k}", (width, width), rng) for k in range(depth)])
+    _, cc = counts_of(proto)
+    for k in (0, 1, 100, 199):
+        # w_k[i, j] reaches the output through 4 choices at each of the later layers
+        np.testing.assert_allclose(cc.counts[f"w{k}"].log2(), 2 * (depth - 1 - k), rtol=1e-12)
+    r = reuse_of(proto)
+    per = [2.0 * (depth - 1 - k) for k in range(depth) for _ in range(width * width)]
+    top = max(per)
+    log2_total = top + math.log2(math.fsum(2 ** (x - top) for x in per))
+    assert r["log2_total_contexts"] == pytest.approx(log2_total, rel=1e-12)
+    assert r["total_surprisal"] == pytest.approx(len(per) * log2_total - math.fsum(per), rel=1e-9)
+
+
+def test_swish_subgraph_counts_as_one_activation():
+    rng = np.random.default_rng(0)
+    nodes = [h.make_node("MatMul", ["x", "w"], ["z"]),
+             h.make_node("Mul", ["z", "beta"], ["bz"]), h.make_node("Sigmoid", ["bz"], ["s"]),
+             h.make_node("Mul", ["z", "s"], ["a"]),  # Keras 3 swish: z * sigmoid(beta * z)
+             h.make_node("MatMul", ["a", "v"], ["y"])]
+    inits = [W("w", (3, 4), rng), W("v", (4, 2), rng), b.tensor("beta", np.float32(1.0))]
+    swish = b.model(nodes, [b.vinfo("x", [1, 3])], [b.vinfo("y", [1, 2])], inits)
+    relu = b.model([nodes[0], h.make_node("Relu", ["z"], ["a"]), nodes[4]],
+                   [b.vinfo("x", [1, 3])], [b.vinfo("y", [1, 2])], inits[:2])
+    _, c_swish = counts_of(swish)
+    _, c_relu = counts_of(relu)
+    assert set(c_swish.counts) == {"w", "v"}  # beta is a scalar constant, not a parameter
+    for name in ("w", "v"):
+        assert (exact(c_swish.counts[name]) == exact(c_relu.counts[name])).all()
+    # a residual x + relu(x) is two paths, not an activation
+    res = b.model([nodes[0], h.make_node("Relu", ["z"], ["r"]), h.make_node("Add", ["z", "r"], ["a"]), nodes[4]],
+                  [b.vinfo("x", [1, 3])], [b.vinfo("y", [1, 2])], inits[:2])
+    _, c_res = counts_of(res)
+    assert (exact(c_res.counts["w"]) == 2 * exact(c_relu.counts["w"])).all()
+
+
+def test_unsupported_op_is_named():
+    proto = b.model([h.make_node("MatMul", ["x", "w"], ["z"]), h.make_node("Hardmax", ["z"], ["y"], name="hm")],
+                    [b.vinfo("x", [1, 2])], [b.vinfo("y", [1, 2])], [W("w", (2, 2), np.random.default_rng(0))])
+    with pytest.raises(irtools.UnsupportedError, match="op Hardmax \\(node 'hm'\\) is not supported"):
+        counts_of(proto)
+
+
+def test_constant_node_weight_through_transpose_is_counted():
+    m, cc = counts_of(b.constant_node_model())
+    # y = 2 * (x @ w_stored.T + b): one output per row of w_stored, each weight scalar has 1 context
+    assert (exact(cc.counts["w_stored"]) == 1).all() and (exact(cc.counts["b"]) == 1).all()
+
+
+def test_analyze_cli_json_and_table(tmp_path):
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--input-shape", "image=1,1,8,8", "--metrics", "reuse",
+                                    "--format", "json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)["reuse"]
+    for key in ("total_surprisal", "entropy", "expected_spread", "num_params", "num_input_nodes",
+                "num_output_nodes", "graph_size", "performance_surprisal", "performance_spread", "parameters"):
+        assert key in r
+    assert r["num_params"] == 38_474 and r["num_input_nodes"] == 64 and r["num_output_nodes"] == 10
+    # the classifier's last bias: each scalar reaches exactly one output
+    last = next(p for p in r["parameters"] if p["name"] == "classifier.3.bias")
+    assert last["log2_count_min"] == last["log2_count_max"] == 0.0
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--input-shape", "image=1,1,8,8"])
+    assert res.exit_code == 0 and "total surprisal" in res.output and "classifier.3.bias" in res.output
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral"])
+    assert res.exit_code == 2 and "unknown or unavailable metric family spectral" in res.output
