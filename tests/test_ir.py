@@ -231,3 +231,19 @@ def test_unsorted_graph_is_ordered():
     proto.graph.node.extend(reversed(nodes))
     m = irtools.load(proto)
     assert [n.op_type for n in m.nodes] == ["Gemm", "Relu", "MatMul", "Add"]
+
+
+def test_inspect_reads_no_external_weight_data(tmp_path, monkeypatch):
+    """Parameters, shapes and the summary come from metadata: external weights stay unread."""
+    proto = b.mlp()
+    path = tmp_path / "big.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+
+    def refuse(self, *a, **k):
+        raise AssertionError("external tensor data was read")
+
+    monkeypatch.setattr(ir.ExternalTensor, "numpy", refuse)
+    monkeypatch.setattr(ir.ExternalTensor, "tobytes", refuse)
+    m = irtools.load(str(path))
+    summary = irtools.run_passes(m, ["summary"])["summary"]
+    assert summary["parameters"]["scalars"] == 5 * 4 + 5 + 5 * 3 + 3
