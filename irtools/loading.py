@@ -55,7 +55,7 @@ def _graphs(graph: onnx.GraphProto):
                     yield from _graphs(sub)
 
 
-def _tensors(graph: onnx.GraphProto):
+def iter_tensors(graph: onnx.GraphProto):
     """Yield every tensor stored in the graph: initializers and Constant/attribute tensors."""
     for g in _graphs(graph):
         yield from g.initializer
@@ -71,7 +71,7 @@ def check_tensors(proto: onnx.ModelProto, path: str) -> None:
     """Reject unknown data types and missing or out-of-bounds external data."""
     base = os.path.dirname(os.path.abspath(path))
     sizes: dict[str, int] = {}
-    for t in _tensors(proto.graph):
+    for t in iter_tensors(proto.graph):
         if t.data_type not in SUPPORTED_DTYPES:
             raise UnsupportedError(f"tensor '{t.name}' has unsupported data type {t.data_type}", path)
         if t.data_location != onnx.TensorProto.EXTERNAL:

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from irtools import _io
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
-from irtools.loading import check_structure, check_tensors, read_model_proto
+from irtools.loading import check_structure, check_tensors, iter_tensors, read_model_proto
 from irtools.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
 from irtools.shapes import infer_shapes
 
@@ -242,11 +242,15 @@ class IRModel:
         return np.asarray(results[list(producer.outputs).index(value)])
 
     # -- saving --------------------------------------------------------------------------
-    def save(self, out: str | os.PathLike) -> None:
-        """Write the model as ONNX (whole or not at all); weights over 2 GB go to OUT.data."""
+    def save(self, out: str | os.PathLike, external_data_threshold: int = 1_800_000_000) -> None:
+        """Write the model as ONNX, whole or not at all.
+
+        When the stored tensors exceed `external_data_threshold` bytes (protobuf files cannot
+        pass 2 GB) the weights go to an external data file OUT.data beside OUT.
+        """
         out = _io.check_output_path(out, [self.path] if self.path else [])
         total = sum(t.nbytes for t in self.stored)
-        if total < 1_800_000_000:
+        if total < external_data_threshold:
             _io.write_atomic(out, lambda tmp: ir.save(self.model, tmp))
             return
         data_name = os.path.basename(out) + ".data"
@@ -256,7 +260,7 @@ class IRModel:
             os.replace(tmp + ".data", final_data)
             # the model names its data file after the temporary name: point it at the final one
             proto = onnx.load(tmp, load_external_data=False)
-            for t in _all_tensors(proto.graph):
+            for t in iter_tensors(proto.graph):
                 for e in t.external_data:
                     if e.key == "location":
                         e.value = data_name
@@ -264,17 +268,6 @@ class IRModel:
 
     def __repr__(self) -> str:
         return f"IRModel({self.path or self.graph.name!r}, nodes={len(self.all_nodes)}, parameters={len(self.parameters)})"
-
-
-def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _all_tensors(sub)
 
 
 def load(
@@ -291,16 +284,17 @@ def load(
     if isinstance(source, ir.Model):
         return IRModel(source, input_shapes=input_shapes, parameters=parameters)
     if isinstance(source, onnx.ModelProto):
-        check_tensors(source, "<model>")
-        check_structure(source, "<model>")
-        return IRModel(ir.serde.deserialize_model(source), proto=source, input_shapes=input_shapes, parameters=parameters)
-    path = os.fspath(source)
-    proto = read_model_proto(path)
-    check_tensors(proto, path)
-    check_structure(proto, path)
+        proto, path = source, None
+    else:
+        path = os.fspath(source)
+        proto = read_model_proto(path)
+    where = path or "<model>"
+    check_tensors(proto, where)
+    check_structure(proto, where)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:
-        raise ModelLoadError(f"cannot build the graph: {exc}", path) from exc
-    ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
+        raise ModelLoadError(f"cannot build the graph: {exc}", where) from exc
+    if path is not None:
+        ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
     return IRModel(model, proto=proto, path=path, input_shapes=input_shapes, parameters=parameters)

@@ -162,20 +162,17 @@ def _where(n: _Node) -> None:  # Where(cond, x, y): the condition carries no con
         n.give(i, unbroadcast(out, n.in_shape(i)))
 
 
-def _batch_norm(n: _Node) -> None:
-    out = n.out()
-    n.give(0, out)
-    per_channel = _per_channel(out, 1)
-    for i in (1, 2, 3, 4):
-        n.give(i, per_channel)
+def _channel_norm(*slots: int) -> Callable[[_Node], None]:
+    """BatchNormalization / InstanceNormalization: X element to element, vectors per channel."""
 
+    def rule(n: _Node) -> None:
+        out = n.out()
+        n.give(0, out)
+        per_channel = _per_channel(out, 1)
+        for i in slots:
+            n.give(i, per_channel)
 
-def _instance_norm(n: _Node) -> None:
-    out = n.out()
-    n.give(0, out)
-    per_channel = _per_channel(out, 1)
-    for i in (1, 2):
-        n.give(i, per_channel)
+    return rule
 
 
 def _group_norm(n: _Node) -> None:
@@ -441,8 +438,8 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "Where": _where,
     "Constant": lambda n: None,  # leaves: a constant that is no parameter takes no contexts
     "ConstantOfShape": lambda n: None,
-    "BatchNormalization": _batch_norm,
-    "InstanceNormalization": _instance_norm,
+    "BatchNormalization": _channel_norm(1, 2, 3, 4),
+    "InstanceNormalization": _channel_norm(1, 2),
     "GroupNormalization": _group_norm,
     "LayerNormalization": _layer_norm,
     "Gemm": _gemm,

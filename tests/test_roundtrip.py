@@ -70,3 +70,17 @@ def test_save_is_atomic_and_refuses_the_input(tmp_path):
     with pytest.raises(irtools.IrtoolsError, match="does not exist"):
         m.save(str(tmp_path / "missing-dir" / "x.onnx"))
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]  # no temporary files left behind
+
+
+def test_save_with_external_data(tmp_path):
+    """Models too large for one protobuf are saved with their weights in OUT.data."""
+    src = _write(b.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "out" / "big.onnx"
+    out.parent.mkdir()
+    irtools.load(src).save(str(out), external_data_threshold=0)
+    assert sorted(os.listdir(out.parent)) == ["big.onnx", "big.onnx.data"]
+    onnx.checker.check_model(str(out), full_check=True)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}
+    np.testing.assert_array_equal(outputs(src, feeds)[0], outputs(str(out), feeds)[0])
+    again = irtools.load(str(out))
+    assert all(p.value.const_value is not None for p in again.parameters)
