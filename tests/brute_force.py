@@ -90,6 +90,28 @@ def scalar_dag(proto: onnx.ModelProto):
         elif op in ("Flatten", "Reshape"):
             for j in y.ravel():
                 link(ins[0], j, out, j)
+        elif op == "MatMul" and (len(shapes[ins[0]]) > 2 or len(shapes[ins[1]]) > 2):
+            batch = y.shape[:-2]
+            k_dim = shapes[ins[0]][-1]
+            a = np.broadcast_to(ids(ins[0]), batch + shapes[ins[0]][-2:])
+            b_ = np.broadcast_to(ids(ins[1]), batch + shapes[ins[1]][-2:])
+            for idx in np.ndindex(y.shape):
+                *bt, m, n_ = idx
+                for kk in range(k_dim):
+                    link(ins[0], a[(*bt, m, kk)], out, y[idx])
+                    link(ins[1], b_[(*bt, kk, n_)], out, y[idx])
+        elif op == "Transpose":
+            src = ids(ins[0]).transpose(at["perm"])
+            for i, j in zip(src.ravel(), y.ravel()):
+                link(ins[0], i, out, j)
+        elif op == "Softmax":  # an activation: element to element (conventions.md)
+            for j in y.ravel():
+                link(ins[0], j, out, j)
+        elif op == "LayerNormalization":  # last axis: statistics make no paths
+            for idx in np.ndindex(y.shape):
+                link(ins[0], y[idx], out, y[idx])
+                for p in ins[1:3]:
+                    link(p, idx[-1], out, y[idx])
         elif op in ("Gemm", "MatMul"):
             a, b_ = ids(ins[0]), ids(ins[1])
             if at.get("transB", 0):

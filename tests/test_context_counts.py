@@ -286,3 +286,30 @@ def test_analyze_cli_json_and_table(tmp_path):
     assert res.exit_code == 0 and "total surprisal" in res.output and "classifier.3.bias" in res.output
     res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral"])
     assert res.exit_code == 2 and "unknown or unavailable metric family spectral" in res.output
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 4), st.integers(0, 2**32 - 1))
+def test_counts_equal_brute_force_on_a_transformer_block(tokens, dim, seed):
+    """Self-attention (MatMul of two activations, Transpose, Softmax), LayerNorm, FFN, residuals."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        h.make_node("MatMul", ["x", "wq"], ["q"]), h.make_node("MatMul", ["x", "wk"], ["k"]),
+        h.make_node("MatMul", ["x", "wv"], ["v"]), h.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        h.make_node("MatMul", ["q", "kt"], ["s"]), h.make_node("Softmax", ["s"], ["a"], axis=-1),
+        h.make_node("MatMul", ["a", "v"], ["o"]), h.make_node("MatMul", ["o", "wo"], ["p"]),
+        h.make_node("Add", ["x", "p"], ["r"]),
+        h.make_node("LayerNormalization", ["r", "ln.weight", "ln.bias"], ["n"], axis=-1),
+        h.make_node("MatMul", ["n", "w1"], ["f"]), h.make_node("Add", ["f", "b1"], ["fb"]),
+        h.make_node("Relu", ["fb"], ["fr"]), h.make_node("MatMul", ["fr", "w2"], ["g"]),
+        h.make_node("Add", ["n", "g"], ["y"]),
+    ]
+    inits = [W(n, (dim, dim), rng) for n in ("wq", "wk", "wv", "wo")]
+    inits += [W("ln.weight", (dim,), rng), W("ln.bias", (dim,), rng), W("w1", (dim, 2 * dim), rng),
+              W("b1", (2 * dim,), rng), W("w2", (2 * dim, dim), rng)]
+    proto = b.model(nodes, [b.vinfo("x", [1, tokens, dim])], [b.vinfo("y", [1, tokens, dim])], inits)
+    truth = brute_force_counts(proto)
+    _, cc = counts_of(proto)
+    assert set(cc.counts) == set(truth)
+    for name, c in cc.counts.items():
+        assert (exact(c) == truth[name]).all(), name
