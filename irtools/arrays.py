@@ -94,6 +94,7 @@ class GraphArrays:
                 succs[j].append(i)
         for v in model.outputs:
             vid(v)
+        param_value = np.array([vid(t.value) for t in model.parameters], dtype=np.int32)  # subgraph ones too
 
         graph_outputs = set(model.outputs)
         dims: list[list[int]] = []
@@ -114,16 +115,8 @@ class GraphArrays:
             dims.append(list(shape))
             numel[k] = int(np.prod(shape, dtype=np.int64))
 
-        param_value = np.array([vid(t.value) for t in model.parameters], dtype=np.int32)
         value_param = np.full(len(values), -1, dtype=np.int32)
-        for idx, v in enumerate(param_value):
-            value_param[v] = idx
-        if len(value_param) < len(values):  # parameters not consumed by main-graph nodes
-            value_param = np.concatenate([value_param, np.full(len(values) - len(value_param), -1, np.int32)])
-            extra = [list(model.static_shape(v)) for v in values[len(dims):]]
-            dims.extend(extra)
-            numel = np.concatenate([numel, [int(np.prod(d, dtype=np.int64)) for d in extra]]).astype(np.int64)
-            producer = np.concatenate([producer, np.full(len(extra), -1, np.int32)])
+        value_param[param_value] = np.arange(len(param_value), dtype=np.int32)
 
         in_ptr, in_flat = _csr(ins)
         out_ptr, out_flat = _csr(outs)
