@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from typing import Any
 
@@ -67,6 +68,21 @@ def _load(model: str, input_shapes: tuple[str, ...]):
     return load(model, input_shapes=parse_input_shapes(input_shapes))
 
 
+def _json(data: Any) -> str:
+    """JSON text in which non-finite numbers (e.g. log2 of a zero surprisal) become null."""
+
+    def clean(x):
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(data), indent=2, allow_nan=False) + "\n"
+
+
 def _emit(text: str, output: str | None, inputs: list[str]) -> None:
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
@@ -101,7 +117,7 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
         ir_model.arrays()
     summary = run_passes(ir_model, ["summary"])["summary"]
     if fmt == "json":
-        text = json.dumps(summary, indent=2) + "\n"
+        text = _json(summary)
     else:
         from irtools.tables import render_summary
 
@@ -130,7 +146,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], metrics: str, fmt: str, o
     if "reuse" in wanted:
         result["reuse"] = run_passes(ir_model, ["reuse"])["reuse"]
     if fmt == "json":
-        text = json.dumps(result, indent=2, allow_nan=False, default=float) + "\n"
+        text = _json(result)
     else:
         from irtools.tables import render_reuse
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from irtools.errors import IrtoolsError
+
 
 class _Counts(Protocol):
     mantissa: np.ndarray
@@ -53,7 +55,7 @@ def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs
         }))
     stats = [st for _, _, st in per if st is not None]
     if not stats:
-        raise ValueError("no parameter scalar reaches an output: the reuse quantities are undefined")
+        raise IrtoolsError("no learnable parameter scalar reaches an output: the reuse quantities are undefined")
     n_g = sum(st["n"] for st in stats)
     log2_total = _log2_sum_exp2([st["log2_sum"] for st in stats])
     surprisal = n_g * log2_total - math.fsum(st["sum_log2"] for st in stats)

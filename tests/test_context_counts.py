@@ -313,3 +313,16 @@ def test_counts_equal_brute_force_on_a_transformer_block(tokens, dim, seed):
     assert set(cc.counts) == set(truth)
     for name, c in cc.counts.items():
         assert (exact(c) == truth[name]).all(), name
+
+
+def test_degenerate_models_give_clear_results(save):
+    no_params = save(b.model([h.make_node("Relu", ["x"], ["y"])], [b.vinfo("x", [1, 2])], [b.vinfo("y", [1, 2])]),
+                     "relu.onnx")
+    res = CliRunner().invoke(main, ["analyze", no_params, "--format", "json"])
+    assert res.exit_code == 2 and "no learnable parameter scalar reaches an output" in res.output
+    one = save(b.model([h.make_node("MatMul", ["x", "w"], ["y"])], [b.vinfo("x", [1, 1])], [b.vinfo("y", [1, 1])],
+                       [b.tensor("w", np.ones((1, 1), np.float32))]), "one.onnx")
+    res = CliRunner().invoke(main, ["analyze", one, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)["reuse"]  # one scalar: S_G = 0, so P_G = log2(0) is reported as null
+    assert r["total_surprisal"] == 0.0 and r["performance_surprisal"] is None and r["entropy"] == 0.0
