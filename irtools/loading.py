@@ -1,8 +1,7 @@
-"""Reading ONNX files safely into onnx-ir, with one-line errors for every kind of bad input.
+"""Checks on ONNX protobufs before they become IR, with one-line errors for every bad input.
 
-Checks the file, the protobuf, the graph structure (undefined inputs, cycles), tensor data
-types and external-data references before any analysis sees the model. Weights stored in
-external data files stay on disk and are memory-mapped on first use.
+Reads the file and checks the protobuf, the graph structure (undefined inputs, cycles),
+tensor data types and external-data references; `irtools.model.load` then builds the IR.
 """
 
 from __future__ import annotations

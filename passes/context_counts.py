@@ -265,7 +265,8 @@ def _conv(n: _Node) -> None:
     y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
     in3 = _to3(x_shape[2:], 1)
     xg, wk = _kernels.window_adjoint(
-        np.ascontiguousarray(y5), groups, in3, _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1), _to3(begin, 0), False
+        np.ascontiguousarray(y5), groups, in3, _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1), _to3(begin, 0),
+        False, False,
     )
     cin_per_group = x_shape[1] // groups
     xc = np.repeat(xg, cin_per_group, axis=1).reshape(x_shape)  # every channel of a group alike
@@ -282,11 +283,10 @@ def _conv_transpose(n: _Node) -> None:
     groups = int(n.attr("group", 1))
     kernel = list(w_shape[2:])
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel, transpose=True)
-    x5 = x_shape[:2] + (1,) * (5 - len(x_shape)) + tuple(x_shape[2:])
     y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
-    xg, wk = _kernels.transpose_window_adjoint(
-        np.ascontiguousarray(y5), groups, np.array(x5, dtype=np.int64), _to3(kernel, 1), _to3(strides, 1),
-        _to3(dil, 1), _to3(begin, 0),
+    xg, wk = _kernels.window_adjoint(
+        np.ascontiguousarray(y5), groups, _to3(x_shape[2:], 1), _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1),
+        _to3(begin, 0), False, True,
     )
     n.give(0, np.repeat(xg, x_shape[1] // groups, axis=1).reshape(x_shape))
     cout_per_group = y.shape[1] // groups
@@ -309,7 +309,7 @@ def _pool(n: _Node) -> None:
     y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
     xg, _ = _kernels.window_adjoint(
         np.ascontiguousarray(y5), channels, _to3(x_shape[2:], 1), _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1),
-        _to3(begin, 0), True,
+        _to3(begin, 0), True, False,
     )
     n.give(0, xg.reshape(x_shape))
 
