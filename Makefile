@@ -14,7 +14,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/irtools inspect examples/digits_cnn.onnx --input-shape image=1,1,8,8
-	$(BIN)/irtools analyze examples/digits_cnn.onnx --input-shape image=1,1,8,8 --metrics reuse
+	$(BIN)/irtools analyze examples/digits_cnn.onnx --input-shape image=1,1,8,8
 
 test: setup
 	$(BIN)/python -m pytest -q

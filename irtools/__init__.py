@@ -1,9 +1,11 @@
 """irtools: audit trained neural networks from their weights and graph structure alone.
 
-Public surface: `load` a model into the analysis IR (`IRModel`), run registered passes over
-it (`run_passes`, `get_pass`, `list_passes`) and write your own (`Pass`, `register_pass`).
+Public surface: `load` a model into the analysis IR (`IRModel`), `analyze` it (spectral and
+reuse metrics), run registered passes over it (`run_passes`, `get_pass`, `list_passes`) and
+write your own (`Pass`, `register_pass`).
 """
 
+from irtools.analysis import Analysis, analyze
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError, UnsupportedError
 from irtools.model import IRModel, load
 from irtools.parameters import StoredTensor, Use
@@ -12,6 +14,7 @@ from irtools.passing import Pass, get_pass, list_passes, register_pass, run_pass
 __version__ = "0.1.0"
 
 __all__ = [
+    "Analysis",
     "IRModel",
     "IrtoolsError",
     "ModelLoadError",
@@ -20,6 +23,7 @@ __all__ = [
     "StoredTensor",
     "UnsupportedError",
     "Use",
+    "analyze",
     "get_pass",
     "list_passes",
     "load",

@@ -127,31 +127,77 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 
 @main.command()
 @_model_options
-@click.option("--metrics", default="reuse", show_default=True, metavar="LIST",
-              help="Comma-separated metric families to compute: reuse (spectral metrics are not built yet).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated metric families: spectral, reuse (default: both; reuse is left out with a note "
+                   "when the graph cannot be counted).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="csv writes the per-layer table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
+@click.option("--min-evals", default=8, show_default=True, help="Skip layers with fewer eigenvalues.")
+@click.option("--max-evals", default=15000, show_default=True, help="Skip layers with more eigenvalues.")
+@click.option("--max-n", default=50000, show_default=True, help="Skip layers whose larger side N exceeds this.")
+@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size (lifts the three limits).")
+@click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
+@click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v.")
+@click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
+@click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
+              help="Eigenvalues from the Gram matrix, the SVD, or whichever is faster (auto).")
 @_debug_option
-def analyze(model: str, input_shapes: tuple[str, ...], metrics: str, fmt: str, output: str | None, debug: bool) -> None:
-    """Compute per-model audit metrics (reuse: context counts and the reusability prior)."""
-    from irtools.passing import run_passes
+def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt: str, output: str | None,
+            min_evals: int, max_evals: int, max_n: int, no_limits: bool, conv_slices: bool, split_qkv: bool,
+            randomize: bool, eigen_method: str, debug: bool) -> None:
+    """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
+    from irtools.analysis import analyze as run_analysis
+    from irtools.analysis import parse_metrics
+    from irtools.shapes import parse_input_shapes
 
-    wanted = [m.strip() for m in metrics.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in ("reuse",)]
-    if unknown or not wanted:
-        raise IrtoolsError(f"--metrics: unknown or unavailable metric family {', '.join(unknown) or '(none)'} "
-                           "(available: reuse)")
-    ir_model = _load(model, input_shapes)
-    result: dict[str, Any] = {"model": model}
-    if "reuse" in wanted:
-        result["reuse"] = run_passes(ir_model, ["reuse"])["reuse"]
+    if metrics is not None:
+        parse_metrics(metrics)  # a bad --metrics fails before any work
+    if no_limits:
+        min_evals, max_evals, max_n = 1, 0, 0
+    with _progress() as progress:
+        result = run_analysis(
+            model, metrics=metrics, input_shapes=parse_input_shapes(input_shapes), min_evals=min_evals,
+            max_evals=max_evals, max_n=max_n, conv_slices=conv_slices, split_qkv=split_qkv, randomize=randomize,
+            method=eigen_method, progress=progress,
+        )
+    for note in result.notes:
+        click.echo(f"irtools: note: {note}", err=True)
+    data = result.to_dict()
     if fmt == "json":
-        text = _json(result)
+        text = _json(data)
+    elif fmt == "csv":
+        if result.details is None:
+            raise IrtoolsError("--format csv writes the per-layer spectral table: add spectral to --metrics")
+        text = result.details.to_csv(index=False)
     else:
-        from irtools.tables import render_reuse
+        from irtools.tables import render_analysis
 
-        text = render_reuse(result, color=output is None and sys.stdout.isatty())
+        text = render_analysis(data, color=output is None and sys.stdout.isatty())
     _emit(text, output, [model])
+
+
+class _progress:
+    """A progress bar on stderr while layers are analysed (only when stderr is a terminal)."""
+
+    def __enter__(self):
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True, console=__import__("rich.console").console.Console(stderr=True))
+            self._bar.start()
+            self._task = self._bar.add_task("spectral", total=None)
+            return self._update
+        return None
+
+    def _update(self, done: int, total: int, name: str) -> None:
+        self._bar.update(self._task, completed=done, total=total, description=f"spectral {name}"[:60])
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()
+        return False
 
 
 @main.command("passes")

@@ -212,6 +212,14 @@ class IRModel:
         producer = value.producer()
         if producer is None:
             raise IrtoolsError(f"value '{value.name}' is not a constant", self.path)
+        if producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
+            from irtools.quant import dequantize_linear
+
+            ins = [self.constant_value(v) if v is not None else None for v in producer.inputs]
+            axis = producer.attributes.get("axis")
+            block = producer.attributes.get("block_size")
+            return dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
+                                     axis.value if axis is not None else 1, block.value if block is not None else 0)
         import onnxruntime as ort
 
         inputs = [self.constant_value(v) if v is not None else None for v in producer.inputs]

@@ -64,12 +64,66 @@ def render_summary(s: dict, color: bool = False) -> str:
     return buf.getvalue()
 
 
-def render_reuse(result: dict, color: bool = False) -> str:
-    """The `reuse` pass result (model summary and per-tensor context statistics) as text."""
+def _num(x, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
+
+
+def _console(buf, color: bool) -> Console:
+    return Console(file=buf, width=140, force_terminal=color, color_system="auto" if color else None)
+
+
+def render_analysis(data: dict, color: bool = False) -> str:
+    """`irtools analyze` output: per-layer spectral table, summary, skipped layers, reuse."""
     buf = io.StringIO()
-    con = Console(file=buf, width=120, force_terminal=color, color_system="auto" if color else None)
-    r = result["reuse"]
-    con.print(f"[bold]{escape(result['model'])}[/bold]: reusability prior (context counts, log base 2)")
+    con = _console(buf, color)
+    con.print(f"[bold]{escape(data['model'])}[/bold]")
+    if data.get("layers") or data.get("summary"):
+        _render_spectral(con, data)
+    if data.get("reuse") is not None:
+        _render_reuse(con, data["reuse"])
+    return buf.getvalue()
+
+
+_STYLE = {"over-trained": "red", "under-trained": "yellow", "degenerate": "magenta", "fit-failed": "magenta"}
+
+
+def _render_spectral(con: Console, data: dict) -> None:
+    t = Table(title="Layers (spectral)", title_justify="left")
+    cols = [("name", "left"), ("type", "left"), ("N", "right"), ("M", "right"), ("evals", "right"),
+            ("alpha", "right"), ("D", "right"), ("log_norm", "right"), ("log_spec", "right"),
+            ("alpha_w", "right"), ("stable_rank", "right"), ("warning", "left")]
+    for c, j in cols:
+        t.add_column(c, justify=j)
+    for r in data["layers"]:
+        style = _STYLE.get(r.get("warning") or "", None)
+        t.add_row(escape(r["name"]), r["layer_type"], str(r["N"]), str(r["M"]), str(r["num_evals"]),
+                  _num(r["alpha"]), _num(r["D"]), _num(r["log_norm"]), _num(r["log_spectral_norm"]),
+                  _num(r["alpha_weighted"]), _num(r["stable_rank"], ".2f"), r.get("warning") or "", style=style)
+    con.print(t)
+    s = data["summary"]
+    summary = Table(title="Summary (means over layers)", title_justify="left")
+    summary.add_column("metric")
+    summary.add_column("mean", justify="right")
+    summary.add_column("layers", justify="right")
+    for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
+                "rand_distance"):
+        if key in s:
+            summary.add_row(key, _num(s[key], ".4f"), f"{s[f'{key}_layers']}/{s['layers']}")
+    con.print(summary)
+    flagged = ", ".join(f"{k}: {v}" for k, v in s.get("warnings", {}).items() if v)
+    if flagged:
+        con.print(f"Flagged layers: {flagged}")
+    if data.get("skipped"):
+        sk = Table(title="Skipped", title_justify="left")
+        sk.add_column("name")
+        sk.add_column("reason")
+        for r in data["skipped"]:
+            sk.add_row(escape(r["name"]), escape(r["reason"]))
+        con.print(sk)
+
+
+def _render_reuse(con: Console, r: dict) -> None:
+    con.print("Reusability prior (context counts, log base 2)")
     summary = Table(title="Model", title_justify="left")
     summary.add_column("quantity")
     summary.add_column("value", justify="right")
@@ -93,9 +147,7 @@ def render_reuse(result: dict, color: bool = False) -> str:
     t = Table(title="Parameters", title_justify="left")
     for col in ("name", "scalars", "log2 count min", "mean", "max", "mass share"):
         t.add_column(col, justify="left" if col == "name" else "right")
-    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     for q in r["parameters"]:
-        t.add_row(escape(q["name"]), f"{q['scalars']:,}", fmt(q["log2_count_min"]), fmt(q["log2_count_mean"]),
-                  fmt(q["log2_count_max"]), f"{q['mass_share']:.2e}")
+        t.add_row(escape(q["name"]), f"{q['scalars']:,}", _num(q["log2_count_min"]), _num(q["log2_count_mean"]),
+                  _num(q["log2_count_max"]), f"{q['mass_share']:.2e}")
     con.print(t)
-    return buf.getvalue()

@@ -284,8 +284,10 @@ def test_analyze_cli_json_and_table(tmp_path):
     assert last["log2_count_min"] == last["log2_count_max"] == 0.0
     res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--input-shape", "image=1,1,8,8"])
     assert res.exit_code == 0 and "total surprisal" in res.output and "classifier.3.bias" in res.output
-    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral"])
-    assert res.exit_code == 2 and "unknown or unavailable metric family spectral" in res.output
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "colour"])
+    assert res.exit_code == 2 and "unknown metric family colour" in res.output
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "reuse"])  # asked for: dynamic dims are an error
+    assert res.exit_code == 2 and "--input-shape image=" in res.output
 
 
 @settings(max_examples=15, deadline=None)

@@ -1,0 +1,89 @@
+"""`irtools.analyze`: spectral and reuse metrics of a model in one call, as tables.
+
+The library face of `irtools analyze`: runs the `weights` + `spectral` and `reuse` passes
+and returns per-layer `details` (a pandas DataFrame with WeightWatcher's column names), the
+model `summary`, the `skipped` layers with reasons and the `reuse` quantities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from irtools.errors import IrtoolsError, ShapeError, UnsupportedError
+from irtools.model import IRModel, load
+from irtools.passing import get_pass
+
+METRIC_FAMILIES = ("spectral", "reuse")
+
+
+@dataclass
+class Analysis:
+    """What `analyze` found: per-layer details, summary, skipped layers and reuse quantities."""
+
+    model: str
+    details: Any  # pandas.DataFrame, one row per analysed layer
+    summary: dict
+    skipped: list[dict]
+    reuse: dict | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: {"model", "layers", "summary", "skipped", "reuse"} (+ "notes")."""
+        out = {"model": self.model, "layers": self.details.to_dict(orient="records") if self.details is not None
+               else [], "summary": self.summary, "skipped": self.skipped}
+        if self.reuse is not None:
+            out["reuse"] = self.reuse
+        if self.notes:
+            out["notes"] = self.notes
+        return out
+
+
+def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    items = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    unknown = [m for m in items if m not in METRIC_FAMILIES]
+    if unknown or not items:
+        raise IrtoolsError(f"--metrics: unknown metric family {', '.join(unknown) or '(none)'} "
+                           f"(available: {', '.join(METRIC_FAMILIES)})")
+    return tuple(dict.fromkeys(items))
+
+
+def analyze(
+    source: str | os.PathLike | onnx.ModelProto | IRModel,
+    *,
+    metrics: str | Iterable[str] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    min_evals: int = 8,
+    max_evals: int = 15000,
+    max_n: int = 50000,
+    conv_slices: bool = False,
+    split_qkv: bool = False,
+    randomize: bool = False,
+    method: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Analysis:
+    """Analyse a model (path, ModelProto or IRModel). `metrics` defaults to spectral and reuse;
+    when reuse was not asked for explicitly and the graph cannot be counted (dynamic shapes, an
+    op without a counting rule), it is left out with a note instead of failing the analysis."""
+    explicit = metrics is not None
+    families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
+    model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
+    name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
+    details, summary, skipped, reuse, notes = None, {}, [], None, []
+    if "spectral" in families:
+        get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
+        result = get_pass("spectral", min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method,
+                          randomize=randomize, progress=progress)(model)
+        details, summary, skipped = result.details(), result.summary, result.skipped
+    if "reuse" in families:
+        try:
+            reuse = get_pass("reuse")(model)
+        except (ShapeError, UnsupportedError) as exc:
+            if explicit:
+                raise
+            notes.append(f"reuse metrics left out: {exc.message}")
+    return Analysis(name, details, summary, skipped, reuse, notes)

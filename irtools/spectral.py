@@ -1,0 +1,110 @@
+"""Heavy-tailed self-regularisation metrics of one layer's ESD, and the model summary.
+
+Conventions of WeightWatcher 0.7.x (conventions.md section 2): the ESD is the eigenvalues of
+X = W^T W (not divided by N); norms use every eigenvalue, the power-law fit only those above
+1e-5. Unlike the reference, a failed or meaningless fit is NaN with a reason (never -1), and
+degenerate spectra (rank one, constant weights) are flagged instead of given an alpha.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from irtools.powerlaw import fit_power_law
+
+OVER_TRAINED, UNDER_TRAINED, DEGENERATE = "over-trained", "under-trained", "degenerate"
+#: The model summary: plain means over the layers that have the metric.
+SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank")
+
+
+def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int) -> dict:
+    """All per-layer metrics of the pooled eigenvalues `evals` of a layer whose matrices are N x M.
+
+    `noise_floor` is the eigenvalue level below which the backend's eigenvalues are round-off;
+    `max_rank_per_matrix` the largest rank of the layer's individual matrices.
+    """
+    evals = np.sort(np.asarray(evals, dtype=np.float64))
+    lam_max = float(evals[-1])
+    norm = float(evals.sum())
+    row = {
+        "N": n, "M": m, "num_evals": int(evals.size), "lambda_max": lam_max,
+        "norm": norm, "log_norm": _log10(norm), "spectral_norm": lam_max, "log_spectral_norm": _log10(lam_max),
+        "stable_rank": norm / lam_max if lam_max > 0 else math.nan,
+    }
+    rank = int(np.count_nonzero(evals > max(noise_floor, 0.0))) if lam_max > 0 else 0
+    row["matrix_rank"] = rank
+    row["entropy"] = _matrix_entropy(evals, rank)
+    degenerate = _degeneracy(evals, m, max_rank_per_matrix)
+    if degenerate:
+        fit_status, alpha = f"degenerate: {degenerate}", math.nan
+        row.update(alpha=math.nan, xmin=math.nan, xmax=math.nan, D=math.nan, sigma=math.nan, num_pl_spikes=0)
+    else:
+        fit = fit_power_law(evals)
+        fit_status, alpha = fit.status, fit.alpha
+        row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
+                   num_pl_spikes=fit.num_pl_spikes)
+    row["alpha_weighted"] = alpha * row["log_spectral_norm"]
+    row["log_alpha_norm"] = _log10(float(np.sum(evals**alpha))) if not math.isnan(alpha) else math.nan
+    if degenerate:
+        row["warning"] = DEGENERATE
+    elif math.isnan(alpha):
+        row["warning"] = "fit-failed"
+    elif alpha < 2.0:
+        row["warning"] = OVER_TRAINED
+    elif alpha > 6.0:
+        row["warning"] = UNDER_TRAINED
+    else:
+        row["warning"] = ""
+    row["fit_status"] = fit_status
+    return row
+
+
+def _log10(x: float) -> float:
+    return math.log10(x) if x > 0 else math.nan
+
+
+def _matrix_entropy(evals: np.ndarray, rank: int) -> float:
+    """WeightWatcher's matrix entropy: -sum p ln p / ln(rank), p = lambda / sum(lambda) + 1e-10."""
+    total = float(evals.sum())
+    if total <= 0:
+        return math.nan
+    p = evals / total + 1e-10
+    denom = math.log(rank + 1e-10)
+    return float(-np.sum(p * np.log(p)) / denom) if denom != 0 else math.nan
+
+
+def _degeneracy(evals: np.ndarray, m: int, max_rank_per_matrix: int) -> str:
+    """Why a spectrum carries no power law (empty string if it may)."""
+    if evals.size == 0 or evals[-1] <= 0:
+        return "all weights are zero"
+    if max_rank_per_matrix <= 1 < m:
+        return "every weight matrix has rank one (e.g. constant weights)"
+    above = evals[evals > 1e-5]
+    if above.size >= 2 and np.ptp(above) <= 1e-12 * above[-1]:
+        return "all eigenvalues are equal"
+    return ""
+
+
+def rand_distance(evals: np.ndarray, rand_evals: np.ndarray) -> float:
+    """Jensen-Shannon distance between the sorted eigenvalue vectors (as WeightWatcher defines it)."""
+    p, q = np.asarray(evals, dtype=np.float64), np.asarray(rand_evals, dtype=np.float64)
+    mid = (p + q) / 2
+    return float(np.sqrt((stats.entropy(p, mid) + stats.entropy(q, mid)) / 2))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means over layers of the summary metrics; each says over how many layers it was taken."""
+    out: dict = {"layers": len(rows)}
+    for key in SUMMARY_METRICS + ("rand_distance",):
+        vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
+        if key == "rand_distance" and not vals:
+            continue
+        out[key] = float(np.mean(vals)) if vals else math.nan
+        out[f"{key}_layers"] = len(vals)
+    out["fitted_layers"] = sum(1 for r in rows if r.get("fit_status") == "success")
+    out["warnings"] = {w: sum(1 for r in rows if r.get("warning") == w)
+                       for w in (OVER_TRAINED, UNDER_TRAINED, DEGENERATE, "fit-failed")}
+    return out

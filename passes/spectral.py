@@ -1,0 +1,105 @@
+"""The `spectral` pass: ESD, power-law fit and norm metrics of every layer from `weights`.
+
+Applies the reference's size limits (fewer than `min_evals` or more than `max_evals`
+eigenvalues, or N > `max_n`: skipped, each with its reason), computes eigenvalues with a
+backend (`irtools.backends`) one layer at a time and the metrics with `irtools.spectral`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from irtools.backends import get_backend
+from irtools.model import IRModel
+from irtools.passing import Pass, register_pass
+from irtools.spectral import layer_metrics, rand_distance, summarize
+
+#: Column order of the per-layer table (WeightWatcher's names where it has them).
+COLUMNS = (
+    "layer_id", "name", "node", "op_type", "layer_type", "parameter", "N", "M", "rf", "num_evals", "lambda_max",
+    "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
+    "alpha_weighted", "log_alpha_norm", "stable_rank", "matrix_rank", "entropy", "warning", "fit_status",
+)
+
+
+@dataclass(slots=True)
+class SpectralResult:
+    """Per-layer rows (dicts with `COLUMNS`), skipped layers with reasons, and the model summary."""
+
+    rows: list[dict]
+    skipped: list[dict]
+    summary: dict
+
+    def details(self):
+        """The per-layer table as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=[c for c in COLUMNS if not self.rows or c in self.rows[0]] +
+                            [c for c in (self.rows[0] if self.rows else {}) if c not in COLUMNS])
+
+
+@register_pass
+class SpectralPass(Pass):
+    """Heavy-tailed self-regularisation metrics (alpha, alpha-hat, norms, stable rank) per layer."""
+
+    name = "spectral"
+    requires = ("weights",)
+    min_evals: int = 8
+    max_evals: int = 15000
+    max_n: int = 50000
+    backend: str = "cpu"
+    method: str = "auto"
+    randomize: bool = False
+    seed: int = 0
+    progress: Callable[[int, int, str], None] | None = None
+
+    def run(self, model: IRModel) -> SpectralResult:
+        weights = model.results["weights"]
+        backend = get_backend(self.backend, method=self.method)
+        rows: list[dict] = []
+        skipped = [dict(s) for s in weights.skipped]
+        todo = []
+        for layer in weights.layers:
+            reason = self._skip_reason(layer)
+            if reason:
+                skipped.append({"name": layer.name, "node": layer.node, "op_type": layer.op_type,
+                                "parameter": layer.parameter, "reason": reason})
+            else:
+                todo.append(layer)
+        rng = np.random.default_rng(self.seed)
+        for k, layer in enumerate(todo):
+            if self.progress is not None:
+                self.progress(k, len(todo), layer.name)
+            mats = layer.matrices()
+            spectra = backend.spectra(mats)
+            evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale
+            noise = max(s.noise_floor for s in spectra) * layer.eigen_scale
+            max_rank = max(int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
+            row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
+                   "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
+            row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
+            if self.randomize:
+                shuffled = [rng.permutation(w.ravel()).reshape(w.shape) for w in mats]
+                rand = np.sort(np.concatenate([s.evals for s in backend.spectra(shuffled)])) * layer.eigen_scale
+                row["rand_distance"] = rand_distance(evals, rand)
+                row["max_rand_eval"] = float(rand[-1])
+            rows.append(row)
+            del mats
+        if self.progress is not None:
+            self.progress(len(todo), len(todo), "")
+        return SpectralResult(rows, skipped, summarize(rows))
+
+    def _skip_reason(self, layer) -> str:
+        if self.min_evals and layer.num_evals < self.min_evals:
+            return f"{layer.num_evals} eigenvalues < min_evals {self.min_evals}"
+        if self.max_evals and layer.num_evals > self.max_evals:
+            return f"{layer.num_evals} eigenvalues > max_evals {self.max_evals}"
+        if self.max_n and layer.N > self.max_n:
+            return f"N = {layer.N} > max_N {self.max_n}"
+        return ""
+
+

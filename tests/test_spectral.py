@@ -1,0 +1,282 @@
+"""Weight extraction and per-layer spectral metrics against independent truth."""
+
+import json
+import math
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import scipy.linalg
+from click.testing import CliRunner
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import irtools
+from irtools.backends.cpu import squared_singular_values
+from irtools.cli import main
+from tests import builders as b
+from tests.conftest import EXAMPLE, LIGHT_MODELS
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def spectral(proto_or_path, **opts):
+    m = irtools.load(proto_or_path)
+    irtools.get_pass("weights", **{k: opts.pop(k) for k in ("conv_slices", "split_qkv") if k in opts})(m)
+    return m, irtools.get_pass("spectral", **opts)(m)
+
+
+def svd_evals(w):
+    return np.sort(scipy.linalg.svd(np.asarray(w, np.float64), compute_uv=False) ** 2)
+
+
+# -- against WeightWatcher 0.7.x --------------------------------------------------------
+def test_matches_weightwatcher_on_the_same_torch_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    ww = pytest.importorskip("weightwatcher")
+    import logging
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(100, 32)
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1),
+                torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                torch.nn.Flatten())
+            self.fc1, self.fc2, self.fc3 = torch.nn.Linear(96, 128), torch.nn.Linear(128, 64), torch.nn.Linear(64, 10)
+
+        def forward(self, x, tok):
+            z = torch.cat([self.features(x), self.emb(tok).mean(1)], 1)
+            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(z)))))
+
+    net = Net().eval()
+    path = str(tmp_path / "net.onnx")
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, dtype=torch.long)), path, dynamo=False,
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE, opset_version=17)
+    reference = ww.WeightWatcher(model=net).analyze()
+    ours = irtools.analyze(path, metrics="spectral").details
+    assert len(reference) == 7
+    for _, ref in reference.iterrows():
+        row = ours[ours.parameter == ref["longname"] + ".weight"]
+        assert len(row) == 1, ref["longname"]
+        row = row.iloc[0]
+        for col in ("alpha", "xmin", "D", "sigma", "log_norm", "log_spectral_norm", "alpha_weighted",
+                    "log_alpha_norm", "stable_rank", "lambda_max", "xmax", "entropy"):
+            assert row[col] == pytest.approx(ref[col], rel=1e-6), (ref["longname"], col)
+        for col in ("num_evals", "num_pl_spikes", "matrix_rank", "N", "M"):
+            assert int(row[col]) == int(ref[col]), (ref["longname"], col)
+
+
+# -- extraction -------------------------------------------------------------------------
+def test_torch_and_tf_layouts_give_the_same_layer():
+    w = rand(40, 24)  # torch Linear stores (out, in); TF/JAX store (in, out)
+    torch_style = b.model([h.make_node("Gemm", ["x", "w"], ["y"], transB=1)], [b.vinfo("x", [1, 24])],
+                          [b.vinfo("y", [1, 40])], [b.tensor("w", w)])
+    tf_style = b.model([h.make_node("MatMul", ["x", "w"], ["y"])], [b.vinfo("x", [1, 24])],
+                       [b.vinfo("y", [1, 40])], [b.tensor("w", w.T.copy())])
+    a = irtools.analyze(torch_style, metrics="spectral").details.iloc[0]
+    c = irtools.analyze(tf_style, metrics="spectral").details.iloc[0]
+    for col in ("N", "M", "alpha", "xmin", "D", "log_norm", "log_spectral_norm", "alpha_weighted", "stable_rank"):
+        assert a[col] == pytest.approx(c[col], rel=1e-12), col
+    np.testing.assert_allclose(a["lambda_max"], svd_evals(w)[-1], rtol=1e-12)
+
+
+def test_conv_is_pooled_over_kernel_positions_and_sliced_on_request():
+    w = rand(24, 12, 3, 2)
+    proto = b.model([h.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 2], name="conv")],
+                    [b.vinfo("x", [1, 12, 5, 5])], [b.vinfo("y", [1, 24, 3, 4])], [b.tensor("w", w)])
+    truth = np.sort(np.concatenate([svd_evals(w[:, :, i, j]) for i in range(3) for j in range(2)])) * 0.5
+    _, r = spectral(proto)
+    (row,) = r.rows
+    assert (row["N"], row["M"], row["rf"], row["num_evals"]) == (24, 12, 6, 72)
+    assert row["lambda_max"] == pytest.approx(truth[-1], rel=1e-12)
+    assert row["norm"] == pytest.approx(truth.sum(), rel=1e-12)  # = 0.5 * ||W||_F^2
+    assert row["norm"] == pytest.approx(0.5 * float((w.astype(np.float64) ** 2).sum()), rel=1e-12)
+    _, sliced = spectral(proto, conv_slices=True, min_evals=1)
+    assert [x["name"] for x in sliced.rows] == [f"conv[{i},{j}]" for i in range(3) for j in range(2)]
+    top = svd_evals(w[:, :, 2, 1])[-1] * 6 / 2  # per-slice scale rf / 2 (WeightWatcher's k / sqrt(2))
+    assert sliced.rows[-1]["lambda_max"] == pytest.approx(top, rel=1e-12)
+
+
+def test_conv1d_and_grouped_conv_are_extracted():
+    w1 = rand(16, 8, 5)
+    wg = rand(16, 4, 3, 3)  # groups=2: (out, in/groups, kh, kw)
+    proto = b.model(
+        [h.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[5], name="c1d"),
+         h.make_node("Unsqueeze", ["c", "ax"], ["c4"]),
+         h.make_node("Conv", ["c4", "wg"], ["y"], kernel_shape=[1, 3], group=2, pads=[0, 1, 0, 1], name="cg")],
+        [b.vinfo("x", [1, 8, 9])], [b.vinfo("y", [1, 16, 1, 5])],
+        [b.tensor("w1", w1), b.tensor("ax", np.array([2], np.int64)), b.tensor("wg", wg[:, :, :1, :])])
+    _, r = spectral(proto, min_evals=1)
+    rows = {x["name"]: x for x in r.rows}
+    assert rows["c1d"]["layer_type"] == "conv1d" and rows["c1d"]["num_evals"] == 8 * 5
+    truth = np.sort(np.concatenate([svd_evals(w1[:, :, k]) for k in range(5)])) * 0.5
+    assert rows["c1d"]["lambda_max"] == pytest.approx(truth[-1], rel=1e-12)
+    assert rows["cg"]["M"] == 4 and rows["cg"]["rf"] == 3
+
+
+def test_lstm_gates_and_embedding():
+    hidden, inp = 12, 10
+    W, R = rand(1, 4 * hidden, inp), rand(1, 4 * hidden, hidden)
+    table = rand(50, 16)
+    proto = b.model(
+        [h.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         h.make_node("LSTM", ["x", "W", "R"], ["ys", "hs"], hidden_size=hidden, name="lstm")],
+        [b.vinfo("x", [3, 1, inp]), b.vinfo("ids", [1, 4], T.INT64)],
+        [b.vinfo("hs", [1, 1, hidden]), b.vinfo("e", [1, 4, 16])],
+        [b.tensor("W", W), b.tensor("R", R), b.tensor("table", table)])
+    m, r = spectral(proto, min_evals=1)
+    rows = {x["name"]: x for x in r.rows}
+    assert rows["embed"]["layer_type"] == "embedding" and rows["embed"]["parameter"] == "table"
+    assert rows["embed"]["lambda_max"] == pytest.approx(svd_evals(table)[-1], rel=1e-12)
+    for g, gate in enumerate("iofc"):
+        row = rows[f"lstm:W[0].{gate}"]
+        assert row["parameter"] == "W" and (row["N"], row["M"]) == (12, 10)
+        assert row["lambda_max"] == pytest.approx(svd_evals(W[0, g * hidden:(g + 1) * hidden])[-1], rel=1e-12)
+        assert rows[f"lstm:R[0].{gate}"]["M"] == 12
+    assert len(rows) == 9
+
+
+def test_fused_qkv_split_on_request():
+    d = 16
+    w = rand(d, 3 * d)
+    proto = b.model([h.make_node("MatMul", ["x", "w"], ["y"], name="qkv")], [b.vinfo("x", [1, d])],
+                    [b.vinfo("y", [1, 3 * d])], [b.tensor("w", w)])
+    _, whole = spectral(proto)
+    _, split = spectral(proto, split_qkv=True)
+    assert [x["name"] for x in whole.rows] == ["qkv"]
+    assert [x["name"] for x in split.rows] == ["qkv:q", "qkv:k", "qkv:v"]
+    assert split.rows[1]["lambda_max"] == pytest.approx(svd_evals(w[:, d:2 * d])[-1], rel=1e-12)
+
+
+def _ort_run(proto, feeds):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("mode", ["per-tensor", "per-axis", "uint8-zero-point"])
+def test_dequantize_linear_weights_match_onnxruntime(mode):
+    q = RNG.integers(-100, 100, size=(20, 12)).astype(np.int8)
+    scale, zero = np.float32(0.02), None
+    if mode == "per-axis":
+        scale = RNG.uniform(0.01, 0.05, size=12).astype(np.float32)
+    if mode == "uint8-zero-point":
+        q = RNG.integers(0, 255, size=(20, 12)).astype(np.uint8)
+        zero = np.uint8(128)
+    inits = [b.tensor("q", q), b.tensor("s", scale)] + ([b.tensor("z", zero)] if zero is not None else [])
+    dq = h.make_node("DequantizeLinear", ["q", "s"] + (["z"] if zero is not None else []), ["w"], axis=1)
+    proto = b.model([dq, h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [b.vinfo("x", [20, 20])],
+                    [b.vinfo("y", [20, 12])], inits, opset=19)
+    truth = _ort_run(proto, {"x": np.eye(20, dtype=np.float32)})  # I @ W = the dequantized W
+    m = irtools.load(proto)
+    (layer,) = irtools.get_pass("weights")(m).layers
+    assert layer.parameter == "w"
+    np.testing.assert_allclose(layer.matrices()[0], truth, rtol=1e-5, atol=1e-6)  # ort works in float32
+
+
+def test_matmul_nbits_weights_match_onnxruntime():
+    n, k, block = 16, 32, 16
+    packed = RNG.integers(0, 256, size=(n, k // block, block // 2)).astype(np.uint8)
+    scales = RNG.uniform(0.01, 0.1, size=n * (k // block)).astype(np.float32)
+    node = h.make_node("MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                       block_size=block, name="qmm")
+    graph = h.make_graph([node], "g", [b.vinfo("x", [k, k])], [b.vinfo("y", [k, n])],
+                         [b.tensor("B", packed), b.tensor("scales", scales)])
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 8
+    truth = _ort_run(proto, {"x": np.eye(k, dtype=np.float32)})  # I @ B^T = B^T
+    m = irtools.load(proto)
+    (layer,) = irtools.get_pass("weights")(m).layers
+    np.testing.assert_allclose(layer.matrices()[0], truth.T, rtol=1e-5, atol=1e-6)
+
+
+# -- limits, failures, degenerate spectra -------------------------------------------------
+def test_skip_rules_list_reasons_and_flags_lift_them():
+    proto = b.mlp()  # fc1 is 5x4 (4 eigenvalues), fc2 5x3
+    _, r = spectral(proto)
+    assert r.rows == [] and {s["name"]: s["reason"] for s in r.skipped} == {
+        "fc1": "4 eigenvalues < min_evals 8", "fc2": "3 eigenvalues < min_evals 8"}
+    _, r = spectral(proto, min_evals=1)
+    assert [x["name"] for x in r.rows] == ["fc1", "fc2"]
+    wide = b.model([h.make_node("MatMul", ["x", "w"], ["y"], name="wide")], [b.vinfo("x", [1, 20])],
+                   [b.vinfo("y", [1, 60])], [b.tensor("w", rand(20, 60))])
+    _, r = spectral(wide, max_n=50)
+    assert r.skipped[0]["reason"] == "N = 60 > max_N 50"
+    _, r = spectral(wide, max_evals=10)
+    assert r.skipped[0]["reason"] == "20 eigenvalues > max_evals 10"
+
+
+@pytest.mark.parametrize("path", [p for p in LIGHT_MODELS if "squeezenet" in p or "inception_v1" in p],
+                         ids=os.path.basename)
+def test_constant_weight_models_are_flagged_degenerate(path):
+    a = irtools.analyze(path, metrics="spectral")
+    assert len(a.details) > 0
+    assert set(a.details.warning) == {"degenerate"}
+    assert a.details.alpha.isna().all()
+    assert a.summary["alpha_layers"] == 0 and math.isnan(a.summary["alpha"])
+    assert a.summary["log_norm_layers"] == len(a.details)  # norms still exist
+
+
+def test_failed_fits_are_left_out_of_the_means():
+    good = rand(64, 32)
+    zero = np.zeros((16, 16), np.float32)
+    proto = b.model([h.make_node("MatMul", ["x", "g"], ["a"], name="good"),
+                     h.make_node("MatMul", ["a", "z"], ["y"], name="zero")],
+                    [b.vinfo("x", [1, 64])], [b.vinfo("y", [1, 16])],
+                    [b.tensor("g", good), b.tensor("z", zero[:32])])
+    a = irtools.analyze(proto, metrics="spectral")
+    rows = a.details.set_index("name")
+    assert rows.loc["zero", "warning"] == "degenerate" and math.isnan(rows.loc["zero", "alpha"])
+    assert a.summary["alpha"] == pytest.approx(rows.loc["good", "alpha"]) and a.summary["alpha_layers"] == 1
+
+
+def test_gram_route_agrees_with_svd():
+    for shape in ((300, 100), (100, 100), (64, 200)):
+        w = rand(*shape).astype(np.float64)
+        g = squared_singular_values(w, "gram")
+        s = squared_singular_values(w, "svd")
+        np.testing.assert_allclose(g.evals[-20:], s.evals[-20:], rtol=1e-10)
+        assert np.count_nonzero(g.evals > g.noise_floor) == np.count_nonzero(s.evals > s.noise_floor) == min(shape)
+    low = rand(120, 3).astype(np.float64) @ rand(3, 80).astype(np.float64)  # rank 3 in float64
+    for method in ("gram", "svd"):
+        sp = squared_singular_values(low, method)
+        assert np.count_nonzero(sp.evals > sp.noise_floor) == 3
+
+
+def test_randomize_adds_rand_distance():
+    a = irtools.analyze(b.model([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [b.vinfo("x", [1, 64])],
+                                [b.vinfo("y", [1, 32])], [b.tensor("w", rand(64, 32))]),
+                        metrics="spectral", randomize=True)
+    row = a.details.iloc[0]
+    assert 0 < row["rand_distance"] < 1 and a.summary["rand_distance_layers"] == 1
+
+
+# -- CLI ----------------------------------------------------------------------------------
+def test_analyze_cli_formats(tmp_path):
+    out = tmp_path / "a.json"
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--input-shape", "image=1,1,8,8", "--format", "json",
+                                    "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert set(data) == {"model", "layers", "summary", "skipped", "reuse"}
+    assert [r["parameter"] for r in data["layers"]] == ["features.0.weight", "features.3.weight",
+                                                        "classifier.1.weight", "classifier.3.weight"]
+    assert data["summary"]["layers"] == 4 and data["reuse"]["num_params"] == 38_474
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--format", "csv"])
+    assert res.exit_code == 0
+    header = res.stdout.splitlines()[0].split(",")
+    assert header[:3] == ["layer_id", "name", "node"] and "alpha" in header and "log_spectral_norm" in header
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE])  # dynamic input: reuse left out, with a note
+    assert res.exit_code == 0 and "reuse metrics left out" in res.output and "alpha" in res.output
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "reuse", "--format", "csv",
+                                    "--input-shape", "image=1,1,8,8"])
+    assert res.exit_code == 2 and "add spectral to --metrics" in res.output
