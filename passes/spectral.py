@@ -7,11 +7,13 @@ backend (`irtools.backends`) one layer at a time and the metrics with `irtools.s
 
 from __future__ import annotations
 
-import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from irtools.backends import get_backend
 from irtools.model import IRModel
@@ -24,6 +26,14 @@ COLUMNS = (
     "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
     "alpha_weighted", "log_alpha_norm", "stable_rank", "matrix_rank", "entropy", "warning", "fit_status",
 )
+
+
+#: Layers costing more than this (Gram matrix flops) get every core to themselves.
+BIG_LAYER_FLOPS = 2e9
+
+
+def _cost(layer) -> float:
+    return float(layer.rf) * layer.N * layer.M * layer.M
 
 
 @dataclass(slots=True)
@@ -55,12 +65,12 @@ class SpectralPass(Pass):
     method: str = "auto"
     randomize: bool = False
     seed: int = 0
+    workers: int = 0  # layers analysed at once (0: one per core)
     progress: Callable[[int, int, str], None] | None = None
 
     def run(self, model: IRModel) -> SpectralResult:
         weights = model.results["weights"]
         backend = get_backend(self.backend, method=self.method)
-        rows: list[dict] = []
         skipped = [dict(s) for s in weights.skipped]
         todo = []
         for layer in weights.layers:
@@ -70,10 +80,8 @@ class SpectralPass(Pass):
                                 "parameter": layer.parameter, "reason": reason})
             else:
                 todo.append(layer)
-        rng = np.random.default_rng(self.seed)
-        for k, layer in enumerate(todo):
-            if self.progress is not None:
-                self.progress(k, len(todo), layer.name)
+        def analyse(item):
+            k, layer = item
             mats = layer.matrices()
             spectra = backend.spectra(mats)
             evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale
@@ -83,14 +91,33 @@ class SpectralPass(Pass):
                    "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
             row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
             if self.randomize:
+                rng = np.random.default_rng([self.seed, k])
                 shuffled = [rng.permutation(w.ravel()).reshape(w.shape) for w in mats]
                 rand = np.sort(np.concatenate([s.evals for s in backend.spectra(shuffled)])) * layer.eigen_scale
                 row["rand_distance"] = rand_distance(evals, rand)
                 row["max_rand_eval"] = float(rand[-1])
-            rows.append(row)
-            del mats
-        if self.progress is not None:
-            self.progress(len(todo), len(todo), "")
+            return row
+
+        # Big layers one at a time on every core (threaded BLAS); the many small ones in parallel,
+        # one BLAS thread each, which beats threading each small eigenproblem.
+        workers = self.workers or os.cpu_count() or 1
+        order = list(enumerate(todo))
+        big = [it for it in order if _cost(it[1]) >= BIG_LAYER_FLOPS] if workers > 1 else order
+        small = [it for it in order if _cost(it[1]) < BIG_LAYER_FLOPS] if workers > 1 else []
+        by_id: dict[int, dict] = {}
+
+        def done(row):
+            by_id[row["layer_id"]] = row
+            if self.progress is not None:
+                self.progress(len(by_id), len(todo), row["name"])
+
+        for item in big:
+            done(analyse(item))
+        if small:
+            with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+                for row in pool.map(analyse, small):
+                    done(row)
+        rows = [by_id[k] for k in range(len(todo))]
         return SpectralResult(rows, skipped, summarize(rows))
 
     def _skip_reason(self, layer) -> str:

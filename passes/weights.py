@@ -60,8 +60,10 @@ class _Ctx:
         self.model, self.opts = model, opts
         self.param_of: dict[tuple[str, int], str] = {}
         for p in model.parameters:
-            for u in p.uses:
+            for u in p.uses:  # the nodes that compute with it, after view-like constant ops
                 self.param_of[(u.node, u.input_index)] = p.name
+            for usage in p.value.uses():  # and its direct readers, constant ones included
+                self.param_of[(model.node_names[usage.node], usage.idx)] = p.name
         self.layers: list[WeightLayer] = []
         self.skipped: list[dict] = []
 
@@ -159,10 +161,10 @@ def _conv(ctx: _Ctx, node: ir.Node) -> None:
 def _embedding(ctx: _Ctx, node: ir.Node) -> None:
     v = ctx.const_input(node, 0)
     axis = node.attributes.get("axis")
-    if v is None or (axis is not None and axis.value != 0) or ctx.const_input(node, 1) is not None:
-        return  # only a lookup of activations-chosen rows in a constant table is an embedding
-    if v.dtype is None or not v.dtype.is_floating_point():
+    if v is None or (axis is not None and axis.value != 0):
         return
+    if (ctx.model.node_names[node], 0) not in ctx.param_of:
+        return  # a row lookup in a learnable table (token or position embedding), not shape arithmetic
     shape = ctx.model.static_shape(v)
     if len(shape) != 2:
         return

@@ -280,3 +280,15 @@ def test_analyze_cli_formats(tmp_path):
     res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "reuse", "--format", "csv",
                                     "--input-shape", "image=1,1,8,8"])
     assert res.exit_code == 2 and "add spectral to --metrics" in res.output
+
+
+def test_position_embedding_with_constant_indices_is_an_embedding():
+    table = rand(64, 16)
+    proto = b.model([h.make_node("Gather", ["pos_table", "positions"], ["p"], name="pos"),
+                     h.make_node("Add", ["x", "p"], ["y"])],
+                    [b.vinfo("x", [1, 4, 16])], [b.vinfo("y", [1, 4, 16])],
+                    [b.tensor("pos_table", table), b.tensor("positions", np.arange(4, dtype=np.int64)[None])])
+    _, r = spectral(proto)
+    (row,) = r.rows
+    assert (row["name"], row["layer_type"], row["parameter"]) == ("pos", "embedding", "pos_table")
+    assert row["lambda_max"] == pytest.approx(svd_evals(table)[-1], rel=1e-12)
