@@ -63,6 +63,7 @@ def analyze(
     conv_slices: bool = False,
     split_qkv: bool = False,
     randomize: bool = False,
+    mp_fit: bool = False,
     method: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Analysis:
@@ -77,7 +78,7 @@ def analyze(
     if "spectral" in families:
         get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
         result = get_pass("spectral", min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method,
-                          randomize=randomize, progress=progress)(model)
+                          randomize=randomize, mp_fit=mp_fit, progress=progress)(model)
         details, summary, skipped = result.details(), result.summary, result.skipped
     if "reuse" in families:
         try:

@@ -18,6 +18,8 @@ from irtools.powerlaw import fit_power_law
 OVER_TRAINED, UNDER_TRAINED, DEGENERATE = "over-trained", "under-trained", "degenerate"
 #: The model summary: plain means over the layers that have the metric.
 SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank")
+#: Summarised only when computed (--mp-fit, --randomize).
+OPTIONAL_SUMMARY_METRICS = ("mp_softrank", "rand_distance")
 
 
 def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int) -> dict:
@@ -98,9 +100,9 @@ def rand_distance(evals: np.ndarray, rand_evals: np.ndarray) -> float:
 def summarize(rows: list[dict]) -> dict:
     """Means over layers of the summary metrics; each says over how many layers it was taken."""
     out: dict = {"layers": len(rows)}
-    for key in SUMMARY_METRICS + ("rand_distance",):
+    for key in SUMMARY_METRICS + OPTIONAL_SUMMARY_METRICS:
         vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
-        if key == "rand_distance" and not vals:
+        if key in OPTIONAL_SUMMARY_METRICS and not vals:
             continue
         out[key] = float(np.mean(vals)) if vals else math.nan
         out[f"{key}_layers"] = len(vals)

@@ -106,7 +106,7 @@ def _render_spectral(con: Console, data: dict) -> None:
     summary.add_column("mean", justify="right")
     summary.add_column("layers", justify="right")
     for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
-                "rand_distance"):
+                "mp_softrank", "rand_distance"):
         if key in s:
             summary.add_row(key, _num(s[key], ".4f"), f"{s[f'{key}_layers']}/{s['layers']}")
     con.print(summary)

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend
 from irtools.model import IRModel
 from irtools.passing import Pass, register_pass
+from irtools.mpfit import mp_fit
 from irtools.spectral import layer_metrics, rand_distance, summarize
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
@@ -64,6 +65,7 @@ class SpectralPass(Pass):
     backend: str = "cpu"
     method: str = "auto"
     randomize: bool = False
+    mp_fit: bool = False
     seed: int = 0
     workers: int = 0  # layers analysed at once (0: one per core)
     progress: Callable[[int, int, str], None] | None = None
@@ -90,6 +92,8 @@ class SpectralPass(Pass):
             row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
                    "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
             row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
+            if self.mp_fit:
+                row.update(mp_fit(evals, layer.N, layer.M))
             if self.randomize:
                 rng = np.random.default_rng([self.seed, k])
                 shuffled = [rng.permutation(w.ravel()).reshape(w.shape) for w in mats]

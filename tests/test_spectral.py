@@ -292,3 +292,28 @@ def test_position_embedding_with_constant_indices_is_an_embedding():
     (row,) = r.rows
     assert (row["name"], row["layer_type"], row["parameter"]) == ("pos", "embedding", "pos_table")
     assert row["lambda_max"] == pytest.approx(svd_evals(table)[-1], rel=1e-12)
+
+
+def test_mp_fit_matches_weightwatcher():
+    torch = pytest.importorskip("torch")
+    ww = pytest.importorskip("weightwatcher")
+    import logging
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64),
+                              torch.nn.Linear(64, 64))
+    with torch.no_grad():  # plant spikes above the random bulk
+        for layer, rank in ((net[0], 3), (net[2], 1)):
+            u, v = torch.randn(layer.out_features, rank), torch.randn(rank, layer.in_features)
+            layer.weight += 0.3 * u @ v
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 48),), buf, dynamo=False, opset_version=17)
+    reference = ww.WeightWatcher(model=net).analyze(mp_fit=True)
+    ours = irtools.analyze(onnx.load_from_string(buf.getvalue()), metrics="spectral", mp_fit=True)
+    assert list(ours.details.num_spikes) == list(reference.num_spikes) and reference.num_spikes.sum() >= 4
+    np.testing.assert_allclose(ours.details.mp_softrank, reference.mp_softrank, rtol=1e-6)
+    np.testing.assert_allclose(ours.details.sigma_mp, reference.sigma_mp, rtol=1e-6)
+    assert ours.summary["mp_softrank"] == pytest.approx(reference.mp_softrank.mean(), rel=1e-6)
