@@ -163,19 +163,22 @@ def _ort_run(proto, feeds):
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
-@pytest.mark.parametrize("mode", ["per-tensor", "per-axis", "uint8-zero-point"])
+@pytest.mark.parametrize("mode", ["per-tensor", "per-axis", "uint8-zero-point", "blocked"])
 def test_dequantize_linear_weights_match_onnxruntime(mode):
     q = RNG.integers(-100, 100, size=(20, 12)).astype(np.int8)
-    scale, zero = np.float32(0.02), None
+    scale, zero, extra = np.float32(0.02), None, {}
     if mode == "per-axis":
         scale = RNG.uniform(0.01, 0.05, size=12).astype(np.float32)
+    if mode == "blocked":  # opset 21: blocks of 4 along axis 1
+        scale = RNG.uniform(0.01, 0.05, size=(20, 3)).astype(np.float32)
+        extra = {"block_size": 4}
     if mode == "uint8-zero-point":
         q = RNG.integers(0, 255, size=(20, 12)).astype(np.uint8)
         zero = np.uint8(128)
     inits = [b.tensor("q", q), b.tensor("s", scale)] + ([b.tensor("z", zero)] if zero is not None else [])
-    dq = h.make_node("DequantizeLinear", ["q", "s"] + (["z"] if zero is not None else []), ["w"], axis=1)
+    dq = h.make_node("DequantizeLinear", ["q", "s"] + (["z"] if zero is not None else []), ["w"], axis=1, **extra)
     proto = b.model([dq, h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [b.vinfo("x", [20, 20])],
-                    [b.vinfo("y", [20, 12])], inits, opset=19)
+                    [b.vinfo("y", [20, 12])], inits, opset=21 if extra else 19)
     truth = _ort_run(proto, {"x": np.eye(20, dtype=np.float32)})  # I @ W = the dequantized W
     m = irtools.load(proto)
     (layer,) = irtools.get_pass("weights")(m).layers
