@@ -424,6 +424,71 @@ def _reduce(n: _Node) -> None:
     n.give(0, np.broadcast_to(n.out().reshape(kept), x_shape))
 
 
+def _resize(n: _Node) -> None:
+    """Resize / Upsample: separable, so each resized axis has a 0/1 dependency matrix (output x input).
+
+    The matrices come from onnxruntime running the node's own Resize on an identity along that
+    axis, so every mode and coordinate transformation is the runtime's; an output element
+    depends on the input elements with a nonzero interpolation weight.
+    """
+    x_shape, out = n.in_shape(0), n.out()
+    counts = out
+    for axis, (size_in, size_out) in enumerate(zip(x_shape, out.shape, strict=True)):
+        if size_in == size_out:
+            continue
+        dep = _resize_dependency(n, axis, size_in, size_out, out.shape)
+        counts = np.moveaxis(np.tensordot(counts, dep, axes=([axis], [0])), -1, axis)
+    n.give(0, counts)
+
+
+def _resize_dependency(n: _Node, axis: int, size_in: int, size_out: int, out_shape) -> np.ndarray:
+    import onnx
+    import onnxruntime as ort
+
+    attrs = [a for name, a in n.node.attributes.items() if name not in ("axes",)]
+    node = onnx.helper.make_node("Resize", ["x", "", "", "sizes"], ["y"])
+    for a in attrs:
+        node.attribute.append(ir.serde.serialize_attribute(a))
+    if n.node.op_type == "Upsample":  # Upsample(mode) = Resize(mode, asymmetric, floor)
+        mode = n.attr("mode", "nearest")
+        del node.attribute[:]
+        node.attribute.extend([onnx.helper.make_attribute("mode", mode if isinstance(mode, str) else mode.decode()),
+                               onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                               onnx.helper.make_attribute("nearest_mode", "floor")])
+    if n.has_input(1) and n.node.op_type == "Resize":
+        roi = n.const(1) if n.const(1).size else None
+        if roi is not None and roi.size:
+            raise UnsupportedError(f"Resize node '{n.name}': a region of interest is not supported", n.model.path)
+    graph = onnx.helper.make_graph(
+        [node], "dep", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [size_in, size_in])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array([size_in, size_out], dtype=np.int64), "sizes")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})[0]  # row i: how output positions use input i
+    return (np.abs(y.T) > 1e-12).astype(np.float64)  # (output, input)
+
+
+def _depth_to_space(n: _Node, idx: np.ndarray) -> np.ndarray:
+    b, c, hh, ww = idx.shape
+    k = int(n.attr("blocksize"))
+    mode = n.attr("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "DCR":
+        t = idx.reshape(b, k, k, c // (k * k), hh, ww).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        t = idx.reshape(b, c // (k * k), k, k, hh, ww).transpose(0, 1, 4, 2, 5, 3)
+    return t.reshape(b, c // (k * k), hh * k, ww * k)
+
+
+def _space_to_depth(n: _Node, idx: np.ndarray) -> np.ndarray:
+    b, c, hh, ww = idx.shape
+    k = int(n.attr("blocksize"))
+    t = idx.reshape(b, c, hh // k, k, ww // k, k).transpose(0, 3, 5, 1, 2, 4)
+    return t.reshape(b, c * k * k, hh // k, ww // k)
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -464,6 +529,10 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "Slice": _index_map_rule(_slice_map),
     "Gather": _index_map_rule(_gather_map),
     "Pad": _index_map_rule(_pad_map),
+    "DepthToSpace": _index_map_rule(_depth_to_space),
+    "SpaceToDepth": _index_map_rule(_space_to_depth),
+    "Resize": _resize,
+    "Upsample": _resize,
     "ReduceMean": _reduce,
     "ReduceSum": _reduce,
     "ReduceMax": _reduce,

@@ -16,12 +16,15 @@ import irtools
 from tests import builders as b
 
 
+STRUCTURAL = {"sc"}  # float inputs that are not data (Resize scales): probes keep their values
+
+
 def probe_counts(node: onnx.NodeProto, tensors: dict[str, np.ndarray], out_shape, name: str) -> np.ndarray:
     """Dependency counts of tensor `name`'s scalars, measured with onnxruntime."""
     inputs = [b.vinfo(k, list(v.shape), onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in tensors.items()]
     proto = b.model([node], inputs, [b.vinfo(node.output[0], list(out_shape))])
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    base = {k: (np.ones_like(v) if v.dtype.kind == "f" else v) for k, v in tensors.items()}
+    base = {k: (np.ones_like(v) if v.dtype.kind == "f" and k not in STRUCTURAL else v) for k, v in tensors.items()}
     counts = np.zeros(tensors[name].size, dtype=np.int64)
     zero = sess.run(None, {**base, name: np.zeros_like(tensors[name])})[0]
     for i in range(tensors[name].size):
@@ -36,7 +39,7 @@ def probe_counts(node: onnx.NodeProto, tensors: dict[str, np.ndarray], out_shape
 def our_counts(node: onnx.NodeProto, tensors: dict[str, np.ndarray], out_shape) -> dict[str, np.ndarray]:
     inits = [b.tensor(k, v) for k, v in tensors.items()]
     proto = b.model([node], [], [b.vinfo(node.output[0], list(out_shape))], inits)
-    floats = {k for k, v in tensors.items() if v.dtype.kind == "f"}
+    floats = {k for k, v in tensors.items() if v.dtype.kind == "f" and k not in STRUCTURAL}
     m = irtools.load(proto, parameters=floats)  # every float input is a parameter here
     cc = irtools.run_passes(m, ["context-counts"])["context-counts"]
     return {k: np.ldexp(c.mantissa, c.exponent) for k, c in cc.counts.items()}
@@ -110,7 +113,7 @@ def test_rule_matches_onnxruntime_dependencies(case):
     node, tensors, out_shape = CASES[case]
     ours = our_counts(node, tensors, out_shape)
     for name, v in tensors.items():
-        if v.dtype.kind != "f":
+        if v.dtype.kind != "f" or name in STRUCTURAL:
             continue
         if case in ("where", "instance-norm"):
             continue  # conventions differ from value dependence on purpose: checked below
@@ -142,3 +145,34 @@ def test_split_hands_each_part_back():
     m = irtools.load(proto, parameters={"X"})
     c = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["X"]
     np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), [[1, 1, 2, 2, 2]] * 2)
+
+
+RESIZE_CASES = {
+    "nearest-2x": (h.make_node("Resize", ["X", "", "sc"], ["Y"], mode="nearest"),
+                   {"X": x(1, 1, 3, 4), "sc": np.array([1, 1, 2, 2], F)}, (1, 1, 6, 8)),
+    "linear-half-pixel": (h.make_node("Resize", ["X", "", "", "sz"], ["Y"], mode="linear",
+                                      coordinate_transformation_mode="half_pixel"),
+                          {"X": x(1, 2, 3, 3), "sz": np.array([1, 2, 5, 7], I64)}, (1, 2, 5, 7)),
+    "linear-align-corners-down": (h.make_node("Resize", ["X", "", "", "sz"], ["Y"], mode="linear",
+                                              coordinate_transformation_mode="align_corners"),
+                                  {"X": x(1, 1, 6, 5), "sz": np.array([1, 1, 3, 4], I64)}, (1, 1, 3, 4)),
+    "cubic": (h.make_node("Resize", ["X", "", "sc"], ["Y"], mode="cubic"),
+              {"X": x(1, 1, 4, 4), "sc": np.array([1, 1, 2, 1.5], F)}, (1, 1, 8, 6)),
+    "depth-to-space-crd": (h.make_node("DepthToSpace", ["X"], ["Y"], blocksize=2, mode="CRD"),
+                           {"X": x(1, 8, 2, 3)}, (1, 2, 4, 6)),
+    "depth-to-space-dcr": (h.make_node("DepthToSpace", ["X"], ["Y"], blocksize=2), {"X": x(1, 8, 2, 3)}, (1, 2, 4, 6)),
+    "space-to-depth": (h.make_node("SpaceToDepth", ["X"], ["Y"], blocksize=2), {"X": x(1, 2, 4, 6)}, (1, 8, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(RESIZE_CASES))
+def test_resize_and_depth_rules_match_onnxruntime(case):
+    node, tensors, out_shape = RESIZE_CASES[case]
+    ours = our_counts(node, tensors, out_shape)
+    np.testing.assert_array_equal(ours["X"], probe_counts(node, tensors, out_shape, "X"))
+
+
+def test_nearest_upsample_by_hand():
+    """2x nearest upsampling: every input pixel feeds exactly its 2x2 block."""
+    node, tensors, out_shape = RESIZE_CASES["nearest-2x"]
+    np.testing.assert_array_equal(our_counts(node, tensors, out_shape)["X"], np.full((1, 1, 3, 4), 4))
