@@ -66,19 +66,27 @@ def analyze(
     mp_fit: bool = False,
     method: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
+    trust: bool = False,
+    layout: str = "torch",
 ) -> Analysis:
     """Analyse a model (path, ModelProto or IRModel). `metrics` defaults to spectral and reuse;
     when reuse was not asked for explicitly and the graph cannot be counted (dynamic shapes, an
     op without a counting rule), it is left out with a note instead of failing the analysis."""
     explicit = metrics is not None
     families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
+    spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
+                         mp_fit=mp_fit, progress=progress)
+    if isinstance(source, (str, os.PathLike)):
+        from frontends.weights_file import is_weights_file
+
+        if is_weights_file(os.fspath(source)):
+            return _analyze_weights_file(os.fspath(source), families, explicit, spectral_opts, trust, layout)
     model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
     details, summary, skipped, reuse, notes = None, {}, [], None, []
     if "spectral" in families:
         get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
-        result = get_pass("spectral", min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method,
-                          randomize=randomize, mp_fit=mp_fit, progress=progress)(model)
+        result = get_pass("spectral", **spectral_opts)(model)
         details, summary, skipped = result.details(), result.summary, result.skipped
     if "reuse" in families:
         try:
@@ -88,3 +96,22 @@ def analyze(
                 raise
             notes.append(f"reuse metrics left out: {exc.message}")
     return Analysis(name, details, summary, skipped, reuse, notes)
+
+
+def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: dict, trust: bool,
+                          layout: str) -> Analysis:
+    """A weights-only file: spectral metrics of its matrices; reuse needs a graph."""
+    from frontends.weights_file import read_weights, weight_layers
+
+    notes = []
+    if "reuse" in families:
+        message = "reuse metrics need a computation graph; this file holds only weights"
+        if explicit:
+            raise IrtoolsError(message, path)
+        notes.append(message)
+    details, summary, skipped = None, {}, []
+    if "spectral" in families:
+        layers = weight_layers(read_weights(path, trust=trust), layout=layout)
+        result = get_pass("spectral", **spectral_opts).analyse(layers)
+        details, summary, skipped = result.details(), result.summary, result.skipped
+    return Analysis(path, details, summary, skipped, None, notes)

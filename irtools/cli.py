@@ -141,12 +141,16 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v.")
 @click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
 @click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
+@click.option("--trust", is_flag=True,
+              help="Allow full unpickling of PyTorch files (runs code from the file: only for files you trust).")
+@click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
+              help="Kernel layout of a weights-only file: torch (out, in, k...) or keras (k..., in, out).")
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
               help="Eigenvalues from the Gram matrix, the SVD, or whichever is faster (auto).")
 @_debug_option
 def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt: str, output: str | None,
             min_evals: int, max_evals: int, max_n: int, no_limits: bool, conv_slices: bool, split_qkv: bool,
-            randomize: bool, mp_fit: bool, eigen_method: str, debug: bool) -> None:
+            randomize: bool, mp_fit: bool, trust: bool, layout: str, eigen_method: str, debug: bool) -> None:
     """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
     from irtools.analysis import analyze as run_analysis
     from irtools.analysis import parse_metrics
@@ -160,7 +164,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt:
         result = run_analysis(
             model, metrics=metrics, input_shapes=parse_input_shapes(input_shapes), min_evals=min_evals,
             max_evals=max_evals, max_n=max_n, conv_slices=conv_slices, split_qkv=split_qkv, randomize=randomize,
-            mp_fit=mp_fit, method=eigen_method, progress=progress,
+            mp_fit=mp_fit, method=eigen_method, progress=progress, trust=trust, layout=layout,
         )
     for note in result.notes:
         click.echo(f"irtools: note: {note}", err=True)

@@ -72,16 +72,21 @@ class SpectralPass(Pass):
 
     def run(self, model: IRModel) -> SpectralResult:
         weights = model.results["weights"]
+        return self.analyse(weights.layers, weights.skipped)
+
+    def analyse(self, layers, skipped_before=()) -> SpectralResult:
+        """Metrics of `WeightLayer`s from any source (a graph's `weights` pass or a weights file)."""
         backend = get_backend(self.backend, method=self.method)
-        skipped = [dict(s) for s in weights.skipped]
+        skipped = [dict(s) for s in skipped_before]
         todo = []
-        for layer in weights.layers:
+        for layer in layers:
             reason = self._skip_reason(layer)
             if reason:
                 skipped.append({"name": layer.name, "node": layer.node, "op_type": layer.op_type,
                                 "parameter": layer.parameter, "reason": reason})
             else:
                 todo.append(layer)
+
         def analyse(item):
             k, layer = item
             mats = layer.matrices()

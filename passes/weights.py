@@ -38,6 +38,7 @@ class WeightLayer:
     eigen_scale: float  # eigenvalue multiplier (WeightWatcher's conv2d_norm: 0.5 when pooled)
     groups: int = 1
     loader: Callable[[], list[np.ndarray]] = field(default=None, repr=False)
+    shared_with: list[str] = field(default_factory=list)  # other nodes computing with the same weight
 
     @property
     def num_evals(self) -> int:
@@ -66,6 +67,7 @@ class _Ctx:
                 self.param_of[(model.node_names[usage.node], usage.idx)] = p.name
         self.layers: list[WeightLayer] = []
         self.skipped: list[dict] = []
+        self._seen: dict[tuple, WeightLayer] = {}
 
     def const_input(self, node: ir.Node, i: int) -> ir.Value | None:
         if i >= len(node.inputs) or node.inputs[i] is None:
@@ -78,11 +80,19 @@ class _Ctx:
 
     def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1):
         name = self.model.node_names[node]
-        self.layers.append(WeightLayer(
+        parameter = self.param_of.get((name, slot), "")
+        key = (parameter, node.op_type, suffix.split(":")[-1] if ":" in suffix else suffix)
+        if parameter and key in self._seen:  # a shared weight (e.g. an unrolled LSTM) is one layer
+            self._seen[key].shared_with.append(name)
+            return
+        layer = WeightLayer(
             name=name + suffix, node=name, op_type=node.op_type, layer_type=layer_type,
-            parameter=self.param_of.get((name, slot), ""), weight_shape=tuple(shape), N=n, M=m, rf=rf,
+            parameter=parameter, weight_shape=tuple(shape), N=n, M=m, rf=rf,
             eigen_scale=scale, groups=groups, loader=loader,
-        ))
+        )
+        self.layers.append(layer)
+        if parameter:
+            self._seen[key] = layer
 
     def skip(self, node, slot, reason):
         name = self.model.node_names[node]

