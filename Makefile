@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up and inspect the bundled model), `make test` (set up and run the tests).
+# Quick start: `make demo` (set up, inspect and analyse the bundled model), `make test` (set up and run the tests).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
