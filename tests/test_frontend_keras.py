@@ -1,0 +1,286 @@
+"""Keras frontend: the IR's parameter set is exactly `model.weights`, outputs match onnxruntime."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import irtools  # noqa: E402
+from frontends.keras import conversion_patches, from_keras, load_keras  # noqa: E402
+from irtools.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_cnn(size=12):
+    """Conv2D + BatchNormalization + swish + DepthwiseConv2D + residual Add + GAP + Dense."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Activation("swish", name="stem_act")(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    y = keras.layers.BatchNormalization(name="dw_bn")(y)
+    y = keras.layers.Activation("swish")(y)
+    y = keras.layers.Conv2D(8, 1, padding="same", name="project")(y)  # zero bias at init
+    x = keras.layers.Add(name="residual")([x, y])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    out = keras.layers.Dense(4, activation="softmax", name="head")(x)
+    return keras.Model(inp, out)
+
+
+def mlp():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((6,), name="features")
+    x = keras.layers.Dense(5, activation="relu", name="hidden")(inp)
+    x = keras.layers.Dense(3, name="out")(x)
+    return keras.Model(inp, x)
+
+
+def run_onnx(proto, x):
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def assert_parameters_are_model_weights(ir_model, model):
+    expected = {w.path: int(np.prod(w.shape)) for w in model.weights}
+    got = {p.name: p.numel for p in ir_model.parameters}
+    assert got == expected
+    assert len(ir_model.parameters) == len(model.weights)
+
+
+def test_small_cnn_keeps_model_weights_and_outputs():
+    model = small_cnn()
+    proto = from_keras(model)
+    ir_model = irtools.load(proto)
+    assert_parameters_are_model_weights(ir_model, model)
+    # BatchNormalization stays one ONNX node with its four Keras vectors, never folded into the conv.
+    bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    assert sorted(list(n.input[1:]) for n in bns) == [
+        ["dw_bn/gamma", "dw_bn/beta", "dw_bn/moving_mean", "dw_bn/moving_variance"],
+        ["stem_bn/gamma", "stem_bn/beta", "stem_bn/moving_mean", "stem_bn/moving_variance"],
+    ]
+    # the depthwise kernel is stored transposed to (C, 1, kh, kw) under its Keras name
+    assert ir_model.parameter("dw/kernel").shape == (8, 1, 3, 3)
+    # the all-zero bias and the fresh (equal) batch-norm vectors survive as separate parameters
+    assert not np.any(model.get_layer("project").bias.numpy())
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(metadata[DECLARED_PARAMETERS_KEY]) == [w.path for w in model.weights]
+    x = np.random.default_rng(0).standard_normal((1, 12, 12, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_values_are_the_keras_weights_and_the_model_is_unchanged():
+    model = small_cnn()
+    before = [w.numpy().copy() for w in model.weights]
+    proto = from_keras(model)
+    for w, b in zip(model.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)  # fingerprints were taken out again
+    stored = {i.name: np.frombuffer(i.raw_data, np.float32) if i.raw_data else np.array(i.float_data, np.float32)
+              for i in proto.graph.initializer}
+    for w in model.weights:
+        np.testing.assert_array_equal(np.sort(stored[w.path]), np.sort(w.numpy().ravel()))
+    kernel = model.get_layer("stem_conv").kernel.numpy()  # (kh, kw, in, out) -> ONNX (out, in, kh, kw)
+    np.testing.assert_array_equal(stored["stem_conv/kernel"].reshape(8, 3, 3, 3), kernel.transpose(3, 2, 0, 1))
+
+
+def test_mlp_and_reuse_pass():
+    model = mlp()
+    ir_model = load_keras(model)
+    assert_parameters_are_model_weights(ir_model, model)
+    reuse = irtools.run_passes(ir_model, ["reuse"])["reuse"]
+    # 6 -> 5 -> 3 dense: hidden kernel 3 contexts each, hidden bias 3, out kernel and bias 1
+    assert reuse["num_params"] == 6 * 5 + 5 + 5 * 3 + 3
+    counts = ir_model.results["context-counts"].counts
+    assert np.all(counts["hidden/kernel"].log2() == np.log2(3))
+    assert np.all(counts["out/bias"].log2() == 0)
+    assert reuse["num_input_nodes"] == 6 and reuse["num_output_nodes"] == 3
+    x = np.random.default_rng(1).standard_normal((1, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(from_keras(model), x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_small_cnn_context_counts():
+    model = small_cnn()
+    ir_model = irtools.load(from_keras(model, (1, 12, 12, 3)))
+    reuse = irtools.run_passes(ir_model, ["reuse"])["reuse"]
+    counts = ir_model.results["context-counts"].counts
+    assert reuse["num_params"] == sum(int(np.prod(w.shape)) for w in model.weights)
+    assert reuse["zero_count_scalars"] == 0
+    assert reuse["num_input_nodes"] == 12 * 12 * 3 and reuse["num_output_nodes"] == 4
+    assert abs(reuse["entropy"] + reuse["expected_spread"] - reuse["log2_total_contexts"]) < 1e-9
+    # swish counts once: every BN vector scalar of the stem gets the same count, that of the
+    # stem output elements of its channel
+    stem = counts["stem_bn/gamma"].log2()
+    assert np.allclose(stem, stem[0])
+    for name in ("stem_bn/beta", "stem_bn/moving_mean", "stem_bn/moving_variance"):
+        np.testing.assert_array_equal(counts[name].log2(), stem)
+
+
+def test_input_shape_forms_and_dynamic_input():
+    model = mlp()
+    for shape in [(1, 6), (6,), {"features": (1, 6)}, [(1, 6)]]:
+        proto = from_keras(model, shape)
+        assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 6]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    dyn = keras.Model(inp, keras.layers.Conv2D(2, 3)(inp))
+    with pytest.raises(irtools.IrtoolsError, match="dynamic shape"):
+        from_keras(dyn)
+    ir_model = load_keras(dyn, (1, 7, 7, 3))
+    assert {p.name for p in ir_model.parameters} == {w.path for w in dyn.weights}
+
+
+def test_shared_layer_is_one_parameter():
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6, 6, 4))
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="shared")
+    x = conv(conv(inp))
+    out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    proto = from_keras(model)
+    ir_model = irtools.load(proto)
+    assert_parameters_are_model_weights(ir_model, model)
+    x = np.random.default_rng(2).standard_normal((1, 6, 6, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    uses = [n for n in proto.graph.node if "shared/kernel" in n.input]
+    assert len(uses) == 2
+    irtools.run_passes(ir_model, ["reuse"])
+
+
+def test_sequential_and_subclassed_models():
+    keras.utils.set_random_seed(3)
+    seq = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dropout(0.5),
+                            keras.layers.Dense(2)])
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3, padding="same")
+            self.bn = keras.layers.BatchNormalization()
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x):
+            x = keras.activations.swish(self.bn(self.conv(x)))
+            return self.head(keras.ops.mean(x, axis=(1, 2)))
+
+    sub = Sub()  # not built: from_keras builds it on input_shape
+    for model, shape in [(seq, None), (sub, (1, 6, 6, 3))]:
+        proto = from_keras(model, shape)
+        ir_model = irtools.load(proto)
+        assert_parameters_are_model_weights(ir_model, model)
+        x = np.random.default_rng(4).standard_normal(shape or (1, 5)).astype(np.float32)
+        np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        irtools.run_passes(ir_model, ["reuse"])
+    with pytest.raises(irtools.IrtoolsError, match="no defined inputs"):
+        from_keras(Sub())
+
+
+class Tied(keras.layers.Layer):
+    """Uses its weight as it is and transposed: one parameter, two views of it in ONNX."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], 3), name="w")
+
+    def call(self, x):
+        return keras.ops.matmul(keras.ops.matmul(x, self.w), keras.ops.transpose(self.w))
+
+
+class Scaled(keras.layers.Layer):
+    """Computes with its weight before using it: the conversion folds it into a new constant."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], 3), name="w")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w * 2.0)
+
+
+def test_weight_used_in_two_layouts_is_one_parameter():
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, Tied(name="tied")(inp))
+    proto = from_keras(model)
+    ir_model = irtools.load(proto)
+    assert [p.name for p in ir_model.parameters] == ["tied/w"]
+    x = np.random.default_rng(5).standard_normal((1, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    irtools.run_passes(ir_model, ["reuse"])
+    # w[i, j] reaches the 4 outputs through h_j, and output i once more through w^T: 5 contexts
+    np.testing.assert_allclose(ir_model.results["context-counts"].counts["tied/w"].log2(), np.log2(5))
+
+
+def test_weight_folded_by_the_conversion_is_an_error():
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, Scaled(name="scaled")(inp))
+    before = model.weights[0].numpy().copy()
+    with pytest.raises(irtools.IrtoolsError, match="computed from weights"):
+        from_keras(model)
+    np.testing.assert_array_equal(model.weights[0].numpy(), before)  # real values are back
+
+
+def test_patches_are_restored():
+    from tf2onnx import tf_loader
+    from tf2onnx.optimizer import back_to_back_optimizer
+
+    bn, grappler = tf.nn.batch_normalization, tf_loader.tf_optimize_grappler
+    assert ("Conv", "BatchNormalization") in back_to_back_optimizer._func_map
+    with pytest.raises(RuntimeError):
+        with conversion_patches():
+            assert tf.nn.batch_normalization is not bn
+            assert tf_loader.tf_optimize_grappler is not grappler
+            assert ("Conv", "BatchNormalization") not in back_to_back_optimizer._func_map
+            raise RuntimeError("boom")
+    assert tf.nn.batch_normalization is bn and tf_loader.tf_optimize_grappler is grappler
+    assert ("Conv", "BatchNormalization") in back_to_back_optimizer._func_map
+    from_keras(small_cnn())
+    assert tf.nn.batch_normalization is bn and tf_loader.tf_optimize_grappler is grappler
+
+
+def test_missing_tensorflow_is_a_one_line_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(irtools.IrtoolsError, match=r"TensorFlow is not installed: pip install irtools\[tf\]"):
+        from_keras(object())
+
+
+def test_importing_the_frontend_does_not_import_tensorflow():
+    code = "import sys, irtools, frontends.keras; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# The public reference implementation of the reusability prior (gozepolat/priors,
+# reusability/analysis, run unchanged on its EfficientNetV2-B0 plan at default_size=32):
+# S_G, H, E, P_G, P'_G and N_G. At 32x32 the last stages have 1x1 maps, so 67,872 kernel
+# taps fall only into padding: both leave them out of N_G.
+REFERENCE_B0_32 = {
+    "total_surprisal": 3329816095.3745193,
+    "entropy": 10.234381964813911,
+    "expected_spread": 621.4453398794299,
+    "performance_surprisal": 20.450970162020308,
+    "performance_spread": 20.865942425004718,
+    "num_params": 7132440,
+}
+
+
+def test_efficientnetv2b0_matches_the_reference_implementation():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetV2B0(weights=None, include_preprocessing=False, input_shape=(32, 32, 3))
+    proto = from_keras(model)
+    ir_model = irtools.load(proto)
+    assert_parameters_are_model_weights(ir_model, model)
+    assert sum(p.numel for p in ir_model.parameters) == 7_200_312
+    reuse = irtools.run_passes(ir_model, ["reuse"])["reuse"]
+    assert reuse["zero_count_scalars"] == 7_200_312 - 7_132_440
+    assert reuse["num_input_nodes"] == 32 * 32 * 3 and reuse["num_output_nodes"] == 1000
+    for key, expected in REFERENCE_B0_32.items():
+        assert reuse[key] == pytest.approx(expected, rel=1e-9), key
+    x = np.random.default_rng(3).random((1, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-4, atol=1e-6)
