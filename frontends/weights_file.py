@@ -284,8 +284,8 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch"):
         shape, nd = t.shape, len(t.shape)
         base = re.sub(r"[./](weight|kernel|embeddings|w)$", "", name)
 
-        def f64(t=t):
-            return np.asarray(t.load(), dtype=np.float64)
+        def f64(t=t):  # stored precision; the backend forms Gram matrices in float64
+            return np.asarray(t.load())
 
         if nd == 2 and _GATES.search(name):
             gates = 4 if shape[0] % 4 == 0 else 3  # LSTM i,f,g,o / GRU r,z,n (PyTorch order)

@@ -68,7 +68,10 @@ def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     init_names = set()
     for t in src.initializer:
         init_names.add(t.name)
-        small = t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() <= _SMALL_INITIALIZER_BYTES
+        numel = 1
+        for d in t.dims:
+            numel *= d
+        small = t.data_location != onnx.TensorProto.EXTERNAL and numel * 8 <= _SMALL_INITIALIZER_BYTES
         if small:
             g.initializer.append(t)
         else:

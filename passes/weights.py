@@ -76,7 +76,8 @@ class _Ctx:
         return v if self.model.constants_analysis.is_constant(v) else None
 
     def value(self, v: ir.Value) -> np.ndarray:
-        return np.asarray(self.model.constant_value(v), dtype=np.float64)
+        """A weight's values in its stored float precision (backends compute in float64)."""
+        return np.asarray(self.model.constant_value(v))
 
     def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1):
         name = self.model.node_names[node]
