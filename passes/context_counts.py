@@ -390,6 +390,22 @@ def _gather_map(n: _Node, idx: np.ndarray) -> np.ndarray:
     return np.take(idx, indices, axis=axis)
 
 
+def _gather(n: _Node) -> None:
+    """Gather with constant indices moves elements; with data-chosen indices (an embedding
+    lookup of token ids) every table row may land at every index position, as in the
+    equivalent one_hot(ids) @ table: a table element receives the sum of its column's counts
+    over all index positions."""
+    if n.model.constants_analysis.is_constant(n.node.inputs[1]):
+        _index_map_rule(_gather_map)(n)
+        return
+    x_shape = n.in_shape(0)
+    axis = int(n.attr("axis", 0)) % len(x_shape)
+    idx_rank = len(n.in_shape(1))
+    out = n.out()  # x_shape[:axis] + indices shape + x_shape[axis+1:]
+    summed = out.sum(axis=tuple(range(axis, axis + idx_rank)), keepdims=False)
+    n.give(0, np.broadcast_to(np.expand_dims(summed, axis), x_shape))
+
+
 def _pad_map(n: _Node, idx: np.ndarray) -> np.ndarray:
     pads = [int(p) for p in (n.const(1) if n.has_input(1) else n.attr("pads"))]
     nd = idx.ndim
@@ -527,7 +543,7 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "Concat": _concat,
     "Split": _split,
     "Slice": _index_map_rule(_slice_map),
-    "Gather": _index_map_rule(_gather_map),
+    "Gather": lambda n: _gather(n),
     "Pad": _index_map_rule(_pad_map),
     "DepthToSpace": _index_map_rule(_depth_to_space),
     "SpaceToDepth": _index_map_rule(_space_to_depth),

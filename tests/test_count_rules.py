@@ -176,3 +176,25 @@ def test_nearest_upsample_by_hand():
     """2x nearest upsampling: every input pixel feeds exactly its 2x2 block."""
     node, tensors, out_shape = RESIZE_CASES["nearest-2x"]
     np.testing.assert_array_equal(our_counts(node, tensors, out_shape)["X"], np.full((1, 1, 3, 4), 4))
+
+
+def test_embedding_lookup_of_token_ids_counts_like_one_hot_matmul():
+    """Gather(table, ids) with ids a model input == one_hot(ids) @ table, counted by brute force."""
+    from onnx import TensorProto as T
+
+    from tests.brute_force import brute_force_counts
+
+    vocab, dim, tokens = 5, 3, 4
+    table = x(vocab, dim)
+    w = x(dim, 2)
+    gather = b.model([h.make_node("Gather", ["table", "ids"], ["e"]), h.make_node("MatMul", ["e", "w"], ["y"])],
+                     [b.vinfo("ids", [1, tokens], T.INT64)], [b.vinfo("y", [1, tokens, 2])],
+                     [b.tensor("table", table), b.tensor("w", w)])
+    one_hot = b.model([h.make_node("MatMul", ["oh", "table"], ["e"]), h.make_node("MatMul", ["e", "w"], ["y"])],
+                      [b.vinfo("oh", [1, tokens, vocab])], [b.vinfo("y", [1, tokens, 2])],
+                      [b.tensor("table", table), b.tensor("w", w)])
+    truth = brute_force_counts(one_hot)
+    m = irtools.load(gather)
+    cc = irtools.run_passes(m, ["context-counts"])["context-counts"].counts
+    for name in ("table", "w"):
+        np.testing.assert_array_equal(np.ldexp(cc[name].mantissa, cc[name].exponent), truth[name].astype(float))
