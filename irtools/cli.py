@@ -188,9 +188,10 @@ class _progress:
     def __enter__(self):
         self._bar = None
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import Progress
 
-            self._bar = Progress(transient=True, console=__import__("rich.console").console.Console(stderr=True))
+            self._bar = Progress(transient=True, console=Console(stderr=True))
             self._bar.start()
             self._task = self._bar.add_task("spectral", total=None)
             return self._update

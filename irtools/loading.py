@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import onnx
-import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from irtools.errors import ModelLoadError, UnsupportedError

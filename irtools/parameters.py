@@ -9,7 +9,7 @@ declared its parameter set (its state_dict / `model.weights`), that set decides.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx_ir as ir
 

@@ -49,8 +49,8 @@ class SpectralResult:
         """The per-layer table as a pandas DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=[c for c in COLUMNS if not self.rows or c in self.rows[0]] +
-                            [c for c in (self.rows[0] if self.rows else {}) if c not in COLUMNS])
+        extra = [c for c in (self.rows[0] if self.rows else ()) if c not in COLUMNS]  # mp_fit, randomize
+        return pd.DataFrame(self.rows, columns=list(COLUMNS) + extra)
 
 
 @register_pass

@@ -54,7 +54,7 @@ def scalar_dag(proto: onnx.ModelProto):
         elif op == "BatchNormalization":
             for j in y.ravel():
                 link(ins[0], j, out, j)
-            for (n, c, *_), j in np.ndenumerate(y):
+            for (_, c, *_), j in np.ndenumerate(y):
                 for p in ins[1:5]:
                     link(p, c, out, j)
         elif op in ("Conv", "MaxPool", "AveragePool"):
