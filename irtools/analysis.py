@@ -77,10 +77,23 @@ def analyze(
     spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
                          mp_fit=mp_fit, progress=progress)
     if isinstance(source, (str, os.PathLike)):
+        from frontends.torch import is_callable_reference
         from frontends.weights_file import is_weights_file
 
         if is_weights_file(os.fspath(source)):
             return _analyze_weights_file(os.fspath(source), families, explicit, spectral_opts, trust, layout)
+        if is_callable_reference(os.fspath(source)):  # a PyTorch model factory, converted in memory
+            from frontends.torch import from_torch, resolve_callable
+
+            name = os.fspath(source)
+            source = from_torch(resolve_callable(name), input_shapes=input_shapes)
+            model = load(source)
+            model.path = name
+            source = model
+    elif type(source).__module__.startswith("torch") or hasattr(source, "state_dict"):
+        from frontends.torch import from_torch
+
+        source = from_torch(source, input_shapes=input_shapes)
     model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
     details, summary, skipped, reuse, notes = None, {}, [], None, []

@@ -206,6 +206,28 @@ class _progress:
         return False
 
 
+@main.command()
+@click.argument("source", type=str)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The ONNX file to write (written whole or not at all).")
+@click.option("--framework", type=click.Choice(["auto", "torch", "tf", "onnx"]), default="auto", show_default=True)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
+              help="Input shapes (repeatable); PyTorch sources without example inputs need them.")
+@click.option("--opset", default=17, show_default=True)
+@click.option("--tolerance", default=1e-4, show_default=True,
+              help="Largest allowed absolute difference between the source and onnxruntime.")
+@_debug_option
+def convert(source: str, output: str, framework: str, input_shapes: tuple[str, ...], opset: int, tolerance: float,
+            debug: bool) -> None:
+    """Convert SOURCE (file.py:callable, .keras/.h5, SavedModel, ONNX) to ONNX and check it runs the same."""
+    from irtools.convert import convert as run_convert
+    from irtools.shapes import parse_input_shapes
+
+    diff = run_convert(source, output, framework=framework, input_shapes=parse_input_shapes(input_shapes) or None,
+                       opset=opset, tolerance=tolerance)
+    click.echo(f"wrote {output}; max abs difference source vs onnxruntime: {diff:.3g}")
+
+
 @main.command("passes")
 @_debug_option
 def list_passes_cmd(debug: bool) -> None:

@@ -1,0 +1,87 @@
+"""The PyTorch frontend and `irtools convert`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import irtools
+from irtools.cli import main
+from irtools.parameters import DECLARED_PARAMETERS_KEY
+
+torch = pytest.importorskip("torch")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.join(HERE, "data", "torch_models.py")
+sys.path.insert(0, os.path.join(HERE, "data"))
+import torch_models  # noqa: E402
+
+
+def test_every_float_state_dict_tensor_keeps_its_name_and_value():
+    """A freshly initialised BatchNorm has bias == running_mean (zeros): the exporter must not merge them."""
+    from frontends.torch import from_torch
+
+    net = torch_models.small_cnn()
+    proto = from_torch(net, input_shapes={"x": (1, 3, 8, 8)})
+    state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert set(state) <= set(inits)
+    for k, v in state.items():
+        np.testing.assert_array_equal(inits[k], v.numpy())
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert sorted(json.loads(meta[DECLARED_PARAMETERS_KEY])) == sorted(state)
+    model = irtools.load(proto)
+    assert sorted(p.name for p in model.parameters) == sorted(state)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), atol=1e-5)
+    # the module's weights are left as they were
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            assert torch.equal(v, state[k])
+
+
+def test_analyze_a_callable_reference():
+    res = CliRunner().invoke(main, ["analyze", f"{MODELS}:small_cnn", "--input-shape", "x=1,3,8,8", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [r["parameter"] for r in data["layers"]] == ["0.weight", "3.weight"]
+    state = torch_models.small_cnn().state_dict()
+    assert data["reuse"]["num_params"] == sum(v.numel() for v in state.values() if v.is_floating_point())
+    res = CliRunner().invoke(main, ["analyze", f"{MODELS}:small_cnn"])
+    assert res.exit_code == 2 and "needs example inputs" in res.output
+
+
+def test_convert_checks_outputs_and_writes_whole_files(tmp_path, monkeypatch):
+    out = tmp_path / "mlp.onnx"
+    res = CliRunner().invoke(main, ["convert", f"{MODELS}:mlp_with_inputs", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "max abs difference" in res.output and out.exists()
+    onnx.checker.check_model(str(out))
+    import irtools.convert as conv
+
+    real = conv._run_ort
+    monkeypatch.setattr(conv, "_run_ort", lambda proto, feeds: [a + 1.0 for a in real(proto, feeds)])
+    bad = tmp_path / "bad.onnx"
+    res = CliRunner().invoke(main, ["convert", f"{MODELS}:mlp_with_inputs", "-o", str(bad)])
+    assert res.exit_code == 2 and "differ by 1" in res.output and "nothing was written" in res.output
+    assert not bad.exists() and sorted(os.listdir(tmp_path)) == ["mlp.onnx"]
+
+
+def test_convert_onnx_source_and_bad_sources(tmp_path):
+    from tests.conftest import EXAMPLE
+
+    res = CliRunner().invoke(main, ["convert", EXAMPLE, "-o", str(tmp_path / "copy.onnx"), "--input-shape",
+                                    "image=2,1,8,8"])
+    assert res.exit_code == 0 and "difference source vs onnxruntime: 0" in res.output
+    proc = subprocess.run([sys.executable, "-m", "irtools", "convert", f"{MODELS}:broken", "-o",
+                           str(tmp_path / "x.onnx")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "raised RuntimeError: no model today" in proc.stderr and not (tmp_path / "x.onnx").exists()
