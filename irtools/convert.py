@@ -64,9 +64,9 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
     framework = detect_framework(source) if framework == "auto" else framework
     rng = np.random.default_rng(seed)
     if framework == "torch":
-        import torch
+        from frontends.torch import _torch, from_torch, resolve_callable
 
-        from frontends.torch import from_torch, resolve_callable
+        torch = _torch()  # a one-line hint when PyTorch is missing
 
         obj = resolve_callable(source) if ":" in source and not os.path.exists(source) else None
         if obj is None:
