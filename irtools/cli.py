@@ -228,6 +228,36 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
     click.echo(f"wrote {output}; max abs difference source vs onnxruntime: {diff:.3g}")
 
 
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=str)
+@click.option("--accuracy", "accuracies", multiple=True, metavar="NAME=VALUE",
+              help="Published accuracy of a model (its path, file name or stem); repeatable.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
+@_debug_option
+def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str,
+            output: str | None, debug: bool) -> None:
+    """Rank models by their summary metrics; with accuracies, Kendall tau and R^2 per metric."""
+    from irtools.compare import compare as run_compare
+    from irtools.compare import parse_accuracies
+    from irtools.shapes import parse_input_shapes
+
+    result = run_compare(list(models), parse_accuracies(accuracies) or None,
+                         input_shapes=parse_input_shapes(input_shapes))
+    if fmt == "json":
+        text = _json(result)
+    elif fmt == "csv":
+        import pandas as pd
+
+        text = pd.DataFrame(result["models"]).to_csv(index=False)
+    else:
+        from irtools.tables import render_comparison
+
+        text = render_comparison(result, color=output is None and sys.stdout.isatty())
+    _emit(text, output, list(models))
+
+
 @main.command("passes")
 @_debug_option
 def list_passes_cmd(debug: bool) -> None:

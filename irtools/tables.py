@@ -151,3 +151,27 @@ def _render_reuse(con: Console, r: dict) -> None:
         t.add_row(escape(q["name"]), f"{q['scalars']:,}", _num(q["log2_count_min"]), _num(q["log2_count_mean"]),
                   _num(q["log2_count_max"]), f"{q['mass_share']:.2e}")
     con.print(t)
+
+
+def render_comparison(result: dict, color: bool = False) -> str:
+    """`irtools compare` output: metrics per model, then Kendall tau and R^2 per metric."""
+    from irtools.compare import METRICS
+
+    buf = io.StringIO()
+    con = _console(buf, color)
+    t = Table(title="Models (summary metrics)", title_justify="left")
+    t.add_column("model")
+    for column, _, _ in METRICS:
+        t.add_column(escape(column), justify="right")
+    t.add_column("accuracy", justify="right")
+    for r in result["models"]:
+        t.add_row(escape(r["model"]), *[_num(r[c]) for c, _, _ in METRICS], _num(r["accuracy"], ".2f"))
+    con.print(t)
+    if result["scores"]:
+        s = Table(title="Metric vs accuracy", title_justify="left")
+        for col in ("metric", "Kendall tau", "R^2", "models"):
+            s.add_column(col, justify="left" if col == "metric" else "right")
+        for column, sc in result["scores"].items():
+            s.add_row(escape(column), _num(sc["kendall_tau"]), _num(sc["r2"]), str(sc["models"]))
+        con.print(s)
+    return buf.getvalue()

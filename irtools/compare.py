@@ -1,0 +1,82 @@
+"""`irtools compare`: models side by side on their summary metrics, ranked and, given published
+accuracies, scored the way the seed paper scores metrics (Kendall tau and R^2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from irtools.analysis import analyze
+from irtools.errors import IrtoolsError
+
+#: (column, where it comes from, key)
+METRICS = (
+    ("alpha", "summary", "alpha"),
+    ("alpha_hat", "summary", "alpha_weighted"),
+    ("log_norm", "summary", "log_norm"),
+    ("log_spectral_norm", "summary", "log_spectral_norm"),
+    ("log_alpha_norm", "summary", "log_alpha_norm"),
+    ("stable_rank", "summary", "stable_rank"),
+    ("P_G", "reuse", "performance_surprisal"),
+    ("P'_G", "reuse", "performance_spread"),
+)
+
+
+def parse_accuracies(specs: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for spec in specs:
+        name, sep, value = spec.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise IrtoolsError(f"--accuracy {spec!r}: expected NAME=VALUE (e.g. model.onnx=75.1)")
+    return out
+
+
+def _accuracy_for(model: str, accuracies: Mapping[str, float]) -> float | None:
+    base = os.path.basename(model)
+    for key in (model, base, os.path.splitext(base)[0]):
+        if key in accuracies:
+            return accuracies[key]
+    return None
+
+
+def compare(models: Sequence[str], accuracies: Mapping[str, float] | None = None, **analyze_options) -> dict:
+    """Summary metrics per model, ranks per metric and, with accuracies, Kendall tau and R^2."""
+    if len(models) < 2:
+        raise IrtoolsError("compare needs at least two models")
+    rows = []
+    for path in models:
+        a = analyze(path, **analyze_options)
+        row = {"model": path}
+        for column, source, key in METRICS:
+            value = (a.summary if source == "summary" else (a.reuse or {})).get(key)
+            row[column] = float(value) if value is not None and not math.isnan(float(value)) else None
+        row["accuracy"] = _accuracy_for(path, accuracies or {})
+        rows.append(row)
+    unmatched = set(accuracies or {}) - {k for r in rows for k in (r["model"], os.path.basename(r["model"]),
+                                                                 os.path.splitext(os.path.basename(r["model"]))[0])}
+    if unmatched:
+        raise IrtoolsError(f"--accuracy names no compared model: {', '.join(sorted(unmatched))}")
+    ranks = {}
+    for column, _, _ in METRICS:
+        values = [(r[column], r["model"]) for r in rows if r[column] is not None]
+        ranks[column] = [m for _, m in sorted(values, reverse=True)]  # highest first
+    scores = {}
+    if accuracies:
+        for column, _, _ in METRICS:
+            pairs = [(r[column], r["accuracy"]) for r in rows if r[column] is not None and r["accuracy"] is not None]
+            if len(pairs) < 2:
+                continue
+            x, y = np.array(pairs).T
+            tau = stats.kendalltau(x, y).statistic
+            r2 = stats.linregress(x, y).rvalue ** 2 if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+            scores[column] = {"kendall_tau": float(tau), "r2": float(r2), "models": len(pairs)}
+    return {"models": rows, "ranks": ranks, "scores": scores}
