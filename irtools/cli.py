@@ -142,7 +142,8 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
 @click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
 @click.option("--trust", is_flag=True,
-              help="Allow full unpickling of PyTorch files (runs code from the file: only for files you trust).")
+              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram and TorchScript files (runs code "
+                   "from the file: only for files you trust).")
 @click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
               help="Kernel layout of a weights-only file: torch (out, in, k...) or keras (k..., in, out).")
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
@@ -216,15 +217,18 @@ class _progress:
 @click.option("--opset", default=17, show_default=True)
 @click.option("--tolerance", default=1e-4, show_default=True,
               help="Largest allowed absolute difference between the source and onnxruntime.")
+@click.option("--trust", is_flag=True,
+              help="Allow .pt2 ExportedProgram and TorchScript files (loading them can run code from the file).")
 @_debug_option
 def convert(source: str, output: str, framework: str, input_shapes: tuple[str, ...], opset: int, tolerance: float,
-            debug: bool) -> None:
-    """Convert SOURCE (file.py:callable, .keras/.h5, SavedModel, ONNX) to ONNX and check it runs the same."""
+            trust: bool, debug: bool) -> None:
+    """Convert SOURCE (file.py:callable, .pt2, TorchScript, .keras/.h5, SavedModel, ONNX) to ONNX and check it runs
+    the same."""
     from irtools.convert import convert as run_convert
     from irtools.shapes import parse_input_shapes
 
     diff = run_convert(source, output, framework=framework, input_shapes=parse_input_shapes(input_shapes) or None,
-                       opset=opset, tolerance=tolerance)
+                       opset=opset, tolerance=tolerance, trust=trust)
     click.echo(f"wrote {output}; max abs difference source vs onnxruntime: {diff:.3g}")
 
 
@@ -256,6 +260,57 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: 
 
         text = render_comparison(result, color=output is None and sys.stdout.isatty())
     _emit(text, output, list(models))
+
+
+@main.command()
+@_model_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The annotated ONNX file to write (written whole or not at all; never the input).")
+@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated metric families: spectral, reuse.")
+@click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
+@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
+@_debug_option
+def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: str | None, conv_slices: bool,
+             no_limits: bool, debug: bool) -> None:
+    """Write the per-node metrics into the ONNX model's metadata (shown by Netron); graph and weights unchanged."""
+    from irtools.analysis import parse_metrics
+    from irtools.annotate import annotate as run_annotate
+    from irtools.shapes import parse_input_shapes
+
+    if metrics is not None:
+        parse_metrics(metrics)
+    limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
+    with _progress() as progress:
+        done = run_annotate(model, output, metrics=metrics, input_shapes=parse_input_shapes(input_shapes),
+                            conv_slices=conv_slices, progress=progress, **limits)
+    click.echo(f"wrote {done.output}: metrics on {done.metric_nodes} nodes, context counts on "
+               f"{done.context_nodes} nodes, {done.skipped_nodes} skipped, {done.model_keys} model metadata keys")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=str)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The HTML file to write (self-contained; written whole or not at all).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...")
+@click.option("--accuracy", "accuracies", multiple=True, metavar="NAME=VALUE",
+              help="Published accuracy of a model, for the comparison table; repeatable.")
+@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
+@click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
+              help="Kernel layout of a weights-only file.")
+@_debug_option
+def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
+           no_limits: bool, layout: str, debug: bool) -> None:
+    """One self-contained HTML page: summaries, sortable per-layer table, ESDs, correlation flow and context
+    counts by depth; with several models, overlaid plots and the comparison table."""
+    from irtools.compare import parse_accuracies
+    from irtools.report import write_report
+    from irtools.shapes import parse_input_shapes
+
+    _io.check_output_path(output, models)  # a bad output path fails before any work
+    limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
+    write_report(list(models), output, input_shapes=parse_input_shapes(input_shapes),
+                 accuracies=parse_accuracies(accuracies) or None, layout=layout, **limits)
+    click.echo(f"wrote {output}")
 
 
 @main.command("passes")
