@@ -255,6 +255,26 @@ def test_gram_route_agrees_with_svd():
         assert np.count_nonzero(sp.evals > sp.noise_floor) == 3
 
 
+@pytest.mark.parametrize("shape", [(1000, 70), (70, 1000), (257, 256)])
+def test_blocked_gram_of_float32_weights_equals_the_float64_product(monkeypatch, shape):
+    """Large float32 weights are accumulated from float64 row blocks with syrk; force that route on
+    small matrices (blocks of 3-14 rows, the last one short) and compare with the plain product."""
+    from irtools.backends import cpu
+
+    monkeypatch.setattr(cpu, "_BLOCKED_GRAM_ELEMENTS", 1000)
+    monkeypatch.setattr(cpu, "_BLOCK_ELEMENTS", 1000)
+    w = rand(*shape).astype(np.float32)
+    tall = w if shape[0] >= shape[1] else w.T
+    gram, lower = cpu._gram(tall)
+    assert not lower
+    exact = tall.astype(np.float64).T @ tall.astype(np.float64)
+    iu = np.triu_indices(tall.shape[1])
+    np.testing.assert_allclose(gram[iu], exact[iu], rtol=1e-12, atol=1e-12 * np.abs(exact).max())
+    ev = squared_singular_values(w, "gram").evals
+    sv = np.linalg.svd(w.astype(np.float64), compute_uv=False) ** 2
+    np.testing.assert_allclose(ev, np.sort(sv), rtol=0, atol=1e-12 * sv.max())
+
+
 def test_randomize_adds_rand_distance():
     a = irtools.analyze(b.model([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [b.vinfo("x", [1, 64])],
                                 [b.vinfo("y", [1, 32])], [b.tensor("w", rand(64, 32))]),

@@ -21,11 +21,35 @@ from irtools.backends.base import EigenBackend, Spectrum
 _EPS = np.finfo(np.float64).eps
 
 
-def _gram(w: np.ndarray) -> np.ndarray:
-    """W^T W in float64. (Forming it from float64 row blocks, to avoid a float64 copy of W, was
-    measured 1.5x slower on VGG-16's 25088 x 4096 matrix: one conversion and one GEMM win.)"""
-    w = np.asarray(w, dtype=np.float64)
-    return w.T @ w
+# Above this many elements, W^T W is accumulated from float64 row blocks with BLAS syrk instead
+# of converting all of W to float64 first.
+_BLOCKED_GRAM_ELEMENTS = 1 << 23
+_BLOCK_ELEMENTS = 1 << 22  # float64 elements per row block (32 MB)
+
+
+def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
+    """W^T W in float64, and whether its lower triangle (True) or only its upper one is filled.
+
+    A float64 W goes straight to numpy, which recognises W.T @ W and calls syrk. A large
+    float32 (or other) W is converted one block of rows at a time into a reused float64 buffer
+    and accumulated with syrk into the upper triangle: on VGG-16's 25088 x 4096 matrix that
+    was 4.7 s against 6.2-6.7 s for one float64 copy and a product (OPENBLAS_NUM_THREADS=2),
+    with 32 MB instead of 800 MB of float64 copies and their page faults."""
+    n, m = w.shape
+    if w.dtype == np.float64 or n * m <= _BLOCKED_GRAM_ELEMENTS:
+        w = np.asarray(w, dtype=np.float64)
+        return w.T @ w, True
+    from scipy.linalg import blas
+
+    rows = max(1, min(n, _BLOCK_ELEMENTS // m))
+    c = np.zeros((m, m), order="F")
+    buf = np.empty((rows, m))
+    for start in range(0, n, rows):
+        block = buf[: min(rows, n - start)]
+        block[...] = w[start : start + rows]
+        # block.T is the F-ordered (m, rows) matrix A; syrk adds A A^T = block^T block to c.
+        c = blas.dsyrk(1.0, block.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+    return c, False
 
 
 def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
@@ -39,7 +63,8 @@ def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
     if m == 0:
         return Spectrum(np.zeros(0), 0.0)
     if method == "gram" or (method == "auto" and m >= 32):
-        ev = scipy.linalg.eigvalsh(_gram(w), driver="evr", overwrite_a=True, check_finite=False)
+        gram, lower = _gram(w)
+        ev = scipy.linalg.eigvalsh(gram, lower=lower, driver="evr", overwrite_a=True, check_finite=False)
         ev = np.clip(ev, 0.0, None)
         top = float(ev[-1]) if ev.size else 0.0
         return Spectrum(ev, top * max((n * _EPS) ** 2, 4.0 * m * _EPS))
