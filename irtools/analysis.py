@@ -31,6 +31,8 @@ class Analysis:
     skipped: list[dict]
     reuse: dict | None
     notes: list[str] = field(default_factory=list)
+    #: Each row's sorted eigenvalues (aligned with `details`), only with `keep_eigenvalues=True`.
+    eigenvalues: list | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: {"model", "layers", "summary", "skipped", "reuse"} (+ "notes")."""
@@ -68,6 +70,7 @@ def analyze(
     progress: Callable[[int, int, str], None] | None = None,
     trust: bool = False,
     layout: str = "torch",
+    keep_eigenvalues: bool = False,
 ) -> Analysis:
     """Analyse a model (path, ModelProto or IRModel). `metrics` defaults to spectral and reuse;
     when reuse was not asked for explicitly and the graph cannot be counted (dynamic shapes, an
@@ -75,7 +78,7 @@ def analyze(
     explicit = metrics is not None
     families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
     spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
-                         mp_fit=mp_fit, progress=progress)
+                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues)
     if isinstance(source, (str, os.PathLike)):
         from frontends.torch import is_callable_reference
         from frontends.weights_file import is_weights_file
@@ -96,11 +99,11 @@ def analyze(
         source = from_torch(source, input_shapes=input_shapes)
     model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
-    details, summary, skipped, reuse, notes = None, {}, [], None, []
+    details, summary, skipped, reuse, notes, evals = None, {}, [], None, [], None
     if "spectral" in families:
         get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
         result = get_pass("spectral", **spectral_opts)(model)
-        details, summary, skipped = result.details(), result.summary, result.skipped
+        details, summary, skipped, evals = result.details(), result.summary, result.skipped, result.eigenvalues
     if "reuse" in families:
         try:
             reuse = get_pass("reuse")(model)
@@ -108,7 +111,7 @@ def analyze(
             if explicit:
                 raise
             notes.append(f"reuse metrics left out: {exc.message}")
-    return Analysis(name, details, summary, skipped, reuse, notes)
+    return Analysis(name, details, summary, skipped, reuse, notes, evals)
 
 
 def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: dict, trust: bool,
@@ -122,9 +125,9 @@ def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: di
         if explicit:
             raise IrtoolsError(message, path)
         notes.append(message)
-    details, summary, skipped = None, {}, []
+    details, summary, skipped, evals = None, {}, [], None
     if "spectral" in families:
         layers = weight_layers(read_weights(path, trust=trust), layout=layout)
         result = get_pass("spectral", **spectral_opts).analyse(layers)
-        details, summary, skipped = result.details(), result.summary, result.skipped
-    return Analysis(path, details, summary, skipped, None, notes)
+        details, summary, skipped, evals = result.details(), result.summary, result.skipped, result.eigenvalues
+    return Analysis(path, details, summary, skipped, None, notes, evals)

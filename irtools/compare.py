@@ -52,9 +52,13 @@ def compare(models: Sequence[str], accuracies: Mapping[str, float] | None = None
     """Summary metrics per model, ranks per metric and, with accuracies, Kendall tau and R^2."""
     if len(models) < 2:
         raise IrtoolsError("compare needs at least two models")
+    return compare_analyses(models, [analyze(path, **analyze_options) for path in models], accuracies)
+
+
+def compare_analyses(models: Sequence[str], analyses: Sequence, accuracies: Mapping[str, float] | None = None) -> dict:
+    """`compare` of models already analysed (`analyses[i]` is the `Analysis` of `models[i]`)."""
     rows = []
-    for path in models:
-        a = analyze(path, **analyze_options)
+    for path, a in zip(models, analyses, strict=True):
         row = {"model": path}
         for column, source, key in METRICS:
             value = (a.summary if source == "summary" else (a.reuse or {})).get(key)

@@ -44,6 +44,7 @@ class SpectralResult:
     rows: list[dict]
     skipped: list[dict]
     summary: dict
+    eigenvalues: list[np.ndarray] | None = None  # per row, sorted ascending (only with keep_evals)
 
     def details(self):
         """The per-layer table as a pandas DataFrame."""
@@ -68,6 +69,7 @@ class SpectralPass(Pass):
     mp_fit: bool = False
     seed: int = 0
     workers: int = 0  # layers analysed at once (0: one per core)
+    keep_evals: bool = False  # keep each layer's eigenvalues in the result (for plots; costs memory)
     progress: Callable[[int, int, str], None] | None = None
 
     def run(self, model: IRModel) -> SpectralResult:
@@ -105,6 +107,8 @@ class SpectralPass(Pass):
                 rand = np.sort(np.concatenate([s.evals for s in backend.spectra(shuffled)])) * layer.eigen_scale
                 row["rand_distance"] = rand_distance(evals, rand)
                 row["max_rand_eval"] = float(rand[-1])
+            if self.keep_evals:
+                kept[k] = evals
             return row
 
         # Big layers one at a time on every core (threaded BLAS); the many small ones in parallel,
@@ -114,6 +118,7 @@ class SpectralPass(Pass):
         big = [it for it in order if _cost(it[1]) >= BIG_LAYER_FLOPS] if workers > 1 else order
         small = [it for it in order if _cost(it[1]) < BIG_LAYER_FLOPS] if workers > 1 else []
         by_id: dict[int, dict] = {}
+        kept: dict[int, np.ndarray] = {}
 
         def done(row):
             by_id[row["layer_id"]] = row
@@ -127,7 +132,8 @@ class SpectralPass(Pass):
                 for row in pool.map(analyse, small):
                     done(row)
         rows = [by_id[k] for k in range(len(todo))]
-        return SpectralResult(rows, skipped, summarize(rows))
+        evals = [kept[k] for k in range(len(todo))] if self.keep_evals else None
+        return SpectralResult(rows, skipped, summarize(rows), evals)
 
     def _skip_reason(self, layer) -> str:
         if self.min_evals and layer.num_evals < self.min_evals:

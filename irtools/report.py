@@ -1,0 +1,449 @@
+"""`irtools report`: one self-contained HTML page of the spectral and reuse metrics of one or more models.
+
+Figures are drawn by matplotlib (Agg canvas, imported only here and only when a report is built) into
+PNGs embedded as base64 data URIs; the per-layer tables sort with a small inline script; nothing on
+the page needs the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from irtools import _io
+from irtools.analysis import Analysis, analyze
+from irtools.powerlaw import EVALS_THRESH
+from irtools.spectral import DEGENERATE, OVER_TRAINED, UNDER_TRAINED
+
+#: Warnings that highlight a layer, and the CSS class each gives its table row and ESD thumbnail.
+FLAG_CLASSES = {OVER_TRAINED: "flag-over", UNDER_TRAINED: "flag-under", DEGENERATE: "flag-degenerate"}
+FLAG_COLOURS = {OVER_TRAINED: "#f8d0d0", UNDER_TRAINED: "#d0def8", DEGENERATE: "#e6e6e6"}
+#: Columns of the per-layer table (a subset of `Analysis.details`).
+TABLE_COLUMNS = ("layer_id", "name", "op_type", "layer_type", "N", "M", "num_evals", "alpha", "xmin", "D",
+                 "num_pl_spikes", "log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
+                 "stable_rank", "warning")
+SPECTRAL_SUMMARY = ("layers", "fitted_layers", "alpha", "alpha_weighted", "log_norm", "log_spectral_norm",
+                    "log_alpha_norm", "stable_rank")
+REUSE_SUMMARY = ("performance_surprisal", "performance_spread", "total_surprisal", "entropy", "expected_spread",
+                 "log2_total_contexts", "num_params", "num_input_nodes", "num_output_nodes", "graph_size",
+                 "zero_count_scalars")
+#: ESD thumbnails: inches and dots per inch (shown at half size until clicked).
+ESD_SIZE, ESD_DPI = (4.0, 3.0), 80
+PLOT_SIZE, PLOT_DPI = (9.0, 3.4), 90
+
+
+@dataclass
+class ModelReport:
+    """What the page shows of one model: its analysis, ESD images and context counts by depth."""
+
+    name: str
+    analysis: Analysis
+    esd_images: list[bytes]  # one PNG per row of analysis.details
+    depth_counts: list[dict] | None  # per consuming node: depth, node, log2 count quantiles; None without a graph
+    graph: bool  # whether the input had a computation graph
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+def pareto_density(x: np.ndarray, alpha: float, xmin: float, tail_fraction: float = 1.0) -> np.ndarray:
+    """Density of the fitted power law, (alpha - 1) / xmin * (x / xmin)^-alpha for x >= xmin, times
+    `tail_fraction` (the share of eigenvalues at or above xmin) so that it sits on the density of the
+    whole ESD; WeightWatcher's plot (powerlaw's `plot_pdf`) normalises over the tail alone."""
+    x = np.asarray(x, dtype=np.float64)
+    out = tail_fraction * (alpha - 1.0) / xmin * (x / xmin) ** (-alpha)
+    return np.where(x >= xmin, out, 0.0)
+
+
+def context_counts_by_depth(model) -> list[dict]:
+    """Per node that consumes learnable parameters (in topological order): the distribution of the
+    log2 context counts of all their scalars with a non-zero count (min, quartiles, max)."""
+    counts = model.results["context-counts"].counts
+    depth_of = {model.node_names[n]: i for i, n in enumerate(model.all_nodes)}
+    by_node: dict[str, list[str]] = {}
+    for p in model.parameters:
+        node = p.consumer
+        if node is not None and p.name in counts:
+            by_node.setdefault(node, []).append(p.name)
+    rows = []
+    for node, names in by_node.items():
+        logs = []
+        for name in names:
+            c = counts[name]
+            m = np.asarray(c.mantissa, dtype=np.float64).ravel()
+            logs.append(np.log2(m[m > 0]) + c.exponent)
+        values = np.concatenate(logs)
+        if values.size == 0:
+            continue
+        q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
+        rows.append({"depth": depth_of[node], "node": node, "parameters": names, "scalars": int(values.size),
+                     "min": float(q[0]), "q1": float(q[1]), "median": float(q[2]), "q3": float(q[3]),
+                     "max": float(q[4])})
+    return sorted(rows, key=lambda r: r["depth"])
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+def _figure(size, dpi):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, dpi=dpi)
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def esd_png(evals: np.ndarray, alpha: float, xmin: float, title: str, warning: str = "") -> bytes:
+    """The layer's ESD (log-binned density of the eigenvalues above 1e-5) on log-log axes, the fitted
+    power law from xmin on and xmin as a vertical line."""
+    fig = _figure(ESD_SIZE, ESD_DPI)
+    ax = fig.add_subplot()
+    x = np.sort(np.asarray(evals, dtype=np.float64))
+    x = x[x > EVALS_THRESH]
+    if x.size == 0:
+        ax.text(0.5, 0.5, "no eigenvalue above 1e-5", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        lo, hi = x[0], x[-1]
+        if hi <= lo * (1 + 1e-9):  # all equal: one bin around the value
+            lo, hi = lo / 1.5, hi * 1.5
+        bins = np.geomspace(lo, hi * (1 + 1e-12), int(np.clip(np.sqrt(x.size) * 2, 10, 60)) + 1)
+        hist, edges = np.histogram(x, bins=bins)
+        density = hist / (x.size * np.diff(edges))
+        ax.stairs(np.where(density > 0, density, np.nan), edges, color="#1f5fa8", fill=False, label="ESD")
+        if math.isfinite(alpha) and math.isfinite(xmin) and xmin > 0:
+            grid = np.geomspace(xmin, x[-1], 50)
+            tail = float(np.count_nonzero(x >= xmin)) / x.size
+            ax.plot(grid, pareto_density(grid, alpha, xmin, tail), "--", color="#c0392b",
+                    label=f"power law, alpha={alpha:.2f}")
+            ax.axvline(xmin, color="#e67e22", linewidth=1, label=f"xmin={xmin:.3g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6, loc="lower left")
+    ax.set_title(title + (f"  [{warning}]" if warning else ""), fontsize=8,
+                 color="#a00000" if warning in FLAG_CLASSES else "black")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def correlation_flow_png(reports: Sequence[ModelReport]) -> bytes:
+    """alpha and log_spectral_norm against layer index, one line per model; flagged layers ringed."""
+    fig = _figure(PLOT_SIZE, PLOT_DPI)
+    axes = fig.subplots(1, 2)
+    for r in reports:
+        d = r.analysis.details
+        if d is None or d.empty:
+            continue
+        for ax, column in zip(axes, ("alpha", "log_spectral_norm"), strict=True):
+            line, = ax.plot(d["layer_id"], d[column], "o-", markersize=3, linewidth=1, label=_short(r.name))
+            flagged = d["warning"].isin(list(FLAG_CLASSES))
+            ax.plot(d["layer_id"][flagged], d[column][flagged], "o", markersize=8, markerfacecolor="none",
+                    color=line.get_color())
+    for ax, column in zip(axes, ("alpha", "log_spectral_norm"), strict=True):
+        ax.set_xlabel("layer index (depth)")
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(2.0, color="grey", linestyle=":", linewidth=1)
+    axes[0].axhline(6.0, color="grey", linestyle=":", linewidth=1)
+    axes[0].set_title("alpha by depth (dotted: 2 and 6; ringed: flagged)", fontsize=9)
+    axes[1].set_title("log10 spectral norm by depth", fontsize=9)
+    if len(reports) > 1:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def context_counts_png(reports: Sequence[ModelReport]) -> bytes:
+    """Boxes of log2 context counts per consuming node against its topological position (one model),
+    or each model's median line with its interquartile band (several)."""
+    fig = _figure(PLOT_SIZE, PLOT_DPI)
+    ax = fig.add_subplot()
+    with_counts = [r for r in reports if r.depth_counts]
+    if len(with_counts) == 1 and len(reports) == 1:
+        rows = with_counts[0].depth_counts
+        depths = np.array([r["depth"] for r in rows], dtype=float)
+        gap = float(np.min(np.diff(depths))) if depths.size > 1 else 1.0
+        stats = [{"whislo": r["min"], "q1": r["q1"], "med": r["median"], "q3": r["q3"], "whishi": r["max"],
+                  "fliers": []} for r in rows]
+        ax.bxp(stats, positions=depths, widths=0.6 * gap, manage_ticks=False)
+        ax.set_xlim(depths.min() - gap, depths.max() + gap)
+        ax.set_title("log2 context counts per consuming node (box: quartiles, whiskers: min and max)", fontsize=9)
+    else:
+        for r in with_counts:
+            depths = [row["depth"] for row in r.depth_counts]
+            line, = ax.plot(depths, [row["median"] for row in r.depth_counts], "o-", markersize=3, linewidth=1,
+                            label=_short(r.name))
+            ax.fill_between(depths, [row["q1"] for row in r.depth_counts], [row["q3"] for row in r.depth_counts],
+                            color=line.get_color(), alpha=0.2)
+        ax.legend(fontsize=7)
+        ax.set_title("log2 context counts by depth (line: median, band: quartiles)", fontsize=9)
+    ax.set_xlabel("topological position of the consuming node")
+    ax.set_ylabel("log2 context count")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# -- analysis --------------------------------------------------------------------------------
+
+def analyse_for_report(source: str, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                       **analyze_options) -> ModelReport:
+    """Analyse one model, draw its ESDs and collect its context counts by depth; the eigenvalues and
+    the graph are dropped before returning so that several models do not pile up in memory."""
+    from frontends.torch import is_callable_reference
+    from frontends.weights_file import is_weights_file
+    from irtools.model import load
+
+    source = os.fspath(source)
+    model = None
+    if is_callable_reference(source):  # the graph is kept for the context counts by depth
+        from frontends.torch import from_torch, resolve_callable
+
+        model = load(from_torch(resolve_callable(source), input_shapes=input_shapes))
+        model.path = source
+    elif source.lower().endswith(".onnx"):
+        model = load(source, input_shapes=input_shapes)
+    if model is not None:
+        analysis = analyze(model, keep_eigenvalues=True, **analyze_options)
+    else:  # weights files, and the sources analyze() converts in memory (Keras, .pt2, TorchScript)
+        analysis = analyze(source, keep_eigenvalues=True, input_shapes=input_shapes, **analyze_options)
+    images = []
+    if analysis.details is not None:
+        for row, evals in zip(analysis.details.itertuples(index=False), analysis.eigenvalues or [], strict=True):
+            images.append(esd_png(evals, row.alpha, row.xmin, f"{row.layer_id}: {row.name}", row.warning))
+    analysis.eigenvalues = None
+    depth = None
+    if model is not None and "context-counts" in model.results and analysis.reuse is not None:
+        depth = context_counts_by_depth(model)
+    graph = not is_weights_file(source)
+    if graph and model is None and analysis.reuse is not None:
+        analysis.notes.append("context counts by depth are drawn for ONNX files and file.py:callable sources; "
+                              "convert this model with `irtools convert` to see them")
+    return ModelReport(source, analysis, images, depth, graph)
+
+
+def build_report(sources: Sequence[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                 accuracies: Mapping[str, float] | None = None, **analyze_options) -> str:
+    """The HTML page of one or more models."""
+    from irtools.compare import compare_analyses
+
+    reports = [analyse_for_report(s, input_shapes, **analyze_options) for s in sources]
+    comparison = None
+    if len(reports) > 1:
+        comparison = compare_analyses([r.name for r in reports], [r.analysis for r in reports], accuracies)
+    return render_html(reports, comparison)
+
+
+def write_report(sources: Sequence[str], output: str, **options) -> None:
+    """Build the page and write it to `output` atomically (an input is never overwritten)."""
+    out = _io.check_output_path(output, sources)
+    _io.write_text_atomic(out, build_report(sources, **options))
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+def _short(name: str) -> str:
+    return os.path.basename(name.rstrip("/")) or name
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(png: bytes, alt: str, cls: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{cls}" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "&ndash;"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return "&ndash;"
+        return f"{v:.4g}"
+    return _esc(v)
+
+
+def _sort_key(v) -> str:
+    """The `data-v` attribute the sorting script reads: the full-precision number, or the text."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v)) if math.isfinite(float(v)) else ""
+    return _esc(v)
+
+
+def _summary_table(data: Mapping, keys: Sequence[str], title: str) -> str:
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_fmt(data.get(k))}</td></tr>" for k in keys if k in data)
+    return f'<table class="summary"><caption>{_esc(title)}</caption>{rows}</table>'
+
+
+def _layer_table(details) -> str:
+    head = "".join(f'<th data-col="{c}" title="click to sort">{_esc(c)}</th>' for c in TABLE_COLUMNS)
+    body = []
+    for row in details.to_dict(orient="records"):
+        cls = " ".join(["layer"] + ([FLAG_CLASSES[row["warning"]]] if row["warning"] in FLAG_CLASSES else []))
+        cells = "".join(f'<td data-v="{_sort_key(row[c])}">{_fmt(row[c])}</td>' for c in TABLE_COLUMNS)
+        body.append(f'<tr class="{cls}" data-layer-id="{int(row["layer_id"])}">{cells}</tr>')
+    return (f'<div class="scroll"><table class="layers sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _legend() -> str:
+    items = "".join(f'<span class="{cls}">{_esc(w)}</span>' for w, cls in FLAG_CLASSES.items())
+    return f'<p class="legend">Highlighted layers: {items} (alpha &lt; 2: over-trained, alpha &gt; 6: ' \
+           'under-trained; degenerate: no power law can be fitted, e.g. constant weights).</p>'
+
+
+def _model_section(k: int, r: ModelReport, single: bool) -> str:
+    a = r.analysis
+    parts = [f'<section class="model" id="model-{k}"><h2>{_esc(r.name)}</h2>']
+    for note in a.notes:
+        parts.append(f'<p class="note">{_esc(note)}</p>')
+    parts.append('<div class="summaries">')
+    parts.append(_summary_table(a.summary, SPECTRAL_SUMMARY, "Spectral summary (means over layers)"))
+    if a.summary.get("warnings"):
+        parts.append(_summary_table(a.summary["warnings"], list(a.summary["warnings"]), "Warnings (layers)"))
+    if a.reuse is not None:
+        parts.append(_summary_table(a.reuse, REUSE_SUMMARY, "Reuse summary (log2)"))
+    parts.append("</div>")
+    if not r.graph:
+        parts.append('<p class="note no-graph">This input holds only weights, no computation graph: the context '
+                     'count and reuse plots are left out.</p>')
+    if single:
+        if a.details is not None and not a.details.empty:
+            parts.append("<h3>Correlation flow</h3>" + _img(correlation_flow_png([r]), "correlation flow", "plot"))
+        if r.depth_counts:
+            parts.append("<h3>Context counts by depth</h3>" + _img(context_counts_png([r]), "context counts by depth",
+                                                                    "plot"))
+    if a.details is not None and not a.details.empty:
+        parts.append("<h3>Layers</h3>" + _legend() + _layer_table(a.details))
+        thumbs = []
+        for row, png in zip(a.details.to_dict(orient="records"), r.esd_images, strict=True):
+            cls = FLAG_CLASSES.get(row["warning"], "")
+            thumbs.append(f'<figure class="esd {cls}" data-layer-id="{int(row["layer_id"])}">'
+                          f'{_img(png, "ESD of " + str(row["name"]), "esd")}'
+                          f'<figcaption>{_esc(row["name"])}</figcaption></figure>')
+        parts.append('<h3>Empirical spectral densities</h3><p class="hint">Click a thumbnail to enlarge it. '
+                     'Dashed: the fitted power law above xmin (scaled by the share of eigenvalues in the tail); '
+                     f'vertical line: xmin.</p><div class="thumbs">{"".join(thumbs)}</div>')
+    else:
+        parts.append('<p class="note">No layer was analysed.</p>')
+    if a.skipped:
+        items = "".join(f"<li>{_esc(s['name'])}: {_esc(s['reason'])}</li>" for s in a.skipped)
+        parts.append(f"<details><summary>{len(a.skipped)} layer(s) skipped</summary><ul>{items}</ul></details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _comparison_table(comparison: dict) -> str:
+    from irtools.compare import METRICS
+
+    columns = ["model"] + [c for c, _, _ in METRICS] + ["accuracy"]
+    head = "".join(f'<th data-col="{_esc(c)}" title="click to sort">{_esc(c)}</th>' for c in columns)
+    body = "".join("<tr>" + "".join(f'<td data-v="{_sort_key(r[c])}">{_fmt(r[c])}</td>' for c in columns) + "</tr>"
+                   for r in comparison["models"])
+    out = f'<table class="comparison sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    if comparison["scores"]:
+        rows = "".join(f"<tr><td>{_esc(m)}</td><td>{_fmt(s['kendall_tau'])}</td><td>{_fmt(s['r2'])}</td>"
+                       f"<td>{s['models']}</td></tr>" for m, s in comparison["scores"].items())
+        out += ('<table class="scores"><caption>Metric vs accuracy</caption><thead><tr><th>metric</th>'
+                f'<th>Kendall tau</th><th>R^2</th><th>models</th></tr></thead><tbody>{rows}</tbody></table>')
+    return out
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}
+th{background:#f2f2f2}
+table.sortable th{cursor:pointer}
+table.sortable th.asc::after{content:" \\25B2"} table.sortable th.desc::after{content:" \\25BC"}
+td:nth-child(2),th:first-child{text-align:left}
+caption{text-align:left;font-weight:bold}
+.summaries{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}
+tr.flag-over,.legend .flag-over,figure.flag-over{background:#f8d0d0}
+tr.flag-under,.legend .flag-under,figure.flag-under{background:#d0def8}
+tr.flag-degenerate,.legend .flag-degenerate,figure.flag-degenerate{background:#e6e6e6}
+.legend span{padding:1px 6px;margin:0 3px;border:1px solid #aaa}
+.thumbs{display:flex;flex-wrap:wrap;gap:6px}
+figure.esd{margin:0;padding:3px;border:1px solid #ddd;font-size:11px;text-align:center}
+figure.esd figcaption{max-width:200px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+img.esd{width:200px;cursor:zoom-in}
+img.esd.expanded{width:auto;cursor:zoom-out}
+figure.esd:has(img.expanded) figcaption{max-width:none}
+img.plot{max-width:100%}
+.scroll{overflow-x:auto}
+.note{color:#7a4b00}
+"""
+
+_SCRIPT = """
+document.querySelectorAll('table.sortable').forEach(function(table){
+  table.querySelectorAll('th').forEach(function(th, col){
+    th.addEventListener('click', function(){
+      var asc = !th.classList.contains('asc');
+      table.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc');});
+      th.classList.add(asc ? 'asc' : 'desc');
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      function key(r){ var v = r.cells[col].getAttribute('data-v'); var n = parseFloat(v);
+        return (v !== '' && !isNaN(n) && isFinite(v)) ? n : v; }
+      rows.sort(function(a, b){
+        var x = key(a), y = key(b);
+        if (x === '' || y === '') return (x === '') - (y === '');  /* blanks (NaN) last */
+        var c = (typeof x === 'number' && typeof y === 'number') ? x - y : String(x).localeCompare(String(y));
+        return asc ? c : -c;
+      });
+      rows.forEach(function(r){ body.appendChild(r); });
+    });
+  });
+});
+document.querySelectorAll('img.esd').forEach(function(img){
+  img.addEventListener('click', function(){ img.classList.toggle('expanded'); });
+});
+"""
+
+
+def render_html(reports: Sequence[ModelReport], comparison: dict | None = None) -> str:
+    """The page: overlaid plots and the comparison table (several models), then one section per model."""
+    title = "irtools report: " + ", ".join(_short(r.name) for r in reports)
+    parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+             f'<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>']
+    single = len(reports) == 1
+    if not single:
+        parts.append('<section id="comparison"><h2>Comparison</h2>')
+        if any(r.analysis.details is not None and not r.analysis.details.empty for r in reports):
+            parts.append("<h3>Correlation flow</h3>" + _img(correlation_flow_png(reports), "correlation flow", "plot"))
+        if any(r.depth_counts for r in reports):
+            parts.append("<h3>Context counts by depth</h3>" + _img(context_counts_png(reports),
+                                                                    "context counts by depth", "plot"))
+        missing = [r.name for r in reports if not r.depth_counts]
+        if missing:
+            parts.append(f'<p class="note">No context counts for: {_esc(", ".join(missing))}.</p>')
+        parts.append("<h3>Summary metrics</h3>" + _comparison_table(comparison) + "</section>")
+    for k, r in enumerate(reports):
+        parts.append(_model_section(k, r, single))
+    parts.append(f"<script>{_SCRIPT}</script></body></html>\n")
+    return "".join(parts)
