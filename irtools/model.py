@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 
@@ -19,7 +20,7 @@ import onnx_ir as ir
 
 from irtools import _io
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
-from irtools.loading import check_structure, check_tensors, iter_tensors, read_model_proto
+from irtools.loading import check_structure, check_tensors, iter_tensors, read_model
 from irtools.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
 from irtools.shapes import infer_shapes
 
@@ -278,6 +279,22 @@ class IRModel:
         return f"IRModel({self.path or self.graph.name!r}, nodes={len(self.all_nodes)}, parameters={len(self.parameters)})"
 
 
+def _map_initializers(model: ir.Model, path: str, mapped: dict[str, tuple[str, int]]) -> None:
+    """Give the initializers that `read_model` left in the file their data as read-only views of
+    one memory map of it: nothing is read until a pass touches the weights, and the model keeps
+    no reference to its file (saving it writes the data, as for any in-memory tensor)."""
+    import mmap
+
+    with open(path, "rb") as fh:
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    for name, (dtype, offset) in mapped.items():
+        value = model.graph.initializers[name]
+        old = value.const_value
+        shape = tuple(old.shape.numpy())
+        array = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+        value.const_value = ir.Tensor(array, dtype=old.dtype, name=name, doc_string=old.doc_string)
+
+
 def load(
     source: str | os.PathLike | onnx.ModelProto | ir.Model,
     *,
@@ -291,11 +308,12 @@ def load(
     """
     if isinstance(source, ir.Model):
         return IRModel(source, input_shapes=input_shapes, parameters=parameters)
+    mapped: dict[str, tuple[str, int]] = {}
     if isinstance(source, onnx.ModelProto):
         proto, path = source, None
     else:
         path = os.fspath(source)
-        proto = read_model_proto(path)
+        proto, mapped = read_model(path)
     where = path or "<model>"
     check_tensors(proto, where)
     check_structure(proto, where)
@@ -305,4 +323,6 @@ def load(
         raise ModelLoadError(f"cannot build the graph: {exc}", where) from exc
     if path is not None:
         ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
+    if mapped:
+        _map_initializers(model, path, mapped)
     return IRModel(model, proto=proto, path=path, input_shapes=input_shapes, parameters=parameters)

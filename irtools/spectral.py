@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from irtools.powerlaw import fit_power_law
 
@@ -92,6 +91,8 @@ def _degeneracy(evals: np.ndarray, m: int, max_rank_per_matrix: int) -> str:
 
 def rand_distance(evals: np.ndarray, rand_evals: np.ndarray) -> float:
     """Jensen-Shannon distance between the sorted eigenvalue vectors (as WeightWatcher defines it)."""
+    from scipy import stats  # imported here: scipy.stats adds ~0.5 s to every start-up
+
     p, q = np.asarray(evals, dtype=np.float64), np.asarray(rand_evals, dtype=np.float64)
     mid = (p + q) / 2
     return float(np.sqrt((stats.entropy(p, mid) + stats.entropy(q, mid)) / 2))
