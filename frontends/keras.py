@@ -29,6 +29,7 @@ import collections
 import contextlib
 import itertools
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -59,6 +60,70 @@ def _import_tf():
 
 
 # -- patches ---------------------------------------------------------------------------------
+
+
+# ONNX ops that only move fingerprinted elements around: folding them keeps a weight recognisable.
+_LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Unsqueeze", "Squeeze", "Concat", "Split", "Identity", "Slice",
+                         "Flatten", "Gather", "Cast"})
+
+
+def _is_fingerprint(array, total: int) -> bool:
+    k = _decode(np.asarray(array))
+    return k is not None and int(k.max()) < total
+
+
+def _tainted_tf_outputs(graph, const_node_values, total: int) -> set[str]:
+    """Outputs of a TF graph that depend on a fingerprinted constant."""
+    from tf2onnx.tf_utils import get_tf_tensor_data  # noqa: PLC0415
+
+    tainted: set[str] = set()
+    for op in graph.get_operations():
+        if op.type in ("Const", "ConstV2"):
+            tensor = op.node_def.attr["value"].tensor
+            if tensor.dtype != 1:  # DT_FLOAT
+                continue
+            if const_node_values and op.name in const_node_values:
+                tensor = type(tensor).FromString(tensor.SerializeToString())
+                tensor.tensor_content = const_node_values[op.name]
+            if _is_fingerprint(get_tf_tensor_data(tensor), total):
+                tainted.add(op.outputs[0].name)
+        elif any(i.name in tainted for i in op.inputs):
+            tainted.update(o.name for o in op.outputs)
+    return tainted
+
+
+@contextlib.contextmanager
+def _keep_weight_arithmetic(total: int) -> Iterator[None]:
+    """Stop tf2onnx from folding arithmetic on fingerprinted weights (a SavedModel's graph was traced
+    before we could patch batch norm: `rsqrt(variance + eps) * gamma` must stay a computation
+    on the weights instead of becoming a constant that no longer says which weights it came from)."""
+    from tf2onnx import tfonnx  # noqa: PLC0415
+    from tf2onnx.optimizer.const_fold_optimizer import ConstFoldOptimizer  # noqa: PLC0415
+
+    original_tf_fold = tfonnx.compute_const_folding_using_tf
+    original_fold_node = ConstFoldOptimizer._fold_node  # noqa: SLF001
+
+    def tf_fold(graph, const_node_values, output_names):
+        values, dtypes = original_tf_fold(graph, const_node_values, output_names)
+        for name in _tainted_tf_outputs(graph, const_node_values, total):
+            values.pop(name, None)
+            dtypes.pop(name, None)
+        return values, dtypes
+
+    def fold_node(self, node, graph):
+        if node.type not in _LAYOUT_OPS and any(
+                i is not None and i.is_const() and _is_fingerprint(i.get_tensor_value(as_list=False), total)
+                for i in node.inputs):
+            return False
+        return original_fold_node(self, node, graph)
+
+    tfonnx.compute_const_folding_using_tf = tf_fold
+    ConstFoldOptimizer._fold_node = fold_node  # noqa: SLF001
+    try:
+        yield
+    finally:
+        tfonnx.compute_const_folding_using_tf = original_tf_fold
+        ConstFoldOptimizer._fold_node = original_fold_node  # noqa: SLF001
 
 
 @contextlib.contextmanager
@@ -218,6 +283,7 @@ def _weight_names(weights) -> list[str]:
     names, used = [], collections.Counter()
     for w in weights:
         base = getattr(w, "path", None) or w.name
+        base = base[:-2] if base.endswith(":0") else base  # TF variable names (a SavedModel's)
         name = base if used[base] == 0 else f"{base}#{used[base]}"
         used[base] += 1
         names.append(name)
@@ -261,7 +327,9 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
         for w, off, size in zip(weights, offsets, sizes):
             bits = (np.arange(size, dtype=np.int64) + off + _FP_BASE).astype(np.uint32)
             w.assign(bits.view(np.float32).reshape(tuple(w.shape)))
-        with conversion_patches():
+        saved_model = any(type(layer).__name__ == "TFSMLayer" for layer in getattr(functional, "layers", []))
+        with conversion_patches(), (_keep_weight_arithmetic(int(offsets[-1])) if saved_model
+                                    else contextlib.nullcontext()):
             proto, _ = tf2onnx.convert.from_keras(functional, input_signature=specs, opset=opset, optimizers=optimizers)
     except IrtoolsError:
         raise
@@ -401,3 +469,76 @@ def load_keras(model, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] 
     from irtools.model import load  # noqa: PLC0415
 
     return load(from_keras(model, input_shapes))
+
+
+# -- model files -------------------------------------------------------------------------------
+def is_saved_model_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def is_keras_model_file(path: str) -> bool:
+    """A whole Keras model: `.keras`, a full-model `.h5`/`.hdf5` (not weights only), or a SavedModel directory."""
+    lower = path.lower()
+    if is_saved_model_dir(path):
+        return True
+    if not os.path.isfile(path):
+        return False
+    if lower.endswith(".keras"):
+        return True
+    if lower.endswith((".h5", ".hdf5")) and not lower.endswith(".weights.h5"):
+        from frontends.weights_file import h5_is_full_model  # noqa: PLC0415
+
+        return h5_is_full_model(path)
+    return False
+
+
+def load_keras_file(path: str):
+    """A `keras.Model` from a `.keras`/`.h5` file (Keras `safe_mode`) or a SavedModel directory.
+
+    `safe_mode=True` refuses Lambda layers whose function was serialized as Python bytecode, the
+    one way a `.keras`/`.h5` config carries code; the rest of the config can only name classes
+    of the keras packages or registered custom objects, and weights are read from HDF5 datasets
+    (no pickle). A SavedModel (Keras 3 `model.export`) is wrapped in a `TFSMLayer`: its graph
+    is TensorFlow's, already traced, and its variables keep their TensorFlow names.
+    """
+    _import_tf()
+    import keras  # noqa: PLC0415
+
+    if not os.path.exists(path):
+        raise IrtoolsError("no such file or directory", path)
+    if path.lower().endswith(".weights.h5"):
+        raise IrtoolsError("a .weights.h5 file holds weights only, no graph to convert: analyze it, or load it "
+                           "into its model in Python", path)
+    if is_saved_model_dir(path):
+        try:
+            layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+        except Exception as exc:
+            raise IrtoolsError(f"cannot load the SavedModel: {type(exc).__name__}: {_first_line(exc)}", path) from exc
+        return _saved_model_as_keras(keras, layer, path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise IrtoolsError(f"cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}", path) from exc
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _saved_model_as_keras(keras, layer, path):
+    specs = list(getattr(layer.call_endpoint_fn, "input_signature", None) or [])
+    if len(specs) != 1:
+        raise IrtoolsError(f"SavedModel 'serve' endpoint with {len(specs)} inputs: only one is supported", path)
+    shape = tuple(specs[0].shape)
+    inp = keras.Input(batch_shape=(1, *shape[1:]) if shape and shape[0] is None else shape, dtype=specs[0].dtype.name,
+                      name=getattr(specs[0], "name", None) or "input")
+    return keras.Model(inp, layer(inp), name=os.path.basename(os.path.normpath(path)) or "saved_model")
+
+
+def from_keras_file(path: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                    opset: int | None = None) -> onnx.ModelProto:
+    """`from_keras(load_keras_file(path))`, with `--input-shape`s given as {name: dims}."""
+    model = load_keras_file(path)
+    shape = next(iter(input_shapes.values())) if input_shapes else None
+    return from_keras(model, input_shape=tuple(shape) if shape else None, opset=opset)

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -66,6 +67,60 @@ def resolve_callable(source: str):
         raise IrtoolsError(f"{source} raised {type(exc).__name__}: {exc}") from exc
 
 
+# -- saved programs: ExportedProgram (.pt2) and TorchScript archives ------------------------
+# Both are zip archives that run code when loaded or called, so they are loaded only with
+# `trust=True` (`--trust`): torch.export.load unpickles the example inputs (and any pickled
+# weight or constant) with `torch.load(weights_only=False)` as a fallback, and falls back to plain
+# `pickle.loads` for some constants; a TorchScript archive carries the model's code (code/*.py),
+# which torch.jit.load compiles and our conversion then runs, and its pickles are read by the
+# TorchScript unpickler. Neither is a format an untrusted file can be safely read in.
+_TRUST_HINT = "pass --trust (trust=True) only for files you trust"
+
+
+def saved_program_kind(path: str) -> str | None:
+    """"pt2" for a torch.export archive, "torchscript" for a TorchScript archive, else None."""
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    tails = {n.split("/", 1)[-1] for n in names}
+    if tails & {"archive_format", "models/model.json", "serialized_exported_program.json"}:
+        return "pt2"
+    if "constants.pkl" in tails and any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    return None
+
+
+def load_saved_program(path: str, trust: bool = False):
+    """An ExportedProgram (.pt2) or TorchScript file as (nn.Module, example inputs or None)."""
+    kind = saved_program_kind(path)
+    if kind is None:
+        if path.lower().endswith(".pt2"):
+            raise IrtoolsError("not a torch.export archive (.pt2)", path)
+        raise IrtoolsError("a PyTorch weights file holds no graph to convert: give path/file.py:callable, "
+                           "a .pt2 ExportedProgram or a TorchScript file", path)
+    label = "ExportedProgram (.pt2) files are unpickled by torch.export.load, which can run code" if kind == "pt2" \
+        else "TorchScript files carry code that runs when the model is loaded and called"
+    if not trust:
+        raise IrtoolsError(f"refused: {label}; {_TRUST_HINT}", path)
+    torch = _torch()
+    try:
+        if kind == "pt2":
+            program = torch.export.load(path)
+            inputs = program.example_inputs
+            args = tuple(inputs[0]) if inputs and not inputs[1] else None
+            return program.module(), args
+        return torch.jit.load(path, map_location="cpu"), None
+    except IrtoolsError:
+        raise
+    except Exception as exc:
+        raise IrtoolsError(f"cannot load the {'ExportedProgram' if kind == 'pt2' else 'TorchScript'} file: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", path) from exc
+
+
 def example_inputs(module, given=None, input_shapes: Mapping[str, Sequence[int]] | None = None):
     """A tuple of example tensors: those given, or zeros of the `input_shapes` (in order)."""
     torch = _torch()
@@ -84,7 +139,10 @@ def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]]
         module, inputs = module
     if not isinstance(module, torch.nn.Module):
         raise IrtoolsError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    module = module.eval()
+    try:
+        module = module.eval()
+    except NotImplementedError:  # ExportedProgram.module(): its graph already fixed the mode
+        pass
     args = example_inputs(module, inputs, input_shapes)
     names = list(input_shapes) if input_shapes and len(input_shapes) == len(args) else None
     state = module.state_dict(keep_vars=True)
@@ -134,3 +192,10 @@ def load_torch(module, inputs=None, *, input_shapes=None, opset: int = 17):
     proto = from_torch(module, inputs, input_shapes=input_shapes, opset=opset)
     static = dict(input_shapes or {})
     return load(proto, input_shapes={i.name: tuple(d) for i, d in zip(proto.graph.input, static.values())} or None)
+
+
+def from_saved_program(path: str, *, input_shapes: Mapping[str, Sequence[int]] | None = None, trust: bool = False,
+                       opset: int = 17) -> onnx.ModelProto:
+    """A .pt2 ExportedProgram or TorchScript file into ONNX (`from_torch`); needs `trust=True`."""
+    module, inputs = load_saved_program(path, trust=trust)
+    return from_torch(module, None if input_shapes else inputs, input_shapes=input_shapes, opset=opset)

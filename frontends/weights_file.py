@@ -37,7 +37,9 @@ _TORCH_STORAGES = {
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz", ".ckpt", ".weights.h5")
+_H5_SUFFIXES = (".h5", ".hdf5")
+_H5_MISSING = "reading HDF5 weights needs h5py: pip install h5py"
 
 
 @dataclass(slots=True)
@@ -53,7 +55,15 @@ def is_weights_file(path: str) -> bool:
     """Whether `path` is a weights-only source (by suffix, or a directory of safetensors)."""
     if os.path.isdir(path):
         return any(f.endswith(".safetensors") for f in os.listdir(path))
-    return path.lower().endswith(WEIGHT_SUFFIXES)
+    lower = path.lower()
+    if lower.endswith(_H5_SUFFIXES) and not lower.endswith(".weights.h5"):
+        return os.path.isfile(path) and not h5_is_full_model(path)  # Keras 2 `save_weights("x.h5")`
+    return lower.endswith(WEIGHT_SUFFIXES)
+
+
+def default_layout(path: str, layout: str) -> str:
+    """Keras HDF5 weights are always in Keras' (k..., in, out) layout."""
+    return "keras" if os.fspath(path).lower().endswith(_H5_SUFFIXES) else layout
 
 
 def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
@@ -68,6 +78,8 @@ def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
             return _read_safetensors(path)
         if lower.endswith(".npz"):
             return _read_npz(path)
+        if lower.endswith(_H5_SUFFIXES):
+            return _read_h5(path)
         if zipfile.is_zipfile(path):
             return _read_torch_zip(path, trust)
         return _read_torch_legacy(path, trust)
@@ -131,6 +143,64 @@ def _read_npz(path: str) -> dict[str, StoredArray]:
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return {k: StoredArray(v.shape, v.dtype, (lambda v=v: v)) for k, v in arrays.items()}
+
+
+# -- Keras HDF5 weights -------------------------------------------------------------------
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise IrtoolsError(_H5_MISSING) from None
+    return h5py
+
+
+def h5_is_full_model(path: str) -> bool:
+    """Whether an HDF5 file is a whole Keras model (it has a `model_config`), not weights only."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError as exc:
+        raise ModelLoadError(f"not a readable HDF5 file: {exc}", path) from exc
+
+
+def _read_h5(path: str) -> dict[str, StoredArray]:
+    """Every float dataset of a Keras weights file, named by its HDF5 path as Keras stored it.
+
+    Keras 3 `.weights.h5`: `layers/<layer>/vars/<i>`; Keras 2 `save_weights("x.h5")`:
+    `<layer>/<layer>/kernel:0` (the `:0` is dropped). Optimizer state is left out. Datasets are
+    read directly with h5py: no Keras, no code from the file.
+    """
+    h5py = _h5py()
+    found: dict[str, StoredArray] = {}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelLoadError(f"not a readable HDF5 file: {exc}", path) from exc
+    with f:
+        if "model_config" in f.attrs:
+            raise UnsupportedError("a whole Keras model, not a weights file", path)
+
+        def visit(name, obj):
+            if not isinstance(obj, h5py.Dataset) or name.split("/")[0] in ("optimizer", "optimizer_weights"):
+                return
+            if obj.dtype.kind != "f" or obj.ndim == 0:
+                return
+            key = name[:-2] if name.endswith(":0") else name
+            found[key] = StoredArray(tuple(obj.shape), np.dtype(obj.dtype), _h5_loader(path, name))
+
+        f.visititems(visit)
+    if not found:
+        raise ModelLoadError("the HDF5 file holds no float weights", path)
+    return found
+
+
+def _h5_loader(path: str, name: str):
+    def load():
+        with _h5py().File(path, "r") as f:
+            return np.asarray(f[name][()])
+
+    return load
 
 
 # -- PyTorch: restricted unpickling -------------------------------------------------------

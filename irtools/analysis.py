@@ -80,12 +80,25 @@ def analyze(
     spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
                          mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues)
     if isinstance(source, (str, os.PathLike)):
-        from frontends.torch import is_callable_reference
+        from frontends.keras import is_keras_model_file
+        from frontends.torch import is_callable_reference, saved_program_kind
         from frontends.weights_file import is_weights_file
 
-        if is_weights_file(os.fspath(source)):
+        path = os.fspath(source)
+        if saved_program_kind(path) or path.lower().endswith(".pt2") or is_keras_model_file(path):
+            if is_keras_model_file(path):  # .keras/.h5/SavedModel, converted in memory
+                from frontends.keras import from_keras_file
+
+                proto = from_keras_file(path, input_shapes)
+            else:  # .pt2 ExportedProgram or TorchScript: loading runs code, so only with trust
+                from frontends.torch import from_saved_program
+
+                proto = from_saved_program(path, input_shapes=input_shapes, trust=trust)
+            source = load(proto)
+            source.path = path
+        elif is_weights_file(path):
             return _analyze_weights_file(os.fspath(source), families, explicit, spectral_opts, trust, layout)
-        if is_callable_reference(os.fspath(source)):  # a PyTorch model factory, converted in memory
+        elif is_callable_reference(path):  # a PyTorch model factory, converted in memory
             from frontends.torch import from_torch, resolve_callable
 
             name = os.fspath(source)
@@ -97,6 +110,10 @@ def analyze(
         from frontends.torch import from_torch
 
         source = from_torch(source, input_shapes=input_shapes)
+    elif type(source).__module__.startswith("keras"):  # a keras.Model: model.weights are the parameters
+        from frontends.keras import from_keras
+
+        source = from_keras(source, input_shape=next(iter(input_shapes.values())) if input_shapes else None)
     model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
     details, summary, skipped, reuse, notes, evals = None, {}, [], None, [], None
@@ -117,7 +134,7 @@ def analyze(
 def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: dict, trust: bool,
                           layout: str) -> Analysis:
     """A weights-only file: spectral metrics of its matrices; reuse needs a graph."""
-    from frontends.weights_file import read_weights, weight_layers
+    from frontends.weights_file import default_layout, read_weights, weight_layers
 
     notes = []
     if "reuse" in families:
@@ -127,7 +144,7 @@ def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: di
         notes.append(message)
     details, summary, skipped, evals = None, {}, [], None
     if "spectral" in families:
-        layers = weight_layers(read_weights(path, trust=trust), layout=layout)
+        layers = weight_layers(read_weights(path, trust=trust), layout=default_layout(path, layout))
         result = get_pass("spectral", **spectral_opts).analyse(layers)
         details, summary, skipped, evals = result.details(), result.summary, result.skipped, result.eigenvalues
     return Analysis(path, details, summary, skipped, None, notes, evals)

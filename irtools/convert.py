@@ -28,7 +28,9 @@ def detect_framework(source: str) -> str:
     if lower.endswith((".keras", ".h5")) or (os.path.isdir(source) and os.path.isfile(
             os.path.join(source, "saved_model.pb"))):
         return "tf"
-    if lower.endswith((".pt2", ".pt", ".pth")):
+    from frontends.torch import saved_program_kind
+
+    if lower.endswith((".pt2", ".pt", ".pth")) or saved_program_kind(source):
         return "torch"
     return "onnx"
 
@@ -58,7 +60,7 @@ def _random_feeds(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | 
 
 
 def convert(source: str, output: str, *, framework: str = "auto", input_shapes=None, opset: int = 17,
-            tolerance: float = 1e-4, seed: int = 0) -> float:
+            tolerance: float = 1e-4, seed: int = 0, trust: bool = False) -> float:
     """Convert `source` to ONNX at `output`; returns the max abs difference of the check run."""
     output = _io.check_output_path(output, [source] if os.path.exists(source) else [])
     framework = detect_framework(source) if framework == "auto" else framework
@@ -68,10 +70,17 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
 
         torch = _torch()  # a one-line hint when PyTorch is missing
 
-        obj = resolve_callable(source) if ":" in source and not os.path.exists(source) else None
-        if obj is None:
-            raise IrtoolsError("PyTorch sources are given as path/file.py:callable or package.module:callable", source)
-        module, inputs = obj if isinstance(obj, tuple) else (obj, None)
+        if os.path.exists(source):  # a .pt2 ExportedProgram or TorchScript file (loaded only with trust)
+            from frontends.torch import load_saved_program
+
+            module, inputs = load_saved_program(source, trust=trust)
+            inputs = None if input_shapes else inputs
+        else:
+            obj = resolve_callable(source) if ":" in source else None
+            if obj is None:
+                raise IrtoolsError("PyTorch sources are given as path/file.py:callable, package.module:callable, "
+                                   "a .pt2 ExportedProgram or a TorchScript file", source)
+            module, inputs = obj if isinstance(obj, tuple) else (obj, None)
         proto = from_torch(module, inputs, input_shapes=input_shapes, opset=opset)
         feeds = _random_feeds(proto, input_shapes, rng)
         with torch.no_grad():
@@ -79,13 +88,9 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
         expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
         expected = [e.detach().numpy() for e in expected]
     elif framework == "tf":
-        from frontends.keras import from_keras
+        from frontends.keras import from_keras, load_keras_file
 
-        try:
-            import keras
-        except ImportError:
-            raise IrtoolsError("TensorFlow is not installed: pip install irtools[tf]") from None
-        model = keras.models.load_model(source, compile=False)
+        model = load_keras_file(source)  # safe_mode: no Lambda-layer code is deserialized
         shape = next(iter(input_shapes.values())) if input_shapes else None
         proto = from_keras(model, input_shape=tuple(shape[1:]) if shape else None, opset=opset)
         feeds = _random_feeds(proto, input_shapes, rng)

@@ -85,3 +85,79 @@ def test_convert_onnx_source_and_bad_sources(tmp_path):
                            str(tmp_path / "x.onnx")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "raised RuntimeError: no model today" in proc.stderr and not (tmp_path / "x.onnx").exists()
+
+
+# -- saved programs: .pt2 ExportedProgram and TorchScript -------------------------------------------
+@pytest.fixture(scope="module")
+def saved_programs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("programs")
+    net = torch_models.small_cnn().eval()
+    x = torch.zeros(1, 3, 8, 8)
+    torch.export.save(torch.export.export(net, (x,)), str(d / "cnn.pt2"))
+    torch.jit.script(net).save(str(d / "cnn_script.pt"))
+    torch.jit.trace(net, x).save(str(d / "cnn_trace.ts"))
+    return net, {"pt2": str(d / "cnn.pt2"), "script": str(d / "cnn_script.pt"), "trace": str(d / "cnn_trace.ts")}
+
+
+@pytest.mark.parametrize("kind", ["pt2", "script", "trace"])
+def test_saved_program_keeps_state_dict_names_values_and_outputs(saved_programs, kind):
+    from frontends.torch import from_saved_program
+
+    net, paths = saved_programs
+    shapes = None if kind == "pt2" else {"x": (1, 3, 8, 8)}  # a .pt2 carries its example inputs
+    proto = from_saved_program(paths[kind], input_shapes=shapes, trust=True)
+    state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for k, v in state.items():  # bit-equal, running statistics included
+        assert inits[k].tobytes() == v.numpy().tobytes(), k
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert sorted(json.loads(meta[DECLARED_PARAMETERS_KEY])) == sorted(state)
+    assert sorted(p.name for p in irtools.load(proto).parameters) == sorted(state)
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_saved_programs_are_refused_without_trust_before_loading(saved_programs, tmp_path, monkeypatch):
+    net, paths = saved_programs
+
+    def never(*a, **k):
+        raise AssertionError("loaded an untrusted file")
+
+    monkeypatch.setattr(torch.export, "load", never)
+    monkeypatch.setattr(torch.jit, "load", never)
+    for path in paths.values():
+        for args in (["convert", path, "-o", str(tmp_path / "o.onnx"), "--input-shape", "x=1,3,8,8"],
+                     ["analyze", path, "--input-shape", "x=1,3,8,8"]):
+            res = CliRunner().invoke(main, args)
+            assert res.exit_code == 2, res.output
+            assert res.output.count("\n") == 1 and "refused" in res.output and "--trust" in res.output
+    assert not (tmp_path / "o.onnx").exists()
+    with pytest.raises(irtools.IrtoolsError, match="refused"):
+        irtools.analyze(paths["pt2"])
+
+
+def test_saved_programs_convert_and_analyze_with_trust(saved_programs, tmp_path):
+    net, paths = saved_programs
+    out = tmp_path / "cnn.onnx"
+    res = CliRunner().invoke(main, ["convert", paths["pt2"], "--trust", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "max abs difference" in res.output and out.exists()
+    ref = CliRunner().invoke(main, ["analyze", f"{MODELS}:small_cnn", "--input-shape", "x=1,3,8,8", "--format", "json"])
+    expected = json.loads(ref.stdout)
+    for path in (paths["pt2"], paths["script"]):
+        res = CliRunner().invoke(main, ["analyze", path, "--trust", "--input-shape", "x=1,3,8,8", "--format", "json"])
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.stdout)
+        assert [(r["parameter"], r["alpha"]) for r in data["layers"]] == \
+            [(r["parameter"], r["alpha"]) for r in expected["layers"]]
+        assert data["reuse"]["num_params"] == expected["reuse"]["num_params"]
+
+
+def test_a_state_dict_has_no_graph_to_convert(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(torch_models.small_cnn().state_dict(), path)
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "o.onnx"), "--trust"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "holds no graph" in res.output
