@@ -102,7 +102,13 @@ def analyze(
             from frontends.torch import from_torch, resolve_callable
 
             name = os.fspath(source)
-            source = from_torch(resolve_callable(name), input_shapes=input_shapes)
+            obj = resolve_callable(name)
+            if _is_flax(obj):  # or a JAX/Flax one: (apply_fn, params[, inputs]) or an nnx.Module
+                from frontends.jax import from_flax
+
+                source = from_flax(obj, input_shapes=input_shapes)
+            else:
+                source = from_torch(obj, input_shapes=input_shapes)
             model = load(source)
             model.path = name
             source = model
@@ -114,6 +120,10 @@ def analyze(
         from frontends.keras import from_keras
 
         source = from_keras(source, input_shape=next(iter(input_shapes.values())) if input_shapes else None)
+    elif _is_flax(source):  # an nnx.Module or (apply_fn, params[, inputs])
+        from frontends.jax import from_flax
+
+        source = from_flax(source, input_shapes=input_shapes)
     model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
     details, summary, skipped, reuse, notes, evals = None, {}, [], None, [], None
@@ -129,6 +139,12 @@ def analyze(
                 raise
             notes.append(f"reuse metrics left out: {exc.message}")
     return Analysis(name, details, summary, skipped, reuse, notes, evals)
+
+
+def _is_flax(obj) -> bool:
+    from frontends.jax import is_flax_source  # imports no JAX
+
+    return is_flax_source(obj)
 
 
 def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: dict, trust: bool,

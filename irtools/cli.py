@@ -211,7 +211,7 @@ class _progress:
 @click.argument("source", type=str)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The ONNX file to write (written whole or not at all).")
-@click.option("--framework", type=click.Choice(["auto", "torch", "tf", "onnx"]), default="auto", show_default=True)
+@click.option("--framework", type=click.Choice(["auto", "torch", "tf", "jax", "onnx"]), default="auto", show_default=True)
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
               help="Input shapes (repeatable); PyTorch sources without example inputs need them.")
 @click.option("--opset", default=17, show_default=True)

@@ -16,7 +16,7 @@ import onnx
 from irtools import _io
 from irtools.errors import IrtoolsError
 
-FRAMEWORKS = ("auto", "torch", "tf", "onnx")
+FRAMEWORKS = ("auto", "torch", "tf", "jax", "onnx")
 
 
 def detect_framework(source: str) -> str:
@@ -63,7 +63,15 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
             tolerance: float = 1e-4, seed: int = 0, trust: bool = False) -> float:
     """Convert `source` to ONNX at `output`; returns the max abs difference of the check run."""
     output = _io.check_output_path(output, [source] if os.path.exists(source) else [])
-    framework = detect_framework(source) if framework == "auto" else framework
+    resolved = None  # with --framework auto a file.py:callable is called once; what it returns picks torch or jax
+    if framework == "auto":
+        framework = detect_framework(source)
+        if framework == "torch" and ":" in source and not os.path.exists(source):
+            from frontends.jax import is_flax_source
+            from frontends.torch import resolve_callable
+
+            resolved = resolve_callable(source)
+            framework = "jax" if is_flax_source(resolved) else "torch"
     rng = np.random.default_rng(seed)
     if framework == "torch":
         from frontends.torch import _torch, from_torch, resolve_callable
@@ -76,7 +84,7 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
             module, inputs = load_saved_program(source, trust=trust)
             inputs = None if input_shapes else inputs
         else:
-            obj = resolve_callable(source) if ":" in source else None
+            obj = resolved if resolved is not None else resolve_callable(source) if ":" in source else None
             if obj is None:
                 raise IrtoolsError("PyTorch sources are given as path/file.py:callable, package.module:callable, "
                                    "a .pt2 ExportedProgram or a TorchScript file", source)
@@ -96,6 +104,15 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
         feeds = _random_feeds(proto, input_shapes, rng)
         out = model(*[v for v in feeds.values()], training=False)
         expected = [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    elif framework == "jax":
+        from frontends.jax import flax_source, from_flax, load_flax_reference
+
+        if resolved is None and (":" not in source or os.path.exists(source)):
+            raise IrtoolsError("JAX/Flax sources are given as path/file.py:callable or package.module:callable", source)
+        src = flax_source(resolved) if resolved is not None else load_flax_reference(source)
+        proto = from_flax(src, input_shapes=input_shapes, opset=opset)
+        feeds = _random_feeds(proto, input_shapes, rng)
+        expected = src(*feeds.values())
     elif framework == "onnx":
         from irtools.model import load
 

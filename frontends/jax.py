@@ -1,0 +1,305 @@
+"""The JAX/Flax frontend: a function plus its parameter pytree (Flax linen or nnx) into ONNX.
+
+Conversion goes through jax2onnx, which bakes the parameters in as initializers named
+`const_3`, `kernel_oih_0`, ... and stores conv kernels transposed (HWIO -> OIHW). As in the
+Keras frontend (`frontends/keras.py`), which initializer holds which parameter is decided by
+value: while tracing, every float32 leaf of the pytree holds a *fingerprint* (element k of
+the pytree holds a distinct float32 bit pattern), so each initializer element says which leaf
+element it copies, whatever the exporter transposed, reshaped or renamed. Afterwards every
+leaf becomes one initializer named by its pytree path (`params/Dense_0/kernel`,
+`batch_stats/bn1/mean`; nnx: `c1/kernel`) holding its exact values in the framework's own
+layout (Dense kernel (in, out), Conv kernel HWIO); where the exporter stored a transposed or
+reshaped copy, a Transpose/Reshape node computes that copy from it. The model metadata key
+`irtools.parameters` lists exactly the pytree's float leaves. A leaf the conversion dropped,
+folded or changed arithmetically is an error naming it.
+
+Accepted sources: `(apply_fn, params)` with `apply_fn(params, *inputs)`, a linen `Module` with
+its variables (`module.apply(variables, *inputs)`), or an `nnx.Module` (its state; run in eval
+mode), each optionally with example inputs. JAX, Flax and jax2onnx are imported only when a
+function here is called.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from frontends.keras import _FP_BASE, _FP_LIMIT, _decode, _rename_values, _set_metadata, _view_nodes
+from irtools.errors import IrtoolsError
+from irtools.parameters import DECLARED_PARAMETERS_KEY
+
+__all__ = ["FlaxSource", "flax_source", "from_flax", "is_flax_source", "load_flax", "load_flax_reference"]
+
+_MISSING = "JAX/Flax is not installed: pip install irtools[jax]"
+
+
+def _import_jax():
+    try:
+        import jax  # noqa: PLC0415
+        import jax2onnx  # noqa: PLC0415
+    except ImportError:
+        raise IrtoolsError(_MISSING) from None
+    return jax, jax2onnx
+
+
+def _from_package(obj, prefixes: tuple[str, ...]) -> bool:
+    return any((getattr(c, "__module__", "") or "").startswith(prefixes) for c in type(obj).__mro__)
+
+
+def _is_nnx_module(obj) -> bool:
+    return any(c.__module__ == "flax.nnx.module" and c.__name__ == "Module" for c in type(obj).__mro__)
+
+
+def _is_linen_module(obj) -> bool:
+    return any(c.__module__ == "flax.linen.module" and c.__name__ == "Module" for c in type(obj).__mro__)
+
+
+def is_flax_source(obj) -> bool:
+    """Whether `obj` (what a `file.py:callable` returned) is a JAX/Flax model, without importing JAX.
+
+    An `nnx.Module`, or a tuple `(apply_fn or linen module, params mapping[, example inputs])`
+    whose first element is not a torch module.
+    """
+    if _is_nnx_module(obj) or isinstance(obj, FlaxSource):
+        return True
+    if isinstance(obj, tuple) and len(obj) in (2, 3) and callable(obj[0]) and not _from_package(obj[0], ("torch",)):
+        if _is_nnx_module(obj[0]):
+            return True
+        return isinstance(obj[1], Mapping) or _from_package(obj[1], ("flax", "jax"))
+    return False
+
+
+@dataclass
+class FlaxSource:
+    """A JAX model ready to run: `fn(params, *inputs)`, its parameter pytree and example inputs."""
+
+    fn: Any
+    params: Any
+    inputs: tuple | None = None
+    kind: str = "function"  # function | linen | nnx
+    strip: tuple[str, ...] = field(default=())  # trailing path keys left out of names (nnx: "value")
+
+    def __call__(self, *inputs) -> list[np.ndarray]:
+        """Run on numpy inputs with the real parameters; the outputs' leaves as numpy arrays."""
+        jax, _ = _import_jax()
+        out = self.fn(self.params, *[jax.numpy.asarray(x) for x in inputs])
+        return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(out)]
+
+
+def flax_source(model, params=None, inputs=None, *, apply_kwargs: Mapping[str, Any] | None = None) -> FlaxSource:
+    """Normalise the accepted forms (see the module docstring) into a `FlaxSource`."""
+    _import_jax()
+    if isinstance(model, FlaxSource):
+        return model
+    if isinstance(model, tuple):
+        if params is not None or not 1 <= len(model) <= 3:
+            raise IrtoolsError("expected (apply_fn, params[, example_inputs]) or an nnx.Module")
+        model, params, inputs = (*model, None, None)[:3] if len(model) > 1 else (model[0], params, inputs)
+    if inputs is not None and not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+    inputs = None if inputs is None else tuple(inputs)
+    kwargs = dict(apply_kwargs or {})
+    if _is_nnx_module(model):
+        from flax import nnx  # noqa: PLC0415
+
+        graphdef, state = nnx.split(model)
+
+        def run_nnx(s, *xs):
+            module = nnx.merge(graphdef, s)  # a copy: the caller's module stays in its own mode
+            module.eval()
+            return module(*xs, **kwargs)
+
+        return FlaxSource(run_nnx, state, inputs, "nnx", ("value",))
+    if params is None:
+        raise IrtoolsError("a JAX function needs its parameter pytree: give (apply_fn, params)")
+    if _is_linen_module(model):
+        def run_linen(v, *xs):
+            return model.apply(v, *xs, **kwargs)
+
+        return FlaxSource(run_linen, params, inputs, "linen")
+    if not callable(model):
+        raise IrtoolsError(f"expected a Flax module or a function apply_fn(params, *inputs), got {type(model).__name__}")
+    if kwargs:
+        fn = model
+        model = lambda p, *xs: fn(p, *xs, **kwargs)  # noqa: E731
+    return FlaxSource(model, params, inputs, "function")
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _leaves(jax, params, strip: tuple[str, ...]):
+    """(path name, leaf) for every leaf of `params`, and the treedef."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    named = []
+    for path, leaf in flat:
+        keys = [_key_name(k) for k in path]
+        while keys and len(keys) > 1 and keys[-1] in strip:
+            keys.pop()
+        named.append(("/".join(keys) or "params", leaf))
+    return named, treedef
+
+
+def _is_float_leaf(jax, leaf) -> bool:
+    dtype = getattr(leaf, "dtype", None)  # bfloat16 and float8 included (numpy kind 'V')
+    return dtype is not None and hasattr(leaf, "shape") and bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
+
+
+def _input_specs(jax, source: FlaxSource, input_shapes):
+    """ShapeDtypeStructs and input names from example inputs or `input_shapes`."""
+    if input_shapes:
+        if isinstance(input_shapes, Mapping):
+            names, shapes = list(input_shapes), list(input_shapes.values())
+        else:
+            shapes = [input_shapes] if all(isinstance(d, (int, np.integer)) for d in input_shapes) else list(input_shapes)
+            names = None
+        dtypes = [getattr(x, "dtype", np.float32) for x in source.inputs] if source.inputs and len(
+            source.inputs) == len(shapes) else [np.float32] * len(shapes)
+        return [jax.ShapeDtypeStruct(tuple(int(d) for d in s), d) for s, d in zip(shapes, dtypes)], names
+    if not source.inputs:
+        raise IrtoolsError("a JAX model needs example inputs: give --input-shape NAME=D1,D2,... per input")
+    return [jax.ShapeDtypeStruct(tuple(np.shape(x)), getattr(x, "dtype", np.float32)) for x in source.inputs], None
+
+
+def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+              opset: int = 17, apply_kwargs: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+    """Convert a JAX/Flax model into ONNX whose parameters are exactly its pytree's float leaves.
+
+    `model`: `apply_fn` (called `apply_fn(params, *inputs)`), a linen `Module` (with its
+    variables as `params`), an `nnx.Module`, or a tuple of those as a `file.py:callable`
+    returns. `inputs`: example arrays, or `input_shapes` ({name: shape}, names become the ONNX
+    input names). The ONNX model keeps the framework's (NHWC) input layout. `metadata_props`
+    records the parameter names (`irtools.parameters`) and the conversion time.
+    """
+    jax, jax2onnx = _import_jax()
+    start = time.perf_counter()
+    source = flax_source(model, params, inputs, apply_kwargs=apply_kwargs)
+    specs, input_names = _input_specs(jax, source, input_shapes)
+    named, treedef = _leaves(jax, source.params, source.strip)
+    floats = [i for i, (_, leaf) in enumerate(named) if _is_float_leaf(jax, leaf)]
+    bad = [named[i][0] for i in floats if np.dtype(named[i][1].dtype) != np.float32]
+    if bad:
+        raise IrtoolsError(f"only float32 parameters are supported; '{bad[0]}' is {np.dtype(named[floats[0]][1].dtype)}")
+    names = [named[i][0] for i in floats]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise IrtoolsError(f"two parameters share the pytree path '{sorted(dup)[0]}'")
+    originals = [np.array(named[i][1], dtype=np.float32, copy=True) for i in floats]
+    sizes = [a.size for a in originals]
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    if offsets[-1] > _FP_LIMIT:
+        raise IrtoolsError(f"model has {offsets[-1]} parameter scalars; the JAX frontend handles at most {_FP_LIMIT}")
+    leaves = [leaf for _, leaf in named]
+    for i, a, off in zip(floats, originals, offsets):
+        bits = (np.arange(a.size, dtype=np.int64) + off + _FP_BASE).astype(np.uint32)
+        leaves[i] = jax.numpy.asarray(bits.view(np.float32).reshape(a.shape))
+    fingerprinted = jax.tree_util.tree_unflatten(treedef, leaves)
+    fn = source.fn
+
+    def traced(*xs):
+        return fn(fingerprinted, *xs)
+
+    try:
+        proto = jax2onnx.to_onnx(traced, specs, model_name="jax_model", opset=opset, input_names=input_names)
+    except IrtoolsError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise IrtoolsError(f"jax2onnx could not convert the JAX model: {type(exc).__name__}: {first}") from exc
+    _restore_parameters(proto, names, offsets, originals)
+    _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
+                          "irtools.frontend": f"jax/{source.kind}",
+                          "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
+    return proto
+
+
+def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> None:
+    """Put each leaf in as one initializer under its path; exporter copies become views of it."""
+    graph = proto.graph
+    total = int(offsets[-1])
+    occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = {}
+    for init in graph.initializer:
+        k = _decode(numpy_helper.to_array(init))
+        if k is None:
+            continue
+        if k.max() >= total:
+            raise IrtoolsError(f"ONNX initializer '{init.name}' holds values the conversion computed from "
+                               "parameters (folded arithmetic): the parameters would be lost")
+        index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
+        local = k - offsets[index]
+        size = int(offsets[index + 1] - offsets[index])
+        if local.size != size or local.min() < 0 or local.max() >= size or len(np.unique(local)) != size:
+            raise IrtoolsError(f"the conversion changed parameter '{names[index]}' (ONNX initializer "
+                               f"'{init.name}' is not a permuted copy of it)")
+        occurrences.setdefault(index, []).append((init, local))
+    missing = [names[i] for i in range(len(names)) if i not in occurrences]
+    if missing:
+        raise IrtoolsError(f"the conversion lost {len(missing)} parameter(s) (folded or unused), e.g. '{missing[0]}'")
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    clash = [n for n in names if n in taken]
+    if clash:
+        raise IrtoolsError(f"parameter name '{clash[0]}' clashes with a tensor of the converted graph")
+    renames: dict[str, str] = {}
+    drop: set[str] = set()
+    new_inits: list[onnx.TensorProto] = []
+    view_nodes: list[onnx.NodeProto] = []
+    for index, occ in sorted(occurrences.items()):
+        name, value = names[index], originals[index]
+        new_inits.append(numpy_helper.from_array(value, name))
+        for j, (init, local) in enumerate(occ):
+            drop.add(init.name)
+            if local.shape == value.shape and np.array_equal(local.reshape(-1), np.arange(local.size)):
+                renames[init.name] = name
+            else:
+                view_nodes.extend(_views(name, value.shape, local, init.name, f"{name}/view{j}"))
+    kept = [i for i in graph.initializer if i.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(new_inits + kept)
+    _rename_values(graph, renames)
+    if view_nodes:
+        nodes = view_nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _views(source: str, shape, local: np.ndarray, output: str, prefix: str) -> list[onnx.NodeProto]:
+    """Nodes computing the exporter's copy `output` (element i = source.flat[local.flat[i]])."""
+    if np.array_equal(local.reshape(-1), np.arange(local.size)):  # same order, another shape
+        target = numpy_helper.from_array(np.array(local.shape, dtype=np.int64), f"{prefix}/shape")
+        return [helper.make_node("Constant", [], [target.name], name=f"{prefix}/shape", value=target),
+                helper.make_node("Reshape", [source, target.name], [output], name=f"{prefix}/Reshape")]
+    return _view_nodes(source, shape, local, output, prefix)
+
+
+def load_flax(model, params=None, inputs=None, *, input_shapes=None, opset: int = 17, apply_kwargs=None):
+    """`from_flax` then `irtools.load`: a JAX/Flax model as an `IRModel`."""
+    from irtools.model import load  # noqa: PLC0415
+
+    return load(from_flax(model, params, inputs, input_shapes=input_shapes, opset=opset, apply_kwargs=apply_kwargs))
+
+
+def load_flax_reference(reference: str) -> FlaxSource:
+    """Call a `path/file.py:callable` / `package.module:callable` that builds a JAX/Flax model.
+
+    The callable returns `(apply_fn, params[, example_inputs])`, `(linen_module, variables[,
+    example_inputs])` or an `nnx.Module`.
+    """
+    from frontends.torch import resolve_callable  # noqa: PLC0415  (no torch import: only the loader)
+
+    _import_jax()
+    obj = resolve_callable(reference)
+    if not is_flax_source(obj):
+        raise IrtoolsError(f"{reference} returned {type(obj).__name__}, not (apply_fn, params[, inputs]) "
+                           "or an nnx.Module")
+    return flax_source(obj)

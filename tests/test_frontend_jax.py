@@ -1,0 +1,299 @@
+"""JAX/Flax frontend: the IR's parameters are the pytree's leaves, by path and value; outputs match onnxruntime."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("jax2onnx")
+nn = pytest.importorskip("flax.linen")
+nnx = pytest.importorskip("flax.nnx")
+jnp = jax.numpy
+
+import irtools  # noqa: E402
+from frontends.jax import flax_source, from_flax, is_flax_source, load_flax  # noqa: E402
+from irtools.cli import main  # noqa: E402
+from irtools.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(20)(x))
+        x = nn.tanh(nn.Dense(16)(x))
+        return nn.Dense(10)(x)
+
+
+class CNN(nn.Module):
+    """Conv + BatchNorm + ReLU, a residual add, max pooling, global mean, Dense."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn1")(
+            nn.Conv(8, (3, 3), padding="SAME", name="c1")(x)))
+        r = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn2")(
+            nn.Conv(8, (3, 3), padding="SAME", name="c2")(h))
+        h = nn.relu(h + r)
+        h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))  # jax2onnx patches max_pool: keywords only
+        return nn.Dense(4, name="fc")(h.mean(axis=(1, 2)))
+
+
+def trained_stats(variables, seed=0):
+    """Trained-looking BatchNorm statistics and scales instead of the fresh 0/1."""
+    rng = np.random.default_rng(seed)
+    v = jax.tree_util.tree_map(np.asarray, variables)
+    v = jax.tree_util.tree_map(lambda a: a, v)  # plain nested dicts of numpy arrays
+    for bn in ("bn1", "bn2"):
+        n = v["params"][bn]["scale"].shape[0]
+        v["params"][bn]["scale"] = rng.uniform(0.5, 1.5, n).astype(np.float32)
+        v["params"][bn]["bias"] = rng.normal(size=n).astype(np.float32)
+        v["batch_stats"][bn]["mean"] = rng.normal(size=n).astype(np.float32)
+        v["batch_stats"][bn]["var"] = rng.uniform(0.5, 2.0, n).astype(np.float32)
+    return v
+
+
+def flat(tree):
+    """{"a/b/c": leaf} for a nested dict pytree (an independent path spelling)."""
+    out = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, child in node.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), child)
+        else:
+            out[prefix] = np.asarray(node)
+
+    walk("", tree)
+    return out
+
+
+def run_onnx(proto, *xs):
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})[0]
+
+
+def initializers(proto):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    model = MLP()
+    x = np.random.default_rng(0).standard_normal((2, 12)).astype(np.float32)
+    return model, flat_dict(model.init(jax.random.PRNGKey(0), x)), x
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = CNN()
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    return model, trained_stats(flat_dict(model.init(jax.random.PRNGKey(1), x))), x
+
+
+def flat_dict(variables):
+    return jax.tree_util.tree_map(np.asarray, dict(variables)) if not hasattr(variables, "unfreeze") else \
+        jax.tree_util.tree_map(np.asarray, variables.unfreeze())
+
+
+def assert_parameters_are_the_pytree(proto, variables):
+    leaves = flat(variables)
+    declared = json.loads({p.key: p.value for p in proto.metadata_props}[DECLARED_PARAMETERS_KEY])
+    assert sorted(declared) == sorted(leaves)
+    inits = initializers(proto)
+    for name, leaf in leaves.items():  # the framework's layout and bit-equal values
+        assert inits[name].shape == leaf.shape, name
+        np.testing.assert_array_equal(inits[name].view(np.uint32), leaf.astype(np.float32).view(np.uint32))
+    ir_model = irtools.load(proto)
+    assert {p.name: p.numel for p in ir_model.parameters} == {k: v.size for k, v in leaves.items()}
+    return ir_model
+
+
+def test_linen_mlp_parameters_values_and_outputs(mlp):
+    model, variables, x = mlp
+    proto = from_flax(model, variables, x)
+    ir_model = assert_parameters_are_the_pytree(proto, variables)
+    assert {p.name for p in ir_model.parameters} >= {"params/Dense_0/kernel", "params/Dense_2/bias"}
+    np.testing.assert_allclose(run_onnx(proto, x), np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5)
+    # spectral metrics of each Dense kernel against numpy's singular values of the stored (in, out) matrix
+    a = irtools.analyze(ir_model, metrics="spectral")
+    assert len(a.details) == 3
+    assert sorted(a.details["parameter"]) == [f"params/Dense_{i}/kernel" for i in range(3)]
+    for _, row in a.details.iterrows():
+        w = flat(variables)[row["parameter"]].astype(np.float64)
+        s = np.linalg.svd(w, compute_uv=False)
+        assert (row["N"], row["M"]) == (max(w.shape), min(w.shape))
+        assert row["log_spectral_norm"] == pytest.approx(np.log10(s[0] ** 2), rel=1e-6)
+        assert row["stable_rank"] == pytest.approx(np.sum(s ** 2) / s[0] ** 2, rel=1e-6)
+    reuse = irtools.run_passes(ir_model, ["reuse"])["reuse"]
+    assert reuse["num_params"] == 12 * 20 + 20 + 20 * 16 + 16 + 16 * 10 + 10
+    assert reuse["num_input_nodes"] == 2 * 12 and reuse["num_output_nodes"] == 2 * 10
+
+
+def test_linen_cnn_keeps_batchnorm_and_hwio_kernels(cnn):
+    model, variables, x = cnn
+    proto = from_flax(model, variables, x)
+    assert_parameters_are_the_pytree(proto, variables)
+    bns = [list(n.input[1:]) for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    assert sorted(bns) == [[f"params/{b}/scale", f"params/{b}/bias", f"batch_stats/{b}/mean", f"batch_stats/{b}/var"]
+                           for b in ("bn1", "bn2")]
+    # the exporter's OIHW copy of the HWIO kernel is computed from it, not stored
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+        t = producers[conv.input[1]]
+        assert t.op_type == "Transpose" and t.input[0] in ("params/c1/kernel", "params/c2/kernel")
+    expected = np.asarray(model.apply(variables, x))
+    np.testing.assert_allclose(run_onnx(proto, x), expected, rtol=1e-5, atol=1e-5)
+    # the conv's spectral matrices are the kernel positions of the HWIO kernel: [i, o] per (h, w)
+    a = irtools.analyze(irtools.load(proto), metrics="spectral")
+    row = a.details.set_index("parameter").loc["params/c2/kernel"]
+    w = variables["params"]["c2"]["kernel"].astype(np.float64)
+    evals = np.concatenate([np.linalg.svd(w[i, j], compute_uv=False) ** 2 for i in range(3) for j in range(3)])
+    assert (row["N"], row["M"], row["num_evals"]) == (8, 8, 72)
+    assert row["log_norm"] == pytest.approx(np.log10(evals.sum() * 0.5), rel=1e-6)  # WW's conv2d_norm: x 1/2
+
+
+def test_nnx_module_paths_without_value(mlp):
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.c = nnx.Conv(3, 4, (3, 3), padding="SAME", rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            self.fc = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(nnx.relu(self.bn(self.c(x))).mean(axis=(1, 2)))
+
+    net = Net(nnx.Rngs(0))
+    x = np.random.default_rng(2).standard_normal((1, 5, 5, 3)).astype(np.float32)
+    assert is_flax_source(net) and is_flax_source((net, None, x))
+    proto = from_flax(net, inputs=(x,))
+    names = ["bn/bias", "bn/mean", "bn/scale", "bn/var", "c/bias", "c/kernel", "fc/bias", "fc/kernel"]
+    assert sorted(json.loads({p.key: p.value for p in proto.metadata_props}[DECLARED_PARAMETERS_KEY])) == names
+    inits = initializers(proto)
+    np.testing.assert_array_equal(inits["c/kernel"], np.asarray(net.c.kernel[...]))
+    np.testing.assert_array_equal(inits["fc/kernel"], np.asarray(net.fc.kernel[...]))
+    net.eval()
+    np.testing.assert_allclose(run_onnx(proto, x), np.asarray(net(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_plain_function_shared_parameter_and_input_shapes():
+    rng = np.random.default_rng(3)
+    params = {"w": rng.standard_normal((4, 4)).astype(np.float32), "b": np.zeros(4, np.float32),
+              "step": np.int32(7)}  # non-float leaves are not parameters
+
+    def apply(p, x):  # one matrix used twice, once transposed
+        return jnp.tanh(x @ p["w"] + p["b"]) @ p["w"].T
+
+    proto = from_flax(apply, params, input_shapes={"features": (2, 4)})
+    assert [i.name for i in proto.graph.input] == ["features"]
+    assert json.loads({p.key: p.value for p in proto.metadata_props}[DECLARED_PARAMETERS_KEY]) == ["b", "w"]
+    ir_model = irtools.load(proto)
+    assert sorted(p.name for p in ir_model.parameters) == ["b", "w"]
+    assert ir_model.parameter("b").numel == 4  # the all-zero bias survives as itself
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), np.asarray(apply(params, x)), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_or_unused_parameter_is_an_error():
+    params = {"w": np.ones((3, 3), np.float32), "unused": np.ones(2, np.float32)}
+    with pytest.raises(irtools.IrtoolsError, match="lost 1 parameter.*'unused'"):
+        from_flax(lambda p, x: x @ p["w"], params, input_shapes={"x": (1, 3)})
+
+    def folded(p, x):  # computed eagerly from the parameter while tracing: the parameter is gone
+        return x @ jnp.asarray(np.asarray(p["w"]) * 2.0)
+
+    with pytest.raises(irtools.IrtoolsError, match="parameter"):
+        from_flax(folded, {"w": np.ones((3, 3), np.float32)}, input_shapes={"x": (1, 3)})
+
+
+def test_bad_sources_are_one_line_errors(mlp):
+    with pytest.raises(irtools.IrtoolsError, match="needs its parameter pytree"):
+        flax_source(lambda p, x: x)
+    with pytest.raises(irtools.IrtoolsError, match="needs example inputs"):
+        from_flax(mlp[0], mlp[1])
+    with pytest.raises(irtools.IrtoolsError, match="only float32"):
+        from_flax(lambda p, x: x @ p["w"], {"w": np.ones((2, 2), jnp.bfloat16)}, input_shapes={"x": (1, 2)})
+
+
+def test_missing_jax_is_a_one_line_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)
+    with pytest.raises(irtools.IrtoolsError, match=r"^JAX/Flax is not installed: pip install irtools\[jax\]$"):
+        from_flax(lambda p, x: x, {}, input_shapes={"x": (1,)})
+
+
+def test_importing_the_frontend_does_not_import_jax():
+    code = "import sys, irtools, frontends.jax; assert not {'jax', 'flax', 'jax2onnx'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+FACTORY = """
+import jax, numpy as np
+import flax.linen as nn
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(nn.relu(nn.Dense(16)(x)))
+
+def build():
+    model = MLP()
+    x = np.zeros((1, 12), np.float32)
+    return model.apply, model.init(jax.random.PRNGKey(0), x), (x,)
+
+def build_nnx():
+    from flax import nnx
+    return nnx.Linear(4, 2, rngs=nnx.Rngs(0)), None, (np.zeros((1, 4), np.float32),)
+
+def broken():
+    # a wrong output on purpose: onnxruntime and JAX disagree, so nothing may be written
+    return (lambda p, x: x @ p["w"] + np.float32(np.random.default_rng().normal())), \\
+        {"w": np.ones((2, 2), np.float32)}, (np.zeros((1, 2), np.float32),)
+"""
+
+
+def test_cli_convert_and_analyze_a_flax_factory(tmp_path):
+    path = tmp_path / "my_flax.py"
+    path.write_text(textwrap.dedent(FACTORY))
+    out = tmp_path / "out.onnx"
+    runner = CliRunner()
+    for framework in ("jax", "auto"):
+        result = runner.invoke(main, ["convert", f"{path}:build", "--framework", framework, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "max abs difference" in result.output
+        proto = onnx.load(str(out))
+        declared = json.loads({p.key: p.value for p in proto.metadata_props}[DECLARED_PARAMETERS_KEY])
+        assert sorted(declared) == ["params/Dense_0/bias", "params/Dense_0/kernel", "params/Dense_1/bias",
+                                    "params/Dense_1/kernel"]
+        out.unlink()
+    result = runner.invoke(main, ["convert", f"{path}:build_nnx", "--framework", "jax", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(initializers(onnx.load(str(out)))) == ["bias", "kernel"]
+    a = irtools.analyze(f"{path}:build")
+    assert sorted(a.details["parameter"]) == ["params/Dense_0/kernel", "params/Dense_1/kernel"]
+    assert a.reuse["num_params"] == 12 * 16 + 16 + 16 * 10 + 10
+
+
+def test_cli_convert_refuses_a_mismatch_and_writes_nothing(tmp_path):
+    path = tmp_path / "my_flax.py"
+    path.write_text(textwrap.dedent(FACTORY))
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["convert", f"{path}:broken", "--framework", "jax", "-o", str(out),
+                                       "--tolerance", "1e-6"])
+    assert result.exit_code == 2 and "differ" in result.output and "Traceback" not in result.output
+    assert not out.exists() and os.listdir(tmp_path) == ["my_flax.py"] or sorted(os.listdir(tmp_path)) == [
+        "__pycache__", "my_flax.py"]
+
+
+def test_load_flax_is_from_flax_then_load(mlp):
+    model, variables, x = mlp
+    ir_model = load_flax(model.apply, variables, x)
+    assert sorted(p.name for p in ir_model.parameters) == sorted(flat(variables))
