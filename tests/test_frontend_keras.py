@@ -284,3 +284,74 @@ def test_efficientnetv2b0_matches_the_reference_implementation():
         assert reuse[key] == pytest.approx(expected, rel=1e-9), key
     x = np.random.default_rng(3).random((1, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-4, atol=1e-6)
+
+
+# -- model files: .keras, .h5, SavedModel -------------------------------------------------------
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keras_files")
+    model = small_cnn()
+    model.save(str(d / "cnn.keras"))
+    model.save(str(d / "cnn.h5"))
+    model.export(str(d / "cnn_saved_model"), verbose=False)
+    return model, {"keras": str(d / "cnn.keras"), "h5": str(d / "cnn.h5"), "saved_model": str(d / "cnn_saved_model")}
+
+
+@pytest.mark.parametrize("kind", ["keras", "h5", "saved_model"])
+def test_model_files_keep_model_weights_bit_equal_and_outputs(keras_files, kind):
+    from frontends.keras import from_keras_file
+
+    model, paths = keras_files
+    proto = from_keras_file(paths[kind])
+    # a SavedModel's variables carry TensorFlow's names: the Keras path with "/" -> "_"
+    name = (lambda w: w.path.replace("/", "_")) if kind == "saved_model" else (lambda w: w.path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert sorted(json.loads(meta[DECLARED_PARAMETERS_KEY])) == sorted(name(w) for w in model.weights)
+    ir_model = irtools.load(proto)
+    assert {p.name: p.numel for p in ir_model.parameters} == {name(w): int(np.prod(w.shape)) for w in model.weights}
+    stored = {i.name: np.frombuffer(i.raw_data, np.float32) if i.raw_data else np.array(i.float_data, np.float32)
+              for i in proto.graph.initializer}
+    for w in model.weights:  # the same scalars, bit for bit (layouts may be permuted)
+        assert np.sort(stored[name(w)]).tobytes() == np.sort(w.numpy().ravel()).tobytes(), w.path
+    x = np.random.default_rng(2).standard_normal((1, 12, 12, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_model_files_through_the_cli(keras_files, tmp_path):
+    from click.testing import CliRunner
+
+    from irtools.cli import main
+
+    model, paths = keras_files
+    expected = irtools.analyze(model)  # the in-memory model
+    for kind in ("keras", "h5"):
+        res = CliRunner().invoke(main, ["analyze", paths[kind], "--format", "json"])
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.stdout)
+        assert [(r["parameter"], r["alpha"]) for r in data["layers"]] == \
+            list(zip(expected.details["parameter"], expected.details["alpha"]))
+        assert data["reuse"]["num_params"] == expected.reuse["num_params"] == sum(
+            int(np.prod(w.shape)) for w in model.weights)
+    out = tmp_path / "sm.onnx"
+    res = CliRunner().invoke(main, ["convert", paths["saved_model"], "-o", str(out)])
+    assert res.exit_code == 0 and out.exists(), res.output
+
+
+def test_lambda_layer_code_is_refused(tmp_path):
+    inp = keras.Input((4,))
+    out = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(3, name="d")(inp))
+    path = str(tmp_path / "lam.keras")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras.Model(inp, out).save(path)
+    from click.testing import CliRunner
+
+    from irtools.cli import main
+
+    for command in (["analyze", path], ["convert", path, "-o", str(tmp_path / "o.onnx")]):
+        res = CliRunner().invoke(main, command)
+        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+        assert res.output.startswith("irtools: error:") and "lambda" in res.output.lower()
+    assert not (tmp_path / "o.onnx").exists()

@@ -168,3 +168,54 @@ def test_silero_vad_onnx_with_if_subgraphs_and_safetensors_have_the_same_layers(
         return sorted(zip(df.layer_type.str.replace("lstm", "rnn"), df.N, df.M, df.rf))
 
     assert len(then_branch) == 14 and shapes(then_branch) == shapes(from_file)
+
+
+# -- Keras HDF5 weights ------------------------------------------------------------------------
+def test_keras_weights_h5_read_without_keras_match_the_model(tmp_path):
+    """A `.weights.h5` file read with h5py alone: the model's weights under Keras' stored names, bit-equal,
+    and the spectral rows equal those of the whole model converted to ONNX."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(16, 3, name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(24, 3, name="c2")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, keras.layers.Dense(12, name="fc")(x))
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    tensors = read_weights(path)
+    assert all(name.startswith("layers/") and "/vars/" in name for name in tensors)
+    stored = sorted((t.shape, t.load().tobytes()) for t in tensors.values())
+    assert stored == sorted((tuple(w.shape), w.numpy().tobytes()) for w in model.weights)
+    got = irtools.analyze(path, metrics="spectral").details  # Keras layout picked from the suffix
+    want = irtools.analyze(model, metrics="spectral").details
+    assert sorted(got["lambda_max"]) == pytest.approx(sorted(want["lambda_max"]), rel=1e-9)
+    assert sorted(got["alpha"]) == pytest.approx(sorted(want["alpha"]), rel=1e-9)
+    res = CliRunner().invoke(main, ["analyze", path, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "reuse metrics need a computation graph" in res.output
+
+
+def test_keras2_h5_weights_and_missing_h5py(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py")
+    kernel = RNG.standard_normal((8, 5)).astype(np.float32)
+    path = str(tmp_path / "old.h5")
+    with h5py.File(path, "w") as f:  # Keras 2 `save_weights("old.h5")` layout
+        f.attrs["layer_names"] = [b"dense"]
+        f.create_dataset("dense/dense/kernel:0", data=kernel)
+        f.create_dataset("dense/dense/bias:0", data=np.zeros(5, np.float32))
+        f.create_dataset("optimizer_weights/iter:0", data=np.zeros(3, np.float32))
+    tensors = read_weights(path)
+    assert sorted(tensors) == ["dense/dense/bias", "dense/dense/kernel"]
+    np.testing.assert_array_equal(tensors["dense/dense/kernel"].load(), kernel)
+    sv = np.linalg.svd(kernel.astype(np.float64), compute_uv=False)
+    row = irtools.analyze(path, metrics="spectral", min_evals=1).details.iloc[0]
+    assert row["lambda_max"] == pytest.approx(sv[0] ** 2, rel=1e-9)
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "x.weights.h5")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    open(tmp_path / "x.weights.h5", "wb").close()
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "x.weights.h5")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "pip install h5py" in res.output
