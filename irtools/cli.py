@@ -297,9 +297,10 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
 @click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
 @click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
               help="Kernel layout of a weights-only file.")
+@click.option("--trust", is_flag=True, help="Allow full unpickling of PyTorch files (only for files you trust).")
 @_debug_option
 def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
-           no_limits: bool, layout: str, debug: bool) -> None:
+           no_limits: bool, layout: str, trust: bool, debug: bool) -> None:
     """One self-contained HTML page: summaries, sortable per-layer table, ESDs, correlation flow and context
     counts by depth; with several models, overlaid plots and the comparison table."""
     from irtools.compare import parse_accuracies
@@ -309,7 +310,7 @@ def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], 
     _io.check_output_path(output, models)  # a bad output path fails before any work
     limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
     write_report(list(models), output, input_shapes=parse_input_shapes(input_shapes),
-                 accuracies=parse_accuracies(accuracies) or None, layout=layout, **limits)
+                 accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, **limits)
     click.echo(f"wrote {output}")
 
 
