@@ -314,3 +314,28 @@ def test_ocr_det_cli_analyze_end_to_end(tmp_path):
     assert reuse["graph_size"] == num_params + 3 * side * side + prob.size
     assert {p["name"] for p in reuse["parameters"]} == set(learnable)
     assert reuse["entropy"] + reuse["expected_spread"] == pytest.approx(reuse["log2_total_contexts"], rel=1e-12)
+
+    # Hand-derived counts at the head: output = Sigmoid(Add(ConvT1(Relu(BN(Add(ConvT0(.), b0)))), b1)),
+    # both ConvTranspose 2x2 kernels with stride 2 and no padding, so each tap of a weight meets each
+    # input position exactly once and reaches one output scalar along one path.
+    proto = onnx.load(path)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    sigmoid = producer[proto.graph.output[0].name]
+    add1 = producer[sigmoid.input[0]]
+    convt1 = producer[add1.input[0]]
+    relu = producer[convt1.input[0]]
+    bn = producer[relu.input[0]]
+    add0 = producer[bn.input[0]]
+    convt0 = producer[add0.input[0]]
+    assert [n.op_type for n in (sigmoid, add1, convt1, relu, bn, add0, convt0)] == [
+        "Sigmoid", "Add", "ConvTranspose", "Relu", "BatchNormalization", "Add", "ConvTranspose"]
+    for n in (convt0, convt1):
+        attrs = {a.name: list(a.ints) for a in n.attribute if a.ints}
+        assert attrs["kernel_shape"] == [2, 2] and attrs["strides"] == [2, 2] and not any(attrs.get("pads", []))
+    log2 = {p["name"]: (p["log2_count_min"], p["log2_count_max"]) for p in reuse["parameters"]}
+    half, quarter = side // 2, side // 4
+    expected = {convt1.input[1]: half * half,  # one output pixel per input pixel per tap
+                add0.input[1]: 4 * half * half,  # each element of its channel's map feeds 4 taps
+                convt0.input[1]: 4 * quarter * quarter}  # each tap's output element then feeds 4 taps
+    for name, count in expected.items():
+        assert log2[name] == pytest.approx((math.log2(count), math.log2(count)), rel=1e-12)
