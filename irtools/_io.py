@@ -29,6 +29,20 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
     return out
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path beside `out`; on success it is renamed to `out`, else removed."""
@@ -38,6 +52,7 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the mode open() would
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

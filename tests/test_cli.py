@@ -136,6 +136,14 @@ def test_output_never_overwrites_input(tmp_path):
     assert digest(path) == before
 
 
+def test_outputs_get_the_mode_a_plain_open_would(tmp_path):
+    out = tmp_path / "summary.json"
+    assert run("inspect", EXAMPLE, "--input-shape", "image=1,1,8,8", "--format", "json", "-o", str(out)).exit_code == 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_importing_irtools_imports_no_framework():
     code = ("import sys, irtools, irtools.cli, passes, frontends; "
             "irtools.list_passes(); "
