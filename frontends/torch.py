@@ -131,20 +131,45 @@ def example_inputs(module, given=None, input_shapes: Mapping[str, Sequence[int]]
     return tuple(torch.zeros(*dims) for dims in input_shapes.values())
 
 
+def has_dynamo_exporter() -> bool:
+    """Whether torch.onnx's dynamo exporter can run (it needs onnxscript)."""
+    return importlib.util.find_spec("onnxscript") is not None
+
+
 def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-               opset: int = 17) -> onnx.ModelProto:
-    """Export `module` to ONNX keeping every float state_dict tensor under its own name."""
+               opset: int = 17, exporter: str = "auto") -> onnx.ModelProto:
+    """Export `module` to ONNX keeping every float state_dict tensor under its own name.
+
+    `exporter`: "dynamo" (torch.export based, needs onnxscript; run with `optimize=False`, whose
+    optimizer would fold BatchNorm into Conv), "torchscript", or "auto": dynamo when onnxscript is
+    present, falling back to the TorchScript exporter when the dynamo export fails or does not keep
+    every parameter under its state_dict name. The metadata key `irtools.exporter` says which ran.
+    """
     torch = _torch()
     if isinstance(module, tuple):
         module, inputs = module
     if not isinstance(module, torch.nn.Module):
         raise IrtoolsError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise IrtoolsError(f"unknown exporter '{exporter}' (auto, dynamo, torchscript)")
     try:
         module = module.eval()
     except NotImplementedError:  # ExportedProgram.module(): its graph already fixed the mode
         pass
     args = example_inputs(module, inputs, input_shapes)
     names = list(input_shapes) if input_shapes and len(input_shapes) == len(args) else None
+    if exporter == "dynamo" and not has_dynamo_exporter():
+        raise IrtoolsError("the dynamo exporter needs onnxscript: pip install onnxscript")
+    if exporter == "dynamo" or (exporter == "auto" and has_dynamo_exporter()):
+        try:
+            return _export(torch, module, args, names, opset, dynamo=True)
+        except IrtoolsError:
+            if exporter == "dynamo":
+                raise
+    return _export(torch, module, args, names, opset, dynamo=False)
+
+
+def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelProto:
     state = module.state_dict(keep_vars=True)
     params = [k for k, v in state.items() if v.is_floating_point()]
     real = {k: state[k].detach().clone() for k in params}
@@ -156,15 +181,18 @@ def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]]
             # cannot merge them, and each initializer says which parameter it is.
             for i, k in enumerate(params):
                 state[k].data.fill_(float(i + 1))
-            torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, do_constant_folding=False,
-                              training=torch.onnx.TrainingMode.PRESERVE, input_names=names)
+            if dynamo:
+                proto = _dynamo_export(torch, module, args, names, opset)
+            else:
+                torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, do_constant_folding=False,
+                                  training=torch.onnx.TrainingMode.PRESERVE, input_names=names)
+                proto = onnx.load_from_string(buf.getvalue())
     except Exception as exc:
         raise IrtoolsError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     finally:
         with torch.no_grad():
             for k in params:
                 state[k].data.copy_(real[k])
-    proto = onnx.load_from_string(buf.getvalue())
     inits = {t.name: t for t in proto.graph.initializer}
     renamed = []
     for i, k in enumerate(params):
@@ -181,8 +209,30 @@ def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]]
         raise IrtoolsError(f"the ONNX export renamed parameter '{renamed[0][0]}' to '{renamed[0][1]}' "
                            f"({len(renamed)} renamed in all)")
     declared = [k for k in params if k in inits]  # parameters the forward pass never reads are dropped
+    if dynamo and len(declared) < len(params):  # e.g. folded away: let the TorchScript exporter try
+        missing = next(k for k in params if k not in inits)
+        raise IrtoolsError(f"the dynamo export dropped parameter '{missing}'")
     proto.metadata_props.add(key=DECLARED_PARAMETERS_KEY, value=json.dumps(declared))
+    proto.metadata_props.add(key="irtools.exporter", value="dynamo" if dynamo else "torchscript")
     return proto
+
+
+def _dynamo_export(torch, module, args, names, opset: int) -> onnx.ModelProto:
+    """torch.onnx's dynamo exporter without its optimizer (which folds BatchNorm into Conv)."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, optimize=False, opset_version=max(opset, 18),
+                                        input_names=names, verbose=False, external_data=False)
+        return program.model_proto  # serialized now, while the fingerprints are in place
+    finally:
+        logger.setLevel(level)
 
 
 def load_torch(module, inputs=None, *, input_shapes=None, opset: int = 17):

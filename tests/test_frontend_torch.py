@@ -161,3 +161,30 @@ def test_a_state_dict_has_no_graph_to_convert(tmp_path):
     torch.save(torch_models.small_cnn().state_dict(), path)
     res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "o.onnx"), "--trust"])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "holds no graph" in res.output
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_both_exporters_keep_the_real_weights(exporter):
+    """The dynamo exporter runs without its optimizer (which would fold BatchNorm into Conv)."""
+    from frontends.torch import from_torch
+
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    net = torch_models.small_cnn()
+    with torch.no_grad():  # statistics unlike a fresh BatchNorm's, so folding would change values
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    proto = from_torch(net, input_shapes={"x": (1, 3, 8, 8)}, exporter=exporter)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["irtools.exporter"] == exporter
+    state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for k, v in state.items():
+        assert inits[k].tobytes() == v.numpy().tobytes(), k
+    bn = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    assert [list(n.input[1:]) for n in bn] == [["1.weight", "1.bias", "1.running_mean", "1.running_var"]]
+    x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0],
+                                   net(torch.from_numpy(x)).numpy(), atol=1e-5)
