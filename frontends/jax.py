@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from frontends.keras import _FP_BASE, _FP_LIMIT, _decode, _rename_values, _set_metadata, _view_nodes
+from frontends.keras import _FP_BASE, _FP_LIMIT, _rename_values, _set_metadata, _view_nodes
 from irtools.errors import IrtoolsError
 from irtools.parameters import DECLARED_PARAMETERS_KEY
 
@@ -218,10 +218,26 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
         first = (str(exc).strip().splitlines() or [""])[0]
         raise IrtoolsError(f"jax2onnx could not convert the JAX model: {type(exc).__name__}: {first}") from exc
     _restore_parameters(proto, names, offsets, originals)
+    proto = _reinfer_shapes(proto)
     _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
                           "irtools.frontend": f"jax/{source.kind}",
                           "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
     return proto
+
+
+def _reinfer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace jax2onnx's intermediate shapes by ONNX's own inference.
+
+    jax2onnx 0.17 records the JAX (NHWC) shapes of values it has moved to NCHW (e.g. the ReLU
+    between two convs as (1, H, W, C)) and rank-0 shapes for BatchNormalization outputs;
+    onnxruntime ignores them, but analysis passes would trust them.
+    """
+    del proto.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[-1]
+        raise IrtoolsError(f"the converted JAX model fails ONNX shape inference: {first}") from exc
 
 
 def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> None:
@@ -230,12 +246,19 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
     total = int(offsets[-1])
     occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = {}
     for init in graph.initializer:
-        k = _decode(numpy_helper.to_array(init))
-        if k is None:
+        array = numpy_helper.to_array(init)
+        if array.dtype != np.float32 or array.size == 0:
             continue
-        if k.max() >= total:
-            raise IrtoolsError(f"ONNX initializer '{init.name}' holds values the conversion computed from "
-                               "parameters (folded arithmetic): the parameters would be lost")
+        k = array.view(np.uint32).astype(np.int64) - _FP_BASE
+        inside = (k >= 0) & (k < total)
+        if not inside.all():
+            # a real constant of the function (any negative float decodes to some k, but not all
+            # into the fingerprints in use) unless it mixes in fingerprints or their tiny products
+            tiny = (array != 0) & (np.abs(array) < 2.0 ** -100)
+            if inside.any() or tiny.any():
+                raise IrtoolsError(f"ONNX initializer '{init.name}' holds values the conversion computed from "
+                                   "parameters (folded arithmetic): the parameters would be lost")
+            continue
         index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
         local = k - offsets[index]
         size = int(offsets[index + 1] - offsets[index])

@@ -1,10 +1,14 @@
-"""Cross-framework auditing: the same weights built in PyTorch and in Keras give the same numbers.
+"""Cross-framework auditing: the same weights built in PyTorch, Keras and Flax give the same numbers.
 
-A small CNN (Conv + BatchNorm + ReLU, a residual add, global pooling, Dense) and an MLP are
-built in both frameworks, the Keras weights are copied into the PyTorch model (layouts
-transposed), both go through irtools' own frontends, and the per-layer spectral metrics, the
-per-parameter sorted context counts and the reuse summary are compared.
+A small CNN (Conv + BatchNorm + ReLU, a residual add, max pooling, global pooling, Dense) and an
+MLP are built in each framework, the Keras weights are copied into the PyTorch model (layouts
+transposed) and into the Flax linen model (same HWIO / (in, out) layouts), each goes through
+irtools' own frontend, and the per-layer spectral metrics, the per-parameter sorted context
+counts and the reuse summary are compared. The Flax half runs where jax, flax and jax2onnx are
+installed.
 """
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import irtools
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
+HAVE_FLAX = all(importlib.util.find_spec(m) is not None for m in ("jax", "flax", "jax2onnx"))
 
 SPECTRAL = ("N", "M", "num_evals", "alpha", "xmin", "D", "sigma", "log_norm", "log_spectral_norm",
             "alpha_weighted", "log_alpha_norm", "stable_rank", "matrix_rank", "num_pl_spikes")
@@ -91,6 +96,66 @@ def torch_mlp_from(model):
     return net.eval()
 
 
+def flax_cnn_from(model):
+    """The Flax linen CNN with the Keras weights: Conv kernels are HWIO and Dense kernels (in, out) in both."""
+    import flax.linen as nn
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn1")(
+                nn.Conv(24, (3, 3), padding="SAME", name="c1")(x)))
+            r = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn2")(
+                nn.Conv(24, (3, 3), padding="SAME", name="c2")(h))
+            h = nn.relu(h + r)
+            h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
+            return nn.Dense(12, name="fc")(h.mean(axis=(1, 2)))
+
+    params, stats = {}, {}
+    for name in ("c1", "c2", "fc"):
+        kernel, bias = model.get_layer(name).get_weights()
+        params[name] = {"kernel": kernel, "bias": bias}
+    for name in ("bn1", "bn2"):
+        gamma, beta, mean, var = model.get_layer(name).get_weights()
+        params[name] = {"scale": gamma, "bias": beta}
+        stats[name] = {"mean": mean, "var": var}
+    return CNN(), {"params": params, "batch_stats": stats}
+
+
+def flax_mlp_from(model):
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(40, name="d1")(x))
+            h = nn.tanh(nn.Dense(30, name="d2")(h))
+            return nn.Dense(10, name="d3")(h)
+
+    params = {}
+    for name in ("d1", "d2", "d3"):
+        kernel, bias = model.get_layer(name).get_weights()
+        params[name] = {"kernel": kernel, "bias": bias}
+    return MLP(), {"params": params}
+
+
+def flax_model(kind, k):
+    """The Flax model with the Keras model `k`'s weights, as an IRModel; outputs checked against JAX."""
+    import onnxruntime as ort
+
+    from frontends.jax import from_flax
+
+    module, variables = flax_cnn_from(k) if kind == "cnn" else flax_mlp_from(k)
+    shape = (1, 10, 10, 3) if kind == "cnn" else (1, 20)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    proto = from_flax(module, variables, (x,))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, np.asarray(k(x)), rtol=1e-4, atol=1e-4)  # and the Keras model's output
+    return irtools.load(proto)
+
+
 def both(kind):
     from frontends.keras import from_keras
     from frontends.torch import from_torch
@@ -107,12 +172,13 @@ def both(kind):
         k_proto = from_keras(k)
         t_proto = from_torch(t, input_shapes={"x": (1, 20)})
         k_shape = {k_proto.graph.input[0].name: (1, 20)}
-    return irtools.load(k_proto, input_shapes=k_shape), irtools.load(t_proto)
+    models = [irtools.load(k_proto, input_shapes=k_shape), irtools.load(t_proto)]
+    if HAVE_FLAX:
+        models.append(flax_model(kind, k))
+    return models
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_same_weights_same_numbers_whatever_the_framework(kind):
-    k_model, t_model = both(kind)
+def assert_same_numbers(k_model, t_model, kind):
     a = irtools.analyze(k_model)
     b = irtools.analyze(t_model)
     assert len(a.details) == len(b.details) > 0
@@ -127,3 +193,11 @@ def test_same_weights_same_numbers_whatever_the_framework(kind):
     sig = lambda counts: sorted(tuple(np.sort(c.log2().ravel()).round(9)) for c in counts.values())  # noqa: E731
     assert sig(ka) == sig(tb)
     assert len(ka) == len(tb) == (14 if kind == "cnn" else 6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_same_weights_same_numbers_whatever_the_framework(kind):
+    k_model, *others = both(kind)
+    assert len(others) == (2 if HAVE_FLAX else 1)
+    for other in others:  # PyTorch, then Flax
+        assert_same_numbers(k_model, other, kind)
