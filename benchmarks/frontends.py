@@ -2,13 +2,17 @@
 
 Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/frontends.py [--skip-keras]
 
-Prints (1) the time to convert each model to the ONNX-based IR (PyTorch MLP, CNN and ResNet-50
-built here with random weights; a Keras EfficientNetV2B0 with weights=None at 224x224; the
-ResNet-50 also from a saved .pt2 ExportedProgram), each as the frontend's export alone and as
-`irtools convert` (export + onnxruntime check + write); and (2) `irtools analyze
-benchmarks/frontends.py:resnet50_224` end to end, timed once as a fresh `python -m irtools`
-process and once in process split into its phases: build the module, export to ONNX, load into
-the IR, spectral analysis, reuse (context counts); the shares are of the in-process total.
+Prints (1) `irtools analyze benchmarks/frontends.py:resnet50_224` end to end: the wall time of
+a fresh `python -m irtools` process, and the same steps timed one by one in another fresh
+process (imports land in the phase that pays them): import irtools, build the module (the
+`file.py:callable` source imports torch), export to ONNX, load into the IR, spectral analysis,
+reuse (context counts), with each phase's share; (2) the time to convert each model (PyTorch
+MLP, CNN and ResNet-50 built here with random weights, the ResNet-50 also from a saved .pt2
+ExportedProgram; a Keras EfficientNetV2B0 with weights=None at 224x224), as the frontend's
+export alone (in this process, after the first export has warmed the exporter up) and as
+`irtools convert` (export + onnxruntime check + atomic write). "params" counts every float
+state_dict tensor, BatchNorm running statistics included. The machine's load average is
+printed: the cores may be shared.
 Torchvision is not available beside torch 2.13, so ResNet-50 is defined below (25,557,032
 parameters, torchvision's layout). This file is also the `file.py:callable` source.
 """
@@ -125,6 +129,7 @@ def torch_conversions(tmp: str) -> None:
     from irtools.convert import convert
 
     here = os.path.abspath(__file__)
+    from_torch(nn.Linear(2, 2), (torch.zeros(1, 2),))  # the exporter's one-time set-up, not any model's cost
     print(f"{'model':<26}{'params':>12}{'export s':>10}{'convert s':>11}{'max |diff|':>12}")
     for name in ("mlp", "cnn", "resnet50_224"):
         net, args = globals()[name]()
@@ -163,10 +168,26 @@ def keras_conversions(tmp: str) -> None:
           "   (convert from the .keras file)")
 
 
+# Run in a fresh interpreter, so that import costs land in the phase that pays them.
+_PHASES = r"""
+import json, sys, time
+t = time.perf_counter
+phases, source = {}, sys.argv[1]
+s = t(); import irtools.analysis, irtools.cli; from irtools.model import load; from irtools.passing import get_pass
+phases["import irtools"] = t() - s
+from frontends.torch import from_torch, resolve_callable
+s = t(); obj = resolve_callable(source); phases["build module (file.py:callable, imports torch)"] = t() - s
+s = t(); proto = from_torch(obj); phases["export (torch.onnx)"] = t() - s
+s = t(); model = load(proto); phases["load into the IR"] = t() - s
+s = t(); get_pass("weights")(model); result = get_pass("spectral")(model)
+phases["analysis: spectral (incl. weight extraction)"] = t() - s
+s = t(); get_pass("reuse")(model); phases["analysis: reuse (context counts)"] = t() - s
+print(json.dumps({"phases": phases, "layers": len(result.details())}))
+"""
+
+
 def analyze_end_to_end(tmp: str) -> None:
-    from frontends.torch import from_torch, resolve_callable
-    from irtools.model import load
-    from irtools.passing import get_pass
+    import json
 
     source = f"{os.path.abspath(__file__)}:resnet50_224"
     out = os.path.join(tmp, "analysis.json")
@@ -177,27 +198,26 @@ def analyze_end_to_end(tmp: str) -> None:
     process_s = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(proc.stderr)
-    phases = {}
-    obj, phases["build module (file.py:callable)"] = _timed(lambda: resolve_callable(source))
-    proto, phases["export (torch.onnx)"] = _timed(lambda: from_torch(obj))
-    model, phases["load into the IR"] = _timed(lambda: load(proto))
-    _, weights_s = _timed(lambda: get_pass("weights")(model))
-    result, spectral_s = _timed(lambda: get_pass("spectral")(model))
-    phases["analysis: spectral (incl. weight extraction)"] = weights_s + spectral_s
-    _, phases["analysis: reuse (context counts)"] = _timed(lambda: get_pass("reuse")(model))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _PHASES, source], capture_output=True, text=True, env=env, cwd=ROOT)
+    child_s = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    phases = data["phases"]
     total = sum(phases.values())
-    print(f"irtools analyze {os.path.relpath(source.rsplit(':', 1)[0], ROOT)}:resnet50_224 "
-          f"({len(result.details())} layers analysed)")
-    print(f"  fresh process, end to end (imports included): {process_s:.2f} s")
-    print(f"  in process, by phase (total {total:.2f} s):")
+    print(f"irtools analyze benchmarks/frontends.py:resnet50_224 ({data['layers']} layers analysed)")
+    print(f"  `python -m irtools analyze ... --format json -o FILE`, fresh process, wall: {process_s:.2f} s")
+    print(f"  the same steps timed one by one in another fresh process (wall {child_s:.2f} s; phases {total:.2f} s, "
+          "the rest is interpreter start-up):")
     for name, seconds in phases.items():
-        print(f"    {name:<46}{seconds:>8.2f} s {100 * seconds / total:>6.1f} %")
-    export_share = phases["export (torch.onnx)"] / total
-    analysis_share = (phases["analysis: spectral (incl. weight extraction)"]
-                      + phases["analysis: reuse (context counts)"]) / total
+        print(f"    {name:<50}{seconds:>8.2f} s {100 * seconds / total:>6.1f} %")
+    analysis = phases["analysis: spectral (incl. weight extraction)"] + phases["analysis: reuse (context counts)"]
     print(f"  load average now {os.getloadavg()[0]:.2f}")
-    print(f"  export {100 * export_share:.1f} % vs load {100 * phases['load into the IR'] / total:.1f} % "
-          f"vs analysis {100 * analysis_share:.1f} %")
+    print(f"  export {100 * phases['export (torch.onnx)'] / total:.1f} % vs load "
+          f"{100 * phases['load into the IR'] / total:.1f} % vs analysis {100 * analysis / total:.1f} % "
+          f"(imports and building the module: "
+          f"{100 * (phases['import irtools'] + phases['build module (file.py:callable, imports torch)']) / total:.1f} %)")
 
 
 def main() -> None:
@@ -210,13 +230,13 @@ def main() -> None:
     print(f"torch {torch.__version__}; torch.onnx exporter: "
           f"{'dynamo (onnxscript present)' if has_dynamo_exporter() else 'TorchScript (onnxscript absent)'}")
     with tempfile.TemporaryDirectory() as tmp:
+        print("\n== analyze end to end")
+        analyze_end_to_end(tmp)
         print("\n== conversion time per model (export: frontend to ONNX in memory; convert: irtools convert = "
               "load/export + onnxruntime check + atomic write)")
         torch_conversions(tmp)
         if not args.skip_keras:
             keras_conversions(tmp)
-        print("\n== analyze end to end")
-        analyze_end_to_end(tmp)
 
 
 if __name__ == "__main__":
