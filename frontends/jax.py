@@ -24,14 +24,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from frontends.keras import _FP_BASE, _FP_LIMIT, _rename_values, _set_metadata, _view_nodes
+from frontends.keras import _FP_BASE, _FP_LIMIT, _is_permutation, _rename_values, _set_metadata, _view_nodes
 from irtools.errors import IrtoolsError
 from irtools.parameters import DECLARED_PARAMETERS_KEY
 
@@ -97,11 +97,15 @@ def flax_source(model, params=None, inputs=None, *, apply_kwargs: Mapping[str, A
     """Normalise the accepted forms (see the module docstring) into a `FlaxSource`."""
     _import_jax()
     if isinstance(model, FlaxSource):
-        return model
+        return model if inputs is None else replace(model, inputs=tuple(inputs) if isinstance(
+            inputs, (tuple, list)) else (inputs,))
     if isinstance(model, tuple):
         if params is not None or not 1 <= len(model) <= 3:
             raise IrtoolsError("expected (apply_fn, params[, example_inputs]) or an nnx.Module")
-        model, params, inputs = (*model, None, None)[:3] if len(model) > 1 else (model[0], params, inputs)
+        if len(model) == 3 and inputs is not None and model[2] is not None:
+            raise IrtoolsError("example inputs given twice: in the tuple and as inputs=")
+        model, params, inputs = model[0], (model[1] if len(model) > 1 else None), \
+            (model[2] if len(model) == 3 and model[2] is not None else inputs)
     if inputs is not None and not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     inputs = None if inputs is None else tuple(inputs)
@@ -262,7 +266,7 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
         index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
         local = k - offsets[index]
         size = int(offsets[index + 1] - offsets[index])
-        if local.size != size or local.min() < 0 or local.max() >= size or len(np.unique(local)) != size:
+        if local.size != size or local.min() < 0 or local.max() >= size or not _is_permutation(local):
             raise IrtoolsError(f"the conversion changed parameter '{names[index]}' (ONNX initializer "
                                f"'{init.name}' is not a permuted copy of it)")
         occurrences.setdefault(index, []).append((init, local))

@@ -327,3 +327,20 @@ def test_load_flax_is_from_flax_then_load(mlp):
     model, variables, x = mlp
     ir_model = load_flax(model.apply, variables, x)
     assert sorted(p.name for p in ir_model.parameters) == sorted(flat(variables))
+
+
+def test_attention_kernels_keep_their_3d_layout_through_reshape_views():
+    class Attention(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=16)(x)
+
+    model = Attention()
+    x = np.random.default_rng(6).standard_normal((1, 5, 16)).astype(np.float32)
+    variables = flat_dict(model.init(jax.random.PRNGKey(0), x))
+    proto = from_flax(model, variables, x)
+    ir_model = assert_parameters_are_the_pytree(proto, variables)
+    assert ir_model.parameter("params/MultiHeadDotProductAttention_0/query/kernel").shape == (16, 2, 8)
+    readers = {n.input[0]: n.op_type for n in proto.graph.node if n.input}
+    assert readers["params/MultiHeadDotProductAttention_0/query/kernel"] == "Reshape"
+    np.testing.assert_allclose(run_onnx(proto, x), np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5)
