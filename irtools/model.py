@@ -168,6 +168,8 @@ class IRModel:
         values.extend(v for n in self.all_nodes for v in n.outputs)
         main_inputs = set(self.graph.inputs)
         for v in values:
+            if v.shape is not None and any(isinstance(d, int) and d < 0 for d in v.shape):
+                v.shape = ir.Shape([d if not isinstance(d, int) or d >= 0 else None for d in v.shape])  # -1: dynamic
             if v.name in self.input_shapes and v in main_inputs:
                 v.shape = ir.Shape(self.input_shapes[v.name])
                 continue
@@ -213,6 +215,12 @@ class IRModel:
         producer = value.producer()
         if producer is None:
             raise IrtoolsError(f"value '{value.name}' is not a constant", self.path)
+        if producer.op_type in ("Shape", "Size") and producer.domain in ("", "ai.onnx"):
+            from irtools.shapes import shape_value
+
+            start, end = producer.attributes.get("start"), producer.attributes.get("end")
+            return shape_value(producer.op_type, self.static_shape(producer.inputs[0]),
+                               start.value if start is not None else 0, end.value if end is not None else None)
         if producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
             from irtools.quant import dequantize_linear
 

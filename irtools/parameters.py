@@ -109,14 +109,30 @@ class ConstantAnalysis:
 
     def __init__(self, nodes_topo: list[ir.Node]):
         self._const: dict[ir.Value, bool] = {}
+        #: Constant values computed from the static shape of a non-constant value (Shape / Size of
+        #: an activation once input shapes are fixed): constant for evaluation, but not stored.
+        self.from_shape: set[ir.Value] = set()
         # Nodes arrive in an order where producers precede consumers (outer before inner).
         for node in nodes_topo:
             c = self._node_is_constant(node)
+            derived = c and (self._reads_static_shape(node) or any(i in self.from_shape for i in node.inputs))
             for out in node.outputs:
                 self._const[out] = c
+                if derived:
+                    self.from_shape.add(out)
+
+    def _reads_static_shape(self, node: ir.Node) -> bool:
+        if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx") or not node.inputs:
+            return False
+        x = node.inputs[0]
+        if x is None or self.is_constant(x) or x.shape is None:
+            return False
+        return all(isinstance(d, int) and d >= 0 for d in x.shape)
 
     def _node_is_constant(self, node: ir.Node) -> bool:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            return True
+        if self._reads_static_shape(node):
             return True
         if node.op_type in NONDETERMINISTIC or not node.inputs:
             return False
@@ -160,7 +176,7 @@ def classify(
         for value in g.initializers.values():
             add(value, "initializer", g)
     for node in nodes_topo:
-        if not consts.node_is_constant(node):
+        if not consts.node_is_constant(node) or (node.outputs and node.outputs[0] in consts.from_shape):
             continue
         graph = node.graph
         if node.op_type == "Constant":

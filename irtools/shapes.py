@@ -2,13 +2,24 @@
 
 Inference runs on a weightless copy of the model (large weights become typed inputs), so it
 costs little memory even for models whose weights live in external data files.
+
+ONNX shape inference cannot see through shapes that the graph computes at run time: a Slice
+whose ends come from `Shape(input)` or a Reshape to a shape built by Gather / Unsqueeze /
+Concat of such dims stays dynamic even when every input shape is fixed. `infer_shapes` then
+folds the copy: `Shape` / `Size` of a value with a static shape become constants, nodes that
+read only small constants are evaluated by onnxruntime (one session per round), and inference
+runs again, for a bounded number of rounds. Only the copy is folded; the model is unchanged.
+Dims declared negative (Paddle2ONNX writes -1 for a dynamic batch) count as dynamic.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from irtools.errors import ShapeError
 
@@ -16,6 +27,19 @@ Dims = tuple[int | str | None, ...]
 
 # Initializers at or below this size stay in the inference copy (shape tensors, axes, ...).
 _SMALL_INITIALIZER_BYTES = 4096
+# Folding reads constants of at most this many elements and keeps results of at most this many.
+_FOLD_MAX_INPUT = 512
+_FOLD_MAX_OUTPUT = 4096
+# Rounds of (fold, infer again); a chain of k data-dependent shape ops needs about k rounds.
+_FOLD_MAX_ROUNDS = 8
+_NONDETERMINISTIC = frozenset(
+    "RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli Dropout".split()
+)
+# Ops whose output can be much larger than their inputs: folded only once inference knows its size.
+_GROWING = frozenset(
+    "ConstantOfShape Expand Tile Range Resize Upsample Pad OneHot EyeLike Gather GatherND GatherElements "
+    "MatMul Gemm Einsum CumSum".split()
+)
 
 
 def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
@@ -40,7 +64,7 @@ def _dims_of(type_proto: onnx.TypeProto) -> Dims | None:
         return None
     out: list[int | str | None] = []
     for d in type_proto.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:  # -1 is how some exporters say "dynamic"
             out.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             out.append(d.dim_param)
@@ -85,7 +109,166 @@ def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
         vo.name = o.name
         if o.type.HasField("tensor_type"):
             vo.type.tensor_type.elem_type = o.type.tensor_type.elem_type
+    _clear_negative_dims(g)
     return light
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _clear_negative_dims(graph: onnx.GraphProto) -> None:
+    """Make declared negative dims unknown, so that inference neither trusts nor checks them."""
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.Clear()
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            _clear_negative_dims(sub)
+
+
+def _run_inference(light: onnx.ModelProto, path: str | None) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError and plain RuntimeErrors
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeError(f"shape inference failed: {msg}", path) from exc
+
+
+def _static_dims(inferred: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
+    """{value name: dims if fully static else None} for the main graph of an inferred copy."""
+    g = inferred.graph
+    out: dict[str, tuple[int, ...] | None] = {}
+    for vi in (*g.input, *g.value_info, *g.output):
+        dims = _dims_of(vi.type)
+        out[vi.name] = tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
+    for t in g.initializer:
+        out[t.name] = tuple(t.dims)
+    return out
+
+
+def _small_constant(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node if it is a tensor of at most `_FOLD_MAX_INPUT` elements."""
+    if len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name == "value" and math.prod(a.t.dims) <= _FOLD_MAX_INPUT and a.t.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(a.t)
+    if a.name in ("value_int", "value_float"):
+        return np.array(a.i if a.name == "value_int" else a.f, dtype=np.int64 if a.name == "value_int" else np.float32)
+    if a.name in ("value_ints", "value_floats") and max(len(a.ints), len(a.floats)) <= _FOLD_MAX_INPUT:
+        return np.array(a.ints, np.int64) if a.name == "value_ints" else np.array(a.floats, np.float32)
+    return None
+
+
+def shape_value(op_type: str, dims: tuple[int, ...], start: int = 0, end: int | None = None) -> np.ndarray:
+    """The output of a `Shape` (with its start / end attributes) or `Size` node reading a value
+    of static shape `dims`. Negative start / end count from the back and clamp, like slicing."""
+    if op_type == "Size":
+        return np.array(math.prod(dims), dtype=np.int64)
+    return np.array(dims[start:end], dtype=np.int64)
+
+
+def _shape_value(node: onnx.NodeProto, dims: tuple[int, ...]) -> np.ndarray:
+    attrs = {a.name: a.i for a in node.attribute}
+    return shape_value(node.op_type, dims, attrs.get("start", 0), attrs.get("end"))
+
+
+def _constant_node(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return onnx.helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def _evaluate(nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], light: onnx.ModelProto) -> dict:
+    """Run `nodes` on `feeds` with onnxruntime; {output name: array} (empty if it cannot run)."""
+    import onnxruntime as ort
+
+    outputs = [o for n in nodes for o in n.output if o]
+    graph = onnx.helper.make_graph(
+        nodes, "fold",
+        [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for k, v in feeds.items()],
+        [onnx.helper.make_empty_tensor_value_info(o) for o in outputs],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=light.opset_import)
+    model.ir_version = min(light.ir_version, 10)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        results = sess.run(outputs, feeds)
+    except Exception:  # an op onnxruntime lacks, a type it refuses: fold less, not fail
+        return {}
+    return {o: r for o, r in zip(outputs, results, strict=True) if isinstance(r, np.ndarray)}
+
+
+def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None]) -> bool:
+    """Fold Shape / Size of static values and nodes of small constants in `light`, in place.
+
+    Returns whether any node was folded.
+    """
+    g = light.graph
+    known: dict[str, np.ndarray] = {}  # small constant values by name
+    for t in g.initializer:
+        if math.prod(t.dims) <= _FOLD_MAX_INPUT:
+            known[t.name] = numpy_helper.to_array(t)
+    consumers_dynamic: set[str] = set()  # values read by a node with an output of unknown shape
+    for node in g.node:
+        if any(static.get(o) is None for o in node.output if o):
+            consumers_dynamic.update(i for i in node.input if i)
+    folded: dict[int, list[onnx.NodeProto]] = {}  # node index -> replacement Constant nodes
+    batch: list[tuple[int, onnx.NodeProto]] = []
+    pending: set[str] = set()  # outputs of nodes in the batch
+    useful = False
+    for idx, node in enumerate(g.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant":
+            value = _small_constant(node)
+            if value is not None:
+                known[node.output[0]] = value
+            continue
+        if node.op_type in ("Shape", "Size") and node.input and static.get(node.input[0]) is not None:
+            value = _shape_value(node, static[node.input[0]])
+            known[node.output[0]] = value
+            folded[idx] = [_constant_node(node.output[0], value)]
+            useful = useful or node.output[0] in consumers_dynamic or static.get(node.output[0]) is None
+            continue
+        ins = [i for i in node.input if i]
+        if (not ins or node.op_type in _NONDETERMINISTIC or any(True for _ in _subgraphs(node))
+                or not all(i in known or i in pending for i in ins)):
+            continue
+        sizes = [static.get(o) for o in node.output if o]
+        if any(d is not None and math.prod(d) > _FOLD_MAX_OUTPUT for d in sizes):
+            continue
+        if node.op_type in _GROWING and any(d is None for d in sizes):
+            continue  # its size is known after the next round of inference
+        batch.append((idx, node))
+        pending.update(o for o in node.output if o)
+        useful = useful or any(o in consumers_dynamic or static.get(o) is None for o in node.output if o)
+    if not useful:
+        return False
+    if batch:
+        needed = {i for _, n in batch for i in n.input if i and i not in pending}
+        results = _evaluate([n for _, n in batch], {k: known[k] for k in needed}, light)
+        for idx, node in batch:
+            outs = [o for o in node.output if o]
+            if all(o in results and results[o].size <= _FOLD_MAX_OUTPUT for o in outs):
+                folded[idx] = [_constant_node(o, results[o]) for o in outs]
+    if not folded:
+        return False
+    nodes = []
+    for idx, node in enumerate(g.node):
+        nodes.extend(folded.get(idx, [node]))
+    del g.node[:]
+    g.node.extend(nodes)
+    return True
 
 
 def infer_shapes(
@@ -94,7 +277,8 @@ def infer_shapes(
     """Return {value name: (elem_type, dims)} for every value ONNX shape inference can type.
 
     `input_shapes` fixes the dims of graph inputs; a name that is not an input, a rank that
-    differs or a fixed dim that disagrees is an error.
+    differs or a fixed dim that disagrees is an error. Values left dynamic because the graph
+    computes their shapes from other shapes are folded to static ones where the inputs allow.
     """
     light = _light_copy(proto)
     init_names = {t.name for t in proto.graph.initializer}
@@ -110,11 +294,17 @@ def infer_shapes(
             if isinstance(h, int) and h != d:
                 raise ShapeError(f"input '{name}' has fixed size {h} on axis {axis}, --input-shape gives {d}", path)
         _set_dims(real_inputs[name].type, dims)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as exc:  # onnx raises InferenceError and plain RuntimeErrors
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShapeError(f"shape inference failed: {msg}", path) from exc
+    inferred = _run_inference(light, path)
+    for _ in range(_FOLD_MAX_ROUNDS):
+        static = _static_dims(inferred)
+        if all(static.get(o) is not None for n in light.graph.node for o in n.output if o):
+            break
+        if not _fold_round(light, static):
+            break
+        try:
+            inferred = _run_inference(light, path)
+        except ShapeError:  # keep what the previous round knew
+            break
 
     result: dict[str, tuple[int, Dims | None]] = {}
 
@@ -123,12 +313,8 @@ def infer_shapes(
             if vi.type.HasField("tensor_type"):
                 result[vi.name] = (vi.type.tensor_type.elem_type, _dims_of(vi.type))
         for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        collect(sub)
+            for sub in _subgraphs(node):
+                collect(sub)
 
     collect(inferred.graph)
     return result
