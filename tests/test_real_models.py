@@ -339,3 +339,102 @@ def test_ocr_det_cli_analyze_end_to_end(tmp_path):
                 convt0.input[1]: 4 * quarter * quarter}  # each tap's output element then feeds 4 taps
     for name, count in expected.items():
         assert log2[name] == pytest.approx((math.log2(count), math.log2(count)), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# --input-shape alone: shapes and position ids computed from Shape(input) are folded by irtools
+# ---------------------------------------------------------------------------------------------
+
+
+def _analyze_json(path, shapes, tmp_path):
+    out = tmp_path / "report.json"
+    args = [sys.executable, "-m", "irtools", "analyze", path, "--metrics", "reuse", "--format", "json", "-o", str(out)]
+    for name, dims in shapes.items():
+        args += ["--input-shape", f"{name}={','.join(map(str, dims))}"]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())["reuse"]
+
+
+def test_minilm_reuse_with_input_shape_only(tmp_path):
+    """`irtools analyze --input-shape input_ids=1,8 --input-shape attention_mask=1,8` on the
+    unmodified export. The position ids are Slice(buffer, 0, Shape(input_ids)[1]) and the
+    token-type ids a Slice of a zeros buffer, so at sequence length 8 only position rows 0..7
+    and token-type row 0 are ever looked up: the other 504 + 1 rows reach no output. The word
+    embeddings are looked up by data (every row may be chosen) and all get contexts."""
+    ort = pytest.importorskip("onnxruntime")
+    path = _wheel_file(*MINILM)
+    seq = 8
+    shapes = {"input_ids": (1, seq), "attention_mask": (1, seq)}
+    reuse = _analyze_json(path, shapes, tmp_path)
+
+    proto = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    learnable = {n: a for n, a in inits.items() if a.dtype.kind == "f" and a.size > 1}
+    tables = {a.shape[0]: n for n, a in learnable.items() if a.ndim == 2 and a.shape[1] == HIDDEN
+              and a.shape[0] in (2, 512)}
+    position, token_type = tables[512], tables[2]
+    dead = (512 - seq) * HIDDEN + (2 - 1) * HIDDEN
+    assert dead == 193_920
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    num_outputs = sum(o.size for o in sess.run(None, {k: np.ones(v, np.int64) for k, v in shapes.items()}))
+
+    assert {p["name"]: p["scalars"] for p in reuse["parameters"]} == {n: a.size for n, a in learnable.items()}
+    assert reuse["zero_count_scalars"] == dead
+    assert reuse["num_params"] == sum(a.size for a in learnable.values()) - dead
+    assert reuse["num_input_nodes"] == 2 * seq and reuse["num_output_nodes"] == num_outputs
+    assert reuse["graph_size"] == reuse["num_input_nodes"] + reuse["num_output_nodes"] + reuse["num_params"]
+    assert reuse["entropy"] + reuse["expected_spread"] == pytest.approx(reuse["log2_total_contexts"], rel=1e-12)
+
+    # Row by row: exactly the rows past the sequence (and token type 1) have no contexts.
+    model = irtools.load(path, input_shapes=shapes)
+    counts = irtools.run_passes(model, ["context-counts"])["context-counts"].counts
+    pos = counts[position].mantissa
+    assert np.all(pos[:seq] > 0) and not np.any(pos[seq:])
+    tt = counts[token_type].mantissa
+    assert np.all(tt[0] > 0) and not np.any(tt[1])
+    assert all(np.all(c.mantissa > 0) for n, c in counts.items() if n not in (position, token_type))
+
+
+@pytest.mark.parametrize("filename", ["ch_PP-OCRv4_rec_infer.onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"])
+def test_ocr_reuse_with_input_shape_only(tmp_path, filename):
+    """PP-OCR rec (a Reshape to a shape computed from Shape(x)) and cls (a batch declared -1)
+    analysed with `--input-shape x=1,3,48,192`. The scalars that reach no output are the conv
+    kernel taps that only ever meet padding, derived here from the conv attributes and the
+    feature-map sizes onnxruntime produces."""
+    ort = pytest.importorskip("onnxruntime")
+    path = _wheel_file(RAPIDOCR, filename)
+    dims = (1, 3, 48, 192)
+    reuse = _analyze_json(path, {"x": dims}, tmp_path)
+
+    proto = onnx.load(path)
+    learnable, _ = _ocr_inventory(proto)
+    consts = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    probe = onnx.load(path)
+    del probe.graph.output[:]
+    for n in convs:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.input[0]))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    in_shapes = dict(zip([o.name for o in sess.get_outputs()], [a.shape for a in sess.run(None, {"x": x})],
+                         strict=True))
+    dead = 0
+    for n in convs:
+        attrs = {a.name: list(a.ints) for a in n.attribute if a.ints}
+        w_dims = list(consts[n.input[1]].dims)
+        live = 1
+        for axis, size in enumerate(in_shapes[n.input[0]][2:]):
+            k, s, d = w_dims[2 + axis], attrs["strides"][axis], attrs["dilations"][axis]
+            pad, pad_end = attrs["pads"][axis], attrs["pads"][axis + len(w_dims) - 2]
+            out = (size + pad + pad_end - d * (k - 1) - 1) // s + 1
+            live *= sum(any(0 <= o * s + t * d - pad < size for o in range(out)) for t in range(k))
+        dead += w_dims[0] * w_dims[1] * (math.prod(w_dims[2:]) - live)
+
+    (y,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    total = sum(a.size for a in learnable.values())
+    assert {p["name"]: p["scalars"] for p in reuse["parameters"]} == {n: a.size for n, a in learnable.items()}
+    assert reuse["zero_count_scalars"] == dead and reuse["num_params"] == total - dead
+    assert reuse["num_input_nodes"] == math.prod(dims) and reuse["num_output_nodes"] == y.size
+    assert reuse["graph_size"] == reuse["num_input_nodes"] + reuse["num_output_nodes"] + reuse["num_params"]
+    assert reuse["entropy"] + reuse["expected_spread"] == pytest.approx(reuse["log2_total_contexts"], rel=1e-12)
