@@ -492,14 +492,17 @@ def is_keras_model_file(path: str) -> bool:
     return False
 
 
-def load_keras_file(path: str):
+def load_keras_file(path: str, trust: bool = False):
     """A `keras.Model` from a `.keras`/`.h5` file (Keras `safe_mode`) or a SavedModel directory.
 
     `safe_mode=True` refuses Lambda layers whose function was serialized as Python bytecode, the
     one way a `.keras`/`.h5` config carries code; the rest of the config can only name classes
     of the keras packages or registered custom objects, and weights are read from HDF5 datasets
-    (no pickle). A SavedModel (Keras 3 `model.export`) is wrapped in a `TFSMLayer`: its graph
-    is TensorFlow's, already traced, and its variables keep their TensorFlow names.
+    (no pickle). A SavedModel (Keras 3 `model.export`) is a TensorFlow graph, i.e. a program
+    (TensorFlow's security model: running an untrusted model is running untrusted code; its ops
+    can read and write files, and the conversion's constant folding already runs some of them),
+    so it is loaded only with `trust=True`; it is wrapped in a `TFSMLayer`, its graph already
+    traced, and its variables keep their TensorFlow names (`layer_kernel` for `layer/kernel`).
     """
     _import_tf()
     import keras  # noqa: PLC0415
@@ -510,6 +513,9 @@ def load_keras_file(path: str):
         raise IrtoolsError("a .weights.h5 file holds weights only, no graph to convert: analyze it, or load it "
                            "into its model in Python", path)
     if is_saved_model_dir(path):
+        if not trust:
+            raise IrtoolsError("refused: a SavedModel is a TensorFlow graph whose ops can read and write files "
+                               "when it runs; pass --trust (trust=True) only for files you trust", path)
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
         except Exception as exc:
@@ -537,8 +543,8 @@ def _saved_model_as_keras(keras, layer, path):
 
 
 def from_keras_file(path: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                    opset: int | None = None) -> onnx.ModelProto:
-    """`from_keras(load_keras_file(path))`, with `--input-shape`s given as {name: dims}."""
-    model = load_keras_file(path)
+                    opset: int | None = None, trust: bool = False) -> onnx.ModelProto:
+    """`from_keras(load_keras_file(path, trust))`, with `--input-shape`s given as {name: dims}."""
+    model = load_keras_file(path, trust=trust)
     shape = next(iter(input_shapes.values())) if input_shapes else None
     return from_keras(model, input_shape=tuple(shape) if shape else None, opset=opset)

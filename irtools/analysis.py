@@ -89,7 +89,7 @@ def analyze(
             if is_keras_model_file(path):  # .keras/.h5/SavedModel, converted in memory
                 from frontends.keras import from_keras_file
 
-                proto = from_keras_file(path, input_shapes)
+                proto = from_keras_file(path, input_shapes, trust=trust)  # a SavedModel only with trust
             else:  # .pt2 ExportedProgram or TorchScript: loading runs code, so only with trust
                 from frontends.torch import from_saved_program
 

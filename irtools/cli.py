@@ -142,8 +142,8 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
 @click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
 @click.option("--trust", is_flag=True,
-              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram and TorchScript files (runs code "
-                   "from the file: only for files you trust).")
+              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
+                   "SavedModel files (runs code from the file: only for files you trust).")
 @click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
               help="Kernel layout of a weights-only file: torch (out, in, k...) or keras (k..., in, out).")
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
@@ -218,7 +218,8 @@ class _progress:
 @click.option("--tolerance", default=1e-4, show_default=True,
               help="Largest allowed absolute difference between the source and onnxruntime.")
 @click.option("--trust", is_flag=True,
-              help="Allow .pt2 ExportedProgram and TorchScript files (loading them can run code from the file).")
+              help="Allow .pt2 ExportedProgram, TorchScript and SavedModel files (loading them can run code from "
+                   "the file).")
 @_debug_option
 def convert(source: str, output: str, framework: str, input_shapes: tuple[str, ...], opset: int, tolerance: float,
             trust: bool, debug: bool) -> None:

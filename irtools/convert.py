@@ -98,7 +98,7 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
     elif framework == "tf":
         from frontends.keras import from_keras, load_keras_file
 
-        model = load_keras_file(source)  # safe_mode: no Lambda-layer code is deserialized
+        model = load_keras_file(source, trust=trust)  # safe_mode; a SavedModel graph only with trust
         shape = next(iter(input_shapes.values())) if input_shapes else None
         proto = from_keras(model, input_shape=tuple(shape[1:]) if shape else None, opset=opset)
         feeds = _random_feeds(proto, input_shapes, rng)

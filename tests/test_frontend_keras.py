@@ -302,7 +302,7 @@ def test_model_files_keep_model_weights_bit_equal_and_outputs(keras_files, kind)
     from frontends.keras import from_keras_file
 
     model, paths = keras_files
-    proto = from_keras_file(paths[kind])
+    proto = from_keras_file(paths[kind], trust=kind == "saved_model")
     # a SavedModel's variables carry TensorFlow's names: the Keras path with "/" -> "_"
     name = (lambda w: w.path.replace("/", "_")) if kind == "saved_model" else (lambda w: w.path)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -333,7 +333,11 @@ def test_model_files_through_the_cli(keras_files, tmp_path):
         assert data["reuse"]["num_params"] == expected.reuse["num_params"] == sum(
             int(np.prod(w.shape)) for w in model.weights)
     out = tmp_path / "sm.onnx"
-    res = CliRunner().invoke(main, ["convert", paths["saved_model"], "-o", str(out)])
+    for command in (["convert", paths["saved_model"], "-o", str(out)], ["analyze", paths["saved_model"]]):
+        res = CliRunner().invoke(main, command)  # a TensorFlow graph runs ops: only with --trust
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and "refused" in res.output, res.output
+    assert not out.exists()
+    res = CliRunner().invoke(main, ["convert", paths["saved_model"], "--trust", "-o", str(out)])
     assert res.exit_code == 0 and out.exists(), res.output
 
 
