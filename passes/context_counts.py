@@ -249,6 +249,54 @@ def _window_geometry(n: _Node, spatial_in, spatial_out, kernel, transpose=False)
     return strides, dil, begin
 
 
+def _check_window(n: _Node, x_shape, y_shape, w_shape=None, transpose=False) -> None:
+    """Refuse shapes that contradict the op before the unchecked numba kernel indexes with them.
+
+    Shapes come from the model's own annotations where shape inference leaves them, and an
+    exporter can record them wrongly (jax2onnx 0.17 annotates NCHW values as NHWC): a clear
+    error instead of a write out of bounds."""
+    from irtools.errors import ShapeError
+
+    def bad(why: str):
+        return ShapeError(f"{n.node.op_type} node '{n.name}': the model's shapes are inconsistent ({why}: input "
+                          f"{tuple(x_shape)}, output {tuple(y_shape)}"
+                          + (f", weight {tuple(w_shape)})" if w_shape is not None else ")"), n.model.path)
+
+    if len(y_shape) != len(x_shape) or len(x_shape) < 3 or y_shape[0] != x_shape[0]:
+        raise bad("ranks or batch sizes differ")
+    if w_shape is None:
+        if y_shape[1] != x_shape[1]:
+            raise bad("pooling changes the channel count")
+        kernel = list(n.attr("kernel_shape"))
+    else:
+        groups = int(n.attr("group", 1))
+        c_in, c_out = (x_shape[1], y_shape[1])
+        w_out, w_in = (w_shape[1] * groups, w_shape[0]) if transpose else (w_shape[0], w_shape[1] * groups)
+        if len(w_shape) != len(x_shape) or groups < 1 or c_in % groups or c_out % groups or (w_in, w_out) != (c_in, c_out):
+            raise bad(f"channels do not match the weight and group={groups}")
+        kernel = list(w_shape[2:])
+    if len(kernel) != len(x_shape) - 2:
+        raise bad("kernel rank differs from the spatial rank")
+    auto = n.attr("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto not in ("NOTSET", "VALID") or (transpose and n.attr("output_shape", None)):
+        return  # SAME padding is derived from the output size itself
+    strides, dil, begin = _window_geometry(n, x_shape[2:], y_shape[2:], kernel, transpose)
+    pads = n.attr("pads", None) if auto == "NOTSET" else None
+    nd = len(kernel)
+    pads = list(pads) if pads else [0] * (2 * nd)
+    for i in range(nd):
+        span = (kernel[i] - 1) * dil[i] + 1
+        if transpose:
+            out_pad = (n.attr("output_padding", None) or [0] * nd)[i]
+            expected = {strides[i] * (x_shape[2 + i] - 1) + out_pad + span - pads[i] - pads[nd + i]}
+        else:
+            room = x_shape[2 + i] + pads[i] + pads[nd + i] - span
+            expected = {room // strides[i] + 1, -(-room // strides[i]) + 1}  # floor, or ceil_mode
+        if y_shape[2 + i] not in expected:
+            raise bad(f"spatial axis {i} should have size {min(expected)}")
+
+
 def _to3(seq, fill):
     seq = list(seq)
     return np.array([fill] * (3 - len(seq)) + seq, dtype=np.int64)
@@ -259,6 +307,7 @@ def _conv(n: _Node) -> None:
     y = n.out()
     if len(x_shape) > 5:
         raise UnsupportedError(f"{n.node.op_type} node '{n.name}' has {len(x_shape) - 2} spatial dims (max 3)", n.model.path)
+    _check_window(n, x_shape, y.shape, w_shape)
     groups = int(n.attr("group", 1))
     kernel = list(w_shape[2:])
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel)
@@ -280,6 +329,7 @@ def _conv(n: _Node) -> None:
 def _conv_transpose(n: _Node) -> None:
     x_shape, w_shape = n.in_shape(0), n.in_shape(1)
     y = n.out()
+    _check_window(n, x_shape, y.shape, w_shape, transpose=True)
     groups = int(n.attr("group", 1))
     kernel = list(w_shape[2:])
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel, transpose=True)
@@ -303,6 +353,7 @@ def _conv_transpose(n: _Node) -> None:
 def _pool(n: _Node) -> None:
     x_shape = n.in_shape(0)
     y = n.out()
+    _check_window(n, x_shape, y.shape)
     kernel = list(n.attr("kernel_shape"))
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel)
     channels = x_shape[1]

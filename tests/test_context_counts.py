@@ -5,6 +5,7 @@ import math
 import os
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -328,3 +329,31 @@ def test_degenerate_models_give_clear_results(save):
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)["reuse"]  # one scalar: S_G = 0, so P_G = log2(0) is reported as null
     assert r["total_surprisal"] == 0.0 and r["performance_surprisal"] is None and r["entropy"] == 0.0
+
+
+def test_shape_annotations_that_contradict_a_window_op_are_refused_not_trusted(tmp_path):
+    """jax2onnx 0.17 annotated NCHW values as NHWC; counting through them once wrote out of
+    bounds in the numba kernel and killed the process. Now: exit code 2 and one line."""
+    import subprocess
+    import sys
+
+    from onnx import helper as oh
+
+    from tests.builders import model, tensor, vinfo
+
+    rng = np.random.default_rng(0)
+    m = model(
+        [oh.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         oh.make_node("Relu", ["c"], ["r"], name="relu"),
+         oh.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])],
+        [vinfo("x", [1, 3, 8, 8])], [vinfo("y", [1, 24, 4, 4])],
+        [tensor("w", rng.standard_normal((24, 3, 3, 3)).astype(np.float32))],
+    )
+    m.graph.value_info.extend([vinfo("c", [1, 24, 8, 8]), vinfo("r", [1, 8, 8, 24])])  # r: NHWC, wrongly
+    path = tmp_path / "bad.onnx"
+    onnx.save(m, str(path))
+    proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path), "--metrics", "reuse"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "inconsistent" in lines[0] and "MaxPool node 'pool'" in lines[0]
