@@ -342,20 +342,22 @@ def test_model_files_through_the_cli(keras_files, tmp_path):
 
 
 def test_lambda_layer_code_is_refused(tmp_path):
-    inp = keras.Input((4,))
-    out = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(3, name="d")(inp))
-    path = str(tmp_path / "lam.keras")
+    """safe_mode: a Lambda layer's Python bytecode in a .keras or legacy .h5 file is never deserialized."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        keras.Model(inp, out).save(path)
     from click.testing import CliRunner
 
     from irtools.cli import main
 
-    for command in (["analyze", path], ["convert", path, "-o", str(tmp_path / "o.onnx")]):
-        res = CliRunner().invoke(main, command)
-        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
-        assert res.output.startswith("irtools: error:") and "lambda" in res.output.lower()
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(3, name="d")(inp)))
+    for suffix in (".keras", ".h5"):
+        path = str(tmp_path / f"lam{suffix}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(path)
+        for command in (["analyze", path], ["convert", path, "-o", str(tmp_path / "o.onnx")]):
+            res = CliRunner().invoke(main, command)
+            assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+            assert res.output.startswith("irtools: error:") and "lambda" in res.output.lower()
     assert not (tmp_path / "o.onnx").exists()
