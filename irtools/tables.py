@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 from rich.console import Console
 from rich.markup import escape
@@ -87,16 +88,47 @@ def render_analysis(data: dict, color: bool = False) -> str:
 _STYLE = {"over-trained": "red", "under-trained": "yellow", "degenerate": "magenta", "fit-failed": "magenta"}
 
 
+_SEPARATORS = "/.:"
+
+
+def common_prefix(names) -> str:
+    """The longest prefix all `names` share that ends at a separator and leaves every name
+    something to show; "" when there is none worth stripping (fewer than 2 names). Paths cut
+    at "/" (so `layer.0/...` stays whole), dotted names at ".", then ":"."""
+    names = [n for n in names if n]
+    if len(names) < 2:
+        return ""
+    prefix = os.path.commonprefix(names)
+    while prefix:
+        sep = next((c for c in _SEPARATORS if c in prefix), None)
+        prefix = prefix[: prefix.rfind(sep) + 1] if sep else ""
+        if all(len(n) > len(prefix) for n in names):
+            break
+        prefix = prefix[:-1]  # a name would be left empty: back off to an earlier separator
+    return prefix if len(prefix) >= 3 else ""
+
+
+def _names_title(title: str, prefix: str) -> str:
+    return f"{title}, names after {escape(prefix)}" if prefix else title
+
+
+def _name_column(t: Table) -> None:
+    """A name column that folds long names onto more lines instead of cutting them."""
+    t.add_column("name", overflow="fold")
+
+
 def _render_spectral(con: Console, data: dict) -> None:
-    t = Table(title="Layers (spectral)", title_justify="left")
-    cols = [("name", "left"), ("type", "left"), ("N", "right"), ("M", "right"), ("evals", "right"),
+    prefix = common_prefix([r["name"] for r in data["layers"]])
+    t = Table(title=_names_title("Layers (spectral)", prefix), title_justify="left")
+    _name_column(t)
+    cols = [("type", "left"), ("N", "right"), ("M", "right"), ("evals", "right"),
             ("alpha", "right"), ("D", "right"), ("log_norm", "right"), ("log_spec", "right"),
             ("alpha_w", "right"), ("stable_rank", "right"), ("warning", "left")]
     for c, j in cols:
         t.add_column(c, justify=j)
     for r in data["layers"]:
         style = _STYLE.get(r.get("warning") or "", None)
-        t.add_row(escape(r["name"]), r["layer_type"], str(r["N"]), str(r["M"]), str(r["num_evals"]),
+        t.add_row(escape(r["name"][len(prefix):]), r["layer_type"], str(r["N"]), str(r["M"]), str(r["num_evals"]),
                   _num(r["alpha"]), _num(r["D"]), _num(r["log_norm"]), _num(r["log_spectral_norm"]),
                   _num(r["alpha_weighted"]), _num(r["stable_rank"], ".2f"), r.get("warning") or "", style=style)
     con.print(t)
@@ -114,11 +146,12 @@ def _render_spectral(con: Console, data: dict) -> None:
     if flagged:
         con.print(f"Flagged layers: {flagged}")
     if data.get("skipped"):
-        sk = Table(title="Skipped", title_justify="left")
-        sk.add_column("name")
+        prefix = common_prefix([r["name"] for r in data["skipped"]])
+        sk = Table(title=_names_title("Skipped", prefix), title_justify="left")
+        _name_column(sk)
         sk.add_column("reason")
         for r in data["skipped"]:
-            sk.add_row(escape(r["name"]), escape(r["reason"]))
+            sk.add_row(escape(r["name"][len(prefix):]), escape(r["reason"]))
         con.print(sk)
 
 
@@ -144,11 +177,13 @@ def _render_reuse(con: Console, r: dict) -> None:
     for k, v in rows:
         summary.add_row(k, v)
     con.print(summary)
-    t = Table(title="Parameters", title_justify="left")
-    for col in ("name", "scalars", "log2 count min", "mean", "max", "mass share"):
-        t.add_column(col, justify="left" if col == "name" else "right")
+    prefix = common_prefix([q["name"] for q in r["parameters"]])
+    t = Table(title=_names_title("Parameters", prefix), title_justify="left")
+    _name_column(t)
+    for col in ("scalars", "log2 count min", "mean", "max", "mass share"):
+        t.add_column(col, justify="right")
     for q in r["parameters"]:
-        t.add_row(escape(q["name"]), f"{q['scalars']:,}", _num(q["log2_count_min"]), _num(q["log2_count_mean"]),
+        t.add_row(escape(q["name"][len(prefix):]), f"{q['scalars']:,}", _num(q["log2_count_min"]), _num(q["log2_count_mean"]),
                   _num(q["log2_count_max"]), f"{q['mass_share']:.2e}")
     con.print(t)
 
