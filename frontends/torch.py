@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 
@@ -184,8 +185,12 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
             if dynamo:
                 proto = _dynamo_export(torch, module, args, names, opset)
             else:
-                torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, do_constant_folding=False,
-                                  training=torch.onnx.TrainingMode.PRESERVE, input_names=names)
+                with warnings.catch_warnings():  # tracer chatter about the user's Python control flow
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    warnings.filterwarnings("ignore", message="no signature found for")
+                    torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset,
+                                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE,
+                                      input_names=names)
                 proto = onnx.load_from_string(buf.getvalue())
     except Exception as exc:
         raise IrtoolsError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
@@ -220,7 +225,6 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
 def _dynamo_export(torch, module, args, names, opset: int) -> onnx.ModelProto:
     """torch.onnx's dynamo exporter without its optimizer (which folds BatchNorm into Conv)."""
     import logging
-    import warnings
 
     logger = logging.getLogger("torch.onnx")
     level = logger.level
