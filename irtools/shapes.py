@@ -80,15 +80,31 @@ def _set_dims(type_proto: onnx.TypeProto, dims: Iterable[int]) -> None:
         shape.dim.add().dim_value = int(d)
 
 
+def _large_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a Constant node too large to keep in the inference copy, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name != "value" or len(node.output) != 1:
+        return None
+    small = a.t.data_location != onnx.TensorProto.EXTERNAL and math.prod(a.t.dims) * 8 <= _SMALL_INITIALIZER_BYTES
+    return None if small else a.t
+
+
 def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The model without its large initializers, which become typed graph inputs instead."""
+    """The model without its large initializers and Constant nodes: typed graph inputs instead."""
     light = onnx.ModelProto()
     light.ir_version = max(proto.ir_version, 4)  # >= 4: initializers need not be inputs
     light.opset_import.extend(proto.opset_import)
     light.functions.extend(proto.functions)
     g, src = light.graph, proto.graph
     g.name = src.name
-    g.node.extend(src.node)
+    for node in src.node:  # Constant nodes holding weights (Paddle2ONNX exports) become typed inputs too
+        big = _large_constant(node)
+        if big is None:
+            g.node.append(node)
+        else:
+            g.input.append(onnx.helper.make_tensor_value_info(node.output[0], big.data_type, list(big.dims)))
     init_names = set()
     for t in src.initializer:
         init_names.add(t.name)
@@ -257,6 +273,14 @@ def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None
     if batch:
         needed = {i for _, n in batch for i in n.input if i and i not in pending}
         results = _evaluate([n for _, n in batch], {k: known[k] for k in needed}, light)
+        if not results and len(batch) > 1:  # one node onnxruntime refuses: fold the others one by one
+            values = dict(known)
+            for _, node in batch:
+                ins = [i for i in node.input if i]
+                if all(i in values for i in ins):
+                    got = _evaluate([node], {i: values[i] for i in ins}, light)
+                    values.update(got)
+                    results.update(got)
         for idx, node in batch:
             outs = [o for o in node.output if o]
             if all(o in results and results[o].size <= _FOLD_MAX_OUTPUT for o in outs):
@@ -282,7 +306,8 @@ def infer_shapes(
     """
     light = _light_copy(proto)
     init_names = {t.name for t in proto.graph.initializer}
-    real_inputs = {i.name: i for i in light.graph.input if i.name not in init_names}
+    declared = {i.name for i in proto.graph.input} - init_names
+    real_inputs = {i.name: i for i in light.graph.input if i.name in declared}
     for name, dims in (input_shapes or {}).items():
         if name not in real_inputs:
             known = ", ".join(sorted(real_inputs)) or "none"

@@ -236,3 +236,49 @@ def test_cli_accepts_an_input_shape_for_a_negative_dim(save, tmp_path):
     # y[b, j] = sum_k f[b, k] w[k, j]: each weight reaches one output per batch row.
     assert reuse["num_output_nodes"] == 10 and reuse["num_params"] == 24
     assert reuse["log2_total_contexts"] == pytest.approx(np.log2(24 * 5))
+
+
+def test_constant_node_weights_stay_out_of_the_inference_copy():
+    """Weights held in Constant nodes (as Paddle2ONNX writes them) become typed inputs of the
+    copy that inference runs on: no large tensor is copied, shapes still match onnxruntime,
+    and such a Constant is not mistaken for a model input."""
+    from irtools.shapes import _light_copy
+
+    w = np.random.default_rng(3).standard_normal((D, 64)).astype(np.float32)
+    nodes = [
+        h.make_node("Constant", [], ["w"], value=tensor("w", w)),
+        h.make_node("MatMul", ["x", "w"], ["m"]),
+        h.make_node("Shape", ["m"], ["s"], end=1),  # [batch]
+        h.make_node("Slice", ["pos", "start0", "s", "ax0"], ["p"]),
+    ]
+    inits = [tensor("pos", np.arange(100, dtype=np.int64)), tensor("start0", np.array([0], np.int64)),
+             tensor("ax0", np.array([0], np.int64))]
+    proto = model(nodes, [vinfo("x", ["batch", D])], [vinfo("m", None), vinfo("p", None, T.INT64)], inits)
+    light = _light_copy(proto)
+    assert all(n.op_type != "Constant" for n in light.graph.node)
+    assert max(len(n.SerializeToString()) for n in light.graph.node) < 1000 < w.nbytes
+    truth = onnxruntime_shapes(proto, {"x": np.ones((3, D), np.float32)})
+    shapes = infer_shapes(proto, {"x": (3, D)})
+    assert {k: shapes[k][1] for k in truth} == truth == {"w": (D, 64), "m": (3, 64), "s": (1,), "p": (3,)}
+    with pytest.raises(ShapeError, match="'w', which is not a model input"):
+        infer_shapes(proto, {"w": (D, 64)})
+
+
+def test_a_batch_onnxruntime_refuses_is_folded_node_by_node(monkeypatch):
+    """When the batch of a round cannot run (an op onnxruntime lacks), the other nodes are
+    folded one at a time and the shapes still come out right."""
+    from irtools import shapes as shapes_module
+
+    real = shapes_module._evaluate
+    calls = []
+
+    def refuse_batches(nodes, feeds, light):
+        calls.append(len(nodes))
+        return {} if len(nodes) > 1 else real(nodes, feeds, light)
+
+    monkeypatch.setattr(shapes_module, "_evaluate", refuse_batches)
+    proto = shape_chain_model()
+    truth = onnxruntime_shapes(proto, {"x": np.zeros((B, S, D), np.float32)})
+    shapes = infer_shapes(proto, {"x": (B, S, D)})
+    assert {n: shapes[n][1] for n in truth} == truth
+    assert max(calls) > 1 and calls.count(1) > 1  # batches were refused, single nodes were not
