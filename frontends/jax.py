@@ -31,7 +31,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from frontends.keras import _FP_BASE, _FP_LIMIT, _is_permutation, _rename_values, _set_metadata, _view_nodes
+from frontends.keras import (
+    _FP_BASE,
+    _FP_LIMIT,
+    _fingerprint_indices,
+    _is_permutation,
+    _rename_values,
+    _set_metadata,
+    _view_nodes,
+)
 from irtools.errors import IrtoolsError
 from irtools.parameters import DECLARED_PARAMETERS_KEY
 
@@ -250,18 +258,8 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
     total = int(offsets[-1])
     occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = {}
     for init in graph.initializer:
-        array = numpy_helper.to_array(init)
-        if array.dtype != np.float32 or array.size == 0:
-            continue
-        k = array.view(np.uint32).astype(np.int64) - _FP_BASE
-        inside = (k >= 0) & (k < total)
-        if not inside.all():
-            # a real constant of the function (any negative float decodes to some k, but not all
-            # into the fingerprints in use) unless it mixes in fingerprints or their tiny products
-            tiny = (array != 0) & (np.abs(array) < 2.0 ** -100)
-            if inside.any() or tiny.any():
-                raise IrtoolsError(f"ONNX initializer '{init.name}' holds values the conversion computed from "
-                                   "parameters (folded arithmetic): the parameters would be lost")
+        k = _fingerprint_indices(numpy_helper.to_array(init), total, init.name)
+        if k is None:
             continue
         index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
         local = k - offsets[index]

@@ -357,6 +357,26 @@ def _decode(array: np.ndarray) -> np.ndarray | None:
     return k
 
 
+def _fingerprint_indices(array: np.ndarray, total: int, what: str) -> np.ndarray | None:
+    """The weight-element indices an initializer holds, or None for a real constant of the model.
+
+    Every negative float32 decodes to some index, so a constant counts as real when none of its
+    elements falls among the `total` fingerprints in use; one that mixes fingerprints (or their
+    tiny products) with other values was computed from weights while constants folded."""
+    if array.dtype != np.float32 or array.size == 0:
+        return None
+    k = array.view(np.uint32).astype(np.int64) - _FP_BASE
+    inside = (k >= 0) & (k < total)
+    if inside.all():
+        return k
+    tiny = (array != 0) & (np.abs(array) < 2.0 ** -100)
+    if inside.any() or tiny.any():
+        raise IrtoolsError(f"ONNX initializer '{what}' holds values the conversion computed from weights (a layer "
+                           "that computes with a weight before using it, e.g. w * 2, loses the weight when constants "
+                           "fold)")
+    return None
+
+
 def _is_permutation(local: np.ndarray) -> bool:
     seen = np.zeros(local.size, dtype=bool)
     seen[local.reshape(-1)] = True
@@ -369,15 +389,9 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
     total = int(offsets[-1])
     occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = collections.defaultdict(list)
     for init in graph.initializer:
-        array = numpy_helper.to_array(init)
-        k = _decode(array)
+        k = _fingerprint_indices(numpy_helper.to_array(init), total, init.name)
         if k is None:
             continue
-        if k.max() >= total:
-            raise IrtoolsError(
-                f"ONNX initializer '{init.name}' holds values the conversion computed from weights (a layer "
-                "that computes with a weight before using it, e.g. w * 2, loses the weight when constants fold)"
-            )
         index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
         local = k - offsets[index]
         size = int(offsets[index + 1] - offsets[index])

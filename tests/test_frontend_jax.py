@@ -218,7 +218,7 @@ def test_folded_or_unused_parameter_is_an_error():
     def folded(p, x):  # computed eagerly from the parameter while tracing, besides a direct use
         return x @ p["w"] + x @ jnp.asarray(np.asarray(p["w"]) * 2.0)
 
-    with pytest.raises(irtools.IrtoolsError, match="computed from parameters"):
+    with pytest.raises(irtools.IrtoolsError, match="computed from weights"):
         from_flax(folded, {"w": np.ones((3, 3), np.float32)}, input_shapes={"x": (1, 3)})
 
 

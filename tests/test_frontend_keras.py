@@ -227,6 +227,22 @@ def test_weight_folded_by_the_conversion_is_an_error():
     np.testing.assert_array_equal(model.weights[0].numpy(), before)  # real values are back
 
 
+def test_negative_constants_of_the_model_are_not_mistaken_for_weights():
+    """Every negative float32 decodes to *some* fingerprint index; a real constant such as the
+    offset -1 of Rescaling (or a -0.5 array) must stay a constant, not fail the conversion."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((6,))
+    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1.0)(inp)
+    x = keras.layers.Dense(5, name="fc")(x)
+    out = keras.layers.Lambda(lambda t: t - keras.ops.convert_to_tensor(np.full(5, 0.5, np.float32)))(x)
+    model = keras.Model(inp, out)
+    proto = from_keras(model)
+    ir_model = irtools.load(proto)
+    assert_parameters_are_model_weights(ir_model, model)
+    data = np.random.default_rng(7).uniform(0, 255, (1, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, data), model(data).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_patches_are_restored():
     from tf2onnx import tf_loader
     from tf2onnx.optimizer import back_to_back_optimizer
