@@ -178,7 +178,14 @@ class IRModel:
             elem, dims = inferred[v.name]
             if v.type is None and elem:
                 v.type = ir.TensorType(ir.DataType(elem))
-            if dims is not None and (v.shape is None or not v.shape.is_static()):
+            if dims is None or (v in main_inputs and v.shape is not None):
+                continue
+            # Inference derives shapes from the ops; the file's own annotations (value_info) are
+            # claims, and exporters get them wrong (jax2onnx 0.17 records NCHW values as NHWC):
+            # where inference knows a dim, it wins.
+            known = v.shape is not None and len(v.shape) == len(dims) and all(
+                not isinstance(d, int) or (isinstance(h, int) and h == d) for h, d in zip(v.shape, dims, strict=True))
+            if not known:
                 v.shape = ir.Shape(list(dims))
 
     def static_shape(self, value: ir.Value) -> tuple[int, ...]:

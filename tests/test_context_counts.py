@@ -331,9 +331,11 @@ def test_degenerate_models_give_clear_results(save):
     assert r["total_surprisal"] == 0.0 and r["performance_surprisal"] is None and r["entropy"] == 0.0
 
 
-def test_shape_annotations_that_contradict_a_window_op_are_refused_not_trusted(tmp_path):
-    """jax2onnx 0.17 annotated NCHW values as NHWC; counting through them once wrote out of
-    bounds in the numba kernel and killed the process. Now: exit code 2 and one line."""
+def test_shape_annotations_that_contradict_the_ops_are_not_trusted(tmp_path):
+    """jax2onnx 0.17 annotated NCHW values as NHWC; counting through such shapes once wrote out
+    of bounds in the numba kernel. Where inference knows a shape it overrides the annotation;
+    where it cannot (an op it has no schema for), a window op refuses inconsistent shapes in one
+    line instead of indexing with them."""
     import subprocess
     import sys
 
@@ -342,16 +344,30 @@ def test_shape_annotations_that_contradict_a_window_op_are_refused_not_trusted(t
     from tests.builders import model, tensor, vinfo
 
     rng = np.random.default_rng(0)
-    m = model(
-        [oh.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-         oh.make_node("Relu", ["c"], ["r"], name="relu"),
-         oh.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])],
-        [vinfo("x", [1, 3, 8, 8])], [vinfo("y", [1, 24, 4, 4])],
-        [tensor("w", rng.standard_normal((24, 3, 3, 3)).astype(np.float32))],
-    )
-    m.graph.value_info.extend([vinfo("c", [1, 24, 8, 8]), vinfo("r", [1, 8, 8, 24])])  # r: NHWC, wrongly
+
+    def cnn(middle_op: str, domain: str = ""):
+        m = model(
+            [oh.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             oh.make_node(middle_op, ["c"], ["r"], name="mid", domain=domain),
+             oh.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])],
+            [vinfo("x", [1, 3, 8, 8])], [vinfo("y", [1, 24, 4, 4])],
+            [tensor("w", rng.standard_normal((24, 3, 3, 3)).astype(np.float32))],
+        )
+        if domain:
+            m.opset_import.append(oh.make_opsetid(domain, 1))
+        return m
+
+    clean = cnn("Relu")
+    wrong = cnn("Relu")
+    wrong.graph.value_info.extend([vinfo("c", [1, 24, 8, 8]), vinfo("r", [1, 8, 8, 24])])  # r: NHWC, wrongly
+    counts = [irtools.get_pass("context-counts")(irtools.load(m)) for m in (clean, wrong)]
+    assert np.array_equal(counts[0].counts["w"].log2(), counts[1].counts["w"].log2())
+    assert counts[0].counts["w"].log2().max() > 0
+
+    custom = cnn("Opaque", domain="com.example")  # no schema: only the annotation gives r a shape
+    custom.graph.value_info.extend([vinfo("c", [1, 24, 8, 8]), vinfo("r", [1, 8, 8, 24])])
     path = tmp_path / "bad.onnx"
-    onnx.save(m, str(path))
+    onnx.save(custom, str(path))
     proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path), "--metrics", "reuse"],
                           capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
