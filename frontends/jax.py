@@ -34,8 +34,7 @@ from onnx import helper, numpy_helper
 from frontends.keras import (
     _FP_BASE,
     _FP_LIMIT,
-    _fingerprint_indices,
-    _is_permutation,
+    _fingerprint_occurrences,
     _rename_values,
     _set_metadata,
     _view_nodes,
@@ -255,22 +254,7 @@ def _reinfer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> None:
     """Put each leaf in as one initializer under its path; exporter copies become views of it."""
     graph = proto.graph
-    total = int(offsets[-1])
-    occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = {}
-    for init in graph.initializer:
-        k = _fingerprint_indices(numpy_helper.to_array(init), total, init.name)
-        if k is None:
-            continue
-        index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
-        local = k - offsets[index]
-        size = int(offsets[index + 1] - offsets[index])
-        if local.size != size or local.min() < 0 or local.max() >= size or not _is_permutation(local):
-            raise IrtoolsError(f"the conversion changed parameter '{names[index]}' (ONNX initializer "
-                               f"'{init.name}' is not a permuted copy of it)")
-        occurrences.setdefault(index, []).append((init, local))
-    missing = [names[i] for i in range(len(names)) if i not in occurrences]
-    if missing:
-        raise IrtoolsError(f"the conversion lost {len(missing)} parameter(s) (folded or unused), e.g. '{missing[0]}'")
+    occurrences = _fingerprint_occurrences(graph, names, offsets, "parameter")
     taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     clash = [n for n in names if n in taken]
     if clash:

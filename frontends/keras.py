@@ -377,15 +377,10 @@ def _fingerprint_indices(array: np.ndarray, total: int, what: str) -> np.ndarray
     return None
 
 
-def _is_permutation(local: np.ndarray) -> bool:
-    seen = np.zeros(local.size, dtype=bool)
-    seen[local.reshape(-1)] = True
-    return bool(seen.all())
-
-
-def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
-    """Rename fingerprinted initializers to Keras paths and put the real values back."""
-    graph = proto.graph
+def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str) -> dict[int, list]:
+    """{weight index: [(initializer, local element indices), ...]} of every fingerprinted
+    initializer of `graph`: an initializer must hold a permuted copy of one whole weight, and
+    every weight must appear at least once."""
     total = int(offsets[-1])
     occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = collections.defaultdict(list)
     for init in graph.initializer:
@@ -396,17 +391,25 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
         local = k - offsets[index]
         size = int(offsets[index + 1] - offsets[index])
         if local.size != size or local.min() < 0 or local.max() >= size or not _is_permutation(local):
-            raise IrtoolsError(
-                f"the conversion changed Keras weight '{names[index]}' (ONNX initializer '{init.name}' "
-                "is not a permuted copy of it)"
-            )
+            raise IrtoolsError(f"the conversion changed {kind} '{names[index]}' (ONNX initializer '{init.name}' "
+                               "is not a permuted copy of it)")
         occurrences[index].append((init, local))
-
     missing = [names[i] for i in range(len(names)) if i not in occurrences]
     if missing:
-        raise IrtoolsError(
-            f"the conversion lost {len(missing)} Keras weight(s) (folded or unused), e.g. '{missing[0]}'"
-        )
+        raise IrtoolsError(f"the conversion lost {len(missing)} {kind}(s) (folded or unused), e.g. '{missing[0]}'")
+    return occurrences
+
+
+def _is_permutation(local: np.ndarray) -> bool:
+    seen = np.zeros(local.size, dtype=bool)
+    seen[local.reshape(-1)] = True
+    return bool(seen.all())
+
+
+def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
+    """Rename fingerprinted initializers to Keras paths and put the real values back."""
+    graph = proto.graph
+    occurrences = _fingerprint_occurrences(graph, names, offsets, "Keras weight")
     taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     renames: dict[str, str] = {}
     extra_nodes: list[onnx.NodeProto] = []

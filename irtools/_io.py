@@ -1,4 +1,4 @@
-"""Atomic output files: a file is written whole or not at all.
+"""Output files: written whole or not at all (atomic renames), and strict JSON.
 
 Writers produce into a temporary file beside the target and rename it into place; an
 output path that is the input model is refused.
@@ -7,6 +7,7 @@ output path that is the input model is refused.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -70,3 +71,16 @@ def write_atomic(out: str | os.PathLike, writer: Callable[[str], None]) -> None:
     """Call `writer(tmp_path)` and move the result to `out` atomically."""
     with atomic_path(out) as tmp:
         writer(tmp)
+
+
+def json_safe(x):
+    """`x` with non-finite floats as None and numpy scalars as Python numbers, for strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        return json_safe(x.item())
+    return x

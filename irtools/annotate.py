@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from irtools._io import json_safe
 from irtools.errors import IrtoolsError
 
 PREFIX = "irtools."
@@ -54,18 +55,6 @@ def _text(value) -> str:
     if hasattr(value, "item"):  # numpy scalars
         return _text(value.item())
     return str(value)
-
-
-def _clean(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item"):
-        return _clean(x.item())
-    return x
 
 
 def _set(props, key: str, value) -> None:
@@ -148,10 +137,10 @@ def annotate(
         if result.summary.get(key) is not None:
             _set(model_props, f"summary.{key}", result.summary[key])
     if result.summary:
-        _set(model_props, "summary", json.dumps(_clean(result.summary), allow_nan=False))
+        _set(model_props, "summary", json.dumps(json_safe(result.summary), allow_nan=False))
     if result.reuse is not None:
         scalars = {k: v for k, v in result.reuse.items() if k != "parameters"}
-        _set(model_props, "reuse", json.dumps(_clean(scalars), allow_nan=False))
+        _set(model_props, "reuse", json.dumps(json_safe(scalars), allow_nan=False))
         for key in REUSE_KEYS:
             if scalars.get(key) is not None:
                 _set(model_props, f"reuse.{key}", scalars[key])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 from typing import Any
 
@@ -70,17 +69,7 @@ def _load(model: str, input_shapes: tuple[str, ...]):
 
 def _json(data: Any) -> str:
     """JSON text in which non-finite numbers (e.g. log2 of a zero surprisal) become null."""
-
-    def clean(x):
-        if isinstance(x, float):
-            return x if math.isfinite(x) else None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(_io.json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
 def _emit(text: str, output: str | None, inputs: list[str]) -> None:
