@@ -35,7 +35,7 @@ from frontends.keras import (
     _FP_BASE,
     _FP_LIMIT,
     _fingerprint_occurrences,
-    _rename_values,
+    _rewrite,
     _set_metadata,
     _view_nodes,
 )
@@ -272,14 +272,7 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
                 renames[init.name] = name
             else:
                 view_nodes.extend(_views(name, value.shape, local, init.name, f"{name}/view{j}"))
-    kept = [i for i in graph.initializer if i.name not in drop]
-    del graph.initializer[:]
-    graph.initializer.extend(new_inits + kept)
-    _rename_values(graph, renames)
-    if view_nodes:
-        nodes = view_nodes + list(graph.node)
-        del graph.node[:]
-        graph.node.extend(nodes)
+    _rewrite(graph, drop, new_inits, renames, view_nodes)
 
 
 def _views(source: str, shape, local: np.ndarray, output: str, prefix: str) -> list[onnx.NodeProto]:

@@ -430,12 +430,19 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
                 renames[other.name] = name
                 continue
             extra_nodes.extend(_view_nodes(name, first.dims, position[other_local], other.name, f"{name}/view{j}"))
+    _rewrite(graph, drop, [], renames, extra_nodes)
+
+
+def _rewrite(graph: onnx.GraphProto, drop: set[str], new_initializers, renames: dict[str, str],
+             view_nodes: list[onnx.NodeProto]) -> None:
+    """Drop the exporter's weight copies, add the named weights, rename uses, and put the nodes
+    that rebuild other copies from the named weights first."""
     kept = [i for i in graph.initializer if i.name not in drop]
     del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.initializer.extend(list(new_initializers) + kept)
     _rename_values(graph, renames)
-    if extra_nodes:
-        nodes = extra_nodes + list(graph.node)
+    if view_nodes:
+        nodes = view_nodes + list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes)
 
