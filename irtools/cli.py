@@ -229,16 +229,21 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
+@click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
+              help="Kernel layout of weights-only files: torch (out, in, k...) or keras (k..., in, out).")
+@click.option("--trust", is_flag=True,
+              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
+                   "SavedModel files (runs code from the file: only for files you trust).")
 @_debug_option
 def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str,
-            output: str | None, debug: bool) -> None:
+            output: str | None, layout: str, trust: bool, debug: bool) -> None:
     """Rank models by their summary metrics; with accuracies, Kendall tau and R^2 per metric."""
     from irtools.compare import compare as run_compare
     from irtools.compare import parse_accuracies
     from irtools.shapes import parse_input_shapes
 
     result = run_compare(list(models), parse_accuracies(accuracies) or None,
-                         input_shapes=parse_input_shapes(input_shapes))
+                         input_shapes=parse_input_shapes(input_shapes), layout=layout, trust=trust)
     if fmt == "json":
         text = _json(result)
     elif fmt == "csv":
@@ -287,7 +292,9 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
 @click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
 @click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
               help="Kernel layout of a weights-only file.")
-@click.option("--trust", is_flag=True, help="Allow full unpickling of PyTorch files (only for files you trust).")
+@click.option("--trust", is_flag=True,
+              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
+                   "SavedModel files (runs code from the file: only for files you trust).")
 @_debug_option
 def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
            no_limits: bool, layout: str, trust: bool, debug: bool) -> None:

@@ -64,3 +64,22 @@ def test_compare_bad_input(tmp_path):
                           ([*paths, "--accuracy", "m0=high"], "expected NAME=VALUE")):
         res = CliRunner().invoke(main, ["compare", *args])
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_compare_weights_files_in_keras_layout(tmp_path):
+    """`--layout keras` reaches the analysis: (kh, kw, in, out) kernels are read as 16 x 32 slices."""
+    paths = []
+    for k in range(2):
+        rng = np.random.default_rng(10 + k)
+        path = tmp_path / f"w{k}.npz"
+        np.savez(path, **{"conv/kernel": rng.standard_t(3, size=(3, 3, 16, 32)).astype(np.float32),
+                          "dense/kernel": rng.standard_t(4, size=(32, 24)).astype(np.float32)})
+        paths.append(str(path))
+    res = CliRunner().invoke(main, ["compare", *paths, "--layout", "keras", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["models"]
+    for path, row in zip(paths, rows, strict=True):
+        keras = irtools.analyze(path, layout="keras")
+        torch = irtools.analyze(path, layout="torch")
+        assert list(keras.details["N"]) != list(torch.details["N"])  # the layouts do read different matrices
+        assert row["alpha"] == pytest.approx(keras.summary["alpha"], rel=1e-12)
