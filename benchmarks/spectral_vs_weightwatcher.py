@@ -1,6 +1,8 @@
 """`irtools analyze` vs WeightWatcher `analyze()`, whole processes side by side on the same weights.
 
 Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/spectral_vs_weightwatcher.py [vgg16 bert6]
+Both processes inherit the same environment, including OPENBLAS_CORETYPE, which picks OpenBLAS's
+kernels (printed): machines that pin it to an older core type run both sides slower.
 For each model: builds it in PyTorch with fixed seeds, saves the state dict and exports the
 ONNX file (setup, not timed), then times in fresh processes, under the same thread settings:
   ww:      python -c 'load the state dict into the module; WeightWatcher(model).analyze()'
@@ -75,8 +77,11 @@ def main() -> None:
 
     names = sys.argv[1:] or ["vgg16", "bert6"]
     env = dict(os.environ)
-    threads = {k: env.get(k, "unset") for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    print(f"thread settings: {threads}; cpus: {os.cpu_count()}")
+    threads = {k: env.get(k, "unset") for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                 "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    _, kernels = run([sys.executable, "-c", "import numpy, scipy.linalg; from threadpoolctl import threadpool_info; "
+                      "print(sorted({i['architecture'] for i in threadpool_info()}))"], env)
+    print(f"thread settings: {threads}; cpus: {os.cpu_count()}; OpenBLAS kernels (both processes): {kernels.strip()}")
     irtools_bin = os.path.join(os.path.dirname(sys.executable), "irtools")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

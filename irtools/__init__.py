@@ -5,11 +5,41 @@ reuse metrics), run registered passes over it (`run_passes`, `get_pass`, `list_p
 write your own (`Pass`, `register_pass`).
 """
 
-from irtools.analysis import Analysis, analyze
-from irtools.errors import IrtoolsError, ModelLoadError, ShapeError, UnsupportedError
-from irtools.model import IRModel, load
-from irtools.parameters import StoredTensor, Use
-from irtools.passing import Pass, get_pass, list_passes, register_pass, run_passes
+import importlib
+
+# Names load on first use (PEP 562): `import irtools` (and with it every `irtools.*` module the
+# command line imports first) starts without numpy, onnx or numba.
+_EXPORTS = {
+    "Analysis": "irtools.analysis",
+    "analyze": "irtools.analysis",
+    "IrtoolsError": "irtools.errors",
+    "ModelLoadError": "irtools.errors",
+    "ShapeError": "irtools.errors",
+    "UnsupportedError": "irtools.errors",
+    "IRModel": "irtools.model",
+    "load": "irtools.model",
+    "StoredTensor": "irtools.parameters",
+    "Use": "irtools.parameters",
+    "Pass": "irtools.passing",
+    "get_pass": "irtools.passing",
+    "list_passes": "irtools.passing",
+    "register_pass": "irtools.passing",
+    "run_passes": "irtools.passing",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'irtools' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
