@@ -38,7 +38,7 @@ print(len(details), details.alpha.mean())
 
 FLOOR_SCRIPT = r"""
 import time, numpy as np, irtools
-import passes  # the built-in passes' modules (imports are start-up, timed in the whole-process runs)
+import passes.weights, passes.spectral  # imports are start-up, timed in the whole-process runs
 from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend

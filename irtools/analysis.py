@@ -26,18 +26,33 @@ class Analysis:
     """What `analyze` found: per-layer details, summary, skipped layers and reuse quantities."""
 
     model: str
-    details: Any  # pandas.DataFrame, one row per analysed layer
+    #: One dict per analysed layer, keys = `columns` (None without spectral metrics).
+    layers: list[dict] | None
     summary: dict
     skipped: list[dict]
     reuse: dict | None
     notes: list[str] = field(default_factory=list)
     #: Each row's sorted eigenvalues (aligned with `details`), only with `keep_eigenvalues=True`.
     eigenvalues: list | None = None
+    columns: list[str] = field(default_factory=list)
+    _frame: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def details(self):
+        """The per-layer table as a pandas DataFrame (WeightWatcher's column names), or None.
+        Built on first use: pandas is not imported by a run that only prints or writes JSON."""
+        if self.layers is None:
+            return None
+        if self._frame is None:
+            import pandas as pd
+
+            self._frame = pd.DataFrame(self.layers, columns=self.columns)
+        return self._frame
 
     def to_dict(self) -> dict:
         """JSON-ready: {"model", "layers", "summary", "skipped", "reuse"} (+ "notes")."""
-        out = {"model": self.model, "layers": self.details.to_dict(orient="records") if self.details is not None
-               else [], "summary": self.summary, "skipped": self.skipped}
+        out = {"model": self.model, "layers": [{c: row.get(c) for c in self.columns} for row in self.layers or []],
+               "summary": self.summary, "skipped": self.skipped}
         if self.reuse is not None:
             out["reuse"] = self.reuse
         if self.notes:
@@ -126,11 +141,12 @@ def analyze(
         source = from_flax(source, input_shapes=input_shapes)
     model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
-    details, summary, skipped, reuse, notes, evals = None, {}, [], None, [], None
+    layers, columns, summary, skipped, reuse, notes, evals = None, [], {}, [], None, [], None
     if "spectral" in families:
         get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
         result = get_pass("spectral", **spectral_opts)(model)
-        details, summary, skipped, evals = result.details(), result.summary, result.skipped, result.eigenvalues
+        layers, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
+                                                    result.eigenvalues)
     if "reuse" in families:
         try:
             reuse = get_pass("reuse")(model)
@@ -138,7 +154,7 @@ def analyze(
             if explicit:
                 raise
             notes.append(f"reuse metrics left out: {exc.message}")
-    return Analysis(name, details, summary, skipped, reuse, notes, evals)
+    return Analysis(name, layers, summary, skipped, reuse, notes, evals, columns)
 
 
 def _is_flax(obj) -> bool:
@@ -158,9 +174,10 @@ def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: di
         if explicit:
             raise IrtoolsError(message, path)
         notes.append(message)
-    details, summary, skipped, evals = None, {}, [], None
+    rows, columns, summary, skipped, evals = None, [], {}, [], None
     if "spectral" in families:
         layers = weight_layers(read_weights(path, trust=trust), layout=default_layout(path, layout))
         result = get_pass("spectral", **spectral_opts).analyse(layers)
-        details, summary, skipped, evals = result.details(), result.summary, result.skipped, result.eigenvalues
-    return Analysis(path, details, summary, skipped, None, notes, evals)
+        rows, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
+                                                  result.eigenvalues)
+    return Analysis(path, rows, summary, skipped, None, notes, evals, columns)

@@ -68,12 +68,25 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
+#: The passes shipped in the `passes` package, by name: each module is imported when its pass
+#: is first asked for, so that a run pays only for the passes it uses.
+BUILTIN_PASSES = {
+    "summary": "passes.summary",
+    "context-counts": "passes.context_counts",
+    "reuse": "passes.reuse",
+    "weights": "passes.weights",
+    "spectral": "passes.spectral",
+}
+
+
 def _load_builtins() -> None:
+    """Import every built-in pass module and the `irtools.passes` entry-point plugins."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    importlib.import_module("passes")
+    for module in BUILTIN_PASSES.values():
+        importlib.import_module(module)
     for ep in metadata.entry_points(group="irtools.passes"):
         try:
             ep.load()
@@ -97,7 +110,10 @@ def list_passes() -> list[type[Pass]]:
 
 def get_pass(name: str, **options: Any) -> Pass:
     """Instantiate the registered pass `name` with `options`."""
-    _load_builtins()
+    if name in BUILTIN_PASSES:  # plugins cannot take a built-in name (see register_pass)
+        importlib.import_module(BUILTIN_PASSES[name])
+    elif name not in _REGISTRY:
+        _load_builtins()
     try:
         cls = _REGISTRY[name]
     except KeyError:

@@ -1,14 +1,27 @@
-"""Graph passes shipped with irtools; importing this package registers them.
+"""Graph passes shipped with irtools, one per module.
 
-One pass per module: `summary` (what `irtools inspect` shows), `context-counts` (paths from
-each parameter scalar to the outputs), `reuse` (the reusability-prior quantities), `weights`
-(the 2-D matrices behind each node) and `spectral` (per-layer ESD metrics).
+`summary` (what `irtools inspect` shows), `context-counts` (paths from each parameter scalar to
+the outputs), `reuse` (the reusability-prior quantities), `weights` (the 2-D matrices behind
+each node) and `spectral` (per-layer ESD metrics). `irtools.get_pass(name)` imports a pass's
+module when it is first asked for (`irtools.passing.BUILTIN_PASSES`); the classes are also
+importable from here.
 """
 
-from passes.context_counts import ContextCountsPass
-from passes.reuse import ReusePass
-from passes.spectral import SpectralPass
-from passes.summary import ModelSummary
-from passes.weights import WeightsPass
+import importlib
 
-__all__ = ["ContextCountsPass", "ModelSummary", "ReusePass", "SpectralPass", "WeightsPass"]
+_CLASSES = {
+    "ContextCountsPass": "passes.context_counts",
+    "ModelSummary": "passes.summary",
+    "ReusePass": "passes.reuse",
+    "SpectralPass": "passes.spectral",
+    "WeightsPass": "passes.weights",
+}
+
+__all__ = sorted(_CLASSES)
+
+
+def __getattr__(name: str):
+    module = _CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'passes' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -18,7 +18,6 @@ from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend
 from irtools.model import IRModel
 from irtools.passing import Pass, register_pass
-from irtools.mpfit import mp_fit
 from irtools.spectral import layer_metrics, rand_distance, summarize
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
@@ -46,12 +45,16 @@ class SpectralResult:
     summary: dict
     eigenvalues: list[np.ndarray] | None = None  # per row, sorted ascending (only with keep_evals)
 
+    def columns(self) -> list[str]:
+        """`COLUMNS` and the optional ones the rows have (mp_fit, randomize)."""
+        extra = [c for c in (self.rows[0] if self.rows else ()) if c not in COLUMNS]
+        return list(COLUMNS) + extra
+
     def details(self):
         """The per-layer table as a pandas DataFrame."""
         import pandas as pd
 
-        extra = [c for c in (self.rows[0] if self.rows else ()) if c not in COLUMNS]  # mp_fit, randomize
-        return pd.DataFrame(self.rows, columns=list(COLUMNS) + extra)
+        return pd.DataFrame(self.rows, columns=self.columns())
 
 
 @register_pass
@@ -100,6 +103,8 @@ class SpectralPass(Pass):
                    "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
             row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
             if self.mp_fit:
+                from irtools.mpfit import mp_fit  # scipy.optimize: imported only when asked for
+
                 row.update(mp_fit(evals, layer.N, layer.M))
             if self.randomize:
                 rng = np.random.default_rng([self.seed, k])

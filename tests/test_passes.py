@@ -79,3 +79,16 @@ def test_readme_library_example_runs(monkeypatch):
     monkeypatch.chdir(README.parent)
     for code in blocks:
         exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
+
+
+def test_builtin_passes_load_on_demand():
+    """A spectral-only run imports neither the counting pass (numba kernels) nor scipy.optimize;
+    listing the passes still finds all five built-ins."""
+    import subprocess
+
+    code = ("import sys, irtools; irtools.get_pass('weights'); irtools.get_pass('spectral'); "
+            "print(sorted(m for m in ('passes.context_counts', 'passes.reuse', 'scipy.optimize') if m in sys.modules)); "
+            "print(sorted(p.name for p in irtools.list_passes()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]"
+    assert out[1] == str(sorted(["summary", "context-counts", "reuse", "weights", "spectral"]))
