@@ -28,12 +28,28 @@ COLUMNS = (
 )
 
 
-#: Layers costing more than this (Gram matrix flops) get every core to themselves.
-BIG_LAYER_FLOPS = 2e9
-
-
 def _cost(layer) -> float:
+    """Flops of the layer's Gram products (its eigensolves cost less for tall matrices)."""
     return float(layer.rf) * layer.N * layer.M * layer.M
+
+
+def schedule(items: list, workers: int) -> tuple[list, list]:
+    """Split (id, layer) items into those run one at a time on every core (threaded BLAS) and
+    those run `workers` at a time with one BLAS thread each, longest first.
+
+    Running small eigenproblems side by side beats threading each of them, but a layer that
+    costs more than a worker's fair share of what is left would leave the other cores idle at
+    the end: such layers go first, alone, with every core (VGG-16's two big FC layers; BERT's
+    word embedding is only a third of the model and joins the pool)."""
+    rest = sorted(items, key=lambda it: _cost(it[1]), reverse=True)
+    if workers <= 1:
+        return rest, []
+    big = []
+    total = sum(_cost(layer) for _, layer in rest)
+    while rest and _cost(rest[0][1]) > total / workers:
+        total -= _cost(rest[0][1])
+        big.append(rest.pop(0))
+    return big, rest
 
 
 @dataclass(slots=True)
@@ -116,12 +132,8 @@ class SpectralPass(Pass):
                 kept[k] = evals
             return row
 
-        # Big layers one at a time on every core (threaded BLAS); the many small ones in parallel,
-        # one BLAS thread each, which beats threading each small eigenproblem.
         workers = self.workers or os.cpu_count() or 1
-        order = list(enumerate(todo))
-        big = [it for it in order if _cost(it[1]) >= BIG_LAYER_FLOPS] if workers > 1 else order
-        small = [it for it in order if _cost(it[1]) < BIG_LAYER_FLOPS] if workers > 1 else []
+        big, small = schedule(list(enumerate(todo)), workers)
         by_id: dict[int, dict] = {}
         kept: dict[int, np.ndarray] = {}
 

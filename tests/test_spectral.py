@@ -340,3 +340,25 @@ def test_mp_fit_matches_weightwatcher():
     np.testing.assert_allclose(ours.details.mp_softrank, reference.mp_softrank, rtol=1e-6)
     np.testing.assert_allclose(ours.details.sigma_mp, reference.sigma_mp, rtol=1e-6)
     assert ours.summary["mp_softrank"] == pytest.approx(reference.mp_softrank.mean(), rel=1e-6)
+
+
+def test_schedule_gives_every_core_only_to_layers_bigger_than_a_fair_share():
+    from types import SimpleNamespace
+
+    from passes.spectral import schedule
+
+    def layer(n, m, rf=1):
+        return SimpleNamespace(N=n, M=m, rf=rf)
+
+    vgg = [(0, layer(25088, 4096)), (1, layer(4096, 4096)), (2, layer(4096, 1000))] + \
+          [(3 + i, layer(512, 512, 9)) for i in range(8)]
+    big, small = schedule(vgg, 2)
+    assert [i for i, _ in big] == [0, 1] and len(small) == 9
+    bert = [(0, layer(30522, 768))] + [(1 + i, layer(3072, 768)) for i in range(12)] + \
+           [(13 + i, layer(768, 768)) for i in range(24)]
+    big, small = schedule(bert, 2)
+    assert big == [] and [i for i, _ in small][:1] == [0]  # the embedding joins the pool, first
+    costs = [it[1].rf * it[1].N * it[1].M ** 2 for it in small]
+    assert costs == sorted(costs, reverse=True)  # longest first
+    assert schedule([(0, layer(8, 8))], 2) == ([(0, layer(8, 8))], [])
+    assert schedule(bert, 1)[1] == [] and len(schedule(bert, 1)[0]) == len(bert)
