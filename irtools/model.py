@@ -228,6 +228,20 @@ class IRModel:
             start, end = producer.attributes.get("start"), producer.attributes.get("end")
             return shape_value(producer.op_type, self.static_shape(producer.inputs[0]),
                                start.value if start is not None else 0, end.value if end is not None else None)
+        if producer.op_type in ("Transpose", "Identity", "Reshape") and producer.domain in ("", "ai.onnx"):
+            # view-like ops on a weight (torch exports Linear as MatMul(x, Transpose(W))): numpy views,
+            # exact and without copies, instead of an onnxruntime session per weight
+            x = self.constant_value(producer.inputs[0])
+            if producer.op_type == "Identity":
+                return x
+            if producer.op_type == "Transpose":
+                perm = producer.attributes.get("perm")
+                return np.transpose(x, perm.value if perm is not None else None)
+            allowzero = producer.attributes.get("allowzero")
+            target = [int(d) for d in self.constant_value(producer.inputs[1]).reshape(-1)]
+            if not (allowzero is not None and allowzero.value):
+                target = [x.shape[i] if d == 0 and i < x.ndim else d for i, d in enumerate(target)]
+            return np.reshape(x, target)
         if producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
             from irtools.quant import dequantize_linear
 

@@ -110,6 +110,14 @@ def _fit_small(x, k_min):
     return best_i, best_alpha, best_d
 
 
+def warm_up() -> None:
+    """Load the compiled fit kernels from numba's cache (0.3 s on first use in a process). The
+    spectral pass calls this in a thread while the first eigenvalues are computed, which hold no
+    GIL, so that the load is hidden behind them."""
+    fit_power_law(np.linspace(1.0, 2.0, SMALL_N_CUTOFF + 8))
+    fit_power_law(np.linspace(1.0, 2.0, 16))
+
+
 def fit_power_law(evals: np.ndarray, thresh: float = EVALS_THRESH) -> PowerLawFit:
     """Fit a power law to the eigenvalues `evals` (any order) the way WeightWatcher does."""
     evals = np.asarray(evals, dtype=np.float64)

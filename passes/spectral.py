@@ -8,6 +8,7 @@ backend (`irtools.backends`) one layer at a time and the metrics with `irtools.s
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend
 from irtools.model import IRModel
 from irtools.passing import Pass, register_pass
+from irtools.powerlaw import warm_up
 from irtools.spectral import layer_metrics, rand_distance, summarize
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
@@ -134,6 +136,8 @@ class SpectralPass(Pass):
 
         workers = self.workers or os.cpu_count() or 1
         big, small = schedule(list(enumerate(todo)), workers)
+        if todo:  # numba's cache loads while LAPACK computes the first eigenvalues (no GIL held)
+            threading.Thread(target=warm_up, name="irtools-warm-up", daemon=True).start()
         by_id: dict[int, dict] = {}
         kept: dict[int, np.ndarray] = {}
 

@@ -65,6 +65,34 @@ def test_constant_subgraph_weight_value_is_evaluated():
     assert np.all(value == np.float32(0.02))
 
 
+def test_view_like_constant_ops_evaluate_like_onnxruntime():
+    """Transpose / Identity / Reshape (0 and -1 dims) of a weight are numpy views in the IR; they
+    must equal what onnxruntime computes for the same nodes."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((6, 4, 2)).astype(np.float32)
+    nodes = [h.make_node("Transpose", ["w"], ["t"], perm=[2, 0, 1]),
+             h.make_node("Identity", ["t"], ["i"]),
+             h.make_node("Reshape", ["i", "s1"], ["r1"]),
+             h.make_node("Transpose", ["r1"], ["r1t"]),
+             h.make_node("Reshape", ["w", "s2"], ["r2"])]
+    outs = ["t", "i", "r1", "r1t", "r2"]
+    proto = b.model(nodes + [h.make_node("Add", ["x", "x"], ["y"])], [b.vinfo("x", [1])],
+                    [b.vinfo("y", [1])] + [h.make_empty_tensor_value_info(o) for o in outs],
+                    [b.tensor("w", w), b.tensor("s1", np.array([0, -1], np.int64)),
+                     b.tensor("s2", np.array([-1, 8], np.int64))])
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        outs, {"x": np.zeros(1, np.float32)})
+    m = irtools.load(proto)
+    values = {v.name: v for n in m.nodes for v in n.outputs}
+    for name, want in zip(outs, expected, strict=True):
+        got = m.constant_value(values[name])
+        assert got.shape == want.shape and np.array_equal(got, want), name
+        if name in ("t", "i", "r2"):  # views of the stored weight, no copy (r1 must copy: non-contiguous)
+            assert not got.flags.owndata
+
+
 def test_mlp_parameters_names_consumers():
     m = irtools.load(b.mlp())
     assert [p.name for p in m.parameters] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
