@@ -49,6 +49,16 @@ def _debug_option(f):
     return click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")(f)
 
 
+def _source_options(f):
+    """--layout and --trust, for the commands that read weights files and framework sources."""
+    f = click.option("--trust", is_flag=True,
+                     help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
+                          "SavedModel files (runs code from the file: only for files you trust).")(f)
+    return click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
+                        help="Kernel layout of weights-only files: torch (out, in, k...) or keras (k..., in, out)."
+                        )(f)
+
+
 def _model_options(f):
     @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
     @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
@@ -130,11 +140,7 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v.")
 @click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
 @click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
-@click.option("--trust", is_flag=True,
-              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
-                   "SavedModel files (runs code from the file: only for files you trust).")
-@click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
-              help="Kernel layout of a weights-only file: torch (out, in, k...) or keras (k..., in, out).")
+@_source_options
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
               help="Eigenvalues from the Gram matrix, the SVD, or whichever is faster (auto).")
 @_debug_option
@@ -229,11 +235,7 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
-@click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
-              help="Kernel layout of weights-only files: torch (out, in, k...) or keras (k..., in, out).")
-@click.option("--trust", is_flag=True,
-              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
-                   "SavedModel files (runs code from the file: only for files you trust).")
+@_source_options
 @_debug_option
 def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str,
             output: str | None, layout: str, trust: bool, debug: bool) -> None:
@@ -290,11 +292,7 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
 @click.option("--accuracy", "accuracies", multiple=True, metavar="NAME=VALUE",
               help="Published accuracy of a model, for the comparison table; repeatable.")
 @click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
-@click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
-              help="Kernel layout of a weights-only file.")
-@click.option("--trust", is_flag=True,
-              help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
-                   "SavedModel files (runs code from the file: only for files you trust).")
+@_source_options
 @_debug_option
 def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
            no_limits: bool, layout: str, trust: bool, debug: bool) -> None:
