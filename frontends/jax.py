@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from frontends import require
 from frontends.keras import (
     _FP_BASE,
     _FP_LIMIT,
@@ -48,12 +49,7 @@ _MISSING = "JAX/Flax is not installed: pip install irtools[jax]"
 
 
 def _import_jax():
-    try:
-        import jax  # noqa: PLC0415
-        import jax2onnx  # noqa: PLC0415
-    except ImportError:
-        raise IrtoolsError(_MISSING) from None
-    return jax, jax2onnx
+    return require("jax", "jax2onnx", missing=_MISSING)
 
 
 def _from_package(obj, prefixes: tuple[str, ...]) -> bool:

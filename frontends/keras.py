@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from frontends import require
 from irtools.errors import IrtoolsError
 from irtools.parameters import DECLARED_PARAMETERS_KEY
 
@@ -51,12 +52,7 @@ _FP_LIMIT = 0xFF800000 - _FP_BASE  # below -inf: about 2.1e9 scalars
 
 
 def _import_tf():
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-        import tf2onnx  # noqa: PLC0415
-    except ImportError as exc:
-        raise IrtoolsError(_MISSING_TF) from exc
-    return tf, tf2onnx
+    return require("tensorflow", "tf2onnx", missing=_MISSING_TF)
 
 
 # -- patches ---------------------------------------------------------------------------------

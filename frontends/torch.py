@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
+from frontends import require
 from irtools.errors import IrtoolsError
 from irtools.parameters import DECLARED_PARAMETERS_KEY
 
@@ -29,11 +30,7 @@ _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise IrtoolsError(_MISSING) from None
-    return torch
+    return require("torch", missing=_MISSING)
 
 
 def is_callable_reference(source: str) -> bool:

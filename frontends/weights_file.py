@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from frontends import require
 from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError
 
 _SAFETENSORS_DTYPES = {
@@ -147,11 +148,7 @@ def _read_npz(path: str) -> dict[str, StoredArray]:
 
 # -- Keras HDF5 weights -------------------------------------------------------------------
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise IrtoolsError(_H5_MISSING) from None
-    return h5py
+    return require("h5py", missing=_H5_MISSING)
 
 
 def h5_is_full_model(path: str) -> bool:
@@ -323,10 +320,7 @@ def _read_torch_legacy(path: str, trust: bool) -> dict[str, StoredArray]:
 
 
 def _read_trusted(path: str) -> dict[str, StoredArray]:
-    try:
-        import torch
-    except ImportError:
-        raise IrtoolsError("--trust needs PyTorch to unpickle the file: pip install irtools[torch]") from None
+    torch = require("torch", missing="--trust needs PyTorch to unpickle the file: pip install irtools[torch]")
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
