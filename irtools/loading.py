@@ -29,11 +29,6 @@ _NUMPY_TYPES = {
 }
 
 
-def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Parse `path` as an ONNX ModelProto without loading external data."""
-    return read_model(path, lazy=False)[0]
-
-
 def read_model(path: str | os.PathLike, *, lazy: bool = True) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
     """Parse `path` as an ONNX ModelProto without loading external data.
 
