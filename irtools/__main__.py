@@ -1,5 +1,5 @@
 """`python -m irtools` runs the command line."""
 
-from irtools.cli import main
+from irtools.cli import run
 
-main(prog_name="irtools")
+run()

@@ -176,3 +176,22 @@ def test_example_model_accuracy_matches_its_record():
     recorded = float(re.search(r"\*\*([01]\.\d+)\*\* \(\d+/\d+\)", record).group(1))
     assert acc == pytest.approx(recorded, abs=1e-4)
     assert acc > 0.95
+
+
+def test_console_script_exit_flushes_output_and_runs_exit_handlers(tmp_path):
+    """`run` leaves with os._exit: stdout must still arrive whole, atexit handlers (temporary
+    directories' cleanup) must still run, and exit codes must survive."""
+    plugin = tmp_path / "exit_marker.py"
+    marker = tmp_path / "ran-at-exit"
+    plugin.write_text(f"import atexit, pathlib\natexit.register(pathlib.Path({str(marker)!r}).touch)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "irtools", "--plugin", "exit_marker", "inspect", EXAMPLE,
+                           "--format", "json"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(run("inspect", EXAMPLE, "--format", "json").output)
+    assert marker.exists()
+    proc = subprocess.run([sys.executable, "-m", "irtools", "inspect", str(tmp_path / "none.onnx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("irtools: error: ")
+    proc = subprocess.run([sys.executable, "-m", "irtools", "no-such-command"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "No such command" in proc.stderr
