@@ -1,6 +1,6 @@
 """`irtools analyze` vs WeightWatcher `analyze()`, whole processes side by side on the same weights.
 
-Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/spectral_vs_weightwatcher.py [vgg16 bert6]
+Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/spectral_vs_weightwatcher.py [vgg16 bert6] [--repeat N]
 Both processes inherit the same environment, including OPENBLAS_CORETYPE, which picks OpenBLAS's
 kernels (printed): machines that pin it to an older core type run both sides slower.
 For each model: builds it in PyTorch with fixed seeds, saves the state dict and exports the
@@ -8,13 +8,16 @@ ONNX file (setup, not timed), then times in fresh processes, under the same thre
   ww:      python -c 'load the state dict into the module; WeightWatcher(model).analyze()'
   irtools: irtools analyze MODEL.onnx --metrics spectral --format json
 and inside one irtools process, the spectral pass against the bare eigenvalue computations it
-performs (the floor). Prints the ratios. Needs torch==2.13.0 and weightwatcher==0.7.7.
+performs (the floor). Prints the ratios. With --repeat N, the two processes alternate N times
+and every pair's ratio is printed with the median: WeightWatcher's time alone varies by 10-15 %
+between runs on a shared machine. Needs torch==2.13.0 and weightwatcher==0.7.7.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +42,7 @@ print(len(details), details.alpha.mean())
 FLOOR_SCRIPT = r"""
 import time, numpy as np, irtools
 import passes.weights, passes.spectral  # imports are start-up, timed in the whole-process runs
+import irtools._fitkernels  # numba's import too (the pass does it in a thread; its cache load stays in "first")
 from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend
@@ -75,7 +79,15 @@ def main() -> None:
     sys.path.insert(0, HERE)
     from _models import MODELS
 
-    names = sys.argv[1:] or ["vgg16", "bert6"]
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="MODEL", help=f"any of {sorted(MODELS)}")
+    parser.add_argument("--repeat", type=int, default=1, help="WeightWatcher/irtools pairs per model")
+    args = parser.parse_args()
+    names = args.names or ["vgg16", "bert6"]
+    if set(names) - set(MODELS):
+        parser.error(f"unknown model(s) {sorted(set(names) - set(MODELS))}; choose from {sorted(MODELS)}")
     env = dict(os.environ)
     threads = {k: env.get(k, "unset") for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                  "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -94,17 +106,26 @@ def main() -> None:
                               training=torch.onnx.TrainingMode.PRESERVE, opset_version=17)
             params = sum(p.numel() for p in net.parameters())
             del net
-            t_ww, out_ww = run([sys.executable, "-c", WW_SCRIPT.format(here=HERE, name=name, state=state)], env)
-            t_ir, out_ir = run([irtools_bin, "analyze", onnx_path, "--metrics", "spectral", "--format", "json"], env)
+            pairs = []
+            for _ in range(max(1, args.repeat)):
+                t_ww, out_ww = run([sys.executable, "-c", WW_SCRIPT.format(here=HERE, name=name, state=state)], env)
+                t_ir, out_ir = run([irtools_bin, "analyze", onnx_path, "--metrics", "spectral", "--format", "json"],
+                                   env)
+                pairs.append((t_ww, t_ir))
             _, out_floor = run([sys.executable, "-c", FLOOR_SCRIPT.format(onnx=onnx_path)], env)
             first, again, threaded, parallel, _ = (float(x) for x in out_floor.split())
             floor = min(threaded, parallel)
             ours = json.loads(out_ir)
             print(f"\n{name}: {params:,} parameters, {os.path.getsize(onnx_path) / 1e6:.0f} MB ONNX")
-            print(f"  WeightWatcher analyze() process: {t_ww:7.2f} s  ({out_ww.split()[0]} layers)")
-            print(f"  irtools analyze process:         {t_ir:7.2f} s  ({len(ours['layers'])} layers, "
-                  f"{len(ours['skipped'])} skipped)")
-            print(f"  speed-up: {t_ww / t_ir:.2f}x")
+            for t_ww, t_ir in pairs:
+                print(f"  WeightWatcher analyze() process: {t_ww:7.2f} s  ({out_ww.split()[0]} layers)")
+                print(f"  irtools analyze process:         {t_ir:7.2f} s  ({len(ours['layers'])} layers, "
+                      f"{len(ours['skipped'])} skipped)")
+                print(f"  speed-up: {t_ww / t_ir:.2f}x")
+            if len(pairs) > 1:
+                ratios = sorted(w / i for w, i in pairs)
+                print(f"  speed-up over {len(pairs)} pairs: median {statistics.median(ratios):.2f}x "
+                      f"(min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
             print(f"  bare eigenvalue computations: {threaded:.2f} s one after another (threaded BLAS), "
                   f"{parallel:.2f} s two at a time (1 BLAS thread each)")
             print(f"  weights+spectral passes, first run in the process (after imports; numba cache load, weight decoding): "
