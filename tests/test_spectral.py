@@ -255,16 +255,21 @@ def test_gram_route_agrees_with_svd():
         assert np.count_nonzero(sp.evals > sp.noise_floor) == 3
 
 
-@pytest.mark.parametrize("shape", [(1000, 70), (70, 1000), (257, 256)])
+@pytest.mark.parametrize("shape", [(1000, 70), (70, 1000), (257, 256), "strided"])
 def test_blocked_gram_of_float32_weights_equals_the_float64_product(monkeypatch, shape):
-    """Large float32 weights are accumulated from float64 row blocks with syrk; force that route on
-    small matrices (blocks of 3-14 rows, the last one short) and compare with the plain product."""
+    """Large float32 weights are accumulated from float64 blocks with syrk; force that route on
+    small matrices (blocks of 3-14 rows or columns, the last one short) and compare with the plain
+    product: C-ordered, transposed views (column blocks), and neither."""
     from irtools.backends import cpu
 
     monkeypatch.setattr(cpu, "_BLOCKED_GRAM_ELEMENTS", 1000)
     monkeypatch.setattr(cpu, "_BLOCK_ELEMENTS", 1000)
-    w = rand(*shape).astype(np.float32)
-    tall = w if shape[0] >= shape[1] else w.T
+    if shape == "strided":
+        w = rand(600, 140).astype(np.float32)[::2, ::2]
+        assert not (w.flags.c_contiguous or w.flags.f_contiguous)
+    else:
+        w = rand(*shape).astype(np.float32)
+    tall = w if w.shape[0] >= w.shape[1] else w.T
     gram, lower = cpu._gram(tall)
     assert not lower
     exact = tall.astype(np.float64).T @ tall.astype(np.float64)

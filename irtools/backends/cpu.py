@@ -32,24 +32,34 @@ def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
     """W^T W in float64, and whether its lower triangle (True) or only its upper one is filled.
 
     A float64 W goes straight to numpy, which recognises W.T @ W and calls syrk. A large
-    float32 (or other) W is converted one block of rows at a time into a reused float64 buffer
-    and accumulated with syrk into the upper triangle: on VGG-16's 25088 x 4096 matrix that
-    was 4.7 s against 6.2-6.7 s for one float64 copy and a product (OPENBLAS_NUM_THREADS=2),
-    with 32 MB instead of 800 MB of float64 copies and their page faults."""
+    float32 (or other) W is converted one block at a time into a reused float64 buffer and
+    accumulated with syrk into the upper triangle: on VGG-16's 25088 x 4096 matrix that was
+    4.7 s against 6.2-6.7 s for one float64 copy and a product (OPENBLAS_NUM_THREADS=2), with
+    32 MB instead of 800 MB of float64 copies and their page faults. The blocks follow memory:
+    rows of W, or, when W is the transposed view of a C-ordered array (torch's (out, in)
+    Linear weights), columns of that array, which copies VGG's FC1 in 0.11 s instead of 0.37-0.73 s."""
     n, m = w.shape
     if w.dtype == np.float64 or n * m <= _BLOCKED_GRAM_ELEMENTS:
         w = np.asarray(w, dtype=np.float64)
         return w.T @ w, True
     from scipy.linalg import blas  # dsyrk holds the GIL: the spectral pass runs such layers alone
 
-    rows = max(1, min(n, _BLOCK_ELEMENTS // m))
     c = np.zeros((m, m), order="F")
-    buf = np.empty((rows, m))
-    for start in range(0, n, rows):
-        block = buf[: min(rows, n - start)]
-        block[...] = w[start : start + rows]
-        # block.T is the F-ordered (m, rows) matrix A; syrk adds A A^T = block^T block to c.
-        c = blas.dsyrk(1.0, block.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+    step = max(1, min(n, _BLOCK_ELEMENTS // m))
+    buf = np.empty(step * m)
+    transposed = w.T.flags.c_contiguous and not w.flags.c_contiguous
+    for start in range(0, n, step):
+        k = min(step, n - start)
+        if transposed:  # w.T is (m, n) in C order: W^T W = w.T w is the sum of B B^T over its column blocks B
+            block = buf[: m * k].reshape(m, k)
+            block[...] = w.T[:, start : start + k]
+            # block.T is the F-ordered (k, m) matrix A; syrk with trans=1 adds A^T A = B B^T to c.
+            c = blas.dsyrk(1.0, block.T, beta=1.0, c=c, trans=1, lower=0, overwrite_c=1)
+        else:
+            block = buf[: k * m].reshape(k, m)
+            block[...] = w[start : start + k]
+            # block.T is the F-ordered (m, k) matrix A; syrk adds A A^T = block^T block to c.
+            c = blas.dsyrk(1.0, block.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
     return c, False
 
 
