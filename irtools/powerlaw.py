@@ -13,6 +13,7 @@ a quarter of a second, which the spectral pass hides in a thread behind its firs
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,12 +37,21 @@ class PowerLawFit:
     status: str  # "success" or why it failed
 
 
+_READY = threading.Event()  # set once the fit kernels are loaded in this process
+
+
 def warm_up() -> None:
     """Import numba and load the compiled fit kernels from its cache (about 0.5 s on first use in
     a process). The spectral pass calls this in a thread while the first eigenvalues are
     computed, which hold no GIL, so that the load is hidden behind them."""
     fit_power_law(np.linspace(1.0, 2.0, SMALL_N_CUTOFF + 8))  # imports numba and the kernels
     fit_power_law(np.linspace(1.0, 2.0, 16))
+    _READY.set()
+
+
+def kernels_ready() -> bool:
+    """Whether a fit can run now without waiting for numba (see `warm_up`)."""
+    return _READY.is_set()
 
 
 def fit_power_law(evals: np.ndarray, thresh: float = EVALS_THRESH) -> PowerLawFit:

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend
 from irtools.model import IRModel
 from irtools.passing import Pass, register_pass
-from irtools.powerlaw import warm_up
+from irtools.powerlaw import kernels_ready, warm_up
 from irtools.spectral import layer_metrics, rand_distance, summarize
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
@@ -110,13 +110,17 @@ class SpectralPass(Pass):
             else:
                 todo.append(layer)
 
-        def analyse(item):
+        def eigenvalues(item):
             k, layer = item
             mats = layer.matrices()
             spectra = backend.spectra(mats)
             evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale
             noise = max(s.noise_floor for s in spectra) * layer.eigen_scale
             max_rank = max(int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
+            return k, layer, mats if self.randomize else None, evals, noise, max_rank
+
+        def metrics(state):
+            k, layer, mats, evals, noise, max_rank = state
             row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
                    "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
             row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
@@ -134,23 +138,38 @@ class SpectralPass(Pass):
                 kept[k] = evals
             return row
 
+        def analyse(item):
+            """The layer's row, or its eigenvalues while numba is still loading: rather than wait
+            for the fit kernels, the worker goes on to the next layer's eigenvalues, and the
+            deferred fits run at the end."""
+            state = eigenvalues(item)
+            return metrics(state) if kernels_ready() else state
+
         workers = self.workers or os.cpu_count() or 1
         big, small = schedule(list(enumerate(todo)), workers)
-        if todo:  # numba's cache loads while LAPACK computes the first eigenvalues (no GIL held)
+        if todo and not kernels_ready():  # numba loads while LAPACK computes the first eigenvalues (no GIL held)
             threading.Thread(target=warm_up, name="irtools-warm-up", daemon=True).start()
         by_id: dict[int, dict] = {}
         kept: dict[int, np.ndarray] = {}
+        deferred: list[tuple] = []
 
-        def done(row):
-            by_id[row["layer_id"]] = row
+        def done(result):
+            if isinstance(result, tuple):
+                deferred.append(result)
+                return
+            by_id[result["layer_id"]] = result
             if self.progress is not None:
-                self.progress(len(by_id), len(todo), row["name"])
+                self.progress(len(by_id), len(todo), result["name"])
 
         for item in big:
             done(analyse(item))
         if small:
             with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
-                for row in pool.map(analyse, small):
+                for result in pool.map(analyse, small):
+                    done(result)
+        if deferred:
+            with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+                for row in pool.map(metrics, deferred):
                     done(row)
         rows = [by_id[k] for k in range(len(todo))]
         evals = [kept[k] for k in range(len(todo))] if self.keep_evals else None

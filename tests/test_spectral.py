@@ -367,3 +367,23 @@ def test_schedule_gives_every_core_only_to_layers_bigger_than_a_fair_share():
     assert costs == sorted(costs, reverse=True)  # longest first
     assert schedule([(0, layer(8, 8))], 2) == ([(0, layer(8, 8))], [])
     assert schedule(bert, 1)[1] == [] and len(schedule(bert, 1)[0]) == len(bert)
+
+
+@pytest.mark.parametrize("randomize", [False, True])
+def test_fits_deferred_while_numba_loads_give_the_same_rows(monkeypatch, randomize):
+    """While the fit kernels are still loading, workers keep computing eigenvalues and the fits
+    run at the end: force that path for every layer and compare with the direct one."""
+    import passes.spectral as ps
+
+    model = b.model([h.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+                     h.make_node("MatMul", ["h", "w2"], ["y"], name="mm2")],
+                    [b.vinfo("x", [1, 64])], [b.vinfo("y", [1, 24])],
+                    [b.tensor("w1", rand(64, 48)), b.tensor("w2", rand(48, 24))])
+    direct = irtools.analyze(model, metrics="spectral", randomize=randomize)
+    seen = []
+    monkeypatch.setattr(ps, "kernels_ready", lambda: False)
+    monkeypatch.setattr(ps, "warm_up", lambda: None)
+    deferred = irtools.analyze(model, metrics="spectral", randomize=randomize,
+                               progress=lambda done, total, name: seen.append((done, total)))
+    assert deferred.layers == direct.layers and deferred.summary == direct.summary
+    assert seen == [(1, 2), (2, 2)]
