@@ -255,8 +255,9 @@ def test_gram_route_agrees_with_svd():
         assert np.count_nonzero(sp.evals > sp.noise_floor) == 3
 
 
+@pytest.mark.parametrize("syrk", ["numpy's OpenBLAS", "scipy"])
 @pytest.mark.parametrize("shape", [(1000, 70), (70, 1000), (257, 256), "strided"])
-def test_blocked_gram_of_float32_weights_equals_the_float64_product(monkeypatch, shape):
+def test_blocked_gram_of_float32_weights_equals_the_float64_product(monkeypatch, shape, syrk):
     """Large float32 weights are accumulated from float64 blocks with syrk; force that route on
     small matrices (blocks of 3-14 rows or columns, the last one short) and compare with the plain
     product: C-ordered, transposed views (column blocks), and neither."""
@@ -264,6 +265,10 @@ def test_blocked_gram_of_float32_weights_equals_the_float64_product(monkeypatch,
 
     monkeypatch.setattr(cpu, "_BLOCKED_GRAM_ELEMENTS", 1000)
     monkeypatch.setattr(cpu, "_BLOCK_ELEMENTS", 1000)
+    if syrk == "scipy":
+        monkeypatch.setattr(cpu, "_numpy_dsyrk", lambda: None)
+    else:
+        assert cpu._numpy_dsyrk() is not None  # numpy's PyPI wheels ship OpenBLAS with ILP64 cblas
     if shape == "strided":
         w = rand(600, 140).astype(np.float32)[::2, ::2]
         assert not (w.flags.c_contiguous or w.flags.f_contiguous)

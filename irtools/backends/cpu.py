@@ -13,6 +13,7 @@ ranks are counted above it. Parallelism is across layers (the `spectral` pass).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,51 @@ _EPS = np.finfo(np.float64).eps
 # of converting all of W to float64 first.
 _BLOCKED_GRAM_ELEMENTS = 1 << 23
 _BLOCK_ELEMENTS = 1 << 22  # float64 elements per row block (32 MB)
+
+# cblas_dsyrk in numpy's own OpenBLAS (ILP64 wheels export it with these names), and its enums.
+_CBLAS_DSYRK = ("scipy_cblas_dsyrk64_", "cblas_dsyrk64_")
+_COL_MAJOR, _UPPER, _NO_TRANS, _TRANS = 102, 121, 111, 112
+
+
+@functools.cache
+def _numpy_dsyrk():
+    """numpy's OpenBLAS cblas_dsyrk through ctypes, or None (then scipy's is used).
+
+    ctypes releases the GIL during the call, and this avoids importing scipy.linalg (0.23 s)
+    before the first big layer can start; scipy's f2py wrapper holds the GIL throughout."""
+    try:
+        import ctypes
+
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            if info.get("internal_api") != "openblas":
+                continue
+            lib = ctypes.CDLL(info["filepath"])
+            for symbol in _CBLAS_DSYRK:
+                fn = getattr(lib, symbol, None)
+                if fn is not None:
+                    i, i64, dbl, ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+                    fn.argtypes = [i, i, i, i64, i64, dbl, ptr, i64, dbl, ptr, i64]
+                    fn.restype = None
+                    return fn
+    except (ImportError, OSError):
+        pass
+    return None
+
+
+def _syrk_add(c: np.ndarray, a: np.ndarray, trans: bool) -> np.ndarray:
+    """Upper triangle of the F-ordered float64 c += A A^T (A^T A if `trans`), A F-ordered."""
+    fn = _numpy_dsyrk()
+    if fn is None:
+        from scipy.linalg import blas
+
+        return blas.dsyrk(1.0, a, beta=1.0, c=c, trans=int(trans), lower=0, overwrite_c=1)
+    assert a.flags.f_contiguous and c.flags.f_contiguous and a.dtype == c.dtype == np.float64
+    n, k = (a.shape[1], a.shape[0]) if trans else a.shape
+    fn(_COL_MAJOR, _UPPER, _TRANS if trans else _NO_TRANS, n, k, 1.0, a.ctypes.data, a.shape[0], 1.0,
+       c.ctypes.data, c.shape[0])
+    return c
 
 
 def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -42,8 +88,6 @@ def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
     if w.dtype == np.float64 or n * m <= _BLOCKED_GRAM_ELEMENTS:
         w = np.asarray(w, dtype=np.float64)
         return w.T @ w, True
-    from scipy.linalg import blas  # dsyrk holds the GIL: the spectral pass runs such layers alone
-
     c = np.zeros((m, m), order="F")
     step = max(1, min(n, _BLOCK_ELEMENTS // m))
     buf = np.empty(step * m)
@@ -53,13 +97,13 @@ def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
         if transposed:  # w.T is (m, n) in C order: W^T W = w.T w is the sum of B B^T over its column blocks B
             block = buf[: m * k].reshape(m, k)
             block[...] = w.T[:, start : start + k]
-            # block.T is the F-ordered (k, m) matrix A; syrk with trans=1 adds A^T A = B B^T to c.
-            c = blas.dsyrk(1.0, block.T, beta=1.0, c=c, trans=1, lower=0, overwrite_c=1)
+            # block.T is the F-ordered (k, m) matrix A; syrk with trans adds A^T A = B B^T to c.
+            c = _syrk_add(c, block.T, trans=True)
         else:
             block = buf[: k * m].reshape(k, m)
             block[...] = w[start : start + k]
             # block.T is the F-ordered (m, k) matrix A; syrk adds A A^T = block^T block to c.
-            c = blas.dsyrk(1.0, block.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+            c = _syrk_add(c, block.T, trans=False)
     return c, False
 
 
