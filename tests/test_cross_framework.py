@@ -98,18 +98,7 @@ def torch_mlp_from(model):
 
 def flax_cnn_from(model):
     """The Flax linen CNN with the Keras weights: Conv kernels are HWIO and Dense kernels (in, out) in both."""
-    import flax.linen as nn
-
-    class CNN(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn1")(
-                nn.Conv(24, (3, 3), padding="SAME", name="c1")(x)))
-            r = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn2")(
-                nn.Conv(24, (3, 3), padding="SAME", name="c2")(h))
-            h = nn.relu(h + r)
-            h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
-            return nn.Dense(12, name="fc")(h.mean(axis=(1, 2)))
+    from tests.flax_models import CNN
 
     params, stats = {}, {}
     for name in ("c1", "c2", "fc"):
@@ -119,7 +108,8 @@ def flax_cnn_from(model):
         gamma, beta, mean, var = model.get_layer(name).get_weights()
         params[name] = {"scale": gamma, "bias": beta}
         stats[name] = {"mean": mean, "var": var}
-    return CNN(), {"params": params, "batch_stats": stats}
+    net = CNN(width=params["c1"]["kernel"].shape[-1], classes=params["fc"]["kernel"].shape[-1])
+    return net, {"params": params, "batch_stats": stats}
 
 
 def flax_mlp_from(model):

@@ -22,6 +22,7 @@ import irtools  # noqa: E402
 from frontends.jax import flax_source, from_flax, is_flax_source, load_flax  # noqa: E402
 from irtools.cli import main  # noqa: E402
 from irtools.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
+from tests.flax_models import CNN  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,20 +33,6 @@ class MLP(nn.Module):
         x = nn.relu(nn.Dense(20)(x))
         x = nn.tanh(nn.Dense(16)(x))
         return nn.Dense(10)(x)
-
-
-class CNN(nn.Module):
-    """Conv + BatchNorm + ReLU, a residual add, max pooling, global mean, Dense."""
-
-    @nn.compact
-    def __call__(self, x):
-        h = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn1")(
-            nn.Conv(6, (3, 3), padding="SAME", name="c1")(x)))
-        r = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn2")(
-            nn.Conv(6, (3, 3), padding="SAME", name="c2")(h))
-        h = nn.relu(h + r)
-        h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))  # jax2onnx patches max_pool: keywords only
-        return nn.Dense(4, name="fc")(h.mean(axis=(1, 2)))
 
 
 def trained_stats(variables, seed=0):
