@@ -36,7 +36,7 @@ def convert(model: str, size: int, path: str) -> dict:
     import onnx
 
     sys.path.insert(0, ROOT)
-    from frontends.keras import from_keras
+    from irtools.frontends.keras import from_keras
 
     t_import = time.perf_counter() - t0
     keras.utils.set_random_seed(0)

@@ -131,7 +131,7 @@ def _threads() -> str:
 
 
 def torch_conversions(tmp: str) -> None:
-    from frontends.torch import from_saved_program, from_torch
+    from irtools.frontends.torch import from_saved_program, from_torch
     from irtools.convert import convert
 
     here = os.path.abspath(__file__)
@@ -158,7 +158,7 @@ def keras_conversions(tmp: str) -> None:
     import keras
     import tensorflow as tf
 
-    from frontends.keras import from_keras
+    from irtools.frontends.keras import from_keras
     from irtools.convert import convert
 
     print(f"TensorFlow intra-op threads={tf.config.threading.get_intra_op_parallelism_threads()} "
@@ -179,9 +179,9 @@ _PHASES = r"""
 import json, sys, time
 t = time.perf_counter
 phases, source = {}, sys.argv[1]
-s = t(); import irtools.analysis, irtools.cli; from irtools.model import load; from irtools.passing import get_pass
+s = t(); import irtools.analysis, irtools.cli; from irtools.ir.model import load; from irtools.passing import get_pass
 phases["import irtools"] = t() - s
-from frontends.torch import from_torch, resolve_callable
+from irtools.frontends.torch import from_torch, resolve_callable
 s = t(); obj = resolve_callable(source); phases["build module (file.py:callable, imports torch)"] = t() - s
 s = t(); proto = from_torch(obj); phases["export (torch.onnx)"] = t() - s
 s = t(); model = load(proto); phases["load into the IR"] = t() - s
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
     print(f"threads: {_threads()}")
-    from frontends.torch import has_dynamo_exporter
+    from irtools.frontends.torch import has_dynamo_exporter
 
     print(f"torch {torch.__version__}; torch.onnx exporter: "
           f"{'dynamo (onnxscript present)' if has_dynamo_exporter() else 'TorchScript (onnxscript absent)'}")

@@ -41,8 +41,8 @@ print(len(details), details.alpha.mean())
 
 FLOOR_SCRIPT = r"""
 import time, numpy as np, irtools
-import passes.weights, passes.spectral  # imports are start-up, timed in the whole-process runs
-import irtools._fitkernels  # numba's import too (the pass does it in a thread; its cache load stays in "first")
+import irtools.passes.weights, irtools.passes.spectral  # imports are start-up, timed in the whole-process runs
+import irtools.passes.spectral._fitkernels  # numba's import too (the pass does it in a thread; its cache load stays in "first")
 from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import threadpool_limits
 from irtools.backends import get_backend

@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from frontends import require
-from frontends.keras import (
+from irtools.frontends import require
+from irtools.frontends.keras import (
     _FP_BASE,
     _FP_LIMIT,
     _fingerprint_occurrences,
@@ -41,7 +41,7 @@ from frontends.keras import (
     _view_nodes,
 )
 from irtools.errors import IrtoolsError
-from irtools.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
 __all__ = ["FlaxSource", "flax_source", "from_flax", "is_flax_source", "load_flax", "load_flax_reference"]
 
@@ -282,7 +282,7 @@ def _views(source: str, shape, local: np.ndarray, output: str, prefix: str) -> l
 
 def load_flax(model, params=None, inputs=None, *, input_shapes=None, opset: int = 17, apply_kwargs=None):
     """`from_flax` then `irtools.load`: a JAX/Flax model as an `IRModel`."""
-    from irtools.model import load  # noqa: PLC0415
+    from irtools.ir.model import load  # noqa: PLC0415
 
     return load(from_flax(model, params, inputs, input_shapes=input_shapes, opset=opset, apply_kwargs=apply_kwargs))
 
@@ -293,7 +293,7 @@ def load_flax_reference(reference: str) -> FlaxSource:
     The callable returns `(apply_fn, params[, example_inputs])`, `(linen_module, variables[,
     example_inputs])` or an `nnx.Module`.
     """
-    from frontends.torch import resolve_callable  # noqa: PLC0415  (no torch import: only the loader)
+    from irtools.frontends.torch import resolve_callable  # noqa: PLC0415  (no torch import: only the loader)
 
     _import_jax()
     obj = resolve_callable(reference)
@@ -301,3 +301,15 @@ def load_flax_reference(reference: str) -> FlaxSource:
         raise IrtoolsError(f"{reference} returned {type(obj).__name__}, not (apply_fn, params[, inputs]) "
                            "or an nnx.Module")
     return flax_source(obj)
+
+
+# -- the source table's row (irtools.frontends.SOURCE_KINDS) -----------------------------------
+def open_flax(obj, name: str, options):
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
+    from irtools.ir.model import load  # noqa: PLC0415
+
+    source = flax_source(obj)
+    proto = from_flax(source, input_shapes=options.input_shapes, opset=options.opset)
+    model = load(proto)
+    model.path = name
+    return OpenedSource(name, "flax", model=model, proto=proto, reference=lambda feeds: source(*feeds.values()))

@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from frontends import require
+from irtools.frontends import require
 from irtools.errors import IrtoolsError
-from irtools.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
 __all__ = ["conversion_patches", "from_keras", "load_keras"]
 
@@ -486,7 +486,7 @@ def _set_metadata(proto: onnx.ModelProto, items: Mapping[str, str]) -> None:
 
 def load_keras(model, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None):
     """`irtools.load(from_keras(model, input_shapes))`: a `keras.Model` as an `IRModel`."""
-    from irtools.model import load  # noqa: PLC0415
+    from irtools.ir.model import load  # noqa: PLC0415
 
     return load(from_keras(model, input_shapes))
 
@@ -498,6 +498,8 @@ def is_saved_model_dir(path: str) -> bool:
 
 def is_keras_model_file(path: str) -> bool:
     """A whole Keras model: `.keras`, a full-model `.h5`/`.hdf5` (not weights only), or a SavedModel directory."""
+    if not isinstance(path, str):
+        return False
     lower = path.lower()
     if is_saved_model_dir(path):
         return True
@@ -506,7 +508,7 @@ def is_keras_model_file(path: str) -> bool:
     if lower.endswith(".keras"):
         return True
     if lower.endswith((".h5", ".hdf5")) and not lower.endswith(".weights.h5"):
-        from frontends.weights_file import h5_is_full_model  # noqa: PLC0415
+        from irtools.frontends.weights_file import h5_is_full_model  # noqa: PLC0415
 
         return h5_is_full_model(path)
     return False
@@ -568,3 +570,29 @@ def from_keras_file(path: str, input_shapes: Mapping[str, Sequence[int]] | None 
     model = load_keras_file(path, trust=trust)
     shape = next(iter(input_shapes.values())) if input_shapes else None
     return from_keras(model, input_shape=tuple(shape) if shape else None, opset=opset)
+
+
+# -- the source table's rows (irtools.frontends.SOURCE_KINDS) ----------------------------------
+def is_keras_object(obj) -> bool:
+    return any((c.__module__ or "").startswith(("keras.", "tf_keras.")) for c in type(obj).__mro__)
+
+
+def open_keras_model(model, name: str, options, kind: str = "keras-model"):
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
+    from irtools.ir.model import load  # noqa: PLC0415
+
+    shapes = options.input_shapes
+    shape = None if not shapes else tuple(next(iter(shapes.values()))) if len(shapes) == 1 else dict(shapes)
+    proto = from_keras(model, input_shape=shape, opset=options.opset)
+    ir_model = load(proto)
+    ir_model.path = name
+
+    def reference(feeds):
+        out = model(*feeds.values(), training=False)
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    return OpenedSource(name, kind, model=ir_model, proto=proto, reference=reference)
+
+
+def open_keras_file(path: str, name: str, options):
+    return open_keras_model(load_keras_file(path, trust=options.trust), name, options, "keras-file")

@@ -1,10 +1,62 @@
-"""The ONNX frontend: an ONNX file (or ModelProto) into the analysis IR.
+"""The ONNX frontend: an ONNX file (or ModelProto / IRModel) into the analysis IR.
 
-ONNX is the IR's native format, so this only validates and loads (see `irtools.load`).
+ONNX is the IR's native format, so this only validates and loads (see `irtools.load`). It is the
+source table's last row: an existing path no other frontend recognised is read as ONNX.
 """
 
 from __future__ import annotations
 
-from irtools.model import IRModel, load
+import os
 
-__all__ = ["IRModel", "load"]
+from irtools.errors import ModelLoadError
+from irtools.ir.model import IRModel, load
+
+__all__ = ["IRModel", "is_onnx_file", "is_onnx_object", "load", "open_onnx"]
+
+
+def is_onnx_object(source) -> bool:
+    """An `onnx.ModelProto`, an onnx-ir `Model` or an `IRModel` (checked without importing onnx)."""
+    return isinstance(source, IRModel) or any(
+        (c.__module__ or "").startswith(("onnx.", "onnx_ir.")) and c.__name__ in ("ModelProto", "Model")
+        for c in type(source).__mro__)
+
+
+def is_onnx_file(source) -> bool:
+    return isinstance(source, str) and os.path.lexists(source)
+
+
+def open_onnx(source, name: str, options):
+    from irtools.frontends import OpenedSource, SOURCE_KINDS  # noqa: PLC0415
+
+    if isinstance(source, IRModel):
+        return OpenedSource(name, "onnx-model", model=source)
+    try:
+        model = load(source, input_shapes=options.input_shapes)
+    except ModelLoadError as exc:
+        if isinstance(source, str) and exc.message.startswith("not an ONNX model") \
+                and not source.lower().endswith(".onnx"):
+            kinds = "; ".join(k.description for k in SOURCE_KINDS if k.name != "onnx-model")
+            raise ModelLoadError(f"{exc.message}, nor another kind of model irtools reads ({kinds})",
+                                 exc.path) from None
+        raise
+    if isinstance(source, str):
+        model.path = source
+    return OpenedSource(name, "onnx-file" if isinstance(source, str) else "onnx-model", model=model,
+                        reference=_onnxruntime_reference(source))
+
+
+def _onnxruntime_reference(source):
+    """The file itself run by onnxruntime (what `convert` compares the IR's rewrite against)."""
+    def run(feeds):
+        import onnx  # noqa: PLC0415
+        import onnxruntime as ort  # noqa: PLC0415
+
+        proto = onnx.load(source) if isinstance(source, str) else source
+        if not isinstance(proto, onnx.ModelProto):
+            import onnx_ir as ir  # noqa: PLC0415
+
+            proto = ir.to_proto(proto)
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, dict(feeds))
+
+    return run

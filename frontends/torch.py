@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from frontends import require
+from irtools.frontends import require
 from irtools.errors import IrtoolsError
-from irtools.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 
@@ -35,6 +35,8 @@ def _torch():
 
 def is_callable_reference(source: str) -> bool:
     """`path/file.py:name` or `package.module:name` (and not an existing file)."""
+    if not isinstance(source, str):
+        return False
     if os.path.exists(source) or ":" not in source:
         return False
     target, _, name = source.rpartition(":")
@@ -238,7 +240,7 @@ def _dynamo_export(torch, module, args, names, opset: int) -> onnx.ModelProto:
 
 def load_torch(module, inputs=None, *, input_shapes=None, opset: int = 17):
     """`from_torch` then `irtools.load`."""
-    from irtools.model import load
+    from irtools.ir.model import load
 
     proto = from_torch(module, inputs, input_shapes=input_shapes, opset=opset)
     static = dict(input_shapes or {})
@@ -250,3 +252,48 @@ def from_saved_program(path: str, *, input_shapes: Mapping[str, Sequence[int]] |
     """A .pt2 ExportedProgram or TorchScript file into ONNX (`from_torch`); needs `trust=True`."""
     module, inputs = load_saved_program(path, trust=trust)
     return from_torch(module, None if input_shapes else inputs, input_shapes=input_shapes, opset=opset)
+
+
+# -- the source table's rows (irtools.frontends.SOURCE_KINDS) ----------------------------------
+def is_saved_program(source) -> bool:
+    return isinstance(source, str) and (source.lower().endswith(".pt2") or saved_program_kind(source) is not None)
+
+
+def is_torch_object(obj) -> bool:
+    """A torch.nn.Module, or (module, example inputs) as a `file.py:callable` may return (no torch import)."""
+    if isinstance(obj, tuple) and len(obj) == 2:
+        obj = obj[0]
+    return any((c.__module__ or "").startswith("torch.") for c in type(obj).__mro__)
+
+
+def open_torch_module(obj, name: str, options, kind: str = "torch-module"):
+    """Export a module (with its example inputs, or zeros of `--input-shape`) into the IR."""
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
+    from irtools.ir.model import load  # noqa: PLC0415
+
+    module, inputs = obj if isinstance(obj, tuple) else (obj, None)
+    proto = from_torch(module, inputs, input_shapes=options.input_shapes, opset=options.opset)
+    model = load(proto)
+    model.path = name
+
+    def reference(feeds):
+        torch = _torch()
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
+        out = [out] if isinstance(out, torch.Tensor) else list(out)
+        return [o.detach().numpy() for o in out]
+
+    return OpenedSource(name, kind, model=model, proto=proto, reference=reference)
+
+
+def open_saved_program(path: str, name: str, options):
+    module, inputs = load_saved_program(path, trust=options.trust)
+    return open_torch_module((module, None if options.input_shapes else inputs), name, options, "torch-program")
+
+
+def open_callable(reference: str, name: str, options):
+    """Call `file.py:callable`, then open what it returned (a torch, Keras or Flax model) by its own row."""
+    from irtools.frontends import open_source  # noqa: PLC0415
+
+    return open_source(resolve_callable(reference), name=name, input_shapes=options.input_shapes,
+                       trust=options.trust, layout=options.layout, opset=options.opset)

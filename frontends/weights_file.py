@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from frontends import require
+from irtools.frontends import require
 from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError
 
 _SAFETENSORS_DTYPES = {
@@ -54,6 +54,8 @@ class StoredArray:
 
 def is_weights_file(path: str) -> bool:
     """Whether `path` is a weights-only source (by suffix, or a directory of safetensors)."""
+    if not isinstance(path, str):
+        return False
     if os.path.isdir(path):
         return any(f.endswith(".safetensors") for f in os.listdir(path))
     lower = path.lower()
@@ -339,7 +341,7 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch"):
     """`WeightLayer`s of the matrix-like tensors: 2-D dense/embedding, 3-5-D convolutions,
     PyTorch LSTM/GRU weights split per gate. `layout` is "torch" (out, in, k...) or "keras"
     ((k..., in, out) kernels)."""
-    from passes.weights import WeightLayer
+    from irtools.ir.layers import WeightLayer
 
     layers: list[WeightLayer] = []
     for name, t in tensors.items():
@@ -380,3 +382,12 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch"):
             layers.append(WeightLayer(base, name, "state_dict", f"conv{len(spatial)}d", name, shape, max(n_, m_),
                                       min(n_, m_), rf, 0.5, loader=slices))
     return layers
+
+
+# -- the source table's row (irtools.frontends.SOURCE_KINDS) -----------------------------------
+def open_weights_file(path: str, name: str, options):
+    """A weights-only source: its matrices as layers (spectral metrics); no graph."""
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
+
+    layers = weight_layers(read_weights(path, trust=options.trust), layout=default_layout(path, options.layout))
+    return OpenedSource(name, "weights", layers=layers)

@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import onnx
-
 from irtools.errors import IrtoolsError, ShapeError, UnsupportedError
-from irtools.model import IRModel, load
+from irtools.frontends import open_source
 from irtools.passing import get_pass
 
 METRIC_FAMILIES = ("spectral", "reuse")
@@ -70,7 +68,7 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def analyze(
-    source: str | os.PathLike | onnx.ModelProto | IRModel,
+    source: Any,
     *,
     metrics: str | Iterable[str] | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -86,62 +84,22 @@ def analyze(
     trust: bool = False,
     layout: str = "torch",
     keep_eigenvalues: bool = False,
+    device: str = "auto",
 ) -> Analysis:
-    """Analyse a model (path, ModelProto or IRModel). `metrics` defaults to spectral and reuse;
+    """Analyse a model: any source `irtools.frontends.open_source` reads (a path, a `file.py:callable`
+    reference, an ONNX, PyTorch, Keras or Flax model object). `metrics` defaults to spectral and reuse;
     when reuse was not asked for explicitly and the graph cannot be counted (dynamic shapes, an
     op without a counting rule), it is left out with a note instead of failing the analysis."""
     explicit = metrics is not None
     families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
     spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
-                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues)
-    if isinstance(source, (str, os.PathLike)):
-        from frontends.keras import is_keras_model_file
-        from frontends.torch import is_callable_reference, saved_program_kind
-        from frontends.weights_file import is_weights_file
-
-        path = os.fspath(source)
-        if saved_program_kind(path) or path.lower().endswith(".pt2") or is_keras_model_file(path):
-            if is_keras_model_file(path):  # .keras/.h5/SavedModel, converted in memory
-                from frontends.keras import from_keras_file
-
-                proto = from_keras_file(path, input_shapes, trust=trust)  # a SavedModel only with trust
-            else:  # .pt2 ExportedProgram or TorchScript: loading runs code, so only with trust
-                from frontends.torch import from_saved_program
-
-                proto = from_saved_program(path, input_shapes=input_shapes, trust=trust)
-            source = load(proto)
-            source.path = path
-        elif is_weights_file(path):
-            return _analyze_weights_file(os.fspath(source), families, explicit, spectral_opts, trust, layout)
-        elif is_callable_reference(path):  # a PyTorch model factory, converted in memory
-            from frontends.torch import from_torch, resolve_callable
-
-            name = os.fspath(source)
-            obj = resolve_callable(name)
-            if _is_flax(obj):  # or a JAX/Flax one: (apply_fn, params[, inputs]) or an nnx.Module
-                from frontends.jax import from_flax
-
-                source = from_flax(obj, input_shapes=input_shapes)
-            else:
-                source = from_torch(obj, input_shapes=input_shapes)
-            model = load(source)
-            model.path = name
-            source = model
-    elif type(source).__module__.startswith("torch") or hasattr(source, "state_dict"):
-        from frontends.torch import from_torch
-
-        source = from_torch(source, input_shapes=input_shapes)
-    elif type(source).__module__.startswith("keras"):  # a keras.Model: model.weights are the parameters
-        from frontends.keras import from_keras
-
-        source = from_keras(source, input_shape=next(iter(input_shapes.values())) if input_shapes else None)
-    elif _is_flax(source):  # an nnx.Module or (apply_fn, params[, inputs])
-        from frontends.jax import from_flax
-
-        source = from_flax(source, input_shapes=input_shapes)
-    model = source if isinstance(source, IRModel) else load(source, input_shapes=input_shapes)
+                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues, backend=device)
+    opened = open_source(source, input_shapes=input_shapes, trust=trust, layout=layout)
+    if not opened.has_graph:
+        return _analyze_layers(opened, families, explicit, spectral_opts)
+    model = opened.model
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
-    layers, columns, summary, skipped, reuse, notes, evals = None, [], {}, [], None, [], None
+    layers, columns, summary, skipped, reuse, notes, evals = None, [], {}, [], None, list(model.notes), None
     if "spectral" in families:
         get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
         result = get_pass("spectral", **spectral_opts)(model)
@@ -157,27 +115,17 @@ def analyze(
     return Analysis(name, layers, summary, skipped, reuse, notes, evals, columns)
 
 
-def _is_flax(obj) -> bool:
-    from frontends.jax import is_flax_source  # imports no JAX
-
-    return is_flax_source(obj)
-
-
-def _analyze_weights_file(path: str, families, explicit: bool, spectral_opts: dict, trust: bool,
-                          layout: str) -> Analysis:
-    """A weights-only file: spectral metrics of its matrices; reuse needs a graph."""
-    from frontends.weights_file import default_layout, read_weights, weight_layers
-
+def _analyze_layers(opened, families, explicit: bool, spectral_opts: dict) -> Analysis:
+    """A weights-only source: spectral metrics of its matrices; reuse needs a graph."""
     notes = []
     if "reuse" in families:
         message = "reuse metrics need a computation graph; this file holds only weights"
         if explicit:
-            raise IrtoolsError(message, path)
+            raise IrtoolsError(message, opened.name)
         notes.append(message)
     rows, columns, summary, skipped, evals = None, [], {}, [], None
     if "spectral" in families:
-        layers = weight_layers(read_weights(path, trust=trust), layout=default_layout(path, layout))
-        result = get_pass("spectral", **spectral_opts).analyse(layers)
+        result = get_pass("spectral", **spectral_opts).analyse(opened.layers)
         rows, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
                                                   result.eigenvalues)
-    return Analysis(path, rows, summary, skipped, None, notes, evals, columns)
+    return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from irtools import _io
+from irtools import files
 from irtools.errors import IrtoolsError
 
 
@@ -59,6 +59,22 @@ def _source_options(f):
                         )(f)
 
 
+def _run_options(f):
+    """--device and --max-memory, for the commands that analyse."""
+    f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+                     help="Where eigenvalues are computed: a GPU when one is usable (auto), the CPU, or a CUDA "
+                          "device; the numbers are the same (float64 everywhere).")(f)
+    return click.option("--max-memory", default=None, metavar="SIZE", callback=_set_budget, expose_value=False,
+                        help="Refuse a model whose declared work needs more than SIZE in one allocation (e.g. 2G; "
+                             "default: half the available memory).")(f)
+
+
+def _set_budget(ctx, param, value):
+    from irtools import budget
+
+    budget.set_limit(value)
+
+
 def _model_options(f):
     @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
     @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
@@ -71,22 +87,25 @@ def _model_options(f):
 
 
 def _load(model: str, input_shapes: tuple[str, ...]):
-    from irtools.model import load
-    from irtools.shapes import parse_input_shapes
+    from irtools.frontends import open_source
+    from irtools.ir.shapes import parse_input_shapes
 
-    return load(model, input_shapes=parse_input_shapes(input_shapes))
+    opened = open_source(model, input_shapes=parse_input_shapes(input_shapes))
+    if not opened.has_graph:
+        raise IrtoolsError("inspect shows a graph; this file holds only weights (analyze it instead)", model)
+    return opened.model
 
 
 def _json(data: Any) -> str:
     """JSON text in which non-finite numbers (e.g. log2 of a zero surprisal) become null."""
-    return json.dumps(_io.json_safe(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(files.json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
 def _emit(text: str, output: str | None, inputs: list[str]) -> None:
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
-        _io.write_text_atomic(_io.check_output_path(output, inputs), text)
+        files.write_text_atomic(files.check_output_path(output, inputs), text)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +137,7 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
     if fmt == "json":
         text = _json(summary)
     else:
-        from irtools.tables import render_summary
+        from irtools.reports.tables import render_summary
 
         text = render_summary(summary, color=output is None and sys.stdout.isatty())
     _emit(text, output, [model])
@@ -141,16 +160,18 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
 @click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
 @_source_options
+@_run_options
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
               help="Eigenvalues from the Gram matrix, the SVD, or whichever is faster (auto).")
 @_debug_option
 def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt: str, output: str | None,
             min_evals: int, max_evals: int, max_n: int, no_limits: bool, conv_slices: bool, split_qkv: bool,
-            randomize: bool, mp_fit: bool, trust: bool, layout: str, eigen_method: str, debug: bool) -> None:
+            randomize: bool, mp_fit: bool, trust: bool, layout: str, device: str, eigen_method: str,
+            debug: bool) -> None:
     """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
     from irtools.analysis import analyze as run_analysis
     from irtools.analysis import parse_metrics
-    from irtools.shapes import parse_input_shapes
+    from irtools.ir.shapes import parse_input_shapes
 
     if metrics is not None:
         parse_metrics(metrics)  # a bad --metrics fails before any work
@@ -160,7 +181,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt:
         result = run_analysis(
             model, metrics=metrics, input_shapes=parse_input_shapes(input_shapes), min_evals=min_evals,
             max_evals=max_evals, max_n=max_n, conv_slices=conv_slices, split_qkv=split_qkv, randomize=randomize,
-            mp_fit=mp_fit, method=eigen_method, progress=progress, trust=trust, layout=layout,
+            mp_fit=mp_fit, method=eigen_method, progress=progress, trust=trust, layout=layout, device=device,
         )
     for note in result.notes:
         click.echo(f"irtools: note: {note}", err=True)
@@ -172,7 +193,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt:
             raise IrtoolsError("--format csv writes the per-layer spectral table: add spectral to --metrics")
         text = result.details.to_csv(index=False)
     else:
-        from irtools.tables import render_analysis
+        from irtools.reports.tables import render_analysis
 
         text = render_analysis(data, color=output is None and sys.stdout.isatty())
     _emit(text, output, [model])
@@ -221,7 +242,7 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
     """Convert SOURCE (file.py:callable, .pt2, TorchScript, .keras/.h5, SavedModel, ONNX) to ONNX and check it runs
     the same."""
     from irtools.convert import convert as run_convert
-    from irtools.shapes import parse_input_shapes
+    from irtools.ir.shapes import parse_input_shapes
 
     diff = run_convert(source, output, framework=framework, input_shapes=parse_input_shapes(input_shapes) or None,
                        opset=opset, tolerance=tolerance, trust=trust)
@@ -236,16 +257,17 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
 @_source_options
+@_run_options
 @_debug_option
 def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str,
-            output: str | None, layout: str, trust: bool, debug: bool) -> None:
+            output: str | None, layout: str, trust: bool, device: str, debug: bool) -> None:
     """Rank models by their summary metrics; with accuracies, Kendall tau and R^2 per metric."""
-    from irtools.compare import compare as run_compare
-    from irtools.compare import parse_accuracies
-    from irtools.shapes import parse_input_shapes
+    from irtools.reports.compare import compare as run_compare
+    from irtools.reports.compare import parse_accuracies
+    from irtools.ir.shapes import parse_input_shapes
 
     result = run_compare(list(models), parse_accuracies(accuracies) or None,
-                         input_shapes=parse_input_shapes(input_shapes), layout=layout, trust=trust)
+                         input_shapes=parse_input_shapes(input_shapes), layout=layout, trust=trust, device=device)
     if fmt == "json":
         text = _json(result)
     elif fmt == "csv":
@@ -253,7 +275,7 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: 
 
         text = pd.DataFrame(result["models"]).to_csv(index=False)
     else:
-        from irtools.tables import render_comparison
+        from irtools.reports.tables import render_comparison
 
         text = render_comparison(result, color=output is None and sys.stdout.isatty())
     _emit(text, output, list(models))
@@ -266,20 +288,23 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: 
 @click.option("--metrics", default=None, metavar="LIST", help="Comma-separated metric families: spectral, reuse.")
 @click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
 @click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
+@_source_options
+@_run_options
 @_debug_option
 def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: str | None, conv_slices: bool,
-             no_limits: bool, debug: bool) -> None:
+             no_limits: bool, layout: str, trust: bool, device: str, debug: bool) -> None:
     """Write the per-node metrics into the ONNX model's metadata (shown by Netron); graph and weights unchanged."""
     from irtools.analysis import parse_metrics
-    from irtools.annotate import annotate as run_annotate
-    from irtools.shapes import parse_input_shapes
+    from irtools.reports.annotate import annotate as run_annotate
+    from irtools.ir.shapes import parse_input_shapes
 
     if metrics is not None:
         parse_metrics(metrics)
     limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
     with _progress() as progress:
         done = run_annotate(model, output, metrics=metrics, input_shapes=parse_input_shapes(input_shapes),
-                            conv_slices=conv_slices, progress=progress, **limits)
+                            conv_slices=conv_slices, progress=progress, layout=layout, trust=trust, device=device,
+                            **limits)
     click.echo(f"wrote {done.output}: metrics on {done.metric_nodes} nodes, context counts on "
                f"{done.context_nodes} nodes, {done.skipped_nodes} skipped, {done.model_keys} model metadata keys")
 
@@ -293,19 +318,20 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
               help="Published accuracy of a model, for the comparison table; repeatable.")
 @click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
 @_source_options
+@_run_options
 @_debug_option
 def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
-           no_limits: bool, layout: str, trust: bool, debug: bool) -> None:
+           no_limits: bool, layout: str, trust: bool, device: str, debug: bool) -> None:
     """One self-contained HTML page: summaries, sortable per-layer table, ESDs, correlation flow and context
     counts by depth; with several models, overlaid plots and the comparison table."""
-    from irtools.compare import parse_accuracies
-    from irtools.report import write_report
-    from irtools.shapes import parse_input_shapes
+    from irtools.reports.compare import parse_accuracies
+    from irtools.reports.html import write_report
+    from irtools.ir.shapes import parse_input_shapes
 
-    _io.check_output_path(output, models)  # a bad output path fails before any work
+    files.check_output_path(output, models)  # a bad output path fails before any work
     limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
     write_report(list(models), output, input_shapes=parse_input_shapes(input_shapes),
-                 accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, **limits)
+                 accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, device=device, **limits)
     click.echo(f"wrote {output}")
 
 

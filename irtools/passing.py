@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from irtools.errors import IrtoolsError
 
 if TYPE_CHECKING:
-    from irtools.model import IRModel
+    from irtools.ir.model import IRModel
 
 _REGISTRY: dict[str, type[Pass]] = {}
 _BUILTINS_LOADED = False
@@ -71,11 +71,11 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 #: The passes shipped in the `passes` package, by name: each module is imported when its pass
 #: is first asked for, so that a run pays only for the passes it uses.
 BUILTIN_PASSES = {
-    "summary": "passes.summary",
-    "context-counts": "passes.context_counts",
-    "reuse": "passes.reuse",
-    "weights": "passes.weights",
-    "spectral": "passes.spectral",
+    "summary": "irtools.passes.summary",
+    "context-counts": "irtools.passes.context_counts",
+    "reuse": "irtools.passes.reuse",
+    "weights": "irtools.passes.weights",
+    "spectral": "irtools.passes.spectral",
 }
 
 

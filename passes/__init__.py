@@ -10,11 +10,11 @@ importable from here.
 import importlib
 
 _CLASSES = {
-    "ContextCountsPass": "passes.context_counts",
-    "ModelSummary": "passes.summary",
-    "ReusePass": "passes.reuse",
-    "SpectralPass": "passes.spectral",
-    "WeightsPass": "passes.weights",
+    "ContextCountsPass": "irtools.passes.context_counts",
+    "ModelSummary": "irtools.passes.summary",
+    "ReusePass": "irtools.passes.reuse",
+    "SpectralPass": "irtools.passes.spectral",
+    "WeightsPass": "irtools.passes.weights",
 }
 
 __all__ = sorted(_CLASSES)

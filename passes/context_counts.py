@@ -18,10 +18,10 @@ import numpy as np
 import onnx_ir as ir
 
 from irtools.errors import IrtoolsError, UnsupportedError
-from irtools.model import IRModel
-from irtools.parameters import STRUCTURAL_SLOTS
+from irtools.ir.model import IRModel
+from irtools.ir.parameters import STRUCTURAL_SLOTS
 from irtools.passing import Pass, register_pass
-from passes import _kernels
+from irtools.passes import _kernels
 
 
 @dataclass(slots=True)

@@ -1,13 +1,100 @@
-"""The `reuse` pass: total surprisal, entropy, expected spread, P_G and P'_G of a model.
+"""The `reuse` pass and its arithmetic: total surprisal, entropy, expected spread, P_G and P'_G.
 
-Reads the `context-counts` result; the arithmetic lives in `irtools.reuse`.
+All logarithms base 2 (conventions.md section 1). Counts arrive from the `context-counts` pass as
+float64 mantissas with a power-of-two exponent per tensor, so nothing here overflows: sums are
+taken in log space across tensors and total surprisal uses the exact form N_G log2(sum C) - sum log2 C.
 """
 
 from __future__ import annotations
 
-from irtools.model import IRModel
+import math
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from irtools.errors import IrtoolsError
+from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
-from irtools.reuse import reuse_quantities
+
+
+class _Counts(Protocol):
+    mantissa: np.ndarray
+    exponent: int
+
+
+def _log2_sum_exp2(xs: list[float]) -> float:
+    top = max(xs)
+    return top + math.log2(math.fsum(2.0 ** (x - top) for x in xs))
+
+
+def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs: int) -> dict:
+    """S_G, H, E, N_G, N_I, N_O, |G|, P_G, P'_G and per-tensor statistics.
+
+    Scalars with zero contexts (they reach no output) are left out and counted apart.
+    """
+    per = []
+    zero = 0
+    for name, c in counts.items():
+        m = np.asarray(c.mantissa, dtype=np.float64).ravel()
+        live = m[m > 0]
+        zero += m.size - live.size
+        if live.size == 0:
+            per.append((name, m.size, None))
+            continue
+        log2m = np.log2(live)
+        s = float(live.sum())
+        per.append((name, m.size, {
+            "n": live.size,
+            "log2_sum": math.log2(s) + c.exponent,
+            "sum_log2": float(log2m.sum()) + live.size * c.exponent,
+            "m_log2c": float((live * log2m).sum()) + c.exponent * s,  # sum m * log2 C
+            "exponent": c.exponent,
+            "min": float(log2m.min()) + c.exponent,
+            "max": float(log2m.max()) + c.exponent,
+            "live": live,
+            "log2m": log2m,
+        }))
+    stats = [st for _, _, st in per if st is not None]
+    if not stats:
+        raise IrtoolsError("no learnable parameter scalar reaches an output: the reuse quantities are undefined")
+    n_g = sum(st["n"] for st in stats)
+    log2_total = _log2_sum_exp2([st["log2_sum"] for st in stats])
+    surprisal = n_g * log2_total - math.fsum(st["sum_log2"] for st in stats)
+    spread = math.fsum(2.0 ** (st["exponent"] - log2_total) * st["m_log2c"] for st in stats)
+    entropy = -math.fsum(
+        2.0 ** (st["exponent"] - log2_total) * float((st["live"] * (st["log2m"] + st["exponent"] - log2_total)).sum())
+        for st in stats
+    )
+    graph_size = num_inputs + num_outputs + n_g
+    parameters = []
+    for name, size, st in per:
+        if st is None:
+            parameters.append({"name": name, "scalars": size, "log2_count_min": None, "log2_count_max": None,
+                               "log2_count_mean": None, "mass_share": 0.0})
+            continue
+        parameters.append({
+            "name": name,
+            "scalars": size,
+            "log2_count_min": st["min"],
+            "log2_count_max": st["max"],
+            "log2_count_mean": st["sum_log2"] / st["n"],
+            "mass_share": 2.0 ** (st["log2_sum"] - log2_total),
+        })
+    return {
+        "total_surprisal": surprisal,
+        "entropy": entropy,
+        "expected_spread": spread,
+        "log2_total_contexts": log2_total,
+        "num_params": n_g,
+        "num_input_nodes": num_inputs,
+        "num_output_nodes": num_outputs,
+        "graph_size": graph_size,
+        "performance_surprisal": math.log2(surprisal * num_inputs / graph_size) if surprisal > 0 else float("-inf"),
+        "performance_spread": math.log2(n_g * (spread + 1) * num_inputs / graph_size),
+        "zero_count_scalars": zero,
+        "parameters": parameters,
+    }
 
 
 @register_pass

@@ -9,7 +9,7 @@ import collections
 from typing import Any
 
 from irtools.errors import ShapeError
-from irtools.model import IRModel
+from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
 
 

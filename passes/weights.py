@@ -11,41 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
-from irtools.model import IRModel
+from irtools.ir.layers import WeightLayer
+from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
 
 GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "h"}
-
-
-@dataclass(slots=True)
-class WeightLayer:
-    """One analysed layer: a node's weight as a list of 2-D matrices (loaded on demand)."""
-
-    name: str  # layer name (node display name, with a suffix for gates / slices / splits)
-    node: str
-    op_type: str
-    layer_type: str  # dense | conv1d | conv2d | conv3d | conv_transpose | embedding | lstm | gru | rnn
-    parameter: str  # the learnable parameter behind it
-    weight_shape: tuple[int, ...]
-    N: int  # rows of each matrix after transposing to N >= M
-    M: int
-    rf: int  # matrices pooled into one ESD (kernel positions)
-    eigen_scale: float  # eigenvalue multiplier (WeightWatcher's conv2d_norm: 0.5 when pooled)
-    groups: int = 1
-    loader: Callable[[], list[np.ndarray]] = field(default=None, repr=False)
-    shared_with: list[str] = field(default_factory=list)  # other nodes computing with the same weight
-
-    @property
-    def num_evals(self) -> int:
-        return self.M * self.rf
-
-    def matrices(self) -> list[np.ndarray]:
-        return self.loader()
 
 
 @dataclass(slots=True)
@@ -198,7 +173,7 @@ def _recurrent(ctx: _Ctx, node: ir.Node) -> None:
 
 
 def _matmul_nbits(ctx: _Ctx, node: ir.Node) -> None:
-    from irtools.quant import dequantize_matmul_nbits
+    from irtools.ir.quant import dequantize_matmul_nbits
 
     b = ctx.const_input(node, 1)
     s = ctx.const_input(node, 2)

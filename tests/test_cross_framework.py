@@ -133,7 +133,7 @@ def flax_model(kind, k):
     """The Flax model with the Keras model `k`'s weights, as an IRModel; outputs checked against JAX."""
     import onnxruntime as ort
 
-    from frontends.jax import from_flax
+    from irtools.frontends.jax import from_flax
 
     module, variables = flax_cnn_from(k) if kind == "cnn" else flax_mlp_from(k)
     shape = (1, 10, 10, 3) if kind == "cnn" else (1, 20)
@@ -147,8 +147,8 @@ def flax_model(kind, k):
 
 
 def both(kind):
-    from frontends.keras import from_keras
-    from frontends.torch import from_torch
+    from irtools.frontends.keras import from_keras
+    from irtools.frontends.torch import from_torch
 
     if kind == "cnn":
         k = keras_cnn()

@@ -19,9 +19,9 @@ nnx = pytest.importorskip("flax.nnx")
 jnp = jax.numpy
 
 import irtools  # noqa: E402
-from frontends.jax import flax_source, from_flax, is_flax_source, load_flax  # noqa: E402
+from irtools.frontends.jax import flax_source, from_flax, is_flax_source, load_flax  # noqa: E402
 from irtools.cli import main  # noqa: E402
-from irtools.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
 from tests.flax_models import CNN  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,7 +246,7 @@ def test_missing_jax_in_convert_is_a_one_line_hint(monkeypatch, tmp_path):
 
 
 def test_importing_the_frontend_does_not_import_jax():
-    code = ("import sys, irtools, frontends.jax; assert frontends.jax.is_flax_source((print, {'w': 1}))\n"
+    code = ("import sys, irtools, irtools.frontends.jax; assert irtools.frontends.jax.is_flax_source((print, {'w': 1}))\n"
             "assert not {'jax', 'flax', 'jax2onnx'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

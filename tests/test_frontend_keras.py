@@ -14,8 +14,8 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import irtools  # noqa: E402
-from frontends.keras import conversion_patches, from_keras, load_keras  # noqa: E402
-from irtools.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
+from irtools.frontends.keras import conversion_patches, from_keras, load_keras  # noqa: E402
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -268,7 +268,7 @@ def test_missing_tensorflow_is_a_one_line_hint(monkeypatch):
 
 
 def test_importing_the_frontend_does_not_import_tensorflow():
-    code = "import sys, irtools, frontends.keras; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, irtools, irtools.frontends.keras; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -315,7 +315,7 @@ def keras_files(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["keras", "h5", "saved_model"])
 def test_model_files_keep_model_weights_bit_equal_and_outputs(keras_files, kind):
-    from frontends.keras import from_keras_file
+    from irtools.frontends.keras import from_keras_file
 
     model, paths = keras_files
     proto = from_keras_file(paths[kind], trust=kind == "saved_model")

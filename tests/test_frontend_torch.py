@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import irtools
 from irtools.cli import main
-from irtools.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
 torch = pytest.importorskip("torch")
 
@@ -25,7 +25,7 @@ import torch_models  # noqa: E402
 
 def test_every_float_state_dict_tensor_keeps_its_name_and_value():
     """A freshly initialised BatchNorm has bias == running_mean (zeros): the exporter must not merge them."""
-    from frontends.torch import from_torch
+    from irtools.frontends.torch import from_torch
 
     net = torch_models.small_cnn()
     proto = from_torch(net, input_shapes={"x": (1, 3, 8, 8)})
@@ -101,7 +101,7 @@ def saved_programs(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["pt2", "script", "trace"])
 def test_saved_program_keeps_state_dict_names_values_and_outputs(saved_programs, kind):
-    from frontends.torch import from_saved_program
+    from irtools.frontends.torch import from_saved_program
 
     net, paths = saved_programs
     shapes = None if kind == "pt2" else {"x": (1, 3, 8, 8)}  # a .pt2 carries its example inputs
@@ -166,7 +166,7 @@ def test_a_state_dict_has_no_graph_to_convert(tmp_path):
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_both_exporters_keep_the_real_weights(exporter):
     """The dynamo exporter runs without its optimizer (which would fold BatchNorm into Conv)."""
-    from frontends.torch import from_torch
+    from irtools.frontends.torch import from_torch
 
     if exporter == "dynamo":
         pytest.importorskip("onnxscript")

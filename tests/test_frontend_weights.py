@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import irtools
-from frontends.weights_file import read_weights, weight_layers
+from irtools.frontends.weights_file import read_weights, weight_layers
 from irtools.cli import main
 
 RNG = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import irtools
-from irtools.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 from tests import builders as b
 from tests.conftest import EXAMPLE, LIGHT_MODELS
 

@@ -12,7 +12,7 @@ from onnx import numpy_helper as nh
 
 import irtools
 from irtools.errors import ModelLoadError
-from irtools.loading import LAZY_MIN_BYTES, read_model
+from irtools.ir.loading import LAZY_MIN_BYTES, read_model
 from tests.builders import model, tensor, vinfo
 
 

@@ -87,7 +87,7 @@ def test_builtin_passes_load_on_demand():
     import subprocess
 
     code = ("import sys, irtools; irtools.get_pass('weights'); irtools.get_pass('spectral'); "
-            "print(sorted(m for m in ('passes.context_counts', 'passes.reuse', 'scipy.optimize') if m in sys.modules)); "
+            "print(sorted(m for m in ('irtools.passes.context_counts', 'irtools.passes.reuse', 'scipy.optimize') if m in sys.modules)); "
             "print(sorted(p.name for p in irtools.list_passes()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "[]"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from irtools.powerlaw import fit_power_law
+from irtools.passes.spectral.powerlaw import fit_power_law
 
 
 def reference_fit(evals, thresh=1e-5):

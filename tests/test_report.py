@@ -20,8 +20,8 @@ from scipy import integrate, stats
 
 import irtools
 from irtools.cli import main
-from irtools.compare import compare
-from irtools.report import ESD_DPI, ESD_SIZE, FLAG_CLASSES, context_counts_by_depth, pareto_density
+from irtools.reports.compare import compare
+from irtools.reports.html import ESD_DPI, ESD_SIZE, FLAG_CLASSES, context_counts_by_depth, pareto_density
 from tests import builders as b
 from tests.brute_force import brute_force_counts
 from tests.conftest import EXAMPLE

@@ -16,7 +16,7 @@ from onnx import helper as h
 
 import irtools
 from irtools.errors import ShapeError
-from irtools.shapes import _dims_of, infer_shapes
+from irtools.ir.shapes import _dims_of, infer_shapes
 from tests.builders import model, tensor, vinfo
 
 ort = pytest.importorskip("onnxruntime")
@@ -242,7 +242,7 @@ def test_constant_node_weights_stay_out_of_the_inference_copy():
     """Weights held in Constant nodes (as Paddle2ONNX writes them) become typed inputs of the
     copy that inference runs on: no large tensor is copied, shapes still match onnxruntime,
     and such a Constant is not mistaken for a model input."""
-    from irtools.shapes import _light_copy
+    from irtools.ir.shapes import _light_copy
 
     w = np.random.default_rng(3).standard_normal((D, 64)).astype(np.float32)
     nodes = [

@@ -355,7 +355,7 @@ def test_mp_fit_matches_weightwatcher():
 def test_schedule_gives_every_core_only_to_layers_bigger_than_a_fair_share():
     from types import SimpleNamespace
 
-    from passes.spectral import schedule
+    from irtools.passes.spectral import schedule
 
     def layer(n, m, rf=1):
         return SimpleNamespace(N=n, M=m, rf=rf)
@@ -378,7 +378,7 @@ def test_schedule_gives_every_core_only_to_layers_bigger_than_a_fair_share():
 def test_fits_deferred_while_numba_loads_give_the_same_rows(monkeypatch, randomize):
     """While the fit kernels are still loading, workers keep computing eigenvalues and the fits
     run at the end: force that path for every layer and compare with the direct one."""
-    import passes.spectral as ps
+    import irtools.passes.spectral as ps
 
     model = b.model([h.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
                      h.make_node("MatMul", ["h", "w2"], ["y"], name="mm2")],

@@ -4,7 +4,7 @@ import numpy as np
 from onnx import helper as h
 
 import irtools
-from irtools.tables import common_prefix, render_analysis
+from irtools.reports.tables import common_prefix, render_analysis
 from tests.builders import model, tensor, vinfo
 
 NODE_PREFIX = "/model/model.0/auto_model/encoder/"

@@ -15,6 +15,8 @@ _BACKENDS = {"cpu": CPUBackend}
 
 
 def get_backend(name: str = "cpu", **options) -> EigenBackend:
+    if name == "auto":  # a GPU when one is usable (the CUDA backend), else the CPU
+        name = "cpu"
     try:
         return _BACKENDS[name](**options)
     except KeyError:

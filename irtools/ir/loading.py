@@ -1,7 +1,7 @@
 """Checks on ONNX protobufs before they become IR, with one-line errors for every bad input.
 
 Reads the file and checks the protobuf, the graph structure (undefined inputs, cycles),
-tensor data types and external-data references; `irtools.model.load` then builds the IR.
+tensor data types and external-data references; `irtools.ir.model.load` then builds the IR.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def read_model(path: str | os.PathLike, *, lazy: bool = True) -> tuple[onnx.Mode
     With `lazy`, the raw data of the main graph's large initializers is not parsed: those
     tensors are returned as external-data references into the model file itself (the offset
     and length of their bytes), and in a dict {name: (numpy dtype, offset)} by which
-    `irtools.model.load` maps them from the file when a pass reads them. Parsing then costs
+    `irtools.ir.model.load` maps them from the file when a pass reads them. Parsing then costs
     time in proportion to the graph, not to the weights (VGG-16, 553 MB: 0.01 s against 2.1 s
     to read and parse it whole). A file whose layout the scan does not expect is parsed whole.
     """

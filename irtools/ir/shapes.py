@@ -296,13 +296,17 @@ def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None
 
 
 def infer_shapes(
-    proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None, path: str | None = None
+    proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None, path: str | None = None,
+    batch_fixed: list[tuple[str, str]] | None = None,
 ) -> dict[str, tuple[int, Dims | None]]:
     """Return {value name: (elem_type, dims)} for every value ONNX shape inference can type.
 
     `input_shapes` fixes the dims of graph inputs; a name that is not an input, a rank that
     differs or a fixed dim that disagrees is an error. Values left dynamic because the graph
     computes their shapes from other shapes are folded to static ones where the inputs allow.
+    With a `batch_fixed` list, a symbolic leading (batch) dimension of an input of rank >= 2 that
+    `input_shapes` leaves open is fixed to 1 (context counts are per example); each such input is
+    appended as (name, the dimension's label).
     """
     light = _light_copy(proto)
     init_names = {t.name for t in proto.graph.initializer}
@@ -319,6 +323,14 @@ def infer_shapes(
             if isinstance(h, int) and h != d:
                 raise ShapeError(f"input '{name}' has fixed size {h} on axis {axis}, --input-shape gives {d}", path)
         _set_dims(real_inputs[name].type, dims)
+    if batch_fixed is not None:
+        for name, vi in real_inputs.items():
+            dims = _dims_of(vi.type)
+            if name in (input_shapes or {}) or not dims or len(dims) < 2 or isinstance(dims[0], int):
+                continue
+            vi.type.tensor_type.shape.dim[0].Clear()
+            vi.type.tensor_type.shape.dim[0].dim_value = 1
+            batch_fixed.append((name, dims[0] if isinstance(dims[0], str) else "?"))
     inferred = _run_inference(light, path)
     for _ in range(_FOLD_MAX_ROUNDS):
         static = _static_dims(inferred)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from irtools.powerlaw import fit_power_law
+from irtools.passes.spectral.powerlaw import fit_power_law
 
 OVER_TRAINED, UNDER_TRAINED, DEGENERATE = "over-trained", "under-trained", "degenerate"
 #: The model summary: plain means over the layers that have the metric.

@@ -7,7 +7,7 @@ reference scans every tail fully, O(n^2); here a candidate's scan stops as soon 
 cannot beat the best so far, which selects the same xmin. Fewer than 20 eigenvalues use the
 reference's bias-corrected small-sample variant.
 
-The numba kernels live in `irtools._fitkernels`, imported on first use: importing numba takes
+The numba kernels live in `irtools.passes.spectral._fitkernels`, imported on first use: importing numba takes
 a quarter of a second, which the spectral pass hides in a thread behind its first eigensolve.
 """
 
@@ -56,7 +56,7 @@ def kernels_ready() -> bool:
 
 def fit_power_law(evals: np.ndarray, thresh: float = EVALS_THRESH) -> PowerLawFit:
     """Fit a power law to the eigenvalues `evals` (any order) the way WeightWatcher does."""
-    from irtools._fitkernels import _fit_small, _fit_standard
+    from irtools.passes.spectral._fitkernels import _fit_small, _fit_standard
 
     evals = np.asarray(evals, dtype=np.float64)
     x = np.sort(evals[evals > thresh])

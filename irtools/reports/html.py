@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from irtools import _io
+from irtools import files
 from irtools.analysis import Analysis, analyze
-from irtools.powerlaw import EVALS_THRESH
-from irtools.spectral import DEGENERATE, OVER_TRAINED, UNDER_TRAINED
+from irtools.passes.spectral.powerlaw import EVALS_THRESH
+from irtools.passes.spectral.metrics import DEGENERATE, OVER_TRAINED, UNDER_TRAINED
 
 #: Warnings that highlight a layer, and the CSS class each gives its table row and ESD thumbnail.
 FLAG_CLASSES = {OVER_TRAINED: "flag-over", UNDER_TRAINED: "flag-under", DEGENERATE: "flag-degenerate"}
@@ -217,42 +217,27 @@ def analyse_for_report(source: str, input_shapes: Mapping[str, tuple[int, ...]] 
                        **analyze_options) -> ModelReport:
     """Analyse one model, draw its ESDs and collect its context counts by depth; the eigenvalues and
     the graph are dropped before returning so that several models do not pile up in memory."""
-    from frontends.torch import is_callable_reference
-    from frontends.weights_file import is_weights_file
-    from irtools.model import load
+    from irtools.frontends import open_source
 
     source = os.fspath(source)
-    model = None
-    if is_callable_reference(source):  # the graph is kept for the context counts by depth
-        from frontends.torch import from_torch, resolve_callable
-
-        model = load(from_torch(resolve_callable(source), input_shapes=input_shapes))
-        model.path = source
-    elif source.lower().endswith(".onnx"):
-        model = load(source, input_shapes=input_shapes)
-    if model is not None:
-        analysis = analyze(model, keep_eigenvalues=True, **analyze_options)
-    else:  # weights files, and the sources analyze() converts in memory (Keras, .pt2, TorchScript)
-        analysis = analyze(source, keep_eigenvalues=True, input_shapes=input_shapes, **analyze_options)
+    opened = open_source(source, input_shapes=input_shapes, trust=analyze_options.get("trust", False),
+                         layout=analyze_options.get("layout", "torch"))
+    analysis = analyze(opened, keep_eigenvalues=True, **analyze_options)
     images = []
     if analysis.details is not None:
         for row, evals in zip(analysis.details.itertuples(index=False), analysis.eigenvalues or [], strict=True):
             images.append(esd_png(evals, row.alpha, row.xmin, f"{row.layer_id}: {row.name}", row.warning))
     analysis.eigenvalues = None
     depth = None
-    if model is not None and "context-counts" in model.results and analysis.reuse is not None:
-        depth = context_counts_by_depth(model)
-    graph = not is_weights_file(source)
-    if graph and model is None and analysis.reuse is not None:
-        analysis.notes.append("context counts by depth are drawn for ONNX files and file.py:callable sources; "
-                              "convert this model with `irtools convert` to see them")
-    return ModelReport(source, analysis, images, depth, graph)
+    if opened.has_graph and "context-counts" in opened.model.results and analysis.reuse is not None:
+        depth = context_counts_by_depth(opened.model)
+    return ModelReport(source, analysis, images, depth, opened.has_graph)
 
 
 def build_report(sources: Sequence[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                  accuracies: Mapping[str, float] | None = None, **analyze_options) -> str:
     """The HTML page of one or more models."""
-    from irtools.compare import compare_analyses
+    from irtools.reports.compare import compare_analyses
 
     reports = [analyse_for_report(s, input_shapes, **analyze_options) for s in sources]
     comparison = None
@@ -263,8 +248,8 @@ def build_report(sources: Sequence[str], input_shapes: Mapping[str, tuple[int, .
 
 def write_report(sources: Sequence[str], output: str, **options) -> None:
     """Build the page and write it to `output` atomically (an input is never overwritten)."""
-    out = _io.check_output_path(output, sources)
-    _io.write_text_atomic(out, build_report(sources, **options))
+    out = files.check_output_path(output, sources)
+    files.write_text_atomic(out, build_report(sources, **options))
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -372,7 +357,7 @@ def _model_section(k: int, r: ModelReport, single: bool) -> str:
 
 
 def _comparison_table(comparison: dict) -> str:
-    from irtools.compare import METRICS
+    from irtools.reports.compare import METRICS
 
     columns = ["model"] + [c for c, _, _ in METRICS] + ["accuracy"]
     head = "".join(f'<th data-col="{_esc(c)}" title="click to sort">{_esc(c)}</th>' for c in columns)

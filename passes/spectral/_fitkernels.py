@@ -1,4 +1,4 @@
-"""numba kernels of `irtools.powerlaw` (kept apart so that importing irtools does not import numba).
+"""numba kernels of `irtools.passes.spectral.powerlaw` (kept apart so that importing irtools does not import numba).
 
 Scans are written as plain loops over log-eigenvalues; `nogil` lets the spectral pass fit one
 layer while another thread's eigensolve runs.

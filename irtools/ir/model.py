@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from irtools import _io
+from irtools import files
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
-from irtools.loading import check_structure, check_tensors, iter_tensors, read_model
-from irtools.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
-from irtools.shapes import infer_shapes
+from irtools.ir.loading import check_structure, check_tensors, iter_tensors, read_model
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
+from irtools.ir.shapes import infer_shapes
 
 
 def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
@@ -99,7 +99,9 @@ class IRModel:
         self._flatten(self.nodes)
         self.node_names: dict[ir.Node, str] = self._display_names()
         proto = proto if proto is not None else ir.to_proto(model)
-        self._apply_shapes(infer_shapes(proto, self.input_shapes, path))
+        #: Inputs whose symbolic leading (batch) dimension was fixed to 1: [(name, label)].
+        self.batch_fixed: list[tuple[str, str]] = []
+        self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed))
         if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
             parameters = set(json.loads(model.metadata_props[DECLARED_PARAMETERS_KEY]))
         self.declared_parameters = parameters
@@ -111,6 +113,12 @@ class IRModel:
         self.constants: list[StoredTensor] = [t for t in self.stored if not t.learnable]
         self._by_name = {t.name: t for t in self.parameters}
         self._arrays = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading assumed on the user's behalf, one line each (the CLI prints them as notes)."""
+        return [f"input '{name}': symbolic batch dimension '{label}' fixed to 1 (context counts are per example; "
+                f"--input-shape sets it)" for name, label in self.batch_fixed]
 
     # -- structure ---------------------------------------------------------------------
     def _flatten(self, order: list[ir.Node]) -> None:
@@ -167,12 +175,15 @@ class IRModel:
         values = [v for g in self.graphs for v in (*g.inputs, *g.outputs)]
         values.extend(v for n in self.all_nodes for v in n.outputs)
         main_inputs = set(self.graph.inputs)
+        batch_fixed = {name for name, _ in self.batch_fixed}
         for v in values:
             if v.shape is not None and any(isinstance(d, int) and d < 0 for d in v.shape):
                 v.shape = ir.Shape([d if not isinstance(d, int) or d >= 0 else None for d in v.shape])  # -1: dynamic
             if v.name in self.input_shapes and v in main_inputs:
                 v.shape = ir.Shape(self.input_shapes[v.name])
                 continue
+            if v.name in batch_fixed and v in main_inputs and v.shape is not None:
+                v.shape = ir.Shape([1, *list(v.shape)[1:]])
             if v.name not in inferred:
                 continue
             elem, dims = inferred[v.name]
@@ -209,7 +220,7 @@ class IRModel:
     def arrays(self):
         """The CSR array view of the main graph for compiled passes (built once)."""
         if self._arrays is None:
-            from irtools.arrays import GraphArrays
+            from irtools.ir.arrays import GraphArrays
 
             self._arrays = GraphArrays.build(self)
         return self._arrays
@@ -223,7 +234,7 @@ class IRModel:
         if producer is None:
             raise IrtoolsError(f"value '{value.name}' is not a constant", self.path)
         if producer.op_type in ("Shape", "Size") and producer.domain in ("", "ai.onnx"):
-            from irtools.shapes import shape_value
+            from irtools.ir.shapes import shape_value
 
             start, end = producer.attributes.get("start"), producer.attributes.get("end")
             return shape_value(producer.op_type, self.static_shape(producer.inputs[0]),
@@ -243,7 +254,7 @@ class IRModel:
                 target = [x.shape[i] if d == 0 and i < x.ndim else d for i, d in enumerate(target)]
             return np.reshape(x, target)
         if producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
-            from irtools.quant import dequantize_linear
+            from irtools.ir.quant import dequantize_linear
 
             ins = [self.constant_value(v) if v is not None else None for v in producer.inputs]
             axis = producer.attributes.get("axis")
@@ -286,14 +297,14 @@ class IRModel:
         When the stored tensors exceed `external_data_threshold` bytes (protobuf files cannot
         pass 2 GB) the weights go to an external data file OUT.data beside OUT.
         """
-        out = _io.check_output_path(out, [self.path] if self.path else [])
+        out = files.check_output_path(out, [self.path] if self.path else [])
         total = sum(t.nbytes for t in self.stored)
         if total < external_data_threshold:
-            _io.write_atomic(out, lambda tmp: ir.save(self.model, tmp))
+            files.write_atomic(out, lambda tmp: ir.save(self.model, tmp))
             return
         data_name = os.path.basename(out) + ".data"
         final_data = os.path.join(os.path.dirname(os.path.abspath(out)), data_name)
-        with _io.atomic_path(out) as tmp:
+        with files.atomic_path(out) as tmp:
             ir.save(self.model, tmp, external_data=os.path.basename(tmp) + ".data")
             os.replace(tmp + ".data", final_data)
             # the model names its data file after the temporary name: point it at the final one

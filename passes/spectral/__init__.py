@@ -2,7 +2,7 @@
 
 Applies the reference's size limits (fewer than `min_evals` or more than `max_evals`
 eigenvalues, or N > `max_n`: skipped, each with its reason), computes eigenvalues with a
-backend (`irtools.backends`) one layer at a time and the metrics with `irtools.spectral`.
+backend (`irtools.backends`) one layer at a time and the metrics with `irtools.passes.spectral.metrics`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from irtools.backends import get_backend
-from irtools.model import IRModel
+from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
-from irtools.powerlaw import kernels_ready, warm_up
-from irtools.spectral import layer_metrics, rand_distance, summarize
+from irtools.passes.spectral.powerlaw import kernels_ready, warm_up
+from irtools.passes.spectral.metrics import layer_metrics, rand_distance, summarize
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
 COLUMNS = (
@@ -125,7 +125,7 @@ class SpectralPass(Pass):
                    "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
             row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
             if self.mp_fit:
-                from irtools.mpfit import mp_fit  # scipy.optimize: imported only when asked for
+                from irtools.passes.spectral.mpfit import mp_fit  # scipy.optimize: imported only when asked for
 
                 row.update(mp_fit(evals, layer.N, layer.M))
             if self.randomize:

@@ -190,7 +190,7 @@ def _render_reuse(con: Console, r: dict) -> None:
 
 def render_comparison(result: dict, color: bool = False) -> str:
     """`irtools compare` output: metrics per model, then Kendall tau and R^2 per metric."""
-    from irtools.compare import METRICS
+    from irtools.reports.compare import METRICS
 
     buf = io.StringIO()
     con = _console(buf, color)

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from irtools._io import json_safe
+from irtools.files import json_safe
 from irtools.errors import IrtoolsError
 
 PREFIX = "irtools."
@@ -74,21 +74,19 @@ def annotate(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     **analyze_options,
 ) -> Annotation:
-    """Analyse the ONNX model `source` and write it to `output` with the metrics in its metadata."""
-    from irtools import _io
+    """Analyse `source` (an ONNX file, or any source with a graph, converted) and write it to `output` as
+    ONNX with the metrics in its metadata."""
+    from irtools import files
     from irtools.analysis import analyze
-    from irtools.model import load
+    from irtools.frontends import open_source
 
     path = os.fspath(source)
-    if not path.lower().endswith(".onnx") and not os.path.isfile(path):
-        raise IrtoolsError("annotate writes into an ONNX model: convert the source first with `irtools convert`",
-                           path)
-    from frontends.weights_file import is_weights_file
-
-    if is_weights_file(path):
-        raise IrtoolsError("annotate needs an ONNX model with a graph; this file holds only weights", path)
-    out = _io.check_output_path(output, [path])
-    model = load(path, input_shapes=input_shapes)
+    out = files.check_output_path(output, [path] if os.path.exists(path) else [])
+    opened = open_source(path, input_shapes=input_shapes, trust=analyze_options.get("trust", False),
+                         layout=analyze_options.get("layout", "torch"))
+    if not opened.has_graph:
+        raise IrtoolsError("annotate needs a model with a graph; this file holds only weights", path)
+    model = opened.model
     result = analyze(model, metrics=metrics, **analyze_options)
     nodes = {model.node_names.get(n, n.name): n for n in model.all_nodes}
     for node in model.all_nodes:

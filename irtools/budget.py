@@ -1,0 +1,83 @@
+"""The memory budget: how much one allocation irtools makes for a model may take.
+
+A small file can declare huge work (a ConstantOfShape of 2^40 elements, a zip entry that inflates
+to gigabytes); every place that allocates in proportion to what a file declares asks `check`
+first, with the size it is about to allocate, and the model is refused on one line when that is
+over the budget. The default is a fraction of the memory available when irtools starts;
+`--max-memory SIZE` (CLI) or `set_limit` changes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from irtools.errors import IrtoolsError
+
+#: The default budget: this share of the memory available (MemAvailable, else physical memory).
+DEFAULT_SHARE = 0.5
+
+_limit: int | None = None
+
+
+class MemoryBudgetError(IrtoolsError):
+    """An allocation a model asks for is over the memory budget."""
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def limit() -> int:
+    """The budget in bytes."""
+    global _limit
+    if _limit is None:
+        _limit = int(available_memory() * DEFAULT_SHARE)
+    return _limit
+
+
+def set_limit(nbytes: int | str | None) -> None:
+    """Set the budget (bytes, or a size like "2G", "500MB"); None restores the default."""
+    global _limit
+    _limit = None if nbytes is None else parse_size(nbytes) if isinstance(nbytes, str) else int(nbytes)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
+          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """"1.5G" -> 1610612736; binary units (K, M, G, T, with or without B/iB)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise IrtoolsError(f"--max-memory: not a size: {text!r} (e.g. 2G, 500M, 1073741824)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise IrtoolsError(f"--max-memory: must be positive, got {text!r}")
+    return value
+
+
+def format_size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(nbytes) < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} PiB"
+
+
+def check(nbytes: float, what: str, path: str | None = None) -> None:
+    """Refuse (MemoryBudgetError) an allocation of `nbytes` for `what` that is over the budget."""
+    if nbytes > limit():
+        raise MemoryBudgetError(f"{what} would need {format_size(nbytes)}, over the memory budget of "
+                                f"{format_size(limit())} (--max-memory SIZE to change it)", path)
