@@ -7,6 +7,8 @@ and `jax` Flax ones; framework frontends import their framework only when used (
 What a source is gets decided in one place: `SOURCE_KINDS`, one row per kind of source, each
 naming the frontend function that recognises it and the one that opens it. `open_source` picks
 the first row that recognises the source; adding a frontend is one module plus one row here.
+A path is first checked to be a regular file or a directory (`irtools.files.check_input`): no
+row ever opens a FIFO or a device.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Options:
     trust: bool = False
     layout: str = "torch"
     opset: int = 17
+    fix_batch: bool = True  # a symbolic batch dim of an ONNX input is 1 for the analysis (IRModel.notes says so)
+    framework: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class SourceKind:
     """
 
     name: str
-    framework: str  # onnx | weights | torch | tf | jax (what --framework selects)
+    framework: str  # onnx | weights | torch | tf | jax (what --framework selects) | any
     description: str
     recognise: str
     open: str
@@ -101,7 +105,7 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (
                "torch:is_saved_program", "torch:open_saved_program"),
     SourceKind("weights", "weights", "a weights-only file (safetensors or a folder of them, PyTorch state dict, "
                ".npz, Keras .weights.h5)", "weights_file:is_weights_file", "weights_file:open_weights_file"),
-    SourceKind("callable", "torch", "path/file.py:callable or package.module:callable building a model",
+    SourceKind("callable", "any", "path/file.py:callable or package.module:callable building a model",
                "torch:is_callable_reference", "torch:open_callable"),
     SourceKind("torch-module", "torch", "a torch.nn.Module (or (module, example_inputs))", "torch:is_torch_object",
                "torch:open_torch_module"),
@@ -117,12 +121,12 @@ FRAMEWORKS = ("auto", "onnx", "torch", "tf", "jax")
 
 def open_source(source: Any, *, name: str | None = None, framework: str = "auto",
                 input_shapes: Mapping[str, Sequence[int]] | None = None, trust: bool = False,
-                layout: str = "torch", opset: int = 17) -> OpenedSource:
+                layout: str = "torch", opset: int = 17, fix_batch: bool = True) -> OpenedSource:
     """Open any supported source (a path, a `file.py:callable` reference or a model object).
 
     The first row of `SOURCE_KINDS` that recognises the source opens it; `framework` other than
     "auto" limits the rows to that framework's. A source no row recognises is one error that lists
-    the kinds known.
+    the kinds known. `fix_batch=False` keeps an ONNX file's symbolic batch dims (inspect, convert).
     """
     if isinstance(source, OpenedSource):
         return source
@@ -130,23 +134,22 @@ def open_source(source: Any, *, name: str | None = None, framework: str = "auto"
         raise IrtoolsError(f"unknown framework '{framework}' (choose from {', '.join(FRAMEWORKS)})")
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
+    if isinstance(source, str) and os.path.lexists(source):
+        from irtools.files import check_input  # noqa: PLC0415
+
+        check_input(source, directory=True)
     label = name or (source if isinstance(source, str) else type(source).__name__)
-    options = Options(input_shapes=input_shapes, trust=trust, layout=layout, opset=opset)
-    rows = [k for k in SOURCE_KINDS if framework == "auto" or k.framework == framework]
+    options = Options(input_shapes=input_shapes, trust=trust, layout=layout, opset=opset, fix_batch=fix_batch,
+                      framework=framework)
+    rows = [k for k in SOURCE_KINDS if framework == "auto" or k.framework in (framework, "any")]
     for kind in rows:
         if kind.recognises(source):
             return kind.opens(source, label, options)
-    if isinstance(source, str) and not os.path.exists(source) and not _looks_like_reference(source):
+    if isinstance(source, str) and not os.path.lexists(source) and ":" not in source:
         raise IrtoolsError("no such file or directory", source)
-    if framework != "auto" and isinstance(source, str) and rows:
-        return rows[-1].opens(source, label, options)  # --framework said what it is: its last (fallback) row
-    known = "; ".join(k.description for k in rows)
-    raise IrtoolsError(f"not a model irtools can read (it reads: {known})",
-                       source if isinstance(source, str) else None)
-
-
-def _looks_like_reference(source: str) -> bool:
-    return ":" in source
+    known = "; ".join(k.description for k in rows if k.framework != "any")
+    what = "a model irtools can read" if framework == "auto" else f"a {framework} source"
+    raise IrtoolsError(f"not {what} (it reads: {known})", source if isinstance(source, str) else None)
 
 
 def source_kinds() -> list[dict[str, str]]:

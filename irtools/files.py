@@ -1,7 +1,16 @@
-"""Output files: written whole or not at all (atomic renames), and strict JSON.
+"""Which files irtools may read for a model and how it writes its outputs.
 
-Writers produce into a temporary file beside the target and rename it into place; an
-output path that is the input model is refused.
+Reading: a model file is untrusted input, and so is every name it holds. `check_input` refuses a
+path that is not a regular file (a FIFO would hang, `/dev/zero` would fill memory);
+`model_member` is the one rule for the other files a model names (ONNX external data,
+safetensors shards, any multi-file format): the file must resolve, symlinks followed, inside the
+model's own folder, and be a regular file. Every file read for a model is remembered
+(`note_input`), so that no output can replace one of them.
+
+Writing: writers produce into a temporary file beside the target and rename it into place
+(whole or not at all), keeping the mode of a file they replace; an output that exists and is
+not a regular file (a device, a FIFO, a symlink) or that is one of the inputs is refused, and
+the temporaries are removed when the process is stopped by a signal.
 """
 
 from __future__ import annotations
@@ -9,24 +18,129 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
+
+#: Output names that mean the standard output, not a file (`-o -`, `-o /dev/stdout`).
+STDOUT_NAMES = ("-", "/dev/stdout")
+
+_inputs: set[str] = set()  # realpaths of every file read for a model in this process
+_temporaries: set[str] = set()  # temporaries being written, removed on SIGTERM/SIGHUP/SIGINT
+_lock = threading.Lock()
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_input(path: str | os.PathLike, *, directory: bool = False) -> str:
+    """`path` as a string if it is a regular file (symlinks followed), or a directory where
+    `directory` allows one; else a one-line error. Remembers it as an input."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise IrtoolsError("no such file or directory" if not os.path.islink(path)
+                           else "is a symlink to nothing (no such file)", path) from None
+    except OSError as exc:
+        raise IrtoolsError(f"cannot read: {exc.strerror}", path) from None
+    if stat.S_ISREG(st.st_mode) or (directory and stat.S_ISDIR(st.st_mode)):
+        note_input(path)
+        return path
+    raise IrtoolsError(f"is {_kind(st.st_mode)}, not a model file", path)
+
+
+def model_root(model: str | os.PathLike) -> str:
+    """The folder whose files a model may read: the folder of a model file (a directory model:
+    itself), as named, not where a symlink to it points. In a Hugging Face cache
+    (`<repo>/snapshots/<rev>/file -> ../../blobs/<hash>`) it is the repository folder."""
+    model = os.path.abspath(os.fspath(model))
+    folder = model if os.path.isdir(model) else os.path.dirname(model)
+    parent = os.path.dirname(folder)
+    if os.path.basename(parent) == "snapshots" and os.path.isdir(os.path.join(os.path.dirname(parent), "blobs")):
+        folder = os.path.dirname(parent)
+    return os.path.realpath(folder)
+
+
+def model_member(model: str | os.PathLike, name: str, what: str, error: type[IrtoolsError] = IrtoolsError) -> str:
+    """The path of the file `name` that the model `model` names (ONNX external data, a shard).
+
+    `name` must be a relative path that resolves, symlinks followed, to a regular file inside
+    the model's folder (`model_root`); `what` describes it (e.g.
+    "external data file of tensor 'w'") in the one-line `error`. The file is remembered as an input.
+    """
+    model = os.fspath(model)
+    shown = printable(name)
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise error(f"{what} has an empty or invalid file name {shown!r}", model)
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise error(f"{what} names {shown!r}, outside the model's folder (refused)", model)
+    folder = os.path.dirname(os.path.abspath(model)) if not os.path.isdir(model) else os.path.abspath(model)
+    full = os.path.join(folder, name)
+    root = model_root(model)
+    real = os.path.realpath(full)
+    if os.path.commonpath([root, real]) != root:
+        raise error(f"{what}: {shown!r} resolves to {printable(real)!r}, outside the model's folder (refused)",
+                           model)
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise error(f"{what}: {shown!r} is missing", model) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what}: {shown!r} is {_kind(st.st_mode)}, not a regular file (refused)", model)
+    note_input(real)
+    return full
+
+
+def note_input(path: str | os.PathLike) -> None:
+    """Remember `path` as a file read for a model: no output may replace it."""
+    with _lock:
+        _inputs.add(os.path.realpath(os.fspath(path)))
+
+
+def means_stdout(out: str | os.PathLike | None) -> bool:
+    """Whether an output name means the standard output (`-`, `/dev/stdout`)."""
+    return out is not None and os.fspath(out) in STDOUT_NAMES
 
 
 def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> str:
-    """Return the output path as a string, refusing one that would overwrite an input."""
+    """Return the output path as a string, refusing one that is not a regular file where it
+    exists (a device, a FIFO, a symlink), or that is, or resolves to, any input of the run."""
     out = os.fspath(out)
-    if os.path.isdir(out):
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise IrtoolsError(f"cannot write output: {exc.strerror}", out) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise IrtoolsError("output path is a directory", out)
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise IrtoolsError("output path is a symlink: name the file itself (refused, it would replace the link)", out)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise IrtoolsError(f"output path is {_kind(st.st_mode)}, not a regular file (refused; for the standard "
+                           "output leave -o out)", out)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise IrtoolsError("output directory does not exist", out)
+    real = os.path.realpath(out)
     for src in inputs:
         src = os.fspath(src)
-        if os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out):
+        if os.path.exists(src) and (os.path.realpath(src) == real or (st is not None and os.path.samefile(src, out))):
             raise IrtoolsError("output would overwrite the input model", out)
+    with _lock:
+        used = real in _inputs
+    if used:
+        raise IrtoolsError("output would overwrite a file the input model uses", out)
     return out
 
 
@@ -46,19 +160,73 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary path beside `out`; on success it is renamed to `out`, else removed."""
-    out = os.fspath(out)
+    """Yield a temporary path beside `out`; on success it is renamed to `out`, else removed.
+
+    The output is checked (`check_output_path`) before and again just before the rename (an
+    input named by the model may have been read in between); a file replaced keeps its mode.
+    """
+    out = check_output_path(out)
     directory = os.path.dirname(os.path.abspath(out))
+    _catch_signals()
     fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=suffix or os.path.basename(out), dir=directory)
     os.close(fd)
+    with _lock:
+        _temporaries.add(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the mode open() would
+        check_output_path(out)
+        try:
+            mode = stat.S_IMODE(os.stat(out).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()  # mkstemp makes it 0600; give it the mode open() would
+        os.chmod(tmp, mode)
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        with _lock:
+            _temporaries.discard(tmp)
+
+
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+_caught: dict[int, object] = {}
+
+
+def _catch_signals() -> None:
+    """Once, from the main thread: on SIGTERM/SIGHUP/SIGINT remove the temporaries being
+    written, then let the signal do what it did before."""
+    if _caught or threading.current_thread() is not threading.main_thread():
+        return
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            _caught[signum] = signal.signal(signum, _on_signal)
+
+
+def _on_signal(signum, frame) -> None:
+    remove_temporaries()
+    previous = _caught.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def remove_temporaries() -> None:
+    """Remove every temporary output still being written (signal handlers, atexit)."""
+    with _lock:
+        pending = list(_temporaries)
+        _temporaries.clear()
+    for tmp in pending:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def write_text_atomic(out: str | os.PathLike, text: str) -> None:

@@ -1,17 +1,20 @@
 """Checks on ONNX protobufs before they become IR, with one-line errors for every bad input.
 
-Reads the file and checks the protobuf, the graph structure (undefined inputs, cycles),
-tensor data types and external-data references; `irtools.ir.model.load` then builds the IR.
+Reads the file (a regular file only) and checks the protobuf, the graph structure (undefined
+inputs, cycles), tensor data types, that every tensor holds exactly the bytes its dims declare,
+and external-data references (inside the model's folder: `irtools.files.model_member`); `irtools.ir.model.load` then builds the IR.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import onnx
+import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from irtools.errors import ModelLoadError, UnsupportedError
+from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError, printable
 
 # Tensor element types irtools can read (onnx.TensorProto.DataType values minus UNDEFINED).
 SUPPORTED_DTYPES = frozenset(v for k, v in onnx.TensorProto.DataType.items() if k != "UNDEFINED")
@@ -40,10 +43,16 @@ def read_model(path: str | os.PathLike, *, lazy: bool = True) -> tuple[onnx.Mode
     to read and parse it whole). A file whose layout the scan does not expect is parsed whole.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not os.path.islink(path):
         raise ModelLoadError("no such file", path)
     if os.path.isdir(path):
         raise ModelLoadError("is a directory, expected an ONNX model file", path)
+    from irtools.files import check_input  # noqa: PLC0415
+
+    try:
+        check_input(path)
+    except IrtoolsError as exc:
+        raise ModelLoadError(exc.message, path) from None
     try:
         with open(path, "rb") as fh:
             if lazy and os.fstat(fh.fileno()).st_size >= 4 * LAZY_MIN_BYTES:
@@ -218,32 +227,106 @@ def iter_tensors(graph: onnx.GraphProto):
                     yield from attr.tensors
 
 
+#: Bits of one element of each fixed-size element type (STRING has none).
+_BITS = {v: int(ir.DataType(v).bitwidth) for v in SUPPORTED_DTYPES if v != onnx.TensorProto.STRING}
+#: The typed field that holds each element type's values when they are not raw bytes, and how
+#: many elements one entry of it packs (complex: 2 entries per element, written as 0.5).
+_TYPED_FIELD: dict[int, tuple[str, float]] = {
+    **{t: ("int32_data", 1) for t in (onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+                                      onnx.TensorProto.UINT16, onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
+                                      onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                                      onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+                                      onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ,
+                                      onnx.TensorProto.FLOAT8E8M0)},
+    **{t: ("int32_data", 2) for t in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1)},
+    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 0.5),
+    onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 0.5),
+    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
+    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
+}
+_ALL_TYPED = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data", "string_data")
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int | None:
+    """The bytes a tensor's dims and element type declare (None for STRING tensors)."""
+    bits = _BITS.get(t.data_type)
+    return None if bits is None else -(-math.prod(t.dims) * bits // 8)
+
+
 def check_tensors(proto: onnx.ModelProto, path: str) -> None:
-    """Reject unknown data types and missing or out-of-bounds external data."""
-    base = os.path.dirname(os.path.abspath(path))
-    sizes: dict[str, int] = {}
+    """Reject unknown data types, negative dims, and any tensor whose bytes are not exactly what
+    its dims and type declare: raw_data of another length, typed values of another count,
+    external data that is unsafe (outside the model's folder, `irtools.files.model_member`),
+    missing, shorter than the tensor, or of a declared length that is not the tensor's size."""
     for t in iter_tensors(proto.graph):
+        name = printable(t.name)
         if t.data_type not in SUPPORTED_DTYPES:
-            raise UnsupportedError(f"tensor '{t.name}' has unsupported data type {t.data_type}", path)
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
-            raise ModelLoadError(f"tensor '{t.name}' has an unsafe external data location {location!r}", path)
-        full = os.path.join(base, location)
-        if not os.path.isfile(full):
-            raise ModelLoadError(f"external data file '{location}' of tensor '{t.name}' is missing", path)
-        if full not in sizes:
-            sizes[full] = os.path.getsize(full)
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", -1))
-        if length >= 0 and offset + length > sizes[full]:
-            raise ModelLoadError(
-                f"external data file '{location}' is too short for tensor '{t.name}' "
-                f"(needs {offset + length} bytes, has {sizes[full]})",
-                path,
-            )
+            raise UnsupportedError(f"tensor '{name}' has unsupported data type {t.data_type}", path)
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"tensor '{name}' has a negative dimension {list(t.dims)}", path)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external(t, name, path)
+        else:
+            _check_inline(t, name, path)
+
+
+def _mismatch(name: str, what: str, has: int, needs: int) -> str:
+    return f"tensor '{name}' {what} {has} but its dims and type need {needs} (corrupt file)"
+
+
+def _check_inline(t: onnx.TensorProto, name: str, path: str) -> None:
+    numel, nbytes = math.prod(t.dims), tensor_nbytes(t)
+    if t.HasField("raw_data") or t.raw_data:
+        if nbytes is None:
+            raise ModelLoadError(f"tensor '{name}' is a STRING tensor with raw_data (corrupt file)", path)
+        if len(t.raw_data) != nbytes:
+            raise ModelLoadError(_mismatch(name, "has raw_data bytes:", len(t.raw_data), nbytes), path)
+        return
+    present = [f for f in _ALL_TYPED if len(getattr(t, f))]
+    field, per_entry = _TYPED_FIELD.get(t.data_type, (None, 1))
+    if not present:
+        if numel:
+            raise ModelLoadError(f"tensor '{name}' declares {numel} elements but holds no data (corrupt file)", path)
+        return
+    if present != [field]:
+        raise ModelLoadError(f"tensor '{name}' holds its values in {', '.join(present)}, not in the field of its "
+                             f"type ({field}) (corrupt file)", path)
+    needs = math.ceil(numel / per_entry)
+    has = len(getattr(t, field))
+    if has != needs:
+        raise ModelLoadError(_mismatch(name, f"has {field} values:", has, needs), path)
+
+
+def _external_field(t: onnx.TensorProto, info: dict, key: str, default: int | None, name: str, path: str):
+    text = info.get(key)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ModelLoadError(f"tensor '{name}' has an external data {key} that is not a number: "
+                             f"{printable(text)!r}", path) from None
+    if value < 0:
+        raise ModelLoadError(f"tensor '{name}' has a negative external data {key} {value}", path)
+    return value
+
+
+def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
+    from irtools.files import model_member  # noqa: PLC0415
+
+    info = {e.key: e.value for e in t.external_data}
+    nbytes = tensor_nbytes(t)
+    if nbytes is None:
+        raise UnsupportedError(f"tensor '{name}' is a STRING tensor stored as external data", path)
+    full = model_member(path, info.get("location", ""), f"external data file of tensor '{name}'", ModelLoadError)
+    offset = _external_field(t, info, "offset", 0, name, path)
+    length = _external_field(t, info, "length", None, name, path)
+    if length is not None and length != nbytes:
+        raise ModelLoadError(_mismatch(name, "has an external data length of", length, nbytes), path)
+    size = os.path.getsize(full)
+    if offset + nbytes > size:
+        raise ModelLoadError(f"external data file '{printable(info['location'])}' is too short for tensor '{name}' "
+                             f"(needs {offset + nbytes} bytes, has {size})", path)
 
 
 def check_structure(proto: onnx.ModelProto, path: str) -> None:

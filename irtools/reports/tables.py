@@ -1,4 +1,8 @@
-"""Terminal tables (rich) for the CLI's table format."""
+"""Terminal tables (rich) for the CLI's table format.
+
+Every text that comes from a model (names, op types, dtypes) goes through `escape`: rich markup
+escaped, and control characters written as escapes (`irtools.errors.printable`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,14 @@ import io
 import os
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _escape_markup
+
+from irtools.errors import printable
+
+
+def escape(text) -> str:
+    """A model's text, safe to print: no rich markup, no control characters, one line."""
+    return _escape_markup(printable(text))
 from rich.table import Table
 
 
@@ -25,7 +36,7 @@ def render_summary(s: dict, color: bool = False) -> str:
     """The `summary` pass result as text tables."""
     buf = io.StringIO()
     con = Console(file=buf, width=120, force_terminal=color, color_system="auto" if color else None)
-    prod = " ".join(x for x in (s["producer"]["name"], s["producer"]["version"]) if x) or "unknown"
+    prod = escape(" ".join(x for x in (s["producer"]["name"], s["producer"]["version"]) if x) or "unknown")
     con.print(f"[bold]{escape(s['model'] or 'model')}[/bold]")
     con.print(f"producer {prod}, IR version {s['ir_version']}, opset {s['opset']}, "
               f"{s['nodes']} nodes, {s['subgraphs']} subgraphs")
@@ -35,7 +46,7 @@ def render_summary(s: dict, color: bool = False) -> str:
         io_table.add_column(col)
     for kind in ("inputs", "outputs"):
         for v in s[kind]:
-            io_table.add_row(kind[:-1], escape(v["name"]), _shape(v["shape"]), v["dtype"])
+            io_table.add_row(kind[:-1], escape(v["name"]), _shape(v["shape"]), escape(v["dtype"]))
     con.print(io_table)
 
     ops = Table(title="Ops", title_justify="left")
@@ -48,7 +59,7 @@ def render_summary(s: dict, color: bool = False) -> str:
     p, c = s["parameters"], s["structural_constants"]
     src = "declared by the framework" if p["declared_by_framework"] else "inferred from the graph"
     con.print(f"Learnable parameters ({src}): {p['tensors']} tensors, {p['scalars']:,} scalars, {_human(p['bytes'])}")
-    reasons = ", ".join(f"{k}: {v}" for k, v in c["by_reason"].items())
+    reasons = ", ".join(f"{escape(k)}: {v}" for k, v in c["by_reason"].items())
     con.print(f"Structural constants: {c['tensors']} tensors, {c['scalars']:,} scalars, {_human(c['bytes'])}"
               + (f" ({reasons})" if reasons else ""))
     if s["parameter_list"]:
@@ -57,10 +68,10 @@ def render_summary(s: dict, color: bool = False) -> str:
             t.add_column(col, justify="right" if col == "scalars" else "left")
         for q in s["parameter_list"]:
             consumer = escape(q["consumer"] or "-")
-            op = q["consumers"][0]["op"] if q["consumers"] else "-"
+            op = escape(q["consumers"][0]["op"]) if q["consumers"] else "-"
             if len(q["consumers"]) > 1:
                 consumer += f" (+{len(q['consumers']) - 1} more)"
-            t.add_row(escape(q["name"]), _shape(q["shape"]), q["dtype"], f"{q['scalars']:,}", consumer, op)
+            t.add_row(escape(q["name"]), _shape(q["shape"]), escape(q["dtype"]), f"{q['scalars']:,}", consumer, op)
         con.print(t)
     return buf.getvalue()
 
@@ -128,7 +139,7 @@ def _render_spectral(con: Console, data: dict) -> None:
         t.add_column(c, justify=j)
     for r in data["layers"]:
         style = _STYLE.get(r.get("warning") or "", None)
-        t.add_row(escape(r["name"][len(prefix):]), r["layer_type"], str(r["N"]), str(r["M"]), str(r["num_evals"]),
+        t.add_row(escape(r["name"][len(prefix):]), escape(r["layer_type"]), str(r["N"]), str(r["M"]), str(r["num_evals"]),
                   _num(r["alpha"]), _num(r["D"]), _num(r["log_norm"]), _num(r["log_spectral_norm"]),
                   _num(r["alpha_weighted"]), _num(r["stable_rank"], ".2f"), r.get("warning") or "", style=style)
     con.print(t)
