@@ -21,9 +21,13 @@ function here is called.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import itertools
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -139,6 +143,88 @@ def flax_source(model, params=None, inputs=None, *, apply_kwargs: Mapping[str, A
     return FlaxSource(model, params, inputs, "function")
 
 
+# -- jax2onnx's tracing shims, callable the way users call the originals ---------------------
+# jax2onnx swaps Flax functions and methods for shims while it traces (`nn.avg_pool`,
+# `nn.max_pool`, `nnx.Conv.__call__`, ...); several shims take keyword-only arguments where the
+# original takes them positionally (`nn.avg_pool(x, (2, 2), strides=(2, 2))` fails with "takes 1
+# positional argument but 2 were given"). Every shim is wrapped so that a call is bound to the
+# ORIGINAL signature first and handed on in the form the shim accepts.
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _signature(fn) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _call_as_original(original, shim):
+    """`shim`, accepting every call form `original` accepts (positional or keyword)."""
+    if not callable(original) or not callable(shim) or inspect.isclass(original):
+        return shim
+    osig, ssig = _signature(original), _signature(shim)
+    if osig is None or ssig is None:
+        return shim
+    shim_params = list(ssig.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in shim_params):
+        return shim
+    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in shim_params)
+    shim_positional = [p.name for p in shim_params if p.kind in _POSITIONAL]
+    # the shim's positional slots are the original's first ones, whatever the shim calls them (x / inputs)
+    original_positional = [p.name for p in osig.parameters.values() if p.kind in _POSITIONAL]
+    renamed = dict(zip(original_positional, shim_positional))
+    variadic = {n for n, p in osig.parameters.items()
+                if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
+    @functools.wraps(shim)
+    def call(*args, **kwargs):
+        try:
+            bound = osig.bind(*args, **kwargs).arguments
+        except TypeError:
+            return shim(*args, **kwargs)
+        if variadic & set(bound):
+            return shim(*args, **kwargs)
+        named = {renamed.get(n, n): v for n, v in bound.items()}
+        if not takes_var_kw and not set(named) <= set(ssig.parameters):
+            return shim(*args, **kwargs)
+        positional = []
+        for name in shim_positional:  # filled in order while given
+            if name not in named:
+                break
+            positional.append(named.pop(name))
+        return shim(*positional, **named)
+
+    return call
+
+
+@contextlib.contextmanager
+def _shims_take_positional_arguments() -> Iterator[None]:
+    """While converting, wrap every jax2onnx shim with `_call_as_original` (both kinds of
+    patching: leaf plugins' `MonkeyPatchSpec`s and function plugins' `patch_info`)."""
+    from jax2onnx.plugins import plugin_system  # noqa: PLC0415
+    from jax2onnx.plugins._patching import MonkeyPatchSpec  # noqa: PLC0415
+
+    original_apply, original_iter = plugin_system.apply_patches, plugin_system._iter_patch_specs  # noqa: SLF001
+
+    def adapt(make: Callable) -> Callable:
+        return lambda orig: _call_as_original(orig, make(orig))
+
+    def apply_patches(specs):
+        return original_apply([MonkeyPatchSpec(s.target, s.attr, adapt(s.make_value), s.delete_if_missing)
+                               if isinstance(s, MonkeyPatchSpec) else s for s in specs])
+
+    def iter_patch_specs():
+        for patch_fn, targets, attr in original_iter():
+            yield adapt(patch_fn), targets, attr
+
+    plugin_system.apply_patches, plugin_system._iter_patch_specs = apply_patches, iter_patch_specs  # noqa: SLF001
+    try:
+        yield
+    finally:
+        plugin_system.apply_patches, plugin_system._iter_patch_specs = original_apply, original_iter  # noqa: SLF001
+
+
 def _key_name(key) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):
@@ -218,18 +304,59 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
         return fn(fingerprinted, *xs)
 
     try:
-        proto = jax2onnx.to_onnx(traced, specs, model_name="jax_model", opset=opset, input_names=input_names)
+        with _shims_take_positional_arguments():
+            proto = jax2onnx.to_onnx(traced, specs, model_name="jax_model", opset=opset, input_names=input_names)
     except IrtoolsError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise IrtoolsError(f"jax2onnx could not convert the JAX model: {type(exc).__name__}: {first}") from exc
     _restore_parameters(proto, names, offsets, originals)
+    _name_nodes_by_module(proto.graph, names)
     proto = _reinfer_shapes(proto)
     _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
                           "irtools.frontend": f"jax/{source.kind}",
                           "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
     return proto
+
+
+# Top-level keys of a linen variables dict (Flax collections): not part of a module's path.
+_COLLECTIONS = frozenset({"params", "batch_stats", "cache", "intermediates", "constants", "stats", "spectral_norm",
+                          "perturbations"})
+
+
+def module_path(parameter: str) -> str:
+    """The module a parameter belongs to: its pytree path without the Flax collection and the leaf
+    name (`params/Block_0/Conv_1/kernel` -> `Block_0/Conv_1`; nnx `c1/kernel` -> `c1`)."""
+    keys = parameter.split("/")
+    if len(keys) > 1 and keys[0] in _COLLECTIONS:
+        keys = keys[1:]
+    return "/".join(keys[:-1]) or keys[0]
+
+
+def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
+    """Name every node that computes with parameters of one module after that module's path
+    (`Block_0/Conv_1`), as PyTorch layers are named after module paths, instead of jax2onnx's
+    `node_Conv_23`; a second node of the same module gets `<path>/<op type>` (then `_2`, ...)."""
+    owner = {n: module_path(n) for n in names}
+    views = [n for n in graph.node if n.input and n.input[0] in owner and n.name.startswith(f"{n.input[0]}/view")]
+    for node in views:  # the exporter's transposed copies belong to the same module
+        for out in node.output:
+            owner[out] = owner[node.input[0]]
+    view_names = {n.name for n in views}
+    taken = {n.name for n in graph.node}
+    for node in graph.node:
+        if node.name in view_names or node.op_type == "Constant":
+            continue
+        modules = {owner[i] for i in node.input if i in owner}
+        if len(modules) != 1:
+            continue
+        path = modules.pop()
+        candidates = itertools.chain([path, f"{path}/{node.op_type}"],
+                                     (f"{path}/{node.op_type}_{k}" for k in itertools.count(2)))
+        name = next(c for c in candidates if c not in taken)
+        taken.add(name)
+        node.name = name
 
 
 def _reinfer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
