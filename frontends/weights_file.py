@@ -6,14 +6,24 @@ tensors and ordered dicts, from their raw storages, without importing torch. Any
 in the pickle is refused unless the caller passes `trust=True` (then torch.load does the
 full unpickling). Safetensors are read from their JSON header and memory-mapped, bf16 and
 fp8 included. Tensors load lazily, one layer at a time.
+
+Everything a file declares is checked before it is believed: header types, every tensor's
+bytes against its dtype and shape, every view's offset, shape and strides against its storage
+(`_check_view`), a pickle's depth, expanded size and memo before it is unpickled
+(`_scan_pickle`), every zip entry or npz member's size against the memory budget and its
+compression ratio (`_zip_member`), HDF5 external or virtual storage (`check_hdf5_storage`);
+shards must lie in the model's folder (`irtools.files.model_member`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import mmap
 import os
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
@@ -24,8 +34,10 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from irtools import budget
+from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError, printable
+from irtools.files import check_input, model_member
 from irtools.frontends import require
-from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -41,6 +53,12 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz", ".ckpt", ".weights.h5")
 _H5_SUFFIXES = (".h5", ".hdf5")
 _H5_MISSING = "reading HDF5 weights needs h5py: pip install h5py"
+#: A compressed zip entry, npz member or HDF5 dataset may inflate to at most this many times its
+#: stored size once it is over `_INFLATE_FREE` bytes (weights compress 1-10x; zip bombs ~1000x).
+_MAX_RATIO = 256
+_INFLATE_FREE = 16 << 20
+#: safetensors headers are at most 100 MB (the format's own limit).
+_SAFETENSORS_MAX_HEADER = 100_000_000
 
 
 @dataclass(slots=True)
@@ -71,8 +89,12 @@ def default_layout(path: str, layout: str) -> str:
 
 def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
     """The tensors of a weights file by name (lazy), refusing anything that needs arbitrary code."""
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise ModelLoadError("no such file", path)
+    try:
+        check_input(path, directory=True)
+    except IrtoolsError as exc:
+        raise ModelLoadError(exc.message, path) from None
     if os.path.isdir(path):
         return _read_safetensors_dir(path)
     lower = path.lower()
@@ -88,39 +110,94 @@ def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
         return _read_torch_legacy(path, trust)
     except IrtoolsError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, struct.error, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(f"not a readable weights file: {exc}", path) from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, struct.error, zipfile.BadZipFile,
+            zipfile.LargeZipFile, NotImplementedError, TypeError, AttributeError, IndexError, OverflowError,
+            RecursionError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"not a readable weights file ({type(exc).__name__}: "
+                             f"{printable(str(exc).splitlines()[0] if str(exc) else '')})", path) from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the file: {exc.strerror or exc}", path) from None
 
 
 # -- safetensors ------------------------------------------------------------------------
 def _read_safetensors(path: str) -> dict[str, StoredArray]:
+    size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise ModelLoadError("truncated safetensors file", path)
+            raise ModelLoadError("truncated safetensors file (no header length)", path)
         (n,) = struct.unpack("<Q", head)
-        if n > os.path.getsize(path) - 8:
-            raise ModelLoadError("safetensors header is longer than the file", path)
-        header = json.loads(fh.read(n))
-    header.pop("__metadata__", None)
+        if n > size - 8:
+            raise ModelLoadError(f"safetensors header length {n} is longer than the file", path)
+        if n > _SAFETENSORS_MAX_HEADER:
+            raise ModelLoadError(f"safetensors header of {n} bytes is over the format's 100 MB limit", path)
+        header = _safetensors_header(fh.read(n), path)
     base = 8 + n
-    size = os.path.getsize(path)
     out = {}
+    spans = []
     for name, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise UnsupportedError(f"tensor '{name}' has unsupported dtype {info['dtype']}", path)
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if base + end > size or end - start != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
-            raise ModelLoadError(f"tensor '{name}' lies outside the file or has the wrong size", path)
+        dtype, shape, (start, end) = _safetensors_entry(name, info, path)
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if base + end > size:
+            raise ModelLoadError(f"tensor '{printable(name)}' lies outside the file (ends at byte {base + end} "
+                                 f"of {size})", path)
+        if end - start != nbytes:
+            raise ModelLoadError(f"tensor '{printable(name)}' has {end - start} bytes but its dtype and shape "
+                                 f"{list(shape)} need {nbytes} (corrupt file)", path)
+        budget.check(nbytes, f"tensor '{printable(name)}'", path)
+        spans.append((start, end, name))
         out[name] = StoredArray(shape, np.dtype(dtype), _memmap_loader(path, dtype, base + start, shape))
+    spans.sort()
+    for (_, end0, a), (start1, _, b) in zip(spans, spans[1:], strict=False):
+        if start1 < end0:
+            raise ModelLoadError(f"tensors '{printable(a)}' and '{printable(b)}' overlap in the file "
+                                 "(corrupt file)", path)
     return out
+
+
+def _safetensors_header(raw: bytes, path: str) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelLoadError("safetensors header is not UTF-8 text (corrupt file)", path) from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"safetensors header is not JSON ({exc.msg} at byte {exc.pos})", path) from None
+    except RecursionError:
+        raise ModelLoadError("safetensors header is JSON nested too deeply (corrupt file)", path) from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"safetensors header is a JSON {type(header).__name__}, not an object", path)
+    header.pop("__metadata__", None)
+    return header
+
+
+def _safetensors_entry(name: str, info, path: str):
+    """(numpy dtype, shape, (start, end)) of one header entry, every field checked."""
+    label = f"tensor '{printable(name)}'"
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{label}: header entry is a {type(info).__name__}, not an object", path)
+    code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(code, str):
+        raise ModelLoadError(f"{label}: dtype is missing or not a string", path)
+    dtype = _SAFETENSORS_DTYPES.get(code)
+    if dtype is None:
+        raise UnsupportedError(f"{label} has unsupported dtype {printable(code)}", path)
+    if not _ints(shape):
+        raise ModelLoadError(f"{label}: shape is not a list of non-negative integers", path)
+    if not _ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise ModelLoadError(f"{label}: data_offsets is not [start, end] with 0 <= start <= end", path)
+    return dtype, tuple(shape), tuple(offsets)
+
+
+def _ints(x) -> bool:
+    """A list of non-negative ints (no bools)."""
+    return isinstance(x, list) and all(type(v) is int and v >= 0 for v in x)
 
 
 def _memmap_loader(path, dtype, offset, shape):
     def load():
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
+        if count == 0:
+            return np.zeros(shape, dtype)
         return np.array(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))).reshape(shape)
 
     return load
@@ -128,24 +205,104 @@ def _memmap_loader(path, dtype, offset, shape):
 
 def _read_safetensors_dir(path: str) -> dict[str, StoredArray]:
     index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as fh:
-            files = sorted(set(json.load(fh)["weight_map"].values()))
-    else:
-        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    weight_map = _read_index(path, model_member(path, "model.safetensors.index.json", "shard index",
+                                                ModelLoadError)) if os.path.lexists(index) else None
+    files = sorted(set(weight_map.values())) if weight_map is not None else \
+        sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     out: dict[str, StoredArray] = {}
+    origin: dict[str, str] = {}
     for f in files:
-        full = os.path.join(path, f)
-        if not os.path.isfile(full):
-            raise ModelLoadError(f"shard '{f}' named by the index is missing", path)
-        out.update(_read_safetensors(full))
+        full = model_member(path, f, "shard", ModelLoadError)
+        for name, array in _read_safetensors(full).items():
+            if name in out:
+                raise ModelLoadError(f"tensor '{printable(name)}' is in two shards ('{printable(origin[name])}' and "
+                                     f"'{printable(f)}')", path)
+            out[name], origin[name] = array, f
+    for name, f in (weight_map or {}).items():
+        if origin.get(name) != f:
+            raise ModelLoadError(f"the index puts tensor '{printable(name)}' in shard '{printable(f)}', which does "
+                                 "not hold it", path)
     return out
 
 
+def _read_index(path: str, index: str) -> dict[str, str]:
+    if os.path.getsize(index) > _SAFETENSORS_MAX_HEADER:
+        raise ModelLoadError("model.safetensors.index.json is over 100 MB", path)
+    with open(index, "rb") as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelLoadError(f"model.safetensors.index.json is not JSON ({type(exc).__name__})", path) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise ModelLoadError("model.safetensors.index.json has no weight_map of tensor names to shard files", path)
+    return weight_map
+
+
+# -- zip entries and npz members --------------------------------------------------------------
+def _zip_member(z: zipfile.ZipFile, member: str, path: str, what: str | None = None) -> zipfile.ZipInfo:
+    """The entry `member` once its inflated size is within the memory budget and its compression
+    ratio is not a zip bomb's."""
+    try:
+        info = z.getinfo(member)
+    except KeyError:
+        raise ModelLoadError(f"zip entry '{printable(member)}' is missing", path) from None
+    what = what or f"zip entry '{printable(member)}'"
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(_INFLATE_FREE,
+                                                                         info.compress_size * _MAX_RATIO):
+        raise ModelLoadError(f"{what} inflates {info.compress_size} bytes to {info.file_size} (over "
+                             f"{_MAX_RATIO}x: refused as a zip bomb)", path)
+    budget.check(info.file_size, what, path)
+    return info
+
+
+def _zip_read(z: zipfile.ZipFile, member: str, path: str, what: str | None = None) -> bytes:
+    _zip_member(z, member, path, what)
+    return z.read(member)
+
+
 def _read_npz(path: str) -> dict[str, StoredArray]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return {k: StoredArray(v.shape, v.dtype, (lambda v=v: v)) for k, v in arrays.items()}
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for member in z.namelist():
+            if member.endswith("/"):
+                continue
+            name = member[:-4] if member.endswith(".npy") else member
+            info = _zip_member(z, member, path, f"npz member '{printable(name)}'")
+            with z.open(member) as fh:
+                shape, dtype, header = _npy_header(fh, name, path)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if info.file_size != header + nbytes:
+                raise ModelLoadError(f"npz member '{printable(name)}' holds {info.file_size - header} bytes but its "
+                                     f"dtype and shape {list(shape)} need {nbytes} (corrupt file)", path)
+            out[name] = StoredArray(shape, dtype, _npz_loader(path, member))
+    return out
+
+
+def _npy_header(fh, name: str, path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"npy format version {version}")
+        shape, _, dtype = reader(fh)
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise ModelLoadError(f"npz member '{printable(name)}' is not a readable .npy array ({printable(exc)})",
+                             path) from None
+    if dtype.hasobject:
+        raise UnsupportedError(f"npz member '{printable(name)}' holds Python objects (a pickle): refused", path)
+    return tuple(int(d) for d in shape), dtype, fh.tell()
+
+
+def _npz_loader(path: str, member: str):
+    def load():
+        with zipfile.ZipFile(path) as z, z.open(member) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+
+    return load
 
 
 # -- Keras HDF5 weights -------------------------------------------------------------------
@@ -155,12 +312,63 @@ def _h5py():
 
 def h5_is_full_model(path: str) -> bool:
     """Whether an HDF5 file is a whole Keras model (it has a `model_config`), not weights only."""
+    with _open_h5(path) as f:
+        return "model_config" in f.attrs
+
+
+def _open_h5(path: str):
+    """An HDF5 file opened for reading, once `check_hdf5_storage` found nothing in it that
+    points at other files."""
     h5py = _h5py()
     try:
-        with h5py.File(path, "r") as f:
-            return "model_config" in f.attrs
+        f = h5py.File(check_input(path), "r")
     except OSError as exc:
-        raise ModelLoadError(f"not a readable HDF5 file: {exc}", path) from exc
+        raise ModelLoadError(f"not a readable HDF5 file: {printable(exc)}", path) from None
+    try:
+        check_hdf5_storage(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_hdf5_storage(h5file, path: str) -> None:
+    """Refuse an open HDF5 file that would make h5py read other files: external links, datasets
+    with external storage, virtual datasets. For every reader of HDF5 model files (weights here,
+    full Keras models in `keras`)."""
+    h5py = _h5py()
+
+    def link(name, info):
+        if isinstance(info, h5py.ExternalLink):
+            raise ModelLoadError(f"'{printable(name)}' is an external link to '{printable(info.filename)}' "
+                                 "(refused: it reads another file)", path)
+
+    def dataset(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return None
+        if obj.is_virtual:
+            raise ModelLoadError(f"dataset '{printable(name)}' is a virtual dataset (refused: it reads other "
+                                 "files)", path)
+        if obj.external:
+            raise ModelLoadError(f"dataset '{printable(name)}' has external storage (refused: it reads other "
+                                 "files)", path)
+        return None
+
+    try:
+        h5file.visititems_links(link)
+        h5file.visititems(dataset)
+    except (KeyError, RuntimeError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"not a readable HDF5 file: {printable(exc)}", path) from None
+
+
+def _check_h5_dataset(name: str, obj, path: str) -> None:
+    """A dataset's declared bytes against the budget and against what the file stores."""
+    nbytes = math.prod(obj.shape) * obj.dtype.itemsize
+    budget.check(nbytes, f"dataset '{printable(name)}'", path)
+    stored = obj.id.get_storage_size()
+    if nbytes > max(_INFLATE_FREE, stored * _MAX_RATIO):
+        raise ModelLoadError(f"dataset '{printable(name)}' declares {nbytes} bytes but the file stores {stored} "
+                             f"(over {_MAX_RATIO}x: refused)", path)
 
 
 def _read_h5(path: str) -> dict[str, StoredArray]:
@@ -168,15 +376,11 @@ def _read_h5(path: str) -> dict[str, StoredArray]:
 
     Keras 3 `.weights.h5`: `layers/<layer>/vars/<i>`; Keras 2 `save_weights("x.h5")`:
     `<layer>/<layer>/kernel:0` (the `:0` is dropped). Optimizer state is left out. Datasets are
-    read directly with h5py: no Keras, no code from the file.
+    read directly with h5py: no Keras, no code from the file, no other file (`check_hdf5_storage`).
     """
     h5py = _h5py()
     found: dict[str, StoredArray] = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ModelLoadError(f"not a readable HDF5 file: {exc}", path) from exc
-    with f:
+    with _open_h5(path) as f:
         if "model_config" in f.attrs:
             raise UnsupportedError("a whole Keras model, not a weights file", path)
 
@@ -185,6 +389,7 @@ def _read_h5(path: str) -> dict[str, StoredArray]:
                 return
             if obj.dtype.kind != "f" or obj.ndim == 0:
                 return
+            _check_h5_dataset(name, obj, path)
             key = name[:-2] if name.endswith(":0") else name
             found[key] = StoredArray(tuple(obj.shape), np.dtype(obj.dtype), _h5_loader(path, name))
 
@@ -196,7 +401,7 @@ def _read_h5(path: str) -> dict[str, StoredArray]:
 
 def _h5_loader(path: str, name: str):
     def load():
-        with _h5py().File(path, "r") as f:
+        with _open_h5(path) as f:
             return np.asarray(f[name][()])
 
     return load
@@ -218,12 +423,142 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
+#: Limits on a pickle before it is unpickled: nesting depth, objects once shared references are
+#: expanded (a "billion laughs" shares halves to double its size per level), and memo slots.
+PICKLE_MAX_DEPTH = 100
+PICKLE_MAX_OBJECTS = 20_000_000
+PICKLE_MAX_MEMO = 10_000_000
+_MAX_NDIM = 32
+
+
+def _int_tuple(x, what: str) -> tuple[int, ...]:
+    if not isinstance(x, (tuple, list)) or not all(type(v) is int for v in x):
+        raise pickle.UnpicklingError(f"tensor {what} is not a tuple of integers")
+    return tuple(x)
+
+
 def _rebuild_tensor(storage, offset, size, stride, *args):
-    return _TensorRef(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    if not isinstance(storage, _Storage) or type(offset) is not int:
+        raise pickle.UnpicklingError("a tensor is rebuilt from something that is not a storage and an offset")
+    return _check_view(_TensorRef(storage, offset, _int_tuple(size, "size"), _int_tuple(stride, "stride")))
+
+
+def _check_view(ref: _TensorRef) -> _TensorRef:
+    """Refuse a view that reads outside its storage: negative offset, sizes or strides, shape and
+    stride of different lengths, or a last element past the storage's end."""
+    shape, stride, st = ref.shape, ref.stride, ref.storage
+    if len(shape) != len(stride) or len(shape) > _MAX_NDIM:
+        raise pickle.UnpicklingError(f"tensor of size {list(shape)} has strides {list(stride)}")
+    if ref.offset < 0 or any(d < 0 for d in shape) or any(s < 0 for s in stride):
+        raise pickle.UnpicklingError(f"tensor has a negative offset, size or stride (offset {ref.offset}, size "
+                                     f"{list(shape)}, stride {list(stride)})")
+    if math.prod(shape) and ref.offset + sum((d - 1) * s for d, s in zip(shape, stride, strict=True)) >= st.numel:
+        raise pickle.UnpicklingError(f"tensor of size {list(shape)}, stride {list(stride)} at offset {ref.offset} "
+                                     f"reads past the end of its storage of {st.numel} elements")
+    return ref
 
 
 def _rebuild_parameter(data, *args):
     return data
+
+
+def _scan_pickle(reader, path: str) -> None:
+    """Walk one pickle's opcodes (without running it) and refuse one nested deeper than
+    PICKLE_MAX_DEPTH, that would build more than PICKLE_MAX_OBJECTS objects once shared
+    references are counted as often as they are used, or that sets a memo slot past
+    PICKLE_MAX_MEMO. Leaves `reader` where it was."""
+    start = reader.tell()
+    stack: list = []  # [depth, objects] per stack item; None for a mark
+    memo: dict = {}
+    in_place = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+    for op, arg, _ in pickletools.genops(reader):
+        name = op.name
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            key = len(memo) if name == "MEMOIZE" else int(arg)
+            if key > PICKLE_MAX_MEMO or not stack or stack[-1] is None:
+                raise pickle.UnpicklingError(f"pickle memo slot {key} is out of range")
+            memo[key] = stack[-1]
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            if int(arg) not in memo:
+                raise pickle.UnpicklingError(f"pickle reads memo slot {arg}, which was never set")
+            stack.append(memo[int(arg)])
+            continue
+        if name == "MARK":
+            stack.append(None)
+            continue
+        if name == "STOP":
+            break
+        popped = _pop(stack, op)
+        if name == "DUP":
+            stack.extend(popped * 2)
+            continue
+        if name in in_place:
+            item, children = popped[0], popped[1:]
+        else:
+            item, children = [0, 1], popped
+        if children:
+            item[0] = max(item[0], 1 + max(c[0] for c in children))
+            item[1] += sum(c[1] for c in children)
+        if item[0] > PICKLE_MAX_DEPTH:
+            raise pickle.UnpicklingError(f"pickle nests objects more than {PICKLE_MAX_DEPTH} deep")
+        if item[1] > PICKLE_MAX_OBJECTS:
+            raise pickle.UnpicklingError(f"pickle would build more than {PICKLE_MAX_OBJECTS} objects (shared "
+                                         "references expanded): refused")
+        if op.stack_after:
+            stack.append(item)
+    else:
+        raise pickle.UnpicklingError("pickle data was truncated (no STOP)")
+    reader.seek(start)
+
+
+def _pop(stack: list, op) -> list:
+    """Pop what `op` consumes: items up to the last mark where it takes a stack slice."""
+    before = [s.name for s in op.stack_before]
+    out: list = []
+    if "mark" in before:
+        while stack and stack[-1] is not None:
+            out.append(stack.pop())
+        if not stack:
+            raise pickle.UnpicklingError(f"pickle opcode {op.name} without a mark")
+        stack.pop()
+        out.reverse()
+        below = before.index("mark")
+    else:
+        below = len(before)
+    if len(stack) < below or any(x is None for x in stack[len(stack) - below:]):
+        raise pickle.UnpicklingError(f"pickle opcode {op.name} on too short a stack")
+    head = stack[len(stack) - below:] if below else []
+    del stack[len(stack) - below:]
+    return head + out
+
+
+class _MapReader:
+    """A read-only file-like view of an mmap for the unpickler: reads past the end return what is
+    left (never an allocation of the length a pickle claims)."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n is None or n < 0 else min(len(self.buf), self.pos + n)
+        data = self.buf[self.pos:end]
+        self.pos = end
+        return data
+
+    def readline(self) -> bytes:
+        end = self.buf.find(b"\n", self.pos)
+        end = len(self.buf) if end < 0 else end + 1
+        data = self.buf[self.pos:end]
+        self.pos = end
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else len(self.buf) + pos
+        return self.pos
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -245,16 +580,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return self.ALLOWED[(module, name)]
         if module == "torch" and name in _TORCH_STORAGES:
             return name  # a storage type tag, used in persistent ids
-        raise pickle.UnpicklingError(f"refused to unpickle {module}.{name} (pass --trust to allow arbitrary objects)")
+        raise pickle.UnpicklingError(f"refused to unpickle {printable(module)}.{printable(name)} (pass --trust to "
+                                     "allow arbitrary objects)")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {printable(repr(pid)[:80])}")
         _, storage_type, key, _location, numel = pid[:5]
-        dtype = _TORCH_STORAGES.get(storage_type if isinstance(storage_type, str) else str(storage_type))
+        dtype = _TORCH_STORAGES.get(storage_type) if isinstance(storage_type, str) else None
         if dtype is None:
-            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
-        return _Storage(str(key), np.dtype(dtype), int(numel))
+            raise pickle.UnpicklingError(f"unsupported storage type {printable(repr(storage_type)[:80])}")
+        if type(numel) is not int or numel < 0 or not isinstance(key, (str, int)):
+            raise pickle.UnpicklingError(f"storage {printable(repr(key)[:40])} has an invalid size {numel!r}")
+        budget.check(numel * np.dtype(dtype).itemsize, f"storage '{printable(key)}'", self.path)
+        return _Storage(str(key), np.dtype(dtype), numel)
+
+
+def _unpickle(reader, path: str):
+    """One restricted pickle from `reader`, scanned first (`_scan_pickle`)."""
+    _scan_pickle(reader, path)
+    return _RestrictedUnpickler(reader, path).load()
 
 
 def _flatten_state(obj, path: str) -> dict[str, _TensorRef]:
@@ -262,12 +607,25 @@ def _flatten_state(obj, path: str) -> dict[str, _TensorRef]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise UnsupportedError("the file holds no state dict (a dict of tensors)", path)
-    return {str(k): v for k, v in obj.items() if isinstance(v, _TensorRef)}
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, _TensorRef):
+            if not isinstance(k, (str, int)):
+                raise ModelLoadError(f"a tensor is stored under a {type(k).__name__} key, not a name", path)
+            budget.check(math.prod(v.shape) * v.storage.dtype.itemsize, f"tensor '{printable(k)}'", path)
+            out[str(k)] = v
+    return out
 
 
 def _tensor_loader(read_storage: Callable[[_Storage], np.ndarray], ref: _TensorRef):
     def load():
         flat = read_storage(ref.storage)
+        if flat.size < ref.storage.numel:
+            raise ModelLoadError(f"storage '{printable(ref.storage.key)}' holds {flat.size} elements, fewer than "
+                                 f"the {ref.storage.numel} it declares (corrupt file)")
+        _check_view(ref)
+        if not math.prod(ref.shape):
+            return np.zeros(ref.shape, flat.dtype)
         item = flat.dtype.itemsize
         return np.lib.stride_tricks.as_strided(
             flat[ref.offset:], shape=ref.shape, strides=tuple(s * item for s in ref.stride)).copy()
@@ -283,37 +641,60 @@ def _read_torch_zip(path: str, trust: bool) -> dict[str, StoredArray]:
         if pkl is None:
             raise ModelLoadError("zip file without data.pkl: not a PyTorch checkpoint", path)
         prefix = pkl[: -len("data.pkl")]
-        state = _flatten_state(_RestrictedUnpickler(io.BytesIO(z.read(pkl)), path).load(), path)
+        state = _flatten_state(_unpickle(io.BytesIO(_zip_read(z, pkl, path)), path), path)
+        for st in {r.storage.key: r.storage for r in state.values()}.values():
+            info = _zip_member(z, f"{prefix}data/{st.key}", path, f"storage '{printable(st.key)}'")
+            if info.file_size < st.numel * st.dtype.itemsize:
+                raise ModelLoadError(f"storage '{printable(st.key)}' holds {info.file_size} bytes, fewer than the "
+                                     f"{st.numel * st.dtype.itemsize} it declares (corrupt file)", path)
 
     def read_storage(st: _Storage) -> np.ndarray:
         with zipfile.ZipFile(path) as z:
             raw = z.read(f"{prefix}data/{st.key}")
-        return np.frombuffer(raw, dtype=st.dtype, count=st.numel)
+        return np.frombuffer(raw, dtype=st.dtype, count=min(st.numel, len(raw) // st.dtype.itemsize))
 
     return {k: StoredArray(r.shape, r.storage.dtype, _tensor_loader(read_storage, r)) for k, r in state.items()}
 
 
 def _read_torch_legacy(path: str, trust: bool) -> dict[str, StoredArray]:
     with open(path, "rb") as fh:
-        magic = _RestrictedUnpickler(fh, path).load()
-        if magic != _LEGACY_MAGIC:
-            raise ModelLoadError("not a PyTorch checkpoint (no zip archive, no legacy magic number)", path)
-        _RestrictedUnpickler(fh, path).load()  # protocol version
-        _RestrictedUnpickler(fh, path).load()  # sys info
-        if trust:
-            return _read_trusted(path)
-        state = _flatten_state(_RestrictedUnpickler(fh, path).load(), path)
-        keys = _RestrictedUnpickler(fh, path).load()
-        offsets: dict[str, int] = {}
-        storages = {r.storage.key: r.storage for r in state.values()}
-        for key in keys:
-            (numel,) = struct.unpack("<q", fh.read(8))
-            offsets[str(key)] = fh.tell()
-            st = storages.get(str(key))
-            itemsize = st.dtype.itemsize if st is not None else 4
-            fh.seek(numel * itemsize, io.SEEK_CUR)
-        if fh.tell() > os.path.getsize(path):
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ModelLoadError("file is empty", path)
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    with buf:
+        return _read_legacy_pickles(_MapReader(buf), len(buf), path, trust)
+
+
+def _read_legacy_pickles(reader: _MapReader, size: int, path: str, trust: bool) -> dict[str, StoredArray]:
+    if _unpickle(reader, path) != _LEGACY_MAGIC:
+        raise ModelLoadError("not a PyTorch checkpoint (no zip archive, no legacy magic number)", path)
+    _unpickle(reader, path)  # protocol version
+    _unpickle(reader, path)  # sys info
+    if trust:
+        return _read_trusted(path)
+    state = _flatten_state(_unpickle(reader, path), path)
+    keys = _unpickle(reader, path)
+    if not isinstance(keys, (list, tuple)):
+        raise ModelLoadError("legacy checkpoint: the storage key list is not a list", path)
+    offsets: dict[str, int] = {}
+    storages = {r.storage.key: r.storage for r in state.values()}
+    for key in keys:
+        head = reader.read(8)
+        if len(head) < 8:
             raise ModelLoadError("truncated PyTorch checkpoint", path)
+        (numel,) = struct.unpack("<q", head)
+        st = storages.get(str(key))
+        itemsize = st.dtype.itemsize if st is not None else 4
+        if numel < 0 or (st is not None and numel != st.numel):
+            raise ModelLoadError(f"storage '{printable(key)}' has {numel} elements in the file, the pickle says "
+                                 f"{st.numel if st is not None else 'nothing'} (corrupt file)", path)
+        offsets[str(key)] = reader.tell()
+        reader.seek(numel * itemsize, io.SEEK_CUR)
+        if reader.tell() > size:
+            raise ModelLoadError("truncated PyTorch checkpoint", path)
+    missing = sorted(set(storages) - set(offsets))
+    if missing:
+        raise ModelLoadError(f"storage '{printable(missing[0])}' of a tensor is not in the file", path)
 
     def read_storage(st: _Storage) -> np.ndarray:
         return np.fromfile(path, dtype=st.dtype, count=st.numel, offset=offsets[st.key])
