@@ -1,49 +1,60 @@
-"""The power-law fit against a transcription of the reference's O(n^2) scan and known laws."""
+"""The power-law fit against WeightWatcher 0.7.7's own WWFit, a transcription of its J rule, and known laws."""
 
+import contextlib
+import importlib
+import importlib.util
+import io
 import math
+import os
+import sys
+import types
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from irtools.passes.spectral.powerlaw import fit_power_law
+from irtools.passes.spectral.powerlaw import SMALL_N_CUTOFF, fit_power_law
 
 
-def reference_fit(evals, thresh=1e-5):
-    """WeightWatcher 0.7.x's WWFit, written out plainly: every candidate's tail scanned in full."""
+def _wwfit_class():
+    """WeightWatcher's WWFit, loaded from its installed file without the package's __init__
+    (which imports torch and prints), under a private package name."""
+    spec = importlib.util.find_spec("weightwatcher")
+    if spec is None:
+        pytest.skip("weightwatcher is not installed")
+    if "_ww_reference" not in sys.modules:
+        pkg = types.ModuleType("_ww_reference")
+        pkg.__path__ = [os.path.dirname(spec.origin)]
+        sys.modules["_ww_reference"] = pkg
+    return importlib.import_module("_ww_reference.WW_powerlaw").WWFit
+
+
+def ww_fit(evals, thresh=1e-5):
+    """What WeightWatcher 0.7.7 reports (its fit_powerlaw: the eigenvalues above 1e-5, WWFit)."""
+    evals = np.asarray(evals, dtype=np.float64)
+    with contextlib.redirect_stdout(io.StringIO()):  # WWFit prints "SMALL N PL FIT"
+        fit = _wwfit_class()(evals[evals > thresh])
+    return {"alpha": fit.alpha, "xmin": fit.xmin, "D": fit.D, "sigma": fit.sigma,
+            "num_pl_spikes": int(np.sum(evals >= fit.xmin))}
+
+
+def j_rule_fit(evals, thresh=1e-5):
+    """The small-sample J rule written out plainly (WeightWatcher's choice before its __init__
+    overwrites it): smallest J = D - 0.868/sqrt(n) over tails of at least 8."""
     data = np.sort(np.asarray(evals, dtype=np.float64))
     data = data[data > thresh]
-    n_all = len(data)
-    log_data = np.log(data)
-    if n_all < 20:
-        best = (np.inf, None)
-        for i in range(n_all - 1):
-            n = n_all - i
-            if n < 8:
-                continue
-            s = np.sum(log_data[i:]) - n * log_data[i]
-            if s <= 1e-12:
-                continue
-            a = 1 + (n - 1) / s
-            if a <= 1:
-                continue
-            d = np.max(np.abs(np.arange(n) / n - (1 - (data[i:] / data[i]) ** (1 - a))))
-            j = d - 0.868 / np.sqrt(n)
-            if j < best[0]:
-                best = (j, (i, a, d))
-        i, a, d = best[1]
-    else:
-        alphas, ds = np.zeros(n_all - 1), np.ones(n_all - 1)
-        for i in range(n_all - 1):
-            n = float(n_all - i)
-            alphas[i] = 1 + n / (np.sum(log_data[i:]) - n * log_data[i])
-            if alphas[i] > 1:
-                ds[i] = np.max(np.abs(1 - (data[i:] / data[i]) ** (-alphas[i] + 1) - np.arange(n) / n))
-        i = int(np.argmin(ds))
-        a, d = alphas[i], ds[i]
-    return {"alpha": a, "xmin": data[i], "D": d, "sigma": (a - 1) / np.sqrt(n_all - i),
-            "num_pl_spikes": int(np.sum(evals >= data[i]))}
+    best = (np.inf, None)
+    for i in range(len(data) - 1):
+        n = len(data) - i
+        s = np.sum(np.log(data[i:])) - n * np.log(data[i])
+        if n < 8 or s <= 1e-12:
+            continue
+        a = 1 + (n - 1) / s
+        d = np.max(np.abs(np.arange(n) / n - (1 - (data[i:] / data[i]) ** (1 - a))))
+        if d - 0.868 / np.sqrt(n) < best[0]:
+            best = (d - 0.868 / np.sqrt(n), (i, a, d))
+    return best[1]
 
 
 def pareto(alpha, n, rng, xmin=1.0):
@@ -51,20 +62,70 @@ def pareto(alpha, n, rng, xmin=1.0):
     return xmin * (1 - rng.random(n)) ** (-1 / (alpha - 1))
 
 
+def assert_same(ours, ref, small):
+    assert ours.status == "success"
+    assert ours.xmin == ref["xmin"]
+    for key in ("alpha", "D") + (() if small else ("sigma",)):
+        assert getattr(ours, key) == pytest.approx(ref[key], rel=1e-12, abs=1e-14), key
+    assert ours.num_pl_spikes == ref["num_pl_spikes"]
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.integers(8, 400), st.floats(1.5, 6.0), st.integers(0, 2**32 - 1), st.booleans())
-def test_same_fit_as_the_reference_scan(n, alpha, seed, with_bulk):
+def test_same_fit_as_weightwatcher(n, alpha, seed, with_bulk):
     rng = np.random.default_rng(seed)
     evals = pareto(alpha, n, rng)
     if with_bulk:  # a Marchenko-Pastur-like bulk under the tail, and a few values below the cut
         evals = np.concatenate([evals, rng.uniform(0.05, 0.9, size=n), [1e-7, 0.0]])
-    ours, ref = fit_power_law(evals), reference_fit(evals)
-    assert ours.status == "success"
-    assert ours.xmin == ref["xmin"]
-    for key in ("alpha", "D", "sigma"):
-        assert getattr(ours, key) == pytest.approx(ref[key], rel=1e-12, abs=1e-14), key
-    assert ours.num_pl_spikes == ref["num_pl_spikes"]
+    ours, ref = fit_power_law(evals), ww_fit(evals)
+    assert_same(ours, ref, small=False)
+    if n >= 8:
+        assert ours.sigma == pytest.approx(ref["sigma"], rel=1e-12)
     assert ours.xmax == np.max(evals)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(2, SMALL_N_CUTOFF - 1), st.floats(1.3, 8.0), st.integers(0, 2**32 - 1),
+       st.integers(0, 4), st.integers(0, 3))
+def test_small_samples_report_what_weightwatcher_reports(n, alpha, seed, repeats, tiny):
+    """Fewer than 20 eigenvalues above the cut: bias-corrected alphas, xmin = argmin D (the
+    candidate WWFit.__init__ keeps), with repeated eigenvalues (ties) and values below 1e-5."""
+    rng = np.random.default_rng(seed)
+    evals = pareto(alpha, n, rng, xmin=rng.uniform(0.01, 3.0))
+    if repeats:
+        evals[:repeats] = evals[-1]  # repeated eigenvalues, including the largest
+    evals = np.concatenate([evals, np.full(tiny, 1e-9)])
+    ours, ref = fit_power_law(evals), ww_fit(evals)
+    if np.ptp(evals[evals > 1e-5]) == 0:
+        assert ours.status == "failed: the eigenvalues are all equal"
+        return
+    assert_same(ours, ref, small=True)
+    above = int(np.sum(evals > 1e-5))
+    if above >= 8:  # below 8, WeightWatcher reports sigma = -1/sqrt(n) (see powerlaw.py)
+        assert ours.sigma == pytest.approx(ref["sigma"], rel=1e-12)
+    else:
+        assert ref["sigma"] == pytest.approx(-1 / math.sqrt(above))
+        assert ours.sigma == pytest.approx((ours.alpha - 1) / math.sqrt(above), rel=1e-12)
+
+
+def test_small_layer_from_the_issue_picks_argmin_d_and_j_on_request():
+    """A spectrum where the two rules disagree (as on the 240x10 squeeze-excite layers of the
+    issue): the default is WeightWatcher's reported argmin-D choice; "J" its J choice."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        evals = pareto(2.5, 14, rng)
+        i, a, d = j_rule_fit(evals)
+        ref = ww_fit(evals)
+        if ref["xmin"] != np.sort(evals)[i]:
+            break
+    else:
+        pytest.fail("no spectrum where the rules disagree")
+    default, j = fit_power_law(evals), fit_power_law(evals, small_n_xmin="J")
+    assert default.xmin == ref["xmin"] and default.alpha == pytest.approx(ref["alpha"], rel=1e-12)
+    assert j.xmin == np.sort(evals)[i] and j.alpha == pytest.approx(a, rel=1e-12) and j.D == pytest.approx(d)
+    assert default.D < j.D
+    with pytest.raises(ValueError, match="small_n_xmin"):
+        fit_power_law(evals, small_n_xmin="K")
 
 
 @pytest.mark.parametrize("alpha", [2.0, 2.5, 3.5, 5.0])

@@ -1,13 +1,28 @@
 """numba kernels of `irtools.passes.spectral.powerlaw` (kept apart so that importing irtools does not import numba).
 
-Scans are written as plain loops over log-eigenvalues; `nogil` lets the spectral pass fit one
-layer while another thread's eigensolve runs.
+Every kernel takes the log-eigenvalues (computed once by numpy, so that the CPU and the CUDA fits
+start from the same bits) and writes its arithmetic exactly as the CUDA kernels of
+`irtools.passes.spectral._cudafit` do: tail sums accumulated from the largest eigenvalue down,
+alpha = 1 + n / (tail sum - n ln xmin), the KS term |1 - exp((1 - alpha)(ln x - ln xmin)) - k/n|.
+`nogil` lets the spectral pass fit one layer while another thread's eigensolve runs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _tail_sums(log_x):
+    """sum(log_x[i:]) for every i, accumulated from the top (the order the CUDA threads use)."""
+    n_all = log_x.shape[0]
+    out = np.empty(n_all)
+    acc = 0.0
+    for i in range(n_all - 1, -1, -1):
+        acc += log_x[i]
+        out[i] = acc
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -25,14 +40,14 @@ def _ks_distance(log_x, i, alpha, bound):
 
 
 @njit(cache=True, nogil=True)
-def _fit_standard(x):
-    n_all = x.shape[0]
-    log_x = np.log(x)
-    tail_sum = np.empty(n_all)  # sum of log x over x[i:]
-    acc = 0.0
-    for i in range(n_all - 1, -1, -1):
-        acc += log_x[i]
-        tail_sum[i] = acc
+def _fit_standard(log_x):
+    """(index of xmin, alpha, D) of the candidate with the smallest D, the first one on ties.
+
+    A candidate with alpha <= 1 has D = 1, as in the reference. A candidate's scan stops as soon
+    as its D cannot beat the best so far (seeded by a coarse pass), which selects the same xmin
+    as full scans."""
+    n_all = log_x.shape[0]
+    tail_sum = _tail_sums(log_x)
     m = n_all - 1
     alphas = np.empty(m)
     for i in range(m):
@@ -40,7 +55,6 @@ def _fit_standard(x):
         alphas[i] = 1.0 + n / (tail_sum[i] - n * log_x[i])
     best_i = 0
     best_d = np.inf
-    # seed the bound with a coarse pass so that most full scans stop early
     step = max(1, m // 64)
     for i in range(0, m, step):
         d = _ks_distance(log_x, i, alphas[i], np.inf) if alphas[i] > 1.0 else 1.0
@@ -59,28 +73,28 @@ def _fit_standard(x):
 
 
 @njit(cache=True, nogil=True)
-def _fit_small(x, k_min):
-    n_all = x.shape[0]
-    log_x = np.log(x)
-    best_j = np.inf
-    best_i = -1
-    best_alpha = 0.0
-    best_d = 1.0
-    for i in range(n_all - 1):
+def _small_candidates(log_x, k_min):
+    """The reference's small-sample arrays: per candidate the bias-corrected alpha = 1 + (n-1)/s,
+    the KS distance D and J = D - 0.868/sqrt(n). Candidates with tails shorter than `k_min` or
+    s <= 1e-12 keep alpha 0, D 1 and J = inf (WeightWatcher's initial values)."""
+    n_all = log_x.shape[0]
+    tail_sum = _tail_sums(log_x)
+    m = n_all - 1
+    alphas = np.zeros(m)
+    ds = np.ones(m)
+    js = np.full(m, np.inf)
+    for i in range(m):
         n = n_all - i
         if n < k_min:
             continue
-        s = 0.0
-        for k in range(i, n_all):
-            s += log_x[k]
-        s -= n * log_x[i]
+        s = tail_sum[i] - n * log_x[i]
         if s <= 1e-12:
             continue
         alpha = 1.0 + (n - 1.0) / s
+        alphas[i] = alpha
         if alpha <= 1.0:
             continue
         d = _ks_distance(log_x, i, alpha, np.inf)
-        j = d - 0.868 / np.sqrt(n)
-        if j < best_j:
-            best_j, best_i, best_alpha, best_d = j, i, alpha, d
-    return best_i, best_alpha, best_d
+        ds[i] = d
+        js[i] = d - 0.868 / np.sqrt(n)
+    return alphas, ds, js
