@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
+from irtools import budget
 from irtools.errors import IrtoolsError, UnsupportedError
 from irtools.ir.model import IRModel
 from irtools.ir.parameters import STRUCTURAL_SLOTS
@@ -70,8 +71,9 @@ class _Accumulator:
 class _Node:
     """What an op rule sees: the node, its output counts, shapes and a way to give counts back."""
 
-    def __init__(self, model: IRModel, node: ir.Node, outs: list[Counts | None], acc: _Accumulator, exponent: int):
-        self.model, self.node, self.outs, self._acc, self.exponent = model, node, outs, acc, exponent
+    def __init__(self, sweep: _Sweep, node: ir.Node, outs: list[Counts | None], exponent: int):
+        self.sweep, self.model, self.node, self.outs, self.exponent = sweep, sweep.model, node, outs, exponent
+        self._acc = sweep.acc
         self._structural = STRUCTURAL_SLOTS.get(node.op_type, frozenset())
 
     @property
@@ -107,9 +109,16 @@ class _Node:
             )
         return self.model.constant_value(v)
 
+    def wants(self, i: int) -> bool:
+        """Whether input i can take contexts (it is computed from a parameter through data slots)."""
+        return self.has_input(i) and i not in self._structural and self.node.inputs[i] in self.sweep.live
+
+    def is_const(self, i: int) -> bool:
+        return self.has_input(i) and self.model.constants_analysis.is_constant(self.node.inputs[i])
+
     def give(self, i: int, contrib: np.ndarray) -> None:
         """Add `contrib` (at the common exponent) to input i's counts."""
-        if not self.has_input(i) or i in self._structural:
+        if not self.wants(i):
             return
         v = self.node.inputs[i]
         shape = self.model.static_shape(v)
@@ -152,14 +161,19 @@ def _passthrough(n: _Node) -> None:
 def _broadcast_all(n: _Node) -> None:
     out = n.out()
     for i in range(len(n.node.inputs)):
-        if n.has_input(i) and i not in n._structural:
+        if n.wants(i):
             n.give(i, unbroadcast(out, n.in_shape(i)))
 
 
 def _where(n: _Node) -> None:  # Where(cond, x, y): the condition carries no contexts
     out = n.out()
     for i in (1, 2):
-        n.give(i, unbroadcast(out, n.in_shape(i)))
+        if n.wants(i):
+            n.give(i, unbroadcast(out, n.in_shape(i)))
+
+
+def _no_contexts(n: _Node) -> None:
+    """Outputs that are shapes, indices, masks or booleans: no path runs through them."""
 
 
 def _channel_norm(*slots: int) -> Callable[[_Node], None]:
@@ -186,10 +200,11 @@ def _group_norm(n: _Node) -> None:
 
 
 def _layer_norm(n: _Node) -> None:
+    """LayerNormalization / RMSNormalization (and SkipLayerNormalization's skip and bias)."""
     out = n.out()
     n.give(0, out)
-    for i in (1, 2):
-        if n.has_input(i):
+    for i in range(1, len(n.node.inputs)):
+        if n.wants(i):
             n.give(i, unbroadcast(out, n.in_shape(i)))
 
 
@@ -556,17 +571,187 @@ def _space_to_depth(n: _Node, idx: np.ndarray) -> np.ndarray:
     return t.reshape(b, c * k * k, hh // k, ww // k)
 
 
+def _trilu_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    k = int(n.const(1).reshape(())) if n.has_input(1) else 0
+    rows, cols = idx.shape[-2:]
+    i, j = np.ogrid[:rows, :cols]
+    keep = (j - i >= k) if n.attr("upper", 1) else (j - i <= k)
+    return np.where(keep, idx, -1)
+
+
+def _gather_elements_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    axis = int(n.attr("axis", 0)) % idx.ndim
+    indices = n.const(1).astype(np.int64)
+    indices = np.where(indices < 0, indices + idx.shape[axis], indices)
+    grid = list(np.indices(indices.shape, sparse=True))
+    grid[axis] = indices
+    return idx[tuple(np.broadcast_arrays(*grid))]
+
+
+def _gather_nd_targets(indices: np.ndarray, data_shape, batch_dims: int) -> np.ndarray:
+    """GatherND / ScatterND: flat positions in `data` of every (batch..., index tuple) slice start,
+    shaped indices.shape[:-1], and the number of trailing elements each slice covers."""
+    k = indices.shape[-1]
+    lead = data_shape[:batch_dims]
+    sizes = np.array(data_shape[batch_dims:batch_dims + k], dtype=np.int64)
+    idx = np.where(indices < 0, indices + sizes, indices).astype(np.int64)
+    rest = math.prod(data_shape[batch_dims + k:])
+    inner = np.ravel_multi_index(tuple(np.moveaxis(idx, -1, 0)), tuple(int(x) for x in sizes)) if k else np.zeros(
+        idx.shape[:-1], np.int64)
+    batch = np.arange(math.prod(lead), dtype=np.int64).reshape(lead + (1,) * (inner.ndim - batch_dims))
+    return (batch * math.prod(sizes) + inner) * rest, rest
+
+
+def _gather_nd(n: _Node) -> None:
+    """GatherND: constant indices move slices (an index map); data-chosen indices may pick any
+    slice, so each slice of the table receives the counts of every index position of its batch."""
+    x_shape = n.in_shape(0)
+    b = int(n.attr("batch_dims", 0))
+    out = n.out()
+    if n.is_const(1):
+        starts, rest = _gather_nd_targets(n.const(1), x_shape, b)
+        src = (starts[..., None] + np.arange(rest)).reshape(out.shape)
+        n.give(0, _index_adjoint(out, src, math.prod(x_shape)).reshape(x_shape))
+        return
+    k = n.in_shape(1)[-1]
+    lead = math.prod(x_shape[:b])
+    tail = x_shape[b + k:]
+    per = out.reshape(lead, -1, math.prod(tail)).sum(axis=1)  # (batch, trailing)
+    n.give(0, np.broadcast_to(per.reshape((lead,) + (1,) * k + (math.prod(tail),)),
+                              (lead, *x_shape[b:b + k], math.prod(tail))).reshape(x_shape))
+
+
+def _scatter_nd(n: _Node) -> None:
+    """ScatterND(data, indices, updates): an overwritten data element takes no contexts, an update
+    element takes its target's; data-chosen indices may hit any slice (data keeps every count)."""
+    out = n.out()
+    x_shape = out.shape
+    u_shape = n.in_shape(2)
+    reduction = n.attr("reduction", "none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    if n.is_const(1):
+        starts, rest = _gather_nd_targets(n.const(1), x_shape, 0)
+        targets = (starts[..., None] + np.arange(rest)).reshape(u_shape)
+        if n.wants(0):
+            data = out.copy().ravel()
+            if reduction == "none":
+                data[targets.ravel()] = 0.0
+            n.give(0, data.reshape(x_shape))
+        n.give(2, out.ravel()[targets])
+        return
+    k = n.in_shape(1)[-1]
+    n.give(0, out)
+    tail = x_shape[k:]
+    per = out.reshape(-1, math.prod(tail)).sum(axis=0)
+    n.give(2, np.broadcast_to(per, (math.prod(u_shape[:len(u_shape) - len(tail)]), math.prod(tail))).reshape(u_shape))
+
+
+def _scatter_elements(n: _Node) -> None:
+    out = n.out()
+    axis = int(n.attr("axis", 0)) % out.ndim
+    u_shape = n.in_shape(2)
+    reduction = n.attr("reduction", "none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    if n.is_const(1):
+        indices = n.const(1).astype(np.int64)
+        indices = np.where(indices < 0, indices + out.shape[axis], indices)
+        grid = list(np.indices(u_shape, sparse=True))
+        grid[axis] = indices
+        targets = np.ravel_multi_index(tuple(np.broadcast_arrays(*grid)), out.shape)
+        if n.wants(0):
+            data = out.copy().ravel()
+            if reduction == "none":
+                data[targets.ravel()] = 0.0
+            n.give(0, data.reshape(out.shape))
+        n.give(2, out.ravel()[targets])
+        return
+    n.give(0, out)
+    along = out.sum(axis=axis, keepdims=True)
+    n.give(2, np.broadcast_to(along, out.shape)[tuple(slice(0, d) for d in u_shape)])
+
+
+def _gather_elements(n: _Node) -> None:
+    if n.is_const(1):
+        _index_map_rule(_gather_elements_map)(n)
+        return
+    x_shape = n.in_shape(0)
+    axis = int(n.attr("axis", 0)) % len(x_shape)
+    along = n.out().sum(axis=axis, keepdims=True)  # any element along the axis may be picked
+    pad = [(0, x - a) if i != axis else (0, 0) for i, (x, a) in enumerate(zip(x_shape, along.shape, strict=True))]
+    n.give(0, np.broadcast_to(np.pad(along, pad), x_shape))
+
+
+def _cumsum(n: _Node) -> None:
+    """out[j] = sum of x[i] for i <= j (exclusive: i < j; reverse: i >= j): x[i] takes the sum
+    of the counts of the outputs it is summed into."""
+    out = n.out()
+    axis = int(n.const(1).reshape(())) % out.ndim
+    rev = bool(n.attr("reverse", 0))
+    flipped = out if rev else np.flip(out, axis)
+    acc = np.cumsum(flipped, axis=axis)
+    if n.attr("exclusive", 0):
+        acc = acc - flipped
+    n.give(0, acc if rev else np.flip(acc, axis))
+
+
+def _einsum(n: _Node) -> None:
+    """Each operand scalar takes, per output scalar, the number of product terms it is a factor
+    of: the output counts summed over the indices it lacks, times the size of every summed index
+    that only the other operands carry (MatMul is 'ij,jk->ik')."""
+    eq = n.attr("equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    shapes = [n.in_shape(i) for i in range(len(terms))]
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    ell = max((len(s) - len(t.replace("...", "")) for t, s in zip(terms, shapes, strict=True) if "..." in t), default=0)
+    terms = [t.replace("...", "".join(free[ell - (len(s) - len(t.replace("...", ""))):ell]))
+             for t, s in zip(terms, shapes, strict=True)]
+    if not arrow:  # implicit output: the ellipsis dims, then the indices used once, sorted
+        once = [c for c in sorted(set("".join(terms))) if "".join(terms).count(c) == 1 and c not in free]
+        rhs = "".join(free[:ell]) + "".join(once)
+    else:
+        rhs = rhs.replace("...", "".join(free[:ell]))
+    size = {}
+    for t, s in zip(terms, shapes, strict=True):
+        if len(set(t)) != len(t):
+            raise UnsupportedError(f"Einsum node '{n.name}': repeated index in one operand ({eq})", n.model.path)
+        for c, d in zip(t, s, strict=True):
+            size[c] = max(size.get(c, 1), int(d))
+    out = n.out()
+    for k, t in enumerate(terms):
+        if not n.wants(k):
+            continue
+        extra = [c for c in size if c not in rhs]
+        operands = [out] + [np.ones(size[c]) for c in extra]
+        spec = ",".join([rhs, *extra]) + "->" + t
+        full = np.einsum(spec, *operands)
+        n.give(k, unbroadcast(full, shapes[k]) if full.shape != shapes[k] else full)
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
-    "Clip LRN ThresholdedRelu Shrink Swish"
+    "Clip LRN ThresholdedRelu Shrink Swish Tan Asin Acos Atan Sinh Cosh Asinh Acosh Atanh FastGelu BiasGelu "
+    "QuickGelu"
 ).split()
-BROADCAST = "Add Sub Mul Div Pow Max Min Sum Mean PRelu".split()
+BROADCAST = "Add Sub Mul Div Pow Max Min Sum Mean PRelu Mod BiasAdd".split()
+#: Ops whose outputs are shapes, indices, masks or booleans: they carry no contexts, and a value
+#: computed from them alone (a causal mask, position ids) is downstream of nothing learnable.
+NO_CONTEXT = frozenset(
+    "Shape Size Range Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor Not IsNaN IsInf ArgMax ArgMin "
+    "NonZero EyeLike ConstantOfShape OneHot Hardmax RandomNormal RandomUniform RandomNormalLike RandomUniformLike "
+    "Multinomial Bernoulli BitShift BitwiseAnd BitwiseOr BitwiseXor BitwiseNot StringNormalizer".split()
+)
+REDUCE = "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL2 ReduceL1 ReduceLogSum ReduceLogSumExp "\
+         "ReduceSumSquare".split()
 
 #: Op type -> rule handing output counts back to the inputs.
 RULES: dict[str, Callable[[_Node], None]] = {
     **{op: _passthrough for op in UNARY},
     **{op: _broadcast_all for op in BROADCAST},
+    **{op: _no_contexts for op in NO_CONTEXT},
+    **{op: _reduce for op in REDUCE},
     "Where": _where,
     "Constant": lambda n: None,  # leaves: a constant that is no parameter takes no contexts
     "ConstantOfShape": lambda n: None,
@@ -600,14 +785,31 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "SpaceToDepth": _index_map_rule(_space_to_depth),
     "Resize": _resize,
     "Upsample": _resize,
-    "ReduceMean": _reduce,
-    "ReduceSum": _reduce,
-    "ReduceMax": _reduce,
-    "ReduceMin": _reduce,
-    "ReduceProd": _reduce,
-    "ReduceL2": _reduce,
-    "ReduceL1": _reduce,
+    "Trilu": _index_map_rule(_trilu_map),
+    "CumSum": _cumsum,
+    "GatherND": _gather_nd,
+    "GatherElements": _gather_elements,
+    "ScatterND": _scatter_nd,
+    "ScatterElements": _scatter_elements,
+    "Scatter": _scatter_elements,
+    "Einsum": _einsum,
+    "RMSNormalization": _layer_norm,
+    "If": lambda n: n.sweep.branches(n),
 }
+#: Rules of ops in other domains, by (domain, op type); the default domain's ops are in RULES.
+DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
+    **{("com.microsoft", op): _broadcast_all for op in ("FastGelu", "BiasGelu", "QuickGelu", "Gelu")},
+    ("com.microsoft", "SkipLayerNormalization"): _layer_norm,
+    ("com.microsoft", "SkipSimplifiedLayerNormalization"): _layer_norm,
+    ("com.microsoft", "SimplifiedLayerNormalization"): _layer_norm,
+    ("com.microsoft", "BiasAdd"): _broadcast_all,
+}
+
+
+def rule_for(node: ir.Node) -> Callable[[_Node], None] | None:
+    if node.domain in ("", "ai.onnx"):
+        return RULES.get(node.op_type)
+    return DOMAIN_RULES.get((node.domain, node.op_type))
 
 # Elementwise ops an activation expanded into a subgraph is built from (swish, GELU, mish, ...).
 _ACTIVATION_PARTS = frozenset(
@@ -616,21 +818,24 @@ _ACTIVATION_PARTS = frozenset(
 )
 
 
-def activation_regions(model: IRModel) -> dict[ir.Value, ir.Value]:
+def activation_regions(model: IRModel, live: set[ir.Value] | None = None) -> dict[ir.Value, ir.Value]:
     """Exits of parameter-free elementwise subgraphs of one tensor that gate it (x * f(x)).
 
     Returns {exit value: source tensor}; such a subgraph counts as one activation, so the
     source receives the exit's counts once instead of once per path through the subgraph.
+    A node reading a parameter, or a constant computed from one (GroupNorm exported as
+    InstanceNormalization, then Mul / Add by the Unsqueeze'd weight and bias), is never part of
+    a region: its parameter takes contexts.
     """
     consts = model.constants_analysis
-    params = {p.value for p in model.parameters}
+    params = live if live is not None else live_values(model)
     src: dict[ir.Value, ir.Value] = {}
     gated: dict[ir.Value, bool] = {}
     for node in model.nodes:
         if node.op_type not in _ACTIVATION_PARTS or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
         inputs = [v for v in node.inputs if v is not None]
-        if any(v in params for v in inputs):
+        if any(v in params and (consts.is_constant(v) or v.const_value is not None) for v in inputs):
             continue
         live = [v for v in inputs if not consts.is_constant(v)]
         roots = {src.get(v, v) for v in live}
@@ -656,6 +861,125 @@ def activation_regions(model: IRModel) -> dict[ir.Value, ir.Value]:
     return exits
 
 
+def _subgraphs(node: ir.Node):
+    for a in node.attributes.values():
+        if a.type == ir.AttributeType.GRAPH:
+            yield a.value
+        elif a.type == ir.AttributeType.GRAPHS:
+            yield from a.value
+
+
+def _captured(node: ir.Node) -> list[ir.Value]:
+    """Values a node's subgraphs read from enclosing graphs."""
+    out = []
+    for g in _subgraphs(node):
+        inner = set(g.inputs) | {v for n in ir.traversal.RecursiveGraphIterator(g) for v in n.outputs}
+        for n in ir.traversal.RecursiveGraphIterator(g):
+            out.extend(v for v in n.inputs if v is not None and v not in inner)
+        out.extend(v for v in g.outputs if v not in inner)
+    return out
+
+
+def live_values(model: IRModel) -> set[ir.Value]:
+    """Values computed from a learnable parameter through inputs that carry contexts.
+
+    Only these can hand contexts back to a parameter; everything else (causal masks built from
+    Range / Trilu / comparisons, position ids, shape arithmetic) is skipped by the sweep, so it
+    needs neither a counting rule nor a static shape. A node with subgraphs is live when any
+    input or any value its subgraphs read is; its subgraphs' inputs are then live too.
+    """
+    live = {p.value for p in model.parameters}
+    for node in model.all_nodes:  # producers first, an owner before its subgraphs' nodes
+        if node.domain in ("", "ai.onnx") and node.op_type in NO_CONTEXT:
+            continue
+        structural = STRUCTURAL_SLOTS.get(node.op_type, frozenset()) if node.domain in ("", "ai.onnx") else ()
+        hit = any(v is not None and i not in structural and v in live for i, v in enumerate(node.inputs))
+        subs = list(_subgraphs(node))
+        if subs and not hit:
+            hit = any(v in live for v in _captured(node))
+        if hit:
+            live.update(node.outputs)
+            for g in subs:
+                live.update(g.inputs)
+    return live
+
+
+class _Sweep:
+    """One reverse sweep: the accumulator, the live values and the parameters found so far."""
+
+    def __init__(self, model: IRModel, live: set[ir.Value]):
+        self.model, self.live = model, live
+        self.acc = _Accumulator()
+        self.roots = {p.value: p for p in model.parameters}
+        self.collapse = activation_regions(model, live)
+        self.done: dict[str, Counts] = {}
+        self.notes: list[str] = []
+
+    def run(self, nodes: list[ir.Node]) -> None:
+        for node in reversed(nodes):
+            self.visit(node)
+
+    def visit(self, node: ir.Node) -> None:
+        model = self.model
+        if not any(v in self.live for v in node.outputs):
+            return
+        outs = [self.acc.pop(v) for v in node.outputs]
+        for v, c in zip(node.outputs, outs, strict=True):
+            if v in self.roots and c is not None:
+                self.done[self.roots[v].name] = c
+        if all(c is None for c in outs) or all(v in self.roots for v in node.outputs):
+            return
+        if len(node.outputs) == 1 and node.outputs[0] in self.collapse:
+            c = outs[0]
+            self.acc.add(self.collapse[node.outputs[0]], c.mantissa, c.exponent)
+            return
+        rule = rule_for(node)
+        name = model.node_names.get(node, node.op_type)
+        numel = sum(c.mantissa.size for c in outs if c is not None)
+        numel += sum(math.prod(v.shape) for v in node.inputs
+                     if v is not None and v in self.live and v.shape is not None and v.shape.is_static())
+        budget.check(16.0 * numel, f"context counts of {node.op_type} node '{name}'", model.path)
+        exponent = max(c.exponent for c in outs if c is not None)
+        try:
+            rule(_Node(self, node, outs, exponent))
+        except IrtoolsError:
+            raise
+        except Exception as exc:
+            raise UnsupportedError(f"context counts: cannot count {node.op_type} node '{name}': {exc}",
+                                   model.path) from exc
+
+    def seed(self, values, counts: list[Counts | None]) -> None:
+        for v, c in zip(values, counts, strict=True):
+            if c is not None and v in self.live:
+                self.acc.add(v, c.mantissa, c.exponent)
+
+    def branches(self, n: _Node) -> None:
+        """If: a condition that folds to a constant selects its branch; otherwise both branches
+        take the output counts (the union of their contexts), and a note says so."""
+        from irtools.ir.model import topological_order
+
+        then_g, else_g = n.attr("then_branch"), n.attr("else_branch")
+        chosen = [then_g, else_g]
+        if n.is_const(0):
+            chosen = [then_g if bool(np.asarray(n.const(0)).reshape(-1)[0]) else else_g]
+        else:
+            self.notes.append(f"If node '{n.name}': the condition depends on the input, so both branches are "
+                              f"counted (the union of their contexts)")
+        for g in chosen:
+            self.seed(g.outputs, n.outs)
+            self.run(topological_order(g, self.model.path))
+
+
+def unsupported_ops(model: IRModel, live: set[ir.Value]) -> dict[str, list[str]]:
+    """{op label: names of the nodes using it} for live nodes that have no counting rule."""
+    missing: dict[str, list[str]] = {}
+    for node in model.all_nodes:
+        if rule_for(node) is None and any(v in live for v in node.outputs):
+            label = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            missing.setdefault(label, []).append(model.node_names.get(node, node.op_type))
+    return missing
+
+
 @dataclass(slots=True)
 class ContextCounts:
     """Result of the `context-counts` pass."""
@@ -663,6 +987,7 @@ class ContextCounts:
     counts: dict[str, Counts]  # parameter name -> per-scalar counts
     num_input_scalars: int
     num_output_scalars: int
+    notes: list[str] = field(default_factory=list)
 
 
 @register_pass
@@ -672,43 +997,25 @@ class ContextCountsPass(Pass):
     name = "context-counts"
 
     def run(self, model: IRModel) -> ContextCounts:
-        arrays = model.arrays()  # static shapes everywhere, or a clear error
-        acc = _Accumulator()
+        live = live_values(model)
+        missing = unsupported_ops(model, live)
+        if missing:
+            parts = [f"{op} (node{'s' if len(names) > 1 else ''} {', '.join(repr(x) for x in names[:8])}"
+                     f"{f' and {len(names) - 8} more' if len(names) > 8 else ''})" for op, names in missing.items()]
+            raise UnsupportedError("context counts: no counting rule for " + "; ".join(parts)
+                                   + " on a path from a learnable parameter", model.path)
+        n_in = sum(math.prod(model.static_shape(v)) for v in model.inputs)
+        sweep = _Sweep(model, live)
         for v in model.outputs:
-            acc.add(v, np.ones(model.static_shape(v)), 0)
-        roots = {p.value: p for p in model.parameters}
-        collapse = activation_regions(model)
-        done: dict[str, Counts] = {}
-        for node in reversed(model.nodes):
-            outs = [acc.pop(v) for v in node.outputs]
-            for v, c in zip(node.outputs, outs, strict=True):
-                if v in roots and c is not None:
-                    done[roots[v].name] = c
-            if all(c is None for c in outs) or all(v in roots for v in node.outputs):
-                continue
-            if len(node.outputs) == 1 and node.outputs[0] in collapse:
-                c = outs[0]
-                acc.add(collapse[node.outputs[0]], c.mantissa, c.exponent)
-                continue
-            rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-            if rule is None:
-                label = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-                raise UnsupportedError(
-                    f"context counts: op {label} (node '{model.node_names[node]}') is not supported", model.path
-                )
-            exponent = max(c.exponent for c in outs if c is not None)
-            try:
-                rule(_Node(model, node, outs, acc, exponent))
-            except IrtoolsError:
-                raise
-            except Exception as exc:
-                raise UnsupportedError(
-                    f"context counts: cannot count {node.op_type} node '{model.node_names[node]}': {exc}", model.path
-                ) from exc
+            if v in live:
+                shape = model.static_shape(v)
+                budget.check(8.0 * math.prod(shape), f"context counts of output '{v.name}'", model.path)
+                sweep.acc.add(v, np.ones(shape), 0)
+        n_out = sum(math.prod(model.static_shape(v)) for v in model.outputs)
+        sweep.run(model.nodes)
         for p in model.parameters:
-            if p.name not in done:
-                c = acc.pop(p.value)
-                done[p.name] = c if c is not None else Counts(np.zeros(p.shape), 0)
-        n_in = int(sum(arrays.value_numel[v] for v in arrays.input_values))
-        n_out = int(sum(arrays.value_numel[v] for v in arrays.output_values))
-        return ContextCounts({p.name: done[p.name] for p in model.parameters}, n_in, n_out)
+            if p.name not in sweep.done:
+                c = sweep.acc.pop(p.value)
+                sweep.done[p.name] = c if c is not None else Counts(np.zeros(p.shape), 0)
+        return ContextCounts({p.name: sweep.done[p.name] for p in model.parameters}, int(n_in), int(n_out),
+                             sweep.notes)

@@ -258,11 +258,37 @@ def test_swish_subgraph_counts_as_one_activation():
     assert (exact(c_res.counts["w"]) == 2 * exact(c_relu.counts["w"])).all()
 
 
-def test_unsupported_op_is_named():
-    proto = b.model([h.make_node("MatMul", ["x", "w"], ["z"]), h.make_node("Hardmax", ["z"], ["y"], name="hm")],
-                    [b.vinfo("x", [1, 2])], [b.vinfo("y", [1, 2])], [W("w", (2, 2), np.random.default_rng(0))])
-    with pytest.raises(irtools.UnsupportedError, match="op Hardmax \\(node 'hm'\\) is not supported"):
+def test_unsupported_op_is_named_once_with_every_node():
+    """An op without a rule on a parameter's path is reported once, naming each node using it."""
+    rng = np.random.default_rng(0)
+    proto = b.model([h.make_node("MatMul", ["x", "w"], ["z"]),
+                     h.make_node("Frob", ["z"], ["f1"], name="f1", domain="com.example"),
+                     h.make_node("Frob", ["f1"], ["y"], name="f2", domain="com.example")],
+                    [b.vinfo("x", [1, 2])], [b.vinfo("y", [1, 2])], [W("w", (2, 2), rng)])
+    proto.opset_import.append(h.make_opsetid("com.example", 1))
+    proto.graph.value_info.extend([b.vinfo("f1", [1, 2])])
+    with pytest.raises(irtools.UnsupportedError) as err:
         counts_of(proto)
+    assert "no counting rule for com.example::Frob (nodes 'f1', 'f2')" in str(err.value)
+    assert str(err.value).count("Frob") == 1
+
+
+def test_ops_downstream_of_nothing_learnable_need_no_rule_nor_shape():
+    """A mask built by an op without a rule (and of unknown shape) from the input alone is
+    skipped: the weight's counts are those of the same graph with the mask a constant input."""
+    rng = np.random.default_rng(0)
+    w = W("w", (3, 3), rng)
+    masked = b.model([h.make_node("Frob", ["x"], ["m"], domain="com.example"),
+                      h.make_node("MatMul", ["x", "w"], ["z"]), h.make_node("Where", ["m", "z", "x"], ["y"])],
+                     [b.vinfo("x", [2, 3])], [b.vinfo("y", [2, 3])], [w])
+    masked.opset_import.append(h.make_opsetid("com.example", 1))
+    plain = b.model([h.make_node("MatMul", ["x", "w"], ["z"]), h.make_node("Where", ["m", "z", "x"], ["y"])],
+                    [b.vinfo("x", [2, 3]), b.vinfo("m", [2, 3], onnx.TensorProto.BOOL)], [b.vinfo("y", [2, 3])], [w])
+    truth = brute_force_counts(b.model([h.make_node("MatMul", ["x", "w"], ["y"])], [b.vinfo("x", [2, 3])],
+                                       [b.vinfo("y", [2, 3])], [w]))["w"]
+    for proto in (masked, plain):
+        _, cc = counts_of(proto)
+        assert (exact(cc.counts["w"]) == truth).all()
 
 
 def test_constant_node_weight_through_transpose_is_counted():
@@ -287,8 +313,10 @@ def test_analyze_cli_json_and_table(tmp_path):
     assert res.exit_code == 0 and "total surprisal" in res.output and "classifier.3.bias" in res.output
     res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "colour"])
     assert res.exit_code == 2 and "unknown metric family colour" in res.output
-    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "reuse"])  # asked for: dynamic dims are an error
-    assert res.exit_code == 2 and "--input-shape image=" in res.output
+    # a symbolic batch dim is fixed to 1 (one note): the same counts as --input-shape image=1,1,8,8
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "reuse", "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["reuse"] == r
+    assert res.stderr.count("irtools: note:") == 1 and "symbolic batch dimension 'batch' fixed to 1" in res.stderr
 
 
 @settings(max_examples=15, deadline=None)
@@ -331,7 +359,7 @@ def test_degenerate_models_give_clear_results(save):
     assert r["total_surprisal"] == 0.0 and r["performance_surprisal"] is None and r["entropy"] == 0.0
 
 
-def test_shape_annotations_that_contradict_the_ops_are_not_trusted(tmp_path):
+def test_shape_annotations_that_contradict_the_ops_are_not_trusted(monkeypatch):
     """jax2onnx 0.17 annotated NCHW values as NHWC; counting through such shapes once wrote out
     of bounds in the numba kernel. Where inference knows a shape it overrides the annotation;
     where it cannot (an op it has no schema for), a window op refuses inconsistent shapes in one
@@ -366,10 +394,10 @@ def test_shape_annotations_that_contradict_the_ops_are_not_trusted(tmp_path):
 
     custom = cnn("Opaque", domain="com.example")  # no schema: only the annotation gives r a shape
     custom.graph.value_info.extend([vinfo("c", [1, 24, 8, 8]), vinfo("r", [1, 8, 8, 24])])
-    path = tmp_path / "bad.onnx"
-    onnx.save(custom, str(path))
-    proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path), "--metrics", "reuse"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "inconsistent" in lines[0] and "MaxPool node 'pool'" in lines[0]
+    with pytest.raises(irtools.UnsupportedError, match="no counting rule for com.example::Opaque \\(node 'mid'\\)"):
+        irtools.get_pass("context-counts")(irtools.load(custom))
+    from irtools.passes import context_counts as cc_module
+
+    monkeypatch.setitem(cc_module.DOMAIN_RULES, ("com.example", "Opaque"), cc_module._passthrough)
+    with pytest.raises(irtools.ShapeError, match="MaxPool node 'pool'.*inconsistent"):
+        irtools.get_pass("context-counts")(irtools.load(custom))

@@ -162,7 +162,7 @@ def test_shape_derived_indices_are_constants_for_context_counts():
 def test_size_bounds_keep_large_values_unfolded(monkeypatch):
     """A ConstantOfShape as large as the input is never evaluated: its shape still comes out
     right, from inference on the folded shape."""
-    from irtools import shapes as shapes_module
+    from irtools.ir import shapes as shapes_module
 
     evaluated = []
     real = shapes_module._evaluate
@@ -267,7 +267,7 @@ def test_constant_node_weights_stay_out_of_the_inference_copy():
 def test_a_batch_onnxruntime_refuses_is_folded_node_by_node(monkeypatch):
     """When the batch of a round cannot run (an op onnxruntime lacks), the other nodes are
     folded one at a time and the shapes still come out right."""
-    from irtools import shapes as shapes_module
+    from irtools.ir import shapes as shapes_module
 
     real = shapes_module._evaluate
     calls = []

@@ -1,0 +1,37 @@
+"""The test zoo: tiny, randomly initialised architectures of today's most audited model families.
+
+`REGISTRY` maps a model name to a builder returning `(module, example_inputs)`, what
+`irtools.analyze` accepts for a PyTorch source (Keras and Flax builders may return their own
+sources). `transformers_zoo` fills it with models built from `transformers` configuration
+classes (no download); other frontends' zoo modules add their builders with `register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+#: name -> builder; a builder takes no argument and returns an `irtools.analyze` source.
+REGISTRY: dict[str, Callable[[], object]] = {}
+#: name -> family ("decoder", "encoder", "seq2seq", "vision", "conv", "audio", ...).
+FAMILY: dict[str, str] = {}
+
+
+def register(name: str, family: str):
+    def wrap(builder):
+        REGISTRY[name] = builder
+        FAMILY[name] = family
+        return builder
+
+    return wrap
+
+
+def load_all() -> dict[str, Callable[[], object]]:
+    """Import every zoo module whose framework is installed; returns the registry."""
+    import importlib
+
+    for module in ("tests.zoo.transformers_zoo", "tests.zoo.keras_zoo", "tests.zoo.flax_zoo"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    return REGISTRY
