@@ -37,12 +37,40 @@ def svd_evals(w):
 
 
 # -- against WeightWatcher 0.7.x --------------------------------------------------------
-def test_matches_weightwatcher_on_the_same_torch_weights(tmp_path):
+WW_COLUMNS = ("alpha", "xmin", "D", "sigma", "log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
+              "stable_rank", "lambda_max", "xmax", "entropy")
+
+
+def weightwatcher_and_ours(net, inputs, path, **spectral_opts):
+    """WeightWatcher 0.7.7's rows for a torch module and irtools' rows for its ONNX export."""
     torch = pytest.importorskip("torch")
     ww = pytest.importorskip("weightwatcher")
+    import contextlib
+    import io
     import logging
 
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    torch.onnx.export(net, inputs, path, dynamo=False, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, opset_version=17)
+    with contextlib.redirect_stdout(io.StringIO()):  # its small-sample fit prints
+        reference = ww.WeightWatcher(model=net).analyze()
+    _, ours = spectral(path, **spectral_opts)
+    return reference, ours.details()
+
+
+def assert_rows_match(reference, ours):
+    for _, ref in reference.iterrows():
+        row = ours[ours.parameter == ref["longname"] + ".weight"]
+        assert len(row) == 1, ref["longname"]
+        row = row.iloc[0]
+        for col in WW_COLUMNS:
+            assert row[col] == pytest.approx(ref[col], rel=1e-6), (ref["longname"], col)
+        for col in ("num_evals", "num_pl_spikes", "matrix_rank", "N", "M"):
+            assert int(row[col]) == int(ref[col]), (ref["longname"], col)
+
+
+def test_matches_weightwatcher_on_the_same_torch_weights(tmp_path):
+    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
 
     class Net(torch.nn.Module):
@@ -60,21 +88,57 @@ def test_matches_weightwatcher_on_the_same_torch_weights(tmp_path):
             return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(z)))))
 
     net = Net().eval()
-    path = str(tmp_path / "net.onnx")
-    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, dtype=torch.long)), path, dynamo=False,
-                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE, opset_version=17)
-    reference = ww.WeightWatcher(model=net).analyze()
-    ours = irtools.analyze(path, metrics="spectral").details
+    reference, ours = weightwatcher_and_ours(net, (torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, dtype=torch.long)),
+                                             str(tmp_path / "net.onnx"))
     assert len(reference) == 7
-    for _, ref in reference.iterrows():
-        row = ours[ours.parameter == ref["longname"] + ".weight"]
-        assert len(row) == 1, ref["longname"]
-        row = row.iloc[0]
-        for col in ("alpha", "xmin", "D", "sigma", "log_norm", "log_spectral_norm", "alpha_weighted",
-                    "log_alpha_norm", "stable_rank", "lambda_max", "xmax", "entropy"):
-            assert row[col] == pytest.approx(ref[col], rel=1e-6), (ref["longname"], col)
-        for col in ("num_evals", "num_pl_spikes", "matrix_rank", "N", "M"):
-            assert int(row[col]) == int(ref[col]), (ref["longname"], col)
+    assert_rows_match(reference, ours)
+
+
+def small_layer_net(torch, seed):
+    """Layers with fewer than 20 eigenvalues, as in MobileNetV2/EfficientNet/MobileViT/SegFormer:
+    depthwise 3x3 convolutions (9 eigenvalues), squeeze-excite reduce/expand (240x10, 10x240),
+    narrow projections and a head (12, 15, 19 eigenvalues)."""
+    torch.manual_seed(seed)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 240, 1)
+            self.dw = torch.nn.Conv2d(240, 240, 3, padding=1, groups=240)
+            self.se_reduce, self.se_expand = torch.nn.Conv2d(240, 10, 1), torch.nn.Conv2d(10, 240, 1)
+            self.proj = torch.nn.Conv2d(240, 12, 1)
+            self.fc1, self.fc2, self.head = torch.nn.Linear(12, 15), torch.nn.Linear(15, 19), torch.nn.Linear(19, 64)
+            with torch.no_grad():  # heavier tails than a fresh init, as trained layers have
+                for m in (self.se_reduce, self.se_expand, self.proj, self.fc1, self.fc2, self.dw):
+                    m.weight.mul_(torch.distributions.StudentT(2.5).sample(m.weight.shape))
+
+        def forward(self, x):
+            h = self.dw(self.stem(x))
+            s = torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(h.mean((2, 3), keepdim=True)))))
+            z = self.proj(h * s).mean((2, 3))
+            return self.head(torch.relu(self.fc2(torch.relu(self.fc1(z)))))
+
+    return Net().eval()
+
+
+def test_small_layers_match_weightwatcher_and_j_rule_on_request(tmp_path):
+    """Issue #13: layers under 20 eigenvalues report WeightWatcher's argmin-D xmin by default;
+    small_n_xmin="J" keeps its intermediate J choice, which differs on some of them."""
+    torch = pytest.importorskip("torch")
+    changed = 0
+    for seed in range(3):
+        net = small_layer_net(torch, seed)
+        path = str(tmp_path / f"small{seed}.onnx")
+        reference, ours = weightwatcher_and_ours(net, (torch.zeros(1, 3, 4, 4),), path)
+        assert len(reference) == 7 and (reference.num_evals < 20).all()  # the 3-channel stem is skipped
+        assert_rows_match(reference, ours)
+        _, j_rows = spectral(path, small_n_xmin="J")
+        j_rows = j_rows.details()
+        small = ours.num_evals < 20
+        assert (j_rows.xmin[~small] == ours.xmin[~small]).all()
+        assert (j_rows.D[small] >= ours.D[small]).all()  # argmin D is never beaten on D
+        changed += int((j_rows.xmin[small] != ours.xmin[small]).sum())
+    assert changed >= 1
 
 
 # -- extraction -------------------------------------------------------------------------
@@ -308,8 +372,9 @@ def test_analyze_cli_formats(tmp_path):
     assert res.exit_code == 0
     header = res.stdout.splitlines()[0].split(",")
     assert header[:3] == ["layer_id", "name", "node"] and "alpha" in header and "log_spectral_norm" in header
-    res = CliRunner().invoke(main, ["analyze", EXAMPLE])  # dynamic input: reuse left out, with a note
-    assert res.exit_code == 0 and "reuse metrics left out" in res.output and "alpha" in res.output
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE])  # symbolic batch: fixed to 1, with a note
+    assert res.exit_code == 0 and "batch dimension 'batch' fixed to 1" in res.output and "alpha" in res.output
+    assert "total surprisal" in res.output
     res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "reuse", "--format", "csv",
                                     "--input-shape", "image=1,1,8,8"])
     assert res.exit_code == 2 and "add spectral to --metrics" in res.output

@@ -14,6 +14,7 @@ ranks are counted above it. Parallelism is across layers (the `spectral` pass).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -87,7 +88,8 @@ def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
     n, m = w.shape
     if w.dtype == np.float64 or n * m <= _BLOCKED_GRAM_ELEMENTS:
         w = np.asarray(w, dtype=np.float64)
-        return w.T @ w, True
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf weights are reported, not warned about
+            return w.T @ w, True
     c = np.zeros((m, m), order="F")
     step = max(1, min(n, _BLOCK_ELEMENTS // m))
     buf = np.empty(step * m)
@@ -107,8 +109,26 @@ def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
     return c, False
 
 
+def gram_route(m: int, method: str) -> bool:
+    """Whether the eigenvalues of a matrix whose smaller side is `m` come from its Gram matrix
+    (else from an SVD), for `method` "auto", "gram" or "svd" (shared with the CUDA backend)."""
+    return method == "gram" or (method == "auto" and m >= 32)
+
+
+def noise_floor(top: float, n: int, m: int, gram: bool) -> float:
+    """The eigenvalue level below which eigenvalues of an n x m matrix (n >= m) with largest
+    eigenvalue `top` are round-off, for the Gram or the SVD route."""
+    return top * max((n * _EPS) ** 2, 4.0 * m * _EPS) if gram else top * (n * _EPS) ** 2
+
+
+def non_finite(m: int) -> Spectrum:
+    """The spectrum of a matrix with NaN or Inf entries (or whose Gram overflows float64)."""
+    return Spectrum(np.full(m, np.nan), math.nan)
+
+
 def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
-    """The min(W.shape) eigenvalues of W^T W, ascending, and their noise floor."""
+    """The min(W.shape) eigenvalues of W^T W, ascending, and their noise floor (NaN eigenvalues
+    when W holds NaN or Inf: LAPACK would fail on them)."""
     w = np.asarray(w)
     if w.dtype not in (np.float32, np.float64):
         w = w.astype(np.float32 if w.dtype.itemsize <= 4 else np.float64)  # fp16, bf16, fp8
@@ -117,15 +137,20 @@ def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
     n, m = w.shape
     if m == 0:
         return Spectrum(np.zeros(0), 0.0)
-    if method == "gram" or (method == "auto" and m >= 32):
+    if gram_route(m, method):
         gram, lower = _gram(w)
+        if not np.isfinite(np.diagonal(gram)).all():  # a NaN/Inf in column j makes G[j, j] NaN/Inf
+            return non_finite(m)
         ev = np.linalg.eigvalsh(gram, UPLO="L" if lower else "U")
         ev = np.clip(ev, 0.0, None)
         top = float(ev[-1]) if ev.size else 0.0
-        return Spectrum(ev, top * max((n * _EPS) ** 2, 4.0 * m * _EPS))
-    sv = np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)
+        return Spectrum(ev, noise_floor(top, n, m, True))
+    w = np.asarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        return non_finite(m)
+    sv = np.linalg.svd(w, compute_uv=False)
     ev = np.sort(sv * sv)
-    return Spectrum(ev, float(ev[-1]) * (n * _EPS) ** 2)
+    return Spectrum(ev, noise_floor(float(ev[-1]), n, m, False))
 
 
 class CPUBackend(EigenBackend):

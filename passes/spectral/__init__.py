@@ -2,7 +2,13 @@
 
 Applies the reference's size limits (fewer than `min_evals` or more than `max_evals`
 eigenvalues, or N > `max_n`: skipped, each with its reason), computes eigenvalues with a
-backend (`irtools.backends`) one layer at a time and the metrics with `irtools.passes.spectral.metrics`.
+backend (`irtools.backends`) and the metrics with `irtools.passes.spectral.metrics`.
+
+On the CPU, layers run side by side in threads (`schedule`). A CUDA backend batches and
+overlaps layers itself (`EigenBackend.map_spectra`) and the power-law fits of all layers then
+run in one batched launch of `irtools.passes.spectral._cudafit`; the numbers are the CPU's.
+A layer whose weights hold NaN or Inf gets no eigenvalues and no fit: its row says
+`warning = non-finite` with the count in `num_nonfinite`, and every other layer is analysed.
 """
 
 from __future__ import annotations
@@ -11,22 +17,23 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from irtools.backends import get_backend
+from irtools.backends import EigenBackend, get_backend
 from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
-from irtools.passes.spectral.powerlaw import kernels_ready, warm_up
-from irtools.passes.spectral.metrics import layer_metrics, rand_distance, summarize
+from irtools.passes.spectral.metrics import layer_metrics, nonfinite_metrics, rand_distance, summarize
+from irtools.passes.spectral.powerlaw import check_rule, kernels_ready, warm_up
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
 COLUMNS = (
     "layer_id", "name", "node", "op_type", "layer_type", "parameter", "N", "M", "rf", "num_evals", "lambda_max",
     "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
     "alpha_weighted", "log_alpha_norm", "stable_rank", "matrix_rank", "entropy", "warning", "fit_status",
+    "num_nonfinite",
 )
 
 
@@ -62,6 +69,7 @@ class SpectralResult:
     skipped: list[dict]
     summary: dict
     eigenvalues: list[np.ndarray] | None = None  # per row, sorted ascending (only with keep_evals)
+    notes: list[str] = field(default_factory=list)  # e.g. layers a GPU could not hold, run on the CPU
 
     def columns(self) -> list[str]:
         """`COLUMNS` and the optional ones the rows have (mp_fit, randomize)."""
@@ -75,6 +83,31 @@ class SpectralResult:
         return pd.DataFrame(self.rows, columns=self.columns())
 
 
+@dataclass(slots=True)
+class _Eigen:
+    """One layer's eigenvalues, ready for its metrics (evals None: the weights are not finite)."""
+
+    k: int
+    layer: object
+    mats: object  # the matrices, kept only for --randomize
+    evals: np.ndarray | None
+    noise: float = 0.0
+    max_rank: int = 0
+    nonfinite: int = 0
+
+
+def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
+    """Pool a layer's per-matrix spectra (scaled by the layer's eigen_scale); count its NaN and
+    Inf weights instead when a backend found any."""
+    if any(np.isnan(s.evals).any() for s in spectra):
+        count = sum(int(np.count_nonzero(~np.isfinite(np.asarray(w)))) for w in mats)
+        return _Eigen(k, layer, None, None, nonfinite=count)
+    evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale
+    noise = max(s.noise_floor for s in spectra) * layer.eigen_scale
+    max_rank = max(int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
+    return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
+
+
 @register_pass
 class SpectralPass(Pass):
     """Heavy-tailed self-regularisation metrics (alpha, alpha-hat, norms, stable rank) per layer."""
@@ -84,13 +117,14 @@ class SpectralPass(Pass):
     min_evals: int = 8
     max_evals: int = 15000
     max_n: int = 50000
-    backend: str = "cpu"
+    backend: str | EigenBackend = "cpu"  # a name for `irtools.backends.get_backend`, or a backend
     method: str = "auto"
     randomize: bool = False
     mp_fit: bool = False
     seed: int = 0
-    workers: int = 0  # layers analysed at once (0: one per core)
+    workers: int = 0  # layers analysed at once on the CPU (0: one per core)
     keep_evals: bool = False  # keep each layer's eigenvalues in the result (for plots; costs memory)
+    small_n_xmin: str = "D"  # xmin of spectra under 20 eigenvalues: "D" (WeightWatcher's) or "J"
     progress: Callable[[int, int, str], None] | None = None
 
     def run(self, model: IRModel) -> SpectralResult:
@@ -99,7 +133,9 @@ class SpectralPass(Pass):
 
     def analyse(self, layers, skipped_before=()) -> SpectralResult:
         """Metrics of `WeightLayer`s from any source (a graph's `weights` pass or a weights file)."""
-        backend = get_backend(self.backend, method=self.method)
+        check_rule(self.small_n_xmin)
+        backend = self.backend if isinstance(self.backend, EigenBackend) else get_backend(self.backend,
+                                                                                          method=self.method)
         skipped = [dict(s) for s in skipped_before]
         todo = []
         for layer in layers:
@@ -109,71 +145,97 @@ class SpectralPass(Pass):
                                 "parameter": layer.parameter, "reason": reason})
             else:
                 todo.append(layer)
+        by_id: dict[int, dict] = {}
+        kept: dict[int, np.ndarray] = {}
 
-        def eigenvalues(item):
-            k, layer = item
-            mats = layer.matrices()
-            spectra = backend.spectra(mats)
-            evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale
-            noise = max(s.noise_floor for s in spectra) * layer.eigen_scale
-            max_rank = max(int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
-            return k, layer, mats if self.randomize else None, evals, noise, max_rank
+        def done(row):
+            by_id[row["layer_id"]] = row
+            if self.progress is not None:
+                self.progress(len(by_id), len(todo), row["name"])
 
-        def metrics(state):
-            k, layer, mats, evals, noise, max_rank = state
-            row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
-                   "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
-            row.update(layer_metrics(evals, layer.N, layer.M, noise, max_rank))
-            if self.mp_fit:
-                from irtools.passes.spectral.mpfit import mp_fit  # scipy.optimize: imported only when asked for
+        def metrics(state: _Eigen, fit=None) -> dict:
+            return self._row(state, backend, kept, fit)
 
-                row.update(mp_fit(evals, layer.N, layer.M))
-            if self.randomize:
-                rng = np.random.default_rng([self.seed, k])
-                shuffled = [rng.permutation(w.ravel()).reshape(w.shape) for w in mats]
-                rand = np.sort(np.concatenate([s.evals for s in backend.spectra(shuffled)])) * layer.eigen_scale
-                row["rand_distance"] = rand_distance(evals, rand)
-                row["max_rand_eval"] = float(rand[-1])
-            if self.keep_evals:
-                kept[k] = evals
+        if getattr(backend, "batches_layers", False):
+            self._run_batched(todo, backend, metrics, done)
+        else:
+            self._run_threaded(todo, backend, metrics, done)
+        rows = [by_id[k] for k in range(len(todo))]
+        evals = [kept.get(k) for k in range(len(todo))] if self.keep_evals else None
+        return SpectralResult(rows, skipped, summarize(rows), evals, list(getattr(backend, "notes", ())))
+
+    def _row(self, state: _Eigen, backend, kept, fit) -> dict:
+        k, layer = state.k, state.layer
+        row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
+               "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
+        if state.evals is None:
+            row.update(nonfinite_metrics(layer.N, layer.M, layer.num_evals, state.nonfinite))
             return row
+        evals = state.evals
+        row.update(layer_metrics(evals, layer.N, layer.M, state.noise, state.max_rank, self.small_n_xmin, fit))
+        if self.mp_fit:
+            from irtools.passes.spectral.mpfit import mp_fit  # scipy.optimize: imported only when asked for
+
+            row.update(mp_fit(evals, layer.N, layer.M))
+        if self.randomize:
+            rng = np.random.default_rng([self.seed, k])
+            shuffled = [rng.permutation(np.asarray(w).ravel()).reshape(np.shape(w)) for w in state.mats]
+            rand = np.sort(np.concatenate([s.evals for s in backend.spectra(shuffled)])) * layer.eigen_scale
+            row["rand_distance"] = rand_distance(evals, rand)
+            row["max_rand_eval"] = float(rand[-1])
+        if self.keep_evals:
+            kept[k] = evals
+        return row
+
+    def _run_threaded(self, todo, backend, metrics, done) -> None:
+        """CPU: the biggest layers one at a time on every core, the rest side by side (`schedule`).
+        While numba's fit kernels are still loading, workers go on to the next layer's
+        eigenvalues rather than wait, and the deferred fits run at the end."""
 
         def analyse(item):
-            """The layer's row, or its eigenvalues while numba is still loading: rather than wait
-            for the fit kernels, the worker goes on to the next layer's eigenvalues, and the
-            deferred fits run at the end."""
-            state = eigenvalues(item)
-            return metrics(state) if kernels_ready() else state
+            k, layer = item
+            mats = layer.matrices()
+            state = layer_eigen(k, layer, mats, backend.spectra(mats), self.randomize)
+            return metrics(state) if kernels_ready() or state.evals is None else state
 
         workers = self.workers or os.cpu_count() or 1
         big, small = schedule(list(enumerate(todo)), workers)
         if todo and not kernels_ready():  # numba loads while LAPACK computes the first eigenvalues (no GIL held)
             threading.Thread(target=warm_up, name="irtools-warm-up", daemon=True).start()
-        by_id: dict[int, dict] = {}
-        kept: dict[int, np.ndarray] = {}
-        deferred: list[tuple] = []
+        deferred: list[_Eigen] = []
 
-        def done(result):
-            if isinstance(result, tuple):
+        def collect(result):
+            if isinstance(result, _Eigen):
                 deferred.append(result)
-                return
-            by_id[result["layer_id"]] = result
-            if self.progress is not None:
-                self.progress(len(by_id), len(todo), result["name"])
+            else:
+                done(result)
 
         for item in big:
-            done(analyse(item))
+            collect(analyse(item))
         if small:
             with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
                 for result in pool.map(analyse, small):
-                    done(result)
+                    collect(result)
         if deferred:
             with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
                 for row in pool.map(metrics, deferred):
                     done(row)
-        rows = [by_id[k] for k in range(len(todo))]
-        evals = [kept[k] for k in range(len(todo))] if self.keep_evals else None
-        return SpectralResult(rows, skipped, summarize(rows), evals)
+
+    def _run_batched(self, todo, backend, metrics, done) -> None:
+        """A backend that batches layers (CUDA): layers go to it sorted by shape, so that layers
+        of one size meet in one batch; then every layer's fit in one batched launch."""
+        from irtools.passes.spectral import _cudafit
+
+        order = sorted(range(len(todo)), key=lambda k: (todo[k].M, todo[k].N, todo[k].rf))
+        states: list[_Eigen] = []
+        for pos, mats, spectra in backend.map_spectra(todo[k].matrices for k in order):
+            k = order[pos]
+            states.append(layer_eigen(k, todo[k], mats, spectra, self.randomize))
+        fitted = [s for s in states if s.evals is not None]
+        fits = _cudafit.fit_many([s.evals for s in fitted], self.small_n_xmin) if _cudafit.available() else None
+        fit_of = {s.k: f for s, f in zip(fitted, fits)} if fits is not None else {}
+        for state in sorted(states, key=lambda s: s.k):
+            done(metrics(state, fit_of.get(state.k)))
 
     def _skip_reason(self, layer) -> str:
         if self.min_evals and layer.num_evals < self.min_evals:
@@ -183,5 +245,3 @@ class SpectralPass(Pass):
         if self.max_n and layer.N > self.max_n:
             return f"N = {layer.N} > max_N {self.max_n}"
         return ""
-
-

@@ -2,7 +2,8 @@
 
 Conventions of WeightWatcher 0.7.x (conventions.md section 2): the ESD is the eigenvalues of
 X = W^T W (not divided by N); norms use every eigenvalue, the power-law fit only those above
-1e-5. Unlike the reference, a failed or meaningless fit is NaN with a reason (never -1), and
+1e-5. A layer with NaN or Inf weights is a finding (`warning = non-finite`), all its metrics NaN,
+so that the means leave it out. Unlike the reference, a failed or meaningless fit is NaN with a reason (never -1), and
 degenerate spectra (rank one, constant weights) are flagged instead of given an alpha.
 """
 
@@ -12,20 +13,23 @@ import math
 
 import numpy as np
 
-from irtools.passes.spectral.powerlaw import fit_power_law
+from irtools.passes.spectral.powerlaw import PowerLawFit, fit_power_law
 
-OVER_TRAINED, UNDER_TRAINED, DEGENERATE = "over-trained", "under-trained", "degenerate"
+OVER_TRAINED, UNDER_TRAINED, DEGENERATE, NON_FINITE = "over-trained", "under-trained", "degenerate", "non-finite"
 #: The model summary: plain means over the layers that have the metric.
 SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank")
 #: Summarised only when computed (--mp-fit, --randomize).
 OPTIONAL_SUMMARY_METRICS = ("mp_softrank", "rand_distance")
 
 
-def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int) -> dict:
+def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int,
+                  small_n_xmin: str = "D", fit: PowerLawFit | None = None) -> dict:
     """All per-layer metrics of the pooled eigenvalues `evals` of a layer whose matrices are N x M.
 
     `noise_floor` is the eigenvalue level below which the backend's eigenvalues are round-off;
-    `max_rank_per_matrix` the largest rank of the layer's individual matrices.
+    `max_rank_per_matrix` the largest rank of the layer's individual matrices; `fit` the power-law
+    fit when it was computed elsewhere (the CUDA fit of many layers at once), else it is computed
+    here (`small_n_xmin`: see `irtools.passes.spectral.powerlaw`).
     """
     evals = np.sort(np.asarray(evals, dtype=np.float64))
     lam_max = float(evals[-1])
@@ -43,7 +47,7 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
         fit_status, alpha = f"degenerate: {degenerate}", math.nan
         row.update(alpha=math.nan, xmin=math.nan, xmax=math.nan, D=math.nan, sigma=math.nan, num_pl_spikes=0)
     else:
-        fit = fit_power_law(evals)
+        fit = fit if fit is not None else fit_power_law(evals, small_n_xmin=small_n_xmin)
         fit_status, alpha = fit.status, fit.alpha
         row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
                    num_pl_spikes=fit.num_pl_spikes)
@@ -60,6 +64,22 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     else:
         row["warning"] = ""
     row["fit_status"] = fit_status
+    row["num_nonfinite"] = 0
+    return row
+
+
+#: Every metric of a layer, NaN when its weights are not finite.
+_METRIC_KEYS = ("lambda_max", "alpha", "xmin", "xmax", "D", "sigma", "norm", "log_norm", "spectral_norm",
+                "log_spectral_norm", "alpha_weighted", "log_alpha_norm", "stable_rank", "entropy")
+
+
+def nonfinite_metrics(n: int, m: int, num_evals: int, count: int) -> dict:
+    """The row of a layer whose weights hold `count` NaN or Inf values: no eigenvalues, no fit.
+    (count 0: the weights are finite but W^T W overflows float64.)"""
+    row = {"N": n, "M": m, "num_evals": num_evals, **dict.fromkeys(_METRIC_KEYS, math.nan),
+           "num_pl_spikes": 0, "matrix_rank": 0, "warning": NON_FINITE, "num_nonfinite": count}
+    row["fit_status"] = (f"failed: {count} non-finite weight(s) (NaN or Inf)" if count
+                         else "failed: W^T W overflows float64 (weights above ~1e154)")
     return row
 
 
@@ -109,5 +129,5 @@ def summarize(rows: list[dict]) -> dict:
         out[f"{key}_layers"] = len(vals)
     out["fitted_layers"] = sum(1 for r in rows if r.get("fit_status") == "success")
     out["warnings"] = {w: sum(1 for r in rows if r.get("warning") == w)
-                       for w in (OVER_TRAINED, UNDER_TRAINED, DEGENERATE, "fit-failed")}
+                       for w in (OVER_TRAINED, UNDER_TRAINED, DEGENERATE, "fit-failed", NON_FINITE)}
     return out
