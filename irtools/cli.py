@@ -59,11 +59,15 @@ def _source_options(f):
                         )(f)
 
 
+def _device_option(f):
+    return click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+                        help="Where eigenvalues are computed: a GPU when one is usable (auto), the CPU, or a CUDA "
+                             "device; the numbers are the same (float64 everywhere).")(f)
+
+
 def _run_options(f):
     """--device and --max-memory, for the commands that analyse."""
-    f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
-                     help="Where eigenvalues are computed: a GPU when one is usable (auto), the CPU, or a CUDA "
-                          "device; the numbers are the same (float64 everywhere).")(f)
+    f = _device_option(f)
     return click.option("--max-memory", default=None, metavar="SIZE", callback=_set_budget, expose_value=False,
                         help="Refuse a model whose declared work needs more than SIZE in one allocation (e.g. 2G; "
                              "default: half the available memory).")(f)
@@ -90,7 +94,7 @@ def _load(model: str, input_shapes: tuple[str, ...]):
     from irtools.frontends import open_source
     from irtools.ir.shapes import parse_input_shapes
 
-    opened = open_source(model, input_shapes=parse_input_shapes(input_shapes))
+    opened = open_source(model, input_shapes=parse_input_shapes(input_shapes), fix_batch=False)
     if not opened.has_graph:
         raise IrtoolsError("inspect shows a graph; this file holds only weights (analyze it instead)", model)
     return opened.model
@@ -323,16 +327,100 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
 def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
            no_limits: bool, layout: str, trust: bool, device: str, debug: bool) -> None:
     """One self-contained HTML page: summaries, sortable per-layer table, ESDs, correlation flow and context
-    counts by depth; with several models, overlaid plots and the comparison table."""
+    counts by depth; with several models, overlaid plots and the comparison table. Given an `irtools audit`
+    folder: each summary metric against the series order (and the accuracies, with Kendall tau) and the
+    distribution of alpha per layer type."""
     from irtools.reports.compare import parse_accuracies
+
+    files.check_output_path(output, models)  # a bad output path fails before any work
+    from irtools.audit.results import is_audit_dir
+
+    if len(models) == 1 and is_audit_dir(models[0]):
+        from irtools.reports.series import write_series_report
+
+        write_series_report(models[0], output, accuracies=parse_accuracies(accuracies) or None)
+        click.echo(f"wrote {output}")
+        return
     from irtools.reports.html import write_report
     from irtools.ir.shapes import parse_input_shapes
 
-    files.check_output_path(output, models)  # a bad output path fails before any work
     limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
     write_report(list(models), output, input_shapes=parse_input_shapes(input_shapes),
                  accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, device=device, **limits)
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=str)
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="The audit folder: models/ (one result per model), summary and layers tables.")
+@click.option("--scheduler", default=None, metavar="ADDRESS|FILE",
+              help="Run on an existing Dask cluster (tcp://HOST:PORT or a scheduler file) instead of an embedded "
+                   "local one.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the embedded cluster (default: one per core).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Give up a model after SECONDS (a failed row).")
+@click.option("--memory-limit", default=None, metavar="SIZE",
+              help="Memory per model (and per embedded worker), e.g. 8G; a model over it is a failed row "
+                   "(default: the worker's limit, the machine's memory shared by the workers).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times a task that raised is run again.")
+@click.option("--series", is_flag=True, help="Order the models by the step or epoch number in their names.")
+@click.option("--retry-failed", is_flag=True, help="Analyse again the models whose earlier result is a failure.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
+              help="Format of summary and layers.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated metric families: spectral, reuse.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
+              help="Fix the dims of a dynamic input (repeatable).")
+@click.option("--min-evals", default=8, show_default=True, help="Skip layers with fewer eigenvalues.")
+@click.option("--max-evals", default=15000, show_default=True, help="Skip layers with more eigenvalues.")
+@click.option("--max-n", default=50000, show_default=True, help="Skip layers whose larger side N exceeds this.")
+@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size (lifts the three limits).")
+@click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
+@click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v.")
+@click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
+@click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
+@click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True)
+@_source_options
+@_device_option
+@_debug_option
+def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers: int | None, timeout: float | None,
+          memory_limit: str | None, retries: int, series: bool, retry_failed: bool, fmt: str, quiet: bool,
+          metrics: str | None, input_shapes: tuple[str, ...], min_evals: int, max_evals: int, max_n: int,
+          no_limits: bool, conv_slices: bool, split_qkv: bool, randomize: bool, mp_fit: bool, eigen_method: str,
+          layout: str, trust: bool, device: str, debug: bool) -> None:
+    """Audit many models (files, model folders, globs, or a .txt list of them; one task each) on Dask: an
+    embedded local cluster, or any cluster with --scheduler. One Parquet result per model under OUTDIR/models,
+    then OUTDIR/summary and OUTDIR/layers; running it again analyses only the models without a result.
+    Exit code 0: every model analysed; 3: some failed (their rows say why)."""
+    from irtools.analysis import parse_metrics
+    from irtools.audit.results import AuditOptions
+    from irtools.audit.runner import run_audit
+    from irtools.budget import parse_size
+    from irtools.ir.shapes import parse_input_shapes
+
+    if scheduler is not None and workers is not None:
+        raise IrtoolsError("--workers sizes the embedded cluster; an existing one (--scheduler) keeps its own")
+    if metrics is not None:
+        metrics = ",".join(parse_metrics(metrics))
+    if no_limits:
+        min_evals, max_evals, max_n = 1, 0, 0
+    shapes = parse_input_shapes(input_shapes) or {}
+    options = AuditOptions(metrics=metrics, input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()),
+                           min_evals=min_evals, max_evals=max_evals, max_n=max_n, conv_slices=conv_slices,
+                           split_qkv=split_qkv, randomize=randomize, mp_fit=mp_fit, method=eigen_method, trust=trust,
+                           layout=layout, device=device)
+    limit = parse_size(memory_limit) if memory_limit is not None else None
+    result = run_audit(list(sources), outdir, options, series=series, scheduler=scheduler, workers=workers,
+                       timeout=timeout, memory_limit=limit, retries=retries, fmt=fmt, retry_failed=retry_failed,
+                       quiet=quiet)
+    if not quiet:
+        click.echo(f"audit: {len(result.summary)} models, {result.failed} failed, {result.analysed} analysed in "
+                   f"this run; wrote {', '.join(result.written)}", err=True)
+    if result.failed:
+        sys.exit(3)
 
 
 @main.command("passes")

@@ -426,8 +426,7 @@ document.querySelectorAll('img.esd').forEach(function(img){
 def render_html(reports: Sequence[ModelReport], comparison: dict | None = None) -> str:
     """The page: overlaid plots and the comparison table (several models), then one section per model."""
     title = "irtools report: " + ", ".join(_short(r.name) for r in reports)
-    parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-             f'<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>']
+    parts = []
     single = len(reports) == 1
     if not single:
         parts.append('<section id="comparison"><h2>Comparison</h2>')
@@ -442,5 +441,11 @@ def render_html(reports: Sequence[ModelReport], comparison: dict | None = None) 
         parts.append("<h3>Summary metrics</h3>" + _comparison_table(comparison) + "</section>")
     for k, r in enumerate(reports):
         parts.append(_model_section(k, r, single))
-    parts.append(f"<script>{_SCRIPT}</script></body></html>\n")
-    return "".join(parts)
+    return page(title, "".join(parts))
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained page: the styles, the title, `body` and the table-sorting script."""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f'<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>{body}'
+            f"<script>{_SCRIPT}</script></body></html>\n")

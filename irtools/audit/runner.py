@@ -1,0 +1,204 @@
+"""`irtools audit`: many models on Dask distributed, with resumable per-model results.
+
+The client expands the sources, keeps the models whose result already holds (same source files,
+same options) and submits one `irtools.audit.task.audit_model` task per remaining model, to an
+embedded `LocalCluster` sized to the machine or to an existing cluster (`scheduler`: an address or
+a scheduler file). Only the client writes: each result file as it arrives (whole or not at all,
+named per model, so a task recomputed after a worker death replaces its own file and never adds
+a row), then `summary` and `layers` built from the files. An interrupted audit keeps every result
+written so far; running it again analyses only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from irtools.audit.progress import AuditProgress
+from irtools.audit.results import (FAILED, OK, AuditOptions, assemble, existing_result, fingerprint, model_table,
+                                   read_row, result_name, summary_row, table_bytes, write_result, write_tables)
+from irtools.audit.sources import Source, expand_sources, series_order
+from irtools.errors import IrtoolsError
+
+DASK_MISSING = "irtools audit runs on Dask: pip install irtools[dask]"
+#: Times the scheduler reruns a model whose worker died before it gives the model up (a failed row).
+ALLOWED_FAILURES = 3
+
+
+@dataclass
+class AuditResult:
+    """What an audit did: the summary table (one row per model), and how many models it analysed."""
+
+    summary: object  # pandas DataFrame
+    layers: object
+    analysed: int  # models analysed in this run
+    resumed: int  # models whose earlier result still held
+    written: list[str]
+
+    @property
+    def failed(self) -> int:
+        return int((self.summary["status"] != OK).sum())
+
+
+@dataclass
+class _Model:
+    source: Source
+    path: str  # its result file
+    fingerprint: str
+
+
+def _dask():
+    from irtools.frontends import require
+
+    return require("distributed", missing=DASK_MISSING)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def blas_threads_for(workers: int) -> int:
+    """BLAS threads per model so that `workers` models at once fill the cores without oversubscribing."""
+    return max(1, default_workers() // max(1, workers))
+
+
+class _Cluster:
+    """A client on an existing cluster (address or scheduler file), or on an embedded LocalCluster."""
+
+    def __init__(self, scheduler: str | None, workers: int | None, memory_limit: int | None, quiet: bool):
+        self.scheduler, self.workers, self.memory_limit, self.quiet = scheduler, workers, memory_limit, quiet
+        self.cluster = self.client = None
+
+    def __enter__(self):
+        distributed = _dask()
+        import dask
+
+        dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
+        if self.scheduler is None:
+            n = self.workers or default_workers()
+            env = {v: str(blas_threads_for(n)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                         "MKL_NUM_THREADS")}
+            self.cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                memory_limit=self.memory_limit or "auto", silence_logs=logging.ERROR, env=env)
+            self.client = distributed.Client(self.cluster)
+        else:
+            try:
+                if os.path.isfile(self.scheduler):
+                    self.client = distributed.Client(scheduler_file=self.scheduler, timeout="20s")
+                else:
+                    self.client = distributed.Client(self.scheduler, timeout="20s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise IrtoolsError(f"cannot reach the Dask scheduler at {self.scheduler}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        return False
+
+
+def plan(args: Sequence[str], outdir: str, options: AuditOptions, series: bool = False,
+         retry_failed: bool = False) -> tuple[list[_Model], dict[str, dict]]:
+    """The models to audit, in order, and the earlier results that still hold (by result path)."""
+    paths = expand_sources(args)
+    sources = series_order(paths) if series else [Source(p) for p in paths]
+    digest = options.digest()
+    models, done = [], {}
+    for src in sources:
+        model = _Model(src, os.path.join(outdir, "models", result_name(src.path, digest)), fingerprint(src.path))
+        models.append(model)
+        row = existing_result(model.path, model.fingerprint, retry_failed)
+        if row is not None:
+            done[model.path] = row
+    return models, done
+
+
+def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = None, *, series: bool = False,
+              scheduler: str | None = None, workers: int | None = None, timeout: float | None = None,
+              memory_limit: int | None = None, retries: int = 2, fmt: str = "parquet", retry_failed: bool = False,
+              quiet: bool = False, on_result: Callable[[dict], None] | None = None, client=None) -> AuditResult:
+    """Audit the models `args` name into `outdir` (see the module docstring). `client`: an existing
+    `distributed.Client` to use instead of `scheduler`/`workers`."""
+    options = options or AuditOptions()
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise IrtoolsError("output folder is a file", outdir)
+    models, done = plan(args, outdir, options, series, retry_failed)
+    os.makedirs(os.path.join(outdir, "models"), exist_ok=True)
+    todo = [m for m in models if m.path not in done]
+    progress = AuditProgress(len(models), len(done), sum(r.get("status") != OK for r in done.values()), quiet)
+    if todo:
+        with progress:
+            if client is not None:
+                _run(client, todo, options, timeout, memory_limit, retries, progress, on_result)
+            else:
+                with _Cluster(scheduler, workers, memory_limit, quiet) as own:
+                    _run(own, todo, options, timeout, memory_limit, retries, progress, on_result)
+    elif not quiet:
+        print(f"audit: all {len(models)} models have results for these options in {outdir}", file=sys.stderr)
+    summary, layers = assemble([m.path for m in models], [m.source.step for m in models] if series else None)
+    written = write_tables(outdir, summary, layers, fmt)
+    return AuditResult(summary, layers, len(todo), len(done), written)
+
+
+def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limit, retries, progress,
+         on_result) -> None:
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+
+    from irtools.audit.task import audit_model
+
+    by_key = {}
+    opts = options.to_dict()
+    for m in todo:
+        key = f"irtools-audit-{os.path.basename(m.path)}"
+        by_key[key] = m
+    futures = [client.submit(audit_model, m.source.path, opts, fingerprint=m.fingerprint, timeout=timeout,
+                             memory_limit=memory_limit, key=key, retries=retries, pure=False)
+               for key, m in by_key.items()]
+    threads = max(1, sum(client.nthreads().values()) if hasattr(client, "nthreads") else 1)
+    pending = set(by_key)
+    seen: set[str] = set()
+    try:
+        for future, data in as_completed(futures, with_results=True, raise_errors=False):
+            if future.key in seen:  # a result recomputed after a worker death: already written
+                continue
+            seen.add(future.key)
+            pending.discard(future.key)
+            m = by_key[future.key]
+            if future.status == "error" or isinstance(data, BaseException):
+                data = _failure(m, data if isinstance(data, BaseException) else future.exception())
+            write_result(m.path, data)
+            future.release()
+            row = read_row(data)
+            progress.finished(row, min(len(pending), threads))
+            if on_result is not None:
+                on_result(row)
+    except KeyboardInterrupt:
+        print(f"\naudit: interrupted; {len(seen)} of {len(todo)} models of this run have results; the same "
+              "command analyses only the rest", file=sys.stderr)
+        raise
+    except FutureCancelledError as exc:
+        raise IrtoolsError(f"lost the Dask cluster ({exc}); {len(seen)} of {len(todo)} models have results: "
+                           "run the same command again to analyse the rest") from None
+
+
+def _failure(m: _Model, exc: BaseException) -> bytes:
+    """A failed row for a model whose task never returned: its workers kept dying, or it raised."""
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        reason = f"the worker analysing it died {ALLOWED_FAILURES + 1} times (KilledWorker)"
+    else:
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f"task failed: {name}: {text}"
+    row = summary_row(m.source.path, error=reason, fingerprint=m.fingerprint)
+    return table_bytes(model_table(row))
+
+
+__all__ = ["FAILED", "OK", "AuditResult", "run_audit"]

@@ -1,0 +1,134 @@
+"""What `irtools audit SOURCES...` audits: each argument expanded into models, and series order.
+
+An argument is a model file, a model directory (a Hugging Face-style folder of safetensors, a
+SavedModel: one model), a folder of models (each model file or model directory in it, one level
+deep: a training run's `checkpoint-500/` folders), a glob, or a text file (`.txt`, `.list`) naming
+one source per line (`#` comments; relative paths are relative to the list). Models are audited in
+the order given, each once; `series_order` sorts them by the step or epoch number in their names.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from irtools.errors import IrtoolsError
+
+#: Text files that list sources, one per line.
+LIST_SUFFIXES = (".txt", ".list")
+#: Files a folder of models contributes (the frontends' own suffixes; weights files included).
+MODEL_SUFFIXES = (".onnx", ".keras", ".h5", ".hdf5", ".pt2", ".pt", ".pth", ".bin", ".ckpt", ".npz",
+                  ".safetensors")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One model to audit: the path as the user named it (after expansion) and its series position."""
+
+    path: str
+    step: float | None = None
+
+
+def is_model_dir(path: str) -> bool:
+    """A directory that is one model: safetensors shards (Hugging Face style) or a SavedModel."""
+    if not os.path.isdir(path):
+        return False
+    names = os.listdir(path)
+    return any(n.endswith(".safetensors") for n in names) or "saved_model.pb" in names
+
+
+def _is_model_file(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(MODEL_SUFFIXES) and not os.path.basename(path).startswith(".")
+
+
+def _folder_models(path: str) -> list[str]:
+    """The models in a folder of models: model files and model directories, sorted by name."""
+    out = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if _is_model_file(full) or is_model_dir(full):
+            out.append(full)
+    if not out:
+        raise IrtoolsError("folder holds no model (model files, or folders of safetensors)", path)
+    return out
+
+
+def _read_list(path: str, seen_lists: tuple[str, ...]) -> list[str]:
+    real = os.path.realpath(path)
+    if real in seen_lists:
+        raise IrtoolsError("list file names itself (directly or through another list)", path)
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [ln.split("#", 1)[0].strip() for ln in fh]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IrtoolsError(f"cannot read the list of sources: {exc}", path) from None
+    out = []
+    for line in filter(None, lines):
+        out.extend(_expand_one(line if os.path.isabs(line) else os.path.join(base, line), seen_lists + (real,)))
+    return out
+
+
+def _expand_one(arg: str, seen_lists: tuple[str, ...] = ()) -> list[str]:
+    if os.path.isdir(arg):
+        return [arg] if is_model_dir(arg) else _folder_models(arg)
+    if os.path.isfile(arg):
+        return _read_list(arg, seen_lists) if arg.lower().endswith(LIST_SUFFIXES) else [arg]
+    if _GLOB_CHARS.search(arg):
+        matches = sorted(glob.glob(arg, recursive=True))
+        if not matches:
+            raise IrtoolsError("glob matches nothing", arg)
+        return [p for m in matches for p in ([m] if os.path.isfile(m) or is_model_dir(m) else _expand_one(m))]
+    raise IrtoolsError("no such file or directory", arg)
+
+
+def expand_sources(args: Iterable[str]) -> list[str]:
+    """Every model the arguments name, in order, each once (the same file named twice counts once)."""
+    out, seen = [], set()
+    for arg in args:
+        for path in _expand_one(os.fspath(arg)):
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                out.append(path)
+    if not out:
+        raise IrtoolsError("no model to audit")
+    return out
+
+
+# -- training-run series ------------------------------------------------------------------
+#: Words that announce the training position in a checkpoint's name, strongest first.
+_STEP_WORDS = ("global_step", "step", "steps", "iteration", "iter", "it", "checkpoint", "ckpt", "epoch", "ep")
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_WORD_NUMBER = re.compile(r"(?<![a-z])(" + "|".join(_STEP_WORDS) + r")[-_=.]?" + _NUMBER + r"(?![\d])", re.I)
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def series_step(path: str) -> float:
+    """The step (or epoch) a checkpoint's path names: `checkpoint-500/`, `step_1200.safetensors`,
+    `epoch=3-step=1200.ckpt` (the step), `model_ep10.onnx`; failing a keyword, the last number in
+    the last path component that has one."""
+    parts = [p for p in re.split(r"[\\/]+", os.path.normpath(path)) if p]
+    stems = [re.sub(r"\.(onnx|keras|h5|hdf5|pt2|pt|pth|bin|ckpt|npz|safetensors|weights)$", "", p, flags=re.I)
+             for p in parts]
+    for stem in reversed(stems):
+        found = {m.group(1).lower(): float(m.group(2)) for m in _WORD_NUMBER.finditer(stem)}
+        for word in _STEP_WORDS:
+            if word in found:
+                return found[word]
+    for stem in reversed(stems):
+        numbers = _ANY_NUMBER.findall(stem)
+        if numbers:
+            return float(numbers[-1])
+    raise IrtoolsError("--series: no step or epoch number in the name", path)
+
+
+def series_order(paths: Sequence[str]) -> list[Source]:
+    """The sources sorted by their step number (ties keep the given order)."""
+    steps = [series_step(p) for p in paths]
+    order = sorted(range(len(paths)), key=lambda i: steps[i])
+    return [Source(paths[i], steps[i]) for i in order]
