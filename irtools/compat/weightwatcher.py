@@ -1,0 +1,476 @@
+"""WeightWatcher's API on irtools: `import irtools.compat.weightwatcher as ww`.
+
+`ww.WeightWatcher(model=m).analyze()` walks the model the way WeightWatcher 0.7.7 does (its layer
+ids, names, long names and layer types: PyTorch `named_modules()`, Keras `model.layers`, ONNX
+initializers, state-dict `.weight` keys), hands the matrices to `irtools.analyze` as a weights-only
+source, and returns a DataFrame with WeightWatcher's columns, column order, index and dtypes.
+`describe`, `get_details` and `get_summary` follow. Options irtools does not implement raise
+`UnsupportedOptionError` naming the option instead of being ignored.
+
+Where irtools deliberately differs from WeightWatcher (documented, not hidden): a failed or
+degenerate power-law fit is NaN with status "failed" and a warning saying why, not -1; Conv1d layers
+are analysed as k pooled (out, in) slices (WeightWatcher mis-reads their 3-D kernels); weights keep
+their stored precision (WeightWatcher casts to float32).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from irtools.errors import IrtoolsError
+from irtools.frontends.weights_file import StoredArray
+
+__all__ = ["LAYER_TYPES", "UnknownOptionError", "UnsupportedMethodError", "UnsupportedOptionError", "WeightWatcher"]
+
+DENSE, CONV1D, CONV2D, EMBEDDING, NORM, FLATTENED, UNKNOWN = (
+    "dense", "conv1d", "conv2d", "embedding", "norm", "flattened", "unknown")
+#: Types `layers=` may name (WeightWatcher's LAYER_TYPES_SUPPORTED); any other string is a layer name.
+LAYER_TYPES = (CONV2D, CONV1D, DENSE, EMBEDDING, NORM)
+#: Analysed layer types and the number of dimensions of their weight tensors.
+ANALYSED_NDIM = {DENSE: 2, EMBEDDING: 2, CONV1D: 3, CONV2D: 4}
+DEFAULT_SAVEDIR = "ww-img"
+#: `get_summary`'s metrics (WeightWatcher's list): means over the layers that have them.
+SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank",
+                   "mp_softrank")
+WEAK_RANK_LOSS_TOLERANCE = 1e-6
+
+#: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted).
+UNSUPPORTED = {
+    "base_model": (None,), "glorot_fix": (False,), "conv2d_norm": (True,), "pool": (True,), "ww2x": (False,),
+    "conv2d_fft": (False,), "fft": (False,), "deltas": (False,), "intra": (False,), "vectors": (False,),
+    "channels": (None,), "stacked": (False,), "fix_fingers": (False, None), "xmin_max": (None,),
+    "max_fingers": (10,), "finger_thresh": (1.0,), "fit": ("PL", "power_law"), "sparsify": (True, False),
+    "detX": (False,), "ERG": (False,), "svd_method": ("fast", "accurate"), "pl_package": ("ww",),
+    "xmax": (None,), "peft": (False,), "inverse": (False,), "min_size": (None,), "max_size": (None,),
+}
+
+
+class UnsupportedOptionError(IrtoolsError, ValueError):
+    """A WeightWatcher option (or value) that irtools does not implement."""
+
+
+class UnknownOptionError(IrtoolsError, TypeError):
+    """A keyword argument WeightWatcher does not have either."""
+
+
+class UnsupportedMethodError(IrtoolsError, AttributeError):
+    """A WeightWatcher method irtools does not implement (an AttributeError, so `hasattr` stays False)."""
+
+
+def check_options(method: str, options: Mapping, allowed: Iterable[str] = UNSUPPORTED) -> None:
+    """Refuse unknown keywords and unsupported options set to anything but their "off" value."""
+    allowed = set(allowed)
+    for key, value in options.items():
+        if key not in allowed:
+            raise UnknownOptionError(f"WeightWatcher.{method}() got an unexpected keyword argument '{key}'")
+        if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in UNSUPPORTED[key]):
+            raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={value!r} is not supported by "
+                                         f"irtools.compat.weightwatcher (supported: {key}="
+                                         f"{' or '.join(map(repr, UNSUPPORTED[key]))})")
+
+
+# -- the model as WeightWatcher enumerates it ----------------------------------------------------
+
+@dataclass(slots=True)
+class WWLayer:
+    """One entry of WeightWatcher's layer iterator: its id, names, type and weight (if any)."""
+
+    layer_id: int
+    name: str
+    longname: str
+    layer_type: str
+    weight: StoredArray | None = None
+    layout: str = "torch"  # kernel layout: torch (out, in, k...) or keras (k..., in, out)
+
+    @property
+    def analysable(self) -> bool:
+        return self.weight is not None and ANALYSED_NDIM.get(self.layer_type) == len(self.weight.shape)
+
+
+def _classify(obj, rules, default: str = UNKNOWN) -> str:
+    """WeightWatcher's type test: an isinstance check or a substring of the lower-cased class name."""
+    typestr = str(type(obj)).lower()
+    for cls, key, kind in rules:
+        if (cls is not None and isinstance(obj, cls)) or key in typestr:
+            return kind
+    return default
+
+
+def _torch_array(tensor) -> StoredArray | None:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        return None
+    native = tensor.dtype in (torch.float32, torch.float64)
+
+    def load():
+        t = tensor.detach().cpu()
+        return (t if native else t.float()).numpy()
+
+    return StoredArray(tuple(tensor.shape), np.dtype(np.float64 if tensor.dtype == torch.float64 else np.float32),
+                       load)
+
+
+def _numpy_array(value) -> StoredArray | None:
+    if not isinstance(value, np.ndarray):
+        return _torch_array(value)
+    return StoredArray(value.shape, value.dtype, lambda: value) if np.issubdtype(value.dtype, np.floating) else None
+
+
+def torch_layers(model, start_id: int) -> list[WWLayer]:
+    """`model.named_modules()` in order, ids from `start_id` (WeightWatcher's PyTorchLayer)."""
+    import torch
+
+    rules = ((torch.nn.Linear, "linear", DENSE), (torch.nn.Conv1d, "conv1d", CONV1D),
+             (torch.nn.Conv2d, "conv2d", CONV2D), (torch.nn.Embedding, "embedding", EMBEDDING), (None, "norm", NORM))
+    out = []
+    for k, (longname, module) in enumerate(model.named_modules()):
+        own = getattr(module, "name", None)
+        name = longname.split(".")[-1] if longname else own if isinstance(own, str) and own else type(module).__name__
+        kind = _classify(module, rules)
+        weight = _torch_array(getattr(module, "weight", None)) if kind in ANALYSED_NDIM else None
+        out.append(WWLayer(start_id + k, name, longname or name, kind, weight))
+    return out
+
+
+def keras_layers(model, start_id: int) -> list[WWLayer]:
+    """`model.layers` (a layer with submodules stands for its submodules), WeightWatcher's KerasLayer."""
+    import keras
+
+    rules = ((keras.layers.Dense, "dense", DENSE), (keras.layers.Conv1D, "conv1d", CONV1D),
+             (keras.layers.Conv2D, "conv2d", CONV2D), (keras.layers.Flatten, "flatten", FLATTENED),
+             (keras.layers.Embedding, "embedding", EMBEDDING), (keras.layers.LayerNormalization, "layernorn", NORM))
+    flat = []
+    for layer in model.layers:
+        subs = list(getattr(layer, "submodules", None) or [])
+        flat.extend(subs or [layer])
+    out = []
+    for k, layer in enumerate(flat):
+        kind = _classify(layer, rules)
+        variables = list(getattr(layer, "weights", None) or []) if kind in ANALYSED_NDIM else []
+        weight = None
+        if variables:
+            var = variables[0]
+            weight = StoredArray(tuple(var.shape), np.dtype(np.float32),
+                                 lambda layer=layer: np.asarray(layer.get_weights()[0]))
+        out.append(WWLayer(start_id + k, layer.name, layer.name, kind, weight, layout="keras"))
+    return out
+
+
+def onnx_layers(proto, start_id: int = 0) -> list[WWLayer]:
+    """Every initializer, id = its index, typed by rank (4: conv2d, 2: dense): WeightWatcher's ONNXLayer
+    (which ignores `start_ids`)."""
+    from onnx import helper, numpy_helper
+
+    out = []
+    for k, init in enumerate(proto.graph.initializer):
+        dims = tuple(int(d) for d in init.dims)
+        kind = {4: CONV2D, 2: DENSE}.get(len(dims), UNKNOWN)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+        weight = StoredArray(dims, dtype, lambda init=init: numpy_helper.to_array(init)) \
+            if np.issubdtype(dtype, np.floating) else None
+        out.append(WWLayer(k, init.name, init.name, kind, weight))
+    return out
+
+
+def state_dict_layers(tensors: Mapping, start_id: int) -> list[WWLayer]:
+    """The `.weight` entries of a state dict in order, typed by rank (2: dense, 4: conv2d; a first
+    dimension below 2 is unknown): WeightWatcher's PyStateDictLayer."""
+    out = []
+    for k, key in enumerate(key for key in tensors if key.endswith(".weight")):
+        value = tensors[key]
+        weight = value if isinstance(value, StoredArray) else _numpy_array(value)
+        shape = tuple(weight.shape) if weight is not None else ()
+        kind = UNKNOWN if not shape or shape[0] < 2 else {2: DENSE, 4: CONV2D}.get(len(shape), UNKNOWN)
+        name = key[: -len(".weight")]
+        out.append(WWLayer(start_id + k, name, name, kind, weight))
+    return out
+
+
+def _path_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
+    from irtools.frontends import keras as keras_frontend
+    from irtools.frontends import weights_file
+
+    if weights_file.is_weights_file(path):
+        return state_dict_layers(weights_file.read_weights(path, trust=trust), start_id)
+    if keras_frontend.is_keras_model_file(path):
+        return keras_layers(keras_frontend.load_keras_file(path, trust=trust), start_id)
+    if not os.path.exists(path):
+        raise IrtoolsError("no such file or directory", path)
+    import onnx
+
+    try:
+        proto = onnx.load(path)
+    except Exception as exc:
+        raise IrtoolsError(f"not a model WeightWatcher's API can read here (a torch, Keras or ONNX model, or a "
+                           f"weights file): {type(exc).__name__}", path) from None
+    return onnx_layers(proto)
+
+
+def model_layers(model, start_ids: int = 0, trust: bool = False) -> list[WWLayer]:
+    """The model's layers as WeightWatcher enumerates them (all of them, analysable or not)."""
+    from irtools.frontends.keras import is_keras_object
+    from irtools.frontends.onnx_file import is_onnx_object
+    from irtools.frontends.torch import is_torch_object
+
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, str):
+        return _path_layers(model, start_ids, trust)
+    if is_onnx_object(model) and hasattr(model, "graph") and hasattr(model.graph, "initializer"):
+        return onnx_layers(model)
+    if isinstance(model, Mapping):
+        tensors = model["state_dict"] if "state_dict" in model else model
+        return state_dict_layers(tensors, start_ids or 1)
+    if is_torch_object(model):
+        return torch_layers(model[0] if isinstance(model, tuple) else model, start_ids)
+    if is_keras_object(model):
+        return keras_layers(model, start_ids)
+    raise IrtoolsError(f"WeightWatcher's API reads a torch.nn.Module, a Keras model, an ONNX ModelProto, a state "
+                       f"dict or a path to one of those or to a weights file; got {type(model).__name__}")
+
+
+def layer_filter(layers) -> Callable[[WWLayer], bool]:
+    """WeightWatcher's `layers=` filter: types, then ids (all >= 0 keep, negative skip), then names
+    (all kept, or all '-name' skipped); a later kind overrides an earlier one. Returns keep(layer)."""
+    filters = layers.tolist() if isinstance(layers, np.ndarray) else list(layers) if isinstance(
+        layers, (list, tuple, set)) else [layers]
+    types, ids, names = [], [], []
+    for f in filters:
+        if isinstance(f, str):
+            (types if f in LAYER_TYPES else names).append(f)
+        elif isinstance(f, numbers.Integral) and not isinstance(f, bool):
+            ids.append(int(f))
+        else:
+            raise UnsupportedOptionError(f"layers: {f!r} is neither a layer id, a layer name nor a layer type "
+                                         f"({', '.join(LAYER_TYPES)})")
+    if ids and min(ids) < 0 < max(ids):
+        raise UnsupportedOptionError(f"layers: ids must be all >= 0 (keep) or all < 0 (skip), got {ids}")
+    skips = [n.startswith("-") for n in names]
+    if names and any(skips) and not all(skips):
+        raise UnsupportedOptionError("layers: give names to keep or '-names' to skip, not both")
+
+    def keep(layer: WWLayer) -> bool:
+        skipped = False
+        if types:
+            skipped = layer.layer_type not in types
+        if ids:
+            skipped = layer.layer_id not in ids if min(ids) >= 0 else -layer.layer_id in ids
+        if names:
+            skipped = f"-{layer.name}" in names if all(skips) else layer.name not in names
+        return not skipped
+
+    return keep
+
+
+def weight_layer(layer: WWLayer):
+    """The irtools `WeightLayer` of an analysable layer (matrices N x M, rf slices), keyed by its id."""
+    from irtools.frontends.weights_file import weight_layers
+
+    (found,) = weight_layers({str(layer.layer_id): layer.weight}, layout=layer.layout)
+    return found
+
+
+def check_limits(min_evals: int, max_evals: int, max_n: int) -> None:
+    """WeightWatcher's consistency rules for the size limits."""
+    if (min_evals and max_evals and min_evals >= max_evals) or max_n < max_evals or max_n < min_evals:
+        raise UnsupportedOptionError(f"inconsistent limits: min_evals={min_evals}, max_evals={max_evals}, "
+                                     f"max_N={max_n} (need min_evals < max_evals <= max_N)")
+
+
+def within_limits(wl, min_evals: int, max_evals: int, max_n: int) -> bool:
+    """WeightWatcher's size limits (as `layer_supported` applies them with pooled eigenvalues)."""
+    n = wl.num_evals
+    return not ((min_evals and n < min_evals) or (max_evals and n > max_evals) or wl.N > max_n)
+
+
+# -- tables ----------------------------------------------------------------------------------------
+
+def frame(rows: list[dict]):
+    """A DataFrame laid out as WeightWatcher lays out `details`: layer_id and name first, then the
+    other columns sorted (WeightWatcher's one-record frames sort their keys), a RangeIndex; no rows:
+    an empty frame without columns."""
+    import pandas as pd
+
+    if not rows:
+        return pd.DataFrame(columns=[])
+    details = pd.DataFrame(rows)
+    lead = ["layer_id", "name"]
+    return details[lead + sorted(c for c in details.columns if c not in lead)]
+
+
+def _base_row(layer: WWLayer, wl) -> dict:
+    return {"layer_id": layer.layer_id, "name": layer.name, "longname": layer.longname,
+            "layer_type": layer.layer_type, "N": wl.N, "M": wl.M, "rf": wl.rf, "Q": wl.N / wl.M if wl.M else -1}
+
+
+def _slice_ranks(wl, evals: np.ndarray, row: dict) -> tuple[float, int]:
+    """WeightWatcher's sv_min (the largest over the layer's matrices of their smallest singular value)
+    and rank_loss (summed over the matrices). One matrix: from the pooled eigenvalues; a pooled conv:
+    from each slice's spectrum (the spectral pass keeps only the pooled ESD)."""
+    if wl.rf == 1:
+        return math.sqrt(max(float(evals[0]), 0.0)), wl.M - int(row["matrix_rank"])
+    from irtools.backends import get_backend
+
+    spectra = get_backend("cpu").spectra(wl.matrices())
+    sv_min = max(math.sqrt(max(float(s.evals.min()) * wl.eigen_scale, 0.0)) for s in spectra)
+    rank_loss = sum(wl.M - int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
+    return sv_min, rank_loss
+
+
+def _mp_columns(row: dict, evals: np.ndarray) -> dict:
+    """WeightWatcher's MP-fit columns; its bulk edges are in the layer's own scale (irtools' in unit-mean)."""
+    w_scale = math.sqrt(evals.size / float(np.sum(evals)))
+    return {"num_spikes": row["num_spikes"], "sigma_mp": row["sigma_mp"], "mp_softrank": row["mp_softrank"],
+            "W_scale": w_scale, "bulk_max": row["bulk_max"] / w_scale**2, "bulk_min": row["bulk_min"] / w_scale**2}
+
+
+#: The MP fit of the randomized ESD is not computed (the spectral pass does not keep it): NaN.
+RANDOM_MP_COLUMNS = ("rand_num_spikes", "num_traps", "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale",
+                     "rand_bulk_max", "rand_bulk_min")
+
+
+def _random_columns(row: dict) -> dict:
+    out = {"max_rand_eval": row["max_rand_eval"], "rand_distance": row["rand_distance"],
+           "ww_softrank": row["max_rand_eval"] / row["lambda_max"],
+           "ww_maxdist": row["lambda_max"] - row["max_rand_eval"]}
+    out.update(dict.fromkeys(RANDOM_MP_COLUMNS, math.nan))
+    return out
+
+
+def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: bool, randomize: bool,
+                tolerance: float) -> dict:
+    """One WeightWatcher details record from irtools' row and the layer's sorted eigenvalues."""
+    sv_min, rank_loss = _slice_ranks(wl, evals, row)
+    out = _base_row(layer, wl)
+    out.update({
+        "has_esd": True, "num_evals": row["num_evals"], "sv_max": math.sqrt(row["lambda_max"]), "sv_min": sv_min,
+        "rank_loss": rank_loss, "weak_rank_loss": int(np.count_nonzero(evals < tolerance)),
+        "lambda_max": row["lambda_max"], "alpha": row["alpha"], "xmin": row["xmin"], "xmax": row["xmax"],
+        "D": row["D"], "sigma": row["sigma"], "num_pl_spikes": row["num_pl_spikes"],
+        "status": "success" if row["fit_status"] == "success" else "failed", "warning": row["warning"],
+    })
+    if mp_fit:
+        out.update(_mp_columns(row, evals))
+    if randomize:
+        out.update(_random_columns(row))
+    for key in ("norm", "log_norm", "spectral_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
+                "stable_rank", "matrix_rank", "entropy"):
+        out[key] = row[key]
+    return out
+
+
+def summary_of(details) -> dict:
+    """WeightWatcher's `get_summary`: the mean of each summary metric the table has (NaN rows left out)."""
+    columns = details.columns if details is not None else []
+    return {m: details[m].mean() for m in SUMMARY_METRICS if m in columns}
+
+
+def savedir_of(savefig) -> str | None:
+    """Where `plot=True` writes its figures: WeightWatcher's rule (True: ww-img, a string: that folder)."""
+    if isinstance(savefig, bool):
+        return DEFAULT_SAVEDIR if savefig else None
+    if isinstance(savefig, (str, os.PathLike)):
+        return os.fspath(savefig) or None
+    raise UnsupportedOptionError(f"savefig must be a folder name or a bool, got {savefig!r}")
+
+
+# -- the class -------------------------------------------------------------------------------------
+
+class WeightWatcher:
+    """WeightWatcher's class, computed by irtools. `model`: a torch.nn.Module, a Keras model, an ONNX
+    ModelProto, a state dict, or a path (ONNX or Keras model file, weights file or folder)."""
+
+    def __init__(self, model=None, framework=None, base_model=None, log_level=None, *, trust: bool = False):
+        check_options("__init__", {"base_model": base_model}, ("base_model",))
+        self.model = model
+        self.framework = framework
+        self.trust = trust
+        self.details = None
+        self.results = None
+        #: What the last `analyze` left out and why (irtools' own addition: WeightWatcher is silent).
+        self.skipped: list[dict] = []
+        #: The last `analyze`'s irtools `Analysis`.
+        self.analysis = None
+
+    def __repr__(self) -> str:
+        return f"\nAnalysis done: {self.details is not None}"
+
+    def _layers(self, model, layers, start_ids: int) -> list[WWLayer]:
+        model = model if model is not None else self.model
+        if model is None:
+            raise IrtoolsError("no model given: WeightWatcher(model=...) or analyze(model=...)")
+        self.model = model
+        if not isinstance(start_ids, numbers.Integral) or start_ids < 0:
+            raise UnsupportedOptionError(f"start_ids must be 0 or a positive integer, got {start_ids!r}")
+        keep = layer_filter(layers)
+        return [layer for layer in model_layers(model, int(start_ids), self.trust) if layer.analysable and keep(layer)]
+
+    def analyze(self, model=None, layers=(), min_evals: int = 8, max_evals: int = 15000, max_N: int = 50000,
+                plot: bool = False, randomize: bool = False, savefig=DEFAULT_SAVEDIR, mp_fit: bool = False,
+                start_ids: int = 0, tolerance: float = WEAK_RANK_LOSS_TOLERANCE, **options):
+        """Analyse every layer (or those `layers` selects) and return WeightWatcher's details table."""
+        check_options("analyze", options)
+        check_limits(min_evals, max_evals, max_N)
+        savedir = savedir_of(savefig)
+        import irtools
+        from irtools.frontends import OpenedSource
+
+        chosen = self._layers(model, layers, start_ids)
+        by_key = {str(layer.layer_id): (layer, weight_layer(layer)) for layer in chosen}
+        source = OpenedSource(_model_name(self.model), "weights", layers=[wl for _, wl in by_key.values()])
+        analysis = irtools.analyze(source, metrics="spectral", min_evals=min_evals, max_evals=max_evals,
+                                   max_n=max_N, randomize=randomize, mp_fit=mp_fit, keep_eigenvalues=True)
+        records, figures = [], []
+        for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
+            layer, wl = by_key[row["node"]]
+            records.append(details_row(layer, wl, row, evals, mp_fit=mp_fit, randomize=randomize,
+                                       tolerance=tolerance))
+            figures.append((records[-1], evals))
+        self.analysis, self.skipped = analysis, analysis.skipped
+        self.details = frame(records)
+        self.results = records
+        if plot and savedir:
+            from irtools.compat._ww_plots import save_layer_figures
+
+            for record, evals in figures:
+                save_layer_figures(record, evals, savedir, mp_fit=mp_fit)
+        return self.details
+
+    def get_details(self):
+        """The table of the last `analyze`."""
+        return self.details
+
+    def get_summary(self, details=None) -> dict:
+        """Means over layers of log_norm, alpha, alpha_weighted, log_alpha_norm, log_spectral_norm,
+        stable_rank (and mp_softrank when fitted), as WeightWatcher returns them."""
+        return summary_of(self.details if details is None else details)
+
+    def describe(self, model=None, layers=(), min_evals: int = 8, max_evals: int = 15000, max_N: int = 50000,
+                 savefig=DEFAULT_SAVEDIR, start_ids: int = 0, **options):
+        """The layers `analyze` would analyse, with their shapes, without computing anything."""
+        check_options("describe", options)
+        check_limits(min_evals, max_evals, max_N)
+        savedir_of(savefig)
+        records = []
+        for layer in self._layers(model, layers, start_ids):
+            wl = weight_layer(layer)
+            if within_limits(wl, min_evals, max_evals, max_N):
+                records.append({**_base_row(layer, wl), "num_evals": wl.num_evals})
+        return frame(records)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise UnsupportedMethodError(f"WeightWatcher.{name} is not supported by irtools.compat.weightwatcher "
+                                     f"(supported: analyze, describe, get_details, get_summary)")
+
+
+def _model_name(model) -> str:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
