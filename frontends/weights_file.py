@@ -338,27 +338,27 @@ def check_hdf5_storage(h5file, path: str) -> None:
     full Keras models in `keras`)."""
     h5py = _h5py()
 
-    def link(name, info):
+    def link(name, info):  # h5py's visitors stop at a non-None return (an exception raised in one breaks h5py)
         if isinstance(info, h5py.ExternalLink):
-            raise ModelLoadError(f"'{printable(name)}' is an external link to '{printable(info.filename)}' "
-                                 "(refused: it reads another file)", path)
+            return f"'{printable(name)}' is an external link to '{printable(info.filename)}' (refused: it reads " \
+                   "another file)"
+        return None
 
     def dataset(name, obj):
         if not isinstance(obj, h5py.Dataset):
             return None
         if obj.is_virtual:
-            raise ModelLoadError(f"dataset '{printable(name)}' is a virtual dataset (refused: it reads other "
-                                 "files)", path)
+            return f"dataset '{printable(name)}' is a virtual dataset (refused: it reads other files)"
         if obj.external:
-            raise ModelLoadError(f"dataset '{printable(name)}' has external storage (refused: it reads other "
-                                 "files)", path)
+            return f"dataset '{printable(name)}' has external storage (refused: it reads other files)"
         return None
 
     try:
-        h5file.visititems_links(link)
-        h5file.visititems(dataset)
+        problem = h5file.visititems_links(link) or h5file.visititems(dataset)
     except (KeyError, RuntimeError, OSError, ValueError) as exc:
         raise ModelLoadError(f"not a readable HDF5 file: {printable(exc)}", path) from None
+    if problem:
+        raise ModelLoadError(problem, path)
 
 
 def _check_h5_dataset(name: str, obj, path: str) -> None:
@@ -389,11 +389,14 @@ def _read_h5(path: str) -> dict[str, StoredArray]:
                 return
             if obj.dtype.kind != "f" or obj.ndim == 0:
                 return
+            datasets.append((name, obj))
+
+        datasets: list = []
+        f.visititems(visit)  # collected first: an exception raised inside an h5py visitor breaks h5py
+        for name, obj in datasets:
             _check_h5_dataset(name, obj, path)
             key = name[:-2] if name.endswith(":0") else name
             found[key] = StoredArray(tuple(obj.shape), np.dtype(obj.dtype), _h5_loader(path, name))
-
-        f.visititems(visit)
     if not found:
         raise ModelLoadError("the HDF5 file holds no float weights", path)
     return found

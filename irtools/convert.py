@@ -48,11 +48,12 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
             tolerance: float = 1e-4, seed: int = 0, trust: bool = False) -> float:
     """Convert `source` to ONNX at `output`; returns the max abs difference of the check run."""
     output = files.check_output_path(output, [source] if os.path.exists(source) else [])
-    opened = open_source(source, framework=framework, input_shapes=input_shapes, trust=trust, opset=opset)
+    opened = open_source(source, framework=framework, input_shapes=input_shapes, trust=trust, opset=opset,
+                         fix_batch=False)
     if not opened.has_graph:
         raise IrtoolsError("a weights-only file holds no graph to convert: give path/file.py:callable, a model "
                            "file (ONNX, Keras, .pt2, TorchScript) or a model object", source)
-    proto = opened.proto if opened.proto is not None else onnx.load_from_string(_model_bytes(opened.model))
+    proto = opened.proto if opened.proto is not None else _self_contained(opened.model)
     feeds = _random_feeds(proto, input_shapes, np.random.default_rng(seed))
     expected = opened.reference(feeds)
     got = _run_ort(proto, feeds)
@@ -65,7 +66,14 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
     return diff
 
 
-def _model_bytes(model) -> bytes:
+def _self_contained(model) -> onnx.ModelProto:
+    """The IR model as one ModelProto holding every tensor's bytes: external data (already checked
+    to lie in the model's folder when it was loaded) is read in, so that onnxruntime runs it from
+    bytes and the written file does not depend on the input's data files."""
     import onnx_ir as ir
+    from onnx.external_data_helper import load_external_data_for_model
 
-    return ir.to_proto(model.model).SerializeToString()
+    proto = ir.to_proto(model.model)
+    if model.path:
+        load_external_data_for_model(proto, os.path.dirname(os.path.abspath(model.path)))
+    return proto

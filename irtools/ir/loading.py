@@ -195,6 +195,8 @@ def _strip_and_parse(buf, path: str) -> tuple[onnx.ModelProto, dict[str, tuple[s
     mapped = {}
     for field, (offset, length) in zip(lazy_fields, order, strict=True):
         t = proto.graph.initializer[position[field]]
+        if tensor_nbytes(t) != length:
+            raise ModelLoadError(_mismatch(printable(t.name), "has raw_data bytes:", length, tensor_nbytes(t)), path)
         t.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
             entry = t.external_data.add()

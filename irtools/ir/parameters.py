@@ -83,6 +83,12 @@ class StoredTensor:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the values: elements times their size; a STRING tensor's strings' lengths."""
+        if self.dtype == ir.DataType.STRING:
+            const = self.value.const_value
+            return sum(len(x) for x in const.raw) if const is not None and hasattr(const, "raw") else 0
+        if self.dtype == ir.DataType.UNDEFINED:
+            return 0
         return math.ceil(self.numel * self.dtype.itemsize)
 
     @property
