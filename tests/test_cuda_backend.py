@@ -1,0 +1,148 @@
+"""The CUDA backend's array code on torch's CPU device: the CPU backend's numbers, batching,
+memory bound, spreading over devices, and the device selection (issue #14)."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import irtools
+from irtools.backends import cuda as cb
+from irtools.backends.cpu import CPUBackend
+from irtools.cli import main
+from irtools.errors import IrtoolsError
+from tests.conftest import EXAMPLE
+
+pytestmark = pytest.mark.cuda
+torch = pytest.importorskip("torch")
+RNG = np.random.default_rng(14)
+
+
+def heavy(n, m, dtype=np.float32):
+    """A matrix with a heavy-tailed spectrum (Student-t entries)."""
+    return RNG.standard_t(3, size=(n, m)).astype(dtype)
+
+
+def assert_same_spectra(ours, cpu):
+    assert len(ours) == len(cpu)
+    for a, c in zip(ours, cpu):
+        assert a.evals.shape == c.evals.shape
+        if np.isnan(c.evals).any():
+            assert np.isnan(a.evals).all() and np.isnan(a.noise_floor)
+            continue
+        np.testing.assert_allclose(a.evals, c.evals, rtol=0, atol=1e-12 * c.evals[-1])
+        rank = np.count_nonzero(c.evals > c.noise_floor)
+        np.testing.assert_allclose(a.evals[-min(rank, 5):], c.evals[-min(rank, 5):], rtol=1e-12)
+        assert a.noise_floor == pytest.approx(c.noise_floor, rel=1e-12)
+        assert np.count_nonzero(a.evals > a.noise_floor) == np.count_nonzero(c.evals > c.noise_floor)
+
+
+@pytest.mark.parametrize("method", ["auto", "gram", "svd"])
+def test_same_spectra_as_the_cpu_backend(method):
+    """Both routes (SVD below 32 columns, Gram above), wide and tall, every stored dtype the
+    backend uploads as is (float16, bfloat16, float32, float64), rank-deficient and NaN/Inf ones."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    low_rank = (RNG.standard_normal((90, 3)) @ RNG.standard_normal((3, 40)))
+    nan = heavy(50, 40)
+    nan[3, 7] = np.nan
+    inf = heavy(20, 12)
+    inf[0, 0] = np.inf
+    mats = [heavy(70, 20), heavy(20, 70), heavy(64, 48), heavy(48, 64).astype(np.float64),
+            heavy(40, 33).astype(np.float16), heavy(36, 40).astype(ml_dtypes.bfloat16), low_rank, nan, inf,
+            heavy(30, 8).astype(np.int8)]
+    ours = cb.CUDABackend(method=method, device="cpu").spectra(mats)
+    assert_same_spectra(ours, CPUBackend(method).spectra(mats))
+    assert np.count_nonzero(ours[6].evals > ours[6].noise_floor) == 3
+
+
+def test_batches_respect_the_memory_bound_and_split_or_fall_back(monkeypatch):
+    """Matrices of one shape go in batches no bigger than max_bytes; a matrix over the bound has
+    its Gram accumulated over row blocks; one whose Gram alone does not fit goes to the CPU with
+    a note. Every result equals the CPU backend's."""
+    layers = [[heavy(60, 40) for _ in range(3)] for _ in range(4)] + [[heavy(600, 40)], [heavy(30, 200)]]
+    need = cb.device_bytes(60, 40, 4, "auto")
+    backend = cb.CUDABackend(device="cpu", max_bytes=2 * need)
+    batches = []
+    original = cb.batch_eigenvalues
+    monkeypatch.setattr(cb, "batch_eigenvalues", lambda t, method: batches.append(tuple(t.shape)) or original(t, method))
+    blocked = []
+    original_blocked = cb.CUDABackend._blocked
+    monkeypatch.setattr(cb.CUDABackend, "_blocked",
+                        lambda self, dev, batch: blocked.append(batch.blocked_rows) or original_blocked(self, dev, batch))
+    got = {pos: spectra for pos, _, spectra in backend.map_spectra([(lambda ms=ms: ms) for ms in layers])}
+    assert sorted(got) == list(range(len(layers)))
+    for pos, mats in enumerate(layers):
+        assert_same_spectra(got[pos], CPUBackend().spectra(mats))
+    assert set(batches) == {(2, 60, 40)} and len(batches) == 6  # 12 matrices, 2 per batch
+    assert len(blocked) == 1 and 1 <= blocked[0] < 600  # the 600 x 40 one, in row blocks
+    assert len(backend.notes) == 1 and "200 x 30" in backend.notes[0] and "on the CPU" in backend.notes[0]
+
+
+def test_layers_are_spread_over_devices(monkeypatch):
+    """Two devices (here two torch CPU devices) share the batches and give the same results."""
+    seen = []
+    original = cb._Device.upload
+    monkeypatch.setattr(cb._Device, "upload", lambda self, a: seen.append(id(self)) or original(self, a))
+    layers = [[heavy(50, 36)] for _ in range(6)]
+    backend = cb.CUDABackend(device=["cpu", "cpu"], max_bytes=cb.device_bytes(50, 36, 4, "auto"))
+    got = {pos: sp for pos, _, sp in backend.map_spectra([(lambda ms=ms: ms) for ms in layers])}
+    assert len(set(seen)) == 2 and len(seen) == 6
+    for pos, mats in enumerate(layers):
+        assert_same_spectra(got[pos], CPUBackend().spectra(mats))
+
+
+def test_errors_in_a_worker_reach_the_caller():
+    def broken():
+        raise IrtoolsError("cannot read layer 2")
+
+    backend = cb.CUDABackend(device="cpu")
+    with pytest.raises(IrtoolsError, match="layer 2"):
+        list(backend.map_spectra([lambda: [heavy(40, 36)], broken, lambda: [heavy(40, 36)]]))
+
+
+def test_pass_on_the_torch_cpu_device_matches_weightwatcher_and_the_cpu_backend(tmp_path):
+    """The spectral pass with the CUDA backend's array code (fits on the CPU: no simulator in
+    this process) passes the WeightWatcher 0.7.7 parity checks the CPU backend passes."""
+    from tests.test_spectral import assert_rows_match, small_layer_net, weightwatcher_and_ours
+
+    backend = cb.CUDABackend(device="cpu")
+    net = small_layer_net(torch, 0)
+    reference, ours = weightwatcher_and_ours(net, (torch.zeros(1, 3, 4, 4),), str(tmp_path / "n.onnx"),
+                                             backend=backend)
+    assert_rows_match(reference, ours)
+    torch.manual_seed(1)
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 40, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(40 * 36, 96), torch.nn.Linear(96, 48), torch.nn.Linear(48, 20)).eval()
+    reference, ours = weightwatcher_and_ours(seq, (torch.zeros(1, 3, 8, 8),), str(tmp_path / "s.onnx"),
+                                             backend=backend)
+    assert len(reference) == 4
+    assert_rows_match(reference, ours)
+
+
+def test_device_selection_without_a_gpu(monkeypatch):
+    if cb.usable():  # a machine with a GPU: --device cuda works there
+        assert irtools.analyze(EXAMPLE, metrics="spectral", device="cuda").details.shape[0] > 0
+        return
+    res = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral", "--device", "cuda"])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()[-1:]
+    assert line.startswith("irtools: error: --device cuda: no usable GPU") and "pip install 'irtools[cuda]'" in line
+    assert "Traceback" not in res.output
+    auto = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral", "--device", "auto", "--format", "csv"])
+    cpu = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral", "--device", "cpu", "--format", "csv"])
+    assert auto.exit_code == cpu.exit_code == 0 and auto.output == cpu.output
+    with pytest.raises(IrtoolsError, match="unknown device 'gpu'"):
+        irtools.analyze(EXAMPLE, metrics="spectral", device="gpu")
+    # what the message names: each missing piece
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else object())
+    assert cb.gpu_problem("cuda") == "PyTorch is not installed"
+    monkeypatch.undo()
+    monkeypatch.setattr(cb, "_driver_loads", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert cb.gpu_problem("cuda:1") == ""
+    assert cb.gpu_problem("cuda:2") == "cuda:2 asked for, but 2 CUDA device(s) are visible"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "is_available() is False" in cb.gpu_problem("cuda")
