@@ -5,11 +5,26 @@ side, Conv / ConvTranspose (1-3 spatial dims) cut into one matrix per kernel pos
 embeddings (Gather on a constant table), LSTM / GRU / RNN (W and R per gate and direction),
 MatMulNBits packed weights; weights reached through Transpose / Reshape / Cast /
 DequantizeLinear are evaluated first. Matrices are loaded lazily, one layer at a time.
+
+Which parameter a layer analyses (its `parameter` column) is found by walking the weight input
+back through constant ops to the learnable parameters it is computed from (`_Ctx.origin`): a
+view (Transpose / Reshape / Cast ...) of one parameter is that parameter; a weight computed from
+several (torch weight normalisation: g * v / ||v||) is the *effective* weight the op uses, named
+after its module (`conv.parametrizations.weight.original0/1` -> `conv.weight`, `DERIVED_NAMES`).
+One parameter is one layer, however many nodes compute with it (tied embeddings, an LSTM
+unrolled, a layer called twice): the other nodes are listed in `shared_with`.
+
+Invariant: every learnable parameter that must appear (`_must_appear`: >= 2 dims, and either
+two of them > 1 or read in a weight slot) yields a layer or a `skipped` entry with its reason,
+never silence. A 2-D parameter that no op rule analysed (DeBERTa's `rel_embeddings`, read
+whole through a LayerNorm) is analysed as the matrix it is (`layer_type` "matrix"); any other
+is skipped, its reason naming the ops that read it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,9 +33,21 @@ import onnx_ir as ir
 
 from irtools.ir.layers import WeightLayer
 from irtools.ir.model import IRModel
+from irtools.ir.parameters import WEIGHT_SLOTS, StoredTensor
 from irtools.passing import Pass, register_pass
 
 GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "h"}
+
+# Constant ops that only move or re-type a weight's elements: what comes out is still that weight.
+VIEW_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten",
+                      "DequantizeLinear"})
+
+# The name of an effective weight computed from several parameters, by the parameters' names:
+# torch parametrizations (weight_norm, spectral_norm, ...) and the older weight_norm hook.
+DERIVED_NAMES: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"(.+)\.parametrizations\.([A-Za-z_]\w*)\.original\d*"), r"\1.\2"),
+    (re.compile(r"(.+)\.([A-Za-z_]\w*)_[gv]"), r"\1.\2"),
+)
 
 
 @dataclass(slots=True)
@@ -34,12 +61,10 @@ class Weights:
 class _Ctx:
     def __init__(self, model: IRModel, opts: WeightsPass):
         self.model, self.opts = model, opts
-        self.param_of: dict[tuple[str, int], str] = {}
-        for p in model.parameters:
-            for u in p.uses:  # the nodes that compute with it, after view-like constant ops
-                self.param_of[(u.node, u.input_index)] = p.name
-            for usage in p.value.uses():  # and its direct readers, constant ones included
-                self.param_of[(model.node_names[usage.node], usage.idx)] = p.name
+        self._parameter_of: dict[ir.Value, StoredTensor] = {p.value: p for p in model.parameters}
+        self._numel = {p.name: p.numel for p in model.parameters}
+        self.skipped_sources: set[str] = set()  # parameters behind the skipped entries
+        self._origins: dict[ir.Value, tuple[tuple[str, ...], bool]] = {}
         self.layers: list[WeightLayer] = []
         self.skipped: list[dict] = []
         self._seen: dict[tuple, WeightLayer] = {}
@@ -54,17 +79,61 @@ class _Ctx:
         """A weight's values in its stored float precision (backends compute in float64)."""
         return np.asarray(self.model.constant_value(v))
 
-    def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1):
+    def origin(self, v: ir.Value) -> tuple[tuple[str, ...], bool]:
+        """The learnable parameters a constant value is computed from (largest first), and whether
+        it is a view of exactly one of them."""
+        if v in self._origins:
+            return self._origins[v]
+        self._origins[v] = ((), False)  # a cycle cannot occur in a valid graph; guard anyway
+        p = self._parameter_of.get(v)
+        if p is not None:
+            result = ((p.name,), True)
+        else:
+            producer = v.producer()
+            if producer is None or not self.model.constants_analysis.is_constant(v):
+                result = ((), True)
+            else:
+                found: dict[str, int] = {}
+                view = producer.op_type in VIEW_OPS
+                for i in producer.inputs:
+                    if i is None:
+                        continue
+                    names, is_view = self.origin(i)
+                    view = view and is_view
+                    for name in names:
+                        found.setdefault(name, self._numel.get(name, 0))
+                names = tuple(sorted(found, key=lambda n: -found[n]))
+                result = (names, view and len(names) == 1)
+        self._origins[v] = result
+        return result
+
+    def parameter(self, v: ir.Value | None) -> str:
+        """The parameter column of a weight input: the parameter it views, the name of the
+        effective weight it computes (`DERIVED_NAMES`), or its largest source."""
+        if v is None:
+            return ""
+        names, view = self.origin(v)
+        if not names or view or len(names) == 1:
+            return names[0] if names else ""
+        for pattern, template in DERIVED_NAMES:
+            derived = {pattern.sub(template, n) if pattern.fullmatch(n) else None for n in names}
+            if len(derived) == 1 and None not in derived:
+                return derived.pop()
+        return names[0]
+
+    def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1, value=None):
         name = self.model.node_names[node]
-        parameter = self.param_of.get((name, slot), "")
-        key = (parameter, node.op_type, suffix.split(":")[-1] if ":" in suffix else suffix)
-        if parameter and key in self._seen:  # a shared weight (e.g. an unrolled LSTM) is one layer
+        v = value if value is not None else (node.inputs[slot] if slot < len(node.inputs) else None)
+        parameter = self.parameter(v)
+        sources = self.origin(v)[0] if v is not None else ()
+        key = (parameter, suffix.split(":")[-1] if ":" in suffix else suffix)
+        if parameter and key in self._seen:  # one parameter, one layer: tied, unrolled or shared weights
             self._seen[key].shared_with.append(name)
             return
         layer = WeightLayer(
             name=name + suffix, node=name, op_type=node.op_type, layer_type=layer_type,
             parameter=parameter, weight_shape=tuple(shape), N=n, M=m, rf=rf,
-            eigen_scale=scale, groups=groups, loader=loader,
+            eigen_scale=scale, groups=groups, loader=loader, sources=tuple(sources),
         )
         self.layers.append(layer)
         if parameter:
@@ -72,8 +141,14 @@ class _Ctx:
 
     def skip(self, node, slot, reason):
         name = self.model.node_names[node]
+        v = node.inputs[slot] if slot < len(node.inputs) else None
+        names, view = self.origin(v) if v is not None else ((), False)
+        if view:  # a stored weight skipped
+            self.skipped_sources.update(names)
+        elif names:  # an operand computed from weights, not one (DeBERTa's per-head pos_key)
+            reason += f"; computed from {', '.join(names)}"
         self.skipped.append({"name": name, "node": name, "op_type": node.op_type,
-                             "parameter": self.param_of.get((name, slot), ""), "reason": reason})
+                             "parameter": names[0] if view else "", "reason": reason})
 
 
 def _dense(ctx: _Ctx, node: ir.Node) -> None:
@@ -149,7 +224,7 @@ def _embedding(ctx: _Ctx, node: ir.Node) -> None:
     axis = node.attributes.get("axis")
     if v is None or (axis is not None and axis.value != 0):
         return
-    if (ctx.model.node_names[node], 0) not in ctx.param_of:
+    if not ctx.origin(v)[0]:
         return  # a row lookup in a learnable table (token or position embedding), not shape arithmetic
     shape = ctx.model.static_shape(v)
     if len(shape) != 2:
@@ -218,4 +293,36 @@ class WeightsPass(Pass):
             rule = EXTRACTORS.get(key)
             if rule is not None:
                 rule(ctx, node)
+        _account_for_every_parameter(ctx)
         return Weights(ctx.layers, ctx.skipped)
+
+
+def _must_appear(p: StoredTensor) -> bool:
+    """Whether a learnable parameter must yield a layer or a skipped entry (the invariant)."""
+    if len(p.shape) < 2:
+        return False
+    return sum(d > 1 for d in p.shape) >= 2 or any(u.input_index in WEIGHT_SLOTS.get(u.op_type, ()) for u in p.uses)
+
+
+def _account_for_every_parameter(ctx: _Ctx) -> None:
+    """Analyse or skip, with its reason, every parameter no op rule accounted for."""
+    analysed = {s for layer in ctx.layers for s in (layer.parameter, *layer.sources)}
+    skipped = ctx.skipped_sources
+    for p in ctx.model.parameters:
+        if p.name in analysed or not _must_appear(p):
+            continue
+        readers = ", ".join(sorted({f"{u.op_type} '{u.node}' (input {u.input_index})" for u in p.uses})) or "no node"
+        first = p.uses[0] if p.uses else None
+        node, op_type = (first.node, first.op_type) if first else ("", "")
+        if sum(d > 1 for d in p.shape) == 2 and p.name not in skipped:
+            shape = tuple(d for d in p.shape if d > 1) if len(p.shape) > 2 else tuple(p.shape)
+            layer = WeightLayer(
+                name=p.name, node=node, op_type=op_type, layer_type="matrix", parameter=p.name,
+                weight_shape=tuple(p.shape), N=max(shape), M=min(shape), rf=1, eigen_scale=1.0,
+                loader=(lambda v=p.value, s=shape: [ctx.value(v).reshape(s)]), sources=(p.name,),
+            )
+            ctx.layers.append(layer)
+        elif p.name not in skipped:
+            ctx.skipped.append({"name": p.name, "node": node, "op_type": op_type, "parameter": p.name,
+                                "reason": f"{len(p.shape)}-D parameter {tuple(p.shape)} read by {readers}: "
+                                          "no weight-matrix rule for it"})

@@ -18,7 +18,7 @@ class WeightLayer:
     name: str  # layer name (node display name, with a suffix for gates / slices / splits)
     node: str
     op_type: str
-    layer_type: str  # dense | conv1d | conv2d | conv3d | conv_transpose | embedding | lstm | gru | rnn
+    layer_type: str  # dense | conv1d | conv2d | conv3d | conv_transpose | embedding | lstm | gru | rnn | matrix
     parameter: str  # the learnable parameter behind it
     weight_shape: tuple[int, ...]
     N: int  # rows of each matrix after transposing to N >= M
@@ -28,6 +28,7 @@ class WeightLayer:
     groups: int = 1
     loader: Callable[[], list[np.ndarray]] = field(default=None, repr=False)
     shared_with: list[str] = field(default_factory=list)  # other nodes computing with the same weight
+    sources: tuple[str, ...] = ()  # the learnable parameters the weight is computed from (itself, or g and v)
 
     @property
     def num_evals(self) -> int:
