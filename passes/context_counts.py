@@ -50,6 +50,7 @@ class _Accumulator:
 
     def __init__(self):
         self._acc: dict[ir.Value, Counts] = {}
+        self._seq: dict[ir.Value, _Accumulator] = {}
 
     def add(self, value: ir.Value, contrib: np.ndarray, exponent: int) -> None:
         cur = self._acc.get(value)
@@ -63,9 +64,31 @@ class _Accumulator:
         else:
             cur.mantissa += np.ldexp(contrib, exponent - cur.exponent)
 
-    def pop(self, value: ir.Value) -> Counts | None:
+    def pop(self, value: ir.Value) -> Counts | _SeqCounts | None:
+        items = self._seq.pop(value, None)
+        if items is not None:
+            return _SeqCounts({pos: items.pop(pos) for pos in list(items._acc)})
         c = self._acc.pop(value, None)
         return None if c is None else c.normalised()
+
+    def add_item(self, value: ir.Value, pos: int, contrib: np.ndarray, exponent: int) -> None:
+        """Add counts to element `pos` of a sequence value (SplitToSequence / SequenceAt)."""
+        self._seq.setdefault(value, _Accumulator()).add(pos, contrib, exponent)
+
+
+@dataclass(slots=True)
+class _SeqCounts:
+    """Counts of a tensor sequence: {position (negative: from the end): counts of that element}."""
+
+    items: dict[int, Counts]
+
+    @property
+    def exponent(self) -> int:
+        return max((c.exponent for c in self.items.values()), default=0)
+
+    @property
+    def size(self) -> int:
+        return sum(c.mantissa.size for c in self.items.values())
 
 
 class _Node:
@@ -86,6 +109,22 @@ class _Node:
         if c is None:
             return np.zeros(self.out_shape(i))
         return c.mantissa if c.exponent == self.exponent else np.ldexp(c.mantissa, c.exponent - self.exponent)
+
+    def items(self, i: int, length: int) -> list[np.ndarray | None]:
+        """A sequence output's element counts at the common exponent, positions 0..length-1."""
+        c = self.outs[i] if i < len(self.outs) else None
+        got: list[np.ndarray | None] = [None] * length
+        for pos, item in (c.items.items() if isinstance(c, _SeqCounts) else ()):
+            if not -length <= pos < length:
+                raise UnsupportedError(f"{self.node.op_type} node '{self.name}': sequence position {pos} out of "
+                                       f"range ({length} elements)", self.model.path)
+            m = np.ldexp(item.mantissa, item.exponent - self.exponent)
+            got[pos] = m if got[pos] is None else got[pos] + m
+        return got
+
+    def give_item(self, i: int, pos: int, contrib: np.ndarray) -> None:
+        if self.wants(i):
+            self._acc.add_item(self.node.inputs[i], pos, np.asarray(contrib, dtype=np.float64), self.exponent)
 
     def out_shape(self, i: int = 0) -> tuple[int, ...]:
         return self.model.static_shape(self.node.outputs[i])
@@ -729,6 +768,68 @@ def _einsum(n: _Node) -> None:
         n.give(k, unbroadcast(full, shapes[k]) if full.shape != shapes[k] else full)
 
 
+# -- tensor sequences ------------------------------------------------------------------------
+def _split_sizes(n: _Node) -> tuple[int, list[int], bool]:
+    """SplitToSequence: (axis, element sizes along it, whether elements keep the axis)."""
+    shape = n.in_shape(0)
+    axis = int(n.attr("axis", 0)) % len(shape)
+    if not n.has_input(1):
+        return axis, [1] * shape[axis], bool(n.attr("keepdims", 1))
+    split = np.asarray(n.const(1)).astype(np.int64)
+    if split.ndim == 0:
+        k = int(split)
+        full, rest = divmod(shape[axis], k)
+        return axis, [k] * full + ([rest] if rest else []), True
+    return axis, [int(v) for v in split], True
+
+
+def sequence_shapes(n: _Node, seq: ir.Value) -> list[tuple[int, ...]]:
+    """Element shapes of a sequence made by SplitToSequence or SequenceConstruct."""
+    p = seq.producer()
+    if p is not None and p.op_type == "SplitToSequence":
+        shape = n.model.static_shape(p.inputs[0])
+        node = _Node(n.sweep, p, [], 0)
+        axis, sizes, keep = _split_sizes(node)
+        return [tuple(shape[:axis]) + ((k,) if keep else ()) + tuple(shape[axis + 1:]) for k in sizes]
+    if p is not None and p.op_type == "SequenceConstruct":
+        return [n.model.static_shape(v) for v in p.inputs]
+    raise UnsupportedError(f"{n.node.op_type} node '{n.name}': the element shapes of sequence '{seq.name}' are "
+                           f"unknown (made by {p.op_type if p is not None else 'a graph input'})", n.model.path)
+
+
+def _split_to_sequence(n: _Node) -> None:
+    shape = n.in_shape(0)
+    axis, sizes, keep = _split_sizes(n)
+    parts = []
+    for k, got in zip(sizes, n.items(0, len(sizes)), strict=True):
+        part_shape = tuple(shape[:axis]) + (k,) + tuple(shape[axis + 1:])
+        parts.append(np.zeros(part_shape) if got is None else got.reshape(part_shape))
+    n.give(0, np.concatenate(parts, axis=axis))
+
+
+def _sequence_at(n: _Node) -> None:
+    n.give_item(0, int(np.asarray(n.const(1)).reshape(())), n.out())
+
+
+def _sequence_construct(n: _Node) -> None:
+    for i, got in enumerate(n.items(0, len(n.node.inputs))):
+        if got is not None:
+            n.give(i, got)
+
+
+def _concat_from_sequence(n: _Node) -> None:
+    shapes = sequence_shapes(n, n.node.inputs[0])
+    axis = int(n.attr("axis"))
+    new = bool(n.attr("new_axis", 0))
+    out = n.out()
+    axis %= out.ndim
+    start = 0
+    for pos, shape in enumerate(shapes):
+        size = 1 if new else shape[axis]
+        n.give_item(0, pos, np.take(out, np.arange(start, start + size), axis=axis).reshape(shape))
+        start += size
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -741,7 +842,7 @@ BROADCAST = "Add Sub Mul Div Pow Max Min Sum Mean PRelu Mod BiasAdd".split()
 NO_CONTEXT = frozenset(
     "Shape Size Range Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor Not IsNaN IsInf ArgMax ArgMin "
     "NonZero EyeLike ConstantOfShape OneHot Hardmax RandomNormal RandomUniform RandomNormalLike RandomUniformLike "
-    "Multinomial Bernoulli BitShift BitwiseAnd BitwiseOr BitwiseXor BitwiseNot StringNormalizer".split()
+    "SequenceLength Multinomial Bernoulli BitShift BitwiseAnd BitwiseOr BitwiseXor BitwiseNot StringNormalizer".split()
 )
 REDUCE = "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL2 ReduceL1 ReduceLogSum ReduceLogSumExp "\
          "ReduceSumSquare".split()
@@ -795,6 +896,10 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "Einsum": _einsum,
     "RMSNormalization": _layer_norm,
     "If": lambda n: n.sweep.branches(n),
+    "SplitToSequence": _split_to_sequence,
+    "SequenceAt": _sequence_at,
+    "SequenceConstruct": _sequence_construct,
+    "ConcatFromSequence": _concat_from_sequence,
 }
 #: Rules of ops in other domains, by (domain, op type); the default domain's ops are in RULES.
 DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
@@ -929,13 +1034,13 @@ class _Sweep:
                 self.done[self.roots[v].name] = c
         if all(c is None for c in outs) or all(v in self.roots for v in node.outputs):
             return
-        if len(node.outputs) == 1 and node.outputs[0] in self.collapse:
+        if len(node.outputs) == 1 and node.outputs[0] in self.collapse and isinstance(outs[0], Counts):
             c = outs[0]
             self.acc.add(self.collapse[node.outputs[0]], c.mantissa, c.exponent)
             return
         rule = rule_for(node)
         name = model.node_names.get(node, node.op_type)
-        numel = sum(c.mantissa.size for c in outs if c is not None)
+        numel = sum(c.size if isinstance(c, _SeqCounts) else c.mantissa.size for c in outs if c is not None)
         numel += sum(math.prod(v.shape) for v in node.inputs
                      if v is not None and v in self.live and v.shape is not None and v.shape.is_static())
         budget.check(16.0 * numel, f"context counts of {node.op_type} node '{name}'", model.path)

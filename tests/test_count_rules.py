@@ -19,12 +19,20 @@ from tests import builders as b
 STRUCTURAL = {"sc"}  # float inputs that are not data (Resize scales): probes keep their values
 
 
-def probe_counts(node: onnx.NodeProto, tensors: dict[str, np.ndarray], out_shape, name: str) -> np.ndarray:
-    """Dependency counts of tensor `name`'s scalars, measured with onnxruntime."""
+def _nodes(node) -> list[onnx.NodeProto]:
+    return list(node) if isinstance(node, (list, tuple)) else [node]
+
+
+def probe_counts(node, tensors: dict[str, np.ndarray], out_shape, name: str, opset: int = 17,
+                 base_value: float = 1.0) -> np.ndarray:
+    """Dependency counts of tensor `name`'s scalars, measured with onnxruntime (`node`: one node
+    or a list whose last node's first output is the output)."""
+    nodes = _nodes(node)
     inputs = [b.vinfo(k, list(v.shape), onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in tensors.items()]
-    proto = b.model([node], inputs, [b.vinfo(node.output[0], list(out_shape))])
+    proto = b.model(nodes, inputs, [b.vinfo(nodes[-1].output[0], list(out_shape))], opset=opset)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    base = {k: (np.ones_like(v) if v.dtype.kind == "f" and k not in STRUCTURAL else v) for k, v in tensors.items()}
+    base = {k: (np.full_like(v, base_value) if v.dtype.kind == "f" and k not in STRUCTURAL else v)
+            for k, v in tensors.items()}
     counts = np.zeros(tensors[name].size, dtype=np.int64)
     zero = sess.run(None, {**base, name: np.zeros_like(tensors[name])})[0]
     for i in range(tensors[name].size):
@@ -32,13 +40,15 @@ def probe_counts(node: onnx.NodeProto, tensors: dict[str, np.ndarray], out_shape
         one_hot = np.zeros(tensors[name].size, dtype=tensors[name].dtype)
         one_hot[i] = 1
         feed[name] = one_hot.reshape(tensors[name].shape)
-        counts[i] = int(np.count_nonzero(sess.run(None, feed)[0] != zero))
+        got = sess.run(None, feed)[0]
+        counts[i] = int(np.count_nonzero((got != zero) & ~(np.isnan(got) & np.isnan(zero))))
     return counts.reshape(tensors[name].shape)
 
 
-def our_counts(node: onnx.NodeProto, tensors: dict[str, np.ndarray], out_shape) -> dict[str, np.ndarray]:
+def our_counts(node, tensors: dict[str, np.ndarray], out_shape, opset: int = 17) -> dict[str, np.ndarray]:
+    nodes = _nodes(node)
     inits = [b.tensor(k, v) for k, v in tensors.items()]
-    proto = b.model([node], [], [b.vinfo(node.output[0], list(out_shape))], inits)
+    proto = b.model(nodes, [], [b.vinfo(nodes[-1].output[0], list(out_shape))], inits, opset=opset)
     floats = {k for k, v in tensors.items() if v.dtype.kind == "f" and k not in STRUCTURAL}
     m = irtools.load(proto, parameters=floats)  # every float input is a parameter here
     cc = irtools.run_passes(m, ["context-counts"])["context-counts"]
@@ -198,3 +208,155 @@ def test_embedding_lookup_of_token_ids_counts_like_one_hot_matmul():
     cc = irtools.run_passes(m, ["context-counts"])["context-counts"].counts
     for name in ("table", "w"):
         np.testing.assert_array_equal(np.ldexp(cc[name].mantissa, cc[name].exponent), truth[name].astype(float))
+
+
+# -- the ops of today's language and vision transformers (issue 13) ---------------------------
+def seq_ops(split, at, concat_axis=None):
+    nodes = [h.make_node("SplitToSequence", ["X", "sp"], ["S"], axis=1)]
+    if concat_axis is None:
+        return nodes + [h.make_node("SequenceAt", ["S", "pos"], ["Y"])]
+    return nodes + [h.make_node("ConcatFromSequence", ["S"], ["Y"], axis=concat_axis)]
+
+
+TRANSFORMER_CASES = {
+    "trilu-upper-k1": (h.make_node("Trilu", ["X", "k"], ["Y"]), {"X": x(2, 3, 4), "k": np.array(1, I64)}, (2, 3, 4)),
+    "trilu-lower": (h.make_node("Trilu", ["X"], ["Y"], upper=0), {"X": x(4, 3)}, (4, 3)),
+    "cumsum": (h.make_node("CumSum", ["X", "ax"], ["Y"]), {"X": x(2, 4), "ax": np.array(1, I64)}, (2, 4)),
+    "cumsum-exclusive-reverse": (h.make_node("CumSum", ["X", "ax"], ["Y"], exclusive=1, reverse=1),
+                                 {"X": x(3, 2), "ax": np.array(0, I64)}, (3, 2)),
+    "gathernd": (h.make_node("GatherND", ["X", "idx"], ["Y"]),
+                 {"X": x(3, 4, 2), "idx": np.array([[0, 1], [2, -1], [0, 1]], I64)}, (3, 2)),
+    "gathernd-batch": (h.make_node("GatherND", ["X", "idx"], ["Y"], batch_dims=1),
+                       {"X": x(2, 3, 2), "idx": np.array([[[1], [1]], [[0], [2]]], I64)}, (2, 2, 2)),
+    "gather-elements": (h.make_node("GatherElements", ["X", "idx"], ["Y"], axis=1),
+                        {"X": x(3, 4), "idx": np.array([[0, 3], [1, 1], [-1, 2]], I64)}, (3, 2)),
+    "scatternd": (h.make_node("ScatterND", ["X", "idx", "U"], ["Y"]),
+                  {"X": x(4, 3), "idx": np.array([[1], [3]], I64), "U": x(2, 3)}, (4, 3)),
+    "scatter-elements": (h.make_node("ScatterElements", ["X", "idx", "U"], ["Y"], axis=1),
+                         {"X": x(2, 4), "idx": np.array([[3, 0], [1, 2]], I64), "U": x(2, 2)}, (2, 4)),
+    "einsum-batched-matmul": (h.make_node("Einsum", ["A", "Bm"], ["Y"], equation="bij,bjk->bik"),
+                              {"A": x(2, 3, 4), "Bm": x(2, 4, 2)}, (2, 3, 2)),
+    "einsum-attention-scores": (h.make_node("Einsum", ["A", "Bm"], ["Y"], equation="bhqd,bhkd->bhqk"),
+                                {"A": x(1, 2, 3, 4), "Bm": x(1, 2, 5, 4)}, (1, 2, 3, 5)),
+    "einsum-outer-implicit": (h.make_node("Einsum", ["A", "Bm"], ["Y"], equation="i,j"), {"A": x(3), "Bm": x(4)},
+                              (3, 4)),
+    "einsum-ellipsis-sum": (h.make_node("Einsum", ["A", "Bm"], ["Y"], equation="...ij,j->...i"),
+                            {"A": x(2, 3, 4), "Bm": x(4)}, (2, 3)),
+    "mod": (h.make_node("Mod", ["A", "Bm"], ["Y"], fmod=1), {"A": x(2, 3), "Bm": x(3) + 2}, (2, 3)),
+    "split-to-sequence-at": (seq_ops(None, 1), {"X": x(2, 5), "sp": np.array([2, 3], I64), "pos": np.array(-1, I64)},
+                             (2, 3)),
+    "split-to-sequence-concat": (seq_ops(None, None, 0), {"X": x(2, 4), "sp": np.array([2, 2], I64)}, (4, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSFORMER_CASES))
+def test_transformer_op_rules_match_onnxruntime_dependencies(case):
+    node, tensors, out_shape = TRANSFORMER_CASES[case]
+    ours = our_counts(node, tensors, out_shape)
+    for name, v in tensors.items():
+        if v.dtype.kind == "f":
+            base = 3.0 if case == "mod" else 1.0  # fmod(1, 1) = fmod(0, 1): probe with 3 beside the one-hot
+            np.testing.assert_array_equal(ours[name], probe_counts(node, tensors, out_shape, name, base_value=base),
+                                          err_msg=f"{case}: {name}")
+
+
+def test_einsum_counts_a_factor_once_per_product_term():
+    """y = sum_ij a_i b_j ('i,j->'): a_i is a factor of J terms, so it has J paths to y."""
+    node = h.make_node("Einsum", ["A", "Bm"], ["Y"], equation="i,j->")
+    ours = our_counts(node, {"A": x(3), "Bm": x(5)}, ())
+    np.testing.assert_array_equal(ours["A"], [5] * 3)
+    np.testing.assert_array_equal(ours["Bm"], [3] * 5)
+
+
+COMPARISONS = "Equal Less Greater LessOrEqual GreaterOrEqual".split()
+
+
+@pytest.mark.parametrize("op", [*COMPARISONS, "IsNaN", "IsInf", "Not"])
+def test_masks_computed_from_parameters_carry_no_contexts(op):
+    """mask = op(W x); y = Where(mask, W x, 0): W's contexts run through the selected branch only."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((3, 2)).astype(F)
+    nodes = [h.make_node("MatMul", ["w", "x"], ["z"])]
+    if op in COMPARISONS:
+        nodes.append(h.make_node(op, ["z", "zero"], ["m"]))
+    elif op == "Not":
+        nodes += [h.make_node("IsNaN", ["z"], ["n"]), h.make_node("Not", ["n"], ["m"])]
+    else:
+        nodes.append(h.make_node(op, ["z"], ["m"]))
+    nodes.append(h.make_node("Where", ["m", "z", "zero"], ["y"]))
+    proto = b.model(nodes, [b.vinfo("x", [2, 4])], [b.vinfo("y", [3, 4])],
+                    [b.tensor("w", w), b.tensor("zero", np.zeros((), F))])
+    m = irtools.load(proto, parameters={"w"})
+    c = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["w"]
+    np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), np.full((3, 2), 4.0))  # 4 outputs per row
+
+
+def test_data_chosen_gathernd_lets_every_slice_reach_every_position():
+    """GatherND(table, ids) with ids from the input: like Gather of token ids, each table slice
+    receives the counts of every index position (one_hot(ids) @ table)."""
+    from onnx import TensorProto as T
+
+    proto = b.model([h.make_node("GatherND", ["table", "ids"], ["y"])], [b.vinfo("ids", [3, 1], T.INT64)],
+                    [b.vinfo("y", [3, 2])], [b.tensor("table", x(4, 2))])
+    m = irtools.load(proto, parameters={"table"})
+    c = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["table"]
+    np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), np.full((4, 2), 3.0))
+
+
+def _if_model(cond_input: bool):
+    """y = If(c, then: W1 x, else: W2 x); c a constant True or a model input."""
+    from onnx import TensorProto as T
+
+    rng = np.random.default_rng(3)
+    then_g = h.make_graph([h.make_node("MatMul", ["w1", "x"], ["t"])], "then", [], [b.vinfo("t", [2, 3])])
+    else_g = h.make_graph([h.make_node("MatMul", ["w2", "x"], ["e"]), h.make_node("Relu", ["e"], ["e2"])], "else",
+                          [], [b.vinfo("e2", [2, 3])])
+    nodes = [h.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="branch")]
+    inits = [b.tensor("w1", rng.standard_normal((2, 4)).astype(F)), b.tensor("w2", rng.standard_normal((2, 4)).astype(F))]
+    inputs = [b.vinfo("x", [4, 3])]
+    if cond_input:
+        inputs.append(b.vinfo("c", [], T.BOOL))
+    else:
+        inits.append(b.tensor("c", np.array(True)))
+    return b.model(nodes, inputs, [b.vinfo("y", [2, 3])], inits)
+
+
+def test_if_with_a_constant_condition_counts_its_branch_only():
+    m = irtools.load(_if_model(False), parameters={"w1", "w2"})
+    cc = irtools.run_passes(m, ["context-counts"])["context-counts"]
+    np.testing.assert_array_equal(np.ldexp(cc.counts["w1"].mantissa, cc.counts["w1"].exponent), np.full((2, 4), 3.0))
+    assert not cc.counts["w2"].mantissa.any() and not cc.notes
+
+
+def test_if_with_an_input_condition_counts_the_union_of_both_branches():
+    m = irtools.load(_if_model(True), parameters={"w1", "w2"})
+    cc = irtools.run_passes(m, ["context-counts"])["context-counts"]
+    for name in ("w1", "w2"):
+        np.testing.assert_array_equal(np.ldexp(cc.counts[name].mantissa, cc.counts[name].exponent),
+                                      np.full((2, 4), 3.0))
+    assert len(cc.notes) == 1 and "If node 'branch'" in cc.notes[0] and "both branches" in cc.notes[0]
+
+
+def test_group_norm_parameters_behind_unsqueeze_are_never_folded_into_an_activation():
+    """TorchScript's GroupNorm: InstanceNormalization (unit scale) -> Mul(Unsqueeze(w)) ->
+    Add(Unsqueeze(b)) -> GELU written out (x * 0.5 * (1 + erf(x / sqrt 2))). w and b are used by
+    every output element of their channel: 1 x 4 = 4 contexts each, never 0."""
+    c, length = 3, 4
+    rng = np.random.default_rng(4)
+    nodes = [
+        h.make_node("InstanceNormalization", ["x", "ones", "zeros"], ["n"]),
+        h.make_node("Unsqueeze", ["gn.weight", "ax"], ["wu"]), h.make_node("Mul", ["n", "wu"], ["s"]),
+        h.make_node("Unsqueeze", ["gn.bias", "ax"], ["bu"]), h.make_node("Add", ["s", "bu"], ["g"]),
+        h.make_node("Div", ["g", "sqrt2"], ["d"]), h.make_node("Erf", ["d"], ["e"]),
+        h.make_node("Add", ["e", "one"], ["e1"]), h.make_node("Mul", ["g", "e1"], ["p"]),
+        h.make_node("Mul", ["p", "half"], ["y"]),
+    ]
+    inits = [b.tensor("ones", np.ones(c, F)), b.tensor("zeros", np.zeros(c, F)), b.tensor("ax", np.array([1], I64)),
+             b.tensor("gn.weight", rng.standard_normal(c).astype(F)), b.tensor("gn.bias", rng.standard_normal(c).astype(F)),
+             b.tensor("sqrt2", np.array(1.4142135, F)), b.tensor("one", np.array(1.0, F)),
+             b.tensor("half", np.array(0.5, F))]
+    proto = b.model(nodes, [b.vinfo("x", [1, c, length])], [b.vinfo("y", [1, c, length])], inits)
+    m = irtools.load(proto, parameters={"gn.weight", "gn.bias"})
+    cc = irtools.run_passes(m, ["context-counts"])["context-counts"].counts
+    for name in ("gn.weight", "gn.bias"):
+        np.testing.assert_array_equal(np.ldexp(cc[name].mantissa, cc[name].exponent), np.full(c, float(length)))

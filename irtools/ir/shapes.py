@@ -38,8 +38,14 @@ _NONDETERMINISTIC = frozenset(
 # Ops whose output can be much larger than their inputs: folded only once inference knows its size.
 _GROWING = frozenset(
     "ConstantOfShape Expand Tile Range Resize Upsample Pad OneHot EyeLike Gather GatherND GatherElements "
-    "MatMul Gemm Einsum CumSum".split()
+    "MatMul Gemm Einsum CumSum HannWindow HammingWindow BlackmanWindow MelWeightMatrix DFT STFT Col2Im "
+    "CenterCropPad ScatterND ScatterElements Trilu ConvTranspose Conv".split()
 )
+# Ops whose output sizes depend on the input values: shapes the probe run sees there are one
+# example's, so values computed from them stay dynamic.
+_DATA_DEPENDENT = frozenset("NonZero Unique Compress NonMaxSuppression StringSplit RegexFullMatch".split())
+# The probe run (`probe_shapes`) gets at most this long.
+_PROBE_TIMEOUT_S = 300
 
 
 def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
@@ -224,6 +230,19 @@ def _evaluate(nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], light: 
     return {o: r for o, r in zip(outputs, results, strict=True) if isinstance(r, np.ndarray)}
 
 
+def _broadcast_bound(node: onnx.NodeProto, known: dict[str, np.ndarray], static: dict) -> int:
+    """An upper bound of the size of a non-growing op's output: the product of its input sizes
+    (a broadcast of k small tensors is at most that large), at least their sum (a Concat)."""
+    def size(name: str) -> int:
+        if name in known:
+            return int(np.asarray(known[name]).size)
+        dims = static.get(name)
+        return math.prod(dims) if dims is not None else _FOLD_MAX_OUTPUT
+
+    sizes = [size(i) for i in node.input if i]
+    return max(math.prod(max(k, 1) for k in sizes), sum(sizes))
+
+
 def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None]) -> bool:
     """Fold Shape / Size of static values and nodes of small constants in `light`, in place.
 
@@ -265,6 +284,8 @@ def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None
             continue
         if node.op_type in _GROWING and any(d is None for d in sizes):
             continue  # its size is known after the next round of inference
+        if any(d is None for d in sizes) and _broadcast_bound(node, known, static) > _FOLD_MAX_OUTPUT:
+            continue  # an elementwise op broadcasting small constants can still make a large one
         batch.append((idx, node))
         pending.update(o for o in node.output if o)
         useful = useful or any(o in consumers_dynamic or static.get(o) is None for o in node.output if o)
@@ -297,7 +318,7 @@ def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None
 
 def infer_shapes(
     proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None, path: str | None = None,
-    batch_fixed: list[tuple[str, str]] | None = None,
+    batch_fixed: list[tuple[str, str]] | None = None, problems: list[str] | None = None,
 ) -> dict[str, tuple[int, Dims | None]]:
     """Return {value name: (elem_type, dims)} for every value ONNX shape inference can type.
 
@@ -307,6 +328,11 @@ def infer_shapes(
     With a `batch_fixed` list, a symbolic leading (batch) dimension of an input of rank >= 2 that
     `input_shapes` leaves open is fixed to 1 (context counts are per example); each such input is
     appended as (name, the dimension's label).
+
+    Values still dynamic after folding, while every input is static, take the shapes of one run
+    of the (weightless) graph in onnxruntime (`probe_shapes`). Inference failing on the model is
+    no error here (only context counts need static shapes): with a `problems` list its message
+    is appended there and the file's own annotations stand.
     """
     light = _light_copy(proto)
     init_names = {t.name for t in proto.graph.initializer}
@@ -331,7 +357,13 @@ def infer_shapes(
             vi.type.tensor_type.shape.dim[0].Clear()
             vi.type.tensor_type.shape.dim[0].dim_value = 1
             batch_fixed.append((name, dims[0] if isinstance(dims[0], str) else "?"))
-    inferred = _run_inference(light, path)
+    try:
+        inferred = _run_inference(light, path)
+    except ShapeError as exc:
+        if problems is None:
+            raise
+        problems.append(exc.message)
+        inferred = light
     for _ in range(_FOLD_MAX_ROUNDS):
         static = _static_dims(inferred)
         if all(static.get(o) is not None for n in light.graph.node for o in n.output if o):
@@ -354,4 +386,99 @@ def infer_shapes(
                 collect(sub)
 
     collect(inferred.graph)
+    if problems is not None:
+        result.update(probe_shapes(light, inferred, real_inputs, problems))
     return result
+
+
+def _unknown_values(light: onnx.ModelProto, inferred: onnx.ModelProto) -> list[str]:
+    """Tensor values of the main graph without a static shape, except those computed from an op
+    whose output size depends on the data (NonZero, ...)."""
+    static = _static_dims(inferred)
+    sequences = {vi.name for vi in (*inferred.graph.value_info, *inferred.graph.output)
+                 if not vi.type.HasField("tensor_type") and vi.type.WhichOneof("value") is not None}
+    tainted: set[str] = set()
+    unknown: list[str] = []
+    for node in light.graph.node:
+        if node.op_type in _DATA_DEPENDENT or any(i in tainted for i in node.input):
+            tainted.update(node.output)
+            continue
+        unknown.extend(o for o in node.output if o and static.get(o) is None and o not in sequences)
+    return unknown
+
+
+_PROBE_CHILD = r"""
+import json, sys, resource
+import numpy as np, onnx, onnxruntime as ort
+limit = int(sys.argv[1])
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+except (ValueError, OSError):
+    pass
+model = onnx.load_from_string(sys.stdin.buffer.read())
+feeds = {}
+for vi in model.graph.input:
+    t = vi.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+    shape = [d.dim_value for d in t.shape.dim]
+    feeds[vi.name] = np.full(shape, 0.5 if dtype.kind in "fc" else 0, dtype=dtype)
+opts = ort.SessionOptions()
+opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+opts.log_severity_level = 4
+sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+names = [o.name for o in model.graph.output]
+out = {}
+for name, value in zip(names, sess.run(names, feeds)):
+    if isinstance(value, np.ndarray):
+        out[name] = list(value.shape)
+print(json.dumps(out))
+"""
+
+
+def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, real_inputs: Mapping, problems: list[str]) -> dict:
+    """Shapes of the values that stayed dynamic, from one onnxruntime run of the weightless copy.
+
+    The graph's shape arithmetic (SplitToSequence / SequenceAt chains, Loops, ops onnx cannot
+    infer through) then yields static shapes whenever the inputs are static. Weights and inputs
+    are filled with constants; the run happens in a child process whose address space is capped
+    at the memory budget, so a graph that computes a huge tensor from a small file is refused
+    there. Returns {name: (elem_type, dims)}; {} if nothing is unknown or the run fails.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from irtools import budget
+
+    unknown = _unknown_values(light, inferred)
+    if not unknown:
+        return {}
+    inputs = list(light.graph.input)
+    if any(_dims_of(vi.type) is None or not all(isinstance(d, int) for d in _dims_of(vi.type)) for vi in inputs):
+        return {}  # a dynamic input: its shape decides, and the user has to give it
+    feed_bytes = sum(math.prod(_dims_of(vi.type)) * 8 for vi in inputs)
+    if feed_bytes > budget.limit():
+        problems.append(f"shapes left dynamic: a probe run would need {budget.format_size(feed_bytes)} of inputs")
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(light)
+    del probe.graph.output[:]
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info if vi.type.HasField("tensor_type")}
+    for name in unknown:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    try:
+        limit = _address_space() + budget.limit()
+        proc = subprocess.run([sys.executable, "-c", _PROBE_CHILD, str(limit)], input=probe.SerializeToString(),
+                              capture_output=True, timeout=_PROBE_TIMEOUT_S)
+        shapes = json.loads(proc.stdout.decode().strip().splitlines()[-1]) if proc.returncode == 0 else {}
+    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        shapes = {}
+    if not shapes:
+        problems.append("shapes left dynamic: one run of the graph in onnxruntime failed")
+    return {name: (elem.get(name, 0), tuple(int(d) for d in dims)) for name, dims in shapes.items()}
+
+
+def _address_space() -> int:
+    """A fresh Python with onnxruntime loaded maps about this much address space."""
+    return 4 << 30
