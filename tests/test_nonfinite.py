@@ -39,7 +39,9 @@ def poisoned(shape, nan=0, inf=0, dtype=np.float32):
     return w
 
 
-def test_non_finite_layers_are_flagged_and_the_rest_analysed(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "torch-cpu"])
+def test_non_finite_layers_are_flagged_and_the_rest_analysed(device):
+    """On the CPU backend and on the CUDA backend's array code (torch's CPU device)."""
     clean_small = RNG.standard_normal((20, 16)).astype(np.float32)
     clean_big = RNG.standard_normal((64, 48)).astype(np.float32)
     weights = [("clean_small", clean_small),            # SVD route (smaller side < 32)
@@ -47,8 +49,15 @@ def test_non_finite_layers_are_flagged_and_the_rest_analysed(tmp_path):
                ("inf_big", poisoned((12, 64), inf=3)),     # Gram route
                ("mixed_big", poisoned((64, 40), nan=2, inf=5)),
                ("clean_big", clean_big)]
-    a = irtools.analyze(chain(weights), metrics="spectral")
-    rows = a.details.set_index("name")
+    model = irtools.load(chain(weights))
+    irtools.get_pass("weights")(model)
+    if device == "torch-cpu":
+        pytest.importorskip("torch")
+        from irtools.backends.cuda import CUDABackend
+
+        device = CUDABackend(device="cpu")
+    a = irtools.get_pass("spectral", backend=device)(model)
+    rows = a.details().set_index("name")
     assert list(rows.warning[["nan_small", "inf_big", "mixed_big"]]) == ["non-finite"] * 3
     assert list(rows.num_nonfinite) == [0, 1, 3, 7, 0]
     for name in ("nan_small", "inf_big", "mixed_big"):

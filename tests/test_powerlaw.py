@@ -141,3 +141,17 @@ def test_failed_fits_are_nan_with_a_reason():
                           ([2.0] * 12, "all equal")):
         fit = fit_power_law(np.array(evals))
         assert math.isnan(fit.alpha) and math.isnan(fit.D) and reason in fit.status
+
+
+@pytest.mark.parametrize("repeats", [2, 3, 6])
+def test_repeated_largest_eigenvalues_match_weightwatcher(repeats):
+    """Tied top eigenvalues make a candidate's sum ln(x/xmin) exactly 0: the reference's alpha is
+    then inf (numpy's n / 0.0) with (x/xmin)^(1-alpha) = 1; numba must neither raise nor give NaN."""
+    rng = np.random.default_rng(repeats)
+    for n in (24, 40, 120):
+        evals = np.sort(pareto(2.5, n, rng))
+        evals[-repeats:] = evals[-1]
+        evals[: repeats + 1] = evals[0]  # ties at the bottom too
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ref = ww_fit(evals)
+        assert_same(fit_power_law(evals), ref, small=False)

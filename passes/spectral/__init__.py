@@ -99,7 +99,7 @@ class _Eigen:
 def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     """Pool a layer's per-matrix spectra (scaled by the layer's eigen_scale); count its NaN and
     Inf weights instead when a backend found any."""
-    if any(np.isnan(s.evals).any() for s in spectra):
+    if not all(np.isfinite(s.evals).all() for s in spectra):  # NaN/Inf weights, or float64 overflow
         count = sum(int(np.count_nonzero(~np.isfinite(np.asarray(w)))) for w in mats)
         return _Eigen(k, layer, None, None, nonfinite=count)
     evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale

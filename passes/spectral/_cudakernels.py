@@ -21,7 +21,11 @@ def ks_distance(log_x, base, i, n_all, alpha):
     n = n_all - i
     worst = 0.0
     for k in range(n):
-        d = abs(1.0 - math.exp((1.0 - alpha) * (log_x[base + i + k] - log_x[base + i])) - k / n)
+        if log_x[base + i + k] == log_x[base + i]:
+            ratio = 1.0
+        else:
+            ratio = math.exp((1.0 - alpha) * (log_x[base + i + k] - log_x[base + i]))
+        d = abs(1.0 - ratio - k / n)
         if d > worst:
             worst = d
     return worst
@@ -45,7 +49,8 @@ def candidates(log_x, starts, cstarts, layer_of, small, k_min, alphas, ds, js):
     ds[t] = 1.0
     js[t] = math.inf
     if small[layer] == 0:
-        alpha = 1.0 + n / (acc - n * log_x[base + i])
+        s = acc - n * log_x[base + i]
+        alpha = 1.0 + n / s if s != 0.0 else math.inf
         alphas[t] = alpha
         if alpha > 1.0:
             ds[t] = ks_distance(log_x, base, i, n_all, alpha)

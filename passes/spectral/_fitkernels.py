@@ -3,7 +3,8 @@
 Every kernel takes the log-eigenvalues (computed once by numpy, so that the CPU and the CUDA fits
 start from the same bits) and writes its arithmetic exactly as the CUDA kernels of
 `irtools.passes.spectral._cudafit` do: tail sums accumulated from the largest eigenvalue down,
-alpha = 1 + n / (tail sum - n ln xmin), the KS term |1 - exp((1 - alpha)(ln x - ln xmin)) - k/n|.
+alpha = 1 + n / (tail sum - n ln xmin) (inf when that is 0), the KS term
+|1 - exp((1 - alpha)(ln x - ln xmin)) - k/n| (with the ratio 1 where x = xmin).
 `nogil` lets the spectral pass fit one layer while another thread's eigensolve runs.
 """
 
@@ -31,7 +32,9 @@ def _ks_distance(log_x, i, alpha, bound):
     n = log_x.shape[0] - i
     worst = 0.0
     for k in range(n):
-        d = abs(1.0 - np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i])) - k / n)
+        # x_k = xmin: the ratio is 1 whatever alpha (the reference's 1.0 ** -inf = 1, not exp(-inf * 0))
+        ratio = 1.0 if log_x[i + k] == log_x[i] else np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
+        d = abs(1.0 - ratio - k / n)
         if d > worst:
             worst = d
             if worst >= bound:
@@ -52,7 +55,8 @@ def _fit_standard(log_x):
     alphas = np.empty(m)
     for i in range(m):
         n = n_all - i
-        alphas[i] = 1.0 + n / (tail_sum[i] - n * log_x[i])
+        s = tail_sum[i] - n * log_x[i]
+        alphas[i] = 1.0 + n / s if s != 0.0 else np.inf  # s = 0: an all-equal tail (numpy's n / 0.0)
     best_i = 0
     best_d = np.inf
     step = max(1, m // 64)

@@ -113,6 +113,8 @@ def finish(evals: np.ndarray, x: np.ndarray, log_x: np.ndarray, i: int, alpha: f
         d = float(_ks_distance(log_x, 0, alpha, np.inf))
     if not small and not alpha > 1.0:
         return _failed("failed: no xmin gives alpha > 1")
+    if math.isinf(alpha):  # the best tail is one repeated eigenvalue (sum ln(x / xmin) = 0)
+        return _failed("failed: the eigenvalues are all equal")
     xmin = float(x[i])
     return PowerLawFit(
         alpha=float(alpha), xmin=xmin, xmax=float(x[-1]), D=float(d),
