@@ -113,10 +113,25 @@ def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, struct.error, zipfile.BadZipFile,
             zipfile.LargeZipFile, NotImplementedError, TypeError, AttributeError, IndexError, OverflowError,
             RecursionError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"not a readable weights file ({type(exc).__name__}: "
-                             f"{printable(str(exc).splitlines()[0] if str(exc) else '')})", path) from None
+        detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ModelLoadError(f"not a readable {_format_name(lower)} ({_CAUSES.get(type(exc), 'corrupt')}: "
+                             f"{detail[:200]})", path) from None
     except OSError as exc:
         raise ModelLoadError(f"cannot read the file: {exc.strerror or exc}", path) from None
+
+
+#: What a low-level exception means in a weights file, for its one-line error.
+_CAUSES = {pickle.UnpicklingError: "refused pickle", EOFError: "truncated", struct.error: "truncated",
+           zipfile.BadZipFile: "corrupt zip archive", UnicodeDecodeError: "text that is not valid in the pickle",
+           RecursionError: "nested too deeply"}
+
+
+def _format_name(lower: str) -> str:
+    for suffix, name in ((".safetensors", "safetensors file"), (".npz", "npz archive"), (".h5", "HDF5 file"),
+                         (".hdf5", "HDF5 file")):
+        if lower.endswith(suffix):
+            return name
+    return "PyTorch checkpoint"
 
 
 # -- safetensors ------------------------------------------------------------------------
@@ -478,8 +493,10 @@ def _scan_pickle(reader, path: str) -> None:
         name = op.name
         if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             key = len(memo) if name == "MEMOIZE" else int(arg)
-            if key > PICKLE_MAX_MEMO or not stack or stack[-1] is None:
-                raise pickle.UnpicklingError(f"pickle memo slot {key} is out of range")
+            if key > PICKLE_MAX_MEMO:
+                raise pickle.UnpicklingError(f"pickle memo slot {key} is out of range (over {PICKLE_MAX_MEMO})")
+            if not stack or stack[-1] is None:
+                raise pickle.UnpicklingError("pickle memoizes with nothing on the stack")
             memo[key] = stack[-1]
             continue
         if name in ("GET", "BINGET", "LONG_BINGET"):

@@ -131,7 +131,7 @@ def test_corrupt_weights_files_are_one_line_errors(tmp_path):
     bad.write_bytes(struct.pack("<Q", 10_000) + b"{}")
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(b"\x80\x02garbage")
-    for path, message in ((bad, "header length 10000 is longer than the file"), (trunc, "not a readable weights file")):
+    for path, message in ((bad, "header length 10000 is longer than the file"), (trunc, "not a readable PyTorch checkpoint")):
         proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path)], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 

@@ -38,6 +38,12 @@ def save_onnx(proto: onnx.ModelProto, path: str) -> str:
     return path
 
 
+def save_onnx_bytes(data: bytes, path: str) -> str:
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
 def with_external(proto: onnx.ModelProto, location: str, *, offset: int = 0, length: int | None = None):
     """`proto` with its first initializer's bytes moved to `location` (the caller writes that file);
     returns (proto, the bytes)."""
