@@ -830,6 +830,117 @@ def _concat_from_sequence(n: _Node) -> None:
         start += size
 
 
+# -- fused attention and rotary embeddings -------------------------------------------------
+def _heads4(shape: tuple[int, ...], heads: int) -> tuple[int, ...]:
+    """(B, S, heads * D) -> (B, heads, S, D); 4-D shapes stay."""
+    if len(shape) == 4:
+        return shape
+    b, seq, hidden = shape
+    return (b, heads, seq, hidden // heads)
+
+
+def _to4(counts: np.ndarray, heads: int) -> np.ndarray:
+    if counts.ndim == 4:
+        return counts
+    b, seq, hidden = counts.shape
+    return counts.reshape(b, seq, heads, hidden // heads).transpose(0, 2, 1, 3)
+
+
+def _from4(counts: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if len(shape) == 4:
+        return counts
+    return counts.transpose(0, 2, 1, 3).reshape(shape)
+
+
+def attention_counts(y: np.ndarray, kv_heads: int, kv_len: int, head_dim: int, scores_extra=None):
+    """Counts of softmax(Q K^T) V, written out as MatMul -> Softmax (an activation) -> MatMul:
+    y (B, Hq, S, Dv) -> (Q (B, Hq, S, D), K and V (B, Hkv, L, .), scores (B, Hq, S, L)).
+    Query heads share key/value heads in groups (grouped-query attention). A causal or padding
+    mask acts on values only, as in the written-out graph (an additive mask keeps every edge).
+    `scores_extra`: counts the raw scores receive from elsewhere (a qk_matmul_output)."""
+    b, hq, seq, dv = y.shape
+    group = hq // kv_heads
+    scores = np.broadcast_to(y.sum(axis=-1, keepdims=True), (b, hq, seq, kv_len))  # each P[i,j] feeds Dv outputs
+    if scores_extra is not None:
+        scores = scores + scores_extra
+    q = np.broadcast_to(scores.sum(axis=-1, keepdims=True), (b, hq, seq, head_dim))
+    k = np.broadcast_to(scores.sum(axis=2).reshape(b, kv_heads, group, kv_len).sum(axis=2)[..., None],
+                        (b, kv_heads, kv_len, head_dim))
+    v = np.broadcast_to(y.sum(axis=2).reshape(b, kv_heads, group, dv).sum(axis=2)[:, :, None, :],
+                        (b, kv_heads, kv_len, dv))
+    return q, k, v, scores
+
+
+def _attention(n: _Node) -> None:
+    """ONNX Attention (opset 23): Q, K, V, attn_mask, past_key, past_value -> Y, present_key,
+    present_value, qk_matmul_output; 3-D inputs carry the heads in the last axis."""
+    q_shape, k_shape, v_shape = n.in_shape(0), n.in_shape(1), n.in_shape(2)
+    q_heads = int(n.attr("q_num_heads", 0) or (q_shape[1] if len(q_shape) == 4 else 1))
+    kv_heads = int(n.attr("kv_num_heads", 0) or (k_shape[1] if len(k_shape) == 4 else 1))
+    q4, k4 = _heads4(q_shape, q_heads), _heads4(k_shape, kv_heads)
+    past = n.in_shape(4)[2] if n.has_input(4) else 0
+    extra = n.out(3) if len(n.node.outputs) > 3 and n.outs[3] is not None else None
+    cq, ck, cv, scores = attention_counts(_to4(n.out(0), q_heads), kv_heads, past + k4[2], q4[3], extra)
+    if len(n.node.outputs) > 1 and n.outs[1] is not None:  # present_key = concat(past_key, K)
+        ck = ck + n.out(1)
+    if len(n.node.outputs) > 2 and n.outs[2] is not None:
+        cv = cv + n.out(2)
+    n.give(0, _from4(np.asarray(cq), q_shape))
+    n.give(1, _from4(np.asarray(ck[:, :, past:]), k_shape))
+    n.give(2, _from4(np.asarray(cv[:, :, past:]), v_shape))
+    n.give(4, ck[:, :, :past])
+    n.give(5, cv[:, :, :past])
+    if n.wants(3):
+        n.give(3, unbroadcast(np.asarray(scores), n.in_shape(3)))
+
+
+def _packed_attention(n: _Node) -> None:
+    """com.microsoft Attention: input (B, S, D) @ weights (D, Dq + Dk + Dv) + bias, split into
+    Q, K and V, then attention over num_heads heads."""
+    x_shape, w_shape = n.in_shape(0), n.in_shape(1)
+    heads = int(n.attr("num_heads"))
+    sizes = n.attr("qkv_hidden_sizes", None) or [w_shape[1] // 3] * 3
+    dq, dk, dv = (int(v) for v in sizes)
+    b, seq, _ = x_shape
+    y = _to4(n.out(0), heads)
+    cq, ck, cv, _ = attention_counts(y, heads, seq, dq // heads)
+    qkv = np.concatenate([_from4(np.asarray(cq), (b, seq, dq)), _from4(np.asarray(ck), (b, seq, dk)),
+                          _from4(np.asarray(cv), (b, seq, dv))], axis=-1)  # (B, S, Dq + Dk + Dv)
+    n.give(0, np.broadcast_to(qkv.sum(axis=-1, keepdims=True), x_shape))
+    n.give(1, np.broadcast_to(qkv.sum(axis=(0, 1))[None, :], w_shape))
+    if n.has_input(2):
+        n.give(2, qkv.sum(axis=(0, 1)))
+
+
+def _rotary(x_slot: int, cache_slots: tuple[int, ...]) -> Callable[[_Node], None]:
+    """RotaryEmbedding (opset 23: X, cos, sin, position_ids; com.microsoft: X, position_ids, cos,
+    sin): out[d] = x[d] cos - x[partner(d)] sin on the first rotary_embedding_dim features of each
+    head, x passes through on the rest; x[d] reaches out[d] and out[partner(d)]."""
+
+    def rule(n: _Node) -> None:
+        y = n.out()
+        x_shape = n.in_shape(x_slot)
+        heads = int(n.attr("num_heads", 0) or 0)
+        y4 = y if y.ndim == 4 else y.reshape(y.shape[0], y.shape[1], heads or 1, -1)
+        head_dim = y4.shape[-1]
+        rot = int(n.attr("rotary_embedding_dim", 0) or 0) or head_dim
+        half = rot // 2
+        d = np.arange(rot)
+        if n.attr("interleaved", 0):
+            partner = d ^ 1
+        else:
+            partner = np.where(d < half, d + half, d - half)
+        cx = y4.copy()
+        cx[..., :rot] += y4[..., partner]
+        n.give(x_slot, cx.reshape(x_shape))
+        for i in cache_slots:
+            if n.wants(i):
+                raise UnsupportedError(f"{n.node.op_type} node '{n.name}': learnable cos/sin caches are not supported",
+                                       n.model.path)
+
+    return rule
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -896,6 +1007,8 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "Einsum": _einsum,
     "RMSNormalization": _layer_norm,
     "If": lambda n: n.sweep.branches(n),
+    "Attention": _attention,
+    "RotaryEmbedding": _rotary(0, (1, 2)),
     "SplitToSequence": _split_to_sequence,
     "SequenceAt": _sequence_at,
     "SequenceConstruct": _sequence_construct,
@@ -908,6 +1021,8 @@ DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
     ("com.microsoft", "SkipSimplifiedLayerNormalization"): _layer_norm,
     ("com.microsoft", "SimplifiedLayerNormalization"): _layer_norm,
     ("com.microsoft", "BiasAdd"): _broadcast_all,
+    ("com.microsoft", "Attention"): _packed_attention,
+    ("com.microsoft", "RotaryEmbedding"): _rotary(0, (2, 3)),
 }
 
 

@@ -360,3 +360,92 @@ def test_group_norm_parameters_behind_unsqueeze_are_never_folded_into_an_activat
     cc = irtools.run_passes(m, ["context-counts"])["context-counts"].counts
     for name in ("gn.weight", "gn.bias"):
         np.testing.assert_array_equal(np.ldexp(cc[name].mantissa, cc[name].exponent), np.full(c, float(length)))
+
+
+def _rope_case(domain: str, interleaved: int, rot: int):
+    x_ = x(1, 2, 3, 8)  # (B, heads, S, D)
+    half = (rot or 8) // 2
+    pos = np.array([[0, 1, 2]], I64)
+    cos, sin = x(4, half), x(4, half)
+    if domain:
+        node = h.make_node("RotaryEmbedding", ["X", "pos", "cos", "sin"], ["Y"], domain=domain,
+                           interleaved=interleaved, rotary_embedding_dim=rot, num_heads=2)
+    else:
+        node = h.make_node("RotaryEmbedding", ["X", "cos", "sin", "pos"], ["Y"], interleaved=interleaved,
+                           rotary_embedding_dim=rot)
+    return node, {"X": x_, "pos": pos, "cos": cos, "sin": sin}
+
+
+@pytest.mark.parametrize("domain,interleaved,rot", [("", 0, 0), ("", 1, 0), ("", 0, 4), ("com.microsoft", 0, 0),
+                                                    ("com.microsoft", 1, 0)])
+def test_rotary_embedding_matches_onnxruntime(domain, interleaved, rot):
+    node, tensors = _rope_case(domain, interleaved, rot)
+    opset = 23
+    extra = [h.make_opsetid(domain, 1)] if domain else []
+    inits = [b.tensor(k, v) for k, v in tensors.items()]
+    proto = b.model([node], [], [b.vinfo("Y", [1, 2, 3, 8])], inits, opset=opset)
+    proto.opset_import.extend(extra)
+    proto.ir_version = 10
+    m = irtools.load(proto, parameters={"X"})
+    ours = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["X"]
+    ours = np.ldexp(ours.mantissa, ours.exponent)
+    inputs = [b.vinfo(k, list(v.shape), onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in tensors.items()]
+    probe = b.model([node], inputs, [b.vinfo("Y", [1, 2, 3, 8])], opset=opset)
+    probe.opset_import.extend(extra)
+    probe.ir_version = 10
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = dict(tensors)
+    zero = sess.run(None, {**feeds, "X": np.zeros_like(tensors["X"])})[0]
+    truth = np.zeros(tensors["X"].size)
+    for i in range(truth.size):
+        one = np.zeros(truth.size, F)
+        one[i] = 1
+        truth[i] = np.count_nonzero(sess.run(None, {**feeds, "X": one.reshape(tensors["X"].shape)})[0] != zero)
+    np.testing.assert_array_equal(ours, truth.reshape(ours.shape))
+
+
+def _attention_models(q_heads: int, kv_heads: int, past: int = 0):
+    """Fused ONNX Attention over 4-D Q, K, V and the same computation written out (Gather to
+    share key/value heads, MatMul, Softmax, MatMul, with past keys/values concatenated)."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal(s).astype(F) for s in ((1, q_heads, 3, 4), (1, kv_heads, 5, 4), (1, kv_heads, 5, 2)))
+    inits = [b.tensor("q", q), b.tensor("k", k), b.tensor("v", v)]
+    if past:
+        inits += [b.tensor("pk", rng.standard_normal((1, kv_heads, past, 4)).astype(F)),
+                  b.tensor("pv", rng.standard_normal((1, kv_heads, past, 2)).astype(F))]
+    fused = b.model([h.make_node("Attention", ["q", "k", "v", "", "pk", "pv"] if past else ["q", "k", "v"], ["y"])],
+                    [], [b.vinfo("y", [1, q_heads, 3, 2])], inits, opset=23)
+    fused.ir_version = 10
+    heads = np.arange(q_heads) // (q_heads // kv_heads)
+    nodes = []
+    kk, vv = "k", "v"
+    if past:
+        nodes += [h.make_node("Concat", ["pk", "k"], ["kc"], axis=2), h.make_node("Concat", ["pv", "v"], ["vc"], axis=2)]
+        kk, vv = "kc", "vc"
+    nodes += [h.make_node("Gather", [kk, "heads"], ["kr"], axis=1), h.make_node("Gather", [vv, "heads"], ["vr"], axis=1),
+              h.make_node("Transpose", ["kr"], ["kt"], perm=[0, 1, 3, 2]), h.make_node("MatMul", ["q", "kt"], ["s"]),
+              h.make_node("Softmax", ["s"], ["p"]), h.make_node("MatMul", ["p", "vr"], ["y"])]
+    written = b.model(nodes, [], [b.vinfo("y", [1, q_heads, 3, 2])], inits + [b.tensor("heads", heads.astype(I64))])
+    return fused, written
+
+
+@pytest.mark.parametrize("q_heads,kv_heads,past", [(2, 2, 0), (4, 2, 0), (4, 1, 2)])
+def test_fused_attention_counts_as_its_written_out_graph(q_heads, kv_heads, past):
+    fused, written = _attention_models(q_heads, kv_heads, past)
+    params = {"q", "k", "v", "pk", "pv"} if past else {"q", "k", "v"}
+    got = [irtools.run_passes(irtools.load(m, parameters=params), ["context-counts"])["context-counts"].counts
+           for m in (fused, written)]
+    for name in params:
+        np.testing.assert_array_equal(np.ldexp(got[0][name].mantissa, got[0][name].exponent),
+                                      np.ldexp(got[1][name].mantissa, got[1][name].exponent), err_msg=name)
+    if past == 0 and q_heads == kv_heads:  # and the written-out graph against brute force
+        from tests.brute_force import brute_force_counts
+
+        plain = b.model([h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+                         h.make_node("MatMul", ["q", "kt"], ["s"]), h.make_node("Softmax", ["s"], ["p"]),
+                         h.make_node("MatMul", ["p", "v"], ["y"])], [], [b.vinfo("y", [1, q_heads, 3, 2])],
+                        list(written.graph.initializer)[:3])
+        truth = brute_force_counts(plain)
+        for name in params:
+            np.testing.assert_array_equal(np.ldexp(got[0][name].mantissa, got[0][name].exponent),
+                                          truth[name].astype(float), err_msg=name)
