@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from irtools import files
+from irtools import budget, files
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
 from irtools.ir.loading import check_structure, check_tensors, iter_tensors, read_model
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
@@ -101,13 +101,16 @@ class IRModel:
         proto = proto if proto is not None else ir.to_proto(model)
         #: Inputs whose symbolic leading (batch) dimension was fixed to 1: [(name, label)].
         self.batch_fixed: list[tuple[str, str]] = []
-        self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed))
+        #: Why some shapes are unknown (shape inference failed, ...): only context counts need them.
+        self.shape_problems: list[str] = []
+        self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed,
+                                          self.shape_problems))
         if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
             parameters = set(json.loads(model.metadata_props[DECLARED_PARAMETERS_KEY]))
         self.declared_parameters = parameters
         self.constants_analysis = ConstantAnalysis(self.all_nodes)
         self.stored: list[StoredTensor] = classify(
-            self.all_nodes, self.constants_analysis, self.graphs, self.node_names, self.static_shape, parameters
+            self.all_nodes, self.constants_analysis, self.graphs, self.node_names, self._stored_shape, parameters
         )
         self.parameters: list[StoredTensor] = [t for t in self.stored if t.learnable]
         self.constants: list[StoredTensor] = [t for t in self.stored if not t.learnable]
@@ -199,6 +202,14 @@ class IRModel:
             if not known:
                 v.shape = ir.Shape(list(dims))
 
+    def _stored_shape(self, value: ir.Value) -> tuple[int, ...]:
+        """A stored tensor's shape: inferred, else that of its value (a constant subgraph that
+        inference could not follow is evaluated), so loading never fails on an unknown shape."""
+        try:
+            return self.static_shape(value)
+        except ShapeError:
+            return tuple(int(d) for d in self.constant_value(value).shape)
+
     def static_shape(self, value: ir.Value) -> tuple[int, ...]:
         """The value's static shape, or a `ShapeError` saying what to do about it."""
         if value.const_value is not None:
@@ -214,6 +225,8 @@ class IRModel:
         got = "unknown" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
         dyn = [v.name for v in self.inputs if v.shape is None or not v.shape.is_static()]
         hint = f"; fix dynamic inputs with --input-shape ({', '.join(dyn)})" if dyn else ""
+        if not hint and self.shape_problems:
+            hint = f" ({self.shape_problems[0]})"
         raise ShapeError(f"cannot infer a static shape for value '{value.name}'{where}: {got}{hint}", self.path)
 
     # -- array view ----------------------------------------------------------------------
@@ -264,6 +277,9 @@ class IRModel:
         import onnxruntime as ort
 
         inputs = [self.constant_value(v) if v is not None else None for v in producer.inputs]
+        label = self.node_names.get(producer, producer.op_type)
+        budget.check(8.0 * _declared_numel(producer, value, inputs),
+                     f"constant '{value.name}' ({producer.op_type} node '{label}')", self.path)
         node = ir.to_proto(producer)
         names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
         outs = [f"out{i}" for i in range(len(producer.outputs))]
@@ -285,7 +301,6 @@ class IRModel:
             sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
             results = sess.run(None, feeds)
         except Exception as exc:
-            label = self.node_names.get(producer, producer.op_type)
             raise IrtoolsError(f"cannot evaluate constant '{value.name}' ({producer.op_type} '{label}'): {exc}",
                                self.path) from exc
         return np.asarray(results[list(producer.outputs).index(value)])
@@ -317,6 +332,33 @@ class IRModel:
 
     def __repr__(self) -> str:
         return f"IRModel({self.path or self.graph.name!r}, nodes={len(self.all_nodes)}, parameters={len(self.parameters)})"
+
+
+def _declared_numel(node: ir.Node, value: ir.Value, inputs: list) -> int:
+    """How many elements evaluating `node` makes, from its inputs' values (ConstantOfShape, Expand,
+    Tile, Range and the window functions make outputs far larger than their inputs)."""
+    op = node.op_type
+    try:
+        if op == "ConstantOfShape":
+            return math.prod(int(d) for d in inputs[0].reshape(-1))
+        if op == "Expand":
+            target = [int(d) for d in inputs[1].reshape(-1)]
+            rank = max(len(target), inputs[0].ndim)
+            a = [1] * (rank - inputs[0].ndim) + list(inputs[0].shape)
+            t = [1] * (rank - len(target)) + target
+            return math.prod(max(x, y) for x, y in zip(a, t, strict=True))
+        if op == "Tile":
+            return math.prod(int(d) * int(r) for d, r in zip(inputs[0].shape, inputs[1].reshape(-1), strict=False))
+        if op == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(())) for v in inputs[:3])
+            return max(int(math.ceil((limit - start) / delta)), 0) if delta else 0
+        if op in ("HannWindow", "HammingWindow", "BlackmanWindow"):
+            return int(np.asarray(inputs[0]).reshape(()))
+    except (TypeError, ValueError, OverflowError, IndexError, AttributeError):
+        pass
+    if value.shape is not None and value.shape.is_static():
+        return math.prod(int(d) for d in value.shape)
+    return sum(int(np.asarray(x).size) for x in inputs if x is not None)
 
 
 def _map_initializers(model: ir.Model, path: str, mapped: dict[str, tuple[str, int]]) -> None:
