@@ -21,8 +21,8 @@ def ks_distance(log_x, base, i, n_all, alpha):
     n = n_all - i
     worst = 0.0
     for k in range(n):
-        if log_x[base + i + k] == log_x[base + i]:
-            ratio = 1.0
+        if alpha == math.inf:  # an all-equal tail: the ratio is 1 at x = xmin, as on the CPU
+            ratio = 1.0 if log_x[base + i + k] == log_x[base + i] else 0.0
         else:
             ratio = math.exp((1.0 - alpha) * (log_x[base + i + k] - log_x[base + i]))
         d = abs(1.0 - ratio - k / n)

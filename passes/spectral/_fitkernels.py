@@ -31,9 +31,12 @@ def _ks_distance(log_x, i, alpha, bound):
     """max_k |1 - (x_{i+k}/x_i)^(1-alpha) - k/n| over the tail, stopping once it reaches `bound`."""
     n = log_x.shape[0] - i
     worst = 0.0
+    infinite = alpha == np.inf  # an all-equal tail: the ratio is 1 at x = xmin (numpy's 1.0 ** -inf), not NaN
     for k in range(n):
-        # x_k = xmin: the ratio is 1 whatever alpha (the reference's 1.0 ** -inf = 1, not exp(-inf * 0))
-        ratio = 1.0 if log_x[i + k] == log_x[i] else np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
+        if infinite:
+            ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
+        else:
+            ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
         d = abs(1.0 - ratio - k / n)
         if d > worst:
             worst = d
