@@ -24,6 +24,9 @@ from irtools.audit.sources import Source, expand_sources, series_order
 from irtools.errors import IrtoolsError
 
 DASK_MISSING = "irtools audit runs on Dask: pip install irtools[dask]"
+#: The embedded cluster's HTTP endpoints (health, metrics) on the loopback address at a free port;
+#: no dashboard.
+LOOPBACK_HTTP = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
 #: Times the scheduler reruns a model whose worker died before it gives the model up (a failed row).
 ALLOWED_FAILURES = 3
 
@@ -82,10 +85,11 @@ class _Cluster:
             env = {v: str(blas_threads_for(n)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                          "MKL_NUM_THREADS")}
             self.cluster = distributed.LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **LOOPBACK_HTTP,
                 memory_limit=self.memory_limit or "auto", silence_logs=logging.ERROR, env=env)
             self.client = distributed.Client(self.cluster)
         else:
+            _check_reachable(self.scheduler)
             try:
                 if os.path.isfile(self.scheduler):
                     self.client = distributed.Client(scheduler_file=self.scheduler, timeout="20s")
@@ -102,6 +106,27 @@ class _Cluster:
         if self.cluster is not None:
             self.cluster.close()
         return False
+
+
+def _check_reachable(scheduler: str) -> None:
+    """A tcp:// address nobody listens on fails now, not after the client's connection timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.path.isfile(scheduler) or not scheduler.startswith("tcp://"):
+        return
+    try:
+        parts = urlsplit(scheduler)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise IrtoolsError(f"--scheduler: not an address: {scheduler!r} (tcp://HOST:PORT or a scheduler file)") \
+            from None
+    if host is None or port is None:
+        raise IrtoolsError(f"--scheduler: not an address: {scheduler!r} (tcp://HOST:PORT or a scheduler file)")
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as exc:
+        raise IrtoolsError(f"cannot reach the Dask scheduler at {scheduler}: {exc.strerror or exc}") from None
 
 
 def plan(args: Sequence[str], outdir: str, options: AuditOptions, series: bool = False,
@@ -127,6 +152,8 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
     """Audit the models `args` name into `outdir` (see the module docstring). `client`: an existing
     `distributed.Client` to use instead of `scheduler`/`workers`."""
     options = options or AuditOptions()
+    if client is None:
+        _dask()  # a missing Dask is one line before anything else
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise IrtoolsError("output folder is a file", outdir)
     models, done = plan(args, outdir, options, series, retry_failed)

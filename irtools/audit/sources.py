@@ -5,6 +5,7 @@ SavedModel: one model), a folder of models (each model file or model directory i
 deep: a training run's `checkpoint-500/` folders), a glob, or a text file (`.txt`, `.list`) naming
 one source per line (`#` comments; relative paths are relative to the list). Models are audited in
 the order given, each once; `series_order` sorts them by the step or epoch number in their names.
+A folder of model folders is expanded one level; deeper trees are named with a glob (`run/**/*.onnx`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,21 @@ class Source:
 
 
 def is_model_dir(path: str) -> bool:
-    """A directory that is one model: safetensors shards (Hugging Face style) or a SavedModel."""
+    """A directory that is one model: a SavedModel, or Hugging Face-style safetensors (with a
+    `config.json` or a shard index, or a single safetensors file and no other model file). A folder
+    of several safetensors files without either is a folder of models (`step_100.safetensors`, ...)."""
     if not os.path.isdir(path):
         return False
     names = os.listdir(path)
-    return any(n.endswith(".safetensors") for n in names) or "saved_model.pb" in names
+    if "saved_model.pb" in names:
+        return True
+    shards = [n for n in names if n.endswith(".safetensors")]
+    if not shards:
+        return False
+    if "config.json" in names or "model.safetensors.index.json" in names:
+        return True
+    others = [n for n in names if n.lower().endswith(MODEL_SUFFIXES) and n not in shards]
+    return len(shards) == 1 and not others
 
 
 def _is_model_file(path: str) -> bool:

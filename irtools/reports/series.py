@@ -145,13 +145,13 @@ def alpha_by_layer_type(layers) -> dict[str, np.ndarray]:
 
 
 def alpha_png(by_type: Mapping[str, np.ndarray]) -> bytes:
-    fig = _figure((max(4.0, 1.3 * len(by_type) + 2), 3.2), PLOT_DPI)
+    fig = _figure((max(6.0, 1.3 * len(by_type) + 2), 3.2), PLOT_DPI)
     ax = fig.add_subplot()
     ax.boxplot(list(by_type.values()), tick_labels=[f"{k}\n({v.size})" for k, v in by_type.items()])
     ax.axhline(2.0, color="grey", linestyle=":", linewidth=1)
     ax.axhline(6.0, color="grey", linestyle=":", linewidth=1)
     ax.set_ylabel("alpha")
-    ax.set_title("alpha per layer type over all models (count of layers below; dotted: 2 and 6)", fontsize=9)
+    ax.set_title("alpha per layer type, all models (dotted: 2 and 6)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)

@@ -1,0 +1,308 @@
+"""`irtools audit` on a real Dask cluster (2 worker processes on 127.0.0.1): every model once, the same
+numbers as `irtools.analyze` on each model alone, broken models as failed rows, a killed worker, a
+second run that does no work, an external scheduler and workers started as processes, the embedded
+cluster through the command line, the limits of one model, and the audit folder's report."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+from click.testing import CliRunner
+from onnx import helper as h
+
+import irtools
+from irtools.audit.results import AuditOptions, read_row
+from irtools.audit.runner import LOOPBACK_HTTP, run_audit
+from irtools.audit.task import audit_model
+from irtools.cli import main
+from tests import builders as b
+
+distributed = pytest.importorskip("distributed")
+
+#: Columns that depend on the run (times, worker), not on the model.
+RUN_COLUMNS = ("seconds", "wall_seconds", "peak_rss_bytes", "worker", "finished")
+
+
+# -- the zoo ---------------------------------------------------------------------------------
+def mlp_proto(seed: int, widths: list[int]) -> onnx.ModelProto:
+    """x -> (MatMul W_i -> Relu)* with heavy-tailed random weights (Student t, 3 degrees of freedom)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i, (a, c) in enumerate(zip(widths, widths[1:])):
+        inits.append(b.tensor(f"fc{i}.weight", rng.standard_t(3, size=(a, c)).astype(np.float32)))
+        nodes += [h.make_node("MatMul", [x, f"fc{i}.weight"], [f"m{i}"], name=f"fc{i}"),
+                  h.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    return b.model(nodes, [b.vinfo("x", [1, widths[0]])], [b.vinfo(x, [1, widths[-1]])], inits)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Ten models: six ONNX checkpoints of a "run" (step_*), an .npz, a Hugging Face-style folder
+    of safetensors, and two broken files. Returns (folder, {path: independent parameter count})."""
+    from safetensors.numpy import save_file
+
+    root = tmp_path_factory.mktemp("zoo")
+    counts = {}
+    for k, step in enumerate((20, 100, 300, 1000, 2000, 5000)):
+        proto = mlp_proto(k, [32, 20 + 2 * k, 16])
+        path = str(root / f"step_{step}.onnx")
+        onnx.save(proto, path)
+        counts[path] = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    rng = np.random.default_rng(7)
+    npz = {"enc.weight": rng.normal(size=(40, 24)), "dec.weight": rng.normal(size=(24, 40)), "dec.bias": np.ones(24)}
+    np.savez(root / "weights_step_50.npz", **npz)
+    counts[str(root / "weights_step_50.npz")] = 40 * 24 * 2  # matrices; 1-D tensors are no layer
+    hf = root / "hf_step_70"
+    hf.mkdir()
+    save_file({"model.layers.0.mlp.weight": rng.normal(size=(48, 16)).astype(np.float32),
+               "model.layers.1.mlp.weight": rng.normal(size=(16, 48)).astype(np.float32)}, str(hf / "model.safetensors"))
+    (hf / "config.json").write_text("{}")
+    counts[str(hf)] = 48 * 16 * 2
+    (root / "broken_step_60.onnx").write_bytes(b"\x08\x07this is not a protobuf model")
+    (root / "broken_step_80.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    (root / "README.md").write_text("not a model: the folder expansion leaves it out")
+    return str(root), counts
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK_HTTP) as lc, distributed.Client(lc) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def first_run(zoo, cluster, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("audit"))
+    return out, run_audit([zoo[0]], out, series=True, client=cluster, quiet=True)
+
+
+def same(a, b) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    if isinstance(a, float):
+        return isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300)
+    return a == b
+
+
+# -- a real cluster ----------------------------------------------------------------------------
+def test_audit_equals_analyze_alone_and_broken_models_are_failed_rows(zoo, first_run):
+    folder, counts = zoo
+    out, result = first_run
+    summary = pd.read_parquet(os.path.join(out, "summary.parquet"))
+    layers = pads.dataset(os.path.join(out, "layers.parquet")).to_table().to_pandas()  # pyarrow reads it too
+    assert len(summary) == 10 and summary["source"].is_unique
+    # --series: ordered by the step in the names, numerically (not step_100 before step_20)
+    assert list(summary["step"]) == [20, 50, 60, 70, 80, 100, 300, 1000, 2000, 5000]
+    failed = summary[summary["status"] == "failed"]
+    assert sorted(os.path.basename(s) for s in failed["source"]) == ["broken_step_60.onnx", "broken_step_80.safetensors"]
+    assert all(isinstance(e, str) and e and "\n" not in e for e in failed["error"])
+    assert result.failed == 2 and result.analysed == 10
+    for source, count in counts.items():
+        row = summary[summary["source"] == source].iloc[0]
+        alone = irtools.analyze(source)
+        assert row["status"] == "ok" and row["num_params"] == count
+        for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
+            assert same(alone.summary[key], row[key]), key
+        for key in ("performance_surprisal", "total_surprisal", "entropy"):
+            assert same((alone.reuse or {}).get(key), None if pd.isna(row[key]) else row[key]), key
+        mine = layers[layers["model"] == source].to_dict(orient="records")
+        assert len(mine) == len(alone.layers) > 0
+        for got, want in zip(mine, alone.layers):
+            for column in alone.columns:
+                assert same(want[column], None if got[column] is pd.NA else got[column]), (source, column)
+
+
+def test_second_run_does_no_work(zoo, cluster, first_run, tmp_path):
+    out, _ = first_run
+    models = os.path.join(out, "models")
+    before = {f: os.stat(os.path.join(models, f)).st_mtime_ns for f in os.listdir(models)}
+    again = run_audit([zoo[0]], out, series=True, client=cluster, quiet=True)
+    assert again.analysed == 0 and again.resumed == 10
+    assert {f: os.stat(os.path.join(models, f)).st_mtime_ns for f in os.listdir(models)} == before
+    # other options are another result; a changed model is analysed again
+    one, out2 = str(tmp_path / "step_20.onnx"), str(tmp_path / "audit")
+    shutil.copy(os.path.join(zoo[0], "step_20.onnx"), one)
+    assert run_audit([one], out2, client=cluster, quiet=True).analysed == 1
+    assert run_audit([one], out2, client=cluster, quiet=True).analysed == 0
+    assert run_audit([one], out2, AuditOptions(metrics="spectral"), client=cluster, quiet=True).analysed == 1
+    os.utime(one, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert run_audit([one], out2, client=cluster, quiet=True).analysed == 1
+    assert len(os.listdir(os.path.join(out2, "models"))) == 2  # one file per (model, options): replaced, not added
+
+
+def test_killing_a_worker_loses_nothing_and_duplicates_nothing(zoo, cluster, first_run, tmp_path):
+    out = str(tmp_path / "audit")
+    killed = []
+
+    def kill_a_busy_worker(row):
+        if killed:
+            return
+        busy = [w for w, keys in cluster.processing().items() if keys]
+        assert busy, "no task in flight to interrupt"
+        pid = cluster.run(os.getpid, workers=busy[:1])[busy[0]]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    result = run_audit([zoo[0]], out, series=True, client=cluster, quiet=True, on_result=kill_a_busy_worker)
+    assert killed and len(result.summary) == 10 and result.summary["source"].is_unique
+    assert sorted(os.listdir(os.path.join(out, "models"))) == sorted(first_run[1].summary["result"])
+    first = pd.read_parquet(os.path.join(first_run[0], "layers.parquet"))
+    again = pd.read_parquet(os.path.join(out, "layers.parquet"))
+    pd.testing.assert_frame_equal(first, again)
+    keep = [c for c in result.summary.columns if c not in RUN_COLUMNS]
+    pd.testing.assert_frame_equal(first_run[1].summary[keep], result.summary[keep])
+
+
+def _wait_for(path: str, seconds: float = 60) -> None:
+    end = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise TimeoutError(path)
+        time.sleep(0.1)
+
+
+def test_external_scheduler_and_workers_as_processes(zoo, tmp_path):
+    folder, counts = zoo
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    sched_file = str(tmp_path / "scheduler.json")
+    cli = os.path.join(os.path.dirname(sys.executable), "dask")
+    procs = [subprocess.Popen([cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        _wait_for(sched_file)
+        time.sleep(0.2)
+        import json
+
+        address = json.load(open(sched_file))["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        for _ in range(2):
+            procs.append(subprocess.Popen([cli, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                                           "--no-dashboard", "--dashboard-address", "127.0.0.1:0"], env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        listing = tmp_path / "models.txt"
+        good = [p for p in counts if "step_" in os.path.basename(p)][:3]
+        listing.write_text("# three checkpoints and a broken one\n" + "\n".join(good) + "\n"
+                           + os.path.join(folder, "broken_step_60.onnx") + "\n\n")
+        out = str(tmp_path / "audit")
+        irtools_cli = [sys.executable, "-m", "irtools"]
+        res = subprocess.run(irtools_cli + ["audit", str(listing), "-o", out, "--scheduler", address, "-q"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 3, res.stderr
+        summary = pd.read_parquet(os.path.join(out, "summary.parquet"))
+        assert list(summary["source"]) == good + [os.path.join(folder, "broken_step_60.onnx")]
+        assert list(summary["status"]) == ["ok"] * 3 + ["failed"]
+        assert set(summary["worker"]) <= {w for w in summary["worker"] if w.startswith("tcp://127.0.0.1:")}
+        # only good models: exit 0; csv tables; the scheduler file works as the address; nothing recomputed
+        res = subprocess.run(irtools_cli + ["audit", *good, "-o", out, "--scheduler", sched_file, "--format", "csv"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "0 analysed in this run" in res.stderr
+        csv = pd.read_csv(os.path.join(out, "summary.csv"))
+        assert list(csv["source"]) == good and (csv["status"] == "ok").all()
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_embedded_cluster_through_the_command_line(zoo, tmp_path):
+    folder, counts = zoo
+    out = str(tmp_path / "audit")
+    one = [p for p in counts if p.endswith(".onnx")][:2]
+    res = CliRunner().invoke(main, ["audit", *one, "-o", out, "--workers", "1", "-q"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    summary = pd.read_parquet(os.path.join(out, "summary.parquet"))
+    assert list(summary["source"]) == one and (summary["status"] == "ok").all()
+    assert all(w.startswith("tcp://127.0.0.1:") for w in summary["worker"])
+
+
+# -- the command line's usage errors ---------------------------------------------------------------
+def test_usage_errors_exit_2(zoo, tmp_path, monkeypatch):
+    folder, _ = zoo
+    runner = CliRunner()
+    res = runner.invoke(main, ["audit", folder, "-o", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:1",
+                               "--workers", "2"])
+    assert res.exit_code == 2 and "--workers" in res.output
+    res = runner.invoke(main, ["audit", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(main, ["audit", str(tmp_path / "nothing*.onnx"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "glob matches nothing" in res.output
+    res = runner.invoke(main, ["audit", folder, "-o", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "cannot reach the Dask scheduler" in res.output
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask were not installed
+    res = runner.invoke(main, ["audit", folder, "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "pip install irtools[dask]" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+# -- one model's limits (the task alone, no scheduler) -----------------------------------------
+def test_timeout_and_memory_limit_are_failed_rows_and_the_next_model_runs(zoo, tmp_path):
+    folder, counts = zoo
+    code = tmp_path / "builders.py"  # `file.py:callable` sources: one never returns, one takes 700 MiB
+    code.write_text("import time\n"
+                    "def hangs():\n    time.sleep(600)\n"
+                    "def hogs():\n    block = b'x' * (700 << 20)\n    time.sleep(600)\n    return block\n")
+    options = AuditOptions().to_dict()
+    start = time.monotonic()
+    row = read_row(audit_model(f"{code}:hangs", options, timeout=1.0))
+    assert row["status"] == "failed" and row["error"] == "timed out after 1 s (--timeout)"
+    row = read_row(audit_model(f"{code}:hogs", options, memory_limit=512 << 20))
+    assert row["status"] == "failed" and row["error"].startswith("exceeded the memory limit of 512.0 MiB")
+    assert row["peak_rss_bytes"] > 512 << 20
+    assert time.monotonic() - start < 60  # both were stopped, not waited for
+    good = next(iter(counts))  # the thread's next model gets a fresh analysis process
+    row = read_row(audit_model(good, options))
+    assert row["status"] == "ok" and row["num_params"] == counts[good]
+
+
+# -- the audit folder's page ---------------------------------------------------------------------
+def kendall_by_hand(x, y) -> float:
+    """tau-a over all pairs (the test data have no ties, where it equals tau-b)."""
+    n, s = len(x), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+    return s / (n * (n - 1) / 2)
+
+
+def test_report_of_an_audit_folder(first_run, tmp_path):
+    out, result = first_run
+    ok = result.summary[result.summary["status"] == "ok"]
+    accuracy = {os.path.basename(s): 50.0 + 3 * k + (k % 3) for k, s in enumerate(ok["source"])}
+    page = str(tmp_path / "series.html")
+    args = ["report", out, "-o", page] + [f"--accuracy={k}={v}" for k, v in accuracy.items()]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    html = open(page).read()
+    rows = dict(re.findall(r'<tr data-metric="([^"]+)">(.*?)</tr>', html))
+    x = ok["step"].to_numpy(float)
+    acc = np.array([accuracy[os.path.basename(s)] for s in ok["source"]])
+    for metric in ("alpha", "log_norm", "stable_rank"):
+        y = ok[metric].to_numpy(float)
+        cells = re.findall(r"<td>([^<]*)</td>", rows[metric])
+        assert float(cells[1]) == pytest.approx(kendall_by_hand(x, y), abs=5e-4)  # vs the step
+        assert float(cells[3]) == pytest.approx(kendall_by_hand(acc, y), abs=5e-4)  # vs accuracy
+    assert 'id="alpha-by-type"' in html and html.count("<img") == 3
+    assert "broken_step_60.onnx" in html  # failed rows are listed with their reason
+    res = CliRunner().invoke(main, ["report", out, "-o", page, "--accuracy", "nosuch.onnx=1"])
+    assert res.exit_code == 2 and "names no audited model" in res.output

@@ -1,0 +1,83 @@
+"""What `irtools audit` makes of its arguments: folders, model folders, globs, list files, and the
+step order of a training run's checkpoints (no scheduler involved)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from irtools.audit.results import AuditOptions, result_name
+from irtools.audit.sources import expand_sources, is_model_dir, series_order, series_step
+from irtools.errors import IrtoolsError
+
+
+def touch(path, text="x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("name, step", [
+    ("run/checkpoint-500", 500),
+    ("run/checkpoint-500/model.safetensors", 500),  # the number is in a parent folder
+    ("epoch=3-step=1200.ckpt", 1200),  # the step wins over the epoch
+    ("model_ep10.onnx", 10),
+    ("resnet_epoch_7.pt", 7),
+    ("global_step20000/weights.npz", 20000),
+    ("iter_0042.safetensors", 42),
+    ("v2/snapshot-17.onnx", 17),  # no keyword: the last number of the last component that has one
+])
+def test_series_step(name, step):
+    assert series_step(name) == step
+
+
+def test_series_order_is_numeric_and_stable():
+    paths = ["ckpt/step_1000.onnx", "ckpt/step_20.onnx", "ckpt/step_300.onnx", "ckpt/b_step_20.onnx"]
+    order = series_order(paths)
+    assert [s.path for s in order] == ["ckpt/step_20.onnx", "ckpt/b_step_20.onnx", "ckpt/step_300.onnx",
+                                       "ckpt/step_1000.onnx"]
+    assert [s.step for s in order] == [20, 20, 300, 1000]
+    with pytest.raises(IrtoolsError, match="no step or epoch number"):
+        series_order(["final.onnx"])
+
+
+def test_folders_globs_and_lists(tmp_path):
+    root = tmp_path / "zoo"
+    a = touch(root / "a.onnx")
+    b = touch(root / "b.safetensors")
+    c = touch(root / "c.safetensors")  # two loose safetensors: two models, not one
+    touch(root / "notes.md")
+    hf = root / "hf"  # a Hugging Face folder: one model, its shards are not models of their own
+    touch(hf / "model-00001-of-00002.safetensors")
+    touch(hf / "model-00002-of-00002.safetensors")
+    touch(hf / "config.json", "{}")
+    single = root / "single"  # one safetensors file and nothing else: one model
+    touch(single / "model.safetensors")
+    saved = root / "saved"
+    touch(saved / "saved_model.pb")
+    touch(root / "empty" / "readme.txt")
+    assert is_model_dir(str(hf)) and is_model_dir(str(single)) and is_model_dir(str(saved))
+    assert not is_model_dir(str(root))
+    with pytest.raises(IrtoolsError, match="holds no model"):
+        expand_sources([str(root / "empty")])
+    assert expand_sources([str(root)]) == [a, b, c, str(hf), str(saved), str(single)]
+    assert expand_sources([str(root / "*.safetensors"), str(hf)]) == [b, c, str(hf)]
+    listing = touch(tmp_path / "list.txt", f"# a comment\nzoo/a.onnx\n\n{c}  # absolute\nzoo/hf\nzoo/a.onnx\n")
+    assert expand_sources([listing]) == [os.path.join(tmp_path, "zoo/a.onnx"), c, os.path.join(tmp_path, "zoo/hf")]
+    loop = touch(tmp_path / "loop.txt", "loop.txt\n")
+    with pytest.raises(IrtoolsError, match="names itself"):
+        expand_sources([loop])
+    with pytest.raises(IrtoolsError, match="glob matches nothing"):
+        expand_sources([str(root / "*.pt")])
+    with pytest.raises(IrtoolsError, match="no such file"):
+        expand_sources([str(root / "gone.onnx")])
+
+
+def test_result_names_are_per_source_and_options(tmp_path):
+    one, two = str(tmp_path / "x" / "model.onnx"), str(tmp_path / "y" / "model.onnx")
+    d1, d2 = AuditOptions().digest(), AuditOptions(conv_slices=True).digest()
+    assert d1 != d2 and AuditOptions(device="cpu").digest() == d1  # the device changes no number
+    names = {result_name(s, d) for s in (one, two) for d in (d1, d2)}
+    assert len(names) == 4 and all(n.startswith("model.onnx-") and n.endswith(".parquet") for n in names)
