@@ -1008,6 +1008,8 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "RMSNormalization": _layer_norm,
     "If": lambda n: n.sweep.branches(n),
     "Attention": _attention,
+    "Loop": lambda n: n.sweep.loop(n),
+    "Scan": lambda n: n.sweep.scan(n),
     "RotaryEmbedding": _rotary(0, (1, 2)),
     "SplitToSequence": _split_to_sequence,
     "SequenceAt": _sequence_at,
@@ -1188,6 +1190,96 @@ class _Sweep:
         for g in chosen:
             self.seed(g.outputs, n.outs)
             self.run(topological_order(g, self.model.path))
+
+
+    def _iterate(self, n: _Node, body: ir.Graph, steps: int, seed_outputs, take_inputs) -> None:
+        """Run `body` backwards `steps` times: `seed_outputs(t, carry)` gives the body outputs'
+        counts of step t (carry: the loop-carried inputs' counts of step t + 1), `take_inputs(t,
+        counts)` takes the body inputs' counts of step t."""
+        from irtools.ir.model import topological_order
+
+        order = topological_order(body, self.model.path)
+        carry: list[Counts | None] | None = None
+        for t in reversed(range(steps)):
+            self.seed(body.outputs, seed_outputs(t, carry))
+            self.run(order)
+            carry = [self.acc.pop(v) for v in body.inputs]
+            take_inputs(t, carry)
+
+    def loop(self, n: _Node) -> None:
+        """Loop with a constant trip count, unrolled: body outputs (cond, carried..., scan...)
+        take the next step's carried-input counts and their step of each scan output."""
+        if not n.is_const(0):
+            raise UnsupportedError(f"Loop node '{n.name}': the trip count must be constant to count contexts",
+                                   self.model.path)
+        steps = int(np.asarray(n.const(0)).reshape(()))
+        body = n.attr("body")
+        carried = len(n.node.inputs) - 2
+        scans = len(n.node.outputs) - carried
+        budget.check(8.0 * steps * len(list(body)), f"unrolling Loop node '{n.name}'", self.model.path)
+
+        def seed(t, carry):
+            if carry is None:
+                state = [n.outs[i] for i in range(carried)]
+            else:
+                state = carry[2:2 + carried]
+            scan = [_step(n.outs[carried + k], t) for k in range(scans)]
+            return [None, *state, *scan]
+
+        def take(t, counts):
+            if t == 0:
+                for i, c in enumerate(counts[2:2 + carried]):
+                    if c is not None and n.wants(2 + i):
+                        self.acc.add(n.node.inputs[2 + i], c.mantissa, c.exponent)
+
+        self._iterate(n, body, steps, seed, take)
+
+    def scan(self, n: _Node) -> None:
+        """Scan (opset >= 9), unrolled over its scan axis."""
+        body = n.attr("body")
+        k_in = int(n.attr("num_scan_inputs"))
+        states = len(n.node.inputs) - k_in
+        k_out = len(n.node.outputs) - states
+        in_axes = list(n.attr("scan_input_axes", None) or [0] * k_in)
+        in_dirs = list(n.attr("scan_input_directions", None) or [0] * k_in)
+        out_axes = list(n.attr("scan_output_axes", None) or [0] * k_out)
+        out_dirs = list(n.attr("scan_output_directions", None) or [0] * k_out)
+        steps = n.in_shape(states)[in_axes[0] % len(n.in_shape(states))]
+        budget.check(8.0 * steps * len(list(body)), f"unrolling Scan node '{n.name}'", self.model.path)
+        scan_in = {j: np.zeros(n.in_shape(states + j)) for j in range(k_in) if n.wants(states + j)}
+
+        def seed(t, carry):
+            state = [n.outs[i] for i in range(states)] if carry is None else carry[:states]
+            outs = []
+            for j in range(k_out):
+                c = n.outs[states + j]
+                pos = steps - 1 - t if out_dirs[j] else t
+                outs.append(None if c is None else Counts(np.take(c.mantissa, pos, axis=out_axes[j] % c.mantissa.ndim),
+                                                          c.exponent))
+            return [*state, *outs]
+
+        def take(t, counts):
+            for j, arr in scan_in.items():
+                c = counts[states + j]
+                if c is not None:
+                    axis = in_axes[j] % arr.ndim
+                    pos = steps - 1 - t if in_dirs[j] else t
+                    idx = [slice(None)] * arr.ndim
+                    idx[axis] = pos
+                    arr[tuple(idx)] += np.ldexp(c.mantissa, c.exponent - n.exponent)
+            if t == 0:
+                for i, c in enumerate(counts[:states]):
+                    if c is not None and n.wants(i):
+                        self.acc.add(n.node.inputs[i], c.mantissa, c.exponent)
+
+        self._iterate(n, body, steps, seed, take)
+        for j, arr in scan_in.items():
+            n.give(states + j, arr)
+
+
+def _step(c: Counts | None, t: int) -> Counts | None:
+    """Step t of a Loop scan output (stacked along a new first axis)."""
+    return None if c is None else Counts(c.mantissa[t], c.exponent)
 
 
 def unsupported_ops(model: IRModel, live: set[ir.Value]) -> dict[str, list[str]]:

@@ -449,3 +449,59 @@ def test_fused_attention_counts_as_its_written_out_graph(q_heads, kv_heads, past
         for name in params:
             np.testing.assert_array_equal(np.ldexp(got[0][name].mantissa, got[0][name].exponent),
                                           truth[name].astype(float), err_msg=name)
+
+
+def _loop_models(kind: str, steps: int = 3):
+    """h_{t+1} = relu(h_t W + x_t) for t < steps, y = stacked h_{t+1} (and the final state):
+    as a Loop (x_t = x), a Scan over x's rows, and written out step by step."""
+    from onnx import TensorProto as T
+
+    rng = np.random.default_rng(6)
+    w = b.tensor("w", rng.standard_normal((2, 2)).astype(F))
+    h0 = b.tensor("h0", rng.standard_normal((1, 2)).astype(F))
+    if kind == "loop":
+        body = h.make_graph([h.make_node("MatMul", ["h_in", "w"], ["m"]), h.make_node("Add", ["m", "xs"], ["a"]),
+                             h.make_node("Relu", ["a"], ["h_out"]), h.make_node("Identity", ["c_in"], ["c_out"]),
+                             h.make_node("Identity", ["h_out"], ["scan_out"])], "body",
+                            [b.vinfo("i", [], T.INT64), b.vinfo("c_in", [], T.BOOL), b.vinfo("h_in", [1, 2])],
+                            [b.vinfo("c_out", [], T.BOOL), b.vinfo("h_out", [1, 2]), b.vinfo("scan_out", [1, 2])])
+        node = h.make_node("Loop", ["n", "", "h0"], ["h_final", "y"], body=body)
+        inits = [w, h0, b.tensor("n", np.array(steps, I64)), b.tensor("xs", x(1, 2))]
+        looped = b.model([node], [], [b.vinfo("y", [steps, 1, 2])], inits)
+        xs = ["xs"] * steps
+    else:
+        body = h.make_graph([h.make_node("MatMul", ["h_in", "w"], ["m"]), h.make_node("Add", ["m", "x_t"], ["a"]),
+                             h.make_node("Relu", ["a"], ["h_out"]), h.make_node("Identity", ["h_out"], ["scan_out"])],
+                            "body", [b.vinfo("h_in", [1, 2]), b.vinfo("x_t", [2])],
+                            [b.vinfo("h_out", [1, 2]), b.vinfo("scan_out", [1, 2])])
+        node = h.make_node("Scan", ["h0", "xseq"], ["h_final", "y"], body=body, num_scan_inputs=1)
+        inits = [w, h0, b.tensor("xseq", x(steps, 2))]
+        looped = b.model([node], [], [b.vinfo("y", [steps, 1, 2])], inits)
+        xs = [f"x{t}" for t in range(steps)]
+    nodes, prev = [], "h0"
+    if kind == "scan":
+        nodes.append(h.make_node("Split", ["xseq"], xs, axis=0, num_outputs=steps))
+    for t in range(steps):
+        xt = xs[t]
+        if kind == "scan":
+            nodes.append(h.make_node("Squeeze", [xt, "ax0"], [f"xq{t}"]))
+            xt = f"xq{t}"
+        nodes += [h.make_node("MatMul", [prev, "w"], [f"m{t}"]), h.make_node("Add", [f"m{t}", xt], [f"a{t}"]),
+                  h.make_node("Relu", [f"a{t}"], [f"s{t}"]), h.make_node("Unsqueeze", [f"s{t}", "ax0"], [f"u{t}"])]
+        prev = f"s{t}"
+    nodes.append(h.make_node("Concat", [f"u{t}" for t in range(steps)], ["y"], axis=0))
+    written = b.model(nodes, [], [b.vinfo("y", [steps, 1, 2])], inits + [b.tensor("ax0", np.array([0], I64))],
+                      opset=18)
+    return looped, written
+
+
+@pytest.mark.parametrize("kind", ["loop", "scan"])
+def test_loops_with_constant_trip_counts_count_as_unrolled(kind):
+    looped, written = _loop_models(kind)
+    params = {"w", "h0", "xs"} if kind == "loop" else {"w", "h0", "xseq"}
+    got = [irtools.run_passes(irtools.load(m, parameters=params), ["context-counts"])["context-counts"].counts
+           for m in (looped, written)]
+    for name in params:
+        np.testing.assert_array_equal(np.ldexp(got[0][name].mantissa, got[0][name].exponent),
+                                      np.ldexp(got[1][name].mantissa, got[1][name].exponent), err_msg=name)
+    assert got[0]["w"].log2().max() > 2
