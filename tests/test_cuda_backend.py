@@ -146,3 +146,36 @@ def test_device_selection_without_a_gpu(monkeypatch):
     assert cb.gpu_problem("cuda:2") == "cuda:2 asked for, but 2 CUDA device(s) are visible"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "is_available() is False" in cb.gpu_problem("cuda")
+
+
+def test_pass_falls_back_to_cpu_fits_with_a_note_and_reports_progress(monkeypatch):
+    """If the CUDA fit cannot run (e.g. no NVVM to compile it), the CPU fits give the same rows
+    and the result says so; progress follows the layers' eigenvalues."""
+    from onnx import helper as h
+
+    from irtools.passes.spectral import _cudafit
+    from tests import builders as b
+
+    proto = b.model([h.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+                     h.make_node("MatMul", ["h", "w2"], ["y"], name="mm2")],
+                    [b.vinfo("x", [1, 64])], [b.vinfo("y", [1, 24])],
+                    [b.tensor("w1", heavy(64, 48)), b.tensor("w2", heavy(48, 24))])
+
+    def run(backend, **opts):
+        m = irtools.load(proto)
+        irtools.get_pass("weights")(m)
+        return irtools.get_pass("spectral", backend=backend, **opts)(m)
+
+    cpu = run("cpu")
+    monkeypatch.setattr(_cudafit, "available", lambda: True)
+
+    def no_nvvm(*args):
+        raise RuntimeError("libNVVM cannot be found")
+
+    monkeypatch.setattr(_cudafit, "fit_many", no_nvvm)
+    seen = []
+    gpu = run(cb.CUDABackend(device="cpu"), progress=lambda done, total, name: seen.append((done, total)))
+    assert [r["alpha"] for r in gpu.rows] == pytest.approx([r["alpha"] for r in cpu.rows], rel=1e-10)
+    assert [r["xmin"] for r in gpu.rows] == pytest.approx([r["xmin"] for r in cpu.rows], rel=1e-12)
+    assert gpu.notes == ["power-law fits ran on the CPU: the CUDA fit failed (RuntimeError: libNVVM cannot be found)"]
+    assert seen == [(1, 2), (2, 2)]

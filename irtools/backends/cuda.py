@@ -10,7 +10,7 @@ numbers equal the CPU's (eigenvalues to round-off; NaN/Inf weights give NaN spec
 Scheduling (`map_spectra`): the spectral pass hands over layers sorted by shape; matrices of
 one shape and dtype (conv kernel slices, attention heads, layers of one size) are stacked into
 batches of at most `max_bytes` of device memory each (stored copy + float64 copy + Gram +
-eigensolver workspace). A producer thread loads the layers and builds the batches; one worker
+eigensolver workspace) and `HOST_BATCH_BYTES` of host memory. A producer thread loads the layers and builds the batches; one worker
 thread per device takes every k-th batch (layers are spread over all visible GPUs), stages it
 in pinned host memory and copies it on a copy stream while the previous batch is computed on
 the compute stream. A matrix bigger than the bound has its Gram accumulated over row blocks
@@ -41,6 +41,9 @@ INSTALL_HINT = "pip install 'irtools[cuda]' (a CUDA build of PyTorch, numba-cuda
 CPU_DEVICE_BYTES = 1 << 30
 #: Fraction of a GPU's free memory one batch may use.
 FREE_MEMORY_FRACTION = 0.5
+#: Host bytes of one batch's stacked weights (bigger batches do not keep a GPU busier; at most
+#: about 3 batches per device are in host memory at once).
+HOST_BATCH_BYTES = 256 << 20
 _F64 = 8
 
 
@@ -324,13 +327,13 @@ class CUDABackend(EigenBackend):
                     raise _Stopped
                 count += 1
 
-            open_key, open_slots, open_mats, open_bytes = None, [], [], 0
+            open_key, open_slots, open_mats, open_bytes, open_host = None, [], [], 0, 0
 
             def flush():
-                nonlocal open_key, open_slots, open_mats, open_bytes
+                nonlocal open_key, open_slots, open_mats, open_bytes, open_host
                 if open_slots:
                     send(_Batch(open_slots, np.stack(open_mats)))
-                open_key, open_slots, open_mats, open_bytes = None, [], [], 0
+                open_key, open_slots, open_mats, open_bytes, open_host = None, [], [], 0, 0
 
             for pos, load in enumerate(sources):
                 mats = load()
@@ -347,12 +350,14 @@ class CUDABackend(EigenBackend):
                         self._oversized(pos, slot, w, send, results)
                         continue
                     key = (n, m, w.dtype)
-                    if key != open_key or open_bytes + need > self.max_bytes:
+                    if (key != open_key or open_bytes + need > self.max_bytes
+                            or open_host + w.nbytes > HOST_BATCH_BYTES):
                         flush()
                         open_key = key
                     open_slots.append((pos, slot))
                     open_mats.append(w)
                     open_bytes += need
+                    open_host += w.nbytes
             flush()
         except _Stopped:
             pass

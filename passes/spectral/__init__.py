@@ -148,15 +148,15 @@ class SpectralPass(Pass):
         by_id: dict[int, dict] = {}
         kept: dict[int, np.ndarray] = {}
 
-        def done(row):
+        def done(row, report=True):
             by_id[row["layer_id"]] = row
-            if self.progress is not None:
+            if report and self.progress is not None:
                 self.progress(len(by_id), len(todo), row["name"])
 
         def metrics(state: _Eigen, fit=None) -> dict:
             return self._row(state, backend, kept, fit)
 
-        if getattr(backend, "batches_layers", False):
+        if getattr(backend, "batches_layers", False) and todo:
             self._run_batched(todo, backend, metrics, done)
         else:
             self._run_threaded(todo, backend, metrics, done)
@@ -224,18 +224,34 @@ class SpectralPass(Pass):
     def _run_batched(self, todo, backend, metrics, done) -> None:
         """A backend that batches layers (CUDA): layers go to it sorted by shape, so that layers
         of one size meet in one batch; then every layer's fit in one batched launch."""
-        from irtools.passes.spectral import _cudafit
-
         order = sorted(range(len(todo)), key=lambda k: (todo[k].M, todo[k].N, todo[k].rf))
         states: list[_Eigen] = []
         for pos, mats, spectra in backend.map_spectra(todo[k].matrices for k in order):
             k = order[pos]
             states.append(layer_eigen(k, todo[k], mats, spectra, self.randomize))
+            if self.progress is not None:  # progress follows the eigenvalues, the bulk of the work
+                self.progress(len(states), len(todo), todo[k].name)
         fitted = [s for s in states if s.evals is not None]
-        fits = _cudafit.fit_many([s.evals for s in fitted], self.small_n_xmin) if _cudafit.available() else None
-        fit_of = {s.k: f for s, f in zip(fitted, fits)} if fits is not None else {}
+        fit_of = dict(zip((s.k for s in fitted), self._device_fits([s.evals for s in fitted], backend)))
         for state in sorted(states, key=lambda s: s.k):
-            done(metrics(state, fit_of.get(state.k)))
+            done(metrics(state, fit_of.get(state.k)), report=False)
+
+    def _device_fits(self, evals: list[np.ndarray], backend) -> list:
+        """The layers' power-law fits on the GPU, or none (then each row's fit runs on the CPU, with
+        the same result) when numba cannot launch CUDA kernels here, with a note saying why."""
+        from irtools.passes.spectral import _cudafit
+
+        notes = getattr(backend, "notes", None)
+        if not _cudafit.available():
+            if notes is not None and any(d.startswith("cuda") for d in getattr(backend, "device_names", ())):
+                notes.append("power-law fits ran on the CPU: numba.cuda finds no usable GPU (pip install numba-cuda)")
+            return []
+        try:
+            return _cudafit.fit_many(evals, self.small_n_xmin)
+        except Exception as exc:  # e.g. no NVVM/NVRTC to compile the kernels: the CPU fit is the same
+            if notes is not None:
+                notes.append(f"power-law fits ran on the CPU: the CUDA fit failed ({type(exc).__name__}: {exc})")
+            return []
 
     def _skip_reason(self, layer) -> str:
         if self.min_evals and layer.num_evals < self.min_evals:

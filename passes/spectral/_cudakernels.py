@@ -15,7 +15,7 @@ CANDIDATE_THREADS = 8 if _SIMULATED else 128
 SELECT_THREADS = 8 if _SIMULATED else 256
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, cache=True)
 def ks_distance(log_x, base, i, n_all, alpha):
     """max_k |1 - (x_{i+k}/x_i)^(1-alpha) - k/n| over the whole tail (the CPU's term)."""
     n = n_all - i
@@ -31,7 +31,7 @@ def ks_distance(log_x, base, i, n_all, alpha):
     return worst
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def candidates(log_x, starts, cstarts, layer_of, small, k_min, alphas, ds, js):
     """Thread t: candidate t of layer layer_of[t] (alpha; D, 1 if not computed; J, inf if not)."""
     t = cuda.grid(1)
@@ -69,7 +69,7 @@ def candidates(log_x, starts, cstarts, layer_of, small, k_min, alphas, ds, js):
     js[t] = d - 0.868 / math.sqrt(n)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def select(ds, js, use_j, cstarts, best):
     """Block l: the index (within layer l) of its smallest key, D or J, the first one on ties."""
     layer = cuda.blockIdx.x
