@@ -138,7 +138,8 @@ def main() -> None:
     parser.add_argument("names", nargs="*", metavar="MODEL", help="vgg16, bert6, llama (default: all)")
     parser.add_argument("--llama-layers", type=int, default=2)
     parser.add_argument("--llama-width", type=int, default=4096)
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs after the first, per device (the fastest is kept)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="timed runs after the first, per device (the fastest is kept)")
     parser.add_argument("--check", action="store_true",
                         help="no GPU needed: run the CUDA half's code on torch's CPU device (checks the script "
                              "and the equality of the numbers; its timings say nothing about a GPU)")

@@ -65,11 +65,12 @@ def test_batches_respect_the_memory_bound_and_split_or_fall_back(monkeypatch):
     backend = cb.CUDABackend(device="cpu", max_bytes=2 * need)
     batches = []
     original = cb.batch_eigenvalues
-    monkeypatch.setattr(cb, "batch_eigenvalues", lambda t, method: batches.append(tuple(t.shape)) or original(t, method))
+    monkeypatch.setattr(cb, "batch_eigenvalues",
+                        lambda t, method: batches.append(tuple(t.shape)) or original(t, method))
     blocked = []
     original_blocked = cb.CUDABackend._blocked
     monkeypatch.setattr(cb.CUDABackend, "_blocked",
-                        lambda self, dev, batch: blocked.append(batch.blocked_rows) or original_blocked(self, dev, batch))
+                        lambda self, dev, b: blocked.append(b.blocked_rows) or original_blocked(self, dev, b))
     got = {pos: spectra for pos, _, spectra in backend.map_spectra([(lambda ms=ms: ms) for ms in layers])}
     assert sorted(got) == list(range(len(layers)))
     for pos, mats in enumerate(layers):
@@ -129,8 +130,8 @@ def test_device_selection_without_a_gpu(monkeypatch):
     (line,) = res.output.strip().splitlines()[-1:]
     assert line.startswith("irtools: error: --device cuda: no usable GPU") and "pip install 'irtools[cuda]'" in line
     assert "Traceback" not in res.output
-    auto = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral", "--device", "auto", "--format", "csv"])
-    cpu = CliRunner().invoke(main, ["analyze", EXAMPLE, "--metrics", "spectral", "--device", "cpu", "--format", "csv"])
+    args = ["analyze", EXAMPLE, "--metrics", "spectral", "--format", "csv", "--device"]
+    auto, cpu = CliRunner().invoke(main, args + ["auto"]), CliRunner().invoke(main, args + ["cpu"])
     assert auto.exit_code == cpu.exit_code == 0 and auto.output == cpu.output
     with pytest.raises(IrtoolsError, match="unknown device 'gpu'"):
         irtools.analyze(EXAMPLE, metrics="spectral", device="gpu")

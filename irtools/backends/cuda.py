@@ -10,10 +10,10 @@ numbers equal the CPU's (eigenvalues to round-off; NaN/Inf weights give NaN spec
 Scheduling (`map_spectra`): the spectral pass hands over layers sorted by shape; matrices of
 one shape and dtype (conv kernel slices, attention heads, layers of one size) are stacked into
 batches of at most `max_bytes` of device memory each (stored copy + float64 copy + Gram +
-eigensolver workspace) and `HOST_BATCH_BYTES` of host memory. A producer thread loads the layers and builds the batches; one worker
-thread per device takes every k-th batch (layers are spread over all visible GPUs), stages it
-in pinned host memory and copies it on a copy stream while the previous batch is computed on
-the compute stream. A matrix bigger than the bound has its Gram accumulated over row blocks
+eigensolver workspace) and `HOST_BATCH_BYTES` of host memory. A producer thread loads the
+layers and builds the batches; one worker thread per device takes every k-th batch (layers are
+spread over all visible GPUs), stages it in pinned host memory and copies it on a copy stream
+while the previous batch is computed on the compute stream. A matrix bigger than the bound has its Gram accumulated over row blocks
 (block k+1 copied while block k is multiplied); one whose m x m Gram and eigensolver workspace
 alone exceed the bound is computed by the CPU backend, with a note in `notes`.
 
@@ -36,7 +36,8 @@ from irtools.backends.base import EigenBackend, Spectrum
 from irtools.backends.cpu import CPUBackend, gram_route, noise_floor, non_finite
 from irtools.errors import IrtoolsError
 
-INSTALL_HINT = "pip install 'irtools[cuda]' (a CUDA build of PyTorch, numba-cuda) on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = ("pip install 'irtools[cuda]' (a CUDA build of PyTorch, numba-cuda) on a machine with an NVIDIA "
+                "GPU and driver")
 #: Device memory for one batch when there is no GPU to ask (torch's CPU device, in tests).
 CPU_DEVICE_BYTES = 1 << 30
 #: Fraction of a GPU's free memory one batch may use.
