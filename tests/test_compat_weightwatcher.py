@@ -179,29 +179,30 @@ def test_conv1d_is_analysed_as_pooled_slices():
     assert weightwatcher.WeightWatcher(model=model).analyze().empty
 
 
-def test_randomize_columns_match_weightwatcher():
-    torch.manual_seed(4)
-    model = nn.Sequential(nn.Linear(48, 32))
-    theirs = weightwatcher.WeightWatcher(model=model).analyze(randomize=True)
-    ours = ww.WeightWatcher(model=model).analyze(randomize=True)
-    assert list(ours.columns) == list(theirs.columns)
-    row = ours.iloc[0]
-    assert 0.0 < row.rand_distance < 1.0
-    np.testing.assert_allclose(row.ww_softrank, row.max_rand_eval / row.lambda_max)
-    np.testing.assert_allclose(row.ww_maxdist, row.lambda_max - row.max_rand_eval)
-    # a shuffled Gaussian matrix is still Gaussian: its top eigenvalue lands near WeightWatcher's
-    assert 0.5 < row.max_rand_eval / theirs.iloc[0].max_rand_eval < 2.0
-
-
-def test_plot_writes_weightwatchers_figures(tmp_path, monkeypatch):
+def test_plot_and_randomize_match_weightwatcher(tmp_path, monkeypatch):
+    """plot=True writes WeightWatcher's files (esd..esd5, mpfit1 for a square layer, mpfit2, randesd1/2);
+    randomize gives its columns, with values a shuffled matrix of the same weights gives WeightWatcher."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(40, 40))
-    weightwatcher.WeightWatcher(model=model).analyze(plot=True, mp_fit=True, savefig=str(tmp_path / "theirs"))
-    ww.WeightWatcher(model=model).analyze(plot=True, mp_fit=True, savefig=str(tmp_path / "ours"))
-    theirs = sorted(os.listdir(tmp_path / "theirs"))
-    assert "ww.layer1.mpfit1.png" in theirs and "ww.layer1.esd5.png" in theirs  # id 0 is the Sequential
-    assert sorted(os.listdir(tmp_path / "ours")) == theirs
-    assert all((tmp_path / "ours" / f).read_bytes().startswith(b"\x89PNG") for f in theirs)
+    options = {"plot": True, "randomize": True}  # randomize fits MP to the random ESD: mpfit files too
+    theirs = weightwatcher.WeightWatcher(model=model).analyze(savefig=str(tmp_path / "theirs"), **options)
+    ours = ww.WeightWatcher(model=model).analyze(savefig=str(tmp_path / "ours"), **options)
+    files = sorted(os.listdir(tmp_path / "theirs"))
+    assert {"ww.layer1.mpfit1.png", "ww.layer1.esd5.png", "ww.layer1.randesd2.png"} <= set(files)  # 0: Sequential
+    assert sorted(os.listdir(tmp_path / "ours")) == files
+    assert all((tmp_path / "ours" / f).read_bytes().startswith(b"\x89PNG") for f in files)
+
+    assert list(ours.columns) == list(theirs.columns)
+    assert ours.dtypes.to_dict() == theirs.dtypes.to_dict()
+    mine, ref = ours.iloc[0], theirs.iloc[0]
+    np.testing.assert_allclose(mine.ww_softrank, mine.max_rand_eval / mine.lambda_max)
+    np.testing.assert_allclose(mine.ww_maxdist, mine.lambda_max - mine.max_rand_eval)
+    assert mine.num_traps == mine.rand_num_spikes
+    for column in ("max_rand_eval", "rand_sigma_mp", "rand_bulk_max", "rand_W_scale"):  # random: 25 %
+        assert abs(np.log(mine[column] / ref[column])) < np.log(1.25), column
+    assert 0.0 < mine.rand_distance < 0.1 and 0.0 < ref.rand_distance < 0.1
+    again = ww.WeightWatcher(model=model).analyze(randomize=True)
+    assert again.rand_distance.iloc[0] == mine.rand_distance  # seeded
 
     monkeypatch.chdir(tmp_path)
     ww.WeightWatcher(model=model).analyze(plot=True, start_ids=2)  # WeightWatcher's default folder

@@ -324,28 +324,41 @@ def _slice_ranks(wl, evals: np.ndarray, row: dict) -> tuple[float, int]:
     return sv_min, rank_loss
 
 
-def _mp_columns(row: dict, evals: np.ndarray) -> dict:
-    """WeightWatcher's MP-fit columns; its bulk edges are in the layer's own scale (irtools' in unit-mean)."""
+def _mp_columns(fit: dict, evals: np.ndarray, prefix: str = "") -> dict:
+    """WeightWatcher's MP-fit columns from irtools' `mp_fit` result; its bulk edges are in the layer's
+    own scale (irtools' in the unit-mean scale)."""
     w_scale = math.sqrt(evals.size / float(np.sum(evals)))
-    return {"num_spikes": row["num_spikes"], "sigma_mp": row["sigma_mp"], "mp_softrank": row["mp_softrank"],
-            "W_scale": w_scale, "bulk_max": row["bulk_max"] / w_scale**2, "bulk_min": row["bulk_min"] / w_scale**2}
+    out = {"num_spikes": fit["num_spikes"], "sigma_mp": fit["sigma_mp"], "mp_softrank": fit["mp_softrank"],
+           "W_scale": w_scale, "bulk_max": fit["bulk_max"] / w_scale**2, "bulk_min": fit["bulk_min"] / w_scale**2}
+    return {prefix + k: v for k, v in out.items()}
 
 
-#: The MP fit of the randomized ESD is not computed (the spectral pass does not keep it): NaN.
-RANDOM_MP_COLUMNS = ("rand_num_spikes", "num_traps", "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale",
-                     "rand_bulk_max", "rand_bulk_min")
+def randomized(wl, evals: np.ndarray, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """WeightWatcher's `randomize` columns and the randomized ESD: every matrix's elements shuffled;
+    layers with fewer than 100 eigenvalues pool 5 shuffles (max_rand_eval and the MP fit of the random
+    ESD, whose spikes are the correlation traps), and rand_distance compares one shuffle with the ESD."""
+    from irtools.backends import get_backend
+    from irtools.passes.spectral.metrics import rand_distance
+    from irtools.passes.spectral.mpfit import mp_fit
+
+    backend, mats = get_backend("cpu"), wl.matrices()
+
+    def shuffled_esd(replicas: int) -> np.ndarray:
+        mixed = [rng.permutation(w.ravel()).reshape(w.shape) for _ in range(replicas) for w in mats]
+        return np.sort(np.concatenate([s.evals for s in backend.spectra(mixed)])) * wl.eigen_scale
+
+    rand = shuffled_esd(5 if wl.num_evals < 100 else 1)
+    single = rand if rand.size == evals.size else shuffled_esd(1)
+    lam_max, rand_max = float(evals[-1]), float(rand[-1])
+    out = {"max_rand_eval": rand_max, "rand_distance": rand_distance(evals, single),
+           "ww_softrank": rand_max / lam_max, "ww_maxdist": lam_max - rand_max}
+    fit = _mp_columns(mp_fit(rand, wl.N, wl.M), rand, "rand_")
+    fit["num_traps"] = fit["rand_num_spikes"]
+    out.update(fit)
+    return out, rand
 
 
-def _random_columns(row: dict) -> dict:
-    out = {"max_rand_eval": row["max_rand_eval"], "rand_distance": row["rand_distance"],
-           "ww_softrank": row["max_rand_eval"] / row["lambda_max"],
-           "ww_maxdist": row["lambda_max"] - row["max_rand_eval"]}
-    out.update(dict.fromkeys(RANDOM_MP_COLUMNS, math.nan))
-    return out
-
-
-def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: bool, randomize: bool,
-                tolerance: float) -> dict:
+def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: bool, tolerance: float) -> dict:
     """One WeightWatcher details record from irtools' row and the layer's sorted eigenvalues."""
     sv_min, rank_loss = _slice_ranks(wl, evals, row)
     out = _base_row(layer, wl)
@@ -358,8 +371,6 @@ def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: boo
     })
     if mp_fit:
         out.update(_mp_columns(row, evals))
-    if randomize:
-        out.update(_random_columns(row))
     for key in ("norm", "log_norm", "spectral_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
                 "stable_rank", "matrix_rank", "entropy"):
         out[key] = row[key]
@@ -414,8 +425,9 @@ class WeightWatcher:
 
     def analyze(self, model=None, layers=(), min_evals: int = 8, max_evals: int = 15000, max_N: int = 50000,
                 plot: bool = False, randomize: bool = False, savefig=DEFAULT_SAVEDIR, mp_fit: bool = False,
-                start_ids: int = 0, tolerance: float = WEAK_RANK_LOSS_TOLERANCE, **options):
-        """Analyse every layer (or those `layers` selects) and return WeightWatcher's details table."""
+                start_ids: int = 0, tolerance: float = WEAK_RANK_LOSS_TOLERANCE, seed: int = 0, **options):
+        """Analyse every layer (or those `layers` selects) and return WeightWatcher's details table.
+        `seed` (irtools' addition) seeds `randomize`'s shuffles (WeightWatcher's are unseeded)."""
         check_options("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
@@ -426,21 +438,23 @@ class WeightWatcher:
         by_key = {str(layer.layer_id): (layer, weight_layer(layer)) for layer in chosen}
         source = OpenedSource(_model_name(self.model), "weights", layers=[wl for _, wl in by_key.values()])
         analysis = irtools.analyze(source, metrics="spectral", min_evals=min_evals, max_evals=max_evals,
-                                   max_n=max_N, randomize=randomize, mp_fit=mp_fit, keep_eigenvalues=True)
-        records, figures = [], []
+                                   max_n=max_N, mp_fit=mp_fit, keep_eigenvalues=True)
+        records = []
         for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
             layer, wl = by_key[row["node"]]
-            records.append(details_row(layer, wl, row, evals, mp_fit=mp_fit, randomize=randomize,
-                                       tolerance=tolerance))
-            figures.append((records[-1], evals))
+            record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance)
+            rand = None
+            if randomize:
+                columns, rand = randomized(wl, evals, np.random.default_rng([seed, layer.layer_id]))
+                record.update(columns)
+            records.append(record)
+            if plot and savedir:
+                from irtools.compat._ww_plots import save_layer_figures
+
+                save_layer_figures(record, evals, savedir, mp_fit=mp_fit, rand_evals=rand)
         self.analysis, self.skipped = analysis, analysis.skipped
         self.details = frame(records)
         self.results = records
-        if plot and savedir:
-            from irtools.compat._ww_plots import save_layer_figures
-
-            for record, evals in figures:
-                save_layer_figures(record, evals, savedir, mp_fit=mp_fit)
         return self.details
 
     def get_details(self):
