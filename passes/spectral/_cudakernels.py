@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 from numba import config, cuda, float64, int64
 
-_SIMULATED = bool(config.ENABLE_CUDASIM)  # the simulator runs every thread in Python: small blocks
+# the simulator runs every thread in Python: small blocks (numba-cuda may keep its config elsewhere)
+_SIMULATED = bool(getattr(config, "ENABLE_CUDASIM", 0)) or os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 #: Threads per block of `candidates`, and of `select` (a power of two for its tree reduction).
 CANDIDATE_THREADS = 8 if _SIMULATED else 128
 SELECT_THREADS = 8 if _SIMULATED else 256
