@@ -51,6 +51,16 @@ _FP_BASE = 0x80800000
 _FP_LIMIT = 0xFF800000 - _FP_BASE  # below -inf: about 2.1e9 scalars
 
 
+# Keras layers whose weights the forward pass never reads: the layer copies their values into
+# constants when it is built, so the conversion cannot keep them as parameters. They are declared
+# structural constants (metadata `irtools.structural_weights`: {name: reason}) instead of failing.
+SNAPSHOT_WEIGHTS = {
+    "Normalization": "input statistics of a Normalization layer (preprocessing): Keras copies them into "
+                     "constants when the layer is built (finalize_state), the forward pass never reads them",
+}
+STRUCTURAL_WEIGHTS_KEY = "irtools.structural_weights"
+
+
 def _import_tf():
     return require("tensorflow", "tf2onnx", missing=_MISSING_TF)
 
@@ -131,11 +141,17 @@ def conversion_patches() -> Iterator[None]:
       with its four parameter inputs instead of arithmetic that grappler folds into the conv;
     - tf2onnx's back-to-back optimizer no longer fuses Conv+BatchNormalization;
     - grappler (`tf_loader.tf_optimize_grappler`) is skipped: its constant folding deletes
-      `x + 0`, i.e. all-zero biases.
+      `x + 0`, i.e. all-zero biases;
+    - tf2onnx's optimizers run on the graph itself, not on a deep copy each (`_optimize_without_copies`);
+    - Keras' convolution runs grouped convolutions (ConvNeXt's depthwise `Conv2D(groups=C)`) and
+      channels-first 3-D ones inside an XLA-compiled `tf.function`, which tf2onnx leaves as an
+      unsupported `StatefulPartitionedCall` node holding the kernel: they are traced as a plain
+      `tf.nn.convolution` instead (graph only; tf2onnx sets the ONNX Conv's `group`).
     Everything is restored on exit. (tf2onnx's `merge_duplication` optimizer is left out by
     `from_keras` through its `optimizers` argument, not patched.)
     """
     tf, _ = _import_tf()
+    from tf2onnx import optimizer as tf2onnx_optimizer  # noqa: PLC0415
     from tf2onnx import tf_loader  # noqa: PLC0415
     from tf2onnx.optimizer import back_to_back_optimizer  # noqa: PLC0415
 
@@ -152,15 +168,82 @@ def conversion_patches() -> Iterator[None]:
     had_conv_bn = conv_bn in func_map
     saved_conv_bn = func_map.pop(conv_bn, None)
     original_grappler = tf_loader.tf_optimize_grappler
+    keras_nn, original_conv = _keras_tf_nn(), None
+    original_optimize = tf2onnx_optimizer.optimize_graph
+    tf2onnx_optimizer.optimize_graph = _optimize_without_copies(original_optimize)
     tf.nn.batch_normalization = batch_normalization
     tf_loader.tf_optimize_grappler = lambda input_names, output_names, graph_def: graph_def
+    if keras_nn is not None:
+        original_conv, keras_nn.conv = keras_nn.conv, _plain_conv(tf, keras_nn)
     try:
-        yield
+        with _node_protos_rebuilt():
+            yield
     finally:
         tf.nn.batch_normalization = original_bn
         tf_loader.tf_optimize_grappler = original_grappler
+        tf2onnx_optimizer.optimize_graph = original_optimize
+        if original_conv is not None:
+            keras_nn.conv = original_conv
         if had_conv_bn:
             func_map[conv_bn] = saved_conv_bn
+
+
+@contextlib.contextmanager
+def _node_protos_rebuilt() -> Iterator[None]:
+    """tf2onnx's `Node.update_proto` (run for every node after each optimizer) clears and re-adds a
+    node's attributes, constant tensors included, inside the same protobuf message; under the upb
+    protobuf runtime a message's arena frees nothing until the message dies, so every round leaves
+    another copy of every constant behind. The patched method writes into a fresh NodeProto."""
+    from tf2onnx.graph import Node  # noqa: PLC0415
+
+    original = Node.update_proto
+
+    def update_proto(self, external_tensor_storage=None):
+        old = self._op  # noqa: SLF001
+        old.ClearField("attribute")
+        fresh = type(old)()
+        fresh.CopyFrom(old)
+        self._op = fresh  # noqa: SLF001
+        return original(self, external_tensor_storage)
+
+    Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        Node.update_proto = original
+
+
+def _optimize_without_copies(optimize_graph):
+    """tf2onnx's `optimize_graph` run with `catch_errors=False`: with it, tf2onnx deep-copies the
+    whole graph, constants included, before each optimizer of each round (ResNet50: 2.3 -> 7 GB
+    resident). An optimizer that fails then fails the conversion (one-line error) instead of being
+    skipped on a copy."""
+    def optimize(graph, catch_errors=True, optimizers=None):
+        return optimize_graph(graph, False, optimizers=optimizers)
+
+    return optimize
+
+
+def _keras_tf_nn():
+    """Keras 3's TensorFlow backend ops module (None under Keras 2 / tf_keras)."""
+    try:
+        from keras.src.backend.tensorflow import nn  # noqa: PLC0415
+    except ImportError:
+        return None
+    return nn if hasattr(nn, "conv") and hasattr(nn, "_convert_data_format") else None
+
+
+def _plain_conv(tf, keras_nn):
+    """Keras' `conv` without its XLA detour (see `conversion_patches`)."""
+    from keras.src import backend  # noqa: PLC0415
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        data_format = backend.standardize_data_format(data_format)
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(),
+                                 data_format=keras_nn._convert_data_format(data_format, len(inputs.shape)),  # noqa: SLF001
+                                 dilations=dilation_rate)
+
+    return conv
 
 
 def _fused_batch_norm(tf, x, mean, variance, offset, scale, epsilon):
@@ -335,12 +418,28 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
         for w, value in zip(weights, originals):
             w.assign(value)
 
-    _restore_weights(proto, names, offsets, originals)
-    _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
-                          "irtools.frontend": "keras",
-                          "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
+    snapshots = _snapshot_weights(functional, weights)
+    found = _restore_weights(proto, names, offsets, originals, optional=set(snapshots))
+    structural = {names[i]: snapshots[i] for i in snapshots if i not in found}
+    metadata = {DECLARED_PARAMETERS_KEY: json.dumps([n for n in names if n not in structural]),
+                "irtools.frontend": "keras",
+                "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"}
+    if structural:
+        metadata[STRUCTURAL_WEIGHTS_KEY] = json.dumps(structural)
+    _set_metadata(proto, metadata)
     proto.producer_name = proto.producer_name or "tf2onnx"
     return proto
+
+
+def _snapshot_weights(model, weights) -> dict[int, str]:
+    """{index in `weights`: reason} for the weights of `SNAPSHOT_WEIGHTS` layers (innermost owner)."""
+    owner: dict[int, str] = {}
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = flatten(include_self=True, recursive=True) if flatten else [model, *getattr(model, "layers", [])]
+    for layer in layers:  # parents come before their sublayers: the innermost owner is written last
+        for w in getattr(layer, "weights", []):
+            owner[id(w)] = type(layer).__name__
+    return {i: SNAPSHOT_WEIGHTS[owner[id(w)]] for i, w in enumerate(weights) if owner.get(id(w)) in SNAPSHOT_WEIGHTS}
 
 
 def _decode(array: np.ndarray) -> np.ndarray | None:
@@ -373,10 +472,11 @@ def _fingerprint_indices(array: np.ndarray, total: int, what: str) -> np.ndarray
     return None
 
 
-def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str) -> dict[int, list]:
+def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str,
+                             optional: set[int] = frozenset()) -> dict[int, list]:
     """{weight index: [(initializer, local element indices), ...]} of every fingerprinted
     initializer of `graph`: an initializer must hold a permuted copy of one whole weight, and
-    every weight must appear at least once."""
+    every weight but the `optional` ones must appear at least once."""
     total = int(offsets[-1])
     occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = collections.defaultdict(list)
     for init in graph.initializer:
@@ -390,7 +490,7 @@ def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str) 
             raise IrtoolsError(f"the conversion changed {kind} '{names[index]}' (ONNX initializer '{init.name}' "
                                "is not a permuted copy of it)")
         occurrences[index].append((init, local))
-    missing = [names[i] for i in range(len(names)) if i not in occurrences]
+    missing = [names[i] for i in range(len(names)) if i not in occurrences and i not in optional]
     if missing:
         raise IrtoolsError(f"the conversion lost {len(missing)} {kind}(s) (folded or unused), e.g. '{missing[0]}'")
     return occurrences
@@ -402,10 +502,11 @@ def _is_permutation(local: np.ndarray) -> bool:
     return bool(seen.all())
 
 
-def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
-    """Rename fingerprinted initializers to Keras paths and put the real values back."""
+def _restore_weights(proto: onnx.ModelProto, names, offsets, originals, optional: set[int] = frozenset()) -> set[int]:
+    """Rename fingerprinted initializers to Keras paths and put the real values back; returns the
+    indices of the weights found (all but some `optional` ones)."""
     graph = proto.graph
-    occurrences = _fingerprint_occurrences(graph, names, offsets, "Keras weight")
+    occurrences = _fingerprint_occurrences(graph, names, offsets, "Keras weight", optional)
     taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     renames: dict[str, str] = {}
     extra_nodes: list[onnx.NodeProto] = []
@@ -427,6 +528,7 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals) -> None:
                 continue
             extra_nodes.extend(_view_nodes(name, first.dims, position[other_local], other.name, f"{name}/view{j}"))
     _rewrite(graph, drop, [], renames, extra_nodes)
+    return set(occurrences)
 
 
 def _rewrite(graph: onnx.GraphProto, drop: set[str], new_initializers, renames: dict[str, str],
