@@ -211,6 +211,28 @@ def test_plot_and_randomize_match_weightwatcher(tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path / "ww-img")) == 5
 
 
+def test_degenerate_layers_are_failed_fits_not_numbers(tmp_path):
+    """All-zero and constant weights: status 'failed', warning 'degenerate', NaN metrics (WeightWatcher
+    writes alpha = -1 and averages it); mp_fit, randomize and plot do not fail on them, and get_summary
+    averages over the fitted layers only."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 20), nn.Conv2d(4, 8, 3), nn.Linear(20, 40))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[1].weight.fill_(0.3)
+        model[2].weight.zero_()
+    watcher = ww.WeightWatcher(model=model)
+    assert len(watcher.analyze(plot=True, savefig=str(tmp_path))) == 4
+    assert len(os.listdir(tmp_path)) == 4 * 5
+    details = watcher.analyze(mp_fit=True, randomize=True)
+    bad, good = details[details.layer_id < 4], details[details.layer_id == 4]
+    assert list(bad.status) == ["failed"] * 3 and list(bad.warning) == ["degenerate"] * 3
+    assert bad[["alpha", "D", "sigma_mp", "rand_sigma_mp"]].isna().all().all()
+    assert list(bad.rank_loss) == [20, 19, 36]  # zero: rank 0; constant: rank 1
+    assert good.status.iloc[0] == "success"
+    assert watcher.get_summary()["alpha"] == good.alpha.iloc[0]
+
+
 def test_unsupported_options_are_refused_by_name(net):
     watcher = ww.WeightWatcher(model=net)
     for option, value in (("pool", False), ("fix_fingers", "clip_xmax"), ("vectors", True), ("fit", "TPL")):

@@ -25,6 +25,7 @@ import numpy as np
 
 from irtools.errors import IrtoolsError
 from irtools.frontends.weights_file import StoredArray
+from irtools.passes.spectral.metrics import DEGENERATE
 
 __all__ = ["LAYER_TYPES", "UnknownOptionError", "UnsupportedMethodError", "UnsupportedOptionError", "WeightWatcher"]
 
@@ -324,22 +325,31 @@ def _slice_ranks(wl, evals: np.ndarray, row: dict) -> tuple[float, int]:
     return sv_min, rank_loss
 
 
-def _mp_columns(fit: dict, evals: np.ndarray, prefix: str = "") -> dict:
-    """WeightWatcher's MP-fit columns from irtools' `mp_fit` result; its bulk edges are in the layer's
-    own scale (irtools' in the unit-mean scale)."""
-    w_scale = math.sqrt(evals.size / float(np.sum(evals)))
+MP_COLUMNS = ("num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min")
+
+
+def mp_columns(evals: np.ndarray, wl, degenerate: bool, prefix: str = "") -> dict:
+    """WeightWatcher's MP-fit columns (irtools' `mp_fit`; WeightWatcher's bulk edges are in the layer's
+    own scale, irtools' in the unit-mean scale). NaN for a degenerate layer (zero, constant or rank-one
+    weights: no bulk to fit; WeightWatcher fails there or fits noise)."""
+    from irtools.passes.spectral.mpfit import mp_fit
+
+    total = float(np.sum(evals))
+    if degenerate or not total > 0:
+        return dict.fromkeys((prefix + c for c in MP_COLUMNS), math.nan)
+    fit = mp_fit(evals, wl.N, wl.M)
+    w_scale = math.sqrt(evals.size / total)
     out = {"num_spikes": fit["num_spikes"], "sigma_mp": fit["sigma_mp"], "mp_softrank": fit["mp_softrank"],
            "W_scale": w_scale, "bulk_max": fit["bulk_max"] / w_scale**2, "bulk_min": fit["bulk_min"] / w_scale**2}
     return {prefix + k: v for k, v in out.items()}
 
 
-def randomized(wl, evals: np.ndarray, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+def randomized(wl, evals: np.ndarray, degenerate: bool, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
     """WeightWatcher's `randomize` columns and the randomized ESD: every matrix's elements shuffled;
     layers with fewer than 100 eigenvalues pool 5 shuffles (max_rand_eval and the MP fit of the random
     ESD, whose spikes are the correlation traps), and rand_distance compares one shuffle with the ESD."""
     from irtools.backends import get_backend
     from irtools.passes.spectral.metrics import rand_distance
-    from irtools.passes.spectral.mpfit import mp_fit
 
     backend, mats = get_backend("cpu"), wl.matrices()
 
@@ -350,9 +360,9 @@ def randomized(wl, evals: np.ndarray, rng: np.random.Generator) -> tuple[dict, n
     rand = shuffled_esd(5 if wl.num_evals < 100 else 1)
     single = rand if rand.size == evals.size else shuffled_esd(1)
     lam_max, rand_max = float(evals[-1]), float(rand[-1])
-    out = {"max_rand_eval": rand_max, "rand_distance": rand_distance(evals, single),
-           "ww_softrank": rand_max / lam_max, "ww_maxdist": lam_max - rand_max}
-    fit = _mp_columns(mp_fit(rand, wl.N, wl.M), rand, "rand_")
+    out = {"max_rand_eval": rand_max, "rand_distance": rand_distance(evals, single) if lam_max > 0 else math.nan,
+           "ww_softrank": rand_max / lam_max if lam_max > 0 else math.nan, "ww_maxdist": lam_max - rand_max}
+    fit = mp_columns(rand, wl, degenerate, "rand_")
     fit["num_traps"] = fit["rand_num_spikes"]
     out.update(fit)
     return out, rand
@@ -370,7 +380,7 @@ def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: boo
         "status": "success" if row["fit_status"] == "success" else "failed", "warning": row["warning"],
     })
     if mp_fit:
-        out.update(_mp_columns(row, evals))
+        out.update(mp_columns(evals, wl, row["warning"] == DEGENERATE))
     for key in ("norm", "log_norm", "spectral_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
                 "stable_rank", "matrix_rank", "entropy"):
         out[key] = row[key]
@@ -438,14 +448,15 @@ class WeightWatcher:
         by_key = {str(layer.layer_id): (layer, weight_layer(layer)) for layer in chosen}
         source = OpenedSource(_model_name(self.model), "weights", layers=[wl for _, wl in by_key.values()])
         analysis = irtools.analyze(source, metrics="spectral", min_evals=min_evals, max_evals=max_evals,
-                                   max_n=max_N, mp_fit=mp_fit, keep_eigenvalues=True)
+                                   max_n=max_N, keep_eigenvalues=True)  # MP fits here: see `mp_columns`
         records = []
         for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
             layer, wl = by_key[row["node"]]
             record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance)
             rand = None
             if randomize:
-                columns, rand = randomized(wl, evals, np.random.default_rng([seed, layer.layer_id]))
+                columns, rand = randomized(wl, evals, row["warning"] == DEGENERATE,
+                                           np.random.default_rng([seed, layer.layer_id]))
                 record.update(columns)
             records.append(record)
             if plot and savedir:
