@@ -632,9 +632,20 @@ def _flatten_state(obj, path: str) -> dict[str, _TensorRef]:
         if isinstance(v, _TensorRef):
             if not isinstance(k, (str, int)):
                 raise ModelLoadError(f"a tensor is stored under a {type(k).__name__} key, not a name", path)
-            budget.check(math.prod(v.shape) * v.storage.dtype.itemsize, f"tensor '{printable(k)}'", path)
+            _check_view_size(str(k), v, path)
             out[str(k)] = v
     return out
+
+
+def _check_view_size(name: str, ref: _TensorRef, path: str) -> None:
+    """A view's bytes against the budget, and against its storage's: zero strides can make a
+    one-element storage a tensor of any size (refused over `_MAX_RATIO` times its storage)."""
+    item = ref.storage.dtype.itemsize
+    nbytes, stored = math.prod(ref.shape) * item, ref.storage.numel * item
+    budget.check(nbytes, f"tensor '{printable(name)}'", path)
+    if nbytes > max(_INFLATE_FREE, stored * _MAX_RATIO):
+        raise ModelLoadError(f"tensor '{printable(name)}' of size {list(ref.shape)} repeats its storage of "
+                             f"{ref.storage.numel} elements over {_MAX_RATIO} times (refused)", path)
 
 
 def _tensor_loader(read_storage: Callable[[_Storage], np.ndarray], ref: _TensorRef):

@@ -79,7 +79,7 @@ def _bad_models(tmp_path):
     onnx.save_model(ext, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="weights.bin",
                     size_threshold=0)
     os.unlink(tmp_path / "weights.bin")
-    cases["missing external data"] = (str(tmp_path / "ext.onnx"), "external data file 'weights.bin'")
+    cases["missing external data"] = (str(tmp_path / "ext.onnx"), ": 'weights.bin' is missing")
     bad_dtype = b.mlp()
     bad_dtype.graph.initializer[0].data_type = 99
     onnx.save(bad_dtype, str(tmp_path / "dtype.onnx"))

@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from irtools import budget
 from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError, printable
 
 # Tensor element types irtools can read (onnx.TensorProto.DataType values minus UNDEFINED).
@@ -270,6 +271,7 @@ def check_tensors(proto: onnx.ModelProto, path: str) -> None:
             _check_external(t, name, path)
         else:
             _check_inline(t, name, path)
+        budget.check(tensor_nbytes(t) or 0, f"tensor '{name}'", path)
 
 
 def _mismatch(name: str, what: str, has: int, needs: int) -> str:

@@ -225,6 +225,13 @@ def torch_legacy_count_lies(lay):
     return _torch(lay, f.p_tensor("0", 16, 0, (4, 4), (4, 1)), legacy=True, numel=1 << 40)
 
 
+@case("bomb")
+def torch_zero_strides_repeat_one_element(lay):
+    c = _torch(lay, f.p_tensor("0", 16, 0, (1 << 14, 1 << 14), (0, 0)), isolate=True)
+    c.message = "repeats its storage"
+    return c
+
+
 @case("crash")
 def torch_deep_pickle(lay):
     return Case(["analyze", lay.write("m.pt", f.torch_zip(f.deep_pickle(200_000), {}))], 2, "deep", isolate=True)
