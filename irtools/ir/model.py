@@ -89,6 +89,8 @@ class IRModel:
     ):
         self.model = model
         self.path = path
+        #: Constants evaluated by onnxruntime, by value (a shared index chain is evaluated once).
+        self._evaluated: dict[ir.Value, np.ndarray] = {}
         self.input_shapes = dict(input_shapes or {})
         #: Analysis results of passes, by pass name (see `irtools.run_passes`).
         self.results: dict[str, object] = {}
@@ -274,6 +276,9 @@ class IRModel:
             block = producer.attributes.get("block_size")
             return dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
                                      axis.value if axis is not None else 1, block.value if block is not None else 0)
+        cached = self._evaluated.get(value)
+        if cached is not None:
+            return cached
         import onnxruntime as ort
 
         inputs = [self.constant_value(v) if v is not None else None for v in producer.inputs]
@@ -303,7 +308,9 @@ class IRModel:
         except Exception as exc:
             raise IrtoolsError(f"cannot evaluate constant '{value.name}' ({producer.op_type} '{label}'): {exc}",
                                self.path) from exc
-        return np.asarray(results[list(producer.outputs).index(value)])
+        for out, result in zip(producer.outputs, results, strict=False):  # once per node: chains share them
+            self._evaluated[out] = np.asarray(result)
+        return self._evaluated[value]
 
     # -- saving --------------------------------------------------------------------------
     def save(self, out: str | os.PathLike, external_data_threshold: int = 1_800_000_000) -> None:
