@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 weightwatcher = pytest.importorskip("weightwatcher")
 nn = torch.nn
 
-import irtools.compat.weightwatcher as ww  # noqa: E402
-from irtools.errors import IrtoolsError  # noqa: E402
+import irtools.compat.weightwatcher as ww
+from irtools.errors import IrtoolsError
 
 logging.getLogger("weightwatcher").setLevel(logging.ERROR)
 STRING_COLUMNS = ("name", "longname", "layer_type", "status", "warning")
@@ -150,10 +150,13 @@ def test_state_dict_and_onnx_match_weightwatcher(net, tmp_path):
 
     inits = [onnx.numpy_helper.from_array(v.numpy(), k) for k, v in state.items()]
     inits.insert(1, onnx.numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape"))
+    big = np.random.default_rng(0).standard_normal((300, 256)).astype(np.float32)  # > 256 KiB: read lazily
+    inits.append(onnx.numpy_helper.from_array(big, "big.weight"))
     proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], initializer=inits))
     theirs = weightwatcher.WeightWatcher(model=proto).analyze()
     ours = ww.WeightWatcher(model=proto).analyze()
     assert_same_table(ours, theirs, differ=(("low.weight", "sigma"),))
+    assert "big.weight" in list(ours.name)
     path = tmp_path / "net.onnx"
     onnx.save(proto, str(path))
     pd.testing.assert_frame_equal(ww.WeightWatcher(model=str(path)).analyze(), ours)

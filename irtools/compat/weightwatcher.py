@@ -164,9 +164,9 @@ def keras_layers(model, start_id: int) -> list[WWLayer]:
     return out
 
 
-def onnx_layers(proto, start_id: int = 0) -> list[WWLayer]:
+def onnx_layers(proto, base_dir: str = "") -> list[WWLayer]:
     """Every initializer, id = its index, typed by rank (4: conv2d, 2: dense): WeightWatcher's ONNXLayer
-    (which ignores `start_ids`)."""
+    (which ignores `start_ids`). External data is read from `base_dir` when a layer is analysed."""
     from onnx import helper, numpy_helper
 
     out = []
@@ -174,7 +174,7 @@ def onnx_layers(proto, start_id: int = 0) -> list[WWLayer]:
         dims = tuple(int(d) for d in init.dims)
         kind = {4: CONV2D, 2: DENSE}.get(len(dims), UNKNOWN)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
-        weight = StoredArray(dims, dtype, lambda init=init: numpy_helper.to_array(init)) \
+        weight = StoredArray(dims, dtype, lambda init=init: numpy_helper.to_array(init, base_dir)) \
             if np.issubdtype(dtype, np.floating) else None
         out.append(WWLayer(k, init.name, init.name, kind, weight))
     return out
@@ -202,16 +202,11 @@ def _path_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
         return state_dict_layers(weights_file.read_weights(path, trust=trust), start_id)
     if keras_frontend.is_keras_model_file(path):
         return keras_layers(keras_frontend.load_keras_file(path, trust=trust), start_id)
-    if not os.path.exists(path):
-        raise IrtoolsError("no such file or directory", path)
-    import onnx
+    from irtools.ir.loading import check_tensors, read_model
 
-    try:
-        proto = onnx.load(path)
-    except Exception as exc:
-        raise IrtoolsError(f"not a model WeightWatcher's API can read here (a torch, Keras or ONNX model, or a "
-                           f"weights file): {type(exc).__name__}", path) from None
-    return onnx_layers(proto)
+    proto, _ = read_model(path)  # large initializers stay in the file, read when their layer is
+    check_tensors(proto, path)
+    return onnx_layers(proto, os.path.dirname(os.path.abspath(path)))
 
 
 def model_layers(model, start_ids: int = 0, trust: bool = False) -> list[WWLayer]:
@@ -227,8 +222,7 @@ def model_layers(model, start_ids: int = 0, trust: bool = False) -> list[WWLayer
     if is_onnx_object(model) and hasattr(model, "graph") and hasattr(model.graph, "initializer"):
         return onnx_layers(model)
     if isinstance(model, Mapping):
-        tensors = model["state_dict"] if "state_dict" in model else model
-        return state_dict_layers(tensors, start_ids or 1)
+        return state_dict_layers(model.get("state_dict", model), start_ids or 1)
     if is_torch_object(model):
         return torch_layers(model[0] if isinstance(model, tuple) else model, start_ids)
     if is_keras_object(model):
