@@ -9,7 +9,7 @@ holds a whole tensor in float32), then times in fresh processes, under the same 
   ww:      WeightWatcher(model=DIR).analyze()   (its safetensors-folder reader, lazy per tensor)
 and prints wall time and peak resident memory (the child's ru_maxrss) of each, their ratios, the
 analysed layer counts and mean alphas, and whether irtools' rows follow the checkpoint's own order
-(module order; `--hf-sorted` writes the files as transformers does, names sorted). Default size `tiny` is safe anywhere; `1b` needs 2.5 GB of disk (Llama 3.2 1B
+(module order). Default size `tiny` is safe anywhere; `1b` needs 2.5 GB of disk (Llama 3.2 1B
 shapes), `8b` 16 GB (Llama 3.1 8B shapes): check `df -h` first. Needs weightwatcher==0.7.7
 and torch for the WeightWatcher side (`--no-ww` skips it).
 """
@@ -47,7 +47,8 @@ def llama_tensors(hidden, intermediate, layers, heads, kv_heads, vocab, tied) ->
         p = f"model.layers.{i}"
         out += [(f"{p}.self_attn.q_proj.weight", (hidden, hidden)), (f"{p}.self_attn.k_proj.weight", (kv, hidden)),
                 (f"{p}.self_attn.v_proj.weight", (kv, hidden)), (f"{p}.self_attn.o_proj.weight", (hidden, hidden)),
-                (f"{p}.mlp.gate_proj.weight", (intermediate, hidden)), (f"{p}.mlp.up_proj.weight", (intermediate, hidden)),
+                (f"{p}.mlp.gate_proj.weight", (intermediate, hidden)),
+                (f"{p}.mlp.up_proj.weight", (intermediate, hidden)),
                 (f"{p}.mlp.down_proj.weight", (hidden, intermediate)),
                 (f"{p}.input_layernorm.weight", (hidden,)), (f"{p}.post_attention_layernorm.weight", (hidden,))]
     out.append(("model.norm.weight", (hidden,)))
@@ -82,7 +83,7 @@ def _write_shard(path: str, tensors, rng) -> None:
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
-        for name, shape in tensors:
+        for _, shape in tensors:
             if len(shape) == 1:  # norm weights: ones, as initialised
                 fh.write(np.ones(shape, np.float32).astype(ml_dtypes.bfloat16).tobytes())
                 continue

@@ -59,11 +59,6 @@ class AuditProgress:
             print(self.line(), file=self.stream, flush=True)
         return self
 
-    def update(self, running: int) -> None:
-        self.running = running
-        if self._live is not None:
-            self._live.update(self.line())
-
     def finished(self, row: dict, running: int) -> None:
         """One model's result arrived."""
         self.done += 1

@@ -14,10 +14,9 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,11 +238,3 @@ def read_tables(outdir: str):
 
 def is_audit_dir(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f"summary.{f}")) for f in FORMATS)
-
-
-def failed_count(rows: Iterable[Mapping]) -> int:
-    return sum(1 for r in rows if r.get("status") != OK)
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

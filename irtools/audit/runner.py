@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from irtools.audit.progress import AuditProgress
 from irtools.audit.results import (FAILED, OK, AuditOptions, assemble, existing_result, fingerprint, model_table,
-                                   read_row, result_name, summary_row, table_bytes, write_result, write_tables)
+                                   read_row, result_name, summary_row, table_bytes,
+                                   write_result, write_tables)
 from irtools.audit.sources import Source, expand_sources, series_order
+from irtools.audit.task import THREAD_VARIABLES
 from irtools.errors import IrtoolsError
 
 DASK_MISSING = "irtools audit runs on Dask: pip install irtools[dask]"
@@ -82,8 +84,7 @@ class _Cluster:
         dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
         if self.scheduler is None:
             n = self.workers or default_workers()
-            env = {v: str(blas_threads_for(n)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                         "MKL_NUM_THREADS")}
+            env = {v: str(blas_threads_for(n)) for v in THREAD_VARIABLES}
             self.cluster = distributed.LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **LOOPBACK_HTTP,
                 memory_limit=self.memory_limit or "auto", silence_logs=logging.ERROR, env=env)
