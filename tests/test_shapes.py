@@ -282,3 +282,40 @@ def test_a_batch_onnxruntime_refuses_is_folded_node_by_node(monkeypatch):
     shapes = infer_shapes(proto, {"x": (B, S, D)})
     assert {n: shapes[n][1] for n in truth} == truth
     assert max(calls) > 1 and calls.count(1) > 1  # batches were refused, single nodes were not
+
+
+def _transposed_weight_model():
+    """y = relu(x @ W^T) with W (12, 16) stored transposed, as torch exports Linear."""
+    import numpy as np
+    from onnx import helper as oh
+
+    from tests.builders import model, tensor, vinfo
+
+    rng = np.random.default_rng(0)
+    return model([oh.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), oh.make_node("MatMul", ["x", "wt"], ["h"]),
+                  oh.make_node("Relu", ["h"], ["y"])],
+                 [vinfo("x", [1, 16])], [vinfo("y", [1, 12])],
+                 [tensor("w", rng.standard_normal((12, 16)).astype("float32"))])
+
+
+def test_failed_shape_inference_fails_neither_loading_nor_the_spectral_family(monkeypatch):
+    """Only context counts need inferred shapes: when ONNX shape inference gives up on a model,
+    loading and the spectral family go on (the weight behind a Transpose is found by its value),
+    and context counts take their shapes from one onnxruntime run."""
+    import numpy as np
+
+    import irtools
+    from irtools.errors import ShapeError
+    from irtools.ir import shapes as shapes_module
+
+    def refuse(light, path):
+        raise ShapeError("shape inference failed: (simulated) an op it cannot follow", path)
+
+    monkeypatch.setattr(shapes_module, "_run_inference", refuse)
+    proto = _transposed_weight_model()
+    m = irtools.load(proto)
+    assert m.shape_problems and "simulated" in m.shape_problems[0]
+    a = irtools.analyze(proto, metrics="spectral")
+    assert len(a.layers) == 1 and a.layers[0]["N"] == 16 and a.layers[0]["M"] == 12
+    cc = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["w"]
+    np.testing.assert_array_equal(np.ldexp(cc.mantissa, cc.exponent), np.ones((12, 16)))  # w[i, j] feeds y[0, i]
