@@ -222,6 +222,10 @@ class IRModel:
         if value in self.inputs:
             hint = ", ".join(str(d) for d in shape) if shape is not None else "unknown"
             raise ShapeError(f"input '{value.name}' has dynamic shape [{hint}]; give --input-shape {value.name}=D1,D2,...", self.path)
+        consts = getattr(self, "constants_analysis", None)
+        if consts is not None and consts.is_constant(value) and value not in consts.from_shape:
+            # a weight behind view-like ops whose shape inference lost (spectral needs no inference)
+            return tuple(int(d) for d in self.constant_value(value).shape)
         producer = value.producer()
         where = f" (output of {producer.op_type} node '{self.node_names.get(producer, producer.name)}')" if producer else ""
         got = "unknown" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
