@@ -42,10 +42,9 @@ class AuditProgress:
 
     def line(self) -> str:
         eta = self.eta()
-        resumed = f" ({self.resumed} from an earlier run)" if self.resumed else ""
+        resumed = f" ({self.resumed} earlier)" if self.resumed else ""
         return (f"audit: {self.resumed + self.done}/{self.total} done{resumed}, {self.failed} failed, "
-                f"{self.running} running, {self.rate():.1f} models/min, "
-                f"ETA {_duration(eta) if eta is not None else '?'}")
+                f"{self.running} running, {self.rate():.1f}/min, ETA {_duration(eta) if eta is not None else '?'}")
 
     # -- display ------------------------------------------------------------------------
     def __enter__(self):
