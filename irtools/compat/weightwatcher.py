@@ -118,10 +118,14 @@ def _torch_array(tensor) -> StoredArray | None:
                        load)
 
 
-def _numpy_array(value) -> StoredArray | None:
-    if not isinstance(value, np.ndarray):
-        return _torch_array(value)
-    return StoredArray(value.shape, value.dtype, lambda: value) if np.issubdtype(value.dtype, np.floating) else None
+def _state_array(value) -> StoredArray | None:
+    """A state dict's value (numpy array or torch tensor) as a lazily read array; None if not floating."""
+    from irtools.frontends.torch import is_torch_object
+
+    if isinstance(value, np.ndarray):
+        return StoredArray(value.shape, value.dtype, lambda: value) if np.issubdtype(value.dtype, np.floating) \
+            else None
+    return _torch_array(value) if is_torch_object(value) else None
 
 
 def torch_layers(model, start_id: int) -> list[WWLayer]:
@@ -186,7 +190,7 @@ def state_dict_layers(tensors: Mapping, start_id: int) -> list[WWLayer]:
     out = []
     for k, key in enumerate(key for key in tensors if key.endswith(".weight")):
         value = tensors[key]
-        weight = value if isinstance(value, StoredArray) else _numpy_array(value)
+        weight = value if isinstance(value, StoredArray) else _state_array(value)
         shape = tuple(weight.shape) if weight is not None else ()
         kind = UNKNOWN if not shape or shape[0] < 2 else {2: DENSE, 4: CONV2D}.get(len(shape), UNKNOWN)
         name = key[: -len(".weight")]
