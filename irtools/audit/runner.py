@@ -178,7 +178,6 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
 def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limit, retries, progress,
          on_result) -> None:
     from distributed import as_completed
-    from distributed.client import FutureCancelledError
 
     from irtools.audit.task import audit_model
 
@@ -200,8 +199,11 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
             seen.add(future.key)
             pending.discard(future.key)
             m = by_key[future.key]
-            if future.status == "error" or isinstance(data, BaseException):
-                data = _failure(m, data if isinstance(data, BaseException) else future.exception())
+            if future.status == "cancelled":  # the scheduler dropped it: the cluster went away
+                raise IrtoolsError(f"lost the Dask cluster; {len(seen) - 1} of {len(todo)} models of this run have "
+                                   "results: run the same command again to analyse the rest")
+            if future.status == "error":  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times
+                data = _failure(m, future.exception())
             write_result(m.path, data)
             future.release()
             row = read_row(data)
@@ -212,9 +214,6 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
         print(f"\naudit: interrupted; {len(seen)} of {len(todo)} models of this run have results; the same "
               "command analyses only the rest", file=sys.stderr)
         raise
-    except FutureCancelledError as exc:
-        raise IrtoolsError(f"lost the Dask cluster ({exc}); {len(seen)} of {len(todo)} models have results: "
-                           "run the same command again to analyse the rest") from None
 
 
 def _failure(m: _Model, exc: BaseException) -> bytes:
