@@ -119,3 +119,15 @@ def test_cli_reports_non_finite_layers(tmp_path, save):
     assert data["summary"]["warnings"]["non-finite"] == 1 and data["summary"]["alpha_layers"] == 1
     res = CliRunner().invoke(main, ["analyze", path, "--metrics", "spectral"])
     assert res.exit_code == 0 and "non-finite" in res.output
+
+
+def test_html_report_and_kept_eigenvalues_with_a_non_finite_layer(tmp_path, save):
+    """Reports that plot every layer's ESD get an empty spectrum for the non-finite layer."""
+    path = save(chain([("good", RNG.standard_normal((40, 36)).astype(np.float32)),
+                       ("bad", poisoned((36, 30), inf=2))]))
+    a = irtools.analyze(path, metrics="spectral", keep_eigenvalues=True)
+    assert [e.size for e in a.eigenvalues] == [36, 0]
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(main, ["report", path, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "non-finite" in out.read_text()

@@ -161,7 +161,8 @@ class SpectralPass(Pass):
         else:
             self._run_threaded(todo, backend, metrics, done)
         rows = [by_id[k] for k in range(len(todo))]
-        evals = [kept.get(k) for k in range(len(todo))] if self.keep_evals else None
+        # per row; a layer with non-finite weights has none (an empty array)
+        evals = [kept.get(k, np.zeros(0)) for k in range(len(todo))] if self.keep_evals else None
         return SpectralResult(rows, skipped, summarize(rows), evals, list(getattr(backend, "notes", ())))
 
     def _row(self, state: _Eigen, backend, kept, fit) -> dict:
