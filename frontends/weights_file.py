@@ -304,9 +304,9 @@ def _npy_header(fh, name: str, path: str) -> tuple[tuple[int, ...], np.dtype, in
         if reader is None:
             raise ValueError(f"npy format version {version}")
         shape, _, dtype = reader(fh)
-    except (ValueError, SyntaxError, TypeError) as exc:
-        raise ModelLoadError(f"npz member '{printable(name)}' is not a readable .npy array ({printable(exc)})",
-                             path) from None
+    except Exception as exc:  # numpy parses the header with tokenize/ast: any of their errors means corrupt
+        raise ModelLoadError(f"npz member '{printable(name)}' is not a readable .npy array "
+                             f"({printable(str(exc) or type(exc).__name__)[:200]})", path) from None
     if dtype.hasobject:
         raise UnsupportedError(f"npz member '{printable(name)}' holds Python objects (a pickle): refused", path)
     return tuple(int(d) for d in shape), dtype, fh.tell()
