@@ -169,6 +169,15 @@ def test_state_dict_and_onnx_match_weightwatcher(net, tmp_path):
                       weightwatcher.WeightWatcher(model=str(folder)).analyze(), differ=SIGMA_FALLBACK)
 
 
+def test_get_esd_matches_weightwatcher(net):
+    theirs, ours = weightwatcher.WeightWatcher(model=net), ww.WeightWatcher(model=net)
+    for layer in (2, "0", "emb"):  # the conv (unscaled here, unlike in analyze), by name, an embedding
+        np.testing.assert_allclose(ours.get_ESD(layer=layer), theirs.get_ESD(layer=layer), rtol=1e-9, atol=1e-12)
+    assert ours.get_ESD(layer=2, random=True).shape == theirs.get_ESD(layer=2, random=True).shape  # 5 shuffles
+    with pytest.raises(IrtoolsError, match="tiny"):
+        ours.get_ESD(layer="tiny")  # 4 eigenvalues: not a layer describe() lists
+
+
 def test_conv1d_is_analysed_as_pooled_slices():
     """WeightWatcher mis-reads 3-D kernels (min of the three dims as M) and skips them; irtools pools the
     k (out, in) slices like a Conv2d: checked against numpy's SVD of each slice."""
@@ -249,8 +258,8 @@ def test_unsupported_options_are_refused_by_name(net):
         ww.WeightWatcher(model=net, base_model=net)
     with pytest.raises(ww.UnsupportedOptionError, match="layers"):
         watcher.describe(layers=[2, -4])
-    with pytest.raises(ww.UnsupportedMethodError, match="get_ESD"):
-        watcher.get_ESD()
+    with pytest.raises(ww.UnsupportedMethodError, match="get_Weights"):
+        watcher.get_Weights(layer=2)
     assert not hasattr(watcher, "SVDSmoothing")
     with pytest.raises(IrtoolsError, match="int"):
         ww.WeightWatcher(model=42).analyze()

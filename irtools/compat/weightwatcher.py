@@ -466,6 +466,27 @@ class WeightWatcher:
         self.results = records
         return self.details
 
+    def get_ESD(self, model=None, layer=None, random: bool = False, seed: int = 0) -> np.ndarray:
+        """The sorted eigenvalues of one layer (by id or name) that `describe` lists; with `random`, those
+        of its element-shuffled matrices (as `randomize` pools them). As in WeightWatcher, without the
+        0.5 scaling that `analyze` applies to pooled conv2d ESDs."""
+        import irtools
+        from irtools.frontends import OpenedSource
+
+        if not isinstance(layer, (numbers.Integral, str)) or isinstance(layer, bool):
+            raise UnsupportedOptionError(f"get_ESD: layer must be a layer id or name, got {layer!r}")
+        found = [x for x in self._layers(model, [layer], 0) if within_limits(weight_layer(x), 8, 15000, 50000)]
+        if not found:
+            raise IrtoolsError(f"get_ESD: no analysable layer {layer!r} (see describe())")
+        wl = weight_layer(found[0])
+        analysis = irtools.analyze(OpenedSource(_model_name(self.model), "weights", layers=[wl]), metrics="spectral",
+                                   keep_eigenvalues=True)
+        evals = analysis.eigenvalues[0]
+        if random:
+            degenerate = analysis.layers[0]["warning"] == DEGENERATE
+            evals = randomized(wl, evals, degenerate, np.random.default_rng([seed, found[0].layer_id]))[1]
+        return evals / wl.eigen_scale
+
     def get_details(self):
         """The table of the last `analyze`."""
         return self.details
@@ -492,7 +513,7 @@ class WeightWatcher:
         if name.startswith("_"):
             raise AttributeError(name)
         raise UnsupportedMethodError(f"WeightWatcher.{name} is not supported by irtools.compat.weightwatcher "
-                                     f"(supported: analyze, describe, get_details, get_summary)")
+                                     f"(supported: analyze, describe, get_details, get_summary, get_ESD)")
 
 
 def _model_name(model) -> str:
