@@ -376,6 +376,22 @@ def check_hdf5_storage(h5file, path: str) -> None:
         raise ModelLoadError(problem, path)
 
 
+def check_keras_archive(path: str) -> None:
+    """Refuse a `.keras` archive (a zip) with an entry that inflates past the memory budget or
+    like a zip bomb, or whose HDF5 weights (`model.weights.h5`) would read other files
+    (`check_hdf5_storage`). For `frontends.keras` to call before Keras opens the archive."""
+    h5py = _h5py()
+    try:
+        with zipfile.ZipFile(check_input(path)) as z:
+            for member in z.namelist():
+                _zip_member(z, member, path)
+            for member in (n for n in z.namelist() if n.lower().endswith((".h5", ".hdf5"))):
+                with z.open(member) as fh, h5py.File(fh, "r") as f:
+                    check_hdf5_storage(f, path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelLoadError(f"not a readable .keras archive ({printable(exc)})", path) from None
+
+
 def _check_h5_dataset(name: str, obj, path: str) -> None:
     """A dataset's declared bytes against the budget and against what the file stores."""
     nbytes = math.prod(obj.shape) * obj.dtype.itemsize

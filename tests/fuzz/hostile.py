@@ -175,6 +175,18 @@ def h5_external_link(lay):
     return _h5(lay, lambda h5py, fh: fh.__setitem__("layers/l", h5py.ExternalLink(other, "/")))
 
 
+@case("outside")
+def keras_full_model_h5_external_storage(lay):
+    """A full-model .h5 (it has a model_config): refused when it is recognised, before Keras opens it."""
+    import h5py
+
+    path = os.path.join(lay.model, "m.h5")
+    with h5py.File(path, "w") as fh:
+        fh.attrs["model_config"] = "{}"
+        fh.create_dataset("model_weights/d/k", shape=(8,), dtype="f4", external=[("/etc/passwd", 0, 32)])
+    return Case(["analyze", path], 2, "external storage")
+
+
 # -- crashes and hangs ----------------------------------------------------------------------
 _GOOD = np.arange(16, dtype=np.float32).tobytes()  # a 64-byte storage
 

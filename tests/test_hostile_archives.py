@@ -1,0 +1,62 @@
+"""`.keras` archives (issue #12): `check_keras_archive` refuses HDF5 weights inside that would
+read other files and entries that inflate like zip bombs, and accepts a clean archive."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from irtools.errors import ModelLoadError
+from irtools.frontends.weights_file import check_keras_archive
+from tests.fuzz import formats as f
+
+h5py = pytest.importorskip("h5py")
+
+
+def _weights_h5(make) -> bytes:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as fh:
+        fh.create_dataset("layers/dense/vars/0", data=np.eye(4, dtype=np.float32))
+        make(fh)
+    return buf.getvalue()
+
+
+def _archive(path, entries: dict[str, bytes], compression=zipfile.ZIP_STORED) -> str:
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return str(path)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_keras_archive_with_external_storage_is_refused(tmp_path, compression):
+    weights = _weights_h5(lambda fh: fh.create_dataset("layers/x/vars/0", shape=(8,), dtype="f4",
+                                                       external=[("/etc/passwd", 0, 32)]))
+    path = _archive(tmp_path / "m.keras", {"config.json": b"{}", "model.weights.h5": weights}, compression)
+    with pytest.raises(ModelLoadError, match="external storage"):
+        check_keras_archive(path)
+
+
+def test_keras_archive_with_an_external_link_is_refused(tmp_path):
+    weights = _weights_h5(lambda fh: fh.__setitem__("layers/l", h5py.ExternalLink("/tmp/other.h5", "/")))
+    path = _archive(tmp_path / "m.keras", {"config.json": b"{}", "model.weights.h5": weights})
+    with pytest.raises(ModelLoadError, match="external link"):
+        check_keras_archive(path)
+
+
+def test_keras_archive_zip_bomb_is_refused(tmp_path):
+    (tmp_path / "m.keras").write_bytes(f.zeros_member_bomb(64 << 20))
+    with pytest.raises(ModelLoadError, match="zip bomb"):
+        check_keras_archive(str(tmp_path / "m.keras"))
+
+
+def test_clean_keras_archive_passes(tmp_path):
+    path = _archive(tmp_path / "m.keras", {"config.json": b"{}", "model.weights.h5": _weights_h5(lambda fh: None)},
+                    zipfile.ZIP_DEFLATED)
+    check_keras_archive(path)  # no error
+    (tmp_path / "junk.keras").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ModelLoadError, match="not a readable .keras archive"):
+        check_keras_archive(str(tmp_path / "junk.keras"))
