@@ -1310,6 +1310,8 @@ class ContextCountsPass(Pass):
 
     def run(self, model: IRModel) -> ContextCounts:
         live = live_values(model)
+        if any(v.const_value is None and (v.shape is None or not v.shape.is_static()) for v in live):
+            model.probe_shapes()
         missing = unsupported_ops(model, live)
         if missing:
             parts = [f"{op} (node{'s' if len(names) > 1 else ''} {', '.join(repr(x) for x in names[:8])}"

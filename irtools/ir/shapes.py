@@ -319,6 +319,7 @@ def _fold_round(light: onnx.ModelProto, static: dict[str, tuple[int, ...] | None
 def infer_shapes(
     proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None, path: str | None = None,
     batch_fixed: list[tuple[str, str]] | None = None, problems: list[str] | None = None,
+    probe: list | None = None,
 ) -> dict[str, tuple[int, Dims | None]]:
     """Return {value name: (elem_type, dims)} for every value ONNX shape inference can type.
 
@@ -329,10 +330,12 @@ def infer_shapes(
     `input_shapes` leaves open is fixed to 1 (context counts are per example); each such input is
     appended as (name, the dimension's label).
 
-    Values still dynamic after folding, while every input is static, take the shapes of one run
-    of the (weightless) graph in onnxruntime (`probe_shapes`). Inference failing on the model is
-    no error here (only context counts need static shapes): with a `problems` list its message
-    is appended there and the file's own annotations stand.
+    Values still dynamic after folding, while every input is static, can take the shapes of one
+    run of the (weightless) graph in onnxruntime: with a `probe` list, a function returning those
+    shapes ({name: (elem_type, dims)}, `probe_shapes`) is appended for the caller to run when a
+    shape is needed. Inference failing on the model is no error here (only context counts need
+    static shapes): with a `problems` list its message is appended there and the file's own
+    annotations stand.
     """
     light = _light_copy(proto)
     init_names = {t.name for t in proto.graph.initializer}
@@ -386,8 +389,8 @@ def infer_shapes(
                 collect(sub)
 
     collect(inferred.graph)
-    if problems is not None:
-        result.update(probe_shapes(light, inferred, real_inputs, problems))
+    if probe is not None:
+        probe.append(lambda: probe_shapes(light, inferred, problems if problems is not None else []))
     return result
 
 
@@ -436,7 +439,7 @@ print(json.dumps(out))
 """
 
 
-def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, real_inputs: Mapping, problems: list[str]) -> dict:
+def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: list[str]) -> dict:
     """Shapes of the values that stayed dynamic, from one onnxruntime run of the weightless copy.
 
     The graph's shape arithmetic (SplitToSequence / SequenceAt chains, Loops, ops onnx cannot
