@@ -105,8 +105,10 @@ class IRModel:
         self.batch_fixed: list[tuple[str, str]] = []
         #: Why some shapes are unknown (shape inference failed, ...): only context counts need them.
         self.shape_problems: list[str] = []
+        #: Run when a shape is still unknown: one onnxruntime run of the graph (`shapes.probe_shapes`).
+        self._probe: list = []
         self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed,
-                                          self.shape_problems))
+                                          self.shape_problems, self._probe))
         if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
             parameters = set(json.loads(model.metadata_props[DECLARED_PARAMETERS_KEY]))
         self.declared_parameters = parameters
@@ -212,6 +214,15 @@ class IRModel:
         except ShapeError:
             return tuple(int(d) for d in self.constant_value(value).shape)
 
+    def probe_shapes(self) -> bool:
+        """Give the values inference left dynamic the shapes of one onnxruntime run of the graph
+        (once; only context counts need it). Returns whether it ran."""
+        if not self._probe:
+            return False
+        self._apply_shapes(self._probe.pop()())
+        self.constants_analysis = ConstantAnalysis(self.all_nodes)  # Shape of a probed value is constant now
+        return True
+
     def static_shape(self, value: ir.Value) -> tuple[int, ...]:
         """The value's static shape, or a `ShapeError` saying what to do about it."""
         if value.const_value is not None:
@@ -226,6 +237,8 @@ class IRModel:
         if consts is not None and consts.is_constant(value) and value not in consts.from_shape:
             # a weight behind view-like ops whose shape inference lost (spectral needs no inference)
             return tuple(int(d) for d in self.constant_value(value).shape)
+        if self.probe_shapes():
+            return self.static_shape(value)
         producer = value.producer()
         where = f" (output of {producer.op_type} node '{self.node_names.get(producer, producer.name)}')" if producer else ""
         got = "unknown" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
