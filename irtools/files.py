@@ -190,6 +190,25 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             _temporaries.discard(tmp)
 
 
+@contextlib.contextmanager
+def temporary(path: str | os.PathLike) -> Iterator[str]:
+    """Register a file written beside an output (an ONNX model's `.data` file, written under a
+    temporary name) so that a signal or an error removes it, like `atomic_path`'s own."""
+    path = os.fspath(path)
+    _catch_signals()
+    with _lock:
+        _temporaries.add(path)
+    try:
+        yield path
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    finally:
+        with _lock:
+            _temporaries.discard(path)
+
+
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
 _caught: dict[int, object] = {}
 

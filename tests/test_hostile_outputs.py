@@ -115,3 +115,21 @@ def test_temporaries_are_removed_when_a_signal_stops_the_writer(tmp_path, signum
     tmp = proc.stdout.strip()
     assert tmp and os.path.basename(tmp).startswith(".irtools-")
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+def test_a_companion_temporary_is_removed_on_error_and_on_signal(tmp_path):
+    data = tmp_path / ".irtools-x.onnx.data"
+    with pytest.raises(RuntimeError), files.temporary(data):
+        data.write_text("half")
+        raise RuntimeError("writer failed")
+    assert not data.exists()
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from irtools import files
+        with files.temporary({str(data)!r}) as p:
+            open(p, "w").write("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM and not data.exists()
