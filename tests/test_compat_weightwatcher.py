@@ -25,9 +25,18 @@ logging.getLogger("weightwatcher").setLevel(logging.ERROR)
 STRING_COLUMNS = ("name", "longname", "layer_type", "status", "warning")
 
 
+class Conv1D(nn.Module):
+    """A GPT-2 style (transformers) Conv1D: a 2-D (in, out) weight, typed conv1d by its class name."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) * 0.1)
+
+
 class Net(nn.Module):
     """Embedding (12 eigenvalues: small-sample fit), pooled Conv2d, Linear stack incl. a 10-eigenvalue
-    layer, a rank-6 layer, a 4-eigenvalue layer (skipped by both) and a LayerNorm (no matrix)."""
+    layer, a rank-6 layer, a 4-eigenvalue layer (skipped by both), a LayerNorm (no matrix) and a GPT-2
+    style Conv1D."""
 
     def __init__(self):
         super().__init__()
@@ -38,6 +47,7 @@ class Net(nn.Module):
         self.head = nn.Linear(24, 10)
         self.tiny = nn.Linear(10, 4)
         self.norm = nn.LayerNorm(4)
+        self.proj = Conv1D(24, 48)
         with torch.no_grad():
             g = torch.Generator().manual_seed(1)
             self.low.weight[:, 6:] = 0.0  # rank 6
@@ -92,7 +102,7 @@ def check_sigma_fallback(ours: pd.DataFrame, theirs: pd.DataFrame) -> None:
 def test_details_match_weightwatcher(net, reference):
     theirs = reference["plain"]
     ours = ww.WeightWatcher(model=net).analyze()
-    assert list(theirs.layer_id) == [1, 2, 4, 6, 7, 8]  # the model's named_modules() positions
+    assert list(theirs.layer_id) == [1, 2, 4, 6, 7, 8, 11]  # the model's named_modules() positions
     assert_same_table(ours, theirs, differ=SIGMA_FALLBACK)
     check_sigma_fallback(ours, theirs)
     low = ours.set_index("name").loc["low"]

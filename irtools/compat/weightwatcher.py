@@ -33,8 +33,9 @@ DENSE, CONV1D, CONV2D, EMBEDDING, NORM, FLATTENED, UNKNOWN = (
     "dense", "conv1d", "conv2d", "embedding", "norm", "flattened", "unknown")
 #: Types `layers=` may name (WeightWatcher's LAYER_TYPES_SUPPORTED); any other string is a layer name.
 LAYER_TYPES = (CONV2D, CONV1D, DENSE, EMBEDDING, NORM)
-#: Analysed layer types and the number of dimensions of their weight tensors.
-ANALYSED_NDIM = {DENSE: 2, EMBEDDING: 2, CONV1D: 3, CONV2D: 4}
+#: Analysed layer types and the numbers of dimensions their weight tensors may have (a 2-D "conv1d" is
+#: e.g. GPT-2's transformers Conv1D, an (in, out) dense matrix).
+ANALYSED_NDIM = {DENSE: (2,), EMBEDDING: (2,), CONV1D: (2, 3), CONV2D: (4,)}
 DEFAULT_SAVEDIR = "ww-img"
 #: `get_summary`'s metrics (WeightWatcher's list): means over the layers that have them.
 SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank",
@@ -91,7 +92,7 @@ class WWLayer:
 
     @property
     def analysable(self) -> bool:
-        return self.weight is not None and ANALYSED_NDIM.get(self.layer_type) == len(self.weight.shape)
+        return self.weight is not None and len(self.weight.shape) in ANALYSED_NDIM.get(self.layer_type, ())
 
 
 def _classify(obj, rules, default: str = UNKNOWN) -> str:
