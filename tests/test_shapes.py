@@ -319,3 +319,36 @@ def test_failed_shape_inference_fails_neither_loading_nor_the_spectral_family(mo
     assert len(a.layers) == 1 and a.layers[0]["N"] == 16 and a.layers[0]["M"] == 12
     cc = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["w"]
     np.testing.assert_array_equal(np.ldexp(cc.mantissa, cc.exponent), np.ones((12, 16)))  # w[i, j] feeds y[0, i]
+
+
+def test_declared_sizes_are_checked_against_the_budget_before_anything_is_allocated():
+    """A 200-byte file declaring a 2^36-float weight (ConstantOfShape) and a 2^18-wide input:
+    loading works, evaluating the weight or counting contexts is refused on one line, and the
+    process never grows."""
+    import resource
+
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import helper as oh
+
+    import irtools
+    from irtools import budget
+    from tests.builders import model, tensor, vinfo
+
+    n = 1 << 18
+    proto = model([oh.make_node("ConstantOfShape", ["shp"], ["w"],
+                                value=onnx.numpy_helper.from_array(np.array([1.0], np.float32))),
+                   oh.make_node("MatMul", ["x", "w"], ["y"])],
+                  [vinfo("x", [1, n])], [vinfo("y", [1, n])], [tensor("shp", np.array([n, n], np.int64))])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    budget.set_limit("256M")
+    try:
+        m = irtools.load(proto)
+        with pytest.raises(budget.MemoryBudgetError, match="ConstantOfShape node"):
+            m.constant_value(m.graph.node(0).outputs[0])
+        with pytest.raises(budget.MemoryBudgetError, match="context counts"):
+            irtools.run_passes(m, ["context-counts"])
+    finally:
+        budget.set_limit(None)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB
