@@ -941,11 +941,41 @@ def _rotary(x_slot: int, cache_slots: tuple[int, ...]) -> Callable[[_Node], None
     return rule
 
 
+def _chosen_along(n: _Node, out: np.ndarray, axis: int) -> None:
+    """Input 0 of an op that picks elements along `axis` by their values (TopK, Compress with a
+    data-made condition): any element may be picked, as max pooling hands every element of its
+    window the window's count (conventions.md), so each takes the counts summed along the axis."""
+    x_shape = n.in_shape(0)
+    along = out.sum(axis=axis, keepdims=True)
+    n.give(0, np.broadcast_to(along, x_shape))
+
+
+def _topk(n: _Node) -> None:  # values output only: the indices carry no contexts
+    out = n.out(0)
+    _chosen_along(n, out, int(n.attr("axis", -1)) % out.ndim)
+
+
+def _compress(n: _Node) -> None:
+    axis = n.attr("axis", None)
+    x_shape = n.in_shape(0)
+    if n.is_const(1):
+        cond = np.asarray(n.const(1)).astype(bool).reshape(-1)
+        idx = np.arange(math.prod(x_shape), dtype=np.int64).reshape(x_shape)
+        picked = np.compress(cond, idx, axis=None if axis is None else int(axis) % len(x_shape))
+        n.give(0, _index_adjoint(n.out(), picked, idx.size).reshape(x_shape))
+        return
+    out = n.out()  # a data-made condition: the output size is the data's, known only from an annotation
+    if axis is None:
+        n.give(0, np.full(x_shape, out.sum()))
+        return
+    _chosen_along(n, out, int(axis) % len(x_shape))
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
     "Clip LRN ThresholdedRelu Shrink Swish Tan Asin Acos Atan Sinh Cosh Asinh Acosh Atanh FastGelu BiasGelu "
-    "QuickGelu"
+    "QuickGelu LpNormalization MeanVarianceNormalization QuantizeLinear DequantizeLinear"
 ).split()
 BROADCAST = "Add Sub Mul Div Pow Max Min Sum Mean PRelu Mod BiasAdd".split()
 #: Ops whose outputs are shapes, indices, masks or booleans: they carry no contexts, and a value
@@ -1009,6 +1039,8 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "If": lambda n: n.sweep.branches(n),
     "Attention": _attention,
     "Loop": lambda n: n.sweep.loop(n),
+    "TopK": _topk,
+    "Compress": _compress,
     "Scan": lambda n: n.sweep.scan(n),
     "RotaryEmbedding": _rotary(0, (1, 2)),
     "SplitToSequence": _split_to_sequence,

@@ -243,6 +243,8 @@ TRANSFORMER_CASES = {
     "einsum-ellipsis-sum": (h.make_node("Einsum", ["A", "Bm"], ["Y"], equation="...ij,j->...i"),
                             {"A": x(2, 3, 4), "Bm": x(4)}, (2, 3)),
     "mod": (h.make_node("Mod", ["A", "Bm"], ["Y"], fmod=1), {"A": x(2, 3), "Bm": x(3) + 2}, (2, 3)),
+    "compress-constant": (h.make_node("Compress", ["X", "cond"], ["Y"], axis=1),
+                          {"X": x(2, 4), "cond": np.array([True, False, True, True])}, (2, 3)),
     "split-to-sequence-at": (seq_ops(None, 1), {"X": x(2, 5), "sp": np.array([2, 3], I64), "pos": np.array(-1, I64)},
                              (2, 3)),
     "split-to-sequence-concat": (seq_ops(None, None, 0), {"X": x(2, 4), "sp": np.array([2, 2], I64)}, (4, 2)),
@@ -505,3 +507,15 @@ def test_loops_with_constant_trip_counts_count_as_unrolled(kind):
         np.testing.assert_array_equal(np.ldexp(got[0][name].mantissa, got[0][name].exponent),
                                       np.ldexp(got[1][name].mantissa, got[1][name].exponent), err_msg=name)
     assert got[0]["w"].log2().max() > 2
+
+
+def test_topk_hands_every_candidate_the_counts():
+    """TopK picks by value: like max pooling (conventions.md), every element along the axis may
+    be picked, so each receives the sum of the K outputs' counts of its row (K = 2), and the
+    indices output carries none."""
+    nodes = [h.make_node("TopK", ["X", "k"], ["V", "I"], axis=1), h.make_node("Cast", ["I"], ["If"], to=1),
+             h.make_node("Add", ["V", "If"], ["Y"])]
+    proto = b.model(nodes, [], [b.vinfo("Y", [3, 2])], [b.tensor("X", x(3, 4)), b.tensor("k", np.array([2], I64))])
+    m = irtools.load(proto, parameters={"X"})
+    c = irtools.run_passes(m, ["context-counts"])["context-counts"].counts["X"]
+    np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), np.full((3, 4), 2.0))
