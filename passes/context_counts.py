@@ -4,8 +4,15 @@ Horizontal unrolling by reverse accumulation (conventions.md section 1): every o
 starts at 1, each element receives the sum of the counts of the elements computed from it
 and each parameter scalar the sum over its uses; one sweep in reverse topological order.
 Counts are float64 mantissas with one power-of-two exponent per tensor, so they never
-overflow (they reach 2^750 on EfficientNetV2-B0). One op table (`RULES`) says how each op
-hands its output counts back to its inputs; the loops are numba kernels in `_kernels`.
+overflow (they reach 2^750 on EfficientNetV2-B0). One op table (`RULES`, and `DOMAIN_RULES`
+for other domains) says how each op hands its output counts back to its inputs; the loops are
+numba kernels in `_kernels`.
+
+Only values computed from a learnable parameter (`live_values`) are swept: causal masks,
+position ids and shape arithmetic (Range, Trilu, comparisons, ...) need neither a rule nor a
+static shape, and an op without a rule is an error only on a parameter's path, reported once
+with every node using it. Subgraphs are swept in place: If by its branch (both when the
+condition is not constant), Loop and Scan unrolled; tensor sequences element by element.
 """
 
 from __future__ import annotations
@@ -764,7 +771,7 @@ def _einsum(n: _Node) -> None:
         extra = [c for c in size if c not in rhs]
         operands = [out] + [np.ones(size[c]) for c in extra]
         spec = ",".join([rhs, *extra]) + "->" + t
-        full = np.einsum(spec, *operands)
+        full = np.einsum(spec, *operands, optimize=True)
         n.give(k, unbroadcast(full, shapes[k]) if full.shape != shapes[k] else full)
 
 
@@ -1202,9 +1209,14 @@ class _Sweep:
             raise UnsupportedError(f"context counts: cannot count {node.op_type} node '{name}': {exc}",
                                    model.path) from exc
 
-    def seed(self, values, counts: list[Counts | None]) -> None:
+    def seed(self, values, counts: list[Counts | _SeqCounts | None]) -> None:
         for v, c in zip(values, counts, strict=True):
-            if c is not None and v in self.live:
+            if c is None or v not in self.live:
+                continue
+            if isinstance(c, _SeqCounts):
+                for pos, item in c.items.items():
+                    self.acc.add_item(v, pos, item.mantissa, item.exponent)
+            else:
                 self.acc.add(v, c.mantissa, c.exponent)
 
     def branches(self, n: _Node) -> None:
