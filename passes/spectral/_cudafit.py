@@ -26,7 +26,7 @@ import numpy as np
 from irtools.passes.spectral.powerlaw import (SMALL_N_CUTOFF, SMALL_N_K_MIN, PowerLawFit, check_rule, finish,
                                               tail_data, too_few)
 
-#: Candidates per launch (28 bytes each on the device: alpha, D, J, the layer index).
+#: Candidates per launch (32 bytes each on the device: alpha, D, J, the layer index).
 MAX_CANDIDATES_PER_LAUNCH = 1 << 22
 
 
