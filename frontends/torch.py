@@ -27,6 +27,8 @@ from irtools.errors import IrtoolsError
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
+#: Model metadata key: {state_dict name: parameter name} for tied weights (one tensor, several names).
+ALIASES_KEY = "irtools.parameter_aliases"
 
 
 def _torch():
@@ -171,7 +173,7 @@ def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]]
 
 def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelProto:
     state = module.state_dict(keep_vars=True)
-    params = [k for k, v in state.items() if v.is_floating_point()]
+    params, aliases = _unique_tensors(state)
     real = {k: state[k].detach().clone() for k in params}
     buf = io.BytesIO()
     try:
@@ -197,6 +199,7 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
         with torch.no_grad():
             for k in params:
                 state[k].data.copy_(real[k])
+    _canonical_names(proto.graph, aliases)
     inits = {t.name: t for t in proto.graph.initializer}
     renamed = []
     for i, k in enumerate(params):
@@ -217,8 +220,43 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
         missing = next(k for k in params if k not in inits)
         raise IrtoolsError(f"the dynamo export dropped parameter '{missing}'")
     proto.metadata_props.add(key=DECLARED_PARAMETERS_KEY, value=json.dumps(declared))
+    if aliases:
+        proto.metadata_props.add(key=ALIASES_KEY, value=json.dumps(aliases))
     proto.metadata_props.add(key="irtools.exporter", value="dynamo" if dynamo else "torchscript")
     return proto
+
+
+def _unique_tensors(state) -> tuple[list[str], dict[str, str]]:
+    """The float state_dict entries, one name per tensor, and {alias: name} for the others.
+
+    Tied weights (T5/BART `encoder.embed_tokens.weight` and `lm_head.weight` are `shared.weight`)
+    appear in a state_dict under every name; they are one parameter, named as `named_parameters`
+    names it (the first name), and the exporters keep one initializer for it."""
+    params: list[str] = []
+    aliases: dict[str, str] = {}
+    first: dict[int, str] = {}
+    for k, v in state.items():
+        if not v.is_floating_point():
+            continue
+        owner = first.setdefault(id(v), k)
+        if owner == k:
+            params.append(k)
+        else:
+            aliases[k] = owner
+    return params, aliases
+
+
+def _canonical_names(graph: onnx.GraphProto, aliases: Mapping[str, str]) -> None:
+    """Name a tied weight's initializer by its parameter name where the exporter used an alias
+    (the dynamo exporter names T5's shared embedding `lm_head.weight`)."""
+    from irtools.frontends.keras import _rename_values  # noqa: PLC0415  (ONNX only)
+
+    names = {t.name for t in graph.initializer}
+    renames = {t.name: aliases[t.name] for t in graph.initializer
+               if t.name in aliases and aliases[t.name] not in names}
+    for t in graph.initializer:
+        t.name = renames.get(t.name, t.name)
+    _rename_values(graph, renames)
 
 
 def _dynamo_export(torch, module, args, names, opset: int) -> onnx.ModelProto:
@@ -296,4 +334,5 @@ def open_callable(reference: str, name: str, options):
     from irtools.frontends import open_source  # noqa: PLC0415
 
     return open_source(resolve_callable(reference), name=name, input_shapes=options.input_shapes,
-                       trust=options.trust, layout=options.layout, opset=options.opset)
+                       trust=options.trust, layout=options.layout, opset=options.opset, fix_batch=options.fix_batch,
+                       framework=options.framework)
