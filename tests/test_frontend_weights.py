@@ -219,3 +219,25 @@ def test_keras2_h5_weights_and_missing_h5py(tmp_path, monkeypatch):
     open(tmp_path / "x.weights.h5", "wb").close()
     res = CliRunner().invoke(main, ["analyze", str(tmp_path / "x.weights.h5")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "pip install h5py" in res.output
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_training_checkpoint_passes_the_pickle_limits(tmp_path, legacy):
+    """A real training checkpoint (state dict, optimizer state, epoch, nested config) is within the
+    depth/size/memo limits of the pickle scan, shares storages between views, and reads exactly."""
+    torch = pytest.importorskip("torch")
+    net = small_torch_net()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.zeros(1, 3, 8, 8)).sum().backward()
+    opt.step()
+    base = torch.arange(64, dtype=torch.float32)
+    state = dict(net.state_dict())
+    state["view.t"] = base.view(8, 8).t()  # a transposed view
+    state["view.slice"] = base[10:42].view(4, 8)  # offset into a shared storage
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": state, "optimizer": opt.state_dict(), "epoch": 3,
+                "config": {"a": [{"b": {"c": [1, 2, (3, 4)]}}]}}, path, _use_new_zipfile_serialization=not legacy)
+    tensors = read_weights(str(path))
+    assert set(tensors) == set(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(tensors[k].load(), v.numpy())

@@ -1,0 +1,89 @@
+"""The one containment rule (`irtools.files.model_member`) and the regular-file rule
+(`check_input`), checked directly against hand-made folder layouts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from irtools import files
+from irtools.errors import IrtoolsError, ModelLoadError
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "sub").mkdir()
+    (tmp_path / "outside").mkdir()
+    for p in ("model/m.onnx", "model/w.bin", "model/sub/w.bin", "outside/secret.bin"):
+        (tmp_path / p).write_bytes(b"x" * 8)
+    return tmp_path
+
+
+def test_members_inside_the_folder_are_accepted(tree):
+    model = str(tree / "model" / "m.onnx")
+    assert files.model_member(model, "w.bin", "data") == os.path.join(tree, "model", "w.bin")
+    assert files.model_member(model, "sub/w.bin", "data") == os.path.join(tree, "model", "sub", "w.bin")
+    os.symlink("sub/w.bin", tree / "model" / "inner-link.bin")  # a symlink that stays inside
+    assert files.model_member(model, "inner-link.bin", "data").endswith("inner-link.bin")
+    assert files.model_member(str(tree / "model"), "w.bin", "shard").endswith("w.bin")  # a directory model
+
+
+@pytest.mark.parametrize("name, why", [
+    ("../outside/secret.bin", "outside the model's folder"),
+    ("sub/../../outside/secret.bin", "outside the model's folder"),
+    ("ABSOLUTE", "outside the model's folder"),
+    ("link.bin", "resolves to"),
+    ("nope.bin", "is missing"),
+    ("dangling.bin", "is missing"),
+    ("sub", "is a directory"),
+    ("fifo.bin", "is a FIFO"),
+    ("", "empty or invalid"),
+    ("a\x00b", "empty or invalid"),
+])
+def test_members_that_escape_or_are_not_regular_files_are_refused(tree, name, why):
+    os.symlink(tree / "outside" / "secret.bin", tree / "model" / "link.bin")
+    os.symlink(tree / "model" / "gone.bin", tree / "model" / "dangling.bin")
+    os.mkfifo(tree / "model" / "fifo.bin")
+    name = str(tree / "outside" / "secret.bin") if name == "ABSOLUTE" else name
+    with pytest.raises(ModelLoadError, match=why):
+        files.model_member(str(tree / "model" / "m.onnx"), name, "data", ModelLoadError)
+
+
+def test_a_symlinked_model_file_keeps_its_own_folder(tree):
+    """The model file itself may be a link from anywhere; what it names is looked up beside the link."""
+    (tree / "elsewhere").mkdir()
+    os.symlink(tree / "model" / "m.onnx", tree / "elsewhere" / "m.onnx")
+    with pytest.raises(IrtoolsError, match="is missing"):
+        files.model_member(str(tree / "elsewhere" / "m.onnx"), "w.bin", "data")
+    (tree / "elsewhere" / "w.bin").write_bytes(b"y")
+    assert files.model_member(str(tree / "elsewhere" / "m.onnx"), "w.bin", "data").startswith(str(tree / "elsewhere"))
+
+
+def test_hugging_face_cache_blobs_are_inside_the_repository(tree):
+    repo = tree / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "blobs" / "f00d").write_bytes(b"z")
+    os.symlink("../../blobs/f00d", repo / "snapshots" / "abc" / "model.safetensors")
+    os.symlink(tree / "outside" / "secret.bin", repo / "snapshots" / "abc" / "evil.safetensors")
+    snap = str(repo / "snapshots" / "abc")
+    assert files.model_root(snap) == os.path.realpath(repo)
+    assert files.model_member(snap, "model.safetensors", "shard").endswith("model.safetensors")
+    with pytest.raises(IrtoolsError, match="outside the model's folder"):
+        files.model_member(snap, "evil.safetensors", "shard")
+    (repo / "blobs").rename(repo / "not-blobs")  # no blobs folder: not a cache, the snapshot is the folder
+    assert files.model_root(snap) == os.path.realpath(snap)
+
+
+def test_check_input_refuses_what_is_not_a_regular_file(tree):
+    os.mkfifo(tree / "fifo")
+    os.symlink("/dev/zero", tree / "zero")
+    os.symlink(tree / "gone", tree / "dangling")
+    for name, why in (("fifo", "FIFO"), ("zero", "character device"), ("dangling", "symlink to nothing"),
+                      ("missing", "no such file"), ("model", "directory")):
+        with pytest.raises(IrtoolsError, match=why):
+            files.check_input(tree / name)
+    assert files.check_input(tree / "model", directory=True) == str(tree / "model")
+    assert files.check_input(tree / "model" / "m.onnx") == str(tree / "model" / "m.onnx")
