@@ -85,6 +85,7 @@ def analyze(
     layout: str = "torch",
     keep_eigenvalues: bool = False,
     device: str = "auto",
+    small_n_xmin: str = "D",
 ) -> Analysis:
     """Analyse a model: any source `irtools.frontends.open_source` reads (a path, a `file.py:callable`
     reference, an ONNX, PyTorch, Keras or Flax model object). `metrics` defaults to spectral and reuse;
@@ -93,7 +94,7 @@ def analyze(
     explicit = metrics is not None
     families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
     spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
-                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues, backend=device)
+                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues, backend=device, small_n_xmin=small_n_xmin)
     opened = open_source(source, input_shapes=input_shapes, trust=trust, layout=layout)
     if not opened.has_graph:
         return _analyze_layers(opened, families, explicit, spectral_opts)
@@ -105,6 +106,7 @@ def analyze(
         result = get_pass("spectral", **spectral_opts)(model)
         layers, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
                                                     result.eigenvalues)
+        notes += result.notes
     if "reuse" in families:
         try:
             reuse = get_pass("reuse")(model)
@@ -128,4 +130,5 @@ def _analyze_layers(opened, families, explicit: bool, spectral_opts: dict) -> An
         result = get_pass("spectral", **spectral_opts).analyse(opened.layers)
         rows, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
                                                   result.eigenvalues)
+        notes += result.notes
     return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns)

@@ -51,6 +51,10 @@ def mp_fit(evals: np.ndarray, n: int, m: int, bw: float = 0.1) -> dict:
     """num_spikes, sigma_mp, mp_softrank (and the bulk edges) of the eigenvalues of an N x M layer."""
     evals = np.asarray(evals, dtype=np.float64)
     q = n / m
+    total = float(np.sum(evals))
+    if not (total > 0 and math.isfinite(total)) or float(np.max(evals)) == float(np.min(evals)):
+        # a zero or constant layer has no bulk to fit (WeightWatcher divides by zero here)
+        return dict.fromkeys(("num_spikes", "sigma_mp", "mp_softrank", "bulk_min", "bulk_max"), math.nan)
     scaled = evals * (evals.size / float(np.sum(evals)))  # Wscale^2 * evals: unit mean
     lam_max = float(np.max(scaled))
     to_fit = np.sqrt(scaled) if q == 1 else scaled
