@@ -457,3 +457,14 @@ def test_fits_deferred_while_numba_loads_give_the_same_rows(monkeypatch, randomi
                                progress=lambda done, total, name: seen.append((done, total)))
     assert deferred.layers == direct.layers and deferred.summary == direct.summary
     assert seen == [(1, 2), (2, 2)]
+
+
+def test_mp_fit_of_a_zero_layer_is_nan_and_the_rest_is_fitted(tmp_path):
+    """A zero-initialised layer has no Marchenko-Pastur bulk: NaN columns, not a ZeroDivisionError."""
+    path = tmp_path / "w.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, **{"a.weight": np.zeros((40, 20), np.float32),
+                      "b.weight": rng.standard_normal((60, 30)).astype(np.float32)})
+    details = irtools.analyze(str(path), metrics="spectral", mp_fit=True).details.set_index("parameter")
+    assert np.isnan(details.loc["a.weight", ["num_spikes", "sigma_mp", "mp_softrank"]].astype(float)).all()
+    assert 0 < details.loc["b.weight", "mp_softrank"] <= 1.5 and details.loc["b.weight", "sigma_mp"] > 0
