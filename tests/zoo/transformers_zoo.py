@@ -37,7 +37,11 @@ def _ids(n=SEQ):
 
 
 def _eager(cfg):
+    """Eager attention; mixture-of-experts layers run every expert as one batched matmul on the
+    experts their router picked (static shapes; the default grouped_mm does not export)."""
     cfg._attn_implementation = "eager"
+    if hasattr(cfg, "num_local_experts"):
+        cfg._experts_implementation = "batched_mm"
     return cfg
 
 
@@ -192,3 +196,90 @@ def whisper_encoder():
     model = tf.WhisperModel(_eager(cfg)).eval()
     feats = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0))
     return MainOutput(model.encoder, ["input_features"], "last_hidden_state"), (feats,)
+
+
+# -- more of the same kinds (held out from the issue's list) -----------------------------------
+_decoder("gpt-j", tf.GPTJForCausalLM, lambda **k: tf.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                                                 rotary_dim=4, n_positions=64))
+_decoder("codegen", tf.CodeGenForCausalLM, lambda **k: tf.CodeGenConfig(vocab_size=VOCAB, n_embd=32, n_layer=2,
+                                                                         n_head=4, rotary_dim=4, n_positions=64,
+                                                                         n_ctx=64))
+_decoder("gpt-bigcode", tf.GPTBigCodeForCausalLM, lambda **k: tf.GPTBigCodeConfig(vocab_size=VOCAB, n_embd=32,
+                                                                                   n_layer=2, n_head=4,
+                                                                                   n_positions=64, multi_query=True))
+_decoder("olmo", tf.OlmoForCausalLM, tf.OlmoConfig, num_key_value_heads=2, pad_token_id=0)
+_decoder("stablelm", tf.StableLmForCausalLM, tf.StableLmConfig, num_key_value_heads=2)
+_decoder("starcoder2", tf.Starcoder2ForCausalLM, tf.Starcoder2Config, num_key_value_heads=2)
+_decoder("mixtral", tf.MixtralForCausalLM, tf.MixtralConfig, num_key_value_heads=2, num_local_experts=4,
+         num_experts_per_tok=2)
+_decoder("mpt", tf.MptForCausalLM, lambda **k: tf.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4,
+                                                             max_seq_len=64))
+
+
+def _encoder(name, cls, cfg):
+    register(name, "encoder")(lambda: _hidden(cls, cfg(), ["input_ids"], (_ids(),)))
+
+
+_encoder("roberta", tf.RobertaModel, lambda: tf.RobertaConfig(**ENC, pad_token_id=1))
+_encoder("distilbert", tf.DistilBertModel, lambda: tf.DistilBertConfig(vocab_size=VOCAB, dim=32, hidden_dim=64,
+                                                                      n_layers=2, n_heads=4,
+                                                                      max_position_embeddings=64))
+_encoder("albert", tf.AlbertModel, lambda: tf.AlbertConfig(**ENC, embedding_size=16))
+_encoder("electra", tf.ElectraModel, lambda: tf.ElectraConfig(**ENC, embedding_size=16))
+_encoder("xlnet", tf.XLNetModel, lambda: tf.XLNetConfig(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4,
+                                                        d_inner=64))
+
+
+def _vision(name, family, cls, cfg, field="last_hidden_state"):
+    register(name, family)(lambda: _hidden(cls, cfg(), ["pixel_values"], _image(), field))
+
+
+_vision("deit", "vision", tf.DeiTModel, lambda: tf.DeiTConfig(hidden_size=32, intermediate_size=64,
+                                                              num_hidden_layers=2, num_attention_heads=4,
+                                                              image_size=32, patch_size=8))
+_vision("dinov2", "vision", tf.Dinov2Model, lambda: tf.Dinov2Config(hidden_size=32, num_hidden_layers=2,
+                                                                    num_attention_heads=4, image_size=32,
+                                                                    patch_size=8, mlp_ratio=2))
+_vision("convnextv2", "conv", tf.ConvNextV2Model, lambda: tf.ConvNextV2Config(hidden_sizes=[8, 16, 24, 32],
+                                                                              depths=[1, 1, 1, 1]))
+_vision("poolformer", "conv", tf.PoolFormerModel, lambda: tf.PoolFormerConfig(hidden_sizes=[8, 16, 24, 32],
+                                                                              depths=[1, 1, 1, 1]))
+_vision("resnet", "conv", tf.ResNetModel, lambda: tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32],
+                                                                  depths=[1, 1, 1, 1]))
+_vision("mobilenet-v2", "conv", tf.MobileNetV2Model, lambda: tf.MobileNetV2Config(image_size=32,
+                                                                                  depth_multiplier=0.25))
+
+
+@register("wavlm", "audio")
+def wavlm():
+    return _hidden(tf.WavLMModel, tf.WavLMConfig(**AUDIO, num_buckets=16, max_bucket_distance=40),
+                   ["input_values"], _audio())
+
+
+@register("data2vec-audio", "audio")
+def data2vec_audio():
+    return _hidden(tf.Data2VecAudioModel, tf.Data2VecAudioConfig(**AUDIO), ["input_values"], _audio())
+
+
+@register("marian", "seq2seq")
+def marian():
+    cfg = tf.MarianConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                          max_position_embeddings=64, pad_token_id=0, decoder_start_token_id=0)
+    return _hidden(tf.MarianMTModel, cfg, ["input_ids", "decoder_input_ids"], (_ids(), _ids(4)), "logits")
+
+
+@register("mt5", "seq2seq")
+def mt5():
+    cfg = tf.MT5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                       relative_attention_num_buckets=8, decoder_start_token_id=0)
+    return _hidden(tf.MT5ForConditionalGeneration, cfg, ["input_ids", "decoder_input_ids"], (_ids(), _ids(4)),
+                   "logits")
+
+
+@register("clip-text", "encoder")
+def clip_text():
+    cfg = tf.CLIPTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=64, eos_token_id=2, bos_token_id=1,
+                            pad_token_id=0)
+    return _hidden(tf.CLIPTextModel, cfg, ["input_ids"], (_ids(),))
