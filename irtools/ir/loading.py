@@ -315,10 +315,18 @@ def _external_field(t: onnx.TensorProto, info: dict, key: str, default: int | No
     return value
 
 
+#: The keys ONNX defines for external data (onnx.external_data_helper.ExternalDataInfo).
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
+
+
 def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
     from irtools.files import model_member  # noqa: PLC0415
 
     info = {e.key: e.value for e in t.external_data}
+    unknown = sorted(set(info) - _EXTERNAL_KEYS)
+    if unknown:
+        raise ModelLoadError(f"tensor '{name}' has an unknown external data key '{printable(unknown[0])}' "
+                             "(corrupt file)", path)
     nbytes = tensor_nbytes(t)
     if nbytes is None:
         raise UnsupportedError(f"tensor '{name}' is a STRING tensor stored as external data", path)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 
 from click.testing import CliRunner
@@ -98,13 +99,16 @@ def run_in_process(args: list[str]) -> Outcome:
     from irtools.cli import main
 
     try:
-        with watching_opens() as opened, alarm(CASE_SECONDS):
+        with watching_opens() as opened, alarm(CASE_SECONDS), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             result = CliRunner().invoke(main, args)
     finally:
         budget.set_limit(None)  # --max-memory sets a process-wide limit
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"irtools {' '.join(args)} raised {result.exception!r}") from result.exception
-    return Outcome(result.exit_code, result.stdout, result.stderr, list(opened))
+    # a warning reaches the real CLI's stderr as lines of its own: count it as printed
+    printed = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+    return Outcome(result.exit_code, result.stdout, result.stderr + printed, list(opened))
 
 
 #: The child: irtools' console entry, which writes its own peak RSS (VmHWM: unlike ru_maxrss it
