@@ -109,10 +109,12 @@ def test_zoo_slow(exported, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "wav2vec2"])
+@pytest.mark.parametrize("name", ["distilbert", "electra", "swin", "mobilevit", "resnet"])
 def test_both_exporters_give_the_same_counts(exported, name):
-    """The dynamo and TorchScript exporters write different graphs of one model (decomposed
-    attention masks, GroupNorm as InstanceNormalization); the counts must not change."""
+    """The dynamo and TorchScript exporters write different graphs of one model (attention masks,
+    GELU, layer norms and reshapes written differently); the counts must not change. (With
+    transformers 5 the TorchScript exporter fails on every decoder's mask (aten::diff), and the
+    dynamo export is refused where a parameter goes unused, so these are the ones both take.)"""
     a, b = exported(name, "dynamo"), exported(name, "torchscript")
     for key, c in a.counts.counts.items():
         other = b.counts.counts.get(key)
