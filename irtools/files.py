@@ -107,6 +107,13 @@ def note_input(path: str | os.PathLike) -> None:
         _inputs.add(os.path.realpath(os.fspath(path)))
 
 
+def forget_inputs() -> None:
+    """Forget the files read so far (a long-lived process starting unrelated work; the CLI runs
+    one command per process and never needs it)."""
+    with _lock:
+        _inputs.clear()
+
+
 def means_stdout(out: str | os.PathLike | None) -> bool:
     """Whether an output name means the standard output (`-`, `/dev/stdout`)."""
     return out is not None and os.fspath(out) in STDOUT_NAMES

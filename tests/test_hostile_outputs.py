@@ -133,3 +133,16 @@ def test_a_companion_temporary_is_removed_on_error_and_on_signal(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGTERM and not data.exists()
+
+
+def test_files_a_model_used_stay_protected_until_forgotten(tmp_path):
+    import irtools
+
+    model = _external_model(tmp_path)
+    irtools.load(model)
+    with pytest.raises(IrtoolsError, match="a file the input model uses"):
+        files.write_text_atomic(tmp_path / "m.onnx.data", "clobber")
+    assert (tmp_path / "m.onnx.data").read_bytes() != b"clobber"
+    files.forget_inputs()
+    files.write_text_atomic(tmp_path / "m.onnx.data", "now allowed")
+    assert (tmp_path / "m.onnx.data").read_text() == "now allowed"
