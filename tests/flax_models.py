@@ -16,5 +16,5 @@ class CNN(nn.Module):
         r = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn2")(
             nn.Conv(self.width, (3, 3), padding="SAME", name="c2")(h))
         h = nn.relu(h + r)
-        h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))  # jax2onnx patches max_pool: keywords only
+        h = nn.max_pool(h, (2, 2), strides=(2, 2))  # positional window: the frontend adapts jax2onnx's shim
         return nn.Dense(self.classes, name="fc")(h.mean(axis=(1, 2)))

@@ -331,3 +331,58 @@ def test_attention_kernels_keep_their_3d_layout_through_reshape_views():
     readers = {n.input[0]: n.op_type for n in proto.graph.node if n.input}
     assert readers["params/MultiHeadDotProductAttention_0/query/kernel"] == "Reshape"
     np.testing.assert_allclose(run_onnx(proto, x), np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5)
+
+
+def test_shims_accept_every_call_form_of_the_original():
+    """jax2onnx's shims take keyword-only arguments where the originals take them positionally
+    (`nn.avg_pool(x, (2, 2), strides=(2, 2))`); the adapter binds to the original's signature."""
+    from irtools.frontends.jax import _call_as_original
+
+    def avg_pool(inputs, window_shape, strides=None, padding="VALID", count_include_pad=True):
+        raise AssertionError("the original is not called while tracing")
+
+    seen = []
+
+    def shim(x, *, window_shape, strides=None, padding="VALID", count_include_pad=True):
+        seen.append((x, window_shape, strides, padding, count_include_pad))
+        return "traced"
+
+    call = _call_as_original(avg_pool, shim)
+    assert call("x", (2, 2), strides=(1, 1)) == "traced"
+    call("x", (3, 3), (2, 2), "SAME")
+    call(inputs="x", window_shape=(4, 4))
+    assert seen == [("x", (2, 2), (1, 1), "VALID", True), ("x", (3, 3), (2, 2), "SAME", True),
+                    ("x", (4, 4), None, "VALID", True)]
+    with pytest.raises(TypeError):  # a call the original refuses still fails
+        call("x", (2, 2), bogus=1)
+
+    class Layer:  # a patched method: `self` passes through
+        def __call__(self, inputs, deterministic=None):
+            raise AssertionError
+
+    def method_shim(self, x, *, deterministic=None):
+        return (x, deterministic)
+
+    Layer.__call__ = _call_as_original(Layer.__call__, method_shim)
+    assert Layer()("x", True) == ("x", True)
+
+
+def test_linen_avg_pool_with_a_positional_window_converts():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (3, 3), name="conv")(x)
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = nn.max_pool(x, (2, 2), (2, 2))
+            return nn.Dense(3, name="head")(x.reshape((1, -1)))
+
+    x = np.random.default_rng(0).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    variables = Net().init(jax.random.PRNGKey(0), x)
+    proto = from_flax(Net(), variables, (x,))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], Net().apply(variables, x),
+                               rtol=1e-5, atol=1e-6)
+    named = {n.name: n.op_type for n in proto.graph.node}
+    assert named.get("conv") == "Conv" and named.get("head") in ("Gemm", "MatMul")
