@@ -242,6 +242,8 @@ _TYPED_FIELD: dict[int, tuple[str, float]] = {
                                       onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ,
                                       onnx.TensorProto.FLOAT8E8M0)},
     **{t: ("int32_data", 2) for t in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1)},
+    **{getattr(onnx.TensorProto, n): ("int32_data", per) for n, per in
+       (("INT2", 4), ("UINT2", 4), ("FLOAT6E2M3", 1), ("FLOAT6E3M2", 1)) if hasattr(onnx.TensorProto, n)},
     onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 0.5),
     onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 0.5),
     onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
