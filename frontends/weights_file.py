@@ -376,6 +376,13 @@ def check_hdf5_storage(h5file, path: str) -> None:
         raise ModelLoadError(problem, path)
 
 
+def check_hdf5_file(path: str) -> None:
+    """Refuse an HDF5 file (a full-model Keras `.h5`) that would read other files: for
+    `frontends.keras` to call before Keras opens it."""
+    with _open_h5(path):
+        pass
+
+
 def check_keras_archive(path: str) -> None:
     """Refuse a `.keras` archive (a zip) with an entry that inflates past the memory budget or
     like a zip bomb, or whose HDF5 weights (`model.weights.h5`) would read other files

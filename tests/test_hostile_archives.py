@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from irtools.errors import ModelLoadError
-from irtools.frontends.weights_file import check_keras_archive
+from irtools.frontends.weights_file import check_hdf5_file, check_keras_archive
 from tests.fuzz import formats as f
 
 h5py = pytest.importorskip("h5py")
@@ -60,3 +60,13 @@ def test_clean_keras_archive_passes(tmp_path):
     (tmp_path / "junk.keras").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ModelLoadError, match="not a readable .keras archive"):
         check_keras_archive(str(tmp_path / "junk.keras"))
+
+
+def test_check_hdf5_file_refuses_external_storage_and_accepts_a_clean_file(tmp_path):
+    bad, good = tmp_path / "bad.h5", tmp_path / "good.h5"
+    bad.write_bytes(_weights_h5(lambda fh: fh.create_dataset("x", shape=(8,), dtype="f4",
+                                                             external=[("/etc/passwd", 0, 32)])))
+    good.write_bytes(_weights_h5(lambda fh: None))
+    with pytest.raises(ModelLoadError, match="external storage"):
+        check_hdf5_file(str(bad))
+    check_hdf5_file(str(good))
