@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
@@ -126,7 +127,7 @@ def onnx_external_data_absolute(lay):
 
 
 def _h5(lay: Layout, make) -> Case:
-    h5py = __import__("pytest").importorskip("h5py")
+    h5py = pytest.importorskip("h5py")
     path = os.path.join(lay.model, "m.weights.h5")
     with h5py.File(path, "w") as fh:
         fh.create_dataset("layers/dense/vars/0", data=np.eye(8, dtype=np.float32))
@@ -149,7 +150,7 @@ def h5_external_storage_passwd(lay):
 
 @case("outside")
 def h5_virtual_dataset(lay):
-    import h5py
+    h5py = pytest.importorskip("h5py")
 
     other = os.path.join(lay.outside, "other.h5")
     os.makedirs(lay.outside, exist_ok=True)
@@ -166,7 +167,7 @@ def h5_virtual_dataset(lay):
 
 @case("outside")
 def h5_external_link(lay):
-    import h5py
+    h5py = pytest.importorskip("h5py")
 
     other = os.path.join(lay.outside, "other.h5")
     os.makedirs(lay.outside, exist_ok=True)
@@ -178,7 +179,7 @@ def h5_external_link(lay):
 @case("outside")
 def keras_full_model_h5_external_storage(lay):
     """A full-model .h5 (it has a model_config): refused when it is recognised, before Keras opens it."""
-    import h5py
+    h5py = pytest.importorskip("h5py")
 
     path = os.path.join(lay.model, "m.h5")
     with h5py.File(path, "w") as fh:
