@@ -369,7 +369,7 @@ def check_hdf5_storage(h5file, path: str) -> None:
         return None
 
     try:
-        problem = h5file.visititems_links(link) or h5file.visititems(dataset)
+        problem = _visit_links(h5py, h5file, link) or h5file.visititems(dataset)
     except (KeyError, RuntimeError, OSError, ValueError) as exc:
         raise ModelLoadError(f"not a readable HDF5 file: {printable(exc)}", path) from None
     if problem:
@@ -397,6 +397,21 @@ def check_keras_archive(path: str) -> None:
                     check_hdf5_storage(f, path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
         raise ModelLoadError(f"not a readable .keras archive ({printable(exc)})", path) from None
+
+
+def _visit_links(h5py, group, visit, prefix: str = ""):
+    """`group.visititems_links(visit)` (h5py >= 3.11), or the same walk by hand on older h5py."""
+    if hasattr(group, "visititems_links"):
+        return group.visititems_links(visit)
+    for key in group:
+        info = group.get(key, getlink=True)
+        name = f"{prefix}{key}"
+        found = visit(name, info)
+        if found is None and isinstance(info, h5py.HardLink) and isinstance(group[key], h5py.Group):
+            found = _visit_links(h5py, group[key], visit, name + "/")
+        if found is not None:
+            return found
+    return None
 
 
 def _check_h5_dataset(name: str, obj, path: str) -> None:
