@@ -142,6 +142,8 @@ def conversion_patches() -> Iterator[None]:
     - tf2onnx's back-to-back optimizer no longer fuses Conv+BatchNormalization;
     - grappler (`tf_loader.tf_optimize_grappler`) is skipped: its constant folding deletes
       `x + 0`, i.e. all-zero biases;
+    - exact GELU (`tf.nn.gelu(approximate=False)`, ConvNeXt) calls `erfc`, which tf2onnx cannot
+      convert (and ONNX has no Erfc): it is traced as `1 - erf(x)` (ONNX Erf);
     - tf2onnx's optimizers run on the graph itself, not on a deep copy each (`_optimize_without_copies`);
     - Keras' convolution runs grouped convolutions (ConvNeXt's depthwise `Conv2D(groups=C)`) and
       channels-first 3-D ones inside an XLA-compiled `tf.function`, which tf2onnx leaves as an
@@ -168,6 +170,10 @@ def conversion_patches() -> Iterator[None]:
     had_conv_bn = conv_bn in func_map
     saved_conv_bn = func_map.pop(conv_bn, None)
     original_grappler = tf_loader.tf_optimize_grappler
+    from tensorflow.python.ops import math_ops  # noqa: PLC0415
+
+    original_erfc = math_ops.erfc
+    math_ops.erfc = lambda x, name=None: 1.0 - tf.math.erf(x)
     keras_nn, original_conv = _keras_tf_nn(), None
     original_optimize = tf2onnx_optimizer.optimize_graph
     tf2onnx_optimizer.optimize_graph = _optimize_without_copies(original_optimize)
@@ -182,6 +188,7 @@ def conversion_patches() -> Iterator[None]:
         tf.nn.batch_normalization = original_bn
         tf_loader.tf_optimize_grappler = original_grappler
         tf2onnx_optimizer.optimize_graph = original_optimize
+        math_ops.erfc = original_erfc
         if original_conv is not None:
             keras_nn.conv = original_conv
         if had_conv_bn:
@@ -418,6 +425,7 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
         for w, value in zip(weights, originals):
             w.assign(value)
 
+    _refuse_unconverted_ops(proto)
     snapshots = _snapshot_weights(functional, weights)
     found = _restore_weights(proto, names, offsets, originals, optional=set(snapshots))
     structural = {names[i]: snapshots[i] for i in snapshots if i not in found}
@@ -429,6 +437,16 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
     _set_metadata(proto, metadata)
     proto.producer_name = proto.producer_name or "tf2onnx"
     return proto
+
+
+def _refuse_unconverted_ops(proto: onnx.ModelProto) -> None:
+    """tf2onnx leaves a TF op it cannot convert in the graph under its TF name (it only logs
+    "Unsupported ops"): the model would not run and its weights there would go unanalysed."""
+    bad = [n for n in proto.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if bad:
+        ops = sorted({n.op_type for n in bad})
+        raise IrtoolsError(f"tf2onnx could not convert TensorFlow op(s) {', '.join(ops)} (node '{bad[0].name}'): "
+                           "the ONNX model would not run")
 
 
 def _snapshot_weights(model, weights) -> dict[int, str]:

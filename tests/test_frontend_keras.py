@@ -377,3 +377,65 @@ def test_lambda_layer_code_is_refused(tmp_path):
             assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
             assert res.output.startswith("irtools: error:") and "lambda" in res.output.lower()
     assert not (tmp_path / "o.onnx").exists()
+
+
+def grouped_cnn():
+    """ConvNeXt's depthwise form Conv2D(groups=C), a 2-group Conv2D and an input Normalization."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((10, 10, 4), name="image")
+    norm = keras.layers.Normalization(axis=-1, name="norm")  # adapted statistics: weights, as in EfficientNet
+    x = norm(inp)
+    x = keras.layers.Conv2D(4, 7, padding="same", groups=4, name="dw7")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=2, name="g2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+    norm.adapt(np.random.default_rng(3).standard_normal((16, 10, 10, 4)).astype(np.float32) * 2 + 1)
+    return model
+
+
+def test_grouped_convs_convert_and_every_kernel_is_analysed():
+    """Keras runs grouped convs through XLA, which tf2onnx cannot convert (it left the kernel inside
+    an unsupported node and the spectral pass silently lost it)."""
+    model = grouped_cnn()
+    proto = from_keras(model)
+    x = np.random.default_rng(0).standard_normal((1, 10, 10, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    groups = {n.input[1]: next(a.i for a in n.attribute if a.name == "group") for n in proto.graph.node
+              if n.op_type == "Conv"}
+    assert groups == {"dw7/kernel": 4, "g2/kernel": 2}
+    weights = irtools.run_passes(irtools.load(proto), ["weights"])["weights"]
+    layers = {layer.parameter: layer for layer in weights.layers}
+    assert set(layers) == {"dw7/kernel", "g2/kernel", "head/kernel"}
+    assert (layers["dw7/kernel"].N, layers["dw7/kernel"].M, layers["dw7/kernel"].rf) == (4, 1, 49)
+    (w,) = [w.numpy() for w in model.weights if w.path == "dw7/kernel"]  # (7, 7, 1, 4)
+    mats = layers["dw7/kernel"].matrices()
+    np.testing.assert_array_equal(mats[0][:, 0], w[0, 0, 0, :])
+
+
+def test_normalization_statistics_are_structural_constants():
+    """Keras' Normalization copies mean and variance into constants when built: the forward pass
+    never reads the variables, so they are declared structural, with the reason, not an error."""
+    from irtools.frontends.keras import STRUCTURAL_WEIGHTS_KEY
+
+    model = grouped_cnn()
+    proto = from_keras(model)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    structural = json.loads(meta[STRUCTURAL_WEIGHTS_KEY])
+    float_weights = {w.path for w in model.weights if np.dtype(w.dtype).kind == "f"}
+    norm = {w.path for w in model.get_layer("norm").weights if np.dtype(w.dtype).kind == "f"}
+    assert set(structural) == norm and all("Normalization" in r for r in structural.values())
+    assert set(json.loads(meta[DECLARED_PARAMETERS_KEY])) == float_weights - norm
+
+
+def test_an_op_tf2onnx_leaves_unconverted_is_an_error():
+    """With the grouped-conv patch undone, the XLA call stays a TF op: a one-line error, not a model."""
+    import keras.src.backend.tensorflow.nn as keras_nn
+
+    original = keras_nn.conv
+    model = grouped_cnn()
+    with pytest.MonkeyPatch.context() as mp:
+        import irtools.frontends.keras as frontend
+
+        mp.setattr(frontend, "_plain_conv", lambda tf, nn: original)
+        with pytest.raises(irtools.IrtoolsError, match=r"could not convert TensorFlow op\(s\) StatefulPartitionedCall"):
+            from_keras(model)

@@ -82,7 +82,7 @@ def test_keras_spectral_rows_match_the_kernels(keras_run):
 
 # Architectures whose reuse family waits for a counting rule (another part of issue #13): the op
 # the note must name. A model listed here that counts, or one not listed that does not, fails.
-REUSE_GAPS = {"ConvNeXtTiny": "Erfc"}
+REUSE_GAPS: dict[str, str] = {}
 
 
 def _check_reuse(name, analysis, expected_scalars):
