@@ -117,6 +117,8 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (
 )
 
 FRAMEWORKS = ("auto", "onnx", "torch", "tf", "jax")
+#: What `--framework X` needs installed (checked first, for the one-line install hint).
+_FRAMEWORK_IMPORTS = {"torch": "torch:_torch", "tf": "keras:_import_tf", "jax": "jax:_import_jax"}
 
 
 def open_source(source: Any, *, name: str | None = None, framework: str = "auto",
@@ -132,6 +134,9 @@ def open_source(source: Any, *, name: str | None = None, framework: str = "auto"
         return source
     if framework not in FRAMEWORKS:
         raise IrtoolsError(f"unknown framework '{framework}' (choose from {', '.join(FRAMEWORKS)})")
+    if framework in _FRAMEWORK_IMPORTS:  # --framework X needs X: say how to install it before anything else
+        module, _, function = _FRAMEWORK_IMPORTS[framework].partition(":")
+        getattr(importlib.import_module(f"{__name__}.{module}"), function)()
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str) and os.path.lexists(source):

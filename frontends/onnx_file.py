@@ -31,7 +31,7 @@ def open_onnx(source, name: str, options):
     if isinstance(source, IRModel):
         return OpenedSource(name, "onnx-model", model=source)
     try:
-        model = load(source, input_shapes=options.input_shapes)
+        model = load(source, input_shapes=options.input_shapes, fix_batch=options.fix_batch)
     except ModelLoadError as exc:
         if isinstance(source, str) and exc.message.startswith("not an ONNX model") \
                 and not source.lower().endswith(".onnx"):
