@@ -9,6 +9,7 @@ an array view (`IRModel.arrays()`) for compiled passes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -86,6 +87,7 @@ class IRModel:
         path: str | None = None,
         input_shapes: Mapping[str, tuple[int, ...]] | None = None,
         parameters: set[str] | None = None,
+        fix_batch: bool = False,
     ):
         self.model = model
         self.path = path
@@ -101,13 +103,14 @@ class IRModel:
         self._flatten(self.nodes)
         self.node_names: dict[ir.Node, str] = self._display_names()
         proto = proto if proto is not None else ir.to_proto(model)
-        #: Inputs whose symbolic leading (batch) dimension was fixed to 1: [(name, label)].
+        #: Inputs whose symbolic leading (batch) dimension was fixed to 1 (`fix_batch`): [(name, label)].
         self.batch_fixed: list[tuple[str, str]] = []
+        self._declared_input_shapes = {v.name: v.shape for v in self.graph.inputs}
         #: Why some shapes are unknown (shape inference failed, ...): only context counts need them.
         self.shape_problems: list[str] = []
         #: Run when a shape is still unknown: one onnxruntime run of the graph (`shapes.probe_shapes`).
         self._probe: list = []
-        self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed,
+        self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed if fix_batch else None,
                                           self.shape_problems, self._probe))
         if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
             parameters = set(json.loads(model.metadata_props[DECLARED_PARAMETERS_KEY]))
@@ -337,14 +340,33 @@ class IRModel:
         pass 2 GB) the weights go to an external data file OUT.data beside OUT.
         """
         out = files.check_output_path(out, [self.path] if self.path else [])
+        with self._declared_inputs():
+            self._save(out, external_data_threshold)
+
+    @contextlib.contextmanager
+    def _declared_inputs(self):
+        """The graph inputs as the file declared them (a batch dim fixed for the analysis is symbolic again)."""
+        fixed = {name for name, _ in self.batch_fixed}
+        inputs = [v for v in self.graph.inputs if v.name in fixed]
+        analysed = [v.shape for v in inputs]
+        for v in inputs:
+            v.shape = self._declared_input_shapes[v.name]
+        try:
+            yield
+        finally:
+            for v, shape in zip(inputs, analysed, strict=True):
+                v.shape = shape
+
+    def _save(self, out: str, external_data_threshold: int) -> None:
         total = sum(t.nbytes for t in self.stored)
         if total < external_data_threshold:
             files.write_atomic(out, lambda tmp: ir.save(self.model, tmp))
             return
         data_name = os.path.basename(out) + ".data"
         final_data = os.path.join(os.path.dirname(os.path.abspath(out)), data_name)
-        with files.atomic_path(out) as tmp:
+        with files.atomic_path(out) as tmp, files.temporary(tmp + ".data"):
             ir.save(self.model, tmp, external_data=os.path.basename(tmp) + ".data")
+            files.check_output_path(final_data)  # never over an input's data file, a device or a symlink
             os.replace(tmp + ".data", final_data)
             # the model names its data file after the temporary name: point it at the final one
             proto = onnx.load(tmp, load_external_data=False)
@@ -406,14 +428,17 @@ def load(
     *,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     parameters: set[str] | None = None,
+    fix_batch: bool = False,
 ) -> IRModel:
     """Load an ONNX model (file path, ModelProto or onnx-ir Model) into the analysis IR.
 
     `input_shapes` fixes dynamic input dims; `parameters` declares the framework's parameter
-    names (otherwise the model's `irtools.parameters` metadata, otherwise inferred).
+    names (otherwise the model's `irtools.parameters` metadata, otherwise inferred). `fix_batch`
+    fixes a symbolic leading (batch) dim of inputs `input_shapes` leaves open to 1 for the analysis
+    (context counts are per example; `IRModel.notes` says so); saving writes the declared dims.
     """
     if isinstance(source, ir.Model):
-        return IRModel(source, input_shapes=input_shapes, parameters=parameters)
+        return IRModel(source, input_shapes=input_shapes, parameters=parameters, fix_batch=fix_batch)
     mapped: dict[str, tuple[str, int]] = {}
     if isinstance(source, onnx.ModelProto):
         proto, path = source, None
@@ -431,4 +456,5 @@ def load(
         ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
     if mapped:
         _map_initializers(model, path, mapped)
-    return IRModel(model, proto=proto, path=path, input_shapes=input_shapes, parameters=parameters)
+    return IRModel(model, proto=proto, path=path, input_shapes=input_shapes, parameters=parameters,
+                   fix_batch=fix_batch)
