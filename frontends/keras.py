@@ -502,7 +502,8 @@ def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str,
         if k is None:
             continue
         index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
-        local = k - offsets[index]
+        local = (k - offsets[index]).astype(np.int32)  # < 2**31 (_FP_LIMIT); half the memory of int64
+        del k
         size = int(offsets[index + 1] - offsets[index])
         if local.size != size or local.min() < 0 or local.max() >= size or not _is_permutation(local):
             raise IrtoolsError(f"the conversion changed {kind} '{names[index]}' (ONNX initializer '{init.name}' "
@@ -537,14 +538,17 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals, optional
         first, local = occ[0]
         renames[first.name] = name
         first.CopyFrom(numpy_helper.from_array(flat[local].astype(np.float32), name))
-        position = np.empty(local.size, dtype=np.int64)
-        position[local.reshape(-1)] = np.arange(local.size)
+        position = None
         for j, (other, other_local) in enumerate(occ[1:], start=1):
             drop.add(other.name)
             if other_local.shape == local.shape and np.array_equal(other_local, local):
                 renames[other.name] = name
                 continue
+            if position is None:
+                position = np.empty(local.size, dtype=np.int64)
+                position[local.reshape(-1)] = np.arange(local.size)
             extra_nodes.extend(_view_nodes(name, first.dims, position[other_local], other.name, f"{name}/view{j}"))
+        occ.clear()  # the element indices are no longer needed
     _rewrite(graph, drop, [], renames, extra_nodes)
     return set(occurrences)
 
@@ -553,9 +557,11 @@ def _rewrite(graph: onnx.GraphProto, drop: set[str], new_initializers, renames: 
              view_nodes: list[onnx.NodeProto]) -> None:
     """Drop the exporter's weight copies, add the named weights, rename uses, and put the nodes
     that rebuild other copies from the named weights first."""
-    kept = [i for i in graph.initializer if i.name not in drop]
-    del graph.initializer[:]
-    graph.initializer.extend(list(new_initializers) + kept)
+    # delete in place: re-adding the kept ones would copy every tensor once more (upb arenas free
+    # nothing until the whole model is freed)
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in drop]):
+        del graph.initializer[i]
+    graph.initializer.extend(new_initializers)
     _rename_values(graph, renames)
     if view_nodes:
         nodes = view_nodes + list(graph.node)
