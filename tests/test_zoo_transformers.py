@@ -46,11 +46,17 @@ class Exported:
     def gradients(self) -> dict[str, np.ndarray | None]:
         """d <output, R> / d parameter for a fixed random R: None where the forward never reads it."""
         params = dict(self.module.named_parameters())
+        frozen = [p for p in params.values() if not p.requires_grad]  # e.g. sinusoidal position tables
         for p in params.values():
             p.grad = None
-        out = self.module(*self.inputs)
-        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        (out * weights).sum().backward()
+            p.requires_grad_(True)
+        try:
+            out = self.module(*self.inputs)
+            weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            (out * weights).sum().backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
         return {k: (None if p.grad is None else p.grad.detach().numpy().copy()) for k, p in params.items()}
 
 
