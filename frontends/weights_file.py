@@ -167,7 +167,7 @@ def _read_safetensors(path: str) -> dict[str, StoredArray]:
         if start1 < end0:
             raise ModelLoadError(f"tensors '{printable(a)}' and '{printable(b)}' overlap in the file "
                                  "(corrupt file)", path)
-    return out
+    return {name: out[name] for name in checkpoint_order([name for _, _, name in spans])}
 
 
 def _safetensors_header(raw: bytes, path: str) -> dict:
@@ -237,7 +237,34 @@ def _read_safetensors_dir(path: str) -> dict[str, StoredArray]:
         if origin.get(name) != f:
             raise ModelLoadError(f"the index puts tensor '{printable(name)}' in shard '{printable(f)}', which does "
                                  "not hold it", path)
-    return out
+    return {name: out[name] for name in checkpoint_order(list(weight_map) if weight_map is not None else list(out))}
+
+
+# Where a checkpoint keeps no order of its own (transformers sorts the index and each shard by name), rows
+# follow the forward pass: numbered blocks numerically, and inside a block the usual order of its parts.
+_FORWARD_ORDER = {name: rank for rank, names in enumerate((
+    "embed_tokens wte word_embeddings embeddings embed_positions wpe position_embeddings patch_embed",
+    "input_layernorm ln_1 layer_norm1 attention_norm norm1 ln1",
+    "self_attn attn attention self_attention",
+    "q_proj query q wq", "k_proj key k wk", "v_proj value v wv", "qkv_proj c_attn query_key_value Wqkv",
+    "o_proj out_proj wo c_proj dense",
+    "post_attention_layernorm ln_2 layer_norm2 ffn_norm norm2 ln2",
+    "mlp feed_forward ffn block_sparse_moe",
+    "gate_proj w1 c_fc fc1 dense_h_to_4h", "up_proj w3", "down_proj w2 fc2 dense_4h_to_h",
+)) for name in names.split()}
+_LAST = {"norm": 1, "ln_f": 1, "final_layernorm": 1, "final_layer_norm": 1, "lm_head": 2, "score": 2,
+         "classifier": 2}
+
+
+def _forward_key(name: str) -> list[tuple]:
+    return [(0, int(part), "") if part.isdigit() else
+            (1, _FORWARD_ORDER[part], part) if part in _FORWARD_ORDER else
+            (3, _LAST[part], part) if part in _LAST else (2, 0, part) for part in name.split(".")]
+
+
+def checkpoint_order(names: list[str]) -> list[str]:
+    """The names in the checkpoint's own order; names stored sorted (no order kept) in forward order."""
+    return sorted(names, key=_forward_key) if names == sorted(names) else names
 
 
 def _read_index(path: str, index: str) -> dict[str, str]:

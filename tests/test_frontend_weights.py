@@ -241,3 +241,30 @@ def test_training_checkpoint_passes_the_pickle_limits(tmp_path, legacy):
     assert set(tensors) == set(state)
     for k, v in state.items():
         np.testing.assert_array_equal(tensors[k].load(), v.numpy())
+
+
+def test_rows_follow_the_forward_pass_not_the_alphabet(tmp_path):
+    """transformers writes the index and every shard sorted by name; rows follow the model's order (embeddings,
+    then each block numerically, attention before the MLP, q before down), and an index that keeps an order of
+    its own is followed as written."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj"]
+    forward = ["model.embed_tokens.weight"] + [f"model.layers.{i}.{p}.weight" for i in (0, 1, 2, 10) for p in parts] \
+        + ["lm_head.weight"]
+    tensors = {n: rng.standard_normal((16, 12)).astype(np.float32) for n in forward}
+    names = sorted(forward)
+    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    for shard, members in shards.items():
+        save_file({n: tensors[n] for n in members}, str(tmp_path / shard))
+
+    def rows(weight_map):
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        return list(irtools.analyze(str(tmp_path), metrics="spectral").details["parameter"])
+
+    shard_of = {n: s for s, members in shards.items() for n in members}
+    assert rows({n: shard_of[n] for n in names}) == forward  # sorted index: the forward pass
+    own = [forward[0], *reversed(forward[1:])]  # an index with an order of its own is kept
+    assert rows({n: shard_of[n] for n in own}) == own
