@@ -110,6 +110,7 @@ def analyze(
     if "reuse" in families:
         try:
             reuse = get_pass("reuse")(model)
+            notes += model.results["context-counts"].notes  # e.g. an If counted as both of its branches
         except (ShapeError, UnsupportedError) as exc:
             if explicit:
                 raise
