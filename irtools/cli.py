@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from irtools import files
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -25,9 +25,14 @@ class _Group(click.Group):
     """Turns every error into one line on stderr (exit 2), unless --debug is given."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
         debug = "--debug" in sys.argv[1:] or (ctx.params or {}).get("debug", False)
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # library warnings (numpy, onnx_ir) would be a second line
+                if not debug:
+                    warnings.simplefilter("ignore")
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except IrtoolsError as exc:
@@ -41,7 +46,7 @@ class _Group(click.Group):
         except Exception as exc:  # a bug or an input nothing foresaw: still one line
             if debug:
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            _fail(f"unexpected {type(exc).__name__}: {printable(str(exc).splitlines()[0]) if str(exc) else ''} "
                   "(run with --debug for the traceback)")
 
 
@@ -66,8 +71,11 @@ def _device_option(f):
 
 
 def _run_options(f):
-    """--device and --max-memory, for the commands that analyse."""
+    """--device, --small-n-xmin and --max-memory, for the commands that analyse."""
     f = _device_option(f)
+    f = click.option("--small-n-xmin", type=click.Choice(["D", "J"]), default="D", show_default=True,
+                     help="xmin rule for spectra under 20 eigenvalues: D = what WeightWatcher 0.7.7 reports (argmin "
+                          "D), J = its intermediate J = D - 0.868/sqrt(n) choice.")(f)
     return click.option("--max-memory", default=None, metavar="SIZE", callback=_set_budget, expose_value=False,
                         help="Refuse a model whose declared work needs more than SIZE in one allocation (e.g. 2G; "
                              "default: half the available memory).")(f)
@@ -106,7 +114,7 @@ def _json(data: Any) -> str:
 
 
 def _emit(text: str, output: str | None, inputs: list[str]) -> None:
-    if output is None:
+    if output is None or files.means_stdout(output):
         click.echo(text, nl=not text.endswith("\n"))
     else:
         files.write_text_atomic(files.check_output_path(output, inputs), text)
@@ -170,8 +178,8 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @_debug_option
 def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt: str, output: str | None,
             min_evals: int, max_evals: int, max_n: int, no_limits: bool, conv_slices: bool, split_qkv: bool,
-            randomize: bool, mp_fit: bool, trust: bool, layout: str, device: str, eigen_method: str,
-            debug: bool) -> None:
+            randomize: bool, mp_fit: bool, trust: bool, layout: str, device: str, small_n_xmin: str,
+            eigen_method: str, debug: bool) -> None:
     """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
     from irtools.analysis import analyze as run_analysis
     from irtools.analysis import parse_metrics
@@ -186,9 +194,10 @@ def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt:
             model, metrics=metrics, input_shapes=parse_input_shapes(input_shapes), min_evals=min_evals,
             max_evals=max_evals, max_n=max_n, conv_slices=conv_slices, split_qkv=split_qkv, randomize=randomize,
             mp_fit=mp_fit, method=eigen_method, progress=progress, trust=trust, layout=layout, device=device,
+            small_n_xmin=small_n_xmin,
         )
     for note in result.notes:
-        click.echo(f"irtools: note: {note}", err=True)
+        click.echo(f"irtools: note: {printable(note)}", err=True)
     data = result.to_dict()
     if fmt == "json":
         text = _json(data)
@@ -264,14 +273,15 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
 @_run_options
 @_debug_option
 def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str,
-            output: str | None, layout: str, trust: bool, device: str, debug: bool) -> None:
+            output: str | None, layout: str, trust: bool, device: str, small_n_xmin: str, debug: bool) -> None:
     """Rank models by their summary metrics; with accuracies, Kendall tau and R^2 per metric."""
     from irtools.reports.compare import compare as run_compare
     from irtools.reports.compare import parse_accuracies
     from irtools.ir.shapes import parse_input_shapes
 
     result = run_compare(list(models), parse_accuracies(accuracies) or None,
-                         input_shapes=parse_input_shapes(input_shapes), layout=layout, trust=trust, device=device)
+                         input_shapes=parse_input_shapes(input_shapes), layout=layout, trust=trust, device=device,
+                         small_n_xmin=small_n_xmin)
     if fmt == "json":
         text = _json(result)
     elif fmt == "csv":
@@ -296,7 +306,7 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: 
 @_run_options
 @_debug_option
 def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: str | None, conv_slices: bool,
-             no_limits: bool, layout: str, trust: bool, device: str, debug: bool) -> None:
+             no_limits: bool, layout: str, trust: bool, device: str, small_n_xmin: str, debug: bool) -> None:
     """Write the per-node metrics into the ONNX model's metadata (shown by Netron); graph and weights unchanged."""
     from irtools.analysis import parse_metrics
     from irtools.reports.annotate import annotate as run_annotate
@@ -308,6 +318,7 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
     with _progress() as progress:
         done = run_annotate(model, output, metrics=metrics, input_shapes=parse_input_shapes(input_shapes),
                             conv_slices=conv_slices, progress=progress, layout=layout, trust=trust, device=device,
+                            small_n_xmin=small_n_xmin,
                             **limits)
     click.echo(f"wrote {done.output}: metrics on {done.metric_nodes} nodes, context counts on "
                f"{done.context_nodes} nodes, {done.skipped_nodes} skipped, {done.model_keys} model metadata keys")
@@ -325,7 +336,7 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
 @_run_options
 @_debug_option
 def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
-           no_limits: bool, layout: str, trust: bool, device: str, debug: bool) -> None:
+           no_limits: bool, layout: str, trust: bool, device: str, small_n_xmin: str, debug: bool) -> None:
     """One self-contained HTML page: summaries, sortable per-layer table, ESDs, correlation flow and context
     counts by depth; with several models, overlaid plots and the comparison table. Given an `irtools audit`
     folder: each summary metric against the series order (and the accuracies, with Kendall tau) and the
@@ -346,7 +357,8 @@ def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], 
 
     limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
     write_report(list(models), output, input_shapes=parse_input_shapes(input_shapes),
-                 accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, device=device, **limits)
+                 accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, device=device,
+                 small_n_xmin=small_n_xmin, **limits)
     click.echo(f"wrote {output}")
 
 

@@ -30,7 +30,7 @@ SPECTRAL_COLUMNS = ("layers", "fitted_layers", "alpha", "alpha_weighted", "log_n
                     "log_alpha_norm", "stable_rank")
 #: `Analysis.summary["warnings"]` counts, as columns.
 WARNING_COLUMNS = {"over-trained": "over_trained", "under-trained": "under_trained", "degenerate": "degenerate",
-                   "fit-failed": "fit_failed"}
+                   "fit-failed": "fit_failed", "non-finite": "non_finite"}
 #: Model-level reusability quantities (`Analysis.reuse` keys).
 REUSE_COLUMNS = ("performance_surprisal", "performance_spread", "total_surprisal", "entropy", "expected_spread",
                  "log2_total_contexts", "num_input_nodes", "num_output_nodes", "graph_size", "zero_count_scalars")
