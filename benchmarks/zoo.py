@@ -34,9 +34,9 @@ def _one(name: str, exporter: str) -> dict:
     row: dict = {"model": name}
     t0 = time.perf_counter()
     source = load_all()[name]()
-    if isinstance(source, tuple) or type(source).__module__.startswith("torch"):
-        from irtools.frontends.torch import from_torch
+    from irtools.frontends.torch import from_torch, is_torch_object
 
+    if is_torch_object(source):  # Keras models and Flax tuples go through irtools.analyze's own source table
         source = from_torch(source, exporter=exporter)
         row["exporter"] = next((p.value for p in source.metadata_props if p.key == "irtools.exporter"), "?")
     row["export_s"] = time.perf_counter() - t0

@@ -669,6 +669,12 @@ def load_keras_file(path: str, trust: bool = False):
         except Exception as exc:
             raise IrtoolsError(f"cannot load the SavedModel: {type(exc).__name__}: {_first_line(exc)}", path) from exc
         return _saved_model_as_keras(keras, layer, path)
+    from irtools.frontends.weights_file import check_hdf5_file, check_keras_archive  # noqa: PLC0415
+
+    if path.lower().endswith(".keras"):
+        check_keras_archive(path)  # entries past the memory budget, zip bombs, HDF5 external/virtual storage
+    elif path.lower().endswith((".h5", ".hdf5")):
+        check_hdf5_file(path)  # HDF5 external links, external storage, virtual datasets
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:

@@ -108,6 +108,14 @@ def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity: a Dask worker pinned to some cores sees those)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @register_pass
 class SpectralPass(Pass):
     """Heavy-tailed self-regularisation metrics (alpha, alpha-hat, norms, stable rank) per layer."""
@@ -199,7 +207,7 @@ class SpectralPass(Pass):
             state = layer_eigen(k, layer, mats, backend.spectra(mats), self.randomize)
             return metrics(state) if kernels_ready() or state.evals is None else state
 
-        workers = self.workers or os.cpu_count() or 1
+        workers = self.workers or _usable_cores()
         big, small = schedule(list(enumerate(todo)), workers)
         if todo and not kernels_ready():  # numba loads while LAPACK computes the first eigenvalues (no GIL held)
             threading.Thread(target=warm_up, name="irtools-warm-up", daemon=True).start()

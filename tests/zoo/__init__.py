@@ -29,9 +29,15 @@ def load_all() -> dict[str, Callable[[], object]]:
     """Import every zoo module whose framework is installed; returns the registry."""
     import importlib
 
-    for module in ("tests.zoo.transformers_zoo", "tests.zoo.keras_zoo", "tests.zoo.flax_zoo"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
+    try:
+        importlib.import_module("tests.zoo.transformers_zoo")  # registers its builders
+    except ImportError:
+        pass
+    try:
+        from tests.zoo_keras_flax import REGISTRY as keras_flax
+    except ImportError:
+        keras_flax = {}
+    for name, builder in keras_flax.items():
+        REGISTRY.setdefault(name, builder)
+        FAMILY.setdefault(name, "keras/flax")
     return REGISTRY
