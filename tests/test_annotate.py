@@ -155,10 +155,10 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, save):
     # a failure after the analysis started (reuse asked for, but the graph has an op with no
     # counting rule) leaves no file behind
     bad = model([h.make_node("Gemm", ["x", "w"], ["h"], name="fc", transB=1),
-                 h.make_node("TopK", ["h", "k"], ["v", "i"], name="topk")],
-                [vinfo("x", [2, 16])], [vinfo("v", [2, 3])],
-                [tensor("w", np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)),
-                 tensor("k", np.array([3], np.int64))])
+                 h.make_node("Frob", ["h"], ["v"], name="frob", domain="com.example")],
+                [vinfo("x", [2, 16])], [vinfo("v", [2, 16])],
+                [tensor("w", np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))])
+    bad.opset_import.append(h.make_opsetid("com.example", 1))
     res = run("annotate", save(bad, "bad.onnx"), "--metrics", "spectral,reuse", "-o", out)
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     assert not os.path.exists(out)

@@ -204,7 +204,10 @@ def _path_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
     from irtools.frontends import weights_file
 
     if weights_file.is_weights_file(path):
-        return state_dict_layers(weights_file.read_weights(path, trust=trust), start_id)
+        tensors = weights_file.read_weights(path, trust=trust)
+        if os.path.isdir(path) or path.lower().endswith(".safetensors"):
+            tensors = dict(sorted(tensors.items()))  # WeightWatcher walks safetensors keys sorted (safe_open.keys())
+        return state_dict_layers(tensors, start_id)
     if keras_frontend.is_keras_model_file(path):
         return keras_layers(keras_frontend.load_keras_file(path, trust=trust), start_id)
     from irtools.ir.loading import check_tensors, read_model
