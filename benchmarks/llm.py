@@ -93,11 +93,12 @@ def _write_shard(path: str, tensors, rng) -> None:
                 fh.write(block.astype(ml_dtypes.bfloat16).tobytes())
 
 
-def build(folder: str, size: str, shard_bytes: int, seed: int = 0, hf_sorted: bool = False) -> list[str]:
+def build(folder: str, size: str, shard_bytes: int, seed: int = 0, hf_sorted: bool = False,
+          layers: int | None = None) -> list[str]:
     """The checkpoint folder; returns the tensor names in module order. `hf_sorted`: as
     transformers' `save_pretrained` writes it (index keys sorted, each shard's tensors sorted by
     name, the safetensors library's order), so that the files carry no module order."""
-    shape = SIZES[size]
+    shape = _shape(size, layers)
     tensors = llama_tensors(**shape)
     shards = _shards(tensors, shard_bytes)
     if hf_sorted:
@@ -153,6 +154,11 @@ def run_measured(cmd: list[str]) -> tuple[float, int, str]:
     return float(wall), int(peak), proc.stdout
 
 
+def _shape(size: str, layers: int | None) -> dict:
+    """A size's shapes, with `layers` decoder blocks instead of its own number when given."""
+    return {**SIZES[size], **({"layers": layers} if layers else {})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -160,6 +166,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoint built in a temporary folder.")
     parser.add_argument("--shard-mb", type=int, default=1024, help="Largest shard (MiB).")
     parser.add_argument("--no-ww", action="store_true", help="Only irtools.")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="Decoder blocks (default: the size's own): the 8b shapes with 2 blocks check the memory "
+                             "bound on its largest matrices with 3 GB of disk instead of 16.")
     parser.add_argument("--hf-sorted", action="store_true",
                         help="Write the files as transformers does (tensor names sorted in the index and the shards).")
     args = parser.parse_args()
@@ -167,11 +176,11 @@ def main() -> None:
     folder = args.dir or tempfile.mkdtemp(prefix=f"irtools-llm-{args.size}-")
     try:
         if os.path.isfile(os.path.join(folder, "config.json")):
-            names = [n for n, _ in llama_tensors(**SIZES[args.size])]
+            names = [n for n, _ in llama_tensors(**_shape(args.size, args.layers))]
             print(f"reusing {folder}")
         else:
             start = time.perf_counter()
-            names = build(folder, args.size, args.shard_mb << 20, hf_sorted=args.hf_sorted)
+            names = build(folder, args.size, args.shard_mb << 20, hf_sorted=args.hf_sorted, layers=args.layers)
             print(f"built {folder} in {time.perf_counter() - start:.1f} s")
         size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
         print(f"size {args.size}: {size / 2**30:.2f} GiB on disk, {len(names)} tensors; threads: "
