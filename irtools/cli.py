@@ -70,6 +70,24 @@ def _device_option(f):
                              "device; the numbers are the same (float64 everywhere).")(f)
 
 
+def _layer_options(f):
+    """Which layers are analysed and how (analyze, audit)."""
+    options = [
+        click.option("--min-evals", default=8, show_default=True, help="Skip layers with fewer eigenvalues."),
+        click.option("--max-evals", default=15000, show_default=True, help="Skip layers with more eigenvalues."),
+        click.option("--max-n", default=50000, show_default=True, help="Skip layers whose larger side N exceeds this."),
+        click.option("--no-limits", is_flag=True,
+                     help="Analyse every layer whatever its size (lifts the three limits)."),
+        click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD."),
+        click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v."),
+        click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance)."),
+        click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _run_options(f):
     """--device, --small-n-xmin and --max-memory, for the commands that analyse."""
     f = _device_option(f)
@@ -163,14 +181,7 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="csv writes the per-layer table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
-@click.option("--min-evals", default=8, show_default=True, help="Skip layers with fewer eigenvalues.")
-@click.option("--max-evals", default=15000, show_default=True, help="Skip layers with more eigenvalues.")
-@click.option("--max-n", default=50000, show_default=True, help="Skip layers whose larger side N exceeds this.")
-@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size (lifts the three limits).")
-@click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
-@click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v.")
-@click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
-@click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
+@_layer_options
 @_source_options
 @_run_options
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
@@ -240,7 +251,8 @@ class _progress:
 @click.argument("source", type=str)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The ONNX file to write (written whole or not at all).")
-@click.option("--framework", type=click.Choice(["auto", "torch", "tf", "jax", "onnx"]), default="auto", show_default=True)
+@click.option("--framework", type=click.Choice(["auto", "torch", "tf", "jax", "onnx"]), default="auto",
+              show_default=True)
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
               help="Input shapes (repeatable); PyTorch sources without example inputs need them.")
 @click.option("--opset", default=17, show_default=True)
@@ -386,14 +398,7 @@ def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], 
 @click.option("--metrics", default=None, metavar="LIST", help="Comma-separated metric families: spectral, reuse.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
               help="Fix the dims of a dynamic input (repeatable).")
-@click.option("--min-evals", default=8, show_default=True, help="Skip layers with fewer eigenvalues.")
-@click.option("--max-evals", default=15000, show_default=True, help="Skip layers with more eigenvalues.")
-@click.option("--max-n", default=50000, show_default=True, help="Skip layers whose larger side N exceeds this.")
-@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size (lifts the three limits).")
-@click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
-@click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v.")
-@click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance).")
-@click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).")
+@_layer_options
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True)
 @_source_options
 @_device_option

@@ -174,12 +174,9 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """
     out = check_output_path(out)
     directory = os.path.dirname(os.path.abspath(out))
-    _catch_signals()
     fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=suffix or os.path.basename(out), dir=directory)
     os.close(fd)
-    with _lock:
-        _temporaries.add(tmp)
-    try:
+    with temporary(tmp):  # removed on an error or a signal
         yield tmp
         check_output_path(out)
         try:
@@ -188,13 +185,6 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             mode = 0o666 & ~_umask()  # mkstemp makes it 0600; give it the mode open() would
         os.chmod(tmp, mode)
         os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    finally:
-        with _lock:
-            _temporaries.discard(tmp)
 
 
 @contextlib.contextmanager
