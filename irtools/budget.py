@@ -19,6 +19,11 @@ DEFAULT_SHARE = 0.5
 
 _limit: int | None = None
 
+#: Operations one node's compiled kernel may be asked to do (context counts of a window op: output
+#: elements x kernel taps). Real models stay far below: a ResNet-152 at 224x224 needs under 2^27 per
+#: node; a file that declares a 1000x1000 kernel over a million outputs (10^12) would run for minutes.
+WORK_LIMIT = 1 << 36
+
 
 class MemoryBudgetError(IrtoolsError):
     """An allocation a model asks for is over the memory budget."""
@@ -81,3 +86,15 @@ def check(nbytes: float, what: str, path: str | None = None) -> None:
     if nbytes > limit():
         raise MemoryBudgetError(f"{what} would need {format_size(nbytes)}, over the memory budget of "
                                 f"{format_size(limit())} (--max-memory SIZE to change it)", path)
+
+
+def check_work(operations: float, what: str, path: str | None = None) -> None:
+    """Refuse (`WorkBudgetError`) a kernel call of more than `WORK_LIMIT`
+    operations: memory bounds what a file may make irtools hold, this bounds how long it may make it run."""
+    if operations > WORK_LIMIT:
+        raise WorkBudgetError(f"{what} would take {operations:.3g} operations, over the limit of {WORK_LIMIT:.3g} "
+                              "per node (a file declaring this much work is refused)", path)
+
+
+class WorkBudgetError(IrtoolsError):
+    """A compiled kernel call a model asks for is over the work limit."""

@@ -363,6 +363,13 @@ def _to3(seq, fill):
     return np.array([fill] * (3 - len(seq)) + seq, dtype=np.int64)
 
 
+def _check_window_work(n: _Node, y: np.ndarray, kernel) -> None:
+    """The window kernel visits every tap of every output element: refuse a declared size that would run for
+    minutes (`budget.check_work`) before calling it."""
+    budget.check_work(float(y.size) * math.prod(int(k) for k in kernel),
+                      f"context counts of {n.node.op_type} node '{n.name}'", n.model.path)
+
+
 def _conv(n: _Node) -> None:
     x_shape, w_shape = n.in_shape(0), n.in_shape(1)
     y = n.out()
@@ -374,6 +381,7 @@ def _conv(n: _Node) -> None:
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel)
     y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
     in3 = _to3(x_shape[2:], 1)
+    _check_window_work(n, y, kernel)
     xg, wk = _kernels.window_adjoint(
         np.ascontiguousarray(y5), groups, in3, _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1), _to3(begin, 0),
         False, False,
@@ -395,6 +403,7 @@ def _conv_transpose(n: _Node) -> None:
     kernel = list(w_shape[2:])
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel, transpose=True)
     y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
+    _check_window_work(n, y, kernel)
     xg, wk = _kernels.window_adjoint(
         np.ascontiguousarray(y5), groups, _to3(x_shape[2:], 1), _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1),
         _to3(begin, 0), False, True,
@@ -419,6 +428,7 @@ def _pool(n: _Node) -> None:
     strides, dil, begin = _window_geometry(n, x_shape[2:], y.shape[2:], kernel)
     channels = x_shape[1]
     y5 = y.reshape(y.shape[:2] + (1,) * (5 - y.ndim) + y.shape[2:])
+    _check_window_work(n, y, kernel)
     xg, _ = _kernels.window_adjoint(
         np.ascontiguousarray(y5), channels, _to3(x_shape[2:], 1), _to3(kernel, 1), _to3(strides, 1), _to3(dil, 1),
         _to3(begin, 0), True, False,

@@ -401,3 +401,25 @@ def test_shape_annotations_that_contradict_the_ops_are_not_trusted(monkeypatch):
     monkeypatch.setitem(cc_module.DOMAIN_RULES, ("com.example", "Opaque"), cc_module._passthrough)
     with pytest.raises(irtools.ShapeError, match="MaxPool node 'pool'.*inconsistent"):
         irtools.get_pass("context-counts")(irtools.load(custom))
+
+
+def test_a_window_op_declaring_minutes_of_work_is_refused_in_one_line(tmp_path):
+    """A small file can declare a kernel as large as its input (here 1000 x 1000 taps over a million outputs,
+    10^12 kernel steps, from a ConstantOfShape): refused before the kernel runs, with the node named; the same
+    graph at a sane size is counted."""
+    def conv_model(size, k):
+        nodes = [h.make_node("ConstantOfShape", ["wshape"], ["w"], value=onnx.numpy_helper.from_array(
+                     np.array([0.5], np.float32))),
+                 h.make_node("Conv", ["x", "w"], ["y"], name="huge")]
+        out = size - k + 1
+        return b.model(nodes, [b.vinfo("x", [1, 1, size, size])], [b.vinfo("y", [1, 1, out, out])],
+                       [b.tensor("wshape", np.array([1, 1, k, k], np.int64))])
+
+    path = tmp_path / "bomb.onnx"
+    onnx.save(conv_model(2000, 1000), str(path))
+    assert os.path.getsize(path) < 1000
+    res = CliRunner().invoke(main, ["analyze", str(path), "--metrics", "reuse"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "Conv node 'huge'" in res.output and "operations" in res.output
+    cc = irtools.get_pass("context-counts")(irtools.load(conv_model(12, 3)))
+    assert (exact(cc.counts["w"]) == 100).all()  # each of the 3x3 taps serves the 10x10 outputs
