@@ -33,7 +33,7 @@ def _one(name: str, exporter: str) -> dict:
 
     row: dict = {"model": name}
     t0 = time.perf_counter()
-    source = load_all()[name]()
+    source = load_all(keras_flax=True)[name]()
     from irtools.frontends.torch import from_torch, is_torch_object
 
     if is_torch_object(source):  # Keras models and Flax tuples go through irtools.analyze's own source table
@@ -67,7 +67,7 @@ def main() -> None:
         return
     from tests.zoo import load_all
 
-    names = args.names or list(load_all())
+    names = args.names or list(load_all(keras_flax=True))
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; exporter={args.exporter}")
     header = f"{'model':18} {'exporter':11} {'spectral':9} {'reuse':9} {'export s':>8} {'spectral s':>10} " \

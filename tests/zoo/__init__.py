@@ -25,19 +25,21 @@ def register(name: str, family: str):
     return wrap
 
 
-def load_all() -> dict[str, Callable[[], object]]:
-    """Import every zoo module whose framework is installed; returns the registry."""
+def load_all(keras_flax: bool = False) -> dict[str, Callable[[], object]]:
+    """Import the transformers zoo (when transformers is installed) and return the registry; with
+    `keras_flax`, the Keras and Flax half (`tests/zoo_keras_flax.py`) too, when its frameworks are."""
     import importlib
 
     try:
         importlib.import_module("tests.zoo.transformers_zoo")  # registers its builders
     except ImportError:
         pass
+    if not keras_flax:
+        return dict(REGISTRY)
     try:
-        from tests.zoo_keras_flax import REGISTRY as keras_flax
+        from tests.zoo_keras_flax import REGISTRY as keras_flax_zoo
     except ImportError:
-        keras_flax = {}
-    for name, builder in keras_flax.items():
-        REGISTRY.setdefault(name, builder)
+        keras_flax_zoo = {}
+    for name in keras_flax_zoo:
         FAMILY.setdefault(name, "keras/flax")
-    return REGISTRY
+    return {**REGISTRY, **keras_flax_zoo}
