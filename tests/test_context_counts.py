@@ -364,8 +364,6 @@ def test_shape_annotations_that_contradict_the_ops_are_not_trusted(monkeypatch):
     of bounds in the numba kernel. Where inference knows a shape it overrides the annotation;
     where it cannot (an op it has no schema for), a window op refuses inconsistent shapes in one
     line instead of indexing with them."""
-    import subprocess
-    import sys
 
     from onnx import helper as oh
 
