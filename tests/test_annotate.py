@@ -163,3 +163,24 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, save):
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     assert not os.path.exists(out)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".irtools-")]
+
+
+def test_any_source_with_a_graph_is_annotated_after_conversion(tmp_path):
+    """annotate goes through the source table: a PyTorch factory is converted and written as annotated ONNX
+    whose outputs are the module's own."""
+    torch = pytest.importorskip("torch")
+    factory = os.path.join(os.path.dirname(__file__), "data", "torch_models.py")
+    out = str(tmp_path / "annotated.onnx")
+    res = run("annotate", f"{factory}:small_cnn", "--input-shape", "x=1,3,16,16", "--no-limits", "-o", out)
+    assert res.exit_code == 0, res.output
+    m = onnx.load(out)
+    assert {p.key for p in m.metadata_props} >= {"irtools.summary", "irtools.reuse"}
+    keys = {p.key for n in m.graph.node for p in n.metadata_props}
+    assert "irtools.alpha" in keys and any(k.startswith("irtools.contexts.") for k in keys)
+    from tests.data.torch_models import small_cnn
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = small_cnn().eval()(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {m.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
