@@ -9,6 +9,7 @@ analysis, conversion, CLI, reports, audit and compat layers. Each module's `irto
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -111,8 +112,12 @@ def test_entry_points_know_no_frontend_but_the_source_table(module):
 def test_the_wheel_holds_one_top_level_package_and_every_subpackage(tmp_path):
     """A wheel built from the tree (not an editable install) has `irtools` alone at the top, with
     every package of the three source folders under it (the bug: sub-packages left out)."""
+    source = tmp_path / "src"  # a copy: an in-tree build/ folder could carry modules removed since
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info",
+                                                                 "__pycache__", ".pytest_cache", ".hypothesis",
+                                                                 "artifacts", "examples"))
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+                          "-w", str(tmp_path), str(source)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     wheel = next(tmp_path.glob("irtools-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
