@@ -148,14 +148,20 @@ def h5_external_storage_passwd(lay):
                                                        external=[("/etc/passwd", 0, 32)]))
 
 
-@case("outside")
-def h5_virtual_dataset(lay):
-    h5py = pytest.importorskip("h5py")
-
+def _outside_h5(lay, h5py) -> str:
+    """An HDF5 file outside the model's folder, for a hostile file to point at."""
     other = os.path.join(lay.outside, "other.h5")
     os.makedirs(lay.outside, exist_ok=True)
     with h5py.File(other, "w") as fh:
         fh.create_dataset("d", data=np.ones((8, 8), np.float32))
+    return other
+
+
+@case("outside")
+def h5_virtual_dataset(lay):
+    h5py = pytest.importorskip("h5py")
+
+    other = _outside_h5(lay, h5py)
 
     def make(h5py, fh):
         vl = h5py.VirtualLayout(shape=(8, 8), dtype="f4")
@@ -169,10 +175,7 @@ def h5_virtual_dataset(lay):
 def h5_external_link(lay):
     h5py = pytest.importorskip("h5py")
 
-    other = os.path.join(lay.outside, "other.h5")
-    os.makedirs(lay.outside, exist_ok=True)
-    with h5py.File(other, "w") as fh:
-        fh.create_dataset("d", data=np.ones((8, 8), np.float32))
+    other = _outside_h5(lay, h5py)
     return _h5(lay, lambda h5py, fh: fh.__setitem__("layers/l", h5py.ExternalLink(other, "/")))
 
 
