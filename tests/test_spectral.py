@@ -468,3 +468,24 @@ def test_mp_fit_of_a_zero_layer_is_nan_and_the_rest_is_fitted(tmp_path):
     details = irtools.analyze(str(path), metrics="spectral", mp_fit=True).details.set_index("parameter")
     assert np.isnan(details.loc["a.weight", ["num_spikes", "sigma_mp", "mp_softrank"]].astype(float)).all()
     assert 0 < details.loc["b.weight", "mp_softrank"] <= 1.5 and details.loc["b.weight", "sigma_mp"] > 0
+
+
+@pytest.mark.parametrize(("cap", "expected"), [("1", 1), ("", None), ("0", None), ("many", None)])
+def test_irtools_threads_caps_the_layers_analysed_at_once(monkeypatch, cap, expected):
+    """`irtools audit` sets IRTOOLS_THREADS to each model's share of the cores: the pass then runs
+    that many layer threads, and ignores a value that is not a positive integer."""
+    import irtools.passes.spectral as ps
+    from irtools.audit.task import THREAD_VARIABLES
+
+    assert ps.THREADS_VARIABLE in THREAD_VARIABLES  # the audit sets it with the BLAS variables
+    monkeypatch.setattr(ps.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setenv(ps.THREADS_VARIABLE, cap)
+    pools = []
+    real = ps.ThreadPoolExecutor
+    monkeypatch.setattr(ps, "ThreadPoolExecutor", lambda n: pools.append(n) or real(n))
+    model = b.model([h.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(4)],
+                    [b.vinfo("x", [1, 16])], [b.vinfo(f"y{i}", [1, 12]) for i in range(4)],
+                    [b.tensor(f"w{i}", rand(16, 12)) for i in range(4)])
+    result = irtools.analyze(model, metrics="spectral")
+    assert len(result.layers) == 4
+    assert pools == [expected or 4]

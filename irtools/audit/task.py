@@ -33,8 +33,9 @@ START_TIMEOUT_S = 300.0
 #: A child resident over this after a model is replaced (memory a large model left fragmented).
 RECYCLE_RSS = 1 << 30
 #: Thread-count variables of the numeric libraries, set in the child to the BLAS threads per model.
+#: IRTOOLS_THREADS caps the spectral pass's layer threads the same way (it imports no pass here).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "IRTOOLS_THREADS")
 
 _local = threading.local()
 

@@ -108,12 +108,20 @@ def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
 
 
+#: Caps the layers analysed at once; `irtools audit` sets it in each model's process to that
+#: model's share of the cores, so that workers x layer threads never oversubscribe the machine.
+THREADS_VARIABLE = "IRTOOLS_THREADS"
+
+
 def _usable_cores() -> int:
-    """The cores this process may run on (its affinity: a Dask worker pinned to some cores sees those)."""
+    """The cores this process may run on (its affinity: a Dask worker pinned to some cores sees
+    those), capped by `IRTOOLS_THREADS` when that is a positive integer."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    cap = os.environ.get(THREADS_VARIABLE, "").strip()
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) > 0 else cores
 
 
 @register_pass
