@@ -276,3 +276,68 @@ def test_recurrent_rule_counts_the_cell_written_out(case):
     for name, want in truth.items():
         np.testing.assert_array_equal(engine[name], want.astype(float), err_msg=f"engine, {name}")
         np.testing.assert_array_equal(ours[name], want.astype(float), err_msg=name)
+
+
+@pytest.mark.slow  # a torch export (~14 s); the written-out cases above run in CI
+def test_torch_rnn_unrolled_by_the_exporter_counts_like_the_rnn_op():
+    """torch.onnx (dynamo) writes nn.RNN out as MatMul/Add/Tanh per step: an independent unrolling.
+    The same weights in one ONNX RNN op must get the same counts."""
+    torch = pytest.importorskip("torch")
+    from irtools.frontends.torch import from_torch
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(3, 2, batch_first=False).eval()
+    proto = from_torch(rnn, (torch.randn(4, 1, 3),))
+    unrolled = irtools.run_passes(irtools.load(proto), ["context-counts"])["context-counts"].counts
+    w_ih, w_hh = (getattr(rnn, k).detach().numpy() for k in ("weight_ih_l0", "weight_hh_l0"))
+    bias = np.concatenate([rnn.bias_ih_l0.detach().numpy(), rnn.bias_hh_l0.detach().numpy()])
+    node = h.make_node("RNN", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=2)
+    op = b.model([node], [b.vinfo("X", [4, 1, 3])], [b.vinfo("Y", [4, 1, 1, 2]), b.vinfo("Y_h", [1, 1, 2])],
+                 [b.tensor("W", w_ih[None]), b.tensor("R", w_hh[None]), b.tensor("B", bias[None])])
+    ours = irtools.run_passes(irtools.load(op), ["context-counts"])["context-counts"].counts
+    pairs = {"W": "weight_ih_l0", "R": "weight_hh_l0"}
+    for mine, theirs in pairs.items():
+        key = next(k for k in unrolled if k.endswith(theirs))
+        np.testing.assert_array_equal(np.ldexp(ours[mine].mantissa, ours[mine].exponent)[0],
+                                      np.ldexp(unrolled[key].mantissa, unrolled[key].exponent), err_msg=mine)
+    b_ih = next(k for k in unrolled if k.endswith("bias_ih_l0"))
+    np.testing.assert_array_equal(np.ldexp(ours["B"].mantissa, ours["B"].exponent)[0, :2],
+                                  np.ldexp(unrolled[b_ih].mantissa, unrolled[b_ih].exponent))
+
+
+def test_long_sequences_do_not_overflow():
+    """Counts grow geometrically with time (about x 4H per step): 3000 steps of a hidden-16 LSTM
+    reach ~2^19000, beyond float64; the per-step renormalisation keeps them exact in log2."""
+    seq, hidden = 3000, 16
+    rng = np.random.default_rng(0)
+    node = h.make_node("LSTM", ["X", "W", "R"], ["", "Y_h"], hidden_size=hidden)
+    proto = b.model([node], [b.vinfo("X", [seq, 1, 2])], [b.vinfo("Y_h", [1, 1, hidden])],
+                    [b.tensor("W", rng.standard_normal((1, 4 * hidden, 2)).astype(F)),
+                     b.tensor("R", rng.standard_normal((1, 4 * hidden, hidden)).astype(F))])
+    c = irtools.run_passes(irtools.load(proto), ["context-counts"])["context-counts"].counts["R"]
+    log2 = c.log2()
+    assert np.isfinite(log2).all() and log2.max() > 10000
+    short = b.model([node], [b.vinfo("X", [seq - 1, 1, 2])], [b.vinfo("Y_h", [1, 1, hidden])],
+                    list(proto.graph.initializer))
+    c2 = irtools.run_passes(irtools.load(short), ["context-counts"])["context-counts"].counts["R"]
+    # one more step multiplies the earliest contexts by the same factor: the totals grow by that factor
+    # within the float tolerance of a geometric series
+    step = log2.max() - c2.log2().max()
+    assert 0 < step < np.log2(2 * 4 * hidden + 4)
+
+
+def test_sequence_lengths_from_the_input_count_full_length_with_a_note():
+    from onnx import TensorProto as T
+
+    rng = np.random.default_rng(1)
+    node = h.make_node("GRU", ["X", "W", "R", "", "sl"], ["Y"], hidden_size=2, name="gru")
+    proto = b.model([node], [b.vinfo("X", [3, 2, 2]), b.vinfo("sl", [2], T.INT32)], [b.vinfo("Y", [3, 1, 2, 2])],
+                    [b.tensor("W", rng.standard_normal((1, 6, 2)).astype(F)),
+                     b.tensor("R", rng.standard_normal((1, 6, 2)).astype(F))])
+    cc = irtools.run_passes(irtools.load(proto), ["context-counts"])["context-counts"]
+    full = b.model([h.make_node("GRU", ["X", "W", "R"], ["Y"], hidden_size=2)], [b.vinfo("X", [3, 2, 2])],
+                   [b.vinfo("Y", [3, 1, 2, 2])], list(proto.graph.initializer))
+    want = irtools.run_passes(irtools.load(full), ["context-counts"])["context-counts"].counts
+    for k in ("W", "R"):
+        np.testing.assert_array_equal(cc.counts[k].log2(), want[k].log2())
+    assert len(cc.notes) == 1 and "GRU node 'gru'" in cc.notes[0] and "full length" in cc.notes[0]
