@@ -108,7 +108,8 @@ class _Node:
 
     @property
     def name(self) -> str:
-        return self.model.node_names.get(self.node, self.node.op_type)
+        node = getattr(self.node, "original", self.node)  # a _SlotView shows its node's name
+        return self.model.node_names.get(node, node.op_type)
 
     def out(self, i: int = 0) -> np.ndarray:
         """Output i's counts as mantissas at the common exponent (zeros if it has none)."""
@@ -1158,6 +1159,101 @@ def _run_direction(n: _Node, d: int, reverse: bool, seq: int, batch: int, hidden
     return r
 
 
+# -- quantized operators: the float op's rule on the data slots ----------------------------------
+class _SlotView:
+    """A node seen through a slot map: QLinearConv(x, xs, xz, w, ws, wz, ys, yz, B) as Conv(x, w, B)."""
+
+    def __init__(self, node: ir.Node, slots):
+        self.original = node
+        self.op_type, self.domain, self.attributes, self.outputs = node.op_type, node.domain, node.attributes, node.outputs
+        self.inputs = [node.inputs[s] if s is not None and s < len(node.inputs) else None for s in slots]
+
+
+def _as(rule: Callable[[_Node], None], *slots: int | None, data_slots=None) -> Callable[[_Node], None]:
+    """Count a quantized op as its float op: `slots` lists, per input of the float op, the
+    quantized op's slot (None: absent). Scales and zero points carry no contexts."""
+
+    def wrapped(n: _Node) -> None:
+        picked = data_slots(n.node) if data_slots is not None else slots
+        view = _Node(n.sweep, _SlotView(n.node, picked), n.outs, n.exponent)
+        view._structural = frozenset()
+        rule(view)
+
+    return wrapped
+
+
+def _qlinear_concat_slots(node: ir.Node) -> list[int]:  # (Y_scale, Y_zp, then (X, scale, zp) per input)
+    return list(range(2, len(node.inputs), 3))
+
+
+def _channels_last_free(rule: Callable[[_Node], None]) -> Callable[[_Node], None]:
+    def wrapped(n: _Node) -> None:
+        if n.attr("channels_last", 0):
+            raise UnsupportedError(f"{n.node.op_type} node '{n.name}': channels_last pooling is not supported",
+                                   n.model.path)
+        rule(n)
+
+    return wrapped
+
+
+def _dynamic_quantize(n: _Node) -> None:
+    """DynamicQuantizeLinear: y element to element; the scale and zero point are statistics of
+    x (its range), which make no paths, as a normalisation's statistics do not."""
+    n.give(0, n.out(0))
+
+
+def _matmul_nbits(n: _Node) -> None:
+    """com.microsoft MatMulNBits: A (..., K) @ dequantize(B)^T with B packed as (N, blocks, blob):
+    the weight's N x K scalars get MatMul's counts; bias (N) per output feature."""
+    k, n_out = int(n.attr("K")), int(n.attr("N"))
+    y = n.out()
+    n.give(0, np.broadcast_to(y.sum(axis=-1, keepdims=True), n.in_shape(0)))
+    if n.wants(1):  # counts per unpacked scalar, (N, K): the packed bytes hold several each
+        per_out = y.reshape(-1, n_out).sum(axis=0)
+        n._acc.add(n.node.inputs[1], np.repeat(per_out[:, None], k, axis=1), n.exponent)
+    if n.has_input(5):
+        n.give(5, y.reshape(-1, n_out).sum(axis=0))
+
+
+def _bias_after(rule: Callable[[_Node], None], bias_slot: int) -> Callable[[_Node], None]:
+    """A fused op = rule on its data slots, then + bias (per last-axis feature)."""
+
+    def wrapped(n: _Node) -> None:
+        rule(n)
+        if n.has_input(bias_slot):
+            n.give(bias_slot, unbroadcast(n.out(), n.in_shape(bias_slot)))
+
+    return wrapped
+
+
+#: Quantized ops of the default domain, as their float ops.
+QUANTIZED_RULES: dict[str, Callable[[_Node], None]] = {
+    "QLinearConv": _as(_conv, 0, 3, 8),
+    "QLinearMatMul": _as(_matmul, 0, 3),
+    "MatMulInteger": _as(_matmul, 0, 1),
+    "ConvInteger": _as(_conv, 0, 1),
+    "DynamicQuantizeLinear": _dynamic_quantize,
+}
+#: com.microsoft quantized ops (onnxruntime's QOperator format, int4 weights), as their float ops.
+MICROSOFT_QUANTIZED_RULES: dict[str, Callable[[_Node], None]] = {
+    "QGemm": _as(_gemm, 0, 3, 6),
+    "QLinearAdd": _as(_broadcast_all, 0, 3),
+    "QLinearMul": _as(_broadcast_all, 0, 3),
+    "QLinearSigmoid": _passthrough,
+    "QLinearLeakyRelu": _passthrough,
+    "QLinearSoftmax": _passthrough,
+    "QLinearConcat": _as(_concat, data_slots=_qlinear_concat_slots),
+    "QLinearGlobalAveragePool": _global_pool,
+    "QLinearAveragePool": _channels_last_free(_pool),
+    "QLinearConvTranspose": _as(_conv_transpose, 0, 3, 8),
+    "QLinearReduceMean": _reduce,
+    "QLinearWhere": _as(_where, 0, 1, 4),
+    "DynamicQuantizeMatMul": _bias_after(_as(_matmul, 0, 1), 4),
+    "MatMulIntegerToFloat": _bias_after(_as(_matmul, 0, 1), 6),
+    "MatMulNBits": _matmul_nbits,
+}
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -1235,9 +1331,8 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "SequenceConstruct": _sequence_construct,
     "ConcatFromSequence": _concat_from_sequence,
     **{op: _recurrent for op in RECURRENT_GATES},
+    **QUANTIZED_RULES,
 }
-#: Input slots of other domains' ops that carry no contexts.
-DOMAIN_STRUCTURAL_SLOTS: dict[tuple[str, str], frozenset[int]] = {}
 #: Rules of ops in other domains, by (domain, op type); the default domain's ops are in RULES.
 DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
     **{("com.microsoft", op): _broadcast_all for op in ("FastGelu", "BiasGelu", "QuickGelu", "Gelu")},
@@ -1247,6 +1342,7 @@ DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
     ("com.microsoft", "BiasAdd"): _broadcast_all,
     ("com.microsoft", "Attention"): _packed_attention,
     ("com.microsoft", "RotaryEmbedding"): _rotary(0, (2, 3)),
+    **{("com.microsoft", op): rule for op, rule in MICROSOFT_QUANTIZED_RULES.items()},
 }
 
 
@@ -1257,8 +1353,6 @@ COUNTED_SLOTS = {"LSTM": frozenset({5, 6}), "GRU": frozenset({5}), "RNN": frozen
 
 def structural_slots(node: ir.Node) -> frozenset[int]:
     """Input slots of `node` that carry no contexts (shapes, axes, indices, quantisation parameters)."""
-    if node.domain not in ("", "ai.onnx"):
-        return DOMAIN_STRUCTURAL_SLOTS.get((node.domain, node.op_type), frozenset())
     return STRUCTURAL_SLOTS.get(node.op_type, frozenset()) - COUNTED_SLOTS.get(node.op_type, frozenset())
 
 
@@ -1272,6 +1366,17 @@ _ACTIVATION_PARTS = frozenset(
     "Mul Add Sub Div Pow Sigmoid Tanh Erf Relu Exp Log Softplus HardSigmoid Clip Min Max Neg Abs Sqrt "
     "Reciprocal Softsign".split()
 )
+
+
+def _activation_part(node: ir.Node) -> str | None:
+    """The elementwise op a node is as part of an activation subgraph: itself, or the float op of
+    a quantized twin (QLinearSigmoid, QLinearMul); Quantize/DequantizeLinear pass values on."""
+    op = node.op_type
+    if node.domain == "com.microsoft" and op.startswith("QLinear"):
+        op = op[len("QLinear"):]
+    elif node.domain not in ("", "ai.onnx"):
+        return None
+    return op if op in _ACTIVATION_PARTS or op in ("QuantizeLinear", "DequantizeLinear") else None
 
 
 def activation_regions(model: IRModel, live: set[ir.Value] | None = None) -> dict[ir.Value, ir.Value]:
@@ -1288,7 +1393,8 @@ def activation_regions(model: IRModel, live: set[ir.Value] | None = None) -> dic
     src: dict[ir.Value, ir.Value] = {}
     gated: dict[ir.Value, bool] = {}
     for node in model.nodes:
-        if node.op_type not in _ACTIVATION_PARTS or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        op = _activation_part(node)
+        if op is None or len(node.outputs) != 1:
             continue
         inputs = [v for v in node.inputs if v is not None]
         if any(v in params and (consts.is_constant(v) or v.const_value is not None) for v in inputs):
@@ -1302,7 +1408,7 @@ def activation_regions(model: IRModel, live: set[ir.Value] | None = None) -> dic
         if out.shape is None or x.shape is None or list(out.shape) != list(x.shape):
             continue
         src[out] = x
-        gated[out] = any(gated.get(v, False) for v in live) or (node.op_type in ("Mul", "Div") and len(live) == 2)
+        gated[out] = any(gated.get(v, False) for v in live) or (op in ("Mul", "Div") and len(live) == 2)
     members: dict[ir.Value, list[ir.Value]] = {}
     for v, x in src.items():
         members.setdefault(x, []).append(v)

@@ -156,33 +156,39 @@ def _dense(ctx: _Ctx, node: ir.Node) -> None:
         v = ctx.const_input(node, slot)
         if v is None or not (v.dtype is not None and v.dtype.is_floating_point()):
             continue
-        shape = ctx.model.static_shape(v)
-        if len(shape) != 2:
-            ctx.skip(node, slot, f"constant operand of rank {len(shape)}, expected a 2-D weight")
-            return
-        n, m = max(shape), min(shape)
-        split = ctx.opts.split_qkv and _is_fused_qkv(node, slot, shape)
-        if split:
-            axis = _output_axis(node, slot)
-            third = shape[axis] // 3
-            for k, part in enumerate("qkv"):
-                sub = list(shape)
-                sub[axis] = third
-                ctx.add(node, slot, "dense", sub, max(sub), min(sub), 1, 1.0,
-                        (lambda v=v, k=k, axis=axis, t=third: [np.take(ctx.value(v), range(k * t, (k + 1) * t), axis)]),
-                        suffix=f":{part}")
-            return
-        ctx.add(node, slot, "dense", shape, n, m, 1, 1.0, lambda v=v: [ctx.value(v)])
+        _dense_weight(ctx, node, slot, v, lambda v=v: ctx.value(v))
         return
 
 
+def _dense_weight(ctx: _Ctx, node: ir.Node, slot: int, v: ir.Value, load: Callable[[], np.ndarray]) -> None:
+    """One dense weight matrix (or its q, k, v thirds with --split-qkv); `load` gives its float values."""
+    shape = ctx.model.static_shape(v)
+    if len(shape) != 2:
+        ctx.skip(node, slot, f"constant operand of rank {len(shape)}, expected a 2-D weight")
+        return
+    n, m = max(shape), min(shape)
+    split = ctx.opts.split_qkv and _is_fused_qkv(node, slot, shape)
+    if split:
+        axis = _output_axis(node, slot)
+        third = shape[axis] // 3
+        for k, part in enumerate("qkv"):
+            sub = list(shape)
+            sub[axis] = third
+            ctx.add(node, slot, "dense", sub, max(sub), min(sub), 1, 1.0,
+                    (lambda k=k, axis=axis, t=third: [np.take(load(), range(k * t, (k + 1) * t), axis)]),
+                    suffix=f":{part}")
+        return
+    ctx.add(node, slot, "dense", shape, n, m, 1, 1.0, lambda: [load()])
+
+
 def _output_axis(node: ir.Node, slot: int) -> int:
-    """Axis of a Gemm/MatMul weight that indexes output features."""
-    if node.op_type == "Gemm":
-        trans = node.attributes.get("transB" if slot == 1 else "transA")
+    """Axis of a Gemm/MatMul weight that indexes output features (QGemm's B is slot 3, A slot 0)."""
+    if node.op_type in ("Gemm", "QGemm"):
+        is_b = slot in (1, 3) if node.op_type == "QGemm" else slot == 1
+        trans = node.attributes.get("transB" if is_b else "transA")
         t = bool(trans.value) if trans is not None else False
-        return (0 if t else 1) if slot == 1 else (1 if t else 0)
-    return 1 if slot == 1 else 0
+        return (0 if t else 1) if is_b else (1 if t else 0)
+    return 0 if slot == 0 else 1
 
 
 def _is_fused_qkv(node: ir.Node, slot: int, shape) -> bool:
@@ -190,16 +196,17 @@ def _is_fused_qkv(node: ir.Node, slot: int, shape) -> bool:
     return shape[out_axis] == 3 * shape[1 - out_axis]
 
 
-def _conv(ctx: _Ctx, node: ir.Node) -> None:
-    v = ctx.const_input(node, 1)
+def _conv(ctx: _Ctx, node: ir.Node, slot: int = 1, load: Callable[[], np.ndarray] | None = None) -> None:
+    v = ctx.const_input(node, slot)
     if v is None:
         return
+    load = load or (lambda: ctx.value(v))
     shape = ctx.model.static_shape(v)
     spatial = shape[2:]
     if not 1 <= len(spatial) <= 3:
         ctx.skip(node, 1, f"{len(spatial)}-D kernel")
         return
-    transpose = node.op_type == "ConvTranspose"
+    transpose = node.op_type in ("ConvTranspose", "QLinearConvTranspose")
     layer_type = "conv_transpose" if transpose else f"conv{len(spatial)}d"
     groups_attr = node.attributes.get("group")
     groups = int(groups_attr.value) if groups_attr is not None else 1
@@ -207,16 +214,16 @@ def _conv(ctx: _Ctx, node: ir.Node) -> None:
     n, m = max(shape[0], shape[1]), min(shape[0], shape[1])
     positions = list(np.ndindex(*spatial))
 
-    def slices(v=v):
-        w = ctx.value(v)
+    def slices():
+        w = load()
         return [w[(slice(None), slice(None), *pos)] for pos in positions]
 
     if ctx.opts.conv_slices:
         for k, pos in enumerate(positions):
-            ctx.add(node, 1, layer_type, shape, n, m, 1, rf / 2.0,
-                    (lambda v=v, k=k: [slices(v)[k]]), suffix=f"[{','.join(map(str, pos))}]", groups=groups)
+            ctx.add(node, slot, layer_type, shape, n, m, 1, rf / 2.0,
+                    (lambda k=k: [slices()[k]]), suffix=f"[{','.join(map(str, pos))}]", groups=groups)
     else:
-        ctx.add(node, 1, layer_type, shape, n, m, rf, 0.5, slices, groups=groups)
+        ctx.add(node, slot, layer_type, shape, n, m, rf, 0.5, slices, groups=groups)
 
 
 def _embedding(ctx: _Ctx, node: ir.Node) -> None:
@@ -265,7 +272,93 @@ def _matmul_nbits(ctx: _Ctx, node: ir.Node) -> None:
     ctx.add(node, 1, "dense", (n, k), max(n, k), min(n, k), 1, 1.0, load)
 
 
+# -- quantized operators: their weights dequantized (scale * (q - zero point)) ------------------
+@dataclass(frozen=True, slots=True)
+class _QuantWeight:
+    """Where a quantized op keeps its weight: slot, scale slot, zero-point slot (None: none, or for
+    MatMulInteger / ConvInteger the scale applied to the output by a following Mul)."""
+
+    kind: str  # dense | conv
+    slot: int
+    scale: int | None
+    zero: int | None
+
+
+QUANTIZED_WEIGHTS: dict[str, _QuantWeight] = {
+    "QLinearConv": _QuantWeight("conv", 3, 4, 5),
+    "com.microsoft::QLinearConvTranspose": _QuantWeight("conv", 3, 4, 5),
+    "ConvInteger": _QuantWeight("conv", 1, None, 3),
+    "QLinearMatMul": _QuantWeight("dense", 3, 4, 5),
+    "com.microsoft::QGemm": _QuantWeight("dense", 3, 4, 5),
+    "MatMulInteger": _QuantWeight("dense", 1, None, 3),
+    "com.microsoft::DynamicQuantizeMatMul": _QuantWeight("dense", 1, 2, 3),
+    "com.microsoft::MatMulIntegerToFloat": _QuantWeight("dense", 1, 3, 5),
+}
+
+
+def _output_scale(ctx: _Ctx, node: ir.Node) -> np.ndarray | None:
+    """MatMulInteger / ConvInteger as onnxruntime's dynamic quantizer writes them: the integer
+    output is Cast, then multiplied by Mul(input scale, weight scale); the weight scale is that
+    Mul's constant operand (or the constant multiplier itself)."""
+    consts = ctx.model.constants_analysis
+    frontier = [node.outputs[0]]
+    for _ in range(3):
+        nxt = []
+        for v in frontier:
+            for use in v.uses():
+                user = use.node
+                if user.op_type == "Cast":
+                    nxt.extend(user.outputs)
+                elif user.op_type == "Mul":
+                    other = user.inputs[1 - use.idx]
+                    if other is None:
+                        continue
+                    if consts.is_constant(other):
+                        return np.asarray(ctx.model.constant_value(other), dtype=np.float64)
+                    maker = other.producer()
+                    if maker is not None and maker.op_type == "Mul":
+                        for x in maker.inputs:
+                            if x is not None and consts.is_constant(x):
+                                return np.asarray(ctx.model.constant_value(x), dtype=np.float64)
+        frontier = nxt
+    return None
+
+
+def _quantized(ctx: _Ctx, node: ir.Node) -> None:
+    from irtools.ir.quant import dequantize_linear
+
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    spec = QUANTIZED_WEIGHTS[key]
+    v = ctx.const_input(node, spec.slot)
+    if v is None:
+        return
+    if spec.scale is not None:
+        s = ctx.const_input(node, spec.scale)
+        scale = None if s is None else np.asarray(ctx.model.constant_value(s), dtype=np.float64)
+    else:
+        scale = _output_scale(ctx, node)
+    if scale is None:
+        ctx.skip(node, spec.slot, "quantized weight whose scale is not a constant the graph shows")
+        return
+    z = ctx.const_input(node, spec.zero) if spec.zero is not None else None
+    # per-channel scales run along the output features: a kernel's axis 0 (1 transposed), B's output axis
+    if spec.kind == "conv":
+        axis = 1 if node.op_type == "QLinearConvTranspose" else 0
+    else:
+        axis = _output_axis(node, spec.slot)
+
+    def load(v=v, z=z, scale=scale, axis=axis):
+        zero = None if z is None else np.asarray(ctx.model.constant_value(z))
+        return dequantize_linear(ctx.model.constant_value(v), scale.ravel(), zero, axis=axis)
+
+    if spec.kind == "conv":
+        _conv(ctx, node, spec.slot, load)
+    else:
+        _dense_weight(ctx, node, spec.slot, v, load)
+
+
 EXTRACTORS: dict[str, Callable[[_Ctx, ir.Node], None]] = {
+    **{key: _quantized for key in QUANTIZED_WEIGHTS},
     "Gemm": _dense,
     "MatMul": _dense,
     "Conv": _conv,

@@ -29,6 +29,26 @@ STRUCTURAL_SLOTS: dict[str, frozenset[int]] = {
         "ReduceSumSquare": {1}, "LSTM": {4, 5, 6}, "GRU": {4, 5}, "RNN": {4, 5},
         "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2}, "DynamicQuantizeLinear": set(),
         "MatMulInteger": {2, 3}, "ConvInteger": {2, 3},
+        # quantized operator format: scales and zero points (QLinearConcat: see below)
+        "QLinearConv": {1, 2, 4, 5, 6, 7}, "QLinearMatMul": {1, 2, 4, 5, 6, 7}, "QGemm": {1, 2, 4, 5, 7, 8},
+        "QLinearAdd": {1, 2, 4, 5, 6, 7}, "QLinearMul": {1, 2, 4, 5, 6, 7}, "QLinearSigmoid": {1, 2, 3, 4},
+        "QLinearLeakyRelu": {1, 2, 3, 4}, "QLinearSoftmax": {1, 2, 3, 4}, "QLinearGlobalAveragePool": {1, 2, 3, 4},
+        "QLinearAveragePool": {1, 2, 3, 4}, "QLinearConvTranspose": {1, 2, 4, 5, 6, 7},
+        "QLinearConcat": {0, 1, *(k for i in range(256) for k in (3 + 3 * i, 4 + 3 * i))},
+        "QLinearReduceMean": {1, 2, 3, 4}, "QLinearWhere": {0, 2, 3, 5, 6, 7, 8},
+        "DynamicQuantizeMatMul": {2, 3}, "MatMulIntegerToFloat": {2, 3, 4, 5}, "MatMulNBits": {2, 3, 4},
+        "QAttention": {3, 4, 5, 6, 7},
+    }.items()
+}
+
+# Input slots that hold a quantized weight or bias (integers standing for scale * (q - zero)):
+# learnable although not float. Their scales and zero points are STRUCTURAL_SLOTS.
+QUANTIZED_WEIGHT_SLOTS: dict[str, frozenset[int]] = {
+    op: frozenset(slots)
+    for op, slots in {
+        "QLinearConv": {3, 8}, "QLinearConvTranspose": {3, 8}, "QLinearMatMul": {0, 3}, "QGemm": {0, 3, 6},
+        "MatMulInteger": {0, 1}, "ConvInteger": {0, 1}, "MatMulNBits": {1}, "DynamicQuantizeMatMul": {1},
+        "MatMulIntegerToFloat": {0, 1}, "QAttention": {1}, "QLinearAdd": {0, 3}, "QLinearMul": {0, 3},
     }.items()
 }
 
@@ -225,8 +245,13 @@ def _trace_uses(value: ir.Value, consts: ConstantAnalysis, node_names: dict[ir.N
     return uses, structural, via
 
 
+def is_quantized_weight(t: StoredTensor) -> bool:
+    """An integer tensor read only as a quantized operator's weight or bias (QLinearConv's w, MatMulNBits' B)."""
+    return bool(t.uses) and all(u.input_index in QUANTIZED_WEIGHT_SLOTS.get(u.op_type, ()) for u in t.uses)
+
+
 def _decide(t: StoredTensor, structural: list[Use], declared: set[str] | None, consts) -> tuple[bool, str]:
-    if not t.dtype.is_floating_point() and t.source != "dequantized":
+    if not t.dtype.is_floating_point() and t.source != "dequantized" and not is_quantized_weight(t):
         return False, f"{t.dtype.name.lower()} tensor"
     if declared is not None:
         if t.name in declared:

@@ -33,6 +33,7 @@ def _unpack_nbits(packed, scales, zeros, n_rows, k, block, bits, has_zero):
     per_byte = 8 // bits
     mask = (1 << bits) - 1
     n_blocks = (k + block - 1) // block
+    zero_row_bytes = (n_blocks * bits + 7) // 8  # each row's zero points start on a byte
     default_zero = float(1 << (bits - 1))
     for r in range(n_rows):
         for c in range(k):
@@ -42,9 +43,8 @@ def _unpack_nbits(packed, scales, zeros, n_rows, k, block, bits, has_zero):
             v = (byte >> ((within % per_byte) * bits)) & mask
             zp = default_zero
             if has_zero:
-                zi = r * n_blocks + b
-                zbyte = zeros[zi // per_byte]
-                zp = float((zbyte >> ((zi % per_byte) * bits)) & mask)
+                zbyte = zeros[r * zero_row_bytes + b // per_byte]
+                zp = float((zbyte >> ((b % per_byte) * bits)) & mask)
             out[r, c] = (v - zp) * scales[r * n_blocks + b]
     return out
 
