@@ -105,3 +105,24 @@ def _small_candidates(log_x, k_min):
         ds[i] = d
         js[i] = d - 0.868 / np.sqrt(n)
     return alphas, ds, js
+
+
+@njit(cache=True, nogil=True)
+def _fit_candidates(log_x, candidates):
+    """(index of xmin, alpha, D) of the candidate (indices into log_x, ascending) with the smallest D, the
+    first one on ties: the standard alpha = 1 + n / (tail sum - n ln xmin) for every tail size. A scan
+    stops as soon as its D cannot beat the best so far."""
+    n_all = log_x.shape[0]
+    tail_sum = _tail_sums(log_x)
+    best_i = candidates[0]
+    best_alpha = np.inf
+    best_d = np.inf
+    for c in range(candidates.shape[0]):
+        i = candidates[c]
+        n = n_all - i
+        s = tail_sum[i] - n * log_x[i]
+        alpha = 1.0 + n / s if s != 0.0 else np.inf
+        d = _ks_distance(log_x, i, alpha, best_d)
+        if d < best_d:
+            best_d, best_i, best_alpha = d, i, alpha
+    return best_i, best_alpha, best_d
