@@ -1,0 +1,179 @@
+"""Quantized graphs made by onnxruntime's own quantizers count like their float originals.
+
+Quantization keeps a model's structure: QLinearConv is a Conv, MatMulInteger a MatMul, a QDQ
+pair passes values on, MatMulNBits is a MatMul with int4 weights. So every parameter of a
+quantized model must get exactly the per-scalar context counts of the float parameter it
+stands for (an independent truth: the float graph, counted by the ordinary rules), and the
+spectral family must analyse the dequantized weights: within half a quantization step of the
+float weights, and for MatMulNBits equal to what onnxruntime itself computes with.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper as h
+
+import irtools
+from tests import builders as b
+
+F = np.float32
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+
+def _cnn(rng):
+    """Conv -> Relu -> strided Conv -> swish (Sigmoid, Mul) -> Add -> AveragePool -> GAP -> Gemm."""
+    nodes = [h.make_node("Conv", ["x", "c1.w", "c1.b"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["a"], ["r"]),
+             h.make_node("Conv", ["r", "c2.w", "c2.b"], ["a2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             h.make_node("Sigmoid", ["a2"], ["s"]), h.make_node("Mul", ["a2", "s"], ["sw"]),
+             h.make_node("Add", ["sw", "sw"], ["ad"]), h.make_node("AveragePool", ["ad"], ["ap"], kernel_shape=[2, 2]),
+             h.make_node("Concat", ["ap", "ap"], ["cat"], axis=1),
+             h.make_node("GlobalAveragePool", ["cat"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1)]
+    inits = {"c1.w": (4, 3, 3, 3), "c1.b": (4,), "c2.w": (8, 4, 3, 3), "c2.b": (8,), "fc.w": (5, 16), "fc.b": (5,)}
+    return b.model(nodes, [b.vinfo("x", [1, 3, 8, 8])], [b.vinfo("y", [1, 5])],
+                   [b.tensor(k, rng.standard_normal(s).astype(F)) for k, s in inits.items()]), {"x": (1, 3, 8, 8)}
+
+
+def _mlp(rng):
+    """A transformer-like MLP block: MatMul + bias -> Relu -> MatMul + bias -> residual -> MatMul -> Softmax."""
+    nodes = [h.make_node("MatMul", ["x", "l1.w"], ["a"]), h.make_node("Add", ["a", "l1.b"], ["ab"]),
+             h.make_node("Relu", ["ab"], ["r"]), h.make_node("MatMul", ["r", "l2.w"], ["c"]),
+             h.make_node("Add", ["c", "l2.b"], ["cb"]), h.make_node("Add", ["cb", "x"], ["res"]),
+             h.make_node("MatMul", ["res", "l3.w"], ["d"]), h.make_node("Softmax", ["d"], ["y"], axis=-1)]
+    inits = {"l1.w": (32, 48), "l1.b": (48,), "l2.w": (48, 32), "l2.b": (32,), "l3.w": (32, 48)}
+    return b.model(nodes, [b.vinfo("x", [1, 4, 32])], [b.vinfo("y", [1, 4, 48])],
+                   [b.tensor(k, rng.standard_normal(s).astype(F)) for k, s in inits.items()]), {"x": (1, 4, 32)}
+
+
+class _Reader(quantization.CalibrationDataReader):
+    def __init__(self, shapes):
+        rng = np.random.default_rng(1)
+        self.feeds = iter([{k: rng.standard_normal(v).astype(F) for k, v in shapes.items()} for _ in range(3)])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+VARIANTS = ["dynamic-int8", "dynamic-uint8", "qoperator", "qoperator-per-channel", "qdq-per-channel"]
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """{(model, variant): path}, made by onnxruntime's quantizers."""
+    q = quantization
+    d = tmp_path_factory.mktemp("quant")
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (proto, shapes) in {"cnn": _cnn(rng), "mlp": _mlp(rng)}.items():
+        src = str(d / f"{name}.onnx")
+        onnx.save(proto, src)
+        out[name, "float"] = src
+        made = {
+            "dynamic-int8": lambda s, t: q.quantize_dynamic(s, t, weight_type=q.QuantType.QInt8),
+            "dynamic-uint8": lambda s, t: q.quantize_dynamic(s, t, weight_type=q.QuantType.QUInt8),
+            "qoperator": lambda s, t, sh=shapes: q.quantize_static(s, t, _Reader(sh), quant_format=q.QuantFormat.QOperator),
+            "qoperator-per-channel": lambda s, t, sh=shapes: q.quantize_static(
+                s, t, _Reader(sh), quant_format=q.QuantFormat.QOperator, per_channel=True),
+            "qdq-per-channel": lambda s, t, sh=shapes: q.quantize_static(s, t, _Reader(sh), quant_format=q.QuantFormat.QDQ,
+                                                                           per_channel=True),
+        }
+        for variant, make in made.items():
+            out[name, variant] = str(d / f"{name}_{variant}.onnx")
+            make(src, out[name, variant])
+    nbits = pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer")
+    for sym in (True, False):
+        mq = nbits.MatMulNBitsQuantizer(onnx.load(out["mlp", "float"]), block_size=16, is_symmetric=sym)
+        mq.process()
+        out["mlp", f"int4-{'sym' if sym else 'asym'}"] = path = str(d / f"mlp_int4_{sym}.onnx")
+        onnx.save(mq.model.model, path)
+    return out
+
+
+SUFFIX = re.compile(r"(_Transposed)?(_quantized|_DequantizeLinear_Output|_Q4)$")
+
+
+def _counts(path):
+    cc = irtools.run_passes(irtools.load(path), ["context-counts"])["context-counts"].counts
+    return {SUFFIX.sub("", k): np.ldexp(c.mantissa, c.exponent) for k, c in cc.items()}
+
+
+def _ops(path):
+    return {(n.domain + "::" if n.domain else "") + n.op_type for n in onnx.load(path).graph.node}
+
+
+@pytest.mark.parametrize("model,variant", [(m, v) for m in ("cnn", "mlp") for v in VARIANTS]
+                         + [("mlp", "int4-sym"), ("mlp", "int4-asym")])
+def test_quantized_model_counts_like_its_float_original(quantized, model, variant):
+    want = _counts(quantized[model, "float"])
+    got = _counts(quantized[model, variant])
+    assert _ops(quantized[model, variant]) - _ops(quantized[model, "float"]), "the quantizer changed nothing"
+    # every float parameter is found, with its counts (QOperator folds a bias into QLinearAdd; QDQ
+    # keeps float biases: all of them are there)
+    assert set(got) == set(want), (sorted(got), sorted(want))
+    for name, w in want.items():
+        g = got[name].reshape(w.shape) if got[name].size == w.size else got[name]
+        if name.endswith("w") and g.shape != w.shape:  # a weight stored transposed (dynamic Gemm -> B^T)
+            g = g.T
+        np.testing.assert_array_equal(g, w, err_msg=f"{variant}: {name}")
+
+
+def test_quantized_operator_formats_are_the_ops_under_test(quantized):
+    ops = set().union(*(_ops(quantized[k]) for k in quantized))
+    for op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
+               "com.microsoft::QGemm", "com.microsoft::QLinearAdd", "com.microsoft::QLinearMul",
+               "com.microsoft::QLinearSigmoid", "com.microsoft::QLinearAveragePool", "com.microsoft::QLinearConcat",
+               "com.microsoft::QLinearGlobalAveragePool", "com.microsoft::QLinearSoftmax", "com.microsoft::MatMulNBits",
+               "QuantizeLinear", "DequantizeLinear"):
+        assert op in ops, op
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_spectral_layers_are_the_dequantized_weights(quantized, variant):
+    """Each quantized weight layer is found, named after its float parameter, and its values are
+    the float weights to within half a quantization step (round to nearest)."""
+    for model in ("cnn", "mlp"):
+        floats = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(quantized[model, "float"]).graph.initializer}
+        m = irtools.load(quantized[model, variant])
+        layers = irtools.run_passes(m, ["weights"])["weights"].layers
+        names = {SUFFIX.sub("", layer.parameter): layer for layer in layers}
+        want = {k for k, v in floats.items() if v.ndim >= 2}
+        assert set(names) == want, (variant, model, sorted(names))
+        for name, layer in names.items():
+            w = floats[name].astype(np.float64)
+            if w.ndim == 4:  # one (out, in) slice per kernel position, in row-major order
+                got = np.stack(layer.loader(), axis=-1).reshape(w.shape)
+            else:
+                got = layer.loader()[0]
+            if got.shape != w.shape:
+                got = got.T
+            step = (w.max() - w.min()) / 127  # the coarsest step any of these quantizers uses
+            assert np.abs(got - w).max() <= step / 2 + 1e-6, (variant, name, np.abs(got - w).max(), step)
+            assert np.abs(got - w).max() > 0  # dequantized, not the float original
+
+
+@pytest.mark.parametrize("sym", ["sym", "asym"])
+def test_int4_weights_are_what_onnxruntime_computes_with(quantized, sym):
+    """MatMulNBits on an identity input returns its dequantized weight (transposed): onnxruntime's
+    own unpacking of the int4 values, scales and zero points."""
+    path = quantized["mlp", f"int4-{sym}"]
+    proto = onnx.load(path)
+    layers = irtools.run_passes(irtools.load(path), ["weights"])["weights"].layers
+    inits = {t.name: t for t in proto.graph.initializer}
+    nbits = [x for x in layers if x.op_type == "MatMulNBits"]
+    assert len(nbits) == 3
+    for node, layer in zip([x for x in proto.graph.node if x.op_type == "MatMulNBits"], nbits, strict=True):
+        k = next(a.i for a in node.attribute if a.name == "K")
+        n_out = next(a.i for a in node.attribute if a.name == "N")
+        single = h.make_node("MatMulNBits", ["A", *node.input[1:]], ["Y"], domain="com.microsoft",
+                             **{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
+        probe = b.model([single], [b.vinfo("A", [k, k])], [b.vinfo("Y", [k, n_out])],
+                        [inits[i] for i in node.input[1:] if i in inits])
+        probe.opset_import.append(h.make_opsetid("com.microsoft", 1))
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        truth = sess.run(None, {"A": np.eye(k, dtype=F)})[0].T  # (N, K)
+        np.testing.assert_allclose(layer.loader()[0], truth, rtol=1e-6, atol=1e-6)
