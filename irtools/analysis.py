@@ -86,15 +86,20 @@ def analyze(
     keep_eigenvalues: bool = False,
     device: str = "auto",
     small_n_xmin: str = "D",
+    fix_fingers: str | None = None,
+    fit_options: Mapping[str, Any] | None = None,
 ) -> Analysis:
     """Analyse a model: any source `irtools.frontends.open_source` reads (a path, a `file.py:callable`
     reference, an ONNX, PyTorch, Keras or Flax model object). `metrics` defaults to spectral and reuse;
     when reuse was not asked for explicitly and the graph cannot be counted (dynamic shapes, an
-    op without a counting rule), it is left out with a note instead of failing the analysis."""
+    op without a counting rule), it is left out with a note instead of failing the analysis.
+    `fix_fingers` ("clip_xmax" or "xmin_peak") and `fit_options` (xmin_max, max_fingers, finger_thresh,
+    clip_top) are WeightWatcher's fit options, attributes of the spectral pass."""
     explicit = metrics is not None
     families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
     spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
-                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues, backend=device, small_n_xmin=small_n_xmin)
+                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues, backend=device, small_n_xmin=small_n_xmin,
+                         fix_fingers=fix_fingers, **(fit_options or {}))
     opened = open_source(source, input_shapes=input_shapes, trust=trust, layout=layout)
     if not opened.has_graph:
         return _analyze_layers(opened, families, explicit, spectral_opts)

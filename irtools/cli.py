@@ -186,11 +186,14 @@ def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | N
 @_run_options
 @click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
               help="Eigenvalues from the Gram matrix, the SVD, or whichever is faster (auto).")
+@click.option("--fix-fingers", type=click.Choice(["clip_xmax", "xmin_peak"]), default=None,
+              help="WeightWatcher's fix for spurious large eigenvalues: clip_xmax refits without the largest ones "
+                   "(adds num_fingers, raw_alpha); xmin_peak searches xmin near the peak of the log ESD.")
 @_debug_option
 def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt: str, output: str | None,
             min_evals: int, max_evals: int, max_n: int, no_limits: bool, conv_slices: bool, split_qkv: bool,
             randomize: bool, mp_fit: bool, trust: bool, layout: str, device: str, small_n_xmin: str,
-            eigen_method: str, debug: bool) -> None:
+            eigen_method: str, fix_fingers: str | None, debug: bool) -> None:
     """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
     from irtools.analysis import analyze as run_analysis
     from irtools.analysis import parse_metrics
@@ -205,7 +208,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt:
             model, metrics=metrics, input_shapes=parse_input_shapes(input_shapes), min_evals=min_evals,
             max_evals=max_evals, max_n=max_n, conv_slices=conv_slices, split_qkv=split_qkv, randomize=randomize,
             mp_fit=mp_fit, method=eigen_method, progress=progress, trust=trust, layout=layout, device=device,
-            small_n_xmin=small_n_xmin,
+            small_n_xmin=small_n_xmin, fix_fingers=fix_fingers,
         )
     for note in result.notes:
         click.echo(f"irtools: note: {printable(note)}", err=True)

@@ -25,8 +25,8 @@ from threadpoolctl import threadpool_limits
 from irtools.backends import EigenBackend, get_backend
 from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
-from irtools.passes.spectral.metrics import layer_metrics, nonfinite_metrics, rand_distance, summarize
-from irtools.passes.spectral.powerlaw import check_rule, kernels_ready, warm_up
+from irtools.passes.spectral.metrics import finger_columns, layer_metrics, nonfinite_metrics, rand_distance, summarize
+from irtools.passes.spectral.powerlaw import DEFAULT_FINGER_THRESH, DEFAULT_MAX_FINGERS, FitOptions, kernels_ready, warm_up
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
 COLUMNS = (
@@ -141,6 +141,11 @@ class SpectralPass(Pass):
     workers: int = 0  # layers analysed at once on the CPU (0: one per core)
     keep_evals: bool = False  # keep each layer's eigenvalues in the result (for plots; costs memory)
     small_n_xmin: str = "D"  # xmin of spectra under 20 eigenvalues: "D" (WeightWatcher's) or "J"
+    fix_fingers: str | None = None  # WeightWatcher's "clip_xmax" or "xmin_peak" (see powerlaw.FitOptions)
+    xmin_max: float | None = None  # xmin_peak: top of the xmin range
+    max_fingers: int | None = DEFAULT_MAX_FINGERS  # clip_xmax: clip up to max_fingers - 1 eigenvalues
+    finger_thresh: float = DEFAULT_FINGER_THRESH  # clip_xmax: the alpha drop that marks fingers
+    clip_top: int = 0  # WeightWatcher's integer xmax: the largest eigenvalues left out of the fit
     progress: Callable[[int, int, str], None] | None = None
 
     def run(self, model: IRModel) -> SpectralResult:
@@ -149,7 +154,7 @@ class SpectralPass(Pass):
 
     def analyse(self, layers, skipped_before=()) -> SpectralResult:
         """Metrics of `WeightLayer`s from any source (a graph's `weights` pass or a weights file)."""
-        check_rule(self.small_n_xmin)
+        options = self.fit_options()
         backend = self.backend if isinstance(self.backend, EigenBackend) else get_backend(self.backend,
                                                                                           method=self.method)
         skipped = [dict(s) for s in skipped_before]
@@ -170,7 +175,7 @@ class SpectralPass(Pass):
                 self.progress(len(by_id), len(todo), row["name"])
 
         def metrics(state: _Eigen, fit=None) -> dict:
-            return self._row(state, backend, kept, fit)
+            return self._row(state, backend, kept, fit, options)
 
         if getattr(backend, "batches_layers", False) and todo:
             self._run_batched(todo, backend, metrics, done)
@@ -181,15 +186,24 @@ class SpectralPass(Pass):
         evals = [kept.get(k, np.zeros(0)) for k in range(len(todo))] if self.keep_evals else None
         return SpectralResult(rows, skipped, summarize(rows), evals, list(getattr(backend, "notes", ())))
 
-    def _row(self, state: _Eigen, backend, kept, fit) -> dict:
+    def fit_options(self) -> FitOptions | None:
+        """The fit's options (None: the plain fit with `small_n_xmin`); a bad value raises ValueError."""
+        options = FitOptions(self.small_n_xmin, self.fix_fingers, self.xmin_max, self.max_fingers, self.finger_thresh,
+                             self.clip_top)
+        return None if options.plain else options
+
+    def _row(self, state: _Eigen, backend, kept, fit, options: FitOptions | None) -> dict:
         k, layer = state.k, state.layer
         row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
                "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
         if state.evals is None:
             row.update(nonfinite_metrics(layer.N, layer.M, layer.num_evals, state.nonfinite))
+            if options is not None and options.fix_fingers == "clip_xmax":
+                row.update(finger_columns(None))
             return row
         evals = state.evals
-        row.update(layer_metrics(evals, layer.N, layer.M, state.noise, state.max_rank, self.small_n_xmin, fit))
+        row.update(layer_metrics(evals, layer.N, layer.M, state.noise, state.max_rank, self.small_n_xmin, fit,
+                                 options))
         if self.mp_fit:
             from irtools.passes.spectral.mpfit import mp_fit  # scipy.optimize: imported only when asked for
 
@@ -248,7 +262,7 @@ class SpectralPass(Pass):
             states.append(layer_eigen(k, todo[k], mats, spectra, self.randomize))
             if self.progress is not None:  # progress follows the eigenvalues, the bulk of the work
                 self.progress(len(states), len(todo), todo[k].name)
-        fitted = [s for s in states if s.evals is not None]
+        fitted = [s for s in states if s.evals is not None and self.fit_options() is None]  # options: CPU fits
         fit_of = dict(zip((s.k for s in fitted), self._device_fits([s.evals for s in fitted], backend)))
         for state in sorted(states, key=lambda s: s.k):
             done(metrics(state, fit_of.get(state.k)), report=False)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from irtools.passes.spectral.powerlaw import PowerLawFit, fit_power_law
+from irtools.passes.spectral.powerlaw import FitOptions, PowerLawFit, fit_layer, fit_power_law
 
 OVER_TRAINED, UNDER_TRAINED, DEGENERATE, NON_FINITE = "over-trained", "under-trained", "degenerate", "non-finite"
 #: The model summary: plain means over the layers that have the metric.
@@ -23,13 +23,15 @@ OPTIONAL_SUMMARY_METRICS = ("mp_softrank", "rand_distance")
 
 
 def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int,
-                  small_n_xmin: str = "D", fit: PowerLawFit | None = None) -> dict:
+                  small_n_xmin: str = "D", fit: PowerLawFit | None = None,
+                  fit_options: FitOptions | None = None) -> dict:
     """All per-layer metrics of the pooled eigenvalues `evals` of a layer whose matrices are N x M.
 
     `noise_floor` is the eigenvalue level below which the backend's eigenvalues are round-off;
     `max_rank_per_matrix` the largest rank of the layer's individual matrices; `fit` the power-law
     fit when it was computed elsewhere (the CUDA fit of many layers at once), else it is computed
-    here (`small_n_xmin`: see `irtools.passes.spectral.powerlaw`).
+    here (`small_n_xmin`, or `fit_options` when given: see `irtools.passes.spectral.powerlaw`). With
+    fix_fingers="clip_xmax" the row also has WeightWatcher's num_fingers and raw_alpha.
     """
     evals = np.sort(np.asarray(evals, dtype=np.float64))
     lam_max = float(evals[-1])
@@ -47,10 +49,14 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
         fit_status, alpha = f"degenerate: {degenerate}", math.nan
         row.update(alpha=math.nan, xmin=math.nan, xmax=math.nan, D=math.nan, sigma=math.nan, num_pl_spikes=0)
     else:
-        fit = fit if fit is not None else fit_power_law(evals, small_n_xmin=small_n_xmin)
+        if fit is None:
+            fit = fit_layer(evals, fit_options) if fit_options is not None else fit_power_law(
+                evals, small_n_xmin=small_n_xmin)
         fit_status, alpha = fit.status, fit.alpha
         row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
                    num_pl_spikes=fit.num_pl_spikes)
+    if fit_options is not None and fit_options.fix_fingers == "clip_xmax":
+        row.update(finger_columns(fit if not degenerate else None))
     row["alpha_weighted"] = alpha * row["log_spectral_norm"]
     row["log_alpha_norm"] = _log10(float(np.sum(evals**alpha))) if not math.isnan(alpha) else math.nan
     if degenerate:
@@ -66,6 +72,13 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     row["fit_status"] = fit_status
     row["num_nonfinite"] = 0
     return row
+
+
+def finger_columns(fit: PowerLawFit | None) -> dict:
+    """WeightWatcher's clip_xmax columns: eigenvalues clipped and the alpha before clipping (NaN: no fit)."""
+    if fit is None or fit.status != "success":
+        return {"num_fingers": 0, "raw_alpha": math.nan}
+    return {"num_fingers": fit.num_fingers, "raw_alpha": fit.raw_alpha}
 
 
 #: Every metric of a layer, NaN when its weights are not finite.
