@@ -257,7 +257,8 @@ def test_degenerate_layers_are_failed_fits_not_numbers(tmp_path):
 
 def test_unsupported_options_are_refused_by_name(net):
     watcher = ww.WeightWatcher(model=net)
-    for option, value in (("pool", False), ("fix_fingers", "clip_xmax"), ("vectors", True), ("fit", "TPL")):
+    for option, value in (("vectors", True), ("fit", "TPL"), ("xmax", "force"), ("fix_fingers", "xmin_fit"),
+                          ("pl_package", "powerlaw"), ("intra", True), ("max_fingers", 0)):
         with pytest.raises(ww.UnsupportedOptionError, match=option) as caught:
             watcher.analyze(**{option: value})
         assert isinstance(caught.value, IrtoolsError) and isinstance(caught.value, ValueError)

@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,13 +44,18 @@ WEAK_RANK_LOSS_TOLERANCE = 1e-6
 
 #: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted).
 UNSUPPORTED = {
-    "base_model": (None,), "glorot_fix": (False,), "conv2d_norm": (True,), "pool": (True,), "ww2x": (False,),
-    "conv2d_fft": (False,), "fft": (False,), "deltas": (False,), "intra": (False,), "vectors": (False,),
-    "channels": (None,), "stacked": (False,), "fix_fingers": (False, None), "xmin_max": (None,),
-    "max_fingers": (10,), "finger_thresh": (1.0,), "fit": ("PL", "power_law"), "sparsify": (True, False),
-    "detX": (False,), "ERG": (False,), "svd_method": ("fast", "accurate"), "pl_package": ("ww",),
-    "xmax": (None,), "peft": (False,), "inverse": (False,), "min_size": (None,), "max_size": (None,),
+    "base_model": (None,), "conv2d_fft": (False,), "fft": (False,), "deltas": (False,), "intra": (False,),
+    "vectors": (False,), "channels": (None,), "stacked": (False,), "fit": ("PL", "power_law"), "sparsify": (True, False),
+    "detX": (False,), "ERG": (False,), "svd_method": ("fast", "accurate"), "peft": (False,), "inverse": (False,),
 }
+#: WeightWatcher options irtools implements, with WeightWatcher's defaults (checked by `options_of`).
+SUPPORTED = {
+    "pool": True, "ww2x": False, "conv2d_norm": True, "glorot_fix": False, "min_size": None, "max_size": None,
+    "fix_fingers": False, "xmin_max": None, "max_fingers": 10, "finger_thresh": 1.0, "xmax": None, "pl_package": "ww",
+}
+#: The options `describe` has (WeightWatcher's describe takes no fit options).
+DESCRIBE_OPTIONS = ("pool", "ww2x", "conv2d_norm", "glorot_fix", "min_size", "max_size")
+FIX_FINGERS = ("clip_xmax", "xmin_peak")
 
 
 class UnsupportedOptionError(IrtoolsError, ValueError):
@@ -75,6 +80,77 @@ def check_options(method: str, options: Mapping, allowed: Iterable[str] = UNSUPP
             raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={value!r} is not supported by "
                                          f"irtools.compat.weightwatcher (supported: {key}="
                                          f"{' or '.join(map(repr, UNSUPPORTED[key]))})")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The implemented options of one call: per-slice rows (pool=False), conv scaling, and the spectral
+    pass's fit attributes (fix_fingers, xmin_max, max_fingers, finger_thresh, clip_top)."""
+
+    pool: bool = True
+    conv2d_norm: bool = True
+    fit: tuple = ()  # (name, value) pairs for the spectral pass
+    peak_xmax: bool = False  # xmin_peak: WeightWatcher reports no xmax (the powerlaw package's fit has none)
+
+    @property
+    def clip_fingers(self) -> bool:
+        return dict(self.fit).get("fix_fingers") == "clip_xmax"
+
+
+def _refuse(method: str, message: str) -> UnsupportedOptionError:
+    return UnsupportedOptionError(f"WeightWatcher.{method}(): {message}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_fit_values(method: str, o: dict) -> None:
+    """WeightWatcher's rules for the fit options (`valid_params`), refused in one line each."""
+    if o["fix_fingers"] not in (False, None, *FIX_FINGERS):
+        raise _refuse(method, f"fix_fingers must be False, 'clip_xmax' or 'xmin_peak', not {o['fix_fingers']!r}")
+    if o["xmin_max"] is not None and not (_number(o["xmin_max"]) and o["xmin_max"] > 0):
+        raise _refuse(method, f"xmin_max must be None or a positive number, not {o['xmin_max']!r}")
+    max_fingers = o["max_fingers"]
+    if max_fingers is not None and not (isinstance(max_fingers, numbers.Integral) and max_fingers >= 1):
+        raise _refuse(method, f"max_fingers must be None or an integer >= 1, not {max_fingers!r}")
+    if not _number(o["finger_thresh"]):
+        raise _refuse(method, f"finger_thresh must be a number, not {o['finger_thresh']!r}")
+    xmax = o["xmax"]
+    if xmax is not None and not (isinstance(xmax, numbers.Integral) and not isinstance(xmax, bool) and xmax != 0):
+        raise _refuse(method, f"xmax={xmax!r} is not supported (supported: None, or a nonzero integer -k that "
+                              f"leaves the k largest eigenvalues out of the fit; WeightWatcher 0.7.7 refuses "
+                              f"'force' with its own fit and fails every fit with pl_package='powerlaw')")
+    if xmax is not None and o["fix_fingers"]:
+        raise _refuse(method, f"fix_fingers cannot be combined with xmax={xmax!r} (WeightWatcher refuses it too)")
+    if o["pl_package"] not in ("ww", "powerlaw") or (o["pl_package"] == "powerlaw" and o["fix_fingers"] != "xmin_peak"):
+        raise _refuse(method, f"pl_package={o['pl_package']!r} is supported only as 'ww', or 'powerlaw' with "
+                              f"fix_fingers='xmin_peak' (WeightWatcher 0.7.7's powerlaw-package fits fail with powerlaw 2.0)")
+
+
+def options_of(method: str, options: Mapping, allowed: Iterable[str] = tuple(SUPPORTED)) -> Options:
+    """Check a call's keyword options (`allowed` of `SUPPORTED`, the `UNSUPPORTED` ones at their "off"
+    values) and return what irtools does with them. glorot_fix, min_size and max_size are accepted and have
+    no effect, as in WeightWatcher 0.7.7 (it stores glorot_fix under another key and ignores the sizes)."""
+    allowed = tuple(allowed)
+    check_options(method, {k: v for k, v in options.items() if k not in allowed})
+    o = {**{k: SUPPORTED[k] for k in allowed}, **{k: v for k, v in options.items() if k in allowed}}
+    for key in ("pool", "ww2x", "conv2d_norm", "glorot_fix"):
+        if key in o and not isinstance(o[key], bool):
+            raise _refuse(method, f"{key} must be True or False, not {o[key]!r}")
+    for key in ("min_size", "max_size"):
+        if key in o and o[key] is not None and not isinstance(o[key], numbers.Integral):
+            raise _refuse(method, f"{key} must be None or an integer (WeightWatcher ignores it), not {o[key]!r}")
+    pool, conv2d_norm = o["pool"] and not o["ww2x"], o["conv2d_norm"]
+    if "fix_fingers" not in o:
+        return Options(pool, conv2d_norm)
+    _check_fit_values(method, o)
+    fit = {"fix_fingers": o["fix_fingers"] or None}
+    if fit["fix_fingers"]:
+        fit.update(xmin_max=o["xmin_max"], max_fingers=o["max_fingers"], finger_thresh=float(o["finger_thresh"]))
+    if o["xmax"] is not None:
+        fit["clip_top"] = abs(int(o["xmax"]))
+    return Options(pool, conv2d_norm, tuple(fit.items()), fit["fix_fingers"] == "xmin_peak")
 
 
 # -- the model as WeightWatcher enumerates it ----------------------------------------------------
@@ -272,12 +348,24 @@ def layer_filter(layers) -> Callable[[WWLayer], bool]:
     return keep
 
 
-def weight_layer(layer: WWLayer):
-    """The irtools `WeightLayer` of an analysable layer (matrices N x M, rf slices), keyed by its id."""
+def weight_layer(layer: WWLayer, conv2d_norm: bool = True):
+    """The irtools `WeightLayer` of an analysable layer (matrices N x M, rf slices), keyed by its id; with
+    conv2d_norm=False, conv eigenvalues are not scaled by 1/2."""
     from irtools.frontends.weights_file import weight_layers
 
     (found,) = weight_layers({str(layer.layer_id): layer.weight}, layout=layer.layout)
-    return found
+    return found if conv2d_norm else replace(found, eigen_scale=1.0)
+
+
+def layer_parts(layer: WWLayer, wl, options: Options) -> list:
+    """What one layer is analysed as: the pooled layer, or with pool=False one `WeightLayer` per kernel
+    position of a conv (WeightWatcher's slice iterator, slice_id = the position in row-major order),
+    each slice scaled by sqrt(rf / 2) (eigenvalues x rf / 2) unless conv2d_norm=False."""
+    if options.pool or len(layer.weight.shape) < 3:
+        return [wl]
+    scale = wl.rf / 2.0 if options.conv2d_norm else 1.0
+    return [replace(wl, name=f"{wl.name}:{k}", node=f"{wl.node}:{k}", rf=1, eigen_scale=scale,
+                    loader=(lambda k=k: [wl.matrices()[k]])) for k in range(wl.rf)]
 
 
 def check_limits(min_evals: int, max_evals: int, max_n: int) -> None:
@@ -370,9 +458,12 @@ def randomized(wl, evals: np.ndarray, degenerate: bool, rng: np.random.Generator
     return out, rand
 
 
-def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: bool, tolerance: float) -> dict:
-    """One WeightWatcher details record from irtools' row and the layer's sorted eigenvalues."""
-    sv_min, rank_loss = _slice_ranks(wl, evals, row)
+def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: bool, tolerance: float,
+                part=None) -> dict:
+    """One WeightWatcher details record from irtools' row and the layer's sorted eigenvalues (`part`: the
+    slice analysed, when not the pooled layer `wl`: it keeps the layer's N, M and rf, as WeightWatcher's)."""
+    part = wl if part is None else part
+    sv_min, rank_loss = _slice_ranks(part, evals, row)
     out = _base_row(layer, wl)
     out.update({
         "has_esd": True, "num_evals": row["num_evals"], "sv_max": math.sqrt(row["lambda_max"]), "sv_min": sv_min,
@@ -382,10 +473,21 @@ def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: boo
         "status": "success" if row["fit_status"] == "success" else "failed", "warning": row["warning"],
     })
     if mp_fit:
-        out.update(mp_columns(evals, wl, row["warning"] == DEGENERATE))
+        out.update(mp_columns(evals, part, row["warning"] == DEGENERATE))
     for key in ("norm", "log_norm", "spectral_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
                 "stable_rank", "matrix_rank", "entropy"):
         out[key] = row[key]
+    return out
+
+
+def option_columns(row: dict, options: Options, slice_id: int) -> dict:
+    """The columns WeightWatcher adds or changes for the options: slice_id (pool=False), num_fingers and
+    raw_alpha (clip_xmax), no xmax (xmin_peak)."""
+    out = {} if options.pool else {"slice_id": slice_id}
+    if options.clip_fingers:
+        out.update(num_fingers=row["num_fingers"], raw_alpha=row["raw_alpha"])
+    if options.peak_xmax:
+        out["xmax"] = None
     return out
 
 
@@ -440,31 +542,38 @@ class WeightWatcher:
                 start_ids: int = 0, tolerance: float = WEAK_RANK_LOSS_TOLERANCE, seed: int = 0, **options):
         """Analyse every layer (or those `layers` selects) and return WeightWatcher's details table.
         `seed` (irtools' addition) seeds `randomize`'s shuffles (WeightWatcher's are unseeded)."""
-        check_options("analyze", options)
+        opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
         import irtools
         from irtools.frontends import OpenedSource
 
-        chosen = self._layers(model, layers, start_ids)
-        by_key = {str(layer.layer_id): (layer, weight_layer(layer)) for layer in chosen}
-        source = OpenedSource(_model_name(self.model), "weights", layers=[wl for _, wl in by_key.values()])
+        by_key = {}
+        for layer in self._layers(model, layers, start_ids):
+            wl = weight_layer(layer, opts.conv2d_norm)
+            for slice_id, part in enumerate(layer_parts(layer, wl, opts)):
+                by_key[part.node] = (layer, wl, part, slice_id)
+        fit = dict(opts.fit)
+        source = OpenedSource(_model_name(self.model), "weights", layers=[entry[2] for entry in by_key.values()])
         analysis = irtools.analyze(source, metrics="spectral", min_evals=min_evals, max_evals=max_evals,
-                                   max_n=max_N, keep_eigenvalues=True)  # MP fits here: see `mp_columns`
+                                   max_n=max_N, keep_eigenvalues=True, fix_fingers=fit.pop("fix_fingers", None),
+                                   fit_options=fit)  # MP fits here: see `mp_columns`
         records = []
         for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
-            layer, wl = by_key[row["node"]]
-            record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance)
+            layer, wl, part, slice_id = by_key[row["node"]]
+            record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance, part=part)
+            record.update(option_columns(row, opts, slice_id))
             rand = None
             if randomize:
-                columns, rand = randomized(wl, evals, row["warning"] == DEGENERATE,
-                                           np.random.default_rng([seed, layer.layer_id]))
+                columns, rand = randomized(part, evals, row["warning"] == DEGENERATE,
+                                           np.random.default_rng([seed, layer.layer_id] + ([] if opts.pool else [slice_id])))
                 record.update(columns)
             records.append(record)
             if plot and savedir:
                 from irtools.compat._ww_plots import save_layer_figures
 
-                save_layer_figures(record, evals, savedir, mp_fit=mp_fit, rand_evals=rand)
+                plot_id = layer.layer_id if opts.pool else f"{layer.layer_id}:{slice_id}"  # WeightWatcher's plot_id
+                save_layer_figures({**record, "layer_id": plot_id}, evals, savedir, mp_fit=mp_fit, rand_evals=rand)
         self.analysis, self.skipped = analysis, analysis.skipped
         self.details = frame(records)
         self.results = records
@@ -503,14 +612,16 @@ class WeightWatcher:
     def describe(self, model=None, layers=(), min_evals: int = 8, max_evals: int = 15000, max_N: int = 50000,
                  savefig=DEFAULT_SAVEDIR, start_ids: int = 0, **options):
         """The layers `analyze` would analyse, with their shapes, without computing anything."""
-        check_options("describe", options)
+        opts = options_of("describe", options, DESCRIBE_OPTIONS)
         check_limits(min_evals, max_evals, max_N)
         savedir_of(savefig)
         records = []
         for layer in self._layers(model, layers, start_ids):
-            wl = weight_layer(layer)
-            if within_limits(wl, min_evals, max_evals, max_N):
-                records.append({**_base_row(layer, wl), "num_evals": wl.num_evals})
+            wl = weight_layer(layer, opts.conv2d_norm)
+            for slice_id, part in enumerate(layer_parts(layer, wl, opts)):
+                if within_limits(part, min_evals, max_evals, max_N):
+                    records.append({**_base_row(layer, wl), "num_evals": part.num_evals,
+                                    **({} if opts.pool else {"slice_id": slice_id})})
         return frame(records)
 
     def __getattr__(self, name: str):
