@@ -17,8 +17,10 @@ shards must lie in the model's folder (`irtools.files.model_member`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import lzma
 import math
 import mmap
 import os
@@ -27,6 +29,7 @@ import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,36 +91,66 @@ def default_layout(path: str, layout: str) -> str:
 
 
 def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
-    """The tensors of a weights file by name (lazy), refusing anything that needs arbitrary code."""
+    """The tensors of a weights file by name (lazy), refusing anything that needs arbitrary code.
+
+    A tensor's bytes are read when its `load()` is called, long after this returns: the file may
+    be corrupt there (a bad CRC, a deflate stream or HDF5 chunk that does not decode, a file cut
+    short since), so each `load()` reports what goes wrong the way this does (`_read_errors`)."""
     if not os.path.lexists(path):
         raise ModelLoadError("no such file", path)
     try:
         check_input(path, directory=True)
     except IrtoolsError as exc:
         raise ModelLoadError(exc.message, path) from None
+    kind = "safetensors folder" if os.path.isdir(path) else _format_name(path.lower())
+    with _read_errors(path, kind):
+        tensors = _read_any(path, trust)
+    return {name: StoredArray(a.shape, a.dtype, _checked_load(a.load, path, kind)) for name, a in tensors.items()}
+
+
+def _read_any(path: str, trust: bool) -> dict[str, StoredArray]:
+    lower = path.lower()
     if os.path.isdir(path):
         return _read_safetensors_dir(path)
-    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if lower.endswith(".npz"):
+        return _read_npz(path)
+    if lower.endswith(_H5_SUFFIXES):
+        return _read_h5(path)
+    if zipfile.is_zipfile(path):
+        return _read_torch_zip(path, trust)
+    return _read_torch_legacy(path, trust)
+
+
+#: Low-level exceptions a corrupt file raises in the readers this module uses (pickle, zipfile and
+#: its decompressors, numpy's header parser, json, h5py's OSError handled below).
+_CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, KeyError, struct.error, zipfile.BadZipFile,
+            zipfile.LargeZipFile, NotImplementedError, TypeError, AttributeError, IndexError, OverflowError,
+            RecursionError, UnicodeDecodeError, zlib.error, lzma.LZMAError, RuntimeError)
+
+
+@contextlib.contextmanager
+def _read_errors(path: str, kind: str):
+    """Turn what a corrupt file makes a reader raise into one `ModelLoadError` line naming `kind`."""
     try:
-        if lower.endswith(".safetensors"):
-            return _read_safetensors(path)
-        if lower.endswith(".npz"):
-            return _read_npz(path)
-        if lower.endswith(_H5_SUFFIXES):
-            return _read_h5(path)
-        if zipfile.is_zipfile(path):
-            return _read_torch_zip(path, trust)
-        return _read_torch_legacy(path, trust)
+        yield
     except IrtoolsError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, struct.error, zipfile.BadZipFile,
-            zipfile.LargeZipFile, NotImplementedError, TypeError, AttributeError, IndexError, OverflowError,
-            RecursionError, UnicodeDecodeError) as exc:
+    except _CORRUPT as exc:
         detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise ModelLoadError(f"not a readable {_format_name(lower)} ({_CAUSES.get(type(exc), 'corrupt')}: "
-                             f"{detail[:200]})", path) from None
+        raise ModelLoadError(f"not a readable {kind} ({_CAUSES.get(type(exc), 'corrupt')}: {detail[:200]})",
+                             path) from None
     except OSError as exc:
-        raise ModelLoadError(f"cannot read the file: {exc.strerror or exc}", path) from None
+        raise ModelLoadError(f"cannot read the file: {printable(exc.strerror or exc)[:200]}", path) from None
+
+
+def _checked_load(load: Callable[[], np.ndarray], path: str, kind: str) -> Callable[[], np.ndarray]:
+    def checked():
+        with _read_errors(path, kind):
+            return load()
+
+    return checked
 
 
 #: What a low-level exception means in a weights file, for its one-line error.
@@ -127,6 +160,7 @@ _CAUSES = {pickle.UnpicklingError: "refused pickle", EOFError: "truncated", stru
 
 
 def _format_name(lower: str) -> str:
+    """What kind of weights file a (lower-case) name is, for messages."""
     for suffix, name in ((".safetensors", "safetensors file"), (".npz", "npz archive"), (".h5", "HDF5 file"),
                          (".hdf5", "HDF5 file")):
         if lower.endswith(suffix):
@@ -152,6 +186,7 @@ def _read_safetensors(path: str) -> dict[str, StoredArray]:
     spans = []
     for name, info in header.items():
         dtype, shape, (start, end) = _safetensors_entry(name, info, path)
+        budget.check_shape(shape, np.dtype(dtype).itemsize, f"tensor '{printable(name)}'", path)
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         if base + end > size:
             raise ModelLoadError(f"tensor '{printable(name)}' lies outside the file (ends at byte {base + end} "
@@ -159,7 +194,6 @@ def _read_safetensors(path: str) -> dict[str, StoredArray]:
         if end - start != nbytes:
             raise ModelLoadError(f"tensor '{printable(name)}' has {end - start} bytes but its dtype and shape "
                                  f"{list(shape)} need {nbytes} (corrupt file)", path)
-        budget.check(nbytes, f"tensor '{printable(name)}'", path)
         spans.append((start, end, name))
         out[name] = StoredArray(shape, np.dtype(dtype), _memmap_loader(path, dtype, base + start, shape))
     spans.sort()
@@ -315,6 +349,7 @@ def _read_npz(path: str) -> dict[str, StoredArray]:
             info = _zip_member(z, member, path, f"npz member '{printable(name)}'")
             with z.open(member) as fh:
                 shape, dtype, header = _npy_header(fh, name, path)
+            budget.check_shape(shape, dtype.itemsize, f"npz member '{printable(name)}'", path)
             nbytes = math.prod(shape) * dtype.itemsize
             if info.file_size != header + nbytes:
                 raise ModelLoadError(f"npz member '{printable(name)}' holds {info.file_size - header} bytes but its "
@@ -443,8 +478,8 @@ def _visit_links(h5py, group, visit, prefix: str = ""):
 
 def _check_h5_dataset(name: str, obj, path: str) -> None:
     """A dataset's declared bytes against the budget and against what the file stores."""
+    budget.check_shape(obj.shape, obj.dtype.itemsize, f"dataset '{printable(name)}'", path)
     nbytes = math.prod(obj.shape) * obj.dtype.itemsize
-    budget.check(nbytes, f"dataset '{printable(name)}'", path)
     stored = obj.id.get_storage_size()
     if nbytes > max(_INFLATE_FREE, stored * _MAX_RATIO):
         raise ModelLoadError(f"dataset '{printable(name)}' declares {nbytes} bytes but the file stores {stored} "
@@ -706,8 +741,8 @@ def _check_view_size(name: str, ref: _TensorRef, path: str) -> None:
     """A view's bytes against the budget, and against its storage's: zero strides can make a
     one-element storage a tensor of any size (refused over `_MAX_RATIO` times its storage)."""
     item = ref.storage.dtype.itemsize
+    budget.check_shape(ref.shape, item, f"tensor '{printable(name)}'", path)
     nbytes, stored = math.prod(ref.shape) * item, ref.storage.numel * item
-    budget.check(nbytes, f"tensor '{printable(name)}'", path)
     if nbytes > max(_INFLATE_FREE, stored * _MAX_RATIO):
         raise ModelLoadError(f"tensor '{printable(name)}' of size {list(ref.shape)} repeats its storage of "
                              f"{ref.storage.numel} elements over {_MAX_RATIO} times (refused)", path)

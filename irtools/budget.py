@@ -9,6 +9,7 @@ over the budget. The default is a fraction of the memory available when irtools 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -88,12 +89,38 @@ def check(nbytes: float, what: str, path: str | None = None) -> None:
                                 f"{format_size(limit())} (--max-memory SIZE to change it)", path)
 
 
+#: The most dimensions a stored array may have (numpy's own limit is 64; no model layer needs 32).
+MAX_NDIM = 32
+#: The largest byte count an array may span, zero dims aside: numpy refuses ("array is too big") any
+#: shape whose dims, taken as at least 1, multiply past the index range, even when one dim is 0.
+MAX_SPAN = (1 << 63) - 1
+
+
+def check_shape(shape, itemsize: float, what: str, path: str | None = None) -> None:
+    """Refuse (`ShapeBudgetError`) a declared array shape that numpy could not represent: too many
+    dims, or dims whose product (a zero dim counted as 1) overflows; then `check` its bytes."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) > MAX_NDIM:
+        raise ShapeBudgetError(f"{what} has {len(shape)} dimensions (at most {MAX_NDIM} are read)", path)
+    span = max(itemsize, 1)
+    for d in shape:
+        span *= max(d, 1)
+    if span > MAX_SPAN:
+        raise ShapeBudgetError(f"{what} declares dims {list(shape)} whose product overflows 64 bits (corrupt file)",
+                               path)
+    check(math.prod(shape) * itemsize, what, path)
+
+
 def check_work(operations: float, what: str, path: str | None = None) -> None:
     """Refuse (`WorkBudgetError`) a kernel call of more than `WORK_LIMIT`
     operations: memory bounds what a file may make irtools hold, this bounds how long it may make it run."""
     if operations > WORK_LIMIT:
         raise WorkBudgetError(f"{what} would take {operations:.3g} operations, over the limit of {WORK_LIMIT:.3g} "
                               "per node (a file declaring this much work is refused)", path)
+
+
+class ShapeBudgetError(IrtoolsError):
+    """A declared array shape no array can have (too many dims, a product past 64 bits)."""
 
 
 class WorkBudgetError(IrtoolsError):

@@ -62,20 +62,29 @@ def check_input(path: str | os.PathLike, *, directory: bool = False) -> str:
 def model_root(model: str | os.PathLike) -> str:
     """The folder whose files a model may read: the folder of a model file (a directory model:
     itself), as named, not where a symlink to it points. In a Hugging Face cache
-    (`<repo>/snapshots/<rev>/file -> ../../blobs/<hash>`) it is the repository folder."""
+    (`<repo>/snapshots/<rev>/[sub/]file -> ../../[../]blobs/<hash>`) it is the repository folder."""
     model = os.path.abspath(os.fspath(model))
     folder = model if os.path.isdir(model) else os.path.dirname(model)
-    parent = os.path.dirname(folder)
-    if os.path.basename(parent) == "snapshots" and os.path.isdir(os.path.join(os.path.dirname(parent), "blobs")):
-        folder = os.path.dirname(parent)
-    return os.path.realpath(folder)
+    return os.path.realpath(_cache_repository(folder) or folder)
+
+
+def _cache_repository(folder: str) -> str | None:
+    """The repository folder of a Hugging Face cache snapshot `folder` lies in (the snapshot
+    itself or a folder under it, like `onnx/`), or None."""
+    parts = folder.split(os.sep)
+    for i in range(len(parts) - 2, 0, -1):  # <repo>/snapshots/<rev>/...: the snapshot at parts[i + 1]
+        if parts[i] == "snapshots":
+            repo = os.sep.join(parts[:i]) or os.sep
+            return repo if os.path.isdir(os.path.join(repo, "blobs")) else None
+    return None
 
 
 def model_member(model: str | os.PathLike, name: str, what: str, error: type[IrtoolsError] = IrtoolsError) -> str:
     """The path of the file `name` that the model `model` names (ONNX external data, a shard).
 
     `name` must be a relative path that resolves, symlinks followed, to a regular file inside
-    the model's folder (`model_root`); `what` describes it (e.g.
+    the model's folder (`model_root`) with no other hard link (a hard link made in the folder can be
+    a file from anywhere: onnx refuses them too); `what` describes it (e.g.
     "external data file of tensor 'w'") in the one-line `error`. The file is remembered as an input.
     """
     model = os.fspath(model)
@@ -97,6 +106,9 @@ def model_member(model: str | os.PathLike, name: str, what: str, error: type[Irt
         raise error(f"{what}: {shown!r} is missing", model) from None
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{what}: {shown!r} is {_kind(st.st_mode)}, not a regular file (refused)", model)
+    if st.st_nlink > 1:
+        raise error(f"{what}: {shown!r} has {st.st_nlink} hard links: it may be a file from outside the model's "
+                    "folder (refused; copy it in)", model)
     note_input(real)
     return full
 

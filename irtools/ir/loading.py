@@ -1,7 +1,8 @@
 """Checks on ONNX protobufs before they become IR, with one-line errors for every bad input.
 
 Reads the file (a regular file only) and checks the protobuf, the graph structure (undefined
-inputs, cycles), tensor data types, that every tensor holds exactly the bytes its dims declare,
+inputs, cycles), tensor data types, that every tensor holds exactly the bytes its dims declare
+(sparse tensors are made dense once their indices are checked),
 and external-data references (inside the model's folder: `irtools.files.model_member`); `irtools.ir.model.load` then builds the IR.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -218,8 +220,20 @@ def _graphs(graph: onnx.GraphProto):
                     yield from _graphs(sub)
 
 
+def _sparse_tensors(graph: onnx.GraphProto):
+    """Yield every sparse tensor of one graph: sparse initializers and sparse attributes."""
+    yield from graph.sparse_initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield attr.sparse_tensor
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+                yield from attr.sparse_tensors
+
+
 def iter_tensors(graph: onnx.GraphProto):
-    """Yield every tensor stored in the graph: initializers and Constant/attribute tensors."""
+    """Yield every tensor stored in the graph: initializers, Constant/attribute tensors, and the
+    values and indices of sparse ones."""
     for g in _graphs(graph):
         yield from g.initializer
         for node in g.node:
@@ -228,6 +242,9 @@ def iter_tensors(graph: onnx.GraphProto):
                     yield attr.t
                 elif attr.type == onnx.AttributeProto.TENSORS:
                     yield from attr.tensors
+        for sparse in _sparse_tensors(g):
+            yield sparse.values
+            yield sparse.indices
 
 
 #: Bits of one element of each fixed-size element type (STRING has none).
@@ -273,7 +290,70 @@ def check_tensors(proto: onnx.ModelProto, path: str) -> None:
             _check_external(t, name, path)
         else:
             _check_inline(t, name, path)
-        budget.check(tensor_nbytes(t) or 0, f"tensor '{name}'", path)
+        budget.check_shape(t.dims, _BITS.get(t.data_type, 8) / 8, f"tensor '{name}'", path)
+    densify_sparse(proto, path)
+
+
+# -- sparse tensors -----------------------------------------------------------------------------
+def densify_sparse(proto: onnx.ModelProto, path: str) -> None:
+    """Replace every sparse initializer by the dense initializer it stands for, and a Constant's
+    `sparse_value` by its dense `value` (in place), once its indices are checked: the IR has no
+    sparse tensors, and a parameter stored sparse must be analysed, not silently dropped."""
+    for g in _graphs(proto.graph):
+        for sparse in g.sparse_initializer:
+            g.initializer.append(_dense(sparse, path))
+        del g.sparse_initializer[:]
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                    if node.op_type != "Constant" or attr.name != "sparse_value":
+                        raise UnsupportedError(f"node '{printable(node.name or node.op_type)}' has a sparse tensor "
+                                               f"attribute '{printable(attr.name)}'", path)
+                    dense = _dense(attr.sparse_tensor, path)
+                    attr.Clear()
+                    attr.name, attr.type = "value", onnx.AttributeProto.TENSOR
+                    attr.t.CopyFrom(dense)
+                elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+                    raise UnsupportedError(f"node '{printable(node.name or node.op_type)}' has a list of sparse "
+                                           "tensors", path)
+
+
+def _dense(sparse: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
+    """The dense tensor of one sparse tensor (values at linear or coordinate indices, zeros elsewhere)."""
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    values, indices = sparse.values, sparse.indices
+    name = printable(values.name)
+    dims = tuple(sparse.dims)
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"sparse tensor '{name}' has a negative dimension {list(dims)}", path)
+    if values.data_location == onnx.TensorProto.EXTERNAL or indices.data_location == onnx.TensorProto.EXTERNAL:
+        raise UnsupportedError(f"sparse tensor '{name}' keeps its values or indices in external data", path)
+    if values.data_type == onnx.TensorProto.STRING:
+        raise UnsupportedError(f"sparse tensor '{name}' holds strings", path)
+    if indices.data_type != onnx.TensorProto.INT64:
+        raise ModelLoadError(f"sparse tensor '{name}' has indices of type {indices.data_type}, not INT64", path)
+    numel = math.prod(dims)
+    budget.check(numel * _BITS[values.data_type] / 8, f"sparse tensor '{name}' (dense)", path)
+    vals = numpy_helper.to_array(values).reshape(-1)
+    idx = numpy_helper.to_array(indices)
+    nnz = len(vals)
+    if idx.shape == (nnz,):
+        linear = idx
+    elif idx.shape == (nnz, len(dims)) and dims:
+        if nnz and (idx.min() < 0 or np.any(idx >= np.array(dims))):
+            raise ModelLoadError(f"sparse tensor '{name}' has an index outside its dims {list(dims)}", path)
+        linear = np.ravel_multi_index(tuple(idx.T), dims) if nnz else idx.reshape(0)
+    else:
+        raise ModelLoadError(f"sparse tensor '{name}' has indices of shape {list(idx.shape)} for {nnz} values in "
+                             f"{len(dims)} dims (corrupt file)", path)
+    if nnz and (linear.min() < 0 or linear.max() >= numel):
+        raise ModelLoadError(f"sparse tensor '{name}' has an index outside its {numel} elements", path)
+    dense = np.zeros(numel, vals.dtype)
+    dense[linear] = vals
+    out = numpy_helper.from_array(dense.reshape(dims), values.name)
+    out.data_type = values.data_type  # bfloat16 / float8 values come back as their storage type
+    return out
 
 
 def _mismatch(name: str, what: str, has: int, needs: int) -> str:
@@ -348,6 +428,18 @@ def check_structure(proto: onnx.ModelProto, path: str) -> None:
     _check_graph(proto.graph, set(), path)
 
 
+def _check_unique(graph: onnx.GraphProto, path: str) -> None:
+    """Reject a graph that names two inputs, or two initializers, alike (which one a node reads
+    would be a guess). An initializer may share its name with an input: its default value."""
+    for what, names in (("input", [i.name for i in graph.input]), ("initializer", [t.name for t in graph.initializer])):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ModelLoadError(f"graph '{printable(graph.name)}' has two {what}s named '{printable(name)}'",
+                                     path)
+            seen.add(name)
+
+
 def _subgraph_free_names(graph: onnx.GraphProto) -> set[str]:
     """Names a subgraph reads from its enclosing scopes."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
@@ -365,14 +457,19 @@ def _subgraph_free_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def _check_graph(graph: onnx.GraphProto, outer: set[str], path: str) -> None:
-    available = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    _check_unique(graph, path)
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    available = set(outer) | local
     producer: dict[str, int] = {}
     for idx, node in enumerate(graph.node):
         for out in node.output:
             if not out:
                 continue
             if out in producer:
-                raise ModelLoadError(f"value '{out}' is produced by two nodes", path)
+                raise ModelLoadError(f"value '{printable(out)}' is produced by two nodes", path)
+            if out in local:
+                raise ModelLoadError(f"value '{printable(out)}' is both a graph input or initializer and the "
+                                     f"output of node '{printable(node.name or node.op_type)}'", path)
             producer[out] = idx
     # Dependencies of each node on the nodes of this graph (inputs and subgraph captures).
     deps: list[set[int]] = []

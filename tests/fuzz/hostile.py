@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx import numpy_helper as nh
 
 from tests.fuzz import formats as f
 
@@ -461,3 +462,112 @@ def shard_index_names_a_tensor_its_shard_lacks(lay):
     index = {"weight_map": {"a.weight": "s1.safetensors", "b.weight": "s1.safetensors"}}
     lay.write("model.safetensors.index.json", json.dumps(index).encode())
     return Case(["analyze", lay.model], 2, "does not hold it")
+
+
+# -- found by the held-out sweep (/tmp/h): one case per class fixed -------------------------------
+@case("outside")
+def onnx_external_data_hard_link(lay):
+    """A hard link passes every path check, yet can be any file of the same file system."""
+    proto, raw = f.with_external(f.onnx_model(), "w.bin")
+    os.link(lay.write("w.bin", raw, outside=True), os.path.join(lay.model, "w.bin"))
+    return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2, "hard links")
+
+
+@case("outside")
+def onnx_sparse_initializer_external_outside(lay):
+    """Sparse tensors' values were never checked (nor analysed): their external data is checked too."""
+    proto = f.onnx_model()
+    values = nh.from_array(np.ones(3, np.float32), "s")
+    proto.graph.sparse_initializer.append(h.make_sparse_tensor(values, nh.from_array(np.arange(3), ""), [12, 12]))
+    t = proto.graph.sparse_initializer[0].values
+    t.ClearField("raw_data")
+    t.data_location = T.EXTERNAL
+    for k, v in (("location", "../outside/secret.txt"), ("offset", "0")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2, "outside the model's folder")
+
+
+@case("lie")
+def onnx_sparse_index_past_the_end(lay):
+    proto = f.onnx_model()
+    values = nh.from_array(np.ones(3, np.float32), "s")
+    indices = nh.from_array(np.array([0, 143, 10**12], np.int64), "")
+    proto.graph.sparse_initializer.append(h.make_sparse_tensor(values, indices, [12, 12]))
+    return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2, "index outside")
+
+
+@case("crash")
+def onnx_zero_dim_times_int64_max(lay):
+    """0 x (2^63 - 1) elements is 0 bytes, but numpy cannot make the array ("array is too big")."""
+    proto = f.onnx_model(extra_inits=[onnx.TensorProto(name="z", data_type=T.FLOAT, dims=[0, (1 << 63) - 1])])
+    return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2, "overflows 64 bits")
+
+
+@case("crash")
+def safetensors_zero_dim_times_huge(lay):
+    header = {"a.weight": {"dtype": "F32", "shape": [0, 1 << 62, 4], "data_offsets": [0, 0]}}
+    return Case(["analyze", lay.write("m.safetensors", f.safetensors_bytes(header)), "--no-limits"], 2,
+                "overflows 64 bits")
+
+
+@case("crash")
+def npz_too_many_dims(lay):
+    return Case(["analyze", lay.write("m.npz", f.npz({"w": f.npy_bytes((1,) * 40, data=bytes(4))}))], 2,
+                "dimensions")
+
+
+@case("lie")
+def onnx_two_initializers_of_one_name(lay):
+    proto = f.onnx_model(extra_inits=[nh.from_array(np.ones((3, 3), np.float32), "w")])
+    return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2, "two initializers")
+
+
+@case("lie")
+def onnx_node_output_overwrites_an_input(lay):
+    proto = f.onnx_model(nodes=[h.make_node("MatMul", ["x", "w"], ["x2"]), h.make_node("Relu", ["x2"], ["w"]),
+                                h.make_node("Identity", ["w"], ["y"])])
+    return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2, "both a graph input")
+
+
+def _corrupt_after(data: bytes, marker: bytes, start: int, stop: int) -> bytes:
+    """`data` with the bytes [start, stop) after `marker` flipped."""
+    out = bytearray(data)
+    at = out.find(marker) + len(marker)
+    for k in range(at + start, at + stop):
+        out[k] ^= 0xFF
+    return bytes(out)
+
+
+_MATRIX = f.RNG.standard_normal((32, 32)).astype(np.float32)
+
+
+@case("crash")
+def npz_member_corrupt_when_read(lay):
+    """The header reads fine; the member's bytes fail their CRC only when the layer loads them."""
+    data = f.npz({"w": f.npy_bytes((32, 32), data=_MATRIX.tobytes())})
+    return Case(["analyze", lay.write("m.npz", _corrupt_after(data, b"w.npy", 300, 304))], 2,
+                "not a readable npz archive")
+
+
+@case("crash")
+def torch_zip_storage_corrupt_when_read(lay):
+    state = f.p_state({"w": f.p_tensor("0", 1024, 0, (32, 32), (32, 1))})
+    data = f.torch_zip(state, {"0": _MATRIX.tobytes()}, compress=True)
+    return Case(["analyze", lay.write("m.pt", _corrupt_after(data, b"archive/data/0", 40, 120))], 2,
+                "not a readable PyTorch checkpoint")
+
+
+@case("crash")
+def h5_dataset_with_an_unknown_filter(lay):
+    """h5py fails only when the dataset's bytes are read (no such filter plugin). The data must
+    compress: HDF5 stores a chunk that does not unfiltered."""
+    h5py = pytest.importorskip("h5py")
+    path = os.path.join(lay.model, "m.weights.h5")
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("layers/dense/vars/0", data=np.ones((32, 32), np.float32), compression="lzf")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:  # filter id 32000 (lzf) -> 32123, which no plugin provides
+        fh.write(data.replace((32000).to_bytes(2, "little"), (32123).to_bytes(2, "little")))
+    return Case(["analyze", path], 2, "cannot read the file")
