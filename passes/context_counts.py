@@ -251,7 +251,7 @@ def _group_norm(n: _Node) -> None:
 
 
 def _layer_norm(n: _Node) -> None:
-    """LayerNormalization / RMSNormalization (and SkipLayerNormalization's skip and bias)."""
+    """LayerNormalization / RMSNormalization / SimplifiedLayerNormalization."""
     out = n.out()
     n.give(0, out)
     for i in range(1, len(n.node.inputs)):
@@ -1254,6 +1254,210 @@ MICROSOFT_QUANTIZED_RULES: dict[str, Callable[[_Node], None]] = {
 }
 
 
+# -- onnxruntime's fused transformer ops (com.microsoft) -----------------------------------------
+def _skip_layer_norm(bias_slot: int, affine: tuple[int, ...]) -> Callable[[_Node], None]:
+    """SkipLayerNormalization (input, skip, gamma, beta, bias) / SkipSimplifiedLayerNormalization
+    (input, skip, gamma, bias): s = input + skip + bias, output = LN(s) * gamma (+ beta); output 3
+    is s itself (the residual stream of the next block), so s takes both outputs' counts."""
+
+    def rule(n: _Node) -> None:
+        out = n.out(0)
+        s = out + n.out(3) if len(n.outs) > 3 and n.outs[3] is not None else out
+        for i in (0, 1, bias_slot):
+            if n.wants(i):
+                n.give(i, unbroadcast(s, n.in_shape(i)))
+        for i in affine:
+            if n.wants(i):
+                n.give(i, unbroadcast(out, n.in_shape(i)))
+
+    return rule
+
+
+def _lookup(n: _Node, ids_slot: int | None, table_slot: int, counts: np.ndarray, default_rows=None) -> None:
+    """A table row lookup (B, S, H) <- table (V, H): constant ids move rows; data-chosen ids may
+    pick any row, so every row takes the counts summed over all positions (as Gather does)."""
+    if not n.wants(table_slot):
+        return
+    shape = n.in_shape(table_slot)
+    if ids_slot is not None and n.has_input(ids_slot) and not n.is_const(ids_slot):
+        n.give(table_slot, np.broadcast_to(counts.reshape(-1, shape[-1]).sum(axis=0), shape))
+        return
+    ids = np.asarray(n.const(ids_slot)) if ids_slot is not None and n.has_input(ids_slot) else default_rows
+    ids = np.broadcast_to(ids, counts.shape[:-1]).reshape(-1).astype(np.int64)
+    got = np.zeros(shape)
+    np.add.at(got, np.where(ids < 0, ids + shape[0], ids), counts.reshape(-1, shape[-1]))
+    n.give(table_slot, got)
+
+
+def _embed_layer_norm(n: _Node) -> None:
+    """EmbedLayerNormalization(input_ids, segment_ids, word, position, segment, gamma, beta, mask,
+    position_ids): LN(word[ids] + position[pos] + segment[seg]) * gamma + beta; output 2 is the sum."""
+    out = n.out(0)
+    s = out + n.out(2) if len(n.outs) > 2 and n.outs[2] is not None else out
+    seq = out.shape[1]
+    _lookup(n, 0, 2, s)
+    _lookup(n, 8 if n.has_input(8) else None, 3, s, default_rows=np.arange(seq)[None, :])
+    if n.has_input(4):
+        _lookup(n, 1, 4, s)
+    for i in (5, 6):
+        if n.wants(i):
+            n.give(i, unbroadcast(out, n.in_shape(i)))
+
+
+def _bias_split_gelu(n: _Node) -> None:
+    """BiasSplitGelu(X (.., 2D), bias (2D)): (X + bias) split in halves a, b; out = a * gelu(b)."""
+    out = n.out()
+    both = np.concatenate([out, out], axis=-1)
+    n.give(0, both)
+    n.give(1, unbroadcast(both, n.in_shape(1)))
+
+
+def _rotary_adjoint(c: np.ndarray, rot: int, interleaved: bool) -> np.ndarray:
+    """Counts before a rotary embedding over the first `rot` features of the last axis: x[d]
+    reaches out[d] and out[partner(d)]."""
+    d = np.arange(rot)
+    partner = d ^ 1 if interleaved else np.where(d < rot // 2, d + rot // 2, d - rot // 2)
+    got = np.array(c, dtype=np.float64, copy=True)
+    got[..., :rot] += c[..., partner]
+    return got
+
+
+def _kv_counts(n: _Node, ck: np.ndarray, cv: np.ndarray, past_k: int, past_v: int, past: int):
+    """Add present_key / present_value (outputs 1, 2: concat(past, new)) and hand the past part
+    back to the past inputs; returns the new keys' and values' counts (B, N, L, .)."""
+    if len(n.outs) > 1 and n.outs[1] is not None:
+        ck = ck + n.out(1)
+    if len(n.outs) > 2 and n.outs[2] is not None:
+        cv = cv + n.out(2)
+    n.give(past_k, ck[:, :, :past])
+    n.give(past_v, cv[:, :, :past])
+    return np.asarray(ck[:, :, past:]), np.asarray(cv[:, :, past:])
+
+
+def _multi_head_attention(n: _Node) -> None:
+    """com.microsoft MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias,
+    past_key, past_value): query (B, S, D), or Q, K, V packed as (B, S, N, 3, H); key and value
+    (B, L, D), (B, N, L, H) or K, V packed as (B, L, N, 2, H); bias (D + D + Dv) added first."""
+    heads = int(n.attr("num_heads"))
+    q_shape = n.in_shape(0)
+    packed_qkv = len(q_shape) == 5
+    k_shape = q_shape if packed_qkv else n.in_shape(1)
+    packed_kv = not packed_qkv and len(k_shape) == 5
+    if n.has_input(8) or n.has_input(9):
+        raise UnsupportedError(f"MultiHeadAttention node '{n.name}': past_sequence_length / cache_indirection "
+                               f"are not supported", n.model.path)
+    b, seq = q_shape[:2]
+    y = _to4(n.out(0), heads)
+    head_dim = q_shape[-1] if packed_qkv else (k_shape[-1] if len(k_shape) >= 4 else q_shape[-1] // heads)
+    kv_len = k_shape[1] if (packed_qkv or packed_kv or len(k_shape) == 3) else k_shape[2]
+    past = n.in_shape(6)[2] if n.has_input(6) else 0
+    extra = n.out(3) if len(n.outs) > 3 and n.outs[3] is not None else None
+    cq, ck, cv, scores = attention_counts(y, heads, past + kv_len, head_dim, extra)
+    ck, cv = _kv_counts(n, ck, cv, 6, 7, past)
+    cq = np.asarray(cq)
+    if packed_qkv:  # (B, N, S, H) each -> (B, S, N, 3, H)
+        n.give(0, np.stack([c.transpose(0, 2, 1, 3) for c in (cq, ck, cv)], axis=3))
+        parts = [cq, ck, cv]
+    else:
+        n.give(0, _from4(cq, q_shape))
+        if packed_kv:
+            n.give(1, np.stack([ck.transpose(0, 2, 1, 3), cv.transpose(0, 2, 1, 3)], axis=3))
+        else:
+            n.give(1, _from4(ck, k_shape))
+            n.give(2, _from4(cv, n.in_shape(2)))
+        parts = [cq, ck, cv]
+    if n.wants(3):  # the bias: per feature, summed over batch and positions
+        n.give(3, np.concatenate([c.sum(axis=(0, 2)).reshape(-1) for c in parts]))
+    if n.wants(5):
+        n.give(5, unbroadcast(np.asarray(scores), n.in_shape(5)))
+
+
+def _group_query_attention(n: _Node) -> None:
+    """com.microsoft GroupQueryAttention(query, key, value, past_key, past_value, seqlens_k,
+    total_sequence_length, cos_cache, sin_cache, ...): query heads share kv_num_heads key/value
+    heads; with do_rotary, Q and K are rotated first; present = concat(past, new) along time."""
+    heads, kv_heads = int(n.attr("num_heads")), int(n.attr("kv_num_heads"))
+    q_shape = n.in_shape(0)
+    b, seq, width = q_shape
+    packed = not n.has_input(1)
+    head_dim = width // (heads + 2 * kv_heads) if packed else width // heads
+    past = n.in_shape(3)[2] if n.has_input(3) else 0
+    if len(n.node.outputs) > 1 and n.outs[1] is not None and n.out_shape(1)[2] != past + seq:
+        raise UnsupportedError(f"GroupQueryAttention node '{n.name}': a shared key/value buffer (present length "
+                               f"{n.out_shape(1)[2]}, past {past} + new {seq}) places new keys by the data",
+                               n.model.path)
+    y = _to4(n.out(0), heads)
+    cq, ck, cv, _ = attention_counts(y, kv_heads, past + seq, head_dim)
+    ck, cv = _kv_counts(n, ck, cv, 3, 4, past)
+    cq = np.asarray(cq)
+    if n.attr("do_rotary", 0):
+        rot = 2 * n.in_shape(7)[1]
+        inter = bool(n.attr("rotary_interleaved", 0))
+        cq, ck = _rotary_adjoint(cq, rot, inter), _rotary_adjoint(ck, rot, inter)
+    q3 = _from4(cq, (b, seq, heads * head_dim))
+    k3, v3 = _from4(ck, (b, seq, kv_heads * head_dim)), _from4(cv, (b, seq, kv_heads * head_dim))
+    if packed:
+        n.give(0, np.concatenate([q3, k3, v3], axis=-1))
+    else:
+        n.give(0, q3)
+        n.give(1, k3)
+        n.give(2, v3)
+
+
+def _fused_matmul(n: _Node) -> None:
+    """com.microsoft FusedMatMul: alpha * op(A) @ op(B), op a transpose of the last two axes."""
+    if n.attr("transBatchA", 0) or n.attr("transBatchB", 0):
+        raise UnsupportedError(f"FusedMatMul node '{n.name}': batch transposes are not supported", n.model.path)
+    ta, tb = bool(n.attr("transA", 0)), bool(n.attr("transB", 0))
+    a_shape, b_shape = n.in_shape(0), n.in_shape(1)
+    a2 = a_shape[:-2] + a_shape[-2:][::-1] if ta else a_shape
+    b2 = b_shape[:-2] + b_shape[-2:][::-1] if tb else b_shape
+    y = n.out()
+    k = a2[-1]
+    ca = unbroadcast(np.broadcast_to(y.sum(axis=-1)[..., :, None], (*y.shape[:-2], y.shape[-2], k)), a2)
+    cb = unbroadcast(np.broadcast_to(y.sum(axis=-2)[..., None, :], (*y.shape[:-2], k, y.shape[-1])), b2)
+    n.give(0, np.swapaxes(ca, -1, -2) if ta else ca)
+    n.give(1, np.swapaxes(cb, -1, -2) if tb else cb)
+
+
+def _fused_conv(n: _Node) -> None:
+    """com.microsoft FusedConv(X, W, B, Z): activation(Conv(X, W, B) + Z)."""
+    _conv(n)
+    n.give(3, n.out())
+
+
+def _ms_group_norm(n: _Node) -> None:
+    """com.microsoft GroupNorm(X, gamma, beta) (channels last by default); SkipGroupNorm adds
+    skip and bias first and returns that sum as output 1."""
+    out = n.out(0)
+    s = out + n.out(1) if len(n.outs) > 1 and n.outs[1] is not None else out
+    axis = out.ndim - 1 if n.attr("channels_last", 1) else 1
+    n.give(0, s)
+    for i in (1, 2):
+        n.give(i, _per_channel(out, axis))
+    for i in (3, 4):  # SkipGroupNorm: skip, bias
+        if n.wants(i):
+            shape = n.in_shape(i)
+            n.give(i, _per_channel(s, axis) if len(shape) == 1 else unbroadcast(s, shape))
+
+
+#: onnxruntime's com.microsoft fused ops (transformer optimizer, graph optimisation level 99).
+MICROSOFT_FUSED_RULES: dict[str, Callable[[_Node], None]] = {
+    "SkipLayerNormalization": _skip_layer_norm(4, (2, 3)),
+    "SkipSimplifiedLayerNormalization": _skip_layer_norm(3, (2,)),
+    "EmbedLayerNormalization": _embed_layer_norm,
+    "BiasSplitGelu": _bias_split_gelu,
+    "MultiHeadAttention": _multi_head_attention,
+    "GroupQueryAttention": _group_query_attention,
+    "FusedMatMul": _fused_matmul,
+    "FusedGemm": _gemm,
+    "FusedConv": _fused_conv,
+    "GemmFastGelu": _bias_after(_matmul, 2),
+    "GroupNorm": _ms_group_norm,
+    "SkipGroupNorm": _ms_group_norm,
+}
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -1319,6 +1523,7 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "Scatter": _scatter_elements,
     "Einsum": _einsum,
     "RMSNormalization": _layer_norm,
+    "SimplifiedLayerNormalization": _layer_norm,  # onnxruntime registers it in the default domain
     "If": lambda n: n.sweep.branches(n),
     "Attention": _attention,
     "Loop": lambda n: n.sweep.loop(n),
@@ -1336,13 +1541,12 @@ RULES: dict[str, Callable[[_Node], None]] = {
 #: Rules of ops in other domains, by (domain, op type); the default domain's ops are in RULES.
 DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
     **{("com.microsoft", op): _broadcast_all for op in ("FastGelu", "BiasGelu", "QuickGelu", "Gelu")},
-    ("com.microsoft", "SkipLayerNormalization"): _layer_norm,
-    ("com.microsoft", "SkipSimplifiedLayerNormalization"): _layer_norm,
     ("com.microsoft", "SimplifiedLayerNormalization"): _layer_norm,
     ("com.microsoft", "BiasAdd"): _broadcast_all,
     ("com.microsoft", "Attention"): _packed_attention,
     ("com.microsoft", "RotaryEmbedding"): _rotary(0, (2, 3)),
     **{("com.microsoft", op): rule for op, rule in MICROSOFT_QUANTIZED_RULES.items()},
+    **{("com.microsoft", op): rule for op, rule in MICROSOFT_FUSED_RULES.items()},
 }
 
 

@@ -38,6 +38,9 @@ STRUCTURAL_SLOTS: dict[str, frozenset[int]] = {
         "QLinearReduceMean": {1, 2, 3, 4}, "QLinearWhere": {0, 2, 3, 5, 6, 7, 8},
         "DynamicQuantizeMatMul": {2, 3}, "MatMulIntegerToFloat": {2, 3, 4, 5}, "MatMulNBits": {2, 3, 4},
         "QAttention": {3, 4, 5, 6, 7},
+        # onnxruntime's fused transformer ops: ids, masks, sequence lengths, rotary caches
+        "EmbedLayerNormalization": {0, 1, 7, 8}, "MultiHeadAttention": {4, 8, 9},
+        "GroupQueryAttention": {5, 6, 7, 8, 9}, "RotaryEmbedding": {1, 2, 3},
     }.items()
 }
 
