@@ -9,6 +9,7 @@ only when a function here is called.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import io
@@ -174,17 +175,18 @@ def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]]
 def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelProto:
     state = module.state_dict(keep_vars=True)
     params, aliases = _unique_tensors(state)
+    read = None  # the dynamo export's parameters that its program reads (None: not known)
     real = {k: state[k].detach().clone() for k in params}
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _exportable_experts(module):
             # While exporting, tensor k holds the constant k + 1: no two parameters are equal, so the
             # exporter's de-duplication of equal initializers (fresh BatchNorm bias == running_mean)
             # cannot merge them, and each initializer says which parameter it is.
             for i, k in enumerate(params):
                 state[k].data.fill_(float(i + 1))
             if dynamo:
-                proto = _dynamo_export(torch, module, args, names, opset)
+                proto, read = _dynamo_export(torch, module, args, names, opset)
             else:
                 with warnings.catch_warnings():  # tracer chatter about the user's Python control flow
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -216,9 +218,8 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
         raise IrtoolsError(f"the ONNX export renamed parameter '{renamed[0][0]}' to '{renamed[0][1]}' "
                            f"({len(renamed)} renamed in all)")
     declared = [k for k in params if k in inits]  # parameters the forward pass never reads are dropped
-    if dynamo and len(declared) < len(params):  # e.g. folded away: let the TorchScript exporter try
-        missing = next(k for k in params if k not in inits)
-        raise IrtoolsError(f"the dynamo export dropped parameter '{missing}'")
+    if dynamo:
+        _check_dropped_unread([k for k in params if k not in inits], read, aliases)
     proto.metadata_props.add(key=DECLARED_PARAMETERS_KEY, value=json.dumps(declared))
     if aliases:
         proto.metadata_props.add(key=ALIASES_KEY, value=json.dumps(aliases))
@@ -259,8 +260,38 @@ def _canonical_names(graph: onnx.GraphProto, aliases: Mapping[str, str]) -> None
     _rename_values(graph, renames)
 
 
-def _dynamo_export(torch, module, args, names, opset: int) -> onnx.ModelProto:
-    """torch.onnx's dynamo exporter without its optimizer (which folds BatchNorm into Conv)."""
+def _check_dropped_unread(dropped: Sequence[str], read: tuple[set[str], set[str]] | None,
+                          aliases: Mapping[str, str]) -> None:
+    """A parameter the dynamo export left out must be one its program never reads (a pooler or a
+    mask embedding the chosen output does not use): torch.export lifts every parameter as a graph
+    input, and an input without users is unread. Anything else (folded into a constant, or not
+    known) is refused, so that the TorchScript exporter gets its turn."""
+    if not dropped:
+        return
+    if read is None:
+        raise IrtoolsError(f"the dynamo export dropped parameter '{dropped[0]}'")
+    lifted, used = read
+    for k in dropped:
+        names = {k} | {a for a, owner in aliases.items() if owner == k}
+        if not names & lifted or names & used:
+            raise IrtoolsError(f"the dynamo export dropped parameter '{k}', which its program reads")
+
+
+def _program_reads(program) -> tuple[set[str], set[str]] | None:
+    """(state_dict names lifted as graph inputs, those of them some node reads) of an ONNXProgram's
+    ExportedProgram; None when the program is not at hand."""
+    exported = getattr(program, "exported_program", None)
+    if exported is None:
+        return None
+    signature = exported.graph_signature
+    targets = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    used = {targets[n.name] for n in exported.graph.nodes if n.op == "placeholder" and n.name in targets and n.users}
+    return set(targets.values()), used
+
+
+def _dynamo_export(torch, module, args, names, opset: int):
+    """torch.onnx's dynamo exporter without its optimizer (which folds BatchNorm into Conv): the
+    ONNX model and `_program_reads` of its program."""
     import logging
 
     logger = logging.getLogger("torch.onnx")
@@ -271,9 +302,36 @@ def _dynamo_export(torch, module, args, names, opset: int) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, args, dynamo=True, optimize=False, opset_version=max(opset, 18),
                                         input_names=names, verbose=False, external_data=False)
-        return program.model_proto  # serialized now, while the fingerprints are in place
+        return program.model_proto, _program_reads(program)  # serialized now, while the fingerprints are in place
     finally:
         logger.setLevel(level)
+
+
+#: transformers' experts implementations no ONNX exporter converts -> the one to export instead
+#: (the same matmuls, each token's chosen experts batched; transformers' own ONNX exporter switches too).
+_EXPERTS_FOR_EXPORT = {"grouped_mm": "batched_mm"}
+
+
+@contextlib.contextmanager
+def _exportable_experts(module):
+    """Run transformers mixture-of-experts layers with an exportable implementation inside the block
+    (their default `grouped_mm` calls a custom op the exporter has no function for), then restore."""
+    switched = []
+    for sub in module.modules():
+        get = getattr(sub, "get_experts_implementation", None)
+        can = getattr(sub, "_can_set_experts_implementation", None)
+        if get is None or can is None or not can():
+            continue
+        current = get()
+        wanted = {k: _EXPERTS_FOR_EXPORT.get(v, v) for k, v in current.items()}
+        if wanted != current:
+            sub.set_experts_implementation(wanted)
+            switched.append((sub, current))
+    try:
+        yield
+    finally:
+        for sub, current in reversed(switched):
+            sub.set_experts_implementation(current)
 
 
 def load_torch(module, inputs=None, *, input_shapes=None, opset: int = 17):
