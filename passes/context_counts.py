@@ -1458,6 +1458,134 @@ MICROSOFT_FUSED_RULES: dict[str, Callable[[_Node], None]] = {
 }
 
 
+# -- more default-domain ops -----------------------------------------------------------------
+def _reverse_sequence_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    """ReverseSequence: the first lens[b] steps of batch b reversed along the time axis."""
+    lens = np.asarray(n.const(1), dtype=np.int64).reshape(-1)
+    t_axis, b_axis = int(n.attr("time_axis", 0)), int(n.attr("batch_axis", 1))
+    moved = np.moveaxis(idx, (b_axis, t_axis), (0, 1)).copy()
+    for b, length in enumerate(lens):
+        moved[b, :length] = moved[b, :length][::-1]
+    return np.moveaxis(moved, (0, 1), (b_axis, t_axis))
+
+
+def _center_crop_pad_map(n: _Node, idx: np.ndarray) -> np.ndarray:
+    """CenterCropPad: per axis, crop from (size - target) // 2, or pad with (target - size) // 2
+    before and the rest after (zeros: no source)."""
+    target = [int(v) for v in n.const(1)]
+    axes = [int(a) % idx.ndim for a in (n.attr("axes", None) or range(idx.ndim))]
+    for a, size in zip(axes, target, strict=True):
+        have = idx.shape[a]
+        if size <= have:
+            start = (have - size) // 2
+            idx = np.take(idx, np.arange(start, start + size), axis=a)
+        else:
+            before = (size - have) // 2
+            width = [(0, 0)] * idx.ndim
+            width[a] = (before, size - have - before)
+            idx = np.pad(idx, width, constant_values=-1)
+    return idx
+
+
+def _col2im(n: _Node) -> None:
+    """Col2Im: every column element lands on one image pixel (or in the padding), where the
+    overlapping blocks are summed: it takes that pixel's count."""
+    image = [int(v) for v in n.const(1)]
+    block = [int(v) for v in n.const(2)]
+    nd = len(image)
+    strides = list(n.attr("strides", None) or [1] * nd)
+    dil = list(n.attr("dilations", None) or [1] * nd)
+    pads = list(n.attr("pads", None) or [0] * (2 * nd))
+    blocks = [(image[i] + pads[i] + pads[nd + i] - dil[i] * (block[i] - 1) - 1) // strides[i] + 1 for i in range(nd)]
+    out = n.out()  # (N, C, *image)
+    x_shape = n.in_shape(0)  # (N, C * prod(block), prod(blocks))
+    offs = np.stack(np.meshgrid(*[np.arange(k) for k in block], indexing="ij"), -1).reshape(-1, nd)
+    poss = np.stack(np.meshgrid(*[np.arange(k) for k in blocks], indexing="ij"), -1).reshape(-1, nd)
+    coords = poss[None, :, :] * np.array(strides) - np.array(pads[:nd]) + offs[:, None, :] * np.array(dil)
+    inside = np.all((coords >= 0) & (coords < np.array(image)), axis=-1)  # (prod(block), L)
+    flat = np.ravel_multi_index(tuple(np.clip(coords, 0, np.array(image) - 1).transpose(2, 0, 1)), image)
+    per_channel = out.reshape(out.shape[0], out.shape[1], -1)  # (N, C, pixels)
+    got = np.where(inside[None, None], per_channel[:, :, flat], 0.0)  # (N, C, prod(block), L)
+    n.give(0, got.reshape(x_shape))
+
+
+def _sum_windows(counts: np.ndarray, kernel, strides, pads, out_spatial) -> np.ndarray:
+    """For every window position, the sum of `counts` over the window (zero padding)."""
+    nd = len(kernel)
+    need = [(out_spatial[i] - 1) * strides[i] + kernel[i] for i in range(nd)]  # windows may run past the end
+    padded = np.pad(counts, [(0, 0), (0, 0)] + [(pads[i], max(need[i] - pads[i] - counts.shape[2 + i], 0))
+                                                 for i in range(nd)])
+    got = np.zeros(counts.shape[:2] + tuple(out_spatial))
+    for off in np.ndindex(*kernel):
+        sl = tuple(slice(o, o + strides[i] * (out_spatial[i] - 1) + 1, strides[i]) for i, o in enumerate(off))
+        got += padded[(slice(None), slice(None), *sl)]
+    return got
+
+
+def _max_unpool(n: _Node) -> None:
+    """MaxUnpool(X, I): X[j] is written at the position I[j] of its window. As max pooling hands
+    every element of a window the window's count (conventions.md: not argmax), its inverse
+    connects X[j] with every position of its window: X[j] takes the window's summed counts."""
+    x_shape = n.in_shape(0)
+    kernel = list(n.attr("kernel_shape"))
+    nd = len(kernel)
+    strides = list(n.attr("strides", None) or [1] * nd)
+    pads = list(n.attr("pads", None) or [0] * (2 * nd))
+    n.give(0, _sum_windows(n.out(), kernel, strides, pads, x_shape[2:]))
+
+
+def _det(n: _Node) -> None:  # every element of a matrix reaches its determinant
+    n.give(0, np.broadcast_to(n.out()[..., None, None], n.in_shape(0)))
+
+
+def _affine_grid(n: _Node) -> None:
+    """AffineGrid(theta (N, d, d + 1), size): grid[n, ..., i] = theta[n, i, :] . (coords, 1), so
+    theta[n, i, j] reaches component i of every grid point."""
+    out = n.out()  # (N, *spatial, d)
+    per = out.reshape(out.shape[0], -1, out.shape[-1]).sum(axis=1)  # (N, d)
+    n.give(0, np.broadcast_to(per[:, :, None], n.in_shape(0)))
+
+
+def _tensor_scatter(n: _Node) -> None:
+    """TensorScatter(past_cache, update, write_indices): update written into the cache along
+    `axis` from write_indices[b] (zero if absent; modulo the length when mode is circular).
+    An overwritten cache element takes no contexts; an update element takes its target's."""
+    out = n.out()
+    axis = int(n.attr("axis", -2)) % out.ndim
+    u_shape = n.in_shape(1)
+    mode = n.attr("mode", "linear")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    starts = np.asarray(n.const(2), dtype=np.int64).reshape(-1) if n.has_input(2) else np.zeros(out.shape[0], np.int64)
+    size = out.shape[axis]
+    cache = out.copy()
+    upd = np.zeros(u_shape)
+    for b in range(out.shape[0]):
+        pos = starts[b] + np.arange(u_shape[axis])
+        pos = pos % size if mode == "circular" else pos
+        src = np.take(out[b], pos, axis=axis - 1)
+        idx = [slice(None)] * (out.ndim - 1)
+        idx[axis - 1] = pos
+        upd[b] = src
+        cache[b][tuple(idx)] = 0.0
+    n.give(0, cache)
+    n.give(1, upd)
+
+
+#: Further default-domain ops: {op: rule}.
+MORE_RULES: dict[str, Callable[[_Node], None]] = {
+    "ReverseSequence": _index_map_rule(_reverse_sequence_map),
+    "CenterCropPad": _index_map_rule(_center_crop_pad_map),
+    "Col2Im": _col2im,
+    "MaxUnpool": _max_unpool,
+    "Det": _det,
+    "CumProd": _cumsum,  # out[j] = product of x[i], i <= j: the CumSum pattern
+    "AffineGrid": _affine_grid,
+    "TensorScatter": _tensor_scatter,
+    "SwiGLU": _broadcast_all,  # swish(A) * B: A an activation's input, B multiplied, element to element
+    "BitCast": _passthrough,
+}
+
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -1537,6 +1665,7 @@ RULES: dict[str, Callable[[_Node], None]] = {
     "ConcatFromSequence": _concat_from_sequence,
     **{op: _recurrent for op in RECURRENT_GATES},
     **QUANTIZED_RULES,
+    **MORE_RULES,
 }
 #: Rules of ops in other domains, by (domain, op type); the default domain's ops are in RULES.
 DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {

@@ -1,0 +1,120 @@
+"""Rules of the remaining default-domain ops that can sit on a parameter's path.
+
+Single ops, checked like test_count_rules: onnxruntime one-hot dependency probes where the
+op's dependency pattern is its path pattern, hand-derived counts otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper as h
+
+import irtools
+from tests import builders as b
+from tests.test_count_rules import our_counts, probe_counts, x
+
+F = np.float32
+I64 = np.int64
+
+PROBED = {
+    "reverse-sequence": (h.make_node("ReverseSequence", ["X", "lens"], ["Y"], time_axis=0, batch_axis=1),
+                         {"X": x(4, 3, 2), "lens": np.array([4, 1, 2], I64)}, (4, 3, 2), 17),
+    "reverse-sequence-batch-major": (h.make_node("ReverseSequence", ["X", "lens"], ["Y"], time_axis=1, batch_axis=0),
+                                     {"X": x(2, 3), "lens": np.array([3, 2], I64)}, (2, 3), 17),
+    "center-crop-pad": (h.make_node("CenterCropPad", ["X", "shape"], ["Y"]),
+                        {"X": x(5, 2, 3), "shape": np.array([2, 5, 3], I64)}, (2, 5, 3), 18),
+    "center-crop-pad-axes": (h.make_node("CenterCropPad", ["X", "shape"], ["Y"], axes=[-1]),
+                             {"X": x(2, 4), "shape": np.array([7], I64)}, (2, 7), 18),
+    "col2im": (h.make_node("Col2Im", ["X", "img", "blk"], ["Y"], strides=[1, 2], pads=[1, 0, 0, 1]),
+               {"X": x(1, 2 * 2 * 2, 12), "img": np.array([4, 5], I64), "blk": np.array([2, 2], I64)}, (1, 2, 4, 5), 18),
+    "col2im-dilated": (h.make_node("Col2Im", ["X", "img", "blk"], ["Y"], dilations=[2, 1]),
+                       {"X": x(1, 3 * 2 * 1, 2 * 3), "img": np.array([4, 3], I64), "blk": np.array([2, 1], I64)},
+                       (1, 3, 4, 3), 18),
+    "affine-grid": (h.make_node("AffineGrid", ["theta", "size"], ["Y"]),
+                    {"theta": x(2, 2, 3), "size": np.array([2, 1, 4, 2], I64)}, (2, 4, 2, 2), 20),
+}
+
+
+@pytest.mark.parametrize("case", list(PROBED))
+def test_rule_matches_onnxruntime_dependencies(case):
+    node, tensors, out_shape, opset = PROBED[case]
+    ours = our_counts(node, tensors, out_shape, opset=opset)
+    for name, v in tensors.items():
+        if v.dtype.kind == "f":
+            probed = probe_counts(node, tensors, out_shape, name, opset=opset)
+            np.testing.assert_array_equal(ours[name], probed, err_msg=f"{case}: {name}")
+            assert probed.any()
+
+
+def test_det_reaches_every_element_of_its_matrix():
+    """A one-hot probe of Det sees a singular matrix; perturb a random one instead: every element
+    changes its determinant, and each matrix has one output."""
+    import onnxruntime as ort
+
+    node = h.make_node("Det", ["X"], ["Y"])
+    base = x(2, 3, 3)
+    ours = our_counts(node, {"X": base}, (2,))["X"]
+    proto = b.model([node], [b.vinfo("X", [2, 3, 3])], [b.vinfo("Y", [2])])
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    y0 = sess.run(None, {"X": base})[0]
+    probed = np.zeros(base.size)
+    for i in range(base.size):
+        bumped = base.copy().ravel()
+        bumped[i] += 0.5
+        probed[i] = np.count_nonzero(np.abs(sess.run(None, {"X": bumped.reshape(base.shape)})[0] - y0) > 1e-6)
+    np.testing.assert_array_equal(ours, probed.reshape(base.shape))
+
+
+def test_cumprod_has_the_cumsum_pattern():
+    """out[j] = prod_{i <= j} x[i]: x[i] reaches the outputs j >= i (reverse: j <= i)."""
+    ours = our_counts(h.make_node("CumProd", ["X", "ax"], ["Y"]), {"X": x(2, 4), "ax": np.array(1, I64)}, (2, 4),
+                      opset=26)
+    np.testing.assert_array_equal(ours["X"], [[4, 3, 2, 1]] * 2)
+    rev = our_counts(h.make_node("CumProd", ["X", "ax"], ["Y"], reverse=1, exclusive=1),
+                     {"X": x(3), "ax": np.array(0, I64)}, (3,), opset=26)
+    np.testing.assert_array_equal(rev["X"], [0, 1, 2])  # exclusive reverse: y[j] = prod_{i > j} x[i]
+
+
+def test_max_unpool_connects_each_value_with_its_window():
+    """MaxPool hands every window element the window's count (conventions.md); MaxUnpool, its
+    inverse, connects X[j] with every position of its window: 2x2 windows, stride 2, no overlap,
+    so each X element takes 4 output counts; with stride 1 and 3 windows per row, overlapping."""
+    node = h.make_node("MaxUnpool", ["X", "I"], ["Y"], kernel_shape=[2, 2], strides=[2, 2])
+    proto = b.model([node], [b.vinfo("I", [1, 1, 2, 3], 7)], [b.vinfo("Y", [1, 1, 4, 6])], [b.tensor("X", x(1, 1, 2, 3))])
+    c = irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])["context-counts"].counts["X"]
+    np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), np.full((1, 1, 2, 3), 4.0))
+    node = h.make_node("MaxUnpool", ["X", "I"], ["Y"], kernel_shape=[1, 2], strides=[1, 1], pads=[0, 1, 0, 0])
+    proto = b.model([node], [b.vinfo("I", [1, 1, 1, 3], 7)], [b.vinfo("Y", [1, 1, 1, 3])], [b.tensor("X", x(1, 1, 1, 3))])
+    c = irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])["context-counts"].counts["X"]
+    # output width (3 - 1) * 1 - 1 + 2 = 3; window j covers output positions j - 1 and j
+    np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), [[[[1.0, 2.0, 2.0]]]])  # window 0 is half padding
+
+
+def test_tensor_scatter_writes_updates_into_the_cache():
+    """A KV-cache update: rows 1..2 of batch 0 and 0..1 of batch 1 (circular: 3, 0) are
+    overwritten; they take no contexts from the cache, the update takes theirs."""
+    for mode, starts, cache_zero in (("linear", [1, 0], [[1, 2], [0, 1]]), ("circular", [1, 3], [[1, 2], [3, 0]])):
+        node = h.make_node("TensorScatter", ["cache", "upd", "wi"], ["Y"], axis=1, mode=mode)
+        tensors = {"cache": x(2, 4, 3), "upd": x(2, 2, 3), "wi": np.array(starts, I64)}
+        ours = our_counts(node, tensors, (2, 4, 3), opset=24)
+        want = np.ones((2, 4, 3))
+        for bb, rows in enumerate(cache_zero):
+            want[bb, rows] = 0
+        np.testing.assert_array_equal(ours["cache"], want, err_msg=mode)
+        np.testing.assert_array_equal(ours["upd"], np.ones((2, 2, 3)), err_msg=mode)
+
+
+def test_swiglu_and_bitcast_pass_counts_element_to_element():
+    ours = our_counts(h.make_node("SwiGLU", ["A", "B"], ["Y"]), {"A": x(2, 3), "B": x(2, 3)}, (2, 3), opset=28)
+    np.testing.assert_array_equal(ours["A"], np.ones((2, 3)))
+    np.testing.assert_array_equal(ours["B"], np.ones((2, 3)))
+
+
+def test_an_op_without_rule_on_a_parameter_path_is_named_once():
+    """RoiAlign samples at data-chosen boxes: no exact count; the one-line report names it."""
+    node = h.make_node("RoiAlign", ["X", "rois", "bi"], ["Y"], output_height=2, output_width=2, name="roi")
+    proto = b.model([node, h.make_node("Relu", ["Y"], ["Z"])], [b.vinfo("rois", [1, 4]), b.vinfo("bi", [1], 7)],
+                    [b.vinfo("Z", [1, 2, 2, 2])], [b.tensor("X", x(1, 2, 4, 4))])
+    with pytest.raises(irtools.errors.UnsupportedError, match=r"no counting rule for RoiAlign \(node 'roi'\)"):
+        irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])
