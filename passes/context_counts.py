@@ -1090,8 +1090,8 @@ def _recurrent(n: _Node) -> None:
         y_h, y_c = (None if a is None else a.transpose(1, 0, 2) for a in (y_h, y_c))
     direction = n.attr("direction", "forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
-    budget.check_work(float(seq) * batch * len(gates) * hidden * dirs, f"unrolling {kind} node '{n.name}'",
-                      n.model.path)
+    budget.check_work(float(seq) * dirs * (NODE_VISIT_WORK + batch * len(gates) * hidden),
+                      f"unrolling {kind} node '{n.name}' ({seq} steps)", n.model.path)
     x_counts = np.zeros((seq, batch))
     w = np.zeros(w_shape)
     rr = np.zeros(n.in_shape(2))
@@ -1894,7 +1894,7 @@ class _Sweep:
         body = n.attr("body")
         carried = len(n.node.inputs) - 2
         scans = len(n.node.outputs) - carried
-        budget.check(8.0 * steps * len(list(body)), f"unrolling Loop node '{n.name}'", self.model.path)
+        _check_unrolling(n, steps, body)
 
         def seed(t, carry):
             if carry is None:
@@ -1923,7 +1923,7 @@ class _Sweep:
         out_axes = list(n.attr("scan_output_axes", None) or [0] * k_out)
         out_dirs = list(n.attr("scan_output_directions", None) or [0] * k_out)
         steps = n.in_shape(states)[in_axes[0] % len(n.in_shape(states))]
-        budget.check(8.0 * steps * len(list(body)), f"unrolling Scan node '{n.name}'", self.model.path)
+        _check_unrolling(n, steps, body)
         scan_in = {j: np.zeros(n.in_shape(states + j)) for j in range(k_in) if n.wants(states + j)}
 
         def seed(t, carry):
@@ -1953,6 +1953,21 @@ class _Sweep:
         self._iterate(n, body, steps, seed, take)
         for j, arr in scan_in.items():
             n.give(states + j, arr)
+
+
+#: Work a Python-level node visit costs, in the operations of `budget.check_work` (~0.1 ms).
+NODE_VISIT_WORK = float(1 << 17)
+
+
+def _check_unrolling(n: _Node, steps: int, body: ir.Graph) -> None:
+    """Refuse a Loop / Scan whose unrolling would run for minutes (a 1 KB file may ask for 10^6
+    trips): each step visits every body node and touches its outputs."""
+    nodes = list(ir.traversal.RecursiveGraphIterator(body))
+    per_step = sum(NODE_VISIT_WORK + sum(math.prod(v.shape) for v in node.outputs
+                                         if v.shape is not None and v.shape.is_static()) for node in nodes)
+    budget.check(8.0 * steps * len(nodes), f"unrolling {n.node.op_type} node '{n.name}'", n.model.path)
+    budget.check_work(float(steps) * per_step, f"unrolling {n.node.op_type} node '{n.name}' ({steps} steps)",
+                      n.model.path)
 
 
 def _step(c: Counts | None, t: int) -> Counts | None:

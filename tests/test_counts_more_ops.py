@@ -118,3 +118,20 @@ def test_an_op_without_rule_on_a_parameter_path_is_named_once():
                     [b.vinfo("Z", [1, 2, 2, 2])], [b.tensor("X", x(1, 2, 4, 4))])
     with pytest.raises(irtools.errors.UnsupportedError, match=r"no counting rule for RoiAlign \(node 'roi'\)"):
         irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])
+
+
+def test_unrolling_a_million_steps_is_refused_at_once():
+    """A 1 KB file may ask for 10^6 loop trips or LSTM steps: refused with the work budget's
+    one-line error before any unrolling (found by the hostile-input sweep)."""
+    from onnx import TensorProto as T
+
+    body = h.make_graph([h.make_node("MatMul", ["h_in", "w"], ["h_out"]), h.make_node("Identity", ["c_in"], ["c_out"])],
+                        "body", [b.vinfo("i", [], T.INT64), b.vinfo("c_in", [], T.BOOL), b.vinfo("h_in", [1, 3])],
+                        [b.vinfo("c_out", [], T.BOOL), b.vinfo("h_out", [1, 3])])
+    loop = b.model([h.make_node("Loop", ["n", "", "h0"], ["y"], body=body)], [], [b.vinfo("y", [1, 3])],
+                   [b.tensor("w", x(3, 3)), b.tensor("h0", x(1, 3)), b.tensor("n", np.array(10**6, I64))])
+    lstm = b.model([h.make_node("LSTM", ["X", "W", "R"], ["", "Y_h"], hidden_size=2)], [b.vinfo("X", [10**6, 1, 1])],
+                   [b.vinfo("Y_h", [1, 1, 2])], [b.tensor("W", x(1, 8, 1)), b.tensor("R", x(1, 8, 2))])
+    for proto, what in ((loop, "Loop"), (lstm, "LSTM")):
+        with pytest.raises(irtools.errors.IrtoolsError, match=f"unrolling {what} node .* 1000000 steps"):
+            irtools.run_passes(irtools.load(proto), ["context-counts"])
