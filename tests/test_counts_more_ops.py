@@ -11,6 +11,7 @@ import pytest
 from onnx import helper as h
 
 import irtools
+from irtools.errors import IrtoolsError, UnsupportedError
 from tests import builders as b
 from tests.test_count_rules import our_counts, probe_counts, x
 
@@ -116,7 +117,7 @@ def test_an_op_without_rule_on_a_parameter_path_is_named_once():
     node = h.make_node("RoiAlign", ["X", "rois", "bi"], ["Y"], output_height=2, output_width=2, name="roi")
     proto = b.model([node, h.make_node("Relu", ["Y"], ["Z"])], [b.vinfo("rois", [1, 4]), b.vinfo("bi", [1], 7)],
                     [b.vinfo("Z", [1, 2, 2, 2])], [b.tensor("X", x(1, 2, 4, 4))])
-    with pytest.raises(irtools.errors.UnsupportedError, match=r"no counting rule for RoiAlign \(node 'roi'\)"):
+    with pytest.raises(UnsupportedError, match=r"no counting rule for RoiAlign \(node 'roi'\)"):
         irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])
 
 
@@ -133,5 +134,5 @@ def test_unrolling_a_million_steps_is_refused_at_once():
     lstm = b.model([h.make_node("LSTM", ["X", "W", "R"], ["", "Y_h"], hidden_size=2)], [b.vinfo("X", [10**6, 1, 1])],
                    [b.vinfo("Y_h", [1, 1, 2])], [b.tensor("W", x(1, 8, 1)), b.tensor("R", x(1, 8, 2))])
     for proto, what in ((loop, "Loop"), (lstm, "LSTM")):
-        with pytest.raises(irtools.errors.IrtoolsError, match=f"unrolling {what} node .* 1000000 steps"):
+        with pytest.raises(IrtoolsError, match=f"unrolling {what} node .* 1000000 steps"):
             irtools.run_passes(irtools.load(proto), ["context-counts"])
