@@ -478,6 +478,7 @@ def test_irtools_threads_caps_the_layers_analysed_at_once(monkeypatch, cap, expe
     from irtools.audit.task import THREAD_VARIABLES
 
     assert ps.THREADS_VARIABLE in THREAD_VARIABLES  # the audit sets it with the BLAS variables
+    ps.warm_up()  # kernels loaded (compiled, on a cold numba cache): no second pool for deferred fits
     monkeypatch.setattr(ps.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setenv(ps.THREADS_VARIABLE, cap)
     pools = []
