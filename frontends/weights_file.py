@@ -705,7 +705,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {printable(repr(pid)[:80])}")
+            raise pickle.UnpicklingError(f"a persistent id that is not a storage: {printable(repr(pid)[:80])}")
         _, storage_type, key, _location, numel = pid[:5]
         dtype = _TORCH_STORAGES.get(storage_type) if isinstance(storage_type, str) else None
         if dtype is None:

@@ -87,3 +87,28 @@ def test_check_input_refuses_what_is_not_a_regular_file(tree):
             files.check_input(tree / name)
     assert files.check_input(tree / "model", directory=True) == str(tree / "model")
     assert files.check_input(tree / "model" / "m.onnx") == str(tree / "model" / "m.onnx")
+
+
+def test_a_folder_inside_a_cache_snapshot_belongs_to_the_repository(tree):
+    """Hugging Face repositories keep models in sub-folders (`onnx/model.onnx` + `onnx/model.onnx_data`), each a
+    symlink to `../../../blobs/<hash>`: the repository is still the model's folder, and only it."""
+    repo = tree / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    sub = repo / "snapshots" / "abc" / "onnx"
+    sub.mkdir(parents=True)
+    (repo / "blobs" / "d00d").write_bytes(b"w")
+    os.symlink("../../../blobs/d00d", sub / "model.onnx_data")
+    os.symlink(tree / "outside" / "secret.bin", sub / "evil.bin")
+    model = str(sub / "model.onnx")
+    assert files.model_root(model) == os.path.realpath(repo)
+    assert files.model_member(model, "model.onnx_data", "data").endswith("model.onnx_data")
+    with pytest.raises(IrtoolsError, match="outside the model's folder"):
+        files.model_member(model, "evil.bin", "data")
+    assert files.model_root(str(repo / "snapshots")) == os.path.realpath(repo / "snapshots")  # not a snapshot
+
+
+def test_a_hard_linked_member_is_refused(tree):
+    """A hard link in the model's folder passes every path check, yet can be any file of the file system."""
+    os.link(tree / "outside" / "secret.bin", tree / "model" / "hard.bin")
+    with pytest.raises(ModelLoadError, match="2 hard links"):
+        files.model_member(str(tree / "model" / "m.onnx"), "hard.bin", "data", ModelLoadError)

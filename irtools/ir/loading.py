@@ -424,8 +424,29 @@ def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
 
 
 def check_structure(proto: onnx.ModelProto, path: str) -> None:
-    """Reject graphs with inputs that nothing defines, values defined twice, or cycles."""
+    """Reject graphs with inputs that nothing defines, values defined twice, or cycles, and
+    metadata irtools reads that is not what it should be."""
+    _check_declared_parameters(proto, path)
     _check_graph(proto.graph, set(), path)
+
+
+def _check_declared_parameters(proto: onnx.ModelProto, path: str) -> None:
+    """The `irtools.parameters` metadata (the parameter names a frontend declared) must be a JSON
+    list of names: a file can put anything there (deep nesting, numbers, a dict)."""
+    import json  # noqa: PLC0415
+
+    from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: PLC0415
+
+    for entry in proto.metadata_props:
+        if entry.key != DECLARED_PARAMETERS_KEY:
+            continue
+        try:
+            names = json.loads(entry.value)
+        except (ValueError, RecursionError):
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ModelLoadError(f"metadata '{DECLARED_PARAMETERS_KEY}' is not a JSON list of parameter names "
+                                 "(corrupt file)", path)
 
 
 def _check_unique(graph: onnx.GraphProto, path: str) -> None:

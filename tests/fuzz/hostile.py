@@ -571,3 +571,26 @@ def h5_dataset_with_an_unknown_filter(lay):
     with open(path, "wb") as fh:  # filter id 32000 (lzf) -> 32123, which no plugin provides
         fh.write(data.replace((32000).to_bytes(2, "little"), (32123).to_bytes(2, "little")))
     return Case(["analyze", path], 2, "cannot read the file")
+
+
+def _declared_parameters_case(text: str):
+    """The `irtools.parameters` metadata holding what is not a list of names (deep nesting was a
+    RecursionError)."""
+    def build(lay):
+        proto = f.onnx_model()
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "irtools.parameters", text
+        return Case(["analyze", f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))], 2,
+                    "not a JSON list of parameter names")
+
+    return build
+
+
+for _label, _text in (("nested", "[" * 100_000), ("dict", '{"w": 1}'), ("numbers", '["w", 3]')):
+    CASES[f"declared_parameters_{_label}"] = ("lie", _declared_parameters_case(_text))
+
+
+@case("error")
+def torch_persistent_id_that_is_not_a_storage(lay):
+    """The message must not read like the CLI's catch-all for bugs ("unexpected ...")."""
+    return Case(["analyze", lay.write("m.pt", f.torch_zip(b"\x80\x02Pstorage\n.", {}))], 2, "not a storage")
