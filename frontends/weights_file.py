@@ -105,7 +105,23 @@ def read_weights(path: str, trust: bool = False) -> dict[str, StoredArray]:
     kind = "safetensors folder" if os.path.isdir(path) else _format_name(path.lower())
     with _read_errors(path, kind):
         tensors = _read_any(path, trust)
-    return {name: StoredArray(a.shape, a.dtype, _checked_load(a.load, path, kind)) for name, a in tensors.items()}
+    out = {_writable_name(name): StoredArray(a.shape, a.dtype, _checked_load(a.load, path, kind))
+           for name, a in tensors.items()}
+    if len(out) != len(tensors):
+        raise ModelLoadError("two tensor names differ only in characters that are not valid text", path)
+    return out
+
+
+def _writable_name(name) -> str:
+    """A tensor name as text every output can hold: JSON and pickle strings may carry lone
+    surrogates (`"\\ud800"`), which no UTF-8 file (CSV, HTML, Parquet) can write; they are kept as
+    their escapes."""
+    name = str(name)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name
 
 
 def _read_any(path: str, trust: bool) -> dict[str, StoredArray]:

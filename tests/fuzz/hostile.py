@@ -594,3 +594,18 @@ for _label, _text in (("nested", "[" * 100_000), ("dict", '{"w": 1}'), ("numbers
 def torch_persistent_id_that_is_not_a_storage(lay):
     """The message must not read like the CLI's catch-all for bugs ("unexpected ...")."""
     return Case(["analyze", lay.write("m.pt", f.torch_zip(b"\x80\x02Pstorage\n.", {}))], 2, "not a storage")
+
+
+def _surrogate_name_case(*extra: str, output: str | None = None):
+    def build(lay):
+        header = b'{"a\\ud800.weight": {"dtype": "F32", "shape": [8, 8], "data_offsets": [0, 256]}}'
+        path = lay.write("m.safetensors", f.safetensors_bytes(header, np.eye(8, dtype=np.float32).tobytes()))
+        out = [] if output is None else ["-o", os.path.join(lay.root, output)]
+        return Case([*extra[:1], path, *extra[1:], *out], 0)
+
+    return build
+
+
+# A JSON "\ud800" escape is a lone surrogate in Python: no UTF-8 file (CSV, HTML) could hold the name.
+CASES["surrogate_name_csv"] = ("crash", _surrogate_name_case("analyze", "--format", "csv", output="out.csv"))
+CASES["surrogate_name_report"] = ("crash", _surrogate_name_case("report", output="out.html"))
