@@ -788,6 +788,7 @@ def _read_torch_zip(path: str, trust: bool) -> dict[str, StoredArray]:
         if pkl is None:
             raise ModelLoadError("zip file without data.pkl: not a PyTorch checkpoint", path)
         prefix = pkl[: -len("data.pkl")]
+        swap = _big_endian(z, prefix, path)
         state = _flatten_state(_unpickle(io.BytesIO(_zip_read(z, pkl, path)), path), path)
         for st in {r.storage.key: r.storage for r in state.values()}.values():
             info = _zip_member(z, f"{prefix}data/{st.key}", path, f"storage '{printable(st.key)}'")
@@ -798,9 +799,25 @@ def _read_torch_zip(path: str, trust: bool) -> dict[str, StoredArray]:
     def read_storage(st: _Storage) -> np.ndarray:
         with zipfile.ZipFile(path) as z:
             raw = z.read(f"{prefix}data/{st.key}")
-        return np.frombuffer(raw, dtype=st.dtype, count=min(st.numel, len(raw) // st.dtype.itemsize))
+        count = min(st.numel, len(raw) // st.dtype.itemsize)
+        if swap:  # each element's bytes reversed, whatever the dtype (bfloat16 and float8 included)
+            raw = np.frombuffer(raw, np.uint8, count * st.dtype.itemsize).reshape(count, st.dtype.itemsize)[:, ::-1]
+            return np.ascontiguousarray(raw).view(st.dtype).reshape(count)
+        return np.frombuffer(raw, dtype=st.dtype, count=count)
 
     return {k: StoredArray(r.shape, r.storage.dtype, _tensor_loader(read_storage, r)) for k, r in state.items()}
+
+
+def _big_endian(z: zipfile.ZipFile, prefix: str, path: str) -> bool:
+    """Whether the archive's storages are big-endian: PyTorch records the byte order of the machine
+    that saved it in `byteorder` ("little" or "big"; absent before PyTorch 2.1: little)."""
+    member = f"{prefix}byteorder"
+    if member not in z.namelist():
+        return False
+    order = _zip_read(z, member, path)[:16].strip()
+    if order not in (b"little", b"big"):
+        raise ModelLoadError(f"byteorder record is '{printable(order.decode('latin-1'))}', not little or big", path)
+    return order == b"big" and np.little_endian or order == b"little" and not np.little_endian
 
 
 def _read_torch_legacy(path: str, trust: bool) -> dict[str, StoredArray]:

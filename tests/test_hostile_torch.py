@@ -1,0 +1,45 @@
+"""PyTorch zip checkpoints whose records say more than data.pkl (found by the held-out sweep):
+`byteorder` (PyTorch >= 2.1 writes it; a checkpoint saved on a big-endian machine says "big" and
+its storages were read byte-swapped, silently wrong), and what it may not say."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from irtools.errors import ModelLoadError
+from irtools.frontends.weights_file import read_weights
+from tests.fuzz import formats as f
+
+MATRIX = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5
+
+
+def _checkpoint(path, order: bytes | None, storage: bytes, storage_type: str = "FloatStorage") -> str:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", f.p_state({"w": f.p_tensor("0", 12, 0, (3, 4), (4, 1), storage_type)}))
+        if order is not None:
+            z.writestr("archive/byteorder", order)
+        z.writestr("archive/data/0", storage)
+    path.write_bytes(buf.getvalue())
+    return str(path)
+
+
+@pytest.mark.parametrize("dtype, storage_type", [("f4", "FloatStorage"), ("f8", "DoubleStorage"),
+                                                 ("f2", "HalfStorage"), ("i8", "LongStorage")])
+def test_big_endian_storages_are_read_as_saved(tmp_path, dtype, storage_type):
+    want = MATRIX.astype(dtype)
+    big = _checkpoint(tmp_path / "big.pt", b"big", want.astype(">" + dtype).tobytes(), storage_type)
+    little = _checkpoint(tmp_path / "little.pt", b"little", want.astype("<" + dtype).tobytes(), storage_type)
+    old = _checkpoint(tmp_path / "old.pt", None, want.astype("<" + dtype).tobytes(), storage_type)  # before 2.1
+    for path in (big, little, old):
+        np.testing.assert_array_equal(read_weights(path)["w"].load(), want)
+
+
+def test_a_byteorder_record_that_is_neither_is_refused(tmp_path):
+    path = _checkpoint(tmp_path / "m.pt", b"middle\n\x1b[2J", MATRIX.tobytes())
+    with pytest.raises(ModelLoadError, match=r"byteorder record is 'middle\\n\\x1b\[2J', not little or big"):
+        read_weights(path)
