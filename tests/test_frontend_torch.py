@@ -188,3 +188,53 @@ def test_both_exporters_keep_the_real_weights(exporter):
     with torch.no_grad():
         np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0],
                                    net(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_dynamo_export_refuses_a_parameter_folded_into_a_constant():
+    """A parameter the exported program does not read as a graph input but whose value reaches
+    the output anyway (here through a tensor cached outside the module's parameters, as LeViT
+    caches its attention biases) is refused by the dynamo path: it is not 'unread'. Unread ones
+    (never an input's user) are accepted; see tests/test_torch_zoo.py."""
+    pytest.importorskip("onnxscript")
+    from irtools.errors import IrtoolsError
+    from irtools.frontends.torch import _check_dropped_unread
+
+    _check_dropped_unread(["pooler.weight"], ({"pooler.weight", "a.weight"}, {"a.weight"}), {})
+    _check_dropped_unread(["tied.weight"], ({"head.weight"}, set()), {"head.weight": "tied.weight"})
+    for lifted, used in [({"a.weight"}, {"a.weight"}), (set(), set())]:  # read, or never lifted (folded)
+        with pytest.raises(IrtoolsError, match="dropped parameter 'a.weight'"):
+            _check_dropped_unread(["a.weight"], (lifted, used), {})
+    with pytest.raises(IrtoolsError, match="dropped parameter"):
+        _check_dropped_unread(["a.weight"], None, {})
+
+
+def test_transformers_moe_exports_with_its_default_experts_implementation():
+    """transformers' default experts implementation (grouped_mm) calls a custom op no ONNX exporter
+    converts; the frontend exports batched_mm (the same matmuls) and gives the model back as it was.
+    The exported graph computes what the module computes."""
+    pytest.importorskip("onnxscript")
+    tf = pytest.importorskip("transformers")
+    from irtools.frontends.torch import from_torch
+
+    cfg = tf.Qwen2MoeConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16, use_cache=False)
+    torch.manual_seed(0)
+    model = tf.Qwen2MoeModel(cfg).eval()
+    before = model.get_experts_implementation()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(input_ids=ids).last_hidden_state
+
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    proto = from_torch(Hidden(), (ids,), exporter="dynamo")
+    assert model.get_experts_implementation() == before
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = Hidden()(ids).numpy()
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: ids.numpy()})[0], want, atol=1e-5)

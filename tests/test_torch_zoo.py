@@ -1,0 +1,63 @@
+"""The torch zoo: both metric families on hand-written PyTorch architectures, checked against torch.
+
+The architectures (`tests/zoo/torch_zoo.py`) are the ones `transformers` does not build but audits
+meet: recurrent LMs and a GRU encoder-decoder, a U-Net, a top-k mixture of experts, a GNN with
+index_add/scatter_add, weight-norm and spectral-norm parametrizations, torch.nn's Transformer and
+MultiheadAttention, tied embeddings, buffers and unused parameters. Truth comes from torch's own
+gradients (`tests.zoo.check.check_against_torch`). Three small ones that exercise what the torch
+frontend has to get right (LSTM, a tied head, scatter-based routing, a parameter the forward
+pass never reads) run in CI; the rest are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
+from tests.zoo import REGISTRY, half, load_all
+from tests.zoo.check import check_against_torch, exported_fixture
+
+load_all()
+FAST = ["lstm-lm-tied", "topk-moe", "buffers-unused"]
+#: Known failures outside the torch frontend, reported to their owners (strict: a fix shows up as XPASS).
+KNOWN = {
+    "weight-spectral-norm": "context counts: MatMul of two 1-D vectors (spectral_norm's u . W v) crashes",
+    "nn-transformer": "constant folding: SplitToSequence of a parameter (cross-attention in_proj split)",
+    "pixelshuffle-prelu-embbag": "context counts: no rule for SequenceInsert (EmbeddingBag's Loop)",
+}
+SLOW = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
+        for n in REGISTRY if half(n) == "torch_zoo" and n not in FAST]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    yield from exported_fixture(tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_torch_zoo_fast(exported, name):
+    check_against_torch(exported(name))
+
+
+def test_unread_parameters_leave_the_dynamo_export(exported):
+    """A parameter the forward pass never reads is left out of the dynamo export, and that export
+    is kept (not refused in favour of the TorchScript exporter): the declared parameter set is
+    exactly what torch's gradients say is read."""
+    e = exported("buffers-unused")
+    meta = {p.key: p.value for p in onnx.load(e.path).metadata_props}
+    assert meta["irtools.exporter"] == "dynamo"
+    declared = set(json.loads(meta[DECLARED_PARAMETERS_KEY]))
+    read = {n for n, g in e.gradients().items() if g is not None}
+    assert read == {"a.weight", "a.bias", "frozen", "bn.weight", "bn.bias"}
+    assert read <= declared and {"unused.weight", "unused.bias", "unused_vec"}.isdisjoint(declared)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_torch_zoo_slow(exported, name):
+    check_against_torch(exported(name))
