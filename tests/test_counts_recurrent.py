@@ -341,3 +341,51 @@ def test_sequence_lengths_from_the_input_count_full_length_with_a_note():
     for k in ("W", "R"):
         np.testing.assert_array_equal(cc.counts[k].log2(), want[k].log2())
     assert len(cc.notes) == 1 and "GRU node 'gru'" in cc.notes[0] and "full length" in cc.notes[0]
+
+
+@pytest.mark.slow  # Keras + tf2onnx + torch exports (~1 min)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_keras_recurrent_layers_count_like_torch_ones(tmp_path, kind, bidirectional):
+    """Keras layers reach ONNX through tf2onnx as a Loop around the cell written out (counted by
+    the Loop rules); torch's LSTM/GRU become the ONNX op (this module's rule) and nn.RNN is
+    unrolled by the exporter. Same structure (5 steps, 4 inputs, 3 units, the last state into a
+    Dense): the multisets of input and recurrent weight counts must be equal."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    from irtools.frontends import open_source
+    from irtools.frontends.torch import from_torch
+
+    layer = getattr(keras.layers, kind)(3)
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer)
+    path = str(tmp_path / "m.keras")
+    keras.Sequential([keras.Input((5, 4)), layer, keras.layers.Dense(2)]).save(path)
+    ours = open_source(path, input_shapes={"input_layer": [1, 5, 4]}).model
+    k_counts = irtools.run_passes(ours, ["context-counts"])["context-counts"].counts
+
+    class Torch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, {"SimpleRNN": "RNN"}.get(kind, kind))(4, 3, batch_first=True,
+                                                                               bidirectional=bidirectional)
+            self.fc = torch.nn.Linear(6 if bidirectional else 3, 2)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)  # Keras' Bidirectional: the forward last state, the backward one at t = 0
+            return self.fc(torch.cat([y[:, -1, :3], y[:, 0, 3:]], -1) if bidirectional else y[:, -1])
+
+    t_counts = irtools.run_passes(irtools.load(from_torch(Torch().eval(), (torch.randn(1, 5, 4),))),
+                                  ["context-counts"])["context-counts"].counts
+
+    def multiset(counts, pick):
+        return np.sort(np.concatenate([counts[k].log2().ravel() for k in counts if pick(k)]))
+
+    for keras_pick, torch_pick in ((lambda k: k.endswith("cell/kernel"), lambda k: "weight_ih" in k),
+                                   (lambda k: "recurrent_kernel" in k, lambda k: "weight_hh" in k)):
+        got, want = multiset(k_counts, keras_pick), multiset(t_counts, torch_pick)
+        assert got.size == want.size > 0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
