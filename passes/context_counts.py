@@ -275,15 +275,12 @@ def _gemm(n: _Node) -> None:
 
 
 def _matmul(n: _Node) -> None:
+    """numpy matmul semantics: a 1-D operand gains (then loses) a unit axis; 1-D x 1-D is a dot."""
     a_shape, b_shape = n.in_shape(0), n.in_shape(1)
-    y = n.out()
-    if len(a_shape) == 1:
-        y = y[..., None, :]
-    if len(b_shape) == 1:
-        y = y[..., :, None]
     k = a_shape[-1]
     a2 = a_shape if len(a_shape) > 1 else (1, k)
     b2 = b_shape if len(b_shape) > 1 else (k, 1)
+    y = n.out().reshape(np.broadcast_shapes(a2[:-2], b2[:-2]) + (a2[-2], b2[-1]))
     a_counts = np.broadcast_to(y.sum(axis=-1)[..., :, None], (*y.shape[:-2], y.shape[-2], k))
     b_counts = np.broadcast_to(y.sum(axis=-2)[..., None, :], (*y.shape[:-2], k, y.shape[-1]))
     n.give(0, unbroadcast(a_counts, a2).reshape(a_shape))
@@ -1571,6 +1568,30 @@ def _tensor_scatter(n: _Node) -> None:
     n.give(1, upd)
 
 
+def _dft(n: _Node) -> None:
+    """DFT: a dense linear map along `axis` (MatMul with a constant complex matrix, written in
+    real and imaginary parts): every input element of a line, real or imaginary part, reaches
+    every output element of that line, both parts, whatever the coefficient's value (as MatMul
+    counts a constant matrix's zeros). Inputs past dft_length are dropped (no contexts)."""
+    x_shape = n.in_shape(0)
+    if n.has_input(2):  # opset 20: axis is input 2 (default -2); opset 17: an attribute (default 1)
+        axis = int(np.asarray(n.const(2)).reshape(()))
+    else:
+        axis = int(n.attr("axis", 1 if n.model.opset < 20 else -2))
+    axis %= len(x_shape)
+    out = n.out()
+    per_line = out.sum(axis=(axis, out.ndim - 1), keepdims=True)  # (..., 1, ..., 1)
+    counts = np.broadcast_to(per_line, x_shape[:axis] + (x_shape[axis],) + x_shape[axis + 1:-1] + (x_shape[-1],))
+    if n.has_input(1):
+        length = int(np.asarray(n.const(1)).reshape(()))
+        if length < x_shape[axis]:
+            counts = counts.copy()
+            idx = [slice(None)] * len(x_shape)
+            idx[axis] = slice(length, None)
+            counts[tuple(idx)] = 0.0
+    n.give(0, counts)
+
+
 #: Further default-domain ops: {op: rule}.
 MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "ReverseSequence": _index_map_rule(_reverse_sequence_map),
@@ -1583,6 +1604,7 @@ MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "TensorScatter": _tensor_scatter,
     "SwiGLU": _broadcast_all,  # swish(A) * B: A an activation's input, B multiplied, element to element
     "BitCast": _passthrough,
+    "DFT": _dft,
 }
 
 

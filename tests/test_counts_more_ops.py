@@ -136,3 +136,48 @@ def test_unrolling_a_million_steps_is_refused_at_once():
     for proto, what in ((loop, "Loop"), (lstm, "LSTM")):
         with pytest.raises(IrtoolsError, match=rf"unrolling {what} node .* \(1000000 steps\)"):
             irtools.run_passes(irtools.load(proto), ["context-counts"])
+
+
+@pytest.mark.parametrize("complex_input,onesided", [(False, 0), (False, 1), (True, 0)])
+def test_dft_counts_as_matmul_with_its_constant_matrices(complex_input, onesided):
+    """DFT along axis 1 of (B, N, 1 or 2) = x_re C - x_im S and x_re S + x_im C with constant
+    cos / sin matrices (N, K), counted by the MatMul rule; onnxruntime confirms the written-out
+    graph computes the DFT."""
+    import onnxruntime as ort
+
+    bsz, size = 2, 4
+    k = size // 2 + 1 if onesided else size
+    xs = x(bsz, size, 2 if complex_input else 1)
+    angle = -2 * np.pi * np.outer(np.arange(size), np.arange(k)) / size
+    t = {"X": xs, "C": np.cos(angle).astype(F), "S": np.sin(angle).astype(F), "ax": np.array([2], I64),
+         "m1": np.array(-1.0, F)}
+    dft = h.make_node("DFT", ["X"], ["Y"], axis=1, onesided=onesided)
+    nodes = [h.make_node("Split", ["X"], ["xr", "xi"] if complex_input else ["xr"], axis=2,
+                         **({"num_outputs": 2} if complex_input else {"num_outputs": 1})),
+             h.make_node("Squeeze", ["xr", "ax"], ["r"]), h.make_node("MatMul", ["r", "C"], ["rc"]),
+             h.make_node("MatMul", ["r", "S"], ["rs"])]
+    re, im = "rc", "rs"
+    if complex_input:
+        nodes += [h.make_node("Squeeze", ["xi", "ax"], ["i"]), h.make_node("MatMul", ["i", "C"], ["ic"]),
+                  h.make_node("MatMul", ["i", "S"], ["is"]), h.make_node("Mul", ["is", "m1"], ["nis"]),
+                  h.make_node("Add", ["rc", "nis"], ["re"]), h.make_node("Add", ["rs", "ic"], ["im"])]
+        re, im = "re", "im"
+    nodes += [h.make_node("Unsqueeze", [re, "ax"], ["ure"]), h.make_node("Unsqueeze", [im, "ax"], ["uim"]),
+              h.make_node("Concat", ["ure", "uim"], ["Y"], axis=2)]
+    fused = b.model([dft], [], [b.vinfo("Y", [bsz, k, 2])], [b.tensor("X", xs)], opset=18)
+    written = b.model(nodes, [], [b.vinfo("Y", [bsz, k, 2])], [b.tensor(n_, v) for n_, v in t.items()], opset=18)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+           for m in (fused, written)]
+    np.testing.assert_allclose(run[0], run[1], rtol=1e-5, atol=1e-5)
+    got = [irtools.run_passes(irtools.load(m, parameters={"X"}), ["context-counts"])["context-counts"].counts["X"]
+           for m in (fused, written)]
+    np.testing.assert_array_equal(*(np.ldexp(c.mantissa, c.exponent) for c in got))
+
+
+def test_matmul_of_vectors_is_a_dot_product():
+    """1-D x 1-D: one output, each element one path; 1-D x 2-D: each a[k] reaches every column."""
+    ours = our_counts(h.make_node("MatMul", ["A", "Bm"], ["Y"]), {"A": x(3), "Bm": x(3)}, ())
+    np.testing.assert_array_equal(ours["A"], np.ones(3))
+    ours = our_counts(h.make_node("MatMul", ["A", "Bm"], ["Y"]), {"A": x(3), "Bm": x(3, 4)}, (4,))
+    np.testing.assert_array_equal(ours["A"], np.full(3, 4.0))
+    np.testing.assert_array_equal(ours["Bm"], np.ones((3, 4)))
