@@ -7,6 +7,13 @@ source, and returns a DataFrame with WeightWatcher's columns, column order, inde
 `describe`, `get_details` and `get_summary` follow. Options irtools does not implement raise
 `UnsupportedOptionError` naming the option instead of being ignored.
 
+Implemented options (`SUPPORTED`, as WeightWatcher 0.7.7 computes them): fix_fingers="clip_xmax" (with
+max_fingers, finger_thresh; adds num_fingers and raw_alpha), fix_fingers="xmin_peak" (with xmin_max;
+WeightWatcher 0.7.7 fails that fit on every layer, irtools computes what it means: see
+`irtools.passes.spectral.powerlaw`), an integer xmax, pool=False / ww2x=True (one row per conv kernel
+position with slice_id, scaled by rf/2), conv2d_norm=False (conv eigenvalues unscaled); glorot_fix,
+min_size and max_size are accepted and change nothing, as in WeightWatcher 0.7.7.
+
 Where irtools deliberately differs from WeightWatcher (documented, not hidden): a failed or
 degenerate power-law fit is NaN with status "failed" and a warning saying why, not -1; Conv1d layers
 are analysed as k pooled (out, in) slices (WeightWatcher mis-reads their 3-D kernels); weights keep

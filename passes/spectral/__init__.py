@@ -26,7 +26,8 @@ from irtools.backends import EigenBackend, get_backend
 from irtools.ir.model import IRModel
 from irtools.passing import Pass, register_pass
 from irtools.passes.spectral.metrics import finger_columns, layer_metrics, nonfinite_metrics, rand_distance, summarize
-from irtools.passes.spectral.powerlaw import DEFAULT_FINGER_THRESH, DEFAULT_MAX_FINGERS, FitOptions, kernels_ready, warm_up
+from irtools.passes.spectral.powerlaw import (DEFAULT_FINGER_THRESH, DEFAULT_MAX_FINGERS, FitOptions, kernels_ready,
+                                              warm_up)
 
 #: Column order of the per-layer table (WeightWatcher's names where it has them).
 COLUMNS = (

@@ -302,8 +302,9 @@ def _fit_clip_top(evals: np.ndarray, k: int, rule: str) -> PowerLawFit:
         kept = evals[:-k]
         return fit_power_law(kept, small_n_xmin=rule)
     x = evals[evals > EVALS_THRESH]
-    if x.size == 0:
-        return too_few(x) or _failed("failed: no eigenvalue above the cut")
+    failed = too_few(x)  # one eigenvalue: WeightWatcher's fit of it fails
+    if failed is not None:
+        return failed
     cut = x[: int(np.argmin(np.abs(x - k))) + 1]
     return _spikes(fit_power_law(cut, small_n_xmin=rule), evals)
 
