@@ -91,10 +91,16 @@ def quantized(tmp_path_factory):
         mq.process()
         out["mlp", f"int4-{'sym' if sym else 'asym'}"] = path = str(d / f"mlp_int4_{sym}.onnx")
         onnx.save(mq.model.model, path)
+    # the same int4 blocks as QDQ: DequantizeLinear (opset 21) with block_size and INT4/UINT4 tensors
+    cfg = nbits.DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False, quant_format=q.QuantFormat.QDQ)
+    mq = nbits.MatMulNBitsQuantizer(onnx.load(out["mlp", "float"]), algo_config=cfg)
+    mq.process()
+    out["mlp", "int4-qdq-blocked"] = path = str(d / "mlp_int4_qdq.onnx")
+    onnx.save(mq.model.model, path)
     return out
 
 
-SUFFIX = re.compile(r"(_Transposed)?(_quantized|_DequantizeLinear_Output|_Q4)$")
+SUFFIX = re.compile(r"(_Transposed)?(_quantized|_DequantizeLinear_Output|_Q4|_DQ_Q4_output)$")
 
 
 def _counts(path):
@@ -107,7 +113,7 @@ def _ops(path):
 
 
 @pytest.mark.parametrize("model,variant", [(m, v) for m in ("cnn", "mlp") for v in VARIANTS]
-                         + [("mlp", "int4-sym"), ("mlp", "int4-asym")])
+                         + [("mlp", "int4-sym"), ("mlp", "int4-asym"), ("mlp", "int4-qdq-blocked")])
 def test_quantized_model_counts_like_its_float_original(quantized, model, variant):
     want = _counts(quantized[model, "float"])
     got = _counts(quantized[model, variant])
@@ -177,3 +183,21 @@ def test_int4_weights_are_what_onnxruntime_computes_with(quantized, sym):
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         truth = sess.run(None, {"A": np.eye(k, dtype=F)})[0].T  # (N, K)
         np.testing.assert_allclose(layer.loader()[0], truth, rtol=1e-6, atol=1e-6)
+
+
+def test_blocked_int4_dequantize_linear_is_what_onnxruntime_computes(quantized):
+    """Blocked DequantizeLinear (block_size along axis 0, INT4/UINT4 values, zero points): the
+    weights the spectral family analyses are onnxruntime's DequantizeLinear outputs."""
+    path = quantized["mlp", "int4-qdq-blocked"]
+    proto = onnx.load(path)
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and all(any(a.name == "block_size" and a.i == 16 for a in n.attribute) for n in dq)
+    graph = h.make_graph(dq, "dq", [], [b.vinfo(n.output[0], None) for n in dq], list(proto.graph.initializer))
+    probe = h.make_model(graph, opset_imports=list(proto.opset_import))
+    probe.ir_version = proto.ir_version
+    truth = dict(zip([n.output[0] for n in dq], ort.InferenceSession(
+        probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {}), strict=True))
+    layers = irtools.run_passes(irtools.load(path), ["weights"])["weights"].layers
+    assert len(layers) == 3
+    for layer in layers:
+        np.testing.assert_allclose(layer.loader()[0], truth[layer.parameter], rtol=1e-6, atol=1e-7)
