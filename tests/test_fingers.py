@@ -234,3 +234,19 @@ def test_core_pass_and_cli_fix_fingers(net, tmp_path):
         assert "num_fingers" not in row
     bad = CliRunner().invoke(main, ["analyze", path, "--fix-fingers", "clip"])
     assert bad.exit_code == 2 and "clip_xmax" in bad.output
+
+
+def test_conv_slices_of_the_core_pass_are_weightwatchers_pool_false(tmp_path):
+    """`irtools analyze --conv-slices` on an ONNX export: the rows and values WeightWatcher's pool=False gives
+    for the same convolutions (one row per kernel position, row-major, eigenvalues x rf/2)."""
+    pytest.importorskip("onnx")
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(12, 16, 3), nn.ReLU(), nn.Conv2d(16, 10, (1, 2)))
+    path = str(tmp_path / "convs.onnx")
+    torch.onnx.export(model, (torch.zeros(1, 12, 8, 8),), path, dynamo=False, do_constant_folding=False)
+    ours = irtools.analyze(path, metrics="spectral", conv_slices=True).details
+    theirs = weightwatcher.WeightWatcher(model=model).analyze(pool=False)
+    assert len(ours) == len(theirs) == 9 + 2
+    for column in ("lambda_max", "alpha", "xmin", "xmax", "D", "num_pl_spikes", "log_norm", "alpha_weighted"):
+        np.testing.assert_allclose(ours[column].to_numpy(float), theirs[column].to_numpy(float), rtol=1e-6,
+                                   err_msg=column)
