@@ -426,8 +426,33 @@ def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
 def check_structure(proto: onnx.ModelProto, path: str) -> None:
     """Reject graphs with inputs that nothing defines, values defined twice, or cycles, and
     metadata irtools reads that is not what it should be."""
+    _check_text(proto, path)
     _check_declared_parameters(proto, path)
     _check_graph(proto.graph, set(), path)
+
+
+def _names(proto: onnx.ModelProto):
+    """(what, value) of every name-like string field irtools reads: ONNX declares them proto2
+    `string`, which the parser does not check, so bytes that are not UTF-8 come back as `bytes`."""
+    yield from (("opset domain", o.domain) for o in proto.opset_import)
+    yield from (("metadata", x) for e in proto.metadata_props for x in (e.key, e.value))
+    for g in _graphs(proto.graph):
+        yield "graph name", g.name
+        yield from (("initializer", t.name) for t in g.initializer)
+        for vi in (*g.input, *g.output, *g.value_info):
+            yield "value", vi.name
+            if vi.type.HasField("tensor_type"):
+                yield from (("dim", d.dim_param) for d in vi.type.tensor_type.shape.dim)
+        for node in g.node:
+            yield from (("node", x) for x in (node.name, node.op_type, node.domain, *node.input, *node.output))
+            yield from (("attribute", a.name) for a in node.attribute)
+
+
+def _check_text(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse names that are not UTF-8 text (onnx-ir cannot build a graph from them)."""
+    for what, value in _names(proto):
+        if not isinstance(value, str):
+            raise ModelLoadError(f"{what} name {printable(repr(value)[:80])} is not UTF-8 text (corrupt file)", path)
 
 
 def _check_declared_parameters(proto: onnx.ModelProto, path: str) -> None:

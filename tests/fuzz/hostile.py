@@ -609,3 +609,11 @@ def _surrogate_name_case(*extra: str, output: str | None = None):
 # A JSON "\ud800" escape is a lone surrogate in Python: no UTF-8 file (CSV, HTML) could hold the name.
 CASES["surrogate_name_csv"] = ("crash", _surrogate_name_case("analyze", "--format", "csv", output="out.csv"))
 CASES["surrogate_name_report"] = ("crash", _surrogate_name_case("report", output="out.html"))
+
+
+@case("error")
+def onnx_names_that_are_not_utf8(lay):
+    """proto2 strings are not checked by the parser: such names came back as bytes, and onnx-ir
+    failed with 'Error calling _deserialize_graph with: g'."""
+    data = f.onnx_model(name="wQQQ").SerializeToString().replace(b"wQQQ", b"w\xff\xfeQ")
+    return Case(["inspect", f.save_onnx_bytes(data, os.path.join(lay.model, "m.onnx"))], 2, "is not UTF-8 text")
