@@ -1248,6 +1248,7 @@ MICROSOFT_QUANTIZED_RULES: dict[str, Callable[[_Node], None]] = {
     "DynamicQuantizeMatMul": _bias_after(_as(_matmul, 0, 1), 4),
     "MatMulIntegerToFloat": _bias_after(_as(_matmul, 0, 1), 6),
     "MatMulNBits": _matmul_nbits,
+    "QAttention": _as(_packed_attention, 0, 1, 2),
 }
 
 

@@ -293,6 +293,7 @@ QUANTIZED_WEIGHTS: dict[str, _QuantWeight] = {
     "MatMulInteger": _QuantWeight("dense", 1, None, 3),
     "com.microsoft::DynamicQuantizeMatMul": _QuantWeight("dense", 1, 2, 3),
     "com.microsoft::MatMulIntegerToFloat": _QuantWeight("dense", 1, 3, 5),
+    "com.microsoft::QAttention": _QuantWeight("dense", 1, 4, 7),
 }
 
 
@@ -368,6 +369,7 @@ EXTRACTORS: dict[str, Callable[[_Ctx, ir.Node], None]] = {
     "GRU": _recurrent,
     "RNN": _recurrent,
     "com.microsoft::MatMulNBits": _matmul_nbits,
+    "com.microsoft::Attention": _dense,  # input (B, S, D) @ weights (D, 3D): the fused Q, K, V projection
 }
 
 

@@ -201,3 +201,25 @@ def test_blocked_int4_dequantize_linear_is_what_onnxruntime_computes(quantized):
     assert len(layers) == 3
     for layer in layers:
         np.testing.assert_allclose(layer.loader()[0], truth[layer.parameter], rtol=1e-6, atol=1e-7)
+
+
+def test_quantized_fused_attention_counts_like_the_float_one(tmp_path):
+    """onnxruntime's dynamic quantizer turns com.microsoft Attention into QAttention (int8 QKV
+    weight): same counts as the float graph, and the spectral layer is the dequantized weight."""
+    rng = np.random.default_rng(3)
+    w, bias = rng.standard_normal((8, 24)).astype(F), rng.standard_normal(24).astype(F)
+    proto = b.model([h.make_node("Attention", ["x", "qkv.w", "qkv.b"], ["y"], domain="com.microsoft", num_heads=2)],
+                    [b.vinfo("x", [1, 4, 8])], [b.vinfo("y", [1, 4, 8])], [b.tensor("qkv.w", w), b.tensor("qkv.b", bias)])
+    proto.opset_import.append(h.make_opsetid("com.microsoft", 1))
+    src, dst = str(tmp_path / "attn.onnx"), str(tmp_path / "attn_q.onnx")
+    onnx.save(proto, src)
+    quantization.quantize_dynamic(src, dst, weight_type=quantization.QuantType.QInt8)
+    assert "com.microsoft::QAttention" in _ops(dst)
+    want, got = _counts(src), _counts(dst)
+    np.testing.assert_array_equal(got["qkv.w"], want["qkv.w"])
+    layers = {SUFFIX.sub("", x.parameter): x for x in irtools.run_passes(irtools.load(dst), ["weights"])["weights"].layers}
+    deq = layers["qkv.w"].loader()[0]
+    step = 2 * np.abs(w).max() / 254  # signed int8, symmetric range
+    assert 0 < np.abs(deq - w).max() <= step / 2 + 1e-6
+    floats = irtools.run_passes(irtools.load(src), ["weights"])["weights"].layers
+    np.testing.assert_array_equal(floats[0].loader()[0], w)  # the float Attention's weight is a layer too
