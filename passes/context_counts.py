@@ -13,6 +13,11 @@ position ids and shape arithmetic (Range, Trilu, comparisons, ...) need neither 
 static shape, and an op without a rule is an error only on a parameter's path, reported once
 with every node using it. Subgraphs are swept in place: If by its branch (both when the
 condition is not constant), Loop and Scan unrolled; tensor sequences element by element.
+LSTM / GRU / RNN are unrolled over their static sequence length, the cell written out
+(`_recurrent`). Quantized operators count as their float ops on their data slots
+(`QUANTIZED_RULES`, `MICROSOFT_QUANTIZED_RULES`: scales and zero points carry no contexts), and
+onnxruntime's fused transformer ops as the graphs they fuse (`MICROSOFT_FUSED_RULES`).
+Unrolling asks the work budget first: a file may declare 10^6 steps.
 """
 
 from __future__ import annotations

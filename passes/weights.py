@@ -4,7 +4,11 @@ One extraction rule per op (`EXTRACTORS`): Gemm and MatMul with a constant weigh
 side, Conv / ConvTranspose (1-3 spatial dims) cut into one matrix per kernel position,
 embeddings (Gather on a constant table), LSTM / GRU / RNN (W and R per gate and direction),
 MatMulNBits packed weights; weights reached through Transpose / Reshape / Cast /
-DequantizeLinear are evaluated first. Matrices are loaded lazily, one layer at a time.
+DequantizeLinear are evaluated first. Quantized operators (`QUANTIZED_WEIGHTS`: QLinearConv,
+QLinearMatMul, QGemm, ConvInteger, MatMulInteger, QAttention, ...) give their integer weight
+dequantized, scale * (q - zero point), per tensor or per output channel; MatMulInteger and
+ConvInteger take the weight scale from the Mul that rescales their output (onnxruntime's dynamic
+quantizer). Matrices are loaded lazily, one layer at a time.
 
 Which parameter a layer analyses (its `parameter` column) is found by walking the weight input
 back through constant ops to the learnable parameters it is computed from (`_Ctx.origin`): a
