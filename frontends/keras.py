@@ -8,17 +8,24 @@ batch norm to `FusedBatchNormV3` (ONNX BatchNormalization keeps its four inputs)
 Conv+BatchNormalization fusion, skips grappler and leaves out tf2onnx's `merge_duplication`
 optimizer, and restores all of it afterwards.
 
-Which ONNX initializer holds which Keras weight is decided by value, not by tf2onnx's names:
-while the graph is frozen, every float weight holds a *fingerprint* (element k of the model
-holds a distinct float32 bit pattern), so each initializer element says which weight element
-it copies, whatever tf2onnx transposed or renamed. The real values are then filled in, each
-weight's initializer is renamed to its Keras path (`w.path`, e.g. `stem_conv/kernel`; a
-depthwise kernel stored as (C, 1, kh, kw) keeps its name), further copies of a weight (a layer
-called twice) become views of that one initializer, and the model metadata key
-`irtools.parameters` lists exactly the Keras weights. A weight the conversion dropped, folded
-or changed arithmetically is an error naming it. Because the conversion sees fingerprints
-only, its graph does not depend on the weights' values (all-zero biases and equal batch-norm
-vectors survive as they are).
+The stateless route (Keras 3 models): `model.stateless_call` is traced with the float weights as
+*inputs* of the function, so TF's freeze has no variable to copy into graph constants (freezing
+a 25 M-parameter ResNet50 cost about 1 GB resident) and the converted graph holds no weight.
+Weight input i then becomes the initializer of weight i, named by its Keras path (`w.path`, e.g.
+`stem_conv/kernel`): which tensor holds which weight is known by position. The layout ops tf2onnx
+left on a weight input (a conv kernel's Transpose, a depthwise kernel's Reshape) are folded into
+the initializer, as its constant folding does on a frozen graph; a weight read in two layouts (a
+layer called twice) is one initializer plus view nodes; arithmetic on a weight stays in the graph.
+
+The frozen route (a SavedModel's traced graph, whose variables are TensorFlow's): tf2onnx freezes
+the variables while every float weight holds a *fingerprint* (element k of the model holds a
+distinct float32 bit pattern), so each initializer element says which weight element it copies,
+whatever tf2onnx transposed or renamed; the real values are then filled in and renamed as above.
+A weight that tf2onnx folded or changed arithmetically is an error naming it.
+
+Both routes: the model metadata key `irtools.parameters` lists exactly the Keras weights, a
+weight the forward pass never reads is an error (or a declared structural constant, metadata
+`irtools.structural_weights`), and the nodes reading a weight are named by its layer's Keras path.
 
 TensorFlow, Keras and tf2onnx are imported only when a function here is called.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -297,6 +305,7 @@ def _input_specs(tf, model, input_shape):
     """TensorSpecs for the model inputs, batch 1 where the model leaves it open."""
     inputs = _model_inputs(model)
     if not inputs:
+        input_shape = input_shape if input_shape is not None else _built_input_shape(model)
         if input_shape is None:
             raise IrtoolsError("the Keras model has no defined inputs: pass input_shape=(1, ...)")
         shapes = [input_shape] if isinstance(input_shape[0], (int, np.integer)) else list(input_shape)
@@ -332,6 +341,16 @@ def _input_specs(tf, model, input_shape):
             )
         specs.append(tf.TensorSpec(tuple(int(d) for d in shape), t.dtype, name=_tensor_name(t)))
     return specs
+
+
+def _built_input_shape(model):
+    """The input shape a subclassed model was built with (it was called once on one tensor), batch 1
+    if left open; None if unknown."""
+    shapes = list((getattr(model, "_build_shapes_dict", None) or {}).values())
+    if len(shapes) != 1 or not isinstance(shapes[0], (tuple, list)) or not shapes[0]:
+        return None
+    shape = tuple(1 if (i == 0 and d is None) else d for i, d in enumerate(shapes[0]))
+    return shape if all(isinstance(d, int) for d in shape) else None
 
 
 def _as_functional(model, specs):
@@ -405,14 +424,54 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
         bad = [n for w, n in zip(weights, names) if np.dtype(w.dtype) != np.float32]
         raise IrtoolsError(f"only float32 weights are supported; {bad[0]} is {np.dtype(weights[names.index(bad[0])].dtype)}")
 
-    originals = [np.array(w.numpy(), copy=True) for w in weights]
     optimizers = collections.OrderedDict(
         (k, v) for k, v in tf2onnx_optimizer._get_optimizers().items() if k != "merge_duplication"  # noqa: SLF001
     )
+    snapshots = _snapshot_weights(functional, weights)
+    if _stateless(functional):
+        proto, found = _convert_stateless(tf, functional, specs, weights, names, opset, optimizers, set(snapshots))
+    else:
+        proto, originals = _convert_frozen(tf2onnx, functional, specs, weights, offsets, opset, optimizers)
+        _refuse_unconverted_ops(proto)
+        found = _restore_weights(proto, names, offsets, originals, optional=set(snapshots))
+        del originals
+    _name_layer_nodes(proto.graph, [names[i] for i in sorted(found)])
+    structural = {names[i]: snapshots[i] for i in snapshots if i not in found}
+    metadata = {DECLARED_PARAMETERS_KEY: json.dumps([n for n in names if n not in structural]),
+                "irtools.frontend": "keras",
+                "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"}
+    if structural:
+        metadata[STRUCTURAL_WEIGHTS_KEY] = json.dumps(structural)
+    _set_metadata(proto, metadata)
+    proto.producer_name = proto.producer_name or "tf2onnx"
+    return proto
+
+
+def _name_layer_nodes(graph: onnx.GraphProto, weight_names) -> None:
+    """Name each node that reads a Keras weight after the weight's layer path (`block1_conv1` for
+    `block1_conv1/kernel`, `inner/d1` for `inner/d1/kernel`) instead of TensorFlow's op names
+    (`resnet50_1/conv1_conv_1/convolution`): a layer's rows carry its Keras path. A second node of
+    the same layer (a Dense on 3-D input: MatMul, then the bias Add) gets `<path>/<op type>`."""
+    layer_of = {name: name.rpartition("/")[0] for name in weight_names if "/" in name}
+    taken = {n.name for n in graph.node}
+    for node in graph.node:
+        weight = next((name for name in node.input if name in layer_of), None)
+        if weight is None or node.name.startswith(f"{weight}/view"):
+            continue
+        candidates = itertools.chain([layer_of[weight], f"{layer_of[weight]}/{node.op_type}"],
+                                     (f"{layer_of[weight]}/{node.op_type}_{k}" for k in itertools.count(1)))
+        node.name = next(c for c in candidates if c not in taken)
+        taken.add(node.name)
+
+
+def _convert_frozen(tf2onnx, functional, specs, weights, offsets, opset, optimizers):
+    """tf2onnx's own Keras conversion, which freezes the variables into graph constants: the
+    weights hold their fingerprints meanwhile. (Models `_stateless` refuses: a SavedModel's
+    traced graph, Keras 2.) Returns the ONNX model and the weights' real values."""
+    originals = [np.array(w.numpy(), copy=True) for w in weights]
     try:
-        for w, off, size in zip(weights, offsets, sizes):
-            bits = (np.arange(size, dtype=np.int64) + off + _FP_BASE).astype(np.uint32)
-            w.assign(bits.view(np.float32).reshape(tuple(w.shape)))
+        for w, fingerprints in zip(weights, _fingerprints(weights, offsets)):
+            w.assign(fingerprints)
         saved_model = any(type(layer).__name__ == "TFSMLayer" for layer in getattr(functional, "layers", []))
         with conversion_patches(), (_keep_weight_arithmetic(int(offsets[-1])) if saved_model
                                     else contextlib.nullcontext()):
@@ -424,19 +483,217 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
     finally:
         for w, value in zip(weights, originals):
             w.assign(value)
+    return proto, originals
 
+
+def _fingerprints(weights, offsets) -> Iterator[np.ndarray]:
+    """Each weight's fingerprint array (element k of the model holds bit pattern _FP_BASE + k)."""
+    for w, off, end in zip(weights, offsets, offsets[1:]):
+        bits = (np.arange(off, end, dtype=np.int64) + _FP_BASE).astype(np.uint32)
+        yield bits.view(np.float32).reshape(tuple(w.shape))
+
+
+# -- the stateless conversion: weights as graph inputs -----------------------------------------
+
+
+def _stateless(functional) -> bool:
+    """Whether the model converts through `stateless_call` (Keras 3 layers on Keras variables; not a
+    SavedModel's graph, whose variables are TensorFlow's)."""
+    layers = getattr(functional, "layers", [])
+    return hasattr(functional, "stateless_call") and not any(type(layer).__name__ == "TFSMLayer" for layer in layers)
+
+
+_WEIGHT_INPUT = "irtools_weight_{}"
+
+
+def _convert_stateless(tf, functional, specs, weights, names, opset, optimizers,
+                       optional: set[int]) -> tuple[onnx.ModelProto, set[int]]:
+    """Convert `functional.stateless_call` traced with the float weights as *inputs* of the
+    function: freezing then has no variable to copy into graph constants (TF's freeze of a
+    ResNet50 costs about 1 GB resident for its 100 MB of weights). Weight input i then becomes the
+    initializer of weight i (`_place_weights`), the layout ops tf2onnx left on it (a conv kernel's
+    Transpose, a depthwise kernel's Reshape) folded, so the graph reads initializers as a frozen
+    conversion's does. Returns the ONNX model and the indices of the weights it reads."""
+    from tf2onnx import tf_loader  # noqa: PLC0415
+    from tf2onnx.convert import _convert_common  # noqa: PLC0415
+
+    try:
+        with conversion_patches(), tf.device("/cpu:0"):
+            concrete, output_names = _stateless_function(tf, functional, specs, weights)
+            input_names = [t.name for t in concrete.inputs[:len(specs) + len(weights)]]  # then captured tensors
+            outputs = [t.name for t in concrete.outputs]
+            renames = dict(zip(input_names, [s.name for s in specs] + [_WEIGHT_INPUT.format(i) for i in range(len(weights))]))
+            renames.update(zip(outputs, output_names))
+            graph_def = tf_loader.from_function(concrete, input_names, outputs)
+            del concrete
+            proto, _ = _convert_common(graph_def, name=functional.name, continue_on_error=True, opset=opset,
+                                       optimizers=optimizers, input_names=input_names, output_names=outputs,
+                                       tensors_to_rename=renames)
+    except IrtoolsError:
+        raise
+    except Exception as exc:
+        raise IrtoolsError(f"tf2onnx could not convert the Keras model: {type(exc).__name__}: {exc}") from exc
+    del graph_def
     _refuse_unconverted_ops(proto)
-    snapshots = _snapshot_weights(functional, weights)
-    found = _restore_weights(proto, names, offsets, originals, optional=set(snapshots))
-    structural = {names[i]: snapshots[i] for i in snapshots if i not in found}
-    metadata = {DECLARED_PARAMETERS_KEY: json.dumps([n for n in names if n not in structural]),
-                "irtools.frontend": "keras",
-                "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"}
-    if structural:
-        metadata[STRUCTURAL_WEIGHTS_KEY] = json.dumps(structural)
-    _set_metadata(proto, metadata)
-    proto.producer_name = proto.producer_name or "tf2onnx"
-    return proto
+    found = _place_weights(proto.graph, weights, names, optional)
+    gc.collect()  # the traced TF graphs
+    return proto, found
+
+
+def _stateless_function(tf, functional, specs, weights):
+    """The concrete function (model inputs..., float weights...) -> outputs, and the outputs' names."""
+    index = {id(w): i for i, w in enumerate(weights)}
+    model_inputs = len(specs)
+    fixed = {id(v): np.asarray(v.numpy()) for v in functional.variables if id(v) not in index}  # seeds, counters
+
+    def state(variables, args):
+        return [args[model_inputs + index[id(v)]] if id(v) in index else tf.constant(fixed[id(v)]) for v in variables]
+
+    def call(*args):
+        x = args[0] if model_inputs == 1 else list(args[:model_inputs])
+        out, _ = functional.stateless_call(state(functional.trainable_variables, args),
+                                           state(functional.non_trainable_variables, args), x, training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    weight_specs = [tf.TensorSpec(tuple(w.shape), tf.float32, name=_WEIGHT_INPUT.format(i)) for i, w in enumerate(weights)]
+    concrete = tf.function(call, autograph=False).get_concrete_function(*specs, *weight_specs)
+    names = list(getattr(functional, "output_names", None) or [])
+    if len(names) != len(concrete.outputs):
+        names = [f"output_{i}" for i in range(len(concrete.outputs))]
+    return concrete, names
+
+
+# Ops that only lay a weight out anew (every element kept once): a chain of them from a weight input
+# is folded into the weight's initializer, as tf2onnx's constant folding does on a frozen graph.
+_RELAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})
+
+
+def _place_weights(graph: onnx.GraphProto, weights, names, optional: set[int]) -> set[int]:
+    """Weight inputs -> initializers named by the weights' Keras paths, holding their real values in
+    the layout their first reader uses; returns the indices of the weights the graph reads.
+
+    Weight i is graph input `_WEIGHT_INPUT.format(i)`: which initializer holds which weight is
+    known by position, no fingerprint needed. Further readers in the same layout read the same
+    initializer, readers in another layout get view nodes (as in `_restore_weights`)."""
+    position = {_WEIGHT_INPUT.format(i): i for i in range(len(weights))}
+    kept = [vi for vi in graph.input if vi.name not in position]
+    del graph.input[:]
+    graph.input.extend(kept)
+    uses = _relayout_chains(graph, position, [tuple(int(d) for d in w.shape) for w in weights])
+    _require_all(names, uses, optional, "Keras weight")
+    taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    renames: dict[str, str] = {}
+    extra_nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    for index, chains in sorted(uses.items()):
+        name, shape = names[index], tuple(int(d) for d in weights[index].shape)
+        if name in taken and name not in chains:
+            raise IrtoolsError(f"Keras weight name '{name}' clashes with a tensor of the converted graph")
+        (value, chain), *others = chains.items()
+        local = _chain_indices(shape, chain)
+        flat = np.asarray(weights[index].numpy(), dtype=np.float32).reshape(-1)
+        initializers.append(numpy_helper.from_array(flat[local], name))
+        del flat
+        renames[value] = name
+        _alias_uses(name, local, [(v, _chain_indices(shape, c)) for v, c in others], renames, extra_nodes)
+    _rewrite(graph, set(), initializers, renames, extra_nodes)
+    return set(uses)
+
+
+def _relayout_chains(graph: onnx.GraphProto, position: Mapping[str, int], shapes) -> dict[int, dict[str, list]]:
+    """Fold the `_RELAYOUT_OPS` chains that start at weight inputs: {weight index: {value read by
+    the rest of the graph: [(node, constant feeds), ...] from the weight to that value]}}. The
+    folded nodes leave the graph."""
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants.update((n.output[0], numpy_helper.to_array(n.attribute[0].t)) for n in graph.node
+                     if n.op_type == "Constant" and [a.name for a in n.attribute] == ["value"])
+    traced: dict[str, tuple[int, list]] = {name: (i, []) for name, i in position.items()}
+    folded: list[int] = []
+    for at, node in enumerate(graph.node):
+        data = [name for name in node.input if name in traced]
+        if (len(data) != 1 or node.input[0] != data[0] or not _relayout(node)
+                or any(name and name not in constants for name in node.input[1:])):
+            continue
+        index, chain = traced[data[0]]
+        feeds = {name: constants[name] for name in node.input[1:] if name}
+        traced[node.output[0]] = (index, [*chain, (node, feeds)])
+        folded.append(at)
+    fed = {name for at in folded for name in graph.node[at].input[1:]}  # shapes, axes
+    for at in reversed(folded):
+        del graph.node[at]
+    _fuse_conv_bias(graph, traced, shapes)
+    read = _values_read(graph)
+    _drop_unread(graph, fed - read)
+    uses: dict[int, dict[str, list]] = collections.defaultdict(dict)
+    for value, (index, chain) in traced.items():
+        if value in read:
+            uses[index][value] = chain
+    return uses
+
+
+def _fuse_conv_bias(graph: onnx.GraphProto, traced: dict, shapes) -> None:
+    """`Add(Conv(x, w), b)` with `b` a weight of shape (1, M, 1, ...) becomes `Conv(x, w, b)` (b as
+    (M,)): tf2onnx's transpose optimizer does this for a constant bias (Keras' DepthwiseConv2D
+    adds its bias with an Add), not for a bias that is a graph input."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = collections.Counter(name for n in graph.node for name in n.input)
+    fused: list[int] = []
+    for at, add in enumerate(graph.node):
+        conv = producer.get(add.input[0]) if add.op_type == "Add" and len(add.input) == 2 else None
+        if (conv is None or conv.op_type not in ("Conv", "ConvTranspose") or len(conv.input) != 2
+                or readers[conv.output[0]] != 1 or add.input[1] not in traced or conv.input[1] not in traced):
+            continue
+        index, chain = traced[add.input[1]]
+        bias_shape = _chain_indices(shapes[index], chain).shape
+        kernel_index, kernel_chain = traced[conv.input[1]]
+        channels = _chain_indices(shapes[kernel_index], kernel_chain).shape[1 if conv.op_type == "ConvTranspose" else 0]
+        channels *= next((a.i for a in conv.attribute if a.name == "group"), 1) if conv.op_type == "ConvTranspose" else 1
+        if len(bias_shape) < 2 or bias_shape[1] != channels or int(np.prod(bias_shape)) != channels:
+            continue
+        flat = helper.make_node("Reshape", [add.input[1], "shape"], [f"{add.input[1]}/conv_bias"])
+        traced[flat.output[0]] = (index, [*chain, (flat, {"shape": np.array([channels], dtype=np.int64)})])
+        conv.input.append(flat.output[0])
+        conv.output[0] = add.output[0]
+        fused.append(at)
+    for at in reversed(fused):
+        del graph.node[at]
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the initializers and Constant nodes that define `names` (values nothing reads)."""
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in names]):
+        del graph.initializer[i]
+    for i in reversed([i for i, n in enumerate(graph.node) if n.op_type == "Constant" and n.output[0] in names]):
+        del graph.node[i]
+
+
+def _relayout(node: onnx.NodeProto) -> bool:
+    if node.op_type not in _RELAYOUT_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return False
+    return node.op_type != "Cast" or any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+
+
+def _chain_indices(shape, chain) -> np.ndarray:
+    """Weight-element indices (flat, int32) of the value `chain` computes from a weight of `shape`."""
+    from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
+
+    local = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int32).reshape(shape)
+    for node, feeds in chain:
+        if node.op_type in ("Identity", "Cast"):
+            continue
+        local = ReferenceEvaluator(node).run(None, {node.input[0]: local, **feeds})[0]
+    return local
+
+
+def _values_read(graph: onnx.GraphProto) -> set[str]:
+    """Names read by a node (subgraphs included: outer-scope references) or output by the graph."""
+    read = {o.name for o in graph.output}
+    for node in graph.node:
+        read.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                read |= _values_read(sub)
+    return read
 
 
 def _refuse_unconverted_ops(proto: onnx.ModelProto) -> None:
@@ -509,10 +766,15 @@ def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str,
             raise IrtoolsError(f"the conversion changed {kind} '{names[index]}' (ONNX initializer '{init.name}' "
                                "is not a permuted copy of it)")
         occurrences[index].append((init, local))
-    missing = [names[i] for i in range(len(names)) if i not in occurrences and i not in optional]
+    _require_all(names, occurrences, optional, kind)
+    return occurrences
+
+
+def _require_all(names, found, optional, kind: str) -> None:
+    """Every weight (index into `names`) but the `optional` ones must be `found`."""
+    missing = [names[i] for i in range(len(names)) if i not in found and i not in optional]
     if missing:
         raise IrtoolsError(f"the conversion lost {len(missing)} {kind}(s) (folded or unused), e.g. '{missing[0]}'")
-    return occurrences
 
 
 def _is_permutation(local: np.ndarray) -> bool:
@@ -538,19 +800,26 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals, optional
         first, local = occ[0]
         renames[first.name] = name
         first.CopyFrom(numpy_helper.from_array(flat[local].astype(np.float32), name))
-        position = None
-        for j, (other, other_local) in enumerate(occ[1:], start=1):
-            drop.add(other.name)
-            if other_local.shape == local.shape and np.array_equal(other_local, local):
-                renames[other.name] = name
-                continue
-            if position is None:
-                position = np.empty(local.size, dtype=np.int64)
-                position[local.reshape(-1)] = np.arange(local.size)
-            extra_nodes.extend(_view_nodes(name, first.dims, position[other_local], other.name, f"{name}/view{j}"))
+        drop.update(other.name for other, _ in occ[1:])
+        _alias_uses(name, local, [(other.name, other_local) for other, other_local in occ[1:]], renames, extra_nodes)
         occ.clear()  # the element indices are no longer needed
     _rewrite(graph, drop, [], renames, extra_nodes)
     return set(occurrences)
+
+
+def _alias_uses(name: str, local: np.ndarray, others, renames: dict[str, str], extra_nodes: list) -> None:
+    """Further uses [(value, element indices)] of weight `name`, whose initializer holds the weight's
+    elements `local`: a use in the same layout is renamed to the initializer, another layout becomes
+    nodes computing it from the initializer (`_view_nodes`)."""
+    position = None
+    for j, (other, other_local) in enumerate(others, start=1):
+        if other_local.shape == local.shape and np.array_equal(other_local, local):
+            renames[other] = name
+            continue
+        if position is None:
+            position = np.empty(local.size, dtype=np.int64)
+            position[local.reshape(-1)] = np.arange(local.size)
+        extra_nodes.extend(_view_nodes(name, local.shape, position[other_local], other, f"{name}/view{j}"))
 
 
 def _rewrite(graph: onnx.GraphProto, drop: set[str], new_initializers, renames: dict[str, str],

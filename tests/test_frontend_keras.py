@@ -217,7 +217,26 @@ def test_weight_used_in_two_layouts_is_one_parameter():
     np.testing.assert_allclose(ir_model.results["context-counts"].counts["tied/w"].log2(), np.log2(5))
 
 
-def test_weight_folded_by_the_conversion_is_an_error():
+def test_arithmetic_on_a_weight_keeps_the_weight():
+    """`x @ (w * 2)`: traced with the weights as inputs, `w * 2` stays a computation on the parameter
+    (a frozen conversion folded it into a constant that no longer says which weight it was)."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, Scaled(name="scaled")(inp))
+    proto = from_keras(model)
+    ir_model = irtools.load(proto)
+    assert_parameters_are_model_weights(ir_model, model)
+    assert any(n.op_type == "Mul" and "scaled/w" in n.input for n in proto.graph.node)
+    x = np.random.default_rng(6).standard_normal((1, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_conversion_refuses_a_weight_folded_into_a_constant(monkeypatch):
+    """The frozen route (a SavedModel's traced graph) fingerprints the weights: a constant computed
+    from one is an error naming the cause, and the real values are put back."""
+    import irtools.frontends.keras as frontend
+
+    monkeypatch.setattr(frontend, "_stateless", lambda functional: False)
     keras.utils.set_random_seed(6)
     inp = keras.Input((4,))
     model = keras.Model(inp, Scaled(name="scaled")(inp))
@@ -437,5 +456,5 @@ def test_an_op_tf2onnx_leaves_unconverted_is_an_error():
         import irtools.frontends.keras as frontend
 
         mp.setattr(frontend, "_plain_conv", lambda tf, nn: original)
-        with pytest.raises(irtools.IrtoolsError, match=r"could not convert TensorFlow op\(s\) StatefulPartitionedCall"):
+        with pytest.raises(irtools.IrtoolsError, match=r"could not convert TensorFlow op\(s\) (Stateful)?PartitionedCall"):
             from_keras(model)

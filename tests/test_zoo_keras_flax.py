@@ -47,13 +47,13 @@ def _keras_param(name):
     return pytest.param(name, marks=()) if name in zoo.KERAS_FAST else pytest.param(name, marks=pytest.mark.slow)
 
 
-@pytest.fixture(scope="module", params=[_keras_param(n) for n in zoo.KERAS_APPS])
+@pytest.fixture(scope="module", params=[_keras_param(n) for n in zoo.KERAS_ZOO])
 def keras_run(request):
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
     from irtools.frontends.keras import STRUCTURAL_WEIGHTS_KEY, from_keras
 
-    model = zoo.keras_app(request.param)
+    model = zoo.KERAS_ZOO[request.param]()
     proto = from_keras(model)
     ir_model = irtools.load(proto)
     analysis = irtools.analyze(ir_model)
