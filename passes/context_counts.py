@@ -1257,6 +1257,14 @@ MICROSOFT_QUANTIZED_RULES: dict[str, Callable[[_Node], None]] = {
 }
 
 
+def _det(n: _Node) -> None:
+    """Det: every element of a matrix reaches its determinant (com.microsoft Inverse: every
+    element of the inverse, so each takes the matrix's summed counts)."""
+    out = n.out()
+    per_matrix = out if out.ndim == len(n.in_shape(0)) - 2 else out.sum(axis=(-2, -1))
+    n.give(0, np.broadcast_to(per_matrix[..., None, None], n.in_shape(0)))
+
+
 # -- onnxruntime's fused transformer ops (com.microsoft) -----------------------------------------
 def _skip_layer_norm(bias_slot: int, affine: tuple[int, ...]) -> Callable[[_Node], None]:
     """SkipLayerNormalization (input, skip, gamma, beta, bias) / SkipSimplifiedLayerNormalization
@@ -1458,6 +1466,9 @@ MICROSOFT_FUSED_RULES: dict[str, Callable[[_Node], None]] = {
     "GemmFastGelu": _bias_after(_matmul, 2),
     "GroupNorm": _ms_group_norm,
     "SkipGroupNorm": _ms_group_norm,
+    "BiasSoftmax": _broadcast_all,  # softmax(data + bias), an activation
+    "BiasDropout": _as(_broadcast_all, 0, 1, 2),  # dropout(data + bias) + residual
+    "Inverse": _det,
 }
 
 
@@ -1537,10 +1548,6 @@ def _max_unpool(n: _Node) -> None:
     n.give(0, _sum_windows(n.out(), kernel, strides, pads, x_shape[2:]))
 
 
-def _det(n: _Node) -> None:  # every element of a matrix reaches its determinant
-    n.give(0, np.broadcast_to(n.out()[..., None, None], n.in_shape(0)))
-
-
 def _affine_grid(n: _Node) -> None:
     """AffineGrid(theta (N, d, d + 1), size): grid[n, ..., i] = theta[n, i, :] . (coords, 1), so
     theta[n, i, j] reaches component i of every grid point."""
@@ -1614,6 +1621,7 @@ MORE_RULES: dict[str, Callable[[_Node], None]] = {
 }
 
 
+
 UNARY = (
     "Relu LeakyRelu Sigmoid Tanh HardSigmoid HardSwish Elu Selu Celu Gelu Softplus Softsign Mish Erf Exp Log "
     "Sqrt Reciprocal Neg Abs Sin Cos Floor Ceil Round Sign Identity Dropout Cast CastLike Softmax LogSoftmax "
@@ -1626,7 +1634,8 @@ BROADCAST = "Add Sub Mul Div Pow Max Min Sum Mean PRelu Mod BiasAdd".split()
 NO_CONTEXT = frozenset(
     "Shape Size Range Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor Not IsNaN IsInf ArgMax ArgMin "
     "NonZero EyeLike ConstantOfShape OneHot Hardmax RandomNormal RandomUniform RandomNormalLike RandomUniformLike "
-    "SequenceLength Multinomial Bernoulli BitShift BitwiseAnd BitwiseOr BitwiseXor BitwiseNot StringNormalizer".split()
+    "SequenceLength Multinomial Bernoulli BitShift BitwiseAnd BitwiseOr BitwiseXor BitwiseNot StringNormalizer "
+    "NonMaxSuppression".split()
 )
 REDUCE = "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL2 ReduceL1 ReduceLogSum ReduceLogSumExp "\
          "ReduceSumSquare".split()

@@ -181,3 +181,43 @@ def test_matmul_of_vectors_is_a_dot_product():
     ours = our_counts(h.make_node("MatMul", ["A", "Bm"], ["Y"]), {"A": x(3), "Bm": x(3, 4)}, (4,))
     np.testing.assert_array_equal(ours["A"], np.full(3, 4.0))
     np.testing.assert_array_equal(ours["Bm"], np.ones((3, 4)))
+
+
+def test_matrix_inverse_reaches_every_element_of_its_matrix():
+    """com.microsoft Inverse: perturbing any element of a generic matrix changes every element
+    of its inverse, so each element takes the summed counts of its matrix's 9 outputs."""
+    import onnxruntime as ort
+
+    node = h.make_node("Inverse", ["X"], ["Y"], domain="com.microsoft")
+    base = x(2, 3, 3) + 2 * np.eye(3, dtype=F)
+    proto = b.model([node], [b.vinfo("X", [2, 3, 3])], [b.vinfo("Y", [2, 3, 3])])
+    proto.opset_import.append(h.make_opsetid("com.microsoft", 1))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    y0 = sess.run(None, {"X": base})[0]
+    probed = np.zeros(base.size)
+    for i in range(base.size):
+        bumped = base.copy().ravel()
+        bumped[i] += 0.25
+        probed[i] = np.count_nonzero(np.abs(sess.run(None, {"X": bumped.reshape(base.shape)})[0] - y0) > 1e-6)
+    owned = b.model([node], [], [b.vinfo("Y", [2, 3, 3])], [b.tensor("X", base)])
+    owned.opset_import.append(h.make_opsetid("com.microsoft", 1))
+    c = irtools.run_passes(irtools.load(owned, parameters={"X"}), ["context-counts"])["context-counts"].counts["X"]
+    np.testing.assert_array_equal(np.ldexp(c.mantissa, c.exponent), probed.reshape(base.shape))
+
+
+def test_non_max_suppression_indices_carry_no_contexts():
+    """Detection heads: scores from a parameter -> NonMaxSuppression -> Gather(boxes, selected):
+    the indices carry no contexts, the boxes reach the output through a data-chosen Gather."""
+    from onnx import TensorProto as T
+
+    nodes = [h.make_node("MatMul", ["feat", "w"], ["scores"]),  # (1, 1, 4) class scores of 4 boxes
+             h.make_node("NonMaxSuppression", ["boxes", "scores", "k"], ["sel"]),
+             h.make_node("Gather", ["sel", "two"], ["idx"], axis=1), h.make_node("Gather", ["boxes2d", "idx"], ["y"])]
+    proto = b.model(nodes, [b.vinfo("feat", [1, 1, 3])], [b.vinfo("y", [3, 4])],
+                    [b.tensor("w", x(3, 4)), b.tensor("boxes", x(1, 4, 4)), b.tensor("boxes2d", x(4, 4)),
+                     b.tensor("k", np.array([3], I64)), b.tensor("two", np.array(2, I64))])
+    proto.graph.value_info.extend([b.vinfo("sel", [3, 3], T.INT64), b.vinfo("idx", [3], T.INT64)])  # data-sized
+    cc = irtools.run_passes(irtools.load(proto, parameters={"w", "boxes2d"}), ["context-counts"])["context-counts"]
+    np.testing.assert_array_equal(cc.counts["w"].mantissa, 0)  # scores only choose boxes
+    np.testing.assert_array_equal(np.ldexp(cc.counts["boxes2d"].mantissa, cc.counts["boxes2d"].exponent),
+                                  np.full((4, 4), 3.0))  # any box may be selected by each of the 3 rows

@@ -42,6 +42,7 @@ STRUCTURAL_SLOTS: dict[str, frozenset[int]] = {
         "EmbedLayerNormalization": {0, 1, 7, 8}, "MultiHeadAttention": {4, 8, 9},
         "GroupQueryAttention": {5, 6, 7, 8, 9}, "RotaryEmbedding": {1, 2, 3},
         "ReverseSequence": {1}, "Col2Im": {1, 2}, "MaxUnpool": {1, 2}, "AffineGrid": {1}, "TensorScatter": {2},
+        "BiasDropout": {3, 4},
     }.items()
 }
 
