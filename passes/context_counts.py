@@ -997,7 +997,9 @@ def _compress(n: _Node) -> None:
 
 # -- recurrent layers (LSTM, GRU, RNN), unrolled over time -----------------------------------
 #: Gates per recurrent op, in ONNX's order (W, R and B stack them along axis 1).
-RECURRENT_GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "i"}
+RECURRENT_GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "i", "DynamicQuantizeLSTM": "iofc"}
+#: Recurrent ops whose W and R are stored transposed, (D, input or hidden, gates * H): com.microsoft's int8 LSTM.
+TRANSPOSED_WEIGHTS = frozenset({"DynamicQuantizeLSTM"})
 _RESCALE = 2.0 ** 600  # renormalise the carried counts past this (they grow geometrically with time)
 
 
@@ -1059,7 +1061,7 @@ def _rnn_step(n: _Node, r: _Recurrence, h: np.ndarray, c: np.ndarray):
     return h[:, None, :]
 
 
-_RECURRENT_STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
+_RECURRENT_STEPS = {"iofc": _lstm_step, "zrh": _gru_step, "i": _rnn_step}
 
 
 def _sequence_lengths(n: _Node, seq: int, batch: int) -> np.ndarray:
@@ -1080,13 +1082,17 @@ def _recurrent(n: _Node) -> None:
     sequence stops at its sequence_lens (constant) entry: later steps compute nothing."""
     kind = n.node.op_type
     gates = RECURRENT_GATES[kind]
+    lstm = gates == "iofc"
+    flip = kind in TRANSPOSED_WEIGHTS
     layout = int(n.attr("layout", 0))
     x_shape, w_shape = n.in_shape(0), n.in_shape(1)
+    if flip:
+        w_shape = (w_shape[0], w_shape[2], w_shape[1])
     seq, batch = (x_shape[1], x_shape[0]) if layout else (x_shape[0], x_shape[1])
     dirs, hidden = w_shape[0], w_shape[1] // len(gates)
     lengths = _sequence_lengths(n, seq, batch)
     y, y_h = n.out_or_none(0), n.out_or_none(1)
-    y_c = n.out_or_none(2) if kind == "LSTM" else None
+    y_c = n.out_or_none(2) if lstm else None
     if layout:  # to (S, D, B, H) and (D, B, H)
         y = None if y is None else y.transpose(1, 2, 0, 3)
         y_h, y_c = (None if a is None else a.transpose(1, 0, 2) for a in (y_h, y_c))
@@ -1096,7 +1102,7 @@ def _recurrent(n: _Node) -> None:
                       f"unrolling {kind} node '{n.name}' ({seq} steps)", n.model.path)
     x_counts = np.zeros((seq, batch))
     w = np.zeros(w_shape)
-    rr = np.zeros(n.in_shape(2))
+    rr = np.zeros((dirs, len(gates) * hidden, hidden))
     bias = np.zeros((dirs, 2 * len(gates) * hidden))
     peep = np.zeros((dirs, 3 * hidden))
     init_h, init_c = np.zeros((dirs, batch, hidden)), np.zeros((dirs, batch, hidden))
@@ -1118,18 +1124,18 @@ def _recurrent(n: _Node) -> None:
         x_full = x_full.transpose(1, 0, 2)
         init_h, init_c = init_h.transpose(1, 0, 2), init_c.transpose(1, 0, 2)
     n.give(0, x_full, top)
-    n.give(1, w, top)
-    n.give(2, rr, top)
+    n.give(1, w.transpose(0, 2, 1) if flip else w, top)
+    n.give(2, rr.transpose(0, 2, 1) if flip else rr, top)
     n.give(3, bias, top)
     n.give(5, init_h, top)
-    if kind == "LSTM":
+    if lstm:
         n.give(6, init_c, top)
         n.give(7, peep, top)
 
 
 def _run_direction(n: _Node, d: int, reverse: bool, seq: int, batch: int, hidden: int, n_gates: int,
                    lengths: np.ndarray, y, y_h, y_c) -> _Recurrence:
-    step = _RECURRENT_STEPS[n.node.op_type]
+    step = _RECURRENT_STEPS[RECURRENT_GATES[n.node.op_type]]
     r = _Recurrence(np.zeros((batch, hidden)), np.zeros((batch, hidden)), np.zeros((n_gates, hidden)),
                     np.zeros((3, hidden)), np.zeros((seq, batch)))
     rows = np.arange(batch)
@@ -1156,7 +1162,7 @@ def _run_direction(n: _Node, d: int, reverse: bool, seq: int, batch: int, hidden
         per_row = a.sum(axis=(1, 2))
         r.x[t, b] += per_row
         r.carry_h[b] = sub.carry_h + per_row[:, None]  # h_prev R^T feeds every gate unit
-        r.carry_c[b] = sub.carry_c if n.node.op_type == "LSTM" else 0.0
+        r.carry_c[b] = sub.carry_c if step is _lstm_step else 0.0
         r.rescale()
     return r
 
@@ -1254,6 +1260,7 @@ MICROSOFT_QUANTIZED_RULES: dict[str, Callable[[_Node], None]] = {
     "MatMulIntegerToFloat": _bias_after(_as(_matmul, 0, 1), 6),
     "MatMulNBits": _matmul_nbits,
     "QAttention": _as(_packed_attention, 0, 1, 2),
+    "DynamicQuantizeLSTM": _recurrent,  # an LSTM with int8 W, R stored transposed
 }
 
 
@@ -1718,7 +1725,8 @@ DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
 
 #: Input slots that STRUCTURAL_SLOTS lists (a stored zero initial state is no parameter) but
 #: that carry contexts when computed from a parameter (an encoder's state starting a decoder).
-COUNTED_SLOTS = {"LSTM": frozenset({5, 6}), "GRU": frozenset({5}), "RNN": frozenset({5})}
+COUNTED_SLOTS = {"LSTM": frozenset({5, 6}), "GRU": frozenset({5}), "RNN": frozenset({5}),
+                 "DynamicQuantizeLSTM": frozenset({5, 6})}
 
 
 def structural_slots(node: ir.Node) -> frozenset[int]:

@@ -243,18 +243,39 @@ def _embedding(ctx: _Ctx, node: ir.Node) -> None:
     ctx.add(node, 0, "embedding", shape, max(shape), min(shape), 1, 1.0, lambda v=v: [ctx.value(v)])
 
 
+#: com.microsoft DynamicQuantizeLSTM: W, R int8 stored (D, input or hidden, 4H), with per-direction
+#: scale and zero-point slots: {weight slot: (scale slot, zero-point slot)}.
+_QUANTIZED_RECURRENT = {1: (8, 9), 2: (10, 11)}
+
+
 def _recurrent(ctx: _Ctx, node: ir.Node) -> None:
-    gates = GATES[node.op_type]
+    """W and R per direction and gate; DynamicQuantizeLSTM's transposed int8 ones dequantized first."""
+    quantized = node.op_type == "DynamicQuantizeLSTM"
+    gates = GATES["LSTM" if quantized else node.op_type]
     for slot, label in ((1, "W"), (2, "R")):
         v = ctx.const_input(node, slot)
         if v is None:
             continue
-        shape = ctx.model.static_shape(v)  # (directions, gates * hidden, input or hidden)
-        hidden = shape[1] // len(gates)
+        shape = ctx.model.static_shape(v)
+        if quantized:
+            shape = (shape[0], shape[2], shape[1])
+        hidden = shape[1] // len(gates)  # shape: (directions, gates * hidden, input or hidden)
+
+        def load(v=v, slot=slot):
+            w = ctx.value(v)
+            if not quantized:
+                return w
+            from irtools.ir.quant import dequantize_linear
+
+            s, z = (ctx.model.constant_value(node.inputs[i]) if ctx.const_input(node, i) is not None else None
+                    for i in _QUANTIZED_RECURRENT[slot])
+            return dequantize_linear(w, s, z, axis=0).transpose(0, 2, 1)
+
         for d in range(shape[0]):
             for g, gate in enumerate(gates):
-                ctx.add(node, slot, node.op_type.lower(), shape, max(hidden, shape[2]), min(hidden, shape[2]), 1, 1.0,
-                        (lambda v=v, d=d, g=g: [ctx.value(v)[d, g * hidden:(g + 1) * hidden, :]]),
+                ctx.add(node, slot, "lstm" if quantized else node.op_type.lower(), shape, max(hidden, shape[2]),
+                        min(hidden, shape[2]), 1, 1.0,
+                        (lambda load=load, d=d, g=g: [load()[d, g * hidden:(g + 1) * hidden, :]]),
                         suffix=f":{label}[{d}].{gate}")
 
 
@@ -370,6 +391,7 @@ EXTRACTORS: dict[str, Callable[[_Ctx, ir.Node], None]] = {
     "ConvTranspose": _conv,
     "Gather": _embedding,
     "LSTM": _recurrent,
+    "com.microsoft::DynamicQuantizeLSTM": _recurrent,
     "GRU": _recurrent,
     "RNN": _recurrent,
     "com.microsoft::MatMulNBits": _matmul_nbits,

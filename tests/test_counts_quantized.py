@@ -223,3 +223,33 @@ def test_quantized_fused_attention_counts_like_the_float_one(tmp_path):
     assert 0 < np.abs(deq - w).max() <= step / 2 + 1e-6
     floats = irtools.run_passes(irtools.load(src), ["weights"])["weights"].layers
     np.testing.assert_array_equal(floats[0].loader()[0], w)  # the float Attention's weight is a layer too
+
+
+def test_int8_lstm_counts_like_the_float_lstm(tmp_path):
+    """onnxruntime's dynamic quantizer turns an LSTM into com.microsoft DynamicQuantizeLSTM with
+    int8 W and R stored transposed: the counts are the float LSTM's (transposed), and the
+    spectral family's gate matrices are the float ones to within half a quantization step."""
+    rng = np.random.default_rng(4)
+    hidden, inp = 4, 3
+    w, r = rng.standard_normal((2, 4 * hidden, inp)).astype(F), rng.standard_normal((2, 4 * hidden, hidden)).astype(F)
+    node = h.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, direction="bidirectional")
+    proto = b.model([node], [b.vinfo("X", [5, 1, inp])], [b.vinfo("Y", [5, 2, 1, hidden])],
+                    [b.tensor("W", w), b.tensor("R", r), b.tensor("B", rng.standard_normal((2, 8 * hidden)).astype(F))],
+                    opset=14)
+    src, dst = str(tmp_path / "lstm.onnx"), str(tmp_path / "lstm_q.onnx")
+    onnx.save(proto, src)
+    quantization.quantize_dynamic(src, dst, weight_type=quantization.QuantType.QInt8)
+    assert "com.microsoft::DynamicQuantizeLSTM" in _ops(dst)
+    want, got = _counts(src), _counts(dst)
+    for name in ("W", "R"):
+        np.testing.assert_array_equal(got[name], want[name].transpose(0, 2, 1), err_msg=name)
+    np.testing.assert_array_equal(got["B"], want["B"])
+    floats = {x.name.split(":")[-1]: x for x in irtools.run_passes(irtools.load(src), ["weights"])["weights"].layers}
+    quant = {x.name.split(":")[-1]: x for x in irtools.run_passes(irtools.load(dst), ["weights"])["weights"].layers}
+    gate_layers = {k for k in quant if k[0] in "WR"}
+    assert set(floats) == set(quant) and len(gate_layers) == 16  # W and R, 2 directions, 4 gates (and B)
+    for key in gate_layers:
+        layer = quant[key]
+        got_w, want_w = layer.loader()[0], floats[key].loader()[0]
+        step = 2 * np.abs(w if key.startswith("W") else r).max() / 254
+        assert got_w.shape == want_w.shape and 0 < np.abs(got_w - want_w).max() <= step / 2 + 1e-6, key

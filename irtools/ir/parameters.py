@@ -42,7 +42,7 @@ STRUCTURAL_SLOTS: dict[str, frozenset[int]] = {
         "EmbedLayerNormalization": {0, 1, 7, 8}, "MultiHeadAttention": {4, 8, 9},
         "GroupQueryAttention": {5, 6, 7, 8, 9}, "RotaryEmbedding": {1, 2, 3},
         "ReverseSequence": {1}, "Col2Im": {1, 2}, "MaxUnpool": {1, 2}, "AffineGrid": {1}, "TensorScatter": {2},
-        "BiasDropout": {3, 4},
+        "BiasDropout": {3, 4}, "DynamicQuantizeLSTM": {4, 8, 9, 10, 11},
     }.items()
 }
 
@@ -54,6 +54,7 @@ QUANTIZED_WEIGHT_SLOTS: dict[str, frozenset[int]] = {
         "QLinearConv": {3, 8}, "QLinearConvTranspose": {3, 8}, "QLinearMatMul": {0, 3}, "QGemm": {0, 3, 6},
         "MatMulInteger": {0, 1}, "ConvInteger": {0, 1}, "MatMulNBits": {1}, "DynamicQuantizeMatMul": {1},
         "MatMulIntegerToFloat": {0, 1}, "QAttention": {1}, "QLinearAdd": {0, 3}, "QLinearMul": {0, 3},
+        "DynamicQuantizeLSTM": {1, 2},
     }.items()
 }
 
