@@ -30,6 +30,9 @@ from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 #: Model metadata key: {state_dict name: parameter name} for tied weights (one tensor, several names).
 ALIASES_KEY = "irtools.parameter_aliases"
+#: Model metadata key: {state_dict name: shape} of the float tensors the forward pass never reads
+#: (a pooler the chosen output skips): the exporters leave them out of the graph.
+UNREAD_PARAMETERS_KEY = "irtools.unread_parameters"
 
 
 def _torch():
@@ -218,9 +221,13 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
         raise IrtoolsError(f"the ONNX export renamed parameter '{renamed[0][0]}' to '{renamed[0][1]}' "
                            f"({len(renamed)} renamed in all)")
     declared = [k for k in params if k in inits]  # parameters the forward pass never reads are dropped
+    unread = [k for k in params if k not in inits]
     if dynamo:
-        _check_dropped_unread([k for k in params if k not in inits], read, aliases)
+        _check_dropped_unread(unread, read, aliases)
     proto.metadata_props.add(key=DECLARED_PARAMETERS_KEY, value=json.dumps(declared))
+    if unread:  # for the layer set: what the graph cannot show, with its shape
+        proto.metadata_props.add(key=UNREAD_PARAMETERS_KEY,
+                                 value=json.dumps({k: list(real[k].shape) for k in unread}))
     if aliases:
         proto.metadata_props.add(key=ALIASES_KEY, value=json.dumps(aliases))
     proto.metadata_props.add(key="irtools.exporter", value="dynamo" if dynamo else "torchscript")

@@ -18,6 +18,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from irtools.frontends.torch import UNREAD_PARAMETERS_KEY
+
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 from tests.zoo import REGISTRY, half, load_all
 from tests.zoo.check import check_against_torch, exported_fixture
@@ -55,6 +57,7 @@ def test_unread_parameters_leave_the_dynamo_export(exported):
     read = {n for n, g in e.gradients().items() if g is not None}
     assert read == {"a.weight", "a.bias", "frozen", "bn.weight", "bn.bias"}
     assert read <= declared and {"unused.weight", "unused.bias", "unused_vec"}.isdisjoint(declared)
+    assert json.loads(meta[UNREAD_PARAMETERS_KEY]) == {"unused.weight": [8, 8], "unused.bias": [8], "unused_vec": [8]}
 
 
 @pytest.mark.slow

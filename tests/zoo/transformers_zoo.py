@@ -389,7 +389,7 @@ _auto("speech2text", "audio", lambda: tf.Speech2TextConfig(
     max_target_positions=64, input_feat_per_channel=16, conv_channels=16, num_conv_layers=2, pad_token_id=0,
     decoder_start_token_id=0), ["input_features", "decoder_input_ids"],
     lambda: (torch.randn(1, 32, 16, generator=torch.Generator().manual_seed(0)), _ids(4)), "logits",
-    tf.AutoModelForSeq2SeqLM)
+    tf.AutoModelForSpeechSeq2Seq)
 _auto("encodec", "audio", lambda: tf.EncodecConfig(hidden_size=16, num_filters=4, num_residual_layers=1,
                                                    upsampling_ratios=[4, 2], codebook_size=32, codebook_dim=16,
                                                    num_lstm_layers=1, sampling_rate=8000, target_bandwidths=[12.0]),
@@ -413,10 +413,20 @@ _pixels("swinv2", "vision", lambda: tf.Swinv2Config(image_size=32, patch_size=4,
                                                     num_heads=[2, 4], window_size=4))
 _pixels("focalnet", "vision", lambda: tf.FocalNetConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
                                                         focal_levels=[2, 2], focal_windows=[3, 3]))
-_pixels("levit", "vision", lambda: tf.LevitConfig(image_size=64, hidden_sizes=[32, 48, 64],
-                                                  num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-                                                  down_ops=[["Subsample", 8, 2, 4, 2, 2],
-                                                            ["Subsample", 8, 3, 4, 2, 2]]), 64)
+
+
+@register("levit", "vision")
+def levit():
+    """LeViT caches `attention_biases[:, idxs]` in eval mode on its first call (under no_grad, the
+    cache has no gradient): each attention module computes it afresh here, so that torch's
+    gradients, like the export, see the biases read."""
+    cfg = tf.LevitConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1],
+                         key_dim=[8, 8, 8], down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 3, 4, 2, 2]])
+    model = tf.LevitModel(cfg).eval()
+    for m in model.modules():
+        if hasattr(m, "attention_bias_cache"):
+            m.get_attention_biases = lambda device, m=m: m.attention_biases[:, m.attention_bias_idxs]
+    return MainOutput(model, ["pixel_values"], "last_hidden_state"), _image(64)
 _pixels("pvt-v2", "vision", lambda: tf.PvtV2Config(image_size=32, num_encoder_blocks=2, depths=[1, 1],
                                                    sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
                                                    strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2]))
