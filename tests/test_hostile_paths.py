@@ -112,3 +112,26 @@ def test_a_hard_linked_member_is_refused(tree):
     os.link(tree / "outside" / "secret.bin", tree / "model" / "hard.bin")
     with pytest.raises(ModelLoadError, match="2 hard links"):
         files.model_member(str(tree / "model" / "m.onnx"), "hard.bin", "data", ModelLoadError)
+
+
+def test_external_data_in_a_cache_snapshot_is_located_in_the_repository(tmp_path):
+    """`snapshots/<rev>/onnx/model.onnx_data -> ../../../blobs/<hash>`: after the checks the tensor names
+    `blobs/<hash>` relative to the repository (`model_root`), so that readers resolving it there never
+    follow a link out of the model file's own folder (which onnx-ir and onnx refuse as a traversal)."""
+    from irtools.ir.loading import check_tensors, read_model
+    from tests.fuzz import formats as f
+
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    sub = repo / "snapshots" / "abc" / "onnx"
+    sub.mkdir(parents=True)
+    proto, raw = f.with_external(f.onnx_model(), "model.onnx_data")
+    (repo / "blobs" / "d00d").write_bytes(raw)
+    (repo / "blobs" / "beef").write_bytes(proto.SerializeToString())
+    os.symlink("../../../blobs/d00d", sub / "model.onnx_data")
+    os.symlink("../../../blobs/beef", sub / "model.onnx")
+    model, _ = read_model(sub / "model.onnx")
+    check_tensors(model, str(sub / "model.onnx"))
+    location = {e.key: e.value for e in model.graph.initializer[0].external_data}["location"]
+    assert location == os.path.join("blobs", "d00d")
+    assert files.model_root(sub / "model.onnx") == os.path.realpath(repo)

@@ -421,6 +421,22 @@ def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
     if offset + nbytes > size:
         raise ModelLoadError(f"external data file '{printable(info['location'])}' is too short for tensor '{name}' "
                              f"(needs {offset + nbytes} bytes, has {size})", path)
+    _locate(t, full, path)
+
+
+def _locate(t: onnx.TensorProto, full: str, path: str) -> None:
+    """Name the checked file by where it really is, relative to the model's folder (`model_root`):
+    in a Hugging Face cache `snapshots/<rev>/model.onnx_data` is a symlink to `../../blobs/<hash>`,
+    which readers that resolve locations against the model file's own folder (onnx-ir, onnx) refuse
+    as a path traversal. Relative to the repository folder it is `blobs/<hash>`, inside it. Outside a
+    cache the model's folder is the model file's, and a location changes only where it named a
+    symlink (to its target in the folder). Readers must resolve locations against `model_root`."""
+    from irtools.files import model_root  # noqa: PLC0415
+
+    location = os.path.relpath(os.path.realpath(full), model_root(path))
+    for entry in t.external_data:
+        if entry.key == "location":
+            entry.value = location
 
 
 def check_structure(proto: onnx.ModelProto, path: str) -> None:
