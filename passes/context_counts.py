@@ -1612,6 +1612,61 @@ def _dft(n: _Node) -> None:
     n.give(0, counts)
 
 
+#: Input taps per output point and spatial axis of GridSample's modes (nearest reads one).
+_GRID_TAPS = {"nearest": 1, "bilinear": 2, "linear": 2, "bicubic": 4, "cubic": 4}
+
+
+def _grid_sample(n: _Node) -> None:
+    """GridSample(X, grid) = sum over taps t of weight_t(grid) * X[index_t(grid)]: the indices are
+    chosen by the data, so, as for Gather with data-chosen indices (one_hot(ids) @ table), every
+    element of X's (n, c) plane may be read by every tap of every output point: it takes the
+    plane's summed output counts times the taps. A grid coordinate reaches every tap weight
+    (bilinear (1 - dx)(1 - dy) uses both) and through it every channel of its output point;
+    nearest sampling has no weights: the grid only chooses."""
+    mode = n.attr("mode", "linear")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    x_shape = n.in_shape(0)
+    out = n.out()  # (N, C, *out_spatial)
+    rank = len(x_shape) - 2
+    taps = _GRID_TAPS[mode] ** rank
+    if n.is_const(1):  # a constant grid reads known pixels: the dependency, as Resize finds it
+        dep = _grid_dependency(n, x_shape)  # (N, pixels in, points out)
+        flat = out.reshape(out.shape[0], out.shape[1], -1)
+        n.give(0, np.einsum("nkp,ncp->nck", dep, flat).reshape(x_shape))
+    else:
+        plane = out.reshape(out.shape[0], out.shape[1], -1).sum(axis=2) * taps  # (N, C)
+        n.give(0, np.broadcast_to(plane.reshape(plane.shape + (1,) * rank), x_shape))
+    if mode != "nearest" and n.wants(1):
+        per_point = out.sum(axis=1) * taps  # (N, *out_spatial)
+        n.give(1, np.broadcast_to(per_point[..., None], n.in_shape(1)))
+
+
+def _grid_dependency(n: _Node, x_shape) -> np.ndarray:
+    """0/1 (N, input pixels, output points): onnxruntime runs the node's own GridSample on one
+    one-hot input plane per pixel; a pixel feeds a point when its interpolation weight is nonzero."""
+    import onnx
+    import onnxruntime as ort
+
+    grid = np.asarray(n.const(1), dtype=np.float32)
+    pixels = math.prod(x_shape[2:])
+    budget.check(8.0 * x_shape[0] * pixels * math.prod(grid.shape[1:-1]), f"dependency of GridSample '{n.name}'",
+                 n.model.path)
+    node = onnx.helper.make_node("GridSample", ["x", "g"], ["y"])
+    for a in n.node.attributes.values():
+        node.attribute.append(ir.serde.serialize_attribute(a))
+    basis = np.broadcast_to(np.eye(pixels, dtype=np.float32).reshape((1, pixels) + tuple(x_shape[2:])),
+                            (x_shape[0], pixels) + tuple(x_shape[2:]))
+    graph = onnx.helper.make_graph(
+        [node], "dep", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, basis.shape),
+                        onnx.helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, grid.shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", max(n.model.opset, 20))])
+    model.ir_version = 9
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": np.ascontiguousarray(basis), "g": grid})[0]
+    return (np.abs(y.reshape(x_shape[0], pixels, -1)) > 1e-12).astype(np.float64)
+
+
 #: Further default-domain ops: {op: rule}.
 MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "ReverseSequence": _index_map_rule(_reverse_sequence_map),
@@ -1625,6 +1680,7 @@ MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "SwiGLU": _broadcast_all,  # swish(A) * B: A an activation's input, B multiplied, element to element
     "BitCast": _passthrough,
     "DFT": _dft,
+    "GridSample": _grid_sample,
 }
 
 

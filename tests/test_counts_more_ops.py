@@ -221,3 +221,35 @@ def test_non_max_suppression_indices_carry_no_contexts():
     np.testing.assert_array_equal(cc.counts["w"].mantissa, 0)  # scores only choose boxes
     np.testing.assert_array_equal(np.ldexp(cc.counts["boxes2d"].mantissa, cc.counts["boxes2d"].exponent),
                                   np.full((4, 4), 3.0))  # any box may be selected by each of the 3 rows
+
+
+@pytest.mark.parametrize("mode,taps", [("linear", 4), ("nearest", 1), ("cubic", 16)])
+def test_grid_sample_reads_data_chosen_positions(mode, taps):
+    """GridSample with a grid computed from a parameter (deformable attention, spatial
+    transformers): X's plane is read at data-chosen positions, counted as Gather with data-chosen
+    indices counts (every element may be picked): each X element of a plane takes the plane's 2x3
+    output points x the taps (2 x 2 linear, 4 x 4 cubic); each grid coordinate reaches every tap
+    weight and, through it, the 2 channels of its point (nearest: the grid only chooses)."""
+    node = h.make_node("GridSample", ["X", "G"], ["Y"], mode=mode)
+    offsets = h.make_node("Add", ["theta", "z"], ["G"])  # a grid computed from a parameter and the input
+    theta = np.random.default_rng(9).uniform(-1, 1, (1, 2, 3, 2)).astype(F)
+    proto = b.model([offsets, node], [b.vinfo("z", [1])], [b.vinfo("Y", [1, 2, 2, 3])],
+                    [b.tensor("X", x(1, 2, 4, 4)), b.tensor("theta", theta)], opset=20)
+    cc = irtools.run_passes(irtools.load(proto, parameters={"X", "theta"}), ["context-counts"])["context-counts"].counts
+    got = {k: np.ldexp(c.mantissa, c.exponent) for k, c in cc.items()}
+    np.testing.assert_array_equal(got["X"], np.full((1, 2, 4, 4), 6.0 * taps))
+    np.testing.assert_array_equal(got["theta"], np.full(theta.shape, 0.0 if mode == "nearest" else 2.0 * taps))
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest", "cubic"])
+def test_grid_sample_with_a_constant_grid_reads_known_pixels(mode):
+    """A constant grid: the exact dependency, against onnxruntime probes of X."""
+    import tests.test_count_rules as rules
+
+    grid = np.random.default_rng(10).uniform(-1.1, 1.1, (1, 2, 3, 2)).astype(F)
+    node = h.make_node("GridSample", ["X", "sc"], ["Y"], mode=mode)  # "sc": a structural input for the probes
+    tensors = {"X": x(1, 2, 4, 5), "sc": grid}
+    ours = rules.our_counts(node, tensors, (1, 2, 2, 3), opset=20)
+    probed = rules.probe_counts(node, tensors, (1, 2, 2, 3), "X", opset=20)
+    np.testing.assert_array_equal(ours["X"], probed)
+    assert probed.any() and not probed.all()
