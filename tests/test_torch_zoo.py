@@ -28,7 +28,6 @@ load_all()
 FAST = ["lstm-lm-tied", "topk-moe", "buffers-unused"]
 #: Known failures outside the torch frontend, reported to their owners (strict: a fix shows up as XPASS).
 KNOWN = {
-    "weight-spectral-norm": "context counts: MatMul of two 1-D vectors (spectral_norm's u . W v) crashes",
     "nn-transformer": "constant folding: SplitToSequence of a parameter (cross-attention in_proj split)",
     "pixelshuffle-prelu-embbag": "context counts: no rule for SequenceInsert (EmbeddingBag's Loop)",
 }
