@@ -389,3 +389,31 @@ def test_keras_recurrent_layers_count_like_torch_ones(tmp_path, kind, bidirectio
         got, want = multiset(k_counts, keras_pick), multiset(t_counts, torch_pick)
         assert got.size == want.size > 0
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_an_initial_state_computed_from_a_parameter_takes_contexts():
+    """Seq2seq: the decoder's initial state is the encoder's projection. initial_h and
+    initial_c are data slots for counting (a stored zero state is still no parameter): the
+    projection's weight gets the contexts the state would get as a parameter."""
+    c = Case("LSTM", seq=2, batch=1, hidden=2)
+    direct = c.op_counts()
+    proj = np.eye(2, dtype=F)
+    op, tensors = c.op_model()
+    nodes = [h.make_node("MatMul", ["enc", "proj"], ["h0"]), h.make_node("MatMul", ["encc", "proj_c"], ["c0"]),
+             *op.graph.node]
+    inits = [t for t in op.graph.initializer if t.name not in ("h0", "c0")]
+    inits += [b.tensor("enc", c.t["h0"]), b.tensor("proj", proj), b.tensor("encc", c.t["c0"]),
+              b.tensor("proj_c", proj)]
+    model = b.model(nodes, [], list(op.graph.output), inits, opset=14)
+    cc = irtools.run_passes(irtools.load(model, parameters={"enc", "proj", "encc", "proj_c", "W", "R"}),
+                            ["context-counts"])["context-counts"].counts
+    for src, weight, state in (("enc", "proj", "h0"), ("encc", "proj_c", "c0")):
+        # state = src (1, 1, 2) @ weight (2, 2): each src element feeds both state units of its row,
+        # weight[k, j] feeds unit j once
+        want = direct[state]
+        assert want.any()
+        np.testing.assert_array_equal(np.ldexp(cc[src].mantissa, cc[src].exponent),
+                                      np.broadcast_to(want.sum(-1, keepdims=True), want.shape), err_msg=src)
+        np.testing.assert_array_equal(np.ldexp(cc[weight].mantissa, cc[weight].exponent),
+                                      np.broadcast_to(want.reshape(-1, 2).sum(0), (2, 2)), err_msg=weight)
+    np.testing.assert_array_equal(np.ldexp(cc["W"].mantissa, cc["W"].exponent), direct["W"])
