@@ -51,7 +51,7 @@ def _onnxruntime_reference(source):
         import onnx  # noqa: PLC0415
         import onnxruntime as ort  # noqa: PLC0415
 
-        proto = onnx.load(source) if isinstance(source, str) else source
+        proto = _file_proto(source) if isinstance(source, str) else source
         if not isinstance(proto, onnx.ModelProto):
             import onnx_ir as ir  # noqa: PLC0415
 
@@ -60,3 +60,19 @@ def _onnxruntime_reference(source):
         return sess.run(None, dict(feeds))
 
     return run
+
+
+def _file_proto(path: str):
+    """The ONNX file with its external data read in, through the same checks as loading it
+    (`irtools.ir.loading`): each location then names the real file relative to the model's folder
+    (`model_root`), so onnx reads neither a symlink (it refuses even one inside the folder) nor
+    anything outside the folder; a Hugging Face cache snapshot's data lies in its `blobs/`."""
+    from onnx.external_data_helper import load_external_data_for_model  # noqa: PLC0415
+
+    from irtools.files import model_root  # noqa: PLC0415
+    from irtools.ir.loading import check_tensors, read_model  # noqa: PLC0415
+
+    proto, _ = read_model(path, lazy=False)
+    check_tensors(proto, path)
+    load_external_data_for_model(proto, model_root(path))
+    return proto

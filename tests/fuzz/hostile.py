@@ -617,3 +617,14 @@ def onnx_names_that_are_not_utf8(lay):
     failed with 'Error calling _deserialize_graph with: g'."""
     data = f.onnx_model(name="wQQQ").SerializeToString().replace(b"wQQQ", b"w\xff\xfeQ")
     return Case(["inspect", f.save_onnx_bytes(data, os.path.join(lay.model, "m.onnx"))], 2, "is not UTF-8 text")
+
+
+@case("legit")
+def onnx_external_data_symlink_inside_convert(lay):
+    """A data file that is a symlink to another file of the model's folder is fine; `convert`'s reference
+    run re-read the file with onnx.load, which refuses every symlink (an 'unexpected ValidationError')."""
+    proto, raw = f.with_external(f.onnx_model(), "w.bin")
+    lay.write("data/real.bin", raw)
+    os.symlink(os.path.join("data", "real.bin"), os.path.join(lay.model, "w.bin"))
+    model = f.save_onnx(proto, os.path.join(lay.model, "m.onnx"))
+    return Case(["convert", model, "-o", os.path.join(lay.root, "out.onnx")], 0)
