@@ -20,24 +20,29 @@ import irtools
 from tests import zoo_keras_flax as zoo
 
 
-def _lambda_max(kernel: np.ndarray) -> float:
+def _lambda_max(kernel: np.ndarray, equation: str | None = None) -> float:
     """Largest eigenvalue of the layer's ESD from the framework's kernel (independent of irtools):
     Dense (in, out) as it is; channels-last conv kernels (kh, kw, in, out) as kh*kw slices pooled,
     eigenvalues halved (Keras depthwise (kh, kw, C, 1) and Conv2D(groups=C) (kh, kw, 1, C) kernels:
-    C x 1 slices, one eigenvalue each)."""
+    C x 1 slices, one eigenvalue each); an EinsumDense kernel as the matrix its `equation` contracts
+    (a (d_model, heads, head_dim) query kernel: d_model x heads*head_dim)."""
     w = np.asarray(kernel, dtype=np.float64)
+    if equation:  # EinsumDense (MultiHeadAttention's projections): contracted axes x the others
+        operand, kernel_axes = equation.split("->")[0].split(",")
+        contracted = sum(1 for axis in kernel_axes if axis in operand)
+        w = w.reshape(int(np.prod(w.shape[:contracted])), -1)
     if w.ndim == 2:
         return float(np.linalg.svd(w, compute_uv=False)[0] ** 2)
     return 0.5 * max(float(np.linalg.svd(w[pos], compute_uv=False)[0] ** 2) for pos in np.ndindex(*w.shape[:-2]))
 
 
-def _check_rows_against_kernels(analysis, kernels: dict):
+def _check_rows_against_kernels(analysis, kernels: dict, equations: dict | None = None):
     rows = {r.parameter: r for r in analysis.details.itertuples()}
     skipped = {s["parameter"] for s in analysis.skipped}
     for name, kernel in kernels.items():
         assert name in rows or name in skipped, f"{name}: neither a layer nor skipped"
         if name in rows:
-            expected = _lambda_max(kernel)
+            expected = _lambda_max(kernel, (equations or {}).get(name))
             assert rows[name].lambda_max == pytest.approx(expected, rel=1e-6), name
     return rows
 
@@ -58,7 +63,7 @@ def keras_run(request):
     ir_model = irtools.load(proto)
     analysis = irtools.analyze(ir_model)
     meta = {p.key: p.value for p in proto.metadata_props}
-    weights = [(w.path, np.asarray(w.numpy()), type(layer).__name__)
+    weights = [(w.path, np.asarray(w.numpy()), getattr(layer, "equation", None))
                for layer in model._flatten_layers(include_self=False, recursive=True)  # noqa: SLF001
                for w in layer._trainable_variables + layer._non_trainable_variables]  # noqa: SLF001
     return request.param, weights, json.loads(meta.get(STRUCTURAL_WEIGHTS_KEY, "{}")), ir_model, analysis
@@ -76,8 +81,16 @@ def test_keras_declared_parameters_are_the_models_float_weights(keras_run):
 def test_keras_spectral_rows_match_the_kernels(keras_run):
     name, weights, _, _, analysis = keras_run
     kernels = {path: a for path, a, _ in weights if a.ndim >= 2 and sum(d > 1 for d in a.shape) >= 2}
-    rows = _check_rows_against_kernels(analysis, kernels)
-    assert len(rows) >= 10
+    rows = _check_rows_against_kernels(analysis, kernels, {path: eq for path, _, eq in weights if eq})
+    assert len(rows) >= (3 if name in zoo.KERAS_HAND else 10)
+
+
+def test_keras_rows_are_named_by_layer_path(keras_run):
+    """A row's name is the Keras path of the layer owning its weight (`block/d1` for `block/d1/kernel`)."""
+    _, _, _, _, analysis = keras_run
+    for row in analysis.details.itertuples():
+        layer = row.parameter.rpartition("/")[0]
+        assert row.name == layer or row.name.startswith(f"{layer}/"), (row.name, row.parameter)
 
 
 # Architectures whose reuse family waits for a counting rule (another part of issue #13): the op
