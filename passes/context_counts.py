@@ -919,21 +919,32 @@ def _attention(n: _Node) -> None:
 
 
 def _packed_attention(n: _Node) -> None:
-    """com.microsoft Attention: input (B, S, D) @ weights (D, Dq + Dk + Dv) + bias, split into
-    Q, K and V, then attention over num_heads heads."""
+    """com.microsoft Attention (and QAttention on its data slots): input (B, S, D) @ weights
+    (D, Dq + Dk + Dv) + bias, split into Q, K and V, then attention over num_heads heads; past
+    (2, B, N, P, H) is concatenated before K and V, present (output 1) is that concatenation;
+    attention_bias (slot 5) is added to the scores."""
     x_shape, w_shape = n.in_shape(0), n.in_shape(1)
     heads = int(n.attr("num_heads"))
     sizes = n.attr("qkv_hidden_sizes", None) or [w_shape[1] // 3] * 3
     dq, dk, dv = (int(v) for v in sizes)
     b, seq, _ = x_shape
+    past = n.in_shape(4)[3] if n.has_input(4) else 0
     y = _to4(n.out(0), heads)
-    cq, ck, cv, _ = attention_counts(y, heads, seq, dq // heads)
-    qkv = np.concatenate([_from4(np.asarray(cq), (b, seq, dq)), _from4(np.asarray(ck), (b, seq, dk)),
-                          _from4(np.asarray(cv), (b, seq, dv))], axis=-1)  # (B, S, Dq + Dk + Dv)
+    cq, ck, cv, scores = attention_counts(y, heads, past + seq, dq // heads)
+    if len(n.outs) > 1 and n.outs[1] is not None:  # present = stack(concat(past_k, K), concat(past_v, V))
+        present = n.out(1)
+        ck, cv = ck + present[0], cv + present[1]
+    if n.has_input(4):
+        n.give(4, np.stack([ck[:, :, :past], cv[:, :, :past]]))
+    ck, cv = np.asarray(ck[:, :, past:]), np.asarray(cv[:, :, past:])
+    qkv = np.concatenate([_from4(np.asarray(cq), (b, seq, dq)), _from4(ck, (b, seq, dk)),
+                          _from4(cv, (b, seq, dv))], axis=-1)  # (B, S, Dq + Dk + Dv)
     n.give(0, np.broadcast_to(qkv.sum(axis=-1, keepdims=True), x_shape))
     n.give(1, np.broadcast_to(qkv.sum(axis=(0, 1))[None, :], w_shape))
     if n.has_input(2):
         n.give(2, qkv.sum(axis=(0, 1)))
+    if n.wants(5):
+        n.give(5, unbroadcast(np.asarray(scores), n.in_shape(5)))
 
 
 def _rotary(x_slot: int, cache_slots: tuple[int, ...]) -> Callable[[_Node], None]:

@@ -281,3 +281,27 @@ def test_gpt2_fused_by_onnxruntime_counts_like_the_export(tmp_path):
     assert len(common) >= 12
     for name in common:
         np.testing.assert_allclose(got[name].log2(), want[name].log2(), rtol=0, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("past", [False, True])
+def test_packed_attention_is_a_projection_then_attention(past):
+    """com.microsoft Attention: x @ W + bias split into Q, K, V, then attention over 2 heads;
+    with past (2, B, N, P, H) concatenated before K and V, and present as an output."""
+    heads, hd = 2, 2
+    t = {"xx": x(1, 3, 4), "w": x(4, 12), "bias": x(12), "heads_shape": np.array([1, -1, heads, hd], np.int64),
+         "out_shape": np.array([1, 3, 4], np.int64), "scale": np.array(1 / np.sqrt(hd), F)}
+    ins, outs = ["xx", "w", "bias"], ["y"]
+    written = [h.make_node("MatMul", ["xx", "w"], ["qkv"]),
+               h.make_node("Split", ["qkv"], ["q", "k", "v"], axis=-1, num_outputs=3), *_mha_written(heads, past)]
+    if past:
+        t["past"] = x(2, 1, heads, 2, hd)
+        ins += ["", "past"]
+        outs.append("present")
+        written = [h.make_node("Split", ["past"], ["pk5", "pv5"], axis=0, num_outputs=2),
+                   h.make_node("Squeeze", ["pk5", "ax0"], ["pk"]), h.make_node("Squeeze", ["pv5", "ax0"], ["pv"]),
+                   *written, h.make_node("Unsqueeze", ["kc", "ax0"], ["kc5"]),
+                   h.make_node("Unsqueeze", ["vc", "ax0"], ["vc5"]),
+                   h.make_node("Concat", ["kc5", "vc5"], ["present"], axis=0)]
+        t["ax0"] = np.array([0], np.int64)
+    fused = [h.make_node("Attention", ins, outs, domain=MS, num_heads=heads)]
+    check(fused, written, t, outs, opset=18, compare=[k for k in ("xx", "w", "bias", "past") if k in t])
