@@ -164,8 +164,8 @@ def test_multi_head_attention_with_bias_counts_as_written_out(past):
         t.update(pk=x(1, heads, 2, hd), pv=x(1, heads, 2, hd))
         ins += ["", "", "pk", "pv"]
     fused = [h.make_node("MultiHeadAttention", ins, outs, domain=MS, num_heads=heads)]
-    # with past keys onnxruntime's CPU kernel departs from the plain definition (it expects
-    # past_sequence_length and a cache layout): with past, the counts are compared only
+    # with past keys, onnxruntime 1.32's CPU kernel does not reproduce the written-out values in
+    # this configuration (the fused Attention's past does, see below): with past, counts only
     check(fused, _mha_written(heads, past), t, [("y", [1, 3, 4])] if past else outs, opset=18, runs_on_cpu=not past,
           compare=[k for k in t if k not in ("scale",) and t[k].dtype == F])
 
