@@ -1678,6 +1678,26 @@ def _grid_dependency(n: _Node, x_shape) -> np.ndarray:
     return (np.abs(y.reshape(x_shape[0], pixels, -1)) > 1e-12).astype(np.float64)
 
 
+def _roi_align(n: _Node) -> None:
+    """RoiAlign(X, rois, batch_indices): each output bin averages (or maxes) sampling_ratio^2
+    bilinear samples of 4 taps at positions the rois choose. As for GridSample, the data choose
+    the positions and the image, so every element of a channel plane may be read by every tap of
+    every bin of every roi of that channel; a roi coordinate moves every sample of its roi, so it
+    reaches every tap weight of every bin and channel. sampling_ratio 0 (adaptive: the number of
+    samples depends on the roi's size) cannot be counted."""
+    ratio = int(n.attr("sampling_ratio", 0))
+    if ratio <= 0:
+        raise UnsupportedError(f"RoiAlign node '{n.name}': sampling_ratio 0 takes a number of samples that depends on "
+                               f"each roi's size (data): cannot count its contexts exactly", n.model.path)
+    taps = 4 * ratio * ratio
+    out = n.out()  # (R, C, oh, ow)
+    per_channel = out.sum(axis=(0, 2, 3)) * taps  # (C,)
+    x_shape = n.in_shape(0)
+    n.give(0, np.broadcast_to(per_channel[None, :, None, None], x_shape))
+    if n.wants(1):
+        n.give(1, np.broadcast_to((out.sum(axis=(1, 2, 3)) * taps)[:, None], n.in_shape(1)))
+
+
 #: Further default-domain ops: {op: rule}.
 MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "ReverseSequence": _index_map_rule(_reverse_sequence_map),
@@ -1692,6 +1712,7 @@ MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "BitCast": _passthrough,
     "DFT": _dft,
     "GridSample": _grid_sample,
+    "RoiAlign": _roi_align,
 }
 
 
@@ -1790,10 +1811,11 @@ DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
 }
 
 
-#: Input slots that STRUCTURAL_SLOTS lists (a stored zero initial state is no parameter) but
-#: that carry contexts when computed from a parameter (an encoder's state starting a decoder).
+#: Input slots that STRUCTURAL_SLOTS lists (a stored zero initial state, fixed boxes are no
+#: parameters) but that carry contexts when computed from one (an encoder's state starting a
+#: decoder, boxes a detection head regresses).
 COUNTED_SLOTS = {"LSTM": frozenset({5, 6}), "GRU": frozenset({5}), "RNN": frozenset({5}),
-                 "DynamicQuantizeLSTM": frozenset({5, 6})}
+                 "DynamicQuantizeLSTM": frozenset({5, 6}), "RoiAlign": frozenset({1})}
 
 
 def structural_slots(node: ir.Node) -> frozenset[int]:

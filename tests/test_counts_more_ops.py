@@ -112,12 +112,33 @@ def test_swiglu_and_bitcast_pass_counts_element_to_element():
     np.testing.assert_array_equal(ours["B"], np.ones((2, 3)))
 
 
-def test_an_op_without_rule_on_a_parameter_path_is_named_once():
-    """RoiAlign samples at data-chosen boxes: no exact count; the one-line report names it."""
+def test_roi_align_reads_data_chosen_positions():
+    """Boxes regressed by a detection head: every X element of a channel may be read by each of the
+    4 x 2^2 bilinear taps of every bin (2 x 2) of every roi (3): 3 x 4 x 16 = 192 per element; a box
+    coordinate reaches the taps of all its bins and channels (2 x 4 x 16 = 128)."""
+    nodes = [h.make_node("Add", ["boxes", "z"], ["rois"]),
+             h.make_node("RoiAlign", ["X", "rois", "bi"], ["Y"], output_height=2, output_width=2, sampling_ratio=2)]
+    proto = b.model(nodes, [b.vinfo("z", [1]), b.vinfo("bi", [3], 7)], [b.vinfo("Y", [3, 2, 2, 2])],
+                    [b.tensor("X", x(1, 2, 6, 6)), b.tensor("boxes", np.abs(x(3, 4)) * 4)])
+    cc = irtools.run_passes(irtools.load(proto, parameters={"X", "boxes"}), ["context-counts"])["context-counts"].counts
+    got = {k: np.ldexp(c.mantissa, c.exponent) for k, c in cc.items()}
+    np.testing.assert_array_equal(got["X"], np.full((1, 2, 6, 6), 192.0))
+    np.testing.assert_array_equal(got["boxes"], np.full((3, 4), 128.0))
+
+
+def test_an_op_without_an_exact_count_on_a_parameter_path_is_named_once():
+    """RoiAlign with sampling_ratio 0 takes a data-dependent number of samples: the one-line report."""
     node = h.make_node("RoiAlign", ["X", "rois", "bi"], ["Y"], output_height=2, output_width=2, name="roi")
     proto = b.model([node, h.make_node("Relu", ["Y"], ["Z"])], [b.vinfo("rois", [1, 4]), b.vinfo("bi", [1], 7)],
                     [b.vinfo("Z", [1, 2, 2, 2])], [b.tensor("X", x(1, 2, 4, 4))])
-    with pytest.raises(UnsupportedError, match=r"no counting rule for RoiAlign \(node 'roi'\)"):
+    with pytest.raises(UnsupportedError, match=r"RoiAlign node 'roi': sampling_ratio 0"):
+        irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])
+    proto.graph.node[0].op_type = "MaxRoiPool"  # no rule at all: named once with its nodes
+    del proto.graph.node[0].attribute[:]
+    proto.graph.node[0].attribute.append(h.make_attribute("pooled_shape", [2, 2]))
+    del proto.graph.node[0].input[2:]
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
+    with pytest.raises(UnsupportedError, match=r"no counting rule for MaxRoiPool \(node 'roi'\)"):
         irtools.run_passes(irtools.load(proto, parameters={"X"}), ["context-counts"])
 
 
