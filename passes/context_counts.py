@@ -1698,6 +1698,24 @@ def _roi_align(n: _Node) -> None:
         n.give(1, np.broadcast_to((out.sum(axis=(1, 2, 3)) * taps)[:, None], n.in_shape(1)))
 
 
+def _stft(n: _Node) -> None:
+    """STFT(signal (B, L, 1|2), frame_step, window, frame_length): frame f takes samples
+    [f * step, f * step + frame_length), multiplied by the window, then a DFT (counted as DFT is:
+    every sample of a frame reaches every bin of it, both parts). A sample takes the summed
+    counts of the frames holding it; window[w] those of every frame."""
+    out = n.out()  # (B, frames, bins, 2)
+    step = int(np.asarray(n.const(1)).reshape(()))
+    length = n.in_shape(2)[0] if n.has_input(2) else int(np.asarray(n.const(3)).reshape(()))
+    x_shape = n.in_shape(0)
+    per_frame = out.sum(axis=(2, 3))  # (B, frames)
+    counts = np.zeros(x_shape[:2])
+    for f in range(out.shape[1]):
+        counts[:, f * step:f * step + length] += per_frame[:, f:f + 1]
+    n.give(0, np.broadcast_to(counts[:, :, None], x_shape))
+    if n.wants(2):
+        n.give(2, np.full(length, per_frame.sum()))
+
+
 #: Further default-domain ops: {op: rule}.
 MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "ReverseSequence": _index_map_rule(_reverse_sequence_map),
@@ -1713,6 +1731,7 @@ MORE_RULES: dict[str, Callable[[_Node], None]] = {
     "DFT": _dft,
     "GridSample": _grid_sample,
     "RoiAlign": _roi_align,
+    "STFT": _stft,
 }
 
 
@@ -1815,7 +1834,7 @@ DOMAIN_RULES: dict[tuple[str, str], Callable[[_Node], None]] = {
 #: parameters) but that carry contexts when computed from one (an encoder's state starting a
 #: decoder, boxes a detection head regresses).
 COUNTED_SLOTS = {"LSTM": frozenset({5, 6}), "GRU": frozenset({5}), "RNN": frozenset({5}),
-                 "DynamicQuantizeLSTM": frozenset({5, 6}), "RoiAlign": frozenset({1})}
+                 "DynamicQuantizeLSTM": frozenset({5, 6}), "RoiAlign": frozenset({1}), "STFT": frozenset({2})}
 
 
 def structural_slots(node: ir.Node) -> frozenset[int]:

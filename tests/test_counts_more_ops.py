@@ -274,3 +274,19 @@ def test_grid_sample_with_a_constant_grid_reads_known_pixels(mode):
     probed = rules.probe_counts(node, tensors, (1, 2, 2, 3), "X", opset=20)
     np.testing.assert_array_equal(ours["X"], probed)
     assert probed.any() and not probed.all()
+
+
+def test_stft_counts_each_sample_in_every_frame_holding_it():
+    """8 samples, frames of 4 every 2 (3 frames), one-sided: 3 bins x 2 parts per frame. Samples
+    0-1 and 6-7 lie in one frame, 2-5 in two: 6 or 12 contexts; a window element multiplies one
+    sample of each of the 3 frames: 18 (onnxruntime confirms the output's frames and bins)."""
+    import onnxruntime as ort
+
+    node = h.make_node("STFT", ["X", "step", "win"], ["Y"], onesided=1)
+    tensors = {"X": x(1, 8, 1), "step": np.array(2, I64), "win": x(4)}
+    proto = b.model([node], [], [b.vinfo("Y", None)], [b.tensor(k, v) for k, v in tensors.items()], opset=17)
+    y = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    assert y.shape == (1, 3, 3, 2)
+    ours = our_counts(node, tensors, (1, 3, 3, 2), opset=17)
+    np.testing.assert_array_equal(ours["X"].ravel(), [6, 6, 12, 12, 12, 12, 6, 6])
+    np.testing.assert_array_equal(ours["win"], np.full(4, 18.0))
