@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto as T
 from onnx import helper as h
 
 import irtools
@@ -253,3 +254,52 @@ def test_int8_lstm_counts_like_the_float_lstm(tmp_path):
         got_w, want_w = layer.loader()[0], floats[key].loader()[0]
         step = 2 * np.abs(w if key.startswith("W") else r).max() / 254
         assert got_w.shape == want_w.shape and 0 < np.abs(got_w - want_w).max() <= step / 2 + 1e-6, key
+
+
+I8, U8 = np.int8, np.uint8
+MSQ = "com.microsoft"
+
+
+def _twin_counts(nodes, inputs, inits, out_shape, params):
+    proto = b.model(nodes, inputs, [b.vinfo("y", out_shape)], [b.tensor(k, v) for k, v in inits.items()], opset=17)
+    proto.opset_import.append(h.make_opsetid(MSQ, 1))
+    cc = irtools.run_passes(irtools.load(proto, parameters=params), ["context-counts"])["context-counts"].counts
+    return {k: np.ldexp(c.mantissa, c.exponent) for k, c in cc.items()}
+
+
+def _scales(**extra):
+    return {"s": np.array(0.1, F), "zp": np.array(0, U8), "ws": np.array(0.05, F), "wz": np.array(0, I8), **extra}
+
+
+TWINS = {  # quantized op (activation from the input) and its float twin: the weights' counts agree
+    "dynamic-quantize-matmul": (
+        [h.make_node("DynamicQuantizeMatMul", ["a", "w", "ws", "wz", "bias"], ["y"], domain=MSQ)],
+        [h.make_node("MatMul", ["a", "w"], ["m"]), h.make_node("Add", ["m", "bias"], ["y"])],
+        lambda r: {"w": r.integers(-5, 5, (4, 3)).astype(I8), "bias": r.standard_normal(3).astype(F)},
+        ("a", [2, 4], T.FLOAT), [2, 3]),
+    "matmul-integer-to-float": (
+        [h.make_node("MatMulIntegerToFloat", ["a", "w", "s", "ws", "zp", "wz", "bias"], ["y"], domain=MSQ)],
+        [h.make_node("MatMul", ["a", "w"], ["m"]), h.make_node("Add", ["m", "bias"], ["y"])],
+        lambda r: {"w": r.integers(-5, 5, (4, 3)).astype(I8), "bias": r.standard_normal(3).astype(F)},
+        ("a", [2, 4], T.UINT8), [2, 3]),
+    "qlinear-conv-transpose": (
+        [h.make_node("QLinearConvTranspose", ["a", "s", "zp", "w", "ws", "wz", "s", "zp", "bias"], ["y"], domain=MSQ,
+                     kernel_shape=[2, 2], strides=[2, 1])],
+        [h.make_node("ConvTranspose", ["a", "w", "bias"], ["y"], kernel_shape=[2, 2], strides=[2, 1])],
+        lambda r: {"w": r.integers(-5, 5, (2, 3, 2, 2)).astype(I8), "bias": r.integers(-5, 5, 3).astype(np.int32)},
+        ("a", [1, 2, 3, 3], T.UINT8), [1, 3, 6, 4]),
+}
+
+
+@pytest.mark.parametrize("case", list(TWINS))
+def test_quantized_ops_count_as_their_float_twins(case):
+    """The op on an input activation, its int8 weight and bias stored: the weight and bias get
+    the counts of the float twin's (no CPU kernel is needed: nothing is constant-folded)."""
+    quant, twin, make, (name, shape, dtype), out_shape = TWINS[case]
+    weights = make(np.random.default_rng(5))
+    got = _twin_counts(quant, [b.vinfo(name, shape, dtype)], {**_scales(), **weights}, out_shape, None)
+    want = _twin_counts(twin, [b.vinfo(name, shape, T.FLOAT)], {k: v.astype(F) for k, v in weights.items()},
+                        out_shape, set(weights))
+    for k in weights:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=f"{case}: {k}")
+        assert want[k].any()
