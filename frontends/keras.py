@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import gc
 import itertools
 import json
@@ -536,8 +537,18 @@ def _convert_stateless(tf, functional, specs, weights, names, opset, optimizers,
     del graph_def
     _refuse_unconverted_ops(proto)
     found = _place_weights(proto.graph, weights, names, optional)
-    gc.collect()  # the traced TF graphs
+    _release_freed_memory()  # the traced TF graphs, tf2onnx's graph
     return proto, found
+
+
+def _release_freed_memory() -> None:
+    """Collect the conversion's garbage and hand the freed heap back to the system (glibc keeps
+    freed small blocks otherwise: 140 MB of ResNet50's conversion stays resident)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _stateless_function(tf, functional, specs, weights):
