@@ -305,3 +305,29 @@ def test_packed_attention_is_a_projection_then_attention(past):
         t["ax0"] = np.array([0], np.int64)
     fused = [h.make_node("Attention", ins, outs, domain=MS, num_heads=heads)]
     check(fused, written, t, outs, opset=18, compare=[k for k in ("xx", "w", "bias", "past") if k in t])
+
+
+@pytest.mark.parametrize("case", ["bias-softmax", "bias-dropout", "skip-group-norm"])
+def test_fused_elementwise_ops_count_as_their_parts(case):
+    """No CPU kernels (training or CUDA ops): checked against their definitions."""
+    if case == "bias-softmax":
+        t = {"d": x(2, 3, 4), "bias": x(3, 4)}
+        fused = [h.make_node("BiasSoftmax", ["d", "bias"], ["y"], domain=MS, axis=-1)]
+        written = [h.make_node("Add", ["d", "bias"], ["s"]), h.make_node("Softmax", ["s"], ["y"], axis=-1)]
+        out = [("y", [2, 3, 4])]
+    elif case == "bias-dropout":
+        t = {"d": x(2, 4), "bias": x(4), "res": x(2, 4)}
+        fused = [h.make_node("BiasDropout", ["d", "bias", "res"], ["y"], domain=MS)]
+        written = [h.make_node("Add", ["d", "bias"], ["s"]), h.make_node("Dropout", ["s"], ["dr"]),
+                   h.make_node("Add", ["dr", "res"], ["y"])]
+        out = [("y", [2, 4])]
+    else:  # SkipGroupNorm(X, gamma, beta, skip, bias) -> (Y, S = X + skip + bias), channels last
+        t = {"xx": x(1, 2, 2, 4), "gamma": x(4), "beta": x(4), "skip": x(1, 2, 2, 4), "bias": x(4)}
+        fused = [h.make_node("SkipGroupNorm", ["xx", "gamma", "beta", "skip", "bias"], ["y", "s"], domain=MS, groups=2,
+                             activation=0, epsilon=1e-5, channels_last=1)]
+        written = [h.make_node("Add", ["xx", "skip"], ["a"]), h.make_node("Add", ["a", "bias"], ["s"]),
+                   h.make_node("Transpose", ["s"], ["sc"], perm=[0, 3, 1, 2]),
+                   h.make_node("GroupNormalization", ["sc", "gamma", "beta"], ["g"], num_groups=2),
+                   h.make_node("Transpose", ["g"], ["y"], perm=[0, 2, 3, 1])]
+        out = [("y", [1, 2, 2, 4]), ("s", [1, 2, 2, 4])]
+    check(fused, written, t, out, opset=21, runs_on_cpu=False)

@@ -260,8 +260,9 @@ I8, U8 = np.int8, np.uint8
 MSQ = "com.microsoft"
 
 
-def _twin_counts(nodes, inputs, inits, out_shape, params):
+def _twin_counts(nodes, inputs, inits, out_shape, params, value_info=()):
     proto = b.model(nodes, inputs, [b.vinfo("y", out_shape)], [b.tensor(k, v) for k, v in inits.items()], opset=17)
+    proto.graph.value_info.extend(value_info)  # shapes of com.microsoft outputs that onnx cannot infer
     proto.opset_import.append(h.make_opsetid(MSQ, 1))
     cc = irtools.run_passes(irtools.load(proto, parameters=params), ["context-counts"])["context-counts"].counts
     return {k: np.ldexp(c.mantissa, c.exponent) for k, c in cc.items()}
@@ -303,3 +304,31 @@ def test_quantized_ops_count_as_their_float_twins(case):
     for k in weights:
         np.testing.assert_array_equal(got[k], want[k], err_msg=f"{case}: {k}")
         assert want[k].any()
+
+
+QLINEAR_UNARY = {  # op on a quantized activation -> its float twin
+    "qlinear-leaky-relu": (lambda q: h.make_node("QLinearLeakyRelu", [q, "s", "zp", "s", "zp"], ["qy"], domain=MSQ,
+                                                 alpha=0.1),
+                           lambda f: h.make_node("LeakyRelu", [f], ["y"], alpha=0.1), [2, 3, 4]),
+    "qlinear-reduce-mean": (lambda q: h.make_node("QLinearReduceMean", [q, "s", "zp", "s", "zp"], ["qy"], domain=MSQ,
+                                                  axes=[1], keepdims=1),
+                            lambda f: h.make_node("ReduceMean", [f], ["y"], axes=[1], keepdims=1), [2, 1, 4]),
+    "qlinear-where": (lambda q: h.make_node("QLinearWhere", ["c", q, "s", "zp", q, "s", "zp", "s", "zp"], ["qy"],
+                                            domain=MSQ),
+                      lambda f: h.make_node("Where", ["c", f, f], ["y"]), [2, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("case", list(QLINEAR_UNARY))
+def test_qlinear_ops_on_a_parameter_path_count_as_float(case):
+    """p (a parameter) + input -> QuantizeLinear -> op -> DequantizeLinear counts p as the float
+    op on p + input does (Quantize/DequantizeLinear pass values on)."""
+    quant, twin, out_shape = QLINEAR_UNARY[case]
+    p = {"p": np.random.default_rng(6).standard_normal((2, 3, 4)).astype(F)}
+    inputs = [b.vinfo("z", [1]), b.vinfo("c", [2, 3, 4], T.BOOL)]
+    got = _twin_counts([h.make_node("Add", ["p", "z"], ["a"]), h.make_node("QuantizeLinear", ["a", "s", "zp"], ["qa"]),
+                        quant("qa"), h.make_node("DequantizeLinear", ["qy", "s", "zp"], ["y"])],
+                       inputs, {**_scales(), **p}, out_shape, {"p"}, [b.vinfo("qy", out_shape, T.UINT8)])
+    want = _twin_counts([h.make_node("Add", ["p", "z"], ["a"]), twin("a")], inputs, p, out_shape, {"p"})
+    np.testing.assert_array_equal(got["p"], want["p"])
+    assert want["p"].any()
