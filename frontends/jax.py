@@ -11,7 +11,12 @@ leaf becomes one initializer named by its pytree path (`params/Dense_0/kernel`,
 layout (Dense kernel (in, out), Conv kernel HWIO); where the exporter stored a transposed or
 reshaped copy, a Transpose/Reshape node computes that copy from it. The model metadata key
 `irtools.parameters` lists exactly the pytree's float leaves. A leaf the conversion dropped,
-folded or changed arithmetically is an error naming it.
+folded or changed arithmetically is an error naming it. bfloat16 / float16 leaves are held as
+their exact float32 values (`irtools.parameter_dtypes` records the original dtypes).
+
+Conversion first runs with jax2onnx's Flax shims (one ONNX op per Flax layer); where they fail
+(inside `nn.scan`, `nn.vmap`, `nn.remat`, `nn.RNN`) it runs again with Flax unpatched, so that
+layers trace to plain JAX primitives. Nodes are named by module path (`Block_0/Conv_1`).
 
 Accepted sources: `(apply_fn, params)` with `apply_fn(params, *inputs)`, a linen `Module` with
 its variables (`module.apply(variables, *inputs)`), or an `nnx.Module` (its state; run in eval
@@ -26,6 +31,7 @@ import functools
 import inspect
 import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -198,10 +204,26 @@ def _call_as_original(original, shim):
     return call
 
 
+# Without the Flax shims, Flax's own code runs while tracing; it needs `jnp.shape`/`jnp.size` to
+# give Python ints (a kernel's shape), which jax2onnx's shims of those two turn into tracers.
+_STATIC_JNP = frozenset({"shape", "size"})
+
+
+def _patches_flax(target, attr: str) -> bool:
+    name = str(target if isinstance(target, str) else (getattr(target, "__module__", None) or
+                                                       getattr(target, "__name__", "")))
+    return name.startswith("flax") or (name == "jax.numpy" and attr in _STATIC_JNP)
+
+
 @contextlib.contextmanager
-def _shims_take_positional_arguments() -> Iterator[None]:
+def _shims_take_positional_arguments(flax_shims: bool = True) -> Iterator[None]:
     """While converting, wrap every jax2onnx shim with `_call_as_original` (both kinds of
-    patching: leaf plugins' `MonkeyPatchSpec`s and function plugins' `patch_info`)."""
+    patching: leaf plugins' `MonkeyPatchSpec`s and function plugins' `patch_info`).
+
+    `flax_shims=False` leaves Flax itself unpatched: its modules then trace to the JAX primitives
+    they are written in (dot_general, conv_general_dilated, ...), which jax2onnx converts inside
+    lifted transforms too, where its Flax-level primitives fail (`nn.vmap`: no batching rule for
+    `linen.dense`; `nn.scan`: shapes computed from tracers)."""
     from jax2onnx.plugins import plugin_system  # noqa: PLC0415
     from jax2onnx.plugins._patching import MonkeyPatchSpec  # noqa: PLC0415
 
@@ -211,12 +233,15 @@ def _shims_take_positional_arguments() -> Iterator[None]:
         return lambda orig: _call_as_original(orig, make(orig))
 
     def apply_patches(specs):
+        kept = [s for s in specs if flax_shims or not _patches_flax(s.target, s.attr)]
         return original_apply([MonkeyPatchSpec(s.target, s.attr, adapt(s.make_value), s.delete_if_missing)
-                               if isinstance(s, MonkeyPatchSpec) else s for s in specs])
+                               if isinstance(s, MonkeyPatchSpec) else s for s in kept])
 
     def iter_patch_specs():
         for patch_fn, targets, attr in original_iter():
-            yield adapt(patch_fn), targets, attr
+            kept = [t for t in targets if flax_shims or not _patches_flax(t, attr)]
+            if kept:
+                yield adapt(patch_fn), kept, attr
 
     plugin_system.apply_patches, plugin_system._iter_patch_specs = apply_patches, iter_patch_specs  # noqa: SLF001
     try:
@@ -247,6 +272,18 @@ def _leaves(jax, params, strip: tuple[str, ...]):
 def _is_float_leaf(jax, leaf) -> bool:
     dtype = getattr(leaf, "dtype", None)  # bfloat16 and float8 included (numpy kind 'V')
     return dtype is not None and hasattr(leaf, "shape") and bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
+
+
+# Parameter dtypes whose every value float32 holds exactly: the IR keeps them as float32 (the
+# values the model computes with), and metadata `irtools.parameter_dtypes` records the original.
+# float64 leaves (numpy arrays) are accepted while JAX runs without x64: JAX itself computes with
+# their float32 rounding, which is what the IR then holds.
+_EXACT_IN_FLOAT32 = frozenset({"float32", "float16", "bfloat16"})
+PARAMETER_DTYPES_KEY = "irtools.parameter_dtypes"
+
+
+def _dtype_name(leaf) -> str:
+    return str(getattr(leaf.dtype, "name", leaf.dtype))
 
 
 def _input_specs(jax, source: FlaxSource, input_shapes):
@@ -281,9 +318,11 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
     specs, input_names = _input_specs(jax, source, input_shapes)
     named, treedef = _leaves(jax, source.params, source.strip)
     floats = [i for i, (_, leaf) in enumerate(named) if _is_float_leaf(jax, leaf)]
-    bad = [named[i][0] for i in floats if np.dtype(named[i][1].dtype) != np.float32]
+    dtypes = {named[i][0]: _dtype_name(named[i][1]) for i in floats}
+    allowed = _EXACT_IN_FLOAT32 if jax.config.jax_enable_x64 else _EXACT_IN_FLOAT32 | {"float64"}
+    bad = [n for n, d in dtypes.items() if d not in allowed]
     if bad:
-        raise IrtoolsError(f"only float32 parameters are supported; '{bad[0]}' is {np.dtype(named[floats[0]][1].dtype)}")
+        raise IrtoolsError(f"only float32, float16 and bfloat16 parameters are supported; '{bad[0]}' is {dtypes[bad[0]]}")
     names = [named[i][0] for i in floats]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -303,21 +342,117 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
     def traced(*xs):
         return fn(fingerprinted, *xs)
 
-    try:
-        with _shims_take_positional_arguments():
-            proto = jax2onnx.to_onnx(traced, specs, model_name="jax_model", opset=opset, input_names=input_names)
-    except IrtoolsError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise IrtoolsError(f"jax2onnx could not convert the JAX model: {type(exc).__name__}: {first}") from exc
+    proto = _convert(jax2onnx, traced, specs, opset, input_names)
+    _reduce_axes_as_attributes(proto)
     _restore_parameters(proto, names, offsets, originals)
     _name_nodes_by_module(proto.graph, names)
     proto = _reinfer_shapes(proto)
+    narrow = {n: d for n, d in dtypes.items() if d != "float32"}
     _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
+                          **({PARAMETER_DTYPES_KEY: json.dumps(narrow)} if narrow else {}),
                           "irtools.frontend": f"jax/{source.kind}",
                           "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
     return proto
+
+
+# Carry initialisation of recurrent cells (Flax linen and nnx `RNNCellBase` subclasses: nn.RNN
+# builds its carry with `cell.initialize_carry(random.key(0), shape)`, which splits the key, then
+# ignores the keys) and the key constructors: computed while tracing, as JAX did before it staged
+# everything, so that no random primitive (which jax2onnx cannot lower) is left in the graph.
+_CELL_MODULES = ("flax.linen.recurrent", "flax.nnx.nn.recurrent")
+_KEY_CONSTRUCTORS = ("key", "PRNGKey")
+
+
+def _carry_initialisers() -> list[tuple[Any, str]]:
+    """(class, "initialize_carry") for every loaded recurrent cell class defining its own."""
+    found, stack = [], [getattr(sys.modules.get(m), "RNNCellBase", None) for m in _CELL_MODULES]
+    seen = set()
+    while stack:
+        cls = stack.pop()
+        if cls is None or cls in seen:
+            continue
+        seen.add(cls)
+        if "initialize_carry" in vars(cls):
+            found.append((cls, "initialize_carry"))
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+@contextlib.contextmanager
+def _constant_keys_are_computed() -> Iterator[None]:
+    import jax  # noqa: PLC0415
+
+    targets = [(jax.random, name) for name in _KEY_CONSTRUCTORS if hasattr(jax.random, name)]
+    targets += _carry_initialisers()
+    originals = [(owner, name, vars(owner)[name]) for owner, name in targets]
+
+    def eager(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with jax.ensure_compile_time_eval():  # stages the call all the same where an argument is traced
+                return fn(*args, **kwargs)
+
+        return call
+
+    for owner, name, fn in originals:
+        setattr(owner, name, eager(fn))
+    try:
+        yield
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+
+
+# `lax.scan` (nn.scan layer stacks, nn.RNN / nnx.RNN over time) is unrolled while tracing up to
+# this many steps: the graph then holds each step's ops reading the same weights (one layer each,
+# counted like any other op) instead of an ONNX Loop whose body shapes are not static.
+_MAX_UNROLLED_STEPS = 256
+
+
+def _unrolled(scan):
+    import jax  # noqa: PLC0415
+
+    @functools.wraps(scan)
+    def call(f, init, xs=None, length=None, reverse=False, unroll=1, **kwargs):
+        leaves, treedef = jax.tree_util.tree_flatten(xs)
+        steps = length if length is not None else (leaves[0].shape[0] if leaves else None)
+        if steps is None or not 0 < int(steps) <= _MAX_UNROLLED_STEPS:
+            return scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
+        carry, ys = init, []
+        for i in (reversed(range(steps)) if reverse else range(steps)):
+            carry, y = f(carry, jax.tree_util.tree_unflatten(treedef, [leaf[i] for leaf in leaves]))
+            ys.append(y)
+        ys = ys[::-1] if reverse else ys
+        return carry, jax.tree_util.tree_map(lambda *step: jax.numpy.stack(step), *ys)
+
+    return call
+
+
+@contextlib.contextmanager
+def _scans_unrolled() -> Iterator[None]:
+    import jax  # noqa: PLC0415
+
+    scan = jax.lax.scan
+    jax.lax.scan = _unrolled(scan)
+    try:
+        yield
+    finally:
+        jax.lax.scan = scan
+
+
+def _convert(jax2onnx, traced, specs, opset: int, input_names) -> onnx.ModelProto:
+    """jax2onnx's conversion with its Flax shims, else (a lifted transform they fail in) without."""
+    failure = None
+    for flax_shims in (True, False):
+        try:
+            with _shims_take_positional_arguments(flax_shims), _constant_keys_are_computed(), _scans_unrolled():
+                return jax2onnx.to_onnx(traced, specs, model_name="jax_model", opset=opset, input_names=input_names)
+        except IrtoolsError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (jax2onnx raises anything; the first failure is reported)
+            failure = failure or exc
+    first = (str(failure).strip().splitlines() or [""])[0]
+    raise IrtoolsError(f"jax2onnx could not convert the JAX model: {type(failure).__name__}: {first}") from failure
 
 
 # Top-level keys of a linen variables dict (Flax collections): not part of a module's path.
@@ -337,26 +472,77 @@ def module_path(parameter: str) -> str:
 def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
     """Name every node that computes with parameters of one module after that module's path
     (`Block_0/Conv_1`), as PyTorch layers are named after module paths, instead of jax2onnx's
-    `node_Conv_23`; a second node of the same module gets `<path>/<op type>` (then `_2`, ...)."""
+    `node_Conv_23`.
+
+    A node reading only one module's weights and constants (the exporter's transposed or flipped
+    ConvTranspose kernel, a Cast of a bfloat16 weight, the tiled class token) prepares a weight:
+    its outputs belong to the module too, and it is named `<path>/<op type>`. The node that
+    applies the module's weights to activations gets the bare path; a second one (a shared
+    module called twice, `Embed.attend`) gets `<path>/<op type>` (then `_2`, ...).
+    """
     owner = {n: module_path(n) for n in names}
-    views = [n for n in graph.node if n.input and n.input[0] in owner and n.name.startswith(f"{n.input[0]}/view")]
-    for node in views:  # the exporter's transposed copies belong to the same module
-        for out in node.output:
-            owner[out] = owner[node.input[0]]
-    view_names = {n.name for n in views}
-    taken = {n.name for n in graph.node}
-    for node in graph.node:
-        if node.name in view_names or node.op_type == "Constant":
+    constant = {t.name for t in graph.initializer if t.name not in owner}
+    applying: list[tuple[onnx.NodeProto, str]] = []
+    preparing: list[tuple[onnx.NodeProto, str]] = []
+    for node in graph.node:  # topological order: a prepared weight's owner is known before it is read
+        if node.op_type == "Constant":
+            constant.update(node.output)
             continue
         modules = {owner[i] for i in node.input if i in owner}
         if len(modules) != 1:
             continue
         path = modules.pop()
-        candidates = itertools.chain([path, f"{path}/{node.op_type}"],
+        if all(not i or i in owner or i in constant for i in node.input):
+            owner.update((out, path) for out in node.output)
+            if not (node.input and node.name.startswith(f"{node.input[0]}/view")):  # our views keep their names
+                preparing.append((node, path))
+        else:
+            applying.append((node, path))
+    renamed = [(node, path, True) for node, path in applying] + [(node, path, False) for node, path in preparing]
+    taken = {n.name for n in graph.node} - {node.name for node, _, _ in renamed}
+    for node, path, applies in renamed:
+        candidates = itertools.chain([path] if applies else [], [f"{path}/{node.op_type}"],
                                      (f"{path}/{node.op_type}_{k}" for k in itertools.count(2)))
-        name = next(c for c in candidates if c not in taken)
-        taken.add(name)
-        node.name = name
+        node.name = next(c for c in candidates if c not in taken)
+        taken.add(node.name)
+
+
+# Reductions whose `axes` became an input in opset 18 (ReduceSum's did in 13).
+_AXES_INPUT_SINCE_18 = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                                  "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"})
+
+
+def _reduce_axes_as_attributes(proto: onnx.ModelProto) -> None:
+    """Put constant `axes` inputs of reductions back into the attribute below opset 18.
+
+    jax2onnx 0.17's RMSNorm plugins write the opset-18 form `ReduceMean(x, axes)` whatever opset
+    was asked for, which ONNX (and onnxruntime) refuse in an opset-17 model.
+    """
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    if opset >= 18:
+        return
+    graph = proto.graph
+    constants = {t.name: t for t in graph.initializer}
+    constants.update((n.output[0], n.attribute[0].t) for n in graph.node
+                     if n.op_type == "Constant" and [a.name for a in n.attribute] == ["value"])
+    rewritten = set()
+    for node in graph.node:
+        if node.op_type not in _AXES_INPUT_SINCE_18 or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        if node.input[1] not in constants:
+            raise IrtoolsError(f"jax2onnx wrote {node.op_type} '{node.name}' with computed axes, which opset {opset} "
+                               "cannot express: convert with opset 18 or later")
+        axes = numpy_helper.to_array(constants[node.input[1]]).reshape(-1)
+        rewritten.add(node.input[1])
+        del node.input[1:]
+        kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if axes.size:
+            node.attribute.append(helper.make_attribute("axes", [int(a) for a in axes]))
+    still_read = {i for n in graph.node for i in n.input}
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in rewritten - still_read]):
+        del graph.initializer[i]
 
 
 def _reinfer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

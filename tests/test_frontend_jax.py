@@ -227,8 +227,9 @@ def test_bad_sources_are_one_line_errors(mlp):
         flax_source(lambda p, x: x)
     with pytest.raises(irtools.IrtoolsError, match="needs example inputs"):
         from_flax(mlp[0], mlp[1])
-    with pytest.raises(irtools.IrtoolsError, match="only float32"):
-        from_flax(lambda p, x: x @ p["w"], {"w": np.ones((2, 2), jnp.bfloat16)}, input_shapes={"x": (1, 2)})
+    with pytest.raises(irtools.IrtoolsError, match="only float32, float16 and bfloat16 parameters.*'w' is float8_e4m3fn"):
+        from_flax(lambda p, x: x @ p["w"], {"w": np.ones((2, 2), jnp.int8).view(jnp.float8_e4m3fn)},
+                  input_shapes={"x": (1, 2)})
 
 
 def test_missing_jax_is_a_one_line_hint(monkeypatch):
