@@ -1375,7 +1375,6 @@ def _multi_head_attention(n: _Node) -> None:
     if n.has_input(8) or n.has_input(9):
         raise UnsupportedError(f"MultiHeadAttention node '{n.name}': past_sequence_length / cache_indirection "
                                f"are not supported", n.model.path)
-    b, seq = q_shape[:2]
     y = _to4(n.out(0), heads)
     head_dim = q_shape[-1] if packed_qkv else (k_shape[-1] if len(k_shape) >= 4 else q_shape[-1] // heads)
     kv_len = k_shape[1] if (packed_qkv or packed_kv or len(k_shape) == 3) else k_shape[2]

@@ -275,7 +275,7 @@ def _recurrent(ctx: _Ctx, node: ir.Node) -> None:
             for g, gate in enumerate(gates):
                 ctx.add(node, slot, "lstm" if quantized else node.op_type.lower(), shape, max(hidden, shape[2]),
                         min(hidden, shape[2]), 1, 1.0,
-                        (lambda load=load, d=d, g=g: [load()[d, g * hidden:(g + 1) * hidden, :]]),
+                        (lambda load=load, d=d, g=g, hd=hidden: [load()[d, g * hd:(g + 1) * hd, :]]),
                         suffix=f":{label}[{d}].{gate}")
 
 

@@ -10,9 +10,9 @@ the initial states, in every direction, layout and with constant sequence length
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper as h
@@ -47,8 +47,8 @@ class Case:
         if peep:
             self.t["P"] = rng.uniform(-1, 1, (self.dirs, 3 * hidden)).astype(F)
 
-    LAYOUT1 = {"X": (1, 0, 2), "h0": (1, 0, 2), "c0": (1, 0, 2), "Y": (2, 0, 1, 3), "Y_h": (1, 0, 2),
-               "Y_c": (1, 0, 2)}
+    LAYOUT1: ClassVar[dict[str, tuple[int, ...]]] = {"X": (1, 0, 2), "h0": (1, 0, 2), "c0": (1, 0, 2),
+                                                      "Y": (2, 0, 1, 3), "Y_h": (1, 0, 2), "Y_c": (1, 0, 2)}
 
     def laid(self, name, a):
         """A tensor in the op's layout (layout=1: batch first)."""
@@ -71,8 +71,8 @@ class Case:
         outs = [o if o in self.outputs else "" for o in all_out]
         while not outs[-1]:
             outs.pop()
-        attrs = dict(hidden_size=self.hidden, direction=self.direction, layout=self.layout,
-                     activations=["Sigmoid"] * ACTS[self.kind] * self.dirs)
+        attrs = {"hidden_size": self.hidden, "direction": self.direction, "layout": self.layout,
+                 "activations": ["Sigmoid"] * ACTS[self.kind] * self.dirs}
         if self.kind == "GRU":
             attrs["linear_before_reset"] = self.lbr
         if self.kind == "LSTM":
@@ -398,7 +398,7 @@ def test_an_initial_state_computed_from_a_parameter_takes_contexts():
     c = Case("LSTM", seq=2, batch=1, hidden=2)
     direct = c.op_counts()
     proj = np.eye(2, dtype=F)
-    op, tensors = c.op_model()
+    op, _ = c.op_model()
     nodes = [h.make_node("MatMul", ["enc", "proj"], ["h0"]), h.make_node("MatMul", ["encc", "proj_c"], ["c0"]),
              *op.graph.node]
     inits = [t for t in op.graph.initializer if t.name not in ("h0", "c0")]
