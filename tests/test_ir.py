@@ -275,3 +275,25 @@ def test_inspect_reads_no_external_weight_data(tmp_path, monkeypatch):
     m = irtools.load(str(path))
     summary = irtools.run_passes(m, ["summary"])["summary"]
     assert summary["parameters"]["scalars"] == 5 * 4 + 5 + 5 * 3 + 3
+
+
+def test_a_weight_split_into_a_sequence_is_evaluated_as_a_list(tmp_path):
+    """nn.MultiheadAttention's cross-attention export splits in_proj_weight with SplitToSequence
+    (parts of different sizes) and reads them with SequenceAt: the constant evaluator keeps the
+    sequence as a list, feeds it to SequenceAt, and each part equals the numpy slice."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    nodes = [h.make_node("SplitToSequence", ["w", "sizes"], ["seq"], axis=0),
+             h.make_node("SequenceAt", ["seq", "one"], ["w1"]),
+             h.make_node("Transpose", ["w1"], ["w1t"]),
+             h.make_node("MatMul", ["x", "w1t"], ["y"])]
+    proto = b.model(nodes, [b.vinfo("x", [1, 4])], [b.vinfo("y", [1, 4])],
+                    [b.tensor("w", w), nh.from_array(np.array([2, 4], np.int64), "sizes"),
+                     nh.from_array(np.array(1, np.int64), "one")])
+    m = irtools.load(proto)
+    seq = m.constant_value(next(v for n in m.graph for v in n.outputs if v.name == "seq"))
+    assert isinstance(seq, list) and [p.shape for p in seq] == [(2, 4), (4, 4)]
+    part = m.constant_value(next(v for n in m.graph for v in n.outputs if v.name == "w1"))
+    np.testing.assert_array_equal(part, w[2:])
+    result = irtools.analyze(proto, metrics="spectral,reuse")
+    assert result.reuse["num_params"] == w.size - 2 * 4  # the first part is read by nothing

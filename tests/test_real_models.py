@@ -438,3 +438,22 @@ def test_ocr_reuse_with_input_shape_only(tmp_path, filename):
     assert reuse["num_input_nodes"] == math.prod(dims) and reuse["num_output_nodes"] == y.size
     assert reuse["graph_size"] == reuse["num_input_nodes"] + reuse["num_output_nodes"] + reuse["num_params"]
     assert reuse["entropy"] + reuse["expected_spread"] == pytest.approx(reuse["log2_total_contexts"], rel=1e-12)
+
+
+def test_silero_vad_if_branches_count_like_the_single_rate_model():
+    """silero-vad's op18 'ifless' file picks the 16 kHz or the 8 kHz network with an If on the
+    `sr` input, so both branches are counted; their values get shapes from one probe run of the
+    graph with both branches inlined. Each parameter of the 16 kHz branch (LSTM included) must then
+    get exactly the counts the package's 16 kHz-only file gives it."""
+    both = _wheel_file("silero-vad", "silero_vad_op18_ifless.onnx")
+    only16k = _wheel_file("silero-vad", "silero_vad_16k_op15.onnx")
+    shapes = {"input": (1, 512), "state": (2, 1, 128)}
+    a = irtools.analyze(both, metrics="reuse", input_shapes=shapes)
+    b = irtools.analyze(only16k, metrics="reuse", input_shapes=shapes)
+    union = {p["name"]: p for p in a.reuse["parameters"]}
+    single = {p["name"]: p for p in b.reuse["parameters"]}
+    assert any(name.startswith("model_8k.") for name in union) and len(single) >= 10
+    keys = ("scalars", "log2_count_min", "log2_count_max", "log2_count_mean")
+    for name, p in single.items():
+        assert {k: union[name][k] for k in keys} == pytest.approx({k: p[k] for k in keys}, rel=1e-12), name
+    assert any("both branches" in note for note in a.notes)

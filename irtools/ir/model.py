@@ -314,9 +314,7 @@ class IRModel:
         node.output.extend(outs)
         feeds = {n: x for n, x in zip(names, inputs, strict=True) if n}
         graph = onnx.helper.make_graph(
-            [node], "const",
-            [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
-             for n, x in feeds.items()],
+            [node], "const", [_value_info(n, x) for n, x in feeds.items()],
             [onnx.helper.make_empty_tensor_value_info(o) for o in outs],
         )
         opsets = [onnx.helper.make_opsetid(d, v) for d, v in self.model.opset_imports.items()]
@@ -329,7 +327,8 @@ class IRModel:
             raise IrtoolsError(f"cannot evaluate constant '{value.name}' ({producer.op_type} '{label}'): {exc}",
                                self.path) from exc
         for out, result in zip(producer.outputs, results, strict=False):  # once per node: chains share them
-            self._evaluated[out] = np.asarray(result)
+            # a sequence output (SplitToSequence of a weight) stays a list of arrays
+            self._evaluated[out] = [np.asarray(r) for r in result] if isinstance(result, list) else np.asarray(result)
         return self._evaluated[value]
 
     # -- saving --------------------------------------------------------------------------
@@ -380,6 +379,18 @@ class IRModel:
         return f"IRModel({self.path or self.graph.name!r}, nodes={len(self.all_nodes)}, parameters={len(self.parameters)})"
 
 
+def _value_info(name: str, x) -> onnx.ValueInfoProto:
+    """The graph input that feeds `x` to a one-node session: a tensor, or a sequence of tensors."""
+    if isinstance(x, list):
+        elem = onnx.helper.np_dtype_to_tensor_dtype(x[0].dtype) if x else onnx.TensorProto.FLOAT
+        return onnx.helper.make_tensor_sequence_value_info(name, elem, None)
+    return onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
+
+
+def _numel(x) -> int:
+    return sum(int(np.asarray(t).size) for t in x) if isinstance(x, list) else int(np.asarray(x).size)
+
+
 def _declared_numel(node: ir.Node, value: ir.Value, inputs: list) -> int:
     """How many elements evaluating `node` makes, from its inputs' values (ConstantOfShape, Expand,
     Tile, Range and the window functions make outputs far larger than their inputs)."""
@@ -404,7 +415,7 @@ def _declared_numel(node: ir.Node, value: ir.Value, inputs: list) -> int:
         pass
     if value.shape is not None and value.shape.is_static():
         return math.prod(int(d) for d in value.shape)
-    return sum(int(np.asarray(x).size) for x in inputs if x is not None)
+    return sum(_numel(x) for x in inputs if x is not None)
 
 
 def _map_initializers(model: ir.Model, path: str, mapped: dict[str, tuple[str, int]]) -> None:

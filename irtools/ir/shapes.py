@@ -394,10 +394,77 @@ def infer_shapes(
     return result
 
 
-def _unknown_values(light: onnx.ModelProto, inferred: onnx.ModelProto) -> list[str]:
-    """Tensor values of the main graph without a static shape, except those computed from an op
-    whose output size depends on the data (NonZero, ...)."""
-    static = _static_dims(inferred)
+def _branch_static_dims(graph: onnx.GraphProto, out: dict) -> dict[str, tuple[int, ...] | None]:
+    """`_static_dims` of the values inside every subgraph of `graph` (recursively)."""
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            for vi in (*sub.input, *sub.value_info, *sub.output):
+                dims = _dims_of(vi.type)
+                out[vi.name] = tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
+            for t in sub.initializer:
+                out[t.name] = tuple(t.dims)
+            _branch_static_dims(sub, out)
+    return out
+
+
+def _rename_inputs(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
+    """Rename the values `graph` (and its subgraphs, which see outer names) reads."""
+    for node in graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+        for sub in _subgraphs(node):
+            _rename_inputs(sub, names)
+    for vo in graph.output:
+        vo.name = names.get(vo.name, vo.name)
+
+
+def _inline_branches(graph: onnx.GraphProto, originals: dict[str, str]) -> None:
+    """Copy the nodes (and initializers) of both branches of every If of `graph` in front of it,
+    recursively, so that one run computes the values of both branches (context counts of an If
+    whose condition depends on the input count both). The copies define renamed values, so the
+    graph stays in SSA form with the If untouched; `originals` maps each new name to its own."""
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+            for k, attr in enumerate(a for a in node.attribute if a.type == onnx.AttributeProto.GRAPH):
+                sub = onnx.GraphProto()
+                sub.CopyFrom(attr.g)
+                _inline_branches(sub, originals)
+                defined = [o for n in sub.node for o in n.output if o] + [t.name for t in sub.initializer]
+                names = {name: f"{name}::probe{len(originals) + i}" for i, name in enumerate(defined)}
+                originals.update({new: originals.get(old, old) for old, new in names.items()})
+                _rename_inputs(sub, names)
+                for t in sub.initializer:
+                    t.name = names[t.name]
+                graph.initializer.extend(sub.initializer)
+                for n in sub.node:
+                    n.output[:] = [names.get(o, o) for o in n.output]
+                    n.name = f"{node.name}/{attr.name}/{n.name}"
+                    nodes.append(n)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _with_branches_inlined(light: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]] | None:
+    """A copy of `light` with its If branches inlined (`_inline_branches`) and the map from the
+    copies' value names to the branches' own, or None for a graph without an If."""
+    if not any(n.op_type == "If" for n in light.graph.node):
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(light)
+    originals: dict[str, str] = {}
+    _inline_branches(copy.graph, originals)
+    return copy, originals
+
+
+def _unknown_values(light: onnx.ModelProto, inferred: onnx.ModelProto,
+                    originals: Mapping[str, str] | None = None) -> list[str]:
+    """Tensor values of the main graph (and, when `light` has its If branches inlined, of those
+    branches) without a static shape, except those computed from an op whose output size depends
+    on the data (NonZero, ...)."""
+    static = _branch_static_dims(inferred.graph, {})
+    static.update(_static_dims(inferred))
+    static.update({new: static.get(old) for new, old in (originals or {}).items()})
     sequences = {vi.name for vi in (*inferred.graph.value_info, *inferred.graph.output)
                  if not vi.type.HasField("tensor_type") and vi.type.WhichOneof("value") is not None}
     tainted: set[str] = set()
@@ -454,9 +521,6 @@ def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: li
 
     from irtools import budget
 
-    unknown = _unknown_values(light, inferred)
-    if not unknown:
-        return {}
     inputs = list(light.graph.input)
     if any(_dims_of(vi.type) is None or not all(isinstance(d, int) for d in _dims_of(vi.type)) for vi in inputs):
         return {}  # a dynamic input: its shape decides, and the user has to give it
@@ -464,22 +528,48 @@ def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: li
     if feed_bytes > budget.limit():
         problems.append(f"shapes left dynamic: a probe run would need {budget.format_size(feed_bytes)} of inputs")
         return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(light)
-    del probe.graph.output[:]
-    elem = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info if vi.type.HasField("tensor_type")}
-    for name in unknown:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    try:
-        limit = _address_space() + budget.limit()
-        proc = subprocess.run([sys.executable, "-c", _PROBE_CHILD, str(limit)], input=probe.SerializeToString(),
-                              capture_output=True, timeout=_PROBE_TIMEOUT_S)
-        shapes = json.loads(proc.stdout.decode().strip().splitlines()[-1]) if proc.returncode == 0 else {}
-    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
-        shapes = {}
-    if not shapes:
+    elem = {vi.name: vi.type.tensor_type.elem_type for g in _graphs(inferred.graph)
+            for vi in g.value_info if vi.type.HasField("tensor_type")}
+
+    def run(graph_copy: onnx.ModelProto, originals: dict[str, str] | None = None) -> dict | None:
+        unknown = _unknown_values(graph_copy, inferred, originals)
+        if not unknown:
+            return {}
+        probe = onnx.ModelProto()
+        probe.CopyFrom(graph_copy)
+        del probe.graph.output[:]
+        for name in unknown:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        try:
+            limit = _address_space() + budget.limit()
+            proc = subprocess.run([sys.executable, "-c", _PROBE_CHILD, str(limit)], input=probe.SerializeToString(),
+                                  capture_output=True, timeout=_PROBE_TIMEOUT_S)
+            found = json.loads(proc.stdout.decode().strip().splitlines()[-1]) if proc.returncode == 0 else None
+        except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+            return None
+        if found is None or not originals:
+            return found
+        named: dict = {}
+        for name, dims in found.items():  # a branch value under its own name (the first copy's)
+            named.setdefault(originals.get(name, name), dims)
+        return named
+
+    inlined = _with_branches_inlined(light)
+    shapes = run(*inlined) if inlined is not None else None
+    if shapes is None:  # no If, or a branch that cannot run on this input: the main graph alone
+        shapes = run(light)
+    if shapes is None:
         problems.append("shapes left dynamic: one run of the graph in onnxruntime failed")
+        shapes = {}
     return {name: (elem.get(name, 0), tuple(int(d) for d in dims)) for name, dims in shapes.items()}
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    """`graph` and all its subgraphs, recursively."""
+    yield graph
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            yield from _graphs(sub)
 
 
 def _address_space() -> int:
