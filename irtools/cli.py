@@ -454,6 +454,34 @@ def list_passes_cmd(debug: bool) -> None:
         click.echo(f"{cls.name:<16} {cls.description()}" + (f"  [{opts}]" if opts else ""))
 
 
+def _invoke() -> int:
+    """Run `main` and return the exit code. click's own usage errors (an unknown option, a missing
+    argument) are one `irtools: error:` line with exit 2, like every other error; a bare
+    `irtools` prints the help."""
+    try:
+        main.main(prog_name="irtools", standalone_mode=False)  # --help, --version: click's Exit, returned
+        return 0
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help(), err=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (irtools {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else \
+            " (irtools --help)"
+        click.echo(f"irtools: error: {printable(exc.format_message())}{hint}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("irtools: error: interrupted", err=True)
+        return 130
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+            return 1
+        return exc.code
+
+
 def run() -> None:
     """The console script: `main`, then leave without tearing the interpreter down.
 
@@ -464,16 +492,7 @@ def run() -> None:
     import atexit
     import os
 
-    try:
-        main(prog_name="irtools")
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            code = 0
-        elif not isinstance(code, int):
-            print(code, file=sys.stderr)
-            code = 1
+    code = _invoke()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -195,3 +195,19 @@ def test_console_script_exit_flushes_output_and_runs_exit_handlers(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("irtools: error: ")
     proc = subprocess.run([sys.executable, "-m", "irtools", "no-such-command"], capture_output=True, text=True)
     assert proc.returncode == 2 and "No such command" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["analyze", "--bogus", "m.onnx"], "No such option '--bogus'"),
+    (["analyze"], "Missing argument 'MODEL'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["analyze", "m.onnx", "--metrics"], "requires an argument"),
+])
+def test_usage_errors_are_one_line_with_exit_2(tmp_path, args, says):
+    """click's own usage errors read like every other error: one `irtools: error:` line naming
+    the help to read, exit code 2 (click prints three lines: usage, hint, error)."""
+    proc = subprocess.run([sys.executable, "-m", "irtools", *args], capture_output=True, text=True, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("irtools: error: ") and says in lines[0] and "--help)" in lines[0]
+    assert proc.stdout == ""
