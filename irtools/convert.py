@@ -75,5 +75,5 @@ def _self_contained(model) -> onnx.ModelProto:
 
     proto = ir.to_proto(model.model)
     if model.path:
-        load_external_data_for_model(proto, os.path.dirname(os.path.abspath(model.path)))
+        load_external_data_for_model(proto, files.model_root(model.path))  # as the loader located them
     return proto

@@ -125,7 +125,9 @@ def test_external_data_in_a_cache_snapshot_is_located_in_the_repository(tmp_path
     (repo / "blobs").mkdir(parents=True)
     sub = repo / "snapshots" / "abc" / "onnx"
     sub.mkdir(parents=True)
-    proto, raw = f.with_external(f.onnx_model(), "model.onnx_data")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(inline)
+    proto, raw = f.with_external(copy, "model.onnx_data")
     (repo / "blobs" / "d00d").write_bytes(raw)
     (repo / "blobs" / "beef").write_bytes(proto.SerializeToString())
     os.symlink("../../../blobs/d00d", sub / "model.onnx_data")
@@ -135,3 +137,44 @@ def test_external_data_in_a_cache_snapshot_is_located_in_the_repository(tmp_path
     location = {e.key: e.value for e in model.graph.initializer[0].external_data}["location"]
     assert location == os.path.join("blobs", "d00d")
     assert files.model_root(sub / "model.onnx") == os.path.realpath(repo)
+
+
+def test_onnx_with_external_data_in_a_cache_snapshot_analyses_and_converts(tmp_path):
+    """End to end through the CLI: the model and its data file are both symlinks to blobs; analyze
+    reads the weights (the same numbers as the self-contained file) and convert writes one file."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnx
+
+    from tests.fuzz import formats as f
+
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    sub = repo / "snapshots" / "abc" / "onnx"
+    sub.mkdir(parents=True)
+    inline = f.onnx_model()
+    onnx.save(inline, tmp_path / "inline.onnx")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(inline)
+    proto, raw = f.with_external(copy, "model.onnx_data")
+    (repo / "blobs" / "d00d").write_bytes(raw)
+    (repo / "blobs" / "beef").write_bytes(proto.SerializeToString())
+    os.symlink("../../../blobs/d00d", sub / "model.onnx_data")
+    os.symlink("../../../blobs/beef", sub / "model.onnx")
+
+    def analyze(path):
+        out = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(path), "--metrics", "spectral",
+                              "--format", "json"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return [row["log_norm"] for row in json.loads(out.stdout)["layers"]]
+
+    assert analyze(sub / "model.onnx") == analyze(tmp_path / "inline.onnx")
+    done = subprocess.run([sys.executable, "-m", "irtools", "convert", str(sub / "model.onnx"),
+                           "-o", str(tmp_path / "out.onnx")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    written = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    for t in onnx.load(tmp_path / "inline.onnx").graph.initializer:
+        np.testing.assert_array_equal(written[t.name], onnx.numpy_helper.to_array(t))

@@ -474,20 +474,28 @@ def _check_text(proto: onnx.ModelProto, path: str) -> None:
 def _check_declared_parameters(proto: onnx.ModelProto, path: str) -> None:
     """The `irtools.parameters` metadata (the parameter names a frontend declared) must be a JSON
     list of names: a file can put anything there (deep nesting, numbers, a dict)."""
+    from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: PLC0415
+
+    for entry in proto.metadata_props:
+        if entry.key == DECLARED_PARAMETERS_KEY:
+            declared_parameter_names(entry.value, path)
+
+
+def declared_parameter_names(text: str, path: str | None) -> list[str]:
+    """The names in an `irtools.parameters` metadata value, or a `ModelLoadError` for anything
+    but a JSON list of strings."""
     import json  # noqa: PLC0415
 
     from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: PLC0415
 
-    for entry in proto.metadata_props:
-        if entry.key != DECLARED_PARAMETERS_KEY:
-            continue
-        try:
-            names = json.loads(entry.value)
-        except (ValueError, RecursionError):
-            names = None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ModelLoadError(f"metadata '{DECLARED_PARAMETERS_KEY}' is not a JSON list of parameter names "
-                                 "(corrupt file)", path)
+    try:
+        names = json.loads(text)
+    except (ValueError, RecursionError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelLoadError(f"metadata '{DECLARED_PARAMETERS_KEY}' is not a JSON list of parameter names "
+                             "(corrupt file)", path)
+    return names
 
 
 def _check_unique(graph: onnx.GraphProto, path: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -21,7 +20,7 @@ import onnx_ir as ir
 
 from irtools import budget, files
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
-from irtools.ir.loading import check_structure, check_tensors, iter_tensors, read_model
+from irtools.ir.loading import check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
 from irtools.ir.shapes import infer_shapes
 
@@ -113,7 +112,7 @@ class IRModel:
         self._apply_shapes(infer_shapes(proto, self.input_shapes, path, self.batch_fixed if fix_batch else None,
                                           self.shape_problems, self._probe))
         if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
-            parameters = set(json.loads(model.metadata_props[DECLARED_PARAMETERS_KEY]))
+            parameters = set(declared_parameter_names(model.metadata_props[DECLARED_PARAMETERS_KEY], path))
         self.declared_parameters = parameters
         self.constants_analysis = ConstantAnalysis(self.all_nodes)
         self.stored: list[StoredTensor] = classify(
@@ -464,7 +463,7 @@ def load(
     except Exception as exc:
         raise ModelLoadError(f"cannot build the graph: {exc}", where) from exc
     if path is not None:
-        ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
+        ir.external_data.set_base_dir(model.graph, files.model_root(path))  # locations are relative to it (loading._locate)
     if mapped:
         _map_initializers(model, path, mapped)
     return IRModel(model, proto=proto, path=path, input_shapes=input_shapes, parameters=parameters,
