@@ -125,9 +125,7 @@ def test_external_data_in_a_cache_snapshot_is_located_in_the_repository(tmp_path
     (repo / "blobs").mkdir(parents=True)
     sub = repo / "snapshots" / "abc" / "onnx"
     sub.mkdir(parents=True)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(inline)
-    proto, raw = f.with_external(copy, "model.onnx_data")
+    proto, raw = f.with_external(f.onnx_model(), "model.onnx_data")
     (repo / "blobs" / "d00d").write_bytes(raw)
     (repo / "blobs" / "beef").write_bytes(proto.SerializeToString())
     os.symlink("../../../blobs/d00d", sub / "model.onnx_data")
