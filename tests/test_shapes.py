@@ -7,16 +7,22 @@ graph output of a copy).
 """
 
 import copy
+import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx import numpy_helper as nh
 
 import irtools
 from irtools.errors import ShapeError
 from irtools.ir.shapes import _dims_of, infer_shapes
+from tests import builders as b
 from tests.builders import model, tensor, vinfo
 
 ort = pytest.importorskip("onnxruntime")
@@ -352,3 +358,33 @@ def test_declared_sizes_are_checked_against_the_budget_before_anything_is_alloca
     finally:
         budget.set_limit(None)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB
+
+
+def _range_model(start, limit, delta, x_shape=(1, 12), dtype=np.float32):
+    rng = np.random.default_rng(0)
+    nodes = [h.make_node("Range", ["a", "b", "c"], ["r"]), h.make_node("Cast", ["r"], ["rf"], to=T.FLOAT),
+             h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Add", ["m", "rf"], ["y"])]
+    inits = [nh.from_array(np.array(v, dtype), n) for n, v in zip("abc", (start, limit, delta), strict=True)]
+    return b.model(nodes, [b.vinfo("x", list(x_shape))], [b.vinfo("y", [1, 12])],
+                   [*inits, b.tensor("w", rng.standard_normal((12, 12)))])
+
+
+def test_data_propagation_skips_graphs_with_a_range_too_long_to_compute():
+    """onnx's data propagation computes every Range's values, without a bound: a 1 KB file with
+    Range(0, 1e15, 1) hung loading for minutes. Such a graph is inferred without propagation;
+    a short Range still is propagated (its shape is known)."""
+    from irtools.ir.shapes import _ranges_are_short
+
+    assert _ranges_are_short(_range_model(0, 12, 1))
+    assert not _ranges_are_short(_range_model(0, 1e15, 1))
+    assert not _ranges_are_short(_range_model(0, 1, 1e-12))
+    assert not _ranges_are_short(_range_model(0, 1, 0))
+    script = ("import sys, irtools; m = irtools.load(sys.argv[1]); "
+              "print(len(irtools.analyze(m, metrics='spectral').layers))")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "r.onnx")
+        onnx.save(_range_model(0, 1e15, 1), path)
+        proc = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["1"], proc.stderr
+    short = irtools.load(_range_model(0, 12, 1))
+    assert short.static_shape(next(v for n in short.graph for v in n.outputs if v.name == "r")) == (12,)

@@ -45,7 +45,10 @@ _GROWING = frozenset(
 # example's, so values computed from them stay dynamic.
 _DATA_DEPENDENT = frozenset("NonZero Unique Compress NonMaxSuppression StringSplit RegexFullMatch".split())
 # The probe run (`probe_shapes`) gets at most this long.
-_PROBE_TIMEOUT_S = 300
+_PROBE_TIMEOUT_S = 60
+# The longest Range whose values onnx's data propagation may compute (shape vectors are short).
+_MAX_PROPAGATED_RANGE = 1 << 16
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
@@ -155,9 +158,48 @@ def _clear_negative_dims(graph: onnx.GraphProto) -> None:
             _clear_negative_dims(sub)
 
 
+def _scalar(t: onnx.TensorProto | None) -> float | None:
+    if t is None or math.prod(t.dims) != 1 or t.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    try:
+        return float(numpy_helper.to_array(t).reshape(()))
+    except (ValueError, TypeError):
+        return None
+
+
+def _range_is_short(node: onnx.NodeProto, consts: Mapping[str, onnx.TensorProto], biggest_dim: int) -> bool:
+    """Whether a Range has at most `_MAX_PROPAGATED_RANGE` elements for sure: from its constant
+    start, limit and delta, or, when they are computed, from the input dims they can come from."""
+    start, stop, delta = (_scalar(consts.get(name)) for name in node.input)
+    if None not in (start, stop, delta):
+        return delta != 0 and all(map(math.isfinite, (start, stop, delta))) and \
+            max(math.ceil((stop - start) / delta), 0) <= _MAX_PROPAGATED_RANGE
+    floating = any(consts.get(n) is not None and consts[n].data_type in _FLOAT_TYPES for n in node.input)
+    return biggest_dim <= _MAX_PROPAGATED_RANGE and not floating and (delta is None or abs(delta) >= 1)
+
+
+def _ranges_are_short(model: onnx.ModelProto) -> bool:
+    """Whether onnx's data propagation may run: it computes every Range's values, unbounded, so a
+    1 KB file with Range(0, 1e15, 1) (or over a declared 2^40 dim) would hang inference."""
+    dims = [d.dim_value for vi in model.graph.input if vi.type.HasField("tensor_type")
+            for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+    biggest = max(dims, default=0)
+    outer = {t.name: t for t in model.graph.initializer}
+    for g in _graphs(model.graph):
+        consts = dict(outer) if g is not model.graph else outer
+        consts.update({t.name: t for t in g.initializer})
+        consts.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" and n.output
+                       for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR})
+        if any(n.op_type == "Range" and len(n.input) == 3 and not _range_is_short(n, consts, biggest)
+               for n in g.node):
+            return False
+    return True
+
+
 def _run_inference(light: onnx.ModelProto, path: str | None) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
+                                                 data_prop=_ranges_are_short(light))
     except Exception as exc:  # onnx raises InferenceError and plain RuntimeErrors
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapeError(f"shape inference failed: {msg}", path) from exc
