@@ -70,7 +70,13 @@ SNAPSHOT_WEIGHTS = {
 STRUCTURAL_WEIGHTS_KEY = "irtools.structural_weights"
 
 
+# TensorFlow's C++ logging (oneDNN notices, CUDA stubs) would print before irtools' one-line errors.
+_QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "3", "ABSL_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
+
+
 def _import_tf():
+    for key, value in _QUIET_TF.items():
+        os.environ.setdefault(key, value)
     return require("tensorflow", "tf2onnx", missing=_MISSING_TF)
 
 
@@ -932,38 +938,41 @@ def load_keras_file(path: str, trust: bool = False):
     so it is loaded only with `trust=True`; it is wrapped in a `TFSMLayer`, its graph already
     traced, and its variables keep their TensorFlow names (`layer_kernel` for `layer/kernel`).
     """
-    _import_tf()
-    import keras  # noqa: PLC0415
-
     if not os.path.exists(path):
         raise IrtoolsError("no such file or directory", path)
     if path.lower().endswith(".weights.h5"):
         raise IrtoolsError("a .weights.h5 file holds weights only, no graph to convert: analyze it, or load it "
                            "into its model in Python", path)
-    if is_saved_model_dir(path):
-        if not trust:
-            raise IrtoolsError("refused: a SavedModel is a TensorFlow graph whose ops can read and write files "
-                               "when it runs; pass --trust (trust=True) only for files you trust", path)
+    saved_model = is_saved_model_dir(path)
+    if saved_model and not trust:
+        raise IrtoolsError("refused: a SavedModel is a TensorFlow graph whose ops can read and write files "
+                           "when it runs; pass --trust (trust=True) only for files you trust", path)
+    from irtools.frontends.weights_file import check_hdf5_file, check_keras_archive  # noqa: PLC0415
+
+    if path.lower().endswith(".keras"):  # checked before TensorFlow is imported (seconds, log lines)
+        check_keras_archive(path)  # entries past the memory budget, zip bombs, HDF5 external/virtual storage
+    elif path.lower().endswith((".h5", ".hdf5")):
+        check_hdf5_file(path)  # HDF5 external links, external storage, virtual datasets
+    _import_tf()
+    import keras  # noqa: PLC0415
+
+    if saved_model:
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
         except Exception as exc:
             raise IrtoolsError(f"cannot load the SavedModel: {type(exc).__name__}: {_first_line(exc)}", path) from exc
         return _saved_model_as_keras(keras, layer, path)
-    from irtools.frontends.weights_file import check_hdf5_file, check_keras_archive  # noqa: PLC0415
-
-    if path.lower().endswith(".keras"):
-        check_keras_archive(path)  # entries past the memory budget, zip bombs, HDF5 external/virtual storage
-    elif path.lower().endswith((".h5", ".hdf5")):
-        check_hdf5_file(path)  # HDF5 external links, external storage, virtual datasets
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise IrtoolsError(f"cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}", path) from exc
 
 
-def _first_line(exc) -> str:
+def _first_line(exc, limit: int = 200) -> str:
+    """The exception's first line, cut at `limit` characters (Keras quotes a whole model config)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _saved_model_as_keras(keras, layer, path):
