@@ -81,3 +81,41 @@ def test_result_names_are_per_source_and_options(tmp_path):
     assert d1 != d2 and AuditOptions(device="cpu").digest() == d1  # the device changes no number
     names = {result_name(s, d) for s in (one, two) for d in (d1, d2)}
     assert len(names) == 4 and all(n.startswith("model.onnx-") and n.endswith(".parquet") for n in names)
+
+
+def test_a_glob_never_follows_a_symlinked_folder_and_is_bounded(tmp_path, monkeypatch):
+    """`run/**/*.onnx` over a tree holding a link back to its root (like /proc/self/root) lists each
+    real file once (glob.glob followed the loop, for minutes on /proc); a glob visiting more
+    entries than the cap is one clear error."""
+    import glob
+
+    import irtools.audit.sources as sources
+
+    for rel in ("a/x.onnx", "a/b/y.onnx", "a/b/c/z.onnx", "top.onnx", "a/b/notes.txt", ".hidden/h.onnx"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    expected = sorted(glob.glob(f"{tmp_path}/**/*.onnx", recursive=True))  # before the loop exists
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    found = expand_sources([f"{tmp_path}/**/*.onnx"])
+    assert sorted(found) == expected and len(expected) == 4
+    for pattern in ("*/*.onnx", "a/[bx]*", "a/?.onnx", "**/c/*", ".hidden/*"):
+        assert sorted(sources._glob(f"{tmp_path}/{pattern}")) == sorted(
+            p for p in glob.glob(f"{tmp_path}/{pattern}", recursive=True) if "/loop" not in p), pattern
+    monkeypatch.setattr(sources, "GLOB_MAX_ENTRIES", 5)
+    with pytest.raises(IrtoolsError, match="visits more than 5 entries"):
+        expand_sources([f"{tmp_path}/**/*.onnx"])
+
+
+@pytest.mark.parametrize(("name", "content", "says"), [
+    ("summary.parquet", b"PAR1 not really parquet", "not a readable audit table"),
+    ("summary.csv", b"\xff\xfe\x00garbage,\n\x00", "not a"),
+])
+def test_a_damaged_audit_table_is_one_clear_error(tmp_path, name, content, says):
+    """`irtools report DIR` of an audit folder whose table is damaged: an
+    IrtoolsError naming the file (was 'unexpected ArrowInvalid')."""
+    from irtools.audit.results import read_tables
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(IrtoolsError, match=says) as info:
+        read_tables(str(tmp_path))
+    assert name in str(info.value)

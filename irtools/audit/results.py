@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from irtools import files
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 
 META_KEY = b"irtools.audit"
 OK, FAILED = "ok", "failed"
@@ -232,8 +232,28 @@ def read_tables(outdir: str):
         summary = os.path.join(outdir, f"summary.{fmt}")
         if os.path.isfile(summary):
             layers = os.path.join(outdir, f"layers.{fmt}")
-            return reader(summary), (reader(layers) if os.path.isfile(layers) else pd.DataFrame(columns=["model"]))
+            return (_read_table(reader, summary),
+                    _read_table(reader, layers) if os.path.isfile(layers) else pd.DataFrame(columns=["model"]))
     raise IrtoolsError("not an audit folder (no summary.parquet or summary.csv)", outdir)
+
+
+def _read_table(reader, path: str):
+    """One audit table, or a one-line error for a file that is not one (damaged, truncated, other)."""
+    import pandas as pd
+
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError)
+    try:
+        import pyarrow
+
+        errors += (pyarrow.ArrowException,)
+    except ImportError:
+        pass
+    try:
+        table = reader(path)
+    except errors as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise IrtoolsError(f"not a readable audit table ({printable(detail)})", path) from None
+    return table
 
 
 def is_audit_dir(path: str) -> bool:

@@ -10,7 +10,7 @@ A folder of model folders is expanded one level; deeper trees are named with a g
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -24,6 +24,8 @@ LIST_SUFFIXES = (".txt", ".list")
 MODEL_SUFFIXES = (".onnx", ".keras", ".h5", ".hdf5", ".pt2", ".pt", ".pth", ".bin", ".ckpt", ".npz",
                   ".safetensors")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+#: Directory entries a glob may visit before it is refused (a `/**` pattern over a whole disk).
+GLOB_MAX_ENTRIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,66 @@ def _read_list(path: str, seen_lists: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _name_regex(name: str) -> str:
+    """One path component of a glob as a regex that never crosses a '/'."""
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        close = name.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif close > 0:
+            body = name[i + 1:close]
+            out.append("[" + ("^" + re.escape(body[1:]) if body[0] == "!" else re.escape(body)) + "]")
+            i = close
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _glob(pattern: str) -> list[str]:
+    """The paths `pattern` matches (`*`, `?`, `[...]` within a name, `**` for any folders; names
+    starting with '.' only when the pattern says so), found by a walk that never follows a
+    symlinked folder (a link loop like /proc/self/root made `glob.glob` run for ever) and visits
+    at most `GLOB_MAX_ENTRIES` entries."""
+    parts = pattern.split("/")
+    static = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
+    root = "/".join(parts[:static]) or ("/" if pattern.startswith("/") else ".")
+    prefix = "" if static == 0 and root == "." else root.rstrip("/") + "/"
+    rest = parts[static:]
+    regex = re.compile("".join(("(?:[^/]+/)*" if p == "**" and k < len(rest) - 1 else ".*" if p == "**" else
+                                _name_regex(p) + ("/" if k < len(rest) - 1 else "")) for k, p in enumerate(rest)) + r"\Z")
+    hidden = any(p.startswith(".") for p in rest)
+    depth = None if "**" in rest else len(rest)
+    matches, visited = [], 0
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        rel = os.path.relpath(folder, root)
+        level = 0 if rel == "." else rel.count("/") + 1
+        if not hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in dirs + names:
+            visited += 1
+            if visited > GLOB_MAX_ENTRIES:
+                raise IrtoolsError(f"the glob visits more than {GLOB_MAX_ENTRIES:,} entries: name a narrower one",
+                                   pattern)
+            path = name if rel == "." else f"{rel}/{name}"
+            if (hidden or not name.startswith(".")) and regex.match(path):
+                matches.append(prefix + path)
+        if depth is not None and level + 1 >= depth:
+            dirs.clear()  # nothing deeper can match
+    return matches
+
+
 def _expand_one(arg: str, seen_lists: tuple[str, ...] = ()) -> list[str]:
     if os.path.isdir(arg):
         return [arg] if is_model_dir(arg) else _folder_models(arg)
     if os.path.isfile(arg):
         return _read_list(arg, seen_lists) if arg.lower().endswith(LIST_SUFFIXES) else [arg]
     if _GLOB_CHARS.search(arg):
-        matches = sorted(glob.glob(arg, recursive=True))
+        matches = sorted(_glob(arg))
         if not matches:
             raise IrtoolsError("glob matches nothing", arg)
         return [p for m in matches for p in ([m] if os.path.isfile(m) or is_model_dir(m) else _expand_one(m))]
