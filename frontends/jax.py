@@ -394,8 +394,20 @@ def _constant_keys_are_computed() -> Iterator[None]:
 
         return call
 
+    def constant_stream(fn):  # nnx: the cell draws its carry keys from an Rngs stream, mutable at one trace level
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.arguments["rngs"] = lambda: jax.random.key(0)
+            return fn(*bound.args, **bound.kwargs)
+
+        return call
+
     for owner, name, fn in originals:
-        setattr(owner, name, eager(fn))
+        nnx_cell = str(getattr(owner, "__module__", "")).startswith("flax.nnx") or "rngs" in (_signature(fn) or inspect.Signature()).parameters
+        setattr(owner, name, constant_stream(fn) if nnx_cell else eager(fn))
     try:
         yield
     finally:

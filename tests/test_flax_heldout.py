@@ -35,11 +35,11 @@ from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
 from tests.flax_heldout_models import REGISTRY  # noqa: E402
 
 #: Models the fast set converts: the fixes they guard (opset-17 RMSNorm, ConvTranspose names,
-#: lifted transforms without Flax shims, recurrent carries, narrow dtypes, float64 numpy leaves).
-FAST = ["linen-norms", "linen-conv-variants", "linen-remat-vmap", "linen-rnn-lstmcell", "linen-bfloat16-params",
-        "jax-mlp-list-params"]
-#: Known gaps outside the frontend (see the findings channel): marked xfail, strict, so a fix shows.
-KNOWN = {"linen-scan-stack": "context counts: Loop body shapes not inferred"}
+#: recurrent carries and unrolled scans, narrow dtypes); the slow rest adds lifted transforms
+#: without Flax shims (nn.remat / nn.vmap / nn.scan) and float64 numpy leaves.
+FAST = ["linen-norms", "linen-conv-variants", "linen-rnn-lstmcell", "linen-bfloat16-params"]
+#: Known gaps: marked xfail, strict, so a fix shows.
+KNOWN = {"nnx-lstm": "nnx.RNN: the nnx scan cannot be traced by jax2onnx (trace levels)"}
 
 
 class Converted:
@@ -84,7 +84,8 @@ def check(name: str) -> None:
     want = c.source(*c.source.inputs)
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), rtol=1e-4, atol=1e-5)
+        tol = 1e-5 if np.dtype(w.dtype).itemsize >= 4 else 3e-2  # bfloat16 / float16 arithmetic, summed in any order
+        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), rtol=10 * tol, atol=tol)
     # parameters: the pytree's float leaves, values as float32
     assert sorted(json.loads(c.meta[DECLARED_PARAMETERS_KEY])) == sorted(c.floats)
     assert {p.name: p.numel for p in c.model.parameters} == {n: v.size for n, v in c.floats.items()}
