@@ -44,17 +44,19 @@ def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs
             continue
         log2m = np.log2(live)
         s = float(live.sum())
+        m_log2m = float(np.dot(live, log2m))  # sum m log2 m: no array outlives its tensor's turn
         per.append((name, m.size, {
             "n": live.size,
+            "sum": s,
             "log2_sum": math.log2(s) + c.exponent,
             "sum_log2": float(log2m.sum()) + live.size * c.exponent,
-            "m_log2c": float((live * log2m).sum()) + c.exponent * s,  # sum m * log2 C
+            "m_log2m": m_log2m,
+            "m_log2c": m_log2m + c.exponent * s,  # sum m * log2 C
             "exponent": c.exponent,
             "min": float(log2m.min()) + c.exponent,
             "max": float(log2m.max()) + c.exponent,
-            "live": live,
-            "log2m": log2m,
         }))
+        del live, log2m
     stats = [st for _, _, st in per if st is not None]
     if not stats:
         raise IrtoolsError("no learnable parameter scalar reaches an output: the reuse quantities are undefined")
@@ -62,8 +64,9 @@ def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs
     log2_total = _log2_sum_exp2([st["log2_sum"] for st in stats])
     surprisal = n_g * log2_total - math.fsum(st["sum_log2"] for st in stats)
     spread = math.fsum(2.0 ** (st["exponent"] - log2_total) * st["m_log2c"] for st in stats)
+    # H = -sum p log2 p with p = m 2^(e - L): per tensor 2^(e-L) (sum m log2 m + (e - L) sum m)
     entropy = -math.fsum(
-        2.0 ** (st["exponent"] - log2_total) * float((st["live"] * (st["log2m"] + st["exponent"] - log2_total)).sum())
+        2.0 ** (st["exponent"] - log2_total) * (st["m_log2m"] + (st["exponent"] - log2_total) * st["sum"])
         for st in stats
     )
     graph_size = num_inputs + num_outputs + n_g

@@ -421,3 +421,31 @@ def test_a_window_op_declaring_minutes_of_work_is_refused_in_one_line(tmp_path):
     assert "Conv node 'huge'" in res.output and "operations" in res.output
     cc = irtools.get_pass("context-counts")(irtools.load(conv_model(12, 3)))
     assert (exact(cc.counts["w"]) == 100).all()  # each of the 3x3 taps serves the 10x10 outputs
+
+
+def test_reuse_quantities_equal_the_definitions_computed_directly():
+    """S_G, H, E, P_G, P'_G from explicit counts (Python floats, the conventions' formulas) against
+    the pass's per-tensor mantissa/exponent arithmetic, with exponents far apart and a zero count."""
+    import math
+    from types import SimpleNamespace
+
+    from irtools.passes.reuse import reuse_quantities
+
+    rng = np.random.default_rng(3)
+    tensors = {"a": (rng.integers(1, 50, 7).astype(float), 3), "b": (rng.integers(1, 9, 5).astype(float), -40),
+               "c": (np.array([0.0, 2.0, 5.0]), 10)}
+    counts = {k: SimpleNamespace(mantissa=m / 64, exponent=e + 6) for k, (m, e) in tensors.items()}
+    got = reuse_quantities(counts, num_inputs=11, num_outputs=4)
+    cs = [float(x) * 2.0 ** e for m, e in tensors.values() for x in m if x > 0]
+    total = math.fsum(cs)
+    n = len(cs)
+    surprisal = math.fsum(-math.log2(c / total) for c in cs)
+    entropy = -math.fsum(c / total * math.log2(c / total) for c in cs)
+    spread = math.fsum(c / total * math.log2(c) for c in cs)
+    size = 11 + 4 + n
+    assert got["num_params"] == n and got["zero_count_scalars"] == 1 and got["graph_size"] == size
+    assert got["total_surprisal"] == pytest.approx(surprisal, rel=1e-12)
+    assert got["entropy"] == pytest.approx(entropy, rel=1e-12)
+    assert got["expected_spread"] == pytest.approx(spread, rel=1e-12)
+    assert got["performance_surprisal"] == pytest.approx(math.log2(surprisal * 11 / size), rel=1e-12)
+    assert got["performance_spread"] == pytest.approx(math.log2(n * (spread + 1) * 11 / size), rel=1e-12)
