@@ -7,7 +7,7 @@ context count must be positive; a parameter the forward pass never reads has no 
 parameter count and the input/output sizes are torch's. A handful of architectures that
 exercise the issue's classes (causal masks from Range/Trilu, rotary embeddings, relative
 position bias through GatherND / GatherElements, GroupNorm exported by the TorchScript
-exporter) run in CI; the rest of the zoo is marked slow.
+exporter) run in CI; the rest of the zoo is marked slow and runs only with `-m slow`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ SLOW = [name for name in REGISTRY if name not in FAST and half(name) == "transfo
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     yield from exported_fixture(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _slow_only_with_m_slow(request):
+    """The slow zoo runs only when asked for (`-m slow`): a plain `pytest` (CI) runs the fast set."""
+    if request.node.get_closest_marker("slow") and "slow" not in request.config.getoption("markexpr", "").replace("not slow", ""):
+        pytest.skip("slow zoo model: run with -m slow")
 
 
 @pytest.mark.parametrize("name", list(FAST))
