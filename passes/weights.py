@@ -418,9 +418,27 @@ class WeightsPass(Pass):
         return Weights(ctx.layers, ctx.skipped)
 
 
+#: Ops that add a parameter to what they compute, and the bias slots of ops with one.
+ADDITIVE_OPS = frozenset({"Add", "Sub", "BiasAdd"})
+BIAS_SLOTS = {"Gemm": 2, "Conv": 2, "ConvTranspose": 2, "FusedGemm": 2, "FusedConv": 2}
+
+
+def _is_split_bias(p: StoredTensor) -> bool:
+    """A bias kept per head, (heads, head_dim) in Flax DenseGeneral and Keras EinsumDense: read
+    only in bias slots, or named a bias and only ever added. Like every 1-D bias it is no weight
+    matrix (a learned position table added to the input is one, and stays a layer)."""
+    if not p.uses:
+        return False
+    if all(BIAS_SLOTS.get(u.op_type) == u.input_index for u in p.uses):
+        return True
+    last = re.split(r"[/.:]", p.name)[-1].lower()
+    return "bias" in last and all(u.op_type in ADDITIVE_OPS or BIAS_SLOTS.get(u.op_type) == u.input_index
+                                  for u in p.uses)
+
+
 def _must_appear(p: StoredTensor) -> bool:
     """Whether a learnable parameter must yield a layer or a skipped entry (the invariant)."""
-    if len(p.shape) < 2:
+    if len(p.shape) < 2 or _is_split_bias(p):
         return False
     return sum(d > 1 for d in p.shape) >= 2 or any(u.input_index in WEIGHT_SLOTS.get(u.op_type, ()) for u in p.uses)
 

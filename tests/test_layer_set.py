@@ -266,3 +266,37 @@ def test_parameters_no_rule_analyses_are_matrices_or_skipped_with_reasons():
     assert "Einsum 'proj'" in w3["reason"] and "3-D" in w3["reason"]
     assert not any(layer.parameter == "scale" for layer in weights.layers)  # 1-D: not a matrix
     assert_every_parameter_accounted_for(model, weights)
+
+
+def test_a_bias_kept_per_head_is_no_layer_but_an_added_table_is():
+    """Flax DenseGeneral / Keras EinsumDense keep biases as (heads, head_dim): read in a Gemm's bias
+    slot (through a Reshape), or added and named a bias, it is a bias like torch's 1-D ones (no row,
+    nothing skipped); a learned (1, seq, d) table added to the input (ViT's position embedding)
+    stays a matrix row."""
+    import onnx
+    from onnx import helper as oh
+
+    from irtools.passes.weights import _is_split_bias
+    from tests import builders as b
+
+    rng = np.random.default_rng(0)
+    nodes = [oh.make_node("Reshape", ["x", "flat"], ["x2"]),
+             oh.make_node("Reshape", ["q.bias", "flat1"], ["qb"]),
+             oh.make_node("Gemm", ["x2", "q.kernel", "qb"], ["q"]),
+             oh.make_node("Reshape", ["q", "heads"], ["q4"]),
+             oh.make_node("Add", ["q4", "k/bias"], ["k4"]),
+             oh.make_node("Reshape", ["k4", "seq"], ["k3"]),
+             oh.make_node("Add", ["k3", "pos_embedding"], ["y"])]
+    inits = [b.tensor("q.kernel", rng.standard_normal((64, 64))), b.tensor("q.bias", rng.standard_normal((8, 8))),
+             b.tensor("k/bias", rng.standard_normal((8, 8))), b.tensor("pos_embedding", rng.standard_normal((1, 10, 64))),
+             onnx.numpy_helper.from_array(np.array([10, 64], np.int64), "flat"),
+             onnx.numpy_helper.from_array(np.array([64], np.int64), "flat1"),
+             onnx.numpy_helper.from_array(np.array([10, 8, 8], np.int64), "heads"),
+             onnx.numpy_helper.from_array(np.array([1, 10, 64], np.int64), "seq")]
+    proto = b.model(nodes, [b.vinfo("x", [1, 10, 64])], [b.vinfo("y", [1, 10, 64])], inits)
+    model = irtools.load(proto)
+    split = {p.name: _is_split_bias(p) for p in model.parameters}
+    assert split == {"q.kernel": False, "q.bias": True, "k/bias": True, "pos_embedding": False}
+    result = irtools.analyze(proto, metrics="spectral")
+    assert {row["parameter"] for row in result.layers} == {"q.kernel", "pos_embedding"}
+    assert not {entry["parameter"] for entry in result.skipped} & {"q.bias", "k/bias"}
