@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test wheel-check clean
+.PHONY: setup demo test test-slow wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ demo: setup
 
 test: $(BIN)/.installed $(BIN)/.models $(BIN)/.tf $(BIN)/.jax
 	$(BIN)/python -m pytest -q
+
+# The slow tier: the whole architecture zoo and the large real-model checks.
+test-slow: $(BIN)/.installed $(BIN)/.models $(BIN)/.tf $(BIN)/.jax
+	$(BIN)/python -m pytest -q -m slow
 
 # A wheel built from this tree, installed (not editable) into a fresh venv, run from outside the checkout
 wheel-check:

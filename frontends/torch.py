@@ -25,14 +25,13 @@ import onnx
 
 from irtools.frontends import require
 from irtools.errors import IrtoolsError
-from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY
 
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 #: Model metadata key: {state_dict name: parameter name} for tied weights (one tensor, several names).
 ALIASES_KEY = "irtools.parameter_aliases"
 #: Model metadata key: {state_dict name: shape} of the float tensors the forward pass never reads
 #: (a pooler the chosen output skips): the exporters leave them out of the graph.
-UNREAD_PARAMETERS_KEY = "irtools.unread_parameters"
 
 
 def _torch():

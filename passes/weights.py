@@ -465,3 +465,8 @@ def _account_for_every_parameter(ctx: _Ctx) -> None:
             ctx.skipped.append({"name": p.name, "node": node, "op_type": op_type, "parameter": p.name,
                                 "reason": f"{len(p.shape)}-D parameter {tuple(p.shape)} read by {readers}: "
                                           "no weight-matrix rule for it"})
+    for name, shape in ctx.model.unread_parameters.items():
+        if sum(d > 1 for d in shape) >= 2:  # a matrix the graph cannot show: said, not lost
+            ctx.skipped.append({"name": name, "node": "", "op_type": "", "parameter": name,
+                                "reason": f"never read by the forward pass: the exporter left this {tuple(shape)} "
+                                          "tensor out of the graph"})

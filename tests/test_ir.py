@@ -297,3 +297,18 @@ def test_a_weight_split_into_a_sequence_is_evaluated_as_a_list(tmp_path):
     np.testing.assert_array_equal(part, w[2:])
     result = irtools.analyze(proto, metrics="spectral,reuse")
     assert result.reuse["num_params"] == w.size - 2 * 4  # the first part is read by nothing
+
+
+@pytest.mark.parametrize("value", ['[1, 2]', '{"w": [8, -1]}', '{"w": "8x8"}', '{"w": [1e400]}', "[" * 5000, "{"])
+def test_unread_parameter_metadata_must_be_shapes(value):
+    """`irtools.unread_parameters` (written by the torch frontend) is read from files: anything but
+    a JSON object of non-negative int shapes is a corrupt-file error, not an unexpected one."""
+    from irtools.errors import ModelLoadError
+    from irtools.ir.parameters import UNREAD_PARAMETERS_KEY
+
+    proto = b.mlp()
+    proto.metadata_props.add(key=UNREAD_PARAMETERS_KEY, value=value)
+    with pytest.raises(ModelLoadError, match="not a JSON object of parameter shapes"):
+        irtools.load(proto)
+    proto.metadata_props[-1].value = '{"pooler.weight": [8, 8]}'
+    assert irtools.load(proto).unread_parameters == {"pooler.weight": (8, 8)}

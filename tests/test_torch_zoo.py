@@ -16,6 +16,8 @@ import json
 import onnx
 import pytest
 
+import irtools
+
 torch = pytest.importorskip("torch")
 
 from irtools.frontends.torch import UNREAD_PARAMETERS_KEY
@@ -39,13 +41,6 @@ def exported(tmp_path_factory):
     yield from exported_fixture(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_with_m_slow(request):
-    """The slow zoo runs only when asked for (`-m slow`): a plain `pytest` (CI) runs the fast set."""
-    if request.node.get_closest_marker("slow") and "slow" not in request.config.getoption("markexpr", "").replace("not slow", ""):
-        pytest.skip("slow zoo model: run with -m slow")
-
-
 @pytest.mark.parametrize("name", FAST)
 def test_torch_zoo_fast(exported, name):
     check_against_torch(exported(name))
@@ -63,6 +58,10 @@ def test_unread_parameters_leave_the_dynamo_export(exported):
     assert read == {"a.weight", "a.bias", "frozen", "bn.weight", "bn.bias"}
     assert read <= declared and {"unused.weight", "unused.bias", "unused_vec"}.isdisjoint(declared)
     assert json.loads(meta[UNREAD_PARAMETERS_KEY]) == {"unused.weight": [8, 8], "unused.bias": [8], "unused_vec": [8]}
+    # the unread matrix is said in `skipped` (never lost silently); vectors are no matrices anywhere
+    skipped = {s["parameter"]: s["reason"] for s in irtools.analyze(e.path, metrics="spectral").skipped}
+    assert "never read by the forward pass" in skipped["unused.weight"]
+    assert not {"unused.bias", "unused_vec"} & set(skipped)
 
 
 @pytest.mark.slow

@@ -32,13 +32,6 @@ def exported(tmp_path_factory):
     yield from exported_fixture(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_with_m_slow(request):
-    """The slow zoo runs only when asked for (`-m slow`): a plain `pytest` (CI) runs the fast set."""
-    if request.node.get_closest_marker("slow") and "slow" not in request.config.getoption("markexpr", "").replace("not slow", ""):
-        pytest.skip("slow zoo model: run with -m slow")
-
-
 @pytest.mark.parametrize("name", list(FAST))
 def test_zoo_fast(exported, name):
     check_against_torch(exported(name, FAST[name]))

@@ -474,11 +474,13 @@ def _check_text(proto: onnx.ModelProto, path: str) -> None:
 def _check_declared_parameters(proto: onnx.ModelProto, path: str) -> None:
     """The `irtools.parameters` metadata (the parameter names a frontend declared) must be a JSON
     list of names: a file can put anything there (deep nesting, numbers, a dict)."""
-    from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: PLC0415
+    from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY  # noqa: PLC0415
 
     for entry in proto.metadata_props:
         if entry.key == DECLARED_PARAMETERS_KEY:
             declared_parameter_names(entry.value, path)
+        elif entry.key == UNREAD_PARAMETERS_KEY:
+            unread_parameter_shapes(entry.value, path)
 
 
 def declared_parameter_names(text: str, path: str | None) -> list[str]:
@@ -496,6 +498,24 @@ def declared_parameter_names(text: str, path: str | None) -> list[str]:
         raise ModelLoadError(f"metadata '{DECLARED_PARAMETERS_KEY}' is not a JSON list of parameter names "
                              "(corrupt file)", path)
     return names
+
+
+def unread_parameter_shapes(text: str, path: str | None) -> dict[str, tuple[int, ...]]:
+    """The {name: shape} of an `irtools.unread_parameters` metadata value, or a `ModelLoadError`."""
+    import json  # noqa: PLC0415
+
+    from irtools.ir.parameters import UNREAD_PARAMETERS_KEY  # noqa: PLC0415
+
+    try:
+        shapes = json.loads(text)
+    except (ValueError, RecursionError):
+        shapes = None
+    if not isinstance(shapes, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(type(d) is int and 0 <= d < 1 << 62 for d in v)
+            for k, v in shapes.items()):
+        raise ModelLoadError(f"metadata '{UNREAD_PARAMETERS_KEY}' is not a JSON object of parameter shapes "
+                             "(corrupt file)", path)
+    return {k: tuple(v) for k, v in shapes.items()}
 
 
 def _check_unique(graph: onnx.GraphProto, path: str) -> None:

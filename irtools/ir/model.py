@@ -20,8 +20,10 @@ import onnx_ir as ir
 
 from irtools import budget, files
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
-from irtools.ir.loading import check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model
-from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, ConstantAnalysis, StoredTensor, classify
+from irtools.ir.loading import (check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model,
+                                unread_parameter_shapes)
+from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY, ConstantAnalysis, StoredTensor,
+                                   classify)
 from irtools.ir.shapes import infer_shapes
 
 
@@ -114,6 +116,9 @@ class IRModel:
         if parameters is None and DECLARED_PARAMETERS_KEY in model.metadata_props:
             parameters = set(declared_parameter_names(model.metadata_props[DECLARED_PARAMETERS_KEY], path))
         self.declared_parameters = parameters
+        #: {name: shape} of parameters the frontend left out because the forward pass never reads them.
+        unread = model.metadata_props.get(UNREAD_PARAMETERS_KEY)
+        self.unread_parameters = unread_parameter_shapes(unread, path) if unread else {}
         self.constants_analysis = ConstantAnalysis(self.all_nodes)
         self.stored: list[StoredTensor] = classify(
             self.all_nodes, self.constants_analysis, self.graphs, self.node_names, self._stored_shape, parameters

@@ -77,6 +77,9 @@ NONDETERMINISTIC = frozenset(
 
 #: Model metadata key under which a frontend records the framework's parameter names (JSON list).
 DECLARED_PARAMETERS_KEY = "irtools.parameters"
+#: Metadata key: {name: shape} of the parameters a frontend left out of the graph because the
+#: forward pass never reads them (a pooler the chosen output skips): skipped, never silently lost.
+UNREAD_PARAMETERS_KEY = "irtools.unread_parameters"
 
 
 @dataclass(frozen=True, slots=True)
