@@ -344,6 +344,7 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
 
     proto = _convert(jax2onnx, traced, specs, opset, input_names)
     _reduce_axes_as_attributes(proto)
+    _matmul_einsums_as_matmul(proto.graph)
     _restore_parameters(proto, names, offsets, originals)
     _name_nodes_by_module(proto.graph, names)
     proto = _reinfer_shapes(proto)
@@ -517,6 +518,30 @@ def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
                                      (f"{path}/{node.op_type}_{k}" for k in itertools.count(2)))
         node.name = next(c for c in candidates if c not in taken)
         taken.add(node.name)
+
+
+def _is_matmul_equation(equation: str) -> bool:
+    """`abc,cd->abd`: a contraction of the first operand's last axis with a matrix, i.e. MatMul."""
+    inputs, _, out = equation.replace(" ", "").partition("->")
+    operands = inputs.split(",")
+    if len(operands) != 2 or "." in equation:
+        return False
+    lhs, rhs = operands
+    return (len(rhs) == 2 and len(lhs) >= 1 and lhs[-1] == rhs[0] and rhs[1] not in lhs
+            and len(set(lhs)) == len(lhs) and rhs[0] != rhs[1] and out == lhs[:-1] + rhs[1])
+
+
+def _matmul_einsums_as_matmul(graph: onnx.GraphProto) -> None:
+    """Write jax2onnx's `Einsum(x, W)` with a plain matrix-product equation (how it lowers a
+    Dense traced without the Flax shims, inside nn.remat) as the MatMul it is, so that the layer
+    is recognised and counted like every other Dense."""
+    for node in graph.node:
+        if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "")
+        if _is_matmul_equation(equation):
+            node.op_type = "MatMul"
+            del node.attribute[:]
 
 
 # Reductions whose `axes` became an input in opset 18 (ReduceSum's did in 13).

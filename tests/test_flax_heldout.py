@@ -94,7 +94,9 @@ def check(name: str) -> None:
     rows = {r["parameter"]: r for r in analysis.layers}
     skipped = {s["parameter"] for s in analysis.skipped}
     for leaf, value in c.floats.items():
-        if sum(d > 1 for d in value.shape) >= 2:
+        if leaf.endswith("/bias"):  # (heads, head_dim) biases of DenseGeneral / attention: added, no matrix
+            assert leaf not in rows, f"{name}: bias {leaf} analysed as a matrix"
+        elif sum(d > 1 for d in value.shape) >= 2:
             assert leaf in rows or leaf in skipped, f"{name}: {leaf} is neither a layer nor skipped"
     for parameter, row in rows.items():
         if row["layer_type"] != "matrix":  # a 2-D parameter no op rule reads is named after itself
