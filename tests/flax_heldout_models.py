@@ -431,8 +431,9 @@ def _nnx(cls, *inputs):
 
 @register("nnx-cnn-norms-dropout-pools")
 def nnx_cnn():
-    from flax import nnx  # noqa: PLC0415
     from functools import partial  # noqa: PLC0415
+
+    from flax import nnx  # noqa: PLC0415
 
     class Net(nnx.Module):
         def __init__(self, rngs):
@@ -461,8 +462,8 @@ def nnx_cnn():
 
 @register("nnx-transformer")
 def nnx_transformer():
-    from flax import nnx  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
 
     class Block(nnx.Module):
         def __init__(self, dim, rngs):
@@ -543,8 +544,8 @@ def nnx_shared():
 
 @register("nnx-bfloat16-params")
 def nnx_bf16():
-    from flax import nnx  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
 
     class Net(nnx.Module):
         def __init__(self, rngs):

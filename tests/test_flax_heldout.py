@@ -22,7 +22,6 @@ pytest.importorskip("flax")
 ort = pytest.importorskip("onnxruntime")
 jnp = jax.numpy
 
-import irtools  # noqa: E402
 from irtools.frontends.jax import (  # noqa: E402
     PARAMETER_DTYPES_KEY,
     _is_float_leaf,
@@ -31,6 +30,8 @@ from irtools.frontends.jax import (  # noqa: E402
     from_flax,
     module_path,
 )
+
+import irtools  # noqa: E402
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY  # noqa: E402
 from tests.flax_heldout_models import REGISTRY  # noqa: E402
 
