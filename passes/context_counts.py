@@ -49,11 +49,17 @@ class Counts:
         with np.errstate(divide="ignore"):
             return np.log2(self.mantissa) + self.exponent
 
-    def normalised(self) -> Counts:
+    def normalised(self, in_place: bool = False) -> Counts:
+        """The same counts with the largest mantissa in [0.5, 1); `in_place` rescales this object's
+        own array (one whose owner lets go of it: no second copy of a large tensor's counts)."""
         top = float(self.mantissa.max()) if self.mantissa.size else 0.0
         if top <= 0.0:
             return self
         _, k = math.frexp(top)
+        if in_place and self.mantissa.flags.writeable and self.mantissa.dtype == np.float64:
+            np.ldexp(self.mantissa, -k, out=self.mantissa)
+            self.exponent += k
+            return self
         return Counts(np.ldexp(self.mantissa, -k), self.exponent + k)
 
 
@@ -71,7 +77,8 @@ class _Accumulator:
         elif exponent == cur.exponent:
             cur.mantissa += contrib
         elif exponent > cur.exponent:
-            cur.mantissa = np.ldexp(cur.mantissa, cur.exponent - exponent) + contrib
+            np.ldexp(cur.mantissa, cur.exponent - exponent, out=cur.mantissa)  # the sum is ours: no copies
+            cur.mantissa += contrib
             cur.exponent = exponent
         else:
             cur.mantissa += np.ldexp(contrib, exponent - cur.exponent)
@@ -81,7 +88,7 @@ class _Accumulator:
         if items is not None:
             return _SeqCounts({pos: items.pop(pos) for pos in list(items._acc)})
         c = self._acc.pop(value, None)
-        return None if c is None else c.normalised()
+        return None if c is None else c.normalised(in_place=True)  # the sum was the accumulator's own
 
     def add_item(self, value: ir.Value, pos: int, contrib: np.ndarray, exponent: int) -> None:
         """Add counts to element `pos` of a sequence value (SplitToSequence / SequenceAt)."""

@@ -28,6 +28,28 @@ def _log2_sum_exp2(xs: list[float]) -> float:
     return top + math.log2(math.fsum(2.0 ** (x - top) for x in xs))
 
 
+#: Mantissas summed at a time: a large tensor's temporaries stay a few MB, not copies of it.
+CHUNK = 1 << 20
+
+
+def _mantissa_sums(m: np.ndarray) -> tuple[int, float, float, float, float, float]:
+    """(number of nonzero m, sum m, sum log2 m, sum m log2 m, min and max log2 m) over the nonzero
+    entries of a flat mantissa array, chunk by chunk (sums of chunk sums: pairwise-accurate)."""
+    n, sums, logs, mlogs, low, high = 0, [], [], [], math.inf, -math.inf
+    for start in range(0, m.size, CHUNK):
+        part = m[start:start + CHUNK]
+        live = part[part > 0]
+        if live.size == 0:
+            continue
+        log2m = np.log2(live)
+        n += live.size
+        sums.append(float(live.sum()))
+        logs.append(float(log2m.sum()))
+        mlogs.append(float(np.dot(live, log2m)))
+        low, high = min(low, float(log2m.min())), max(high, float(log2m.max()))
+    return n, math.fsum(sums), math.fsum(logs), math.fsum(mlogs), low, high
+
+
 def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs: int) -> dict:
     """S_G, H, E, N_G, N_I, N_O, |G|, P_G, P'_G and per-tensor statistics.
 
@@ -37,26 +59,22 @@ def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs
     zero = 0
     for name, c in counts.items():
         m = np.asarray(c.mantissa, dtype=np.float64).ravel()
-        live = m[m > 0]
-        zero += m.size - live.size
-        if live.size == 0:
+        n, s, sum_log2m, m_log2m, low, high = _mantissa_sums(m)
+        zero += m.size - n
+        if n == 0:
             per.append((name, m.size, None))
             continue
-        log2m = np.log2(live)
-        s = float(live.sum())
-        m_log2m = float(np.dot(live, log2m))  # sum m log2 m: no array outlives its tensor's turn
         per.append((name, m.size, {
-            "n": live.size,
+            "n": n,
             "sum": s,
             "log2_sum": math.log2(s) + c.exponent,
-            "sum_log2": float(log2m.sum()) + live.size * c.exponent,
+            "sum_log2": sum_log2m + n * c.exponent,
             "m_log2m": m_log2m,
             "m_log2c": m_log2m + c.exponent * s,  # sum m * log2 C
             "exponent": c.exponent,
-            "min": float(log2m.min()) + c.exponent,
-            "max": float(log2m.max()) + c.exponent,
+            "min": low + c.exponent,
+            "max": high + c.exponent,
         }))
-        del live, log2m
     stats = [st for _, _, st in per if st is not None]
     if not stats:
         raise IrtoolsError("no learnable parameter scalar reaches an output: the reuse quantities are undefined")

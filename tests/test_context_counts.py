@@ -423,17 +423,22 @@ def test_a_window_op_declaring_minutes_of_work_is_refused_in_one_line(tmp_path):
     assert (exact(cc.counts["w"]) == 100).all()  # each of the 3x3 taps serves the 10x10 outputs
 
 
-def test_reuse_quantities_equal_the_definitions_computed_directly():
+@pytest.mark.parametrize("chunk", [1 << 20, 3, 1])
+def test_reuse_quantities_equal_the_definitions_computed_directly(monkeypatch, chunk):
     """S_G, H, E, P_G, P'_G from explicit counts (Python floats, the conventions' formulas) against
-    the pass's per-tensor mantissa/exponent arithmetic, with exponents far apart and a zero count."""
+    the pass's per-tensor mantissa/exponent arithmetic, with exponents far apart and a zero count,
+    whether a tensor is summed whole or in chunks (a chunk of only zeros included)."""
     import math
     from types import SimpleNamespace
 
+    import irtools.passes.reuse as reuse_module
     from irtools.passes.reuse import reuse_quantities
+
+    monkeypatch.setattr(reuse_module, "CHUNK", chunk)
 
     rng = np.random.default_rng(3)
     tensors = {"a": (rng.integers(1, 50, 7).astype(float), 3), "b": (rng.integers(1, 9, 5).astype(float), -40),
-               "c": (np.array([0.0, 2.0, 5.0]), 10)}
+               "c": (np.array([0.0, 0.0, 0.0, 2.0, 5.0]), 10)}
     counts = {k: SimpleNamespace(mantissa=m / 64, exponent=e + 6) for k, (m, e) in tensors.items()}
     got = reuse_quantities(counts, num_inputs=11, num_outputs=4)
     cs = [float(x) * 2.0 ** e for m, e in tensors.values() for x in m if x > 0]
@@ -443,7 +448,9 @@ def test_reuse_quantities_equal_the_definitions_computed_directly():
     entropy = -math.fsum(c / total * math.log2(c / total) for c in cs)
     spread = math.fsum(c / total * math.log2(c) for c in cs)
     size = 11 + 4 + n
-    assert got["num_params"] == n and got["zero_count_scalars"] == 1 and got["graph_size"] == size
+    assert got["num_params"] == n and got["zero_count_scalars"] == 3 and got["graph_size"] == size
+    c = next(p for p in got["parameters"] if p["name"] == "c")
+    assert (c["log2_count_min"], c["log2_count_max"]) == pytest.approx((1 + 10, math.log2(5) + 10), rel=1e-14)
     assert got["total_surprisal"] == pytest.approx(surprisal, rel=1e-12)
     assert got["entropy"] == pytest.approx(entropy, rel=1e-12)
     assert got["expected_spread"] == pytest.approx(spread, rel=1e-12)
