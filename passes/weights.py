@@ -447,7 +447,16 @@ def _account_for_every_parameter(ctx: _Ctx) -> None:
     """Analyse or skip, with its reason, every parameter no op rule accounted for."""
     analysed = {s for layer in ctx.layers for s in (layer.parameter, *layer.sources)}
     skipped = ctx.skipped_sources
+    parts = {s: layer for layer in ctx.layers for s in layer.sources if s != layer.parameter}
     for p in ctx.model.parameters:
+        if p.name in parts and _must_appear(p) and p.name not in skipped:
+            # a matrix analysed inside another layer's weight (gate kernels concatenated before one
+            # matmul): said under its own name, so that every weight matrix can be found by name
+            layer = parts[p.name]
+            ctx.skipped.append({"name": p.name, "node": layer.node, "op_type": layer.op_type, "parameter": p.name,
+                                "reason": f"analysed as part of layer '{layer.name}' (its weight is computed from "
+                                          f"{', '.join(layer.sources)})"})
+            continue
         if p.name in analysed or not _must_appear(p):
             continue
         readers = ", ".join(sorted({f"{u.op_type} '{u.node}' (input {u.input_index})" for u in p.uses})) or "no node"

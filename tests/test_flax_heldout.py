@@ -40,8 +40,7 @@ from tests.flax_heldout_models import REGISTRY  # noqa: E402
 #: without Flax shims (nn.remat / nn.vmap / nn.scan) and float64 numpy leaves.
 FAST = ["linen-norms", "linen-conv-variants", "linen-rnn-lstmcell", "linen-bfloat16-params"]
 #: Known gaps: marked xfail, strict, so a fix shows.
-KNOWN = {"nnx-lstm": "nnx.RNN: the nnx scan cannot be traced by jax2onnx (trace levels)",
-         "linen-rnn-optimizedlstmcell": "weights pass: a weight concatenated from gate kernels names only the first"}
+KNOWN = {"nnx-lstm": "nnx.RNN: the nnx scan cannot be traced by jax2onnx (trace levels)"}
 
 
 class Converted:
