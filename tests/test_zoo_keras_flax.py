@@ -79,8 +79,13 @@ def test_keras_declared_parameters_are_the_models_float_weights(keras_run):
 
 
 def test_keras_spectral_rows_match_the_kernels(keras_run):
+    """Every kernel is a row (its lambda_max from the kernel itself) or a skipped entry; a bias kept
+    per head (EinsumDense's (heads, head_dim)) is no row, like every 1-D bias."""
     name, weights, _, _, analysis = keras_run
-    kernels = {path: a for path, a, _ in weights if a.ndim >= 2 and sum(d > 1 for d in a.shape) >= 2}
+    biases = {path for path, _, _ in weights if path.endswith("/bias")}
+    kernels = {path: a for path, a, _ in weights
+               if a.ndim >= 2 and sum(d > 1 for d in a.shape) >= 2 and path not in biases}
+    assert not biases & {r.parameter for r in analysis.details.itertuples()}
     rows = _check_rows_against_kernels(analysis, kernels, {path: eq for path, _, eq in weights if eq})
     assert len(rows) >= (2 if name in zoo.KERAS_HAND else 10)
 
