@@ -208,40 +208,43 @@ def _strip_and_parse(buf, path: str) -> tuple[onnx.ModelProto, dict[str, tuple[s
     return proto, mapped
 
 
-def _graphs(graph: onnx.GraphProto):
+def all_graphs(graph: onnx.GraphProto):
     """Yield `graph` and every subgraph nested in its node attributes."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
+                yield from all_graphs(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    yield from _graphs(sub)
+                    yield from all_graphs(sub)
+
+
+def _attribute_values(graph: onnx.GraphProto, one: str, many: str):
+    """Yield the values of one graph's node attributes of a kind: `one` ("t", "sparse_tensor")
+    holds one value, `many` ("tensors", "sparse_tensors") a list."""
+    one_type = onnx.AttributeProto.TENSOR if one == "t" else onnx.AttributeProto.SPARSE_TENSOR
+    many_type = onnx.AttributeProto.TENSORS if one == "t" else onnx.AttributeProto.SPARSE_TENSORS
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == one_type:
+                yield getattr(attr, one)
+            elif attr.type == many_type:
+                yield from getattr(attr, many)
 
 
 def _sparse_tensors(graph: onnx.GraphProto):
     """Yield every sparse tensor of one graph: sparse initializers and sparse attributes."""
     yield from graph.sparse_initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.SPARSE_TENSOR:
-                yield attr.sparse_tensor
-            elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
-                yield from attr.sparse_tensors
+    yield from _attribute_values(graph, "sparse_tensor", "sparse_tensors")
 
 
 def iter_tensors(graph: onnx.GraphProto):
     """Yield every tensor stored in the graph: initializers, Constant/attribute tensors, and the
     values and indices of sparse ones."""
-    for g in _graphs(graph):
+    for g in all_graphs(graph):
         yield from g.initializer
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    yield from attr.tensors
+        yield from _attribute_values(g, "t", "tensors")
         for sparse in _sparse_tensors(g):
             yield sparse.values
             yield sparse.indices
@@ -299,7 +302,7 @@ def densify_sparse(proto: onnx.ModelProto, path: str) -> None:
     """Replace every sparse initializer by the dense initializer it stands for, and a Constant's
     `sparse_value` by its dense `value` (in place), once its indices are checked: the IR has no
     sparse tensors, and a parameter stored sparse must be analysed, not silently dropped."""
-    for g in _graphs(proto.graph):
+    for g in all_graphs(proto.graph):
         for sparse in g.sparse_initializer:
             g.initializer.append(_dense(sparse, path))
         del g.sparse_initializer[:]
@@ -452,7 +455,7 @@ def _names(proto: onnx.ModelProto):
     `string`, which the parser does not check, so bytes that are not UTF-8 come back as `bytes`."""
     yield from (("opset domain", o.domain) for o in proto.opset_import)
     yield from (("metadata", x) for e in proto.metadata_props for x in (e.key, e.value))
-    for g in _graphs(proto.graph):
+    for g in all_graphs(proto.graph):
         yield "graph name", g.name
         yield from (("initializer", t.name) for t in g.initializer)
         for vi in (*g.input, *g.output, *g.value_info):

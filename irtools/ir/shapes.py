@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from irtools.errors import ShapeError
+from irtools.ir.loading import all_graphs
 
 Dims = tuple[int | str | None, ...]
 
@@ -178,18 +179,23 @@ def _range_is_short(node: onnx.NodeProto, consts: Mapping[str, onnx.TensorProto]
     return biggest_dim <= _MAX_PROPAGATED_RANGE and not floating and (delta is None or abs(delta) >= 1)
 
 
+def _constant_tensors(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """One graph's initializers and Constant-node values, by name."""
+    consts = {t.name: t for t in g.initializer}
+    consts.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" and n.output
+                   for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR})
+    return consts
+
+
 def _ranges_are_short(model: onnx.ModelProto) -> bool:
     """Whether onnx's data propagation may run: it computes every Range's values, unbounded, so a
     1 KB file with Range(0, 1e15, 1) (or over a declared 2^40 dim) would hang inference."""
     dims = [d.dim_value for vi in model.graph.input if vi.type.HasField("tensor_type")
             for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
     biggest = max(dims, default=0)
-    outer = {t.name: t for t in model.graph.initializer}
-    for g in _graphs(model.graph):
-        consts = dict(outer) if g is not model.graph else outer
-        consts.update({t.name: t for t in g.initializer})
-        consts.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" and n.output
-                       for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR})
+    outer = _constant_tensors(model.graph)
+    for g in all_graphs(model.graph):
+        consts = outer if g is model.graph else {**outer, **_constant_tensors(g)}
         if any(n.op_type == "Range" and len(n.input) == 3 and not _range_is_short(n, consts, biggest)
                for n in g.node):
             return False
@@ -207,8 +213,11 @@ def _run_inference(light: onnx.ModelProto, path: str | None) -> onnx.ModelProto:
 
 def _static_dims(inferred: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
     """{value name: dims if fully static else None} for the main graph of an inferred copy."""
-    g = inferred.graph
-    out: dict[str, tuple[int, ...] | None] = {}
+    return _graph_static_dims(inferred.graph, {})
+
+
+def _graph_static_dims(g: onnx.GraphProto, out: dict) -> dict[str, tuple[int, ...] | None]:
+    """`_static_dims` of one graph's own values, added to `out`."""
     for vi in (*g.input, *g.value_info, *g.output):
         dims = _dims_of(vi.type)
         out[vi.name] = tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
@@ -436,19 +445,6 @@ def infer_shapes(
     return result
 
 
-def _branch_static_dims(graph: onnx.GraphProto, out: dict) -> dict[str, tuple[int, ...] | None]:
-    """`_static_dims` of the values inside every subgraph of `graph` (recursively)."""
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            for vi in (*sub.input, *sub.value_info, *sub.output):
-                dims = _dims_of(vi.type)
-                out[vi.name] = tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
-            for t in sub.initializer:
-                out[t.name] = tuple(t.dims)
-            _branch_static_dims(sub, out)
-    return out
-
-
 def _rename_inputs(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
     """Rename the values `graph` (and its subgraphs, which see outer names) reads."""
     for node in graph.node:
@@ -504,8 +500,11 @@ def _unknown_values(light: onnx.ModelProto, inferred: onnx.ModelProto,
     """Tensor values of the main graph (and, when `light` has its If branches inlined, of those
     branches) without a static shape, except those computed from an op whose output size depends
     on the data (NonZero, ...)."""
-    static = _branch_static_dims(inferred.graph, {})
-    static.update(_static_dims(inferred))
+    static: dict = {}
+    for g in all_graphs(inferred.graph):  # subgraphs first: the main graph's own values win
+        if g is not inferred.graph:
+            _graph_static_dims(g, static)
+    _graph_static_dims(inferred.graph, static)
     static.update({new: static.get(old) for new, old in (originals or {}).items()})
     sequences = {vi.name for vi in (*inferred.graph.value_info, *inferred.graph.output)
                  if not vi.type.HasField("tensor_type") and vi.type.WhichOneof("value") is not None}
@@ -570,7 +569,7 @@ def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: li
     if feed_bytes > budget.limit():
         problems.append(f"shapes left dynamic: a probe run would need {budget.format_size(feed_bytes)} of inputs")
         return {}
-    elem = {vi.name: vi.type.tensor_type.elem_type for g in _graphs(inferred.graph)
+    elem = {vi.name: vi.type.tensor_type.elem_type for g in all_graphs(inferred.graph)
             for vi in g.value_info if vi.type.HasField("tensor_type")}
 
     def run(graph_copy: onnx.ModelProto, originals: dict[str, str] | None = None) -> dict | None:
@@ -604,14 +603,6 @@ def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: li
         problems.append("shapes left dynamic: one run of the graph in onnxruntime failed")
         shapes = {}
     return {name: (elem.get(name, 0), tuple(int(d) for d in dims)) for name, dims in shapes.items()}
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
-    """`graph` and all its subgraphs, recursively."""
-    yield graph
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from _graphs(sub)
 
 
 def _address_space() -> int:
