@@ -51,6 +51,11 @@ class OpenedSource:
     proto: onnx.ModelProto | None = field(default=None, repr=False)
     #: Runs the source itself on {input name: array}: the reference `irtools convert` checks against.
     reference: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | None = field(default=None, repr=False)
+    #: Facts about the source as a whole, for `irtools inspect` and the notes (e.g. {"format": "gguf",
+    #: "architecture": "llama", "quantization": {"Q4_0": 120, ...}}); JSON-ready values only.
+    metadata: dict = field(default_factory=dict)
+    #: Notes the frontend has for the user (which nested dict held the weights, what was left out and why).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_graph(self) -> bool:

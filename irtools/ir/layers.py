@@ -29,6 +29,9 @@ class WeightLayer:
     loader: Callable[[], list[np.ndarray]] = field(default=None, repr=False)
     shared_with: list[str] = field(default_factory=list)  # other nodes computing with the same weight
     sources: tuple[str, ...] = ()  # the learnable parameters the weight is computed from (itself, or g and v)
+    #: Extra facts shown as columns of the layer's spectral row, in this order (e.g. the storage format of a
+    #: quantized weight, an adapter's rank and scale, an expert's index). Keys must not be `COLUMNS` names.
+    extra: dict = field(default_factory=dict)
 
     @property
     def num_evals(self) -> int:

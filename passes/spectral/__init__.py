@@ -73,9 +73,10 @@ class SpectralResult:
     notes: list[str] = field(default_factory=list)  # e.g. layers a GPU could not hold, run on the CPU
 
     def columns(self) -> list[str]:
-        """`COLUMNS` and the optional ones the rows have (mp_fit, randomize)."""
-        extra = [c for c in (self.rows[0] if self.rows else ()) if c not in COLUMNS]
-        return list(COLUMNS) + extra
+        """`COLUMNS` and the optional ones any row has (mp_fit, randomize, a layer's `extra` facts), in the
+        order they first appear."""
+        extra = dict.fromkeys(c for row in self.rows for c in row if c not in COLUMNS)
+        return list(COLUMNS) + list(extra)
 
     def details(self):
         """The per-layer table as a pandas DataFrame."""
@@ -197,6 +198,7 @@ class SpectralPass(Pass):
         k, layer = state.k, state.layer
         row = {"layer_id": k, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
                "layer_type": layer.layer_type, "parameter": layer.parameter, "rf": layer.rf}
+        row.update({key: value for key, value in (layer.extra or {}).items() if key not in row})
         if state.evals is None:
             row.update(nonfinite_metrics(layer.N, layer.M, layer.num_evals, state.nonfinite))
             if options is not None and options.fix_fingers == "clip_xmax":
