@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from irtools.errors import printable
+
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -67,9 +69,10 @@ class AuditProgress:
             self._live.update(self.line())
         elif not self.quiet:
             status = row.get("status")
-            why = f": {row.get('error')}" if status != "ok" else ""
-            print(f"[{self.resumed + self.done}/{self.total}] {status} {row.get('source')}{why}", file=self.stream,
-                  flush=True)
+            why = f": {printable(row.get('error'))}" if status != "ok" else ""
+            # names come from the file system (untrusted): escapes, never raw terminal control sequences
+            print(f"[{self.resumed + self.done}/{self.total}] {printable(status)} {printable(row.get('source'))}{why}",
+                  file=self.stream, flush=True)
 
     def __exit__(self, *exc):
         if self._live is not None:

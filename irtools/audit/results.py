@@ -219,7 +219,9 @@ def write_tables(outdir: str, summary, layers, fmt: str = "parquet") -> list[str
         if fmt == "parquet":
             files.write_atomic(out, lambda tmp, f=frame: f.to_parquet(tmp, index=False))
         else:
-            files.write_atomic(out, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+            from irtools.reports.csvsafe import write_frame  # formulas and control characters made inert
+
+            files.write_atomic(out, lambda tmp, f=frame: write_frame(f, tmp))
         written.append(out)
     return written
 
