@@ -139,7 +139,15 @@ def test_device_selection_without_a_gpu(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else object())
     assert cb.gpu_problem("cuda") == "PyTorch is not installed"
     monkeypatch.undo()
-    monkeypatch.setattr(cb, "_driver_loads", lambda: True)
+    # before torch is asked: the driver (ctypes) and the build (torch/version.py as text)
+    monkeypatch.setattr(cb, "_driver_devices", lambda: -1)
+    monkeypatch.setattr(cb, "_torch_cuda_build", lambda: ("2.13.0+cpu", None))
+    assert cb.gpu_problem("cuda") == ("no NVIDIA driver (libcuda.so.1 does not load or cuInit fails); "
+                                      "PyTorch 2.13.0+cpu is a CPU-only build")
+    monkeypatch.setattr(cb, "_driver_devices", lambda: 0)
+    monkeypatch.setattr(cb, "_torch_cuda_build", lambda: ("2.13.0", "12.4"))
+    assert cb.gpu_problem("cuda") == "the NVIDIA driver sees no CUDA device (check CUDA_VISIBLE_DEVICES)"
+    monkeypatch.setattr(cb, "_driver_devices", lambda: 2)
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -147,6 +155,25 @@ def test_device_selection_without_a_gpu(monkeypatch):
     assert cb.gpu_problem("cuda:2") == "cuda:2 asked for, but 2 CUDA device(s) are visible"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "is_available() is False" in cb.gpu_problem("cuda")
+
+
+def test_torch_build_is_read_without_importing_torch(tmp_path):
+    """The CPU-only build of this venv's torch is recognised from torch/version.py, in a process
+    that never imports torch; a version.py that says CUDA 12.4 is read as such."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from irtools.backends import cuda as cb, get_backend; "
+            "print(cb._torch_cuda_build()[1], get_backend('auto').name, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(torch.version.cuda), "cuda" if cb.usable() else "cpu", str(cb.usable())]
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "version.py").write_text("from typing import Optional\n__version__ = '9.9.9'\ncuda: Optional[str] = '12.4'\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from irtools.backends import cuda as cb; print(cb._torch_cuda_build())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "('9.9.9', '12.4')"
 
 
 def test_pass_falls_back_to_cpu_fits_with_a_note_and_reports_progress(monkeypatch):

@@ -48,30 +48,94 @@ HOST_BATCH_BYTES = 256 << 20
 _F64 = 8
 
 
-def _driver_loads() -> bool:
-    """Whether the NVIDIA driver library loads (checked without importing torch)."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+_DRIVER_LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
+_CUDA_ERROR_NO_DEVICE = 100
+
+
+def _driver():
+    """The NVIDIA driver library (ctypes), or None when it does not load."""
+    for name in _DRIVER_LIBRARIES:
         try:
-            ctypes.CDLL(name)
-            return True
+            return ctypes.CDLL(name)
         except OSError:
             continue
-    return False
+    return None
+
+
+def _driver_loads() -> bool:
+    """Whether the NVIDIA driver library loads (checked without importing torch)."""
+    return _driver() is not None
+
+
+def _driver_devices() -> int:
+    """CUDA devices the driver sees (cuInit, cuDeviceGetCount through ctypes: CUDA_VISIBLE_DEVICES
+    applies), -1 when the driver does not load or fails to initialise. No torch import."""
+    lib = _driver()
+    if lib is None:
+        return -1
+    try:
+        status = lib.cuInit(0)
+        if status == _CUDA_ERROR_NO_DEVICE:
+            return 0
+        count = ctypes.c_int(0)
+        if status != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return -1
+        return count.value
+    except (AttributeError, OSError):
+        return -1
+
+
+def _torch_cuda_build() -> tuple[str, str | None]:
+    """(torch's version, the CUDA version it was built for or None) read from torch/version.py
+    as text, so that a CPU-only build is recognised without importing torch (1-2 s); ("", "?")
+    when the file cannot be read (then torch itself is asked)."""
+    import ast
+
+    spec = importlib.util.find_spec("torch")
+    try:
+        folder = list(spec.submodule_search_locations)[0]
+        with open(f"{folder}/version.py", encoding="utf-8") as fh:
+            text = fh.read()
+        values = {}
+        for node in ast.parse(text).body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+                if isinstance(target, ast.Name) and target.id in ("__version__", "cuda") and node.value is not None:
+                    values[target.id] = ast.literal_eval(node.value)
+        return str(values["__version__"]), values["cuda"]
+    except (AttributeError, IndexError, KeyError, OSError, SyntaxError, TypeError, ValueError):
+        return "", "?"
+
+
+#: What `--device auto` probes, in order (for the CLI's help): nothing here imports torch until
+#: all three hold.
+AUTO_PROBES = ("the NVIDIA driver loads (libcuda.so.1) and cuInit/cuDeviceGetCount find a CUDA device, "
+               "and the installed PyTorch is a CUDA build (read from torch/version.py); only then is torch "
+               "imported and torch.cuda.is_available() asked")
 
 
 def gpu_problem(spec: str = "cuda") -> str:
-    """Why `spec` ("cuda" or "cuda:N") names no usable GPU here, or "" when it does."""
+    """Why `spec` ("cuda" or "cuda:N") names no usable GPU here, or "" when it does.
+
+    The driver and the PyTorch build are checked first without importing torch (ctypes, and
+    torch/version.py read as text), so that a machine without a GPU never pays torch's import."""
     if importlib.util.find_spec("torch") is None:
         return "PyTorch is not installed"
     problems = []
-    if not _driver_loads():
-        problems.append("no NVIDIA driver (libcuda.so.1 does not load)")
+    devices = _driver_devices()
+    if devices < 0:
+        problems.append("no NVIDIA driver (libcuda.so.1 does not load or cuInit fails)")
+    elif devices == 0:
+        problems.append("the NVIDIA driver sees no CUDA device (check CUDA_VISIBLE_DEVICES)")
+    version, build = _torch_cuda_build()
+    if build is None:
+        problems.append(f"PyTorch {version} is a CPU-only build")
+    if problems:
+        return "; ".join(problems)
     import torch
 
     if torch.version.cuda is None:
-        problems.append(f"PyTorch {torch.__version__} is a CPU-only build")
-    if problems:
-        return "; ".join(problems)
+        return f"PyTorch {torch.__version__} is a CPU-only build"
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False (no visible CUDA device; check CUDA_VISIBLE_DEVICES)"
     if ":" in spec:
