@@ -156,11 +156,21 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
         src = os.fspath(src)
         if os.path.exists(src) and (os.path.realpath(src) == real or (st is not None and os.path.samefile(src, out))):
             raise IrtoolsError("output would overwrite the input model", out)
+        # an input folder (an audit's OUTDIR, a checkpoint folder): none of its files may be replaced
+        if st is not None and os.path.isdir(src) and _inside(real, os.path.realpath(src)):
+            raise IrtoolsError("output would overwrite a file of the input folder (refused; write it elsewhere)", out)
     with _lock:
         used = real in _inputs
     if used:
         raise IrtoolsError("output would overwrite a file the input model uses", out)
     return out
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives, or a mix of absolute and relative paths
+        return False
 
 
 def _umask() -> int:
@@ -177,6 +187,13 @@ def _umask() -> int:
     return mask
 
 
+def _name_max(directory: str) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path beside `out`; on success it is renamed to `out`, else removed.
@@ -186,7 +203,13 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """
     out = check_output_path(out)
     directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=suffix or os.path.basename(out), dir=directory)
+    # the temporary's name: a prefix, random letters and the output's own name, cut so that it stays within the
+    # file system's name limit (a valid 250-byte output name must not make an invalid temporary name)
+    tail = suffix or os.path.basename(out)
+    limit = _name_max(directory) - len(".irtools-") - 12
+    while len(os.fsencode(tail)) > limit:
+        tail = tail[1:]
+    fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=tail, dir=directory)
     os.close(fd)
     with temporary(tmp):  # removed on an error or a signal
         yield tmp

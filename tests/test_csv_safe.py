@@ -98,3 +98,25 @@ def test_audit_csv_tables_are_written_safe(tmp_path):
     assert len(back) == 2 and back["alpha"].tolist() == [-1.0, 2.0]
     assert not any(str(v).startswith(FORMULA_STARTS) for v in back["source"])
     assert not any(str(v).startswith(FORMULA_STARTS) for v in pd.read_csv(tmp_path / "layers.csv")["name"])
+
+
+def test_no_output_replaces_a_file_of_an_input_folder(tmp_path):
+    from irtools import files
+    from irtools.errors import IrtoolsError
+
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    (folder / "summary.parquet").write_bytes(b"PAR1")
+    with pytest.raises(IrtoolsError, match="file of the input folder"):
+        files.check_output_path(folder / "summary.parquet", [str(folder)])
+    assert files.check_output_path(folder / "report.html", [str(folder)])  # a new file beside them is fine
+    assert files.check_output_path(tmp_path / "summary.parquet", [str(folder)])
+
+
+def test_a_long_valid_output_name_gets_a_valid_temporary_name(tmp_path):
+    from irtools import files
+
+    out = tmp_path / ("r" * 245 + ".html")
+    files.write_text_atomic(out, "<p>ok</p>")
+    assert out.read_text() == "<p>ok</p>"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left beside it
