@@ -490,3 +490,38 @@ def test_irtools_threads_caps_the_layers_analysed_at_once(monkeypatch, cap, expe
     result = irtools.analyze(model, metrics="spectral")
     assert len(result.layers) == 4
     assert pools == ([] if expected == 1 else [expected or 4])  # one thread: the layers run in turn, no pool
+
+
+def _mp_log_alpha_norm(evals, alpha):
+    import mpmath
+
+    with mpmath.workdps(60):
+        return float(mpmath.log10(mpmath.fsum(mpmath.mpf(float(x)) ** mpmath.mpf(alpha) for x in evals)))
+
+
+def test_log_alpha_norm_is_computed_in_log_space_without_overflow(recwarn):
+    """log10(sum(lambda ** alpha)) where the direct sum overflows float64 (an alpha of 90 on
+    eigenvalues up to 3e4, as on Keras EfficientNetB0): finite and equal to 60-digit mpmath; where
+    the direct formula is finite, the same value to round-off. No RuntimeWarning."""
+    from irtools.passes.spectral.metrics import layer_metrics, log_alpha_norm
+
+    rng = np.random.default_rng(3)
+    big = np.sort(np.concatenate([[0.0, 1e-300], rng.uniform(1e-3, 3e4, 300)]))
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.sum(big**90.0))  # what the direct formula gives
+    assert log_alpha_norm(big, 90.0) == pytest.approx(_mp_log_alpha_norm(big, 90.0), rel=1e-14)
+    # a hand value: 2 ** 2 + 4 ** 2 = 20
+    assert log_alpha_norm(np.array([0.0, 2.0, 4.0]), 2.0) == pytest.approx(math.log10(20.0), rel=1e-15)
+    for alpha in (1.3, 2.5, 4.0, 7.5, 30.0):
+        evals = np.sort(rng.lognormal(0.0, 2.0, 500))
+        direct = math.log10(float(np.sum(evals**alpha)))
+        assert math.isfinite(direct)
+        assert log_alpha_norm(evals, alpha) == pytest.approx(direct, rel=1e-12, abs=1e-12)
+        assert log_alpha_norm(evals, alpha) == pytest.approx(_mp_log_alpha_norm(evals, alpha), rel=1e-13)
+    assert math.isnan(log_alpha_norm(big, math.nan)) and math.isnan(log_alpha_norm(np.zeros(4), 2.0))
+    # in a layer's row: a heavy top gives a large alpha on large eigenvalues; no overflow warning
+    evals = np.sort(np.concatenate([rng.uniform(1e3, 1.2e3, 200), [5e4]]))
+    row = layer_metrics(evals, 400, 201, 0.0, 201)
+    assert math.isfinite(row["log_alpha_norm"])
+    assert row["log_alpha_norm"] == pytest.approx(_mp_log_alpha_norm(evals, row["alpha"]), rel=1e-13)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

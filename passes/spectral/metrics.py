@@ -58,7 +58,7 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     if fit_options is not None and fit_options.fix_fingers == "clip_xmax":
         row.update(finger_columns(fit if not degenerate else None))
     row["alpha_weighted"] = alpha * row["log_spectral_norm"]
-    row["log_alpha_norm"] = _log10(float(np.sum(evals**alpha))) if not math.isnan(alpha) else math.nan
+    row["log_alpha_norm"] = log_alpha_norm(evals, alpha)
     if degenerate:
         row["warning"] = DEGENERATE
     elif math.isnan(alpha):
@@ -94,6 +94,24 @@ def nonfinite_metrics(n: int, m: int, num_evals: int, count: int) -> dict:
     row["fit_status"] = (f"failed: {count} non-finite weight(s) (NaN or Inf)" if count
                          else "failed: W^T W overflows float64 (weights above ~1e154)")
     return row
+
+
+def log_alpha_norm(evals: np.ndarray, alpha: float) -> float:
+    """log10(sum(lambda_i ** alpha)) (WeightWatcher's log_alpha_norm), computed in log space:
+    alpha log10(lambda_max) + log10(sum((lambda_i / lambda_max) ** alpha)), so that an alpha of
+    tens on eigenvalues of thousands (Keras EfficientNetB0) gives its finite value instead of
+    overflowing float64 (the direct sum is inf there). The same number, to round-off, wherever
+    the direct formula is finite. NaN for NaN alpha or an empty or all-zero spectrum."""
+    evals = np.asarray(evals, dtype=np.float64)
+    if math.isnan(alpha) or evals.size == 0:
+        return math.nan
+    top = float(evals.max())
+    if top <= 0.0 or alpha <= 0.0 or math.isinf(alpha):  # no scaling to do: the direct formula (no overflow)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return _log10(float(np.sum(evals**alpha)))
+    with np.errstate(under="ignore"):  # (lambda / lambda_max) ** alpha in [0, 1]; tiny terms underflow to 0
+        scaled = float(np.sum((evals / top) ** alpha))  # >= 1: the largest term is 1
+    return alpha * math.log10(top) + math.log10(scaled)
 
 
 def _log10(x: float) -> float:
