@@ -1,0 +1,455 @@
+"""PEFT adapters: a LoRA adapter analysed as the update it is, ΔW = scale · B·A per adapted module.
+
+A source is an adapter when it is a folder holding `adapter_config.json` and `adapter_model.safetensors`
+(or `adapter_model.bin`, read with the restricted unpickler unless `--trust`), or a `peft.PeftModel`
+object (its active adapter). Each adapted module is one row, named by the base module's path (the
+`base_model.model.` prefix PEFT adds is dropped, so `model.layers.0.self_attn.q_proj` is the name the
+base checkpoint's weight has), with the columns `r` and `scale` (`WeightLayer.extra`).
+
+The scale is the one PEFT itself applies (`peft.tuners.lora.layer.LoraLayer.update_layer`):
+`lora_alpha / r`, or `lora_alpha / sqrt(r)` with `use_rslora`, where a module's r and alpha come from
+`rank_pattern` / `alpha_pattern` when a pattern key matches the module path the way PEFT's
+`get_pattern_key` matches it (`(.*\\.)?KEY$`). `fan_in_fan_out` (GPT-2's Conv1D) stores ΔW transposed.
+Linear: ΔW = s · B A; Embedding: ΔW = s · (B A)^T (`lora_embedding_A/B`); Conv: ΔW[o, i, k...] =
+s · sum_r B[o, r] A[r, i, k...] (B is a 1x1 kernel), analysed like any conv as its kernel-position slices.
+
+The ESD of a rank-r matrix (WeightWatcher 0.7.7's `WWPeftLayerIterator`): ΔW has at most r nonzero
+singular values, and the ESD is those r eigenvalues only (WeightWatcher takes `num_components = r`
+and a truncated SVD of B·A), so num_evals = r (r per slice for a conv) while N and M stay ΔW's shape;
+an adapter whose r is under `min_evals` is skipped (WeightWatcher applies min_evals to lora_A's and
+lora_B's smaller side, r). The r eigenvalues are computed exactly and cheaply from B and A: with
+B = Q_B R_B and A^T = Q_A R_A, s·B·A = Q_B (s R_B R_A^T) Q_A^T, so the r x r core s R_B R_A^T has
+ΔW's nonzero singular values; the backend (`--device`) computes them from the core.
+
+Left out, each listed with its reason (`OpenedSource.metadata["skipped"]` and the notes): DoRA
+magnitude vectors (a per-output rescaling, not a low-rank product), LoRA biases, full modules saved
+with the adapter (`modules_to_save`), and every tensor of PEFT types that are not low-rank products
+(IA3's scaling vectors, prompt/prefix tuning's virtual tokens, LoHa, LoKr, AdaLoRA, ...).
+
+`open_merged(adapter, base)` analyses the merged model instead: every layer of the base, with
+W + ΔW in the adapted ones (the base named by `base_model_name_or_path` when it is a local folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from irtools.errors import IrtoolsError
+from irtools.ir.layers import WeightLayer
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+#: What PEFT puts before a module's path in the adapter's keys (PeftModel -> LoraModel -> base model).
+PREFIX = "base_model.model."
+_CONFIG_MAX_BYTES = 16 << 20
+#: Why the tensors of PEFT types other than LoRA are not analysed as matrices.
+NOT_LOW_RANK = {
+    "IA3": "IA3 learns per-feature scaling vectors, not a low-rank update",
+    "PROMPT_TUNING": "prompt tuning learns virtual token embeddings, not a weight update",
+    "P_TUNING": "p-tuning learns virtual token embeddings (and their encoder), not a weight update",
+    "PREFIX_TUNING": "prefix tuning learns per-layer key/value prefixes, not a weight update",
+    "MULTITASK_PROMPT_TUNING": "prompt tuning learns virtual token embeddings, not a weight update",
+    "ADAPTION_PROMPT": "adaption prompts are learned prompt tokens and gates, not a weight update",
+    "LOHA": "LoHa's update is a Hadamard product of two low-rank products, not B·A (not supported)",
+    "LOKR": "LoKr's update is a Kronecker product, not B·A (not supported)",
+    "ADALORA": "AdaLoRA's update is P·diag(E)·Q with a pruned rank (not supported)",
+}
+
+
+@dataclass(slots=True)
+class LowRankLayer(WeightLayer):
+    """A `WeightLayer` of rank at most `rank` per matrix: its ESD has `rank` eigenvalues per matrix
+    (WeightWatcher's rule for LoRA updates), so min_evals/max_evals apply to rank x rf."""
+
+    rank: int = 0
+
+    @property
+    def num_evals(self) -> int:
+        return self.rank * self.rf
+
+
+@dataclass
+class AdapterConfig:
+    """The part of `adapter_config.json` (or a `PeftConfig`) that decides what ΔW is."""
+
+    peft_type: str = "LORA"
+    r: int = 8
+    lora_alpha: float = 8
+    use_rslora: bool = False
+    fan_in_fan_out: bool = False
+    use_dora: bool = False
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+    base: str | None = None  # base_model_name_or_path
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | None = None) -> AdapterConfig:
+        if not isinstance(d, dict):
+            raise IrtoolsError(f"{CONFIG_FILE} is not a JSON object", where)
+        peft_type = str(d.get("peft_type") or "LORA").upper()
+        config = cls(peft_type=peft_type, base=d.get("base_model_name_or_path") or None)
+        if peft_type != "LORA":
+            return config
+        try:
+            config.r = _positive_int(d.get("r", 8), "r")
+            config.lora_alpha = _number(d.get("lora_alpha", 8), "lora_alpha")
+            config.use_rslora = bool(d.get("use_rslora", False))
+            config.fan_in_fan_out = bool(d.get("fan_in_fan_out", False))
+            config.use_dora = bool(d.get("use_dora", False))
+            config.rank_pattern = {str(k): _positive_int(v, f"rank_pattern[{k!r}]")
+                                   for k, v in (d.get("rank_pattern") or {}).items()}
+            config.alpha_pattern = {str(k): _number(v, f"alpha_pattern[{k!r}]")
+                                    for k, v in (d.get("alpha_pattern") or {}).items()}
+        except (TypeError, AttributeError) as exc:
+            raise IrtoolsError(f"{CONFIG_FILE}: {exc}", where) from None
+        return config
+
+    def rank_alpha(self, module: str) -> tuple[int, float]:
+        """The module's r and lora_alpha: a `rank_pattern`/`alpha_pattern` key that matches, as PEFT's
+        `get_pattern_key` matches it (the first key K with `(.*\\.)?K$` matching the module path)."""
+        return (self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r),
+                self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.lora_alpha))
+
+    def scale(self, r: int, alpha: float) -> float:
+        """PEFT's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def _positive_int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise TypeError(f"{what} must be a positive integer, not {type(v).__name__} {v!r}"[:200])
+    return v
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise TypeError(f"{what} must be a finite number, not {type(v).__name__}"[:200])
+    return float(v)
+
+
+def _pattern_key(patterns: dict, module: str) -> str:
+    for key in patterns:
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return key
+        except re.error:
+            raise IrtoolsError(f"{CONFIG_FILE}: pattern {key!r} is not a regular expression"[:200]) from None
+    return module
+
+
+# -- recognising and reading -----------------------------------------------------------------------
+
+def _is_peft_model(source: Any) -> bool:
+    return any(c.__name__ in ("PeftModel", "PeftMixedModel") and c.__module__.startswith("peft")
+               for c in type(source).__mro__)
+
+
+def adapter_folder(source: Any) -> str | None:
+    """The folder of an adapter source (a folder with adapter_config.json and adapter weights, or
+    the adapter_config.json file itself), else None. Cheap: looks at names only."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = os.fspath(source)
+    if os.path.basename(path) == CONFIG_FILE and os.path.isfile(path):
+        path = os.path.dirname(path) or "."
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return None
+    return path if any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES) else None
+
+
+def is_adapter(source: Any) -> bool:
+    """The source table's test: an adapter folder or a PeftModel (by class name: imports nothing)."""
+    return adapter_folder(source) is not None or _is_peft_model(source)
+
+
+def read_config(folder: str) -> AdapterConfig:
+    path = os.path.join(folder, CONFIG_FILE)
+    from irtools.files import check_input
+
+    check_input(path)
+    if os.path.getsize(path) > _CONFIG_MAX_BYTES:
+        raise IrtoolsError(f"{CONFIG_FILE} is over {_CONFIG_MAX_BYTES >> 20} MB", path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IrtoolsError(f"not valid JSON ({type(exc).__name__})", path) from None
+    return AdapterConfig.from_dict(data, path)
+
+
+def read_adapter(source: Any, trust: bool = False) -> tuple[AdapterConfig, dict, str]:
+    """(config, {key: StoredArray}, label) of an adapter folder or a PeftModel's active adapter."""
+    from irtools.frontends.weights_file import StoredArray, read_weights
+
+    folder = adapter_folder(source)
+    if folder is not None:
+        config = read_config(folder)
+        weights = next(os.path.join(folder, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f)))
+        if config.base and not os.path.isabs(config.base) and os.path.isdir(os.path.join(folder, config.base)):
+            config.base = os.path.join(folder, config.base)
+        return config, read_weights(weights, trust=trust), folder
+    import torch
+    from peft.utils import get_peft_model_state_dict
+
+    adapter = getattr(source, "active_adapter", "default")
+    adapter = adapter[0] if isinstance(adapter, (list, tuple)) else adapter
+    peft_config = source.peft_config[adapter]
+    d = peft_config.to_dict()
+    d["peft_type"] = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
+    config = AdapterConfig.from_dict(d)
+    state = get_peft_model_state_dict(source, adapter_name=adapter)
+
+    def stored(t):
+        def load(t=t):
+            t = t.detach().cpu()
+            return (t if t.dtype in (torch.float32, torch.float64) else t.float()).numpy()
+        dtype = np.float64 if t.dtype == torch.float64 else np.float32
+        return StoredArray(tuple(t.shape), np.dtype(dtype), load)
+
+    return config, {k: stored(v) for k, v in state.items() if v.is_floating_point()}, type(source).__name__
+
+
+# -- the updates ---------------------------------------------------------------------------------------
+
+_PART = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
+                   r"lora_magnitude_vector)(?:\.[^.]+)*?(?:\.(?P<what>weight|bias))?$")
+
+
+@dataclass
+class Update:
+    """One adapted module's LoRA update ΔW = scale · B·A."""
+
+    module: str  # the base module's path
+    kind: str  # linear | embedding | conv
+    A: Any  # StoredArray
+    B: Any
+    r: int
+    alpha: float
+    scale: float
+    fan_in_fan_out: bool
+    keys: tuple[str, str]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """ΔW's shape as the base module stores its weight."""
+        a, b = self.A.shape, self.B.shape
+        if self.kind == "embedding":
+            return (a[1], b[0])
+        if self.kind == "conv":
+            return (b[0], a[1], *a[2:])
+        return (a[1], b[0]) if self.fan_in_fan_out else (b[0], a[1])
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B, A) as float64 2-D matrices with ΔW = scale · B @ A (conv: A of one kernel position is
+        A[:, :, pos]; here A keeps its kernel dims)."""
+        a = np.asarray(self.A.load(), dtype=np.float64)
+        b = np.asarray(self.B.load(), dtype=np.float64)
+        if self.kind == "conv":
+            return b.reshape(b.shape[0], b.shape[1]), a
+        return b, a
+
+    def delta(self) -> np.ndarray:
+        """ΔW in full (the base weight's layout), float64."""
+        b, a = self.factors()
+        if self.kind == "conv":
+            return self.scale * np.einsum("or,ri...->oi...", b, a)
+        d = self.scale * (b @ a)
+        return d.T if self.kind == "embedding" or self.fan_in_fan_out else d
+
+    def delta_matrices(self) -> list[np.ndarray]:
+        """ΔW as the matrices irtools analyses: one (out, in) matrix, or a conv's kernel-position
+        slices in row-major order (as `weights_file.weight_layers` slices a conv)."""
+        d = self.delta()
+        if self.kind != "conv":
+            return [d]
+        return [d[(slice(None), slice(None), *pos)] for pos in np.ndindex(*d.shape[2:])]
+
+    def cores(self) -> list[np.ndarray]:
+        """Small matrices with exactly ΔW's nonzero singular values (one per kernel position)."""
+        b, a = self.factors()
+        rb = np.linalg.qr(b, mode="r")
+        if self.kind != "conv":
+            return [self.scale * rb @ np.linalg.qr(a.T, mode="r").T]
+        return [self.scale * rb @ np.linalg.qr(a[(slice(None), slice(None), *pos)].T, mode="r").T
+                for pos in np.ndindex(*a.shape[2:])]
+
+    def layer(self) -> LowRankLayer:
+        shape = self.shape
+        out, inp = shape[0], shape[1]
+        rf = int(np.prod(shape[2:])) if self.kind == "conv" else 1
+        rank = min(self.r, out, inp)
+        layer_type = "embedding" if self.kind == "embedding" else f"conv{len(shape) - 2}d" if self.kind == "conv" \
+            else "dense"
+        return LowRankLayer(self.module, self.module, "LoRA", layer_type, self.keys[0], shape, max(out, inp),
+                            min(out, inp), rf, 0.5 if self.kind == "conv" else 1.0, loader=self.cores,
+                            sources=self.keys, extra={"r": self.r, "scale": self.scale}, rank=rank)
+
+
+def module_path(key: str) -> str:
+    return key[len(PREFIX):] if key.startswith(PREFIX) else key
+
+
+def adapter_updates(config: AdapterConfig, tensors: dict) -> tuple[list[Update], list[dict]]:
+    """The adapter's LoRA updates, and every other tensor as a skipped entry with its reason."""
+    skipped: list[dict] = []
+
+    def skip(key: str, reason: str) -> None:
+        skipped.append({"name": module_path(key), "node": key, "op_type": "LoRA", "parameter": key,
+                        "reason": reason})
+
+    if config.peft_type != "LORA":
+        reason = NOT_LOW_RANK.get(config.peft_type, f"PEFT type {config.peft_type} is not a low-rank update "
+                                                    f"(only LORA adapters are analysed)")
+        for key in tensors:
+            skip(key, reason)
+        return [], skipped
+    parts: dict[str, dict[str, str]] = {}
+    for key in tensors:
+        m = _PART.match(key)
+        if m is None:
+            skip(key, "a module saved whole with the adapter (modules_to_save or trainable tokens), not a "
+                      "low-rank update")
+        elif m["part"] == "lora_magnitude_vector":
+            skip(key, "DoRA magnitude vector: a per-output rescaling of W + ΔW, not a low-rank product (the "
+                      "row of this module analyses its B·A direction update)")
+        elif m["what"] == "bias":
+            skip(key, "LoRA bias (lora_bias=True): a vector, not a matrix")
+        else:
+            parts.setdefault(module_path(m["module"]), {})[m["part"]] = key
+    updates = []
+    for module, found in parts.items():
+        a_key = found.get("lora_A") or found.get("lora_embedding_A")
+        b_key = found.get("lora_B") or found.get("lora_embedding_B")
+        if a_key is None or b_key is None:
+            for key in found.values():
+                skip(key, "lora_A without lora_B (or the reverse): no update B·A")
+            continue
+        A, B = tensors[a_key], tensors[b_key]
+        kind = "embedding" if "lora_embedding_A" in found else "conv" if len(A.shape) >= 3 else "linear"
+        r, alpha = config.rank_alpha(module)
+        ok = (len(A.shape) == len(B.shape) and A.shape[0] == B.shape[1]) if kind != "embedding" else \
+            (len(A.shape) == len(B.shape) == 2 and A.shape[0] == B.shape[1])
+        if kind == "conv":
+            ok = ok and all(k == 1 for k in B.shape[2:])
+        if not ok:
+            for key in (a_key, b_key):
+                skip(key, f"lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not multiply to an update")
+            continue
+        if A.shape[0] != r:  # the stored rank wins; the config's scale is PEFT's for the rank it built
+            r = int(A.shape[0])
+        updates.append(Update(module, kind, A, B, r, alpha, config.scale(r, alpha),
+                              config.fan_in_fan_out and kind == "linear", (a_key, b_key)))
+    return updates, skipped
+
+
+def _notes(config: AdapterConfig, updates: list[Update], skipped: list[dict]) -> list[str]:
+    notes = []
+    if updates:
+        ranks = sorted({u.r for u in updates})
+        notes.append(f"PEFT LoRA adapter: {len(updates)} adapted module(s), r = {', '.join(map(str, ranks))}; each "
+                     f"row analyses ΔW = scale · B·A (scale = lora_alpha / {'sqrt(r)' if config.use_rslora else 'r'}), "
+                     f"whose ESD is its r nonzero eigenvalues")
+    if config.use_dora:
+        notes.append("DoRA adapter: the rows analyse the B·A update; the magnitude vectors are skipped")
+    if skipped:
+        notes.append(f"{len(skipped)} adapter tensor(s) not analysed (see skipped)")
+    return notes
+
+
+def open_adapter(source: Any, name: str, options) -> Any:
+    """The source table's `open`: one `LowRankLayer` per adapted module (ΔW), the rest skipped."""
+    from irtools.frontends import OpenedSource
+
+    config, tensors, _ = read_adapter(source, trust=getattr(options, "trust", False))
+    updates, skipped = adapter_updates(config, tensors)
+    metadata = {"format": "peft", "peft_type": config.peft_type, "adapted_modules": len(updates),
+                "ranks": sorted({u.r for u in updates}), "skipped": skipped}
+    if config.base:
+        metadata["base"] = config.base
+    return OpenedSource(name, "peft", layers=[u.layer() for u in updates], metadata=metadata,
+                        notes=_notes(config, updates, skipped))
+
+
+# -- merged: the base with W + ΔW ----------------------------------------------------------------------
+
+def local_base(source: Any, base: Any = None, trust: bool = False) -> Any:
+    """The base to merge into: `base` if given, else the adapter config's base_model_name_or_path when
+    it is a local folder or file; else a one-line error."""
+    if base is not None:
+        return base
+    config, _, where = read_adapter(source, trust)
+    if config.base and os.path.exists(config.base):
+        return config.base
+    raise IrtoolsError("no base to merge the adapter into: give one (--base BASE); "
+                       + (f"base_model_name_or_path {config.base!r} is not a local folder"[:200] if config.base else
+                          "adapter_config.json names none"), where if isinstance(where, str) else None)
+
+
+def add_aligned(w: np.ndarray, d: np.ndarray, what: str) -> np.ndarray:
+    """w + d, d transposed when that is what lines it up (WeightWatcher's rule for mismatched layouts)."""
+    if w.shape == d.shape:
+        return np.asarray(w, dtype=np.float64) + d
+    if w.shape == d.T.shape:
+        return np.asarray(w, dtype=np.float64) + d.T
+    raise IrtoolsError(f"{what}: the adapter's ΔW {d.shape} does not fit the base weight {w.shape}"[:300])
+
+
+def merged_layer(layer: WeightLayer, update: Update) -> WeightLayer:
+    """The base layer with W + ΔW (matrix by matrix), keeping its name; columns r and scale."""
+
+    def load(layer=layer, update=update) -> list[np.ndarray]:
+        mats, deltas = layer.matrices(), update.delta_matrices()
+        if len(mats) != len(deltas):
+            raise IrtoolsError(f"{layer.name}: the adapter's ΔW has {len(deltas)} matrices, the base layer "
+                               f"{len(mats)}")
+        return [add_aligned(w, d, layer.name) for w, d in zip(mats, deltas)]
+
+    return replace(layer, loader=load, extra={**layer.extra, "r": update.r, "scale": update.scale})
+
+
+def layers_of(opened, weights_options: dict | None = None) -> tuple[list[WeightLayer], list[dict]]:
+    """The weight layers of an opened source (a graph's `weights` pass, or a weights-only source)."""
+    if opened.has_graph:
+        from irtools.passing import get_pass
+
+        model = opened.model
+        if "weights" not in model.results:
+            get_pass("weights", **(weights_options or {}))(model)
+        result = model.results["weights"]
+        return list(result.layers), [dict(s) for s in result.skipped]
+    return list(opened.layers or []), [dict(s) for s in opened.metadata.get("skipped", ())]
+
+
+def open_merged(source: Any, base: Any = None, *, name: str | None = None, trust: bool = False,
+                **open_options) -> Any:
+    """The merged model: every weight layer of the base, W + ΔW where the adapter adapts it (matched
+    by the layer name = the module path), as a weights-only `OpenedSource`. Adapted modules with no
+    base layer of that name are skipped with the reason."""
+    from irtools.frontends import OpenedSource, open_source
+
+    base = local_base(source, base, trust)
+    config, tensors, label = read_adapter(source, trust)
+    updates, skipped = adapter_updates(config, tensors)
+    base_opened = open_source(base, trust=trust, **open_options)
+    base_layers, base_skipped = layers_of(base_opened)
+    by_module = {u.module: u for u in updates}
+    layers = [merged_layer(layer, by_module.pop(layer.name)) if layer.name in by_module else layer
+              for layer in base_layers]
+    for u in by_module.values():
+        skipped.append({"name": u.module, "node": u.module, "op_type": "LoRA", "parameter": u.keys[0],
+                        "reason": "adapted module not found in the base (no base layer of that name)"})
+    notes = [f"merged: the base's layers with W + ΔW in {len(updates) - len(by_module)} adapted module(s)"]
+    label = name or f"{label if isinstance(label, str) else 'adapter'} + {base_opened.name}"
+    return OpenedSource(label, "peft-merged", layers=layers, notes=notes + _notes(config, updates, skipped)[1:],
+                        metadata={"format": "peft", "merged": True, "skipped": base_skipped + skipped})
+
+
+__all__ = ["AdapterConfig", "LowRankLayer", "Update", "adapter_updates", "is_adapter", "layers_of", "local_base",
+           "merged_layer", "open_adapter", "open_merged", "read_adapter"]
