@@ -108,6 +108,8 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (
                "keras:is_keras_model_file", "keras:open_keras_file"),
     SourceKind("torch-program", "torch", "a .pt2 ExportedProgram or TorchScript archive (needs --trust)",
                "torch:is_saved_program", "torch:open_saved_program"),
+    SourceKind("peft", "weights", "a PEFT adapter (a folder with adapter_config.json, or a PeftModel): each "
+               "adapted module's update scale * B.A", "peft:is_adapter", "peft:open_adapter"),
     SourceKind("weights", "weights", "a weights-only file (safetensors or a folder of them, PyTorch state dict, "
                ".npz, Keras .weights.h5)", "weights_file:is_weights_file", "weights_file:open_weights_file"),
     SourceKind("callable", "any", "path/file.py:callable or package.module:callable building a model",
