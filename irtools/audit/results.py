@@ -10,18 +10,17 @@ built from these files, one row per model, so a model analysed twice is still on
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from irtools import files
 from irtools.errors import IrtoolsError, printable
+from irtools.options import AnalysisOptions
 
 META_KEY = b"irtools.audit"
 OK, FAILED = "ok", "failed"
@@ -35,54 +34,16 @@ WARNING_COLUMNS = {"over-trained": "over_trained", "under-trained": "under_train
 REUSE_COLUMNS = ("performance_surprisal", "performance_spread", "total_surprisal", "entropy", "expected_spread",
                  "log2_total_contexts", "num_input_nodes", "num_output_nodes", "graph_size", "zero_count_scalars")
 #: The summary table's columns, in order (`step` only in a series).
-SUMMARY_COLUMNS = (("source", "step", "status", "error", "kind", "num_params", "skipped_layers")
+SUMMARY_COLUMNS = (("source", "step", "status", "error", "kind", "num_params", "skipped_layers", "families")
                    + SPECTRAL_COLUMNS + tuple(WARNING_COLUMNS.values()) + REUSE_COLUMNS
                    + ("notes", "seconds", "wall_seconds", "peak_rss_bytes", "worker", "finished", "result",
                       "options"))
 FORMATS = ("parquet", "csv")
 
 
-@dataclass(frozen=True)
-class AuditOptions:
-    """The `irtools.analyze` options of an audit: every model gets the same ones, and their hash
-    names the result files (a change of options is a new result; `device` changes no number)."""
-
-    metrics: str | None = None
-    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    min_evals: int = 8
-    max_evals: int = 15000
-    max_n: int = 50000
-    conv_slices: bool = False
-    split_qkv: bool = False
-    randomize: bool = False
-    mp_fit: bool = False
-    method: str = "auto"
-    trust: bool = False
-    layout: str = "torch"
-    device: str = "auto"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AuditOptions:
-        data = dict(data)
-        data["input_shapes"] = tuple((k, tuple(v)) for k, v in data.get("input_shapes", ()))
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def analyze_kwargs(self) -> dict:
-        """Keyword arguments of `irtools.analyze`."""
-        out = self.to_dict()
-        out["input_shapes"] = dict(self.input_shapes) or None
-        return out
-
-    def digest(self) -> str:
-        """10 hex digits naming these options (and the irtools version) in result file names."""
-        from irtools import __version__
-
-        hashed = {k: v for k, v in self.to_dict().items() if k != "device"}
-        text = json.dumps({"options": hashed, "irtools": __version__}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
+#: The `irtools.analyze` options of an audit: every model gets the same ones, and their digest
+#: names the result files (a change of options is a new result; `device` changes no number).
+AuditOptions = AnalysisOptions
 
 
 def result_name(source: str, digest: str) -> str:
@@ -93,12 +54,15 @@ def result_name(source: str, digest: str) -> str:
     return f"{slug}-{where}-{digest}.parquet"
 
 
-def fingerprint(source: str) -> str:
-    """Sizes and modification times of the source's files: a changed model is analysed again."""
+def fingerprint(source: str, exclude: Sequence[str] = ()) -> str:
+    """Sizes and modification times of the source's files: a changed model is analysed again.
+    Folders in `exclude` (the audit's own OUTDIR, when it lies inside a source folder) are left out,
+    so the results the audit writes never change the fingerprint of the model they belong to."""
     entries = []
+    skip = {os.path.realpath(e) for e in exclude}
     if os.path.isdir(source):
         for root, dirs, names in os.walk(source):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in skip)
             for name in sorted(names):
                 st = os.stat(os.path.join(root, name))
                 entries.append((os.path.relpath(os.path.join(root, name), source), st.st_size, st.st_mtime_ns))
@@ -123,6 +87,7 @@ def summary_row(source: str, analysis=None, *, error: str | None = None, **extra
         for key in REUSE_COLUMNS:
             row[key] = (analysis.reuse or {}).get(key)
         row["skipped_layers"] = len(analysis.skipped)
+        row["families"] = ",".join(getattr(analysis, "families", ())) or None  # the metric families it got
         row["notes"] = "; ".join(analysis.notes) or None
     row.update(extra)
     return {k: files.json_safe(v) for k, v in row.items()}
@@ -153,11 +118,52 @@ def read_row(data: bytes | str) -> dict:
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(pa.BufferReader(data) if isinstance(data, bytes) else data)
+    return _row_of(schema, None if isinstance(data, bytes) else data)
+
+
+def _row_of(schema, path: str | None) -> dict:
+    """The summary row in a result's schema metadata, checked to be one (a JSON object with a source)."""
     meta = (schema.metadata or {}).get(META_KEY)
     if meta is None:
-        raise IrtoolsError("not an irtools audit result (no summary row in its metadata)",
-                           None if isinstance(data, bytes) else data)
-    return json.loads(meta)
+        raise IrtoolsError("not an irtools audit result (no summary row in its metadata)", path)
+    try:
+        row = json.loads(meta)
+    except ValueError:
+        raise IrtoolsError("not an irtools audit result (its summary row is not JSON)", path) from None
+    if not isinstance(row, dict) or not isinstance(row.get("source"), str) or row.get("status") not in (OK, FAILED):
+        raise IrtoolsError("not an irtools audit result (its summary row is not an object with a source and a "
+                           "status)", path)
+    return row
+
+
+def read_result(path: str):
+    """A model's whole result file, read and checked: (its Arrow table, its summary row). Every data page
+    is decoded, so a file whose footer is intact but whose pages are damaged is found here, not later
+    when the tables are assembled. Any problem is an IrtoolsError."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise IrtoolsError(f"damaged audit result ({printable(detail)})", path) from None
+    return table, _row_of(table.schema, path)
+
+
+def set_aside(path: str) -> str:
+    """Move a damaged or foreign result out of the way (`models/.damaged/`), never deleting it: the
+    model is analysed again and the user can still look at what was there. Returns the new path."""
+    folder = os.path.join(os.path.dirname(path), ".damaged")
+    os.makedirs(folder, exist_ok=True)
+    base, k = os.path.basename(path), 0
+    target = os.path.join(folder, base)
+    while os.path.lexists(target):
+        k += 1
+        target = os.path.join(folder, f"{base}.{k}")
+    os.replace(path, target)
+    return target
 
 
 def write_result(path: str, data: bytes) -> None:
@@ -170,14 +176,26 @@ def write_result(path: str, data: bytes) -> None:
 
 
 # -- resuming -------------------------------------------------------------------------------
-def existing_result(path: str, fingerprint_now: str, retry_failed: bool) -> dict | None:
-    """The summary row of a finished result that still holds (same source files; a failure only
-    when failures are not retried), else None (the model is analysed again)."""
-    if not os.path.isfile(path):
+def existing_result(path: str, fingerprint_now: str, retry_failed: bool, notes: list[str] | None = None,
+                    recheck: bool = False) -> dict | None:
+    """The summary row of a finished result that still holds (read whole and checked; same source files;
+    a failure only when failures are not retried; nothing with `recheck`), else None (the model is
+    analysed again). A damaged, foreign or half-written file is moved to `models/.damaged/` with a note."""
+    if recheck or not os.path.lexists(path):
         return None
-    try:
-        row = read_row(path)
-    except Exception:  # a file from elsewhere or damaged: analyse again, it is replaced atomically
+    if not os.path.isfile(path) or os.path.islink(path):
+        reason = "not a regular file"
+    else:
+        try:
+            _, row = read_result(path)
+            reason = None
+        except IrtoolsError as exc:
+            reason = exc.message
+    if reason is not None:
+        moved = set_aside(path)
+        if notes is not None:
+            notes.append(f"{printable(os.path.basename(path))}: {reason}; moved to {printable(moved)} and analysed "
+                         "again")
         return None
     if row.get("fingerprint") != fingerprint_now or (retry_failed and row.get("status") != OK):
         return None
@@ -188,12 +206,10 @@ def existing_result(path: str, fingerprint_now: str, retry_failed: bool) -> dict
 def assemble(result_paths: Sequence[str], steps: Sequence[float | None] | None = None):
     """(summary, layers) DataFrames from the models' result files, in the given order."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
     rows, frames = [], []
     for k, path in enumerate(result_paths):
-        table = pq.read_table(path)
-        row = json.loads(table.schema.metadata[META_KEY])
+        table, row = read_result(path)
         row["result"] = os.path.basename(path)
         if steps is not None:
             row["step"] = steps[k]

@@ -11,6 +11,7 @@ written so far; running it again analyses only the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,7 +24,7 @@ from irtools.audit.results import (FAILED, OK, AuditOptions, assemble, existing_
                                    write_result, write_tables)
 from irtools.audit.sources import Source, expand_sources, series_order
 from irtools.audit.task import THREAD_VARIABLES
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 
 DASK_MISSING = "irtools audit runs on Dask: pip install irtools[dask]"
 #: The embedded cluster's HTTP endpoints (health, metrics) on the loopback address at a free port;
@@ -42,10 +43,16 @@ class AuditResult:
     analysed: int  # models analysed in this run
     resumed: int  # models whose earlier result still held
     written: list[str]
+    #: The first `requested` summary rows are the models this run named; the rest are earlier results in the
+    #: same folder (for the same options), kept in the tables.
+    requested: int | None = None
+    notes: list[str] | None = None
 
     @property
     def failed(self) -> int:
-        return int((self.summary["status"] != OK).sum())
+        """Failed models among those this run named (what the exit status reports)."""
+        status = self.summary["status"] if self.requested is None else self.summary["status"].iloc[:self.requested]
+        return int((status != OK).sum())
 
 
 @dataclass
@@ -102,11 +109,31 @@ class _Cluster:
         return self.client
 
     def __exit__(self, *exc):
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        # Closing races with the workers' last heartbeats: distributed logs CommClosedError tracebacks for
+        # connections it is itself closing. Nothing is lost by then (every result is written), so the
+        # shutdown is quiet; a failure to close is not the audit's failure.
+        with _quiet_logs():
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    self.client.close()
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    self.cluster.close()
         return False
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    names = ("distributed", "tornado", "asyncio")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _check_reachable(scheduler: str) -> None:
@@ -131,34 +158,78 @@ def _check_reachable(scheduler: str) -> None:
 
 
 def plan(args: Sequence[str], outdir: str, options: AuditOptions, series: bool = False,
-         retry_failed: bool = False) -> tuple[list[_Model], dict[str, dict]]:
-    """The models to audit, in order, and the earlier results that still hold (by result path)."""
-    paths = expand_sources(args)
+         retry_failed: bool = False, recheck: bool = False,
+         notes: list[str] | None = None) -> tuple[list[_Model], dict[str, dict]]:
+    """The models to audit, in order, and the earlier results that still hold (by result path).
+    The audit's own folder is never a model, nor part of a source folder's fingerprint."""
+    own = os.path.realpath(outdir)
+    paths = [p for p in expand_sources(args) if not _within(os.path.realpath(p), own)]
     sources = series_order(paths) if series else [Source(p) for p in paths]
     digest = options.digest()
     models, done = [], {}
     for src in sources:
-        model = _Model(src, os.path.join(outdir, "models", result_name(src.path, digest)), fingerprint(src.path))
+        model = _Model(src, os.path.join(outdir, "models", result_name(src.path, digest)),
+                       fingerprint(src.path, exclude=(outdir,)))
         models.append(model)
-        row = existing_result(model.path, model.fingerprint, retry_failed)
+        row = existing_result(model.path, model.fingerprint, retry_failed, notes, recheck)
         if row is not None:
             done[model.path] = row
     return models, done
 
 
+def _within(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:
+        return False
+
+
+def other_results(outdir: str, digest: str, known: Sequence[str], notes: list[str] | None = None) -> list[str]:
+    """Results in OUTDIR/models/ for these options that this run did not name (an earlier audit of other
+    sources into the same folder): the tables are rebuilt from every result, not only this run's. A file
+    that is not a readable result is moved aside (`models/.damaged/`) with a note."""
+    from irtools.audit.results import read_result, set_aside
+
+    folder = os.path.join(outdir, "models")
+    seen = {os.path.realpath(p) for p in known}
+    out = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name)
+        if not name.endswith(f"-{digest}.parquet") or os.path.realpath(path) in seen or not os.path.isfile(path):
+            continue
+        try:
+            read_result(path)
+        except IrtoolsError as exc:
+            moved = set_aside(path)
+            if notes is not None:
+                notes.append(f"{name}: {exc.message}; moved to {moved}")
+            continue
+        out.append(path)
+    return out
+
+
 def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = None, *, series: bool = False,
               scheduler: str | None = None, workers: int | None = None, timeout: float | None = None,
               memory_limit: int | None = None, retries: int = 2, fmt: str = "parquet", retry_failed: bool = False,
-              quiet: bool = False, on_result: Callable[[dict], None] | None = None, client=None) -> AuditResult:
+              quiet: bool = False, on_result: Callable[[dict], None] | None = None, client=None,
+              recheck: bool = False) -> AuditResult:
     """Audit the models `args` name into `outdir` (see the module docstring). `client`: an existing
-    `distributed.Client` to use instead of `scheduler`/`workers`."""
+    `distributed.Client` to use instead of `scheduler`/`workers`. `retry_failed` analyses the models
+    whose earlier result is a failure again; `recheck` analyses every model again (each earlier result is
+    replaced only when its new one is written). Earlier results are trusted only after being read whole:
+    a damaged one is moved to `models/.damaged/`, with a note, and its model analysed again."""
     options = options or AuditOptions()
     if client is None:
         _dask()  # a missing Dask is one line before anything else
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise IrtoolsError("output folder is a file", outdir)
-    models, done = plan(args, outdir, options, series, retry_failed)
-    os.makedirs(os.path.join(outdir, "models"), exist_ok=True)
+    models_dir = os.path.join(outdir, "models")
+    if os.path.lexists(models_dir) and (os.path.islink(models_dir) or not os.path.isdir(models_dir)):
+        raise IrtoolsError("not an audit folder: its models/ is not a folder (refused; choose another OUTDIR)",
+                           outdir)
+    notes: list[str] = []
+    models, done = plan(args, outdir, options, series, retry_failed, recheck, notes)
+    os.makedirs(models_dir, exist_ok=True)
     todo = [m for m in models if m.path not in done]
     progress = AuditProgress(len(models), len(done), sum(r.get("status") != OK for r in done.values()), quiet)
     if todo:
@@ -169,10 +240,17 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
                 with _Cluster(scheduler, workers, memory_limit, quiet) as own:
                     _run(own, todo, options, timeout, memory_limit, retries, progress, on_result)
     elif not quiet:
-        print(f"audit: all {len(models)} models have results for these options in {outdir}", file=sys.stderr)
-    summary, layers = assemble([m.path for m in models], [m.source.step for m in models] if series else None)
+        print(f"audit: all {len(models)} models have results for these options in {printable(outdir)}",
+              file=sys.stderr)
+    paths = [m.path for m in models]
+    if not series:  # a series is the run's own checkpoints, in step order; otherwise every result in models/
+        paths += other_results(outdir, options.digest(), paths, notes)
+    if not quiet:
+        for note in notes:
+            print(f"audit: note: {printable(note)}", file=sys.stderr)
+    summary, layers = assemble(paths, [m.source.step for m in models] if series else None)
     written = write_tables(outdir, summary, layers, fmt)
-    return AuditResult(summary, layers, len(todo), len(done), written)
+    return AuditResult(summary, layers, len(todo), len(done), written, len(models), notes)
 
 
 def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limit, retries, progress,
