@@ -6,10 +6,10 @@ A pure function over float64 arrays; all spatial ops are lifted to 3 spatial dim
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from irtools._jit import jit
 
 
-@njit(cache=True)
+@jit
 def window_adjoint(y, groups, in3, k3, s3, d3, p3, per_channel, transposed):
     """Reverse accumulation through a grouped window op.
 

@@ -11,10 +11,10 @@ alpha = 1 + n / (tail sum - n ln xmin) (inf when that is 0), the KS term
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from irtools._jit import jit
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _tail_sums(log_x):
     """sum(log_x[i:]) for every i, accumulated from the top (the order the CUDA threads use)."""
     n_all = log_x.shape[0]
@@ -26,7 +26,7 @@ def _tail_sums(log_x):
     return out
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _ks_distance(log_x, i, alpha, bound):
     """max_k |1 - (x_{i+k}/x_i)^(1-alpha) - k/n| over the tail, stopping once it reaches `bound`."""
     n = log_x.shape[0] - i
@@ -45,7 +45,7 @@ def _ks_distance(log_x, i, alpha, bound):
     return worst
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _fit_standard(log_x):
     """(index of xmin, alpha, D) of the candidate with the smallest D, the first one on ties.
 
@@ -79,7 +79,7 @@ def _fit_standard(log_x):
     return best_i, alphas[best_i], best_d
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _small_candidates(log_x, k_min):
     """The reference's small-sample arrays: per candidate the bias-corrected alpha = 1 + (n-1)/s,
     the KS distance D and J = D - 0.868/sqrt(n). Candidates with tails shorter than `k_min` or
@@ -107,7 +107,7 @@ def _small_candidates(log_x, k_min):
     return alphas, ds, js
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _fit_candidates(log_x, candidates):
     """(index of xmin, alpha, D) of the candidate (indices into log_x, ascending) with the smallest D, the
     first one on ties: the standard alpha = 1 + n / (tail sum - n ln xmin) for every tail size. A scan
