@@ -56,6 +56,9 @@ class OpenedSource:
     metadata: dict = field(default_factory=dict)
     #: Notes the frontend has for the user (which nested dict held the weights, what was left out and why).
     notes: list[str] = field(default_factory=list)
+    #: Weights-only sources: tensors that make no layer, each {name, node, op_type, parameter, reason}
+    #: (an integer tensor no quantized format recognised, a type gguf cannot dequantize).
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def has_graph(self) -> bool:
@@ -72,6 +75,7 @@ class Options:
     opset: int = 17
     fix_batch: bool = True  # a symbolic batch dim of an ONNX input is 1 for the analysis (IRModel.notes says so)
     framework: str = "auto"
+    seq_len: int | None = None  # token ids traced for a text checkpoint folder (hf_folder.DEFAULT_SEQ_LEN)
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,11 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (
                "torch:is_saved_program", "torch:open_saved_program"),
     SourceKind("peft", "weights", "a PEFT adapter (a folder with adapter_config.json, or a PeftModel): each "
                "adapted module's update scale * B.A", "peft:is_adapter", "peft:open_adapter"),
+    SourceKind("checkpoint-folder", "torch", "a Hugging Face checkpoint folder (config.json + safetensors or "
+               "pytorch_model.bin) or a hub id org/name[@revision] in the local cache", "hf_folder:is_checkpoint_source",
+               "hf_folder:open_checkpoint_source"),
     SourceKind("weights", "weights", "a weights-only file (safetensors or a folder of them, PyTorch state dict, "
-               ".npz, Keras .weights.h5)", "weights_file:is_weights_file", "weights_file:open_weights_file"),
+               "GGUF, .npz, Keras .weights.h5)", "weights_file:is_weights_file", "weights_file:open_weights_file"),
     SourceKind("callable", "any", "path/file.py:callable or package.module:callable building a model",
                "torch:is_callable_reference", "torch:open_callable"),
     SourceKind("torch-module", "torch", "a torch.nn.Module (or (module, example_inputs))", "torch:is_torch_object",
@@ -130,7 +137,8 @@ _FRAMEWORK_IMPORTS = {"torch": "torch:_torch", "tf": "keras:_import_tf", "jax": 
 
 def open_source(source: Any, *, name: str | None = None, framework: str = "auto",
                 input_shapes: Mapping[str, Sequence[int]] | None = None, trust: bool = False,
-                layout: str = "torch", opset: int = 17, fix_batch: bool = True) -> OpenedSource:
+                layout: str = "torch", opset: int = 17, fix_batch: bool = True,
+                seq_len: int | None = None) -> OpenedSource:
     """Open any supported source (a path, a `file.py:callable` reference or a model object).
 
     The first row of `SOURCE_KINDS` that recognises the source opens it; `framework` other than
@@ -152,7 +160,7 @@ def open_source(source: Any, *, name: str | None = None, framework: str = "auto"
         check_input(source, directory=True)
     label = name or (source if isinstance(source, str) else type(source).__name__)
     options = Options(input_shapes=input_shapes, trust=trust, layout=layout, opset=opset, fix_batch=fix_batch,
-                      framework=framework)
+                      framework=framework, seq_len=seq_len)
     rows = [k for k in SOURCE_KINDS if framework == "auto" or k.framework in (framework, "any")]
     for kind in rows:
         if kind.recognises(source):

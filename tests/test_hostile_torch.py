@@ -51,7 +51,7 @@ def test_a_checkpoint_of_many_tensors_opens_its_archive_once(tmp_path, monkeypat
     for all the reads; the values are still each tensor's own."""
     import zipfile as zf
 
-    from irtools.frontends import weights_file
+    from irtools.frontends.formats import pytorch
 
     n = 300
     state = f.p_state({f"l{i}.weight": f.p_tensor(str(i), 4, 0, (2, 2), (2, 1)) for i in range(n)})
@@ -64,7 +64,7 @@ def test_a_checkpoint_of_many_tensors_opens_its_archive_once(tmp_path, monkeypat
             opened.append(args[0])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(weights_file.zipfile, "ZipFile", Counting)
+    monkeypatch.setattr(pytorch.zipfile, "ZipFile", Counting)
     tensors = read_weights(str(path))
     before = len(opened)
     for i, array in enumerate(tensors.values()):

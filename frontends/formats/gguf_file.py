@@ -1,0 +1,300 @@
+"""GGUF (llama.cpp's format), read through the `gguf` package (the llama.cpp project's own
+Python code): its type table (`GGML_QUANT_SIZES`), its dequantizer (`gguf.quants.dequantize`,
+every type it implements) and its tensor-name map (`gguf.get_tensor_name_map`) to give tensors
+their Hugging Face names back.
+
+The header is parsed here first, every count and length checked against the bytes left in the
+file before anything is built (gguf's own reader would size arrays from the counts a file
+declares: a metadata array of 2^40 entries, a tensor past the end). Tensors are memory-mapped
+and dequantized one at a time, in bands of rows, into one float32 array: the full tensor is
+the only large allocation (gguf's whole-tensor call holds a second copy while it joins rows).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import struct
+
+import numpy as np
+
+from irtools import budget
+from irtools.errors import ModelLoadError, UnsupportedError, printable
+from irtools.frontends import require
+
+from .common import StoredArray, WeightSet
+
+MAGIC = b"GGUF"
+MISSING = "reading GGUF files needs the gguf package: pip install irtools[gguf]"
+MAX_DIMS = 4  # GGML_MAX_DIMS
+#: Metadata arrays longer than this are kept as their length only (tokenizer vocabularies).
+_KEEP_ITEMS = 16
+_MAX_NESTING = 3
+#: (struct code, size) of the scalar metadata types, by GGUFValueType id.
+_SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4), 6: ("f", 4),
+            7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
+_STRING, _ARRAY = 8, 9
+#: Rows dequantized per call into the output (bounds gguf's temporaries to a band of rows).
+_BAND_BYTES = 16 << 20
+
+
+def looks_like(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
+class _Header:
+    """A bounds-checked cursor over the file's bytes."""
+
+    def __init__(self, buf, path: str):
+        self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise ModelLoadError(f"truncated GGUF file: {what} needs {n} bytes at byte {self.pos}, the file has "
+                                 f"{self.size}", self.path)
+
+    def scalar(self, code: str, size: int, what: str):
+        self.need(size, what)
+        (v,) = struct.unpack_from("<" + code, self.buf, self.pos)
+        self.pos += size
+        return v
+
+    def u32(self, what: str) -> int:
+        return self.scalar("I", 4, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar("Q", 8, what)
+
+    def string(self, what: str, keep: bool = True) -> str | None:
+        n = self.u64(what)
+        self.need(n, what)
+        raw = bytes(self.buf[self.pos:self.pos + n]) if keep else None
+        self.pos += n
+        return raw.decode("utf-8", "backslashreplace") if keep else None
+
+    def value(self, vtype: int, what: str, depth: int = 0):
+        if vtype in _SCALARS:
+            return self.scalar(*_SCALARS[vtype], what)
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype != _ARRAY:
+            raise ModelLoadError(f"{what} has unknown metadata type {vtype}", self.path)
+        if depth >= _MAX_NESTING:
+            raise ModelLoadError(f"{what} nests arrays more than {_MAX_NESTING} deep", self.path)
+        itype = self.u32(what)
+        count = self.u64(what)
+        least = _SCALARS[itype][1] if itype in _SCALARS else 8 if itype in (_STRING, _ARRAY) else None
+        if least is None:
+            raise ModelLoadError(f"{what} is an array of unknown metadata type {itype}", self.path)
+        if count * least > self.size - self.pos:
+            raise ModelLoadError(f"{what} declares an array of {count} entries, more than the "
+                                 f"{self.size - self.pos} bytes left in the file hold (corrupt file)", self.path)
+        if itype in _SCALARS:
+            code, size = _SCALARS[itype]
+            kept = list(struct.unpack_from(f"<{min(count, _KEEP_ITEMS)}{code}", self.buf, self.pos))
+            self.pos += count * size
+            return kept if count <= _KEEP_ITEMS else {"array_of": count}
+        kept = []
+        for i in range(count):
+            item = self.value(itype, what, depth + 1) if itype == _ARRAY or i < _KEEP_ITEMS else \
+                self.string(what, keep=False)
+            if i < _KEEP_ITEMS:
+                kept.append(item)
+        return kept if count <= _KEEP_ITEMS else {"array_of": count}
+
+
+def _gguf():
+    return require("gguf", missing=MISSING)
+
+
+def parse(buf, path: str) -> tuple[dict, list[dict], int]:
+    """(metadata, tensor infos, data start) of a GGUF file's bytes, every field checked."""
+    gguf = _gguf()
+    h = _Header(buf, path)
+    h.need(4, "the magic")
+    if bytes(buf[:4]) != MAGIC:
+        raise ModelLoadError("not a GGUF file (no GGUF magic)", path)
+    h.pos = 4
+    version = h.u32("the version")
+    if version & 0xFFFF == 0 and version:
+        raise UnsupportedError("a big-endian GGUF file (irtools reads little-endian GGUF)", path)
+    if version not in (2, 3):
+        raise UnsupportedError(f"GGUF version {version} (irtools reads versions 2 and 3)", path)
+    n_tensors, n_kv = h.u64("the tensor count"), h.u64("the metadata count")
+    if n_kv * 12 > h.size - h.pos or n_tensors * 24 > h.size - h.pos:
+        raise ModelLoadError(f"the header declares {n_tensors} tensors and {n_kv} metadata entries, more than the "
+                             f"{h.size} bytes of the file hold (corrupt file)", path)
+    meta: dict = {}
+    for _ in range(n_kv):
+        key = h.string("a metadata key")
+        meta[key] = h.value(h.u32(f"metadata '{printable(key)}'"), f"metadata '{printable(key)}'")
+    types = {int(t): t for t in gguf.GGMLQuantizationType}
+    tensors, names = [], set()
+    for _ in range(n_tensors):
+        name = h.string("a tensor name")
+        label = f"tensor '{printable(name)}'"
+        if name in names:
+            raise ModelLoadError(f"{label} is declared twice", path)
+        names.add(name)
+        n_dims = h.u32(label)
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise ModelLoadError(f"{label} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})", path)
+        ne = [h.u64(label) for _ in range(n_dims)]
+        type_id, offset = h.u32(label), h.u64(label)
+        qtype = types.get(type_id)
+        if qtype is None or qtype not in gguf.GGML_QUANT_SIZES:
+            raise ModelLoadError(f"{label} has unknown GGML type id {type_id}", path)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if ne[0] % block:
+            raise ModelLoadError(f"{label}: its rows of {ne[0]} are not whole {qtype.name} blocks of {block}", path)
+        shape = tuple(reversed(ne))
+        budget.check_shape(shape, 4, label, path)
+        nbytes = math.prod(ne[1:]) * (ne[0] // block) * type_size
+        tensors.append({"name": name, "shape": shape, "qtype": qtype, "offset": offset, "nbytes": nbytes})
+    alignment = meta.get("general.alignment", 32)
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
+        raise ModelLoadError(f"general.alignment {printable(repr(alignment))[:40]} is not a power of two", path)
+    start = -(-h.pos // alignment) * alignment
+    spans = []
+    for t in tensors:
+        label = f"tensor '{printable(t['name'])}'"
+        if t["offset"] % alignment:
+            raise ModelLoadError(f"{label} starts at offset {t['offset']}, not a multiple of the alignment "
+                                 f"{alignment}", path)
+        end = start + t["offset"] + t["nbytes"]
+        if end > h.size:
+            raise ModelLoadError(f"{label} lies outside the file (its {t['nbytes']} bytes end at byte {end} of "
+                                 f"{h.size})", path)
+        spans.append((t["offset"], t["offset"] + t["nbytes"], t["name"]))
+    spans.sort()
+    for (_, end0, a), (start1, _, b) in zip(spans, spans[1:], strict=False):
+        if start1 < end0:
+            raise ModelLoadError(f"tensors '{printable(a)}' and '{printable(b)}' overlap in the file "
+                                 "(corrupt file)", path)
+    return meta, tensors, start
+
+
+def hf_names(names: list[str], architecture: str | None) -> dict[str, str]:
+    """{GGUF name: Hugging Face name} by gguf's own tensor-name map for the architecture (the map
+    from each GGUF name to the checkpoint names it is converted from; the Hugging Face naming is
+    the one most of the file's tensors share). Names the map does not know stay as they are."""
+    gguf = _gguf()
+    arch = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == architecture), None)
+    if arch is None:
+        return {}
+    blocks = 1 + max((int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()),
+                     default=-1)
+    mapping = gguf.get_tensor_name_map(arch, blocks).mapping
+    candidates: dict[str, list[str]] = {}
+    for key, (_, gname) in mapping.items():
+        if key != gname:
+            candidates.setdefault(gname, []).append(key)
+    stems = {}
+    for name in names:
+        stem, _, suffix = name.rpartition(".") if name.endswith((".weight", ".bias")) else (name, "", "")
+        if stem in candidates:
+            stems[name] = (stem, suffix)
+    # the naming style: the candidates' root (text before the first dot, or before the block number)
+    score: dict[str, float] = {}
+    for stem, _ in stems.values():
+        seen = set()
+        for rank, key in enumerate(candidates[stem]):
+            root = _root(key)
+            if root not in seen:
+                seen.add(root)
+                score[root] = score.get(root, 0) + 1 - rank / 1000
+    out = {}
+    for name, (stem, suffix) in stems.items():
+        keys = candidates[stem]
+        best = max(keys, key=lambda k: (score.get(_root(k), 0), -keys.index(k)))
+        out[name] = f"{best}.{suffix}" if suffix else best
+    return out
+
+
+def _root(key: str) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `model.layers.`; `model.embed_tokens` -> `model.`;
+    `lm_head` -> `` (a top-level name fits every style)."""
+    parts = key.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[:i]) + "."
+    return parts[0] + "." if len(parts) > 1 else ""
+
+
+def read(path: str) -> dict[str, StoredArray]:
+    """A GGUF file's tensors under their Hugging Face names, dequantized to float32 on `load()`;
+    `.skipped` the tensors of a type gguf cannot dequantize, `.metadata` the file's facts."""
+    gguf = _gguf()
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ModelLoadError("file is empty", path)
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    meta, tensors, start = parse(buf, path)
+    arch = meta.get("general.architecture") if isinstance(meta.get("general.architecture"), str) else None
+    names = hf_names([t["name"] for t in tensors], arch)
+    out = WeightSet()
+    counts: dict[str, int] = {}
+    for t in tensors:
+        qname = t["qtype"].name
+        counts[qname] = counts.get(qname, 0) + 1
+        name = names.get(t["name"], t["name"])
+        if not _dequantizable(gguf, t["qtype"]):
+            out.skipped.append({"name": name, "parameter": t["name"], "op_type": "gguf",
+                                "reason": f"GGUF type {qname}: the installed gguf cannot dequantize it"})
+            continue
+        out[name] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])), _loader(gguf, buf, start, t, path),
+                                qname)
+    out.metadata = {"format": "gguf", "architecture": arch, "quantization": dict(sorted(counts.items())),
+                    "tensors": len(tensors)}
+    for key, label in (("context_length", "context_length"), ("block_count", "block_count"),
+                       ("embedding_length", "embedding_length")):
+        value = meta.get(f"{arch}.{key}")
+        if value is not None:
+            out.metadata[label] = value
+    for key in ("general.name", "general.file_type", "general.quantization_version"):
+        if key in meta and not isinstance(meta[key], dict):
+            out.metadata[key.split(".", 1)[1]] = meta[key]
+    renamed = sum(1 for t in tensors if names.get(t["name"], t["name"]) != t["name"])
+    out.notes.append(f"GGUF ({arch or 'unknown architecture'}): {renamed} of {len(tensors)} tensor names mapped "
+                     "back to Hugging Face names with gguf's tensor-name map"
+                     + (f"; {len(out.skipped)} tensor(s) of a type gguf cannot dequantize skipped"
+                        if out.skipped else ""))
+    return out
+
+
+def _float_of(qtype) -> type:
+    name = qtype.name
+    return {"F64": np.float64, "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64}.get(name, np.float32)
+
+
+def _dequantizable(gguf, qtype) -> bool:
+    if qtype.name in ("F32", "F16", "F64", "I8", "I16", "I32", "I64"):
+        return True
+    return qtype in gguf.quants._type_traits
+
+
+_PLAIN = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int8, "I16": np.int16, "I32": np.int32,
+          "I64": np.int64}
+
+
+def _loader(gguf, buf, start: int, t: dict, path: str):
+    qtype, shape = t["qtype"], t["shape"]
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    row_bytes = shape[-1] // block * type_size
+    rows = math.prod(shape[:-1])
+    offset = start + t["offset"]
+
+    def load() -> np.ndarray:
+        raw = np.frombuffer(buf, np.uint8, count=t["nbytes"], offset=offset)
+        if qtype.name in _PLAIN:
+            plain = raw.view(_PLAIN[qtype.name]).reshape(shape)
+            return plain.astype(np.float32) if qtype.name == "F16" else plain.copy()
+        out = np.empty((rows, shape[-1]), np.float32)
+        raw = raw.reshape(rows, row_bytes)
+        band = max(1, _BAND_BYTES // max(row_bytes, 1))
+        for r in range(0, rows, band):
+            out[r:r + band] = gguf.quants.dequantize(raw[r:r + band], qtype)
+        return out.reshape(shape)
+
+    return load

@@ -1,0 +1,94 @@
+"""A weights file's tensors as analysable layers (`WeightLayer`s), and what is not one.
+
+Every tensor of a file ends up in one of four places: a row (a 2-D dense or embedding matrix,
+a 3-5-D convolution, a PyTorch LSTM/GRU weight split per gate), a `skipped` entry with its
+reason (a tensor of two or more dims that is no float matrix: integers, bools, a packed
+quantized layout no format here recognised, more than 5 dims), an auxiliary of another tensor
+(a scale or zero point its dequantization consumed: `WeightSet.auxiliary`), or a vector (0-D
+and 1-D: biases, norm scales, counters), which is no matrix on any route and makes no row.
+"""
+
+from __future__ import annotations
+
+import re
+
+import ml_dtypes
+import numpy as np
+
+
+from .common import StoredArray
+
+_GATES = re.compile(r"(weight_ih|weight_hh)(_l\d+(_reverse)?)?$")
+#: Float types a row may hold as stored (float8 without a scale is its own values).
+_FLOAT8 = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e8m0fnu, ml_dtypes.float4_e2m1fn)
+
+
+def is_float(dtype) -> bool:
+    dtype = np.dtype(dtype)
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16 or dtype in tuple(map(np.dtype, _FLOAT8))
+
+
+def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skipped: list | None = None):
+    """`WeightLayer`s of the matrix-like tensors: 2-D dense/embedding, 3-5-D convolutions,
+    PyTorch LSTM/GRU weights split per gate. `layout` is "torch" (out, in, k...) or "keras"
+    ((k..., in, out) kernels). A tensor of two or more dims that makes no row is appended to
+    `skipped` (when given) with its reason; a dequantized tensor's row says its storage format
+    (`extra["storage"]`)."""
+    from irtools.ir.layers import WeightLayer
+
+    layers: list[WeightLayer] = []
+    for name, t in tensors.items():
+        shape, nd = t.shape, len(t.shape)
+        if nd < 2:
+            continue  # a vector: no matrix
+        if not is_float(t.dtype) or nd > 5:
+            if skipped is not None:
+                what = f"{np.dtype(t.dtype).name} tensor of shape {list(shape)}"
+                reason = f"{what}: not a float weight matrix (no quantized format recognised it)" \
+                    if not is_float(t.dtype) else f"{what}: no weight-matrix rule for {nd} dims"
+                skipped.append({"name": name, "node": name, "op_type": "state_dict", "parameter": name,
+                                "reason": reason})
+            continue
+        base = re.sub(r"[./](weight|kernel|embeddings|w)$", "", name)
+        storage = getattr(t, "storage", None)
+        if storage is None and np.dtype(t.dtype) in tuple(map(np.dtype, _FLOAT8)):
+            storage = np.dtype(t.dtype).name
+        extra = {"storage": storage} if storage else {}
+
+        def f64(t=t):  # stored precision; the backend forms Gram matrices in float64
+            w = np.asarray(t.load())
+            return w.astype(np.float32) if w.dtype in tuple(map(np.dtype, _FLOAT8)) else w
+
+        if nd == 2 and _GATES.search(name):
+            gates = 4 if shape[0] % 4 == 0 else 3  # LSTM i,f,g,o / GRU r,z,n (PyTorch order)
+            hidden = shape[0] // gates
+            labels = "ifgo" if gates == 4 else "rzn"
+            for g in range(gates):
+                layers.append(WeightLayer(f"{name}.{labels[g]}", name, "state_dict", "lstm" if gates == 4 else "gru",
+                                          name, shape, max(hidden, shape[1]), min(hidden, shape[1]), 1, 1.0,
+                                          loader=(lambda g=g, f=f64: [f()[g * hidden:(g + 1) * hidden]]),
+                                          extra=dict(extra)))
+        elif nd == 2:
+            kind = "embedding" if "embed" in name.lower() else "dense"
+            layers.append(WeightLayer(base, name, "state_dict", kind, name, shape, max(shape), min(shape), 1, 1.0,
+                                      loader=(lambda f=f64: [f()]), extra=dict(extra)))
+        else:
+            if layout == "keras":  # (k..., in, out) -> slices (in, out) per kernel position
+                spatial, n_, m_ = shape[:-2], shape[-2], shape[-1]
+
+                def slices(f=f64, spatial=spatial):
+                    w = f()
+                    return [w[pos] for pos in np.ndindex(*spatial)]
+            else:
+                spatial, n_, m_ = shape[2:], shape[0], shape[1]
+
+                def slices(f=f64, spatial=spatial):
+                    w = f()
+                    return [w[(slice(None), slice(None), *pos)] for pos in np.ndindex(*spatial)]
+            rf = int(np.prod(spatial))
+            layers.append(WeightLayer(base, name, "state_dict", f"conv{len(spatial)}d", name, shape, max(n_, m_),
+                                      min(n_, m_), rf, 0.5, loader=slices, extra=dict(extra)))
+    return layers
+
+
+__all__ = ["is_float", "weight_layers"]

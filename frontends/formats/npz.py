@@ -1,0 +1,58 @@
+"""NumPy `.npz` archives: each `.npy` member a tensor, its header parsed without pickle (object
+arrays refused), its size checked against the memory budget and the zip's compression ratio."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+
+import numpy as np
+
+from irtools import budget
+from irtools.errors import ModelLoadError, UnsupportedError, printable
+
+from .common import OpenOnce, StoredArray, zip_member
+
+
+def read(path: str) -> dict[str, StoredArray]:
+    out = {}
+    archive = OpenOnce(lambda: zipfile.ZipFile(path))
+    with zipfile.ZipFile(path) as z:
+        for member in z.namelist():
+            if member.endswith("/"):
+                continue
+            name = member[:-4] if member.endswith(".npy") else member
+            info = zip_member(z, member, path, f"npz member '{printable(name)}'")
+            with z.open(member) as fh:
+                shape, dtype, header = _npy_header(fh, name, path)
+            budget.check_shape(shape, dtype.itemsize, f"npz member '{printable(name)}'", path)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if info.file_size != header + nbytes:
+                raise ModelLoadError(f"npz member '{printable(name)}' holds {info.file_size - header} bytes but its "
+                                     f"dtype and shape {list(shape)} need {nbytes} (corrupt file)", path)
+            out[name] = StoredArray(shape, dtype, _npz_loader(archive, member))
+    return out
+
+
+def _npy_header(fh, name: str, path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"npy format version {version}")
+        shape, _, dtype = reader(fh)
+    except Exception as exc:  # numpy parses the header with tokenize/ast: any of their errors means corrupt
+        raise ModelLoadError(f"npz member '{printable(name)}' is not a readable .npy array "
+                             f"({printable(str(exc) or type(exc).__name__)[:200]})", path) from None
+    if dtype.hasobject:
+        raise UnsupportedError(f"npz member '{printable(name)}' holds Python objects (a pickle): refused", path)
+    return tuple(int(d) for d in shape), dtype, fh.tell()
+
+
+def _npz_loader(archive: OpenOnce, member: str):
+    def load():
+        with archive().open(member) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+
+    return load
