@@ -1,0 +1,170 @@
+"""A fine-tune against its base (irtools/finetune.py): ΔW's spectral metrics, distances, matching.
+
+Truth: ΔW's eigenvalues from numpy's SVD of W - W_base built by hand; distances from WeightWatcher
+0.7.7's own `matrix_distance` formulas applied literally, and from its `base_model=` and
+`distances` runs on the same PyTorch models.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+from irtools.errors import IrtoolsError  # noqa: E402
+from irtools.finetune import cka, compare, matrix_distances  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    def __init__(self, width=48):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3)
+        self.fc1 = torch.nn.Linear(40, width)
+        self.fc2 = torch.nn.Linear(width, 24)
+
+    def forward(self, x):
+        h = self.conv(x).mean(dim=(2, 3)).repeat(1, 3)[:, :40]
+        return self.fc2(self.fc1(h))
+
+
+def pair(seed=0, noise=0.05):
+    torch.manual_seed(seed)
+    base = Net()
+    ft = Net()
+    ft.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(noise * torch.randn_like(p))
+    return ft, base
+
+
+def save(module, path):
+    safetensors_torch.save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return str(path)
+
+
+def ww_cka(w1, w2):  # WeightWatcher 0.7.7's matrix_distance(method='cka'), literally
+    dist = np.linalg.norm(np.dot(w1.T, w2))
+    norm = np.sqrt(np.linalg.norm(np.dot(w1.T, w1)) * np.linalg.norm(np.dot(w2, w2.T)))
+    return dist / (norm + 0.000001 if norm < 0.000001 else norm)
+
+
+@pytest.mark.parametrize("shape", [(30, 7), (7, 30), (5, 5)])
+def test_cka_and_distances_are_weightwatchers_formulas(shape, monkeypatch):
+    import irtools.finetune as ft
+
+    rng = np.random.default_rng(1)
+    w1, w2 = rng.normal(size=shape), rng.normal(size=shape)
+    assert cka(w1, w2) == pytest.approx(ww_cka(w1, w2), rel=1e-12)
+    monkeypatch.setattr(ft, "CHUNK", 11)  # several chunks along the long side
+    d2, b2, c = matrix_distances(w1, w2)
+    assert d2 == pytest.approx(np.linalg.norm(w1 - w2) ** 2, rel=1e-12)
+    assert b2 == pytest.approx(np.sum(w2 * w2), rel=1e-12)
+    assert c == pytest.approx(ww_cka(w1, w2), rel=1e-12)
+    assert cka(np.zeros(shape), np.zeros(shape)) == 0.0
+
+
+def test_delta_rows_by_hand(tmp_path):
+    ft, base = pair()
+    result = compare(save(ft, tmp_path / "ft.safetensors"), save(base, tmp_path / "base.safetensors"),
+                     keep_eigenvalues=True)
+    rows = {r["name"]: (r, ev) for r, ev in zip(result.layers, result.eigenvalues)}
+    assert set(rows) == {"fc1", "fc2", "conv"}
+    sd_ft = {k: v.double().numpy() for k, v in ft.state_dict().items()}
+    sd_b = {k: v.double().numpy() for k, v in base.state_dict().items()}
+    for name in ("fc1", "fc2"):
+        row, evals = rows[name]
+        w, wb = sd_ft[f"{name}.weight"], sd_b[f"{name}.weight"]
+        np.testing.assert_allclose(evals, np.sort(np.linalg.svd(w - wb, compute_uv=False) ** 2), rtol=1e-9)
+        assert row["dist_raw"] == pytest.approx(np.linalg.norm(w - wb), rel=1e-9)
+        assert row["dist_euclidean"] == pytest.approx(np.linalg.norm(w - wb), rel=1e-9)
+        assert row["dist_cka"] == pytest.approx(ww_cka(w, wb), rel=1e-9)
+        assert row["rel_distance"] == pytest.approx(np.linalg.norm(w - wb) / np.linalg.norm(wb), rel=1e-9)
+        assert row["alpha_model"] > 0 and row["alpha_base"] > 0
+    row, evals = rows["conv"]  # pooled kernel-position slices, eigenvalues x 1/2 like any conv
+    d = sd_ft["conv.weight"] - sd_b["conv.weight"]
+    slices = [d[:, :, i, j] for i in range(3) for j in range(3)]
+    np.testing.assert_allclose(evals, 0.5 * np.sort(np.concatenate([np.linalg.svd(s, compute_uv=False) ** 2
+                                                                    for s in slices])), rtol=1e-9)
+    assert row["dist_raw"] == pytest.approx(np.linalg.norm(d), rel=1e-9)
+    assert row["dist_euclidean"] == pytest.approx(np.mean([np.linalg.norm(s) for s in slices]), rel=1e-9)
+    assert set(result.summary) >= {"alpha", "dist_raw", "alpha_model", "alpha_base"}
+
+
+def test_one_sided_and_reshaped_layers_are_listed(tmp_path):
+    ft, base = pair()
+    sd = {k: v.contiguous() for k, v in ft.state_dict().items()}
+    sd["extra.weight"] = torch.randn(20, 20)
+    sd["fc1.weight"] = torch.randn(50, 40)
+    safetensors_torch.save_file(sd, str(tmp_path / "ft.safetensors"))
+    base_sd = {k: v.contiguous() for k, v in base.state_dict().items() if not k.startswith("fc2")}
+    safetensors_torch.save_file(base_sd, str(tmp_path / "base.safetensors"))
+    result = compare(str(tmp_path / "ft.safetensors"), str(tmp_path / "base.safetensors"), models=False)
+    assert [r["name"] for r in result.layers] == ["conv"]
+    reasons = {s["name"]: s["reason"] for s in result.skipped}
+    assert reasons["extra"].startswith("in the model only")
+    assert reasons["fc2"].startswith("in the model only")
+    assert reasons["fc1"] == "shape differs from the base: (50, 40) vs (48, 40)"
+    with pytest.raises(IrtoolsError, match="no layer of the model matches"):
+        compare(str(tmp_path / "ft.safetensors"), save(Net(width=10).fc2, tmp_path / "other.safetensors"))
+
+
+def test_graph_against_weights_file_matches_weights_against_weights(tmp_path):
+    """Mixed sources: a PyTorch module (graph, layers named by node) against a safetensors base."""
+    ft, base = pair(seed=3)
+    base_file = save(base, tmp_path / "base.safetensors")
+    files = compare(save(ft, tmp_path / "ft.safetensors"), base_file, models=False).details.set_index("name")
+    graph = compare((ft, (torch.randn(1, 3, 8, 8),)), base_file, models=False).details
+    assert len(graph) == 3
+    by_param = {p.split(".")[0]: row for p, (_, row) in zip(graph["parameter"], graph.iterrows())}
+    for name in ("fc1", "fc2", "conv"):
+        for col in ("alpha", "lambda_max", "dist_raw", "dist_cka"):
+            assert by_param[name][col] == pytest.approx(files.loc[name, col], rel=1e-9)
+
+
+def test_against_weightwatcher_base_model_and_distances(tmp_path):
+    ww = pytest.importorskip("weightwatcher")
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    ft, base = pair(seed=5, noise=0.3)
+    ours = compare(save(ft, tmp_path / "ft.safetensors"), save(base, tmp_path / "base.safetensors")).details
+    ours = ours.set_index("name")
+    theirs = ww.WeightWatcher(model=ft, base_model=base).analyze()
+    theirs = theirs.set_index("name")
+    for name in ("fc1", "fc2", "conv"):
+        for col in ("alpha", "lambda_max", "log_norm", "stable_rank"):
+            assert ours.loc[name, col] == pytest.approx(theirs.loc[name, col], rel=1e-6, abs=1e-9), (name, col)
+    watcher = ww.WeightWatcher()
+    for method, col in (("raw", "dist_raw"), ("cka", "dist_cka"), ("euclidean", "dist_euclidean")):
+        _, _, dist = watcher.distances(ft, base, method=method)
+        dist = dist.set_index("name")
+        for name in ("fc1", "fc2"):
+            assert ours.loc[name, col] == pytest.approx(dist.loc[name, "delta_W"], rel=1e-6), (method, name)
+
+
+def test_adapter_against_base_is_its_update(tmp_path):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    base = Net()
+    model = peft.get_peft_model(base, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["fc1"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model.save_pretrained(tmp_path / "adapter")
+    base_sd = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone().contiguous()
+               for k, v in model.state_dict().items() if "lora_" not in k}
+    safetensors_torch.save_file(base_sd, str(tmp_path / "base.safetensors"))
+    result = compare(str(tmp_path / "adapter"), str(tmp_path / "base.safetensors"), keep_eigenvalues=True)
+    assert [r["name"] for r in result.layers] == ["fc1"]
+    assert {s["name"]: s["reason"] for s in result.skipped}["fc2"] == "not adapted: identical to the base"
+    delta = model.base_model.model.fc1.get_delta_weight("default").detach().double().numpy()
+    evals = result.eigenvalues[0]
+    np.testing.assert_allclose(evals[-8:], np.sort(np.linalg.svd(delta, compute_uv=False) ** 2)[-8:], rtol=1e-5)
+    assert result.layers[0]["dist_raw"] == pytest.approx(np.linalg.norm(delta), rel=1e-5)
+    assert result.layers[0]["r"] == 8 and result.layers[0]["scale"] == 2.0
+    assert not math.isnan(result.layers[0]["alpha_model"])
