@@ -58,7 +58,7 @@ test-slow: $(BIN)/.installed $(BIN)/.models $(BIN)/.tf $(BIN)/.jax
 # The documentation site (mkdocs.yml, docs/) into build/site; --strict turns every warning (a broken link, a page
 # missing from the nav) into a failure. The CLI reference is rendered from irtools.cli's click definitions. No network.
 docs: $(BIN)/.docs
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # A wheel built from this tree, installed (not editable) into a fresh venv, run from outside the checkout
 wheel-check:
