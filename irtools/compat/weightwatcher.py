@@ -172,6 +172,7 @@ class WWLayer:
     layer_type: str
     weight: StoredArray | None = None
     layout: str = "torch"  # kernel layout: torch (out, in, k...) or keras (k..., in, out)
+    bias: StoredArray | None = None  # for distances(method="raw")
 
     @property
     def analysable(self) -> bool:
@@ -224,7 +225,8 @@ def torch_layers(model, start_id: int) -> list[WWLayer]:
         name = longname.split(".")[-1] if longname else own if isinstance(own, str) and own else type(module).__name__
         kind = _classify(module, rules)
         weight = _torch_array(getattr(module, "weight", None)) if kind in ANALYSED_NDIM else None
-        out.append(WWLayer(start_id + k, name, longname or name, kind, weight))
+        bias = _torch_array(getattr(module, "bias", None)) if weight is not None else None
+        out.append(WWLayer(start_id + k, name, longname or name, kind, weight, bias=bias))
     return out
 
 
@@ -278,21 +280,13 @@ def state_dict_layers(tensors: Mapping, start_id: int) -> list[WWLayer]:
         shape = tuple(weight.shape) if weight is not None else ()
         kind = UNKNOWN if not shape or shape[0] < 2 else {2: DENSE, 4: CONV2D}.get(len(shape), UNKNOWN)
         name = key[: -len(".weight")]
-        out.append(WWLayer(start_id + k, name, name, kind, weight))
+        bias = tensors.get(name + ".bias")
+        bias = bias if bias is None or isinstance(bias, StoredArray) else _state_array(bias)
+        out.append(WWLayer(start_id + k, name, name, kind, weight, bias=bias))
     return out
 
 
-def _path_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
-    from irtools.frontends import keras as keras_frontend
-    from irtools.frontends import weights_file
-
-    if weights_file.is_weights_file(path):
-        tensors = weights_file.read_weights(path, trust=trust)
-        if os.path.isdir(path) or path.lower().endswith(".safetensors"):
-            tensors = dict(sorted(tensors.items()))  # WeightWatcher walks safetensors keys sorted (safe_open.keys())
-        return state_dict_layers(tensors, start_id)
-    if keras_frontend.is_keras_model_file(path):
-        return keras_layers(keras_frontend.load_keras_file(path, trust=trust), start_id)
+def _onnx_file_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
     from irtools.ir.loading import check_tensors, read_model
 
     proto, _ = read_model(path)  # large initializers stay in the file, read when their layer is
@@ -300,26 +294,70 @@ def _path_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
     return onnx_layers(proto, os.path.dirname(os.path.abspath(path)))
 
 
+def _weights_file_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
+    from irtools.frontends import weights_file
+
+    tensors = weights_file.read_weights(path, trust=trust)
+    if os.path.isdir(path) or path.lower().endswith(".safetensors"):
+        tensors = dict(sorted(tensors.items()))  # WeightWatcher walks safetensors keys sorted (safe_open.keys())
+    return state_dict_layers(tensors, start_id)
+
+
+def _keras_file_layers(path: str, start_id: int, trust: bool) -> list[WWLayer]:
+    from irtools.frontends import keras as keras_frontend
+
+    return keras_layers(keras_frontend.load_keras_file(path, trust=trust), start_id)
+
+
+def _adapter_layers(source, start_id: int, trust: bool) -> list[WWLayer]:
+    """A PEFT adapter: a PeftModel is a torch module; a folder is WeightWatcher's state-dict folder of
+    its adapter_model file (keys sorted)."""
+    from irtools.frontends.peft import WEIGHT_FILES, adapter_folder
+
+    folder = adapter_folder(source)
+    if folder is None:
+        return torch_layers(source, start_id)
+    weights = next(os.path.join(folder, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f)))
+    return _weights_file_layers(weights, start_id, trust)
+
+
+#: How WeightWatcher enumerates each kind of source `irtools.frontends.SOURCE_KINDS` recognises (the
+#: source table decides what a source is; this says only how WeightWatcher walks that kind).
+ENUMERATORS: dict[str, Callable] = {
+    "onnx-model": lambda m, start, trust: onnx_layers(m),
+    "onnx-file": _onnx_file_layers,
+    "keras-file": _keras_file_layers,
+    "weights": _weights_file_layers,
+    "peft": _adapter_layers,
+    "torch-module": lambda m, start, trust: torch_layers(m[0] if isinstance(m, tuple) else m, start),
+    "keras-model": lambda m, start, trust: keras_layers(m, start),
+}
+
+
+def source_kind(model) -> str | None:
+    """The name of the first `SOURCE_KINDS` row that recognises `model` (None: none does)."""
+    from irtools.frontends import SOURCE_KINDS
+
+    return next((kind.name for kind in SOURCE_KINDS if kind.name in ENUMERATORS and kind.recognises(model)), None)
+
+
 def model_layers(model, start_ids: int = 0, trust: bool = False) -> list[WWLayer]:
-    """The model's layers as WeightWatcher enumerates them (all of them, analysable or not)."""
-    from irtools.frontends.keras import is_keras_object
-    from irtools.frontends.onnx_file import is_onnx_object
-    from irtools.frontends.torch import is_torch_object
+    """The model's layers as WeightWatcher enumerates them (all of them, analysable or not). A dict is
+    a state dict (WeightWatcher's rule, ids from 1); any other source is what the source table says."""
+    from irtools.files import check_input
 
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    if isinstance(model, str):
-        return _path_layers(model, start_ids, trust)
-    if is_onnx_object(model) and hasattr(model, "graph") and hasattr(model.graph, "initializer"):
-        return onnx_layers(model)
     if isinstance(model, Mapping):
         return state_dict_layers(model.get("state_dict", model), start_ids or 1)
-    if is_torch_object(model):
-        return torch_layers(model[0] if isinstance(model, tuple) else model, start_ids)
-    if is_keras_object(model):
-        return keras_layers(model, start_ids)
-    raise IrtoolsError(f"WeightWatcher's API reads a torch.nn.Module, a Keras model, an ONNX ModelProto, a state "
-                       f"dict or a path to one of those or to a weights file; got {type(model).__name__}")
+    if isinstance(model, str):
+        check_input(model, directory=True)
+    kind = source_kind(model)
+    if kind is None:
+        raise IrtoolsError(f"WeightWatcher's API reads a torch.nn.Module, a Keras model, an ONNX ModelProto, a state "
+                           f"dict, a PEFT adapter or a path to one of those or to a weights file; got "
+                           f"{type(model).__name__}")
+    return ENUMERATORS[kind](model, start_ids, trust)
 
 
 def layer_filter(layers) -> Callable[[WWLayer], bool]:
