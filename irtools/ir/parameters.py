@@ -13,62 +13,22 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-# Input slots that carry shapes, axes, indices, bounds or quantisation parameters, by op.
-STRUCTURAL_SLOTS: dict[str, frozenset[int]] = {
-    op: frozenset(slots)
-    for op, slots in {
-        "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3},
-        "Resize": {1, 2, 3}, "Upsample": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2},
-        "TopK": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "Split": {1}, "OneHot": {0, 1, 2},
-        "Gather": {1}, "GatherElements": {1}, "GatherND": {1}, "ScatterElements": {1},
-        "ScatterND": {1}, "Scatter": {1}, "Clip": {1, 2}, "Dropout": {1, 2}, "CumSum": {1},
-        "NonMaxSuppression": {2, 3, 4}, "RoiAlign": {1, 2}, "Trilu": {1}, "Compress": {1},
-        "CenterCropPad": {1}, "DFT": {1, 2}, "STFT": {1, 2, 3}, "Where": {0},
-        "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
-        "ReduceL1": {1}, "ReduceL2": {1}, "ReduceLogSum": {1}, "ReduceLogSumExp": {1},
-        "ReduceSumSquare": {1}, "LSTM": {4, 5, 6}, "GRU": {4, 5}, "RNN": {4, 5},
-        "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2}, "DynamicQuantizeLinear": set(),
-        "MatMulInteger": {2, 3}, "ConvInteger": {2, 3},
-        # quantized operator format: scales and zero points (QLinearConcat: see below)
-        "QLinearConv": {1, 2, 4, 5, 6, 7}, "QLinearMatMul": {1, 2, 4, 5, 6, 7}, "QGemm": {1, 2, 4, 5, 7, 8},
-        "QLinearAdd": {1, 2, 4, 5, 6, 7}, "QLinearMul": {1, 2, 4, 5, 6, 7}, "QLinearSigmoid": {1, 2, 3, 4},
-        "QLinearLeakyRelu": {1, 2, 3, 4}, "QLinearSoftmax": {1, 2, 3, 4}, "QLinearGlobalAveragePool": {1, 2, 3, 4},
-        "QLinearAveragePool": {1, 2, 3, 4}, "QLinearConvTranspose": {1, 2, 4, 5, 6, 7},
-        "QLinearConcat": {0, 1, *(k for i in range(256) for k in (3 + 3 * i, 4 + 3 * i))},
-        "QLinearReduceMean": {1, 2, 3, 4}, "QLinearWhere": {0, 2, 3, 5, 6, 7, 8},
-        "DynamicQuantizeMatMul": {2, 3}, "MatMulIntegerToFloat": {2, 3, 4, 5}, "MatMulNBits": {2, 3, 4},
-        "QAttention": {3, 4, 5, 6, 7},
-        # onnxruntime's fused transformer ops: ids, masks, sequence lengths, rotary caches
-        "EmbedLayerNormalization": {0, 1, 7, 8}, "MultiHeadAttention": {4, 8, 9},
-        "GroupQueryAttention": {5, 6, 7, 8, 9}, "RotaryEmbedding": {1, 2, 3},
-        "ReverseSequence": {1}, "Col2Im": {1, 2}, "MaxUnpool": {1, 2}, "AffineGrid": {1}, "TensorScatter": {2},
-        "BiasDropout": {3, 4}, "DynamicQuantizeLSTM": {4, 8, 9, 10, 11},
-    }.items()
-}
+from irtools.ir.slots import SLOTS, domain_of, op_slots, slots_of
 
-# Input slots that hold a quantized weight or bias (integers standing for scale * (q - zero)):
-# learnable although not float. Their scales and zero points are STRUCTURAL_SLOTS.
-QUANTIZED_WEIGHT_SLOTS: dict[str, frozenset[int]] = {
-    op: frozenset(slots)
-    for op, slots in {
-        "QLinearConv": {3, 8}, "QLinearConvTranspose": {3, 8}, "QLinearMatMul": {0, 3}, "QGemm": {0, 3, 6},
-        "MatMulInteger": {0, 1}, "ConvInteger": {0, 1}, "MatMulNBits": {1}, "DynamicQuantizeMatMul": {1},
-        "MatMulIntegerToFloat": {0, 1}, "QAttention": {1}, "QLinearAdd": {0, 3}, "QLinearMul": {0, 3},
-        "DynamicQuantizeLSTM": {1, 2},
-    }.items()
-}
 
-# Input slots whose constant is a weight even when it holds a single element.
-WEIGHT_SLOTS: dict[str, frozenset[int]] = {
-    op: frozenset(slots)
-    for op, slots in {
-        "Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {0, 1, 2}, "MatMul": {0, 1},
-        "BatchNormalization": {1, 2, 3, 4}, "LayerNormalization": {1, 2},
-        "GroupNormalization": {1, 2}, "InstanceNormalization": {1, 2}, "LSTM": {1, 2, 3},
-        "GRU": {1, 2, 3}, "RNN": {1, 2, 3}, "PRelu": {1}, "Gather": {0}, "Einsum": {0, 1},
-        "RMSNormalization": {1}, "SkipLayerNormalization": {2, 3, 4}, "MatMulNBits": {1},
-    }.items()
-}
+def _bare(field: str) -> dict[str, frozenset[int]]:
+    out: dict[str, set[int]] = {}
+    for (_, op), row in SLOTS.items():
+        if getattr(row, field):
+            out.setdefault(op, set()).update(getattr(row, field))
+    return {op: frozenset(v) for op, v in out.items()}
+
+
+# Views of `irtools.ir.slots.SLOTS` by bare op type (every domain merged), for readers that have
+# not moved to the (domain, op type) table yet; this module itself reads SLOTS.
+STRUCTURAL_SLOTS: dict[str, frozenset[int]] = _bare("structural")
+QUANTIZED_WEIGHT_SLOTS: dict[str, frozenset[int]] = _bare("quantized_weight")
+WEIGHT_SLOTS: dict[str, frozenset[int]] = _bare("weight")
 
 # Ops whose output is not a function of their inputs alone: never constant.
 NONDETERMINISTIC = frozenset(
@@ -84,11 +44,13 @@ UNREAD_PARAMETERS_KEY = "irtools.unread_parameters"
 
 @dataclass(frozen=True, slots=True)
 class Use:
-    """One place a stored tensor is read: node display name, op type and input slot."""
+    """One place a stored tensor is read: node display name, op type, input slot and the op's
+    domain ("" for the default domain)."""
 
     node: str
     op_type: str
     input_index: int
+    domain: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -240,8 +202,8 @@ def _trace_uses(value: ir.Value, consts: ConstantAnalysis, node_names: dict[ir.N
         v = stack.pop()
         for usage in v.uses():
             node, idx = usage.node, usage.idx
-            use = Use(node_names.get(node, node.name or node.op_type), node.op_type, idx)
-            if idx in STRUCTURAL_SLOTS.get(node.op_type, ()):
+            use = Use(node_names.get(node, node.name or node.op_type), node.op_type, idx, domain_of(node.domain))
+            if idx in slots_of(node).structural:
                 structural.append(use)
             elif consts.node_is_constant(node):
                 via.append(node.op_type)
@@ -256,7 +218,7 @@ def _trace_uses(value: ir.Value, consts: ConstantAnalysis, node_names: dict[ir.N
 
 def is_quantized_weight(t: StoredTensor) -> bool:
     """An integer tensor read only as a quantized operator's weight or bias (QLinearConv's w, MatMulNBits' B)."""
-    return bool(t.uses) and all(u.input_index in QUANTIZED_WEIGHT_SLOTS.get(u.op_type, ()) for u in t.uses)
+    return bool(t.uses) and all(u.input_index in op_slots(u.domain, u.op_type).quantized_weight for u in t.uses)
 
 
 def _decide(t: StoredTensor, structural: list[Use], declared: set[str] | None, consts) -> tuple[bool, str]:
@@ -272,6 +234,6 @@ def _decide(t: StoredTensor, structural: list[Use], declared: set[str] | None, c
             kind = "quantization parameter" if s.op_type in ("DequantizeLinear", "QuantizeLinear") else "shape-like input"
             return False, f"{kind} {s.input_index} of {s.op_type} '{s.node}'"
         return False, "unused"
-    if t.numel <= 1 and not any(u.input_index in WEIGHT_SLOTS.get(u.op_type, ()) for u in t.uses):
+    if t.numel <= 1 and not any(u.input_index in op_slots(u.domain, u.op_type).weight for u in t.uses):
         return False, "scalar constant"
     return True, ""
