@@ -255,43 +255,146 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
 
 def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limit, retries, progress,
          on_result) -> None:
-    from distributed import as_completed
-
     from irtools.audit.task import audit_model
 
-    by_key = {}
     opts = options.to_dict()
-    for m in todo:
-        key = f"irtools-audit-{os.path.basename(m.path)}"
-        by_key[key] = m
-    futures = [client.submit(audit_model, m.source.path, opts, fingerprint=m.fingerprint, timeout=timeout,
+    jobs = {f"irtools-audit-{os.path.basename(m.path)}": m for m in todo}
+
+    def submit(key: str, m: _Model):
+        return client.submit(audit_model, m.source.path, opts, fingerprint=m.fingerprint, timeout=timeout,
                              memory_limit=memory_limit, key=key, retries=retries, pure=False)
-               for key, m in by_key.items()]
+
     threads = max(1, sum(client.nthreads().values()) if hasattr(client, "nthreads") else 1)
-    pending = set(by_key)
-    seen: set[str] = set()
+    done: list[int] = [0]
+
+    def finished(m: _Model, future, data, left: int) -> None:
+        if isinstance(data, _Stalled):  # the watchdog gave it up: a failed row with the reason
+            data = _failure(m, data)
+        elif future.status == "cancelled":  # the scheduler dropped it: the cluster went away
+            raise IrtoolsError(f"lost the Dask cluster; {done[0]} of {len(todo)} models of this run have "
+                               "results: run the same command again to analyse the rest")
+        elif future.status == "error":  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times
+            data = _failure(m, future.exception())
+        write_result(m.path, data)
+        done[0] += 1
+        row = read_row(data)
+        progress.finished(row, min(left, threads))
+        if on_result is not None:
+            on_result(row)
+
     try:
-        for future, data in as_completed(futures, with_results=True, raise_errors=False):
-            if future.key in seen:  # a result recomputed after a worker death: already written
-                continue
-            seen.add(future.key)
-            pending.discard(future.key)
-            m = by_key[future.key]
-            if future.status == "cancelled":  # the scheduler dropped it: the cluster went away
-                raise IrtoolsError(f"lost the Dask cluster; {len(seen) - 1} of {len(todo)} models of this run have "
-                                   "results: run the same command again to analyse the rest")
-            if future.status == "error":  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times
-                data = _failure(m, future.exception())
-            write_result(m.path, data)
-            future.release()
-            row = read_row(data)
-            progress.finished(row, min(len(pending), threads))
-            if on_result is not None:
-                on_result(row)
+        complete(client, jobs, submit, finished)
     except KeyboardInterrupt:
-        print(f"\naudit: interrupted; {len(seen)} of {len(todo)} models of this run have results; the same "
+        print(f"\naudit: interrupted; {done[0]} of {len(todo)} models of this run have results; the same "
               "command analyses only the rest", file=sys.stderr)
         raise
+
+
+#: Seconds without a result after which the watchdog looks at what the workers run.
+STALL_CHECK_S = 60.0
+#: Times a task the cluster holds but no worker runs is submitted again before it is a failed row.
+RESUBMITS = 2
+
+
+class _Stalled(Exception):
+    """The cluster kept a task without running it, RESUBMITS + 1 times."""
+
+
+def complete(client, jobs: dict, submit: Callable, finished: Callable, check_s: float = STALL_CHECK_S,
+             resubmits: int = RESUBMITS) -> None:
+    """Run every job to an end, calling `finished(job, future, data, pending_count)` once per job, in the
+    order they finish. A watchdog thread guards against a task lost between scheduler and worker (seen
+    under heavy load: the client waited for ever, the workers idle): when no result has come for two
+    looks `check_s` apart and no worker is running any of the pending tasks, they are cancelled and
+    submitted again under new keys; after `resubmits` such rounds a job ends as a `_Stalled` failure,
+    so a run always ends with every job done or failed with a reason."""
+    import threading
+    import time
+
+    from distributed import as_completed
+
+    lock = threading.Lock()
+    futures = {key: submit(key, job) for key, job in jobs.items()}
+    owner = {key: key for key in futures}  # every key submitted -> its job's original key
+    attempts = dict.fromkeys(jobs, 0)
+    ended: set[str] = set()
+    last = [time.monotonic()]
+    queue = as_completed(list(futures.values()), with_results=True, raise_errors=False)
+    stop = threading.Event()
+    given_up: list[str] = []
+
+    def executing() -> set[str] | None:
+        try:
+            per_worker = client.run(lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing])
+        except Exception:  # an external cluster that refuses `run`, or a worker gone: no judgement this time
+            return None
+        return {k for keys in per_worker.values() for k in keys}
+
+    def watch() -> None:
+        quiet_looks = 0
+        while not stop.wait(check_s):
+            with lock:
+                if time.monotonic() - last[0] < check_s:
+                    quiet_looks = 0
+                    continue
+                live = {k for k, o in owner.items() if o not in ended and futures.get(o) is not None
+                        and futures[o].key == k}
+            running = executing()
+            if running is None or not live or live & running:
+                quiet_looks = 0
+                continue
+            quiet_looks += 1
+            if quiet_looks < 2:
+                continue
+            quiet_looks = 0
+            with lock:
+                for key in sorted(live):
+                    original = owner[key]
+                    if original in ended:
+                        continue
+                    futures[original].cancel()
+                    attempts[original] += 1
+                    if attempts[original] > resubmits:
+                        given_up.append(original)
+                        continue
+                    new_key = f"{original}-again{attempts[original]}"
+                    owner[new_key] = original
+                    futures[original] = submit(new_key, jobs[original])
+                    queue.add(futures[original])
+                last[0] = time.monotonic()
+
+    guard = threading.Thread(target=watch, name="irtools-audit-watchdog", daemon=True)
+    guard.start()
+    try:
+        while True:
+            with lock:
+                stalled = [o for o in given_up if o not in ended]
+                given_up.clear()
+                for original in stalled:
+                    ended.add(original)
+                left = len(jobs) - len(ended)
+            for original in stalled:
+                finished(jobs[original], futures[original],
+                         _Stalled(f"the Dask cluster held it without running it {resubmits + 1} times (a lost "
+                                  "task)"), left)
+            if left == 0:
+                break
+            batch = queue.next_batch(block=False) if queue.has_ready() else []
+            if not batch:
+                time.sleep(0.05)
+                continue
+            for future, data in batch:
+                with lock:
+                    original = owner.get(future.key)
+                    if original is None or original in ended or futures[original].key != future.key:
+                        continue  # a superseded copy (cancelled, or a result recomputed after a worker death)
+                    ended.add(original)
+                    last[0] = time.monotonic()
+                    left = len(jobs) - len(ended)
+                finished(jobs[original], future, data, left)
+                future.release()
+    finally:
+        stop.set()
 
 
 def _failure(m: _Model, exc: BaseException) -> bytes:
@@ -299,6 +402,8 @@ def _failure(m: _Model, exc: BaseException) -> bytes:
     name = type(exc).__name__
     if name == "KilledWorker":
         reason = f"the worker analysing it died {ALLOWED_FAILURES + 1} times (KilledWorker)"
+    elif isinstance(exc, _Stalled):
+        reason = str(exc)
     else:
         text = str(exc).splitlines()[0] if str(exc) else ""
         reason = f"task failed: {name}: {text}"
