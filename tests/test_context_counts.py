@@ -359,7 +359,7 @@ def test_degenerate_models_give_clear_results(save):
     assert r["total_surprisal"] == 0.0 and r["performance_surprisal"] is None and r["entropy"] == 0.0
 
 
-def test_shape_annotations_that_contradict_the_ops_are_not_trusted(monkeypatch):
+def test_shape_annotations_that_contradict_the_ops_are_not_trusted():
     """jax2onnx 0.17 annotated NCHW values as NHWC; counting through such shapes once wrote out
     of bounds in the numba kernel. Where inference knows a shape it overrides the annotation;
     where it cannot (an op it has no schema for), a window op refuses inconsistent shapes in one
@@ -394,11 +394,17 @@ def test_shape_annotations_that_contradict_the_ops_are_not_trusted(monkeypatch):
     custom.graph.value_info.extend([vinfo("c", [1, 24, 8, 8]), vinfo("r", [1, 8, 8, 24])])
     with pytest.raises(irtools.UnsupportedError, match="no counting rule for com.example::Opaque \\(node 'mid'\\)"):
         irtools.get_pass("context-counts")(irtools.load(custom))
-    from irtools.passes import context_counts as cc_module
+    from irtools.passes.context_counts import register, registry
 
-    monkeypatch.setitem(cc_module.DOMAIN_RULES, ("com.example", "Opaque"), cc_module._passthrough)
-    with pytest.raises(irtools.ShapeError, match="MaxPool node 'pool'.*inconsistent"):
-        irtools.get_pass("context-counts")(irtools.load(custom))
+    @register("com.example", "Opaque")  # a plugin's rule, through the public registry
+    def opaque(ctx):
+        ctx.give(0, ctx.out())
+
+    try:
+        with pytest.raises(irtools.ShapeError, match="MaxPool node 'pool'.*inconsistent"):
+            irtools.get_pass("context-counts")(irtools.load(custom))
+    finally:
+        assert registry.unregister("com.example", "Opaque") is opaque
 
 
 def test_a_window_op_declaring_minutes_of_work_is_refused_in_one_line(tmp_path):
