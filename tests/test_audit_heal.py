@@ -98,3 +98,22 @@ def test_models_being_a_file_is_one_clear_error(tmp_path):
     (tmp_path / "models").write_text("not a folder")
     with pytest.raises(IrtoolsError, match="models/ is not a folder"):
         run_audit([str(tmp_path)], str(tmp_path), quiet=True)
+
+
+def test_an_embedded_cluster_larger_than_the_machine_is_refused(tmp_path):
+    with pytest.raises(IrtoolsError, match="--workers 100000: choose 1 to"):
+        run_audit([str(tmp_path)], str(tmp_path / "out"), workers=100000, quiet=True)
+    with pytest.raises(IrtoolsError, match="--workers 0"):
+        run_audit([str(tmp_path)], str(tmp_path / "out"), workers=0, quiet=True)
+
+
+def test_file_names_that_are_not_utf8_are_text_in_every_table(tmp_path):
+    from irtools.audit.results import assemble, text_path
+
+    name = os.fsdecode(b"bad\xff\xfename.onnx")
+    assert text_path(name) == "bad\\xff\\xfename.onnx"
+    assert text_path("plain/ok.onnx") == "plain/ok.onnx"
+    path = _result(tmp_path / "r.parquet", source=name)
+    summary, layers = assemble([path])
+    assert summary["source"].tolist() == ["bad\\xff\\xfename.onnx"]
+    assert set(layers["model"]) == {"bad\\xff\\xfename.onnx"}

@@ -120,3 +120,13 @@ def test_a_long_valid_output_name_gets_a_valid_temporary_name(tmp_path):
     files.write_text_atomic(out, "<p>ok</p>")
     assert out.read_text() == "<p>ok</p>"
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left beside it
+
+
+def test_html_text_is_escaped_and_printable():
+    import os
+
+    from irtools.reports.html import _esc
+
+    text = _esc(os.fsdecode(b"bad\xff<script>alert(1)</script>\x1b[2J"))
+    assert "<script>" not in text and "\x1b" not in text
+    text.encode("utf-8")  # an undecodable file name no longer breaks the page's encoding

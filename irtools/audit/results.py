@@ -50,7 +50,7 @@ def result_name(source: str, digest: str) -> str:
     """`<name>-<source hash>-<options hash>.parquet`: readable, and unique per source and options."""
     base = os.path.basename(os.path.normpath(source)) or "model"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:60] or "model"
-    where = hashlib.sha256(os.path.abspath(source).encode()).hexdigest()[:8]
+    where = hashlib.sha256(os.fsencode(os.path.abspath(source))).hexdigest()[:8]  # any bytes, UTF-8 or not
     return f"{slug}-{where}-{digest}.parquet"
 
 
@@ -72,11 +72,21 @@ def fingerprint(source: str, exclude: Sequence[str] = ()) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
+def text_path(path: str) -> str:
+    """A path as text every table can hold: a file name that is not UTF-8 (undecodable bytes, which Python
+    keeps as lone surrogates and Arrow and JSON writers refuse) gets its bytes written as `\\xNN`."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 # -- one model's file ---------------------------------------------------------------------
 def summary_row(source: str, analysis=None, *, error: str | None = None, **extra) -> dict:
     """The summary row of a model: from its `Analysis`, or a `failed` row with the error line."""
     row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
-    row.update(source=source, status=FAILED if analysis is None else OK, error=error)
+    row.update(source=text_path(source), status=FAILED if analysis is None else OK, error=error)
     if analysis is not None:
         summary = analysis.summary or {}
         for key in SPECTRAL_COLUMNS:

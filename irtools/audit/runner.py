@@ -72,6 +72,21 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+#: Embedded workers per usable core at most: each is a process with a child of its own (hundreds of MB), so
+#: `--workers 100000` is refused rather than started.
+WORKERS_PER_CORE = 4
+
+
+def check_workers(workers: int | None) -> None:
+    """Refuse an embedded cluster larger than the machine can hold (one line, before anything starts)."""
+    if workers is None:
+        return
+    cap = WORKERS_PER_CORE * default_workers()
+    if workers < 1 or workers > cap:
+        raise IrtoolsError(f"--workers {workers}: choose 1 to {cap} on this machine ({default_workers()} usable "
+                           f"cores, at most {WORKERS_PER_CORE} worker processes a core)")
+
+
 def blas_threads_for(workers: int) -> int:
     """BLAS threads per model so that `workers` models at once fill the cores without oversubscribing."""
     return max(1, default_workers() // max(1, workers))
@@ -219,6 +234,8 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
     replaced only when its new one is written). Earlier results are trusted only after being read whole:
     a damaged one is moved to `models/.damaged/`, with a note, and its model analysed again."""
     options = options or AuditOptions()
+    if client is None and scheduler is None:
+        check_workers(workers)
     if client is None:
         _dask()  # a missing Dask is one line before anything else
     if os.path.exists(outdir) and not os.path.isdir(outdir):
