@@ -106,3 +106,75 @@ def test_a_hung_test_fails_instead_of_stalling_ci():
     assert 0 < int(ini["timeout"]) <= 1800
     assert ini.get("timeout_method") == "thread"  # tests/fuzz/harness.py arms SIGALRM itself
     assert any(canonicalize_name(r.name) == "pytest-timeout" for r in _extras()["dev"])
+
+
+# -- what ships with the package: the README and docs/ --------------------------------------------------------------
+DOC_FILES = ["README.md", "CHANGELOG.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("doc", DOC_FILES)
+def test_docs_link_only_inside_the_repository(doc):
+    """A clone holds everything the docs point to: no web links, no paths out of the repository, no dead files."""
+    path = ROOT / doc
+    text = path.read_text()
+    assert not re.search(r"https?://", text), f"{doc} links outside the repository"
+    assert "shared/reference" not in text, f"{doc} cites a file that is not in a clone"
+    for target in LINK.findall(text):
+        file = target.split("#", 1)[0]
+        if not file:
+            continue
+        resolved = (path.parent / file).resolve()
+        assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{doc}: dead link {target}"
+
+
+def test_code_cites_conventions_sections_that_exist():
+    headings = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs/conventions.md").read_text(), re.M))
+    cited = {}
+    for folder in ("irtools", "frontends", "passes", "tests"):
+        for py in (ROOT / folder).rglob("*.py"):
+            for number in re.findall(r"conventions\.md`?,?\s+section\s+(\d+)", py.read_text()):
+                cited.setdefault(number, py.relative_to(ROOT))
+    assert cited, "no code cites docs/conventions.md by section any more: drop this test"
+    for number, where in cited.items():
+        assert number in headings, f"{where} cites conventions.md section {number}, which docs/conventions.md lacks"
+
+
+def _readme_examples() -> dict[str, list[str]]:
+    """{command line: the output lines shown} for each `$ irtools ...` block of the README."""
+    blocks = re.findall(r"```text\n\$ (irtools [^\n]*)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return {command.split("  #")[0].strip(): body.splitlines() for command, body in blocks}
+
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+@pytest.mark.parametrize("command", ["irtools inspect examples/digits_cnn.onnx",
+                                     "irtools analyze examples/digits_cnn.onnx",
+                                     "irtools annotate examples/digits_cnn.onnx -o annotated.onnx"])
+def test_readme_examples_are_real_output(command, tmp_path):
+    """The README's sample outputs of the bundled model are what the command prints (trimmed, never edited):
+    every number shown is in the real output, and so is every plain-text line (table rows are checked by their
+    numbers, so that a renamed column or layer label alone does not fail here)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shown = _readme_examples()[command]
+    (tmp_path / "examples").mkdir()
+    shutil.copy(ROOT / "examples/digits_cnn.onnx", tmp_path / "examples")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    run = subprocess.run([sys.executable, "-m", "irtools", *command.split()[1:]], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    real = run.stdout + run.stderr
+    real_lines = {line.rstrip() for line in real.splitlines()}
+    real_numbers = set(NUMBER.findall(real))
+    for line in shown:
+        if line.strip() in ("", "..."):
+            continue
+        missing = [n for n in NUMBER.findall(line) if n not in real_numbers]
+        assert not missing, f"README shows {missing} in {line!r}, which `{command}` does not print"
+        if line[:1].isalpha() and not line.endswith("..."):
+            assert line.rstrip() in real_lines, f"README line not in the real output: {line!r}"
