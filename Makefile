@@ -1,6 +1,6 @@
 # Quick start: `make demo` (set up the core package, inspect and analyse the bundled model), `make test` (set up the
 # test extras and run the tests), `make docs` (build the documentation site, strictly).
-# Every install is constrained to the exact versions CI tests with (constraints.txt); pyproject's extras only set floors.
+# Every install is constrained to the exact versions CI tests with (constraints.txt); the extras set only floors.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
