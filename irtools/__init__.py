@@ -1,8 +1,9 @@
 """irtools: audit trained neural networks from their weights and graph structure alone.
 
 Public surface: `load` a model into the analysis IR (`IRModel`), `analyze` it (spectral and
-reuse metrics), run registered passes over it (`run_passes`, `get_pass`, `list_passes`) and
-write your own (`Pass`, `register_pass`).
+reuse metrics, with one `AnalysisOptions` object, the same every command builds from its
+options), run registered passes over it (`run_passes`, `get_pass`, `list_passes`) and write your
+own (`Pass`, `register_pass`).
 """
 
 import importlib
@@ -11,6 +12,7 @@ import importlib
 # command line imports first) starts without numpy, onnx or numba.
 _EXPORTS = {
     "Analysis": "irtools.analysis",
+    "AnalysisOptions": "irtools.options",
     "analyze": "irtools.analysis",
     "IrtoolsError": "irtools.errors",
     "ModelLoadError": "irtools.errors",
@@ -45,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analysis",
+    "AnalysisOptions",
     "IRModel",
     "IrtoolsError",
     "ModelLoadError",

@@ -2,21 +2,29 @@
 
 The library face of `irtools analyze`: runs the `weights` + `spectral` and `reuse` passes
 and returns per-layer `details` (a pandas DataFrame with WeightWatcher's column names), the
-model `summary`, the `skipped` layers with reasons and the `reuse` quantities.
+model `summary`, the `skipped` layers with reasons and the `reuse` quantities. The options are
+one `irtools.options.AnalysisOptions` (the object every command builds from its options);
+keyword arguments named like its fields build one.
+
+A metric family that cannot be computed (reuse of a weights-only source, a graph that cannot be
+counted) costs only itself when another family is computed: it is left out with one note, named
+in `Analysis.left_out`, and `Analysis.partial` is true when it was asked for explicitly
+(`metrics=`), which the command line reports as exit code 3.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from irtools.errors import IrtoolsError, ShapeError, UnsupportedError
-from irtools.frontends import open_source
+from irtools.errors import IrtoolsError
+from irtools.options import METRIC_FAMILIES, AnalysisOptions, parse_metrics
 from irtools.passing import get_pass
 
-METRIC_FAMILIES = ("spectral", "reuse")
+#: Why a weights-only source has no reuse family.
+NO_GRAPH = "reuse metrics need a computation graph; this file holds only weights"
 
 
 @dataclass
@@ -33,7 +41,18 @@ class Analysis:
     #: Each row's sorted eigenvalues (aligned with `details`), only with `keep_eigenvalues=True`.
     eigenvalues: list | None = None
     columns: list[str] = field(default_factory=list)
+    #: The metric families computed, in order.
+    families: tuple[str, ...] = ()
+    #: {family: one-line reason} of the families asked for (or implied) that could not be computed.
+    left_out: dict[str, str] = field(default_factory=dict)
+    #: The options it ran with.
+    options: AnalysisOptions | None = None
     _frame: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def partial(self) -> bool:
+        """A family asked for explicitly (`metrics=`) was left out: what was asked is not all here."""
+        return bool(self.left_out) and self.options is not None and self.options.explicit_metrics
 
     @property
     def details(self):
@@ -48,93 +67,100 @@ class Analysis:
         return self._frame
 
     def to_dict(self) -> dict:
-        """JSON-ready: {"model", "layers", "summary", "skipped", "reuse"} (+ "notes")."""
+        """JSON-ready: {"model", "layers", "summary", "skipped", "reuse"} (+ "notes", and "left_out"
+        when a family could not be computed)."""
         out = {"model": self.model, "layers": [{c: row.get(c) for c in self.columns} for row in self.layers or []],
                "summary": self.summary, "skipped": self.skipped}
         if self.reuse is not None:
             out["reuse"] = self.reuse
         if self.notes:
             out["notes"] = self.notes
+        if self.left_out:
+            out["left_out"] = dict(self.left_out)
         return out
-
-
-def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
-    items = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
-    unknown = [m for m in items if m not in METRIC_FAMILIES]
-    if unknown or not items:
-        raise IrtoolsError(f"--metrics: unknown metric family {', '.join(unknown) or '(none)'} "
-                           f"(available: {', '.join(METRIC_FAMILIES)})")
-    return tuple(dict.fromkeys(items))
 
 
 def analyze(
     source: Any,
+    options: AnalysisOptions | None = None,
     *,
-    metrics: str | Iterable[str] | None = None,
-    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    min_evals: int = 8,
-    max_evals: int = 15000,
-    max_n: int = 50000,
-    conv_slices: bool = False,
-    split_qkv: bool = False,
-    randomize: bool = False,
-    mp_fit: bool = False,
-    method: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
-    trust: bool = False,
-    layout: str = "torch",
     keep_eigenvalues: bool = False,
-    device: str = "auto",
-    small_n_xmin: str = "D",
-    fix_fingers: str | None = None,
     fit_options: Mapping[str, Any] | None = None,
+    allow_partial: bool = True,
+    **option_fields: Any,
 ) -> Analysis:
     """Analyse a model: any source `irtools.frontends.open_source` reads (a path, a `file.py:callable`
-    reference, an ONNX, PyTorch, Keras or Flax model object). `metrics` defaults to spectral and reuse;
-    when reuse was not asked for explicitly and the graph cannot be counted (dynamic shapes, an
-    op without a counting rule), it is left out with a note instead of failing the analysis.
-    `fix_fingers` ("clip_xmax" or "xmin_peak") and `fit_options` (xmin_max, max_fingers, finger_thresh,
-    clip_top) are WeightWatcher's fit options, attributes of the spectral pass."""
-    explicit = metrics is not None
-    families = parse_metrics(metrics if explicit else METRIC_FAMILIES)
-    spectral_opts = dict(min_evals=min_evals, max_evals=max_evals, max_n=max_n, method=method, randomize=randomize,
-                         mp_fit=mp_fit, progress=progress, keep_evals=keep_eigenvalues, backend=device, small_n_xmin=small_n_xmin,
-                         fix_fingers=fix_fingers, **(fit_options or {}))
-    opened = open_source(source, input_shapes=input_shapes, trust=trust, layout=layout)
+    reference, an ONNX, PyTorch, Keras or Flax model object, or an already opened source).
+
+    `options` is an `AnalysisOptions`; keyword arguments named like its fields (`metrics`,
+    `input_shapes`, `min_evals`, `method`, `device`, `fix_fingers`, ...) build one or replace its
+    fields. `fit_options` (xmin_max, max_fingers, finger_thresh, clip_top) are WeightWatcher's finer
+    fit options, fields too. `metrics` defaults to spectral and reuse; a family that cannot be
+    computed while another is is left out with a note (`Analysis.left_out`; `Analysis.partial` when
+    it was asked for explicitly); when no family asked for can be computed, the error is raised, and
+    so it is for any family asked for explicitly with `allow_partial=False` (all or nothing)."""
+    opts = AnalysisOptions.build(options, **option_fields, **dict(fit_options or {}))
+    strict = not allow_partial and opts.explicit_metrics
+    families = opts.families
+    spectral_opts = dict(opts.spectral_options(), progress=progress, keep_evals=keep_eigenvalues)
+    opened = opts.open(source)
+    notes = list(opened.notes)
     if not opened.has_graph:
-        return _analyze_layers(opened, families, explicit, spectral_opts)
+        return _analyze_layers(opened, opts, families, spectral_opts, notes, strict)
     model = opened.model
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
-    layers, columns, summary, skipped, reuse, notes, evals = None, [], {}, [], None, list(model.notes), None
+    notes += [n for n in model.notes if n not in notes]
+    layers, columns, summary, skipped, reuse, evals = None, [], {}, [], None, None
+    left_out: dict[str, str] = {}
+    errors: list[IrtoolsError] = []
+    done: list[str] = []
     if "spectral" in families:
-        get_pass("weights", conv_slices=conv_slices, split_qkv=split_qkv)(model)
-        result = get_pass("spectral", **spectral_opts)(model)
-        layers, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
-                                                    result.eigenvalues)
-        notes += result.notes
+        try:
+            get_pass("weights", **opts.weights_options())(model)
+            result = get_pass("spectral", **spectral_opts)(model)
+        except IrtoolsError as exc:
+            if len(families) == 1 or strict:
+                raise
+            errors.append(exc)
+            left_out["spectral"] = exc.message
+            notes.append(f"spectral metrics left out: {exc.message}")
+        else:
+            layers, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary,
+                                                        result.skipped, result.eigenvalues)
+            notes += result.notes
+            done.append("spectral")
     if "reuse" in families:
         try:
             reuse = get_pass("reuse")(model)
-            notes += model.results["context-counts"].notes  # e.g. an If counted as both of its branches
-        except (ShapeError, UnsupportedError) as exc:
-            if explicit:
-                raise
+        except IrtoolsError as exc:
+            if not done or strict:  # nothing else to report: the error is the answer
+                raise (errors[0] if errors else exc) from None
+            left_out["reuse"] = exc.message
             notes.append(f"reuse metrics left out: {exc.message}")
-    return Analysis(name, layers, summary, skipped, reuse, notes, evals, columns)
+        else:
+            notes += model.results["context-counts"].notes  # e.g. an If counted as both of its branches
+            done.append("reuse")
+    return Analysis(name, layers, summary, skipped, reuse, notes, evals, columns, tuple(done), left_out, opts)
 
 
-def _analyze_layers(opened, families, explicit: bool, spectral_opts: dict) -> Analysis:
+def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict, notes: list[str],
+                    strict: bool = False) -> Analysis:
     """A weights-only source: spectral metrics of its matrices; reuse needs a graph."""
-    notes = []
+    left_out: dict[str, str] = {}
     if "reuse" in families:
-        message = "reuse metrics need a computation graph; this file holds only weights"
-        if explicit:
-            raise IrtoolsError(message, opened.name)
-        notes.append(message)
-    rows, columns, summary, skipped, evals = None, [], {}, [], None
+        if "spectral" not in families or strict:
+            raise IrtoolsError(NO_GRAPH, opened.name)
+        left_out["reuse"] = NO_GRAPH
+        notes.append(NO_GRAPH)
+    rows, columns, summary, skipped, evals, done = None, [], {}, [], None, ()
     if "spectral" in families:
         result = get_pass("spectral", **spectral_opts).analyse(opened.layers)
         rows, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
                                                   result.eigenvalues)
         notes += result.notes
-    return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns)
+        done = ("spectral",)
+    return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns, done, left_out, opts)
+
+
+__all__ = ["METRIC_FAMILIES", "NO_GRAPH", "Analysis", "analyze", "parse_metrics"]

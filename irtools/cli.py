@@ -5,20 +5,32 @@ Every user error is one line on stderr and exit code 2; `--debug` shows the trac
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from typing import Any
 
 import click
 
-from irtools import files
+from irtools import files, options
 from irtools.errors import IrtoolsError, printable
 
 
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"irtools: error: {message}", err=True)
     sys.exit(code)
+
+
+#: Modules whose warnings are not the user's business (a second line on stderr, about the library's internals).
+_LIBRARY_MODULES = (r"(numpy|scipy|onnx|onnx_ir|onnxscript|onnxruntime|torch|tensorflow|tf2onnx|keras|jax|flax|"
+                    r"transformers|numba|sympy|h5py|pandas|pyarrow|distributed|dask)(\..*)?$")
+
+
+def _quiet_library_warnings(warnings) -> None:
+    """Hide what the libraries warn about, not everything: numpy's floating-point RuntimeWarnings (wherever
+    they are raised; a spectrum's non-finite values are reported in its row) and warnings raised inside the
+    libraries themselves. `--debug` shows them all."""
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
 
 
 class _Group(click.Group):
@@ -29,9 +41,9 @@ class _Group(click.Group):
 
         debug = "--debug" in sys.argv[1:] or (ctx.params or {}).get("debug", False)
         try:
-            with warnings.catch_warnings():  # library warnings (numpy, onnx_ir) would be a second line
+            with warnings.catch_warnings():
                 if not debug:
-                    warnings.simplefilter("ignore")
+                    _quiet_library_warnings(warnings)
                 return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -54,46 +66,8 @@ def _debug_option(f):
     return click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")(f)
 
 
-def _source_options(f):
-    """--layout and --trust, for the commands that read weights files and framework sources."""
-    f = click.option("--trust", is_flag=True,
-                     help="Allow full unpickling of PyTorch files, .pt2 ExportedProgram, TorchScript and TensorFlow "
-                          "SavedModel files (runs code from the file: only for files you trust).")(f)
-    return click.option("--layout", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
-                        help="Kernel layout of weights-only files: torch (out, in, k...) or keras (k..., in, out)."
-                        )(f)
-
-
-def _device_option(f):
-    return click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
-                        help="Where eigenvalues are computed: a GPU when one is usable (auto), the CPU, or a CUDA "
-                             "device; the numbers are the same (float64 everywhere).")(f)
-
-
-def _layer_options(f):
-    """Which layers are analysed and how (analyze, audit)."""
-    options = [
-        click.option("--min-evals", default=8, show_default=True, help="Skip layers with fewer eigenvalues."),
-        click.option("--max-evals", default=15000, show_default=True, help="Skip layers with more eigenvalues."),
-        click.option("--max-n", default=50000, show_default=True, help="Skip layers whose larger side N exceeds this."),
-        click.option("--no-limits", is_flag=True,
-                     help="Analyse every layer whatever its size (lifts the three limits)."),
-        click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD."),
-        click.option("--split-qkv", is_flag=True, help="Split fused (d, 3d) projections into q, k and v."),
-        click.option("--randomize", is_flag=True, help="Also compare with element-shuffled weights (rand_distance)."),
-        click.option("--mp-fit", is_flag=True, help="Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _run_options(f):
-    """--device, --small-n-xmin and --max-memory, for the commands that analyse."""
-    f = _device_option(f)
-    f = click.option("--small-n-xmin", type=click.Choice(["D", "J"]), default="D", show_default=True,
-                     help="xmin rule for spectra under 20 eigenvalues: D = what WeightWatcher 0.7.7 reports (argmin "
-                          "D), J = its intermediate J = D - 0.868/sqrt(n) choice.")(f)
+def _max_memory_option(f):
+    """--max-memory, for the commands that analyse in this process."""
     return click.option("--max-memory", default=None, metavar="SIZE", callback=_set_budget, expose_value=False,
                         help="Refuse a model whose declared work needs more than SIZE in one allocation (e.g. 2G; "
                              "default: half the available memory).")(f)
@@ -105,25 +79,8 @@ def _set_budget(ctx, param, value):
     budget.set_limit(value)
 
 
-def _model_options(f):
-    @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-    @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
-                  help="Fix the dims of a dynamic input (repeatable), e.g. image=1,3,224,224.")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-def _load(model: str, input_shapes: tuple[str, ...]):
-    from irtools.frontends import open_source
-    from irtools.ir.shapes import parse_input_shapes
-
-    opened = open_source(model, input_shapes=parse_input_shapes(input_shapes), fix_batch=False)
-    if not opened.has_graph:
-        raise IrtoolsError("inspect shows a graph; this file holds only weights (analyze it instead)", model)
-    return opened.model
+def _note(text: str) -> None:
+    click.echo(f"irtools: note: {printable(text)}", err=True)
 
 
 def _json(data: Any) -> str:
@@ -136,6 +93,75 @@ def _emit(text: str, output: str | None, inputs: list[str]) -> None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
         files.write_text_atomic(files.check_output_path(output, inputs), text)
+
+
+# -- inspect of a weights-only source ---------------------------------------------------------
+def _stored_tensors(opened, source: Any, opts) -> dict | None:
+    """{name: (shape, dtype name)} of every tensor of a weights file (headers only; values are not
+    read), or None where the source is not one the weights-file reader knows."""
+    if opened.kind != "weights" or not isinstance(source, str):
+        return None
+    try:
+        from irtools.frontends import weights_file
+
+        reader = getattr(weights_file, "read_weights", None)
+        if reader is None:
+            return None
+        stored = reader(source, trust=opts.trust)
+    except (ImportError, IrtoolsError):
+        return None
+    return {name: (tuple(int(d) for d in t.shape), t.dtype) for name, t in stored.items()}
+
+
+def weights_summary(opened, source: Any, opts) -> dict:
+    """What `irtools inspect` shows of a weights-only source (`irtools.passes.summary.weights_summary`),
+    with every tensor of a weights file, not only those behind a layer."""
+    from irtools.passes.summary import weights_summary as summarise
+
+    return summarise(opened.name, opened.kind, opened.layers or [], _stored_tensors(opened, source, opts),
+                     metadata=opened.metadata, notes=opened.notes)
+
+
+def _render_weights_summary(data: dict, color: bool = False) -> str:
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    buf = io.StringIO()
+    con = Console(file=buf, width=160, force_terminal=color, no_color=not color, highlight=False)
+    p = data["parameters"]
+    size = f"{p['bytes']:,} bytes" if p["bytes"] is not None else "bytes unknown"
+    con.print(f"{escape(printable(str(data['model'])))}: weights only ({escape(data['kind'])}), {p['tensors']} "
+              f"tensors, {p['scalars']:,} scalars, {size}; {p['layers']} analysable layers from "
+              f"{p['analysed_tensors']} tensors")
+    extras = list(dict.fromkeys(k for t in data["tensors"] for k in t
+                                if k not in ("name", "shape", "dtype", "scalars", "bytes", "layers")))
+    t = Table(title="Tensors", title_justify="left")
+    for col in ("name", "shape", "dtype", "scalars", "bytes", "layers", *extras):
+        t.add_column(escape(col), justify="right" if col in ("scalars", "bytes") else "left")
+    for r in data["tensors"]:
+        cells = [printable(str(r["name"])), "x".join(map(str, r["shape"])) or "scalar", r["dtype"] or "?",
+                 f"{r['scalars']:,}", f"{r['bytes']:,}" if r["bytes"] is not None else "?",
+                 str(len(r["layers"])) if r["layers"] else "-"]
+        cells += ["" if r.get(k) is None else printable(str(r.get(k))) for k in extras]
+        t.add_row(*map(escape, cells))
+    con.print(t)
+    return buf.getvalue() + _render_metadata(data["metadata"], data["notes"])
+
+
+def _render_metadata(metadata: dict, notes: list[str]) -> str:
+    """The source's metadata (one `key: value` line each) and notes, after a summary table."""
+    lines = []
+    if metadata:
+        lines.append("Metadata")
+        for key, value in metadata.items():
+            text = value if isinstance(value, str) else json.dumps(files.json_safe(value), allow_nan=False)
+            lines.append(f"  {printable(str(key))}: {printable(str(text))}")
+    for note in notes or []:
+        lines.append(f"note: {printable(note)}")
+    return "".join(line + "\n" for line in lines)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,78 +178,75 @@ def main(plugins: tuple[str, ...], debug: bool) -> None:
 
 
 @main.command()
-@_model_options
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@options.click_options(only=options.SOURCE_FIELDS)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
 @_debug_option
-def inspect(model: str, input_shapes: tuple[str, ...], fmt: str, output: str | None, debug: bool) -> None:
-    """Show a model's inputs, outputs, ops, learnable parameters and structural constants."""
+def inspect(model: str, fmt: str, output: str | None, debug: bool, **params: Any) -> None:
+    """Show a model's inputs, outputs, ops, learnable parameters and structural constants; for a weights-only
+    source (safetensors, a state dict, GGUF, ...), its tensors, their totals and the source's metadata."""
+    from irtools.frontends import open_source
     from irtools.passing import run_passes
 
-    ir_model = _load(model, input_shapes)
-    if input_shapes:  # the user fixed the inputs: every value must now have a static shape
+    opts = options.AnalysisOptions.from_cli(params)
+    opened = open_source(model, fix_batch=False, **opts.open_kwargs())
+    color = output is None and sys.stdout.isatty()
+    if not opened.has_graph:
+        data = weights_summary(opened, model, opts)
+        text = _json(data) if fmt == "json" else _render_weights_summary(data, color=color)
+        _emit(text, output, [model])
+        return
+    ir_model = opened.model
+    if opts.input_shapes:  # the user fixed the inputs: every value must now have a static shape
         ir_model.arrays()
     summary = run_passes(ir_model, ["summary"])["summary"]
+    if opened.metadata:
+        summary["metadata"] = opened.metadata
+    if opened.notes:
+        summary["notes"] = list(opened.notes)
     if fmt == "json":
         text = _json(summary)
     else:
         from irtools.reports.tables import render_summary
 
-        text = render_summary(summary, color=output is None and sys.stdout.isatty())
+        text = render_summary(summary, color=color) + _render_metadata(opened.metadata, opened.notes)
     _emit(text, output, [model])
 
 
-@main.command()
-@_model_options
-@click.option("--metrics", default=None, metavar="LIST",
-              help="Comma-separated metric families: spectral, reuse (default: both; reuse is left out with a note "
-                   "when the graph cannot be counted).")
+@main.command(epilog=options.PARTIAL_HELP)
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="csv writes the per-layer table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
-@_layer_options
-@_source_options
-@_run_options
-@click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True,
-              help="Eigenvalues from the Gram matrix, the SVD, or whichever is faster (auto).")
-@click.option("--fix-fingers", type=click.Choice(["clip_xmax", "xmin_peak"]), default=None,
-              help="WeightWatcher's fix for spurious large eigenvalues: clip_xmax refits without the largest ones "
-                   "(adds num_fingers, raw_alpha); xmin_peak searches xmin near the peak of the log ESD.")
+@options.click_options
+@_max_memory_option
 @_debug_option
-def analyze(model: str, input_shapes: tuple[str, ...], metrics: str | None, fmt: str, output: str | None,
-            min_evals: int, max_evals: int, max_n: int, no_limits: bool, conv_slices: bool, split_qkv: bool,
-            randomize: bool, mp_fit: bool, trust: bool, layout: str, device: str, small_n_xmin: str,
-            eigen_method: str, fix_fingers: str | None, debug: bool) -> None:
+def analyze(model: str, fmt: str, output: str | None, debug: bool, **params: Any) -> None:
     """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
     from irtools.analysis import analyze as run_analysis
-    from irtools.analysis import parse_metrics
-    from irtools.ir.shapes import parse_input_shapes
 
-    if metrics is not None:
-        parse_metrics(metrics)  # a bad --metrics fails before any work
-    if no_limits:
-        min_evals, max_evals, max_n = 1, 0, 0
+    opts = options.AnalysisOptions.from_cli(params)  # a bad --metrics fails before any work
     with _progress() as progress:
-        result = run_analysis(
-            model, metrics=metrics, input_shapes=parse_input_shapes(input_shapes), min_evals=min_evals,
-            max_evals=max_evals, max_n=max_n, conv_slices=conv_slices, split_qkv=split_qkv, randomize=randomize,
-            mp_fit=mp_fit, method=eigen_method, progress=progress, trust=trust, layout=layout, device=device,
-            small_n_xmin=small_n_xmin, fix_fingers=fix_fingers,
-        )
+        result = run_analysis(model, opts, progress=progress)
     for note in result.notes:
-        click.echo(f"irtools: note: {printable(note)}", err=True)
+        _note(note)
     data = result.to_dict()
     if fmt == "json":
         text = _json(data)
     elif fmt == "csv":
         if result.details is None:
-            raise IrtoolsError("--format csv writes the per-layer spectral table: add spectral to --metrics")
+            raise IrtoolsError("--format csv writes the per-layer spectral table: add spectral to --metrics"
+                               if "spectral" not in opts.families else
+                               f"--format csv writes the per-layer spectral table: {result.left_out['spectral']}")
         text = result.details.to_csv(index=False)
     else:
         from irtools.reports.tables import render_analysis
 
         text = render_analysis(data, color=output is None and sys.stdout.isatty())
     _emit(text, output, [model])
+    if result.partial:
+        sys.exit(options.EXIT_PARTIAL)
 
 
 class _progress:
@@ -277,26 +300,27 @@ def convert(source: str, output: str, framework: str, input_shapes: tuple[str, .
     click.echo(f"wrote {output}; max abs difference source vs onnxruntime: {diff:.3g}")
 
 
-@main.command()
+@main.command(epilog=options.PARTIAL_HELP)
 @click.argument("models", nargs=-1, required=True, type=str)
 @click.option("--accuracy", "accuracies", multiple=True, metavar="NAME=VALUE",
               help="Published accuracy of a model (its path, file name or stem); repeatable.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
-@_source_options
-@_run_options
+@options.click_options
+@_max_memory_option
 @_debug_option
-def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str,
-            output: str | None, layout: str, trust: bool, device: str, small_n_xmin: str, debug: bool) -> None:
-    """Rank models by their summary metrics; with accuracies, Kendall tau and R^2 per metric."""
+def compare(models: tuple[str, ...], accuracies: tuple[str, ...], fmt: str, output: str | None, debug: bool,
+            **params: Any) -> None:
+    """Rank models by their summary metrics; with accuracies, Kendall tau and R^2 per metric. The summary
+    columns are WeightWatcher's names (alpha_weighted is the paper's alpha-hat)."""
     from irtools.reports.compare import compare as run_compare
     from irtools.reports.compare import parse_accuracies
-    from irtools.ir.shapes import parse_input_shapes
 
-    result = run_compare(list(models), parse_accuracies(accuracies) or None,
-                         input_shapes=parse_input_shapes(input_shapes), layout=layout, trust=trust, device=device,
-                         small_n_xmin=small_n_xmin)
+    opts = options.AnalysisOptions.from_cli(params)
+    result = run_compare(list(models), parse_accuracies(accuracies) or None, opts)
+    for model, reasons in result.get("left_out", {}).items():
+        for family, reason in reasons.items():
+            _note(f"{model}: {family} metrics left out: {reason}")
     if fmt == "json":
         text = _json(result)
     elif fmt == "csv":
@@ -308,33 +332,26 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], input_shapes: 
 
         text = render_comparison(result, color=output is None and sys.stdout.isatty())
     _emit(text, output, list(models))
+    if result.get("left_out") and opts.explicit_metrics:
+        sys.exit(options.EXIT_PARTIAL)
 
 
 @main.command()
-@_model_options
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The annotated ONNX file to write (written whole or not at all; never the input).")
-@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated metric families: spectral, reuse.")
-@click.option("--conv-slices", is_flag=True, help="One row per conv kernel position instead of one pooled ESD.")
-@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
-@_source_options
-@_run_options
+@options.click_options
+@_max_memory_option
 @_debug_option
-def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: str | None, conv_slices: bool,
-             no_limits: bool, layout: str, trust: bool, device: str, small_n_xmin: str, debug: bool) -> None:
-    """Write the per-node metrics into the ONNX model's metadata (shown by Netron); graph and weights unchanged."""
-    from irtools.analysis import parse_metrics
+def annotate(model: str, output: str, debug: bool, **params: Any) -> None:
+    """Write the per-node metrics into the ONNX model's metadata (shown by Netron); graph and weights unchanged.
+    All or nothing: a metric family asked for with --metrics that cannot be computed is an error (exit 2) and no
+    file is written."""
     from irtools.reports.annotate import annotate as run_annotate
-    from irtools.ir.shapes import parse_input_shapes
 
-    if metrics is not None:
-        parse_metrics(metrics)
-    limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
+    opts = options.AnalysisOptions.from_cli(params)
     with _progress() as progress:
-        done = run_annotate(model, output, metrics=metrics, input_shapes=parse_input_shapes(input_shapes),
-                            conv_slices=conv_slices, progress=progress, layout=layout, trust=trust, device=device,
-                            small_n_xmin=small_n_xmin,
-                            **limits)
+        done = run_annotate(model, output, progress=progress, allow_partial=False, **opts.analyze_kwargs())
     click.echo(f"wrote {done.output}: metrics on {done.metric_nodes} nodes, context counts on "
                f"{done.context_nodes} nodes, {done.skipped_nodes} skipped, {done.model_keys} model metadata keys")
 
@@ -343,21 +360,20 @@ def annotate(model: str, input_shapes: tuple[str, ...], output: str, metrics: st
 @click.argument("models", nargs=-1, required=True, type=str)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The HTML file to write (self-contained; written whole or not at all).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...")
 @click.option("--accuracy", "accuracies", multiple=True, metavar="NAME=VALUE",
               help="Published accuracy of a model, for the comparison table; repeatable.")
-@click.option("--no-limits", is_flag=True, help="Analyse every layer whatever its size.")
-@_source_options
-@_run_options
+@options.click_options
+@_max_memory_option
 @_debug_option
-def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], accuracies: tuple[str, ...],
-           no_limits: bool, layout: str, trust: bool, device: str, small_n_xmin: str, debug: bool) -> None:
+def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], debug: bool, **params: Any) -> None:
     """One self-contained HTML page: summaries, sortable per-layer table, ESDs, correlation flow and context
-    counts by depth; with several models, overlaid plots and the comparison table. Given an `irtools audit`
-    folder: each summary metric against the series order (and the accuracies, with Kendall tau) and the
-    distribution of alpha per layer type."""
+    counts by depth; with several models, overlaid plots and the comparison table (WeightWatcher's summary
+    names: alpha_weighted is the paper's alpha-hat). Given an `irtools audit` folder: each summary metric
+    against the series order (and the accuracies, with Kendall tau) and the distribution of alpha per layer
+    type (the analysis options are the audit's own then)."""
     from irtools.reports.compare import parse_accuracies
 
+    opts = options.AnalysisOptions.from_cli(params)
     files.check_output_path(output, models)  # a bad output path fails before any work
     from irtools.audit.results import is_audit_dir
 
@@ -368,12 +384,8 @@ def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], 
         click.echo(f"wrote {output}")
         return
     from irtools.reports.html import write_report
-    from irtools.ir.shapes import parse_input_shapes
 
-    limits = dict(min_evals=1, max_evals=0, max_n=0) if no_limits else {}
-    write_report(list(models), output, input_shapes=parse_input_shapes(input_shapes),
-                 accuracies=parse_accuracies(accuracies) or None, layout=layout, trust=trust, device=device,
-                 small_n_xmin=small_n_xmin, **limits)
+    write_report(list(models), output, accuracies=parse_accuracies(accuracies) or None, **opts.analyze_kwargs())
     click.echo(f"wrote {output}")
 
 
@@ -398,49 +410,45 @@ def report(models: tuple[str, ...], output: str, input_shapes: tuple[str, ...], 
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
               help="Format of summary and layers.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated metric families: spectral, reuse.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
-              help="Fix the dims of a dynamic input (repeatable).")
-@_layer_options
-@click.option("--eigen-method", type=click.Choice(["auto", "svd", "gram"]), default="auto", show_default=True)
-@_source_options
-@_device_option
+@options.click_options
 @_debug_option
 def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers: int | None, timeout: float | None,
           memory_limit: str | None, retries: int, series: bool, retry_failed: bool, fmt: str, quiet: bool,
-          metrics: str | None, input_shapes: tuple[str, ...], min_evals: int, max_evals: int, max_n: int,
-          no_limits: bool, conv_slices: bool, split_qkv: bool, randomize: bool, mp_fit: bool, eigen_method: str,
-          layout: str, trust: bool, device: str, debug: bool) -> None:
+          debug: bool, **params: Any) -> None:
     """Audit many models (files, model folders, globs, or a .txt list of them; one task each) on Dask: an
     embedded local cluster, or any cluster with --scheduler. One Parquet result per model under OUTDIR/models,
     then OUTDIR/summary and OUTDIR/layers; running it again analyses only the models without a result.
-    Exit code 0: every model analysed; 3: some failed (their rows say why)."""
-    from irtools.analysis import parse_metrics
-    from irtools.audit.results import AuditOptions
+    Every model gets the same analysis options as `irtools analyze`.
+
+    Exit code 0: every model analysed with every family asked for; 2: an error, no audit; 3: partial: some
+    models failed, or a metric family asked for with --metrics was left out of some (their rows say why: the
+    error and notes columns, and families, the families each model got)."""
     from irtools.audit.runner import run_audit
     from irtools.budget import parse_size
-    from irtools.ir.shapes import parse_input_shapes
 
     if scheduler is not None and workers is not None:
         raise IrtoolsError("--workers sizes the embedded cluster; an existing one (--scheduler) keeps its own")
-    if metrics is not None:
-        metrics = ",".join(parse_metrics(metrics))
-    if no_limits:
-        min_evals, max_evals, max_n = 1, 0, 0
-    shapes = parse_input_shapes(input_shapes) or {}
-    options = AuditOptions(metrics=metrics, input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()),
-                           min_evals=min_evals, max_evals=max_evals, max_n=max_n, conv_slices=conv_slices,
-                           split_qkv=split_qkv, randomize=randomize, mp_fit=mp_fit, method=eigen_method, trust=trust,
-                           layout=layout, device=device)
+    opts = options.AnalysisOptions.from_cli(params)
     limit = parse_size(memory_limit) if memory_limit is not None else None
-    result = run_audit(list(sources), outdir, options, series=series, scheduler=scheduler, workers=workers,
+    result = run_audit(list(sources), outdir, opts, series=series, scheduler=scheduler, workers=workers,
                        timeout=timeout, memory_limit=limit, retries=retries, fmt=fmt, retry_failed=retry_failed,
                        quiet=quiet)
+    partial = _partial_rows(result.summary, opts)
     if not quiet:
         click.echo(f"audit: {len(result.summary)} models, {result.failed} failed, {result.analysed} analysed in "
-                   f"this run; wrote {', '.join(result.written)}", err=True)
-    if result.failed:
-        sys.exit(3)
+                   f"this run; wrote {', '.join(result.written)}"
+                   + (f"; {partial} with a metric family left out" if partial else ""), err=True)
+    if result.failed or partial:
+        sys.exit(options.EXIT_PARTIAL)
+
+
+def _partial_rows(summary, opts) -> int:
+    """Models analysed without every family asked for explicitly (0 without --metrics)."""
+    if not opts.explicit_metrics or "families" not in getattr(summary, "columns", ()):
+        return 0
+    asked = set(opts.families)
+    ok = summary[summary["status"] == "ok"]
+    return int(sum(not asked <= set(str(f or "").split(",")) for f in ok["families"]))
 
 
 @main.command("passes")

@@ -1,12 +1,17 @@
 """The `summary` pass: inputs, outputs, op histogram, learnable parameters and constants.
 
-It is what `irtools inspect` prints, as one JSON-ready dict.
+It is what `irtools inspect` prints, as one JSON-ready dict; `weights_summary` is the same for a
+weights-only source (its tensors, their totals, the source's metadata).
 """
 
 from __future__ import annotations
 
 import collections
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from irtools.errors import ShapeError
 from irtools.ir.model import IRModel
@@ -92,3 +97,81 @@ class ModelSummary(Pass):
                 for c in consts
             ],
         }
+
+
+# -- weights-only sources ------------------------------------------------------------------------
+def _dtype_text(dtype: Any) -> str | None:
+    if dtype is None:
+        return None
+    return str(getattr(dtype, "name", dtype)).lower()
+
+
+def _itemsize(dtype: str | None) -> int | None:
+    """Bytes per scalar of a dtype named by numpy or ml_dtypes (bfloat16, float8_*), else None."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        try:
+            import ml_dtypes
+
+            return np.dtype(getattr(ml_dtypes, dtype)).itemsize
+        except (ImportError, AttributeError, TypeError):
+            return None
+
+
+_TENSOR_KEYS = ("name", "shape", "dtype", "scalars", "bytes", "layers")
+
+
+def weights_summary(name: str, kind: str, layers: Sequence, tensors: Mapping[str, tuple] | None = None, *,
+                    metadata: Mapping | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """A weights-only source as one JSON-ready dict: its tensors (name, shape, dtype, scalars, bytes,
+    the analysed layers read from each, and the layers' storage facts, `WeightLayer.extra`, as further
+    keys), their totals, and the source's `metadata` and `notes`.
+
+    `layers` are the source's `WeightLayer`s; `tensors` ({name: (shape, dtype)}) every tensor of the
+    file, when the reader knows them (1-D tensors are no layer). Without it the tensors are those
+    behind the layers, their dtype from `extra["dtype"]` where the frontend says it. A tensor's bytes
+    are `extra["bytes"]` (a quantized tensor's stored size) or scalars x the dtype's item size."""
+    by_param: dict[str, list] = {}
+    for layer in layers:
+        by_param.setdefault(layer.parameter, []).append(layer)
+    names = list(tensors) if tensors is not None else []
+    names += [p for p in by_param if tensors is None or p not in tensors]
+    rows = []
+    for tensor in names:
+        used = by_param.get(tensor, [])
+        extra: dict = {}
+        for layer in used:
+            extra.update({k: v for k, v in (layer.extra or {}).items() if k not in extra})
+        if tensors is not None and tensor in tensors:
+            shape, dtype = tensors[tensor]
+            dtype = _dtype_text(dtype)
+        else:
+            shape, dtype = used[0].weight_shape, _dtype_text(extra.get("dtype"))
+        shape = [int(d) for d in shape]
+        scalars = math.prod(shape)
+        nbytes = extra.get("bytes")
+        if nbytes is None and _itemsize(dtype) is not None:
+            nbytes = scalars * _itemsize(dtype)
+        row = {"name": tensor, "shape": shape, "dtype": dtype, "scalars": scalars, "bytes": nbytes,
+               "layers": [layer.name for layer in used]}
+        row.update({k: v for k, v in extra.items() if k not in _TENSOR_KEYS})
+        rows.append(row)
+    sizes = [r["bytes"] for r in rows if r["bytes"] is not None]
+    return {
+        "model": name,
+        "kind": kind,
+        "weights_only": True,
+        "metadata": dict(metadata or {}),
+        "notes": list(notes),
+        "parameters": {
+            "tensors": len(rows),
+            "scalars": sum(r["scalars"] for r in rows),
+            "bytes": sum(sizes) if len(sizes) == len(rows) else None,
+            "analysed_tensors": sum(bool(r["layers"]) for r in rows),
+            "layers": len(layers),
+        },
+        "tensors": rows,
+    }

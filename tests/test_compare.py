@@ -54,7 +54,7 @@ def test_compare_scores_metrics_against_accuracies(tmp_path):
         assert data["scores"][metric]["r2"] == pytest.approx(r2)
         assert data["ranks"][metric] == [p for _, p in sorted(zip(x, paths, strict=True), reverse=True)]
     res = CliRunner().invoke(main, ["compare", *paths[:2]])
-    assert res.exit_code == 0 and "alpha_hat" in res.stdout
+    assert res.exit_code == 0 and "alpha_weighted" in res.stdout and "alpha_hat" not in res.stdout
 
 
 def test_compare_bad_input(tmp_path):

@@ -1,5 +1,9 @@
 """`irtools compare`: models side by side on their summary metrics, ranked and, given published
 accuracies, scored the way the seed paper scores metrics (Kendall tau and R^2).
+
+The spectral columns are the model summary's own names, WeightWatcher's (`get_summary`):
+`alpha_weighted` is the seed paper's alpha-hat (the mean over layers of alpha * log10(lambda_max)),
+one name in `analyze`, `compare`, `report` and the audit tables.
 """
 
 from __future__ import annotations
@@ -7,17 +11,19 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from irtools.analysis import analyze
 from irtools.errors import IrtoolsError
+from irtools.options import AnalysisOptions
 
 #: (column, where it comes from, key)
 METRICS = (
     ("alpha", "summary", "alpha"),
-    ("alpha_hat", "summary", "alpha_weighted"),
+    ("alpha_weighted", "summary", "alpha_weighted"),
     ("log_norm", "summary", "log_norm"),
     ("log_spectral_norm", "summary", "log_spectral_norm"),
     ("log_alpha_norm", "summary", "log_alpha_norm"),
@@ -48,15 +54,20 @@ def _accuracy_for(model: str, accuracies: Mapping[str, float]) -> float | None:
     return None
 
 
-def compare(models: Sequence[str], accuracies: Mapping[str, float] | None = None, **analyze_options) -> dict:
-    """Summary metrics per model, ranks per metric and, with accuracies, Kendall tau and R^2."""
+def compare(models: Sequence[str], accuracies: Mapping[str, float] | None = None,
+            options: AnalysisOptions | None = None, **analyze_options: Any) -> dict:
+    """Summary metrics per model, ranks per metric and, with accuracies, Kendall tau and R^2. Every
+    model is analysed with the same `options` (an `AnalysisOptions`; keyword arguments named like
+    its fields build or amend it)."""
     if len(models) < 2:
         raise IrtoolsError("compare needs at least two models")
-    return compare_analyses(models, [analyze(path, **analyze_options) for path in models], accuracies)
+    opts = AnalysisOptions.build(options, **analyze_options)
+    return compare_analyses(models, [analyze(path, opts) for path in models], accuracies)
 
 
 def compare_analyses(models: Sequence[str], analyses: Sequence, accuracies: Mapping[str, float] | None = None) -> dict:
-    """`compare` of models already analysed (`analyses[i]` is the `Analysis` of `models[i]`)."""
+    """`compare` of models already analysed (`analyses[i]` is the `Analysis` of `models[i]`). A model
+    whose analysis left a family out is in "left_out" ({model: {family: reason}}), only when one did."""
     rows = []
     for path, a in zip(models, analyses, strict=True):
         row = {"model": path}
@@ -83,4 +94,9 @@ def compare_analyses(models: Sequence[str], analyses: Sequence, accuracies: Mapp
             tau = stats.kendalltau(x, y).statistic
             r2 = stats.linregress(x, y).rvalue ** 2 if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
             scores[column] = {"kendall_tau": float(tau), "r2": float(r2), "models": len(pairs)}
-    return {"models": rows, "ranks": ranks, "scores": scores}
+    out = {"models": rows, "ranks": ranks, "scores": scores}
+    left_out = {path: dict(a.left_out) for path, a in zip(models, analyses, strict=True)
+                if getattr(a, "left_out", None)}
+    if left_out:
+        out["left_out"] = left_out
+    return out

@@ -217,12 +217,12 @@ def analyse_for_report(source: str, input_shapes: Mapping[str, tuple[int, ...]] 
                        **analyze_options) -> ModelReport:
     """Analyse one model, draw its ESDs and collect its context counts by depth; the eigenvalues and
     the graph are dropped before returning so that several models do not pile up in memory."""
-    from irtools.frontends import open_source
+    from irtools.options import AnalysisOptions
 
     source = os.fspath(source)
-    opened = open_source(source, input_shapes=input_shapes, trust=analyze_options.get("trust", False),
-                         layout=analyze_options.get("layout", "torch"))
-    analysis = analyze(opened, keep_eigenvalues=True, **analyze_options)
+    opts = AnalysisOptions.build(**analyze_options, input_shapes=input_shapes or ())
+    opened = opts.open(source)  # every source option (--framework, --opset, ...) holds here too
+    analysis = analyze(opened, opts, keep_eigenvalues=True)
     images = []
     if analysis.details is not None:
         for row, evals in zip(analysis.details.itertuples(index=False), analysis.eigenvalues or [], strict=True):
@@ -363,7 +363,9 @@ def _comparison_table(comparison: dict) -> str:
     head = "".join(f'<th data-col="{_esc(c)}" title="click to sort">{_esc(c)}</th>' for c in columns)
     body = "".join("<tr>" + "".join(f'<td data-v="{_sort_key(r[c])}">{_fmt(r[c])}</td>' for c in columns) + "</tr>"
                    for r in comparison["models"])
-    out = f'<table class="comparison sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    note = ("<caption>Summary names are WeightWatcher's: alpha_weighted is the seed paper's alpha-hat, the mean "
+            "over layers of alpha &middot; log10 &lambda;<sub>max</sub>.</caption>")
+    out = f'<table class="comparison sortable">{note}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     if comparison["scores"]:
         rows = "".join(f"<tr><td>{_esc(m)}</td><td>{_fmt(s['kendall_tau'])}</td><td>{_fmt(s['r2'])}</td>"
                        f"<td>{s['models']}</td></tr>" for m, s in comparison["scores"].items())
