@@ -178,3 +178,11 @@ def test_readme_examples_are_real_output(command, tmp_path):
         assert not missing, f"README shows {missing} in {line!r}, which `{command}` does not print"
         if line[:1].isalpha() and not line.endswith("..."):
             assert line.rstrip() in real_lines, f"README line not in the real output: {line!r}"
+
+
+@pytest.mark.parametrize("doc", [d for d in DOC_FILES if d.startswith("docs/") and "```python" in (ROOT / d).read_text()])
+def test_docs_python_examples_run(doc, monkeypatch):
+    """Every Python example in docs/ runs as written from the repository root (the README's run in test_passes)."""
+    monkeypatch.chdir(ROOT)
+    for code in re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S):
+        exec(compile(code, str(ROOT / doc), "exec"), {"__name__": "docs_example"})
