@@ -29,9 +29,9 @@ from .common import StoredArray, WeightSet, checked_load, checkpoint_order, read
 class Format:
     """One weight-file format: how it is recognised and which reader opens it.
 
-    A file is this format when its lower-case name ends with one of `suffixes`, or (no suffix of
-    any row matching) when `magic(first 64 bytes, path)` says so; a folder when `folder(path,
-    names in it)` does. `reader` is `"module:function"` in this package, called as
+    A file is this format when `magic(first 64 bytes, path)` says so, else (no row's magic
+    matching) when its lower-case name ends with one of `suffixes` (the longest match); a folder
+    when `folder(path, names in it)` does. `reader` is `"module:function"` in this package, called as
     `function(path, trust)` where `trusts`, else `function(path)`."""
 
     name: str
@@ -85,14 +85,14 @@ def find_format(path: str) -> Format | None:
         except OSError:
             return None
         return next((f for f in FORMATS if f.folder is not None and f.folder(path, names)), None)
+    if os.path.isfile(path):  # first bytes that say what a file is win over its name (a GGUF saved as .bin)
+        head = _head(path)
+        found = next((f for f in FORMATS if f.magic is not None and f.magic(head, path)), None)
+        if found is not None:
+            return found
     lower = os.fspath(path).lower()
     by_suffix = [(len(s), f) for f in FORMATS for s in f.suffixes if lower.endswith(s)]
-    if by_suffix:
-        return max(by_suffix, key=lambda x: x[0])[1]
-    if not os.path.isfile(path):
-        return None
-    head = _head(path)
-    return next((f for f in FORMATS if f.magic is not None and f.magic(head, path)), None)
+    return max(by_suffix, key=lambda x: x[0])[1] if by_suffix else None
 
 
 def is_weights_file(path) -> bool:

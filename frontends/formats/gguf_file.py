@@ -195,31 +195,117 @@ def hf_names(names: list[str], architecture: str | None) -> dict[str, str]:
         stem, _, suffix = name.rpartition(".") if name.endswith((".weight", ".bias")) else (name, "", "")
         if stem in candidates:
             stems[name] = (stem, suffix)
-    # the naming style: the candidates' root (text before the first dot, or before the block number)
-    score: dict[str, float] = {}
+    # the naming style: the block prefix ("model.layers.") most of the file's block tensors have a name
+    # under (ties: the one listed earliest), and its first part ("model") for the tensors outside blocks
+    score: dict[str, list] = {}
+    for stem, _ in stems.values():
+        seen: set[str] = set()
+        for rank, key in enumerate(candidates[stem]):
+            prefix = _block_prefix(key)
+            if prefix is not None and prefix not in seen:
+                seen.add(prefix)
+                entry = score.setdefault(prefix, [0, 0])
+                entry[0] += 1
+                entry[1] -= rank
+    best = max(score, key=lambda p: (score[p][0], p == _HF_BLOCKS.get(architecture, "model.layers."), score[p][1])) \
+        if score else ""
+    root = best.split(".")[0] + "." if "." in best else ""
+    # inside a block, the module part ("mlp" or "feed_forward") most of the block's tensors share
+    parts: dict[str, list] = {}
     for stem, _ in stems.values():
         seen = set()
         for rank, key in enumerate(candidates[stem]):
-            root = _root(key)
-            if root not in seen:
-                seen.add(root)
-                score[root] = score.get(root, 0) + 1 - rank / 1000
+            part = _module_part(key, best)
+            if part is not None and part not in seen:
+                seen.add(part)
+                entry = parts.setdefault(part, [0, 0])
+                entry[0] += 1
+                entry[1] -= rank
+    real = _transformers_names(architecture, blocks) if stems else set()
     out = {}
     for name, (stem, suffix) in stems.items():
         keys = candidates[stem]
-        best = max(keys, key=lambda k: (score.get(_root(k), 0), -keys.index(k)))
-        out[name] = f"{best}.{suffix}" if suffix else best
+        if real and any(k in real for k in keys):
+            chosen = next(k for k in keys if k in real)
+            out[name] = f"{chosen}.{suffix}" if suffix else chosen
+            continue
+        inside = sorted((k for k in keys if best and _block_prefix(k) == best),
+                        key=lambda k: tuple(parts.get(_module_part(k, best), (0, 0))), reverse=True)
+        chosen = next(iter(inside), None) or \
+            next((k for k in keys if k in _TOP_LEVEL), None) or \
+            next((k for k in keys if root and k.startswith(root) and _block_prefix(k) is None), None) or \
+            next((k for k in keys if root and k.startswith(root)), None) or keys[0]
+        out[name] = f"{chosen}.{suffix}" if suffix else chosen
     return out
 
 
-def _root(key: str) -> str:
-    """`model.layers.3.self_attn.q_proj` -> `model.layers.`; `model.embed_tokens` -> `model.`;
-    `lm_head` -> `` (a top-level name fits every style)."""
+#: Where transformers' blocks are not `model.layers.N` (when the file's tensors fit both namings alike).
+_HF_BLOCKS = {"gpt2": "transformer.h.", "gptj": "transformer.h.", "bloom": "transformer.h.", "falcon": "transformer.h.",
+              "starcoder": "transformer.h.", "mpt": "transformer.blocks.", "gptneox": "gpt_neox.layers.",
+              "bert": "encoder.layer.", "nomic-bert": "encoder.layers.", "codeshell": "transformer.h.",
+              "jais": "transformer.h.", "refact": "transformer.h.", "qwen": "transformer.h."}
+#: Names outside any prefix, as transformers' models call them (the output head).
+_TOP_LEVEL = ("lm_head", "lm_head.linear", "output", "head")
+
+
+def _transformers_names(architecture: str, blocks: int) -> set[str]:
+    key = (architecture, blocks)
+    if key not in _NAMES_CACHE:
+        _NAMES_CACHE[key] = _build_transformers_names(architecture, blocks)
+    return _NAMES_CACHE[key]
+
+
+_NAMES_CACHE: dict[tuple, set[str]] = {}
+
+
+def _build_transformers_names(architecture: str, blocks: int) -> set[str]:
+    """The module paths of transformers' own model for the architecture (built on the meta device:
+    no memory, no download), where transformers is installed and knows it: the exact names among
+    gguf's candidates (fused `qkv_proj` or `query_key_value`, `mlp` or `feed_forward`)."""
+    try:
+        import torch  # noqa: PLC0415
+        import transformers  # noqa: PLC0415
+    except ImportError:
+        return set()
+    import logging  # noqa: PLC0415
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    logging.disable(logging.WARNING)
+    try:
+        for model_type in dict.fromkeys((architecture, architecture.replace("moe", "_moe"),
+                                         architecture.replace("-", "_"), _MODEL_TYPES.get(architecture, architecture))):
+            try:
+                config = transformers.AutoConfig.for_model(model_type, num_hidden_layers=max(blocks, 1))
+                with torch.device("meta"):
+                    model = transformers.AutoModelForCausalLM.from_config(config)
+            except Exception:  # noqa: BLE001 (any architecture transformers cannot build: the map's own choice)
+                continue
+            return {n.rsplit(".", 1)[0] for n in model.state_dict()}
+        return set()
+    finally:
+        logging.disable(logging.NOTSET)
+        transformers.logging.set_verbosity(level)
+
+
+_MODEL_TYPES = {"gptneox": "gpt_neox", "gpt-oss": "gpt_oss", "command-r": "cohere", "phimoe": "phimoe"}
+
+
+def _module_part(key: str, prefix: str) -> str | None:
+    """`model.layers.3.mlp.up_proj` under `model.layers.` -> `mlp`."""
+    if not prefix or _block_prefix(key) != prefix:
+        return None
+    rest = key[len(prefix):].split(".")
+    return rest[1] if len(rest) > 2 else ""
+
+
+def _block_prefix(key: str) -> str | None:
+    """`model.layers.3.self_attn.q_proj` -> `model.layers.`; None for a name outside blocks."""
     parts = key.split(".")
     for i, p in enumerate(parts):
         if p.isdigit():
             return ".".join(parts[:i]) + "."
-    return parts[0] + "." if len(parts) > 1 else ""
+    return None
 
 
 def read(path: str) -> dict[str, StoredArray]:

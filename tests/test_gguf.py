@@ -1,0 +1,241 @@
+"""GGUF files read through gguf (the llama.cpp project's package): values against gguf's own
+quantizer and dequantizer, names against gguf's own tensor-name map and transformers' real
+parameter names, and hostile headers refused on one line before anything is allocated."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import irtools
+from irtools.errors import IrtoolsError
+from irtools.frontends import open_source
+from irtools.frontends.weights_file import read_weights
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+RNG = np.random.default_rng(7)
+
+
+def _write(path, tensors: dict, arch: str = "llama", context: int = 2048, raw: dict | None = None) -> str:
+    """A GGUF written by gguf's own writer: `tensors` {name: (float32 array, type)} quantized with
+    gguf's quantizer; `raw` {name: (bytes as uint8 rows, type)} stored as given."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(context)
+    w.add_block_count(2)
+    for name, (x, qtype) in tensors.items():
+        w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+    for name, (data, qtype) in (raw or {}).items():
+        w.add_tensor(name, data, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def _llama_like(path):
+    x = {name: RNG.standard_normal(shape).astype(np.float32) for name, shape in (
+        ("token_embd.weight", (96, 64)), ("blk.0.attn_q.weight", (64, 64)), ("blk.0.attn_k.weight", (32, 64)),
+        ("blk.0.ffn_down.weight", (64, 128)), ("blk.1.attn_q.weight", (64, 64)), ("output.weight", (96, 64)),
+        ("output_norm.weight", (64,)))}
+    types = {"token_embd.weight": Q.Q8_0, "blk.0.attn_q.weight": Q.Q4_0, "blk.0.attn_k.weight": Q.BF16,
+             "blk.0.ffn_down.weight": Q.F16, "blk.1.attn_q.weight": Q.Q4_1, "output.weight": Q.Q8_0,
+             "output_norm.weight": Q.F32}
+    return _write(path, {n: (x[n], types[n]) for n in x}), x, types
+
+
+def test_values_are_gguf_dequantize_of_gguf_quantize_bit_for_bit(tmp_path):
+    path, x, types = _llama_like(tmp_path / "m.gguf")
+    tensors = read_weights(path)
+    hf = {"token_embd.weight": "model.embed_tokens.weight", "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
+          "blk.0.attn_k.weight": "model.layers.0.self_attn.k_proj.weight",
+          "blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
+          "blk.1.attn_q.weight": "model.layers.1.self_attn.q_proj.weight", "output.weight": "lm_head.weight",
+          "output_norm.weight": "model.norm.weight"}
+    assert set(tensors) == set(hf.values())
+    for name, qtype in types.items():
+        want = gguf.quants.dequantize(gguf.quants.quantize(x[name], qtype), qtype).astype(np.float32)
+        got = tensors[hf[name]].load()
+        assert got.dtype == np.float32 and got.shape == x[name].shape
+        np.testing.assert_array_equal(got, want)
+        assert tensors[hf[name]].storage == qtype.name
+    if True:  # the quantized values are not the originals (the test would pass on a no-op otherwise)
+        assert not np.array_equal(tensors[hf["blk.0.attn_q.weight"]].load(), x["blk.0.attn_q.weight"])
+
+
+def test_rows_metadata_and_storage_columns(tmp_path):
+    path, _, _ = _llama_like(tmp_path / "m.gguf")
+    opened = open_source(path)
+    assert opened.metadata["format"] == "gguf" and opened.metadata["architecture"] == "llama"
+    assert opened.metadata["context_length"] == 2048
+    assert opened.metadata["quantization"] == {"BF16": 1, "F16": 1, "F32": 1, "Q4_0": 1, "Q4_1": 1, "Q8_0": 2}
+    rows = {layer.name: layer for layer in opened.layers}
+    assert rows["model.layers.0.self_attn.q_proj"].extra == {"storage": "Q4_0"}
+    assert rows["model.embed_tokens"].layer_type == "embedding" and rows["lm_head"].extra == {"storage": "Q8_0"}
+    assert "model.norm" not in rows and not opened.skipped  # a vector: no row
+    a = irtools.analyze(path, min_evals=1)
+    assert set(a.details.name) == set(rows) and set(a.details.storage) == {"Q4_0", "Q4_1", "Q8_0", "BF16", "F16"}
+
+
+def test_a_type_gguf_cannot_dequantize_is_skipped_with_its_name(tmp_path):
+    block, size = gguf.GGML_QUANT_SIZES[Q.Q8_1]
+    assert Q.Q8_1 not in gguf.quants._type_traits  # the premise: gguf has no Q8_1 dequantizer
+    raw = np.zeros((8, 64 // block * size), np.uint8)
+    path = _write(tmp_path / "m.gguf", {"blk.0.attn_q.weight": (RNG.standard_normal((8, 64)).astype(np.float32), Q.Q8_0)},
+                  raw={"blk.0.attn_k.weight": (raw, Q.Q8_1)})
+    opened = open_source(path)
+    assert [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.k_proj"] or \
+        [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.k_proj.weight"]
+    assert "Q8_1" in opened.skipped[0]["reason"] and "cannot dequantize" in opened.skipped[0]["reason"]
+    assert [layer.name for layer in opened.layers] == ["model.layers.0.self_attn.q_proj"]
+
+
+def _q4_k_blocks(n_blocks: int):
+    """Q4_K super-blocks (ggml-common.h block_q4_K: d, dmin as f16, 12 bytes of 6-bit scales and
+    mins, 128 bytes of 4-bit codes) with every scale 1 and every min 0, so value i of 64-value
+    chunk c is d times nibble i of the chunk (low nibbles of its 32 bytes, then the high ones)."""
+    d = RNG.uniform(0.01, 1, n_blocks).astype(np.float16)
+    qs = RNG.integers(0, 256, (n_blocks, 128), dtype=np.uint8)
+    scales = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1], np.uint8)
+    blocks = np.concatenate([d.view(np.uint8).reshape(-1, 2), np.zeros((n_blocks, 2), np.uint8),
+                             np.tile(scales, (n_blocks, 1)), qs], axis=1)
+    want = np.empty((n_blocks, 256), np.float32)
+    for c in range(4):
+        chunk = qs[:, c * 32:(c + 1) * 32]
+        want[:, c * 64:c * 64 + 32] = (chunk & 0xF) * d[:, None].astype(np.float32)
+        want[:, c * 64 + 32:(c + 1) * 64] = (chunk >> 4) * d[:, None].astype(np.float32)
+    return blocks, want
+
+
+@pytest.mark.parametrize("qtype", [t for t in Q if t.name.endswith("_K") or t.name.startswith(("IQ", "TQ", "MXFP"))])
+def test_k_quants_and_iq_types_through_gguf_dequantize(tmp_path, qtype):
+    """gguf cannot write K-quants or IQ types from Python: blocks are built from the layout
+    (random codes, finite f16 scales where the layout has them) and the reader's values must be
+    gguf's own `dequantize` of those bytes; Q4_K is also checked against values derived by hand."""
+    if qtype not in gguf.quants._type_traits:
+        pytest.skip(f"the installed gguf has no {qtype.name} dequantizer")
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows = 3
+    if qtype == Q.Q4_K:
+        raw, want = _q4_k_blocks(rows)
+    else:
+        raw = RNG.integers(0, 256, (rows, size), dtype=np.uint8)
+        raw[:, :2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)  # a finite leading f16 scale
+        if qtype.name.endswith("_K"):  # K-quants keep d (and dmin) at the block's end or start: keep all finite
+            half = raw.view(np.uint8)
+            half[:, -2:] = np.frombuffer(np.float16(0.25).tobytes(), np.uint8)
+        want = gguf.quants.dequantize(raw, qtype)
+    path = _write(tmp_path / "m.gguf", {}, raw={"blk.0.attn_q.weight": (raw, qtype)})
+    got = read_weights(path)["model.layers.0.self_attn.q_proj.weight"]
+    assert got.shape == (rows, block) and got.storage == qtype.name
+    np.testing.assert_array_equal(got.load(), want)
+    np.testing.assert_array_equal(got.load(), gguf.quants.dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("arch, model", [("llama", "LlamaConfig"), ("qwen2", "Qwen2Config"), ("gemma2", "Gemma2Config"),
+                                         ("phi3", "Phi3Config")])
+def test_names_map_back_to_transformers_parameter_names(arch, model):
+    """transformers' own parameter names -> gguf names (gguf's map, as llama.cpp's converter uses
+    it) -> back: every matrix gets its transformers name again."""
+    transformers = pytest.importorskip("transformers")
+    from irtools.frontends.formats.gguf_file import hf_names
+
+    cfg = getattr(transformers, model)(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=64, head_dim=8,
+                                       pad_token_id=0)
+    names = [n for n, p in transformers.AutoModelForCausalLM.from_config(cfg).state_dict().items() if p.ndim == 2]
+    forward = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), 2)
+    to_gguf = {n: forward.get_name(n, try_suffixes=(".weight", ".bias")) for n in names}
+    to_gguf = {n: g for n, g in to_gguf.items() if g}  # a head tied to the embedding has no GGUF tensor
+    assert len(to_gguf) >= 1 + 2 * 4, to_gguf  # the embedding and at least 4 matrices a block (fused in phi3)
+    back = hf_names(list(to_gguf.values()), arch)
+    assert {back[g] for g in to_gguf.values()} == set(to_gguf)
+
+
+# -- hostile files -------------------------------------------------------------------------------------
+def _kv_string(key: str, value: str) -> bytes:
+    k, v = key.encode(), value.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
+
+
+def _header(n_tensors: int, kvs: list[bytes], infos: list[bytes]) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kvs)) + b"".join(kvs) + b"".join(infos)
+
+
+def _info(name: str, dims, type_id: int, offset: int) -> bytes:
+    n = name.encode()
+    return struct.pack("<Q", len(n)) + n + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims) + \
+        struct.pack("<IQ", type_id, offset)
+
+
+def _padded(head: bytes, data: bytes) -> bytes:
+    return head + b"\0" * (-len(head) % 32) + data
+
+
+HOSTILE = {
+    "truncated": (lambda good: good[: len(good) * 2 // 3], "outside the file|truncated"),
+    "unknown type id": (lambda _: _padded(_header(1, [_kv_string("general.architecture", "llama")],
+                                                  [_info("blk.0.attn_q.weight", (32, 4), 4, 0)]), bytes(512)),
+                        "unknown GGML type id 4"),
+    "offset past the file": (lambda _: _padded(_header(1, [_kv_string("general.architecture", "llama")],
+                                                       [_info("blk.0.attn_q.weight", (32, 4), 0, 1 << 40)]),
+                                               bytes(512)), "lies outside the file"),
+    "size past the file": (lambda _: _padded(_header(1, [], [_info("w", (1 << 20, 1 << 10), 0, 0)]), bytes(64)),
+                           "lies outside the file"),
+    "array of 2^40 entries": (lambda _: _header(0, [struct.pack("<Q", 3) + b"big" + struct.pack("<IIQ", 9, 4, 1 << 40)],
+                                                []), "array of 1099511627776 entries"),
+    "array of 2^40 strings": (lambda _: _header(0, [struct.pack("<Q", 3) + b"big" + struct.pack("<IIQ", 9, 8, 1 << 40)],
+                                                 []), "array of 1099511627776 entries"),
+    "string past the file": (lambda _: _header(0, [struct.pack("<Q", 1 << 50) + b"k"], []) + bytes(64),
+                             "truncated GGUF"),
+    "2^60 tensors": (lambda _: b"GGUF" + struct.pack("<IQQ", 3, 1 << 60, 0), "declares 1152921504606846976 tensors"),
+    "five dims": (lambda _: _padded(_header(1, [], [_info("w", (32, 1, 1, 1, 1), 0, 0)]), bytes(128)), "5 dimensions"),
+    "rows not whole blocks": (lambda _: _padded(_header(1, [], [_info("w", (33, 2), 8, 0)]), bytes(256)),
+                              "not whole Q8_0 blocks"),
+    "overlapping tensors": (lambda _: _padded(_header(2, [], [_info("a", (32, 2), 0, 0), _info("b", (32, 2), 0, 128)]),
+                                              bytes(512)), "overlap"),
+    "version 1": (lambda _: b"GGUF" + struct.pack("<IQQ", 1, 0, 0), "GGUF version 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_gguf_is_one_line_within_budget(tmp_path, case):
+    good, _, _ = _llama_like(tmp_path / "good.gguf")
+    make, message = HOSTILE[case]
+    with open(good, "rb") as fh:
+        data = make(fh.read())
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(data)
+    tracemalloc.start()
+    with pytest.raises(IrtoolsError, match=message) as err:
+        read_weights(str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "\n" not in str(err.value) and peak < 8 << 20, (str(err.value), peak)
+
+
+def test_cli_reads_gguf_and_refuses_a_bad_one_in_one_line(tmp_path):
+    path, _, _ = _llama_like(tmp_path / "m.gguf")
+    proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", path, "--min-evals", "1", "--format", "json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["layers"]}
+    assert rows["model.layers.0.self_attn.q_proj"]["storage"] == "Q4_0"
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(open(path, "rb").read()[:300])
+    proc = subprocess.run([sys.executable, "-m", "irtools", "analyze", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "GGUF" in proc.stderr, proc.stderr
+
+
+def test_a_gguf_saved_under_another_suffix_is_read_by_its_magic(tmp_path):
+    path, _, _ = _llama_like(tmp_path / "m.gguf")
+    other = tmp_path / "model.bin"
+    other.write_bytes(open(path, "rb").read())
+    assert "model.layers.0.self_attn.q_proj.weight" in read_weights(str(other))
