@@ -311,3 +311,43 @@ def test_inspect_shows_the_sources_metadata_and_storage_facts(tmp_path, monkeypa
     text = run("inspect", "model.gguf").output
     assert "architecture: llama" in text and '"Q4_0": 1' in text and "storage" in text and "Q4_0" in text
     assert "note: 2 tensors of an unsupported type left out" in text
+
+
+def test_every_source_option_reaches_the_frontend(tmp_path, monkeypatch):
+    """analyze, compare and report open every model with the source options given (recorded at
+    `open_source`, which then opens the file as usual)."""
+    import irtools.frontends as frontends
+
+    real, seen = frontends.open_source, []
+
+    def recording(source, **kwargs):
+        seen.append(kwargs)
+        return real(source, **{k: v for k, v in kwargs.items() if k not in ("framework", "opset")})
+
+    monkeypatch.setattr(frontends, "open_source", recording)
+    one, two = heavy_mlp(tmp_path / "a.onnx", seed=1), heavy_mlp(tmp_path / "b.onnx", seed=2)
+    given = ["--framework", "jax", "--opset", "21", "--layout", "keras", "--trust", "--input-shape", "x=1,64"]
+    for args in (["analyze", one], ["compare", one, two], ["report", one, "-o", str(tmp_path / "r.html")]):
+        seen.clear()
+        res = CliRunner().invoke(main, [*args, *given, "--metrics", "spectral"])
+        assert res.exit_code == 0, res.output
+        assert seen and all(k == dict(framework="jax", opset=21, layout="keras", trust=True,
+                                      input_shapes={"x": (1, 64)}) for k in seen), (args, seen)
+
+
+def test_audit_through_the_command_line_says_partial(tmp_path):
+    pytest.importorskip("distributed")
+    import pandas as pd
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    heavy_mlp(folder / "a.onnx", seed=1)
+    safetensors_file(folder / "w.safetensors")
+    out = tmp_path / "audit"
+    base = ["audit", str(folder), "-o", str(out), "--workers", "1", "-q", "--device", "cpu", "--format", "csv"]
+    res = CliRunner().invoke(main, [*base, "--metrics", "spectral,reuse"])
+    assert res.exit_code == 3, res.output  # every model analysed, one without the reuse family
+    summary = pd.read_csv(out / "summary.csv")
+    got = dict(zip(summary["source"].map(lambda s: s.rsplit("/", 1)[1]), summary["families"], strict=True))
+    assert got == {"a.onnx": "spectral,reuse", "w.safetensors": "spectral"}
+    assert set(summary["status"]) == {"ok"}
