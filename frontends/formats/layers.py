@@ -1,7 +1,8 @@
 """A weights file's tensors as analysable layers (`WeightLayer`s), and what is not one.
 
 Every tensor of a file ends up in one of four places: a row (a 2-D dense or embedding matrix,
-a 3-5-D convolution, a PyTorch LSTM/GRU weight split per gate), a `skipped` entry with its
+a 3-5-D convolution, a PyTorch LSTM/GRU weight split per gate, a 3-D stack of experts' matrices
+one row per expert), a `skipped` entry with its
 reason (a tensor of two or more dims that is no float matrix: integers, bools, a packed
 quantized layout no format here recognised, more than 5 dims), an auxiliary of another tensor
 (a scale or zero point its dequantization consumed: `WeightSet.auxiliary`), or a vector (0-D
@@ -21,6 +22,20 @@ from .common import StoredArray
 _GATES = re.compile(r"(weight_ih|weight_hh)(_l\d+(_reverse)?)?$")
 #: Float types a row may hold as stored (float8 without a scale is its own values).
 _FLOAT8 = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e8m0fnu, ml_dtypes.float4_e2m1fn)
+
+
+#: A 3-D tensor of stacked experts' matrices (transformers' fused `experts.gate_up_proj`, GGUF's `*_exps`).
+_EXPERTS = re.compile(r"(^|[._])(experts?|exps)([._]|$)", re.IGNORECASE)
+
+
+def _expert_name(base: str, e: int) -> str:
+    """`mlp.experts.gate_up_proj`, expert 3 -> `mlp.experts.3.gate_up_proj` (the path a per-expert
+    module list gives); a name without an `experts` part gets the index at the end."""
+    parts = base.split(".")
+    for i, p in enumerate(parts):
+        if p.lower() == "experts" and i < len(parts) - 1:
+            return ".".join([*parts[:i + 1], str(e), *parts[i + 1:]])
+    return f"{base}.{e}"
 
 
 def is_float(dtype) -> bool:
@@ -68,6 +83,11 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
                                           name, shape, max(hidden, shape[1]), min(hidden, shape[1]), 1, 1.0,
                                           loader=(lambda g=g, f=f64: [f()[g * hidden:(g + 1) * hidden]]),
                                           extra=dict(extra)))
+        elif nd == 3 and _EXPERTS.search(name):  # (experts, out, in): one matrix per expert
+            for e in range(shape[0]):
+                layers.append(WeightLayer(_expert_name(base, e), name, "state_dict", "dense", name, shape,
+                                          max(shape[1:]), min(shape[1:]), 1, 1.0,
+                                          loader=(lambda e=e, f=f64: [f()[e]]), extra={**extra, "expert": e}))
         elif nd == 2:
             kind = "embedding" if "embed" in name.lower() else "dense"
             layers.append(WeightLayer(base, name, "state_dict", kind, name, shape, max(shape), min(shape), 1, 1.0,

@@ -56,3 +56,156 @@ def dequantize_matmul_nbits(packed: np.ndarray, scales: np.ndarray, zeros: np.nd
     has_zero = zeros is not None and zeros.dtype == np.uint8
     z = np.ascontiguousarray(zeros, dtype=np.uint8).ravel() if has_zero else np.zeros(1, np.uint8)
     return _unpack_nbits(packed, np.asarray(scales, dtype=np.float64).ravel(), z, n, k, block_size, bits, has_zero)
+
+
+# -- checkpoint quantization formats (safetensors) ------------------------------------------------
+# Each function reproduces the arithmetic of the code that defines the format, in the same
+# float precision, so the values equal that code's bit for bit (tests/test_quantized_safetensors.py
+# calls the defining library where it runs on CPU).
+
+#: MXFP4 / NVFP4 E2M1 values by 4-bit code (transformers.integrations.mxfp4.FP4_VALUES).
+FP4_E2M1 = np.array([+0.0, +0.5, +1.0, +1.5, +2.0, +3.0, +4.0, +6.0,
+                     -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+def scale_as_float32(scale: np.ndarray) -> np.ndarray:
+    """A stored scale as float32: float types as they are; a uint8 exponent (E8M0 stored as bytes,
+    MXFP8/MXFP4) as 2^(byte - 127)."""
+    scale = np.asarray(scale)
+    if scale.dtype == np.uint8:
+        return np.ldexp(np.float32(1), scale.astype(np.int32) - 127).astype(np.float32)
+    return scale.astype(np.float32)
+
+
+def fp8_blocks(q: np.ndarray, scale: np.ndarray, block: tuple[int, int] | None = None) -> np.ndarray:
+    """FP8 weights (..., rows, cols) times their scales (per tensor, per row or per block): float32,
+    as transformers' `Fp8Dequantize._dequantize_one` computes it (both sides in float32).
+    `block` (rows, cols) of each scale; by default the weight's size over the scale grid's
+    (rounded up: a last block may be partial, as `_dequantize_fp8_weight` allows)."""
+    q = np.asarray(q)
+    s = scale_as_float32(scale)
+    rows, cols = q.shape[-2:]
+    if s.ndim < 2:  # a per-tensor scalar or a per-row vector
+        s = s.reshape(-1, 1) if s.size == rows and s.size > 1 else s.reshape(1, 1)
+    grid_r, grid_c = s.shape[-2:]
+    bm, bn = block or (-(-rows // grid_r), -(-cols // grid_c))
+    if -(-rows // bm) != grid_r or -(-cols // bn) != grid_c:
+        raise ValueError(f"scale grid {list(s.shape)} does not tile a {rows}x{cols} weight in {bm}x{bn} blocks")
+    lead = q.shape[:-2]
+    q3 = q.reshape(-1, rows, cols)
+    s3 = np.broadcast_to(s, (*lead, grid_r, grid_c)).reshape(-1, grid_r, grid_c) if s.ndim > 2 or lead else \
+        s.reshape(1, grid_r, grid_c)
+    if s3.shape[0] == 1 and q3.shape[0] > 1:
+        s3 = np.broadcast_to(s3, (q3.shape[0], grid_r, grid_c))
+    out = np.empty(q3.shape, np.float32)
+    for e in range(q3.shape[0]):
+        for i in range(grid_r):
+            r0, r1 = i * bm, min((i + 1) * bm, rows)
+            out[e, r0:r1] = q3[e, r0:r1].astype(np.float32) * np.repeat(s3[e, i], bn)[:cols]
+    return out.reshape(q.shape)
+
+
+def mxfp4(blocks: np.ndarray, scales: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """MXFP4 blocks (..., G, 16 bytes: 32 E2M1 codes, low nibble first) with E8M0 exponents
+    (..., G) -> (..., G * 32): `lut[code] * 2^(scale - 127)` (transformers'
+    `_convert_moe_packed_tensors`, before its final transpose)."""
+    blocks = np.asarray(blocks, np.uint8)
+    exp = np.asarray(scales).astype(np.int32) - 127
+    if blocks.shape[:-1] != exp.shape:
+        raise ValueError(f"MXFP4 blocks {list(blocks.shape)} and scales {list(exp.shape)} do not match")
+    lut = FP4_E2M1.astype(dtype)
+    out = np.empty((*blocks.shape[:-1], blocks.shape[-1] * 2), dtype)
+    out[..., 0::2] = lut[blocks & 0x0F]
+    out[..., 1::2] = lut[blocks >> 4]
+    out = np.ldexp(out, exp[..., None]).astype(dtype)
+    return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * blocks.shape[-1] * 2)
+
+
+def blockwise_codes(codes: np.ndarray, absmax: np.ndarray, code: np.ndarray, blocksize: int) -> np.ndarray:
+    """bitsandbytes' blockwise dequantization (`_dequantize_blockwise_compute`): code[byte] times
+    its block's absmax, float32."""
+    out = np.asarray(code, np.float32)[np.asarray(codes).reshape(-1).astype(np.int64)]
+    n, full = out.size, out.size - out.size % blocksize
+    absmax = np.asarray(absmax, np.float32).reshape(-1)
+    res = np.empty(n, np.float32)
+    res[:full] = (out[:full].reshape(-1, blocksize) * absmax[:full // blocksize, None]).reshape(-1)
+    if full < n:
+        res[full:] = out[full:] * absmax[full // blocksize]
+    return res
+
+
+def bnb_4bit(packed: np.ndarray, absmax: np.ndarray, code: np.ndarray, blocksize: int, shape) -> np.ndarray:
+    """bitsandbytes NF4/FP4 (`_dequantize_4bit_compute`): two 4-bit codes a byte, high nibble
+    first; code[nibble] times its block's absmax, float32, in `shape`."""
+    flat = np.asarray(packed).view(np.uint8).reshape(-1)
+    n = int(np.prod(shape))
+    idx = np.empty(flat.size * 2, np.int64)
+    idx[1::2] = flat & 0xF
+    idx[::2] = flat >> 4
+    return blockwise_codes(idx[:n], absmax, code, blocksize).reshape(shape)
+
+
+def int8_rowwise(q: np.ndarray, scb: np.ndarray) -> np.ndarray:
+    """bitsandbytes LLM.int8 weights: int8 x SCB (each row's absmax) / 127, float32, as
+    transformers' `dequantize_bnb_weight` writes it (`* 7.874015718698502e-3`)."""
+    return np.asarray(q).astype(np.float32) * np.asarray(scb, np.float32).reshape(-1, 1) * np.float32(
+        7.874015718698502e-3)
+
+
+def _unpack_int32(packed: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """The `bits`-wide fields of int32 words, lowest first, spread along `axis`."""
+    words = np.asarray(packed).view(np.uint32)
+    per = 32 // bits
+    shifts = (np.arange(per, dtype=np.uint32) * bits)
+    fields = (np.expand_dims(words, axis + 1) >> shifts.reshape([-1 if i == axis + 1 else 1
+                                                                 for i in range(words.ndim + 1)])) & ((1 << bits) - 1)
+    shape = list(words.shape)
+    shape[axis] *= per
+    return fields.reshape(shape).astype(np.int32)
+
+
+def gptq(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, bits: int,
+         group_size: int, v1: bool = True) -> np.ndarray:
+    """GPTQ packed int weights -> the Linear weight (out, in), in the scales' float type:
+    `scales[g_idx] * (w - zeros[g_idx])` (gptqmodel's `dequantize_weight`), `qweight` (in*bits/32,
+    out) packed along the input dim, `qzeros` (groups, out*bits/32) along the output; checkpoints
+    in GPTQ's v1 format store each zero point minus one."""
+    w = _unpack_int32(qweight, bits, 0)
+    z = _unpack_int32(qzeros, bits, 1)[:, :w.shape[1]] + (1 if v1 else 0)
+    if g_idx is None:
+        g_idx = np.arange(w.shape[0]) // group_size
+    g = np.asarray(g_idx).astype(np.int64)
+    s = np.asarray(scales)
+    return (s[g] * (w - z[g]).astype(s.dtype)).T
+
+
+AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # compressed_tensors' AutoAWQConverter.AWQ_REVERSE_ORDER for 4 bits
+
+
+def awq(qweight: np.ndarray, qzeros: np.ndarray | None, scales: np.ndarray, bits: int, group_size: int) -> np.ndarray:
+    """AutoAWQ GEMM packed int4 -> the Linear weight (out, in), in the scales' float type:
+    `(w - z) * s` per group, `qweight` (in, out*bits/32) packed along the output dim in AWQ's
+    interleaved order (undone as compressed-tensors' `AutoAWQConverter.reverse_awq_order` does)."""
+    per = 32 // bits
+    order = np.arange(qweight.shape[1] * per).reshape(-1, per)[:, list(AWQ_ORDER)].reshape(-1)
+    w = _unpack_int32(qweight, bits, 1)[:, order]
+    z = _unpack_int32(qzeros, bits, 1)[:, order] if qzeros is not None else np.full_like(w[:1], 1 << (bits - 1))
+    s = np.asarray(scales)
+    g = np.arange(w.shape[0]) // group_size
+    return ((w - z[g]).astype(s.dtype) * s[g]).T
+
+
+def mlx_affine(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int) -> np.ndarray:
+    """MLX affine quantization: `scales * q + biases` per group of `group_size` along the rows,
+    `q` the `bits`-wide fields of the uint32 words read as one little-endian bit stream (so 3-,
+    5- and 6-bit codes may straddle words), in the scales' float type."""
+    words = np.ascontiguousarray(np.asarray(w).view(np.uint32))
+    rows = words.shape[0]
+    cols = words.shape[-1] * 32 // bits
+    bitsarr = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+    fields = bitsarr[:, :cols * bits].reshape(rows, cols, bits).astype(np.uint32)
+    q = (fields << np.arange(bits, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+    s, b = np.asarray(scales), np.asarray(biases)
+    dtype = s.dtype
+    g = np.arange(cols) // group_size
+    return (s[:, g] * q.astype(dtype) + b[:, g]).astype(dtype)
