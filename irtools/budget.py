@@ -125,3 +125,88 @@ class ShapeBudgetError(IrtoolsError):
 
 class WorkBudgetError(IrtoolsError):
     """A compiled kernel call a model asks for is over the work limit."""
+
+
+# -- graphs that expand: nodes after inlining, unrolled loops, computed constants ----------------
+#: The most nodes a model may have, counted over every graph and subgraph (each subgraph counts as
+#: one more) with each call of a model-local function inlined (its size is counted once per function
+#: and multiplied per call site, never expanded: a file of a few KB can declare 2^40 nodes). Loading
+#: costs about 0.2 ms a node (100,000 nodes: ~22 s, ~0.5 GB); exported transformers have tens of
+#: thousands. `IRTOOLS_MAX_NODES` changes it.
+DEFAULT_MAX_NODES = 1 << 17
+#: Seconds loading takes per node (measured: a 100,000-node chain loads and inspects in ~22 s), for
+#: the estimate a big graph's progress note gives.
+SECONDS_PER_NODE = 2.2e-4
+#: The most node executions one onnxruntime run irtools makes for shapes (the probe) may declare:
+#: a Loop's constant trip count times its body's nodes, nested loops multiplied.
+MAX_PROBE_STEPS = 1 << 20
+#: A constant computed from stored tensors (folded by onnxruntime: ConstantOfShape, Expand, Tile,
+#: MatMul, Concat, ...) may be at most this many times the bytes of the stored tensors it is computed
+#: from, or `COMPUTED_FREE` bytes, whichever is larger: 200 bytes of ConstantOfShape are not a
+#: 4 GiB weight. Real computed weights (a transpose, weight norm, a low-rank product) stay far below,
+#: and so are the weightless "light" test models of onnx (VGG-16's fc6 weight, 392 MiB, is a
+#: ConstantOfShape of 16 bytes) and a computed causal mask of 8192 x 8192 float32 (256 MiB).
+COMPUTED_RATIO = 256
+COMPUTED_FREE = 512 << 20
+
+
+class GraphBudgetError(IrtoolsError):
+    """A graph that expands past the node cap, or a constant computed from far fewer stored bytes."""
+
+
+def max_nodes() -> int:
+    """The node cap (`DEFAULT_MAX_NODES`, or the `IRTOOLS_MAX_NODES` environment variable)."""
+    text = os.environ.get("IRTOOLS_MAX_NODES", "").strip()
+    try:
+        return max(int(text), 1) if text else DEFAULT_MAX_NODES
+    except ValueError:
+        raise IrtoolsError(f"IRTOOLS_MAX_NODES: not a whole number: {text!r}") from None
+
+
+def check_nodes(count: float, what: str, path: str | None = None) -> None:
+    """Refuse (`GraphBudgetError`) a model whose graph has (or inlines to) more than `max_nodes()`."""
+    cap = max_nodes()
+    if count > cap:
+        raise GraphBudgetError(f"{what} has {_count(count)} nodes, over the cap of {cap:,} nodes "
+                               "(IRTOOLS_MAX_NODES=N to change it)", path)
+
+
+def _count(n: float) -> str:
+    return f"{int(n):,}" if n < 1e15 else f"2^{math.log2(n):.0f}"
+
+
+def check_computed(nbytes: float, source_bytes: float, what: str, path: str | None = None) -> None:
+    """Refuse a constant of `nbytes` computed from `source_bytes` of stored tensors when it is over
+    the memory budget (`check`) or expands them past `COMPUTED_RATIO` (and `COMPUTED_FREE`)."""
+    check(nbytes, what, path)
+    if nbytes > max(COMPUTED_FREE, COMPUTED_RATIO * source_bytes):
+        raise MemoryBudgetError(f"{what} would be {format_size(nbytes)} computed from {format_size(source_bytes)} "
+                               f"of stored tensors (over {COMPUTED_RATIO}x: refused as an expanding constant)", path)
+
+
+# -- progress -------------------------------------------------------------------------------------
+#: Work estimated to take at least this long prints a note with the estimate (and so does any
+#: long-enough work while stderr is a terminal).
+PROGRESS_AFTER_S = 5.0
+
+
+def progress(what: str, estimate_s: float, *, tty_after_s: float = 1.0) -> bool:
+    """Print `irtools: note: WHAT (about N s)` on stderr when the work is estimated long (or a
+    terminal is attached and it is not instant); returns whether it printed. Big valid work then
+    shows within seconds what it is doing and how long it should take."""
+    import sys  # noqa: PLC0415
+
+    attached = getattr(sys.stderr, "isatty", lambda: False)()
+    if estimate_s < PROGRESS_AFTER_S and not (attached and estimate_s >= tty_after_s):
+        return False
+    sys.stderr.write(f"irtools: note: {what} (about {_duration(estimate_s)})\n")
+    sys.stderr.flush()
+    return True
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

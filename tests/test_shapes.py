@@ -349,8 +349,15 @@ def test_declared_sizes_are_checked_against_the_budget_before_anything_is_alloca
                   [vinfo("x", [1, n])], [vinfo("y", [1, n])], [tensor("shp", np.array([n, n], np.int64))])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     budget.set_limit("256M")
-    try:
-        m = irtools.load(proto)
+    try:  # refused as the model loads, from the shape inference declares
+        with pytest.raises(budget.MemoryBudgetError, match=r"ConstantOfShape node .* 256\.0 GiB"):
+            irtools.load(proto)
+        # past the load-time check (a budget that allows it, then a small one), each pass still refuses
+        budget.set_limit(1 << 50)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(budget, "COMPUTED_FREE", 1 << 50)
+            m = irtools.load(proto)
+        budget.set_limit("256M")
         with pytest.raises(budget.MemoryBudgetError, match="ConstantOfShape node"):
             m.constant_value(m.graph.node(0).outputs[0])
         with pytest.raises(budget.MemoryBudgetError, match="context counts"):
@@ -371,20 +378,21 @@ def _range_model(start, limit, delta, x_shape=(1, 12), dtype=np.float32):
 
 def test_data_propagation_skips_graphs_with_a_range_too_long_to_compute():
     """onnx's data propagation computes every Range's values, without a bound: a 1 KB file with
-    Range(0, 1e15, 1) hung loading for minutes. Such a graph is inferred without propagation;
-    a short Range still is propagated (its shape is known)."""
+    Range(0, 1e15, 1) hung loading for minutes. Such a graph is inferred without propagation (so
+    loading ends at once, refusing the 1e15-element constant it declares, on one line); a short
+    Range still is propagated (its shape is known)."""
     from irtools.ir.shapes import _ranges_are_short
 
     assert _ranges_are_short(_range_model(0, 12, 1))
     assert not _ranges_are_short(_range_model(0, 1e15, 1))
     assert not _ranges_are_short(_range_model(0, 1, 1e-12))
     assert not _ranges_are_short(_range_model(0, 1, 0))
-    script = ("import sys, irtools; m = irtools.load(sys.argv[1]); "
-              "print(len(irtools.analyze(m, metrics='spectral').layers))")
+    script = ("import sys, irtools\ntry:\n    irtools.load(sys.argv[1])\n"
+              "except irtools.errors.IrtoolsError as exc:\n    print(exc.message)\n")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "r.onnx")
         onnx.save(_range_model(0, 1e15, 1), path)
         proc = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.split() == ["1"], proc.stderr
+    assert proc.returncode == 0 and "Range node 'Range_0') would need 3.6 PiB" in proc.stdout, proc.stderr
     short = irtools.load(_range_model(0, 12, 1))
     assert short.static_shape(next(v for n in short.graph for v in n.outputs if v.name == "r")) == (12,)

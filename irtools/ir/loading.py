@@ -220,6 +220,66 @@ def all_graphs(graph: onnx.GraphProto):
                     yield from all_graphs(sub)
 
 
+def _local_functions(proto: onnx.ModelProto) -> dict[tuple[str, str, str], onnx.FunctionProto]:
+    return {(f.domain, f.name, getattr(f, "overload", "")): f for f in proto.functions}
+
+
+def count_nodes(proto: onnx.ModelProto, path: str | None = None) -> int:
+    """The nodes of the model once every call of a model-local function is inlined, over every
+    graph and subgraph (each subgraph counted as one node more), without inlining anything: each
+    function's size is computed once (memoised) and multiplied per call, so a chain of functions
+    that each call the previous twice is counted, not expanded. A function that calls itself
+    (directly or not) is refused; so is a count over `budget.max_nodes()` (`budget.check_nodes`)."""
+    functions = _local_functions(proto)
+    sizes: dict[tuple[str, str, str], int] = {}
+    visiting: set[tuple[str, str, str]] = set()
+
+    def function_size(key) -> int:
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise ModelLoadError(f"model-local function '{printable(key[1])}' (domain '{printable(key[0])}') calls "
+                                 "itself: its inlined graph would never end", path)
+        visiting.add(key)
+        sizes[key] = nodes_size(functions[key].node)
+        visiting.discard(key)
+        return sizes[key]
+
+    def nodes_size(nodes) -> int:
+        total = 0
+        for node in nodes:
+            key = (node.domain, node.op_type, getattr(node, "overload", "")) if functions else None
+            total += function_size(key) if key in functions else 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    total += 1 + nodes_size(attr.g.node)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    total += sum(1 + nodes_size(g.node) for g in attr.graphs)
+        return total
+
+    try:
+        return nodes_size(proto.graph.node)
+    except RecursionError:
+        raise ModelLoadError("subgraphs or model-local functions nest too deeply (corrupt file)", path) from None
+
+
+def check_node_count(proto: onnx.ModelProto, path: str | None = None) -> int:
+    """`count_nodes` checked against the node cap (one line naming the count and the cap); a count
+    that will take a while to load prints a progress note with the estimate. Returns the count."""
+    count = count_nodes(proto, path)
+    direct = sum(1 for _ in _graph_nodes(proto.graph))
+    what = "the model (with its model-local functions inlined)" if count > direct else "the model's graph"
+    budget.check_nodes(count, what, path)
+    budget.progress(f"loading a graph of {count:,} nodes", count * budget.SECONDS_PER_NODE)
+    return count
+
+
+def _graph_nodes(graph: onnx.GraphProto):
+    """Every node of `graph` and its subgraphs (no function inlined)."""
+    for g in all_graphs(graph):
+        yield from g.node
+
+
 def _attribute_values(graph: onnx.GraphProto, one: str, many: str):
     """Yield the values of one graph's node attributes of a kind: `one` ("t", "sparse_tensor")
     holds one value, `many` ("tensors", "sparse_tensors") a list."""
@@ -447,7 +507,10 @@ def check_structure(proto: onnx.ModelProto, path: str) -> None:
     metadata irtools reads that is not what it should be."""
     _check_text(proto, path)
     _check_declared_parameters(proto, path)
-    _check_graph(proto.graph, set(), path)
+    try:
+        _check_graph(proto.graph, set(), path, {})
+    except RecursionError:
+        raise ModelLoadError("subgraphs nest too deeply (corrupt file)", path) from None
 
 
 def _names(proto: onnx.ModelProto):
@@ -533,8 +596,12 @@ def _check_unique(graph: onnx.GraphProto, path: str) -> None:
             seen.add(name)
 
 
-def _subgraph_free_names(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from its enclosing scopes."""
+def _subgraph_free_names(graph: onnx.GraphProto, memo: dict | None = None) -> set[str]:
+    """Names a subgraph reads from its enclosing scopes. With `memo` (id of a graph -> its names,
+    kept for one walk) each nested graph is read once, so a deep nest costs its size, not its size
+    times its depth."""
+    if memo is not None and id(graph) in memo:
+        return memo[id(graph)]
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     free: set[str] = set()
     for node in graph.node:
@@ -544,12 +611,15 @@ def _subgraph_free_names(graph: onnx.GraphProto) -> set[str]:
         for attr in node.attribute:
             subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
             for sub in subs:
-                free |= _subgraph_free_names(sub) - defined
+                free |= _subgraph_free_names(sub, memo) - defined
         defined.update(o for o in node.output if o)
-    return free | ({o.name for o in graph.output} - defined)
+    free |= {o.name for o in graph.output} - defined
+    if memo is not None:
+        memo[id(graph)] = free
+    return free
 
 
-def _check_graph(graph: onnx.GraphProto, outer: set[str], path: str) -> None:
+def _check_graph(graph: onnx.GraphProto, outer: set[str], path: str, memo: dict) -> None:
     _check_unique(graph, path)
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     available = set(outer) | local
@@ -571,7 +641,7 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], path: str) -> None:
         for attr in node.attribute:
             subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
             for sub in subs:
-                names.extend(_subgraph_free_names(sub))
+                names.extend(_subgraph_free_names(sub, memo))
         d: set[int] = set()
         for name in names:
             if name in producer:
@@ -606,6 +676,6 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], path: str) -> None:
         for attr in node.attribute:
             subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
             for sub in subs:
-                _check_graph(sub, defined, path)
+                _check_graph(sub, defined, path, memo)
 
 

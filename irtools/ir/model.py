@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from irtools import budget, files
 from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
-from irtools.ir.loading import (check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model,
+from irtools.ir.loading import (check_node_count, check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model,
                                 unread_parameter_shapes)
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY, ConstantAnalysis, StoredTensor,
                                    classify)
@@ -35,13 +35,35 @@ def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
             yield from attr.value
 
 
-def topological_order(graph: ir.Graph, where: str | None = None) -> list[ir.Node]:
+def captured_values(graph: ir.Graph, memo: dict | None = None) -> set[ir.Value]:
+    """The values `graph` (with its subgraphs) reads from enclosing scopes. With `memo` (graph ->
+    its values, kept for one walk) a nested graph is read once: a deep nest of If branches costs
+    its size, not its size times its depth."""
+    if memo is not None and graph in memo:
+        return memo[graph]
+    own = set(graph.inputs) | set(graph.initializers.values())
+    free: set[ir.Value] = set()
+    for node in graph:
+        free.update(v for v in node.inputs if v is not None)
+        for sub in _subgraphs(node):
+            free |= captured_values(sub, memo)
+        own.update(node.outputs)
+    free.update(graph.outputs)
+    free -= own
+    if memo is not None:
+        memo[graph] = free
+    return free
+
+
+def topological_order(graph: ir.Graph, where: str | None = None, memo: dict | None = None) -> list[ir.Node]:
     """Nodes of `graph` with every producer before its consumers (Kahn, O(nodes + edges)).
 
-    A node with subgraphs depends on the values its subgraphs capture. Raises on a cycle.
+    A node with subgraphs depends on the values its subgraphs capture (`captured_values`, memoised
+    in `memo` across the calls of one walk). Raises on a cycle.
     """
     nodes = list(graph)
     index = {n: i for i, n in enumerate(nodes)}
+    memo = {} if memo is None else memo
     deps: list[set[int]] = []
     for n in nodes:
         d: set[int] = set()
@@ -50,11 +72,10 @@ def topological_order(graph: ir.Graph, where: str | None = None) -> list[ir.Node
             if p in index:
                 d.add(index[p])
         for sub in _subgraphs(n):
-            for inner in ir.traversal.RecursiveGraphIterator(sub):
-                for v in inner.inputs:
-                    p = v.producer() if v is not None else None
-                    if p in index:
-                        d.add(index[p])
+            for v in captured_values(sub, memo):
+                p = v.producer()
+                if p in index:
+                    d.add(index[p])
         d.discard(index[n])
         deps.append(d)
     users: list[list[int]] = [[] for _ in nodes]
@@ -98,10 +119,15 @@ class IRModel:
         #: Analysis results of passes, by pass name (see `irtools.run_passes`).
         self.results: dict[str, object] = {}
         self.graph: ir.Graph = model.graph
-        self.nodes: list[ir.Node] = topological_order(self.graph, path)
+        self._captures: dict = {}  # captured_values of each subgraph, for the walk below
+        self.nodes: list[ir.Node] = topological_order(self.graph, path, self._captures)
         self.all_nodes: list[ir.Node] = []
         self.graphs: list[ir.Graph] = [self.graph]
-        self._flatten(self.nodes)
+        try:
+            self._flatten(self.nodes)
+        except RecursionError:
+            raise ModelLoadError("subgraphs nest too deeply", path) from None
+        del self._captures
         self.node_names: dict[ir.Node, str] = self._display_names()
         proto = proto if proto is not None else ir.to_proto(model)
         #: Inputs whose symbolic leading (batch) dimension was fixed to 1 (`fix_batch`): [(name, label)].
@@ -120,6 +146,7 @@ class IRModel:
         unread = model.metadata_props.get(UNREAD_PARAMETERS_KEY)
         self.unread_parameters = unread_parameter_shapes(unread, path) if unread else {}
         self.constants_analysis = ConstantAnalysis(self.all_nodes)
+        self._check_computed()
         self.stored: list[StoredTensor] = classify(
             self.all_nodes, self.constants_analysis, self.graphs, self.node_names, self._stored_shape, parameters
         )
@@ -127,6 +154,35 @@ class IRModel:
         self.constants: list[StoredTensor] = [t for t in self.stored if not t.learnable]
         self._by_name = {t.name: t for t in self.parameters}
         self._arrays = None
+
+    def _check_computed(self) -> None:
+        """Every value the graph computes from stored constants alone (ConstantOfShape, Expand,
+        Tile, Range, a window op, a MatMul or Concat of constants) is checked as the model loads,
+        from its declared shape and before any pass evaluates it (`budget.check_computed`): a
+        200-byte file that declares a 4 GiB weight, a Concat doubling a constant 30 times or the
+        outer product of two stored vectors is refused on one line naming the node and the size.
+        The stored bytes a value is computed from are taken as the largest of its inputs' (one
+        pass in topological order; a shared input counted once, so doubling chains do not hide)."""
+        source: dict[ir.Value, int] = {}
+        for node in self.all_nodes:
+            if node.op_type == "Constant":
+                held = sum(int(a.value.nbytes) if hasattr(a.value, "nbytes") else 8 * (
+                    len(a.value) if isinstance(a.value, (list, tuple)) else 1) for a in node.attributes.values())
+                source.update({v: held for v in node.outputs})
+                continue
+            if node.op_type in ("Shape", "Size"):
+                source.update({v: 0 for v in node.outputs})
+                continue
+            if not self.constants_analysis.node_is_constant(node):
+                continue
+            got = max((source.get(v, int(v.const_value.nbytes) if v.const_value is not None else 0)
+                       for v in node.inputs if v is not None), default=0)
+            for out in node.outputs:
+                source[out] = got
+                if out.shape is not None and out.shape.is_static():
+                    label = self.node_names.get(node, node.op_type)
+                    budget.check_computed(_itemsize(out) * math.prod(int(d) for d in out.shape), got,
+                                          f"constant '{out.name}' ({node.op_type} node '{label}')", self.path)
 
     @property
     def notes(self) -> list[str]:
@@ -140,7 +196,7 @@ class IRModel:
             self.all_nodes.append(node)
             for sub in _subgraphs(node):
                 self.graphs.append(sub)
-                self._flatten(topological_order(sub, self.path))
+                self._flatten(topological_order(sub, self.path, self._captures))
 
     def _display_names(self) -> dict[ir.Node, str]:
         taken = {n.name for n in self.all_nodes if n.name}
@@ -266,7 +322,19 @@ class IRModel:
 
     # -- values ------------------------------------------------------------------------
     def constant_value(self, value: ir.Value) -> np.ndarray:
-        """The numpy value of a constant (initializer, Constant node or constant subgraph)."""
+        """The numpy value of a constant (initializer, Constant node or constant subgraph).
+
+        A value onnxruntime computes is checked before anything is evaluated: its declared size
+        against the memory budget, and against the bytes of the stored tensors it is computed
+        from (`budget.check_computed`: a 200-byte ConstantOfShape, a Concat doubling a constant 30
+        times, the outer product of two stored vectors are refused on one line naming the node)."""
+        try:
+            return self._constant_value(value)
+        except RecursionError:
+            raise IrtoolsError(f"constant '{value.name}' is computed by a chain of nodes too deep to evaluate",
+                               self.path) from None
+
+    def _constant_value(self, value: ir.Value) -> np.ndarray:
         if value.const_value is not None:
             return value.const_value.numpy()
         producer = value.producer()
@@ -281,21 +349,21 @@ class IRModel:
         if producer.op_type in ("Transpose", "Identity", "Reshape") and producer.domain in ("", "ai.onnx"):
             # view-like ops on a weight (torch exports Linear as MatMul(x, Transpose(W))): numpy views,
             # exact and without copies, instead of an onnxruntime session per weight
-            x = self.constant_value(producer.inputs[0])
+            x = self._constant_value(producer.inputs[0])
             if producer.op_type == "Identity":
                 return x
             if producer.op_type == "Transpose":
                 perm = producer.attributes.get("perm")
                 return np.transpose(x, perm.value if perm is not None else None)
             allowzero = producer.attributes.get("allowzero")
-            target = [int(d) for d in self.constant_value(producer.inputs[1]).reshape(-1)]
+            target = [int(d) for d in self._constant_value(producer.inputs[1]).reshape(-1)]
             if not (allowzero is not None and allowzero.value):
                 target = [x.shape[i] if d == 0 and i < x.ndim else d for i, d in enumerate(target)]
             return np.reshape(x, target)
         if producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
             from irtools.ir.quant import dequantize_linear
 
-            ins = [self.constant_value(v) if v is not None else None for v in producer.inputs]
+            ins = [self._constant_value(v) if v is not None else None for v in producer.inputs]
             axis = producer.attributes.get("axis")
             block = producer.attributes.get("block_size")
             return dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
@@ -305,10 +373,16 @@ class IRModel:
             return cached
         import onnxruntime as ort
 
-        inputs = [self.constant_value(v) if v is not None else None for v in producer.inputs]
         label = self.node_names.get(producer, producer.op_type)
-        budget.check(8.0 * _declared_numel(producer, value, inputs),
-                     f"constant '{value.name}' ({producer.op_type} node '{label}')", self.path)
+        what = f"constant '{value.name}' ({producer.op_type} node '{label}')"
+        source = self._source_bytes(value)
+        for out in producer.outputs:  # what inference declares, before the inputs are even computed
+            if out.shape is not None and out.shape.is_static():
+                budget.check_computed(_itemsize(out) * math.prod(int(d) for d in out.shape), source, what, self.path)
+        inputs = [self._constant_value(v) if v is not None else None for v in producer.inputs]
+        budget.check_computed(_itemsize(value) * _declared_numel(producer, value, inputs), source, what, self.path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # its failures become the one line below, not log lines of its own
         node = ir.to_proto(producer)
         names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
         outs = [f"out{i}" for i in range(len(producer.outputs))]
@@ -325,15 +399,43 @@ class IRModel:
         proto = onnx.helper.make_model(graph, opset_imports=opsets)
         proto.ir_version = min(self.model.ir_version or 8, 10)
         try:
-            sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             results = sess.run(None, feeds)
         except Exception as exc:
-            raise IrtoolsError(f"cannot evaluate constant '{value.name}' ({producer.op_type} '{label}'): {exc}",
-                               self.path) from exc
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise IrtoolsError(f"cannot evaluate constant '{value.name}' ({producer.op_type} '{label}'): "
+                               f"{msg[:300]}", self.path) from exc
         for out, result in zip(producer.outputs, results, strict=False):  # once per node: chains share them
             # a sequence output (SplitToSequence of a weight) stays a list of arrays
             self._evaluated[out] = [np.asarray(r) for r in result] if isinstance(result, list) else np.asarray(result)
         return self._evaluated[value]
+
+    def _source_bytes(self, value: ir.Value) -> int:
+        """Bytes of the stored tensors (initializers, Constant nodes) `value` is computed from, each
+        counted once (a walk over its producers, without recursion)."""
+        seen: set[ir.Value] = set()
+        stack, total = [value], 0
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v.const_value is not None:
+                total += int(v.const_value.nbytes)
+                continue
+            p = v.producer()
+            if p is None:
+                continue
+            if p.op_type == "Constant":
+                for attr in p.attributes.values():
+                    held = attr.value
+                    total += int(held.nbytes) if hasattr(held, "nbytes") else 8 * len(held) if isinstance(
+                        held, (list, tuple)) else 8
+                continue
+            if p.op_type in ("Shape", "Size"):
+                continue
+            stack.extend(x for x in p.inputs if x is not None)
+        return total
 
     # -- saving --------------------------------------------------------------------------
     def save(self, out: str | os.PathLike, external_data_threshold: int = 1_800_000_000) -> None:
@@ -391,6 +493,14 @@ def _value_info(name: str, x) -> onnx.ValueInfoProto:
     return onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
 
 
+def _itemsize(value: ir.Value) -> int:
+    """Bytes of one element of `value` (8 where its type is unknown)."""
+    try:
+        return max(int(value.dtype.itemsize), 1) if value.dtype is not None else 8
+    except (AttributeError, TypeError, ValueError):
+        return 8
+
+
 def _numel(x) -> int:
     return sum(int(np.asarray(t).size) for t in x) if isinstance(x, list) else int(np.asarray(x).size)
 
@@ -415,6 +525,18 @@ def _declared_numel(node: ir.Node, value: ir.Value, inputs: list) -> int:
             return max(int(math.ceil((limit - start) / delta)), 0) if delta else 0
         if op in ("HannWindow", "HammingWindow", "BlackmanWindow"):
             return int(np.asarray(inputs[0]).reshape(()))
+        if op == "Concat":
+            return sum(_numel(x) for x in inputs if x is not None)
+        if op in ("MatMul", "Gemm") and len(inputs) >= 2 and inputs[0].ndim >= 1 and inputs[1].ndim >= 1:
+            a, b = inputs[0], inputs[1]
+            if op == "Gemm":
+                ta, tb = (node.attributes.get(k) for k in ("transA", "transB"))
+                a = a.T if ta is not None and ta.value else a
+                b = b.T if tb is not None and tb.value else b
+            rows = a.shape[-2] if a.ndim >= 2 else 1
+            cols = b.shape[-1] if b.ndim >= 2 else 1
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if a.ndim > 2 or b.ndim > 2 else ()
+            return math.prod(batch) * rows * cols
     except (TypeError, ValueError, OverflowError, IndexError, AttributeError):
         pass
     if value.shape is not None and value.shape.is_static():
@@ -461,6 +583,7 @@ def load(
         path = os.fspath(source)
         proto, mapped = read_model(path)
     where = path or "<model>"
+    check_node_count(proto, where)  # before anything is built per node: a few KB may declare 2^40 nodes
     check_tensors(proto, where)
     check_structure(proto, where)
     try:
