@@ -21,6 +21,7 @@ from onnx import helper as h
 
 import irtools
 from tests import builders as b
+from tests.counts.oracle import covers
 
 F = np.float32
 quantization = pytest.importorskip("onnxruntime.quantization")
@@ -113,6 +114,20 @@ def _ops(path):
     return {(n.domain + "::" if n.domain else "") + n.op_type for n in onnx.load(path).graph.node}
 
 
+@covers("QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+        ("com.microsoft", "QGemm"),
+        ("com.microsoft", "QLinearAdd"),
+        ("com.microsoft", "QLinearMul"),
+        ("com.microsoft", "QLinearSigmoid"),
+        ("com.microsoft", "QLinearAveragePool"),
+        ("com.microsoft", "QLinearConcat"),
+        ("com.microsoft", "QLinearGlobalAveragePool"),
+        ("com.microsoft", "QLinearSoftmax"),
+        ("com.microsoft", "MatMulNBits"))
 @pytest.mark.parametrize("model,variant", [(m, v) for m in ("cnn", "mlp") for v in VARIANTS]
                          + [("mlp", "int4-sym"), ("mlp", "int4-asym"), ("mlp", "int4-qdq-blocked")])
 def test_quantized_model_counts_like_its_float_original(quantized, model, variant):
@@ -204,6 +219,7 @@ def test_blocked_int4_dequantize_linear_is_what_onnxruntime_computes(quantized):
         np.testing.assert_allclose(layer.loader()[0], truth[layer.parameter], rtol=1e-6, atol=1e-7)
 
 
+@covers(("com.microsoft", "QAttention"))
 def test_quantized_fused_attention_counts_like_the_float_one(tmp_path):
     """onnxruntime's dynamic quantizer turns com.microsoft Attention into QAttention (int8 QKV
     weight): same counts as the float graph, and the spectral layer is the dequantized weight."""
@@ -226,6 +242,7 @@ def test_quantized_fused_attention_counts_like_the_float_one(tmp_path):
     np.testing.assert_array_equal(floats[0].loader()[0], w)  # the float Attention's weight is a layer too
 
 
+@covers(("com.microsoft", "DynamicQuantizeLSTM"))
 def test_int8_lstm_counts_like_the_float_lstm(tmp_path):
     """onnxruntime's dynamic quantizer turns an LSTM into com.microsoft DynamicQuantizeLSTM with
     int8 W and R stored transposed: the counts are the float LSTM's (transposed), and the
@@ -292,6 +309,9 @@ TWINS = {  # quantized op (activation from the input) and its float twin: the we
 }
 
 
+@covers(("com.microsoft", "DynamicQuantizeMatMul"),
+        ("com.microsoft", "MatMulIntegerToFloat"),
+        ("com.microsoft", "QLinearConvTranspose"))
 @pytest.mark.parametrize("case", list(TWINS))
 def test_quantized_ops_count_as_their_float_twins(case):
     """The op on an input activation, its int8 weight and bias stored: the weight and bias get
@@ -319,6 +339,9 @@ QLINEAR_UNARY = {  # op on a quantized activation -> its float twin
 }
 
 
+@covers(("com.microsoft", "QLinearLeakyRelu"),
+        ("com.microsoft", "QLinearReduceMean"),
+        ("com.microsoft", "QLinearWhere"))
 @pytest.mark.parametrize("case", list(QLINEAR_UNARY))
 def test_qlinear_ops_on_a_parameter_path_count_as_float(case):
     """p (a parameter) + input -> QuantizeLinear -> op -> DequantizeLinear counts p as the float

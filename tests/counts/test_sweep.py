@@ -17,6 +17,7 @@ from irtools.cli import main
 from tests import builders as b
 from tests.brute_force import brute_force_counts
 from tests.conftest import EXAMPLE, LIGHT_MODELS
+from tests.counts.oracle import covers
 
 
 def exact(c) -> np.ndarray:
@@ -155,6 +156,16 @@ def small_cnns(draw):
     return b.model(nodes, [b.vinfo("x", [1, c, hw, hw])], [b.vinfo("y", [1, classes])], inits)
 
 
+@covers("Conv",
+        "BatchNormalization",
+        "Relu",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Flatten",
+        "Gemm",
+        "Add",
+        "Mul")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_cnns())
 def test_counts_equal_brute_force_on_random_cnns(proto):
@@ -319,6 +330,7 @@ def test_analyze_cli_json_and_table(tmp_path):
     assert res.stderr.count("irtools: note:") == 1 and "symbolic batch dimension 'batch' fixed to 1" in res.stderr
 
 
+@covers("LayerNormalization", "MatMul", "Softmax", "Transpose", "Add", "Relu")
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 3), st.integers(2, 4), st.integers(0, 2**32 - 1))
 def test_counts_equal_brute_force_on_a_transformer_block(tokens, dim, seed):
@@ -349,8 +361,10 @@ def test_counts_equal_brute_force_on_a_transformer_block(tokens, dim, seed):
 def test_degenerate_models_give_clear_results(save):
     no_params = save(b.model([h.make_node("Relu", ["x"], ["y"])], [b.vinfo("x", [1, 2])], [b.vinfo("y", [1, 2])]),
                      "relu.onnx")
-    res = CliRunner().invoke(main, ["analyze", no_params, "--format", "json"])
+    res = CliRunner().invoke(main, ["analyze", no_params, "--format", "json", "--metrics", "reuse"])
     assert res.exit_code == 2 and "no learnable parameter scalar reaches an output" in res.output
+    res = CliRunner().invoke(main, ["analyze", no_params, "--format", "json"])  # not asked for: left out, with why
+    assert res.exit_code == 0 and "reuse metrics left out: no learnable parameter scalar reaches an output" in res.output
     one = save(b.model([h.make_node("MatMul", ["x", "w"], ["y"])], [b.vinfo("x", [1, 1])], [b.vinfo("y", [1, 1])],
                        [b.tensor("w", np.ones((1, 1), np.float32))]), "one.onnx")
     res = CliRunner().invoke(main, ["analyze", one, "--format", "json"])

@@ -20,6 +20,7 @@ from onnx import helper as h
 import irtools
 from tests import builders as b
 from tests.brute_force import brute_force_counts
+from tests.counts.oracle import covers
 
 F = np.float32
 GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "i"}
@@ -265,6 +266,7 @@ CASES = {
 }
 
 
+@covers("LSTM", "GRU", "RNN")
 @pytest.mark.parametrize("case", list(CASES))
 def test_recurrent_rule_counts_the_cell_written_out(case):
     c = CASES[case]
