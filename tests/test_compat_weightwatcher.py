@@ -265,8 +265,11 @@ def test_unsupported_options_are_refused_by_name(net):
     watcher.analyze(pool=True, svd_method="accurate", layers=[4])  # the "off" values are accepted
     with pytest.raises(TypeError, match="no_such_option"):
         watcher.analyze(no_such_option=1)
-    with pytest.raises(ww.UnsupportedOptionError, match="base_model"):
-        ww.WeightWatcher(model=net, base_model=net)
+    with pytest.raises(ww.UnsupportedOptionError, match="option channels=<Net> ") as caught:
+        watcher.analyze(channels=net)  # the value's type, never the model's repr
+    assert "Sequential" not in str(caught.value) and len(str(caught.value)) < 200
+    with pytest.raises(ww.UnsupportedOptionError, match="peft must be .* not a Net"):
+        watcher.analyze(peft=net)
     with pytest.raises(ww.UnsupportedOptionError, match="layers"):
         watcher.describe(layers=[2, -4])
     with pytest.raises(ww.UnsupportedMethodError, match="get_Weights"):
@@ -284,3 +287,134 @@ def test_keras_model_matches_weightwatcher():
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3), keras.layers.Flatten(),
                               keras.layers.Dense(40), keras.layers.Dense(12), keras.layers.Dense(4)])
     assert_same_table(ww.WeightWatcher(model=model).analyze(), weightwatcher.WeightWatcher(model=model).analyze())
+
+
+# -- peft=, base_model=, detX=, distances() --------------------------------------------------------------
+
+class Adapted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.fc1 = nn.Linear(40, 48)
+        self.fc2 = nn.Linear(48, 24)
+        self.fc3 = nn.Linear(24, 30)
+
+
+def peft_model(**config):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = peft.get_peft_model(Adapted(), peft.LoraConfig(**{"target_modules": ["conv", "fc1", "fc2", "fc3"],
+                                                              **config}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    return model
+
+
+def assert_close_table(ours, theirs):
+    """Same columns (order) and rows; numbers to 1e-6 relative."""
+    assert list(ours.columns) == list(theirs.columns)
+    assert len(ours) == len(theirs)
+    for column in theirs.columns:
+        numeric = pd.api.types.is_numeric_dtype(theirs[column]) or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in theirs[column])
+        if not numeric or column in STRING_COLUMNS or theirs[column].dtype == bool:
+            assert list(ours[column]) == list(theirs[column]), column
+        else:
+            np.testing.assert_allclose(ours[column].to_numpy(float), theirs[column].to_numpy(float), rtol=1e-6,
+                                       atol=1e-9, err_msg=column)
+
+
+@pytest.mark.parametrize("config", [
+    {"r": 8, "lora_alpha": 16},
+    {"r": 12, "lora_alpha": 5, "use_rslora": True},
+    {"r": 8, "rank_pattern": {"fc2": 16, "fc3": 10}, "alpha_pattern": {"fc1": 3}},
+])
+@pytest.mark.parametrize("peft_value", [True, "with_base", "peft_only"])
+def test_peft_matches_weightwatcher(tmp_path, config, peft_value):
+    model = peft_model(**config)
+    folder = tmp_path / "adapter"
+    model.save_pretrained(folder)
+    for source in (model, str(folder)):
+        if peft_value == "with_base" and source != model:  # the folder: the layer before lora_B is lora_A
+            with pytest.raises(ValueError, match="broadcast"):
+                weightwatcher.WeightWatcher(model=source).analyze(peft=peft_value)
+            with pytest.raises(IrtoolsError, match="is not the base of B·A"):
+                ww.WeightWatcher(model=source).analyze(peft=peft_value)
+            continue
+        theirs = weightwatcher.WeightWatcher(model=source).analyze(peft=peft_value)
+        ours = ww.WeightWatcher(model=source).analyze(peft=peft_value)
+        assert_close_table(ours, theirs)
+        ba = ours[ours.name.str.contains("lora_BA") | ours.longname.str.contains("lora_BA")]
+        assert len(ba) == 3 and set(ba.num_evals) <= {8, 10, 12, 16}  # fc1..fc3; the conv adapter is no B·A row
+        if peft_value == "with_base" and source is model:
+            assert ours.longname.str.contains("lora_W_plus_AB").sum() == 3
+            assert (ours.layer_type == "conv2d").any()
+
+
+def test_base_model_matches_weightwatcher(net):
+    torch.manual_seed(7)
+    tuned = Net()
+    tuned.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theirs = weightwatcher.WeightWatcher(model=tuned, base_model=net).analyze(mp_fit=True)
+    ours = ww.WeightWatcher(model=tuned, base_model=net).analyze(mp_fit=True)
+    assert_close_table(ours, theirs)
+    ours2 = ww.WeightWatcher(model=tuned).analyze(base_model=net)
+    np.testing.assert_allclose(ours2.alpha, theirs.alpha, rtol=1e-6)
+
+
+def test_merged_fine_tune_against_its_base_matches_weightwatcher():
+    """A LoRA fine-tune merged into its base (merge_and_unload) against the base: ΔW = scale B·A."""
+    model = peft_model(r=8, lora_alpha=16, target_modules=["fc1", "fc2"])
+    torch.manual_seed(0)
+    base = Adapted()
+    merged = model.merge_and_unload()
+    theirs = weightwatcher.WeightWatcher(model=merged, base_model=base).analyze()
+    ours = ww.WeightWatcher(model=merged, base_model=base).analyze()
+    assert list(ours.name) == list(theirs.name) == ["conv", "fc1", "fc2", "fc3"]
+    # unadapted layers: ΔW = 0, degenerate for irtools (NaN, "failed"), numbers of zeros for WeightWatcher
+    assert list(ours.warning[ours.name.isin(["conv", "fc3"])]) == ["degenerate", "degenerate"]
+    adapted = ours.name.isin(["fc1", "fc2"])
+    # entropy, matrix_rank, rank_loss: W_merged - W_base is rank 8 up to float32 round-off; irtools' rank
+    # counts eigenvalues above the backend's noise floor, WeightWatcher's above N eps64 max: they differ there
+    rank_cols = ["entropy", "matrix_rank", "rank_loss", "sv_min"]
+    keep = [c for c in ours.columns if c not in rank_cols]
+    assert_close_table(ours[adapted].reset_index(drop=True)[keep], theirs[adapted].reset_index(drop=True)[keep])
+    assert list(ours.num_evals[ours.name == "fc1"]) == [40]  # a full ESD of the rank-8 difference, as WW does
+
+
+@pytest.mark.parametrize("method", ["raw", "euclidean", "cka"])
+def test_distances_match_weightwatcher(net, method):
+    torch.manual_seed(3)
+    other = Net()
+    theirs = weightwatcher.WeightWatcher().distances(net, other, method=method)
+    ours = ww.WeightWatcher().distances(net, other, method=method)
+    np.testing.assert_allclose(ours[:2], theirs[:2], rtol=1e-6)
+    assert list(ours[2].columns) == list(theirs[2].columns) and ours[2].index.equals(theirs[2].index)
+    for column in theirs[2].columns:
+        if not pd.api.types.is_numeric_dtype(theirs[2][column]):
+            assert list(map(str, ours[2][column])) == list(map(str, theirs[2][column])), column
+        else:
+            np.testing.assert_allclose(ours[2][column].to_numpy(float), theirs[2][column].to_numpy(float), rtol=1e-6)
+    with pytest.raises(ww.UnsupportedOptionError, match="method must be"):
+        ww.WeightWatcher().distances(net, other, method="cosine")
+
+
+def test_detx_matches_weightwatcher(net):
+    theirs = weightwatcher.WeightWatcher(model=net).analyze(detX=True)
+    ours = ww.WeightWatcher(model=net).analyze(detX=True)
+    assert {"detX_num", "detX_val", "detX_val_unrescaled", "num_ERG_spikes", "ERG_gap"} <= set(ours.columns)
+    assert_same_table(ours, theirs, differ=SIGMA_FALLBACK)
+
+
+def test_detx_by_hand():
+    evals = np.array([0.1, 0.2, 0.5, 1.0, 3.0, 5.0])
+    e = evals * len(evals) / evals.sum()
+    # products from the top: e5, e5 e4, e5 e4 e3 ... until one drops under 1
+    k = next(k for k in range(1, len(e)) if np.prod(e[len(e) - k:]) < 1)
+    cols = ww.detx_columns(evals, 2)
+    assert cols["detX_num"] == k and cols["detX_val"] == evals[len(e) - k] and cols["ERG_gap"] == k - 2

@@ -4,7 +4,7 @@
 ids, names, long names and layer types: PyTorch `named_modules()`, Keras `model.layers`, ONNX
 initializers, state-dict `.weight` keys), hands the matrices to `irtools.analyze` as a weights-only
 source, and returns a DataFrame with WeightWatcher's columns, column order, index and dtypes.
-`describe`, `get_details` and `get_summary` follow. Options irtools does not implement raise
+`describe`, `get_details`, `get_summary` and `distances` follow. Options irtools does not implement raise
 `UnsupportedOptionError` naming the option instead of being ignored.
 
 Implemented options (`SUPPORTED`, as WeightWatcher 0.7.7 computes them): fix_fingers="clip_xmax" (with
@@ -12,7 +12,12 @@ max_fingers, finger_thresh; adds num_fingers and raw_alpha), fix_fingers="xmin_p
 WeightWatcher 0.7.7 fails that fit on every layer, irtools computes what it means: see
 `irtools.passes.spectral.powerlaw`), an integer xmax, pool=False / ww2x=True (one row per conv kernel
 position with slice_id, scaled by rf/2), conv2d_norm=False (conv eigenvalues unscaled); glorot_fix,
-min_size and max_size are accepted and change nothing, as in WeightWatcher 0.7.7.
+min_size and max_size are accepted and change nothing, as in WeightWatcher 0.7.7; base_model= (ΔW = W - W_base
+per layer matched as WeightWatcher's delta iterator matches them), peft= (True / "peft_only" / any true value:
+the LoRA B·A rows only, unscaled as WeightWatcher forms them, r eigenvalues each; "with_base": every layer and
+W + B·A too), detX=True (detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled) and
+`distances(m1, m2, method="raw" | "euclidean" | "cka")`. An option's message names the option and shows its
+value only when it is a number, a bool or a short string, else its type (never a model's repr).
 
 Where irtools deliberately differs from WeightWatcher (documented, not hidden): a failed or
 degenerate power-law fit is NaN with status "failed" and a warning saying why, not -1; Conv1d layers
@@ -51,10 +56,16 @@ WEAK_RANK_LOSS_TOLERANCE = 1e-6
 
 #: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted).
 UNSUPPORTED = {
-    "base_model": (None,), "conv2d_fft": (False,), "fft": (False,), "deltas": (False,), "intra": (False,),
+    "conv2d_fft": (False,), "fft": (False,), "deltas": (False,), "intra": (False,),
     "vectors": (False,), "channels": (None,), "stacked": (False,), "fit": ("PL", "power_law"), "sparsify": (True, False),
-    "detX": (False,), "ERG": (False,), "svd_method": ("fast", "accurate"), "peft": (False,), "inverse": (False,),
+    "ERG": (False,), "svd_method": ("fast", "accurate"), "inverse": (False,),
 }
+#: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
+#: peft= (LoRA B·A rows), detX= (the detX columns).
+ANALYZE_OWN = ("base_model", "peft", "detX")
+#: WeightWatcher's `peft` values that keep the base layers (every other true value analyses only B·A).
+PEFT_WITH_BASE = "with_base"
+DISTANCE_METHODS = ("raw", "euclidean", "cka")
 #: WeightWatcher options irtools implements, with WeightWatcher's defaults (checked by `options_of`).
 SUPPORTED = {
     "pool": True, "ww2x": False, "conv2d_norm": True, "glorot_fix": False, "min_size": None, "max_size": None,
@@ -84,9 +95,17 @@ def check_options(method: str, options: Mapping, allowed: Iterable[str] = UNSUPP
         if key not in allowed:
             raise UnknownOptionError(f"WeightWatcher.{method}() got an unexpected keyword argument '{key}'")
         if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in UNSUPPORTED[key]):
-            raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={value!r} is not supported by "
-                                         f"irtools.compat.weightwatcher (supported: {key}="
+            raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={_shown(value)} is not supported "
+                                         f"by irtools.compat.weightwatcher (supported: {key}="
                                          f"{' or '.join(map(repr, UNSUPPORTED[key]))})")
+
+
+def _shown(value) -> str:
+    """A value in a message: numbers, booleans, None and short strings as themselves, anything else by
+    its type only (never a model's repr)."""
+    if value is None or isinstance(value, (bool, numbers.Number)) or (isinstance(value, str) and len(value) <= 40):
+        return repr(value)
+    return f"<{type(value).__name__}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,23 +134,23 @@ def _number(value) -> bool:
 def _check_fit_values(method: str, o: dict) -> None:
     """WeightWatcher's rules for the fit options (`valid_params`), refused in one line each."""
     if o["fix_fingers"] not in (False, None, *FIX_FINGERS):
-        raise _refuse(method, f"fix_fingers must be False, 'clip_xmax' or 'xmin_peak', not {o['fix_fingers']!r}")
+        raise _refuse(method, f"fix_fingers must be False, 'clip_xmax' or 'xmin_peak', not {_shown(o['fix_fingers'])}")
     if o["xmin_max"] is not None and not (_number(o["xmin_max"]) and o["xmin_max"] > 0):
-        raise _refuse(method, f"xmin_max must be None or a positive number, not {o['xmin_max']!r}")
+        raise _refuse(method, f"xmin_max must be None or a positive number, not {_shown(o['xmin_max'])}")
     max_fingers = o["max_fingers"]
     if max_fingers is not None and not (isinstance(max_fingers, numbers.Integral) and max_fingers >= 1):
-        raise _refuse(method, f"max_fingers must be None or an integer >= 1, not {max_fingers!r}")
+        raise _refuse(method, f"max_fingers must be None or an integer >= 1, not {_shown(max_fingers)}")
     if not _number(o["finger_thresh"]):
-        raise _refuse(method, f"finger_thresh must be a number, not {o['finger_thresh']!r}")
+        raise _refuse(method, f"finger_thresh must be a number, not {_shown(o['finger_thresh'])}")
     xmax = o["xmax"]
     if xmax is not None and not (isinstance(xmax, numbers.Integral) and not isinstance(xmax, bool) and xmax != 0):
-        raise _refuse(method, f"xmax={xmax!r} is not supported (supported: None, or a nonzero integer -k that "
+        raise _refuse(method, f"xmax={_shown(xmax)} is not supported (supported: None, or a nonzero integer -k that "
                               f"leaves the k largest eigenvalues out of the fit; WeightWatcher 0.7.7 refuses "
                               f"'force' with its own fit and fails every fit with pl_package='powerlaw')")
     if xmax is not None and o["fix_fingers"]:
-        raise _refuse(method, f"fix_fingers cannot be combined with xmax={xmax!r} (WeightWatcher refuses it too)")
+        raise _refuse(method, f"fix_fingers cannot be combined with xmax={_shown(xmax)} (WeightWatcher refuses it too)")
     if o["pl_package"] not in ("ww", "powerlaw") or (o["pl_package"] == "powerlaw" and o["fix_fingers"] != "xmin_peak"):
-        raise _refuse(method, f"pl_package={o['pl_package']!r} is supported only as 'ww', or 'powerlaw' with "
+        raise _refuse(method, f"pl_package={_shown(o['pl_package'])} is supported only as 'ww', or 'powerlaw' with "
                               f"fix_fingers='xmin_peak' (WeightWatcher 0.7.7's powerlaw-package fits fail with powerlaw 2.0)")
 
 
@@ -144,10 +163,10 @@ def options_of(method: str, options: Mapping, allowed: Iterable[str] = tuple(SUP
     o = {**{k: SUPPORTED[k] for k in allowed}, **{k: v for k, v in options.items() if k in allowed}}
     for key in ("pool", "ww2x", "conv2d_norm", "glorot_fix"):
         if key in o and not isinstance(o[key], bool):
-            raise _refuse(method, f"{key} must be True or False, not {o[key]!r}")
+            raise _refuse(method, f"{key} must be True or False, not {_shown(o[key])}")
     for key in ("min_size", "max_size"):
         if key in o and o[key] is not None and not isinstance(o[key], numbers.Integral):
-            raise _refuse(method, f"{key} must be None or an integer (WeightWatcher ignores it), not {o[key]!r}")
+            raise _refuse(method, f"{key} must be None or an integer (WeightWatcher ignores it), not {_shown(o[key])}")
     pool, conv2d_norm = o["pool"] and not o["ww2x"], o["conv2d_norm"]
     if "fix_fingers" not in o:
         return Options(pool, conv2d_norm)
@@ -372,7 +391,7 @@ def layer_filter(layers) -> Callable[[WWLayer], bool]:
         elif isinstance(f, numbers.Integral) and not isinstance(f, bool):
             ids.append(int(f))
         else:
-            raise UnsupportedOptionError(f"layers: {f!r} is neither a layer id, a layer name nor a layer type "
+            raise UnsupportedOptionError(f"layers: {_shown(f)} is neither a layer id, a layer name nor a layer type "
                                          f"({', '.join(LAYER_TYPES)})")
     if ids and min(ids) < 0 < max(ids):
         raise UnsupportedOptionError(f"layers: ids must be all >= 0 (keep) or all < 0 (skip), got {ids}")
@@ -548,7 +567,138 @@ def savedir_of(savefig) -> str | None:
         return DEFAULT_SAVEDIR if savefig else None
     if isinstance(savefig, (str, os.PathLike)):
         return os.fspath(savefig) or None
-    raise UnsupportedOptionError(f"savefig must be a folder name or a bool, got {savefig!r}")
+    raise UnsupportedOptionError(f"savefig must be a folder name or a bool, got {_shown(savefig)}")
+
+
+# -- peft=, base_model=, detX= (WeightWatcher's WWPeftLayerIterator, WWDeltaLayerIterator, apply_detX) --
+
+def _top_singular_diag(w: np.ndarray, k: int) -> list[np.ndarray]:
+    """WeightWatcher's truncated SVD with num_components = k, as a k x k diagonal matrix whose ESD
+    is the k largest eigenvalues of W^T W (what its `svds(W, k)` returns)."""
+    sv = np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)
+    return [np.diag(np.sort(sv)[-k:])]
+
+
+def _lora_product(a_layer: WWLayer, b_layer: WWLayer) -> tuple[Callable, tuple[int, int], int, bool]:
+    """(load B·A, its shape, lora rank, transposed) as WeightWatcher's `update_peft_layers` forms it:
+    A transposed when it is taller than wide, B when it does not line up; the product in the stored
+    precision (float32), unscaled (WeightWatcher applies no lora_alpha / r)."""
+    a_shape, b_shape = tuple(a_layer.weight.shape), tuple(b_layer.weight.shape)
+    transpose = a_shape[0] > a_shape[1]
+    a_rows = a_shape[1] if transpose else a_shape[0]
+    b_t = b_shape[1] != a_rows
+    shape = ((b_shape[1] if b_t else b_shape[0]), (a_shape[0] if transpose else a_shape[1]))
+
+    def load():
+        a, b = np.asarray(a_layer.weight.load()), np.asarray(b_layer.weight.load())
+        a = a.T if transpose else a
+        b = b.T if b_t else b
+        if b.shape[1] != a.shape[0]:
+            raise IrtoolsError(f"LoRA matrices of {a_layer.longname} cannot be aligned: {b.shape} x {a.shape}"[:300])
+        return np.dot(b, a)
+
+    return load, shape, min(a_shape), transpose
+
+
+def _low_rank(node: str, name: str, shape: tuple[int, int], rank: int, load: Callable):
+    from irtools.frontends.peft import LowRankLayer
+
+    return LowRankLayer(name, node, "LoRA", DENSE, name, shape, max(shape), min(shape), 1, 1.0,
+                        loader=lambda: _top_singular_diag(load(), rank), rank=rank)
+
+
+def peft_entries(layers: list[WWLayer], with_base: bool, supported: Callable) -> list[tuple]:
+    """WeightWatcher's peft iteration over the supported layers: (WWLayer, WeightLayer, peft flag) per row.
+    A lora_A/lora_B pair (dense, in this order) becomes the B·A row (named ..lora_BA, r eigenvalues);
+    with peft="with_base" the other layers are rows too and lora_B becomes W + B·A of the layer before
+    (..lora_W_plus_AB, its r largest eigenvalues), listed before the B·A row."""
+    out, last, a_layer = [], None, None
+    for layer in (x for x in layers if supported(x)):
+        if layer.layer_type == DENSE and "lora_" in layer.longname:
+            if "lora_A" in layer.longname:
+                a_layer = layer
+            elif "lora_B" in layer.longname and a_layer is not None:
+                if not with_base:
+                    last = None
+                load, shape, rank, transpose = _lora_product(a_layer, layer)
+                ba = WWLayer(a_layer.layer_id, a_layer.name.replace("lora_A", "lora_BA"),
+                             a_layer.longname.replace("lora_A", "lora_BA"), DENSE)
+                rows = [(ba, _low_rank(str(a_layer.layer_id), ba.name, shape, rank, load), True)]
+                if last is not None:
+                    def plus(last=last, load=load, transpose=transpose, name=layer.longname):
+                        d, w = load(), np.asarray(last.weight.load())
+                        d = d.T if transpose else d
+                        if w.shape != d.shape:
+                            raise IrtoolsError(f"peft='with_base': {name}: the layer before ({last.longname}, "
+                                               f"{w.shape}) is not the base of B·A {d.shape} (WeightWatcher 0.7.7 "
+                                               f"fails here too)"[:300])
+                        return w + d
+                    w_shape = tuple(last.weight.shape)
+                    wb = WWLayer(layer.layer_id, layer.name.replace("lora_B", "lora_W_plus_AB"),
+                                 layer.longname.replace("lora_B", "lora_W_plus_AB"), DENSE)
+                    rows.insert(0, (wb, _low_rank(str(layer.layer_id), wb.name, w_shape, rank, plus), True))
+                out.extend(rows)
+        else:
+            last = layer
+            if with_base:
+                out.append((layer, None, False))
+    return out
+
+
+def _aligned_delta(w: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """WeightWatcher's W - W_base: as is, W_base transposed, or zeros when the shapes do not fit."""
+    w, wb = np.asarray(w), np.asarray(wb)
+    if w.shape == wb.shape:
+        return w - wb
+    if w.shape == wb.T.shape:
+        return w - wb.T
+    return np.zeros_like(w)
+
+
+def delta_layers(layers: list[WWLayer], base_layers: list[WWLayer], supported: Callable) -> list[WWLayer]:
+    """WeightWatcher's WWDeltaLayerIterator: walk the model's supported layers; when the next supported
+    base layer's name contains this layer's name, this layer's weight becomes W - W_base and the base
+    walk moves on; otherwise the layer is analysed as it is."""
+    right = [x for x in base_layers if supported(x)]
+    out, j = [], 0
+    for layer in (x for x in layers if supported(x)):
+        if j < len(right) and layer.name in right[j].name:
+            other = right[j]
+            j += 1
+            weight = StoredArray(layer.weight.shape, layer.weight.dtype,
+                                 lambda a=layer.weight, b=other.weight: _aligned_delta(a.load(), b.load()))
+            layer = replace(layer, weight=weight)
+        out.append(layer)
+    return out
+
+
+def detx_columns(evals: np.ndarray, num_pl_spikes) -> dict:
+    """WeightWatcher's apply_detX: eigenvalues rescaled to mean 1 (x n / sum); detX_num = how many of
+    the largest have a product still >= 1 plus the one that drops it below 1 (the whole spectrum, index 1,
+    when it never does); detX_val the eigenvalue there, unrescaled and rescaled."""
+    evals = np.asarray(evals, dtype=np.float64)
+    n = evals.size
+    scale2 = n / float(np.sum(evals)) if n and np.sum(evals) > 0 else math.nan
+    e = evals * scale2
+    if n < 2 or not e[0] < e[-1]:
+        num, idx = 0, 0
+    else:
+        num, idx = n, 1
+        prods = np.cumprod(e[::-1])  # prods[k] = prod(e[n-1-k:])
+        below = np.nonzero(prods[: n - 1] < 1.0)[0]
+        if below.size:
+            idx = n - 1 - int(below[0])
+            num = n - idx
+    gap = num - num_pl_spikes if num_pl_spikes is not None else math.nan
+    return {"detX_num": num, "num_ERG_spikes": num, "ERG_gap": gap, "detX_val": float(evals[idx]) if n else math.nan,
+            "detX_val_unrescaled": float(e[idx]) if n else math.nan}
+
+
+def _peft_value(value):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    raise UnsupportedOptionError(f"WeightWatcher.analyze(): peft must be False, True or a string such as "
+                                 f"'with_base', not a {type(value).__name__}")
 
 
 # -- the class -------------------------------------------------------------------------------------
@@ -558,8 +708,8 @@ class WeightWatcher:
     ModelProto, a state dict, or a path (ONNX or Keras model file, weights file or folder)."""
 
     def __init__(self, model=None, framework=None, base_model=None, log_level=None, *, trust: bool = False):
-        check_options("__init__", {"base_model": base_model}, ("base_model",))
         self.model = model
+        self.base_model = base_model
         self.framework = framework
         self.trust = trust
         self.details = None
@@ -578,7 +728,7 @@ class WeightWatcher:
             raise IrtoolsError("no model given: WeightWatcher(model=...) or analyze(model=...)")
         self.model = model
         if not isinstance(start_ids, numbers.Integral) or start_ids < 0:
-            raise UnsupportedOptionError(f"start_ids must be 0 or a positive integer, got {start_ids!r}")
+            raise UnsupportedOptionError(f"start_ids must be 0 or a positive integer, got {_shown(start_ids)}")
         keep = layer_filter(layers)
         return [layer for layer in model_layers(model, int(start_ids), self.trust) if layer.analysable and keep(layer)]
 
@@ -586,18 +736,41 @@ class WeightWatcher:
                 plot: bool = False, randomize: bool = False, savefig=DEFAULT_SAVEDIR, mp_fit: bool = False,
                 start_ids: int = 0, tolerance: float = WEAK_RANK_LOSS_TOLERANCE, seed: int = 0, **options):
         """Analyse every layer (or those `layers` selects) and return WeightWatcher's details table.
-        `seed` (irtools' addition) seeds `randomize`'s shuffles (WeightWatcher's are unseeded)."""
+        `seed` (irtools' addition) seeds `randomize`'s shuffles (WeightWatcher's are unseeded).
+        base_model= analyses W - W_base (WeightWatcher's delta iterator); peft= the LoRA B·A products
+        (peft="with_base": the other layers and W + B·A too; a `peft` column on every row); detX=True
+        adds detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled."""
+        base_model = options.pop("base_model", None)
+        peft = _peft_value(options.pop("peft", False))
+        detx = options.pop("detX", False)
+        if not isinstance(detx, bool):
+            raise _refuse("analyze", f"detX must be True or False, not a {type(detx).__name__}")
         opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
         import irtools
         from irtools.frontends import OpenedSource
 
+        base_model = base_model if base_model is not None else self.base_model
+        found = self._layers(model, layers, start_ids)
+
+        def supported(layer: WWLayer) -> bool:
+            return within_limits(weight_layer(layer, opts.conv2d_norm), min_evals, max_evals, max_N)
+
+        entries: list[tuple] = [(layer, None, None) for layer in found]
+        if base_model is not None:  # WeightWatcher's delta iterator is always pooled, never peft
+            keep = layer_filter(layers)
+            base_found = [x for x in model_layers(base_model, int(start_ids), self.trust) if x.analysable and keep(x)]
+            entries = [(layer, None, None) for layer in delta_layers(found, base_found, supported)]
+            opts = replace(opts, pool=True)
+        elif peft:
+            entries = peft_entries(found, peft == PEFT_WITH_BASE, supported)
+            opts = replace(opts, pool=True)
         by_key = {}
-        for layer in self._layers(model, layers, start_ids):
-            wl = weight_layer(layer, opts.conv2d_norm)
+        for layer, wl, flag in entries:
+            wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
             for slice_id, part in enumerate(layer_parts(layer, wl, opts)):
-                by_key[part.node] = (layer, wl, part, slice_id)
+                by_key[part.node] = (layer, wl, part, slice_id, flag)
         fit = dict(opts.fit)
         source = OpenedSource(_model_name(self.model), "weights", layers=[entry[2] for entry in by_key.values()])
         analysis = irtools.analyze(source, metrics="spectral", min_evals=min_evals, max_evals=max_evals,
@@ -605,9 +778,17 @@ class WeightWatcher:
                                    fit_options=fit)  # MP fits here: see `mp_columns`
         records = []
         for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
-            layer, wl, part, slice_id = by_key[row["node"]]
+            layer, wl, part, slice_id, flag = by_key[row["node"]]
             record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance, part=part)
             record.update(option_columns(row, opts, slice_id))
+            if peft:
+                record["peft"] = bool(flag)
+            if type(wl).__name__ == "LowRankLayer":  # WeightWatcher's rank loss of its r singular values
+                sv = np.sqrt(np.maximum(evals, 0.0))
+                tol = float(sv.max()) * wl.N * np.finfo(np.float64).eps
+                record["rank_loss"] = int(sv.size - np.count_nonzero(sv > tol))
+            if detx:
+                record.update(detx_columns(evals, record.get("num_pl_spikes")))
             rand = None
             if randomize:
                 columns, rand = randomized(part, evals, row["warning"] == DEGENERATE,
@@ -624,6 +805,63 @@ class WeightWatcher:
         self.results = records
         return self.details
 
+    def distances(self, model_1, model_2, method: str = "raw", layers=(), start_ids: int = 0, pool: bool = True,
+                  channels=None):
+        """WeightWatcher's `distances`: (mean delta_W, mean delta_b, table indexed by layer_id) over the
+        supported layers of the two models taken pairwise in order. 'raw': ||W1 - W2||_F of the stored
+        tensors and ||b1 - b2|| of the biases; 'euclidean': the mean over the layers' matrices of
+        ||W1_i - W2_i||_F; 'cka': the mean of WeightWatcher's uncentred CKA (irtools.finetune.cka)."""
+        import pandas as pd
+
+        from irtools.finetune import cka
+
+        if not isinstance(method, str) or method.lower() not in DISTANCE_METHODS:
+            raise _refuse("distances", f"method must be one of {', '.join(DISTANCE_METHODS)}, not "
+                                       f"{_shown(method)}")
+        if pool is not True or channels is not None:
+            raise _refuse("distances", "only pool=True and channels=None are supported")
+        method = method.lower()
+        keep = layer_filter(layers)
+
+        def walk(model):
+            found = [x for x in model_layers(model, int(start_ids), self.trust) if x.analysable and keep(x)]
+            return [x for x in found if within_limits(weight_layer(x), 8, 15000, 50000)]
+
+        records = []
+        for one, two in zip(walk(model_1), walk(model_2)):
+            row = {"layer_id": one.layer_id, "name": one.name, "longname": one.longname, "method": method}
+            if method == "raw":
+                w1, w2 = np.asarray(one.weight.load()), np.asarray(two.weight.load())
+                if w1.shape != w2.shape:
+                    raise IrtoolsError(f"distances: {one.name} has shape {w1.shape} in one model, {w2.shape} "
+                                       f"in the other")
+                row.update(M=int(np.min(w1.shape)), N=int(np.max(w1.shape)), delta_W=float(np.linalg.norm(w1 - w2)))
+                b1 = None if one.bias is None else np.asarray(one.bias.load())
+                b2 = None if two.bias is None else np.asarray(two.bias.load())
+                if one.layer_type != DENSE:  # WeightWatcher 0.7.7 reads no conv bias here
+                    b1 = b2 = None
+                if b1 is not None and b2 is not None and len(b1) == len(b2):  # its b_shape: the tuple's one entry
+                    row.update(b_shape=int(b1.shape[0]), delta_b=float(np.linalg.norm(b1 - b2)))
+                else:
+                    row.update(b_shape="unknown", delta_b=0)
+            else:
+                m1, m2 = _ww_mats(one), _ww_mats(two)
+                total = 0.0
+                for w1, w2 in zip(m1, m2):
+                    if w1.shape != w2.shape:
+                        raise IrtoolsError(f"distances: {one.name} matrices differ in shape: {w1.shape}, {w2.shape}")
+                    total += float(np.linalg.norm(np.asarray(w1, dtype=np.float64) - w2)) if method == "euclidean" \
+                        else cka(w1, w2)
+                row.update(M=int(np.min(m1[0].shape)), N=int(np.max(m1[0].shape)), delta_W=total / len(m1),
+                           b_shape="unknown", delta_b=0.0)
+            records.append(row)
+        if not records:
+            raise IrtoolsError("distances: no layer to compare")
+        table = pd.DataFrame.from_records(records)
+        lead = ["method", "layer_id", "name", "delta_W", "delta_b", "M", "N", "b_shape"]
+        table = table[lead + [c for c in table.columns if c not in lead]].set_index("layer_id")
+        return float(np.mean(table["delta_W"].to_numpy())), float(np.mean(table["delta_b"].to_numpy())), table
+
     def get_ESD(self, model=None, layer=None, random: bool = False, seed: int = 0) -> np.ndarray:
         """The sorted eigenvalues of one layer (by id or name) that `describe` lists; with `random`, those
         of its element-shuffled matrices (as `randomize` pools them). As in WeightWatcher, without the
@@ -632,10 +870,10 @@ class WeightWatcher:
         from irtools.frontends import OpenedSource
 
         if not isinstance(layer, (numbers.Integral, str)) or isinstance(layer, bool):
-            raise UnsupportedOptionError(f"get_ESD: layer must be a layer id or name, got {layer!r}")
+            raise UnsupportedOptionError(f"get_ESD: layer must be a layer id or name, got {_shown(layer)}")
         found = [x for x in self._layers(model, [layer], 0) if within_limits(weight_layer(x), 8, 15000, 50000)]
         if not found:
-            raise IrtoolsError(f"get_ESD: no analysable layer {layer!r} (see describe())")
+            raise IrtoolsError(f"get_ESD: no analysable layer {_shown(layer)} (see describe())")
         wl = weight_layer(found[0])
         analysis = irtools.analyze(OpenedSource(_model_name(self.model), "weights", layers=[wl]), metrics="spectral",
                                    keep_eigenvalues=True)
@@ -673,7 +911,19 @@ class WeightWatcher:
         if name.startswith("_"):
             raise AttributeError(name)
         raise UnsupportedMethodError(f"WeightWatcher.{name} is not supported by irtools.compat.weightwatcher "
-                                     f"(supported: analyze, describe, get_details, get_summary, get_ESD)")
+                                     f"(supported: analyze, describe, distances, get_details, get_summary, get_ESD)")
+
+
+def _ww_mats(layer: WWLayer) -> list[np.ndarray]:
+    """WeightWatcher's Wmats of a layer: a dense weight as stored; a conv's kernel-position slices
+    (row-major), each transposed when it is wider than tall."""
+    w = np.asarray(layer.weight.load())
+    if w.ndim == 2:
+        return [w]
+    if layer.layout == "keras":
+        w = np.moveaxis(w, (-1, -2), (0, 1))
+    mats = [w[(slice(None), slice(None), *pos)] for pos in np.ndindex(*w.shape[2:])]
+    return [m.T if m.shape[0] < m.shape[1] else m for m in mats]
 
 
 def _model_name(model) -> str:
