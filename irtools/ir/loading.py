@@ -86,6 +86,7 @@ def _parse(data: bytes, path: str) -> onnx.ModelProto:
 # ModelProto.graph is field 7, GraphProto.initializer field 5, TensorProto.raw_data field 9
 # TensorProto.data_type field 2 and data_location field 14 (varints), raw_data field 9.
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_DATA_TYPE, _TENSOR_RAW_DATA, _TENSOR_DATA_LOCATION = 7, 5, 2, 9, 14
+_GRAPH_NODE = 1  # GraphProto.node
 
 
 class _Irregular(Exception):
@@ -162,7 +163,14 @@ def _strip_and_parse(buf, path: str) -> tuple[onnx.ModelProto, dict[str, tuple[s
     if len(graphs) != 1 or graphs[0][1] != 2:
         return None
     _, _, _, gbody, gend = graphs[0]
-    graph_fields = list(_fields(buf, gbody, gend))
+    cap, nodes = budget.max_nodes(), 0
+    graph_fields = []
+    for f in _fields(buf, gbody, gend):
+        graph_fields.append(f)
+        nodes += f[0] == _GRAPH_NODE
+        if nodes > cap:  # refused before the protobuf is parsed (a million nodes parse to ~0.5 GB)
+            raise budget.GraphBudgetError(f"the model's graph has more nodes than the cap of {cap:,} "
+                                          "(IRTOOLS_MAX_NODES=N to change it)", path)
     # (field index in graph_fields, payload start, payload length) of each large raw_data
     candidates = []
     for i, (number, wire, _, body, stop) in enumerate(graph_fields):
@@ -224,17 +232,20 @@ def _local_functions(proto: onnx.ModelProto) -> dict[tuple[str, str, str], onnx.
     return {(f.domain, f.name, getattr(f, "overload", "")): f for f in proto.functions}
 
 
-def count_nodes(proto: onnx.ModelProto, path: str | None = None) -> int:
+def count_nodes(proto: onnx.ModelProto, path: str | None = None) -> tuple[int, bool]:
     """The nodes of the model once every call of a model-local function is inlined, over every
     graph and subgraph (each subgraph counted as one node more), without inlining anything: each
     function's size is computed once (memoised) and multiplied per call, so a chain of functions
-    that each call the previous twice is counted, not expanded. A function that calls itself
-    (directly or not) is refused; so is a count over `budget.max_nodes()` (`budget.check_nodes`)."""
+    that each call the previous twice is counted, not expanded. Returns (count, whether a function
+    call was counted). A function that calls itself (directly or not) is refused."""
     functions = _local_functions(proto)
     sizes: dict[tuple[str, str, str], int] = {}
     visiting: set[tuple[str, str, str]] = set()
+    called = False
 
     def function_size(key) -> int:
+        nonlocal called
+        called = True
         if key in sizes:
             return sizes[key]
         if key in visiting:
@@ -250,34 +261,29 @@ def count_nodes(proto: onnx.ModelProto, path: str | None = None) -> int:
         for node in nodes:
             key = (node.domain, node.op_type, getattr(node, "overload", "")) if functions else None
             total += function_size(key) if key in functions else 1
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    total += 1 + nodes_size(attr.g.node)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    total += sum(1 + nodes_size(g.node) for g in attr.graphs)
+            if node.attribute:
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH:
+                        total += 1 + nodes_size(attr.g.node)
+                    elif attr.type == onnx.AttributeProto.GRAPHS:
+                        total += sum(1 + nodes_size(g.node) for g in attr.graphs)
         return total
 
     try:
-        return nodes_size(proto.graph.node)
+        return nodes_size(proto.graph.node), called
     except RecursionError:
         raise ModelLoadError("subgraphs or model-local functions nest too deeply (corrupt file)", path) from None
 
 
 def check_node_count(proto: onnx.ModelProto, path: str | None = None) -> int:
-    """`count_nodes` checked against the node cap (one line naming the count and the cap); a count
-    that will take a while to load prints a progress note with the estimate. Returns the count."""
-    count = count_nodes(proto, path)
-    direct = sum(1 for _ in _graph_nodes(proto.graph))
-    what = "the model (with its model-local functions inlined)" if count > direct else "the model's graph"
-    budget.check_nodes(count, what, path)
+    """`count_nodes` checked against the node cap (`budget.check_nodes`: one line naming the count
+    and the cap; the main graph's own length first, which costs nothing); a count that will take a
+    while to load prints a progress note with the estimate. Returns the count."""
+    budget.check_nodes(len(proto.graph.node), "the model's graph", path)
+    count, inlined = count_nodes(proto, path)
+    budget.check_nodes(count, "the model (its model-local functions inlined)" if inlined else "the model's graph", path)
     budget.progress(f"loading a graph of {count:,} nodes", count * budget.SECONDS_PER_NODE)
     return count
-
-
-def _graph_nodes(graph: onnx.GraphProto):
-    """Every node of `graph` and its subgraphs (no function inlined)."""
-    for g in all_graphs(graph):
-        yield from g.node
 
 
 def _attribute_values(graph: onnx.GraphProto, one: str, many: str):

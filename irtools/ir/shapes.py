@@ -45,8 +45,9 @@ _GROWING = frozenset(
 # Ops whose output sizes depend on the input values: shapes the probe run sees there are one
 # example's, so values computed from them stay dynamic.
 _DATA_DEPENDENT = frozenset("NonZero Unique Compress NonMaxSuppression StringSplit RegexFullMatch".split())
-# The probe run (`probe_shapes`) gets at most this long.
-_PROBE_TIMEOUT_S = 60
+# The probe run (`probe_shapes`) gets at most this long (a legitimate one of a weightless graph takes
+# seconds); what it may declare is bounded before it starts (`_probe_steps`, `budget.MAX_PROBE_STEPS`).
+_PROBE_TIMEOUT_S = 30
 # The longest Range whose values onnx's data propagation may compute (shape vectors are short).
 _MAX_PROPAGATED_RANGE = 1 << 16
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -483,10 +484,33 @@ def _inline_branches(graph: onnx.GraphProto, originals: dict[str, str]) -> None:
     graph.node.extend(nodes)
 
 
+def _inlined_size(graph: onnx.GraphProto, memo: dict) -> tuple[int, int]:
+    """(nodes of `graph` with subgraphs, nodes of its copy once `_inline_branches` ran on it),
+    counted without copying (memoised per graph): nested Ifs copy each level's branches again,
+    so a binary nest of n nodes inlines to about n log n."""
+    if id(graph) in memo:
+        return memo[id(graph)]
+    full = inlined = 0
+    for node in graph.node:
+        full += 1
+        inlined += 1
+        for sub in _subgraphs(node):
+            f, i = _inlined_size(sub, memo)
+            full += f
+            inlined += f + (i if node.op_type == "If" else 0)
+    memo[id(graph)] = (full, inlined)
+    return full, inlined
+
+
 def _with_branches_inlined(light: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]] | None:
     """A copy of `light` with its If branches inlined (`_inline_branches`) and the map from the
-    copies' value names to the branches' own, or None for a graph without an If."""
+    copies' value names to the branches' own, or None for a graph without an If, or one whose copy
+    would be over the node cap (`budget.max_nodes`)."""
+    from irtools import budget
+
     if not any(n.op_type == "If" for n in light.graph.node):
+        return None
+    if _inlined_size(light.graph, {})[1] > budget.max_nodes():
         return None
     copy = onnx.ModelProto()
     copy.CopyFrom(light)
@@ -547,6 +571,32 @@ print(json.dumps(out))
 """
 
 
+def _probe_steps(graph: onnx.GraphProto, outer: Mapping[str, onnx.TensorProto]) -> tuple[float, str]:
+    """(node executions one run of `graph` declares, the Loop that declares the most): a Loop with
+    a constant trip count M runs its body M times (nested Loops multiply); a trip count the graph
+    computes counts once (the probe's timeout bounds it)."""
+    consts = {**outer, **_constant_tensors(graph)}
+    steps, worst, worst_trips = 0.0, "", 0.0
+    for node in graph.node:
+        if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+            trips = _scalar(consts.get(node.input[0])) if node.input and node.input[0] else None
+            trips = max(trips, 0.0) if trips is not None and math.isfinite(trips) else 1.0
+            body = next((a.g for a in node.attribute if a.name == "body"), None)
+            inner, inner_worst = _probe_steps(body, consts) if body is not None else (0.0, "")
+            steps += 1 + trips * inner
+            if trips > worst_trips:
+                worst, worst_trips = f"Loop node '{node.name or 'Loop'}' ({trips:.3g} iterations)", trips
+            elif inner_worst and not worst:
+                worst = inner_worst
+            continue
+        steps += 1
+        for sub in _subgraphs(node):
+            inner, inner_worst = _probe_steps(sub, consts)
+            steps += inner
+            worst = worst or inner_worst
+    return steps, worst
+
+
 def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: list[str]) -> dict:
     """Shapes of the values that stayed dynamic, from one onnxruntime run of the weightless copy.
 
@@ -568,6 +618,11 @@ def probe_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, problems: li
     feed_bytes = sum(math.prod(_dims_of(vi.type)) * 8 for vi in inputs)
     if feed_bytes > budget.limit():
         problems.append(f"shapes left dynamic: a probe run would need {budget.format_size(feed_bytes)} of inputs")
+        return {}
+    steps, worst = _probe_steps(light.graph, {})
+    if steps > budget.MAX_PROBE_STEPS:
+        problems.append(f"shapes left dynamic: a probe run would execute {steps:.3g} nodes ({worst}), over the "
+                        f"limit of {budget.MAX_PROBE_STEPS:,}")
         return {}
     elem = {vi.name: vi.type.tensor_type.elem_type for g in all_graphs(inferred.graph)
             for vi in g.value_info if vi.type.HasField("tensor_type")}
