@@ -107,7 +107,11 @@ def is_weights_file(path) -> bool:
         return lower.endswith(".weights.h5") or (os.path.isfile(path) and not hdf5.h5_is_full_model(path))
     if fmt is not None:
         return True
-    return os.path.isfile(path) and _looks(_head(path)) in ("a zip archive", "a pickle")
+    return os.path.isfile(path) and _looks(_head(path)) in _CLAIMED
+
+
+#: What a file's first bytes may say that no ONNX protobuf starts with (so no later row would read it).
+_CLAIMED = ("a zip archive", "a pickle", "JSON text", "a gzip stream", "a NumPy .npy array")
 
 
 def label(path: str) -> str:
