@@ -418,3 +418,23 @@ def test_detx_by_hand():
     k = next(k for k in range(1, len(e)) if np.prod(e[len(e) - k:]) < 1)
     cols = ww.detx_columns(evals, 2)
     assert cols["detX_num"] == k and cols["detX_val"] == evals[len(e) - k] and cols["ERG_gap"] == k - 2
+
+
+def test_randomized_esds_run_through_the_spectral_pass_on_the_device(net, monkeypatch):
+    """randomize=True: the shuffled ESDs are the spectral pass's (its backend = the watcher's device), and
+    equal a direct eigen-solve of the same shuffles."""
+    from irtools.passes.spectral import SpectralPass
+
+    seen = []
+    original = SpectralPass.analyse
+
+    def spy(self, layers, skipped_before=()):
+        seen.extend((layer.name, self.backend) for layer in layers)
+        return original(self, layers, skipped_before)
+
+    monkeypatch.setattr(SpectralPass, "analyse", spy)
+    ww.WeightWatcher(model=net, device="cpu").analyze(randomize=True, layers=[4])
+    assert ("esd", "cpu") in seen and all(backend == "cpu" for _, backend in seen)
+    mats = [np.random.default_rng(0).normal(size=(30, 12))]
+    np.testing.assert_allclose(ww.pooled_esd(mats, 0.5), 0.5 * np.sort(np.linalg.svd(mats[0], compute_uv=False) ** 2),
+                               rtol=1e-10)

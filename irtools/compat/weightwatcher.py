@@ -465,7 +465,7 @@ def _base_row(layer: WWLayer, wl) -> dict:
             "layer_type": layer.layer_type, "N": wl.N, "M": wl.M, "rf": wl.rf, "Q": wl.N / wl.M if wl.M else -1}
 
 
-def _slice_ranks(wl, evals: np.ndarray, row: dict) -> tuple[float, int]:
+def _slice_ranks(wl, evals: np.ndarray, row: dict, device: str = "cpu") -> tuple[float, int]:
     """WeightWatcher's sv_min (the largest over the layer's matrices of their smallest singular value)
     and rank_loss (summed over the matrices). One matrix: from the pooled eigenvalues; a pooled conv:
     from each slice's spectrum (the spectral pass keeps only the pooled ESD)."""
@@ -473,7 +473,7 @@ def _slice_ranks(wl, evals: np.ndarray, row: dict) -> tuple[float, int]:
         return math.sqrt(max(float(evals[0]), 0.0)), wl.M - int(row["matrix_rank"])
     from irtools.backends import get_backend
 
-    spectra = get_backend("cpu").spectra(wl.matrices())
+    spectra = get_backend(device).spectra(wl.matrices())
     sv_min = max(math.sqrt(max(float(s.evals.min()) * wl.eigen_scale, 0.0)) for s in spectra)
     rank_loss = sum(wl.M - int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
     return sv_min, rank_loss
@@ -498,18 +498,33 @@ def mp_columns(evals: np.ndarray, wl, degenerate: bool, prefix: str = "") -> dic
     return {prefix + k: v for k, v in out.items()}
 
 
-def randomized(wl, evals: np.ndarray, degenerate: bool, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+def pooled_esd(mats: list[np.ndarray], eigen_scale: float, device: str = "cpu") -> np.ndarray:
+    """The pooled, sorted ESD of `mats` (x eigen_scale) computed by the spectral pass on `device` (so
+    that the backend chosen holds here too), without its size limits."""
+    from irtools.ir.layers import WeightLayer
+    from irtools.passing import get_pass
+
+    n, m = max(mats[0].shape), min(mats[0].shape)
+    layer = WeightLayer("esd", "esd", "esd", "matrix", "esd", tuple(mats[0].shape), n, m, len(mats), eigen_scale,
+                        loader=lambda: mats)
+    result = get_pass("spectral", backend=device, keep_evals=True, min_evals=0, max_evals=0, max_n=0,
+                      workers=1).analyse([layer])
+    return result.eigenvalues[0]
+
+
+def randomized(wl, evals: np.ndarray, degenerate: bool, rng: np.random.Generator,
+               device: str = "cpu") -> tuple[dict, np.ndarray]:
     """WeightWatcher's `randomize` columns and the randomized ESD: every matrix's elements shuffled;
     layers with fewer than 100 eigenvalues pool 5 shuffles (max_rand_eval and the MP fit of the random
-    ESD, whose spikes are the correlation traps), and rand_distance compares one shuffle with the ESD."""
-    from irtools.backends import get_backend
+    ESD, whose spikes are the correlation traps), and rand_distance compares one shuffle with the ESD.
+    The shuffled ESDs are computed by the spectral pass on `device` (`pooled_esd`)."""
     from irtools.passes.spectral.metrics import rand_distance
 
-    backend, mats = get_backend("cpu"), wl.matrices()
+    mats = wl.matrices()
 
     def shuffled_esd(replicas: int) -> np.ndarray:
         mixed = [rng.permutation(w.ravel()).reshape(w.shape) for _ in range(replicas) for w in mats]
-        return np.sort(np.concatenate([s.evals for s in backend.spectra(mixed)])) * wl.eigen_scale
+        return pooled_esd(mixed, wl.eigen_scale, device)
 
     rand = shuffled_esd(5 if wl.num_evals < 100 else 1)
     single = rand if rand.size == evals.size else shuffled_esd(1)
@@ -523,11 +538,11 @@ def randomized(wl, evals: np.ndarray, degenerate: bool, rng: np.random.Generator
 
 
 def details_row(layer: WWLayer, wl, row: dict, evals: np.ndarray, *, mp_fit: bool, tolerance: float,
-                part=None) -> dict:
+                part=None, device: str = "cpu") -> dict:
     """One WeightWatcher details record from irtools' row and the layer's sorted eigenvalues (`part`: the
     slice analysed, when not the pooled layer `wl`: it keeps the layer's N, M and rf, as WeightWatcher's)."""
     part = wl if part is None else part
-    sv_min, rank_loss = _slice_ranks(part, evals, row)
+    sv_min, rank_loss = _slice_ranks(part, evals, row, device)
     out = _base_row(layer, wl)
     out.update({
         "has_esd": True, "num_evals": row["num_evals"], "sv_max": math.sqrt(row["lambda_max"]), "sv_min": sv_min,
@@ -707,8 +722,11 @@ class WeightWatcher:
     """WeightWatcher's class, computed by irtools. `model`: a torch.nn.Module, a Keras model, an ONNX
     ModelProto, a state dict, or a path (ONNX or Keras model file, weights file or folder)."""
 
-    def __init__(self, model=None, framework=None, base_model=None, log_level=None, *, trust: bool = False):
+    def __init__(self, model=None, framework=None, base_model=None, log_level=None, *, trust: bool = False,
+                 device: str = "cpu"):
         self.model = model
+        #: irtools' addition: the eigenvalue backend of every ESD here ("cpu", "cuda", "auto": as --device).
+        self.device = device
         self.base_model = base_model
         self.framework = framework
         self.trust = trust
@@ -773,13 +791,15 @@ class WeightWatcher:
                 by_key[part.node] = (layer, wl, part, slice_id, flag)
         fit = dict(opts.fit)
         source = OpenedSource(_model_name(self.model), "weights", layers=[entry[2] for entry in by_key.values()])
-        analysis = irtools.analyze(source, metrics="spectral", min_evals=min_evals, max_evals=max_evals,
+        analysis = irtools.analyze(source, metrics="spectral", device=self.device, min_evals=min_evals,
+                                   max_evals=max_evals,
                                    max_n=max_N, keep_eigenvalues=True, fix_fingers=fit.pop("fix_fingers", None),
                                    fit_options=fit)  # MP fits here: see `mp_columns`
         records = []
         for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
             layer, wl, part, slice_id, flag = by_key[row["node"]]
-            record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance, part=part)
+            record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance, part=part,
+                                 device=self.device)
             record.update(option_columns(row, opts, slice_id))
             if peft:
                 record["peft"] = bool(flag)
@@ -792,7 +812,8 @@ class WeightWatcher:
             rand = None
             if randomize:
                 columns, rand = randomized(part, evals, row["warning"] == DEGENERATE,
-                                           np.random.default_rng([seed, layer.layer_id] + ([] if opts.pool else [slice_id])))
+                                           np.random.default_rng([seed, layer.layer_id] + ([] if opts.pool else [slice_id])),
+                                           self.device)
                 record.update(columns)
             records.append(record)
             if plot and savedir:
@@ -876,11 +897,12 @@ class WeightWatcher:
             raise IrtoolsError(f"get_ESD: no analysable layer {_shown(layer)} (see describe())")
         wl = weight_layer(found[0])
         analysis = irtools.analyze(OpenedSource(_model_name(self.model), "weights", layers=[wl]), metrics="spectral",
+                                   device=self.device,
                                    keep_eigenvalues=True)
         evals = analysis.eigenvalues[0]
         if random:
             degenerate = analysis.layers[0]["warning"] == DEGENERATE
-            evals = randomized(wl, evals, degenerate, np.random.default_rng([seed, found[0].layer_id]))[1]
+            evals = randomized(wl, evals, degenerate, np.random.default_rng([seed, found[0].layer_id]), self.device)[1]
         return evals / wl.eigen_scale
 
     def get_details(self):
