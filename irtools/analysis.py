@@ -156,8 +156,9 @@ def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict
     rows, columns, summary, skipped, evals, done = None, [], {}, [], None, ()
     if "spectral" in families:
         result = get_pass("spectral", **spectral_opts).analyse(opened.layers)
-        rows, columns, summary, skipped, evals = (result.rows, result.columns(), result.summary, result.skipped,
-                                                  result.eigenvalues)
+        rows, columns, summary, evals = result.rows, result.columns(), result.summary, result.eigenvalues
+        # the tensors the frontend could make no layer of come first, then the layers the pass skipped
+        skipped = [dict(s) for s in getattr(opened, "skipped", None) or []] + list(result.skipped)
         notes += result.notes
         done = ("spectral",)
     return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns, done, left_out, opts)

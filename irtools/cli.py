@@ -26,10 +26,9 @@ _LIBRARY_MODULES = (r"(numpy|scipy|onnx|onnx_ir|onnxscript|onnxruntime|torch|ten
 
 
 def _quiet_library_warnings(warnings) -> None:
-    """Hide what the libraries warn about, not everything: numpy's floating-point RuntimeWarnings (wherever
-    they are raised; a spectrum's non-finite values are reported in its row) and warnings raised inside the
-    libraries themselves. `--debug` shows them all."""
-    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    """Hide what the libraries warn about inside themselves (their deprecations, their internals), not
+    everything: a warning raised in irtools' own code (a numpy overflow in a metric, say) is a bug to fix
+    and is shown. `--debug` shows them all."""
     warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
 
 
@@ -356,7 +355,7 @@ def annotate(model: str, output: str, debug: bool, **params: Any) -> None:
                f"{done.context_nodes} nodes, {done.skipped_nodes} skipped, {done.model_keys} model metadata keys")
 
 
-@main.command()
+@main.command(epilog=options.PARTIAL_HELP)
 @click.argument("models", nargs=-1, required=True, type=str)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The HTML file to write (self-contained; written whole or not at all).")
@@ -385,8 +384,14 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
         return
     from irtools.reports.html import write_report
 
-    write_report(list(models), output, accuracies=parse_accuracies(accuracies) or None, **opts.analyze_kwargs())
+    reports = write_report(list(models), output, accuracies=parse_accuracies(accuracies) or None,
+                           **opts.analyze_kwargs())
+    for r in reports:
+        for family, reason in r.analysis.left_out.items():
+            _note(f"{r.name}: {family} metrics left out: {reason}")
     click.echo(f"wrote {output}")
+    if any(r.analysis.partial for r in reports):
+        sys.exit(options.EXIT_PARTIAL)
 
 
 @main.command()

@@ -169,7 +169,7 @@ def test_an_audit_row_reproduces_analyze_fix_fingers(tmp_path):
     # the audit's options from the audit command's own click definition
     ctx = main.commands["audit"].make_context("audit", [path, "-o", str(tmp_path / "out"), *args])
     opts = AnalysisOptions.from_cli(dict(ctx.params))
-    data = audit_model(path, opts.to_dict())
+    data = audit_model(path, opts)  # the task takes the same object
     row = read_row(data)
     assert row["status"] == "ok", row
     assert row["families"] == "spectral,reuse"
@@ -246,6 +246,11 @@ def test_compare_reports_a_left_out_family_and_exits_partial(tmp_path):
     assert "alpha_weighted" in data["models"][0] and "alpha_hat" not in data["models"][0]
     assert f"irtools: note: {two}: reuse metrics left out" in res.stderr
     assert CliRunner().invoke(main, ["compare", one, two]).exit_code == 0  # nothing asked for explicitly
+    page = tmp_path / "page.html"
+    res = CliRunner().invoke(main, ["report", one, two, "--metrics", "spectral,reuse", "-o", str(page)])
+    assert res.exit_code == 3 and page.is_file() and f"irtools: note: {two}: reuse metrics left out" in res.stderr
+    html = page.read_text()
+    assert "alpha_weighted is the seed paper&#x27;s alpha-hat" in html or "alpha_weighted is the seed paper's" in html
 
 
 def test_the_frontends_notes_are_analysis_notes(tmp_path):
@@ -351,3 +356,14 @@ def test_audit_through_the_command_line_says_partial(tmp_path):
     got = dict(zip(summary["source"].map(lambda s: s.rsplit("/", 1)[1]), summary["families"], strict=True))
     assert got == {"a.onnx": "spectral,reuse", "w.safetensors": "spectral"}
     assert set(summary["status"]) == {"ok"}
+
+
+def test_tensors_the_frontend_could_not_use_are_skipped_entries(tmp_path):
+    from irtools.frontends import open_source
+
+    opened = open_source(safetensors_file(tmp_path / "w.safetensors"))
+    entry = {"name": "q.weight", "node": "q.weight", "op_type": "state_dict", "parameter": "q.weight",
+             "reason": "a type the reader cannot dequantize"}
+    opened.skipped.append(entry)
+    a = irtools.analyze(opened, metrics="spectral", min_evals=1000)  # the layers themselves skipped too
+    assert a.skipped[0] == entry and {s["name"] for s in a.skipped[1:]} == {"enc", "dec"}

@@ -173,7 +173,7 @@ def worker_memory_limit() -> int | None:
 
 def audit_model(source: str, options: Mapping, *, fingerprint: str | None = None, timeout: float | None = None,
                 memory_limit: int | None = None, blas_threads: int | None = None) -> bytes:
-    """Analyse `source` with `options` (an `AuditOptions` dict) in this thread's child process and
+    """Analyse `source` with `options` (an `AnalysisOptions`, or its `to_dict()`) in this thread's child process and
     return the result file's bytes. Over `timeout` seconds or `memory_limit` resident bytes
     (default: the Dask worker's limit), the child is killed and the row is `failed` with the reason."""
     memory_limit = memory_limit or worker_memory_limit()
@@ -182,7 +182,8 @@ def audit_model(source: str, options: Mapping, *, fingerprint: str | None = None
     peak, reason = 0, None
     with tempfile.TemporaryDirectory(prefix="irtools-audit-") as tmp:
         out = os.path.join(tmp, "result.parquet")
-        job = {"source": source, "options": dict(options), "fingerprint": fingerprint, "out": out,
+        opts = options.to_dict() if hasattr(options, "to_dict") else dict(options)  # an AnalysisOptions or its dict
+        job = {"source": source, "options": opts, "fingerprint": fingerprint, "out": out,
                "memory_limit": memory_limit}
         try:
             child = _child(blas_threads)

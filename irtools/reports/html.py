@@ -237,19 +237,26 @@ def analyse_for_report(source: str, input_shapes: Mapping[str, tuple[int, ...]] 
 def build_report(sources: Sequence[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                  accuracies: Mapping[str, float] | None = None, **analyze_options) -> str:
     """The HTML page of one or more models."""
+    return _build_report(sources, input_shapes, accuracies, **analyze_options)[0]
+
+
+def _build_report(sources, input_shapes=None, accuracies=None, **analyze_options) -> tuple[str, list[ModelReport]]:
     from irtools.reports.compare import compare_analyses
 
     reports = [analyse_for_report(s, input_shapes, **analyze_options) for s in sources]
     comparison = None
     if len(reports) > 1:
         comparison = compare_analyses([r.name for r in reports], [r.analysis for r in reports], accuracies)
-    return render_html(reports, comparison)
+    return render_html(reports, comparison), reports
 
 
-def write_report(sources: Sequence[str], output: str, **options) -> None:
-    """Build the page and write it to `output` atomically (an input is never overwritten)."""
+def write_report(sources: Sequence[str], output: str, **options) -> list[ModelReport]:
+    """Build the page and write it to `output` atomically (an input is never overwritten); returns the
+    models' reports (each `.analysis`: its notes and the families left out)."""
     out = files.check_output_path(output, sources)
-    files.write_text_atomic(out, build_report(sources, **options))
+    text, reports = _build_report(sources, **options)
+    files.write_text_atomic(out, text)
+    return reports
 
 
 # -- HTML ------------------------------------------------------------------------------------
