@@ -168,3 +168,26 @@ def test_adapter_against_base_is_its_update(tmp_path):
     assert result.layers[0]["dist_raw"] == pytest.approx(np.linalg.norm(delta), rel=1e-5)
     assert result.layers[0]["r"] == 8 and result.layers[0]["scale"] == 2.0
     assert not math.isnan(result.layers[0]["alpha_model"])
+
+
+def test_report_section(tmp_path):
+    import base64
+    import re
+
+    from irtools.reports.finetune import finetune_section
+
+    ft, base = pair(seed=2, noise=0.2)
+    sd = {k: v.contiguous() for k, v in ft.state_dict().items()}
+    sd["fc1.weight"] = sd["fc1.weight"] * 3  # fc1 moves most
+    safetensors_torch.save_file(sd, str(tmp_path / "ft.safetensors"))
+    base_sd = {k: v.contiguous() for k, v in base.state_dict().items()}
+    base_sd["<b>only.weight"] = torch.randn(20, 20)
+    safetensors_torch.save_file(base_sd, str(tmp_path / "base.safetensors"))
+    result = compare(str(tmp_path / "ft.safetensors"), str(tmp_path / "base.safetensors"))
+    assert result.moved_most(1)[0]["name"] == "fc1"
+    page = finetune_section(result)
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(pngs) == 2 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    table = page.split('class="finetune-moved"')[1]
+    assert table.index(">fc1<") < table.index(">fc2<") and ">conv<" in table
+    assert "&lt;b&gt;only: in the base only" in page and "<b>only" not in page

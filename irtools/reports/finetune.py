@@ -1,0 +1,130 @@
+"""The HTML section of a fine-tune against its base (`irtools.finetune.compare`'s `FineTune`).
+
+`finetune_section(result)` returns one self-contained `<section>`: a model-vs-base alpha scatter per
+layer (with the line alpha_model = alpha_base), alpha by depth for both (as WeightWatcher's hosted
+app draws them), the table of the layers that moved most (relative distance ||W - W_base|| /
+||W_base||) and the skipped layers with their reasons. Figures are matplotlib PNGs (Agg) embedded as
+data URIs; every name from a model is escaped. The lead wires it into the report page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import numpy as np
+
+from irtools.errors import printable
+
+MOVED_COLUMNS = ("name", "rel_distance", "dist_raw", "dist_cka", "alpha", "alpha_model", "alpha_base", "warning")
+
+
+def _esc(x) -> str:
+    return html.escape(printable(x), quote=True)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return _esc(v if v is not None else "")
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return _esc(v)
+
+
+def _png(draw, size=(5.0, 3.6)) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    draw(ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img class="finetune-figure" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _finite(rows, key) -> np.ndarray:
+    return np.array([r.get(key, math.nan) if isinstance(r.get(key), (int, float)) else math.nan for r in rows],
+                    dtype=np.float64)
+
+
+def alpha_scatter_png(rows: list[dict]) -> str:
+    """alpha_model against alpha_base per layer, the diagonal, the 2-6 band."""
+    x, y = _finite(rows, "alpha_base"), _finite(rows, "alpha_model")
+    ok = np.isfinite(x) & np.isfinite(y)
+
+    def draw(ax):
+        ax.scatter(x[ok], y[ok], s=14, alpha=0.8)
+        if ok.any():
+            lo, hi = float(min(x[ok].min(), y[ok].min())), float(max(x[ok].max(), y[ok].max()))
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="alpha_model = alpha_base")
+            ax.legend(loc="upper left", fontsize=8)
+        for a in (2.0, 6.0):
+            ax.axhline(a, color="#cc8888", lw=0.6)
+        ax.set_xlabel("alpha of the base layer")
+        ax.set_ylabel("alpha of the fine-tuned layer")
+        ax.set_title("Fine-tune vs base: alpha per layer")
+
+    return _png(draw)
+
+
+def alpha_depth_png(rows: list[dict]) -> str:
+    """alpha of the model and of the base by layer position (the rows' order, the model's)."""
+    depth = np.arange(len(rows))
+    am, ab, ad = _finite(rows, "alpha_model"), _finite(rows, "alpha_base"), _finite(rows, "alpha")
+
+    def draw(ax):
+        ax.plot(depth, ab, "o-", ms=3, lw=1, label="base")
+        ax.plot(depth, am, "o-", ms=3, lw=1, label="fine-tuned")
+        if np.isfinite(ad).any():
+            ax.plot(depth, ad, "x", ms=4, color="grey", label="ΔW = W - W_base")
+        ax.set_xlabel("layer (model order)")
+        ax.set_ylabel("alpha")
+        ax.set_title("alpha by depth")
+        ax.legend(fontsize=8)
+
+    return _png(draw, (6.5, 3.6))
+
+
+def moved_table(result, k: int = 10) -> str:
+    rows = result.moved_most(k)
+    cols = [c for c in MOVED_COLUMNS if c in result.columns]
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f'<table class="finetune-moved"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def finetune_section(result, k: int = 10) -> str:
+    """The `<section>` of a `FineTune`: scatter, alpha by depth, the k layers that moved most, skipped."""
+    rows = result.layers
+    s = result.summary
+    parts = [f'<section class="finetune"><h2>Fine-tune against its base: {_esc(result.model)} vs '
+             f'{_esc(result.base)}</h2>',
+             f"<p>{len(rows)} matched layer(s) analysed as ΔW = W - W_base; mean relative distance "
+             f"{_fmt(s.get('rel_distance', math.nan))}, mean CKA {_fmt(s.get('dist_cka', math.nan))}; mean alpha "
+             f"fine-tuned {_fmt(s.get('alpha_model', math.nan))}, base {_fmt(s.get('alpha_base', math.nan))}, "
+             f"of ΔW {_fmt(s.get('alpha', math.nan))}.</p>"]
+    if rows and "alpha_model" in result.columns:
+        parts.append(_img(alpha_scatter_png(rows), "alpha of each fine-tuned layer against its base layer"))
+        parts.append(_img(alpha_depth_png(rows), "alpha of the fine-tuned and base layers by depth"))
+    else:
+        parts.append("<p>No model/base alphas (compare(..., models=False)): no figures.</p>")
+    parts.append(f"<h3>Layers that moved most (relative distance ||W - W_base|| / ||W_base||)</h3>"
+                 f"{moved_table(result, k)}")
+    if result.skipped:
+        items = "".join(f"<li>{_esc(x.get('name'))}: {_esc(x.get('reason'))}</li>" for x in result.skipped)
+        parts.append(f"<details><summary>{len(result.skipped)} layer(s) not compared</summary><ul>{items}</ul>"
+                     f"</details>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+__all__ = ["alpha_depth_png", "alpha_scatter_png", "finetune_section", "moved_table"]
