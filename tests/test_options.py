@@ -367,3 +367,23 @@ def test_tensors_the_frontend_could_not_use_are_skipped_entries(tmp_path):
     opened.skipped.append(entry)
     a = irtools.analyze(opened, metrics="spectral", min_evals=1000)  # the layers themselves skipped too
     assert a.skipped[0] == entry and {s["name"] for s in a.skipped[1:]} == {"enc", "dec"}
+
+
+def test_inspect_of_a_graph_shows_the_sources_metadata_and_notes(tmp_path, monkeypatch):
+    import irtools.frontends as frontends
+
+    real = frontends.open_source
+    path = heavy_mlp(tmp_path / "m.onnx")
+
+    def with_facts(source, **kwargs):
+        opened = real(source, **kwargs)
+        opened.metadata["exporter"] = "dynamo"
+        opened.notes.append("traced with use_cache=False")
+        return opened
+
+    monkeypatch.setattr(frontends, "open_source", with_facts)
+    data = json.loads(run("inspect", path, "--format", "json").stdout)
+    assert data["metadata"] == {"exporter": "dynamo"} and data["notes"] == ["traced with use_cache=False"]
+    assert data["parameters"]["tensors"] == 2  # the graph's summary as before
+    text = run("inspect", path).output
+    assert "exporter: dynamo" in text and "note: traced with use_cache=False" in text
