@@ -19,6 +19,7 @@ import numpy as np
 
 from irtools import files
 from irtools.analysis import Analysis, analyze
+from irtools.errors import printable
 from irtools.passes.spectral.powerlaw import EVALS_THRESH
 from irtools.passes.spectral.metrics import DEGENERATE, OVER_TRAINED, UNDER_TRAINED
 
@@ -36,6 +37,8 @@ REUSE_SUMMARY = ("performance_surprisal", "performance_spread", "total_surprisal
                  "zero_count_scalars")
 #: ESD thumbnails: inches and dots per inch (shown at half size until clicked).
 ESD_SIZE, ESD_DPI = (4.0, 3.0), 80
+#: ESD thumbnails drawn per model at most (`plotted_layers` picks which); the table lists every layer.
+MAX_ESD_PLOTS = 240
 PLOT_SIZE, PLOT_DPI = (9.0, 3.4), 90
 
 
@@ -45,12 +48,29 @@ class ModelReport:
 
     name: str
     analysis: Analysis
-    esd_images: list[bytes]  # one PNG per row of analysis.details
+    esd_images: list[bytes | None]  # one PNG per row of analysis.details (None: not drawn, see plotted_layers)
     depth_counts: list[dict] | None  # per consuming node: depth, node, log2 count quantiles; None without a graph
     graph: bool  # whether the input had a computation graph
 
 
 # -- numbers ---------------------------------------------------------------------------------
+
+def plotted_layers(warnings: Sequence, limit: int | None = None) -> set[int]:
+    """Which rows get an ESD thumbnail: all of them up to `limit` (MAX_ESD_PLOTS), else every flagged
+    layer first (over-trained, under-trained, degenerate) and the rest spread evenly over depth. Each
+    thumbnail costs a matplotlib figure (about 0.1 s): 1,500 layers took minutes for one page."""
+    limit = MAX_ESD_PLOTS if limit is None else limit
+    n = len(warnings)
+    if n <= limit:
+        return set(range(n))
+    chosen = [k for k, w in enumerate(warnings) if w in FLAG_CLASSES][:limit]
+    rest = [k for k in range(n) if k not in set(chosen)]
+    room = limit - len(chosen)
+    if room > 0 and rest:
+        step = len(rest) / room
+        chosen += [rest[int(i * step)] for i in range(room)]
+    return set(chosen)
+
 
 def pareto_density(x: np.ndarray, alpha: float, xmin: float, tail_fraction: float = 1.0) -> np.ndarray:
     """Density of the fitted power law, (alpha - 1) / xmin * (x / xmin)^-alpha for x >= xmin, times
@@ -225,8 +245,11 @@ def analyse_for_report(source: str, input_shapes: Mapping[str, tuple[int, ...]] 
     analysis = analyze(opened, opts, keep_eigenvalues=True)
     images = []
     if analysis.details is not None:
-        for row, evals in zip(analysis.details.itertuples(index=False), analysis.eigenvalues or [], strict=True):
-            images.append(esd_png(evals, row.alpha, row.xmin, f"{row.layer_id}: {row.name}", row.warning))
+        drawn = plotted_layers(list(analysis.details["warning"]))
+        for k, (row, evals) in enumerate(zip(analysis.details.itertuples(index=False), analysis.eigenvalues or [],
+                                             strict=True)):
+            images.append(esd_png(evals, row.alpha, row.xmin, f"{row.layer_id}: {row.name}", row.warning)
+                          if k in drawn else None)
     analysis.eigenvalues = None
     depth = None
     if opened.has_graph and "context-counts" in opened.model.results and analysis.reuse is not None:
@@ -266,7 +289,8 @@ def _short(name: str) -> str:
 
 
 def _esc(x) -> str:
-    return html.escape(str(x), quote=True)
+    """Model text for the page: control characters and undecodable bytes as visible escapes, then HTML-escaped."""
+    return html.escape(printable(x), quote=True)
 
 
 def _img(png: bytes, alt: str, cls: str = "") -> str:
@@ -347,13 +371,19 @@ def _model_section(k: int, r: ModelReport, single: bool) -> str:
         parts.append("<h3>Layers</h3>" + _legend() + _layer_table(a.details))
         thumbs = []
         for row, png in zip(a.details.to_dict(orient="records"), r.esd_images, strict=True):
+            if png is None:
+                continue
             cls = FLAG_CLASSES.get(row["warning"], "")
             thumbs.append(f'<figure class="esd {cls}" data-layer-id="{int(row["layer_id"])}">'
                           f'{_img(png, "ESD of " + str(row["name"]), "esd")}'
                           f'<figcaption>{_esc(row["name"])}</figcaption></figure>')
+        left_out = sum(png is None for png in r.esd_images)
+        more = (f' <span class="note">{left_out} of {len(r.esd_images)} layers have no thumbnail (every flagged '
+                'layer is drawn, the rest spread over depth); the table above lists them all.</span>'
+                if left_out else "")
         parts.append('<h3>Empirical spectral densities</h3><p class="hint">Click a thumbnail to enlarge it. '
                      'Dashed: the fitted power law above xmin (scaled by the share of eigenvalues in the tail); '
-                     f'vertical line: xmin.</p><div class="thumbs">{"".join(thumbs)}</div>')
+                     f'vertical line: xmin.{more}</p><div class="thumbs">{"".join(thumbs)}</div>')
     else:
         parts.append('<p class="note">No layer was analysed.</p>')
     if a.skipped:
