@@ -525,3 +525,25 @@ def test_log_alpha_norm_is_computed_in_log_space_without_overflow(recwarn):
     assert math.isfinite(row["log_alpha_norm"])
     assert row["log_alpha_norm"] == pytest.approx(_mp_log_alpha_norm(evals, row["alpha"]), rel=1e-13)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_stacked_slices_give_each_matrixs_own_spectrum():
+    """Same-shape matrices solved in one stack (a 7x7 conv's 64 x 3 slices, SVD route) have the
+    eigenvalues and noise floors of solving each alone, bit for bit; a slice with a NaN is
+    non-finite alone, the others unaffected."""
+    from irtools.backends.cpu import CPUBackend, stacked_squared_singular_values
+
+    w = rand(64, 3, 7, 7)
+    w[5, 1, 2, 3] = np.nan
+    slices = [w[:, :, i, j] for i in range(7) for j in range(7)]
+    alone = [squared_singular_values(s) for s in slices]
+    for got in (stacked_squared_singular_values(slices), CPUBackend().spectra(slices)):
+        assert len(got) == 49
+        for g, a in zip(got, alone, strict=True):
+            assert np.array_equal(g.evals, a.evals, equal_nan=True)
+            assert g.noise_floor == a.noise_floor or (math.isnan(g.noise_floor) and math.isnan(a.noise_floor))
+    assert np.isnan(alone[2 * 7 + 3].evals).all() and np.isfinite(alone[0].evals).all()
+    assert np.allclose(alone[0].evals, svd_evals(slices[0]), rtol=1e-12)
+    square = [rand(40, 40) for _ in range(3)]  # the Gram route: each alone (as measured faster)
+    assert [np.array_equal(g.evals, a.evals) for g, a in
+            zip(stacked_squared_singular_values(square), CPUBackend().spectra(square))] == [True] * 3

@@ -153,6 +153,49 @@ def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
     return Spectrum(ev, noise_floor(float(ev[-1]), n, m, False))
 
 
+#: Same-shape matrices (conv kernel slices) are solved in stacks of at most this many float64 elements.
+_STACK_ELEMENTS = 1 << 22
+
+
+def _tall(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w)
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(np.float32 if w.dtype.itemsize <= 4 else np.float64)
+    return w.T if w.shape[0] < w.shape[1] else w
+
+
+def stacked_squared_singular_values(matrices: Sequence[np.ndarray], method: str = "auto") -> list[Spectrum]:
+    """`squared_singular_values` of matrices of one shape, in one stacked float64 copy and one
+    batched LAPACK call (numpy's gufuncs loop over the stack in C; each matrix gets the same
+    syrk product and eigensolver call as alone, so the eigenvalues are the same). This saves the
+    per-matrix Python and allocation costs of the k x k slices of a conv kernel, which on small
+    slices are as large as the eigensolves."""
+    mats = [_tall(w) for w in matrices]
+    n, m = mats[0].shape
+    if m == 0:
+        return [Spectrum(np.zeros(0), 0.0) for _ in mats]
+    stack = np.empty((len(mats), n, m))
+    for k, w in enumerate(mats):
+        stack[k] = w
+    gram = gram_route(m, method)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if gram:
+            grams = np.matmul(stack.transpose(0, 2, 1), stack)
+            finite = np.isfinite(np.diagonal(grams, axis1=1, axis2=2)).all(axis=1)
+            if not finite.all():
+                grams[~finite] = 0.0
+            ev = np.linalg.eigvalsh(grams)
+            np.clip(ev, 0.0, None, out=ev)
+        else:
+            finite = np.isfinite(stack).all(axis=(1, 2))
+            if not finite.all():
+                stack[~finite] = 0.0
+            sv = np.linalg.svd(stack, compute_uv=False)
+            ev = np.sort(sv * sv, axis=1)
+    return [Spectrum(ev[k], noise_floor(float(ev[k, -1]), n, m, gram)) if finite[k] else non_finite(m)
+            for k in range(len(mats))]
+
+
 class CPUBackend(EigenBackend):
     """LAPACK on the CPU; `method` is "auto", "svd" (the reference's route) or "gram"."""
 
@@ -164,4 +207,18 @@ class CPUBackend(EigenBackend):
         self.method = method
 
     def spectra(self, matrices: Sequence[np.ndarray]) -> list[Spectrum]:
-        return [squared_singular_values(w, self.method) for w in matrices]
+        """Each matrix alone, or same-shape matrices (conv slices) in stacks (`stacked_squared_singular_values`)."""
+        if len(matrices) < 2:
+            return [squared_singular_values(w, self.method) for w in matrices]
+        shapes = {(tuple(np.shape(w)), np.asarray(w).dtype) for w in matrices}
+        size = int(np.prod(np.shape(matrices[0])))
+        # stacks only for the SVD route (smaller side < 32: a 7x7 conv's 49 slices of 64 x 3): on the
+        # Gram route a stack measured 5-15% slower than one matrix at a time (64-256 square slices)
+        if len(shapes) != 1 or size == 0 or size > _STACK_ELEMENTS // 2 or gram_route(min(np.shape(matrices[0])),
+                                                                                       self.method):
+            return [squared_singular_values(w, self.method) for w in matrices]
+        per = max(1, _STACK_ELEMENTS // size)
+        out: list[Spectrum] = []
+        for start in range(0, len(matrices), per):
+            out += stacked_squared_singular_values(matrices[start:start + per], self.method)
+        return out

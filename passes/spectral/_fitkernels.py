@@ -46,6 +46,38 @@ def _ks_distance(log_x, i, alpha, bound):
 
 
 @jit(nogil=True)
+def _ks_bounded(log_x, i, alpha, bound, probe):
+    """`_ks_distance(log_x, i, alpha, bound)` that looks first at index `probe` of log_x (where the
+    previous candidate's scan reached its bound; neighbouring candidates' worst points are close):
+    (the value, the index where it reached `bound` or -1). A value >= bound, wherever it was found,
+    rules the candidate out exactly as the full scan would; otherwise the whole tail is scanned in
+    order and the maximum is `_ks_distance`'s, bit for bit."""
+    n = log_x.shape[0] - i
+    infinite = alpha == np.inf
+    k = probe - i
+    if 0 <= k < n:
+        if infinite:
+            ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
+        else:
+            ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
+        d = abs(1.0 - ratio - k / n)
+        if d >= bound:
+            return d, probe
+    worst = 0.0
+    for k in range(n):
+        if infinite:
+            ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
+        else:
+            ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
+        d = abs(1.0 - ratio - k / n)
+        if d > worst:
+            worst = d
+            if worst >= bound:
+                return worst, i + k
+    return worst, -1
+
+
+@jit(nogil=True)
 def _fit_standard(log_x):
     """(index of xmin, alpha, D) of the candidate with the smallest D, the first one on ties.
 
@@ -67,11 +99,14 @@ def _fit_standard(log_x):
         d = _ks_distance(log_x, i, alphas[i], np.inf) if alphas[i] > 1.0 else 1.0
         if d < best_d:
             best_d, best_i = d, i
+    probe = -1
     for i in range(m):
         if i % step == 0:
             continue
         if alphas[i] > 1.0:
-            d = _ks_distance(log_x, i, alphas[i], best_d if i > best_i else np.nextafter(best_d, np.inf))
+            d, at = _ks_bounded(log_x, i, alphas[i], best_d if i > best_i else np.nextafter(best_d, np.inf), probe)
+            if at >= 0:
+                probe = at
         else:
             d = 1.0
         if d < best_d or (d == best_d and i < best_i):
@@ -117,12 +152,15 @@ def _fit_candidates(log_x, candidates):
     best_i = candidates[0]
     best_alpha = np.inf
     best_d = np.inf
+    probe = -1
     for c in range(candidates.shape[0]):
         i = candidates[c]
         n = n_all - i
         s = tail_sum[i] - n * log_x[i]
         alpha = 1.0 + n / s if s != 0.0 else np.inf
-        d = _ks_distance(log_x, i, alpha, best_d)
+        d, at = _ks_bounded(log_x, i, alpha, best_d, probe)
+        if at >= 0:
+            probe = at
         if d < best_d:
             best_d, best_i, best_alpha = d, i, alpha
     return best_i, best_alpha, best_d

@@ -1,0 +1,150 @@
+"""The spectral pass against the eigensolver floor, per weight shape of four models.
+
+Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/floor.py [--models vgg16,bert,llama,resnet50]
+     [--repeat 3] [--threads 1] [--max-elements N]
+
+For every distinct weight shape of VGG-16, BERT-base, Llama-3.2-1B (one decoder block: its shapes
+repeat 16 times) and ResNet-50 (conv-heavy), a float32 weight with random values is analysed by
+the spectral pass exactly as a weights file's layer is (`frontends.formats.layers.weight_layers`,
+torch layout: a conv kernel is pooled over its k x k slices), and the same matrices, as the
+layer's loader delivers them, go to the eigensolver alone:
+- pass: `SpectralPass(workers=1).analyse([layer] * k) / k`: loading the slices, float64 Gram (or
+  SVD), eigvalsh, the power-law fit and every metric of the row, k copies of a small layer at
+  once (up to 32, about 1 M weights in all) so that the model's summary is shared as in a model;
+- floor: per matrix the faster of LAPACK `eigvalsh(W^T W)` (numpy, the product timed, the float64
+  copy of W given for free) and `svdvals(W)` (numpy `svd(compute_uv=False)` on the float64 copy),
+  summed over the layer's matrices; `eig`: eigvalsh of the ready Gram alone, for reference;
+- ratio = pass / floor (target <= 1.1 on every shape, issue 25).
+All timings are process CPU time by default (`--clock cpu`: with one BLAS thread and one layer at a
+time it is the work done, steady on a machine other jobs load; `--clock wall` for elapsed time),
+the min of `--repeat` runs, every one under threadpoolctl's limit of `--threads`
+BLAS threads (the pass and the floor alike). Shapes with more than `--max-elements` elements per
+matrix are left out (VGG's 25088 x 4096 FC1 takes tens of seconds per run on one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: (label, torch-layout weight shape) per model; conv kernels are (out, in, kh, kw).
+MODELS = {
+    "vgg16": [("conv 3->64", (64, 3, 3, 3)), ("conv 64->64", (64, 64, 3, 3)), ("conv 64->128", (128, 64, 3, 3)),
+              ("conv 128->128", (128, 128, 3, 3)), ("conv 128->256", (256, 128, 3, 3)),
+              ("conv 256->256", (256, 256, 3, 3)), ("conv 256->512", (512, 256, 3, 3)),
+              ("conv 512->512", (512, 512, 3, 3)), ("fc1", (4096, 25088)), ("fc2", (4096, 4096)),
+              ("fc3", (1000, 4096))],
+    "bert": [("attention q/k/v/o", (768, 768)), ("intermediate", (3072, 768)), ("output", (768, 3072)),
+             ("position embeddings", (512, 768)), ("word embeddings", (30522, 768))],
+    "llama": [("q_proj / o_proj", (2048, 2048)), ("k_proj / v_proj", (512, 2048)), ("gate / up", (8192, 2048)),
+              ("down", (2048, 8192))],
+    "resnet50": [("conv1 7x7", (64, 3, 7, 7)), ("1x1 64->64", (64, 64, 1, 1)), ("3x3 64->64", (64, 64, 3, 3)),
+                 ("1x1 64->256", (256, 64, 1, 1)), ("1x1 256->64", (64, 256, 1, 1)),
+                 ("1x1 256->128", (128, 256, 1, 1)), ("3x3 128->128", (128, 128, 3, 3)),
+                 ("1x1 128->512", (512, 128, 1, 1)), ("1x1 512->256", (256, 512, 1, 1)),
+                 ("3x3 256->256", (256, 256, 3, 3)), ("1x1 256->1024", (1024, 256, 1, 1)),
+                 ("1x1 1024->512", (512, 1024, 1, 1)), ("3x3 512->512", (512, 512, 3, 3)),
+                 ("1x1 512->2048", (2048, 512, 1, 1)), ("fc", (1000, 2048))],
+}
+
+
+#: Small layers are analysed this many at a time (up to MAX_COPIES), and the pass's time divided.
+COPY_ELEMENTS = 1 << 20
+MAX_COPIES = 32
+
+
+def layer_of(name: str, weight: np.ndarray):
+    from irtools.frontends.formats.common import StoredArray
+    from irtools.frontends.formats.layers import weight_layers
+
+    (layer,) = weight_layers({f"{name}.weight": StoredArray(weight.shape, weight.dtype, lambda: weight)})
+    return layer
+
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = time.process_time
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = clock()
+        fn()
+        times.append(clock() - t)
+    return min(times)
+
+
+def floor_of(mats, repeat: int) -> tuple[float, float, str]:
+    """(floor seconds, eigvalsh-of-the-Gram-alone seconds, route) summed over the matrices."""
+    total, eig_total, routes = 0.0, 0.0, set()
+    for w in mats:
+        w = np.asarray(w)
+        if w.shape[0] < w.shape[1]:
+            w = w.T
+        w64 = np.ascontiguousarray(w, dtype=np.float64)
+        gram_t = best(lambda: np.linalg.eigvalsh(w64.T @ w64), repeat)
+        svd_t = best(lambda: np.linalg.svd(w64, compute_uv=False), repeat)
+        g = w64.T @ w64
+        eig_total += best(lambda: np.linalg.eigvalsh(g), repeat)
+        total += min(gram_t, svd_t)
+        routes.add("eigvalsh" if gram_t <= svd_t else "svdvals")
+    return total, eig_total, "+".join(sorted(routes))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads for the pass and the floor")
+    ap.add_argument("--clock", choices=list(CLOCKS), default="cpu",
+                    help="cpu: process CPU time (steady on a loaded machine; one BLAS thread), wall: elapsed time")
+    ap.add_argument("--max-elements", type=int, default=1 << 25, help="largest matrix analysed (elements)")
+    a = ap.parse_args()
+    global clock
+    clock = CLOCKS[a.clock]
+    from threadpoolctl import threadpool_limits
+
+    import irtools  # noqa: F401 - registers the passes
+    from irtools.passes.spectral import SpectralPass
+    from irtools.passes.spectral.powerlaw import warm_up
+
+    warm_up()  # numba's kernels loaded before anything is timed
+    env = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {env}; BLAS threads {a.threads}; "
+          f"{a.clock} time, min of {a.repeat}")
+    print(f"{'model':<9} {'layer':<22} {'weight shape':<20} {'mats':>4} {'pass s':>9} {'floor s':>9} {'eig s':>9} "
+          f"{'ratio':>6}  route")
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    spectral = SpectralPass(workers=1)
+    for model in a.models.split(","):
+        for label, shape in MODELS[model]:
+            per_matrix = shape[0] * shape[1]
+            if per_matrix > a.max_elements:
+                print(f"{model:<9} {label:<22} {str(shape):<20} left out (> --max-elements {a.max_elements})")
+                continue
+            weight = (rng.standard_normal(shape) / math.sqrt(shape[1])).astype(np.float32)
+            layer = layer_of(label.replace(" ", "_"), weight)
+            # a model has many small layers: the pass's per-model work (its summary) is shared by them
+            copies = max(1, min(MAX_COPIES, COPY_ELEMENTS // (per_matrix * layer.rf)))
+            with threadpool_limits(a.threads):
+                pass_t = best(lambda: spectral.analyse([layer] * copies), a.repeat) / copies
+                floor_t, eig_t, route = floor_of(layer.matrices(), a.repeat)
+            ratio = pass_t / floor_t
+            worst = max(worst, ratio)
+            verdict = "" if ratio <= 1.1 else "  OVER 1.1"
+            print(f"{model:<9} {label:<22} {str(shape):<20} {layer.rf:>4} {pass_t:>9.4f} {floor_t:>9.4f} "
+                  f"{eig_t:>9.4f} {ratio:>6.2f}  {route}{verdict}", flush=True)
+    print(f"worst ratio {worst:.2f} (target <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()
