@@ -124,7 +124,7 @@ SLOTS: dict[tuple[str, str], OpSlots] = {
     (MS, "MatMulNBits"): OpSlots(structural=_s(2, 3, 4), weight=_s(1), quantized_weight=_s(1),
                                  scales=((1, 2, 3),)),
     (MS, "QAttention"): OpSlots(structural=_s(3, 4, 5, 6, 7), quantized_weight=_s(1), scales=((1, 4, 7),)),
-    (MS, "DynamicQuantizeLSTM"): OpSlots(structural=_s(4, 8, 9, 10, 11), counted=_s(5, 6), quantized_weight=_s(1, 2),
+    (MS, "DynamicQuantizeLSTM"): OpSlots(structural=_s(4, 8, 9, 10, 11), quantized_weight=_s(1, 2),
                                          scales=((1, 8, 9), (2, 10, 11)), gates="iofc", transposed=True),
     # -- com.microsoft: onnxruntime's fused transformer ops (ids, masks, lengths, rotary caches) ----
     (MS, "EmbedLayerNormalization"): OpSlots(structural=_s(0, 1, 7, 8)),
