@@ -117,3 +117,12 @@ def test_file_names_that_are_not_utf8_are_text_in_every_table(tmp_path):
     summary, layers = assemble([path])
     assert summary["source"].tolist() == ["bad\\xff\\xfename.onnx"]
     assert set(layers["model"]) == {"bad\\xff\\xfename.onnx"}
+
+
+def test_an_input_shape_beyond_int64_is_one_clear_error():
+    from irtools.errors import ShapeError
+    from irtools.ir.shapes import parse_input_shapes
+
+    with pytest.raises(ShapeError, match="larger than 2\\*\\*62"):
+        parse_input_shapes(["x=1,99999999999999999999999"])
+    assert parse_input_shapes(["x=1,3"]) == {"x": (1, 3)}

@@ -66,6 +66,8 @@ def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
             raise ShapeError(f"--input-shape {spec!r}: dimensions must be integers") from None
         if any(d <= 0 for d in parsed):
             raise ShapeError(f"--input-shape {spec!r}: dimensions must be positive")
+        if any(d >= 1 << 62 for d in parsed):  # ONNX dims are int64; larger ones fail deep inside onnx
+            raise ShapeError(f"--input-shape {spec!r}: a dimension is larger than 2**62")
         shapes[name] = parsed
     return shapes
 
