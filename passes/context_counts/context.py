@@ -39,7 +39,8 @@ class SlotView:
 
     def __init__(self, node: ir.Node, slots: Sequence[int | None]):
         self.original = node
-        self.op_type, self.domain, self.attributes, self.outputs = node.op_type, node.domain, node.attributes, node.outputs
+        self.op_type, self.domain = node.op_type, node.domain
+        self.attributes, self.outputs = node.attributes, node.outputs
         self.inputs = [node.inputs[s] if s is not None and s < len(node.inputs) else None for s in slots]
 
 

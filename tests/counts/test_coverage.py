@@ -89,7 +89,8 @@ def test_no_key_is_registered_twice():
             domain = args[0].value
             ops = [a.value for a in args[1:]] if node.func.id == "register" else [args[1].value]
             for op in ops:
-                assert (domain, op) not in seen, f"{(domain, op)} registered in {seen.get((domain, op))} and {path.name}"
+                where = seen.get((domain, op))
+                assert where is None, f"{(domain, op)} registered in {where} and {path.name}"
                 seen[(domain, op)] = path.name
     assert seen, "no registration found: the scan is broken"
 

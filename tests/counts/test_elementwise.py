@@ -47,14 +47,16 @@ for _op, (_attrs, _opset) in UNARY.items():
     CASES[f"unary-{_op}"] = Case(h.make_node(_op, ["X"], ["Y"], **_attrs), {"X": x(*_shape)}, _shape, opset=_opset)
 #: Broadcasting binary ops, probed with the other input at a value where it does not hide the probe
 #: (max(0, 1) = max(1, 1); 1^0 = 1^1; PRelu's slope acts on negative inputs only).
-for _op, _base in {"Add": 1.0, "Sub": 1.0, "Div": 1.0, "Pow": 2.0, "Max": 0.5, "Min": 0.5, "Sum": 1.0, "Mean": 1.0}.items():
+_BASES = {"Add": 1.0, "Sub": 1.0, "Div": 1.0, "Pow": 2.0, "Max": 0.5, "Min": 0.5, "Sum": 1.0, "Mean": 1.0}
+for _op, _base in _BASES.items():
     CASES[f"broadcast-{_op}"] = Case(h.make_node(_op, ["A", "Bm"], ["Y"]), {"A": x(2, 1, 3), "Bm": x(4, 1)}, (2, 4, 3),
                                      base_value=_base)
 CASES["broadcast-PRelu"] = Case(h.make_node("PRelu", ["A", "Bm"], ["Y"]), {"A": x(2, 1, 3), "Bm": x(1, 3)}, (2, 1, 3),
                                 base_value=-1.0)
 CASES["cast-like"] = Case(h.make_node("CastLike", ["X", "sc"], ["Y"]), {"X": x(2, 3), "sc": x(1)}, (2, 3))
 CASES["quantize-dequantize"] = Case(
-    [h.make_node("QuantizeLinear", ["X", "sc", "zp"], ["q"]), h.make_node("DequantizeLinear", ["q", "sc", "zp"], ["Y"])],
+    [h.make_node("QuantizeLinear", ["X", "sc", "zp"], ["q"]),
+     h.make_node("DequantizeLinear", ["q", "sc", "zp"], ["Y"])],
     {"X": x(2, 3), "sc": np.array(0.01, F), "zp": np.array(0, np.uint8)}, (2, 3))
 
 

@@ -90,7 +90,8 @@ CASES = {
 CASES.update({
     "reshape": Case(h.make_node("Reshape", ["X", "shape"], ["Y"]), {"X": x(2, 3, 2), "shape": np.array([3, -1], I64)},
                     (3, 4)),
-    "squeeze": Case(h.make_node("Squeeze", ["X", "axes"], ["Y"]), {"X": x(2, 1, 3), "axes": np.array([1], I64)}, (2, 3)),
+    "squeeze": Case(h.make_node("Squeeze", ["X", "axes"], ["Y"]), {"X": x(2, 1, 3), "axes": np.array([1], I64)},
+                    (2, 3)),
     "unsqueeze": Case(h.make_node("Unsqueeze", ["X", "axes"], ["Y"]), {"X": x(2, 3), "axes": np.array([0, 2], I64)},
                       (1, 2, 1, 3)),
     "flatten": Case(h.make_node("Flatten", ["X"], ["Y"], axis=2), {"X": x(2, 3, 2, 2)}, (6, 4)),
