@@ -17,6 +17,7 @@ import irtools
 from irtools.errors import IrtoolsError
 from irtools.frontends import open_source
 from irtools.frontends.weights_file import read_weights
+from tests.fuzz import formats as f
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -159,49 +160,35 @@ def test_names_map_back_to_transformers_parameter_names(arch, model):
     assert {back[g] for g in to_gguf.values()} == set(to_gguf)
 
 
-# -- hostile files -------------------------------------------------------------------------------------
-def _kv_string(key: str, value: str) -> bytes:
-    k, v = key.encode(), value.encode()
-    return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
-
-
-def _header(n_tensors: int, kvs: list[bytes], infos: list[bytes]) -> bytes:
-    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kvs)) + b"".join(kvs) + b"".join(infos)
-
-
-def _info(name: str, dims, type_id: int, offset: int) -> bytes:
-    n = name.encode()
-    return struct.pack("<Q", len(n)) + n + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims) + \
-        struct.pack("<IQ", type_id, offset)
-
-
-def _padded(head: bytes, data: bytes) -> bytes:
-    return head + b"\0" * (-len(head) % 32) + data
-
-
+# -- hostile files (the builders of tests/fuzz/formats.py, so every field can lie) -----------------------
+ARCH = [f.gguf_kv("general.architecture", 8, f.gguf_string("llama"))]
 HOSTILE = {
     "truncated": (lambda good: good[: len(good) * 2 // 3], "outside the file|truncated"),
-    "unknown type id": (lambda _: _padded(_header(1, [_kv_string("general.architecture", "llama")],
-                                                  [_info("blk.0.attn_q.weight", (32, 4), 4, 0)]), bytes(512)),
-                        "unknown GGML type id 4"),
-    "offset past the file": (lambda _: _padded(_header(1, [_kv_string("general.architecture", "llama")],
-                                                       [_info("blk.0.attn_q.weight", (32, 4), 0, 1 << 40)]),
-                                               bytes(512)), "lies outside the file"),
-    "size past the file": (lambda _: _padded(_header(1, [], [_info("w", (1 << 20, 1 << 10), 0, 0)]), bytes(64)),
+    "unknown type id": (lambda _: f.gguf_bytes(ARCH, [f.gguf_tensor_info("blk.0.attn_q.weight", (32, 4), 4, 0)],
+                                               bytes(512)), "unknown GGML type id 4"),
+    "offset past the file": (lambda _: f.gguf_bytes(ARCH, [f.gguf_tensor_info("blk.0.attn_q.weight", (32, 4), 0,
+                                                                              1 << 40)], bytes(512)),
+                             "lies outside the file"),
+    "size past the file": (lambda _: f.gguf_bytes([], [f.gguf_tensor_info("w", (1 << 20, 1 << 10), 0, 0)], bytes(64)),
                            "lies outside the file"),
-    "array of 2^40 entries": (lambda _: _header(0, [struct.pack("<Q", 3) + b"big" + struct.pack("<IIQ", 9, 4, 1 << 40)],
-                                                []), "array of 1099511627776 entries"),
-    "array of 2^40 strings": (lambda _: _header(0, [struct.pack("<Q", 3) + b"big" + struct.pack("<IIQ", 9, 8, 1 << 40)],
-                                                 []), "array of 1099511627776 entries"),
-    "string past the file": (lambda _: _header(0, [struct.pack("<Q", 1 << 50) + b"k"], []) + bytes(64),
+    "array of 2^40 entries": (lambda _: f.gguf_bytes([f.gguf_kv("big", 9, struct.pack("<IQ", 4, 1 << 40))], []),
+                              "array of 1099511627776 entries"),
+    "array of 2^40 strings": (lambda _: f.gguf_bytes([f.gguf_kv("big", 9, struct.pack("<IQ", 8, 1 << 40))], []),
+                              "array of 1099511627776 entries"),
+    "string past the file": (lambda _: f.gguf_bytes([struct.pack("<Q", 1 << 50) + b"k"], [], bytes(64)),
                              "truncated GGUF"),
-    "2^60 tensors": (lambda _: b"GGUF" + struct.pack("<IQQ", 3, 1 << 60, 0), "declares 1152921504606846976 tensors"),
-    "five dims": (lambda _: _padded(_header(1, [], [_info("w", (32, 1, 1, 1, 1), 0, 0)]), bytes(128)), "5 dimensions"),
-    "rows not whole blocks": (lambda _: _padded(_header(1, [], [_info("w", (33, 2), 8, 0)]), bytes(256)),
+    "2^60 tensors": (lambda _: f.gguf_bytes([], [], n_tensors=1 << 60), "declares 1152921504606846976 tensors"),
+    "five dims": (lambda _: f.gguf_bytes([], [f.gguf_tensor_info("w", (32, 1, 1, 1, 1), 0, 0)], bytes(128)),
+                  "5 dimensions"),
+    "rows not whole blocks": (lambda _: f.gguf_bytes([], [f.gguf_tensor_info("w", (33, 2), 8, 0)], bytes(256)),
                               "not whole Q8_0 blocks"),
-    "overlapping tensors": (lambda _: _padded(_header(2, [], [_info("a", (32, 2), 0, 0), _info("b", (32, 2), 0, 128)]),
-                                              bytes(512)), "overlap"),
-    "version 1": (lambda _: b"GGUF" + struct.pack("<IQQ", 1, 0, 0), "GGUF version 1"),
+    "overlapping tensors": (lambda _: f.gguf_bytes([], [f.gguf_tensor_info("a", (32, 2), 0, 0),
+                                                        f.gguf_tensor_info("b", (32, 2), 0, 128)], bytes(512)),
+                            "overlap"),
+    "unknown metadata type": (lambda _: f.gguf_bytes([f.gguf_kv("k", 77, b"")], []), "unknown metadata type 77"),
+    "alignment not a power of two": (lambda _: f.gguf_bytes([f.gguf_kv("general.alignment", 4, struct.pack("<I", 24))],
+                                                            []), "not a power of two"),
+    "version 1": (lambda _: f.gguf_bytes([], [], version=1), "GGUF version 1"),
 }
 
 
@@ -239,3 +226,37 @@ def test_a_gguf_saved_under_another_suffix_is_read_by_its_magic(tmp_path):
     other = tmp_path / "model.bin"
     other.write_bytes(open(path, "rb").read())
     assert "model.layers.0.self_attn.q_proj.weight" in read_weights(str(other))
+
+
+def test_fuzz_gguf_bytes_mutated(tmp_path):
+    """Bytes of a valid GGUF (tests/fuzz/formats.py's builder) overwritten, cut and extended at drawn
+    places, through the CLI in-process: exit 0 with JSON or 2 with one line, nothing opened outside
+    the model's folder, the input unchanged (the fuzz suite's contract, tests/fuzz/harness.py)."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.fuzz import harness
+
+    good = f.gguf_of({"token_embd.weight": RNG.standard_normal((16, 8)), "blk.0.attn_q.weight": np.eye(8),
+                      "output_norm.weight": np.ones(8)})
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, len(good) - 1), st.binary(min_size=1, max_size=9)), max_size=4),
+           st.integers(8, len(good)))
+    def run(edits, cut):
+        data = bytearray(good)
+        for at, chunk in edits:
+            data[at:at + len(chunk)] = chunk
+        folder = tmp_path / "model"
+        folder.mkdir(exist_ok=True)
+        path = folder / "m.gguf"
+        path.write_bytes(bytes(data[:cut]))
+        before = harness.snapshot(str(folder))
+        outcome = harness.run_in_process(["analyze", str(path), "--format", "json", "--max-memory", "256M"])
+        harness.check(outcome, str(folder), before)
+        if outcome.code == 0:
+            json.loads(outcome.stdout)
+
+    run()

@@ -76,6 +76,41 @@ def safetensors_of(arrays: dict[str, np.ndarray]) -> bytes:
     return safetensors_bytes(header, b"".join(blobs))
 
 
+# -- GGUF (llama.cpp), field by field --------------------------------------------------------
+def gguf_string(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def gguf_kv(key: str, vtype: int, payload: bytes) -> bytes:
+    """One metadata entry: key, GGUFValueType id, the value's bytes as given (so they may lie)."""
+    return gguf_string(key) + struct.pack("<I", vtype) + payload
+
+
+def gguf_tensor_info(name: str, dims, type_id: int, offset: int) -> bytes:
+    return gguf_string(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims) + \
+        struct.pack("<IQ", type_id, offset)
+
+
+def gguf_bytes(kvs: list[bytes], infos: list[bytes], data: bytes = b"", *, version: int = 3,
+               n_tensors: int | None = None, n_kv: int | None = None, align: int = 32) -> bytes:
+    """A GGUF file: header (counts default to the entries given), metadata, tensor infos, padding, data."""
+    head = b"GGUF" + struct.pack("<IQQ", version, len(infos) if n_tensors is None else n_tensors,
+                                 len(kvs) if n_kv is None else n_kv) + b"".join(kvs) + b"".join(infos)
+    return head + bytes(-len(head) % align) + data
+
+
+def gguf_of(arrays: dict[str, np.ndarray], arch: str = "llama") -> bytes:
+    """A valid GGUF of F32 tensors (GGUF dims are the numpy shape reversed, 32-byte aligned offsets)."""
+    infos, blobs, offset = [], [], 0
+    for name, a in arrays.items():
+        raw = a.astype(np.float32).tobytes()
+        infos.append(gguf_tensor_info(name, tuple(reversed(a.shape)), 0, offset))
+        blobs.append(raw + bytes(-len(raw) % 32))
+        offset += len(blobs[-1])
+    return gguf_bytes([gguf_kv("general.architecture", 8, gguf_string(arch))], infos, b"".join(blobs))
+
+
 # -- PyTorch pickles, opcode by opcode -----------------------------------------------------
 def p_int(v: int) -> bytes:
     """LONG1: any signed integer."""
