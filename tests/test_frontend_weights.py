@@ -268,3 +268,48 @@ def test_rows_follow_the_forward_pass_not_the_alphabet(tmp_path):
     assert rows({n: shard_of[n] for n in names}) == forward  # sorted index: the forward pass
     own = [forward[0], *reversed(forward[1:])]  # an index with an order of its own is kept
     assert rows({n: shard_of[n] for n in own}) == own
+
+
+# -- the formats package and its facade ----------------------------------------------------------------
+def test_the_facade_keeps_every_name_other_modules_import():
+    from irtools.frontends import weights_file
+
+    for name in ("read_weights", "weight_layers", "open_weights_file", "is_weights_file", "checkpoint_order",
+                 "StoredArray", "check_hdf5_file", "check_hdf5_storage", "check_keras_archive", "h5_is_full_model",
+                 "default_layout", "FORMATS", "find_format", "describe"):
+        assert callable(getattr(weights_file, name)) or isinstance(getattr(weights_file, name), tuple), name
+
+
+def test_only_the_restricted_unpickler_unpickles():
+    """Security review reads one file: no other reader module calls pickle's loaders or builds an
+    Unpickler; torch.load appears only behind `trust` in the PyTorch reader."""
+    import pathlib
+
+    import irtools.frontends.formats as formats
+
+    folder = pathlib.Path(formats.__file__).parent
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        if path.name != "unpickler.py":
+            assert "pickle.load" not in text and "Unpickler(" not in text, path.name
+        if path.name != "pytorch.py":
+            assert "torch.load(" not in text, path.name
+    pytorch = (folder / "pytorch.py").read_text()
+    assert pytorch.count("torch.load(") == 1 and "def _read_trusted" in pytorch
+
+
+def test_every_dispatch_reads_the_one_table(tmp_path):
+    """Suffix, first bytes and folder contents all go through `FORMATS`: each row's reader is the one
+    `find_format` names, and a file's magic wins over a misleading suffix."""
+    from irtools.frontends.formats import FORMATS, find_format, label
+
+    write_safetensors(tmp_path / "w.bin", {"fc.weight": np.eye(4, dtype=np.float32)})  # safetensors named .bin
+    assert find_format(str(tmp_path / "w.bin")).name == "safetensors" and label(str(tmp_path / "w.bin")) == \
+        "safetensors file"
+    assert read_weights(str(tmp_path / "w.bin"))["fc.weight"].shape == (4, 4)
+    assert {f.name for f in FORMATS} >= {"gguf", "safetensors", "safetensors-index", "npz", "hdf5", "pytorch",
+                                         "safetensors-folder", "pytorch-folder", "dcp-folder"}
+    (tmp_path / "shards").mkdir()
+    write_safetensors(tmp_path / "shards" / "a.safetensors", {"fc.weight": np.eye(4, dtype=np.float32)})
+    assert find_format(str(tmp_path / "shards")).name == "safetensors-folder"
+    assert find_format(str(tmp_path / "x.npz")).name == "npz"  # a name alone, for a file not yet there

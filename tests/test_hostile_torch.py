@@ -70,3 +70,19 @@ def test_a_checkpoint_of_many_tensors_opens_its_archive_once(tmp_path, monkeypat
     for i, array in enumerate(tensors.values()):
         np.testing.assert_array_equal(array.load(), np.full((2, 2), i, np.float32))
     assert len(opened) - before == 1
+
+
+def test_records_are_dicts_and_other_globals_stay_refused(tmp_path):
+    """A training checkpoint's hyper-parameters (argparse.Namespace) come back as a plain dict, even
+    with a BUILD state that is not a dict; a global beside them (os.system) is still refused."""
+    from irtools.frontends.formats.unpickler import Record, RestrictedUnpickler
+
+    ns = b"\x80\x02cargparse\nNamespace\n)\x81K\x05b."  # NEWOBJ, then BUILD with the int 5 as its state
+    record = RestrictedUnpickler(io.BytesIO(ns), "x").load()
+    assert isinstance(record, Record) and dict(record) == {}
+    ns_dict = b"\x80\x02cargparse\nNamespace\n)\x81}X\x02\x00\x00\x00lrG?\xb9\x99\x99\x99\x99\x99\x9asb."
+    assert dict(RestrictedUnpickler(io.BytesIO(ns_dict), "x").load()) == {"lr": 0.1}
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(f.torch_zip(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.", {}))
+    with pytest.raises(ModelLoadError, match=r"refused to unpickle os\.system"):
+        read_weights(str(evil))
