@@ -32,13 +32,11 @@ def analyse(source: str, options, fingerprint: str | None):
     from irtools.analysis import analyze
     from irtools.audit.results import summary_row
     from irtools.errors import IrtoolsError
-    from irtools.frontends import open_source
 
-    kwargs = options.analyze_kwargs()
     start = time.perf_counter()
     try:
-        opened = open_source(source, input_shapes=kwargs["input_shapes"], trust=options.trust, layout=options.layout)
-        analysis = analyze(opened, **kwargs)
+        opened = options.open(source)  # every source option (--framework, --opset, ...) holds in an audit too
+        analysis = analyze(opened, options)
     except IrtoolsError as exc:
         error = str(exc)
     except MemoryError:
