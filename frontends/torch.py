@@ -14,7 +14,9 @@ import importlib
 import importlib.util
 import io
 import json
+import math
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -165,13 +167,23 @@ def from_torch(module, inputs=None, *, input_shapes: Mapping[str, Sequence[int]]
     names = list(input_shapes) if input_shapes and len(input_shapes) == len(args) else None
     if exporter == "dynamo" and not has_dynamo_exporter():
         raise IrtoolsError("the dynamo exporter needs onnxscript: pip install onnxscript")
+    dynamo_failure = None
     if exporter == "dynamo" or (exporter == "auto" and has_dynamo_exporter()):
         try:
             return _export(torch, module, args, names, opset, dynamo=True)
-        except IrtoolsError:
+        except IrtoolsError as exc:
             if exporter == "dynamo":
                 raise
-    return _export(torch, module, args, names, opset, dynamo=False)
+            dynamo_failure = exc
+    try:
+        return _export(torch, module, args, names, opset, dynamo=False)
+    except IrtoolsError as exc:
+        if dynamo_failure is None:
+            raise
+        # the dynamo exporter's reason first: the TorchScript fallback's (`aten::diff` from transformers'
+        # masking code, a DynamicCache output) is seldom the one that matters
+        raise IrtoolsError(f"{dynamo_failure.message}; the TorchScript fallback also failed: "
+                           f"{exc.message.partition(' failed: ')[2] or exc.message}") from exc
 
 
 def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelProto:
@@ -198,7 +210,8 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
                                       input_names=names)
                 proto = onnx.load_from_string(buf.getvalue())
     except Exception as exc:
-        raise IrtoolsError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise IrtoolsError(f"torch.onnx.export ({'dynamo' if dynamo else 'TorchScript'}) failed: "
+                           f"{export_reason(exc)}") from exc
     finally:
         with torch.no_grad():
             for k in params:
@@ -231,6 +244,23 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
         proto.metadata_props.add(key=ALIASES_KEY, value=json.dumps(aliases))
     proto.metadata_props.add(key="irtools.exporter", value="dynamo" if dynamo else "torchscript")
     return proto
+
+
+def export_reason(exc: BaseException) -> str:
+    """The real reason an export failed, in one line: the innermost cause (the dynamo exporter wraps
+    torch.export's error, "Failed to export the model with torch.export ...", around it), its type
+    and first meaningful line."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, (KeyboardInterrupt, SystemExit)):
+            break
+        exc = inner
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = next((ln for ln in lines if not ln.startswith(("[torch.onnx]", "Failed to export the model", "For more"))),
+                lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def _unique_tensors(state) -> tuple[list[str], dict[str, str]]:
@@ -374,7 +404,16 @@ def open_torch_module(obj, name: str, options, kind: str = "torch-module"):
     from irtools.ir.model import load  # noqa: PLC0415
 
     module, inputs = obj if isinstance(obj, tuple) else (obj, None)
-    proto = from_torch(module, inputs, input_shapes=options.input_shapes, opset=options.opset)
+    try:
+        proto = from_torch(module, inputs, input_shapes=options.input_shapes, opset=options.opset)
+    except IrtoolsError as exc:
+        # the spectral family needs the parameters, not a graph: an export failure costs only reuse
+        torch = _torch()
+        if not isinstance(module, torch.nn.Module):
+            raise
+        layers = module_weight_layers(module)
+        return OpenedSource(name, kind, layers=layers, notes=[f"reuse metrics left out: {exc.message}"],
+                            metadata={"export": "failed"})
     model = load(proto)
     model.path = name
 
@@ -399,4 +438,188 @@ def open_callable(reference: str, name: str, options):
 
     return open_source(resolve_callable(reference), name=name, input_shapes=options.input_shapes,
                        trust=options.trust, layout=options.layout, opset=options.opset, fix_batch=options.fix_batch,
-                       framework=options.framework)
+                       framework=options.framework, seq_len=getattr(options, "seq_len", None))
+
+
+# -- the spectral family from the module's own parameters (no export needed) --------------------
+#: A parameter name's trailing part that is no part of its module path (the weights-only route strips
+#: the same, `weights_file.weight_layers`): `model.layers.0.self_attn.q_proj.weight` is the layer
+#: `model.layers.0.self_attn.q_proj`.
+_PARAM_SUFFIX = re.compile(r"[./](weight|kernel|embeddings|w)$")
+_RECURRENT_WEIGHT = re.compile(r"^weight_(ih|hh)_l(\d+)(_reverse)?$")
+_TORCH_GATES = {"LSTM": "ifgo", "GRU": "rzn", "RNN": "h"}
+
+
+def layer_name(parameter: str) -> str:
+    """The layer a parameter belongs to, named by its module path (one name on every route)."""
+    return _PARAM_SUFFIX.sub("", parameter)
+
+
+def is_expert_tensor(name: str, shape, owner: str = "") -> bool:
+    """A 3-D parameter holding one matrix per expert ([experts, out, in], fused gate_up_proj): the
+    parameter or its module is named for experts (transformers' `*Experts` modules)."""
+    return len(shape) == 3 and shape[0] > 1 and ("expert" in name.lower() or "expert" in owner.lower())
+
+
+def module_weight_layers(module, values: Mapping[str, object] | None = None) -> list:
+    """`WeightLayer`s of a torch module read from its parameters, with the rules the `weights` pass
+    applies to a graph: Linear (and transformers' transposed Conv1D) dense, Conv 1-3-D pooled over the
+    kernel positions, ConvTranspose, Embedding, LSTM/GRU/RNN per gate and direction, experts ([E, out,
+    in]) one matrix per expert (`extra={"expert": i}`), any other parameter with two dims > 1 a matrix.
+    Tied weights are one layer (the first name). Layers are named by module path (`layer_name`).
+
+    `values` maps a parameter name to a function returning its stored values (a checkpoint folder's
+    tensors, so that a module built on the meta device holds no weights); default: the parameter."""
+    torch = _torch()
+    from irtools.ir.layers import WeightLayer  # noqa: PLC0415
+
+    seen: set[int] = set()
+    layers: list = []
+
+    def loader(full: str, p):
+        if values is not None and full in values:
+            return values[full]
+
+        def load(p=p):
+            t = p.detach()
+            if t.device.type == "meta":
+                raise IrtoolsError(f"parameter '{full}' has no values (built on the meta device)")
+            return t.float().cpu().numpy() if t.dtype == torch.bfloat16 else t.cpu().numpy()
+        return load
+
+    def add(name, mod, full, kind, shape, n, m, rf=1, scale=1.0, load=None, groups=1, extra=None):
+        layers.append(WeightLayer(name=name, node=layer_name(full), op_type=type(mod).__name__, layer_type=kind,
+                                  parameter=full, weight_shape=tuple(shape), N=n, M=m, rf=rf, eigen_scale=scale,
+                                  groups=groups, loader=load, sources=(full,), extra=dict(extra or {})))
+
+    for path, mod in module.named_modules(remove_duplicate=False):
+        for pname, p in mod.named_parameters(recurse=False):
+            if p is None or id(p) in seen or not p.is_floating_point():
+                continue
+            seen.add(id(p))
+            full = f"{path}.{pname}" if path else pname
+            shape = tuple(p.shape)
+            load = loader(full, p)
+            cls = type(mod).__name__
+            rec = _RECURRENT_WEIGHT.match(pname) if isinstance(mod, torch.nn.RNNBase) else None
+            if rec is not None:
+                gates = _TORCH_GATES.get(getattr(mod, "mode", "RNN").split("_")[0], "h")
+                hidden = shape[0] // len(gates)
+                kind = mod.mode.split("_")[0].lower() if mod.mode in ("LSTM", "GRU") else "rnn"
+                for g, gate in enumerate(gates):
+                    add(f"{full}.{gate}", mod, full, kind, shape, max(hidden, shape[1]), min(hidden, shape[1]),
+                        load=lambda load=load, g=g, h=hidden: [np.asarray(load())[g * h:(g + 1) * h]])
+                continue
+            conv = isinstance(mod, torch.nn.modules.conv._ConvNd) and pname == "weight"
+            if conv and 3 <= len(shape) <= 5:
+                spatial = shape[2:]
+                kind = "conv_transpose" if mod.transposed else f"conv{len(spatial)}d"
+
+                def slices(load=load, spatial=spatial):
+                    w = np.asarray(load())
+                    return [w[(slice(None), slice(None), *pos)] for pos in np.ndindex(*spatial)]
+                add(layer_name(full), mod, full, kind, shape, max(shape[:2]), min(shape[:2]), math.prod(spatial), 0.5,
+                    slices, groups=int(getattr(mod, "groups", 1)))
+                continue
+            if is_expert_tensor(full, shape, cls):
+                for e in range(shape[0]):
+                    add(f"{layer_name(full)}[{e}]", mod, full, "dense", shape, max(shape[1:]), min(shape[1:]),
+                        load=lambda load=load, e=e: [np.asarray(load())[e]], extra={"expert": e})
+                continue
+            if len(shape) == 2 and min(shape) > 0:
+                kind = "embedding" if isinstance(mod, (torch.nn.Embedding, torch.nn.EmbeddingBag)) else \
+                    "dense" if isinstance(mod, torch.nn.Linear) or cls == "Conv1D" or pname == "in_proj_weight" \
+                    else "embedding" if "embed" in full.lower() else "matrix"
+                add(layer_name(full), mod, full, kind, shape, max(shape), min(shape),
+                    load=lambda load=load: [np.asarray(load())])
+                continue
+            big = tuple(d for d in shape if d > 1)
+            if len(big) == 2:  # [1, positions, hidden] tables and the like: the matrix they are
+                add(layer_name(full), mod, full, "matrix", shape, max(big), min(big),
+                    load=lambda load=load, big=big: [np.asarray(load()).reshape(big)])
+            elif len(shape) == 3 and len(big) == 3:  # Funnel's r_kernel [d_model, heads, head_dim]: d x (heads*hd)
+                rest = shape[1] * shape[2]
+                add(layer_name(full), mod, full, "matrix", shape, max(shape[0], rest), min(shape[0], rest),
+                    load=lambda load=load, s=shape: [np.asarray(load()).reshape(s[0], s[1] * s[2])])
+    return layers
+
+
+# -- structure-only export: the graph of a module whose weights live elsewhere -------------------
+def export_structure(module, kwargs: Mapping[str, object], values: Mapping[str, object], *, name: str,
+                     opset: int = 18):
+    """The IR of `module` called with `kwargs`, exported by the dynamo exporter with stand-in
+    parameters that hold no memory (one zero broadcast to each parameter's shape; a module built on
+    the meta device keeps no weights either), every parameter initializer then reading its values
+    lazily from `values` ({state_dict name: StoredArray-like with .shape, .dtype, .load()}). A
+    checkpoint's weights are thus never held twice, nor at all until a pass reads a layer.
+    """
+    torch = _torch()
+    import onnx_ir as ir  # noqa: PLC0415
+
+    from irtools.ir.model import IRModel  # noqa: PLC0415
+
+    if not has_dynamo_exporter():
+        raise IrtoolsError("a structure-only export needs the dynamo exporter: pip install onnxscript")
+    stand_ins: dict[int, object] = {}
+    for mod in module.modules():
+        for key, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in stand_ins:
+                stand_ins[id(p)] = torch.nn.Parameter(torch.zeros((), dtype=p.dtype).expand(p.shape),
+                                                      requires_grad=False)
+            mod._parameters[key] = stand_ins[id(p)]
+        for key, b in list(mod._buffers.items()):
+            if b is not None and b.device.type == "meta":
+                mod._buffers[key] = torch.zeros(b.shape, dtype=b.dtype)
+    state = module.state_dict(keep_vars=True)
+    params, aliases = _unique_tensors(state)
+    import logging  # noqa: PLC0415
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), _exportable_experts(module), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (), kwargs=dict(kwargs), dynamo=True, optimize=False,
+                                        opset_version=max(opset, 18), verbose=False, external_data=False)
+    except Exception as exc:
+        raise IrtoolsError(f"torch.onnx.export (dynamo) failed: {export_reason(exc)}") from exc
+    finally:
+        logger.setLevel(level)
+    model = program.model
+    graph = model.graph
+    lazy = {}
+    for key, value in list(graph.initializers.items()):
+        canonical = aliases.get(key, key)
+        if canonical != key and canonical not in graph.initializers:
+            value.name = canonical
+        if canonical not in params:
+            continue  # a buffer the module computed itself (rotary frequencies): its real values stay
+        source = values.get(canonical) or next((values[a] for a, o in aliases.items() if o == canonical and a in values),
+                                               None)
+        if source is None:
+            raise IrtoolsError(f"the checkpoint holds no tensor for parameter '{canonical}'", name)
+        dtype = ir.DataType.from_numpy(np.dtype(source.dtype))
+        shape = ir.Shape(tuple(value.shape) if value.shape is not None else source.shape)
+        if tuple(source.shape) != tuple(shape):
+            raise IrtoolsError(f"tensor '{canonical}' has shape {tuple(source.shape)} in the checkpoint, the "
+                               f"architecture expects {tuple(shape)}", name)
+        value.const_value = ir.ExternalTensor("irtools-not-read", None, None, dtype, shape=shape, name=value.name)
+        lazy[value] = (source, dtype, shape)
+    declared = [k for k in params if k in graph.initializers]
+    unread = [k for k in params if k not in graph.initializers]
+    model.metadata_props[DECLARED_PARAMETERS_KEY] = json.dumps(declared)
+    if unread:
+        model.metadata_props[UNREAD_PARAMETERS_KEY] = json.dumps({k: list(state[k].shape) for k in unread})
+    if aliases:
+        model.metadata_props[ALIASES_KEY] = json.dumps(aliases)
+    model.metadata_props["irtools.exporter"] = "dynamo"
+    proto = ir.to_proto(model)  # the weights as external references: shape inference reads no value
+    for value, (source, dtype, shape) in lazy.items():
+        value.const_value = ir.LazyTensor((lambda s=source, n=value.name: ir.Tensor(np.asarray(s.load()), name=n)),
+                                          dtype, shape, name=value.name)
+    irm = IRModel(model, proto=proto, path=name, parameters=set(declared), fix_batch=True)
+    return irm

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import irtools
+import irtools.frontends
 from irtools.cli import main
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
@@ -55,8 +56,16 @@ def test_analyze_a_callable_reference():
     assert [r["parameter"] for r in data["layers"]] == ["0.weight", "3.weight"]
     state = torch_models.small_cnn().state_dict()
     assert data["reuse"]["num_params"] == sum(v.numel() for v in state.values() if v.is_floating_point())
-    res = CliRunner().invoke(main, ["analyze", f"{MODELS}:small_cnn"])
-    assert res.exit_code == 2 and "needs example inputs" in res.output
+    # without example inputs there is no graph, but the spectral family needs none: the same rows, from
+    # the module's parameters, named by module path, and the reason reuse is missing is the frontend's note
+    opened = irtools.frontends.open_source(f"{MODELS}:small_cnn")
+    assert not opened.has_graph and any("needs example inputs" in n for n in opened.notes)
+    res = CliRunner().invoke(main, ["analyze", f"{MODELS}:small_cnn", "--metrics", "spectral", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["layers"]
+    assert [(r["name"], r["parameter"]) for r in rows] == [(r["name"], r["parameter"]) for r in data["layers"]] == \
+        [("0", "0.weight"), ("3", "3.weight")]
+    assert [r["alpha"] for r in rows] == pytest.approx([r["alpha"] for r in data["layers"]], rel=1e-9)
 
 
 def test_convert_checks_outputs_and_writes_whole_files(tmp_path, monkeypatch):
@@ -238,3 +247,54 @@ def test_transformers_moe_exports_with_its_default_experts_implementation():
     with torch.no_grad():
         want = Hidden()(ids).numpy()
     np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: ids.numpy()})[0], want, atol=1e-5)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.query = torch.nn.Linear(16, 16)
+
+    def forward(self, h):
+        return self.query(h)
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.ModuleList(_Block() for _ in range(2))
+
+    def forward(self, h):
+        for block in self.layer:
+            h = block(h)
+        return h
+
+
+class _Blocks(torch.nn.Module):
+    """Nested containers: `features.0` (Sequential child), `encoder.layer.0.query` (ModuleList child)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3))
+        self.encoder = _Encoder()
+
+    def forward(self, x):
+        return self.encoder(self.features(x).flatten(2).transpose(1, 2))  # (1, positions, 16): Linear is MatMul
+
+
+@pytest.mark.parametrize("folding", [False, True], ids=["state-dict-names", "exporter-renamed"])
+def test_a_torch_exported_onnx_file_names_layers_by_module_path(tmp_path, folding):
+    """A file the TorchScript exporter wrote: with constant folding, the Linear weights are stored transposed
+    as `onnx::MatMul_*` and only the node scope (`/encoder/layer.0/query/MatMul`) knows the module; either
+    way the rows are the module paths the module route gives."""
+    torch.manual_seed(0)
+    net = _Blocks().eval()
+    path = tmp_path / "blocks.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(path), dynamo=False, do_constant_folding=folding)
+    inits = {t.name for t in onnx.load(str(path)).graph.initializer}
+    assert any(n.startswith("onnx::MatMul") for n in inits) == folding
+    rows = irtools.analyze(str(path), metrics="spectral").layers
+    want = ["features.0", "features.2", "encoder.layer.0.query", "encoder.layer.1.query"]
+    assert sorted(r["name"] for r in rows) == sorted(want)
+    from irtools.frontends.torch import module_weight_layers  # the module route: the same names
+
+    assert sorted(layer.name for layer in module_weight_layers(net)) == sorted(want)

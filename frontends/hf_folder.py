@@ -1,0 +1,427 @@
+"""Hugging Face checkpoint folders (and hub ids from the local cache) as model sources.
+
+A folder `save_pretrained` wrote holds the architecture (`config.json`) and the weights
+(`model.safetensors`, sharded `model-0000x-of-0000y.safetensors` with `model.safetensors.index.json`,
+or `pytorch_model.bin`, sharded with `pytorch_model.bin.index.json`). Both families come from it:
+
+- the architecture is the class `config.json` names in `architectures`, built by `transformers`
+  with `from_config` on the meta device: its parameters hold no memory. The reuse family's graph is
+  exported with stand-in parameters (`torch.export_structure`), each initializer reading its values
+  lazily from the folder's own files, so a checkpoint's weights are never held twice;
+- the spectral family reads the same tensors through the module's parameter rules
+  (`torch.module_weight_layers`): layers are named by module path, as the weights-only route names
+  them. Tensors `transformers` converts when it loads (mixture-of-experts checkpoints stored one
+  expert per module, loaded fused `[experts, out, in]`) are loaded through `transformers` itself.
+
+The trace input comes from the config: token ids of `seq_len` (`--seq-len`, default
+`DEFAULT_SEQ_LEN`, at most the model's maximum positions) for text models, decoder ids for
+encoder-decoders, `image_size` x `num_channels` pixels for vision models, the feature extractor's
+sizes (`preprocessor_config.json`) for audio. Caches are off (`use_cache=False`), attention is
+`eager`. Weights come from the folder only, never the hub; a config with `auto_map` (code shipped
+with the checkpoint) is refused unless `trust`. Without `transformers`, the spectral family still
+runs from the weights and one note names the extra to install.
+
+A hub id (`org/name`, optionally `@revision`) is resolved from the local Hugging Face cache through
+`huggingface_hub` with `local_files_only` (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+
+from irtools.errors import IrtoolsError
+
+#: Token ids traced for a text model when `--seq-len` is not given (clamped to the model's maximum positions).
+DEFAULT_SEQ_LEN = 128
+CONFIG = "config.json"
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_BIN = "pytorch_model.bin"
+_MISSING_TRANSFORMERS = ("reuse metrics left out: building the architecture from config.json needs transformers "
+                         "(pip install irtools[hf]); spectral metrics come from the weights alone")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
+_FILE_SUFFIXES = (".onnx", ".py", ".safetensors", ".bin", ".pt", ".pth", ".pt2", ".npz", ".h5", ".keras", ".ckpt",
+                  ".json", ".gguf")
+#: Config fields that bound the positions a text model can take, most specific first.
+_MAX_POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "n_ctx",
+                  "context_length", "seq_length")
+
+
+# -- recognising ---------------------------------------------------------------------------------
+def _weight_files(path: str) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return [n for n in names if n.endswith(".safetensors") or n in _INDEXES or n == _BIN]
+
+
+def is_checkpoint_folder(source) -> bool:
+    """A directory holding `config.json` and weights (cheap: two directory lookups, no import)."""
+    return (isinstance(source, str) and os.path.isdir(source) and os.path.isfile(os.path.join(source, CONFIG))
+            and bool(_weight_files(source)))
+
+
+def is_hub_id(source) -> bool:
+    """`org/name[@revision]` that is not an existing path (nor a file name or `file.py:callable`)."""
+    return (isinstance(source, str) and ":" not in source and not os.path.lexists(source)
+            and bool(_HUB_ID.match(source)) and not source.partition("@")[0].lower().endswith(_FILE_SUFFIXES))
+
+
+# -- reading -------------------------------------------------------------------------------------
+def read_config(path: str) -> dict:
+    from irtools.files import model_member  # noqa: PLC0415
+
+    full = model_member(path, CONFIG, "config")
+    if os.path.getsize(full) > 16_000_000:
+        raise IrtoolsError("config.json is over 16 MB", path)
+    try:
+        with open(full, "rb") as fh:
+            config = json.loads(fh.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise IrtoolsError(f"config.json is not JSON ({type(exc).__name__})", path) from None
+    if not isinstance(config, dict):
+        raise IrtoolsError("config.json holds no JSON object", path)
+    return config
+
+
+def folder_tensors(path: str, trust: bool = False) -> dict:
+    """{state_dict name: StoredArray} of the folder's weights (safetensors preferred, else the
+    PyTorch .bin files through the restricted unpickler); lazy."""
+    from irtools.files import model_member  # noqa: PLC0415
+    from irtools.frontends.weights_file import checkpoint_order, read_weights  # noqa: PLC0415
+
+    files = _weight_files(path)
+    if any(f.endswith(".safetensors") or f == _INDEXES[0] for f in files):
+        return read_weights(path, trust=trust)
+    index = os.path.join(path, _INDEXES[1])
+    if os.path.lexists(index):
+        full = model_member(path, _INDEXES[1], "shard index")
+        try:
+            with open(full, "rb") as fh:
+                weight_map = json.loads(fh.read().decode("utf-8")).get("weight_map")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError) as exc:
+            raise IrtoolsError(f"{_INDEXES[1]} is not a shard index ({type(exc).__name__})", path) from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise IrtoolsError(f"{_INDEXES[1]} has no weight_map of tensor names to shard files", path)
+        out = {}
+        for shard in sorted(set(weight_map.values())):
+            for name, array in read_weights(model_member(path, shard, "shard"), trust=trust).items():
+                if name in out:
+                    raise IrtoolsError(f"tensor '{name}' is in two shards", path)
+                out[name] = array
+        missing = [k for k in weight_map if k not in out]
+        if missing:
+            raise IrtoolsError(f"the index names tensor '{missing[0]}', which no shard holds", path)
+        return {k: out[k] for k in checkpoint_order(list(out))}
+    return read_weights(model_member(path, _BIN, "weights file"), trust=trust)
+
+
+# -- the architecture ----------------------------------------------------------------------------
+def _transformers_class(path: str, config, raw: dict, trust: bool):
+    import transformers  # noqa: PLC0415
+
+    auto_map = raw.get("auto_map")
+    names = list(raw.get("architectures") or [])
+    if auto_map:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module  # noqa: PLC0415
+
+        ref = next((auto_map[k] for k in ("AutoModelForCausalLM", "AutoModel") if k in auto_map),
+                   next(iter(auto_map.values())))
+        return get_class_from_dynamic_module(ref if isinstance(ref, str) else ref[0], path, local_files_only=True)
+    for arch in names:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    if names:
+        raise IrtoolsError(f"transformers {transformers.__version__} has no class '{names[0]}' (config.json's "
+                           "architectures)", path)
+    return transformers.AutoModel._model_mapping[type(config)]
+
+
+def build_module(path: str, raw: dict, trust: bool, tensors: dict):
+    """The architecture of `config.json` on the meta device (parameters hold no memory); buffers
+    real: the checkpoint's own where it has them, the others as the model initialises them."""
+    import torch  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+    cls = _transformers_class(path, config, raw, trust)
+    with torch.device("meta"):
+        module = cls._from_config(config, attn_implementation="eager")
+    persistent = set(module.state_dict())
+    for key, buf in list(module.named_buffers()):
+        owner, _, attr = key.rpartition(".")
+        sub = module.get_submodule(owner) if owner else module
+        if key in persistent and key in tensors and tuple(tensors[key].shape) == tuple(buf.shape):
+            sub._buffers[attr] = _to_torch(torch, tensors[key].load()).to(buf.dtype)
+            sub._buffers[attr]._is_hf_initialized = True
+        else:
+            sub._buffers[attr] = torch.empty_like(buf, device="cpu")
+    for p in module.parameters():
+        p._is_hf_initialized = True
+    try:
+        module.initialize_weights()  # the buffers no checkpoint holds (rotary frequencies, position ids)
+    except Exception:  # noqa: BLE001  (an older model's init may not run on meta parameters: buffers stay empty)
+        pass
+    return module.eval(), config
+
+
+def _to_torch(torch, array):
+    import numpy as np  # noqa: PLC0415
+
+    a = np.asarray(array)
+    if a.dtype.kind == "V" or str(a.dtype) == "bfloat16":
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.array(a))
+
+
+def _positions_bound(config) -> int | None:
+    for key in _MAX_POSITIONS:
+        v = getattr(config, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _preprocessor(path: str) -> dict:
+    full = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isfile(full) or os.path.getsize(full) > 1_000_000:
+        return {}
+    try:
+        with open(full, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
+    """The keyword inputs the model is traced with, from its config (see the module docstring)."""
+    import inspect  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    main = getattr(module, "main_input_name", "input_ids")
+    bound = _positions_bound(config)
+    n = seq_len or DEFAULT_SEQ_LEN
+    if bound is not None and seq_len is None:
+        n = min(n, bound)
+    vocab = int(getattr(config, "vocab_size", None) or 2)
+
+    def ids(k):
+        return (torch.arange(k, dtype=torch.long) % max(vocab - 1, 1) + (1 if vocab > 1 else 0)).reshape(1, k)
+
+    kwargs: dict = {}
+    if main == "pixel_values":
+        size = getattr(config, "image_size", None) or _preprocessor(path).get("crop_size") or 224
+        size = size.get("height", 224) if isinstance(size, dict) else size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        kwargs[main] = torch.zeros(1, int(getattr(config, "num_channels", 3) or 3), int(h), int(w))
+    elif main == "input_values":
+        pre = _preprocessor(path)
+        samples = int(seq_len or pre.get("sampling_rate") or 16000)  # one second of audio
+        kwargs[main] = torch.zeros(1, samples)
+    elif main == "input_features":
+        pre = _preprocessor(path)
+        mels = int(getattr(config, "num_mel_bins", 0) or pre.get("feature_size") or 80)
+        if getattr(config, "max_source_positions", None) and getattr(config, "num_mel_bins", None):
+            kwargs[main] = torch.zeros(1, mels, 2 * int(config.max_source_positions))  # Whisper's fixed window
+        else:
+            feat = int(getattr(config, "input_feat_per_channel", mels) or mels) * int(
+                getattr(config, "input_channels", 1) or 1)
+            kwargs[main] = torch.zeros(1, seq_len or 64, feat)
+    else:
+        kwargs[main] = ids(n)
+    try:
+        accepted = set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
+        kwargs["decoder_input_ids"] = ids(max(1, min(n, 8) if main != "input_ids" else n))
+    if "use_cache" in accepted:
+        kwargs["use_cache"] = False
+    if "return_dict" in accepted:
+        kwargs["return_dict"] = True
+    return kwargs
+
+
+# -- the source table's row ----------------------------------------------------------------------
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (blocked), or half-initialised
+        return False
+
+
+def is_checkpoint_source(source) -> bool:
+    """A checkpoint folder or a hub id (the source table's `recognise`)."""
+    return is_checkpoint_folder(source) or is_hub_id(source)
+
+
+def open_checkpoint_source(source: str, name: str, options):
+    return open_checkpoint_folder(source, name, options) if os.path.isdir(source) else \
+        open_hub_id(source, name, options)
+
+
+def open_checkpoint_folder(path: str, name: str, options):
+    """Both families of a checkpoint folder (see the module docstring)."""
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
+    from irtools.frontends.weights_file import weight_layers  # noqa: PLC0415
+
+    raw = read_config(path)
+    if raw.get("auto_map") and not options.trust:
+        raise IrtoolsError("refused: config.json's auto_map runs code shipped with the checkpoint; pass --trust "
+                           "(trust=True) only for checkpoints you trust", path)
+    tensors = folder_tensors(path, trust=options.trust)
+    if not tensors:
+        raise IrtoolsError("the checkpoint folder holds no tensors", path)
+    metadata = {"format": "huggingface", "architectures": list(raw.get("architectures") or []),
+                "model_type": raw.get("model_type")}
+    if not _importable("transformers") or not _importable("torch"):
+        return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata,
+                            notes=[_MISSING_TRANSFORMERS])
+    from irtools.frontends.torch import export_structure, module_weight_layers  # noqa: PLC0415
+
+    try:
+        module, config = build_module(path, raw, options.trust, tensors)
+    except IrtoolsError as exc:
+        return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata,
+                            notes=[f"reuse metrics left out: {exc.message}; spectral metrics from the weights alone"])
+    except Exception as exc:  # noqa: BLE001  (transformers cannot build it: the weights still can be analysed)
+        from irtools.frontends.torch import export_reason  # noqa: PLC0415
+
+        return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata,
+                            notes=[f"reuse metrics left out: transformers cannot build the architecture "
+                                   f"({export_reason(exc)}); spectral metrics from the weights alone"])
+    values = _parameter_values(module, path, config, raw, tensors, options.trust, metadata)
+    absent = set(metadata.get("not_in_checkpoint", ()))
+    layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
+              if layer.parameter not in absent]
+    notes = []
+    if absent:
+        notes.append(f"{len(absent)} parameter(s) of the architecture are not in the checkpoint (e.g. "
+                     f"'{sorted(absent)[0]}'): no spectral row; the graph reads zeros there")
+    if metadata.get("converted"):
+        notes.append(f"{len(metadata['converted'])} tensor(s) are stored in another layout than the architecture "
+                     "uses (e.g. one module per expert): read through transformers' own loading")
+    seq_len = getattr(options, "seq_len", None)
+    model = None
+    try:
+        kwargs = trace_inputs(module, config, path, seq_len)
+        metadata["trace_inputs"] = {k: list(v.shape) for k, v in kwargs.items() if hasattr(v, "shape")}
+        model = export_structure(module, kwargs, values, name=name, opset=options.opset)
+    except IrtoolsError as exc:
+        notes.append(f"reuse metrics left out: {exc.message}")
+    return OpenedSource(name, "checkpoint-folder", model=model, layers=layers, metadata=metadata, notes=notes)
+
+
+class _Converted:
+    """A parameter whose stored layout differs from the module's, from transformers' loading."""
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+        self.shape = tuple(tensor.shape)
+        import numpy as np  # noqa: PLC0415
+
+        self.dtype = np.dtype("float32") if str(tensor.dtype) == "torch.bfloat16" else \
+            np.dtype(str(tensor.dtype).removeprefix("torch."))
+
+    def load(self):
+        t = self._tensor.detach()
+        return t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
+
+
+def _parameter_values(module, path, config, raw, tensors, trust, metadata) -> dict:
+    """{parameter name: StoredArray-like} for every parameter of the module: the folder's tensor of that
+    name, or (a layout transformers converts on loading) the tensor transformers' loading makes."""
+    from irtools.frontends.torch import _unique_tensors  # noqa: PLC0415
+
+    state = module.state_dict(keep_vars=True)
+    params, aliases = _unique_tensors(state)
+    params = [k for k in params if k in dict(module.named_parameters(remove_duplicate=False))]
+    values = {}
+    missing = []
+    for k in params:
+        names = [k] + [a for a, o in aliases.items() if o == k]
+        found = next((n for n in names if n in tensors), None)
+        if found is None:
+            missing.append(k)
+        else:
+            values[k] = tensors[found]
+    if missing:
+        cls = type(module)
+        try:
+            import transformers  # noqa: PLC0415
+
+            verbosity = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()
+            try:
+                loaded, info = cls.from_pretrained(path, config=config, local_files_only=True,
+                                                   trust_remote_code=trust, attn_implementation="eager",
+                                                   output_loading_info=True)
+            finally:
+                transformers.logging.set_verbosity(verbosity)
+        except Exception as exc:  # noqa: BLE001
+            from irtools.frontends.torch import export_reason  # noqa: PLC0415
+
+            raise IrtoolsError(f"parameter '{missing[0]}' is not in the checkpoint and transformers cannot load it "
+                               f"({export_reason(exc)})", path) from None
+        got = dict(loaded.named_parameters(remove_duplicate=False))
+        absent = set(info.get("missing_keys") or ()) | {k for k in missing if k not in got}
+        for k in missing:
+            if k in absent:  # the architecture has it, the checkpoint does not (a pooler saved without)
+                values[k] = _Absent(tuple(module.get_parameter(k).shape))
+            else:
+                values[k] = _Converted(got[k])
+        converted = [k for k in missing if k not in absent]
+        if converted:
+            metadata["converted"] = converted
+        if absent:
+            metadata["not_in_checkpoint"] = sorted(k for k in missing if k in absent)
+    return values
+
+
+class _Absent:
+    """A parameter the checkpoint does not hold: no layer; the graph reads zeros (reuse needs shapes only)."""
+
+    def __init__(self, shape):
+        import numpy as np  # noqa: PLC0415
+
+        self.shape, self.dtype = shape, np.dtype("float32")
+
+    def load(self):
+        import numpy as np  # noqa: PLC0415
+
+        return np.broadcast_to(np.zeros((), np.float32), self.shape)
+
+
+def resolve_hub_id(source: str) -> str:
+    """The local snapshot folder of `org/name[@revision]` (never a download)."""
+    from irtools.frontends import require  # noqa: PLC0415
+
+    hub = require("huggingface_hub", missing="hub ids need huggingface_hub: pip install huggingface_hub")
+    repo, _, revision = source.partition("@")
+    try:
+        return hub.snapshot_download(repo, revision=revision or None, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001  (LocalEntryNotFoundError and friends: one line)
+        raise IrtoolsError(f"no such file or directory, and hub id '{repo}'{f' @ {revision}' if revision else ''} is "
+                           f"not in the local Hugging Face cache (irtools never downloads; "
+                           f"{type(exc).__name__})") from None
+
+
+def open_hub_id(source: str, name: str, options):
+    from irtools.frontends.weights_file import is_weights_file, open_weights_file  # noqa: PLC0415
+
+    folder = resolve_hub_id(source)
+    if is_checkpoint_folder(folder):
+        opened = open_checkpoint_folder(folder, name, options)
+    elif is_weights_file(folder):
+        opened = open_weights_file(folder, name, options)
+    else:
+        raise IrtoolsError(f"the cached snapshot of '{source}' holds no config.json with weights", folder)
+    opened.metadata["hub_id"] = source
+    opened.metadata["snapshot"] = folder
+    return opened
