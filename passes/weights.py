@@ -54,6 +54,46 @@ DERIVED_NAMES: tuple[tuple[re.Pattern, str], ...] = (
 )
 
 
+#: A state_dict name's trailing part that is no part of its module path (the weights-only route,
+#: `weights_file.weight_layers`, and the module route, `torch.module_weight_layers`, strip the same).
+_PARAM_SUFFIX = re.compile(r"[./](weight|kernel|embeddings|w)$")
+#: Names the exporters give tensors of their own (not state_dict names).
+_EXPORTER_NAMES = re.compile(r"^(onnx::|/|_?val_|initializer|const|_v_|tensor|p_)|::")
+
+
+def module_path(parameter: str) -> str:
+    """The module path of a state_dict name: `model.layers.0.self_attn.q_proj.weight` ->
+    `model.layers.0.self_attn.q_proj`."""
+    return _PARAM_SUFFIX.sub("", parameter)
+
+
+def _is_state_name(name: str) -> bool:
+    return not _EXPORTER_NAMES.search(name)
+
+
+def _scope_path(node: ir.Node) -> str:
+    """The module path a PyTorch exporter recorded for a node: the dynamo exporter's name scopes
+    (`['', 'features', 'features.0', 'conv2d']`), or the TorchScript exporter's node name
+    (`/features/features.0/Conv`, `/encoder/layer.0/attention/self/query/MatMul`)."""
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        items = [s.strip().strip("'\"") for s in scopes.strip("[]").split(",")]
+        items = [s for s in items[:-1] if s]
+        if items:
+            return items[-1]
+    name = node.name or ""
+    if not name.startswith("/"):
+        return ""
+    path = ""
+    for part in (p for p in name.split("/")[1:-1] if p):
+        last = path.rsplit(".", 1)[-1] if path else ""
+        if last and part.startswith(last + "."):  # a container's child is scoped `features.0` under `features`
+            path = path[:len(path) - len(last)] + part
+        else:
+            path = f"{path}.{part}" if path else part
+    return path
+
+
 @dataclass(slots=True)
 class Weights:
     """Result of the `weights` pass."""
@@ -72,6 +112,8 @@ class _Ctx:
         self.layers: list[WeightLayer] = []
         self.skipped: list[dict] = []
         self._seen: dict[tuple, WeightLayer] = {}
+        self._names: set[str] = set()
+        self._torch_names: bool | None = None
 
     def const_input(self, node: ir.Node, i: int) -> ir.Value | None:
         if i >= len(node.inputs) or node.inputs[i] is None:
@@ -125,7 +167,29 @@ class _Ctx:
                 return derived.pop()
         return names[0]
 
-    def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1, value=None):
+    @property
+    def torch_names(self) -> bool:
+        """Whether layers are named by module path: a graph the PyTorch exporters wrote (its
+        parameters carry their state_dict names, its nodes their module scopes)."""
+        if self._torch_names is None:
+            self._torch_names = (self.model.model.producer_name or "").lower() == "pytorch"
+        return self._torch_names
+
+    def layer_name(self, node: ir.Node, parameter: str, sources: tuple[str, ...]) -> str:
+        """A layer's name: on a PyTorch graph its module path (`model.layers.0.self_attn.q_proj`, as the
+        weights-only route and the module route name it), from the parameter's state_dict name or,
+        for a weight the exporter renamed (`onnx::MatMul_12`), the node's module scope; elsewhere
+        the node's name."""
+        name = self.model.node_names[node]
+        if not self.torch_names:
+            return name
+        if parameter and _is_state_name(parameter):
+            base = module_path(parameter)
+            return base if len(sources) <= 1 or parameter not in sources else f"{base}:effective"
+        return _scope_path(node) or name
+
+    def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1, value=None,
+            extra=None):
         name = self.model.node_names[node]
         v = value if value is not None else (node.inputs[slot] if slot < len(node.inputs) else None)
         parameter = self.parameter(v)
@@ -134,12 +198,21 @@ class _Ctx:
         if parameter and key in self._seen:  # one parameter, one layer: tied, unrolled or shared weights
             self._seen[key].shared_with.append(name)
             return
+        label = self.layer_name(node, parameter, tuple(sources))
+        if label + suffix in self._names:  # two layers of one module scope: the node tells them apart
+            label = name
+        extra = dict(extra or {})
+        if len(sources) > 1 and parameter in sources:
+            # a weight computed from several parameters (weight standardisation: w x gain x scale) that
+            # no DERIVED_NAMES rule names: the row analyses the computed weight and says so
+            extra.setdefault("analysed", f"computed from {', '.join(sources)}")
         layer = WeightLayer(
-            name=name + suffix, node=name, op_type=node.op_type, layer_type=layer_type,
+            name=label + suffix, node=name, op_type=node.op_type, layer_type=layer_type,
             parameter=parameter, weight_shape=tuple(shape), N=n, M=m, rf=rf,
-            eigen_scale=scale, groups=groups, loader=loader, sources=tuple(sources),
+            eigen_scale=scale, groups=groups, loader=loader, sources=tuple(sources), extra=extra,
         )
         self.layers.append(layer)
+        self._names.add(layer.name)
         if parameter:
             self._seen[key] = layer
 
@@ -443,6 +516,102 @@ def _must_appear(p: StoredTensor) -> bool:
     return sum(d > 1 for d in p.shape) >= 2 or any(u.input_index in WEIGHT_SLOTS.get(u.op_type, ()) for u in p.uses)
 
 
+#: Ops through which a [experts, out, in] tensor reaches its products: a router's gather of the chosen
+#: experts' matrices, a batched MatMul over all of them.
+_EXPERT_READERS = frozenset({"Gather", "GatherND", "GatherElements", "MatMul", "Slice", "Split", "Squeeze",
+                             "Transpose", "Reshape", "Cast", "Unsqueeze", "Identity"})
+
+
+def _einsum_roles(equation: str, slot: int) -> tuple[str, str, str, str] | None:
+    """(weight letters, batch, contracted, free) of a two-operand Einsum's operand `slot`; None for
+    any other equation (an ellipsis on the weight, one operand, no contraction)."""
+    eq = equation.replace(" ", "")
+    if "->" not in eq:
+        return None
+    lhs, out = eq.split("->")
+    ops = lhs.split(",")
+    if len(ops) != 2 or slot > 1 or "." in ops[slot]:
+        return None
+    w, other = ops[slot], ops[1 - slot].replace("...", "")
+    out = out.replace("...", "")
+    batch = "".join(c for c in w if c in other and c in out)
+    contracted = "".join(c for c in w if c in other and c not in out)
+    free = "".join(c for c in w if c not in other)
+    if not contracted or not free or len(set(w)) != len(w):
+        return None
+    return w, batch, contracted, free
+
+
+def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
+    """A parameter of rank >= 3 holding matrices: mixture-of-experts tensors ([experts, out, in], fused
+    gate_up_proj, read through the router's Gather / a batched MatMul) one matrix per expert
+    (`extra={"expert": i}`), and a weight an Einsum contracts (Funnel's r_kernel [d, heads, head_dim] in
+    `td,dnh->tnh`: a d x (heads*head_dim) matrix, one per batch index). Returns whether it made layers."""
+    shape = tuple(p.shape)
+    if len(shape) < 3 or sum(d > 1 for d in shape) < 3 or not p.uses:
+        return False
+    torch = ctx.torch_names
+    base = module_path(p.name) if torch and _is_state_name(p.name) else p.name
+    first = p.uses[0]
+    ops = {u.op_type for u in p.uses}
+    if ops == {"Einsum"}:
+        node = next(n for n in ctx.model.all_nodes if ctx.model.node_names[n] == first.node)
+        eq = node.attributes.get("equation")
+        roles = _einsum_roles(eq.value if eq is not None else "", first.input_index)
+        if roles is None or len({(u.node, u.input_index) for u in p.uses}) > 1 and any(
+                _einsum_roles(eq.value, u.input_index) != roles for u in p.uses):
+            return False
+        w, batch, contracted, free = roles
+        dims = dict(zip(w, shape, strict=True))
+        rows, cols = math.prod(dims[c] for c in contracted), math.prod(dims[c] for c in free)
+        order = [w.index(c) for c in batch + contracted + free]
+        count = math.prod(dims[c] for c in batch) if batch else 1
+
+        def load(b, v=p.value, order=order):
+            a = np.transpose(ctx.value(v), order).reshape(count, rows, cols)
+            return [a[b]]
+        for b in range(count):
+            suffix = f"[{b}]" if batch else ""
+            ctx.layers.append(WeightLayer(
+                name=base + suffix, node=first.node, op_type="Einsum", layer_type="matrix", parameter=p.name,
+                weight_shape=shape, N=max(rows, cols), M=min(rows, cols), rf=1, eigen_scale=1.0,
+                loader=(lambda b=b: load(b)), sources=(p.name,),
+                extra={"expert": b} if batch and "expert" in p.name.lower() else {}))
+        return True
+    if len(shape) != 3 or not ops <= _EXPERT_READERS or not ("expert" in p.name.lower() or ops & {"Gather", "GatherND"}):
+        return False
+    for e in range(shape[0]):
+        ctx.layers.append(WeightLayer(
+            name=f"{base}[{e}]", node=first.node, op_type=first.op_type, layer_type="dense", parameter=p.name,
+            weight_shape=shape, N=max(shape[1:]), M=min(shape[1:]), rf=1, eigen_scale=1.0,
+            loader=(lambda e=e, v=p.value: [np.asarray(ctx.value(v))[e]]), sources=(p.name,), extra={"expert": e}))
+    return True
+
+
+def expert_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per mixture-of-experts layer, a summary across its experts' spectral rows (rows with an `expert`
+    column, grouped by name without the `[i]`): {layer: {"experts", "alpha_mean", "alpha_std",
+    "alpha_max" (the worst: heaviest-tailed is lowest, so also "alpha_min"), "worst_expert"}}."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("expert") is None:
+            continue
+        groups.setdefault(re.sub(r"\[\d+\]$", "", str(row.get("name", ""))), []).append(row)
+    out = {}
+    for layer, members in groups.items():
+        alphas = [(float(r["alpha"]), r["expert"]) for r in members
+                  if r.get("alpha") is not None and math.isfinite(float(r["alpha"]))]
+        entry = {"experts": len(members)}
+        if alphas:
+            values = np.array([a for a, _ in alphas])
+            worst = max(alphas, key=lambda t: abs(t[0] - 4.0) if not 2.0 <= t[0] <= 6.0 else -1.0)
+            entry.update(alpha_mean=float(values.mean()), alpha_std=float(values.std()),
+                         alpha_min=float(values.min()), alpha_max=float(values.max()),
+                         worst_expert=int(worst[1]), worst_alpha=float(worst[0]))
+        out[layer] = entry
+    return out
+
+
 def _account_for_every_parameter(ctx: _Ctx) -> None:
     """Analyse or skip, with its reason, every parameter no op rule accounted for."""
     analysed = {s for layer in ctx.layers for s in (layer.parameter, *layer.sources)}
@@ -462,6 +631,8 @@ def _account_for_every_parameter(ctx: _Ctx) -> None:
         readers = ", ".join(sorted({f"{u.op_type} '{u.node}' (input {u.input_index})" for u in p.uses})) or "no node"
         first = p.uses[0] if p.uses else None
         node, op_type = (first.node, first.op_type) if first else ("", "")
+        if p.name not in skipped and _stacked_matrices(ctx, p):
+            continue
         if sum(d > 1 for d in p.shape) == 2 and p.name not in skipped:
             shape = tuple(d for d in p.shape if d > 1) if len(p.shape) > 2 else tuple(p.shape)
             layer = WeightLayer(
