@@ -73,6 +73,11 @@ def test_fp8_block_weights_are_rows_equal_to_transformers_dequantize(tmp_path):
         assert rows[name].extra == {"storage": "F8_E4M3 block 16x16"}
         np.testing.assert_array_equal(rows[name].matrices()[0], w)
     assert opened.metadata["quantization"] == {"F8_E4M3": 3}
+    import irtools  # the report, end to end: the FP8 weights are rows, no scale is a skipped "layer"
+
+    a = irtools.analyze(path, min_evals=1)
+    assert set(a.details.name) == {"model.embed_tokens", *want} and not a.skipped
+    assert set(a.details.storage.dropna()) == {"F8_E4M3 block 16x16"}
 
 
 def test_fp8_partial_blocks_and_per_tensor_scales(tmp_path):
