@@ -207,3 +207,22 @@ def test_pass_falls_back_to_cpu_fits_with_a_note_and_reports_progress(monkeypatc
     assert [r["xmin"] for r in gpu.rows] == pytest.approx([r["xmin"] for r in cpu.rows], rel=1e-12)
     assert gpu.notes == ["power-law fits ran on the CPU: the CUDA fit failed (RuntimeError: libNVVM cannot be found)"]
     assert seen == [(1, 2), (2, 2)]
+
+
+def test_gpu_benchmark_smoke_runs_end_to_end_and_agrees_with_the_cpu():
+    """benchmarks/gpu.py --smoke (torch's CPU device, numba's CUDA simulator): BERT's first two shapes get
+    their CUDA, floor and CPU timings and rows equal to the CPU backend's to round-off."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu.py"), "--smoke", "--models", "bert",
+                          "--max-shapes", "2"],
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("bert ")]
+    assert len(rows) == 2
+    for line in rows:
+        rel = float(line.split()[-2])
+        assert rel < 1e-10, line
