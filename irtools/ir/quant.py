@@ -202,9 +202,12 @@ def mlx_affine(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int,
     words = np.ascontiguousarray(np.asarray(w).view(np.uint32))
     rows = words.shape[0]
     cols = words.shape[-1] * 32 // bits
-    bitsarr = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
-    fields = bitsarr[:, :cols * bits].reshape(rows, cols, bits).astype(np.uint32)
-    q = (fields << np.arange(bits, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+    if 32 % bits == 0:  # whole fields per word: the stream is each word's fields, lowest first
+        q = _unpack_int32(words, bits, 1)
+    else:
+        stream = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+        fields = stream[:, :cols * bits].reshape(rows, cols, bits).astype(np.uint32)
+        q = (fields << np.arange(bits, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
     s, b = np.asarray(scales), np.asarray(biases)
     dtype = s.dtype
     g = np.arange(cols) // group_size
