@@ -135,6 +135,11 @@ def test_trusted_read_searches_the_same_way(tmp_path):
     torch.save({"model": net.state_dict(), "epoch": 3, "cfg": argparse.Namespace(a=1)}, tmp_path / "c.pt")
     _, rows = _rows(tmp_path / "c.pt", trust=True)
     assert rows == {"0", "2"}
+    torch.save({"model": net, "epoch": 3}, tmp_path / "module.pt")  # a whole module as an entry
+    _, rows = _rows(tmp_path / "module.pt", trust=True)
+    assert rows == {"0", "2"}
+    with pytest.raises(IrtoolsError, match="refused to unpickle.*--trust"):
+        open_source(str(tmp_path / "module.pt"))
 
 
 def test_folder_with_pytorch_model_bin_and_sharded_index(tmp_path):

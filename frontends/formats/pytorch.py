@@ -310,8 +310,14 @@ def _read_trusted(path: str) -> dict[str, StoredArray]:
 
 
 def _trusted_result(torch, obj, path: str) -> dict[str, StoredArray]:
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
+    def modules_as_state(o, depth=0):  # a whole module saved (alone or as an entry): its state dict
+        if isinstance(o, torch.nn.Module):
+            return o.state_dict()
+        if isinstance(o, dict) and depth < _MAX_DEPTH:
+            return {k: modules_as_state(v, depth + 1) for k, v in o.items()}
+        return o
+
+    obj = modules_as_state(obj)
     flat, notes = find_weights(obj, lambda v: isinstance(v, torch.Tensor), path)
     arrays = {k: _numpy_of(torch, v) for k, v in flat.items()}
     return _result({k: StoredArray(tuple(v.shape), v.dtype, (lambda v=v: v)) for k, v in arrays.items()}, notes)
