@@ -298,3 +298,67 @@ def test_a_torch_exported_onnx_file_names_layers_by_module_path(tmp_path, foldin
     from irtools.frontends.torch import module_weight_layers  # the module route: the same names
 
     assert sorted(layer.name for layer in module_weight_layers(net)) == sorted(want)
+
+
+class _Cache:
+    """A cache object in the output (transformers' DynamicCache): the TorchScript exporter refuses it."""
+
+
+class _Unexportable(torch.nn.Module):
+    """Python control flow on a value (torch.export cannot guard on it) and a cache object in the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(40, 16)
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, ids):
+        h = self.proj(self.embed(ids))
+        if h.sum().item() > 0:
+            h = h * 2
+        return h, _Cache()
+
+
+def test_an_export_failure_costs_only_the_reuse_family_and_says_the_dynamo_reason():
+    torch.manual_seed(0)
+    net = _Unexportable().eval()
+    opened = irtools.frontends.open_source((net, (torch.arange(6).reshape(1, 6),)))
+    assert not opened.has_graph
+    (note,) = opened.notes
+    assert note.startswith("reuse metrics left out: torch.onnx.export (dynamo) failed: ") and "\n" not in note
+    assert "the TorchScript fallback also failed" in note
+    assert [(layer.name, layer.layer_type) for layer in opened.layers] == [("embed", "embedding"), ("proj", "dense")]
+    np.testing.assert_array_equal(opened.layers[1].matrices()[0], net.proj.weight.detach().numpy())
+
+
+class _StdConv(torch.nn.Module):
+    """timm's ScaledStdConv2d: the kernel used is the standardised parameter x gain x scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 16, 3)
+        self.conv.gain = torch.nn.Parameter(torch.rand(16, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        w = self.conv.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return torch.nn.functional.conv2d(x, w * self.conv.gain * 0.25, self.conv.bias)
+
+
+def test_a_weight_standardised_conv_row_says_it_analyses_the_computed_kernel():
+    torch.manual_seed(0)
+    net = _StdConv().eval()
+    opened = irtools.frontends.open_source((net, (torch.randn(1, 8, 10, 10),)))
+    weights = irtools.run_passes(opened.model, ["weights"])["weights"]
+    (layer,) = weights.layers
+    assert layer.name == "conv:effective" and layer.parameter == "conv.weight"
+    assert layer.extra["analysed"] == "computed from conv.weight, conv.gain"
+    w = net.conv.weight.detach()
+    want = ((w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)) * net.conv.gain * 0.25
+    got = np.stack(layer.matrices(), -1).reshape(16, 8, 3, 3)
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-6)
+    # the module route analyses the stored parameter, under the plain module path
+    from irtools.frontends.torch import module_weight_layers
+
+    (raw,) = module_weight_layers(net)
+    assert raw.name == "conv" and raw.parameter == "conv.weight"
