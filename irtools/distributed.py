@@ -1,0 +1,85 @@
+"""One model over a Dask cluster: the spectral family, one task per weight layer.
+
+`spectral_on_cluster(source, scheduler=ADDR)` opens a weights-only source (safetensors, a sharded
+safetensors folder or index, GGUF, ...) on the client, applies the spectral pass's skip rules there,
+and submits one task per analysed layer. A task carries only the layer's description and its loader
+(the file's path, the tensor's offset, dtype and shape: the tensor is read by offset from storage the
+workers share, never shipped through the scheduler), computes the layer's eigenvalues and row with
+`SpectralPass(workers=1)`, and returns the row; a worker holds one tensor and its Gram matrix at a
+time. Failed tasks are retried (`retries`); the rows are gathered in the model's own order, so the
+result equals `SpectralPass.analyse` of the same layers in one process (the same numbers to
+round-off; bit for bit when both run their BLAS on one thread).
+
+Dask (`irtools[dask]`) is imported only here. Graph sources (ONNX, framework models) are not split:
+their weights live in the in-memory graph, which every task would carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from irtools.errors import IrtoolsError
+
+
+def _layer_row(layer, options: dict) -> tuple[dict, list[str]]:
+    """On a worker: the spectral row of one layer (its tensor read from storage here)."""
+    import irtools  # noqa: F401 - registers the passes in a fresh worker
+    from irtools.passes.spectral import SpectralPass
+
+    result = SpectralPass(workers=1, **options).analyse([layer])
+    return result.rows[0], result.notes
+
+
+def spectral_on_cluster(source, scheduler: str | None = None, *, client=None, retries: int = 2,
+                        progress: Callable[[int, int, str], None] | None = None, layout: str = "torch",
+                        **options):
+    """The spectral pass's `SpectralResult` of a weights-only `source`, one Dask task per layer.
+
+    `scheduler`: a scheduler address (tcp://host:port) or a scheduler file; or pass a
+    `distributed.Client` as `client`. `options`: `SpectralPass` options (min_evals, max_evals,
+    max_n, method, small_n_xmin, fix_fingers, ...; the backend is the workers' CPU). `progress(done,
+    total, name)` is called as rows arrive."""
+    from irtools.frontends import open_source, require
+    from irtools.passes.spectral import SpectralPass, SpectralResult, summarize
+
+    distributed = require("distributed", missing="Dask is not installed: pip install 'irtools[dask]'")
+
+    if options.get("keep_evals") or options.get("randomize") or "backend" in options:
+        raise IrtoolsError("the cluster run computes rows only: keep_evals, randomize and backend are not options here")
+    opened = open_source(source, layout=layout)
+    if opened.layers is None:
+        raise IrtoolsError("a cluster run splits weights-only sources (safetensors, GGUF, ...); this source is a "
+                           "graph: analyse it in one process")
+    checker = SpectralPass(**options)
+    checker.fit_options()  # a bad option fails here, before anything is submitted
+    skipped = [dict(s) for s in opened.skipped]
+    todo = []
+    for layer in opened.layers:
+        reason = checker._skip_reason(layer)
+        if reason:
+            skipped.append({"name": layer.name, "node": layer.node, "op_type": layer.op_type,
+                            "parameter": layer.parameter, "reason": reason})
+        else:
+            todo.append(layer)
+    own = None
+    if client is None:
+        if scheduler is None:
+            raise IrtoolsError("give a scheduler address (or a distributed.Client)")
+        own = client = distributed.Client(scheduler)
+    try:
+        futures = client.map(_layer_row, todo, options=options, pure=False, retries=retries)
+        index = {f.key: k for k, f in enumerate(futures)}
+        rows: list[dict | None] = [None] * len(todo)
+        notes: list[str] = []
+        for done, future in enumerate(distributed.as_completed(futures), start=1):
+            k = index[future.key]
+            row, layer_notes = future.result()
+            row["layer_id"] = k
+            rows[k] = row
+            notes += [n for n in layer_notes if n not in notes]
+            if progress is not None:
+                progress(done, len(todo), row["name"])
+    finally:
+        if own is not None:
+            own.close()
+    return SpectralResult(rows, skipped, summarize(rows), None, notes)

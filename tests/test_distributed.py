@@ -1,0 +1,77 @@
+"""One model over a LocalCluster: the spectral family, one task per weight layer (irtools.distributed)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from irtools.distributed import spectral_on_cluster  # noqa: E402
+from irtools.errors import IrtoolsError  # noqa: E402
+from irtools.frontends import open_source  # noqa: E402
+from irtools.passes.spectral import SpectralPass  # noqa: E402
+from tests.conftest import EXAMPLE  # noqa: E402
+
+LOOPBACK = {"dashboard_address": None}
+
+
+def sharded_checkpoint(folder) -> str:
+    """Two safetensors shards and an index (the library's own writer), six matrices and a bias."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    shards = [{"embed.weight": rng.standard_normal((300, 48)).astype(np.float32),
+               "l0.q.weight": rng.standard_normal((48, 48)).astype(np.float32),
+               "l0.up.weight": rng.standard_t(3, (160, 48)).astype(np.float32)},
+              {"l1.q.weight": rng.standard_normal((48, 48)).astype(np.float32),
+               "l1.up.weight": rng.standard_t(4, (160, 48)).astype(np.float32),
+               "l1.conv.weight": rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
+               "l1.up.bias": np.zeros(160, np.float32), "tiny.weight": np.ones((4, 3), np.float32)}]
+    weight_map = {}
+    for k, tensors in enumerate(shards):
+        name = f"model-{k + 1:05d}-of-00002.safetensors"
+        save_file(tensors, os.path.join(folder, name))
+        weight_map.update(dict.fromkeys(tensors, name))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as fh:
+        json.dump({"metadata": {}, "weight_map": weight_map}, fh)
+    return str(folder)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300)
+    return a == b
+
+
+def test_layers_over_a_local_cluster_equal_the_single_process_rows(tmp_path):
+    path = sharded_checkpoint(tmp_path)
+    opened = open_source(path)
+    single = SpectralPass().analyse(opened.layers, opened.skipped)
+    seen = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK) as cluster:
+        result = spectral_on_cluster(path, cluster.scheduler_address, progress=lambda d, t, n: seen.append((d, t)))
+        with distributed.Client(cluster) as client:
+            workers = client.run(os.getpid)
+    assert len(set(workers.values())) == 2
+    assert [r["name"] for r in result.rows] == [r["name"] for r in single.rows]  # the model's own order
+    assert len(result.rows) == 6 and seen[-1] == (6, 6)
+    assert result.columns() == single.columns()
+    for a, b in zip(single.rows, result.rows, strict=True):
+        for key in single.columns():
+            assert same(a.get(key), b.get(key)), (a["name"], key, a.get(key), b.get(key))
+    assert result.skipped == single.skipped and any("tiny" in s["name"] for s in result.skipped)
+    for key, value in single.summary.items():
+        assert same(value, result.summary[key]) if not isinstance(value, dict) else value == result.summary[key]
+
+
+def test_graph_sources_and_row_only_options_are_refused():
+    with pytest.raises(IrtoolsError, match="weights-only"):
+        spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1")
+    with pytest.raises(IrtoolsError, match="keep_evals"):
+        spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1", keep_evals=True)
