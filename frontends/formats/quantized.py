@@ -161,9 +161,8 @@ def _fp8(tensors, config, taken, path):
             _fit(-(-rows // bm) == grid[0] and -(-cols // bn) == grid[1],
                  f"scale grid {list(grid)} does not tile weight {list(t.shape)}")
             label = "per-tensor" if grid == (1, 1) else "per-channel" if bn >= cols and bm == 1 else f"block {bm}x{bn}"
-            fn = (lambda t=t, s=s, bm=bm, bn=bn: quant.fp8_blocks(t.load(), s.load(), (bm, bn)))
-            return _lazy(t.shape, np.float32, f"{_F8_NAMES[np.dtype(t.dtype)]} {label}", fn,
-                         f"tensor '{printable(name)}'", path)
+            return _lazy(t.shape, np.float32, f"{_F8_NAMES[np.dtype(t.dtype)]} {label}",
+                         lambda: quant.fp8_blocks(t.load(), s.load(), (bm, bn)), f"tensor '{printable(name)}'", path)
 
         out[name] = (_group(tensors, name, [name, scale_name], build, path), [name, scale_name])
     return out
