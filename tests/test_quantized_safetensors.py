@@ -252,3 +252,35 @@ def test_mlx_affine_equals_mlx_dequantize(tmp_path, bits, group):
     got = read_weights(path)["model.layers.0.mlp.down_proj.weight"]
     assert got.shape == (16, 128) and got.storage == f"MLX affine int{bits} group {group}"
     np.testing.assert_array_equal(got.load().astype(np.float32), want)
+
+
+# -- compressed-tensors pack-quantized ----------------------------------------------------------------------
+@pytest.mark.parametrize("bits, strategy, symmetric", [(4, "group", False), (4, "channel", True), (8, "group", True),
+                                                      (3, "group", False)])
+def test_compressed_tensors_pack_quantized_equals_its_decompress(tmp_path, bits, strategy, symmetric):
+    """Weights packed by compressed-tensors' own `PackedQuantizationCompressor.compress` (its quantize
+    and `pack_to_int32`), read back equal to its `decompress` (its `unpack_from_int32` and `dequantize`)."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    out_f, in_f, group = 24, 64, 16
+    args = QuantizationArgs(num_bits=bits, strategy=strategy, symmetric=symmetric,
+                            group_size=group if strategy == "group" else None)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    groups = in_f // group if strategy == "group" else 1
+    scale = (torch.rand(out_f, groups) / 10 + 0.01).to(torch.bfloat16)
+    half = 1 << (bits - 1)
+    zp = None if symmetric else torch.randint(-half, half, (out_f, groups), dtype=torch.int8)
+    state = {"weight": torch.randn(out_f, in_f).to(torch.bfloat16), "weight_scale": scale}
+    if zp is not None:
+        state["weight_zero_point"] = zp
+    packed = PackedQuantizationCompressor.compress(state, scheme)
+    want = PackedQuantizationCompressor.decompress(packed, scheme)["weight"].float().numpy()
+    config = {"quantization_config": {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                      "config_groups": {"group_0": {"targets": ["Linear"], "weights": args.model_dump()}}}}
+    path = _save(tmp_path / "ct", {f"m.up_proj.{k}": v for k, v in packed.items()}, config)
+    got = read_weights(path)["m.up_proj.weight"]
+    assert got.shape == (out_f, in_f) and got.storage.startswith(f"compressed-tensors int{bits}")
+    np.testing.assert_array_equal(got.load().astype(np.float32), want)
+    assert not _accounted(path).skipped

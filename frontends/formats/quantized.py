@@ -17,6 +17,7 @@ group whose members do not fit is a `skipped` entry with the reason, never dropp
 | GPTQ | `qweight` int32 (in/8, out) + `qzeros`, `scales`, `g_idx` | scales[g] x (q - (z+1)[g]) |
 | AWQ | `qweight` int32 (in, out/8) + `qzeros`, `scales` | (q - z) x s per group, AWQ order |
 | MLX affine | a uint32 `weight` + `scales` + `biases`, bits/group from config.json | scales x q + biases |
+| compressed-tensors pack-quantized | `weight_packed` int32 + `weight_scale` (+ `weight_zero_point`, `weight_g_idx`, `weight_shape`) | (q - z) x s per group |
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def dequantized(tensors: WeightSet, path: str) -> WeightSet:
     """`tensors` with every recognised quantized group replaced by its float tensor."""
     config = read_config(path) if _has_candidates(tensors) else {}
     groups: dict[str, tuple[StoredArray, list[str]]] = {}  # weight name -> (float array, members)
-    for recognise in (_gptq_awq, _bnb_4bit, _bnb_int8, _mxfp4, _mlx, _fp8):
+    for recognise in (_gptq_awq, _pack_quantized, _bnb_4bit, _bnb_int8, _mxfp4, _mlx, _fp8):
         taken = {m for _, members in groups.values() for m in members}
         for name, (array, members) in recognise(tensors, config, taken, path).items():
             groups[name] = (array, members)
@@ -356,4 +357,61 @@ def _mlx(tensors, config, taken, path):
                          f"tensor '{printable(name)}'", path)
 
         out[name] = (_group(tensors, name, members, build, path), members)
+    return out
+
+
+# -- compressed-tensors pack-quantized (llm-compressor's W4A16 / W8A16) -------------------------------
+def _ct_bits(config) -> int | None:
+    groups = config.get("config_groups")
+    if isinstance(groups, dict):
+        for group in groups.values():
+            weights = group.get("weights") if isinstance(group, dict) else None
+            if isinstance(weights, dict) and type(weights.get("num_bits")) is int:
+                return weights["num_bits"]
+    return None
+
+
+def _pack_quantized(tensors, config, taken, path):
+    out = {}
+    bits = _ct_bits(config)
+    for name, t in tensors.items():
+        stem = _base(name, ".weight_packed")
+        if stem is None or name in taken or f"{stem}.weight_scale" not in tensors:
+            continue
+        members = [name] + [f"{stem}.{k}" for k in ("weight_scale", "weight_zero_point", "weight_g_idx",
+                                                     "weight_shape") if f"{stem}.{k}" in tensors]
+        weight = f"{stem}.weight"
+
+        def build(p=t, stem=stem):
+            s, z = tensors[f"{stem}.weight_scale"], tensors.get(f"{stem}.weight_zero_point")
+            g, shp = tensors.get(f"{stem}.weight_g_idx"), tensors.get(f"{stem}.weight_shape")
+            _fit(type(bits) is int and 1 <= bits <= 8, "pack-quantized weights without num_bits (1-8) in "
+                 "config.json's quantization_config.config_groups")
+            _fit(np.dtype(p.dtype) == np.int32 and len(p.shape) == 2, "weight_packed is not a 2-D int32 tensor")
+            shape = None
+            if shp is not None and math.prod(shp.shape) == 2 and np.dtype(shp.dtype).kind in "iu":
+                shape = tuple(int(d) for d in np.asarray(shp.load()).reshape(-1))
+            _fit(shape is not None and shape[0] == p.shape[0] and -(-shape[1] * bits // 32) == p.shape[1],
+                 f"weight_shape does not fit weight_packed {list(p.shape)} at {bits} bits")
+            groups = 1 if math.prod(s.shape) == 1 else math.prod(s.shape) // shape[0]
+            _fit(math.prod(s.shape) in (1, shape[0] * groups) and groups <= shape[1],
+                 f"weight_scale {list(s.shape)} does not fit weight {list(shape)}")
+            if g is not None:
+                _fit(tuple(g.shape) == (shape[1],), f"weight_g_idx {list(g.shape)} is not one group a column")
+            if z is not None:
+                _fit(len(z.shape) == 2 and z.shape[1] == groups and z.shape[0] == -(-shape[0] * bits // 32),
+                     f"weight_zero_point {list(z.shape)} does not fit {groups} groups")
+
+            def fn():
+                gi = g.load() if g is not None else None
+                if gi is not None and (gi.min(initial=0) < 0 or gi.max(initial=0) >= groups):
+                    raise ValueError(f"weight_g_idx points past the {groups} groups")
+                return quant.pack_quantized(p.load(), s.load(), z.load() if z is not None else None, shape, bits, gi)
+
+            label = "per-tensor" if math.prod(s.shape) == 1 else "per-channel" if groups == 1 else \
+                f"group {-(-shape[1] // groups)}"
+            return _lazy(shape, s.dtype, f"compressed-tensors int{bits} {label}", fn,
+                         f"tensor '{printable(stem)}'", path)
+
+        out[weight] = (_group(tensors, weight, members, build, path), members)
     return out

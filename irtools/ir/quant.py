@@ -212,3 +212,43 @@ def mlx_affine(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int,
     dtype = s.dtype
     g = np.arange(cols) // group_size
     return (s[:, g] * q.astype(dtype) + b[:, g]).astype(dtype)
+
+
+def unpack_int32_stream(packed: np.ndarray, bits: int, cols: int, signed_offset: bool = True) -> np.ndarray:
+    """compressed-tensors' `unpack_from_int32` (packed along the last dim): element i of a row is
+    the `bits` bits at bit position i*bits of the row's little-endian words, minus 2^(bits-1)
+    (`pack_to_int32` stores the signed codes offset), as int32."""
+    words = np.ascontiguousarray(np.asarray(packed).view(np.uint32))
+    rows = words.shape[0]
+    if 32 % bits == 0:
+        q = _unpack_int32(words, bits, 1)[:, :cols]
+    else:
+        stream = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+        fields = stream[:, :cols * bits].reshape(rows, cols, bits).astype(np.int32)
+        q = (fields << np.arange(bits, dtype=np.int32)).sum(axis=2, dtype=np.int32)
+    return q - (1 << (bits - 1)) if signed_offset else q
+
+
+def pack_quantized(packed: np.ndarray, scale: np.ndarray, zero_packed: np.ndarray | None, shape, bits: int,
+                   g_idx: np.ndarray | None = None) -> np.ndarray:
+    """compressed-tensors' pack-quantized weights (`weight_packed`, `weight_scale`, optional
+    `weight_zero_point` packed along the output dim, `weight_g_idx`) -> (out, in) in the scale's
+    float type: `(q - z) * s`, the group of column j `g_idx[j]` or `j // (in / groups)` (channel
+    and tensor scales broadcast), as `compressed_tensors...forward.dequantize` computes it."""
+    out_f, in_f = (int(d) for d in shape)
+    q = unpack_int32_stream(packed, bits, in_f)
+    s = np.asarray(scale)
+    dtype = s.dtype
+    s2 = s.reshape(1, 1) if s.size == 1 else s.reshape(out_f, -1)
+    groups = s2.shape[1]
+    if g_idx is not None:
+        cols = np.asarray(g_idx).astype(np.int64)
+    else:
+        cols = np.arange(in_f) // max(1, -(-in_f // groups))
+    z = None
+    if zero_packed is not None:
+        z = unpack_int32_stream(np.ascontiguousarray(np.asarray(zero_packed).T), bits, out_f).T  # packed along dim 0
+    x = q.astype(dtype)
+    if z is not None:
+        x = x - (z[:, cols] if z.shape[1] > 1 else z).astype(dtype)
+    return x * (s2[:, cols] if groups > 1 else s2)
