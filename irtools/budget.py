@@ -24,6 +24,9 @@ _limit: int | None = None
 #: elements x kernel taps). Real models stay far below: a ResNet-152 at 224x224 needs under 2^27 per
 #: node; a file that declares a 1000x1000 kernel over a million outputs (10^12) would run for minutes.
 WORK_LIMIT = 1 << 36
+#: How many of those operations one second holds (a Python-level node visit, counted as 2^17, takes
+#: ~0.1 ms): work accepted by `check_work` that is estimated long prints a progress note.
+OPERATIONS_PER_SECOND = float(1 << 17) / 1e-4
 
 
 class MemoryBudgetError(IrtoolsError):
@@ -113,10 +116,12 @@ def check_shape(shape, itemsize: float, what: str, path: str | None = None) -> N
 
 def check_work(operations: float, what: str, path: str | None = None) -> None:
     """Refuse (`WorkBudgetError`) a kernel call of more than `WORK_LIMIT`
-    operations: memory bounds what a file may make irtools hold, this bounds how long it may make it run."""
+    operations: memory bounds what a file may make irtools hold, this bounds how long it may make it run.
+    Accepted work estimated long (`progress`) prints a note naming it, with the estimate."""
     if operations > WORK_LIMIT:
         raise WorkBudgetError(f"{what} would take {operations:.3g} operations, over the limit of {WORK_LIMIT:.3g} "
                               "per node (a file declaring this much work is refused)", path)
+    progress(what, operations / OPERATIONS_PER_SECOND)
 
 
 class ShapeBudgetError(IrtoolsError):

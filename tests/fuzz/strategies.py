@@ -291,3 +291,39 @@ def h5_files(draw):
         return path
 
     return Writer(write, kinds=kinds, full_model=full_model)
+
+
+# -- ONNX graphs that declare huge work (issue #23) ----------------------------------------------
+def _expanding_cases():
+    from tests.fuzz import expanding as e
+
+    exponent = st.integers(0, 40)
+    return st.one_of(
+        st.tuples(st.just("constant_of_shape"), st.tuples(st.just(4), exponent.map(lambda k: 1 << k)))
+        .map(lambda t: (t[0], lambda: e.constant_of_shape(t[1]), t[1])),
+        st.tuples(st.sampled_from(["expand", "tile"]), st.tuples(st.integers(1, 8), exponent.map(lambda k: 1 << k)))
+        .map(lambda t: (t[0], lambda: (e.expand if t[0] == "expand" else e.tile)(t[1]), t[1])),
+        st.tuples(st.sampled_from(["HannWindow", "HammingWindow", "BlackmanWindow"]), st.integers(1, 1 << 40))
+        .map(lambda t: (t[0], lambda: e.window(t[0], t[1]), t[1])),
+        st.integers(1, 1 << 40).map(lambda n: ("range", lambda: e.range_op(n), n)),
+        st.integers(1, 3000).map(lambda n: ("matmul_of_vectors", lambda: e.matmul_of_vectors(n), n)),
+        st.integers(0, 40).map(lambda k: ("concat_doubling", lambda: e.concat_doubling(k, 4), k)),
+        # a loop of a few trips (valid, quick) or of 2^30 and more (refused): one in between is valid work
+        # that takes its time (the unrolling prints its estimate), not for a 20 s alarm
+        (st.integers(0, 64) | st.integers(1 << 30, (1 << 63) - 1)).map(lambda n: ("loop", lambda: e.loop(n), n)),
+        st.integers(1, 11).map(lambda d: ("nested_if", lambda: e.nested_if(d), d)),
+        st.integers(1, 64).map(lambda d: ("doubling_functions", lambda: e.doubling_functions(d), d)),
+        st.integers(1, 3000).map(lambda n: ("chain", lambda: e.chain(n), n)),
+    )
+
+
+@st.composite
+def expanding_onnx_files(draw):
+    """One of `tests.fuzz.expanding`'s attacks at a drawn size: from a few nodes or elements (valid
+    work) to 2^40 and more (refused before it is done)."""
+    kind, build, size = draw(_expanding_cases())
+
+    def write(lay: Layout) -> str:
+        return f.save_onnx(build(), os.path.join(lay.model, "m.onnx"))
+
+    return Writer(write, kind=kind, size=size)

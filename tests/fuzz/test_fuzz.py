@@ -17,7 +17,7 @@ from tests.fuzz.hostile import SECRET, layout
 
 #: Examples per format for CI. IRTOOLS_FUZZ_SCALE multiplies them; IRTOOLS_FUZZ_RANDOM=1 draws new
 #: examples each run (exploration) instead of CI's fixed ones.
-EXAMPLES = {"onnx": 250, "safetensors": 300, "torch": 400, "npz": 250, "h5": 40}
+EXAMPLES = {"onnx": 250, "safetensors": 300, "torch": 400, "npz": 250, "h5": 40, "expanding": 25}
 _SCALE = float(os.environ.get("IRTOOLS_FUZZ_SCALE", "1"))
 _RANDOM = os.environ.get("IRTOOLS_FUZZ_RANDOM") == "1"
 
@@ -72,3 +72,11 @@ def test_fuzz_npz(write):
 def test_fuzz_h5(write):
     pytest.importorskip("h5py")
     _run(write, ["analyze"])
+
+
+@_settings("expanding")
+@given(strategies.expanding_onnx_files())
+def test_fuzz_expanding_onnx(write):
+    """Graphs that declare work from a few nodes to 2^40 and more: valid output or one line, never a
+    hang (the harness's per-case alarm) and never the budget's memory spent to find out."""
+    _run(write, ["inspect", "analyze"])
