@@ -47,7 +47,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from irtools.frontends import require
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, ModelLoadError, printable
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
 __all__ = ["conversion_patches", "from_keras", "load_keras"]
@@ -950,6 +950,7 @@ def load_keras_file(path: str, trust: bool = False):
     from irtools.frontends.weights_file import check_hdf5_file, check_keras_archive  # noqa: PLC0415
 
     if path.lower().endswith(".keras"):  # checked before TensorFlow is imported (seconds, log lines)
+        check_archive_extraction(path)  # what Keras extracts in all, before any entry is opened
         check_keras_archive(path)  # entries past the memory budget, zip bombs, HDF5 external/virtual storage
     elif path.lower().endswith((".h5", ".hdf5")):
         check_hdf5_file(path)  # HDF5 external links, external storage, virtual datasets
@@ -966,6 +967,37 @@ def load_keras_file(path: str, trust: bool = False):
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise IrtoolsError(f"cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}", path) from exc
+
+
+#: A whole `.keras` archive may inflate to at most this many times its own size (or
+#: `ARCHIVE_INFLATE_FREE` bytes, whichever is larger): Keras extracts every entry into a temporary
+#: folder, so 64 entries of 16 MiB of zeros (each under the per-entry check) in a 1 MB archive would
+#: write 1 GiB. Weights compress little (float32: ~1.1x); a config compresses ~10x.
+ARCHIVE_MAX_RATIO = 256
+ARCHIVE_INFLATE_FREE = 16 << 20
+
+
+def check_archive_extraction(path: str) -> int:
+    """Refuse a `.keras` archive whose entries declare, in all, more than the memory budget or more
+    than `ARCHIVE_MAX_RATIO` times the archive's own bytes (past `ARCHIVE_INFLATE_FREE`), before
+    Keras extracts any of it. Returns the declared total."""
+    import zipfile  # noqa: PLC0415
+
+    from irtools import budget  # noqa: PLC0415
+    from irtools.files import check_input  # noqa: PLC0415
+
+    try:
+        with zipfile.ZipFile(check_input(path)) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelLoadError(f"not a readable .keras archive ({printable(exc)})", path) from None
+    total = sum(e.file_size for e in entries)
+    size = os.path.getsize(path)
+    if total > max(ARCHIVE_INFLATE_FREE, size * ARCHIVE_MAX_RATIO):
+        raise ModelLoadError(f"the archive's {len(entries)} entries inflate {size} bytes to {total} in all (over "
+                             f"{ARCHIVE_MAX_RATIO}x: refused as a zip bomb before Keras extracts it)", path)
+    budget.check(total, f"extracting the archive's {len(entries)} entries", path)
+    return total
 
 
 def _first_line(exc, limit: int = 200) -> str:

@@ -70,3 +70,51 @@ def test_check_hdf5_file_refuses_external_storage_and_accepts_a_clean_file(tmp_p
     with pytest.raises(ModelLoadError, match="external storage"):
         check_hdf5_file(str(bad))
     check_hdf5_file(str(good))
+
+
+def _many_zero_members(path, members: int, each: int) -> str:
+    """A deflated archive of `members` entries of `each` zero bytes (each alone passes the per-entry
+    ratio check: 16 MiB is the free amount) beside a config: ~1 MB for 64 x 16 MiB."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("config.json", b"{}")
+        for k in range(members):
+            z.writestr(f"assets/zeros{k}.bin", bytes(each))
+    return str(path)
+
+
+def test_keras_archive_of_many_members_is_refused_on_its_total_before_extraction(tmp_path):
+    """64 members of 16 MiB zeros made Keras extract 949 MiB: each member passes the per-entry
+    check, the archive as a whole is a bomb (the declared total against the archive's own size)."""
+    from irtools.frontends.keras import ARCHIVE_MAX_RATIO, check_archive_extraction
+
+    path = _many_zero_members(tmp_path / "m.keras", 64, 16 << 20)
+    size = (tmp_path / "m.keras").stat().st_size
+    assert size < 1_200_000 and 64 * (16 << 20) > size * ARCHIVE_MAX_RATIO
+    check_keras_archive(path)  # the per-entry check alone lets it through
+    with pytest.raises(ModelLoadError, match=f"65 entries inflate {size} bytes to {64 * (16 << 20) + 2} in all"):
+        check_archive_extraction(path)
+
+
+def test_keras_archive_total_is_checked_against_the_budget(tmp_path):
+    from irtools import budget
+    from irtools.frontends.keras import check_archive_extraction
+
+    weights = np.random.default_rng(0).standard_normal(1 << 18).astype(np.float32).tobytes()  # 1 MiB, ~incompressible
+    path = _archive(tmp_path / "m.keras", {"config.json": b"{}", "model.weights.h5": weights}, zipfile.ZIP_DEFLATED)
+    assert check_archive_extraction(path) == len(weights) + 2
+    budget.set_limit("512K")
+    try:
+        with pytest.raises(budget.MemoryBudgetError, match="extracting the archive's 2 entries"):
+            check_archive_extraction(path)
+    finally:
+        budget.set_limit(None)
+
+
+def test_many_member_keras_bomb_through_the_cli(tmp_path):
+    """End to end, in a child: one line, before TensorFlow is even imported (fast, small)."""
+    from tests.fuzz import harness
+
+    path = _many_zero_members(tmp_path / "m.keras", 64, 16 << 20)
+    outcome = harness.run_subprocess(["analyze", path])
+    harness.check(outcome, str(tmp_path), harness.snapshot(str(tmp_path)), expect=2, message="zip bomb")
+    assert "Keras extracts" in outcome.stderr
