@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,8 +103,12 @@ def _instrumented(args: list[str], repeat: int) -> dict:
     cold, code = once()
     cold_end = time.time()
     split = dict(totals)
-    warm = min(once()[0] for _ in range(repeat))
-    return {"first_line": first_line, "cold": cold, "code": code, **split, "warm": warm,
+    warm, warm_cpu = math.inf, math.inf
+    for _ in range(repeat):
+        c = time.process_time()
+        warm = min(warm, once()[0])
+        warm_cpu = min(warm_cpu, time.process_time() - c)
+    return {"first_line": first_line, "cold": cold, "code": code, **split, "warm": warm, "warm_cpu": warm_cpu,
             "modules": list(dict.fromkeys(outside_jit)), "cold_end": cold_end}
 
 
@@ -110,21 +116,31 @@ def _needed_imports(modules: list[str]) -> float:
     """Seconds to import, after the bare set, the modules a command imported beyond it."""
     exec(BARE)
     missing = [m for m in modules if m not in sys.modules]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for name in missing:
         if name not in sys.modules:
             try:
                 __import__(name)
             except Exception:  # noqa: BLE001 - a module only its parent can create
                 pass
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 # -- the parent ---------------------------------------------------------------------------
-def _wall(cmd: list[str]) -> float:
-    t = time.perf_counter()
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the process and its threads)."""
+    c, t = _cpu_children(), time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu_children() - c
+
+
+def _wall(cmd: list[str]) -> float:
+    return _run(cmd)[0]
 
 
 def _child(*args: str) -> tuple[dict, float, float]:
@@ -159,7 +175,8 @@ def main() -> None:
         print(json.dumps(_instrumented(a._instrumented, a.repeat)))
         return
     if a._needed:
-        print(json.dumps({"needed": _needed_imports(json.loads(open(a._needed).read()))}))
+        wall, cpu = _needed_imports(json.loads(open(a._needed).read()))
+        print(json.dumps({"needed": wall, "needed_cpu": cpu}))
         return
 
     commands = [("example", ["analyze", EXAMPLE])]
@@ -171,32 +188,34 @@ def main() -> None:
     threads = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in THREAD_VARS)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {threads}")
     start = statistics.median(_wall([PYTHON, "-c", "pass"]) for _ in range(a.repeat))
-    bare = statistics.median(_wall([PYTHON, "-c", BARE]) for _ in range(a.repeat))
-    print(f"interpreter start (python -c pass) {start:.2f} s; bare (python -c \"{BARE}\") {bare:.2f} s "
-          f"[medians of {a.repeat}]")
+    print(f"interpreter start (python -c pass) {start:.2f} s (median of {a.repeat}); wall and CPU (user + system) "
+          "seconds; the bare imports are timed interleaved with each command's cold runs")
     for name, args in commands:
         first = _wall([IRTOOLS, *args])  # fills numba's cache if it was empty
-        cold = statistics.median(_wall([IRTOOLS, *args]) for _ in range(a.repeat))
+        pairs = [(_run([PYTHON, "-c", BARE]), _run([IRTOOLS, *args])) for _ in range(a.repeat)]
+        bare, bare_cpu = (statistics.median(p[0][i] for p in pairs) for i in (0, 1))
+        cold, cold_cpu = (statistics.median(p[1][i] for p in pairs) for i in (0, 1))
         info, spawn, _ = _child("--repeat", str(a.repeat), "--_instrumented", *args)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(info["modules"], fh)
-        needed = _child("--_needed", fh.name)[0]["needed"]
+        needed_info = _child("--_needed", fh.name)[0]
         os.unlink(fh.name)
+        needed, needed_cpu = needed_info["needed"], needed_info["needed_cpu"]
         interp = info["first_line"] - spawn
         work = info["cold"] - info["imports"] - info["jit"]
-        budget = bare + needed + 1.5 * info["warm"]
-        target = 1.2 * budget
-        verdict = "OK" if cold <= target else "OVER TARGET"
         status = "" if info["code"] == 0 else f" (exit code {info['code']})"
-        print(f"\n{name}: irtools {' '.join(os.path.relpath(x, ROOT) if os.path.isabs(x) else x for x in args)}"
-              f"{status}")
-        print(f"  cold {cold:.2f} s (median of {a.repeat}; first, filling the cache: {first:.2f} s); "
-              f"warm in-process {info['warm']:.3f} s")
-        print(f"  one instrumented cold process {info['cold_end'] - spawn:.2f} s = interpreter start {interp:.2f} + imports "
-              f"{info['imports']:.2f} + JIT {info['jit']:.2f} + work {work:.2f}"
-              f" (background threads, overlapping the work: imports {info['bg_imports']:.2f}, JIT {info['bg_jit']:.2f})")
-        print(f"  target 1.2 x (bare {bare:.2f} + needed imports {needed:.2f} + 1.5 x warm {info['warm']:.3f}) = "
-              f"{target:.2f} s: cold/target {cold / target:.2f} [{verdict}]; cold/budget {cold / budget:.2f}")
+        print(f"\n{name}: irtools {' '.join(os.path.basename(x) if os.path.isabs(x) else x for x in args)}{status}")
+        print(f"  cold {cold:.2f} s wall, {cold_cpu:.2f} s CPU (medians of {a.repeat}; the first run, filling the "
+              f"cache if empty: {first:.2f} s wall); warm in-process {info['warm']:.3f} s wall, {info['warm_cpu']:.3f} s CPU")
+        print(f"  one instrumented cold process {info['cold_end'] - spawn:.2f} s wall = interpreter start {interp:.2f} "
+              f"+ imports {info['imports']:.2f} + JIT {info['jit']:.2f} + work {work:.2f} (background threads, "
+              f"overlapping the work: imports {info['bg_imports']:.2f}, JIT {info['bg_jit']:.2f})")
+        for label, c, b, n, w in (("wall", cold, bare, needed, info["warm"]),
+                                  ("CPU", cold_cpu, bare_cpu, needed_cpu, info["warm_cpu"])):
+            budget = b + n + 1.5 * w
+            verdict = "OK" if c <= 1.2 * budget else "OVER TARGET"
+            print(f"  {label:>4}: cold {c:.2f} s vs 1.2 x (bare {b:.2f} + needed imports {n:.2f} + 1.5 x warm {w:.3f})"
+                  f" = {1.2 * budget:.2f} s: cold / (bare + needed + 1.5 warm) = {c / budget:.2f} [{verdict}]")
 
 
 if __name__ == "__main__":
