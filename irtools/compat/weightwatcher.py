@@ -883,6 +883,72 @@ class WeightWatcher:
         table = table[lead + [c for c in table.columns if c not in lead]].set_index("layer_id")
         return float(np.mean(table["delta_W"].to_numpy())), float(np.mean(table["delta_b"].to_numpy())), table
 
+    def _edit_layers(self, model, layers, start_ids) -> list[WWLayer]:
+        found = self._layers(model, layers, start_ids)
+        return [x for x in found if x.layer_type in (DENSE, CONV1D, EMBEDDING, CONV2D) and len(x.weight.shape) in
+                (2, 4) and within_limits(weight_layer(x), 8, 15000, 50000)]
+
+    def SVDSmoothing(self, model=None, percent: float = 0.8, pool: bool = True, layers=(), method: str = "detX",
+                     fit: str = "PL", plot: bool = False, start_ids: int = 0, svd_method: str = "fast"):
+        """WeightWatcher's SVD smoothing: each supported layer keeps its k largest singular components
+        (k by `method`, see `irtools.compat.svd_edit`), computed exactly (WeightWatcher approximates the
+        truncation with a randomised TruncatedSVD). Returns the edited model, of the framework's own type
+        (a copy: the model given is not modified)."""
+        from irtools.compat import svd_edit
+        from irtools.passes.spectral.mpfit import mp_fit
+        from irtools.passes.spectral.powerlaw import fit_power_law
+
+        if pool is not True:
+            raise _refuse("SVDSmoothing", "only pool=True is supported (WeightWatcher refuses pool=False too)")
+        if method not in svd_edit.SMOOTH_METHODS:
+            raise _refuse("SVDSmoothing", f"method must be one of {', '.join(svd_edit.SMOOTH_METHODS)}, not "
+                                          f"{_shown(method)}")
+        if not _number(percent) or fit not in ("PL", "power_law") or plot is not False or \
+                svd_method not in ("fast", "accurate"):
+            raise _refuse("SVDSmoothing", "supported: a numeric percent, fit='PL', plot=False, svd_method "
+                                          "'fast' or 'accurate'")
+        model = model if model is not None else self.model
+        weights = {}
+        for layer in self._edit_layers(model, layers, start_ids):
+            w = np.asarray(layer.weight.load())
+            mats = _ww_mats(layer)
+            evals = pooled_esd(mats, 1.0, self.device)
+            m, rf = min(mats[0].shape), len(mats)
+            choice = method
+            if method == "auto":
+                choice = "rmt" if fit_power_law(evals).alpha > 6 else "detX"
+            if choice == "detX":
+                num = detx_columns(evals, None)["detX_num"]
+            elif choice == "alpha_min":
+                num = fit_power_law(evals).num_pl_spikes
+            elif choice == "rmt":
+                num = mp_fit(evals, max(mats[0].shape), m)["num_spikes"]
+            else:
+                num = int(percent * m * rf)
+            weights[layer.longname] = svd_edit.apply_components(w, layer.layer_type, rf, int(num))
+        return svd_edit.edited(model, weights)
+
+    def SVDSharpness(self, model=None, pool: bool = True, layers=(), plot: bool = False, start_ids: int = 0):
+        """WeightWatcher's SVD sharpness: each supported layer loses as many of its largest singular
+        components as the MP fit of its element-shuffled matrices finds spikes (the shuffles drawn with
+        numpy's global `np.random.permutation`, one per matrix in layer order, as WeightWatcher draws
+        them). Returns the edited model, of the framework's own type (a copy)."""
+        from irtools.compat import svd_edit
+        from irtools.passes.spectral.mpfit import mp_fit
+
+        if pool is not True or plot is not False:
+            raise _refuse("SVDSharpness", "only pool=True and plot=False are supported")
+        model = model if model is not None else self.model
+        weights = {}
+        for layer in self._edit_layers(model, layers, start_ids):
+            mats = _ww_mats(layer)
+            shuffled = [w.reshape(-1)[np.random.permutation(np.arange(w.size))].reshape(w.shape) for w in mats]
+            evals = pooled_esd(shuffled, 1.0, self.device)
+            spikes = mp_fit(evals, max(mats[0].shape), min(mats[0].shape))["num_spikes"]
+            weights[layer.longname] = svd_edit.apply_components(np.asarray(layer.weight.load()), layer.layer_type,
+                                                                len(mats), -int(spikes))
+        return svd_edit.edited(model, weights)
+
     def get_ESD(self, model=None, layer=None, random: bool = False, seed: int = 0) -> np.ndarray:
         """The sorted eigenvalues of one layer (by id or name) that `describe` lists; with `random`, those
         of its element-shuffled matrices (as `randomize` pools them). As in WeightWatcher, without the
@@ -933,7 +999,7 @@ class WeightWatcher:
         if name.startswith("_"):
             raise AttributeError(name)
         raise UnsupportedMethodError(f"WeightWatcher.{name} is not supported by irtools.compat.weightwatcher "
-                                     f"(supported: analyze, describe, distances, get_details, get_summary, get_ESD)")
+                                     f"(supported: analyze, describe, distances, get_details, get_summary, get_ESD, SVDSmoothing, SVDSharpness)")
 
 
 def _ww_mats(layer: WWLayer) -> list[np.ndarray]:
