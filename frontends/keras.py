@@ -1048,4 +1048,43 @@ def open_keras_model(model, name: str, options, kind: str = "keras-model"):
 
 
 def open_keras_file(path: str, name: str, options):
-    return open_keras_model(load_keras_file(path, trust=options.trust), name, options, "keras-file")
+    with native_stderr_captured():
+        return open_keras_model(load_keras_file(path, trust=options.trust), name, options, "keras-file")
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Keep what TensorFlow, absl and Keras write to the process's stderr (file descriptor 2: C++
+    log lines such as oneDNN and CUDA-stub notices, which no environment variable silences before
+    absl is initialised, and Python `WARNING:absl:` records) off the terminal while a Keras file
+    is loaded and converted, so a failure prints only irtools' one line. Lines irtools itself
+    writes meanwhile (`irtools: ...` notes) are passed on; with `--debug` nothing is captured."""
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    if "--debug" in sys.argv[1:] or os.environ.get("IRTOOLS_DEBUG"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            ours = [line for line in sink.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if line.startswith("irtools: ")]
+            if ours:
+                sys.stderr.write("".join(ours))
+                sys.stderr.flush()

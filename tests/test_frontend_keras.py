@@ -458,3 +458,39 @@ def test_an_op_tf2onnx_leaves_unconverted_is_an_error():
         mp.setattr(frontend, "_plain_conv", lambda tf, nn: original)
         with pytest.raises(irtools.IrtoolsError, match=r"could not convert TensorFlow op\(s\) (Stateful)?PartitionedCall"):
             from_keras(model)
+
+
+def _cli(args, debug=False):
+    """irtools in a child process with the user's environment (no TF_CPP_MIN_LOG_LEVEL of ours)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
+    return subprocess.run([sys.executable, "-m", "irtools", *args, *(["--debug"] if debug else [])],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_a_full_h5_model_with_a_lambda_layer_fails_on_one_line(tmp_path):
+    """TensorFlow's C++ log lines (oneDNN, the CUDA stub, absl's "before InitializeLog") and
+    absl's Python warnings printed 5 lines before the error (issue #23): one voice on stderr.
+    --debug shows TensorFlow's own lines again."""
+    inp = keras.Input((4,))
+    x = keras.layers.Lambda(lambda t: t * 2)(keras.layers.Dense(3)(inp))
+    path = str(tmp_path / "lambda.h5")
+    keras.Model(inp, x).save(path)
+    proc = _cli(["analyze", path])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("irtools: error: "), proc.stderr
+    assert "Lambda" in proc.stderr
+    debug = _cli(["analyze", path], debug=True)
+    assert debug.returncode != 0 and len(debug.stderr.splitlines()) > 1
+
+
+def test_native_stderr_capture_passes_irtools_lines_and_drops_the_rest(capfd):
+    from irtools.frontends.keras import native_stderr_captured
+
+    argv, sys.argv = sys.argv, ["irtools"]
+    try:
+        with native_stderr_captured():
+            os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on\n")
+            os.write(2, b"irtools: note: kept\n")
+    finally:
+        sys.argv = argv
+    assert capfd.readouterr().err == "irtools: note: kept\n"

@@ -147,3 +147,13 @@ def test_chain_bytes_are_what_onnx_writes():
     for n in (1, 2, 7, 130):
         assert expanding.chain_bytes(n) == expanding.chain(n).SerializeToString()
     assert onnx.load_from_string(expanding.chain_bytes(3)).graph.node[2].output == ["y"]
+
+
+@pytest.mark.parametrize("command", ["inspect", "analyze"])
+def test_onnxruntime_failing_on_a_negative_dim_prints_only_irtools_line(tmp_path, command):
+    """ConstantOfShape of [-3, 4]: onnxruntime fails evaluating it and used to print its own log
+    lines first (issue #23); every session irtools opens is silent, so one line (or only notes)."""
+    outcome, lay, before = _run(tmp_path, "neg", expanding.negative_constant_of_shape().SerializeToString(), command)
+    harness.check(outcome, lay.model, before)
+    assert "onnxruntime_src" not in outcome.stderr.split("irtools: ", 1)[0]
+    assert all(line.startswith("irtools: ") for line in outcome.stderr.splitlines()), outcome.stderr
