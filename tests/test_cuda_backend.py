@@ -140,12 +140,17 @@ def test_device_selection_without_a_gpu(monkeypatch):
     assert cb.gpu_problem("cuda") == "PyTorch is not installed"
     monkeypatch.undo()
     # before torch is asked: the driver (ctypes) and the build (torch/version.py as text)
-    monkeypatch.setattr(cb, "_driver_devices", lambda: -1)
+    monkeypatch.setattr(cb, "_driver_loads", lambda: False)
+    monkeypatch.setattr(cb, "_driver_devices", lambda: pytest.fail("CUDA initialised for a CPU-only torch"))
     monkeypatch.setattr(cb, "_torch_cuda_build", lambda: ("2.13.0+cpu", None))
-    assert cb.gpu_problem("cuda") == ("no NVIDIA driver (libcuda.so.1 does not load or cuInit fails); "
+    assert cb.gpu_problem("cuda") == ("no NVIDIA driver (libcuda.so.1 does not load); "
                                       "PyTorch 2.13.0+cpu is a CPU-only build")
-    monkeypatch.setattr(cb, "_driver_devices", lambda: 0)
+    monkeypatch.setattr(cb, "_driver_loads", lambda: True)
+    assert cb.gpu_problem("cuda") == "PyTorch 2.13.0+cpu is a CPU-only build"
     monkeypatch.setattr(cb, "_torch_cuda_build", lambda: ("2.13.0", "12.4"))
+    monkeypatch.setattr(cb, "_driver_devices", lambda: -1)
+    assert cb.gpu_problem("cuda") == "no NVIDIA driver (libcuda.so.1 does not load or cuInit fails)"
+    monkeypatch.setattr(cb, "_driver_devices", lambda: 0)
     assert cb.gpu_problem("cuda") == "the NVIDIA driver sees no CUDA device (check CUDA_VISIBLE_DEVICES)"
     monkeypatch.setattr(cb, "_driver_devices", lambda: 2)
     monkeypatch.setattr(torch.version, "cuda", "12.4")

@@ -108,10 +108,10 @@ def _torch_cuda_build() -> tuple[str, str | None]:
 
 
 #: What `--device auto` probes, in order (for the CLI's help): nothing here imports torch until
-#: all three hold.
-AUTO_PROBES = ("the NVIDIA driver loads (libcuda.so.1) and cuInit/cuDeviceGetCount find a CUDA device, "
-               "and the installed PyTorch is a CUDA build (read from torch/version.py); only then is torch "
-               "imported and torch.cuda.is_available() asked")
+#: all three hold, and CUDA is not initialised for a CPU-only torch.
+AUTO_PROBES = ("the installed PyTorch is a CUDA build (read from torch/version.py), the NVIDIA driver loads "
+               "(libcuda.so.1) and cuInit/cuDeviceGetCount find a CUDA device; only then is torch imported and "
+               "torch.cuda.is_available() asked")
 
 
 def gpu_problem(spec: str = "cuda") -> str:
@@ -121,17 +121,15 @@ def gpu_problem(spec: str = "cuda") -> str:
     torch/version.py read as text), so that a machine without a GPU never pays torch's import."""
     if importlib.util.find_spec("torch") is None:
         return "PyTorch is not installed"
-    problems = []
+    version, build = _torch_cuda_build()
+    if build is None:  # no CUDA initialised at all (cuInit in a process that later forks is best avoided)
+        driver = [] if _driver_loads() else ["no NVIDIA driver (libcuda.so.1 does not load)"]
+        return "; ".join(driver + [f"PyTorch {version} is a CPU-only build"])
     devices = _driver_devices()
     if devices < 0:
-        problems.append("no NVIDIA driver (libcuda.so.1 does not load or cuInit fails)")
-    elif devices == 0:
-        problems.append("the NVIDIA driver sees no CUDA device (check CUDA_VISIBLE_DEVICES)")
-    version, build = _torch_cuda_build()
-    if build is None:
-        problems.append(f"PyTorch {version} is a CPU-only build")
-    if problems:
-        return "; ".join(problems)
+        return "no NVIDIA driver (libcuda.so.1 does not load or cuInit fails)"
+    if devices == 0:
+        return "the NVIDIA driver sees no CUDA device (check CUDA_VISIBLE_DEVICES)"
     import torch
 
     if torch.version.cuda is None:
