@@ -93,7 +93,7 @@ def align(w: np.ndarray, w_base: np.ndarray, what: str = "") -> np.ndarray:
 
 
 #: Elements of a matrix converted to float64 at once by `pair_distances` (bounds its memory).
-CHUNK = 1 << 22
+CHUNK = 1 << 20
 
 
 def _chunks(w: np.ndarray, wb: np.ndarray, axis: int):
@@ -236,17 +236,26 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
             spectral_options: Mapping | None = None, weights_options: Mapping | None = None,
             progress: Callable[[int, int, str], None] | None = None, trust: bool = False,
             input_shapes=None, layout: str = "torch", name: str | None = None, base_name: str | None = None,
-            **spectral) -> FineTune:
-    """Analyse `model` against `base` (see the module docstring). `spectral_options` (or keyword
-    arguments: min_evals, max_evals, max_n, backend, method, fix_fingers, mp_fit, ...) are the spectral
-    pass's fields; `weights_options` the weights pass's (graph sources)."""
+            options=None, **spectral) -> FineTune:
+    """Analyse `model` against `base` (see the module docstring). `options` (an
+    `irtools.options.AnalysisOptions`, as `irtools analyze` builds it) gives the spectral and weights
+    passes' options and how sources are opened; else `spectral_options` (or keyword arguments:
+    min_evals, max_evals, max_n, backend, method, fix_fingers, mp_fit, ...) are the spectral pass's
+    fields and `weights_options` the weights pass's (graph sources)."""
     from irtools.frontends import peft as peft_frontend
     from irtools.passing import get_pass
 
+    open_options = {"trust": trust, "input_shapes": input_shapes, "layout": layout}
+    if options is not None:
+        spectral_options = {**options.spectral_options(), **dict(spectral_options or {})}
+        weights_options = {**options.weights_options(), **dict(weights_options or {})}
+        open_options = options.open_kwargs()
+        trust = open_options.get("trust", trust)
     opts = {**dict(spectral_options or {}), **spectral}
+    opts.pop("keep_evals", None)
+    opts.pop("progress", None)
     if "device" in opts:
         opts["backend"] = opts.pop("device")
-    open_options = {"trust": trust, "input_shapes": input_shapes, "layout": layout}
     notes: list[str] = []
     base_opened, base_layers, base_skipped = _opened_layers(base, open_options, weights_options)
     adapted = None

@@ -191,3 +191,18 @@ def test_report_section(tmp_path):
     table = page.split('class="finetune-moved"')[1]
     assert table.index(">fc1<") < table.index(">fc2<") and ">conv<" in table
     assert "&lt;b&gt;only: in the base only" in page and "<b>only" not in page
+
+
+def test_analysis_options_and_size_limits(tmp_path):
+    """`options=` (what `irtools analyze --base` passes): its limits apply; a layer left out by them keeps
+    its distances in its skipped entry."""
+    from irtools.options import AnalysisOptions
+
+    ft, base = pair(seed=4)
+    a, b = save(ft, tmp_path / "ft.safetensors"), save(base, tmp_path / "base.safetensors")
+    result = compare(a, b, options=AnalysisOptions(base=b, min_evals=30))
+    assert sorted(r["name"] for r in result.layers) == ["fc1"]  # 40 evals; fc2 24, conv 27
+    left = {s["name"]: s for s in result.skipped}
+    assert left["fc2"]["reason"] == "24 eigenvalues < min_evals 30"
+    w = ft.state_dict()["fc2.weight"].double().numpy() - base.state_dict()["fc2.weight"].double().numpy()
+    assert left["fc2"]["dist_raw"] == pytest.approx(np.linalg.norm(w), rel=1e-9)
