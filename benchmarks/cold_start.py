@@ -206,7 +206,8 @@ def main() -> None:
         status = "" if info["code"] == 0 else f" (exit code {info['code']})"
         print(f"\n{name}: irtools {' '.join(os.path.basename(x) if os.path.isabs(x) else x for x in args)}{status}")
         print(f"  cold {cold:.2f} s wall, {cold_cpu:.2f} s CPU (medians of {a.repeat}; the first run, filling the "
-              f"cache if empty: {first:.2f} s wall); warm in-process {info['warm']:.3f} s wall, {info['warm_cpu']:.3f} s CPU")
+              f"cache if empty: {first:.2f} s wall); warm in-process {info['warm']:.3f} s wall, "
+              f"{info['warm_cpu']:.3f} s CPU")
         print(f"  one instrumented cold process {info['cold_end'] - spawn:.2f} s wall = interpreter start {interp:.2f} "
               f"+ imports {info['imports']:.2f} + JIT {info['jit']:.2f} + work {work:.2f} (background threads, "
               f"overlapping the work: imports {info['bg_imports']:.2f}, JIT {info['bg_jit']:.2f})")

@@ -175,8 +175,10 @@ def test_torch_build_is_read_without_importing_torch(tmp_path):
     fake = tmp_path / "torch"
     fake.mkdir()
     (fake / "__init__.py").write_text("")
-    (fake / "version.py").write_text("from typing import Optional\n__version__ = '9.9.9'\ncuda: Optional[str] = '12.4'\n")
-    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from irtools.backends import cuda as cb; print(cb._torch_cuda_build())"
+    (fake / "version.py").write_text("from typing import Optional\n__version__ = '9.9.9'\n"
+                                     "cuda: Optional[str] = '12.4'\n")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from irtools.backends import cuda as cb; "
+            "print(cb._torch_cuda_build())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "('9.9.9', '12.4')"
 
