@@ -13,8 +13,8 @@ batches of at most `max_bytes` of device memory each (stored copy + float64 copy
 eigensolver workspace) and `HOST_BATCH_BYTES` of host memory. A producer thread loads the
 layers and builds the batches; one worker thread per device takes every k-th batch (layers are
 spread over all visible GPUs), stages it in pinned host memory and copies it on a copy stream
-while the previous batch is computed on the compute stream. A matrix bigger than the bound has its Gram accumulated over row blocks
-(block k+1 copied while block k is multiplied); one whose m x m Gram and eigensolver workspace
+while the previous batch is computed on the compute stream. A matrix bigger than the bound has its
+Gram accumulated over row blocks (block k+1 copied while block k is multiplied); one whose m x m Gram and eigensolver workspace
 alone exceed the bound is computed by the CPU backend, with a note in `notes`.
 
 The array code is device-generic: with `device="cpu"` the same functions run on torch's CPU
