@@ -400,10 +400,12 @@ class _Absent:
 
 def resolve_hub_id(source: str) -> str:
     """The local snapshot folder of `org/name[@revision]` (never a download)."""
-    from irtools.frontends import require  # noqa: PLC0415
-
-    hub = require("huggingface_hub", missing="hub ids need huggingface_hub: pip install huggingface_hub")
     repo, _, revision = source.partition("@")
+    if not _importable("huggingface_hub"):  # most likely a path that does not exist: say that first
+        raise IrtoolsError(f"no such file or directory (as a hub id, '{repo}' needs huggingface_hub: "
+                           "pip install irtools[hf])", source)
+    import huggingface_hub as hub  # noqa: PLC0415
+
     try:
         return hub.snapshot_download(repo, revision=revision or None, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (LocalEntryNotFoundError and friends: one line)

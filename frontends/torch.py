@@ -492,14 +492,38 @@ def module_weight_layers(module, values: Mapping[str, object] | None = None) -> 
                                   parameter=full, weight_shape=tuple(shape), N=n, M=m, rf=rf, eigen_scale=scale,
                                   groups=groups, loader=load, sources=(full,), extra=dict(extra or {})))
 
+    def effective(path, mod, attr):
+        """A parametrized tensor (weight_norm, spectral_norm, ...): the one the module computes with, from
+        its originals (as the graph route analyses it, named `{path}.{attr}` like DERIVED_NAMES)."""
+        plist = mod.parametrizations[attr]
+        names = sorted(n for n, _ in plist.named_parameters(recurse=False))
+        loads = [loader(f"{path}.parametrizations.{attr}.{n}", getattr(plist, n)) for n in names]
+        for n in names:
+            seen.add(id(getattr(plist, n)))
+
+        def load():
+            with torch.no_grad():
+                originals = [torch.from_numpy(np.array(f(), dtype=np.float32)) for f in loads]
+                x = plist[0](*originals) if len(originals) > 1 else plist[0](originals[0])
+                for extra in list(plist)[1:]:
+                    x = extra(x)
+            return x.numpy()
+        shape = tuple(getattr(mod.parametrizations[attr], names[-1]).shape)
+        return f"{path}.{attr}" if path else attr, shape, load
+
     for path, mod in module.named_modules(remove_duplicate=False):
+        items = []
+        if hasattr(mod, "parametrizations"):
+            for attr in list(mod.parametrizations.keys()):
+                full, shape, load = effective(path, mod, attr)
+                items.append((attr, full, shape, load))
         for pname, p in mod.named_parameters(recurse=False):
             if p is None or id(p) in seen or not p.is_floating_point():
                 continue
-            seen.add(id(p))
             full = f"{path}.{pname}" if path else pname
-            shape = tuple(p.shape)
-            load = loader(full, p)
+            items.append((pname, full, tuple(p.shape), loader(full, p)))
+            seen.add(id(p))
+        for pname, full, shape, load in items:
             cls = type(mod).__name__
             rec = _RECURRENT_WEIGHT.match(pname) if isinstance(mod, torch.nn.RNNBase) else None
             if rec is not None:

@@ -58,7 +58,7 @@ DERIVED_NAMES: tuple[tuple[re.Pattern, str], ...] = (
 #: `weights_file.weight_layers`, and the module route, `torch.module_weight_layers`, strip the same).
 _PARAM_SUFFIX = re.compile(r"[./](weight|kernel|embeddings|w)$")
 #: Names the exporters give tensors of their own (not state_dict names).
-_EXPORTER_NAMES = re.compile(r"^(onnx::|/|_?val_|initializer|const|_v_|tensor|p_)|::")
+_EXPORTER_NAMES = re.compile(r"^(onnx::|/|_?val_\d)|::")
 
 
 def module_path(parameter: str) -> str:
@@ -635,8 +635,11 @@ def _account_for_every_parameter(ctx: _Ctx) -> None:
             continue
         if sum(d > 1 for d in p.shape) == 2 and p.name not in skipped:
             shape = tuple(d for d in p.shape if d > 1) if len(p.shape) > 2 else tuple(p.shape)
+            label = module_path(p.name) if ctx.torch_names and _is_state_name(p.name) else p.name
+            if label in ctx._names:
+                label = p.name
             layer = WeightLayer(
-                name=p.name, node=node, op_type=op_type, layer_type="matrix", parameter=p.name,
+                name=label, node=node, op_type=op_type, layer_type="matrix", parameter=p.name,
                 weight_shape=tuple(p.shape), N=max(shape), M=min(shape), rf=1, eigen_scale=1.0,
                 loader=(lambda v=p.value, s=shape: [ctx.value(v).reshape(s)]), sources=(p.name,),
             )

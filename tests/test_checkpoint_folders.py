@@ -160,11 +160,11 @@ def _rows(analysis):
     return {r["name"]: r for r in analysis.layers}
 
 
-def _same_numbers(a, b, keys=("alpha", "log_norm", "stable_rank", "num_evals", "N", "M")):
+def _same_numbers(a, b, keys=("alpha", "log_norm", "stable_rank", "num_evals", "N", "M"), rel=1e-6):
     for k in keys:
         x, y = a.get(k), b.get(k)
         if isinstance(x, float) or isinstance(y, float):
-            assert x == pytest.approx(y, rel=1e-9, abs=1e-12, nan_ok=True), (a["name"], k)
+            assert x == pytest.approx(y, rel=rel, abs=1e-12, nan_ok=True), (a["name"], k)
         else:
             assert x == y, (a["name"], k)
 
@@ -205,8 +205,14 @@ def test_a_checkpoint_folder_gets_both_families_named_by_module_path(folders, na
     module_rows = _rows(irtools.analyze(irtools.frontends.OpenedSource("m", "x", layers=opened.layers),
                                         metrics="spectral"))
     assert set(module_rows) == set(rows)
+    from irtools.frontends.hf_folder import folder_tensors
+
+    stored = set(folder_tensors(folder))
+    # a weight computed from stored tensors (wav2vec2's weight-normalised conv, g * v / ||v||) is computed in
+    # float32 by onnxruntime on the graph route and by torch on the module route: equal to float32 rounding
+    computed = {layer.name for layer in opened.layers if layer.parameter not in stored and "expert" not in layer.extra}
     for k in rows:
-        _same_numbers(rows[k], module_rows[k])
+        _same_numbers(rows[k], module_rows[k], rel=1e-4 if k in computed else 1e-6)
     # every analysed matrix is the parameter transformers' own loading gives (experts one by one)
     loaded = type(tf.AutoModel.from_config(tf.AutoConfig.from_pretrained(folder)))  # the class only
     del loaded
