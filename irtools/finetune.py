@@ -315,5 +315,12 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
                     result.eigenvalues)
 
 
-__all__ = ["DISTANCE_COLUMNS", "DISTANCE_METHODS", "FineTune", "align", "cka", "compare", "match_layers",
-           "pair_distances"]
+def compare_series(checkpoints, base: Any, **kwargs) -> list[FineTune]:
+    """`compare` of each checkpoint of a training run against one base (`audit --base`), one after
+    another (each pair streamed as in `compare`; the base is reopened per checkpoint, nothing is kept
+    between them but the results)."""
+    return [compare(m, base, **kwargs) for m in checkpoints]
+
+
+__all__ = ["DISTANCE_COLUMNS", "DISTANCE_METHODS", "FineTune", "align", "cka", "compare", "compare_series",
+           "match_layers", "pair_distances"]

@@ -206,3 +206,25 @@ def test_analysis_options_and_size_limits(tmp_path):
     assert left["fc2"]["reason"] == "24 eigenvalues < min_evals 30"
     w = ft.state_dict()["fc2.weight"].double().numpy() - base.state_dict()["fc2.weight"].double().numpy()
     assert left["fc2"]["dist_raw"] == pytest.approx(np.linalg.norm(w), rel=1e-9)
+
+
+def test_series_drift(tmp_path):
+    """A training run's checkpoints against the base: the drift grows with the noise added."""
+    from irtools.finetune import compare_series
+    from irtools.reports.finetune import drift_section
+
+    torch.manual_seed(0)
+    base = Net()
+    paths = []
+    for k, noise in enumerate((0.01, 0.05, 0.2)):
+        ft = Net()
+        ft.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in ft.parameters():
+                p.add_(noise * torch.randn_like(p))
+        paths.append(save(ft, tmp_path / f"step{k}.safetensors"))
+    results = compare_series(paths, save(base, tmp_path / "base.safetensors"), models=False)
+    drift = [r.summary["rel_distance"] for r in results]
+    assert drift == sorted(drift) and drift[0] > 0
+    page = drift_section(results, labels=["step0", "step1", "step2"])
+    assert page.count("<tr>") == 4 and "data:image/png;base64," in page

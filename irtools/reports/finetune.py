@@ -127,4 +127,38 @@ def finetune_section(result, k: int = 10) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["alpha_depth_png", "alpha_scatter_png", "finetune_section", "moved_table"]
+DRIFT_METRICS = ("rel_distance", "dist_cka", "alpha", "alpha_model", "alpha_base")
+
+
+def drift_section(results, labels=None) -> str:
+    """The `<section>` of a series of fine-tune checkpoints against one base (`audit --base`): per
+    checkpoint the mean relative distance, CKA and alphas (a table and a figure of the drift)."""
+    labels = list(labels) if labels is not None else [r.model for r in results]
+    rows = [{"checkpoint": lab, **{m: r.summary.get(m, math.nan) for m in DRIFT_METRICS}}
+            for lab, r in zip(labels, results)]
+
+    def draw(ax):
+        x = np.arange(len(rows))
+        ax.plot(x, [r["rel_distance"] for r in rows], "o-", label="mean ||W - W_base|| / ||W_base||")
+        ax.set_xticks(x)
+        ax.set_xticklabels([printable(lab)[-18:] for lab in labels], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("relative distance")
+        twin = ax.twinx()
+        twin.plot(x, [r["alpha_model"] for r in rows], "s--", color="tab:orange", label="mean alpha (checkpoint)")
+        twin.set_ylabel("alpha")
+        ax.set_title("Drift from the base over the checkpoints")
+        ax.legend(loc="upper left", fontsize=8)
+        twin.legend(loc="lower right", fontsize=8)
+
+    head = "".join(f"<th>{_esc(c)}</th>" for c in ("checkpoint",) + DRIFT_METRICS)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in ("checkpoint",) + DRIFT_METRICS) + "</tr>"
+                   for r in rows)
+    parts = ['<section class="finetune-drift"><h2>Fine-tune checkpoints against their base</h2>']
+    if rows:
+        parts.append(_img(_png(draw, (6.5, 3.6)), "relative distance and alpha of each checkpoint"))
+    parts.append(f'<table class="finetune-drift"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+__all__ = ["alpha_depth_png", "alpha_scatter_png", "drift_section", "finetune_section", "moved_table"]
