@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Source folder -> installed package name (setup.py's mapping).
 SOURCES = {"irtools": "irtools", "frontends": "irtools.frontends", "passes": "irtools.passes"}
 
-BASE = ("irtools.errors", "irtools.files", "irtools.budget")
+BASE = ("irtools.errors", "irtools.files", "irtools.budget", "irtools._jit")
 #: room -> (module prefixes in the room, rooms it may import from)
 FLOORS = {
     "base": (BASE, {"base"}),
