@@ -1,6 +1,6 @@
 """The package's architecture, checked: import floors between the rooms, one installed namespace.
 
-Rooms (docs/architecture.md): the base (`irtools.errors`, `irtools.files`, `irtools.budget`), the IR
+Rooms (docs/architecture.md): the base (`irtools.errors`, `irtools.files`, `irtools.budget`, `irtools._jit`), the IR
 (`irtools.ir`), the pass machinery (`irtools.passing`), backends, passes, frontends, and on top the
 analysis, conversion, CLI, reports, audit and compat layers. Each module's `irtools.*` imports
 (module-level and inside functions alike) must stay within what its room may use.
