@@ -259,33 +259,47 @@ _NAMES_CACHE: dict[tuple, set[str]] = {}
 
 
 def _build_transformers_names(architecture: str, blocks: int) -> set[str]:
-    """The module paths of transformers' own model for the architecture (built on the meta device:
-    no memory, no download), where transformers is installed and knows it: the exact names among
-    gguf's candidates (fused `qkv_proj` or `query_key_value`, `mlp` or `feed_forward`)."""
-    try:
-        import torch  # noqa: PLC0415
-        import transformers  # noqa: PLC0415
-    except ImportError:
-        return set()
-    import logging  # noqa: PLC0415
+    """The module paths of transformers' own model for the architecture (built on the meta device
+    from its default config: no weights, no download), where transformers is installed and knows
+    it. Built in a child process, so that the analysis does not hold torch and transformers (about
+    300 MB) beside the weights; any failure leaves the choice to gguf's map alone."""
+    import importlib.util  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    logging.disable(logging.WARNING)
-    try:
-        for model_type in dict.fromkeys((architecture, architecture.replace("moe", "_moe"),
-                                         architecture.replace("-", "_"), _MODEL_TYPES.get(architecture, architecture))):
-            try:
-                config = transformers.AutoConfig.for_model(model_type, num_hidden_layers=max(blocks, 1))
-                with torch.device("meta"):
-                    model = transformers.AutoModelForCausalLM.from_config(config)
-            except Exception:  # noqa: BLE001 (any architecture transformers cannot build: the map's own choice)
-                continue
-            return {n.rsplit(".", 1)[0] for n in model.state_dict()}
+    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
         return set()
-    finally:
-        logging.disable(logging.NOTSET)
-        transformers.logging.set_verbosity(level)
+    types = list(dict.fromkeys((architecture, architecture.replace("moe", "_moe"), architecture.replace("-", "_"),
+                                _MODEL_TYPES.get(architecture, architecture))))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _NAMES_CHILD, json.dumps(types), str(max(blocks, 1))],
+                              capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+        names = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout else []
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return set()
+    return {str(n) for n in names} if isinstance(names, list) else set()
+
+
+#: The child's program: the first model type transformers builds, its parameter and buffer paths.
+_NAMES_CHILD = """
+import json, logging, sys, warnings
+warnings.simplefilter("ignore")
+logging.disable(logging.WARNING)
+import torch, transformers
+for model_type in json.loads(sys.argv[1]):
+    try:
+        config = transformers.AutoConfig.for_model(model_type, num_hidden_layers=int(sys.argv[2]))
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except Exception:
+        continue
+    print(json.dumps(sorted({n.rsplit(".", 1)[0] for n in model.state_dict()})))
+    break
+else:
+    print("[]")
+"""
 
 
 _MODEL_TYPES = {"gptneox": "gpt_neox", "gpt-oss": "gpt_oss", "command-r": "cohere", "phimoe": "phimoe"}
