@@ -42,14 +42,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from irtools.frontends import require
-from irtools.frontends.keras import (
-    _FP_BASE,
-    _FP_LIMIT,
-    _fingerprint_occurrences,
-    _rewrite,
-    _set_metadata,
-    _view_nodes,
-)
+from irtools.frontends._fingerprint import FP_BASE, FP_LIMIT, fingerprint_occurrences
+from irtools.frontends._onnx_edit import rewrite, set_metadata, view_nodes
 from irtools.errors import IrtoolsError
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
@@ -330,11 +324,11 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
     originals = [np.array(named[i][1], dtype=np.float32, copy=True) for i in floats]
     sizes = [a.size for a in originals]
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-    if offsets[-1] > _FP_LIMIT:
-        raise IrtoolsError(f"model has {offsets[-1]} parameter scalars; the JAX frontend handles at most {_FP_LIMIT}")
+    if offsets[-1] > FP_LIMIT:
+        raise IrtoolsError(f"model has {offsets[-1]} parameter scalars; the JAX frontend handles at most {FP_LIMIT}")
     leaves = [leaf for _, leaf in named]
     for i, a, off in zip(floats, originals, offsets):
-        bits = (np.arange(a.size, dtype=np.int64) + off + _FP_BASE).astype(np.uint32)
+        bits = (np.arange(a.size, dtype=np.int64) + off + FP_BASE).astype(np.uint32)
         leaves[i] = jax.numpy.asarray(bits.view(np.float32).reshape(a.shape))
     fingerprinted = jax.tree_util.tree_unflatten(treedef, leaves)
     fn = source.fn
@@ -349,7 +343,7 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
     _name_nodes_by_module(proto.graph, names)
     proto = _reinfer_shapes(proto)
     narrow = {n: d for n, d in dtypes.items() if d != "float32"}
-    _set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
+    set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
                           **({PARAMETER_DTYPES_KEY: json.dumps(narrow)} if narrow else {}),
                           "irtools.frontend": f"jax/{source.kind}",
                           "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
@@ -600,7 +594,7 @@ def _reinfer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> None:
     """Put each leaf in as one initializer under its path; exporter copies become views of it."""
     graph = proto.graph
-    occurrences = _fingerprint_occurrences(graph, names, offsets, "parameter")
+    occurrences = fingerprint_occurrences(graph, names, offsets, "parameter")
     taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     clash = [n for n in names if n in taken]
     if clash:
@@ -608,7 +602,7 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
     renames: dict[str, str] = {}
     drop: set[str] = set()
     new_inits: list[onnx.TensorProto] = []
-    view_nodes: list[onnx.NodeProto] = []
+    extra_nodes: list[onnx.NodeProto] = []
     for index, occ in sorted(occurrences.items()):
         name, value = names[index], originals[index]
         new_inits.append(numpy_helper.from_array(value, name))
@@ -617,8 +611,8 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
             if local.shape == value.shape and np.array_equal(local.reshape(-1), np.arange(local.size)):
                 renames[init.name] = name
             else:
-                view_nodes.extend(_views(name, value.shape, local, init.name, f"{name}/view{j}"))
-    _rewrite(graph, drop, new_inits, renames, view_nodes)
+                extra_nodes.extend(_views(name, value.shape, local, init.name, f"{name}/view{j}"))
+    rewrite(graph, drop, new_inits, renames, extra_nodes)
 
 
 def _views(source: str, shape, local: np.ndarray, output: str, prefix: str) -> list[onnx.NodeProto]:
@@ -627,7 +621,7 @@ def _views(source: str, shape, local: np.ndarray, output: str, prefix: str) -> l
         target = numpy_helper.from_array(np.array(local.shape, dtype=np.int64), f"{prefix}/shape")
         return [helper.make_node("Constant", [], [target.name], name=f"{prefix}/shape", value=target),
                 helper.make_node("Reshape", [source, target.name], [output], name=f"{prefix}/Reshape")]
-    return _view_nodes(source, shape, local, output, prefix)
+    return view_nodes(source, shape, local, output, prefix)
 
 
 def load_flax(model, params=None, inputs=None, *, input_shapes=None, opset: int = 17, apply_kwargs=None):

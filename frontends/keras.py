@@ -35,12 +35,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import gc
+import importlib
 import itertools
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -50,15 +52,21 @@ from irtools.frontends import require
 from irtools.errors import IrtoolsError, ModelLoadError, printable
 from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
 
+# The fingerprint codec and the ONNX edits live in modules of their own (shared with frontends.jax);
+# the private names below are aliases kept for callers not yet moved (frontends.torch: _rename_values).
+from irtools.frontends._fingerprint import FP_LIMIT as _FP_LIMIT
+from irtools.frontends._fingerprint import decode as _decode
+from irtools.frontends._fingerprint import fingerprint_arrays as _fingerprints
+from irtools.frontends._fingerprint import fingerprint_occurrences as _fingerprint_occurrences
+from irtools.frontends._fingerprint import require_all as _require_all
+from irtools.frontends._onnx_edit import alias_uses as _alias_uses
+from irtools.frontends._onnx_edit import rename_values as _rename_values
+from irtools.frontends._onnx_edit import rewrite as _rewrite
+from irtools.frontends._onnx_edit import set_metadata as _set_metadata
+
 __all__ = ["conversion_patches", "from_keras", "load_keras"]
 
 _MISSING_TF = "TensorFlow is not installed: pip install irtools[tf]"
-
-# Fingerprints are negative normal float32 bit patterns counted up from the smallest one
-# (-1.2e-38, -1.2e-38 - ulp, ...): values no real constant of a converted model takes.
-_FP_BASE = 0x80800000
-_FP_LIMIT = 0xFF800000 - _FP_BASE  # below -inf: about 2.1e9 scalars
-
 
 # Keras layers whose weights the forward pass never reads: the layer copies their values into
 # constants when it is built, so the conversion cannot keep them as parameters. They are declared
@@ -113,43 +121,140 @@ def _tainted_tf_outputs(graph, const_node_values, total: int) -> set[str]:
     return tainted
 
 
+# -- the tf2onnx / TensorFlow / Keras patches: one table, applied with an ExitStack ------------------
+#: A row's replacement is what `make(tf, original)` returns; `REMOVE` deletes a mapping's entry instead.
+REMOVE = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """One patch of a library's internals: what it is for, the object (module, class or dict) it
+    patches, found when it is applied (`target(tf)`, None where that library version lacks it), the
+    attribute or key, and the replacement (`make(tf, original)`, or `REMOVE`)."""
+
+    why: str
+    target: Callable[[object], object]
+    name: object
+    make: Callable[[object, object], object] | object
+
+
+def _apply(stack: contextlib.ExitStack, rows, tf) -> None:
+    """Apply each patch in `rows` and register its undoing on `stack` (undone in reverse order)."""
+    missing = object()
+    for row in rows:
+        target = row.target(tf)
+        if target is None:
+            continue
+        if isinstance(target, dict):
+            original = target.get(row.name, missing)
+            if row.make is REMOVE:
+                target.pop(row.name, None)
+            else:
+                target[row.name] = row.make(tf, None if original is missing else original)
+            stack.callback(lambda t=target, k=row.name, o=original: t.__setitem__(k, o) if o is not missing
+                           else t.pop(k, None))
+        else:
+            original = getattr(target, row.name)
+            setattr(target, row.name, row.make(tf, original))
+            stack.callback(setattr, target, row.name, original)
+
+
+def _module(name: str):
+    return lambda tf: importlib.import_module(name)
+
+
+def _batch_normalization(tf, original):
+    def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+        fused = _fused_batch_norm(tf, x, mean, variance, offset, scale, variance_epsilon)
+        if fused is None:
+            return original(x, mean, variance, offset, scale, variance_epsilon, name=name)
+        return fused
+
+    return batch_normalization
+
+
+def _fresh_node_protos(tf, original):
+    """tf2onnx's `Node.update_proto` (run for every node after each optimizer) clears and re-adds a
+    node's attributes, constant tensors included, inside the same protobuf message; under the upb
+    protobuf runtime a message's arena frees nothing until the message dies, so every round leaves
+    another copy of every constant behind. The patched method writes into a fresh NodeProto."""
+    def update_proto(self, external_tensor_storage=None):
+        old = self._op  # noqa: SLF001
+        old.ClearField("attribute")
+        fresh = type(old)()
+        fresh.CopyFrom(old)
+        self._op = fresh  # noqa: SLF001
+        return original(self, external_tensor_storage)
+
+    return update_proto
+
+
+#: What `conversion_patches` changes (see its docstring), in the order it is applied.
+CONVERSION_PATCHES: tuple[Patch, ...] = (
+    Patch("4-D tf.nn.batch_normalization runs as fused_batch_norm(is_training=False): ONNX BatchNormalization "
+          "with its four parameters", lambda tf: tf.nn, "batch_normalization", _batch_normalization),
+    Patch("tf2onnx's back-to-back optimizer no longer fuses Conv+BatchNormalization",
+          lambda tf: importlib.import_module("tf2onnx.optimizer.back_to_back_optimizer")._func_map,  # noqa: SLF001
+          ("Conv", "BatchNormalization"), REMOVE),
+    Patch("grappler is skipped (its constant folding deletes x + 0: all-zero biases)",
+          _module("tf2onnx.tf_loader"), "tf_optimize_grappler",
+          lambda tf, original: lambda input_names, output_names, graph_def: graph_def),
+    Patch("exact GELU's erfc (no ONNX op) is traced as 1 - erf(x)", _module("tensorflow.python.ops.math_ops"), "erfc",
+          lambda tf, original: lambda x, name=None: 1.0 - tf.math.erf(x)),
+    Patch("tf2onnx's optimizers run on the graph itself, not on a deep copy each", _module("tf2onnx.optimizer"),
+          "optimize_graph", lambda tf, original: _optimize_without_copies(original)),
+    Patch("Keras' grouped / channels-first 3-D convolutions are traced as a plain tf.nn.convolution (no XLA call)",
+          lambda tf: _keras_tf_nn(), "conv", lambda tf, original: _plain_conv(tf, _keras_tf_nn())),
+    Patch("tf2onnx's Node.update_proto writes into a fresh NodeProto (upb arenas free nothing)",
+          lambda tf: importlib.import_module("tf2onnx.graph").Node, "update_proto", _fresh_node_protos),
+)
+
+
+def _weight_arithmetic_patches(total: int) -> tuple[Patch, ...]:
+    """The patches of `_keep_weight_arithmetic`, for a model of `total` weight scalars."""
+    def tf_fold(tf, original):
+        def fold(graph, const_node_values, output_names):
+            values, dtypes = original(graph, const_node_values, output_names)
+            for name in _tainted_tf_outputs(graph, const_node_values, total):
+                values.pop(name, None)
+                dtypes.pop(name, None)
+            return values, dtypes
+
+        return fold
+
+    def fold_node(tf, original):
+        def fold(self, node, graph):
+            if node.type not in _LAYOUT_OPS and any(
+                    i is not None and i.is_const() and _is_fingerprint(i.get_tensor_value(as_list=False), total)
+                    for i in node.inputs):
+                return False
+            return original(self, node, graph)
+
+        return fold
+
+    return (
+        Patch("TensorFlow's constant folding in tf2onnx keeps outputs computed from fingerprinted weights",
+              _module("tf2onnx.tfonnx"), "compute_const_folding_using_tf", tf_fold),
+        Patch("tf2onnx's ConstFoldOptimizer folds no arithmetic on fingerprinted weights",
+              lambda tf: importlib.import_module("tf2onnx.optimizer.const_fold_optimizer").ConstFoldOptimizer,
+              "_fold_node", fold_node),
+    )
+
+
 @contextlib.contextmanager
 def _keep_weight_arithmetic(total: int) -> Iterator[None]:
     """Stop tf2onnx from folding arithmetic on fingerprinted weights (a SavedModel's graph was traced
     before we could patch batch norm: `rsqrt(variance + eps) * gamma` must stay a computation
     on the weights instead of becoming a constant that no longer says which weights it came from)."""
-    from tf2onnx import tfonnx  # noqa: PLC0415
-    from tf2onnx.optimizer.const_fold_optimizer import ConstFoldOptimizer  # noqa: PLC0415
-
-    original_tf_fold = tfonnx.compute_const_folding_using_tf
-    original_fold_node = ConstFoldOptimizer._fold_node  # noqa: SLF001
-
-    def tf_fold(graph, const_node_values, output_names):
-        values, dtypes = original_tf_fold(graph, const_node_values, output_names)
-        for name in _tainted_tf_outputs(graph, const_node_values, total):
-            values.pop(name, None)
-            dtypes.pop(name, None)
-        return values, dtypes
-
-    def fold_node(self, node, graph):
-        if node.type not in _LAYOUT_OPS and any(
-                i is not None and i.is_const() and _is_fingerprint(i.get_tensor_value(as_list=False), total)
-                for i in node.inputs):
-            return False
-        return original_fold_node(self, node, graph)
-
-    tfonnx.compute_const_folding_using_tf = tf_fold
-    ConstFoldOptimizer._fold_node = fold_node  # noqa: SLF001
-    try:
+    with contextlib.ExitStack() as stack:
+        _apply(stack, _weight_arithmetic_patches(total), None)
         yield
-    finally:
-        tfonnx.compute_const_folding_using_tf = original_tf_fold
-        ConstFoldOptimizer._fold_node = original_fold_node  # noqa: SLF001
 
 
 @contextlib.contextmanager
 def conversion_patches() -> Iterator[None]:
-    """Patch TensorFlow and tf2onnx so that a Keras model's parameters survive conversion.
+    """Patch TensorFlow and tf2onnx so that a Keras model's parameters survive conversion
+    (`CONVERSION_PATCHES`, one row each, applied on an ExitStack and all restored on exit):
 
     - 4-D `tf.nn.batch_normalization` (Keras 3's inference batch norm) runs as
       `fused_batch_norm(is_training=False)`, which tf2onnx turns into ONNX BatchNormalization
@@ -163,76 +268,15 @@ def conversion_patches() -> Iterator[None]:
     - Keras' convolution runs grouped convolutions (ConvNeXt's depthwise `Conv2D(groups=C)`) and
       channels-first 3-D ones inside an XLA-compiled `tf.function`, which tf2onnx leaves as an
       unsupported `StatefulPartitionedCall` node holding the kernel: they are traced as a plain
-      `tf.nn.convolution` instead (graph only; tf2onnx sets the ONNX Conv's `group`).
-    Everything is restored on exit. (tf2onnx's `merge_duplication` optimizer is left out by
-    `from_keras` through its `optimizers` argument, not patched.)
+      `tf.nn.convolution` instead (graph only; tf2onnx sets the ONNX Conv's `group`);
+    - tf2onnx's `Node.update_proto` writes into a fresh NodeProto (`_fresh_node_protos`).
+    (tf2onnx's `merge_duplication` optimizer is left out by `from_keras` through its `optimizers`
+    argument, not patched.)
     """
     tf, _ = _import_tf()
-    from tf2onnx import optimizer as tf2onnx_optimizer  # noqa: PLC0415
-    from tf2onnx import tf_loader  # noqa: PLC0415
-    from tf2onnx.optimizer import back_to_back_optimizer  # noqa: PLC0415
-
-    original_bn = tf.nn.batch_normalization
-
-    def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
-        fused = _fused_batch_norm(tf, x, mean, variance, offset, scale, variance_epsilon)
-        if fused is None:
-            return original_bn(x, mean, variance, offset, scale, variance_epsilon, name=name)
-        return fused
-
-    conv_bn = ("Conv", "BatchNormalization")
-    func_map = back_to_back_optimizer._func_map  # noqa: SLF001
-    had_conv_bn = conv_bn in func_map
-    saved_conv_bn = func_map.pop(conv_bn, None)
-    original_grappler = tf_loader.tf_optimize_grappler
-    from tensorflow.python.ops import math_ops  # noqa: PLC0415
-
-    original_erfc = math_ops.erfc
-    math_ops.erfc = lambda x, name=None: 1.0 - tf.math.erf(x)
-    keras_nn, original_conv = _keras_tf_nn(), None
-    original_optimize = tf2onnx_optimizer.optimize_graph
-    tf2onnx_optimizer.optimize_graph = _optimize_without_copies(original_optimize)
-    tf.nn.batch_normalization = batch_normalization
-    tf_loader.tf_optimize_grappler = lambda input_names, output_names, graph_def: graph_def
-    if keras_nn is not None:
-        original_conv, keras_nn.conv = keras_nn.conv, _plain_conv(tf, keras_nn)
-    try:
-        with _node_protos_rebuilt():
-            yield
-    finally:
-        tf.nn.batch_normalization = original_bn
-        tf_loader.tf_optimize_grappler = original_grappler
-        tf2onnx_optimizer.optimize_graph = original_optimize
-        math_ops.erfc = original_erfc
-        if original_conv is not None:
-            keras_nn.conv = original_conv
-        if had_conv_bn:
-            func_map[conv_bn] = saved_conv_bn
-
-
-@contextlib.contextmanager
-def _node_protos_rebuilt() -> Iterator[None]:
-    """tf2onnx's `Node.update_proto` (run for every node after each optimizer) clears and re-adds a
-    node's attributes, constant tensors included, inside the same protobuf message; under the upb
-    protobuf runtime a message's arena frees nothing until the message dies, so every round leaves
-    another copy of every constant behind. The patched method writes into a fresh NodeProto."""
-    from tf2onnx.graph import Node  # noqa: PLC0415
-
-    original = Node.update_proto
-
-    def update_proto(self, external_tensor_storage=None):
-        old = self._op  # noqa: SLF001
-        old.ClearField("attribute")
-        fresh = type(old)()
-        fresh.CopyFrom(old)
-        self._op = fresh  # noqa: SLF001
-        return original(self, external_tensor_storage)
-
-    Node.update_proto = update_proto
-    try:
+    with contextlib.ExitStack() as stack:
+        _apply(stack, CONVERSION_PATCHES, tf)
         yield
-    finally:
-        Node.update_proto = original
 
 
 def _optimize_without_copies(optimize_graph):
@@ -493,13 +537,6 @@ def _convert_frozen(tf2onnx, functional, specs, weights, offsets, opset, optimiz
     return proto, originals
 
 
-def _fingerprints(weights, offsets) -> Iterator[np.ndarray]:
-    """Each weight's fingerprint array (element k of the model holds bit pattern _FP_BASE + k)."""
-    for w, off, end in zip(weights, offsets, offsets[1:]):
-        bits = (np.arange(off, end, dtype=np.int64) + _FP_BASE).astype(np.uint32)
-        yield bits.view(np.float32).reshape(tuple(w.shape))
-
-
 # -- the stateless conversion: weights as graph inputs -----------------------------------------
 
 
@@ -734,72 +771,6 @@ def _snapshot_weights(model, weights) -> dict[int, str]:
     return {i: SNAPSHOT_WEIGHTS[owner[id(w)]] for i, w in enumerate(weights) if owner.get(id(w)) in SNAPSHOT_WEIGHTS}
 
 
-def _decode(array: np.ndarray) -> np.ndarray | None:
-    """Flat weight-element indices of a fingerprinted float32 array, or None if it holds none."""
-    if array.dtype != np.float32 or array.size == 0:
-        return None
-    k = array.view(np.uint32).astype(np.int64) - _FP_BASE
-    if k.min() < 0 or k.max() >= _FP_LIMIT:
-        return None
-    return k
-
-
-def _fingerprint_indices(array: np.ndarray, total: int, what: str) -> np.ndarray | None:
-    """The weight-element indices an initializer holds, or None for a real constant of the model.
-
-    Every negative float32 decodes to some index, so a constant counts as real when none of its
-    elements falls among the `total` fingerprints in use; one that mixes fingerprints (or their
-    tiny products) with other values was computed from weights while constants folded."""
-    if array.dtype != np.float32 or array.size == 0:
-        return None
-    k = array.view(np.uint32).astype(np.int64) - _FP_BASE
-    inside = (k >= 0) & (k < total)
-    if inside.all():
-        return k
-    tiny = (array != 0) & (np.abs(array) < 2.0 ** -100)
-    if inside.any() or tiny.any():
-        raise IrtoolsError(f"ONNX initializer '{what}' holds values the conversion computed from weights (a layer "
-                           "that computes with a weight before using it, e.g. w * 2, loses the weight when constants "
-                           "fold)")
-    return None
-
-
-def _fingerprint_occurrences(graph: onnx.GraphProto, names, offsets, kind: str,
-                             optional: set[int] = frozenset()) -> dict[int, list]:
-    """{weight index: [(initializer, local element indices), ...]} of every fingerprinted
-    initializer of `graph`: an initializer must hold a permuted copy of one whole weight, and
-    every weight but the `optional` ones must appear at least once."""
-    total = int(offsets[-1])
-    occurrences: dict[int, list[tuple[onnx.TensorProto, np.ndarray]]] = collections.defaultdict(list)
-    for init in graph.initializer:
-        k = _fingerprint_indices(numpy_helper.to_array(init), total, init.name)
-        if k is None:
-            continue
-        index = int(np.searchsorted(offsets, k.flat[0], side="right") - 1)
-        local = (k - offsets[index]).astype(np.int32)  # < 2**31 (_FP_LIMIT); half the memory of int64
-        del k
-        size = int(offsets[index + 1] - offsets[index])
-        if local.size != size or local.min() < 0 or local.max() >= size or not _is_permutation(local):
-            raise IrtoolsError(f"the conversion changed {kind} '{names[index]}' (ONNX initializer '{init.name}' "
-                               "is not a permuted copy of it)")
-        occurrences[index].append((init, local))
-    _require_all(names, occurrences, optional, kind)
-    return occurrences
-
-
-def _require_all(names, found, optional, kind: str) -> None:
-    """Every weight (index into `names`) but the `optional` ones must be `found`."""
-    missing = [names[i] for i in range(len(names)) if i not in found and i not in optional]
-    if missing:
-        raise IrtoolsError(f"the conversion lost {len(missing)} {kind}(s) (folded or unused), e.g. '{missing[0]}'")
-
-
-def _is_permutation(local: np.ndarray) -> bool:
-    seen = np.zeros(local.size, dtype=bool)
-    seen[local.reshape(-1)] = True
-    return bool(seen.all())
-
-
 def _restore_weights(proto: onnx.ModelProto, names, offsets, originals, optional: set[int] = frozenset()) -> set[int]:
     """Rename fingerprinted initializers to Keras paths and put the real values back; returns the
     indices of the weights found (all but some `optional` ones)."""
@@ -822,78 +793,6 @@ def _restore_weights(proto: onnx.ModelProto, names, offsets, originals, optional
         occ.clear()  # the element indices are no longer needed
     _rewrite(graph, drop, [], renames, extra_nodes)
     return set(occurrences)
-
-
-def _alias_uses(name: str, local: np.ndarray, others, renames: dict[str, str], extra_nodes: list) -> None:
-    """Further uses [(value, element indices)] of weight `name`, whose initializer holds the weight's
-    elements `local`: a use in the same layout is renamed to the initializer, another layout becomes
-    nodes computing it from the initializer (`_view_nodes`)."""
-    position = None
-    for j, (other, other_local) in enumerate(others, start=1):
-        if other_local.shape == local.shape and np.array_equal(other_local, local):
-            renames[other] = name
-            continue
-        if position is None:
-            position = np.empty(local.size, dtype=np.int64)
-            position[local.reshape(-1)] = np.arange(local.size)
-        extra_nodes.extend(_view_nodes(name, local.shape, position[other_local], other, f"{name}/view{j}"))
-
-
-def _rewrite(graph: onnx.GraphProto, drop: set[str], new_initializers, renames: dict[str, str],
-             view_nodes: list[onnx.NodeProto]) -> None:
-    """Drop the exporter's weight copies, add the named weights, rename uses, and put the nodes
-    that rebuild other copies from the named weights first."""
-    # delete in place: re-adding the kept ones would copy every tensor once more (upb arenas free
-    # nothing until the whole model is freed)
-    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in drop]):
-        del graph.initializer[i]
-    graph.initializer.extend(new_initializers)
-    _rename_values(graph, renames)
-    if view_nodes:
-        nodes = view_nodes + list(graph.node)
-        del graph.node[:]
-        graph.node.extend(nodes)
-
-
-def _view_nodes(source: str, source_dims, positions: np.ndarray, output: str, prefix: str) -> list[onnx.NodeProto]:
-    """Nodes computing `output` (element i = source.flat[positions.flat[i]]) from `source`."""
-    dims = tuple(int(d) for d in source_dims)
-    grid = np.arange(int(np.prod(dims, dtype=np.int64))).reshape(dims)
-    if len(dims) == positions.ndim:
-        for perm in itertools.permutations(range(len(dims))):
-            if grid.transpose(perm).shape == positions.shape and np.array_equal(grid.transpose(perm), positions):
-                return [helper.make_node("Transpose", [source], [output], name=f"{prefix}/Transpose", perm=list(perm))]
-    flat_shape = numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{prefix}/flat_shape")
-    indices = numpy_helper.from_array(positions.astype(np.int64), f"{prefix}/indices")
-    return [
-        helper.make_node("Constant", [], [flat_shape.name], name=f"{prefix}/flat_shape", value=flat_shape),
-        helper.make_node("Constant", [], [indices.name], name=f"{prefix}/indices", value=indices),
-        helper.make_node("Reshape", [source, flat_shape.name], [f"{prefix}/flat"], name=f"{prefix}/Reshape"),
-        helper.make_node("Gather", [f"{prefix}/flat", indices.name], [output], name=f"{prefix}/Gather", axis=0),
-    ]
-
-
-def _rename_values(graph: onnx.GraphProto, renames: Mapping[str, str]) -> None:
-    if not renames:
-        return
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-        for attr in node.attribute:  # outer-scope references inside subgraphs
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _rename_values(sub, renames)
-    for vi in itertools.chain(graph.input, graph.output, graph.value_info):
-        if vi.name in renames:
-            vi.name = renames[vi.name]
-
-
-def _set_metadata(proto: onnx.ModelProto, items: Mapping[str, str]) -> None:
-    kept = [p for p in proto.metadata_props if p.key not in items]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in items.items():
-        proto.metadata_props.add(key=key, value=value)
 
 
 def load_keras(model, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None):

@@ -494,3 +494,52 @@ def test_native_stderr_capture_passes_irtools_lines_and_drops_the_rest(capfd):
     finally:
         sys.argv = argv
     assert capfd.readouterr().err == "irtools: note: kept\n"
+
+
+def test_every_patch_in_the_table_is_applied_and_restored_even_on_error():
+    """`CONVERSION_PATCHES` and the weight-arithmetic rows: inside, each target's attribute (or
+    key) is the replacement; after an exception, every one is the original object again."""
+    import contextlib
+
+    from irtools.frontends import keras as kf
+
+    rows = (*kf.CONVERSION_PATCHES, *kf._weight_arithmetic_patches(16))
+    missing = object()
+    before = []
+    for row in rows:
+        target = row.target(tf)
+        if target is None:
+            before.append(None)
+            continue
+        before.append(target.get(row.name, missing) if isinstance(target, dict) else getattr(target, row.name))
+    with pytest.raises(RuntimeError, match="boom"), contextlib.ExitStack() as stack:
+        kf._apply(stack, rows, tf)
+        for row, old in zip(rows, before, strict=True):
+            target = row.target(tf)
+            if target is None:
+                continue
+            now = target.get(row.name, missing) if isinstance(target, dict) else getattr(target, row.name)
+            assert (now is missing) if row.make is kf.REMOVE else (now is not old), row.why
+        raise RuntimeError("boom")
+    for row, old in zip(rows, before, strict=True):
+        target = row.target(tf)
+        if target is not None:
+            assert (target.get(row.name, missing) if isinstance(target, dict) else getattr(target, row.name)) is old
+
+
+def test_shared_frontend_helpers_have_modules_of_their_own():
+    """The fingerprint codec round-trips element indices; jax and keras use the same objects."""
+    from irtools.frontends import _fingerprint as fp
+    from irtools.frontends import _onnx_edit as edit
+    from irtools.frontends import jax as jf
+    from irtools.frontends import keras as kf
+
+    class W:
+        shape = (3, 2)
+
+    arrays = list(fp.fingerprint_arrays([W(), W()], [0, 6, 12]))
+    assert [a.shape for a in arrays] == [(3, 2), (3, 2)]
+    np.testing.assert_array_equal(fp.decode(arrays[1]).reshape(-1), np.arange(6, 12))
+    assert fp.decode(np.ones(3, np.float32)) is None
+    assert jf.fingerprint_occurrences is fp.fingerprint_occurrences and jf.rewrite is edit.rewrite
+    assert kf._rename_values is edit.rename_values  # the alias frontends.torch still imports
