@@ -4,7 +4,7 @@ Builds the folder locally (random weights, bf16, `save_pretrained`; nothing is d
 runs, each in a fresh process so that peak RSS is its own (`ru_maxrss`):
 
 - irtools, the folder, both families (`irtools.analyze(FOLDER)`: graph exported with stand-in
-  parameters, weights read lazily from the safetensors),
+  parameters, weights read lazily from the safetensors), and the folder's spectral family alone,
 - irtools, the folder's safetensors as plain weights, spectral only,
 - WeightWatcher 0.7.7's spectral run on the same weights (`from_pretrained`, then `analyze()`).
 
@@ -33,7 +33,7 @@ def build(folder: str, layers: int) -> int:
     import transformers as tf
 
     cfg = tf.LlamaConfig(**{**LLAMA_1B, "num_hidden_layers": layers})
-    cfg.torch_dtype = "bfloat16"
+    cfg.dtype = "bfloat16"
     torch.manual_seed(0)
     with torch.device("meta"):
         model = tf.LlamaForCausalLM(cfg)
@@ -51,6 +51,8 @@ def build(folder: str, layers: int) -> int:
 CHILD = {
     "irtools-both": "import irtools; a = irtools.analyze(FOLDER); out = dict(rows=len(a.layers), "
                     "reuse=a.reuse is not None, notes=a.notes)",
+    "irtools-folder-spectral": "import irtools; a = irtools.analyze(FOLDER, metrics='spectral'); "
+                               "out = dict(rows=len(a.layers))",
     "irtools-spectral-weights-only": "import irtools; a = irtools.analyze(FOLDER + '/model.safetensors', "
                                      "metrics='spectral'); out = dict(rows=len(a.layers))",
     "weightwatcher-spectral": "import torch, transformers, weightwatcher as ww, logging; "
