@@ -238,7 +238,9 @@ def analyze(model: str, fmt: str, output: str | None, debug: bool, **params: Any
             raise IrtoolsError("--format csv writes the per-layer spectral table: add spectral to --metrics"
                                if "spectral" not in opts.families else
                                f"--format csv writes the per-layer spectral table: {result.left_out['spectral']}")
-        text = result.details.to_csv(index=False)
+        from irtools.reports.csvsafe import rows_to_csv  # formulas and control characters made inert; no pandas
+
+        text = rows_to_csv(result.columns, ([row.get(c) for c in result.columns] for row in result.layers))
     else:
         from irtools.reports.tables import render_analysis
 
@@ -325,7 +327,9 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], fmt: str, outp
     elif fmt == "csv":
         import pandas as pd
 
-        text = pd.DataFrame(result["models"]).to_csv(index=False)
+        from irtools.reports.csvsafe import frame_to_csv
+
+        text = frame_to_csv(pd.DataFrame(result["models"]))
     else:
         from irtools.reports.tables import render_comparison
 

@@ -84,8 +84,10 @@ class AnalysisOptions:
                         pass_field=("spectral", "mp_fit"))
     method: str = _opt("auto", "--eigen-method", "Eigenvalues from the Gram matrix, the SVD, or whichever is "
                        "faster (auto).", choices=("auto", "svd", "gram"), pass_field=("spectral", "method"))
-    device: str = _opt("auto", "--device", "Where eigenvalues are computed: a GPU when one is usable (auto), the "
-                       "CPU, or a CUDA device; the numbers are the same (float64 everywhere).",
+    device: str = _opt("auto", "--device", "Where eigenvalues are computed. auto: a GPU when the installed PyTorch "
+                       "is a CUDA build (read from torch/version.py), the NVIDIA driver loads (libcuda.so.1) and "
+                       "cuInit finds a device (torch is imported only then), else the CPU; cpu; cuda (every "
+                       "visible GPU); cuda:N. The numbers are the same (float64 everywhere).",
                        metavar="auto|cpu|cuda|cuda:N", pass_field=("spectral", "backend"))
     small_n_xmin: str = _opt("D", "--small-n-xmin", "xmin rule for spectra under 20 eigenvalues: D = what "
                              "WeightWatcher 0.7.7 reports (argmin D), J = its intermediate J = D - 0.868/sqrt(n) "
