@@ -382,3 +382,26 @@ def test_a_hub_id_resolves_from_the_local_cache_only(folders, tmp_path, monkeypa
     opened = open_source("someone/tiny")
     assert opened.kind == "checkpoint-folder" and opened.metadata["hub_id"] == "someone/tiny"
     assert {layer.name for layer in opened.layers} == {layer.name for layer in open_source(src).layers}
+
+
+@pytest.mark.slow
+def test_auto_map_with_trust_builds_the_checkpoints_own_class(folders, tmp_path):
+    """With --trust the class auto_map names is imported from the folder (transformers' dynamic modules)."""
+    src = folders("llama")
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    for f in os.listdir(src):
+        (folder / f).write_bytes(open(os.path.join(src, f), "rb").read())
+    (folder / "modeling_tiny.py").write_text(textwrap.dedent("""
+        from transformers import LlamaForCausalLM
+
+
+        class TinyForCausalLM(LlamaForCausalLM):
+            pass
+    """))
+    config = json.load(open(folder / "config.json"))
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    opened = open_source(str(folder), trust=True)
+    assert opened.has_graph and type(opened.layers[0]).__name__ == "WeightLayer"
+    assert {layer.name for layer in opened.layers} == {layer.name for layer in open_source(src).layers}
