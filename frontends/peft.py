@@ -26,8 +26,9 @@ magnitude vectors (a per-output rescaling, not a low-rank product), LoRA biases,
 with the adapter (`modules_to_save`), and every tensor of PEFT types that are not low-rank products
 (IA3's scaling vectors, prompt/prefix tuning's virtual tokens, LoHa, LoKr, AdaLoRA, ...).
 
-`open_merged(adapter, base)` analyses the merged model instead: every layer of the base, with
-W + ΔW in the adapted ones (the base named by `base_model_name_or_path` when it is a local folder).
+`irtools.finetune.open_merged(adapter, base)` is the merged model: every layer of the base, with
+W + ΔW in the adapted ones (`merge`; the base named by `base_model_name_or_path` when it is a local
+folder, `local_base`).
 """
 
 from __future__ import annotations
@@ -414,42 +415,19 @@ def merged_layer(layer: WeightLayer, update: Update) -> WeightLayer:
     return replace(layer, loader=load, extra={**layer.extra, "r": update.r, "scale": update.scale})
 
 
-def layers_of(opened, weights_options: dict | None = None) -> tuple[list[WeightLayer], list[dict]]:
-    """The weight layers of an opened source (a graph's `weights` pass, or a weights-only source)."""
-    if opened.has_graph:
-        from irtools.passing import get_pass
-
-        model = opened.model
-        if "weights" not in model.results:
-            get_pass("weights", **(weights_options or {}))(model)
-        result = model.results["weights"]
-        return list(result.layers), [dict(s) for s in result.skipped]
-    return list(opened.layers or []), [dict(s) for s in opened.metadata.get("skipped", ())]
-
-
-def open_merged(source: Any, base: Any = None, *, name: str | None = None, trust: bool = False,
-                **open_options) -> Any:
-    """The merged model: every weight layer of the base, W + ΔW where the adapter adapts it (matched
-    by the layer name = the module path), as a weights-only `OpenedSource`. Adapted modules with no
-    base layer of that name are skipped with the reason."""
-    from irtools.frontends import OpenedSource, open_source
-
-    base = local_base(source, base, trust)
-    config, tensors, label = read_adapter(source, trust)
-    updates, skipped = adapter_updates(config, tensors)
-    base_opened = open_source(base, trust=trust, **open_options)
-    base_layers, base_skipped = layers_of(base_opened)
+def merge(updates: list[Update], base_layers: list[WeightLayer]) -> tuple[list[WeightLayer], list[Update]]:
+    """The base's layers with W + ΔW where an update adapts them (matched by the layer name, the module
+    path), and the updates no base layer matched."""
     by_module = {u.module: u for u in updates}
     layers = [merged_layer(layer, by_module.pop(layer.name)) if layer.name in by_module else layer
               for layer in base_layers]
-    for u in by_module.values():
-        skipped.append({"name": u.module, "node": u.module, "op_type": "LoRA", "parameter": u.keys[0],
-                        "reason": "adapted module not found in the base (no base layer of that name)"})
-    notes = [f"merged: the base's layers with W + ΔW in {len(updates) - len(by_module)} adapted module(s)"]
-    label = name or f"{label if isinstance(label, str) else 'adapter'} + {base_opened.name}"
-    return OpenedSource(label, "peft-merged", layers=layers, notes=notes + _notes(config, updates, skipped)[1:],
-                        metadata={"format": "peft", "merged": True, "skipped": base_skipped + skipped})
+    return layers, list(by_module.values())
 
 
-__all__ = ["AdapterConfig", "LowRankLayer", "Update", "adapter_updates", "is_adapter", "layers_of", "local_base",
-           "merged_layer", "open_adapter", "open_merged", "read_adapter"]
+def unmatched_entries(updates: list[Update]) -> list[dict]:
+    return [{"name": u.module, "node": u.module, "op_type": "LoRA", "parameter": u.keys[0],
+             "reason": "adapted module not found in the base (no base layer of that name)"} for u in updates]
+
+
+__all__ = ["AdapterConfig", "LowRankLayer", "Update", "adapter_updates", "is_adapter", "local_base", "merge",
+           "merged_layer", "open_adapter", "read_adapter", "unmatched_entries"]

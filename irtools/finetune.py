@@ -20,7 +20,7 @@ Layers on one side only, or with another shape, are listed in `skipped` with the
 checkpoints are streamed: a layer's two tensors are read when the spectral pass reaches it (through
 each side's lazy loader: safetensors are memory-mapped), ΔW and the distances are computed from that
 one pair, and nothing of it is kept. An adapter as MODEL is merged into BASE first
-(`frontends.peft.open_merged`); its layers not adapted are identical to the base's and listed so.
+(`open_merged`); its layers not adapted are identical to the base's and listed so.
 """
 
 from __future__ import annotations
@@ -223,13 +223,54 @@ def delta_layer(layer, base_layer, distances: dict, lock: threading.Lock):
     return replace(layer, loader=load, node=layer.node, extra=dict(layer.extra))
 
 
+def layers_of(opened, weights_options: Mapping | None = None) -> tuple[list, list[dict]]:
+    """The weight layers of an opened source (a graph's `weights` pass, or a weights-only source's
+    layers) and the entries left out (with reasons)."""
+    if opened.has_graph:
+        from irtools.passing import get_pass
+
+        model = opened.model
+        if "weights" not in model.results:
+            get_pass("weights", **dict(weights_options or {}))(model)
+        result = model.results["weights"]
+        return list(result.layers), [dict(s) for s in result.skipped]
+    return list(opened.layers or []), [dict(s) for s in opened.metadata.get("skipped", ())]
+
+
 def _opened_layers(source, open_options: Mapping, weights_options: Mapping | None):
     from irtools.frontends import open_source
-    from irtools.frontends.peft import layers_of
 
     opened = open_source(source, **open_options)
-    layers, skipped = layers_of(opened, dict(weights_options or {}))
+    layers, skipped = layers_of(opened, weights_options)
     return opened, layers, skipped
+
+
+def open_merged(adapter: Any, base: Any = None, *, name: str | None = None, trust: bool = False,
+                weights_options: Mapping | None = None, **open_options) -> Any:
+    """An adapter merged into its base: every weight layer of the base (a graph or a weights-only
+    source), W + ΔW where the adapter adapts it (matched by the layer name = the module path; a graph's
+    layers also by their parameter's name), as a weights-only `OpenedSource` with columns r and scale on
+    the adapted layers. `base` None: the adapter config's base_model_name_or_path when it is a local
+    path (else a one-line error). Adapted modules no base layer matches are skipped with the reason."""
+    from irtools.frontends import OpenedSource, open_source
+    from irtools.frontends import peft as peft_frontend
+
+    base = peft_frontend.local_base(adapter, base, trust)
+    config, tensors, label = peft_frontend.read_adapter(adapter, trust)
+    updates, skipped = peft_frontend.adapter_updates(config, tensors)
+    base_opened = open_source(base, trust=trust, **open_options)
+    base_layers, base_skipped = layers_of(base_opened, weights_options)
+    keyed = []  # a graph layer is named by its node: give it the module path its parameter has
+    modules = {u.module for u in updates}
+    for layer in base_layers:
+        key = next((k for k in layer_keys(layer) if k in modules), None)
+        keyed.append(replace(layer, name=key) if key is not None and key != layer.name else layer)
+    layers, unmatched = peft_frontend.merge(updates, keyed)
+    skipped += peft_frontend.unmatched_entries(unmatched)
+    notes = [f"merged: the base's layers with W + ΔW in {len(updates) - len(unmatched)} adapted module(s)"]
+    label = name or f"{label if isinstance(label, str) else 'adapter'} + {base_opened.name}"
+    return OpenedSource(label, "peft-merged", layers=layers, notes=notes, metadata={
+        "format": "peft", "merged": True, "skipped": base_skipped + skipped})
 
 
 def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: bool = False,
@@ -260,7 +301,7 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     base_opened, base_layers, base_skipped = _opened_layers(base, open_options, weights_options)
     adapted = None
     if peft_frontend.is_adapter(model):
-        merged = peft_frontend.open_merged(model, base_opened, trust=trust)
+        merged = open_merged(model, base_opened, trust=trust, weights_options=weights_options)
         model_name = name or merged.name
         model_layers = merged.layers
         model_skipped = [s for s in merged.metadata.get("skipped", ()) if s.get("op_type") == "LoRA"]
@@ -323,4 +364,4 @@ def compare_series(checkpoints, base: Any, **kwargs) -> list[FineTune]:
 
 
 __all__ = ["DISTANCE_COLUMNS", "DISTANCE_METHODS", "FineTune", "align", "cka", "compare", "compare_series",
-           "match_layers", "pair_distances"]
+           "layers_of", "match_layers", "open_merged", "pair_distances"]

@@ -20,6 +20,7 @@ import irtools  # noqa: E402
 from irtools.errors import IrtoolsError  # noqa: E402
 from irtools.frontends import open_source  # noqa: E402
 from irtools.frontends import peft as peft_frontend  # noqa: E402
+from irtools.finetune import open_merged  # noqa: E402
 
 
 class Net(torch.nn.Module):
@@ -145,7 +146,7 @@ def test_merged_is_w_plus_delta(tmp_path):
     base_sd = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone().contiguous()
                for k, v in model.state_dict().items() if "lora_" not in k}
     save_file(base_sd, str(base_file))
-    merged = peft_frontend.open_merged(folder, str(base_file))
+    merged = open_merged(folder, str(base_file))
     layers = {layer.name: layer for layer in merged.layers}
     assert set(layers) == {"conv", "fc1", "fc2", "emb"}
     assert layers["fc1"].extra == {"r": 8, "scale": 2.0} and layers["emb"].extra == {}
@@ -159,11 +160,11 @@ def test_merged_is_w_plus_delta(tmp_path):
     cfg = json.load(open(cfg_path))
     cfg["base_model_name_or_path"] = str(base_file)
     json.dump(cfg, open(cfg_path, "w"))
-    assert len(peft_frontend.open_merged(folder).layers) == 4
+    assert len(open_merged(folder).layers) == 4
     cfg["base_model_name_or_path"] = "meta-llama/Llama-3.2-1B"
     json.dump(cfg, open(cfg_path, "w"))
     with pytest.raises(IrtoolsError, match="no base to merge"):
-        peft_frontend.open_merged(folder)
+        open_merged(folder)
 
 
 def test_dora_and_other_types_are_skipped_with_reasons(tmp_path):

@@ -168,6 +168,11 @@ def test_adapter_against_base_is_its_update(tmp_path):
     assert result.layers[0]["dist_raw"] == pytest.approx(np.linalg.norm(delta), rel=1e-5)
     assert result.layers[0]["r"] == 8 and result.layers[0]["scale"] == 2.0
     assert not math.isnan(result.layers[0]["alpha_model"])
+    # the same against the base as a PyTorch module (a graph: layers named by node, matched by parameter)
+    torch.manual_seed(0)
+    graph = compare(str(tmp_path / "adapter"), (Net(), (torch.randn(1, 3, 8, 8),)), keep_eigenvalues=True)
+    assert [r["name"] for r in graph.layers] == ["fc1"]
+    np.testing.assert_allclose(graph.eigenvalues[0], evals, rtol=1e-9)
 
 
 def test_report_section(tmp_path):
