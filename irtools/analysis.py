@@ -88,6 +88,7 @@ def analyze(
     keep_eigenvalues: bool = False,
     fit_options: Mapping[str, Any] | None = None,
     allow_partial: bool = True,
+    scheduler: str | None = None,
     **option_fields: Any,
 ) -> Analysis:
     """Analyse a model: any source `irtools.frontends.open_source` reads (a path, a `file.py:callable`
@@ -99,7 +100,11 @@ def analyze(
     fit options, fields too. `metrics` defaults to spectral and reuse; a family that cannot be
     computed while another is is left out with a note (`Analysis.left_out`; `Analysis.partial` when
     it was asked for explicitly); when no family asked for can be computed, the error is raised, and
-    so it is for any family asked for explicitly with `allow_partial=False` (all or nothing)."""
+    so it is for any family asked for explicitly with `allow_partial=False` (all or nothing).
+
+    `scheduler` (a Dask scheduler address or file): a weights-only source's spectral family runs one
+    task per layer on that cluster (`irtools.distributed.spectral_on_cluster`), each reading its tensor
+    from storage the workers share; the rows equal the single-process run's."""
     opts = AnalysisOptions.build(options, **option_fields, **dict(fit_options or {}))
     strict = not allow_partial and opts.explicit_metrics
     families = opts.families
@@ -107,7 +112,10 @@ def analyze(
     opened = opts.open(source)
     notes = list(opened.notes)
     if not opened.has_graph:
-        return _analyze_layers(opened, opts, families, spectral_opts, notes, strict)
+        return _analyze_layers(opened, opts, families, spectral_opts, notes, strict, scheduler)
+    if scheduler is not None:
+        raise IrtoolsError("--scheduler splits weights-only sources (safetensors, GGUF, ...) one layer a task; this "
+                           "source is a graph: analyse it without --scheduler", opened.name)
     model = opened.model
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
     notes += [n for n in model.notes if n not in notes]
@@ -145,7 +153,7 @@ def analyze(
 
 
 def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict, notes: list[str],
-                    strict: bool = False) -> Analysis:
+                    strict: bool = False, scheduler: str | None = None) -> Analysis:
     """A weights-only source: spectral metrics of its matrices; reuse needs a graph."""
     left_out: dict[str, str] = {}
     if "reuse" in families:
@@ -155,10 +163,20 @@ def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict
         notes.append(NO_GRAPH)
     rows, columns, summary, skipped, evals, done = None, [], {}, [], None, ()
     if "spectral" in families:
-        result = get_pass("spectral", **spectral_opts).analyse(opened.layers)
+        if scheduler is not None:
+            from irtools.distributed import spectral_on_cluster  # Dask: imported only for a cluster run
+
+            cluster_opts = {k: v for k, v in spectral_opts.items() if k not in ("backend", "keep_evals", "progress")
+                            and not (k == "randomize" and not v)}
+            result = spectral_on_cluster(opened, scheduler, progress=spectral_opts.get("progress"),
+                                         layout=opts.layout, **cluster_opts)
+            already = []  # the cluster run lists the frontend's skipped tensors itself
+        else:
+            result = get_pass("spectral", **spectral_opts).analyse(opened.layers)
+            already = [dict(s) for s in getattr(opened, "skipped", None) or []]
         rows, columns, summary, evals = result.rows, result.columns(), result.summary, result.eigenvalues
         # the tensors the frontend could make no layer of come first, then the layers the pass skipped
-        skipped = [dict(s) for s in getattr(opened, "skipped", None) or []] + list(result.skipped)
+        skipped = already + list(result.skipped)
         notes += result.notes
         done = ("spectral",)
     return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns, done, left_out, opts)

@@ -218,16 +218,19 @@ def inspect(model: str, fmt: str, output: str | None, debug: bool, **params: Any
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="csv writes the per-layer table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write to FILE instead of stdout.")
+@click.option("--scheduler", metavar="ADDR", default=None,
+              help="A Dask scheduler (tcp://HOST:PORT or a scheduler file): a weights-only model's spectral family "
+                   "runs one task per layer on its workers, each reading its tensor from storage they share.")
 @options.click_options
 @_max_memory_option
 @_debug_option
-def analyze(model: str, fmt: str, output: str | None, debug: bool, **params: Any) -> None:
+def analyze(model: str, fmt: str, output: str | None, debug: bool, scheduler: str | None, **params: Any) -> None:
     """Spectral (heavy-tailed) and reuse (context-count) metrics of a model."""
     from irtools.analysis import analyze as run_analysis
 
     opts = options.AnalysisOptions.from_cli(params)  # a bad --metrics fails before any work
     with _progress() as progress:
-        result = run_analysis(model, opts, progress=progress)
+        result = run_analysis(model, opts, progress=progress, scheduler=scheduler)
     for note in result.notes:
         _note(note)
     data = result.to_dict()

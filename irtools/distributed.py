@@ -65,7 +65,14 @@ def spectral_on_cluster(source, scheduler: str | None = None, *, client=None, re
     if client is None:
         if scheduler is None:
             raise IrtoolsError("give a scheduler address (or a distributed.Client)")
-        own = client = distributed.Client(scheduler)
+        import os
+
+        try:
+            own = client = (distributed.Client(scheduler_file=scheduler, timeout="20s") if os.path.isfile(scheduler)
+                            else distributed.Client(scheduler, timeout="20s"))
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise IrtoolsError(f"cannot reach the Dask scheduler at {scheduler}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     try:
         futures = client.map(_layer_row, todo, options=options, pure=False, retries=retries)
         index = {f.key: k for k, f in enumerate(futures)}

@@ -75,3 +75,25 @@ def test_graph_sources_and_row_only_options_are_refused():
         spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1")
     with pytest.raises(IrtoolsError, match="keep_evals"):
         spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1", keep_evals=True)
+
+
+def test_analyze_with_a_scheduler_on_the_command_line_equals_the_plain_run(tmp_path):
+    from click.testing import CliRunner
+
+    from irtools.cli import main
+
+    path = sharded_checkpoint(tmp_path)
+    plain = CliRunner().invoke(main, ["analyze", path, "--metrics", "spectral", "--format", "json"])
+    assert plain.exit_code == 0, plain.output
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK) as cluster:
+        split = CliRunner().invoke(main, ["analyze", path, "--metrics", "spectral", "--format", "json",
+                                          "--scheduler", cluster.scheduler_address])
+    assert split.exit_code == 0, split.output
+    a, b = json.loads(plain.stdout), json.loads(split.stdout)
+    assert [r["name"] for r in a["layers"]] == [r["name"] for r in b["layers"]]
+    for ra, rb in zip(a["layers"], b["layers"], strict=True):
+        assert all(same(ra[k], rb[k]) for k in ra), ra["name"]
+    assert a["skipped"] == b["skipped"]
+    refused = CliRunner().invoke(main, ["analyze", EXAMPLE, "--scheduler", "tcp://127.0.0.1:1"])
+    assert refused.exit_code == 2 and "weights-only" in refused.output
