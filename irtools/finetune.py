@@ -16,7 +16,9 @@ matched pair computes
   (`alpha_model`, `alpha_base`, `log_spectral_norm_model`, `log_spectral_norm_base`), for the
   report's model-vs-base scatter.
 
-Layers on one side only, or with another shape, are listed in `skipped` with the reason. Both
+Layers on one side only, or with another shape, are listed in `skipped` with the reason; so are layers
+over the spectral pass's size limits (e.g. N > max_N = 50000: an LLM's embedding), which get no
+distances either, as WeightWatcher's `distances` applies the same limits. Both
 checkpoints are streamed: a layer's two tensors are read when the spectral pass reaches it (through
 each side's lazy loader: safetensors are memory-mapped), ΔW and the distances are computed from that
 one pair, and nothing of it is kept. An adapter as MODEL is merged into BASE first
@@ -328,11 +330,9 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     rows = result.rows
     for row in rows:
         row.update(distances.get(row["name"], dict.fromkeys(DISTANCE_COLUMNS, math.nan)))
-    analysed = {row["name"] for row in rows}
-    # layers the spectral pass skipped (size limits): their distances are still wanted
-    for s in result.skipped:
-        m, b = next(p for p in pairs if p[0].name == s["name"])
-        s.update(pair_distances(*_aligned(m, b)))
+    analysed = {row["name"] for row in rows}  # layers over the size limits get no distances either, as in
+    # WeightWatcher's `distances` (it applies the same limits): reading a 128256 x 2048 embedding pair whole
+    # is what would break the memory bound, and its Grams cost more than all the other layers together
     if models:
         sides = get_pass("spectral", **{**opts, "randomize": False, "mp_fit": False})
         kept = [p for p in pairs if p[0].name in analysed]
