@@ -157,3 +157,18 @@ def test_onnxruntime_failing_on_a_negative_dim_prints_only_irtools_line(tmp_path
     harness.check(outcome, lay.model, before)
     assert "onnxruntime_src" not in outcome.stderr.split("irtools: ", 1)[0]
     assert all(line.startswith("irtools: ") for line in outcome.stderr.splitlines()), outcome.stderr
+
+
+def test_the_probe_run_counts_loop_steps_and_bounds_branch_inlining(monkeypatch):
+    """A Loop of M constant trips with a 2-node body declares 1 + 2M node executions, beside the
+    graph's Relu and two Constants; nested Ifs are inlined for the probe only under the node cap."""
+    from irtools.ir.shapes import _light_copy, _probe_steps, _with_branches_inlined
+
+    for trips in (0, 10, 1 << 62):
+        steps, worst = _probe_steps(_light_copy(expanding.loop(trips)).graph, {})
+        assert steps == float(3 + 1 + 2 * trips)
+        assert worst == (f"Loop node 'loop' ({float(trips):.3g} iterations)" if trips else "")
+    light = _light_copy(expanding.nested_if(4))
+    assert _with_branches_inlined(light) is not None
+    monkeypatch.setenv("IRTOOLS_MAX_NODES", "20")
+    assert _with_branches_inlined(light) is None
