@@ -411,6 +411,15 @@ def test_detx_matches_weightwatcher(net):
     assert_same_table(ours, theirs, differ=SIGMA_FALLBACK)
 
 
+def test_detx_plot_files_match_weightwatcher(tmp_path):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(40, 30))
+    weightwatcher.WeightWatcher(model=model).analyze(detX=True, plot=True, savefig=str(tmp_path / "theirs"))
+    ww.WeightWatcher(model=model).analyze(detX=True, plot=True, savefig=str(tmp_path / "ours"))
+    files = sorted(os.listdir(tmp_path / "theirs"))
+    assert "ww.layer1.detX.png" in files and sorted(os.listdir(tmp_path / "ours")) == files
+
+
 def test_detx_by_hand():
     evals = np.array([0.1, 0.2, 0.5, 1.0, 3.0, 5.0])
     e = evals * len(evals) / evals.sum()

@@ -5,7 +5,8 @@ atomically: `esd` (log-log ESD and the fitted power law), `esd2` (linear histogr
 `esd3` (log10 histogram, xmin and xmax), `esd4` (KS distance D against the candidate xmin),
 `esd5` (alpha against the candidate xmin); with `mp_fit` `mpfit2` (the Marchenko-Pastur fit of the
 unit-mean ESD) plus `mpfit1` for square layers (the quarter-circle law of the singular values); with
-`randomize` `randesd1`/`randesd2` (ESD and randomized ESD) and the randomized ESD's mpfit figures.
+`randomize` `randesd1`/`randesd2` (ESD and randomized ESD) and the randomized ESD's mpfit figures; with
+`detX` `detX` (log10 histogram of the unit-mean ESD, the detX = 1 eigenvalue and the fit's xmin).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _hist(ax, values):
 
 
 def save_layer_figures(record: dict, evals: np.ndarray, savedir: str, *, mp_fit: bool = False,
-                       rand_evals: np.ndarray | None = None) -> list[str]:
+                       rand_evals: np.ndarray | None = None, detx: bool = False) -> list[str]:
     """Write the layer's figures into `savedir` (created if needed); returns the paths written. With
     `rand_evals` (randomize) also randesd1/randesd2 and the random ESD's MP figures, which replace the
     layer's own mpfit files as they do in WeightWatcher."""
@@ -123,7 +124,31 @@ def save_layer_figures(record: dict, evals: np.ndarray, savedir: str, *, mp_fit:
     if rand_evals is not None:
         _random_figures(record, evals, rand_evals, path)
         _mp_figures(record, "rand_", rand_evals, _title(record) + " Randomized", path)
+    if detx:
+        _detx_figure(record, evals, path)
     return written
+
+
+def _detx_figure(record: dict, evals: np.ndarray, path) -> None:
+    """detX: WeightWatcher's apply_detX figure: the log10 histogram of the eigenvalues rescaled to mean
+    one, the detX = 1 eigenvalue (purple) and the power-law xmin (red) on the same scale."""
+    x = np.asarray(evals, dtype=np.float64)
+    total = float(np.sum(x))
+    if not total > 0:
+        return
+    scaled = x * (x.size / total)
+    fig, ax = _figure()
+    _hist(ax, np.log10(scaled[scaled > EVALS_THRESH]))
+    value = record.get("detX_val_unrescaled")
+    if isinstance(value, float) and value > 0:
+        ax.axvline(np.log10(value), color="purple", label="detX=1")
+    xmin = record.get("xmin")
+    if isinstance(xmin, float) and math.isfinite(xmin) and xmin > 0:
+        ax.axvline(np.log10(xmin * x.size / total), color="red", label="PL lambda_min")
+    ax.set_xlabel("log10 eigenvalues (norm scaled)")
+    ax.set_title(f"DetX constraint for {record['name']} ({_title(record)})", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path("detX"))
 
 
 def _random_figures(record: dict, evals: np.ndarray, rand_evals: np.ndarray, path) -> None:

@@ -820,7 +820,8 @@ class WeightWatcher:
                 from irtools.compat._ww_plots import save_layer_figures
 
                 plot_id = layer.layer_id if opts.pool else f"{layer.layer_id}:{slice_id}"  # WeightWatcher's plot_id
-                save_layer_figures({**record, "layer_id": plot_id}, evals, savedir, mp_fit=mp_fit, rand_evals=rand)
+                save_layer_figures({**record, "layer_id": plot_id}, evals, savedir, mp_fit=mp_fit, rand_evals=rand,
+                                   detx=detx)
         self.analysis, self.skipped = analysis, analysis.skipped
         self.details = frame(records)
         self.results = records
