@@ -21,24 +21,35 @@ from collections.abc import Callable
 from irtools.errors import IrtoolsError
 
 
-def _layer_row(layer, options: dict) -> tuple[dict, list[str]]:
-    """On a worker: the spectral row of one layer (its tensor read from storage here)."""
+def _layer_row(layer, options: dict) -> tuple[dict, list[str], dict]:
+    """On a worker: the spectral row of one layer (its tensor read from storage here), its notes and
+    its cost (CPU seconds of the task's thread, wall seconds)."""
+    import time
+
     import irtools  # noqa: F401 - registers the passes in a fresh worker
     from irtools.passes.spectral import SpectralPass
 
+    cpu, wall = time.thread_time(), time.perf_counter()
     result = SpectralPass(workers=1, **options).analyse([layer])
-    return result.rows[0], result.notes
+    cost = {"cpu_s": time.thread_time() - cpu, "wall_s": time.perf_counter() - wall}
+    return result.rows[0], result.notes, cost
 
 
 def spectral_on_cluster(source, scheduler: str | None = None, *, client=None, retries: int = 2,
                         progress: Callable[[int, int, str], None] | None = None, layout: str = "torch",
-                        **options):
+                        costs: list | None = None, **options):
     """The spectral pass's `SpectralResult` of a weights-only `source`, one Dask task per layer.
 
     `scheduler`: a scheduler address (tcp://host:port) or a scheduler file; or pass a
     `distributed.Client` as `client`. `options`: `SpectralPass` options (min_evals, max_evals,
     max_n, method, small_n_xmin, fix_fingers, ...; the backend is the workers' CPU). `progress(done,
-    total, name)` is called as rows arrive."""
+    total, name)` is called as rows arrive. `costs`: a list to which each analysed layer's cost is
+    appended, in the model's order: {"name", "N", "M", "rf", "cpu_s" (the task thread's CPU time), "wall_s"}.
+
+    A worker lost mid-run (killed, out of memory) loses nothing: the scheduler runs its tasks again on
+    the others (a task whose worker died counts as failed only after Dask's `allowed-failures`), and
+    each row is taken once, by its layer's place in the model. A row is released on the cluster as
+    soon as it is gathered, so a worker lost later has nothing of it to recompute."""
     from irtools.frontends import open_source, require
     from irtools.passes.spectral import SpectralPass, SpectralResult, summarize
 
@@ -76,16 +87,28 @@ def spectral_on_cluster(source, scheduler: str | None = None, *, client=None, re
     try:
         futures = client.map(_layer_row, todo, options=options, pure=False, retries=retries)
         index = {f.key: k for k, f in enumerate(futures)}
+        arriving = distributed.as_completed(futures)
+        del futures  # as_completed holds each future until it is yielded; then the loop's reference only
         rows: list[dict | None] = [None] * len(todo)
+        spent: list[dict | None] = [None] * len(todo)
         notes: list[str] = []
-        for done, future in enumerate(distributed.as_completed(futures), start=1):
+        done = 0
+        for future in arriving:
             k = index[future.key]
-            row, layer_notes = future.result()
+            row, layer_notes, cost = future.result()
+            future.release()  # its result leaves the worker's memory: a worker lost later recomputes nothing
+            if rows[k] is not None:  # never counted twice, whatever the cluster reports
+                continue
             row["layer_id"] = k
             rows[k] = row
+            spent[k] = cost
             notes += [n for n in layer_notes if n not in notes]
+            done += 1
             if progress is not None:
                 progress(done, len(todo), row["name"])
+        if costs is not None:
+            costs += [{"name": layer.name, "N": layer.N, "M": layer.M, "rf": layer.rf, **cost}
+                      for layer, cost in zip(todo, spent, strict=True)]
     finally:
         if own is not None:
             own.close()

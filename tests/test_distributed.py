@@ -97,3 +97,49 @@ def test_analyze_with_a_scheduler_on_the_command_line_equals_the_plain_run(tmp_p
     assert a["skipped"] == b["skipped"]
     refused = CliRunner().invoke(main, ["analyze", EXAMPLE, "--scheduler", "tcp://127.0.0.1:1"])
     assert refused.exit_code == 2 and "weights-only" in refused.output
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
+    """SIGKILL one of two worker processes after the first rows arrive, while it holds a task: its
+    tasks run again elsewhere and every layer's row comes back once, in the model's order, equal to
+    the single-process rows."""
+    import signal
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    tensors = {f"l{k:02d}.w.weight": rng.standard_t(3 + k % 4, (700, 500)).astype(np.float32) for k in range(14)}
+    save_file(tensors, os.path.join(tmp_path, "model.safetensors"))
+    path = str(tmp_path / "model.safetensors")
+    opened = open_source(path)
+    single = SpectralPass(workers=1).analyse(opened.layers, opened.skipped)
+    assert len(single.rows) == 14
+    seen, killed = [], {}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=50, **LOOPBACK) as cluster, distributed.Client(cluster) as client:
+        pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2
+
+        def progress(done, total, name):
+            seen.append((done, total, name))
+            if not killed:
+                busy = {w: keys for w, keys in client.processing().items() if keys and w in pids}
+                assert busy, "no worker holds a task after the first row: make the tasks longer"
+                victim = sorted(busy)[0]
+                killed.update(worker=victim, keys=list(busy[victim]), done=done)
+                os.kill(pids[victim], signal.SIGKILL)
+
+        costs = []
+        result = spectral_on_cluster(path, client=client, progress=progress, costs=costs)
+        after = client.run(os.getpid)
+    assert killed["keys"] and killed["done"] < 14  # the killed worker held a task that had not come back
+    assert killed["worker"] not in after and pids[killed["worker"]] not in after.values()
+    assert [d for d, _, _ in seen] == list(range(1, 15)) and {t for _, t, _ in seen} == {14}
+    assert sorted(n for _, _, n in seen) == [r["name"] for r in single.rows]  # each row reported once
+    assert [r["name"] for r in result.rows] == [r["name"] for r in single.rows]
+    assert [r["layer_id"] for r in result.rows] == list(range(14))
+    for a, b in zip(single.rows, result.rows, strict=True):
+        for key in single.columns():
+            assert same(a.get(key), b.get(key)), (a["name"], key, a.get(key), b.get(key))
+    assert [c["name"] for c in costs] == [r["name"] for r in single.rows]
+    assert all(c["N"] == 700 and c["M"] == 500 and c["cpu_s"] > 0 and c["wall_s"] > 0 for c in costs)
