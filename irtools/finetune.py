@@ -58,6 +58,9 @@ class FineTune:
     skipped: list[dict]
     notes: list[str] = field(default_factory=list)
     eigenvalues: list | None = None  # ΔW's, per row (keep_eigenvalues=True)
+    #: As `Analysis` has them, so the command line treats both alike: no family is ever left out here.
+    left_out: dict = field(default_factory=dict)
+    partial: bool = False
 
     @property
     def details(self):
