@@ -254,22 +254,40 @@ def analyze(model: str, fmt: str, output: str | None, debug: bool, scheduler: st
 
 
 class _progress:
-    """A progress bar on stderr while layers are analysed (only when stderr is a terminal)."""
+    """Progress on stderr while layers are analysed: tensors done, rate and ETA; a bar when stderr is a
+    terminal, else (a log, a cluster job) one line every `EVERY` seconds once a run is that long."""
+
+    EVERY = 30.0
 
     def __enter__(self):
+        import time
+
         self._bar = None
+        self._start = self._last = time.perf_counter()
         if sys.stderr.isatty():
             from rich.console import Console
-            from rich.progress import Progress
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(transient=True, console=Console(stderr=True))
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True,
+                                 console=Console(stderr=True))
             self._bar.start()
-            self._task = self._bar.add_task("spectral", total=None)
-            return self._update
-        return None
+            self._task = self._bar.add_task("spectral", total=None, rate="")
+        return self._update
 
     def _update(self, done: int, total: int, name: str) -> None:
-        self._bar.update(self._task, completed=done, total=total, description=f"spectral {name}"[:60])
+        import time
+
+        now = time.perf_counter()
+        rate = done / max(now - self._start, 1e-9)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, description=f"spectral {name}"[:60],
+                             rate=f"{rate:.3g} tensors/s")
+        elif now - self._last >= self.EVERY:
+            self._last = now
+            eta = round((total - done) / rate) if rate else 0
+            click.echo(f"spectral: {done}/{total} tensors, {rate:.3g} tensors/s, ETA "
+                       f"{eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}", err=True)
 
     def __exit__(self, *exc):
         if self._bar is not None:

@@ -77,10 +77,13 @@ def test_graph_sources_and_row_only_options_are_refused():
         spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1", keep_evals=True)
 
 
-def test_analyze_with_a_scheduler_on_the_command_line_equals_the_plain_run(tmp_path):
+def test_analyze_with_a_scheduler_on_the_command_line_equals_the_plain_run(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    from irtools import cli
     from irtools.cli import main
+
+    monkeypatch.setattr(cli._progress, "EVERY", 0.0)  # a progress line per tensor, as a long run prints them
 
     path = sharded_checkpoint(tmp_path)
     plain = CliRunner().invoke(main, ["analyze", path, "--metrics", "spectral", "--format", "json"])
@@ -90,6 +93,10 @@ def test_analyze_with_a_scheduler_on_the_command_line_equals_the_plain_run(tmp_p
         split = CliRunner().invoke(main, ["analyze", path, "--metrics", "spectral", "--format", "json",
                                           "--scheduler", cluster.scheduler_address])
     assert split.exit_code == 0, split.output
+    lines = [line for line in split.stderr.splitlines() if line.startswith("spectral: ")]
+    assert [line.split()[1] for line in lines] == [f"{k}/6" for k in range(1, 7)], split.stderr
+    assert all(" tensors, " in line and " tensors/s, ETA " in line for line in lines)
+    assert lines[-1].endswith("ETA 0:00:00")
     a, b = json.loads(plain.stdout), json.loads(split.stdout)
     assert [r["name"] for r in a["layers"]] == [r["name"] for r in b["layers"]]
     for ra, rb in zip(a["layers"], b["layers"], strict=True):
