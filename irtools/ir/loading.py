@@ -603,11 +603,11 @@ def _check_unique(graph: onnx.GraphProto, path: str) -> None:
 
 
 def _subgraph_free_names(graph: onnx.GraphProto, memo: dict | None = None) -> set[str]:
-    """Names a subgraph reads from its enclosing scopes. With `memo` (id of a graph -> its names,
-    kept for one walk) each nested graph is read once, so a deep nest costs its size, not its size
+    """Names a subgraph reads from its enclosing scopes. With `memo` (id of a graph -> the graph and
+    its names, kept for one walk: a protobuf wrapper's id is reused once it is freed) each nested graph is read once, so a deep nest costs its size, not its size
     times its depth."""
-    if memo is not None and id(graph) in memo:
-        return memo[id(graph)]
+    if memo is not None and id(graph) in memo:  # the memo holds the graph too, so its id is not reused
+        return memo[id(graph)][1]
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     free: set[str] = set()
     for node in graph.node:
@@ -621,7 +621,7 @@ def _subgraph_free_names(graph: onnx.GraphProto, memo: dict | None = None) -> se
         defined.update(o for o in node.output if o)
     free |= {o.name for o in graph.output} - defined
     if memo is not None:
-        memo[id(graph)] = free
+        memo[id(graph)] = (graph, free)
     return free
 
 

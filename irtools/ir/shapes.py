@@ -490,8 +490,8 @@ def _inlined_size(graph: onnx.GraphProto, memo: dict) -> tuple[int, int]:
     """(nodes of `graph` with subgraphs, nodes of its copy once `_inline_branches` ran on it),
     counted without copying (memoised per graph): nested Ifs copy each level's branches again,
     so a binary nest of n nodes inlines to about n log n."""
-    if id(graph) in memo:
-        return memo[id(graph)]
+    if id(graph) in memo:  # the memo holds the graph too, so its id is not reused
+        return memo[id(graph)][1:]
     full = inlined = 0
     for node in graph.node:
         full += 1
@@ -500,7 +500,7 @@ def _inlined_size(graph: onnx.GraphProto, memo: dict) -> tuple[int, int]:
             f, i = _inlined_size(sub, memo)
             full += f
             inlined += f + (i if node.op_type == "If" else 0)
-    memo[id(graph)] = (full, inlined)
+    memo[id(graph)] = (graph, full, inlined)
     return full, inlined
 
 
