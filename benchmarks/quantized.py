@@ -1,14 +1,14 @@
 """Quantized GGUF beside its bf16 original: time, peak memory and alphas, side by side in one run.
 
 Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/quantized.py [--layers 16] [--vocab 128256]
-     [--types Q8_0,Q4_0,BF16] [--dir DIR] [--keep]
+     [--types Q8_0,Q4_0,BF16] [--dir DIR] [--keep] [--reuse]
 Builds a Llama-3.2-1B-shaped model (hidden 2048, intermediate 8192, 32 heads, 8 key/value heads, tied
 embeddings; `--layers` blocks, 16 in the real model) of random weights (N(0, 0.02), rounded to bf16),
 writes it once as the bf16 original (`model.safetensors` with the Hugging Face names) and once per type
 as a GGUF written by gguf's own writer and quantizer (`gguf.quants.quantize`: the types it writes in
 Python), then analyses each in a fresh process under the same thread settings:
     irtools.analyze(PATH, metrics="spectral")
-and prints each run's wall time and peak resident memory (the child's ru_maxrss), the ratio to the
+and prints each run's wall time and peak resident memory (the child's VmHWM), the ratio to the
 original's, whether the GGUF's row names equal the original's (so `analyze QUANTIZED --base ORIGINAL`
 pairs them), and per layer the alphas next to the original's (BF16 must equal it exactly: the same
 values). Needs the gguf package; 1.24 B parameters need about 6 GB of disk at the default sizes.
@@ -34,7 +34,11 @@ import irtools
 a = irtools.analyze(sys.argv[1], metrics="spectral")
 wall = time.perf_counter() - t
 rows = {r["name"]: (r.get("alpha"), r.get("storage")) for r in a.details.to_dict("records")}
-print(json.dumps({"wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows}))
+# VmHWM: this process's own high-water mark (ru_maxrss survives exec on Linux: it would carry the parent's)
+with open("/proc/self/status") as fh:
+    hwm = next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), None)
+peak = hwm / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"wall_s": wall, "peak_mb": peak, "rows": rows}))
 """
 
 
@@ -100,6 +104,7 @@ def main() -> None:
     ap.add_argument("--types", default="Q8_0,Q4_0,BF16")
     ap.add_argument("--dir")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="analyse the files already in --dir instead of writing them")
     args = ap.parse_args()
     folder = args.dir or tempfile.mkdtemp(prefix="irtools-quantized-")
     os.makedirs(folder, exist_ok=True)
@@ -108,14 +113,18 @@ def main() -> None:
     print(f"Llama-3.2-1B shape with {args.layers} of 16 blocks, vocab {args.vocab}: {params / 1e9:.3f} B parameters; "
           f"threads OMP={os.environ.get('OMP_NUM_THREADS')} OPENBLAS={os.environ.get('OPENBLAS_NUM_THREADS')}")
     files = {"bf16 safetensors": os.path.join(folder, "model.safetensors")}
+    reuse = args.reuse and os.path.exists(files["bf16 safetensors"])
     t = time.perf_counter()
-    write_original(files["bf16 safetensors"], table)
-    print(f"wrote the original in {time.perf_counter() - t:.1f} s")
+    if not reuse:
+        write_original(files["bf16 safetensors"], table)
+        print(f"wrote the original in {time.perf_counter() - t:.1f} s")
     for name in args.types.split(","):
         files[f"GGUF {name}"] = os.path.join(folder, f"model-{name}.gguf")
         t = time.perf_counter()
-        write_gguf(files[f"GGUF {name}"], table, name, args.layers)
-        print(f"wrote GGUF {name} in {time.perf_counter() - t:.1f} s ({os.path.getsize(files[f'GGUF {name}']) / 2**20:.0f} MiB)")
+        if not (reuse and os.path.exists(files[f"GGUF {name}"])):
+            write_gguf(files[f"GGUF {name}"], table, name, args.layers)
+            print(f"wrote GGUF {name} in {time.perf_counter() - t:.1f} s")
+        print(f"GGUF {name}: {os.path.getsize(files[f'GGUF {name}']) / 2**20:.0f} MiB")
     results = {label: run(path) for label, path in files.items()}
     base = results["bf16 safetensors"]
     print(f"\n{'source':18} {'wall s':>8} {'x orig':>7} {'peak MB':>8} {'x orig':>7}  names = original's")
