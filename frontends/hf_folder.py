@@ -59,9 +59,20 @@ def _weight_files(path: str) -> list[str]:
 
 
 def is_checkpoint_folder(source) -> bool:
-    """A directory holding `config.json` and weights (cheap: two directory lookups, no import)."""
-    return (isinstance(source, str) and os.path.isdir(source) and os.path.isfile(os.path.join(source, CONFIG))
-            and bool(_weight_files(source)))
+    """A directory holding weights and a `transformers` `config.json` (one naming `model_type` or
+    `architectures`; a folder with an empty or foreign config.json stays a weights folder). Cheap: a
+    directory listing and one small JSON file, no import."""
+    if not (isinstance(source, str) and os.path.isdir(source) and _weight_files(source)):
+        return False
+    full = os.path.join(source, CONFIG)
+    try:
+        if not os.path.isfile(full) or os.path.getsize(full) > 16_000_000:
+            return False
+        with open(full, "rb") as fh:
+            config = json.loads(fh.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(config, dict) and bool(config.get("model_type") or config.get("architectures"))
 
 
 def is_hub_id(source) -> bool:
@@ -269,7 +280,6 @@ def open_checkpoint_source(source: str, name: str, options):
 def open_checkpoint_folder(path: str, name: str, options):
     """Both families of a checkpoint folder (see the module docstring)."""
     from irtools.frontends import OpenedSource  # noqa: PLC0415
-    from irtools.frontends.weights_file import weight_layers  # noqa: PLC0415
 
     raw = read_config(path)
     if raw.get("auto_map") and not options.trust:
@@ -281,22 +291,27 @@ def open_checkpoint_folder(path: str, name: str, options):
     metadata = {"format": "huggingface", "architectures": list(raw.get("architectures") or []),
                 "model_type": raw.get("model_type")}
     if not _importable("transformers") or not _importable("torch"):
-        return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata,
-                            notes=[_MISSING_TRANSFORMERS])
+        return _weights_only(path, name, options, tensors, metadata, _MISSING_TRANSFORMERS)
+    if raw.get("quantization_config") or raw.get("quantization"):
+        # stored quantized (fp8 blocks, GPTQ, AWQ, MLX ...): the weights readers dequantize them; the
+        # architecture's graph would read tensors of other names and shapes
+        return _weights_only(path, name, options, tensors, metadata,
+                             "reuse metrics left out: the checkpoint is stored quantized (config.json's quantization "
+                             "config); spectral metrics from its dequantized weights")
     from irtools.frontends.torch import export_structure, module_weight_layers  # noqa: PLC0415
 
     try:
         module, config = build_module(path, raw, options.trust, tensors)
+        values = _parameter_values(module, path, config, raw, tensors, options.trust, metadata)
     except IrtoolsError as exc:
-        return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata,
-                            notes=[f"reuse metrics left out: {exc.message}; spectral metrics from the weights alone"])
+        return _weights_only(path, name, options, tensors, metadata,
+                             f"reuse metrics left out: {exc.message}; spectral metrics from the weights alone")
     except Exception as exc:  # noqa: BLE001  (transformers cannot build it: the weights still can be analysed)
         from irtools.frontends.torch import export_reason  # noqa: PLC0415
 
-        return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata,
-                            notes=[f"reuse metrics left out: transformers cannot build the architecture "
-                                   f"({export_reason(exc)}); spectral metrics from the weights alone"])
-    values = _parameter_values(module, path, config, raw, tensors, options.trust, metadata)
+        return _weights_only(path, name, options, tensors, metadata,
+                             f"reuse metrics left out: transformers cannot build the architecture "
+                             f"({export_reason(exc)}); spectral metrics from the weights alone")
     absent = set(metadata.get("not_in_checkpoint", ()))
     layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
               if layer.parameter not in absent]
@@ -316,6 +331,21 @@ def open_checkpoint_folder(path: str, name: str, options):
     except IrtoolsError as exc:
         notes.append(f"reuse metrics left out: {exc.message}")
     return OpenedSource(name, "checkpoint-folder", model=model, layers=layers, metadata=metadata, notes=notes)
+
+
+def _weights_only(path: str, name: str, options, tensors: dict, metadata: dict, note: str):
+    """The folder read as plain weights (the weights row's own reader where the folder holds safetensors,
+    so quantized formats are dequantized as there), with one note saying why."""
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
+    from irtools.frontends.weights_file import open_weights_file, weight_layers  # noqa: PLC0415
+
+    if any(f.endswith(".safetensors") for f in _weight_files(path)):
+        opened = open_weights_file(path, name, options)
+        opened.kind = "checkpoint-folder"
+        opened.metadata = {**metadata, **(opened.metadata or {})}
+        opened.notes = [*opened.notes, note]
+        return opened
+    return OpenedSource(name, "checkpoint-folder", layers=weight_layers(tensors), metadata=metadata, notes=[note])
 
 
 class _Converted:

@@ -405,3 +405,24 @@ def test_auto_map_with_trust_builds_the_checkpoints_own_class(folders, tmp_path)
     opened = open_source(str(folder), trust=True)
     assert opened.has_graph and type(opened.layers[0]).__name__ == "WeightLayer"
     assert {layer.name for layer in opened.layers} == {layer.name for layer in open_source(src).layers}
+
+
+def test_only_a_transformers_config_makes_a_checkpoint_folder_and_quantized_ones_stay_weights(folders, tmp_path):
+    """An empty or foreign config.json beside safetensors: a weights folder, as before. A config with a
+    quantization config: the folder's dequantized weights (the weights readers'), and a note for reuse."""
+    src = folders("llama")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.safetensors").write_bytes(open(os.path.join(src, "model.safetensors"), "rb").read())
+    (plain / "config.json").write_text("{}")
+    assert open_source(str(plain)).kind == "weights"
+    quant = tmp_path / "quant"
+    quant.mkdir()
+    (quant / "model.safetensors").write_bytes(open(os.path.join(src, "model.safetensors"), "rb").read())
+    config = json.load(open(os.path.join(src, "config.json")))
+    (quant / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "fp8"}}))
+    opened = open_source(str(quant))
+    assert opened.kind == "checkpoint-folder" and not opened.has_graph
+    assert [n for n in opened.notes if n.startswith("reuse metrics left out")] and \
+        "stored quantized" in opened.notes[-1]
+    assert {layer.name for layer in opened.layers} == {layer.name for layer in open_source(str(plain)).layers}
