@@ -75,7 +75,7 @@ def _syrk_add(c: np.ndarray, a: np.ndarray, trans: bool) -> np.ndarray:
     return c
 
 
-def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
+def _gram(w: np.ndarray, quiet: bool = False) -> tuple[np.ndarray, bool]:
     """W^T W in float64, and whether its lower triangle (True) or only its upper one is filled.
 
     A float64 W goes straight to numpy, which recognises W.T @ W and calls syrk. A large
@@ -88,6 +88,8 @@ def _gram(w: np.ndarray) -> tuple[np.ndarray, bool]:
     n, m = w.shape
     if w.dtype == np.float64 or n * m <= _BLOCKED_GRAM_ELEMENTS:
         w = np.asarray(w, dtype=np.float64)
+        if quiet:  # the caller ignores invalid and overflow already
+            return w.T @ w, True
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf weights are reported, not warned about
             return w.T @ w, True
     c = np.zeros((m, m), order="F")
@@ -126,9 +128,42 @@ def non_finite(m: int) -> Spectrum:
     return Spectrum(np.full(m, np.nan), math.nan)
 
 
+def _eigvalsh_gufunc(lower: bool):
+    """numpy's own eigvalsh gufunc (LAPACK dsyevd; what `np.linalg.eigvalsh` calls after checking
+    its argument), or None where this numpy has no such private module."""
+    try:
+        from numpy.linalg import _umath_linalg
+    except ImportError:
+        return None
+    return getattr(_umath_linalg, "eigvalsh_lo" if lower else "eigvalsh_up", None)
+
+
+_EIGVALSH = {True: _eigvalsh_gufunc(True), False: _eigvalsh_gufunc(False)}
+
+
+def _eigvalsh(gram: np.ndarray, lower: bool) -> np.ndarray:
+    """`np.linalg.eigvalsh(gram, UPLO="L" if lower else "U")` of a float64 square matrix, the same
+    LAPACK call without the wrapper's checks and its floating-point context (10-15 us a call: on a
+    conv layer's 3 x 3 slices more than the eigensolve). The caller ignores "invalid": LAPACK's
+    failure to converge, which numpy reports as NaN eigenvalues, raises numpy's LinAlgError here."""
+    gufunc = _EIGVALSH[lower]
+    if gufunc is None:
+        return np.linalg.eigvalsh(gram, UPLO="L" if lower else "U")
+    ev = gufunc(gram, signature="d->d")
+    if ev.size and ev[-1] != ev[-1]:  # numpy fills the eigenvalues of a failed solve with NaN
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+    return ev
+
+
 def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
     """The min(W.shape) eigenvalues of W^T W, ascending, and their noise floor (NaN eigenvalues
     when W holds NaN or Inf: LAPACK would fail on them)."""
+    return _spectrum(w, method, quiet=False)
+
+
+def _spectrum(w: np.ndarray, method: str, quiet: bool) -> Spectrum:
+    """`squared_singular_values`; `quiet`: the caller holds np.errstate(invalid="ignore", over="ignore")
+    (one context for all of a layer's matrices)."""
     w = np.asarray(w)
     if w.dtype not in (np.float32, np.float64):
         w = w.astype(np.float32 if w.dtype.itemsize <= 4 else np.float64)  # fp16, bf16, fp8
@@ -138,12 +173,15 @@ def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
     if m == 0:
         return Spectrum(np.zeros(0), 0.0)
     if gram_route(m, method):
-        gram, lower = _gram(w)
+        if not quiet:
+            with np.errstate(invalid="ignore", over="ignore"):
+                return _spectrum(w, method, quiet=True)
+        gram, lower = _gram(w, quiet=True)
         if not np.isfinite(np.diagonal(gram)).all():  # a NaN/Inf in column j makes G[j, j] NaN/Inf
             return non_finite(m)
-        ev = np.linalg.eigvalsh(gram, UPLO="L" if lower else "U")
-        ev = np.clip(ev, 0.0, None)
-        top = float(ev[-1]) if ev.size else 0.0
+        ev = _eigvalsh(gram, lower)
+        np.maximum(ev, 0.0, out=ev)  # np.clip(ev, 0.0, None)'s own operation
+        top = float(ev[-1])
         return Spectrum(ev, noise_floor(top, n, m, True))
     w = np.asarray(w, dtype=np.float64)
     if not np.isfinite(w).all():
@@ -192,8 +230,10 @@ def stacked_squared_singular_values(matrices: Sequence[np.ndarray], method: str 
                 stack[~finite] = 0.0
             sv = np.linalg.svd(stack, compute_uv=False)
             ev = np.sort(sv * sv, axis=1)
-    return [Spectrum(ev[k], noise_floor(float(ev[k, -1]), n, m, gram)) if finite[k] else non_finite(m)
-            for k in range(len(mats))]
+    floors = noise_floor(ev[:, -1], n, m, gram).tolist()  # the same product as each float's, elementwise
+    if finite.all():
+        return [Spectrum(e, f) for e, f in zip(ev, floors)]
+    return [Spectrum(ev[k], floors[k]) if finite[k] else non_finite(m) for k in range(len(mats))]
 
 
 class CPUBackend(EigenBackend):
@@ -208,14 +248,14 @@ class CPUBackend(EigenBackend):
 
     def spectra(self, matrices: Sequence[np.ndarray]) -> list[Spectrum]:
         """Each matrix alone, or same-shape matrices (conv slices) in stacks (`stacked_squared_singular_values`)."""
-        if len(matrices) < 2:
-            return [squared_singular_values(w, self.method) for w in matrices]
-        shapes = {(tuple(np.shape(w)), np.asarray(w).dtype) for w in matrices}
-        size = int(np.prod(np.shape(matrices[0])))
         # stacks only for the SVD route (smaller side < 32: a 7x7 conv's 49 slices of 64 x 3): on the
         # Gram route a stack measured 5-15% slower than one matrix at a time (64-256 square slices)
-        if len(shapes) != 1 or size == 0 or size > _STACK_ELEMENTS // 2 or gram_route(min(np.shape(matrices[0])),
-                                                                                       self.method):
+        if len(matrices) < 2 or gram_route(min(np.shape(matrices[0])), self.method):
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf weights are reported, not warned about
+                return [_spectrum(w, self.method, quiet=True) for w in matrices]
+        shapes = {(tuple(np.shape(w)), np.asarray(w).dtype) for w in matrices}
+        size = int(np.prod(np.shape(matrices[0])))
+        if len(shapes) != 1 or size == 0 or size > _STACK_ELEMENTS // 2:
             return [squared_singular_values(w, self.method) for w in matrices]
         per = max(1, _STACK_ELEMENTS // size)
         out: list[Spectrum] = []

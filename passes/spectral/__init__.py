@@ -101,12 +101,20 @@ class _Eigen:
 def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     """Pool a layer's per-matrix spectra (scaled by the layer's eigen_scale); count its NaN and
     Inf weights instead when a backend found any."""
-    if not all(np.isfinite(s.evals).all() for s in spectra):  # NaN/Inf weights, or float64 overflow
+    parts = [s.evals for s in spectra]
+    pooled = np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+    if not np.isfinite(pooled).all():  # NaN/Inf weights, or float64 overflow
         count = sum(int(np.count_nonzero(~np.isfinite(np.asarray(w)))) for w in mats)
         return _Eigen(k, layer, None, None, nonfinite=count)
-    evals = np.sort(np.concatenate([s.evals for s in spectra])) * layer.eigen_scale
-    noise = max(s.noise_floor for s in spectra) * layer.eigen_scale
-    max_rank = max(int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
+    evals = np.sort(pooled) * layer.eigen_scale
+    floors = [s.noise_floor for s in spectra]
+    noise = max(floors) * layer.eigen_scale
+    size = parts[0].size
+    if len(parts) > 1 and pooled.size == size * len(parts) > 0:  # matrices of one shape (a conv's slices): one comparison
+        ranks = np.count_nonzero(pooled.reshape(len(parts), size) > np.array(floors)[:, None], axis=1)
+        max_rank = int(ranks.max())
+    else:
+        max_rank = max(int(np.count_nonzero(s.evals > s.noise_floor)) for s in spectra)
     return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
 
 

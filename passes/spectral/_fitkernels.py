@@ -82,8 +82,8 @@ def _fit_standard(log_x):
     """(index of xmin, alpha, D) of the candidate with the smallest D, the first one on ties.
 
     A candidate with alpha <= 1 has D = 1, as in the reference. A candidate's scan stops as soon
-    as its D cannot beat the best so far (seeded by a coarse pass), which selects the same xmin
-    as full scans."""
+    as its D cannot beat the best so far (seeded by a coarse pass over every 64th of the candidates,
+    itself bounded), which selects the same xmin, and reports the same D, as full scans."""
     n_all = log_x.shape[0]
     tail_sum = _tail_sums(log_x)
     m = n_all - 1
@@ -95,11 +95,18 @@ def _fit_standard(log_x):
     best_i = 0
     best_d = np.inf
     step = max(1, m // 64)
+    probe = -1
+    # the coarse pass is bounded too: a candidate that reaches the best D so far cannot win it (ties go
+    # to the first, lower index), and one that wins never reached the bound, so its D is the full scan's
     for i in range(0, m, step):
-        d = _ks_distance(log_x, i, alphas[i], np.inf) if alphas[i] > 1.0 else 1.0
+        if alphas[i] > 1.0:
+            d, at = _ks_bounded(log_x, i, alphas[i], best_d, probe)
+            if at >= 0:
+                probe = at
+        else:
+            d = 1.0
         if d < best_d:
             best_d, best_i = d, i
-    probe = -1
     for i in range(m):
         if i % step == 0:
             continue
