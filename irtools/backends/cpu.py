@@ -128,17 +128,11 @@ def non_finite(m: int) -> Spectrum:
     return Spectrum(np.full(m, np.nan), math.nan)
 
 
-def _eigvalsh_gufunc(lower: bool):
-    """numpy's own eigvalsh gufunc (LAPACK dsyevd; what `np.linalg.eigvalsh` calls after checking
-    its argument), or None where this numpy has no such private module."""
-    try:
-        from numpy.linalg import _umath_linalg
-    except ImportError:
-        return None
-    return getattr(_umath_linalg, "eigvalsh_lo" if lower else "eigvalsh_up", None)
-
-
-_EIGVALSH = {True: _eigvalsh_gufunc(True), False: _eigvalsh_gufunc(False)}
+try:  # numpy's LAPACK gufuncs, which np.linalg.eigvalsh and svd call after checking their argument
+    from numpy.linalg import _umath_linalg
+except ImportError:  # a numpy without that private module: the public functions (same numbers)
+    _umath_linalg = None
+_EIGVALSH = {lower: getattr(_umath_linalg, "eigvalsh_lo" if lower else "eigvalsh_up", None) for lower in (True, False)}
 
 
 def _eigvalsh(gram: np.ndarray, lower: bool) -> np.ndarray:
@@ -153,6 +147,18 @@ def _eigvalsh(gram: np.ndarray, lower: bool) -> np.ndarray:
     if ev.size and ev[-1] != ev[-1]:  # numpy fills the eigenvalues of a failed solve with NaN
         raise np.linalg.LinAlgError("Eigenvalues did not converge")
     return ev
+
+
+def _svdvals(stack: np.ndarray) -> np.ndarray:
+    """`np.linalg.svd(stack, compute_uv=False)` of a float64 stack, numpy's same gufunc without the
+    wrapper (the caller ignores "invalid"; a failed SVD, NaN in numpy's output, raises its LinAlgError)."""
+    gufunc = getattr(_umath_linalg, "svd", None) if _umath_linalg is not None else None
+    if gufunc is None:
+        return np.linalg.svd(stack, compute_uv=False)
+    sv = gufunc(stack, signature="d->d")
+    if sv.size and np.isnan(sv[..., 0]).any():
+        raise np.linalg.LinAlgError("SVD did not converge")
+    return sv
 
 
 def squared_singular_values(w: np.ndarray, method: str = "auto") -> Spectrum:
@@ -228,7 +234,7 @@ def stacked_squared_singular_values(matrices: Sequence[np.ndarray], method: str 
             finite = np.isfinite(stack).all(axis=(1, 2))
             if not finite.all():
                 stack[~finite] = 0.0
-            sv = np.linalg.svd(stack, compute_uv=False)
+            sv = _svdvals(stack)
             ev = np.sort(sv * sv, axis=1)
     floors = noise_floor(ev[:, -1], n, m, gram).tolist()  # the same product as each float's, elementwise
     if finite.all():
@@ -253,9 +259,10 @@ class CPUBackend(EigenBackend):
         if len(matrices) < 2 or gram_route(min(np.shape(matrices[0])), self.method):
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf weights are reported, not warned about
                 return [_spectrum(w, self.method, quiet=True) for w in matrices]
-        shapes = {(tuple(np.shape(w)), np.asarray(w).dtype) for w in matrices}
-        size = int(np.prod(np.shape(matrices[0])))
-        if len(shapes) != 1 or size == 0 or size > _STACK_ELEMENTS // 2:
+        first = np.asarray(matrices[0])
+        shape, dtype, size = first.shape, first.dtype, first.size
+        same = all(np.shape(w) == shape and np.asarray(w).dtype == dtype for w in matrices)
+        if not same or size == 0 or size > _STACK_ELEMENTS // 2:
             return [squared_singular_values(w, self.method) for w in matrices]
         per = max(1, _STACK_ELEMENTS // size)
         out: list[Spectrum] = []

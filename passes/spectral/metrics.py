@@ -129,13 +129,13 @@ def _matrix_entropy(evals: np.ndarray, rank: int) -> float:
 
 
 def _degeneracy(evals: np.ndarray, m: int, max_rank_per_matrix: int) -> str:
-    """Why a spectrum carries no power law (empty string if it may)."""
+    """Why a spectrum (sorted ascending) carries no power law (empty string if it may)."""
     if evals.size == 0 or evals[-1] <= 0:
         return "all weights are zero"
     if max_rank_per_matrix <= 1 < m:
         return "every weight matrix has rank one (e.g. constant weights)"
-    above = evals[evals > 1e-5]
-    if above.size >= 2 and np.ptp(above) <= 1e-12 * above[-1]:
+    above = evals[np.searchsorted(evals, 1e-5, side="right"):]  # evals is sorted: those > 1e-5
+    if above.size >= 2 and above[-1] - above[0] <= 1e-12 * above[-1]:  # their max - min (np.ptp)
         return "all eigenvalues are equal"
     return ""
 
