@@ -598,6 +598,7 @@ def export_structure(module, kwargs: Mapping[str, object], values: Mapping[str, 
                 mod._buffers[key] = torch.zeros(b.shape, dtype=b.dtype)
     state = module.state_dict(keep_vars=True)
     params, aliases = _unique_tensors(state)
+    buffers = {k for k, _ in module.named_buffers(remove_duplicate=False)}
     import logging  # noqa: PLC0415
 
     logger = logging.getLogger("torch.onnx")
@@ -625,6 +626,8 @@ def export_structure(module, kwargs: Mapping[str, object], values: Mapping[str, 
         source = values.get(canonical) or next((values[a] for a, o in aliases.items() if o == canonical and a in values),
                                                None)
         if source is None:
+            if canonical in buffers:  # a persistent buffer (a router's score bias): its real values stay
+                continue
             raise IrtoolsError(f"the checkpoint holds no tensor for parameter '{canonical}'", name)
         dtype = ir.DataType.from_numpy(np.dtype(source.dtype))
         shape = ir.Shape(tuple(value.shape) if value.shape is not None else source.shape)

@@ -53,14 +53,14 @@ def _qwen3_moe():
 
 
 def _deepseek_v3():
-    return tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(**SMALL, n_routed_experts=4, num_experts_per_tok=2,
+    return tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(**SMALL, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
                                                          moe_intermediate_size=32, first_k_dense_replace=0,
                                                          q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
                                                          qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1))
 
 
 def _deepseek_v2():
-    return tf.DeepseekV2ForCausalLM(tf.DeepseekV2Config(**SMALL, n_routed_experts=4, num_experts_per_tok=2,
+    return tf.DeepseekV2ForCausalLM(tf.DeepseekV2Config(**SMALL, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
                                                          moe_intermediate_size=32, first_k_dense_replace=0,
                                                          q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
                                                          qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1))
@@ -180,9 +180,9 @@ def _expert_truth(model):
 
 
 #: Architectures the dynamo exporter cannot export today (the spectral family must survive it, and the
-#: note must give the dynamo exporter's own reason): DeepSeek-V2's complex-valued rotary embedding,
-#: DeepSeek-V3's grouped router at these sizes. Strict: a fixed exporter shows up here.
-EXPORT_FAILS = {"deepseek-v3", "deepseek-v2"}
+#: note must give the dynamo exporter's own reason): DeepSeek-V2's complex-valued rotary embedding.
+#: Strict: a fixed exporter shows up here.
+EXPORT_FAILS = {"deepseek-v2"}
 
 
 @pytest.mark.parametrize("name", ZOO)
