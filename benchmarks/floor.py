@@ -1,7 +1,7 @@
 """The spectral pass against the eigensolver floor, per weight shape of four models.
 
 Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/floor.py [--models vgg16,bert,llama,resnet50]
-     [--repeat 3] [--threads 1] [--max-elements N]
+     [--repeat 3] [--threads 1] [--max-elements N] [--baseline GIT_REVISION]
 
 For every distinct weight shape of VGG-16, BERT-base, Llama-3.2-1B (one decoder block: its shapes
 repeat 16 times) and ResNet-50 (conv-heavy), a float32 weight with random values is analysed by
@@ -21,20 +21,29 @@ time it is the work done, steady on a machine other jobs load; `--clock wall` fo
 the min of `--repeat` runs, every one under threadpoolctl's limit of `--threads`
 BLAS threads (the pass and the floor alike). Shapes with more than `--max-elements` elements per
 matrix are left out (VGG's 25088 x 4096 FC1 takes tens of seconds per run on one thread).
+
+`--baseline REV` also times the pass of an earlier commit side by side (its irtools, passes and
+frontends from `git archive`, in a second process that takes turns with this one: never both at
+once), on the same weights, and says whether its rows are bit-identical to this checkout's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+WORKER = "--baseline-worker"
+if WORKER not in sys.argv:  # the baseline's worker imports the irtools of its PYTHONPATH
+    sys.path.insert(0, ROOT)
 
 #: (label, torch-layout weight shape) per model; conv kernels are (out, in, kh, kw).
 MODELS = {
@@ -103,7 +112,72 @@ def floor_of(mats, repeat: int) -> tuple[float, float, str]:
     return total, eig_total, "+".join(sorted(routes))
 
 
+def pass_time(weight: np.ndarray, label: str, threads: int, repeat: int) -> tuple[float, str]:
+    """(the spectral pass's seconds per layer, its row with floats in hex) on `weight`."""
+    from threadpoolctl import threadpool_limits
+
+    from irtools.passes.spectral import SpectralPass
+
+    layer = layer_of(label.replace(" ", "_"), weight)
+    spectral = SpectralPass(workers=1)
+    # a model has many small layers: the pass's per-model work (its summary) is shared by them
+    copies = max(1, min(MAX_COPIES, COPY_ELEMENTS // (weight.shape[0] * weight.shape[1] * layer.rf)))
+    with threadpool_limits(threads):
+        t = best(lambda: spectral.analyse([layer] * copies), repeat) / copies
+        (row,) = spectral.analyse([layer]).rows
+    return t, json.dumps({k: v.hex() if isinstance(v, float) else v for k, v in row.items()}, sort_keys=True)
+
+
+def baseline_worker() -> None:
+    """Time the pass of this process's irtools on the weights named on stdin (one .npy path, label,
+    threads and repeat a line), one JSON line each on stdout."""
+    import irtools  # noqa: F401 - registers the passes
+    from irtools.passes.spectral.powerlaw import warm_up
+
+    global clock
+    clock = CLOCKS[sys.argv[sys.argv.index(WORKER) + 1]]
+    warm_up()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        path, label, threads, repeat = json.loads(line)
+        t, row = pass_time(np.load(path), label, threads, repeat)
+        print(json.dumps([t, row]), flush=True)
+
+
+class Baseline:
+    """The pass of git revision `rev` in a second process (its tree unpacked in a temporary folder)."""
+
+    def __init__(self, rev: str, clock_name: str):
+        self.dir = tempfile.TemporaryDirectory(prefix="irtools-floor-")
+        tree = self.dir.name
+        archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "irtools", "passes", "frontends"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        for pkg in ("passes", "frontends"):  # as the editable install maps them: irtools.passes, irtools.frontends
+            os.symlink(os.path.join(tree, pkg), os.path.join(tree, "irtools", pkg))
+        env = dict(os.environ, PYTHONPATH=tree)
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), WORKER, clock_name], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tree)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the baseline {rev} did not start")
+
+    def pass_time(self, weight: np.ndarray, label: str, threads: int, repeat: int) -> tuple[float, str]:
+        path = os.path.join(self.dir.name, "weight.npy")
+        np.save(path, weight)
+        self.proc.stdin.write(json.dumps([path, label, threads, repeat]) + "\n")
+        self.proc.stdin.flush()
+        t, row = json.loads(self.proc.stdout.readline())
+        return t, row
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.dir.cleanup()
+
+
 def main() -> None:
+    if WORKER in sys.argv:
+        return baseline_worker()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--repeat", type=int, default=3)
@@ -111,24 +185,27 @@ def main() -> None:
     ap.add_argument("--clock", choices=list(CLOCKS), default="cpu",
                     help="cpu: process CPU time (steady on a loaded machine; one BLAS thread), wall: elapsed time")
     ap.add_argument("--max-elements", type=int, default=1 << 25, help="largest matrix analysed (elements)")
+    ap.add_argument("--baseline", metavar="REV", help="also time the pass of this git revision, side by side")
     a = ap.parse_args()
     global clock
     clock = CLOCKS[a.clock]
     from threadpoolctl import threadpool_limits
 
     import irtools  # noqa: F401 - registers the passes
-    from irtools.passes.spectral import SpectralPass
     from irtools.passes.spectral.powerlaw import warm_up
 
     warm_up()  # numba's kernels loaded before anything is timed
+    baseline = Baseline(a.baseline, a.clock) if a.baseline else None
     env = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {env}; BLAS threads {a.threads}; "
           f"{a.clock} time, min of {a.repeat}")
+    base_head = f" {'base s':>9} {'base':>6} {'rows':>5}" if baseline else ""
     print(f"{'model':<9} {'layer':<22} {'weight shape':<20} {'mats':>4} {'pass s':>9} {'floor s':>9} {'eig s':>9} "
-          f"{'ratio':>6}  route")
+          f"{'ratio':>6}{base_head}  route")
+    if baseline:
+        print(f"(base: the pass of {a.baseline}, its ratio to the same floor; rows: bit-identical to it)")
     rng = np.random.default_rng(0)
-    worst = 0.0
-    spectral = SpectralPass(workers=1)
+    worst = base_worst = 0.0
     for model in a.models.split(","):
         for label, shape in MODELS[model]:
             per_matrix = shape[0] * shape[1]
@@ -137,17 +214,23 @@ def main() -> None:
                 continue
             weight = (rng.standard_normal(shape) / math.sqrt(shape[1])).astype(np.float32)
             layer = layer_of(label.replace(" ", "_"), weight)
-            # a model has many small layers: the pass's per-model work (its summary) is shared by them
-            copies = max(1, min(MAX_COPIES, COPY_ELEMENTS // (per_matrix * layer.rf)))
+            pass_t, row = pass_time(weight, label, a.threads, a.repeat)
+            base = ""
+            if baseline:
+                base_t, base_row = baseline.pass_time(weight, label, a.threads, a.repeat)
             with threadpool_limits(a.threads):
-                pass_t = best(lambda: spectral.analyse([layer] * copies), a.repeat) / copies
                 floor_t, eig_t, route = floor_of(layer.matrices(), a.repeat)
             ratio = pass_t / floor_t
             worst = max(worst, ratio)
+            if baseline:
+                base_worst = max(base_worst, base_t / floor_t)
+                base = f" {base_t:>9.4f} {base_t / floor_t:>6.2f} {'same' if row == base_row else 'DIFF':>5}"
             verdict = "" if ratio <= 1.1 else "  OVER 1.1"
             print(f"{model:<9} {label:<22} {str(shape):<20} {layer.rf:>4} {pass_t:>9.4f} {floor_t:>9.4f} "
-                  f"{eig_t:>9.4f} {ratio:>6.2f}  {route}{verdict}", flush=True)
-    print(f"worst ratio {worst:.2f} (target <= 1.1)")
+                  f"{eig_t:>9.4f} {ratio:>6.2f}{base}  {route}{verdict}", flush=True)
+    print(f"worst ratio {worst:.2f} (target <= 1.1)" + (f"; the baseline's {base_worst:.2f}" if baseline else ""))
+    if baseline:
+        baseline.close()
 
 
 if __name__ == "__main__":
