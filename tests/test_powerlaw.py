@@ -187,3 +187,30 @@ def test_pruned_scans_pick_the_full_scans_xmin_on_pooled_conv_spectra(seed):
     xmin, alpha, d = _full_scan_fit(evals)
     assert ours.xmin == xmin
     assert ours.alpha == pytest.approx(alpha, rel=1e-12) and ours.D == pytest.approx(d, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bounded_scans_equal_every_candidates_full_kernel_scan_bit_for_bit(seed):
+    """`_fit_standard` bounds every scan (its coarse pass too) and looks first where the last one
+    failed: its xmin index, alpha and D are exactly those of scanning every candidate's whole tail
+    with the same kernel (`_ks_distance` with no bound) and taking the first smallest D, on pooled
+    conv-like, heavy-tailed, tied and short spectra."""
+    from irtools.passes.spectral._fitkernels import _fit_standard, _ks_distance, _tail_sums
+
+    rng = np.random.default_rng(seed)
+    n = [25, 64, 300, 576, 1500, 2304][seed]
+    spectra = [np.sort(rng.standard_normal((n, 3 + seed)).std(axis=1) ** 2 * 10),
+               np.sort(pareto(1.5 + seed / 2, n, rng)),
+               np.sort(np.concatenate([rng.chisquare(2, n - 8), np.full(8, 50.0)]))]
+    for x in spectra:
+        log_x = np.log(x[x > 1e-5])
+        tails = _tail_sums(log_x)
+        best = (np.inf, -1, np.nan)
+        for i in range(log_x.size - 1):
+            s = tails[i] - (log_x.size - i) * log_x[i]
+            a = 1.0 + (log_x.size - i) / s if s != 0.0 else np.inf
+            d = _ks_distance(log_x, i, a, np.inf) if a > 1.0 else 1.0
+            if d < best[0]:
+                best = (d, i, a)
+        i, alpha, d = _fit_standard(log_x)
+        assert (i, alpha, d) == (best[1], best[2], best[0])
