@@ -260,3 +260,27 @@ def test_fuzz_gguf_bytes_mutated(tmp_path):
             json.loads(outcome.stdout)
 
     run()
+
+
+def test_a_gguf_pairs_row_by_row_with_the_safetensors_it_came_from(tmp_path):
+    """`irtools.finetune.compare(QUANTIZED, ORIGINAL)` (what `analyze --base` runs) pairs every GGUF row
+    with the original's by name: a BF16 GGUF of the same values is at distance 0, a Q4_0 one is not."""
+    from safetensors.numpy import save_file
+
+    from irtools.finetune import compare
+
+    x = {"model.embed_tokens.weight": RNG.standard_normal((96, 64)).astype(np.float32),
+         "model.layers.0.self_attn.q_proj.weight": RNG.standard_normal((64, 64)).astype(np.float32),
+         "model.layers.0.mlp.down_proj.weight": RNG.standard_normal((64, 128)).astype(np.float32)}
+    import ml_dtypes
+
+    x = {k: v.astype(ml_dtypes.bfloat16).astype(np.float32) for k, v in x.items()}
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in x.items()}, str(tmp_path / "model.safetensors"))
+    to_gguf = {"model.embed_tokens.weight": "token_embd.weight", "model.layers.0.self_attn.q_proj.weight":
+               "blk.0.attn_q.weight", "model.layers.0.mlp.down_proj.weight": "blk.0.ffn_down.weight"}
+    for qtype in (Q.BF16, Q.Q4_0):
+        path = _write(tmp_path / f"m-{qtype.name}.gguf", {to_gguf[k]: (v, qtype) for k, v in x.items()})
+        result = compare(path, str(tmp_path / "model.safetensors"), models=False)
+        assert not result.skipped and len(result.details) == 3
+        distances = result.details.set_index("name").dist_euclidean
+        assert (distances == 0).all() if qtype == Q.BF16 else (distances > 0).all(), (qtype, distances)
