@@ -1,6 +1,7 @@
 """A fine-tune against its base on two Llama-3.2-1B-shaped checkpoints: irtools vs WeightWatcher's base_model=.
 
-Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/finetune.py [--layers 16] [--no-ww] [--dir DIR]
+Run: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/finetune.py [--layers 16] [--no-ww] [--no-models]
+     [--dir DIR]
 
 Setup (not timed): writes two bf16 safetensors checkpoints with Llama-3.2-1B's shapes (hidden 2048,
 MLP 8192, 32 heads / 8 KV heads of 64, vocabulary 128256, tied embeddings, `--layers` decoder layers:
@@ -118,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16, help="decoder layers (16: Llama-3.2-1B's depth)")
     parser.add_argument("--no-ww", action="store_true", help="leave WeightWatcher out")
+    parser.add_argument("--no-models", action="store_true", help="leave out the run with model and base alpha")
     parser.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
     args = parser.parse_args()
     env = {k: os.environ.get(k, "") for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -127,8 +129,9 @@ def main() -> None:
         ft, base = write_checkpoints(tmp, args.layers)
         size = os.path.getsize(os.path.join(ft, "model.safetensors")) / 2**20
         print(f"setup: two {size:.0f} MB bf16 checkpoints in {time.perf_counter() - t:.0f} s")
-        results = {"irtools (ΔW + distances)": run(IRTOOLS, ft, base, "0"),
-                   "irtools (+ model and base alpha)": run(IRTOOLS, ft, base, "1")}
+        results = {"irtools (ΔW + distances)": run(IRTOOLS, ft, base, "0")}
+        if not args.no_models:
+            results["irtools (+ model and base alpha)"] = run(IRTOOLS, ft, base, "1")
         if not args.no_ww:
             results["weightwatcher base_model="] = run(WW, ft, base)
     for name, r in results.items():
