@@ -96,16 +96,18 @@ def _fit_standard(log_x):
     best_d = np.inf
     step = max(1, m // 64)
     probe = -1
-    # the coarse pass is bounded too: a candidate that reaches the best D so far cannot win it (ties go
-    # to the first, lower index), and one that wins never reached the bound, so its D is the full scan's
-    for i in range(0, m, step):
+    # The coarse pass runs from the top of the spectrum down (short tails first: the best xmin of a
+    # layer's ESD is usually high, so its D bounds the long tails' scans early) and is bounded too: a
+    # scan stops once its D exceeds the best so far, so a D it returns at or below that is the full
+    # scan's, and the lower index wins ties (what scanning upwards and keeping the first gives).
+    for i in range((m - 1) // step * step, -1, -step):
         if alphas[i] > 1.0:
-            d, at = _ks_bounded(log_x, i, alphas[i], best_d, probe)
+            d, at = _ks_bounded(log_x, i, alphas[i], np.nextafter(best_d, np.inf), probe)
             if at >= 0:
                 probe = at
         else:
             d = 1.0
-        if d < best_d:
+        if d <= best_d:
             best_d, best_i = d, i
     for i in range(m):
         if i % step == 0:
