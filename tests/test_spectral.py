@@ -620,3 +620,19 @@ def test_rows_equal_a_straightforward_reference_bit_for_bit():
         ref = _reference_row(w, 0.5 if w.ndim == 4 else 1.0)
         assert row["fit_status"] == "success"
         assert {k: row[k] for k in ref} == ref, name
+
+
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (4, 2, 6), (5,)])
+def test_layer_eigen_ranks_are_each_matrixs_own(sizes):
+    """The pooled ESD is sorted and scaled, its noise floor the largest matrix's, and the max rank
+    that of the matrix with most eigenvalues above its own floor, for one-shape and mixed spectra."""
+    from irtools.backends.base import Spectrum
+    from irtools.passes.spectral import layer_eigen
+
+    rng = np.random.default_rng(len(sizes))
+    spectra = [Spectrum(np.sort(rng.uniform(0, 1, s)), float(rng.uniform(0.2, 0.6))) for s in sizes]
+    layer = type("L", (), {"eigen_scale": 0.5})()
+    state = layer_eigen(0, layer, [], spectra, False)
+    assert np.array_equal(state.evals, np.sort(np.concatenate([s.evals for s in spectra])) * 0.5)
+    assert state.noise == max(s.noise_floor for s in spectra) * 0.5
+    assert state.max_rank == max(sum(1 for e in s.evals if e > s.noise_floor) for s in spectra)

@@ -110,7 +110,7 @@ def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     floors = [s.noise_floor for s in spectra]
     noise = max(floors) * layer.eigen_scale
     size = parts[0].size
-    if len(parts) > 1 and pooled.size == size * len(parts) > 0:  # matrices of one shape (a conv's slices): one comparison
+    if len(parts) > 1 and size and all(p.size == size for p in parts):  # a conv's slices: one comparison
         ranks = np.count_nonzero(pooled.reshape(len(parts), size) > np.array(floors)[:, None], axis=1)
         max_rank = int(ranks.max())
     else:
