@@ -21,7 +21,7 @@ lora_B's smaller side, r). The r eigenvalues are computed exactly and cheaply fr
 B = Q_B R_B and A^T = Q_A R_A, s·B·A = Q_B (s R_B R_A^T) Q_A^T, so the r x r core s R_B R_A^T has
 ΔW's nonzero singular values; the backend (`--device`) computes them from the core.
 
-Left out, each listed with its reason (`OpenedSource.metadata["skipped"]` and the notes): DoRA
+Left out, each listed with its reason (`OpenedSource.skipped` and the notes): DoRA
 magnitude vectors (a per-output rescaling, not a low-rank product), LoRA biases, full modules saved
 with the adapter (`modules_to_save`), and every tensor of PEFT types that are not low-rank products
 (IA3's scaling vectors, prompt/prefix tuning's virtual tokens, LoHa, LoKr, AdaLoRA, ...).
@@ -371,11 +371,11 @@ def open_adapter(source: Any, name: str, options) -> Any:
     config, tensors, _ = read_adapter(source, trust=getattr(options, "trust", False))
     updates, skipped = adapter_updates(config, tensors)
     metadata = {"format": "peft", "peft_type": config.peft_type, "adapted_modules": len(updates),
-                "ranks": sorted({u.r for u in updates}), "skipped": skipped}
+                "ranks": sorted({u.r for u in updates})}
     if config.base:
         metadata["base"] = config.base
     return OpenedSource(name, "peft", layers=[u.layer() for u in updates], metadata=metadata,
-                        notes=_notes(config, updates, skipped))
+                        notes=_notes(config, updates, skipped), skipped=skipped)
 
 
 # -- merged: the base with W + ΔW ----------------------------------------------------------------------

@@ -239,7 +239,7 @@ def layers_of(opened, weights_options: Mapping | None = None) -> tuple[list, lis
             get_pass("weights", **dict(weights_options or {}))(model)
         result = model.results["weights"]
         return list(result.layers), [dict(s) for s in result.skipped]
-    return list(opened.layers or []), [dict(s) for s in opened.metadata.get("skipped", ())]
+    return list(opened.layers or []), [dict(s) for s in getattr(opened, "skipped", None) or ()]
 
 
 def _opened_layers(source, open_options: Mapping, weights_options: Mapping | None):
@@ -274,8 +274,8 @@ def open_merged(adapter: Any, base: Any = None, *, name: str | None = None, trus
     skipped += peft_frontend.unmatched_entries(unmatched)
     notes = [f"merged: the base's layers with W + ΔW in {len(updates) - len(unmatched)} adapted module(s)"]
     label = name or f"{label if isinstance(label, str) else 'adapter'} + {base_opened.name}"
-    return OpenedSource(label, "peft-merged", layers=layers, notes=notes, metadata={
-        "format": "peft", "merged": True, "skipped": base_skipped + skipped})
+    return OpenedSource(label, "peft-merged", layers=layers, notes=notes, metadata={"format": "peft", "merged": True},
+                        skipped=base_skipped + skipped)
 
 
 def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: bool = False,
@@ -309,7 +309,7 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
         merged = open_merged(model, base_opened, trust=trust, weights_options=weights_options)
         model_name = name or merged.name
         model_layers = merged.layers
-        model_skipped = [s for s in merged.metadata.get("skipped", ()) if s.get("op_type") == "LoRA"]
+        model_skipped = [s for s in merged.skipped if s.get("op_type") == "LoRA"]
         adapted = {layer.name for layer in model_layers if "r" in layer.extra}
         notes += merged.notes
     else:

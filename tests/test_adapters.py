@@ -171,15 +171,15 @@ def test_dora_and_other_types_are_skipped_with_reasons(tmp_path):
     _, folder = make_adapter(tmp_path, use_dora=True, target_modules=["fc1", "fc2"])
     opened = open_source(folder)
     assert sorted(layer.name for layer in opened.layers) == ["fc1", "fc2"]
-    reasons = [s["reason"] for s in opened.metadata["skipped"]]
+    reasons = [s["reason"] for s in opened.skipped]
     assert len(reasons) == 2 and all("DoRA magnitude" in r for r in reasons)
     torch.manual_seed(0)
     ia3 = peft.get_peft_model(Net(), peft.IA3Config(target_modules=["fc1", "fc2"], feedforward_modules=["fc2"]))
     ia3_folder = tmp_path / "ia3"
     ia3.save_pretrained(ia3_folder)
     opened = open_source(str(ia3_folder))
-    assert opened.layers == [] and len(opened.metadata["skipped"]) == 2
-    assert all("IA3" in s["reason"] for s in opened.metadata["skipped"])
+    assert opened.layers == [] and len(opened.skipped) == 2
+    assert all("IA3" in s["reason"] for s in opened.skipped)
 
 
 def test_bad_config_is_one_line_error(tmp_path):
@@ -202,3 +202,10 @@ def test_scale_rule_by_hand():
     assert config.scale(16, 32) == 2.0
     config.use_rslora = True
     assert config.scale(16, 32) == pytest.approx(32 / math.sqrt(16))
+
+
+def test_skipped_tensors_reach_the_analysis(tmp_path):
+    _, folder = make_adapter(tmp_path, use_dora=True, target_modules=["fc1", "fc2"])
+    analysis = irtools.analyze(folder, metrics="spectral")
+    assert sorted(s["name"] for s in analysis.skipped if "DoRA" in s["reason"]) == \
+        ["fc1.lora_magnitude_vector", "fc2.lora_magnitude_vector"]
