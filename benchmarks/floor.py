@@ -199,8 +199,8 @@ def main() -> None:
     env = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {env}; BLAS threads {a.threads}; "
           f"{a.clock} time, min of {a.repeat}")
-    base_head = f" {'base s':>9} {'base':>6} {'rows':>5}" if baseline else ""
-    print(f"{'model':<9} {'layer':<22} {'weight shape':<20} {'mats':>4} {'pass s':>9} {'floor s':>9} {'eig s':>9} "
+    base_head = f" {'base ms':>9} {'base':>6} {'rows':>5}" if baseline else ""
+    print(f"{'model':<9} {'layer':<22} {'weight shape':<20} {'mats':>4} {'pass ms':>9} {'floor ms':>9} {'eig ms':>9} "
           f"{'ratio':>6}{base_head}  route")
     if baseline:
         print(f"(base: the pass of {a.baseline}, its ratio to the same floor; rows: bit-identical to it)")
@@ -224,10 +224,10 @@ def main() -> None:
             worst = max(worst, ratio)
             if baseline:
                 base_worst = max(base_worst, base_t / floor_t)
-                base = f" {base_t:>9.4f} {base_t / floor_t:>6.2f} {'same' if row == base_row else 'DIFF':>5}"
+                base = f" {base_t * 1e3:>9.3f} {base_t / floor_t:>6.2f} {'same' if row == base_row else 'DIFF':>5}"
             verdict = "" if ratio <= 1.1 else "  OVER 1.1"
-            print(f"{model:<9} {label:<22} {str(shape):<20} {layer.rf:>4} {pass_t:>9.4f} {floor_t:>9.4f} "
-                  f"{eig_t:>9.4f} {ratio:>6.2f}{base}  {route}{verdict}", flush=True)
+            print(f"{model:<9} {label:<22} {str(shape):<20} {layer.rf:>4} {pass_t * 1e3:>9.3f} {floor_t * 1e3:>9.3f} "
+                  f"{eig_t * 1e3:>9.3f} {ratio:>6.2f}{base}  {route}{verdict}", flush=True)
     print(f"worst ratio {worst:.2f} (target <= 1.1)" + (f"; the baseline's {base_worst:.2f}" if baseline else ""))
     if baseline:
         baseline.close()
