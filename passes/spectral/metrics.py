@@ -43,7 +43,7 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     }
     rank = int(np.count_nonzero(evals > max(noise_floor, 0.0))) if lam_max > 0 else 0
     row["matrix_rank"] = rank
-    row["entropy"] = _matrix_entropy(evals, rank)
+    row["entropy"] = _matrix_entropy(evals, rank, norm)
     degenerate = _degeneracy(evals, m, max_rank_per_matrix)
     if degenerate:
         fit_status, alpha = f"degenerate: {degenerate}", math.nan
@@ -58,7 +58,7 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     if fit_options is not None and fit_options.fix_fingers == "clip_xmax":
         row.update(finger_columns(fit if not degenerate else None))
     row["alpha_weighted"] = alpha * row["log_spectral_norm"]
-    row["log_alpha_norm"] = log_alpha_norm(evals, alpha)
+    row["log_alpha_norm"] = _log_alpha_norm(evals, alpha, lam_max)  # evals sorted: its max is the last
     if degenerate:
         row["warning"] = DEGENERATE
     elif math.isnan(alpha):
@@ -105,7 +105,13 @@ def log_alpha_norm(evals: np.ndarray, alpha: float) -> float:
     evals = np.asarray(evals, dtype=np.float64)
     if math.isnan(alpha) or evals.size == 0:
         return math.nan
-    top = float(evals.max())
+    return _log_alpha_norm(evals, alpha, float(evals.max()))
+
+
+def _log_alpha_norm(evals: np.ndarray, alpha: float, top: float) -> float:
+    """`log_alpha_norm` of float64 `evals` whose largest value is `top`."""
+    if math.isnan(alpha) or evals.size == 0:
+        return math.nan
     if top <= 0.0 or alpha <= 0.0 or math.isinf(alpha):  # no scaling to do: the direct formula (no overflow)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             return _log10(float(np.sum(evals**alpha)))
@@ -118,9 +124,10 @@ def _log10(x: float) -> float:
     return math.log10(x) if x > 0 else math.nan
 
 
-def _matrix_entropy(evals: np.ndarray, rank: int) -> float:
-    """WeightWatcher's matrix entropy: -sum p ln p / ln(rank), p = lambda / sum(lambda) + 1e-10."""
-    total = float(evals.sum())
+def _matrix_entropy(evals: np.ndarray, rank: int, total: float | None = None) -> float:
+    """WeightWatcher's matrix entropy: -sum p ln p / ln(rank), p = lambda / sum(lambda) + 1e-10
+    (`total`: that sum, when the caller has it)."""
+    total = float(evals.sum()) if total is None else total
     if total <= 0:
         return math.nan
     p = evals / total + 1e-10
