@@ -286,7 +286,7 @@ def _unique_tensors(state) -> tuple[list[str], dict[str, str]]:
 def _canonical_names(graph: onnx.GraphProto, aliases: Mapping[str, str]) -> None:
     """Name a tied weight's initializer by its parameter name where the exporter used an alias
     (the dynamo exporter names T5's shared embedding `lm_head.weight`)."""
-    from irtools.frontends.keras import _rename_values  # noqa: PLC0415  (ONNX only)
+    from irtools.frontends._onnx_edit import rename_values as _rename_values  # noqa: PLC0415  (ONNX only)
 
     names = {t.name for t in graph.initializer}
     renames = {t.name: aliases[t.name] for t in graph.initializer
@@ -447,7 +447,7 @@ def open_callable(reference: str, name: str, options):
 #: `model.layers.0.self_attn.q_proj`.
 _PARAM_SUFFIX = re.compile(r"[./](weight|kernel|embeddings|w)$")
 _RECURRENT_WEIGHT = re.compile(r"^weight_(ih|hh)_l(\d+)(_reverse)?$")
-_TORCH_GATES = {"LSTM": "ifgo", "GRU": "rzn", "RNN": "h"}
+_TORCH_GATES = {"LSTM": "ifgo", "GRU": "rzn", "RNN": "i"}  # RNN's one gate spelled as ONNX does
 
 
 def layer_name(parameter: str) -> str:
@@ -527,7 +527,7 @@ def module_weight_layers(module, values: Mapping[str, object] | None = None) -> 
             cls = type(mod).__name__
             rec = _RECURRENT_WEIGHT.match(pname) if isinstance(mod, torch.nn.RNNBase) else None
             if rec is not None:
-                gates = _TORCH_GATES.get(getattr(mod, "mode", "RNN").split("_")[0], "h")
+                gates = _TORCH_GATES.get(getattr(mod, "mode", "RNN").split("_")[0], "i")
                 hidden = shape[0] // len(gates)
                 kind = mod.mode.split("_")[0].lower() if mod.mode in ("LSTM", "GRU") else "rnn"
                 for g, gate in enumerate(gates):

@@ -149,7 +149,18 @@ def analyze(
         else:
             notes += model.results["context-counts"].notes  # e.g. an If counted as both of its branches
             done.append("reuse")
+    _add_expert_summary(summary, layers)
     return Analysis(name, layers, summary, skipped, reuse, notes, evals, columns, tuple(done), left_out, opts)
+
+
+def _add_expert_summary(summary: dict, rows: list[dict] | None) -> None:
+    """Mixture-of-experts layers (rows with an `expert` column): per layer across its experts the count,
+    alpha's mean, spread and range, and the worst expert, as `summary["experts"]`."""
+    if not rows or not any(r.get("expert") is not None for r in rows):
+        return
+    from irtools.passes.weights import expert_summary
+
+    summary["experts"] = expert_summary(rows)
 
 
 def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict, notes: list[str],
@@ -160,7 +171,8 @@ def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict
         if "spectral" not in families or strict:
             raise IrtoolsError(NO_GRAPH, opened.name)
         left_out["reuse"] = NO_GRAPH
-        notes.append(NO_GRAPH)
+        if not any(n.startswith("reuse metrics left out") for n in notes):  # the frontend said why already
+            notes.append(NO_GRAPH)
     rows, columns, summary, skipped, evals, done = None, [], {}, [], None, ()
     if "spectral" in families:
         if scheduler is not None:
@@ -179,6 +191,7 @@ def _analyze_layers(opened, opts: AnalysisOptions, families, spectral_opts: dict
         skipped = already + list(result.skipped)
         notes += result.notes
         done = ("spectral",)
+    _add_expert_summary(summary, rows)
     return Analysis(opened.name, rows, summary, skipped, None, notes, evals, columns, done, left_out, opts)
 
 

@@ -102,11 +102,12 @@ class AnalysisOptions:
     max_fingers: int | None = _opt(10, None, pass_field=("spectral", "max_fingers"))
     finger_thresh: float = _opt(1.0, None, pass_field=("spectral", "finger_thresh"))
     clip_top: int = _opt(0, None, pass_field=("spectral", "clip_top"))
-    # -- planned (passed to the library as options.base / options.seq_len; no behaviour yet, hidden)
+    # -- planned (passed to the library as options.base; no behaviour yet, hidden)
     base: str | None = _opt(None, "--base", "The base model to compare against: analyse W - W_base per layer.",
                             metavar="BASE", hidden=True, show_default=False)
-    seq_len: int | None = _opt(None, "--seq-len", "Token count of the trace input for text checkpoint folders.",
-                               type=int, hidden=True, show_default=False)
+    seq_len: int | None = _opt(None, "--seq-len", "Token count of the trace input built for a text checkpoint "
+                               "folder or hub id (default 128, capped at the model's maximum positions).",
+                               type=int, show_default=False)
 
     def __post_init__(self):
         # normalised forms, so that equal options compare (and hash, and digest) equal
@@ -178,7 +179,7 @@ class AnalysisOptions:
     def open_kwargs(self) -> dict:
         """Keyword arguments of `irtools.frontends.open_source`."""
         return dict(input_shapes=dict(self.input_shapes) or None, trust=self.trust, layout=self.layout,
-                    framework=self.framework, opset=self.opset)
+                    framework=self.framework, opset=self.opset, seq_len=self.seq_len)
 
     def open(self, source: Any):
         """`irtools.frontends.open_source(source)` with these options."""
@@ -255,7 +256,7 @@ def _click_option(f: dataclasses.Field):
 
 
 #: The fields that say how a source is opened (`irtools inspect` takes only these).
-SOURCE_FIELDS = ("input_shapes", "framework", "opset", "trust", "layout")
+SOURCE_FIELDS = ("input_shapes", "framework", "opset", "trust", "layout", "seq_len")
 
 
 def click_options(f: Callable | None = None, *, only: Iterable[str] | None = None) -> Callable:

@@ -37,10 +37,9 @@ import onnx_ir as ir
 
 from irtools.ir.layers import WeightLayer
 from irtools.ir.model import IRModel
-from irtools.ir.parameters import WEIGHT_SLOTS, StoredTensor
+from irtools.ir.parameters import StoredTensor
+from irtools.ir.slots import op_slots, slots_of
 from irtools.passing import Pass, register_pass
-
-GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "h"}
 
 # Constant ops that only move or re-type a weight's elements: what comes out is still that weight.
 VIEW_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten",
@@ -316,15 +315,11 @@ def _embedding(ctx: _Ctx, node: ir.Node) -> None:
     ctx.add(node, 0, "embedding", shape, max(shape), min(shape), 1, 1.0, lambda v=v: [ctx.value(v)])
 
 
-#: com.microsoft DynamicQuantizeLSTM: W, R int8 stored (D, input or hidden, 4H), with per-direction
-#: scale and zero-point slots: {weight slot: (scale slot, zero-point slot)}.
-_QUANTIZED_RECURRENT = {1: (8, 9), 2: (10, 11)}
-
-
 def _recurrent(ctx: _Ctx, node: ir.Node) -> None:
     """W and R per direction and gate; DynamicQuantizeLSTM's transposed int8 ones dequantized first."""
     quantized = node.op_type == "DynamicQuantizeLSTM"
-    gates = GATES["LSTM" if quantized else node.op_type]
+    slots = slots_of(node)  # gates in ONNX's order; DynamicQuantizeLSTM: a scale and zero point per weight
+    gates = slots.gates
     for slot, label in ((1, "W"), (2, "R")):
         v = ctx.const_input(node, slot)
         if v is None:
@@ -341,7 +336,7 @@ def _recurrent(ctx: _Ctx, node: ir.Node) -> None:
             from irtools.ir.quant import dequantize_linear
 
             s, z = (ctx.model.constant_value(node.inputs[i]) if ctx.const_input(node, i) is not None else None
-                    for i in _QUANTIZED_RECURRENT[slot])
+                    for i in next(sc[1:] for sc in slots.scales if sc[0] == slot))
             return dequantize_linear(w, s, z, axis=0).transpose(0, 2, 1)
 
         for d in range(shape[0]):
@@ -491,9 +486,8 @@ class WeightsPass(Pass):
         return Weights(ctx.layers, ctx.skipped)
 
 
-#: Ops that add a parameter to what they compute, and the bias slots of ops with one.
+#: Ops that add a parameter to what they compute (the bias slots of ops with one: `irtools.ir.slots`).
 ADDITIVE_OPS = frozenset({"Add", "Sub", "BiasAdd"})
-BIAS_SLOTS = {"Gemm": 2, "Conv": 2, "ConvTranspose": 2, "FusedGemm": 2, "FusedConv": 2}
 
 
 def _is_split_bias(p: StoredTensor) -> bool:
@@ -502,10 +496,10 @@ def _is_split_bias(p: StoredTensor) -> bool:
     matrix (a learned position table added to the input is one, and stays a layer)."""
     if not p.uses:
         return False
-    if all(BIAS_SLOTS.get(u.op_type) == u.input_index for u in p.uses):
+    if all(op_slots(u.domain, u.op_type).bias == u.input_index for u in p.uses):
         return True
     last = re.split(r"[/.:]", p.name)[-1].lower()
-    return "bias" in last and all(u.op_type in ADDITIVE_OPS or BIAS_SLOTS.get(u.op_type) == u.input_index
+    return "bias" in last and all(u.op_type in ADDITIVE_OPS or op_slots(u.domain, u.op_type).bias == u.input_index
                                   for u in p.uses)
 
 
@@ -513,7 +507,8 @@ def _must_appear(p: StoredTensor) -> bool:
     """Whether a learnable parameter must yield a layer or a skipped entry (the invariant)."""
     if len(p.shape) < 2 or _is_split_bias(p):
         return False
-    return sum(d > 1 for d in p.shape) >= 2 or any(u.input_index in WEIGHT_SLOTS.get(u.op_type, ()) for u in p.uses)
+    return sum(d > 1 for d in p.shape) >= 2 or any(u.input_index in op_slots(u.domain, u.op_type).weight
+                                                   for u in p.uses)
 
 
 #: Ops through which a [experts, out, in] tensor reaches its products: a router's gather of the chosen

@@ -48,6 +48,14 @@ def test_expert_tensor_read_by_a_router_gather_is_one_matrix_per_expert():
         want = np.sort(np.linalg.svd(w[e].astype(np.float64), compute_uv=False) ** 2)
         assert rows[f"model.layers.0.mlp.experts.down_proj[{e}]"]["expert"] == e
         assert rows[f"model.layers.0.mlp.experts.down_proj[{e}]"]["lambda_max"] == pytest.approx(want[-1], rel=1e-6)
+    # the summary across experts: in analyze's summary and its table
+    alphas = [rows[f"model.layers.0.mlp.experts.down_proj[{e}]"]["alpha"] for e in range(4)]
+    ex = analysis.summary["experts"]["model.layers.0.mlp.experts.down_proj"]
+    assert ex["experts"] == 4 and ex["alpha_mean"] == pytest.approx(np.mean(alphas))
+    assert ex["alpha_min"] == min(alphas) and ex["alpha_max"] == max(alphas)
+    from irtools.reports.tables import render_analysis
+
+    assert "Mixture-of-experts layers" in render_analysis(analysis.to_dict())
 
 
 def test_an_einsum_weight_is_the_matrix_of_its_contraction():

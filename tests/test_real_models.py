@@ -76,14 +76,16 @@ def test_minilm_linear_layers_are_named_by_their_role(minilm):
     tables = {n.name: n.input[0] for n in proto.graph.node if n.op_type == "Gather" and n.input[0] in inits}
     assert sorted(inits[t].shape for t in tables.values()) == [(2, HIDDEN), (512, HIDDEN), (30522, HIDDEN)]
 
-    rows = {r.name: r for r in analysis.details.itertuples()}
-    skipped = {s["name"]: s for s in analysis.skipped}
+    rows = {r.node: r for r in analysis.details.itertuples()}
+    skipped = {s["node"]: s for s in analysis.skipped}
     assert set(rows) | set(skipped) == set(roles) | set(tables)
     assert not set(rows) & set(skipped)
     # Only the 2-row token-type table falls under the 8-eigenvalue minimum.
     assert list(skipped) == [n for n, t in tables.items() if min(inits[t].shape) < 8]
     for name, (_, role, init) in roles.items():
         r = rows[name]
+        # the row is named by the module path the exporter's node name spells (issue 20: one name per layer)
+        assert r.name == name.removeprefix("/model/").removesuffix("/MatMul").replace("/", ".")
         fan_in, fan_out = inits[init].shape  # torch stores nn.Linear (out, in); the export transposed it
         assert (r.node, r.op_type, r.layer_type, r.parameter) == (name, "MatMul", "dense", init)
         expected = {"intermediate/dense": (HIDDEN, FFN), "output/dense": (FFN, HIDDEN)}.get(role, (HIDDEN, HIDDEN))
@@ -110,7 +112,7 @@ def test_minilm_spectra_match_numpy_svd_of_the_raw_initializer(minilm, layer, ro
     node = next(n for n in proto.graph.node if n.name.endswith(f"/encoder/layer.{layer}/{role}/MatMul"))
     w = inits[node.input[1]].astype(np.float64).T  # back to torch's (out, in)
     s = np.linalg.svd(w, compute_uv=False)
-    row = analysis.details.set_index("name").loc[node.name]
+    row = analysis.details.set_index("node").loc[node.name]
     assert row.lambda_max == pytest.approx(s[0] ** 2, rel=1e-9)  # ESD = squared singular values, not / N
     assert row.log_norm == pytest.approx(math.log10(np.sum(s**2)), rel=1e-9)
     assert row.stable_rank == pytest.approx(np.sum(s**2) / s[0] ** 2, rel=1e-9)

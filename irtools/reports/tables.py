@@ -156,6 +156,16 @@ def _render_spectral(con: Console, data: dict) -> None:
     flagged = ", ".join(f"{k}: {v}" for k, v in s.get("warnings", {}).items() if v)
     if flagged:
         con.print(f"Flagged layers: {flagged}")
+    if s.get("experts"):
+        ex = Table(title="Mixture-of-experts layers (across experts)", title_justify="left")
+        for col, justify in (("layer", "left"), ("experts", "right"), ("alpha mean", "right"), ("std", "right"),
+                             ("min", "right"), ("max", "right"), ("worst expert", "right")):
+            ex.add_column(col, justify=justify)
+        for layer, e in s["experts"].items():
+            worst = "-" if e.get("worst_expert") is None else f"{e['worst_expert']} ({_num(e.get('worst_alpha'))})"
+            ex.add_row(escape(layer), str(e["experts"]), _num(e.get("alpha_mean")), _num(e.get("alpha_std")),
+                       _num(e.get("alpha_min")), _num(e.get("alpha_max")), worst)
+        con.print(ex)
     if data.get("skipped"):
         prefix = common_prefix([r["name"] for r in data["skipped"]])
         sk = Table(title=_names_title("Skipped", prefix), title_justify="left")
