@@ -229,8 +229,19 @@ def analyze(model: str, fmt: str, output: str | None, debug: bool, scheduler: st
     from irtools.analysis import analyze as run_analysis
 
     opts = options.AnalysisOptions.from_cli(params)  # a bad --metrics fails before any work
-    with _progress() as progress:
-        result = run_analysis(model, opts, progress=progress, scheduler=scheduler)
+    if opts.base is not None:
+        if scheduler is not None:
+            raise IrtoolsError("--base and --scheduler: a comparison with a base runs in one process")
+        if opts.explicit_metrics and "spectral" not in opts.families:
+            raise IrtoolsError("--base compares weights (spectral metrics of W - W_base and distances): "
+                               "--metrics must include spectral")
+        from irtools.finetune import compare
+
+        with _progress() as progress:
+            result = compare(model, opts.base, options=opts, progress=progress)
+    else:
+        with _progress() as progress:
+            result = run_analysis(model, opts, progress=progress, scheduler=scheduler)
     for note in result.notes:
         _note(note)
     data = result.to_dict()
@@ -339,6 +350,9 @@ def compare(models: tuple[str, ...], accuracies: tuple[str, ...], fmt: str, outp
     from irtools.reports.compare import parse_accuracies
 
     opts = options.AnalysisOptions.from_cli(params)
+    if opts.base is not None:
+        raise IrtoolsError("--base: compare sets models side by side; for each model against a base use "
+                           "`irtools analyze MODEL --base BASE`, `irtools report ... --base BASE` or `irtools audit`")
     result = run_compare(list(models), parse_accuracies(accuracies) or None, opts)
     for model, reasons in result.get("left_out", {}).items():
         for family, reason in reasons.items():
@@ -374,6 +388,9 @@ def annotate(model: str, output: str, debug: bool, **params: Any) -> None:
     from irtools.reports.annotate import annotate as run_annotate
 
     opts = options.AnalysisOptions.from_cli(params)
+    if opts.base is not None:
+        raise IrtoolsError("--base: annotate writes a model's own metrics; for what changed against a base use "
+                           "`irtools analyze MODEL --base BASE` or `irtools report MODEL --base BASE -o page.html`")
     with _progress() as progress:
         done = run_annotate(model, output, progress=progress, allow_partial=False, **opts.analyze_kwargs())
     click.echo(f"wrote {done.output}: metrics on {done.metric_nodes} nodes, context counts on "
@@ -405,6 +422,22 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
         from irtools.reports.series import write_series_report
 
         write_series_report(models[0], output, accuracies=parse_accuracies(accuracies) or None)
+        click.echo(f"wrote {output}")
+        return
+    if opts.base is not None:  # each model against the base: model-vs-base alpha, alpha by depth, what moved
+        from irtools.finetune import compare
+        from irtools.reports.finetune import finetune_section
+        from irtools.reports.html import page
+
+        sections = []
+        with _progress() as progress:
+            for model in models:
+                result = compare(model, opts.base, options=opts, progress=progress)
+                for note in result.notes:
+                    _note(note)
+                sections.append(finetune_section(result))
+        files.write_text_atomic(files.check_output_path(output, [*models, opts.base]),
+                                page("irtools: fine-tunes against their base", "".join(sections)))
         click.echo(f"wrote {output}")
         return
     from irtools.reports.html import write_report

@@ -102,9 +102,10 @@ class AnalysisOptions:
     max_fingers: int | None = _opt(10, None, pass_field=("spectral", "max_fingers"))
     finger_thresh: float = _opt(1.0, None, pass_field=("spectral", "finger_thresh"))
     clip_top: int = _opt(0, None, pass_field=("spectral", "clip_top"))
-    # -- planned (passed to the library as options.base; no behaviour yet, hidden)
-    base: str | None = _opt(None, "--base", "The base model to compare against: analyse W - W_base per layer.",
-                            metavar="BASE", hidden=True, show_default=False)
+    base: str | None = _opt(None, "--base", "The base model (any source) to compare against: per layer matched by "
+                            "name, the spectral metrics of W - W_base and the distances between W and W_base "
+                            "(WeightWatcher's base_model= and distances); a PEFT adapter is merged into it first.",
+                            metavar="BASE", show_default=False)
     seq_len: int | None = _opt(None, "--seq-len", "Token count of the trace input built for a text checkpoint "
                                "folder or hub id (default 128, capped at the model's maximum positions).",
                                type=int, show_default=False)

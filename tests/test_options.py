@@ -73,9 +73,9 @@ def test_every_analysing_command_exposes_the_same_analysis_options():
     # what issue 24 found missing somewhere: all of them on every command now
     assert {"--fix-fingers", "--small-n-xmin", "--metrics", "--min-evals", "--mp-fit", "--randomize",
             "--framework", "--opset", "--eigen-method", "--device", "--no-limits", "--input-shape"} <= flags
-    # planned options are accepted but hidden until they do something; --seq-len does (checkpoint folders)
-    assert seen["analyze"]["base"][2] and not seen["analyze"]["seq_len"][2]
-    assert "--base" not in run("analyze", "--help").output and "--seq-len" in run("audit", "--help").output
+    # --base (a fine-tune against its base) and --seq-len (checkpoint folders) are shown everywhere
+    assert not seen["analyze"]["base"][2] and not seen["analyze"]["seq_len"][2]
+    assert "--base" in run("analyze", "--help").output and "--seq-len" in run("audit", "--help").output
 
 
 def test_option_defaults_are_the_passes_defaults():

@@ -35,8 +35,14 @@ def analyse(source: str, options, fingerprint: str | None):
 
     start = time.perf_counter()
     try:
-        opened = options.open(source)  # every source option (--framework, --opset, ...) holds in an audit too
-        analysis = analyze(opened, options)
+        if options.base is not None:  # a series of fine-tune checkpoints against their base: what each moved
+            from irtools.finetune import compare
+
+            opened = None
+            analysis = compare(source, options.base, options=options)
+        else:
+            opened = options.open(source)  # every source option (--framework, --opset, ...) holds in an audit too
+            analysis = analyze(opened, options)
     except IrtoolsError as exc:
         error = str(exc)
     except MemoryError:
@@ -45,7 +51,8 @@ def analyse(source: str, options, fingerprint: str | None):
         text = str(exc).splitlines()[0] if str(exc) else ""
         error = f"unexpected {type(exc).__name__}: {text}"
     else:
-        row = summary_row(source, analysis, kind=opened.kind, num_params=parameter_count(opened),
+        row = summary_row(source, analysis, kind="finetune" if opened is None else opened.kind,
+                          num_params=None if opened is None else parameter_count(opened),
                           seconds=time.perf_counter() - start, fingerprint=fingerprint)
         return row, analysis.layers or [], analysis.columns
     return summary_row(source, error=error.splitlines()[0], seconds=time.perf_counter() - start,

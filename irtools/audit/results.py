@@ -95,9 +95,10 @@ def summary_row(source: str, analysis=None, *, error: str | None = None, **extra
         for key, column in WARNING_COLUMNS.items():
             row[column] = (summary.get("warnings") or {}).get(key)
         for key in REUSE_COLUMNS:
-            row[key] = (analysis.reuse or {}).get(key)
+            row[key] = (getattr(analysis, "reuse", None) or {}).get(key)  # a comparison with a base has none
         row["skipped_layers"] = len(analysis.skipped)
-        row["families"] = ",".join(getattr(analysis, "families", ())) or None  # the metric families it got
+        families = getattr(analysis, "families", None) or (("spectral",) if getattr(analysis, "base", None) else ())
+        row["families"] = ",".join(families) or None  # the metric families it got (a --base run: spectral of ΔW)
         row["notes"] = "; ".join(analysis.notes) or None
     row.update(extra)
     return {k: files.json_safe(v) for k, v in row.items()}
