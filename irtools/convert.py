@@ -51,8 +51,9 @@ def convert(source: str, output: str, *, framework: str = "auto", input_shapes=N
     opened = open_source(source, framework=framework, input_shapes=input_shapes, trust=trust, opset=opset,
                          fix_batch=False)
     if not opened.has_graph:
-        raise IrtoolsError("a weights-only file holds no graph to convert: give path/file.py:callable, a model "
-                           "file (ONNX, Keras, .pt2, TorchScript) or a model object", source)
+        why = next((n for n in opened.notes if "graph" in n or "export" in n), None)  # e.g. a folder whose export failed
+        raise IrtoolsError(why or "a weights-only file holds no graph to convert: give path/file.py:callable, a "
+                           "model file (ONNX, Keras, .pt2, TorchScript) or a model object", source)
     proto = opened.proto if opened.proto is not None else _self_contained(opened.model)
     feeds = _random_feeds(proto, input_shapes, np.random.default_rng(seed))
     expected = opened.reference(feeds)
