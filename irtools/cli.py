@@ -210,7 +210,7 @@ def inspect(model: str, fmt: str, output: str | None, debug: bool, **params: Any
         from irtools.reports.tables import render_summary
 
         text = render_summary(summary, color=color) + _render_metadata(opened.metadata, opened.notes)
-    _emit(text, output, [model])
+    _emit(text, output, [model] + ([opts.base] if opts.base is not None else []))  # neither input is replaced
 
 
 @main.command(epilog=options.PARTIAL_HELP)
@@ -259,7 +259,7 @@ def analyze(model: str, fmt: str, output: str | None, debug: bool, scheduler: st
         from irtools.reports.tables import render_analysis
 
         text = render_analysis(data, color=output is None and sys.stdout.isatty())
-    _emit(text, output, [model])
+    _emit(text, output, [model] + ([opts.base] if opts.base is not None else []))  # neither input is replaced
     if result.partial:
         sys.exit(options.EXIT_PARTIAL)
 
