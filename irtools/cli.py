@@ -210,7 +210,7 @@ def inspect(model: str, fmt: str, output: str | None, debug: bool, **params: Any
         from irtools.reports.tables import render_summary
 
         text = render_summary(summary, color=color) + _render_metadata(opened.metadata, opened.notes)
-    _emit(text, output, [model] + ([opts.base] if opts.base is not None else []))  # neither input is replaced
+    _emit(text, output, [model])
 
 
 @main.command(epilog=options.PARTIAL_HELP)
