@@ -330,7 +330,8 @@ def read(path: str) -> dict[str, StoredArray]:
         if os.fstat(fh.fileno()).st_size == 0:
             raise ModelLoadError("file is empty", path)
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    meta, tensors, start = parse(buf, path)
+    with buf:
+        meta, tensors, start = parse(buf, path)
     arch = meta.get("general.architecture") if isinstance(meta.get("general.architecture"), str) else None
     names = hf_names([t["name"] for t in tensors], arch)
     out = WeightSet()
@@ -343,8 +344,7 @@ def read(path: str) -> dict[str, StoredArray]:
             out.skipped.append({"name": name, "parameter": t["name"], "op_type": "gguf",
                                 "reason": f"GGUF type {qname}: the installed gguf cannot dequantize it"})
             continue
-        out[name] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])), _loader(gguf, buf, start, t, path),
-                                qname)
+        out[name] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path), qname)
     out.metadata = {"format": "gguf", "architecture": arch, "quantization": dict(sorted(counts.items())),
                     "tensors": len(tensors)}
     for key, label in (("context_length", "context_length"), ("block_count", "block_count"),
@@ -378,15 +378,17 @@ _PLAIN = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int8
           "I64": np.int64}
 
 
-def _loader(gguf, buf, start: int, t: dict, path: str):
+def _loader(gguf, start: int, t: dict, path: str):
     qtype, shape = t["qtype"], t["shape"]
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     row_bytes = shape[-1] // block * type_size
     rows = math.prod(shape[:-1])
     offset = start + t["offset"]
 
-    def load() -> np.ndarray:
-        raw = np.frombuffer(buf, np.uint8, count=t["nbytes"], offset=offset)
+    def load() -> np.ndarray:  # the tensor's own bytes mapped and unmapped again (no file pages stay resident)
+        if not t["nbytes"]:
+            return np.zeros(shape, np.float32)
+        raw = np.memmap(path, np.uint8, mode="r", offset=offset, shape=(t["nbytes"],)).view(np.ndarray)
         if qtype.name in _PLAIN:
             plain = raw.view(_PLAIN[qtype.name]).reshape(shape)
             return plain.astype(np.float32) if qtype.name == "F16" else plain.copy()
