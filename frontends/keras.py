@@ -1,7 +1,7 @@
 """The Keras frontend: a `keras.Model` (Keras 3 on TensorFlow) into ONNX and the analysis IR.
 
 Conversion goes through tf2onnx, which by default does not keep the model's parameters (see
-`../shared/reference/conventions.md`, section 3): TF's grappler folds batch-norm scales into
+`docs/conventions.md`, section 3): TF's grappler folds batch-norm scales into
 conv filters and deletes zero biases, tf2onnx fuses Conv+BatchNormalization and merges
 byte-identical constants. `from_keras` converts inside `conversion_patches()`, which routes 4-D
 batch norm to `FusedBatchNormV3` (ONNX BatchNormalization keeps its four inputs), removes the
