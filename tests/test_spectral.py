@@ -636,3 +636,21 @@ def test_layer_eigen_ranks_are_each_matrixs_own(sizes):
     assert np.array_equal(state.evals, np.sort(np.concatenate([s.evals for s in spectra])) * 0.5)
     assert state.noise == max(s.noise_floor for s in spectra) * 0.5
     assert state.max_rank == max(sum(1 for e in s.evals if e > s.noise_floor) for s in spectra)
+
+
+def test_big_valid_work_is_announced_with_an_estimate(capsys):
+    """A 12000 x 12000 layer (inside every limit) says at once what it is and about how long it takes; a small
+    model says nothing (issue 23)."""
+    from types import SimpleNamespace
+
+    from irtools.backends.cpu import CPUBackend
+    from irtools.passes.spectral import _announce, estimate_seconds
+
+    big = SimpleNamespace(N=12000, M=12000, rf=1)
+    small = SimpleNamespace(N=64, M=32, rf=9)
+    assert estimate_seconds([big]) > 60 * estimate_seconds([small]) * 1000
+    _announce([small], CPUBackend())
+    assert capsys.readouterr().err == ""
+    _announce([small, big], CPUBackend())
+    err = capsys.readouterr().err
+    assert err.startswith("irtools: note: spectral: 2 layer(s), the largest 12000 x 12000 (about ") and err.count("\n") == 1

@@ -43,6 +43,31 @@ def _cost(layer) -> float:
     return float(layer.rf) * layer.N * layer.M * layer.M
 
 
+#: Seconds per unit of work on one core of the development machine (benchmarks/cluster.py's fit of measured
+#: eigensolves: a * N * M^2 for the Gram product, b * M^3 for the symmetric eigensolve): for estimates only.
+SECONDS_PER_GRAM_FLOP, SECONDS_PER_EIGEN_FLOP = 1.7e-11, 1.1e-10
+
+
+def estimate_seconds(layers, cores: int = 1) -> float:
+    """A rough estimate of the eigensolves' time for these layers on `cores` cores (CPU)."""
+    total = sum(layer.rf * (SECONDS_PER_GRAM_FLOP * layer.N * layer.M * layer.M
+                            + SECONDS_PER_EIGEN_FLOP * layer.M ** 3) for layer in layers)
+    return total / max(1, cores)
+
+
+def _announce(todo, backend) -> None:
+    """Big valid work says within seconds what it is and how long it should take (`irtools: note: ...`):
+    a 12000 x 12000 layer ran for minutes with no word. Only on the CPU backend, whose cost the
+    estimate models; progress per layer follows through the pass's `progress` callback."""
+    if not todo or getattr(backend, "name", "cpu") != "cpu":
+        return
+    from irtools import budget
+
+    largest = max(todo, key=_cost)
+    budget.progress(f"spectral: {len(todo)} layer(s), the largest {largest.N} x {largest.M}"
+                    + (f" x {largest.rf} slices" if largest.rf > 1 else ""), estimate_seconds(todo, _usable_cores()))
+
+
 def schedule(items: list, workers: int) -> tuple[list, list]:
     """Split (id, layer) items into those run one at a time on every core (threaded BLAS) and
     those run `workers` at a time with one BLAS thread each, longest first.
@@ -176,6 +201,7 @@ class SpectralPass(Pass):
                                 "parameter": layer.parameter, "reason": reason})
             else:
                 todo.append(layer)
+        _announce(todo, backend)
         by_id: dict[int, dict] = {}
         kept: dict[int, np.ndarray] = {}
 
