@@ -26,7 +26,7 @@ def is_onnx_file(source) -> bool:
 
 
 def open_onnx(source, name: str, options):
-    from irtools.frontends import OpenedSource, SOURCE_KINDS  # noqa: PLC0415
+    from irtools.frontends import OpenedSource  # noqa: PLC0415
 
     if isinstance(source, IRModel):
         return OpenedSource(name, "onnx-model", model=source)
@@ -35,9 +35,9 @@ def open_onnx(source, name: str, options):
     except ModelLoadError as exc:
         if isinstance(source, str) and exc.message.startswith("not an ONNX model") \
                 and not source.lower().endswith(".onnx"):
-            kinds = "; ".join(k.description for k in SOURCE_KINDS if k.name != "onnx-model")
-            raise ModelLoadError(f"{exc.message}, nor another kind of model irtools reads ({kinds})",
-                                 exc.path) from None
+            from irtools.frontends.formats import describe  # what the first bytes say the file is, in one line
+
+            raise ModelLoadError(f"not an ONNX model, and {describe(source)}", exc.path) from None
         raise
     if isinstance(source, str):
         model.path = source

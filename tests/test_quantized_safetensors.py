@@ -131,10 +131,10 @@ def test_mxfp4_experts_equal_transformers_convert_moe_packed_tensors(tmp_path):
     assert got.shape == want.shape == (2, 64, 24) and got.storage == "MXFP4 block 32"
     np.testing.assert_array_equal(got.load(), want)
     rows = {layer.name: layer for layer in _accounted(path).layers}
-    assert set(rows) == {"model.layers.0.mlp.experts.0.gate_up_proj", "model.layers.0.mlp.experts.1.gate_up_proj",
+    assert set(rows) == {"model.layers.0.mlp.experts.gate_up_proj[0]", "model.layers.0.mlp.experts.gate_up_proj[1]",
                          "model.layers.0.mlp.router"}
-    np.testing.assert_array_equal(rows["model.layers.0.mlp.experts.1.gate_up_proj"].matrices()[0], want[1])
-    assert rows["model.layers.0.mlp.experts.1.gate_up_proj"].extra == {"storage": "MXFP4 block 32", "expert": 1}
+    np.testing.assert_array_equal(rows["model.layers.0.mlp.experts.gate_up_proj[1]"].matrices()[0], want[1])
+    assert rows["model.layers.0.mlp.experts.gate_up_proj[1]"].extra == {"storage": "MXFP4 block 32", "expert": 1}
 
 
 # -- bitsandbytes -------------------------------------------------------------------------------------

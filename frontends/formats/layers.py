@@ -29,13 +29,10 @@ _EXPERTS = re.compile(r"(^|[._])(experts?|exps)([._]|$)", re.IGNORECASE)
 
 
 def _expert_name(base: str, e: int) -> str:
-    """`mlp.experts.gate_up_proj`, expert 3 -> `mlp.experts.3.gate_up_proj` (the path a per-expert
-    module list gives); a name without an `experts` part gets the index at the end."""
-    parts = base.split(".")
-    for i, p in enumerate(parts):
-        if p.lower() == "experts" and i < len(parts) - 1:
-            return ".".join([*parts[:i + 1], str(e), *parts[i + 1:]])
-    return f"{base}.{e}"
+    """`mlp.experts.gate_up_proj`, expert 3 -> `mlp.experts.gate_up_proj[3]`: the name the graph route and the
+    module route give the same expert (the stored tensor's path and the index along its first axis), so a
+    checkpoint's rows line up whichever route read it."""
+    return f"{base}[{e}]"
 
 
 def is_float(dtype) -> bool:
