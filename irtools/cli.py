@@ -470,14 +470,18 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
               help="Times a task that raised is run again.")
 @click.option("--series", is_flag=True, help="Order the models by the step or epoch number in their names.")
 @click.option("--retry-failed", is_flag=True, help="Analyse again the models whose earlier result is a failure.")
+@click.option("--recheck", is_flag=True,
+              help="Analyse every model again, trusting no earlier result (each is replaced only when its new one "
+                   "is written). Without it, earlier results are still read whole first; damaged ones are moved to "
+                   "OUTDIR/models/.damaged/ and analysed again.")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
               help="Format of summary and layers.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @options.click_options
 @_debug_option
 def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers: int | None, timeout: float | None,
-          memory_limit: str | None, retries: int, series: bool, retry_failed: bool, fmt: str, quiet: bool,
-          debug: bool, **params: Any) -> None:
+          memory_limit: str | None, retries: int, series: bool, retry_failed: bool, recheck: bool, fmt: str,
+          quiet: bool, debug: bool, **params: Any) -> None:
     """Audit many models (files, model folders, globs, or a .txt list of them; one task each) on Dask: an
     embedded local cluster, or any cluster with --scheduler. One Parquet result per model under OUTDIR/models,
     then OUTDIR/summary and OUTDIR/layers; running it again analyses only the models without a result.
@@ -495,7 +499,7 @@ def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers:
     limit = parse_size(memory_limit) if memory_limit is not None else None
     result = run_audit(list(sources), outdir, opts, series=series, scheduler=scheduler, workers=workers,
                        timeout=timeout, memory_limit=limit, retries=retries, fmt=fmt, retry_failed=retry_failed,
-                       quiet=quiet)
+                       quiet=quiet, recheck=recheck)
     partial = _partial_rows(result.summary, opts)
     if not quiet:
         click.echo(f"audit: {len(result.summary)} models, {result.failed} failed, {result.analysed} analysed in "

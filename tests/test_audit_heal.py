@@ -126,3 +126,21 @@ def test_an_input_shape_beyond_int64_is_one_clear_error():
     with pytest.raises(ShapeError, match="larger than 2\\*\\*62"):
         parse_input_shapes(["x=1,99999999999999999999999"])
     assert parse_input_shapes(["x=1,3"]) == {"x": (1, 3)}
+
+
+def test_audit_recheck_analyses_every_model_again(tmp_path):
+    pytest.importorskip("distributed")
+    from click.testing import CliRunner
+
+    from irtools.cli import main
+    from tests.test_finetune_cli import _checkpoints
+
+    paths, _, _ = _checkpoints(tmp_path)
+    out = tmp_path / "audit"
+    args = ["audit", paths["tuned"], paths["base"], "-o", str(out), "--workers", "1", "--metrics", "spectral"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0 and "2 analysed in this run" in first.output, first.output
+    again = CliRunner().invoke(main, args)
+    assert "0 analysed in this run" in again.output, again.output
+    rechecked = CliRunner().invoke(main, [*args, "--recheck"])
+    assert rechecked.exit_code == 0 and "2 analysed in this run" in rechecked.output, rechecked.output

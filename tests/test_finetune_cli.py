@@ -98,3 +98,4 @@ def test_commands_without_a_base_mode_refuse_it(tmp_path, command):
         command, paths["tuned"], "-o", str(tmp_path / "a.onnx")]
     res = CliRunner().invoke(main, [*args, "--base", paths["base"]])
     assert res.exit_code == 2 and "--base:" in res.output
+
