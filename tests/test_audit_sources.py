@@ -119,3 +119,59 @@ def test_a_damaged_audit_table_is_one_clear_error(tmp_path, name, content, says)
     with pytest.raises(IrtoolsError, match=says) as info:
         read_tables(str(tmp_path))
     assert name in str(info.value)
+
+
+def test_a_hugging_face_cache_folder_is_every_model_in_it(tmp_path):
+    """The hub cache layout (models--ORG--NAME/{refs/main, snapshots/<commit>/...}): each repository's current
+    snapshot is one model folder (or its model files); other repositories and caches are left out."""
+    from irtools.audit.sources import expand_sources
+
+    hub = tmp_path / "hub"
+
+    def repo(name, commits, main, files):
+        root = hub / f"models--{name}"
+        for c in commits:
+            snap = root / "snapshots" / c
+            snap.mkdir(parents=True)
+            for f in files:
+                (snap / f).write_bytes(b"x")
+        (root / "refs").mkdir()
+        (root / "refs" / "main").write_text(main)
+        return root
+
+    llama = repo("org--tiny-llama", ["old1", "new2"], "old1", ["config.json", "model.safetensors"])
+    onnx_repo = repo("org--tiny-onnx", ["c0"], "c0", ["model.onnx", "README.md"])
+    repo("org--tokenizer-only", ["t0"], "t0", ["tokenizer.json"])
+    (hub / "datasets--org--data" / "snapshots").mkdir(parents=True)
+    assert expand_sources([str(hub)]) == [str(llama / "snapshots" / "old1"),
+                                          str(onnx_repo / "snapshots" / "c0" / "model.onnx")]
+    assert expand_sources([str(llama)]) == [str(llama / "snapshots" / "old1")]  # one repository given directly
+    (llama / "refs" / "main").unlink()  # no ref: the newest snapshot
+    os.utime(llama / "snapshots" / "new2", (2e9, 2e9))
+    assert expand_sources([str(llama)]) == [str(llama / "snapshots" / "new2")]
+
+
+def test_an_audit_of_a_hugging_face_cache_reads_its_symlinked_snapshots(tmp_path):
+    """As the hub writes it: the snapshot's file is a symlink into the repository's blobs/."""
+    import shutil
+
+    pytest.importorskip("distributed")
+    from click.testing import CliRunner
+
+    from irtools.cli import main
+    from tests.conftest import EXAMPLE
+
+    repo = tmp_path / "hub" / "models--org--digits"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "snapshots" / "c0").mkdir(parents=True)
+    shutil.copy(EXAMPLE, repo / "blobs" / "abc")
+    (repo / "snapshots" / "c0" / "model.onnx").symlink_to("../../blobs/abc")
+    (repo / "refs" / "main").write_text("c0")
+    res = CliRunner().invoke(main, ["audit", str(tmp_path / "hub"), "-o", str(tmp_path / "out"), "--workers", "1",
+                                    "--metrics", "spectral", "-q"])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    summary = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    assert list(summary["status"]) == ["ok"] and summary["source"][0].endswith("snapshots/c0/model.onnx")

@@ -139,8 +139,66 @@ def _glob(pattern: str) -> list[str]:
     return matches
 
 
+def _snapshot(repo: str) -> str | None:
+    """The snapshot of a hub cache repository (`models--ORG--NAME`) that `refs/main` names, else the newest."""
+    snapshots = os.path.join(repo, "snapshots")
+    try:
+        with open(os.path.join(repo, "refs", "main"), encoding="ascii") as fh:
+            commit = fh.read(100).strip()
+        if commit and os.path.isdir(os.path.join(snapshots, commit)) and "/" not in commit and commit not in (".", ".."):
+            return os.path.join(snapshots, commit)
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        found = [os.path.join(snapshots, n) for n in os.listdir(snapshots)]
+    except OSError:
+        return None
+    found = [f for f in found if os.path.isdir(f)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def _is_hub_repo(path: str) -> bool:
+    return os.path.basename(os.path.normpath(path)).startswith("models--") and \
+        os.path.isdir(os.path.join(path, "snapshots"))
+
+
+def hub_cache_models(path: str) -> list[str] | None:
+    """The models of a Hugging Face hub cache folder (`~/.cache/huggingface/hub`, or one `models--ORG--NAME`
+    repository in it): each repository's current snapshot (`refs/main`, else the newest), as a model folder
+    or the model files in it. None when `path` is not such a folder. So "audit every model I have" is
+    `irtools audit ~/.cache/huggingface/hub -o audit/`; nothing is downloaded."""
+    if _is_hub_repo(path):
+        repos = [path]
+    else:
+        try:
+            repos = sorted(os.path.join(path, n) for n in os.listdir(path) if n.startswith("models--"))
+        except OSError:
+            return None
+        repos = [r for r in repos if _is_hub_repo(r)]
+        if not repos:
+            return None
+    out = []
+    for repo in repos:
+        snap = _snapshot(repo)
+        if snap is None:
+            continue
+        if is_model_dir(snap):
+            out.append(snap)
+        else:
+            try:
+                out += _folder_models(snap)
+            except IrtoolsError:  # a repository holding no model (a tokenizer, a dataset card): nothing to audit
+                continue
+    return out
+
+
 def _expand_one(arg: str, seen_lists: tuple[str, ...] = ()) -> list[str]:
     if os.path.isdir(arg):
+        hub = hub_cache_models(arg)
+        if hub is not None:
+            if not hub:
+                raise IrtoolsError("Hugging Face cache holds no model (no snapshot with model files)", arg)
+            return hub
         return [arg] if is_model_dir(arg) else _folder_models(arg)
     if os.path.isfile(arg):
         return _read_list(arg, seen_lists) if arg.lower().endswith(LIST_SUFFIXES) else [arg]
