@@ -63,15 +63,7 @@ def spectral_on_cluster(source, scheduler: str | None = None, *, client=None, re
                            "graph: analyse it in one process")
     checker = SpectralPass(**options)
     checker.fit_options()  # a bad option fails here, before anything is submitted
-    skipped = [dict(s) for s in opened.skipped]
-    todo = []
-    for layer in opened.layers:
-        reason = checker._skip_reason(layer)
-        if reason:
-            skipped.append({"name": layer.name, "node": layer.node, "op_type": layer.op_type,
-                            "parameter": layer.parameter, "reason": reason})
-        else:
-            todo.append(layer)
+    todo, skipped = checker.select(opened.layers, opened.skipped)
     own = None
     if client is None:
         if scheduler is None:

@@ -187,11 +187,9 @@ class SpectralPass(Pass):
         weights = model.results["weights"]
         return self.analyse(weights.layers, weights.skipped)
 
-    def analyse(self, layers, skipped_before=()) -> SpectralResult:
-        """Metrics of `WeightLayer`s from any source (a graph's `weights` pass or a weights file)."""
-        options = self.fit_options()
-        backend = self.backend if isinstance(self.backend, EigenBackend) else get_backend(self.backend,
-                                                                                          method=self.method)
+    def select(self, layers, skipped_before=()) -> tuple[list, list[dict]]:
+        """(the layers this pass analyses, the skipped entries: `skipped_before` then each layer over a limit
+        with its reason), in the layers' order. A cluster run splits the work the same way."""
         skipped = [dict(s) for s in skipped_before]
         todo = []
         for layer in layers:
@@ -201,6 +199,14 @@ class SpectralPass(Pass):
                                 "parameter": layer.parameter, "reason": reason})
             else:
                 todo.append(layer)
+        return todo, skipped
+
+    def analyse(self, layers, skipped_before=()) -> SpectralResult:
+        """Metrics of `WeightLayer`s from any source (a graph's `weights` pass or a weights file)."""
+        options = self.fit_options()
+        backend = self.backend if isinstance(self.backend, EigenBackend) else get_backend(self.backend,
+                                                                                          method=self.method)
+        todo, skipped = self.select(layers, skipped_before)
         _announce(todo, backend)
         by_id: dict[int, dict] = {}
         kept: dict[int, np.ndarray] = {}
