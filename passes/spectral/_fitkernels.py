@@ -27,49 +27,38 @@ def _tail_sums(log_x):
 
 
 @jit(nogil=True)
+def _ks_term(log_x, i, k, n, alpha, infinite):
+    """|1 - (x_{i+k}/x_i)^(1-alpha) - k/n|: one point of the KS distance of the tail from x_i."""
+    if infinite:  # an all-equal tail: the ratio is 1 at x = xmin (numpy's 1.0 ** -inf), not NaN
+        ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
+    else:
+        ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
+    return abs(1.0 - ratio - k / n)
+
+
+@jit(nogil=True)
 def _ks_distance(log_x, i, alpha, bound):
     """max_k |1 - (x_{i+k}/x_i)^(1-alpha) - k/n| over the tail, stopping once it reaches `bound`."""
-    n = log_x.shape[0] - i
-    worst = 0.0
-    infinite = alpha == np.inf  # an all-equal tail: the ratio is 1 at x = xmin (numpy's 1.0 ** -inf), not NaN
-    for k in range(n):
-        if infinite:
-            ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
-        else:
-            ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
-        d = abs(1.0 - ratio - k / n)
-        if d > worst:
-            worst = d
-            if worst >= bound:
-                return worst
-    return worst
+    return _ks_bounded(log_x, i, alpha, bound, -1)[0]
 
 
 @jit(nogil=True)
 def _ks_bounded(log_x, i, alpha, bound, probe):
     """`_ks_distance(log_x, i, alpha, bound)` that looks first at index `probe` of log_x (where the
-    previous candidate's scan reached its bound; neighbouring candidates' worst points are close):
-    (the value, the index where it reached `bound` or -1). A value >= bound, wherever it was found,
-    rules the candidate out exactly as the full scan would; otherwise the whole tail is scanned in
-    order and the maximum is `_ks_distance`'s, bit for bit."""
+    previous candidate's scan reached its bound; neighbouring candidates' worst points are close;
+    -1: nowhere): (the value, the index where it reached `bound` or -1). A value >= bound, wherever
+    it was found, rules the candidate out exactly as the full scan would; otherwise the whole tail
+    is scanned in order and the maximum is the full scan's, bit for bit."""
     n = log_x.shape[0] - i
     infinite = alpha == np.inf
     k = probe - i
-    if 0 <= k < n:
-        if infinite:
-            ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
-        else:
-            ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
-        d = abs(1.0 - ratio - k / n)
+    if probe >= 0 and 0 <= k < n:
+        d = _ks_term(log_x, i, k, n, alpha, infinite)
         if d >= bound:
             return d, probe
     worst = 0.0
     for k in range(n):
-        if infinite:
-            ratio = 1.0 if log_x[i + k] == log_x[i] else 0.0
-        else:
-            ratio = np.exp((1.0 - alpha) * (log_x[i + k] - log_x[i]))
-        d = abs(1.0 - ratio - k / n)
+        d = _ks_term(log_x, i, k, n, alpha, infinite)
         if d > worst:
             worst = d
             if worst >= bound:
