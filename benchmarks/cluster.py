@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -70,15 +69,10 @@ def write_shard(path: str, tensors: list[tuple[str, tuple[int, ...]]], seed: int
     """A bf16 safetensors file written tensor by tensor (never more than 4 M values in memory)."""
     import ml_dtypes
 
-    header, offset = {}, 0
-    for name, shape in tensors:
-        size = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
+    from _safetensors import bf16_header
+
     with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.write(bf16_header(tensors))
         for k, (name, shape) in enumerate(tensors):
             rng = np.random.default_rng((seed, k))
             if len(shape) == 1:

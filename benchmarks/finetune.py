@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -53,21 +52,17 @@ def write_checkpoints(folder: str, layers: int, noise: float = 0.01) -> tuple[st
     """Two safetensors files (base, fine-tune) written tensor by tensor, in bf16."""
     import ml_dtypes
 
+    from _safetensors import bf16_header
+
     shapes = llama_shapes(layers)
-    header, offset = {}, 0
-    for name, shape in shapes:
-        size = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
+    header = bf16_header(shapes)
     paths = []
     for tag in ("base", "ft"):
         os.makedirs(os.path.join(folder, tag), exist_ok=True)
         paths.append(os.path.join(folder, tag, "model.safetensors"))
     with open(paths[0], "wb") as fb, open(paths[1], "wb") as ff:
         for fh in (fb, ff):
-            fh.write(struct.pack("<Q", len(raw)) + raw)
+            fh.write(header)
         for k, (name, shape) in enumerate(shapes):
             rng = np.random.default_rng(k)
             rows = shape[0]

@@ -73,16 +73,10 @@ def _write_shard(path: str, tensors, rng) -> None:
     """One safetensors file, tensors in the given order, values written in row blocks."""
     import ml_dtypes
 
-    header, offset = {}, 0
-    for name, shape in tensors:
-        nbytes = 2 * int(np.prod(shape))
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    from _safetensors import bf16_header
+
     with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
+        fh.write(bf16_header(tensors))
         for _, shape in tensors:
             if len(shape) == 1:  # norm weights: ones, as initialised
                 fh.write(np.ones(shape, np.float32).astype(ml_dtypes.bfloat16).tobytes())
