@@ -144,3 +144,18 @@ def test_audit_recheck_analyses_every_model_again(tmp_path):
     assert "0 analysed in this run" in again.output, again.output
     rechecked = CliRunner().invoke(main, [*args, "--recheck"])
     assert rechecked.exit_code == 0 and "2 analysed in this run" in rechecked.output, rechecked.output
+
+
+def test_a_base_changed_in_place_is_analysed_again(tmp_path):
+    from irtools.audit.runner import plan
+    from irtools.options import AnalysisOptions
+    from tests.test_finetune_cli import _checkpoints
+
+    paths, _, _ = _checkpoints(tmp_path)
+    opts = AnalysisOptions(base=paths["base"], metrics="spectral")
+    (model,), _ = plan([paths["tuned"]], str(tmp_path / "out"), opts)
+    os.utime(paths["base"], ns=(1, 1))  # the base's files change, the model's do not
+    (again,), _ = plan([paths["tuned"]], str(tmp_path / "out"), opts)
+    assert again.fingerprint != model.fingerprint
+    (plain,), _ = plan([paths["tuned"]], str(tmp_path / "out"), AnalysisOptions(metrics="spectral"))
+    assert plain.fingerprint == fingerprint(paths["tuned"], exclude=(str(tmp_path / "out"),))

@@ -181,10 +181,12 @@ def plan(args: Sequence[str], outdir: str, options: AuditOptions, series: bool =
     paths = [p for p in expand_sources(args) if not _within(os.path.realpath(p), own)]
     sources = series_order(paths) if series else [Source(p) for p in paths]
     digest = options.digest()
+    # against a base (--base), a result holds only while the base's files are unchanged too
+    base = "" if getattr(options, "base", None) is None else "+" + fingerprint(options.base)
     models, done = [], {}
     for src in sources:
         model = _Model(src, os.path.join(outdir, "models", result_name(src.path, digest)),
-                       fingerprint(src.path, exclude=(outdir,)))
+                       fingerprint(src.path, exclude=(outdir,)) + base)
         models.append(model)
         row = existing_result(model.path, model.fingerprint, retry_failed, notes, recheck)
         if row is not None:
