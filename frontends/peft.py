@@ -22,13 +22,15 @@ B = Q_B R_B and A^T = Q_A R_A, s·B·A = Q_B (s R_B R_A^T) Q_A^T, so the r x r c
 ΔW's nonzero singular values; the backend (`--device`) computes them from the core.
 
 Left out, each listed with its reason (`OpenedSource.skipped` and the notes): DoRA
-magnitude vectors (a per-output rescaling, not a low-rank product), LoRA biases, full modules saved
-with the adapter (`modules_to_save`), and every tensor of PEFT types that are not low-rank products
-(IA3's scaling vectors, prompt/prefix tuning's virtual tokens, LoHa, LoKr, AdaLoRA, ...).
+magnitude vectors when there is no base (a per-output rescaling of W + ΔW, which needs W: the row of
+a DoRA module then analyses ΔW = scale · B·A, DoRA's low-rank direction update), LoRA biases, full
+modules saved with the adapter (`modules_to_save`), and every tensor of PEFT types that are not
+low-rank products (IA3's scaling vectors, prompt/prefix tuning's virtual tokens, LoHa, LoKr, AdaLoRA, ...).
 
 `irtools.finetune.open_merged(adapter, base)` is the merged model: every layer of the base, with
 W + ΔW in the adapted ones (`merge`; the base named by `base_model_name_or_path` when it is a local
-folder, `local_base`).
+folder, `local_base`); for a DoRA module PEFT's own merged weight W' = m * (W + ΔW) / ||W + ΔW||, the
+norm per output unit (`dora_rescale`, as `peft.tuners.lora.variants.DoraLinearVariant.merge_safe`).
 """
 
 from __future__ import annotations
@@ -236,6 +238,18 @@ class Update:
     scale: float
     fan_in_fan_out: bool
     keys: tuple[str, str]
+    #: DoRA's magnitude vector (a StoredArray, one length per output unit), attached only on the merged
+    #: route (`adapter_updates(..., merged=True)`): W' = m * (W + ΔW) / ||W + ΔW|| per output unit.
+    magnitude: Any = None
+    magnitude_key: str | None = None
+
+    @property
+    def out_axis(self) -> int:
+        """The axis of ΔW (as `delta_matrices` gives its matrices) that indexes the module's outputs,
+        the axis DoRA's magnitude runs along: 0 for Linear (out, in) and conv slices, 1 for an
+        Embedding (num_embeddings, dim) and for `fan_in_fan_out` (in, out), as PEFT's
+        `DoraLinearLayer.get_weight_norm` / `DoraEmbeddingLayer` transpose them."""
+        return 1 if self.kind == "embedding" or self.fan_in_fan_out else 0
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -297,9 +311,18 @@ def module_path(key: str) -> str:
     return key[len(PREFIX):] if key.startswith(PREFIX) else key
 
 
-def adapter_updates(config: AdapterConfig, tensors: dict) -> tuple[list[Update], list[dict]]:
-    """The adapter's LoRA updates, and every other tensor as a skipped entry with its reason."""
+#: Why a DoRA magnitude vector is not analysed when there is no base to merge into.
+DORA_UNMERGED = ("DoRA magnitude vector: it rescales each output of W + ΔW to its own length, which needs the "
+                 "base weight W (give --base BASE to analyse the merged DoRA weight); the row of this module "
+                 "analyses ΔW = scale · B·A, DoRA's low-rank direction update before that rescaling")
+
+
+def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) -> tuple[list[Update], list[dict]]:
+    """The adapter's LoRA updates, and every other tensor as a skipped entry with its reason. With
+    `merged` (the adapter is merged into a base), a DoRA magnitude vector is attached to its module's
+    update (`Update.magnitude`) instead of being skipped."""
     skipped: list[dict] = []
+    magnitudes: dict[str, str] = {}
 
     def skip(key: str, reason: str) -> None:
         skipped.append({"name": module_path(key), "node": key, "op_type": "LoRA", "parameter": key,
@@ -318,8 +341,10 @@ def adapter_updates(config: AdapterConfig, tensors: dict) -> tuple[list[Update],
             skip(key, "a module saved whole with the adapter (modules_to_save or trainable tokens), not a "
                       "low-rank update")
         elif m["part"] == "lora_magnitude_vector":
-            skip(key, "DoRA magnitude vector: a per-output rescaling of W + ΔW, not a low-rank product (the "
-                      "row of this module analyses its B·A direction update)")
+            if merged:
+                magnitudes[module_path(m["module"])] = key
+            else:
+                skip(key, DORA_UNMERGED)
         elif m["what"] == "bias":
             skip(key, "LoRA bias (lora_bias=True): a vector, not a matrix")
         else:
@@ -345,8 +370,19 @@ def adapter_updates(config: AdapterConfig, tensors: dict) -> tuple[list[Update],
             continue
         if A.shape[0] != r:  # the stored rank wins; the config's scale is PEFT's for the rank it built
             r = int(A.shape[0])
-        updates.append(Update(module, kind, A, B, r, alpha, config.scale(r, alpha),
-                              config.fan_in_fan_out and kind == "linear", (a_key, b_key)))
+        update = Update(module, kind, A, B, r, alpha, config.scale(r, alpha),
+                        config.fan_in_fan_out and kind == "linear", (a_key, b_key))
+        m_key = magnitudes.pop(module, None)
+        if m_key is not None:
+            mag, out = tensors[m_key], update.shape[update.out_axis if kind != "conv" else 0]
+            if math.prod(mag.shape) != out:
+                skip(m_key, f"DoRA magnitude vector of {math.prod(mag.shape)} values for {out} outputs of ΔW "
+                            f"{update.shape}: the module is merged without it"[:300])
+            else:
+                update.magnitude, update.magnitude_key = mag, m_key
+        updates.append(update)
+    for key in magnitudes.values():
+        skip(key, "DoRA magnitude vector without its module's lora_A and lora_B: nothing to rescale")
     return updates, skipped
 
 
@@ -358,7 +394,9 @@ def _notes(config: AdapterConfig, updates: list[Update], skipped: list[dict]) ->
                      f"row analyses ΔW = scale · B·A (scale = lora_alpha / {'sqrt(r)' if config.use_rslora else 'r'}), "
                      f"whose ESD is its r nonzero eigenvalues")
     if config.use_dora:
-        notes.append("DoRA adapter: the rows analyse the B·A update; the magnitude vectors are skipped")
+        notes.append("DoRA adapter without a base: each row analyses ΔW = scale · B·A, the low-rank direction "
+                     "update, not DoRA's rescaled weight; the magnitude vectors are skipped (with --base BASE "
+                     "the merged weight m * (W + ΔW) / ||W + ΔW|| is analysed)")
     if skipped:
         notes.append(f"{len(skipped)} adapter tensor(s) not analysed (see skipped)")
     return notes
@@ -402,17 +440,50 @@ def add_aligned(w: np.ndarray, d: np.ndarray, what: str) -> np.ndarray:
     raise IrtoolsError(f"{what}: the adapter's ΔW {d.shape} does not fit the base weight {w.shape}"[:300])
 
 
+def dora_rescale(mats: list[np.ndarray], deltas: list[np.ndarray], magnitude: np.ndarray, out_axis: int,
+                 what: str = "") -> list[np.ndarray]:
+    """DoRA's merged weight (PEFT's `DoraLinearVariant.merge_safe` and its Embedding and Conv variants):
+    W' = m * (W + ΔW) / ||W + ΔW||, the norm taken per output unit over every other axis (the input
+    axis and, for a conv, every kernel position: all of `mats` together), m and the norm broadcast along
+    the outputs. `mats` are the base's matrices, `deltas` ΔW's (output axis `out_axis` in ΔW's layout;
+    a base matrix stored transposed is lined up and given back in its own layout). PEFT adds no eps:
+    an output whose W + ΔW is all zeros divides by zero as it does there."""
+    merged, axes = [], []
+    for w, d in zip(mats, deltas):
+        transposed = w.shape != d.shape and w.shape == d.T.shape
+        merged.append(add_aligned(w, d, what))
+        axes.append(1 - out_axis if transposed else out_axis)
+    m = np.asarray(magnitude, dtype=np.float64).ravel()
+    norm2 = np.zeros(m.shape)
+    for v, ax in zip(merged, axes):
+        if v.shape[ax] != m.size:
+            raise IrtoolsError(f"{what}: DoRA magnitude of {m.size} values for {v.shape[ax]} outputs"[:300])
+        norm2 += np.einsum("ij,ij->i" if ax == 0 else "ij,ij->j", v, v)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = m / np.sqrt(norm2)
+    for v, ax in zip(merged, axes):
+        v *= factor[:, None] if ax == 0 else factor[None, :]
+    return merged
+
+
 def merged_layer(layer: WeightLayer, update: Update) -> WeightLayer:
-    """The base layer with W + ΔW (matrix by matrix), keeping its name; columns r and scale."""
+    """The base layer with W + ΔW (matrix by matrix), keeping its name; columns r and scale. A DoRA
+    update with its magnitude (`Update.magnitude`) gives m * (W + ΔW) / ||W + ΔW|| (`dora_rescale`)
+    and the column `dora` = True."""
 
     def load(layer=layer, update=update) -> list[np.ndarray]:
         mats, deltas = layer.matrices(), update.delta_matrices()
         if len(mats) != len(deltas):
             raise IrtoolsError(f"{layer.name}: the adapter's ΔW has {len(deltas)} matrices, the base layer "
                                f"{len(mats)}")
+        if update.magnitude is not None:
+            return dora_rescale(mats, deltas, update.magnitude.load(), update.out_axis, layer.name)
         return [add_aligned(w, d, layer.name) for w, d in zip(mats, deltas)]
 
-    return replace(layer, loader=load, extra={**layer.extra, "r": update.r, "scale": update.scale})
+    extra = {**layer.extra, "r": update.r, "scale": update.scale}
+    if update.magnitude is not None:
+        extra["dora"] = True
+    return replace(layer, loader=load, extra=extra)
 
 
 def merge(updates: list[Update], base_layers: list[WeightLayer]) -> tuple[list[WeightLayer], list[Update]]:
@@ -429,5 +500,5 @@ def unmatched_entries(updates: list[Update]) -> list[dict]:
              "reason": "adapted module not found in the base (no base layer of that name)"} for u in updates]
 
 
-__all__ = ["AdapterConfig", "LowRankLayer", "Update", "adapter_updates", "is_adapter", "local_base", "merge",
-           "merged_layer", "open_adapter", "read_adapter", "unmatched_entries"]
+__all__ = ["AdapterConfig", "LowRankLayer", "Update", "adapter_updates", "dora_rescale", "is_adapter", "local_base",
+           "merge", "merged_layer", "open_adapter", "read_adapter", "unmatched_entries"]

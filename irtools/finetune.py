@@ -262,7 +262,7 @@ def open_merged(adapter: Any, base: Any = None, *, name: str | None = None, trus
 
     base = peft_frontend.local_base(adapter, base, trust)
     config, tensors, label = peft_frontend.read_adapter(adapter, trust)
-    updates, skipped = peft_frontend.adapter_updates(config, tensors)
+    updates, skipped = peft_frontend.adapter_updates(config, tensors, merged=True)
     base_opened = open_source(base, trust=trust, **open_options)
     base_layers, base_skipped = layers_of(base_opened, weights_options)
     keyed = []  # a graph layer is named by its node: give it the module path its parameter has
@@ -273,6 +273,11 @@ def open_merged(adapter: Any, base: Any = None, *, name: str | None = None, trus
     layers, unmatched = peft_frontend.merge(updates, keyed)
     skipped += peft_frontend.unmatched_entries(unmatched)
     notes = [f"merged: the base's layers with W + ΔW in {len(updates) - len(unmatched)} adapted module(s)"]
+    left = {id(u) for u in unmatched}
+    dora = sum(1 for u in updates if u.magnitude is not None and id(u) not in left)
+    if dora:
+        notes.append(f"DoRA: {dora} module(s) merged as PEFT merges them, m * (W + ΔW) / ||W + ΔW|| (the norm per "
+                     f"output unit; column dora)")
     label = name or f"{label if isinstance(label, str) else 'adapter'} + {base_opened.name}"
     return OpenedSource(label, "peft-merged", layers=layers, notes=notes, metadata={"format": "peft", "merged": True},
                         skipped=base_skipped + skipped)
