@@ -284,3 +284,94 @@ def test_a_gguf_pairs_row_by_row_with_the_safetensors_it_came_from(tmp_path):
         assert not result.skipped and len(result.details) == 3
         distances = result.details.set_index("name").dist_euclidean
         assert (distances == 0).all() if qtype == Q.BF16 else (distances > 0).all(), (qtype, distances)
+
+
+# -- big-endian files (gguf's writer with GGUFEndian.BIG; llama.cpp's s390x files) -------------------------------
+def _to_big_endian(path, monkeypatch) -> str:
+    """A copy of a little-endian GGUF converted to big-endian by gguf's own converter
+    (gguf/scripts/gguf_convert_endian.py: header fields, plain tensors and each block's f16 fields)."""
+    import argparse
+    import builtins
+    import shutil
+
+    convert = pytest.importorskip("gguf.scripts.gguf_convert_endian")
+    big = str(path).replace(".gguf", "-be.gguf")
+    shutil.copy(path, big)
+    monkeypatch.setattr(builtins, "input", lambda *_: "YES")  # the converter asks before it rewrites
+    reader = gguf.GGUFReader(big, "r+")
+    convert.convert_byteorder(reader, argparse.Namespace(order="big", dry_run=False))
+    del reader
+    assert gguf.GGUFReader(big).endianess == gguf.GGUFEndian.BIG
+    return big
+
+
+def _finite_blocks(qtype, rows: int, f16_at: tuple[int, ...]) -> np.ndarray:
+    """Random blocks of `qtype` (one a row) whose f16 fields at `f16_at` are finite scales."""
+    _, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = RNG.integers(0, 256, (rows, size), dtype=np.uint8)
+    for at in f16_at:
+        raw[:, at:at + 2] = RNG.uniform(0.1, 1, (rows, 1)).astype(np.float16).view(np.uint8)
+    return raw
+
+
+def test_a_big_endian_gguf_gives_the_same_rows_as_the_little_endian_one(tmp_path, monkeypatch):
+    """Every type gguf's converter can turn big-endian (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, MXFP4):
+    the big-endian file's tensors equal the little-endian file's bit for bit, under the same names,
+    and analyze gives the same rows."""
+    x = {name: RNG.standard_normal(shape).astype(np.float32) for name, shape in (
+        ("token_embd.weight", (96, 64)), ("blk.0.attn_q.weight", (64, 64)), ("blk.0.attn_k.weight", (32, 64)),
+        ("blk.0.ffn_down.weight", (64, 128)), ("blk.0.attn_v.weight", (32, 64)), ("blk.1.attn_q.weight", (64, 64)),
+        ("output_norm.weight", (64,)))}
+    types = {"token_embd.weight": Q.Q8_0, "blk.0.attn_q.weight": Q.Q4_0, "blk.0.attn_k.weight": Q.BF16,
+             "blk.0.ffn_down.weight": Q.F16, "blk.0.attn_v.weight": Q.MXFP4, "blk.1.attn_q.weight": Q.Q8_0,
+             "output_norm.weight": Q.F32}
+    raw = {"blk.1.attn_k.weight": (_finite_blocks(Q.Q4_K, 8, (0, 2)), Q.Q4_K),
+           "blk.1.ffn_down.weight": (_finite_blocks(Q.Q6_K, 8, (208,)), Q.Q6_K)}
+    little = _write(tmp_path / "m.gguf", {n: (x[n], types[n]) for n in x}, raw=raw)
+    big = _to_big_endian(little, monkeypatch)
+    assert open(big, "rb").read() != open(little, "rb").read()
+    a, b = read_weights(little), read_weights(big)
+    assert b.metadata["byte_order"] == "big-endian" and a.metadata["byte_order"] == "little-endian"
+    assert {k: v for k, v in a.metadata.items() if k != "byte_order"} == \
+        {k: v for k, v in b.metadata.items() if k != "byte_order"}
+    assert list(a) == list(b) and len(a) == 9 and not b.skipped
+    for name in a:
+        got, want = b[name].load(), a[name].load()
+        assert got.dtype == want.dtype == np.float32 and got.dtype.isnative and b[name].storage == a[name].storage
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    # the little-endian values are gguf's own dequantization (so equality is not two equal mistakes)
+    np.testing.assert_array_equal(a["model.layers.1.self_attn.k_proj.weight"].load(),
+                                  gguf.quants.dequantize(raw["blk.1.attn_k.weight"][0], Q.Q4_K))
+    ra, rb = irtools.analyze(little, min_evals=1).details, irtools.analyze(big, min_evals=1).details
+    assert list(ra.name) == list(rb.name) and len(ra) == 8
+    np.testing.assert_array_equal(ra.alpha.to_numpy(), rb.alpha.to_numpy())
+
+
+def test_a_big_endian_type_with_no_defined_byte_order_is_skipped_by_name(tmp_path):
+    """gguf's writer with GGUFEndian.BIG swaps plain arrays itself; a Q4_1 tensor (a type gguf's converter
+    does not define big-endian) is skipped with its type named, the F32 and F16 tensors read as in the
+    little-endian file."""
+    x = RNG.standard_normal((16, 64)).astype(np.float32)
+    paths = {}
+    for order in (gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG):
+        path = str(tmp_path / f"m-{order.name}.gguf")
+        w = gguf.GGUFWriter(path, "llama", endianess=order)
+        w.add_block_count(1)
+        w.add_tensor("blk.0.attn_q.weight", x)
+        w.add_tensor("blk.0.attn_k.weight", x.astype(np.float16))
+        w.add_tensor("blk.0.attn_v.weight", gguf.quants.quantize(x, Q.Q4_1), raw_dtype=Q.Q4_1)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        paths[order.name] = path
+    a, b = read_weights(paths["LITTLE"]), read_weights(paths["BIG"])
+    assert not a.skipped and "model.layers.0.self_attn.v_proj.weight" in a
+    assert [s["name"] for s in b.skipped] == ["model.layers.0.self_attn.v_proj.weight"]
+    assert "Q4_1 in a big-endian file" in b.skipped[0]["reason"] and "\n" not in b.skipped[0]["reason"]
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+        np.testing.assert_array_equal(b[name].load(), a[name].load())
+    np.testing.assert_array_equal(b["model.layers.0.self_attn.q_proj.weight"].load(), x)
+    opened = open_source(paths["BIG"])
+    assert [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.v_proj"] or \
+        [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.v_proj.weight"]

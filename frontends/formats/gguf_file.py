@@ -46,8 +46,8 @@ def looks_like(head: bytes) -> bool:
 class _Header:
     """A bounds-checked cursor over the file's bytes."""
 
-    def __init__(self, buf, path: str):
-        self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
+    def __init__(self, buf, path: str, order: str = "<"):
+        self.buf, self.pos, self.path, self.size, self.order = buf, 0, path, len(buf), order
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -56,7 +56,7 @@ class _Header:
 
     def scalar(self, code: str, size: int, what: str):
         self.need(size, what)
-        (v,) = struct.unpack_from("<" + code, self.buf, self.pos)
+        (v,) = struct.unpack_from(self.order + code, self.buf, self.pos)
         self.pos += size
         return v
 
@@ -92,7 +92,7 @@ class _Header:
                                  f"{self.size - self.pos} bytes left in the file hold (corrupt file)", self.path)
         if itype in _SCALARS:
             code, size = _SCALARS[itype]
-            kept = list(struct.unpack_from(f"<{min(count, _KEEP_ITEMS)}{code}", self.buf, self.pos))
+            kept = list(struct.unpack_from(f"{self.order}{min(count, _KEEP_ITEMS)}{code}", self.buf, self.pos))
             self.pos += count * size
             return kept if count <= _KEEP_ITEMS else {"array_of": count}
         kept = []
@@ -117,8 +117,8 @@ def parse(buf, path: str) -> tuple[dict, list[dict], int]:
         raise ModelLoadError("not a GGUF file (no GGUF magic)", path)
     h.pos = 4
     version = h.u32("the version")
-    if version & 0xFFFF == 0 and version:
-        raise UnsupportedError("a big-endian GGUF file (irtools reads little-endian GGUF)", path)
+    if version & 0xFFFF == 0 and version:  # a big-endian file (gguf's writer with GGUFEndian.BIG, s390x builds)
+        h.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
     if version not in (2, 3):
         raise UnsupportedError(f"GGUF version {version} (irtools reads versions 2 and 3)", path)
     n_tensors, n_kv = h.u64("the tensor count"), h.u64("the metadata count")
@@ -151,7 +151,8 @@ def parse(buf, path: str) -> tuple[dict, list[dict], int]:
         shape = tuple(reversed(ne))
         budget.check_shape(shape, 4, label, path)
         nbytes = math.prod(ne[1:]) * (ne[0] // block) * type_size
-        tensors.append({"name": name, "shape": shape, "qtype": qtype, "offset": offset, "nbytes": nbytes})
+        tensors.append({"name": name, "shape": shape, "qtype": qtype, "offset": offset, "nbytes": nbytes,
+                        "order": h.order})
     alignment = meta.get("general.alignment", 32)
     if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
         raise ModelLoadError(f"general.alignment {printable(repr(alignment))[:40]} is not a power of two", path)
@@ -334,6 +335,7 @@ def read(path: str) -> dict[str, StoredArray]:
         meta, tensors, start = parse(buf, path)
     arch = meta.get("general.architecture") if isinstance(meta.get("general.architecture"), str) else None
     names = hf_names([t["name"] for t in tensors], arch)
+    big = bool(tensors) and tensors[0]["order"] == ">"
     out = WeightSet()
     counts: dict[str, int] = {}
     for t in tensors:
@@ -344,9 +346,15 @@ def read(path: str) -> dict[str, StoredArray]:
             out.skipped.append({"name": name, "parameter": t["name"], "op_type": "gguf",
                                 "reason": f"GGUF type {qname}: the installed gguf cannot dequantize it"})
             continue
+        if t["order"] == ">" and qname not in _PLAIN and qname not in BIG_ENDIAN_FIELDS:
+            out.skipped.append({"name": name, "parameter": t["name"], "op_type": "gguf",
+                                "reason": f"GGUF type {qname} in a big-endian file: the byte order of its blocks is "
+                                          "not defined (gguf's gguf_convert_endian converts only "
+                                          f"{', '.join(sorted(BIG_ENDIAN_FIELDS))} and the plain types)"})
+            continue
         out[name] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path), qname)
     out.metadata = {"format": "gguf", "architecture": arch, "quantization": dict(sorted(counts.items())),
-                    "tensors": len(tensors)}
+                    "tensors": len(tensors), "byte_order": "big-endian" if big else "little-endian"}
     for key, label in (("context_length", "context_length"), ("block_count", "block_count"),
                        ("embedding_length", "embedding_length")):
         value = meta.get(f"{arch}.{key}")
@@ -358,7 +366,8 @@ def read(path: str) -> dict[str, StoredArray]:
     renamed = sum(1 for t in tensors if names.get(t["name"], t["name"]) != t["name"])
     out.notes.append(f"GGUF ({arch or 'unknown architecture'}): {renamed} of {len(tensors)} tensor names mapped "
                      "back to Hugging Face names with gguf's tensor-name map"
-                     + (f"; {len(out.skipped)} tensor(s) of a type gguf cannot dequantize skipped"
+                     + ("; big-endian file, byte-swapped on reading" if big else "")
+                     + (f"; {len(out.skipped)} tensor(s) of a type irtools cannot dequantize skipped"
                         if out.skipped else ""))
     return out
 
@@ -376,6 +385,23 @@ def _dequantizable(gguf, qtype) -> bool:
 
 _PLAIN = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int8, "I16": np.int16, "I32": np.int32,
           "I64": np.int64}
+#: Big-endian files: the byte offsets of each block's 16-bit fields (its f16 scales), swapped before gguf's
+#: dequantizer reads the block; the types and fields gguf's own gguf_convert_endian.py swaps (ggml-common.h:
+#: block_q4_0/q8_0 `d`; block_q4_K `d`, `dmin`; block_q6_K `d` after its 208 bytes of codes; MXFP4/NVFP4
+#: are bytes only; BF16 one 16-bit value). Other quantized types have no defined big-endian layout.
+BIG_ENDIAN_FIELDS = {"Q4_0": (0,), "Q8_0": (0,), "Q4_K": (0, 2), "Q6_K": (208,), "MXFP4": (), "NVFP4": (),
+                     "BF16": (0,)}
+
+
+def _swap_fields(band: np.ndarray, type_size: int, fields: tuple[int, ...]) -> np.ndarray:
+    """A band of big-endian blocks (rows, bytes) as a little-endian copy: each 16-bit field swapped."""
+    if not fields:
+        return band
+    out = np.array(band)
+    blocks = out.reshape(-1, type_size)
+    for at in fields:
+        blocks[:, [at, at + 1]] = blocks[:, [at + 1, at]]
+    return out
 
 
 def _loader(gguf, start: int, t: dict, path: str):
@@ -390,13 +416,15 @@ def _loader(gguf, start: int, t: dict, path: str):
             return np.zeros(shape, np.float32)
         raw = np.memmap(path, np.uint8, mode="r", offset=offset, shape=(t["nbytes"],)).view(np.ndarray)
         if qtype.name in _PLAIN:
-            plain = raw.view(_PLAIN[qtype.name]).reshape(shape)
-            return plain.astype(np.float32) if qtype.name == "F16" else plain.copy()
+            stored = np.dtype(_PLAIN[qtype.name]).newbyteorder(t["order"])
+            plain = raw.view(stored).reshape(shape)
+            return plain.astype(np.float32 if qtype.name == "F16" else stored.newbyteorder("="))
         out = np.empty((rows, shape[-1]), np.float32)
         raw = raw.reshape(rows, row_bytes)
         band = max(1, _BAND_BYTES // max(row_bytes, 1))
+        fields = BIG_ENDIAN_FIELDS[qtype.name] if t["order"] == ">" else ()
         for r in range(0, rows, band):
-            out[r:r + band] = gguf.quants.dequantize(raw[r:r + band], qtype)
+            out[r:r + band] = gguf.quants.dequantize(_swap_fields(raw[r:r + band], type_size, fields), qtype)
         return out.reshape(shape)
 
     return load
