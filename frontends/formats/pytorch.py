@@ -15,6 +15,7 @@ import io
 import math
 import mmap
 import os
+import re
 import struct
 import zipfile
 from collections.abc import Callable
@@ -91,7 +92,8 @@ def find_weights(obj, is_tensor: Callable, path: str) -> tuple[dict[str, object]
     notes += stripped
     if flat and all(math.prod(getattr(v, "shape", (1,))) == 0 for v in flat.values()):
         raise ModelLoadError("every weight in the checkpoint is empty (a partitioned DeepSpeed ZeRO-3 or sharded "
-                             "FSDP checkpoint keeps its weights elsewhere: consolidate it first, e.g. with "
+                             "FSDP checkpoint keeps its weights elsewhere: give irtools the DeepSpeed checkpoint "
+                             "folder with its '*_optim_states.pt' files, or consolidate it first, e.g. with "
                              "zero_to_fp32.py)", path)
     return flat, notes
 
@@ -199,7 +201,20 @@ def _result(arrays: dict, notes: list[str]) -> WeightSet:
 
 
 def read(path: str, trust: bool = False) -> dict[str, StoredArray]:
-    """A checkpoint file: the zip format where it is a zip, else the legacy format."""
+    """A checkpoint file: the zip format where it is a zip, else the legacy format. A DeepSpeed
+    `*_model_states.pt` beside its ranks' `*_optim_states.pt` is read as its folder (`read_deepspeed`:
+    the fp32 weights; ZeRO-3's model states hold only placeholders)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path).endswith(_MODEL):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            names = []
+        if deepspeed_tag_folder(folder, names) == folder:
+            out = read_deepspeed(folder, trust)
+            out.notes.insert(0, f"'{printable(os.path.basename(path))}' is one file of a DeepSpeed checkpoint: its "
+                                "folder is read")
+            return out
     if zipfile.is_zipfile(path):
         return _read_zip(path, trust)
     return _read_legacy(path, trust)
@@ -327,16 +342,23 @@ def _trusted_result(torch, obj, path: str) -> dict[str, StoredArray]:
 INDEX = "pytorch_model.bin.index.json"
 
 
-def is_folder(path: str, names: list[str]) -> bool:
+def _has_bin(names: list[str]) -> bool:
     return INDEX in names or any(n.startswith("pytorch_model") and n.endswith(".bin") for n in names)
+
+
+def is_folder(path: str, names: list[str]) -> bool:
+    """`pytorch_model.bin` (or its shard index), or a DeepSpeed ZeRO checkpoint (`is_deepspeed_folder`)."""
+    return _has_bin(names) or is_deepspeed_folder(path, names)
 
 
 def read_folder(path: str, trust: bool = False) -> dict[str, StoredArray]:
     """A folder saved with `save_pretrained(safe_serialization=False)`: `pytorch_model.bin`, or the
-    shards `pytorch_model.bin.index.json` names."""
+    shards `pytorch_model.bin.index.json` names; else a DeepSpeed ZeRO checkpoint (`read_deepspeed`)."""
     from .safetensors import read_index  # noqa: PLC0415  (the same index format)
 
     names = os.listdir(path)
+    if not _has_bin(names) and is_deepspeed_folder(path, names):
+        return read_deepspeed(path, trust)
     if INDEX in names:
         weight_map = read_index(path, model_member(path, INDEX, "shard index", ModelLoadError))
         files = sorted(set(weight_map.values()))
@@ -379,3 +401,335 @@ def read_dcp(path: str, trust: bool = False) -> dict[str, StoredArray]:
     return _trusted_result(torch, state, path)
 
 
+
+
+# -- DeepSpeed ZeRO checkpoints -------------------------------------------------------------
+# A folder DeepSpeed's `save_checkpoint` wrote: `latest` (the tag) and `global_stepN/` holding one
+# `*_model_states.pt` (ZeRO-1/2: `mp_rank_00_model_states.pt`; ZeRO-3: one per rank) and one
+# `*_optim_states.pt` per data-parallel rank. The fp32 master weights are flat partitions in the
+# optimizer files; they are reassembled the way DeepSpeed's own `zero_to_fp32.py` does (ZeRO-1/2: each
+# param group's partitions concatenated over the ranks, the parameters in `param_shapes` order, one
+# after the other; ZeRO-3: each parameter cut in `ceil(numel / world)` pieces, one per rank, the
+# padding dropped), with its sanity checks. Unlike the script, nothing is concatenated whole: each
+# tensor's `load()` reads only its own pieces from the files (tensor by tensor; a partition is a zip
+# entry torch stores uncompressed, read at its offset), so a model never needs its fp32 copy in memory.
+#: DeepSpeed's classes a ZeRO checkpoint pickles beside the tensors, read as inert records (nothing of
+#: DeepSpeed runs or is imported): the ZeRO stage enum becomes its int, the loss scaler and the
+#: parameter-fragment addresses plain dicts of their attributes (`unpickler.DEEPSPEED_RECORDS`).
+DS_LATEST = "latest"
+_OPTIM, _MODEL = "_optim_states.pt", "_model_states.pt"
+
+
+def _natural(text: str) -> list:
+    return [int(c) if c.isdigit() else c for c in re.split(r"(\d+)", text)]
+
+
+def deepspeed_tag_folder(path: str, names: list[str]) -> str | None:
+    """The folder holding a DeepSpeed checkpoint's rank files: `path` itself (a `global_stepN/`), or
+    the tag its `latest` file names; None where `path` is no DeepSpeed checkpoint."""
+    if any(n.endswith(_OPTIM) for n in names) and any(n.endswith(_MODEL) for n in names):
+        return path
+    if DS_LATEST not in names:
+        return None
+    try:
+        with open(os.path.join(path, DS_LATEST), "rb") as fh:
+            tag = fh.read(256).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if not tag or "/" in tag or "\\" in tag or tag in (".", ".."):
+        return None
+    sub = os.path.join(path, tag)
+    try:
+        inner = os.listdir(sub) if os.path.isdir(sub) else []
+    except OSError:
+        return None
+    return sub if any(n.endswith(_OPTIM) for n in inner) else None
+
+
+def is_deepspeed_folder(path: str, names: list[str]) -> bool:
+    return deepspeed_tag_folder(path, names) is not None
+
+
+class _Part:
+    """A 1-D run of elements, read by range: one rank's flat partition in a file, or several runs
+    one after the other (a rank's param groups for ZeRO-3, a group's ranks for ZeRO-1/2)."""
+
+    def __init__(self, length: int, read: Callable[[int, int], np.ndarray] | None = None,
+                 parts: list[_Part] | None = None):
+        self.length, self._read, self.parts = length, read, parts
+
+    @classmethod
+    def joined(cls, parts: list[_Part]) -> _Part:
+        return cls(sum(p.length for p in parts), parts=parts)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        if start < 0 or count < 0 or start + count > self.length:
+            raise ModelLoadError(f"a DeepSpeed partition of {self.length} elements is read at {start}..{start + count} "
+                                 "(corrupt checkpoint)")
+        if self._read is not None:
+            return self._read(start, count)
+        out, base = [], 0
+        for p in self.parts:
+            lo, hi = max(start, base), min(start + count, base + p.length)
+            if lo < hi:
+                out.append(p.read(lo - base, hi - lo))
+            base += p.length
+        if not out:
+            return self.parts[0].read(0, 0) if self.parts else np.zeros(0, np.float32)
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
+
+class _ZipStorages:
+    """Ranges of a torch zip's storages, read at their offsets in the file (torch stores each storage as
+    an uncompressed entry; a compressed one is inflated whole, within the budget)."""
+
+    def __init__(self, path: str, z: zipfile.ZipFile, prefix: str):
+        self.path, self.prefix, self.swap = path, prefix, _big_endian(z, prefix, path)
+        self.infos: dict[str, zipfile.ZipInfo] = {}
+        self.data: dict[str, int] = {}  # where a stored (uncompressed) storage's bytes start in the file
+        self.z = z
+
+    def check(self, st: Storage) -> None:
+        info = zip_member(self.z, f"{self.prefix}data/{st.key}", self.path, f"storage '{printable(st.key)}'")
+        if info.file_size < st.numel * st.dtype.itemsize:
+            raise ModelLoadError(f"storage '{printable(st.key)}' holds {info.file_size} bytes, fewer than the "
+                                 f"{st.numel * st.dtype.itemsize} it declares (corrupt file)", self.path)
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(self.path, "rb") as fh:
+                fh.seek(info.header_offset)
+                head = fh.read(30)
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                raise ModelLoadError(f"storage '{printable(st.key)}': bad zip entry header (corrupt file)", self.path)
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            self.data[st.key] = info.header_offset + 30 + name_len + extra_len
+        self.infos[st.key] = info
+
+    def read(self, st: Storage, start: int, count: int) -> np.ndarray:
+        info, item = self.infos[st.key], st.dtype.itemsize
+        data = self.data.get(st.key)
+        if data is not None:
+            out = np.fromfile(self.path, dtype=np.uint8, count=count * item, offset=data + start * item)
+        else:
+            with zipfile.ZipFile(self.path) as z:
+                out = np.frombuffer(z.read(info), np.uint8)[start * item:(start + count) * item]
+        if out.size < count * item:
+            raise ModelLoadError(f"storage '{printable(st.key)}' is cut short (corrupt file)", self.path)
+        if self.swap:
+            out = np.ascontiguousarray(out.reshape(count, item)[:, ::-1]).reshape(-1)
+        return out.view(st.dtype)
+
+
+def _ref_part(storages: _ZipStorages, ref: TensorRef, what: str) -> _Part:
+    """A 1-D tensor of a DeepSpeed file as a `_Part` read from its storage."""
+    if len(ref.shape) != 1:  # a whole tensor (ZeRO-1/2's frozen parameters): its elements in order
+        dense = tuple(math.prod(ref.shape[i + 1:]) for i in range(len(ref.shape)))
+        if any(d > 1 and s != e for d, s, e in zip(ref.shape, ref.stride, dense, strict=True)):
+            raise ModelLoadError(f"{what} is a strided tensor of shape {list(ref.shape)}, not a flat partition",
+                                 storages.path)
+        ref = TensorRef(ref.storage, ref.offset, (math.prod(ref.shape),), (1,))
+    storages.check(ref.storage)
+    (n,), (stride,) = ref.shape, ref.stride
+    if stride == 1 or n <= 1:
+        return _Part(n, lambda s, c: storages.read(ref.storage, ref.offset + s, c))
+    return _Part(n, lambda s, c: storages.read(ref.storage, ref.offset + s * stride, max(0, (c - 1) * stride + 1))[::stride])
+
+
+def _torch_part(torch, t) -> _Part:
+    flat = t.detach().reshape(-1)
+    return _Part(int(flat.numel()), lambda s, c: _numpy_of(torch, flat[s:s + c]))
+
+
+def _shape(x, what: str, path: str) -> tuple[int, ...]:
+    shape = tuple(x) if isinstance(x, (tuple, list)) else tuple(getattr(x, "shape", ())) if x is not None else None
+    if shape is None or not all(type(d) is int and d >= 0 for d in shape):
+        raise ModelLoadError(f"{what}: the shape {printable(repr(x)[:60])} is not a list of sizes", path)
+    return shape
+
+
+def read_deepspeed(path: str, trust: bool = False) -> WeightSet:
+    """A DeepSpeed ZeRO-1/2/3 checkpoint folder (the top folder with `latest`, or a `global_stepN/`):
+    its fp32 weights reassembled from the optimizer partitions as `zero_to_fp32.py` does, each tensor
+    read from its pieces on `load()`. Read by the restricted unpickler (DeepSpeed's records as plain
+    dicts), or by `torch.load` (memory-mapped) under `trust`."""
+    folder = deepspeed_tag_folder(path, os.listdir(path))
+    if folder is None:
+        raise ModelLoadError("not a DeepSpeed checkpoint folder (no '*_optim_states.pt' files, no 'latest' tag)", path)
+    names = sorted(os.listdir(folder), key=_natural)
+    optim = [n for n in names if n.endswith(_OPTIM)]
+    models = [n for n in names if n.endswith(_MODEL)]
+    if not models:
+        raise ModelLoadError(f"DeepSpeed checkpoint '{printable(os.path.basename(folder))}' has optimizer partitions "
+                             "but no '*_model_states.pt' (its parameter shapes)", path)
+    if trust:
+        torch = _torch()
+
+        def load(name):
+            return torch.load(model_member(folder, name, "DeepSpeed file", ModelLoadError), map_location="cpu",
+                              weights_only=False, mmap=True)
+        is_tensor = lambda v: isinstance(v, torch.Tensor)  # noqa: E731
+        part = lambda t, what, _f: _torch_part(torch, t)  # noqa: E731
+        whole = lambda t, _f: (lambda: _numpy_of(torch, t))  # noqa: E731
+        numel = lambda t: int(t.numel())  # noqa: E731
+    else:
+        def load(name):
+            file = model_member(folder, name, "DeepSpeed file", ModelLoadError)
+            z = zipfile.ZipFile(file) if zipfile.is_zipfile(file) else None
+            if z is None:
+                raise ModelLoadError(f"'{printable(name)}' is not a torch zip checkpoint (DeepSpeed writes one)", path)
+            pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            if pkl is None:
+                raise ModelLoadError(f"'{printable(name)}': zip file without data.pkl", path)
+            obj = unpickle(io.BytesIO(zip_read(z, pkl, file)), file)
+            return _Loaded(obj, _ZipStorages(file, z, pkl[: -len("data.pkl")]))
+        is_tensor = lambda v: isinstance(v, TensorRef)  # noqa: E731
+        part = lambda ref, what, f: _ref_part(f.storages, ref, what)  # noqa: E731
+
+        def whole(ref, f):
+            f.storages.check(ref.storage)
+            return _tensor_loader(lambda st, s=f.storages: s.read(st, 0, st.numel), ref)
+        numel = lambda ref: math.prod(ref.shape)  # noqa: E731
+    return _zero_weights(path, folder, optim, models, load, is_tensor, part, whole, numel)
+
+
+class _Loaded:
+    """A restricted-unpickled DeepSpeed file: its object and the storages its tensors read."""
+
+    def __init__(self, obj, storages: _ZipStorages):
+        self.obj, self.storages = obj, storages
+
+
+def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole, numel) -> WeightSet:
+    tag = os.path.basename(folder.rstrip(os.sep))
+
+    def obj_of(f):
+        return f.obj if isinstance(f, _Loaded) else f
+
+    optim_files = [load(n) for n in optim]
+    states = []
+    for name, f in zip(optim, optim_files, strict=True):
+        sd = obj_of(f).get("optimizer_state_dict") if isinstance(obj_of(f), dict) else None
+        if not isinstance(sd, dict) or "zero_stage" not in sd:
+            raise ModelLoadError(f"'{printable(name)}' is not a ZeRO optimizer partition (no zero_stage in its "
+                                 "optimizer_state_dict)", path)
+        states.append(sd)
+    stage, world = states[0]["zero_stage"], states[0].get("partition_count")
+    if isinstance(world, (list, tuple)):
+        world = max(world) if world else None
+    stage = int(stage) if isinstance(stage, int) and not isinstance(stage, bool) else stage  # torch.load: the enum
+    if type(stage) is not int or stage not in (1, 2, 3) or type(world) is not int or world < 1:
+        raise ModelLoadError(f"DeepSpeed checkpoint with zero_stage {printable(repr(stage)[:20])} and partition_count "
+                             f"{printable(repr(world)[:20])}: irtools reads ZeRO stages 1-3", path)
+    if world != len(optim):
+        raise ModelLoadError(f"DeepSpeed ZeRO-{stage} checkpoint of {world} ranks has {len(optim)} '*_optim_states.pt' "
+                             "file(s) (an overwritten or partly saved checkpoint)", path)
+    key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
+    groups = []
+    for name, f, sd in zip(optim, optim_files, states, strict=True):
+        g = sd.get(key)
+        if not isinstance(g, (list, tuple)) or not all(is_tensor(t) for t in g):
+            raise ModelLoadError(f"'{printable(name)}' has no list of tensors under '{key}'", path)
+        groups.append([part(t, f"'{printable(name)}' {key}[{i}]", f) for i, t in enumerate(g)])
+
+    model_name = models[0] if stage <= 2 else next((m for m in models if m.startswith("zero_pp_rank_0_")), models[0])
+    model_files = [load(model_name)] if stage <= 2 else [load(m) for m in models]
+    first = obj_of(model_files[0])
+    if not isinstance(first, dict) or "param_shapes" not in first or "buffer_names" not in first:
+        raise ModelLoadError(f"'{printable(model_name)}' is not a DeepSpeed model-states file (no param_shapes, "
+                             "buffer_names)", path)
+    param_shapes = first["param_shapes"]
+    param_shapes = [param_shapes] if isinstance(param_shapes, dict) else param_shapes
+    if not isinstance(param_shapes, (list, tuple)) or not all(isinstance(d, dict) for d in param_shapes):
+        raise ModelLoadError("the DeepSpeed param_shapes is not a list of {name: shape}", path)
+    module = first.get("module") if isinstance(first.get("module"), dict) else {}
+    buffer_names = first["buffer_names"] or []
+
+    out: dict[str, StoredArray] = {}
+
+    def put(name, shape, loader, dtype):
+        from irtools import budget  # noqa: PLC0415
+
+        name = str(name)
+        budget.check_shape(shape, np.dtype(dtype).itemsize, f"tensor '{printable(name)}'", path)
+        out[name] = StoredArray(tuple(shape), np.dtype(dtype), loader)
+
+    for name in buffer_names:  # buffers are whole in the module's state (zero_to_fp32 makes them fp32)
+        t = module.get(name)
+        if is_tensor(t):
+            put(name, tuple(t.shape), _as_float32(whole(t, model_files[0])), np.float32)
+
+    frozen = first.get("frozen_param_shapes") or {}
+    for name, shape in frozen.items():
+        shape = _shape(shape, f"frozen parameter '{printable(name)}'", path)
+        frags = [obj_of(m).get("frozen_param_fragments", {}).get(name) for m in model_files]
+        if not all(is_tensor(t) for t in frags):
+            raise ModelLoadError(f"frozen parameter '{printable(name)}' has no fragment in a model-states file", path)
+        pieces = _Part.joined([part(t, f"frozen '{printable(name)}'", m) for t, m in zip(frags, model_files, strict=True)])
+        put(name, shape, _piece_loader(pieces, 0, math.prod(shape), shape, path, name), pieces.read(0, 0).dtype)
+
+    dtype = groups[0][0].read(0, 0).dtype if groups[0] else np.dtype(np.float32)
+    if stage <= 2:
+        if any(len(g) != len(groups[0]) for g in groups) or len(param_shapes) != len(groups[0]):
+            raise ModelLoadError(f"DeepSpeed ZeRO-{stage}: {len(param_shapes)} param group(s) of shapes, but "
+                                 f"{sorted({len(g) for g in groups})} fp32 partition(s) per rank", path)
+        align = 2 * world
+        for i, shapes in enumerate(param_shapes):
+            full = _Part.joined([g[i] for g in groups])
+            offset = 0
+            for name, shape in shapes.items():
+                shape = _shape(shape, f"parameter '{printable(name)}'", path)
+                n = math.prod(shape)
+                put(name, shape, _piece_loader(full, offset, n, shape, path, name), dtype)
+                offset += n
+            if align * math.ceil(offset / align) != align * math.ceil(full.length / align):
+                raise ModelLoadError(f"DeepSpeed ZeRO-{stage} param group {i}: the shapes take {offset} elements, its "
+                                     f"partitions hold {full.length} (not this checkpoint's shapes)", path)
+    else:
+        flats = [_Part.joined(g) for g in groups]
+        if len({f.length for f in flats}) != 1:
+            raise ModelLoadError("DeepSpeed ZeRO-3: the ranks' fp32 partitions differ in size", path)
+        offset = 0
+        for shapes in param_shapes:
+            for name, shape in shapes.items():
+                shape = _shape(shape, f"parameter '{printable(name)}'", path)
+                n = math.prod(shape)
+                per = math.ceil(n / world)
+                if offset + per > flats[0].length:
+                    raise ModelLoadError(f"DeepSpeed ZeRO-3: parameter '{printable(name)}' runs past the partitions "
+                                         f"({flats[0].length} elements per rank)", path)
+                pieces = _Part.joined([_Part(per, (lambda s, c, f=f, o=offset: f.read(o + s, c))) for f in flats])
+                put(name, shape, _piece_loader(pieces, 0, n, shape, path, name), dtype)
+                offset += per
+        if offset * world != flats[0].length * world:
+            raise ModelLoadError(f"DeepSpeed ZeRO-3: the shapes take {offset * world} elements, the partitions hold "
+                                 f"{flats[0].length * world} (not this checkpoint's shapes)", path)
+
+    # zero_to_fp32 gives a shared (tied) parameter its partner's tensor; one parameter is one row here
+    shared = first.get("shared_params") or {}
+    tied = [f"{printable(n)} = {printable(p)}" for n, p in (shared.items() if isinstance(shared, dict) else [])
+            if str(p) in out and str(n) not in out]
+    if not out:
+        raise ModelLoadError(f"DeepSpeed checkpoint '{printable(tag)}' holds no parameter shapes", path)
+    flat, notes = _strip_wrappers(out, lightning=False)
+    notes.insert(0, f"DeepSpeed ZeRO-{stage} checkpoint '{printable(tag)}' of {world} rank(s): the fp32 weights "
+                    f"reassembled from the optimizer partitions as DeepSpeed's zero_to_fp32.py does, each tensor read "
+                    f"from its own pieces ({len(flat)} tensors; the 16-bit module copy is not read)")
+    if tied:
+        notes.append(f"shared (tied) parameters read once, under their partner's name: {', '.join(tied[:6])}"
+                     + (", ..." if len(tied) > 6 else ""))
+    return _result(flat, notes)
+
+
+def _piece_loader(part: _Part, start: int, n: int, shape, path: str, name: str):
+    def load():
+        values = part.read(start, n)
+        if values.size != n:
+            raise ModelLoadError(f"tensor '{printable(name)}' got {values.size} of its {n} elements (corrupt "
+                                 "checkpoint)", path)
+        return values.reshape(shape)
+    return load
+
+
+def _as_float32(load):
+    def f():
+        return np.asarray(load()).astype(np.float32)  # zero_to_fp32: every buffer `.float()`
+    return f

@@ -225,6 +225,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("lightning.fabric.utilities.data", "AttributeDict"): Record,
         ("lightning_fabric.utilities.data", "AttributeDict"): Record,
         ("pytorch_lightning.utilities.parsing", "AttributeDict"): Record,
+        # a set (DeepSpeed's sparse_tensor_module_names): protocol 2 names the builtin, under Python 2's name
+        ("builtins", "set"): set, ("__builtin__", "set"): set,
+        ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+        **{key: int for key in (("deepspeed.runtime.zero.config", "ZeroStageEnum"),)},  # the ZeRO stage: its int
+        # DeepSpeed's records beside a ZeRO checkpoint's tensors: their attributes as plain dicts
+        **{(module, name): Record for module, name in (
+            ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+            ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+            ("deepspeed.utils.tensor_fragment", "fragment_address"),
+        )},
     }
 
     def __init__(self, fh, path):
