@@ -71,8 +71,11 @@ def test_layers_over_a_local_cluster_equal_the_single_process_rows(tmp_path):
 
 
 def test_graph_sources_and_row_only_options_are_refused():
-    with pytest.raises(IrtoolsError, match="weights-only"):
-        spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1")
+    import irtools
+    from irtools.ir.model import IRModel
+
+    with pytest.raises(IrtoolsError, match="framework graph"):  # an in-memory graph has no file to read from
+        spectral_on_cluster(IRModel(irtools.load(EXAMPLE).model), "tcp://127.0.0.1:1")
     with pytest.raises(IrtoolsError, match="keep_evals"):
         spectral_on_cluster(EXAMPLE, "tcp://127.0.0.1:1", keep_evals=True)
 
@@ -150,3 +153,104 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
             assert same(a.get(key), b.get(key)), (a["name"], key, a.get(key), b.get(key))
     assert [c["name"] for c in costs] == [r["name"] for r in single.rows]
     assert all(c["N"] == 700 and c["M"] == 500 and c["cpu_s"] > 0 and c["wall_s"] > 0 for c in costs)
+
+
+def external_data_onnx(folder) -> str:
+    """An ONNX file whose initializers are all in one external data file (onnx's own writer): two dense
+    layers (MatMul, Gemm with transB), a 3x3 convolution and a bias."""
+    import onnx
+    from onnx import helper as h
+
+    from tests import builders as b
+
+    rng = np.random.default_rng(3)
+    inits = [b.tensor("conv.weight", rng.standard_normal((24, 8, 3, 3)).astype(np.float32)),
+             b.tensor("fc1.weight", rng.standard_t(3, (24 * 6 * 6, 64)).astype(np.float32)),
+             b.tensor("fc2.weight", rng.standard_t(4, (40, 64)).astype(np.float32)),
+             b.tensor("fc2.bias", np.zeros(40, np.float32)),
+             b.tensor("shape", np.array([1, 24 * 6 * 6], np.int64))]
+    nodes = [h.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv"),
+             h.make_node("Reshape", ["c", "shape"], ["f"], name="flat"),
+             h.make_node("MatMul", ["f", "fc1.weight"], ["m"], name="fc1"),
+             h.make_node("Gemm", ["m", "fc2.weight", "fc2.bias"], ["y"], name="fc2", transB=1)]
+    proto = b.model(nodes, [b.vinfo("x", [1, 8, 8, 8])], [b.vinfo("y", [1, 40])], inits)
+    path = os.path.join(folder, "model.onnx")
+    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data",
+                    size_threshold=0)
+    return path
+
+
+def test_onnx_with_external_data_over_a_local_cluster_equals_the_single_process_run(tmp_path):
+    """Tasks carry the file's path and the layer's place, not the model: each worker opens the graph and
+    maps the layer's initializers by offset from the .data file; the rows equal `irtools.analyze`'s."""
+    import pickle
+
+    import cloudpickle
+
+    import irtools
+    from irtools.distributed import _layers_of
+
+    path = external_data_onnx(tmp_path)
+    assert os.path.getsize(tmp_path / "model.data") > 24 * 36 * 64 * 4 > 50 * os.path.getsize(path)
+    single = irtools.analyze(path, metrics="spectral")
+    _, layers, _ = _layers_of(path, "torch", None, None)
+    assert [lay.name for lay in layers] == [r["name"] for r in single.layers]
+    for layer in layers:  # what a task ships: a few hundred bytes, not the tensor nor the graph
+        assert len(cloudpickle.dumps(layer)) < 2000
+        np.testing.assert_array_equal(pickle.loads(cloudpickle.dumps(layer)).matrices()[0], layer.matrices()[0])
+    seen = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK) as cluster, distributed.Client(cluster) as client:
+        result = spectral_on_cluster(path, client, progress=lambda d, t, n: seen.append((d, t)))
+    assert [r["name"] for r in result.rows] == [r["name"] for r in single.layers] == ["conv", "fc1", "fc2"]
+    assert seen[-1] == (3, 3)
+    for a, b in zip(single.layers, result.rows, strict=True):
+        for key in single.columns:
+            assert same(a.get(key), b.get(key)), (a["name"], key, a.get(key), b.get(key))
+    assert [s["name"] for s in result.skipped] == [s["name"] for s in single.skipped]
+
+
+def test_per_task_notes_stay_on_the_workers_and_the_client_announces_once(tmp_path, capfd, monkeypatch):
+    """Every task's spectral pass would print its own 'irtools: note: spectral: 1 layer(s) ...' estimate:
+    with the note's threshold at 0 s on the workers too, the client's stderr has one note, the model's."""
+    from irtools import budget
+
+    path = sharded_checkpoint(tmp_path)
+    monkeypatch.setattr(budget, "PROGRESS_AFTER_S", 0.0)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK) as cluster, distributed.Client(cluster) as client:
+        client.run(lambda: setattr(__import__("irtools.budget").budget, "PROGRESS_AFTER_S", 0.0))
+        capfd.readouterr()
+        result = spectral_on_cluster(path, client)
+        err = capfd.readouterr().err
+    assert len(result.rows) == 6
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert len(notes) == 1, err
+    assert notes[0].startswith("irtools: note: spectral: 6 layer(s) on 2 Dask worker thread(s)"), err
+    assert "1 layer(s)" not in err
+
+
+def test_tasks_go_out_largest_first_and_rows_come_back_in_model_order(tmp_path):
+    """Longest-processing-time order: with one worker thread, the tasks run in decreasing estimated cost;
+    the rows are still in the model's order."""
+    from safetensors.numpy import save_file
+
+    from irtools.distributed import lpt_order, makespan, task_cost
+
+    rng = np.random.default_rng(5)
+    shapes = [(60, 40), (400, 300), (90, 90), (500, 120), (200, 200)]
+    save_file({f"l{k}.weight": rng.standard_normal(s).astype(np.float32) for k, s in enumerate(shapes)},
+              str(tmp_path / "m.safetensors"))
+    path = str(tmp_path / "m.safetensors")
+    layers = open_source(path).layers
+    order = lpt_order(layers)
+    costs = [task_cost(layer) for layer in layers]
+    assert [costs[k] for k in order] == sorted(costs, reverse=True) and order[0] == 1
+    assert makespan([1, 1, 1, 1, 3], 2) == 5 and makespan([3, 1, 1, 1, 1], 2) == 4  # LPT beats the given order here
+    seen = []
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK) as cluster, distributed.Client(cluster) as client:
+        result = spectral_on_cluster(path, client, progress=lambda d, t, n: seen.append(n))
+    assert seen == [layers[k].name for k in order]
+    assert [r["name"] for r in result.rows] == [layer.name for layer in layers]
+    assert [r["layer_id"] for r in result.rows] == list(range(5))

@@ -412,6 +412,13 @@ def complete(client, jobs: dict, submit: Callable, finished: Callable, check_s: 
                     left = len(jobs) - len(ended)
                 finished(jobs[original], future, data, left)
                 future.release()
+    except BaseException:  # `finished` gave up the run (or an interrupt): nothing left runs for it
+        with lock:
+            pending = [f for f in futures.values() if f.status == "pending"]
+        for f in pending:
+            with contextlib.suppress(Exception):
+                f.cancel()
+        raise
     finally:
         stop.set()
 
