@@ -27,7 +27,7 @@ import onnx
 
 from irtools.frontends import require
 from irtools.errors import IrtoolsError
-from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY
+from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout
 
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 #: Model metadata key: {state_dict name: parameter name} for tied weights (one tensor, several names).
@@ -232,18 +232,60 @@ def _export(torch, module, args, names, opset: int, dynamo: bool) -> onnx.ModelP
     if renamed:
         raise IrtoolsError(f"the ONNX export renamed parameter '{renamed[0][0]}' to '{renamed[0][1]}' "
                            f"({len(renamed)} renamed in all)")
-    declared = [k for k in params if k in inits]  # parameters the forward pass never reads are dropped
-    unread = [k for k in params if k not in inits]
+    unread = [k for k in params if k not in inits]  # parameters the forward pass never reads: exporters drop them
     if dynamo:
         _check_dropped_unread(unread, read, aliases)
-    proto.metadata_props.add(key=DECLARED_PARAMETERS_KEY, value=json.dumps(declared))
-    if unread:  # for the layer set: what the graph cannot show, with its shape
-        proto.metadata_props.add(key=UNREAD_PARAMETERS_KEY,
-                                 value=json.dumps({k: list(real[k].shape) for k in unread}))
+    for k in unread:  # kept as initializers no node reads: their values are facts of the model (spectral rows)
+        t = real[k].cpu()
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(
+            (t.float() if t.dtype == torch.bfloat16 else t).numpy(), k))
+    proto.metadata_props.add(key=DECLARED_PARAMETERS_KEY, value=json.dumps(list(params)))
+    _record_unread(proto.metadata_props.add, module, {k: tuple(real[k].shape) for k in unread})
     if aliases:
         proto.metadata_props.add(key=ALIASES_KEY, value=json.dumps(aliases))
     proto.metadata_props.add(key="irtools.exporter", value="dynamo" if dynamo else "torchscript")
     return proto
+
+
+def _record_unread(add, module, unread: Mapping[str, tuple[int, ...]]) -> None:
+    """Metadata of the parameters the forward pass never reads: their shapes (`irtools.unread_parameters`)
+    and how each is laid out (`irtools.unread_layouts`, from its module: `unread_layout`). `add(key=, value=)`."""
+    if not unread:
+        return
+    add(key=UNREAD_PARAMETERS_KEY, value=json.dumps({k: list(v) for k, v in unread.items()}))
+    layouts = {k: layout.as_json() for k, shape in unread.items()
+               if (layout := unread_layout(module, k, shape)) is not None}
+    if layouts:
+        add(key=UNREAD_LAYOUTS_KEY, value=json.dumps(layouts))
+
+
+def unread_layout(module, name: str, shape: Sequence[int]) -> UnreadLayout | None:
+    """How parameter `name` of `module` is read as weight matrices, by the rules `module_weight_layers`
+    applies (its module's type: Linear / Conv1D dense, Conv per kernel position, Embedding, recurrent
+    gates, experts one by one, any other 2-D tensor a matrix); None for a tensor of no matrix rule."""
+    torch = _torch()
+    path, _, pname = name.rpartition(".")
+    try:
+        mod = module.get_submodule(path) if path else module
+    except (AttributeError, TypeError):
+        mod = None
+    cls = type(mod).__name__ if mod is not None else ""
+    layer, shape = layer_name(name), tuple(int(d) for d in shape)
+    if isinstance(mod, torch.nn.RNNBase) and _RECURRENT_WEIGHT.match(pname) and len(shape) == 2:
+        return UnreadLayout(layer, "rnn", gates=_TORCH_GATES.get(getattr(mod, "mode", "RNN").split("_")[0], "i"))
+    if isinstance(mod, torch.nn.modules.conv._ConvNd) and pname == "weight" and 3 <= len(shape) <= 5:
+        return UnreadLayout(layer, "conv_transpose" if mod.transposed else "conv", kernel="OI",
+                            groups=int(getattr(mod, "groups", 1)))
+    if is_expert_tensor(name, shape, cls):
+        return UnreadLayout(layer, "experts")
+    if len(shape) == 2 and min(shape) > 0:
+        kind = "embedding" if isinstance(mod, (torch.nn.Embedding, torch.nn.EmbeddingBag)) else \
+            "dense" if isinstance(mod, torch.nn.Linear) or cls == "Conv1D" or pname == "in_proj_weight" \
+            else "embedding" if "embed" in name.lower() else "matrix"
+        return UnreadLayout(layer, kind)
+    if sum(d > 1 for d in shape) == 2 or len(shape) == 3:  # [1, positions, hidden]; Funnel's r_kernel
+        return UnreadLayout(layer, "matrix")
+    return None
 
 
 def export_reason(exc: BaseException) -> str:
@@ -636,11 +678,21 @@ def export_structure(module, kwargs: Mapping[str, object], values: Mapping[str, 
                                f"architecture expects {tuple(shape)}", name)
         value.const_value = ir.ExternalTensor("irtools-not-read", None, None, dtype, shape=shape, name=value.name)
         lazy[value] = (source, dtype, shape)
-    declared = [k for k in params if k in graph.initializers]
     unread = [k for k in params if k not in graph.initializers]
+    for k in unread:  # never read by the forward pass: an initializer no node reads, its values from the checkpoint
+        source = values.get(k) or next((values[a] for a, o in aliases.items() if o == k and a in values), None)
+        if source is None or tuple(source.shape) != tuple(state[k].shape):
+            continue  # not in the checkpoint: listed as unread, without values
+        dtype = ir.DataType.from_numpy(np.dtype(source.dtype))
+        shape = ir.Shape(tuple(source.shape))
+        value = ir.Value(name=k, shape=shape, type=ir.TensorType(dtype),
+                         const_value=ir.ExternalTensor("irtools-not-read", None, None, dtype, shape=shape, name=k))
+        graph.register_initializer(value)
+        lazy[value] = (source, dtype, shape)
+    declared = [k for k in params if k in graph.initializers]
     model.metadata_props[DECLARED_PARAMETERS_KEY] = json.dumps(declared)
-    if unread:
-        model.metadata_props[UNREAD_PARAMETERS_KEY] = json.dumps({k: list(state[k].shape) for k in unread})
+    _record_unread(lambda key, value: model.metadata_props.__setitem__(key, value), module,
+                   {k: tuple(state[k].shape) for k in unread})
     if aliases:
         model.metadata_props[ALIASES_KEY] = json.dumps(aliases)
     model.metadata_props["irtools.exporter"] = "dynamo"

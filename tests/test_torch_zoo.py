@@ -47,21 +47,31 @@ def test_torch_zoo_fast(exported, name):
 
 
 def test_unread_parameters_leave_the_dynamo_export(exported):
-    """A parameter the forward pass never reads is left out of the dynamo export, and that export
-    is kept (not refused in favour of the TorchScript exporter): the declared parameter set is
-    exactly what torch's gradients say is read."""
+    """A parameter the forward pass never reads is left out of the dynamo export's graph, and that
+    export is kept (not refused in favour of the TorchScript exporter): the parameters torch's
+    gradients say are read are the ones some node reads; the unread ones stay in the model as facts
+    (issue 20): initializers no node reads, declared, listed with their shapes, their matrix a
+    spectral row of its own and zero contexts for the reuse family."""
     e = exported("buffers-unused")
-    meta = {p.key: p.value for p in onnx.load(e.path).metadata_props}
+    proto = onnx.load(e.path)
+    meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["irtools.exporter"] == "dynamo"
     declared = set(json.loads(meta[DECLARED_PARAMETERS_KEY]))
     read = {n for n, g in e.gradients().items() if g is not None}
     assert read == {"a.weight", "a.bias", "frozen", "bn.weight", "bn.bias"}
-    assert read <= declared and {"unused.weight", "unused.bias", "unused_vec"}.isdisjoint(declared)
+    unread = {"unused.weight", "unused.bias", "unused_vec"}
+    assert read | unread <= declared
+    read_by_nodes = {i for n in proto.graph.node for i in n.input}
+    assert read <= read_by_nodes and not unread & read_by_nodes
     assert json.loads(meta[UNREAD_PARAMETERS_KEY]) == {"unused.weight": [8, 8], "unused.bias": [8], "unused_vec": [8]}
-    # the unread matrix is said in `skipped` (never lost silently); vectors are no matrices anywhere
-    skipped = {s["parameter"]: s["reason"] for s in irtools.analyze(e.path, metrics="spectral").skipped}
-    assert "never read by the forward pass" in skipped["unused.weight"]
-    assert not {"unused.bias", "unused_vec"} & set(skipped)
+    # the unread matrix is a row (never lost silently) with the module's values; vectors are no matrices anywhere
+    result = irtools.analyze(e.path)
+    rows = {r["parameter"]: r for r in result.layers}
+    assert rows["unused.weight"]["name"] == "unused" and rows["unused.weight"]["unread"] is True
+    assert not {"unused.bias", "unused_vec"} & (set(rows) | {s["parameter"] for s in result.skipped})
+    reuse = {p["name"]: p for p in result.reuse["parameters"]}
+    assert all(reuse[k]["mass_share"] == 0.0 and reuse[k]["log2_count_mean"] is None for k in unread)
+    assert reuse["a.weight"]["mass_share"] > 0
 
 
 @pytest.mark.slow

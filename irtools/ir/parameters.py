@@ -40,6 +40,16 @@ DECLARED_PARAMETERS_KEY = "irtools.parameters"
 #: Metadata key: {name: shape} of the parameters a frontend left out of the graph because the
 #: forward pass never reads them (a pooler the chosen output skips): skipped, never silently lost.
 UNREAD_PARAMETERS_KEY = "irtools.unread_parameters"
+#: Metadata key: {name: layout} of those unread parameters whose values the frontend kept (as an
+#: initializer no node reads, declared in the parameter set): how the framework lays the tensor out,
+#: so that the `weights` pass reads it as the matrices a reader would (see `UnreadLayout`).
+UNREAD_LAYOUTS_KEY = "irtools.unread_layouts"
+#: Why an unread parameter has zero contexts (the reuse family) and a spectral row of its own.
+UNREAD_REASON = "never read by the forward pass"
+#: The `kind`s of an unread layout: dense / embedding / matrix (2-D), conv / conv_transpose (a kernel,
+#: `kernel` says its layout), depthwise (Keras' (*k, in, multiplier)), experts ([experts, out, in]),
+#: rnn (a recurrent weight, `gates` gate blocks stacked on axis 0, torch's layout).
+UNREAD_KINDS = frozenset({"dense", "embedding", "matrix", "conv", "conv_transpose", "depthwise", "experts", "rnn"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,3 +247,67 @@ def _decide(t: StoredTensor, structural: list[Use], declared: set[str] | None, c
     if t.numel <= 1 and not any(u.input_index in op_slots(u.domain, u.op_type).weight for u in t.uses):
         return False, "scalar constant"
     return True, ""
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadLayout:
+    """How a parameter the forward pass never reads is laid out, as its frontend knows from the framework.
+
+    `layer`: the row name its reader would have given it (torch module path, Keras layer path, Flax
+    module path); `kind`: one of `UNREAD_KINDS`; `kernel`: for a conv kernel "OI" (out, in, *kernel:
+    torch, ONNX) or "IO" (*kernel, in, out: Keras, Flax); `groups`: a conv's groups; `gates`: a
+    recurrent weight's gate letters in its order (torch LSTM "ifgo")."""
+
+    layer: str
+    kind: str
+    kernel: str = "OI"
+    groups: int = 1
+    gates: str = ""
+
+    def as_json(self) -> dict:
+        out = {"layer": self.layer, "kind": self.kind}
+        if self.kind in ("conv", "conv_transpose", "depthwise"):
+            out.update(kernel=self.kernel, groups=self.groups)
+        if self.gates:
+            out["gates"] = self.gates
+        return out
+
+
+def unread_layouts(metadata: dict, path: str | None = None) -> dict[str, UnreadLayout]:
+    """The `UNREAD_LAYOUTS_KEY` metadata of a model ({} without it), or a one-line `IrtoolsError`
+    for a value that is not a JSON object of layouts (a file can hold anything there)."""
+    import json  # noqa: PLC0415
+
+    from irtools.errors import IrtoolsError  # noqa: PLC0415
+
+    text = metadata.get(UNREAD_LAYOUTS_KEY)
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):
+        raw = None
+    out: dict[str, UnreadLayout] = {}
+    ok = isinstance(raw, dict)
+    for name, entry in (raw.items() if ok else ()):
+        if not (isinstance(entry, dict) and isinstance(entry.get("layer"), str) and entry.get("kind") in UNREAD_KINDS
+                and entry.get("kernel", "OI") in ("OI", "IO") and type(entry.get("groups", 1)) is int
+                and 1 <= entry.get("groups", 1) < 1 << 31 and isinstance(entry.get("gates", ""), str)):
+            ok = False
+            break
+        out[name] = UnreadLayout(entry["layer"], entry["kind"], entry.get("kernel", "OI"), entry.get("groups", 1),
+                                 entry.get("gates", ""))
+    if not ok:
+        raise IrtoolsError(f"metadata '{UNREAD_LAYOUTS_KEY}' is not a JSON object of parameter layouts (corrupt file)",
+                           path)
+    return out
+
+
+def default_unread_layout(name: str, shape: tuple[int, ...], layer: str) -> UnreadLayout | None:
+    """The layout of an unread tensor whose framework said nothing more: a 2-D tensor is a matrix
+    (an embedding when its name says so), as the `weights` pass reads a 2-D parameter no rule claims;
+    anything else has no matrix rule (None)."""
+    if len(shape) == 2:
+        return UnreadLayout(layer, "embedding" if "embed" in name.lower() else "matrix")
+    return None
+
