@@ -29,6 +29,12 @@ class EigenBackend(ABC):
     def spectra(self, matrices: Sequence[np.ndarray]) -> list[Spectrum]:
         """For each matrix W, the min(W.shape) eigenvalues of W^T W and their noise floor."""
 
+    def stacked_spectra(self, matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The spectra of matrices of one shape as arrays: (eigenvalues, one ascending row per matrix; noise
+        floors), each row bit for bit `spectra`'s, or None when this backend does not stack them (then the
+        caller uses `spectra`). The CPU backend stacks small matrices; the default stacks nothing."""
+        return None
+
     def map_spectra(
         self, sources: Iterable[Callable[[], Sequence[np.ndarray]]]
     ) -> Iterator[tuple[int, Sequence[np.ndarray], list[Spectrum]]]:

@@ -231,15 +231,63 @@ def stacked_squared_singular_values(matrices: Sequence[np.ndarray], method: str 
             ev = np.linalg.eigvalsh(grams)
             np.clip(ev, 0.0, None, out=ev)
         else:
-            finite = np.isfinite(stack).all(axis=(1, 2))
-            if not finite.all():
-                stack[~finite] = 0.0
-            sv = _svdvals(stack)
-            ev = np.sort(sv * sv, axis=1)
+            ev, finite = _stacked_svd(stack)
     floors = noise_floor(ev[:, -1], n, m, gram).tolist()  # the same product as each float's, elementwise
     if finite.all():
         return [Spectrum(e, f) for e, f in zip(ev, floors)]
     return [Spectrum(ev[k], floors[k]) if finite[k] else non_finite(m) for k in range(len(mats))]
+
+
+def _stacked_svd(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(squared singular values, ascending per matrix; which matrices are finite) of a float64 stack
+    (the caller ignores "invalid" and "overflow"; a non-finite matrix is zeroed and gets zeros)."""
+    finite = np.isfinite(stack).all(axis=(1, 2))
+    if not finite.all():
+        stack[~finite] = 0.0
+    sv = _svdvals(stack)
+    return np.sort(sv * sv, axis=1), finite
+
+
+#: `CPUBackend.stacked_spectra` stacks matrices of at most this many elements each, up to this many in all.
+_STACKED_MATRIX_ELEMENTS = 1 << 20
+
+
+def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tuple[np.ndarray, np.ndarray] | None:
+    """(eigenvalues, one ascending row per matrix; noise floors) of finite matrices of one shape, every
+    row bit for bit `squared_singular_values`' (the same products and LAPACK calls, per matrix: a Gram
+    route matrix gets its own 2-D product, then all the Grams go to LAPACK in one stacked call, whose
+    gufunc loops over them in C), or None when they differ in shape, are large, or hold NaN or Inf
+    (then each matrix is solved alone). This saves the per-matrix Python of a layer's conv slices and
+    of same-shape layers stacked together (`SpectralPass`), which on 64 x 64 slices costs about as
+    much as the eigensolver's margin."""
+    if not matrices:
+        return None
+    mats = [_tall(w) for w in matrices]
+    n, m = mats[0].shape
+    if m == 0 or n * m > _STACKED_MATRIX_ELEMENTS or any(w.shape != (n, m) for w in mats):
+        return None
+    gram = gram_route(m, method)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if gram:
+            grams = np.empty((len(mats), m, m))
+            for k, w in enumerate(mats):
+                a = np.asarray(w, dtype=np.float64)  # `_gram`'s float64 copy and product, into the stack
+                np.matmul(a.T, a, out=grams[k])
+            if not np.isfinite(np.diagonal(grams, axis1=1, axis2=2)).all():
+                return None
+            gufunc = _EIGVALSH[True]
+            ev = gufunc(grams, signature="d->d") if gufunc is not None else np.linalg.eigvalsh(grams)
+            if np.isnan(ev[:, -1]).any():  # numpy fills the eigenvalues of a failed solve with NaN
+                raise np.linalg.LinAlgError("Eigenvalues did not converge")
+            np.maximum(ev, 0.0, out=ev)
+        else:
+            stack = np.empty((len(mats), n, m))
+            for k, w in enumerate(mats):
+                stack[k] = w
+            ev, finite = _stacked_svd(stack)
+            if not finite.all() or not np.isfinite(ev[:, -1]).all():  # squares past float64: the single route
+                return None
+    return ev, noise_floor(ev[:, -1], n, m, gram)
 
 
 class CPUBackend(EigenBackend):
@@ -269,3 +317,7 @@ class CPUBackend(EigenBackend):
         for start in range(0, len(matrices), per):
             out += stacked_squared_singular_values(matrices[start:start + per], self.method)
         return out
+
+    def stacked_spectra(self, matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """`stacked_spectra` (module function) with this backend's method."""
+        return stacked_spectra(matrices, self.method)

@@ -162,3 +162,30 @@ def _fit_candidates(log_x, candidates):
         if d < best_d:
             best_d, best_i, best_alpha = d, i, alpha
     return best_i, best_alpha, best_d
+
+
+@jit(nogil=True)
+def _fit_standard_rows(evals, log_evals, starts):
+    """`_fit_standard` of many spectra at once, with what `powerlaw.finish` counts: for each row r of
+    `evals` (sorted ascending) the fit of its tail evals[r, starts[r]:] (the eigenvalues above the cut,
+    at least two), from `log_evals` = np.log(evals) (numpy's, elementwise: a row's tail has the bits
+    np.log gives the tail alone). Returns per row (index of xmin in the tail, alpha, D, the count of
+    the row's eigenvalues >= xmin): one call instead of a Python round trip per layer."""
+    rows, size = evals.shape
+    index = np.empty(rows, dtype=np.int64)
+    alphas = np.empty(rows)
+    ds = np.empty(rows)
+    spikes = np.empty(rows, dtype=np.int64)
+    for r in range(rows):
+        start = starts[r]
+        i, alpha, d = _fit_standard(log_evals[r, start:])
+        index[r] = i
+        alphas[r] = alpha
+        ds[r] = d
+        xmin = evals[r, start + i]
+        count = 0
+        for j in range(size):
+            if evals[r, j] >= xmin:
+                count += 1
+        spikes[r] = count
+    return index, alphas, ds, spikes

@@ -74,6 +74,69 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     return row
 
 
+def layer_metrics_rows(evals: np.ndarray, n: int, m: int, noise_floors: np.ndarray, max_ranks: np.ndarray,
+                       small_n_xmin: str = "D") -> list[dict]:
+    """`layer_metrics` of each row of `evals` (layers of one shape: one finite spectrum a row, sorted
+    ascending) with the plain fit, the same numbers: the norms, ranks, entropies and alpha-norms of all
+    rows in whole-array operations (a row of a C-ordered array is reduced, logged and raised to a power
+    with the bits of the same operation on that row alone), the standard fits in one numba call
+    (`_fit_standard_rows`). A row that is degenerate, has fewer than `SMALL_N_CUTOFF` eigenvalues
+    above the cut, or whose fit fails, gets `layer_metrics` itself."""
+    from irtools.passes.spectral._fitkernels import _fit_standard_rows
+    from irtools.passes.spectral.powerlaw import EVALS_THRESH, SMALL_N_CUTOFF, check_rule
+
+    check_rule(small_n_xmin)
+    evals = np.ascontiguousarray(evals, dtype=np.float64)
+    layers, size = evals.shape
+    noise_floors = np.asarray(noise_floors, dtype=np.float64)
+    max_ranks = np.asarray(max_ranks)
+    lam_max = evals[:, -1]
+    norms = evals.sum(axis=1)
+    starts = np.count_nonzero(evals <= EVALS_THRESH, axis=1)  # a sorted row's eigenvalues above the cut: a tail
+    tails = size - starts
+    top_above = lam_max
+    bottom_above = evals[np.arange(layers), np.minimum(starts, size - 1)]
+    # `_degeneracy` and the small-sample rule, for all rows: these rows go to `layer_metrics`
+    scalar = ((lam_max <= 0) | ((max_ranks <= 1) & (m > 1)) | (tails < SMALL_N_CUTOFF)
+              | ((tails >= 2) & (top_above - bottom_above <= 1e-12 * top_above)))
+    fast = np.flatnonzero(~scalar)
+    rows: list[dict | None] = [None] * layers
+    if fast.size:
+        ev = evals[fast] if fast.size < layers else evals
+        with np.errstate(divide="ignore"):  # log(0) below the cut: never read
+            log_ev = np.log(ev)
+        index, alphas, ds, spikes = _fit_standard_rows(ev, log_ev, starts[fast])
+        ranks = np.count_nonzero(ev > np.maximum(noise_floors[fast], 0.0)[:, None], axis=1)
+        p = ev / norms[fast][:, None] + 1e-10
+        plogp = np.sum(p * np.log(p), axis=1)
+        ok = (alphas > 1.0) & np.isfinite(alphas) & (alphas != 2.0)  # 2.0: numpy's ** takes a square there
+        with np.errstate(under="ignore"):
+            scaled = np.sum((ev / lam_max[fast][:, None]) ** np.where(ok, alphas, 1.5)[:, None], axis=1)
+        for j, (r, lam, norm, rank, plp, start, i, alpha, d, spike, sc, good) in enumerate(zip(
+                fast.tolist(), lam_max[fast].tolist(), norms[fast].tolist(), ranks.tolist(), plogp.tolist(),
+                starts[fast].tolist(), index.tolist(), alphas.tolist(), ds.tolist(), spikes.tolist(),
+                scaled.tolist(), ok.tolist())):
+            if not good:
+                continue
+            denom = math.log(rank + 1e-10)
+            log_spectral = _log10(lam)
+            row = {
+                "N": n, "M": m, "num_evals": size, "lambda_max": lam, "norm": norm, "log_norm": _log10(norm),
+                "spectral_norm": lam, "log_spectral_norm": log_spectral, "stable_rank": norm / lam,
+                "matrix_rank": rank, "entropy": -plp / denom if denom != 0 else math.nan,
+                "alpha": alpha, "xmin": float(evals[r, start + i]), "xmax": lam, "D": d,
+                "sigma": (alpha - 1.0) / math.sqrt(size - start - i), "num_pl_spikes": spike,
+                "alpha_weighted": alpha * log_spectral, "log_alpha_norm": alpha * math.log10(lam) + math.log10(sc),
+                "warning": OVER_TRAINED if alpha < 2.0 else UNDER_TRAINED if alpha > 6.0 else "",
+                "fit_status": "success", "num_nonfinite": 0,
+            }
+            rows[r] = row
+    for r in range(layers):
+        if rows[r] is None:
+            rows[r] = layer_metrics(evals[r], n, m, float(noise_floors[r]), int(max_ranks[r]), small_n_xmin)
+    return rows
+
+
 def finger_columns(fit: PowerLawFit | None) -> dict:
     """WeightWatcher's clip_xmax columns: eigenvalues clipped and the alpha before clipping (NaN: no fit)."""
     if fit is None or fit.status != "success":
