@@ -159,8 +159,8 @@ def savedir_of(savefig) -> str | None:
     raise UnsupportedOptionError(f"savefig must be a folder name or a bool, got {_shown(savefig)}")
 
 
-def _peft_value(value):
+def _peft_value(value, method: str = "analyze"):
     if value is None or isinstance(value, (bool, str)):
         return value
-    raise UnsupportedOptionError(f"WeightWatcher.analyze(): peft must be False, True or a string such as "
+    raise UnsupportedOptionError(f"WeightWatcher.{method}(): peft must be False, True or a string such as "
                                  f"'with_base', not a {type(value).__name__}")

@@ -65,15 +65,15 @@ def peft_entries(layers: list[WWLayer], with_base: bool, supported: Callable) ->
                              a_layer.longname.replace("lora_A", "lora_BA"), DENSE)
                 rows = [(ba, _low_rank(str(a_layer.layer_id), ba.name, shape, rank, load), True)]
                 if last is not None:
-                    def plus(last=last, load=load, transpose=transpose, name=layer.longname):
-                        d, w = load(), np.asarray(last.weight.load())
-                        d = d.T if transpose else d
-                        if w.shape != d.shape:
-                            raise IrtoolsError(f"peft='with_base': {name}: the layer before ({last.longname}, "
-                                               f"{w.shape}) is not the base of B·A {d.shape} (WeightWatcher 0.7.7 "
-                                               f"fails here too)"[:300])
-                        return w + d
-                    w_shape = tuple(last.weight.shape)
+                    def plus(last=last, load=load, transpose=transpose):
+                        d = load()
+                        return np.asarray(last.weight.load()) + (d.T if transpose else d)
+
+                    w_shape, d_shape = tuple(last.weight.shape), (shape[::-1] if transpose else shape)
+                    if w_shape != d_shape:  # seen from the shapes, before anything is loaded (describe too)
+                        raise IrtoolsError(f"peft='with_base': {layer.longname}: the layer before ({last.longname}, "
+                                           f"{w_shape}) is not the base of B·A {d_shape} (WeightWatcher 0.7.7 "
+                                           f"fails here too)"[:300])
                     wb = WWLayer(layer.layer_id, layer.name.replace("lora_B", "lora_W_plus_AB"),
                                  layer.longname.replace("lora_B", "lora_W_plus_AB"), DENSE)
                     rows.insert(0, (wb, _low_rank(str(layer.layer_id), wb.name, w_shape, rank, plus), True))

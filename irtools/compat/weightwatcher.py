@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numbers
 import os
-from dataclasses import replace
 
 import numpy as np
 
@@ -117,6 +116,7 @@ class WeightWatcher:
         from irtools.frontends import OpenedSource
 
         base_model = base_model if base_model is not None else self.base_model
+        _check_pooled("analyze", opts, base_model, peft)
         found = self._layers(model, layers, start_ids)
 
         def supported(layer: WWLayer) -> bool:
@@ -127,10 +127,8 @@ class WeightWatcher:
             keep = layer_filter(layers)
             base_found = [x for x in model_layers(base_model, int(start_ids), self.trust) if x.analysable and keep(x)]
             entries = [(layer, None, None) for layer in delta_layers(found, base_found, supported)]
-            opts = replace(opts, pool=True)
         elif peft:
             entries = peft_entries(found, peft == PEFT_WITH_BASE, supported)
-            opts = replace(opts, pool=True)
         by_key = {}
         for layer, wl, flag in entries:
             wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
@@ -148,7 +146,7 @@ class WeightWatcher:
             record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance, part=part,
                                  device=self.device)
             record.update(option_columns(row, opts, slice_id))
-            if peft:
+            if peft and base_model is None:  # WeightWatcher's delta iterator has no peft column
                 record["peft"] = bool(flag)
             if type(wl).__name__ == "LowRankLayer":  # WeightWatcher's rank loss of its r singular values
                 sv = np.sqrt(np.maximum(evals, 0.0))
@@ -292,13 +290,32 @@ class WeightWatcher:
         return summary_of(self.details if details is None else details)
 
     def describe(self, model=None, layers=(), min_evals: int = 8, max_evals: int = 15000, max_N: int = 50000,
-                 savefig=DEFAULT_SAVEDIR, start_ids: int = 0, **options):
-        """The layers `analyze` would analyse, with their shapes, without computing anything."""
+                 savefig=DEFAULT_SAVEDIR, start_ids: int = 0, base_model=None, peft=False, **options):
+        """The layers `analyze` would analyse, with their shapes, without computing anything. peft= lists
+        the rows `analyze(peft=...)` has (WeightWatcher's describe: a B·A row's num_evals is M x rf of the
+        product, not its rank; a `peft` column on every row); base_model= the layers of the delta iterator
+        (the model's; peft= is then ignored, as in WeightWatcher)."""
+        peft = _peft_value(peft, "describe")
         opts = options_of("describe", options, DESCRIBE_OPTIONS)
         check_limits(min_evals, max_evals, max_N)
         savedir_of(savefig)
+        base_model = base_model if base_model is not None else self.base_model
+        _check_pooled("describe", opts, base_model, peft)
+        found = self._layers(model, layers, start_ids)
+        if base_model is not None:
+            model_layers(base_model, int(start_ids), self.trust)  # the base must be a model irtools reads
+        elif peft:
+            def supported(layer: WWLayer) -> bool:
+                return within_limits(weight_layer(layer, opts.conv2d_norm), min_evals, max_evals, max_N)
+
+            records = []
+            for layer, wl, flag in peft_entries(found, peft == PEFT_WITH_BASE, supported):
+                wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
+                records.append({**_base_row(layer, wl), "num_evals": wl.M * wl.rf if flag else wl.num_evals,
+                                "peft": bool(flag)})
+            return frame(records)
         records = []
-        for layer in self._layers(model, layers, start_ids):
+        for layer in found:
             wl = weight_layer(layer, opts.conv2d_norm)
             for slice_id, part in enumerate(layer_parts(layer, wl, opts)):
                 if within_limits(part, min_evals, max_evals, max_N):
@@ -311,6 +328,14 @@ class WeightWatcher:
             raise AttributeError(name)
         raise UnsupportedMethodError(f"WeightWatcher.{name} is not supported by irtools.compat.weightwatcher "
                                      f"(supported: analyze, describe, distances, get_details, get_summary, get_ESD, SVDSmoothing, SVDSharpness)")
+
+
+def _check_pooled(method: str, opts: Options, base_model, peft) -> None:
+    """base_model= and peft= are pooled analyses: WeightWatcher 0.7.7 applies pool=False only to its size
+    limits there (per matrix), and still forms one pooled row per layer; irtools refuses the mix."""
+    if not opts.pool and (base_model is not None or peft):
+        option = "base_model=" if base_model is not None else f"peft={_shown(peft)}"
+        raise _refuse(method, f"{option} is supported only with pool=True (and ww2x=False)")
 
 
 def _model_name(model) -> str:
