@@ -149,6 +149,17 @@ def pair_distances(mats: list[np.ndarray], base_mats: list[np.ndarray]) -> dict:
             "rel_distance": raw / math.sqrt(base2) if base2 > 0 else math.nan}
 
 
+def mean_columns(rows, keys) -> dict:
+    """The summary of a comparison's distance and model/base columns: per key the mean over the rows
+    with a finite float value (NaN when none). The audit folder's report recomputes the same means from
+    the layer rows it stored (`irtools.reports.finetune.drift_section`), so both use this one rule."""
+    out = {}
+    for key in keys:
+        vals = [r[key] for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
+        out[key] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
 # -- matching ------------------------------------------------------------------------------------------
 
 def _shape_key(layer) -> tuple:
@@ -353,9 +364,7 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     columns = result.columns()
     columns += [c for c in DISTANCE_COLUMNS + (MODEL_COLUMNS if models else ()) if c not in columns]
     summary = dict(result.summary)
-    for key in DISTANCE_COLUMNS + (MODEL_COLUMNS[:2] if models else ()):
-        vals = [r[key] for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
-        summary[key] = float(np.mean(vals)) if vals else math.nan
+    summary.update(mean_columns(rows, DISTANCE_COLUMNS + (MODEL_COLUMNS[:2] if models else ())))
     notes += result.notes
     notes.append(f"fine-tune vs base: {len(rows)} matched layer(s) analysed as W - W_base, {len(skipped)} "
                  f"listed in skipped")
@@ -372,4 +381,4 @@ def compare_series(checkpoints, base: Any, **kwargs) -> list[FineTune]:
 
 
 __all__ = ["DISTANCE_COLUMNS", "DISTANCE_METHODS", "FineTune", "align", "cka", "compare", "compare_series",
-           "layers_of", "match_layers", "open_merged", "pair_distances"]
+           "layers_of", "match_layers", "mean_columns", "open_merged", "pair_distances"]

@@ -231,4 +231,7 @@ def test_series_drift(tmp_path):
     drift = [r.summary["rel_distance"] for r in results]
     assert drift == sorted(drift) and drift[0] > 0
     page = drift_section(results, labels=["step0", "step1", "step2"])
-    assert page.count("<tr>") == 4 and "data:image/png;base64," in page
+    assert page.count("<tr data-checkpoint=") == 3 and page.count("data:image/png;base64,") == 2
+    for k, label in enumerate(("step0", "step1", "step2")):  # each checkpoint's mean relative distance, whole
+        assert f'<tr data-checkpoint="{label}"><td>{label}</td><td data-v="{drift[k]!r}">' in page
+    assert page.count("<tr data-layer=") == min(8, len(results[-1].layers))

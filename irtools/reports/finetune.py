@@ -4,7 +4,13 @@
 layer (with the line alpha_model = alpha_base), alpha by depth for both (as WeightWatcher's hosted
 app draws them), the table of the layers that moved most (relative distance ||W - W_base|| /
 ||W_base||) and the skipped layers with their reasons. Figures are matplotlib PNGs (Agg) embedded as
-data URIs; every name from a model is escaped. The lead wires it into the report page.
+data URIs; every name from a model is escaped (`irtools report MODEL --base BASE` draws it).
+
+`drift_section(checkpoints)` is a series of checkpoints against one base: per checkpoint the mean
+relative distance, CKA and alphas (a figure and a table whose cells keep the whole value in `data-v`),
+and the relative distance per checkpoint of the layers that moved most by the last one. The page of an
+`audit --base` folder (`irtools report OUTDIR`, `irtools.reports.series`) draws it from the folder's
+tables.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -128,20 +135,58 @@ def finetune_section(result, k: int = 10) -> str:
 
 
 DRIFT_METRICS = ("rel_distance", "dist_cka", "alpha", "alpha_model", "alpha_base")
+#: Layers whose drift is drawn and tabled per checkpoint (those that moved most at the last checkpoint).
+DRIFT_LAYERS = 8
 
 
-def drift_section(results, labels=None) -> str:
+def _checkpoint(result, label=None) -> dict:
+    """One checkpoint of a series as the drift section reads it: a `FineTune`, or a mapping with
+    `model`, `summary` and `layers` (the audit folder's report builds these from its tables)."""
+    if isinstance(result, Mapping):
+        model, summary, layers = result.get("model"), result.get("summary") or {}, result.get("layers") or []
+    else:
+        model, summary, layers = result.model, result.summary, result.layers
+    return {"label": model if label is None else label, "summary": summary, "layers": list(layers)}
+
+
+def _value(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _cell(v) -> str:
+    """A table cell with the value shown to 4 digits and kept whole in `data-v` (for sorting and tests)."""
+    x = _value(v)
+    return f'<td data-v="{x!r}">{_fmt(x)}</td>' if math.isfinite(x) else "<td></td>"
+
+
+def layer_drift(checkpoints: list[dict], k: int = DRIFT_LAYERS) -> tuple[list[str], np.ndarray]:
+    """(names, rel_distance[layer, checkpoint]) of the k layers that moved most at the last checkpoint
+    (NaN where a checkpoint has no value for a layer)."""
+    if not checkpoints:
+        return [], np.zeros((0, 0))
+    per = [{r.get("name"): _value(r.get("rel_distance")) for r in c["layers"]} for c in checkpoints]
+    last = per[-1]
+    names = sorted((n for n, v in last.items() if math.isfinite(v)), key=lambda n: -last[n])[:k]
+    return names, np.array([[p.get(n, math.nan) for p in per] for n in names], dtype=np.float64).reshape(
+        len(names), len(per))
+
+
+def drift_section(results, labels=None, k: int = DRIFT_LAYERS) -> str:
     """The `<section>` of a series of fine-tune checkpoints against one base (`audit --base`): per
-    checkpoint the mean relative distance, CKA and alphas (a table and a figure of the drift)."""
-    labels = list(labels) if labels is not None else [r.model for r in results]
-    rows = [{"checkpoint": lab, **{m: r.summary.get(m, math.nan) for m in DRIFT_METRICS}}
-            for lab, r in zip(labels, results)]
+    checkpoint the mean relative distance ||W - W_base|| / ||W_base||, CKA and alphas (a table and a
+    figure of the drift), and the relative distance per checkpoint of the k layers that moved most by
+    the last one. `results`: `FineTune`s, or mappings with `model`, `summary`, `layers` (see `_checkpoint`)."""
+    labels = list(labels) if labels is not None else [None] * len(results)
+    points = [_checkpoint(r, lab) for r, lab in zip(results, labels)]
+    rows = [{"checkpoint": c["label"], **{m: _value(c["summary"].get(m, math.nan)) for m in DRIFT_METRICS}}
+            for c in points]
+    names = [printable(c["label"]) for c in points]
 
     def draw(ax):
         x = np.arange(len(rows))
         ax.plot(x, [r["rel_distance"] for r in rows], "o-", label="mean ||W - W_base|| / ||W_base||")
         ax.set_xticks(x)
-        ax.set_xticklabels([printable(lab)[-18:] for lab in labels], rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels([lab[-18:] for lab in names], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("relative distance")
         twin = ax.twinx()
         twin.plot(x, [r["alpha_model"] for r in rows], "s--", color="tab:orange", label="mean alpha (checkpoint)")
@@ -150,15 +195,38 @@ def drift_section(results, labels=None) -> str:
         ax.legend(loc="upper left", fontsize=8)
         twin.legend(loc="lower right", fontsize=8)
 
+    layer_names, drift = layer_drift(points, k)
+
+    def draw_layers(ax):
+        x = np.arange(len(rows))
+        for name, y in zip(layer_names, drift):
+            ax.plot(x, y, "o-", ms=3, lw=1, label=printable(name)[-28:])
+        ax.set_xticks(x)
+        ax.set_xticklabels([lab[-18:] for lab in names], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("||W - W_base|| / ||W_base||")
+        ax.set_title(f"The {len(layer_names)} layer(s) that moved most, per checkpoint")
+        ax.legend(fontsize=6, loc="upper left")
+
     head = "".join(f"<th>{_esc(c)}</th>" for c in ("checkpoint",) + DRIFT_METRICS)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in ("checkpoint",) + DRIFT_METRICS) + "</tr>"
-                   for r in rows)
-    parts = ['<section class="finetune-drift"><h2>Fine-tune checkpoints against their base</h2>']
+    body = "".join(f'<tr data-checkpoint="{_esc(r["checkpoint"])}"><td>{_esc(r["checkpoint"])}</td>'
+                   + "".join(_cell(r[c]) for c in DRIFT_METRICS) + "</tr>" for r in rows)
+    parts = ['<section class="finetune-drift" id="finetune-drift"><h2>Fine-tune checkpoints against their base</h2>',
+             f"<p>{len(rows)} checkpoint(s), each analysed as ΔW = W - W_base layer by layer; per checkpoint the "
+             f"means over its matched layers (alpha: of ΔW; alpha_model, alpha_base: of W and W_base).</p>"]
     if rows:
         parts.append(_img(_png(draw, (6.5, 3.6)), "relative distance and alpha of each checkpoint"))
     parts.append(f'<table class="finetune-drift"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+    if layer_names:
+        parts.append(f"<h3>Layers that moved most by the last checkpoint (relative distance)</h3>"
+                     + _img(_png(draw_layers, (6.5, 3.6)), "relative distance of the layers that moved most"))
+        lhead = "".join(f"<th>{_esc(c)}</th>" for c in ["layer", *names])
+        lbody = "".join(f'<tr data-layer="{_esc(n)}"><td>{_esc(n)}</td>' + "".join(_cell(v) for v in y) + "</tr>"
+                        for n, y in zip(layer_names, drift))
+        parts.append(f'<table class="finetune-drift-layers"><thead><tr>{lhead}</tr></thead><tbody>{lbody}</tbody>'
+                     f"</table>")
     parts.append("</section>")
     return "\n".join(parts)
 
 
-__all__ = ["alpha_depth_png", "alpha_scatter_png", "drift_section", "finetune_section", "moved_table"]
+__all__ = ["alpha_depth_png", "alpha_scatter_png", "drift_section", "finetune_section", "layer_drift",
+           "moved_table"]

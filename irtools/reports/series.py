@@ -3,7 +3,10 @@
 Each summary metric against the audit's order (the step or epoch of a training run audited with
 `--series`, else the order the models were given), with the Kendall tau of the metric against that
 order; against published accuracies when given (Kendall tau, as `irtools compare` scores them);
-and the distribution of alpha per layer type over all the models' layers. Drawn with matplotlib
+and the distribution of alpha per layer type over all the models' layers; for an `audit --base` folder
+(fine-tune checkpoints against one base) first the drift of each checkpoint from the base
+(`irtools.reports.finetune.drift_section`: mean relative distance, CKA, alphas, the layers that moved
+most). Drawn with matplotlib
 into the same self-contained page as `irtools report` (`irtools.reports.html.page`).
 """
 
@@ -194,6 +197,33 @@ def _scores_table(scores: list[dict], xlabel: str, with_accuracy: bool) -> str:
     return f'<table class="scores"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def finetune_checkpoints(summary, layers, order: np.ndarray) -> list[dict]:
+    """The checkpoints of an `audit --base` folder, for `irtools.reports.finetune.drift_section`: per
+    analysed model (in the audit's order: the step in a series) its label, summary (alpha of ΔW as the
+    summary row holds it; the distance and model/base means recomputed from its stored layer rows by
+    `irtools.finetune.mean_columns`, the rule `compare` summarises with) and its layer rows. Empty when
+    the folder is no comparison with a base (no distance column in its layers)."""
+    from irtools.finetune import DISTANCE_COLUMNS, MODEL_COLUMNS, mean_columns
+
+    if layers is None or "rel_distance" not in layers or "model" not in layers:
+        return []
+    by_model = {str(m): group for m, group in layers.groupby("model", sort=False)}
+    keys = [c for c in DISTANCE_COLUMNS + MODEL_COLUMNS[:2] if c in layers]
+    sources = [str(s) for s in summary["source"]]
+    common = os.path.commonpath(sources) if len(sources) > 1 and all(os.path.isabs(s) for s in sources) else None
+    out = []
+    for k in np.argsort(order, kind="stable"):
+        row = summary.iloc[int(k)]
+        source = sources[int(k)]
+        if row["status"] != "ok" or source not in by_model:
+            continue
+        rows = [{c: _plain(v) for c, v in r.items()} for r in by_model[source].to_dict(orient="records")]
+        label = os.path.relpath(source, common) if common else os.path.basename(os.path.normpath(source))
+        out.append({"model": label if label not in ("", ".") else source, "source": source, "layers": rows,
+                    "summary": {"alpha": _plain(row.get("alpha")), **mean_columns(rows, keys)}})
+    return out
+
+
 def build_series_report(outdir: str, accuracies: Mapping[str, float] | None = None) -> str:
     """The page of an audit folder."""
     from irtools.audit.results import read_tables
@@ -207,6 +237,11 @@ def build_series_report(outdir: str, accuracies: Mapping[str, float] | None = No
     ok = summary["status"] == "ok"
     parts = [f'<p class="counts">{len(summary)} models: {int(ok.sum())} analysed, {int((~ok).sum())} failed'
              f'{"; ordered by the step in their names" if series else ""}.</p>']
+    checkpoints = finetune_checkpoints(summary, layers, order)
+    if checkpoints:  # `audit --base`: what each checkpoint moved from the base
+        from irtools.reports.finetune import drift_section
+
+        parts.append(drift_section(checkpoints))
     scores = series_scores(summary[ok], order[ok.to_numpy()], accuracy[ok.to_numpy()])
     if scores:
         parts.append(f'<section id="series"><h2>Summary metrics against the {_esc(xlabel)}</h2>'
