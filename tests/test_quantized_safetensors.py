@@ -284,3 +284,65 @@ def test_compressed_tensors_pack_quantized_equals_its_decompress(tmp_path, bits,
     assert got.shape == (out_f, in_f) and got.storage.startswith(f"compressed-tensors int{bits}")
     np.testing.assert_array_equal(got.load().astype(np.float32), want)
     assert not _accounted(path).skipped
+
+
+# -- bands: every dequantization writes its output a band of rows at a time ------------------------------------
+def _band_cases():
+    from irtools.ir import quant
+
+    words = lambda *shape: RNG.integers(-2**31, 2**31 - 1, shape, dtype=np.int64).astype(np.int32)  # noqa: E731
+    f16 = lambda *shape: RNG.uniform(0.01, 0.1, shape).astype(np.float16)  # noqa: E731
+    bf16 = lambda *shape: RNG.uniform(0.01, 0.1, shape).astype(np.float32).astype(  # noqa: E731
+        __import__("ml_dtypes").bfloat16)
+    codes4 = RNG.integers(0, 256, (7 * 64 + 5) * 40 // 2 + 3, dtype=np.uint8)
+    return {  # name: (function of no arguments, rows of its output's banded axis, bytes of one band row)
+        "gptq": (lambda: quant.gptq(words(7, 24), words(7, 3), f16(7, 24), RNG.permutation(np.arange(56) % 7), 4, 8),
+                 56, 24 * 4, 8),
+        "gptq 2-bit": (lambda: quant.gptq(words(5, 24), words(5, 24 // 16 + 1), f16(5, 24), None, 2, 16), 80, 96, 16),
+        "awq": (lambda: quant.awq(words(50, 3), words(5, 3), f16(5, 24), 4, 10), 50, 24 * 4, 1),
+        "awq no zeros": (lambda: quant.awq(words(50, 3), None, f16(5, 24), 4, 10), 50, 24 * 4, 1),
+        "mlx 4-bit": (lambda: quant.mlx_affine(words(37, 8).view(np.uint32), f16(37, 2), f16(37, 2), 4, 32), 37, 64 * 4,
+                      1),
+        "mlx 3-bit": (lambda: quant.mlx_affine(words(37, 6).view(np.uint32), bf16(37, 2), bf16(37, 2), 3, 32), 37,
+                      64 * 4 * 3, 1),
+        "nf4": (lambda: quant.bnb_4bit(codes4, RNG.uniform(0.1, 1, -(-(7 * 64 + 5) * 40 // 64)).astype(np.float32),
+                                       np.sort(RNG.uniform(-1, 1, 16)).astype(np.float32), 64, (7 * 64 + 5, 40),
+                                       np.float16), (7 * 64 + 5) * 40 // 64, 64 * 4, 1),
+        "blockwise": (lambda: quant.blockwise_codes(RNG.integers(0, 256, 999, dtype=np.uint8),
+                                                    RNG.uniform(0.1, 1, 16).astype(np.float32),
+                                                    RNG.uniform(-1, 1, 256).astype(np.float32), 64), 16, 64 * 4, 1),
+        "int8": (lambda: quant.int8_rowwise(RNG.integers(-127, 128, (45, 33), dtype=np.int8),
+                                            RNG.uniform(0.1, 3, 45).astype(np.float32)), 45, 33 * 4, 1),
+        "fp8 per-tensor": (lambda: quant.fp8_blocks(RNG.standard_normal((45, 33)).astype(
+            __import__("ml_dtypes").float8_e4m3fn), np.float32(0.3)), 45, 33 * 4, 1),
+        "fp8 blocks": (lambda: quant.fp8_blocks(RNG.standard_normal((2, 45, 33)).astype(
+            __import__("ml_dtypes").float8_e4m3fn), RNG.uniform(0.1, 1, (2, 3, 3)).astype(np.float32), (16, 16)),
+            16, 33 * 4, 1),
+        "mxfp4": (lambda: quant.mxfp4(RNG.integers(0, 256, (3, 13, 2, 16), dtype=np.uint8),
+                                      RNG.integers(120, 134, (3, 13, 2), dtype=np.uint8)), 3 * 13 * 2, 32 * 4, 1),
+        "pack-quantized 4-bit": (lambda: quant.pack_quantized(words(29, 8), bf16(29, 4), words(4, 4), (29, 64), 4),
+                                 29, 64 * 4, 1),
+        "pack-quantized 3-bit": (lambda: quant.pack_quantized(words(29, 6), bf16(29, 1), None, (29, 64), 3),
+                                 29, 64 * 4 * 3, 1),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_band_cases()))
+def test_bands_change_no_value(monkeypatch, case):
+    """A tensor whose rows are not a whole number of bands (bands of a few rows, the last one short)
+    dequantizes bit for bit as in one band: the bands only bound the temporaries."""
+    from irtools.ir import quant
+
+    make, rows, row_bytes, multiple = _band_cases()[case]
+    state = RNG.bit_generator.state
+    monkeypatch.setattr(quant, "CHUNK_BYTES", 1 << 40)
+    whole = make()
+    RNG.bit_generator.state = state  # the same inputs again
+    k = next(k for k in range(2, rows) if rows % (k * multiple))  # bands of k * multiple rows, the last one short
+    monkeypatch.setattr(quant, "CHUNK_BYTES", row_bytes * k * multiple)
+    step = quant.chunk_rows(row_bytes, multiple)
+    assert 1 < step < rows and rows % step, (step, rows)  # several bands, the last one partial
+    banded = make()
+    assert banded.dtype == whole.dtype and banded.shape == whole.shape and banded.strides == whole.strides
+    np.testing.assert_array_equal(banded, whole)
+    assert np.isfinite(whole.astype(np.float32)).any()

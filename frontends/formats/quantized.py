@@ -187,8 +187,17 @@ def _mxfp4(tensors, config, taken, path):
             transpose = len(shape) == 3  # gpt-oss experts: (E, out, in) stored, (E, in, out) as the parameter
 
             def fn(t=t, s=s, transpose=transpose):
-                w = quant.mxfp4(t.load(), s.load())
-                return np.ascontiguousarray(w.transpose(0, 2, 1)) if transpose else w
+                blocks, scales = t.load(), s.load()
+                if not transpose:
+                    return quant.mxfp4(blocks, scales)
+                # each expert (out, in) stored, written transposed into the (E, in, out) output a band of rows at a time
+                n_exp, rows, cols = blocks.shape[0], blocks.shape[1], g * 32
+                out = np.empty((n_exp, cols, rows), np.float32)
+                step = quant.chunk_rows(cols * 4)
+                for e in range(n_exp):
+                    for r in range(0, rows, step):
+                        out[e, :, r:r + step] = quant.mxfp4(blocks[e, r:r + step], scales[e, r:r + step]).T
+                return out
 
             final = (shape[0], shape[2], shape[1]) if transpose else shape
             return _lazy(final, np.float32, "MXFP4 block 32", fn, f"tensor '{printable(stem)}'", path)
@@ -244,8 +253,7 @@ def _bnb_4bit(tensors, config, taken, path):
                 if nested:
                     am = quant.blockwise_codes(am, na.load(), nq.load(), nb)
                     am += np.float32(off)
-                w4 = quant.bnb_4bit(w.load(), am, qmap.load(), blocksize, tuple(shape))
-                return w4.astype(_BNB_DTYPES[dtype])
+                return quant.bnb_4bit(w.load(), am, qmap.load(), blocksize, tuple(shape), _BNB_DTYPES[dtype])
 
             kind = "NF4" if name.endswith("nf4") else "FP4"
             return _lazy(shape, _BNB_DTYPES[dtype], f"bitsandbytes {kind} block {blocksize}", fn,

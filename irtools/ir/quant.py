@@ -6,6 +6,8 @@ before spectral analysis.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -61,11 +63,23 @@ def dequantize_matmul_nbits(packed: np.ndarray, scales: np.ndarray, zeros: np.nd
 # -- checkpoint quantization formats (safetensors) ------------------------------------------------
 # Each function reproduces the arithmetic of the code that defines the format, in the same
 # float precision, so the values equal that code's bit for bit (tests/test_quantized_safetensors.py
-# calls the defining library where it runs on CPU).
+# calls the defining library where it runs on CPU). Each writes one output array in bands of rows
+# (`chunk_rows`): the unpacked codes, gathered scales and products exist only for a band at a time,
+# so the peak is the output plus a few MB however large the matrix (benchmarks/dequant_memory.py);
+# the arithmetic is elementwise, so the bands change no value.
+
+#: About this many bytes of float output per band (the band's temporaries are a few times this).
+CHUNK_BYTES = 4 << 20
 
 #: MXFP4 / NVFP4 E2M1 values by 4-bit code (transformers.integrations.mxfp4.FP4_VALUES).
 FP4_E2M1 = np.array([+0.0, +0.5, +1.0, +1.5, +2.0, +3.0, +4.0, +6.0,
                      -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+def chunk_rows(row_bytes: int, multiple: int = 1) -> int:
+    """Rows of `row_bytes` output bytes in one band of about CHUNK_BYTES, a multiple of `multiple` (>= 1 of them)."""
+    rows = max(1, CHUNK_BYTES // max(int(row_bytes), 1))
+    return max(multiple, rows // multiple * multiple)
 
 
 def scale_as_float32(scale: np.ndarray) -> np.ndarray:
@@ -98,10 +112,13 @@ def fp8_blocks(q: np.ndarray, scale: np.ndarray, block: tuple[int, int] | None =
     if s3.shape[0] == 1 and q3.shape[0] > 1:
         s3 = np.broadcast_to(s3, (q3.shape[0], grid_r, grid_c))
     out = np.empty(q3.shape, np.float32)
+    step = chunk_rows(cols * 4)
     for e in range(q3.shape[0]):
         for i in range(grid_r):
             r0, r1 = i * bm, min((i + 1) * bm, rows)
-            out[e, r0:r1] = q3[e, r0:r1].astype(np.float32) * np.repeat(s3[e, i], bn)[:cols]
+            row_scale = np.repeat(s3[e, i], bn)[:cols]
+            for r in range(r0, r1, step):
+                np.multiply(q3[e, r:min(r + step, r1)].astype(np.float32), row_scale, out=out[e, r:min(r + step, r1)])
     return out.reshape(q.shape)
 
 
@@ -110,46 +127,76 @@ def mxfp4(blocks: np.ndarray, scales: np.ndarray, dtype=np.float32) -> np.ndarra
     (..., G) -> (..., G * 32): `lut[code] * 2^(scale - 127)` (transformers'
     `_convert_moe_packed_tensors`, before its final transpose)."""
     blocks = np.asarray(blocks, np.uint8)
-    exp = np.asarray(scales).astype(np.int32) - 127
-    if blocks.shape[:-1] != exp.shape:
-        raise ValueError(f"MXFP4 blocks {list(blocks.shape)} and scales {list(exp.shape)} do not match")
+    scales = np.asarray(scales)
+    if blocks.shape[:-1] != scales.shape:
+        raise ValueError(f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match")
     lut = FP4_E2M1.astype(dtype)
-    out = np.empty((*blocks.shape[:-1], blocks.shape[-1] * 2), dtype)
-    out[..., 0::2] = lut[blocks & 0x0F]
-    out[..., 1::2] = lut[blocks >> 4]
-    out = np.ldexp(out, exp[..., None]).astype(dtype)
-    return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * blocks.shape[-1] * 2)
+    width = blocks.shape[-1] * 2
+    flat_b, flat_s = blocks.reshape(-1, blocks.shape[-1]), scales.reshape(-1)
+    out = np.empty((flat_b.shape[0], width), dtype)
+    step = chunk_rows(width * np.dtype(dtype).itemsize)
+    for a in range(0, flat_b.shape[0], step):
+        b, part = flat_b[a:a + step], out[a:a + step]
+        part[:, 0::2] = lut[b & 0x0F]
+        part[:, 1::2] = lut[b >> 4]
+        part[...] = np.ldexp(part, flat_s[a:a + step].astype(np.int32)[:, None] - 127).astype(dtype)
+    return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * width)
+
+
+def _times_absmax(values: np.ndarray, absmax: np.ndarray, blocksize: int, first_block: int) -> np.ndarray:
+    """`values` (a run of whole blocks from block `first_block`, the last possibly partial) times each
+    block's absmax, float32 (bitsandbytes' `_dequantize_blockwise_compute` product)."""
+    n = values.size
+    full = n - n % blocksize
+    res = np.empty(n, np.float32)
+    res[:full] = (values[:full].reshape(-1, blocksize) *
+                  absmax[first_block:first_block + full // blocksize, None]).reshape(-1)
+    if full < n:
+        res[full:] = values[full:] * absmax[first_block + full // blocksize]
+    return res
 
 
 def blockwise_codes(codes: np.ndarray, absmax: np.ndarray, code: np.ndarray, blocksize: int) -> np.ndarray:
     """bitsandbytes' blockwise dequantization (`_dequantize_blockwise_compute`): code[byte] times
     its block's absmax, float32."""
-    out = np.asarray(code, np.float32)[np.asarray(codes).reshape(-1).astype(np.int64)]
-    n, full = out.size, out.size - out.size % blocksize
-    absmax = np.asarray(absmax, np.float32).reshape(-1)
-    res = np.empty(n, np.float32)
-    res[:full] = (out[:full].reshape(-1, blocksize) * absmax[:full // blocksize, None]).reshape(-1)
-    if full < n:
-        res[full:] = out[full:] * absmax[full // blocksize]
-    return res
+    codes = np.asarray(codes).reshape(-1)
+    code, absmax = np.asarray(code, np.float32), np.asarray(absmax, np.float32).reshape(-1)
+    out = np.empty(codes.size, np.float32)
+    step = chunk_rows(4 * blocksize) * blocksize
+    for a in range(0, codes.size, step):
+        out[a:a + step] = _times_absmax(code[codes[a:a + step].astype(np.intp)], absmax, blocksize, a // blocksize)
+    return out
 
 
-def bnb_4bit(packed: np.ndarray, absmax: np.ndarray, code: np.ndarray, blocksize: int, shape) -> np.ndarray:
+def bnb_4bit(packed: np.ndarray, absmax: np.ndarray, code: np.ndarray, blocksize: int, shape,
+             dtype=np.float32) -> np.ndarray:
     """bitsandbytes NF4/FP4 (`_dequantize_4bit_compute`): two 4-bit codes a byte, high nibble
-    first; code[nibble] times its block's absmax, float32, in `shape`."""
+    first; code[nibble] times its block's absmax in float32, stored as `dtype`, in `shape`."""
     flat = np.asarray(packed).view(np.uint8).reshape(-1)
     n = int(np.prod(shape))
-    idx = np.empty(flat.size * 2, np.int64)
-    idx[1::2] = flat & 0xF
-    idx[::2] = flat >> 4
-    return blockwise_codes(idx[:n], absmax, code, blocksize).reshape(shape)
+    code, absmax = np.asarray(code, np.float32), np.asarray(absmax, np.float32).reshape(-1)
+    out = np.empty(n, dtype)
+    step = chunk_rows(4 * blocksize) * blocksize * 2 // math.gcd(blocksize, 2)  # whole blocks, whole bytes
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        byte = flat[a // 2:(b + 1) // 2]
+        idx = np.empty(byte.size * 2, np.uint8)
+        idx[1::2] = byte & 0xF
+        idx[::2] = byte >> 4
+        out[a:b] = _times_absmax(code[idx[:b - a]], absmax, blocksize, a // blocksize)
+    return out.reshape(shape)
 
 
 def int8_rowwise(q: np.ndarray, scb: np.ndarray) -> np.ndarray:
     """bitsandbytes LLM.int8 weights: int8 x SCB (each row's absmax) / 127, float32, as
     transformers' `dequantize_bnb_weight` writes it (`* 7.874015718698502e-3`)."""
-    return np.asarray(q).astype(np.float32) * np.asarray(scb, np.float32).reshape(-1, 1) * np.float32(
-        7.874015718698502e-3)
+    q = np.asarray(q)
+    scb = np.asarray(scb, np.float32).reshape(-1, 1)
+    out = np.empty(q.shape, np.float32)
+    step = chunk_rows(4 * math.prod(q.shape[1:]))
+    for r in range(0, q.shape[0], step):
+        out[r:r + step] = q[r:r + step].astype(np.float32) * scb[r:r + step] * np.float32(7.874015718698502e-3)
+    return out
 
 
 def _unpack_int32(packed: np.ndarray, bits: int, axis: int) -> np.ndarray:
@@ -169,14 +216,20 @@ def gptq(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_idx: np.
     """GPTQ packed int weights -> the Linear weight (out, in), in the scales' float type:
     `scales[g_idx] * (w - zeros[g_idx])` (gptqmodel's `dequantize_weight`), `qweight` (in*bits/32,
     out) packed along the input dim, `qzeros` (groups, out*bits/32) along the output; checkpoints
-    in GPTQ's v1 format store each zero point minus one."""
-    w = _unpack_int32(qweight, bits, 0)
-    z = _unpack_int32(qzeros, bits, 1)[:, :w.shape[1]] + (1 if v1 else 0)
-    if g_idx is None:
-        g_idx = np.arange(w.shape[0]) // group_size
-    g = np.asarray(g_idx).astype(np.int64)
+    in GPTQ's v1 format store each zero point minus one. Unpacked a band of input rows at a time."""
+    qweight = np.asarray(qweight)
+    per = 32 // bits
+    n_in, n_out = qweight.shape[0] * per, qweight.shape[1]
+    z = _unpack_int32(qzeros, bits, 1)[:, :n_out] + (1 if v1 else 0)
+    g = np.arange(n_in) // group_size if g_idx is None else np.asarray(g_idx).astype(np.int64)
     s = np.asarray(scales)
-    return (s[g] * (w - z[g]).astype(s.dtype)).T
+    out = np.empty((n_in, n_out), s.dtype)
+    step = chunk_rows(n_out * 4, per)
+    for r in range(0, n_in, step):
+        w = _unpack_int32(qweight[r // per:(r + step) // per], bits, 0)
+        gi = g[r:r + step]
+        np.multiply(s[gi], (w - z[gi]).astype(s.dtype), out=out[r:r + step])
+    return out.T
 
 
 AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # compressed_tensors' AutoAWQConverter.AWQ_REVERSE_ORDER for 4 bits
@@ -185,47 +238,58 @@ AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # compressed_tensors' AutoAWQConverter.AWQ
 def awq(qweight: np.ndarray, qzeros: np.ndarray | None, scales: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     """AutoAWQ GEMM packed int4 -> the Linear weight (out, in), in the scales' float type:
     `(w - z) * s` per group, `qweight` (in, out*bits/32) packed along the output dim in AWQ's
-    interleaved order (undone as compressed-tensors' `AutoAWQConverter.reverse_awq_order` does)."""
+    interleaved order (undone as compressed-tensors' `AutoAWQConverter.reverse_awq_order` does).
+    Unpacked a band of input rows at a time."""
+    qweight = np.asarray(qweight)
     per = 32 // bits
-    order = np.arange(qweight.shape[1] * per).reshape(-1, per)[:, list(AWQ_ORDER)].reshape(-1)
-    w = _unpack_int32(qweight, bits, 1)[:, order]
-    z = _unpack_int32(qzeros, bits, 1)[:, order] if qzeros is not None else np.full_like(w[:1], 1 << (bits - 1))
+    n_in, n_out = qweight.shape[0], qweight.shape[1] * per
+    order = np.arange(n_out).reshape(-1, per)[:, list(AWQ_ORDER)].reshape(-1)
+    z = _unpack_int32(qzeros, bits, 1)[:, order] if qzeros is not None else None
     s = np.asarray(scales)
-    g = np.arange(w.shape[0]) // group_size
-    return ((w - z[g]).astype(s.dtype) * s[g]).T
+    g = np.arange(n_in) // group_size
+    out = np.empty((n_in, n_out), s.dtype)
+    step = chunk_rows(n_out * 4)
+    for r in range(0, n_in, step):
+        w = _unpack_int32(qweight[r:r + step], bits, 1)[:, order]
+        gi = g[r:r + step]
+        w -= z[gi] if z is not None else np.int32(1 << (bits - 1))
+        np.multiply(w.astype(s.dtype), s[gi], out=out[r:r + step])
+    return out.T
+
+
+def _stream_fields(words: np.ndarray, bits: int, cols: int, dtype) -> np.ndarray:
+    """The first `cols` `bits`-wide fields of each row's words read as one little-endian bit stream."""
+    rows = words.shape[0]
+    stream = np.unpackbits(np.ascontiguousarray(words).view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+    fields = stream[:, :cols * bits].reshape(rows, cols, bits).astype(dtype)
+    return (fields << np.arange(bits, dtype=dtype)).sum(axis=2, dtype=dtype)
 
 
 def mlx_affine(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     """MLX affine quantization: `scales * q + biases` per group of `group_size` along the rows,
     `q` the `bits`-wide fields of the uint32 words read as one little-endian bit stream (so 3-,
-    5- and 6-bit codes may straddle words), in the scales' float type."""
-    words = np.ascontiguousarray(np.asarray(w).view(np.uint32))
+    5- and 6-bit codes may straddle words), in the scales' float type. A band of rows at a time."""
+    words = np.asarray(w).view(np.uint32)
     rows = words.shape[0]
     cols = words.shape[-1] * 32 // bits
-    if 32 % bits == 0:  # whole fields per word: the stream is each word's fields, lowest first
-        q = _unpack_int32(words, bits, 1)
-    else:
-        stream = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
-        fields = stream[:, :cols * bits].reshape(rows, cols, bits).astype(np.uint32)
-        q = (fields << np.arange(bits, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
     s, b = np.asarray(scales), np.asarray(biases)
     dtype = s.dtype
     g = np.arange(cols) // group_size
-    return (s[:, g] * q.astype(dtype) + b[:, g]).astype(dtype)
+    out = np.empty((rows, cols), dtype)
+    step = chunk_rows(cols * 4 * (1 if 32 % bits == 0 else bits))
+    for r in range(0, rows, step):
+        band = words[r:r + step]
+        q = _unpack_int32(band, bits, 1) if 32 % bits == 0 else _stream_fields(band, bits, cols, np.uint32)
+        out[r:r + step] = s[r:r + step][:, g] * q.astype(dtype) + b[r:r + step][:, g]
+    return out
 
 
 def unpack_int32_stream(packed: np.ndarray, bits: int, cols: int, signed_offset: bool = True) -> np.ndarray:
     """compressed-tensors' `unpack_from_int32` (packed along the last dim): element i of a row is
     the `bits` bits at bit position i*bits of the row's little-endian words, minus 2^(bits-1)
     (`pack_to_int32` stores the signed codes offset), as int32."""
-    words = np.ascontiguousarray(np.asarray(packed).view(np.uint32))
-    rows = words.shape[0]
-    if 32 % bits == 0:
-        q = _unpack_int32(words, bits, 1)[:, :cols]
-    else:
-        stream = np.unpackbits(words.view(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
-        fields = stream[:, :cols * bits].reshape(rows, cols, bits).astype(np.int32)
-        q = (fields << np.arange(bits, dtype=np.int32)).sum(axis=2, dtype=np.int32)
+    words = np.asarray(packed).view(np.uint32)
+    q = _unpack_int32(words, bits, 1)[:, :cols] if 32 % bits == 0 else _stream_fields(words, bits, cols, np.int32)
     return q - (1 << (bits - 1)) if signed_offset else q
 
 
@@ -234,9 +298,10 @@ def pack_quantized(packed: np.ndarray, scale: np.ndarray, zero_packed: np.ndarra
     """compressed-tensors' pack-quantized weights (`weight_packed`, `weight_scale`, optional
     `weight_zero_point` packed along the output dim, `weight_g_idx`) -> (out, in) in the scale's
     float type: `(q - z) * s`, the group of column j `g_idx[j]` or `j // (in / groups)` (channel
-    and tensor scales broadcast), as `compressed_tensors...forward.dequantize` computes it."""
+    and tensor scales broadcast), as `compressed_tensors...forward.dequantize` computes it. A band
+    of output rows at a time."""
     out_f, in_f = (int(d) for d in shape)
-    q = unpack_int32_stream(packed, bits, in_f)
+    packed = np.asarray(packed)
     s = np.asarray(scale)
     dtype = s.dtype
     s2 = s.reshape(1, 1) if s.size == 1 else s.reshape(out_f, -1)
@@ -248,7 +313,13 @@ def pack_quantized(packed: np.ndarray, scale: np.ndarray, zero_packed: np.ndarra
     z = None
     if zero_packed is not None:
         z = unpack_int32_stream(np.ascontiguousarray(np.asarray(zero_packed).T), bits, out_f).T  # packed along dim 0
-    x = q.astype(dtype)
-    if z is not None:
-        x = x - (z[:, cols] if z.shape[1] > 1 else z).astype(dtype)
-    return x * (s2[:, cols] if groups > 1 else s2)
+    out = np.empty((out_f, in_f), dtype)
+    step = chunk_rows(in_f * 4 * (1 if 32 % bits == 0 else bits))
+    for r in range(0, out_f, step):
+        x = unpack_int32_stream(packed[r:r + step], bits, in_f).astype(dtype)
+        if z is not None:
+            zr = z[r:r + step]
+            x = x - (zr[:, cols] if zr.shape[1] > 1 else zr).astype(dtype)
+        sr = s2 if s2.shape[0] == 1 else s2[r:r + step]
+        out[r:r + step] = x * (sr[:, cols] if groups > 1 else sr)
+    return out
