@@ -45,6 +45,10 @@ from irtools.errors import IrtoolsError
 DASK_LOGGERS = ("distributed", "dask", "tornado", "asyncio", "bokeh")
 
 
+class ClusterLost(IrtoolsError):
+    """The cluster dropped the run's tasks (it went away): no row of the model is wrong, some are missing."""
+
+
 @dataclass
 class Cluster:
     """A `distributed.Client` with per-run settings, usable wherever a scheduler is asked for
@@ -56,6 +60,22 @@ class Cluster:
     resume: str | None = None
     retries: int = 2
     debug: bool = False
+
+
+def cli_debug() -> bool:
+    """Whether the running `irtools` command was given `--debug` (False outside the command line): the
+    library's default for showing Dask's log lines, so `--debug` shows them without every command
+    passing it down."""
+    try:
+        import click
+    except ImportError:
+        return False
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if (ctx.params or {}).get("debug"):
+            return True
+        ctx = ctx.parent
+    return False
 
 
 # -- on a worker ---------------------------------------------------------------------------------
@@ -159,7 +179,7 @@ def _onnx_layers(path: str, open_options: dict, weights_options: dict):
     from irtools.frontends import open_source
     from irtools.passing import get_pass
 
-    opened = open_source(path, framework="onnx", **open_options)
+    opened = open_source(path, **{**open_options, "framework": "onnx"})
     weights = get_pass("weights", **weights_options)(opened.model)
     return opened.model, weights.layers, weights.skipped
 
@@ -222,7 +242,7 @@ def _layers_of(source, layout: str, weights_options: dict | None, open_options: 
     """(opened source, layers with loaders a task can carry, skipped entries before the pass's own)."""
     from irtools.frontends import open_source
 
-    opened = open_source(source, layout=layout, **(open_options or {}))
+    opened = open_source(source, **{"layout": layout, **(open_options or {})})
     if opened.layers is not None:
         return opened, list(opened.layers), list(opened.skipped)
     model = opened.model
@@ -284,6 +304,7 @@ def spectral_on_cluster(source, scheduler=None, *, client=None, retries: int | N
     elif scheduler is not None and not isinstance(scheduler, (str, os.PathLike)):
         client = scheduler  # a distributed.Client
     retries = 2 if retries is None else retries
+    debug = cli_debug() if debug is None else debug
     opened, layers, skipped_before = _layers_of(source, layout, weights_options, open_options)
     checker = SpectralPass(**options)
     checker.fit_options()  # a bad option fails here, before anything is submitted
@@ -395,6 +416,9 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
                                  priority=rank[k])
 
         def finished(k: int, future, data, _left: int) -> None:
+            if future.status == "cancelled":
+                raise ClusterLost(f"lost the Dask cluster; {done[0]} of {len(todo)} layers have rows"
+                                  + (" (kept: the same run goes on from them)" if resume else ""))
             if future.status != "finished" or not isinstance(data, tuple):
                 why = data if isinstance(data, BaseException) else None
                 text = (str(why).splitlines() or [""])[0] if why is not None else future.status
@@ -422,3 +446,86 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
         rows[k]["layer_id"] = k
         notes += [n for n in layer_notes[k] if n not in notes]
     return rows, notes, spent
+
+
+# -- a whole analysis ------------------------------------------------------------------------------
+def _client_of(scheduler):
+    return scheduler.client if isinstance(scheduler, Cluster) else scheduler
+
+
+def _reuse_task(path: str, options: dict):
+    """On a worker: the reuse family of an ONNX file's graph (its weights are not read), and its notes."""
+    import irtools  # noqa: F401 - registers the passes
+    from irtools.options import AnalysisOptions
+    from irtools.passing import get_pass
+
+    opened = AnalysisOptions.from_dict(options).open(path)
+    reuse = get_pass("reuse")(opened.model)
+    return reuse, list(opened.model.results["context-counts"].notes)
+
+
+def analyze_on_cluster(source, options=None, scheduler=None, *,
+                       progress: Callable[[int, int, str], None] | None = None):
+    """`irtools.analyze(source, options)` with the spectral family split over a cluster, one task per layer:
+    the same `Analysis`. `scheduler`: a `distributed.Client` or a `Cluster` (an address: `analyze(...,
+    scheduler=ADDR)`). A weights-only source goes through `irtools.analyze`; an ONNX file (inline or
+    external data) gets its reuse family as one more task on the whole graph (its weights not read),
+    run while the layers' tasks are."""
+    from irtools.analysis import Analysis, _add_expert_summary, analyze
+    from irtools.options import AnalysisOptions
+
+    opts = AnalysisOptions.build(options)
+    opened = opts.open(source)
+    if not opened.has_graph:
+        return analyze(opened, opts, scheduler=scheduler, progress=progress)
+    model = opened.model
+    if opened.kind != "onnx-file" or not model.path:
+        raise IrtoolsError("a cluster run splits weights-only sources and ONNX files; this source is a framework "
+                           "graph: analyse it in one process")
+    families = opts.families
+    notes = list(opened.notes)
+    notes += [n for n in model.notes if n not in notes]
+    client = _client_of(scheduler)
+    retries = scheduler.retries if isinstance(scheduler, Cluster) else 2
+    reuse_task = (client.submit(_reuse_task, model.path, opts.to_dict(), pure=False, retries=retries)
+                  if "reuse" in families else None)
+    layers, columns, summary, skipped, reuse = None, [], {}, [], None
+    left_out: dict[str, str] = {}
+    errors: list[IrtoolsError] = []
+    done: list[str] = []
+    try:
+        if "spectral" in families:
+            spectral = {k: v for k, v in opts.spectral_options().items()
+                        if k != "backend" and not (k == "randomize" and not v)}
+            open_options = {k: v for k, v in opts.open_kwargs().items() if k in ("input_shapes",)}
+            try:
+                result = spectral_on_cluster(opened, scheduler, progress=progress,
+                                             weights_options=opts.weights_options(), open_options=open_options,
+                                             **spectral)
+            except IrtoolsError as exc:
+                if len(families) == 1:
+                    raise
+                errors.append(exc)
+                left_out["spectral"] = exc.message
+                notes.append(f"spectral metrics left out: {exc.message}")
+            else:
+                layers, columns, summary, skipped = result.rows, result.columns(), result.summary, result.skipped
+                notes += result.notes
+                done.append("spectral")
+        if reuse_task is not None:
+            try:
+                with quiet_dask(isinstance(scheduler, Cluster) and scheduler.debug):
+                    reuse, reuse_notes = reuse_task.result()
+            except IrtoolsError as exc:
+                if not done:
+                    raise (errors[0] if errors else exc) from None
+                left_out["reuse"] = exc.message
+                notes.append(f"reuse metrics left out: {exc.message}")
+            else:
+                notes += reuse_notes
+                done.append("reuse")
+    finally:
+        if reuse_task is not None:
+            reuse_task.cancel()
+    _add_expert_summary(summary, layers)
+    return Analysis(model.path, layers, summary, skipped, reuse, notes, None, columns, tuple(done), left_out, opts)

@@ -309,3 +309,40 @@ def test_report_of_an_audit_folder(first_run, tmp_path):
     assert "broken_step_60.onnx" in html  # failed rows are listed with their reason
     res = CliRunner().invoke(main, ["report", out, "-o", page, "--accuracy", "nosuch.onnx=1"])
     assert res.exit_code == 2 and "names no audited model" in res.output
+
+
+# -- a big model split into one task per tensor ------------------------------------------------------
+def test_a_big_model_split_per_tensor_equals_its_one_task_result(zoo, cluster, tmp_path):
+    """Over the threshold (forced small here), a sharded safetensors folder and an ONNX file with external
+    data are analysed one task per weight matrix on the audit's cluster: their result files hold the same
+    rows as the one-task audit (and `irtools.analyze`); a small model beside them is still one task; the
+    kept partial rows are gone once the result is written, and a second run does no work."""
+    from tests.test_distributed import external_data_onnx, sharded_checkpoint
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "onnx").mkdir()
+    sources = [sharded_checkpoint(tmp_path / "shards"), external_data_onnx(tmp_path / "onnx"),
+               os.path.join(zoo[0], "step_20.onnx")]
+    from irtools.audit.runner import source_bytes
+
+    assert source_bytes(sources[0]) > 100_000 and source_bytes(sources[1]) > 100_000 > source_bytes(sources[2])
+    split, one = str(tmp_path / "split"), str(tmp_path / "one")
+    a = run_audit(sources, split, client=cluster, quiet=True, split_over=100_000)
+    b_ = run_audit(sources, one, client=cluster, quiet=True, split_over=0)
+    assert list(a.summary["worker"].str.startswith("split: ")) == [True, True, False]
+    assert list(a.summary["worker"])[:2] == ["split: 6 tasks", "split: 3 tasks"]
+    assert not b_.summary["worker"].str.startswith("split").any()
+    keep = [c for c in a.summary.columns if c not in RUN_COLUMNS]
+    pd.testing.assert_frame_equal(a.summary[keep], b_.summary[keep])
+    assert list(a.summary["status"]) == ["ok"] * 3 and list(a.summary["families"])[1] == "spectral,reuse"
+    pd.testing.assert_frame_equal(a.layers, b_.layers)
+    alone = irtools.analyze(sources[1])
+    mine = a.layers[a.layers["model"] == sources[1]].to_dict(orient="records")
+    assert [r["name"] for r in mine] == [r["name"] for r in alone.layers]
+    for got, want in zip(mine, alone.layers, strict=True):
+        assert all(same(want[c], None if got[c] is pd.NA else got[c]) for c in alone.columns)
+    assert same(alone.reuse["total_surprisal"], a.summary["total_surprisal"].iloc[1])
+    partial = os.path.join(split, "models", ".partial")
+    assert not os.path.isdir(partial) or os.listdir(partial) == []
+    again = run_audit(sources, split, client=cluster, quiet=True, split_over=100_000)
+    assert again.analysed == 0 and again.resumed == 3

@@ -167,10 +167,9 @@ def external_data_onnx(folder) -> str:
     inits = [b.tensor("conv.weight", rng.standard_normal((24, 8, 3, 3)).astype(np.float32)),
              b.tensor("fc1.weight", rng.standard_t(3, (24 * 6 * 6, 64)).astype(np.float32)),
              b.tensor("fc2.weight", rng.standard_t(4, (40, 64)).astype(np.float32)),
-             b.tensor("fc2.bias", np.zeros(40, np.float32)),
-             b.tensor("shape", np.array([1, 24 * 6 * 6], np.int64))]
+             b.tensor("fc2.bias", np.zeros(40, np.float32))]
     nodes = [h.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv"),
-             h.make_node("Reshape", ["c", "shape"], ["f"], name="flat"),
+             h.make_node("Flatten", ["c"], ["f"], name="flat", axis=1),
              h.make_node("MatMul", ["f", "fc1.weight"], ["m"], name="fc1"),
              h.make_node("Gemm", ["m", "fc2.weight", "fc2.bias"], ["y"], name="fc2", transB=1)]
     proto = b.model(nodes, [b.vinfo("x", [1, 8, 8, 8])], [b.vinfo("y", [1, 40])], inits)

@@ -1,7 +1,8 @@
 """Audit progress on stderr: models done, failed and running, the rate and the time left.
 
 On a terminal a rich status line is redrawn in place; otherwise (a log file, CI) one line per
-finished model. `quiet` shows nothing.
+finished model. A big model split into one task per tensor (`runner.SPLIT_OVER`) adds its tensors
+done, rate and ETA: on the status line, or one line every `TENSOR_EVERY` seconds. `quiet` shows nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def _duration(seconds: float) -> str:
 class AuditProgress:
     """Counts of the models of one audit; `line()` is what is shown."""
 
+    #: Seconds between two lines of a split model's tensors when stderr is not a terminal.
+    TENSOR_EVERY = 30.0
+
     def __init__(self, total: int, resumed: int = 0, resumed_failed: int = 0, quiet: bool = False, stream=None):
         self.total, self.resumed = total, resumed
         self.done = self.running = 0
@@ -30,6 +34,7 @@ class AuditProgress:
         self.stream = stream or sys.stderr
         self.start = time.monotonic()
         self._live = None
+        self._split: dict[str, list] = {}  # source -> [done, total, first seen, last line printed]
 
     # -- numbers ------------------------------------------------------------------------
     def rate(self) -> float:
@@ -45,8 +50,29 @@ class AuditProgress:
     def line(self) -> str:
         eta = self.eta()
         resumed = f" ({self.resumed} earlier)" if self.resumed else ""
-        return (f"audit: {self.resumed + self.done}/{self.total} done{resumed}, {self.failed} failed, "
+        text = (f"audit: {self.resumed + self.done}/{self.total} done{resumed}, {self.failed} failed, "
                 f"{self.running} running, {self.rate():.1f}/min, ETA {_duration(eta) if eta is not None else '?'}")
+        return "; ".join([text] + [self.tensor_line(src) for src in self._split])
+
+    def tensor_line(self, source: str) -> str:
+        """A split model's tensors: done of total, rate, ETA."""
+        done, total, first, _ = self._split[source]
+        elapsed = time.monotonic() - first
+        rate = done / elapsed if elapsed > 0 and done else 0.0
+        eta = (total - done) / rate if rate > 0 else None
+        return (f"{printable(source)}: {done}/{total} tensors, {rate:.3g}/s, "
+                f"ETA {_duration(eta) if eta is not None else '?'}")
+
+    def tensors(self, source: str, done: int, total: int) -> None:
+        """A split model's tensor rows arrived (`done` of `total`)."""
+        now = time.monotonic()
+        entry = self._split.setdefault(source, [0, total, now, None])
+        entry[0], entry[1] = done, total
+        if self._live is not None:
+            self._live.update(self.line())
+        elif not self.quiet and (done == total or entry[3] is None or now - entry[3] >= self.TENSOR_EVERY):
+            entry[3] = now
+            print(f"audit: {self.tensor_line(source)}", file=self.stream, flush=True)
 
     # -- display ------------------------------------------------------------------------
     def __enter__(self):
@@ -62,6 +88,7 @@ class AuditProgress:
 
     def finished(self, row: dict, running: int) -> None:
         """One model's result arrived."""
+        self._split.pop(row.get("source"), None)
         self.done += 1
         self.failed += row.get("status") != "ok"
         self.running = running

@@ -69,7 +69,28 @@ def fingerprint(source: str, exclude: Sequence[str] = ()) -> str:
     else:
         st = os.stat(source)
         entries.append(("", st.st_size, st.st_mtime_ns))
+        for path in external_files(source):  # an ONNX file's external data: a changed .data is a changed model
+            st = os.stat(path)
+            entries.append((os.path.basename(path), st.st_size, st.st_mtime_ns))
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def external_files(source: str) -> list[str]:
+    """The external data files an ONNX file's initializers name (inside its folder), sorted; [] for any
+    other file, or one that does not parse (its analysis reports that)."""
+    if not source.lower().endswith(".onnx") or not os.path.isfile(source):
+        return []
+    try:
+        from irtools.files import model_member, model_root
+        from irtools.ir.loading import read_model
+
+        proto, _ = read_model(source)  # the weights are not parsed
+        names = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+        root = model_root(source)
+        found = {model_member(source, n, "external data file") for n in names}
+        return sorted(p for p in found if os.path.isfile(p) and os.path.commonpath([p, root]) == root)
+    except Exception:  # noqa: BLE001 - not a readable ONNX file: its own analysis says why
+        return []
 
 
 def text_path(path: str) -> str:

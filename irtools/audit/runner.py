@@ -7,6 +7,16 @@ a scheduler file). Only the client writes: each result file as it arrives (whole
 named per model, so a task recomputed after a worker death replaces its own file and never adds
 a row), then `summary` and `layers` built from the files. An interrupted audit keeps every result
 written so far; running it again analyses only the rest.
+
+A model whose files exceed `SPLIT_OVER` bytes (`split_over`) is not one task: its spectral family is
+split into one task per weight matrix on the same cluster (`irtools.distributed.analyze_on_cluster`:
+weights-only sources and ONNX files, each task reading its tensor by offset from the storage the
+workers share), run while the other models' tasks are; its result file is the same as one task's
+would be (the same rows as `irtools.analyze` of it). Each of its rows is kept under
+`models/.partial/` as it arrives, so an interrupted audit recomputes only the tensors without one.
+
+Dask's own log lines (the client's; an embedded cluster's scheduler, nannies and workers, what the
+workers print) are kept off stderr unless `debug` (the command line's `--debug`).
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ DASK_MISSING = "irtools audit runs on Dask: pip install irtools[dask]"
 LOOPBACK_HTTP = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
 #: Times the scheduler reruns a model whose worker died before it gives the model up (a failed row).
 ALLOWED_FAILURES = 3
+#: A model whose files hold more bytes than this has its spectral family split into one task per weight
+#: matrix (`run_audit(split_over=...)`; 0: never split): past it one model's single task takes minutes
+#: on one worker whatever the cluster's size (an 8B-shaped bf16 checkpoint, 16 GB: 857 s on one worker).
+SPLIT_OVER = 2 << 30
 
 
 @dataclass
@@ -95,8 +109,10 @@ def blas_threads_for(workers: int) -> int:
 class _Cluster:
     """A client on an existing cluster (address or scheduler file), or on an embedded LocalCluster."""
 
-    def __init__(self, scheduler: str | None, workers: int | None, memory_limit: int | None, quiet: bool):
+    def __init__(self, scheduler: str | None, workers: int | None, memory_limit: int | None, quiet: bool,
+                 debug: bool = False):
         self.scheduler, self.workers, self.memory_limit, self.quiet = scheduler, workers, memory_limit, quiet
+        self.debug = debug
         self.cluster = self.client = None
 
     def __enter__(self):
@@ -109,8 +125,11 @@ class _Cluster:
             env = {v: str(blas_threads_for(n)) for v in THREAD_VARIABLES}
             self.cluster = distributed.LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **LOOPBACK_HTTP,
-                memory_limit=self.memory_limit or "auto", silence_logs=logging.ERROR, env=env)
+                memory_limit=self.memory_limit or "auto",
+                silence_logs=logging.WARNING if self.debug else logging.CRITICAL + 1, env=env)
             self.client = distributed.Client(self.cluster)
+            if not self.debug:  # what the worker processes print (warnings, C libraries) stays off stderr too
+                self.client.register_plugin(_QuietWorker(), name="irtools-quiet-worker")
         else:
             _check_reachable(self.scheduler)
             try:
@@ -135,6 +154,26 @@ class _Cluster:
                 with contextlib.suppress(Exception):
                     self.cluster.close()
         return False
+
+
+def _quiet_worker_class():
+    distributed = _dask()
+
+    class QuietWorker(distributed.WorkerPlugin):
+        """On each worker of the embedded cluster (those started later too): stdout and stderr to the null
+        device, so nothing a worker process prints reaches the audit's stderr."""
+
+        def setup(self, worker):
+            fd = os.open(os.devnull, os.O_WRONLY)
+            for target in (1, 2):
+                os.dup2(fd, target)
+            os.close(fd)
+
+    return QuietWorker
+
+
+def _QuietWorker():  # noqa: N802 - a plugin instance; the class is made when Dask is imported
+    return _quiet_worker_class()()
 
 
 @contextlib.contextmanager
@@ -229,12 +268,15 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
               scheduler: str | None = None, workers: int | None = None, timeout: float | None = None,
               memory_limit: int | None = None, retries: int = 2, fmt: str = "parquet", retry_failed: bool = False,
               quiet: bool = False, on_result: Callable[[dict], None] | None = None, client=None,
-              recheck: bool = False) -> AuditResult:
+              recheck: bool = False, split_over: int | None = None, debug: bool | None = None) -> AuditResult:
     """Audit the models `args` name into `outdir` (see the module docstring). `client`: an existing
     `distributed.Client` to use instead of `scheduler`/`workers`. `retry_failed` analyses the models
     whose earlier result is a failure again; `recheck` analyses every model again (each earlier result is
     replaced only when its new one is written). Earlier results are trusted only after being read whole:
-    a damaged one is moved to `models/.damaged/`, with a note, and its model analysed again."""
+    a damaged one is moved to `models/.damaged/`, with a note, and its model analysed again.
+    `split_over`: bytes of a model's files past which its spectral family is split into one task per
+    weight matrix (default `SPLIT_OVER`; 0: never). `debug`: Dask's log lines shown on stderr (default: whether
+    the command line was given --debug)."""
     options = options or AuditOptions()
     if client is None and scheduler is None:
         check_workers(workers)
@@ -251,13 +293,19 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
     os.makedirs(models_dir, exist_ok=True)
     todo = [m for m in models if m.path not in done]
     progress = AuditProgress(len(models), len(done), sum(r.get("status") != OK for r in done.values()), quiet)
+    split_over = SPLIT_OVER if split_over is None else split_over
     if todo:
-        with progress:
+        from irtools.distributed import cli_debug, quiet_dask
+
+        debug = cli_debug() if debug is None else debug
+
+        with progress, quiet_dask(debug):
             if client is not None:
-                _run(client, todo, options, timeout, memory_limit, retries, progress, on_result)
+                _run(client, todo, options, timeout, memory_limit, retries, progress, on_result, split_over, debug)
             else:
-                with _Cluster(scheduler, workers, memory_limit, quiet) as own:
-                    _run(own, todo, options, timeout, memory_limit, retries, progress, on_result)
+                with _Cluster(scheduler, workers, memory_limit, quiet, debug) as own:
+                    _run(own, todo, options, timeout, memory_limit, retries, progress, on_result, split_over,
+                         debug)
     elif not quiet:
         print(f"audit: all {len(models)} models have results for these options in {printable(outdir)}",
               file=sys.stderr)
@@ -272,12 +320,96 @@ def run_audit(args: Sequence[str], outdir: str, options: AuditOptions | None = N
     return AuditResult(summary, layers, len(todo), len(done), written, len(models), notes)
 
 
+def source_bytes(path: str) -> int:
+    """Bytes of a model's files (a folder: every file in it; an ONNX file: its external data too)."""
+    if os.path.isdir(path):
+        total = 0
+        for root, _, names in os.walk(path):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(root, name)).st_size
+        return total
+    from irtools.audit.results import external_files
+
+    try:
+        return os.stat(path).st_size + sum(os.stat(p).st_size for p in external_files(path))
+    except OSError:
+        return 0
+
+
+def _splittable(m: _Model, options: AuditOptions, split_over: int):
+    """The model opened on the client when it is big enough to split and can be (weights-only, or an ONNX
+    file; spectral asked for; no --base), else None (one task, as any model)."""
+    if split_over <= 0 or options.base is not None or "spectral" not in options.families \
+            or source_bytes(m.source.path) <= split_over:
+        return None
+    try:
+        opened = options.open(m.source.path)  # headers and graph only: the weights stay in the files
+    except Exception:  # a model it cannot open is the child's to report, as for any model
+        return None
+    if opened.layers is not None or (opened.kind == "onnx-file" and getattr(opened.model, "path", None)):
+        return opened
+    return None
+
+
+def _partial_dir(m: _Model) -> str:
+    """Where a split model's rows are kept as they arrive (removed once its result is written)."""
+    return os.path.join(os.path.dirname(m.path), ".partial", os.path.basename(m.path)[:-len(".parquet")])
+
+
+def _split_model(client, m: _Model, opened, options: AuditOptions, retries: int, progress, debug: bool) -> bytes:
+    """A big model's result file, its spectral family one task per weight matrix on the cluster."""
+    import time
+
+    from irtools.audit.child import parameter_count
+    from irtools.distributed import Cluster, ClusterLost, analyze_on_cluster
+
+    start = time.perf_counter()
+    tasks = [0]
+
+    def tensors(done: int, total: int, name: str) -> None:
+        tasks[0] = total
+        progress.tensors(m.source.path, done, total)
+
+    try:
+        analysis = analyze_on_cluster(opened, options, Cluster(client, resume=_partial_dir(m), retries=retries,
+                                                               debug=debug), progress=tensors)
+    except ClusterLost:
+        raise  # not the model's failure: no result, the next run goes on from the rows kept
+    except IrtoolsError as exc:
+        error = str(exc).splitlines()[0]
+    except MemoryError:
+        error = "out of memory"
+    except Exception as exc:  # a task's worker kept dying, or something nothing foresaw: still a row
+        if type(exc).__name__ == "CancelledError":
+            raise ClusterLost("lost the Dask cluster") from None
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        error = f"task failed: {type(exc).__name__}: {text}"
+    else:
+        wall = time.perf_counter() - start
+        row = summary_row(m.source.path, analysis, kind=opened.kind, num_params=parameter_count(opened),
+                          seconds=wall, fingerprint=m.fingerprint, wall_seconds=wall, worker=f"split: {tasks[0]} tasks",
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        return table_bytes(model_table(row, analysis.layers or [], analysis.columns))
+    return table_bytes(model_table(summary_row(m.source.path, error=error, seconds=time.perf_counter() - start,
+                                               fingerprint=m.fingerprint, worker="split")))
+
+
 def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limit, retries, progress,
-         on_result) -> None:
+         on_result, split_over: int = 0, debug: bool = False) -> None:
+    import shutil
+    import threading
+
     from irtools.audit.task import audit_model
 
     opts = options.to_dict()
-    jobs = {f"irtools-audit-{os.path.basename(m.path)}": m for m in todo}
+    big = {}
+    for m in todo:
+        opened = _splittable(m, options, split_over)
+        if opened is not None:
+            big[m.path] = (m, opened)
+    small = [m for m in todo if m.path not in big]
+    jobs = {f"irtools-audit-{os.path.basename(m.path)}": m for m in small}
 
     def submit(key: str, m: _Model):
         return client.submit(audit_model, m.source.path, opts, fingerprint=m.fingerprint, timeout=timeout,
@@ -285,6 +417,16 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
 
     threads = max(1, sum(client.nthreads().values()) if hasattr(client, "nthreads") else 1)
     done: list[int] = [0]
+    lock = threading.Lock()  # the big models' thread and the main one write and report in turn
+
+    def record(m: _Model, data: bytes, left: int) -> None:
+        with lock:
+            write_result(m.path, data)
+            done[0] += 1
+            row = read_row(data)
+            progress.finished(row, min(left, threads))
+        if on_result is not None:
+            on_result(row)
 
     def finished(m: _Model, future, data, left: int) -> None:
         if isinstance(data, _Stalled):  # the watchdog gave it up: a failed row with the reason
@@ -294,15 +436,31 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
                                "results: run the same command again to analyse the rest")
         elif future.status == "error":  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times
             data = _failure(m, future.exception())
-        write_result(m.path, data)
-        done[0] += 1
-        row = read_row(data)
-        progress.finished(row, min(left, threads))
-        if on_result is not None:
-            on_result(row)
+        record(m, data, left + len(big) - split_done[0])
 
+    split_done, split_error = [0], []
+
+    def split_all() -> None:
+        try:
+            for m, opened in big.values():
+                data = _split_model(client, m, opened, options, retries, progress, debug)
+                split_done[0] += 1
+                record(m, data, len(big) - split_done[0])
+                shutil.rmtree(_partial_dir(m), ignore_errors=True)
+        except BaseException as exc:  # noqa: BLE001 - the main thread re-raises it
+            split_error.append(exc)
+
+    splitter = threading.Thread(target=split_all, name="irtools-audit-split", daemon=True) if big else None
     try:
-        complete(client, jobs, submit, finished)
+        if splitter is not None:
+            splitter.start()
+        if jobs:
+            complete(client, jobs, submit, finished)
+        if splitter is not None:
+            while splitter.is_alive():
+                splitter.join(0.2)
+        if split_error:
+            raise split_error[0]
     except KeyboardInterrupt:
         print(f"\naudit: interrupted; {done[0]} of {len(todo)} models of this run have results; the same "
               "command analyses only the rest", file=sys.stderr)
