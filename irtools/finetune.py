@@ -16,13 +16,17 @@ matched pair computes
   (`alpha_model`, `alpha_base`, `log_spectral_norm_model`, `log_spectral_norm_base`), for the
   report's model-vs-base scatter.
 
-Layers on one side only, or with another shape, are listed in `skipped` with the reason; so are layers
-over the spectral pass's size limits (e.g. N > max_N = 50000: an LLM's embedding), which get no
-distances either, as WeightWatcher's `distances` applies the same limits. Both
-checkpoints are streamed: a layer's two tensors are read when the spectral pass reaches it (through
-each side's lazy loader: safetensors are memory-mapped), ΔW and the distances are computed from that
-one pair, and nothing of it is kept. An adapter as MODEL is merged into BASE first
-(`open_merged`); its layers not adapted are identical to the base's and listed so.
+Layers on one side only, or with another shape, are listed in `skipped` with the reason. A matched
+layer the spectral pass leaves out by its limits (N > max_N = 50000: an LLM's embedding; fewer
+eigenvalues than min_evals, more than max_evals) still gets its distances, which need no eigensolver
+(WeightWatcher's `distances` applies the spectral limits and gives none): its row has the distance
+columns, empty spectral columns and `spectral_skipped` = the reason. Both checkpoints are streamed: a
+layer's two tensors are read when the spectral pass reaches it (or, for a distance-only row, after it,
+one pair at a time), through each side's lazy loader (safetensors are memory-mapped); ΔW and the
+distances are computed from that one pair (the distances' reductions in chunks of `CHUNK` elements
+converted to float64 at a time, the CKA's Grams min(N, M) square), and nothing of it is kept. An
+adapter as MODEL is merged into BASE first (`open_merged`); its layers not adapted are identical to
+the base's and listed so.
 """
 
 from __future__ import annotations
@@ -349,9 +353,35 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     rows = result.rows
     for row in rows:
         row.update(distances.get(row["name"], dict.fromkeys(DISTANCE_COLUMNS, math.nan)))
-    analysed = {row["name"] for row in rows}  # layers over the size limits get no distances either, as in
-    # WeightWatcher's `distances` (it applies the same limits): reading a 128256 x 2048 embedding pair whole
-    # is what would break the memory bound, and its Grams cost more than all the other layers together
+    analysed = {row["name"] for row in rows}
+    # the layers the spectral pass left out by its limits (N > max_N: an LLM's embedding; too few or too many
+    # eigenvalues) still get their distances, which need no eigensolver (WeightWatcher's `distances` gives
+    # none): each pair read alone, its reductions chunked (`matrix_distances`), a row saying why it has no
+    # spectral part
+    limited = {s["name"]: s["reason"] for s in result.skipped}
+    distance_only = [(m, b) for m, b in pairs if m.name in limited and m.name not in analysed]
+    extra_rows = {}
+    for m, b in distance_only:
+        row = dict.fromkeys(result.columns())  # every spectral column there, empty
+        row.update(spectral_pass._head(0, m))
+        row.update(N=m.N, M=m.M, num_evals=m.num_evals, spectral_skipped=f"{limited[m.name]}: spectral metrics "
+                   f"skipped, distances computed")
+        row.update(pair_distances(*_aligned(m, b)))
+        extra_rows[m.name] = row
+    if extra_rows:
+        by_name = {row["name"]: (row, k) for k, row in enumerate(rows)}
+        evals = result.eigenvalues
+        ordered = [by_name.get(m.name) or (extra_rows[m.name], None) for m, _ in pairs
+                   if m.name in by_name or m.name in extra_rows]
+        rows = [row for row, _ in ordered]
+        for k, row in enumerate(rows):
+            row["layer_id"] = k
+            row.setdefault("spectral_skipped", None)
+        if evals is not None:
+            result.eigenvalues = [evals[j] if j is not None else np.zeros(0) for _, j in ordered]
+        result.skipped = [s for s in result.skipped if s["name"] not in extra_rows]
+        notes.append(f"{len(extra_rows)} layer(s) over the spectral pass's limits: distances only (column "
+                     f"spectral_skipped says why)")
     if models:
         sides = get_pass("spectral", **{**opts, "randomize": False, "mp_fit": False})
         kept = [p for p in pairs if p[0].name in analysed]
@@ -363,11 +393,13 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
                 row[f"log_spectral_norm_{suffix}"] = other.get("log_spectral_norm", math.nan)
     columns = result.columns()
     columns += [c for c in DISTANCE_COLUMNS + (MODEL_COLUMNS if models else ()) if c not in columns]
+    if extra_rows:
+        columns.append("spectral_skipped")
     summary = dict(result.summary)
     summary.update(mean_columns(rows, DISTANCE_COLUMNS + (MODEL_COLUMNS[:2] if models else ())))
     notes += result.notes
-    notes.append(f"fine-tune vs base: {len(rows)} matched layer(s) analysed as W - W_base, {len(skipped)} "
-                 f"listed in skipped")
+    notes.append(f"fine-tune vs base: {len(rows) - len(extra_rows)} matched layer(s) analysed as W - W_base, "
+                 f"{len(skipped)} listed in skipped")
     return FineTune(model_name, base_name or base_opened.name, rows, columns, summary,
                     skipped + result.skipped + [dict(s) for s in model_skipped], notes,
                     result.eigenvalues)

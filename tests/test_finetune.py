@@ -198,18 +198,73 @@ def test_report_section(tmp_path):
     assert "&lt;b&gt;only: in the base only" in page and "<b>only" not in page
 
 
+def _np_distances(w, wb):
+    """raw, euclidean, CKA and relative distance of one layer by numpy, whole (matrices: a list)."""
+    raw = math.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(w, wb)))
+    return {"dist_raw": raw, "dist_euclidean": float(np.mean([np.linalg.norm(x - y) for x, y in zip(w, wb)])),
+            "dist_cka": float(np.mean([ww_cka(x, y) for x, y in zip(w, wb)])),
+            "rel_distance": raw / math.sqrt(sum(np.sum(y * y) for y in wb))}
+
+
 def test_analysis_options_and_size_limits(tmp_path):
-    """`options=` (what `irtools analyze --base` passes): its limits apply; a layer left out by them is
-    skipped with the reason and no distances (WeightWatcher's `distances` applies the same limits)."""
+    """`options=` (what `irtools analyze --base` passes): its limits apply to the spectral part; a layer
+    they leave out still gets its distances, in a row that says why it has no spectral metrics."""
     from irtools.options import AnalysisOptions
 
     ft, base = pair(seed=4)
     a, b = save(ft, tmp_path / "ft.safetensors"), save(base, tmp_path / "base.safetensors")
     result = compare(a, b, options=AnalysisOptions(base=b, min_evals=30))
-    assert sorted(r["name"] for r in result.layers) == ["fc1"]  # 40 evals; fc2 24, conv 27
-    left = {s["name"]: s for s in result.skipped}
-    assert left["fc2"]["reason"] == "24 eigenvalues < min_evals 30"
-    assert "dist_raw" not in left["fc2"]
+    rows = {r["name"]: r for r in result.layers}
+    assert [r["name"] for r in result.layers if r["spectral_skipped"] is None] == ["fc1"]  # 40 evals; fc2 24,
+    # conv 27 (9 slices x 3)
+    assert rows["fc2"]["spectral_skipped"].startswith("24 eigenvalues < min_evals 30: spectral metrics skipped")
+    assert rows["fc2"]["alpha"] is None and rows["fc2"]["alpha_model"] != rows["fc2"]["alpha_model"]  # NaN
+    sd_ft = {k: v.double().numpy() for k, v in ft.state_dict().items()}
+    sd_b = {k: v.double().numpy() for k, v in base.state_dict().items()}
+    for key, value in _np_distances([sd_ft["fc2.weight"]], [sd_b["fc2.weight"]]).items():
+        assert rows["fc2"][key] == pytest.approx(value, rel=1e-9)
+    assert "fc2" not in {s["name"] for s in result.skipped}
+
+
+def test_distances_of_layers_over_the_size_cap(tmp_path, monkeypatch):
+    """N > max_N: no eigensolve (the spectral columns are empty and the row says it was skipped for size),
+    but raw, euclidean, CKA and relative distance as numpy computes them on the whole tensors, reduced in
+    chunks; the layers under the cap are analysed as before, rows in the model's layer order."""
+    import irtools.finetune as finetune
+
+    ft, base = pair(seed=5, noise=0.1)
+    a, b = save(ft, tmp_path / "ft.safetensors"), save(base, tmp_path / "base.safetensors")
+    full = compare(a, b, keep_eigenvalues=True)
+    monkeypatch.setattr(finetune, "CHUNK", 97)  # many chunks along each long side
+    capped = compare(a, b, max_n=40, keep_eigenvalues=True)  # fc1 is 48 x 40, fc2 24 x 48, conv 16 x 3 x 9
+    assert [r["name"] for r in capped.layers] == [r["name"] for r in full.layers]
+    assert [r["layer_id"] for r in capped.layers] == list(range(len(capped.layers)))
+    rows = {r["name"]: (r, ev) for r, ev in zip(capped.layers, capped.eigenvalues)}
+    ref = {r["name"]: r for r in full.layers}
+    sd_ft = {k: v.double().numpy() for k, v in ft.state_dict().items()}
+    sd_b = {k: v.double().numpy() for k, v in base.state_dict().items()}
+    for name in ("fc1", "fc2"):
+        row, evals = rows[name]
+        truth = _np_distances([sd_ft[f"{name}.weight"]], [sd_b[f"{name}.weight"]])
+        for key, value in truth.items():
+            assert row[key] == pytest.approx(value, rel=1e-9), (name, key)
+            assert ref[name][key] == pytest.approx(value, rel=1e-9)
+    for name, shape in (("fc1", (48, 40)), ("fc2", (48, 24))):
+        row, evals = rows[name]
+        assert row["spectral_skipped"] == "N = 48 > max_N 40: spectral metrics skipped, distances computed"
+        assert row["alpha"] is None and row["lambda_max"] is None and evals.size == 0
+        assert (row["N"], row["M"]) == shape and row["alpha_model"] != row["alpha_model"]  # NaN: not fitted
+    conv, evals = rows["conv"]  # N = 16, under the cap: the spectral part as without the cap
+    assert conv["spectral_skipped"] is None and conv["alpha"] == pytest.approx(ref["conv"]["alpha"], rel=1e-12)
+    np.testing.assert_allclose(evals, full.eigenvalues[[r["name"] for r in full.layers].index("conv")])
+    # the conv's kernel-position slices: euclidean and CKA are means over the 9 slices
+    w, wb = sd_ft["conv.weight"], sd_b["conv.weight"]
+    slices = [(slice(None), slice(None), i, j) for i in range(3) for j in range(3)]
+    for key, value in _np_distances([w[s] for s in slices], [wb[s] for s in slices]).items():
+        assert rows["conv"][0][key] == pytest.approx(value, rel=1e-9)
+    assert capped.summary["rel_distance"] == pytest.approx(full.summary["rel_distance"], rel=1e-12)
+    assert not any("max_N" in s["reason"] for s in capped.skipped)
+    assert any("distances only" in n for n in capped.notes)
 
 
 def test_series_drift(tmp_path):
