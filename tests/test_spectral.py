@@ -654,3 +654,72 @@ def test_big_valid_work_is_announced_with_an_estimate(capsys):
     _announce([small, big], CPUBackend())
     err = capsys.readouterr().err
     assert err.startswith("irtools: note: spectral: 2 layer(s), the largest 12000 x 12000 (about ") and err.count("\n") == 1
+
+
+def _hex_rows(rows):
+    return [{k: v.hex() if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_shape_layers_analysed_as_a_group_give_each_layers_own_row(monkeypatch, workers):
+    """Small layers of one shape go through one stacked eigensolve and the rows' vectorised metrics and
+    batched fits (`_Group`): every row equals, bit for bit, the straightforward matrix-by-matrix reference
+    and the pass run one layer at a time (grouping off), for groups that mix fitted, all-zero, rank-one,
+    under-20-eigenvalue and NaN layers, fp16 weights, and the SVD and Gram routes; kept eigenvalues too."""
+    import irtools.passes.spectral as ps
+    from frontends.formats.common import StoredArray
+    from frontends.formats.layers import weight_layers
+
+    rng = np.random.default_rng(11)
+    weights = {}
+    for tag, shape, count in (("conv", (64, 48, 3, 3), 5), ("pointwise", (128, 64, 1, 1), 4),
+                              ("rgb", (64, 3, 3, 3), 4), ("fc", (40, 200), 3), ("small", (30, 10), 3)):
+        for j in range(count):
+            w = rng.standard_t(3 + j, shape) / math.sqrt(shape[1])
+            weights[f"{tag}{j}.weight"] = w.astype(np.float32)
+    weights["conv4.weight"][...] = 0.0  # all zero
+    weights["pointwise3.weight"][...] = 0.25  # rank one
+    weights["conv2.weight"][1, 2, 0, 1] = np.nan  # its group is solved layer by layer
+    weights["fc1.weight"] = weights["fc1.weight"].astype(np.float16)
+    layers = weight_layers({k: StoredArray(v.shape, v.dtype, lambda v=v: v) for k, v in weights.items()})
+    groups = ps.group_small_layers(list(enumerate(layers)), workers)
+    assert all(isinstance(layer, ps._Group) for _, layer in groups)
+    assert max(len(layer.items) for _, layer in groups) == (5 if workers == 1 else 3)
+    grouped = ps.SpectralPass(workers=workers, keep_evals=True).analyse(layers)
+    monkeypatch.setattr(ps, "GROUP_LAYER_ELEMENTS", -1)
+    alone = ps.SpectralPass(workers=workers, keep_evals=True).analyse(layers)
+    assert _hex_rows(grouped.rows) == _hex_rows(alone.rows)
+    assert [list(r) for r in grouped.rows] == [list(r) for r in alone.rows]  # the columns' order too
+    assert all(np.array_equal(a, b) for a, b in zip(grouped.eigenvalues, alone.eigenvalues, strict=True))
+    statuses = {r["name"]: r["fit_status"] for r in grouped.rows}
+    assert statuses["conv4"].startswith("degenerate") and statuses["pointwise3"].startswith("degenerate")
+    assert statuses["small0"] == "success" and grouped.rows[0]["num_evals"] == 48 * 9
+    assert grouped.rows[2]["warning"] == "non-finite"
+    for name, w in weights.items():
+        row = next(r for r in grouped.rows if r["name"] == name.removesuffix(".weight"))
+        if row["fit_status"] != "success":
+            continue
+        ref = _reference_row(np.asarray(w, np.float32), 0.5 if w.ndim == 4 else 1.0)
+        assert {k: row[k] for k in ref} == ref, name
+
+
+def test_stacked_spectra_are_each_matrixs_own_or_none():
+    """`stacked_spectra` (the group path's eigensolve) gives each matrix the eigenvalues and noise floor
+    of `squared_singular_values` alone, bit for bit, on both routes and for wide matrices; None for
+    matrices of different shapes or with a NaN (those are solved one at a time)."""
+    from irtools.backends.cpu import CPUBackend, stacked_spectra
+    from irtools.backends.base import EigenBackend
+
+    rng = np.random.default_rng(12)
+    for shape in ((64, 3), (200, 40), (40, 200), (96, 96)):
+        mats = [rng.standard_normal(shape).astype(np.float32) for _ in range(6)]
+        ev, floors = stacked_spectra(mats)
+        for k, w in enumerate(mats):
+            alone = squared_singular_values(w)
+            assert np.array_equal(ev[k], alone.evals) and floors[k] == alone.noise_floor, shape
+        assert np.array_equal(CPUBackend().stacked_spectra(mats)[0], ev)
+    assert stacked_spectra([rand(50, 40), rand(40, 50), rand(50, 41)]) is None
+    broken = [rand(50, 40) for _ in range(3)]
+    broken[1][3, 3] = np.nan
+    assert stacked_spectra(broken) is None and stacked_spectra([]) is None
+    assert EigenBackend.stacked_spectra(CPUBackend(), broken) is None  # the default: nothing stacked

@@ -85,6 +85,10 @@ def warm_up() -> None:
     computed, which hold no GIL, so that the load is hidden behind them."""
     fit_power_law(np.linspace(1.0, 2.0, SMALL_N_CUTOFF + 8))  # imports numba and the kernels
     fit_power_law(np.linspace(1.0, 2.0, 16))
+    from irtools.passes.spectral._fitkernels import _fit_standard_rows
+
+    rows = np.linspace(1.0, 2.0, 2 * (SMALL_N_CUTOFF + 8)).reshape(2, -1)  # the fits of a group of layers
+    _fit_standard_rows(rows, np.log(rows), np.zeros(2, dtype=np.intp))
     _READY.set()
 
 
