@@ -18,6 +18,12 @@ Conversion first runs with jax2onnx's Flax shims (one ONNX op per Flax layer); w
 (inside `nn.scan`, `nn.vmap`, `nn.remat`, `nn.RNN`) it runs again with Flax unpatched, so that
 layers trace to plain JAX primitives. Nodes are named by module path (`Block_0/Conv_1`).
 
+A leaf the forward pass never reads (a parameter no equation of the traced function's jaxpr needs,
+after dead-code elimination) is a fact, not a failure: it stays a parameter (an initializer no node
+reads, in the framework's layout), listed in `irtools.unread_parameters` with its layout
+(`irtools.unread_layouts`: from the nnx module's type, or the linen module's name `Conv_0`), so the
+spectral family analyses it and the reuse family gives it zero contexts.
+
 Accepted sources: `(apply_fn, params)` with `apply_fn(params, *inputs)`, a linen `Module` with
 its variables (`module.apply(variables, *inputs)`), or an `nnx.Module` (its state; run in eval
 mode), each optionally with example inputs. JAX, Flax and jax2onnx are imported only when a
@@ -45,7 +51,8 @@ from irtools.frontends import require
 from irtools.frontends._fingerprint import FP_BASE, FP_LIMIT, fingerprint_occurrences
 from irtools.frontends._onnx_edit import rewrite, set_metadata, view_nodes
 from irtools.errors import IrtoolsError
-from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
+                                   default_unread_layout)
 
 __all__ = ["FlaxSource", "flax_source", "from_flax", "is_flax_source", "load_flax", "load_flax_reference"]
 
@@ -92,6 +99,8 @@ class FlaxSource:
     inputs: tuple | None = None
     kind: str = "function"  # function | linen | nnx
     strip: tuple[str, ...] = field(default=())  # trailing path keys left out of names (nnx: "value")
+    #: {module path: the module} where the modules are at hand (nnx), for the layout of unread parameters.
+    modules: Mapping[str, Any] = field(default_factory=dict)
 
     def __call__(self, *inputs) -> list[np.ndarray]:
         """Run on numpy inputs with the real parameters; the outputs' leaves as numpy arrays."""
@@ -127,7 +136,8 @@ def flax_source(model, params=None, inputs=None, *, apply_kwargs: Mapping[str, A
             module.eval()
             return module(*xs, **kwargs)
 
-        return FlaxSource(run_nnx, state, inputs, "nnx", ("value",))
+        modules = {"/".join(_key_name(k) for k in path): sub for path, sub in _nnx_modules(nnx, model)}
+        return FlaxSource(run_nnx, state, inputs, "nnx", ("value",), modules)
     if params is None:
         raise IrtoolsError("a JAX function needs its parameter pytree: give (apply_fn, params)")
     if _is_linen_module(model):
@@ -141,6 +151,59 @@ def flax_source(model, params=None, inputs=None, *, apply_kwargs: Mapping[str, A
         fn = model
         model = lambda p, *xs: fn(p, *xs, **kwargs)  # noqa: E731
     return FlaxSource(model, params, inputs, "function")
+
+
+def _nnx_modules(nnx, model):
+    iterate = getattr(nnx, "iter_modules", None) or (lambda m: m.iter_modules())
+    try:
+        return list(iterate(model))
+    except Exception:  # noqa: BLE001  (only the unread parameters' layouts need them)
+        return []
+
+
+# -- parameters the forward pass never reads ---------------------------------------------------
+def _unread_leaves(jax, source: FlaxSource, specs) -> set[int]:
+    """Indices (into the flattened pytree) of the leaves the traced function never reads: inputs of its
+    jaxpr that no live equation needs (dead-code elimination). Empty when the trace is not at hand."""
+    leaves, treedef = jax.tree_util.tree_flatten(source.params)
+    abstract = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(np.shape(x), x.dtype) if hasattr(
+        x, "dtype") else x for x in leaves])
+    try:
+        closed = jax.make_jaxpr(lambda p, *xs: source.fn(p, *xs))(abstract, *specs)
+    except Exception:  # noqa: BLE001  (the conversion itself then says what fails)
+        return set()
+    jaxpr = closed.jaxpr
+    try:
+        from jax._src.interpreters import partial_eval as pe  # noqa: PLC0415
+
+        _, used = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    except Exception:  # noqa: BLE001  (a private API: without it, an input no equation names is unread)
+        named = {id(v) for e in jaxpr.eqns for v in e.invars} | {id(v) for v in jaxpr.outvars}
+        used = [id(v) in named for v in jaxpr.invars]
+    count = len(leaves)
+    return {i for i, u in enumerate(used[:count]) if not u} if len(used) >= count else set()
+
+
+#: Flax module classes -> the layout of their kernel / embedding (Flax's own layouts: Dense (in, out),
+#: Conv (*k, in / groups, out), ConvTranspose (*k, in, out), Embed (vocabulary, features)).
+_FLAX_KERNELS = {"Dense": "dense", "Linear": "dense", "Embed": "embedding", "Conv": "conv",
+                 "ConvTranspose": "conv_transpose", "ConvLocal": None}
+
+
+def unread_layout(name: str, shape, module=None) -> UnreadLayout | None:
+    """How Flax parameter `name` is read as weight matrices, named by its module path (`module_path`):
+    the module's class (an nnx module; for linen the class in its automatic name, `Conv_0`) decides
+    Dense / Conv / ConvTranspose / Embed; any other 2-D parameter is a matrix; None otherwise."""
+    shape = tuple(int(d) for d in shape)
+    layer, leaf = module_path(name), name.rsplit("/", 1)[-1]
+    cls = type(module).__name__ if module is not None else layer.rsplit("/", 1)[-1].rsplit("_", 1)[0]
+    kind = _FLAX_KERNELS.get(cls) if leaf in ("kernel", "embedding") else None
+    if kind in ("conv", "conv_transpose") and 3 <= len(shape) <= 5:
+        groups = int(getattr(module, "feature_group_count", 1) or 1)
+        return UnreadLayout(layer, kind, kernel="IO", groups=groups)
+    if kind in ("dense", "embedding") and len(shape) == 2:
+        return UnreadLayout(layer, kind)
+    return default_unread_layout(name, shape, layer)
 
 
 # -- jax2onnx's tracing shims, callable the way users call the originals ---------------------
@@ -331,6 +394,8 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
         bits = (np.arange(a.size, dtype=np.int64) + off + FP_BASE).astype(np.uint32)
         leaves[i] = jax.numpy.asarray(bits.view(np.float32).reshape(a.shape))
     fingerprinted = jax.tree_util.tree_unflatten(treedef, leaves)
+    unread_leaves = _unread_leaves(jax, source, specs)
+    unread = {k for k, i in enumerate(floats) if i in unread_leaves}  # indices into `names`
     fn = source.fn
 
     def traced(*xs):
@@ -339,11 +404,21 @@ def from_flax(model, params=None, inputs=None, *, input_shapes: Mapping[str, Seq
     proto = _convert(jax2onnx, traced, specs, opset, input_names)
     _reduce_axes_as_attributes(proto)
     _matmul_einsums_as_matmul(proto.graph)
-    _restore_parameters(proto, names, offsets, originals)
+    unread = _restore_parameters(proto, names, offsets, originals, unread)
     _name_nodes_by_module(proto.graph, names)
     proto = _reinfer_shapes(proto)
     narrow = {n: d for n, d in dtypes.items() if d != "float32"}
-    set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names),
+    facts = {}
+    if unread:
+        facts[UNREAD_PARAMETERS_KEY] = json.dumps({names[k]: list(originals[k].shape) for k in sorted(unread)})
+        layouts = {}
+        for k in sorted(unread):
+            layout = unread_layout(names[k], originals[k].shape, source.modules.get(module_path(names[k])))
+            if layout is not None:
+                layouts[names[k]] = layout.as_json()
+        if layouts:
+            facts[UNREAD_LAYOUTS_KEY] = json.dumps(layouts)
+    set_metadata(proto, {DECLARED_PARAMETERS_KEY: json.dumps(names), **facts,
                           **({PARAMETER_DTYPES_KEY: json.dumps(narrow)} if narrow else {}),
                           "irtools.frontend": f"jax/{source.kind}",
                           "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"})
@@ -591,10 +666,13 @@ def _reinfer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
         raise IrtoolsError(f"the converted JAX model fails ONNX shape inference: {first}") from exc
 
 
-def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> None:
-    """Put each leaf in as one initializer under its path; exporter copies become views of it."""
+def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals, unread: set[int] = frozenset()) -> set[int]:
+    """Put each leaf in as one initializer under its path; exporter copies become views of it. The
+    `unread` leaves (the forward pass never reads them) may be missing from the graph: they are put in
+    as initializers no node reads. Returns the indices of those missing (the unread leaves)."""
     graph = proto.graph
-    occurrences = fingerprint_occurrences(graph, names, offsets, "parameter")
+    occurrences = fingerprint_occurrences(graph, names, offsets, "parameter", optional=set(unread))
+    missing = {k for k in unread if k not in occurrences}
     taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     clash = [n for n in names if n in taken]
     if clash:
@@ -612,7 +690,9 @@ def _restore_parameters(proto: onnx.ModelProto, names, offsets, originals) -> No
                 renames[init.name] = name
             else:
                 extra_nodes.extend(_views(name, value.shape, local, init.name, f"{name}/view{j}"))
+    new_inits.extend(numpy_helper.from_array(originals[k], names[k]) for k in sorted(missing))
     rewrite(graph, drop, new_inits, renames, extra_nodes)
+    return missing
 
 
 def _views(source: str, shape, local: np.ndarray, output: str, prefix: str) -> list[onnx.NodeProto]:

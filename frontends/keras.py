@@ -23,9 +23,14 @@ distinct float32 bit pattern), so each initializer element says which weight ele
 whatever tf2onnx transposed or renamed; the real values are then filled in and renamed as above.
 A weight that tf2onnx folded or changed arithmetically is an error naming it.
 
-Both routes: the model metadata key `irtools.parameters` lists exactly the Keras weights, a
-weight the forward pass never reads is an error (or a declared structural constant, metadata
-`irtools.structural_weights`), and the nodes reading a weight are named by its layer's Keras path.
+Both routes: the model metadata key `irtools.parameters` lists exactly the Keras weights and the
+nodes reading a weight are named by its layer's Keras path. A weight the forward pass never reads
+(a pooler the output skips; the stateless route knows it: its graph input has no reader) is a fact,
+not a failure: an initializer no node reads holding its values in Keras' layout, listed in
+`irtools.unread_parameters` with its layout (`irtools.unread_layouts`, from its layer), so the
+spectral family analyses it and the reuse family gives it zero contexts. The frozen route cannot
+tell an unread weight from a folded one, so a weight it lost is an error. A weight a Normalization
+layer copies into constants is a declared structural constant (metadata `irtools.structural_weights`).
 
 TensorFlow, Keras and tf2onnx are imported only when a function here is called.
 """
@@ -50,7 +55,8 @@ from onnx import helper, numpy_helper
 
 from irtools.frontends import require
 from irtools.errors import IrtoolsError, ModelLoadError, printable
-from irtools.ir.parameters import DECLARED_PARAMETERS_KEY
+from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
+                                   default_unread_layout)
 
 # The fingerprint codec and the ONNX edits live in modules of their own (shared with frontends.jax);
 # the private names below are aliases kept for callers not yet moved (frontends.torch: _rename_values).
@@ -58,7 +64,6 @@ from irtools.frontends._fingerprint import FP_LIMIT as _FP_LIMIT
 from irtools.frontends._fingerprint import decode as _decode
 from irtools.frontends._fingerprint import fingerprint_arrays as _fingerprints
 from irtools.frontends._fingerprint import fingerprint_occurrences as _fingerprint_occurrences
-from irtools.frontends._fingerprint import require_all as _require_all
 from irtools.frontends._onnx_edit import alias_uses as _alias_uses
 from irtools.frontends._onnx_edit import rename_values as _rename_values
 from irtools.frontends._onnx_edit import rewrite as _rewrite
@@ -488,14 +493,60 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
         del originals
     _name_layer_nodes(proto.graph, [names[i] for i in sorted(found)])
     structural = {names[i]: snapshots[i] for i in snapshots if i not in found}
+    unread = [i for i in range(len(weights)) if i not in found and i not in snapshots]  # kept by _place_weights
     metadata = {DECLARED_PARAMETERS_KEY: json.dumps([n for n in names if n not in structural]),
                 "irtools.frontend": "keras",
                 "irtools.conversion_seconds": f"{time.perf_counter() - start:.3f}"}
     if structural:
         metadata[STRUCTURAL_WEIGHTS_KEY] = json.dumps(structural)
+    if unread:
+        metadata[UNREAD_PARAMETERS_KEY] = json.dumps({names[i]: [int(d) for d in weights[i].shape] for i in unread})
+        owners = _weight_owners(functional)
+        layouts = {names[i]: layout.as_json() for i in unread
+                   if (layout := unread_layout(owners.get(id(weights[i])), names[i], weights[i].shape)) is not None}
+        if layouts:
+            metadata[UNREAD_LAYOUTS_KEY] = json.dumps(layouts)
     _set_metadata(proto, metadata)
     proto.producer_name = proto.producer_name or "tf2onnx"
     return proto
+
+
+def _weight_owners(model) -> dict[int, object]:
+    """{id(weight): the innermost layer that holds it}."""
+    owner: dict[int, object] = {}
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = flatten(include_self=True, recursive=True) if flatten else [model, *getattr(model, "layers", [])]
+    for layer in layers:  # parents come before their sublayers: the innermost owner is written last
+        for w in getattr(layer, "weights", []):
+            owner[id(w)] = layer
+    return owner
+
+
+#: Keras layer classes -> the layout of their `kernel` / `embeddings` when the forward pass never reads it
+#: (Keras' own layouts: Dense (in, out), Conv (*k, in / groups, out), ConvTranspose (*k, out, in),
+#: DepthwiseConv (*k, in, multiplier), as the `weights` pass reads the initializers of read ones).
+_KERAS_KERNELS = {"Dense": "dense", "Embedding": "embedding", "Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
+                  "Conv1DTranspose": "conv_transpose", "Conv2DTranspose": "conv_transpose",
+                  "Conv3DTranspose": "conv_transpose", "DepthwiseConv1D": "depthwise", "DepthwiseConv2D": "depthwise"}
+
+
+def unread_layout(layer, name: str, shape) -> UnreadLayout | None:
+    """How Keras weight `name` (owned by `layer`) is read as weight matrices, named by its layer's path
+    (as `_name_layer_nodes` names a read weight's node): Dense, Embedding, Conv / ConvTranspose per kernel
+    position, DepthwiseConv, SeparableConv's two kernels; any other 2-D weight a matrix; None otherwise."""
+    shape = tuple(int(d) for d in shape)
+    path, _, attr = name.partition("#")[0].rpartition("/")
+    path = path or name
+    cls = type(layer).__name__ if layer is not None else ""
+    kind = _KERAS_KERNELS.get(cls) if attr in ("kernel", "embeddings") else None
+    if cls.startswith("SeparableConv") and attr in ("depthwise_kernel", "pointwise_kernel"):
+        kind = "depthwise" if attr == "depthwise_kernel" else "conv"
+    if kind in ("conv", "conv_transpose", "depthwise") and 3 <= len(shape) <= 5:
+        groups = shape[-2] if kind == "depthwise" else int(getattr(layer, "groups", 1) or 1)
+        return UnreadLayout(path, kind, kernel="IO", groups=groups)
+    if kind in ("dense", "embedding") and len(shape) == 2:
+        return UnreadLayout(path, kind)
+    return default_unread_layout(name, shape, path)
 
 
 def _name_layer_nodes(graph: onnx.GraphProto, weight_names) -> None:
@@ -624,7 +675,8 @@ _RELAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flat
 
 def _place_weights(graph: onnx.GraphProto, weights, names, optional: set[int]) -> set[int]:
     """Weight inputs -> initializers named by the weights' Keras paths, holding their real values in
-    the layout their first reader uses; returns the indices of the weights the graph reads.
+    the layout their first reader uses (an unread weight, not `optional`, in its own layout); returns
+    the indices of the weights the graph reads.
 
     Weight i is graph input `_WEIGHT_INPUT.format(i)`: which initializer holds which weight is
     known by position, no fingerprint needed. Further readers in the same layout read the same
@@ -634,7 +686,6 @@ def _place_weights(graph: onnx.GraphProto, weights, names, optional: set[int]) -
     del graph.input[:]
     graph.input.extend(kept)
     uses = _relayout_chains(graph, position, [tuple(int(d) for d in w.shape) for w in weights])
-    _require_all(names, uses, optional, "Keras weight")
     taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     renames: dict[str, str] = {}
     extra_nodes: list[onnx.NodeProto] = []
@@ -650,6 +701,14 @@ def _place_weights(graph: onnx.GraphProto, weights, names, optional: set[int]) -
         del flat
         renames[value] = name
         _alias_uses(name, local, [(v, _chain_indices(shape, c)) for v, c in others], renames, extra_nodes)
+    for index in range(len(weights)):
+        # a weight input without a reader: the forward pass never reads that weight. Not a failure: it
+        # stays a parameter (its values, in Keras' layout, an initializer no node reads)
+        if index in uses or index in optional:
+            continue
+        if names[index] in taken:
+            raise IrtoolsError(f"Keras weight name '{names[index]}' clashes with a tensor of the converted graph")
+        initializers.append(numpy_helper.from_array(np.asarray(weights[index].numpy(), dtype=np.float32), names[index]))
     _rewrite(graph, set(), initializers, renames, extra_nodes)
     return set(uses)
 

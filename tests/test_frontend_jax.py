@@ -197,10 +197,22 @@ def test_plain_function_shared_parameter_and_input_shapes():
     np.testing.assert_allclose(run_onnx(proto, x), np.asarray(apply(params, x)), rtol=1e-5, atol=1e-5)
 
 
-def test_folded_or_unused_parameter_is_an_error():
-    params = {"w": np.ones((3, 3), np.float32), "unused": np.ones(2, np.float32)}
-    with pytest.raises(irtools.IrtoolsError, match="lost 1 parameter.*'unused'"):
-        from_flax(lambda p, x: x @ p["w"], params, input_shapes={"x": (1, 3)})
+def test_folded_parameter_is_an_error_an_unused_one_a_fact():
+    """A leaf no live equation of the traced function reads (issue 20) stays a parameter, listed as
+    unread (tests/test_unused_weights.py checks its analysis); one folded into a constant is an error."""
+    params = {"w": np.ones((3, 3), np.float32), "unused": np.full(2, 0.5, np.float32)}
+
+    def apply(p, x):
+        dead = p["unused"] * 2.0  # an equation whose result nothing needs: still unread
+        del dead
+        return x @ p["w"]
+
+    proto = from_flax(apply, params, input_shapes={"x": (1, 3)})
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["irtools.unread_parameters"]) == {"unused": [2]}
+    assert json.loads(meta[DECLARED_PARAMETERS_KEY]) == ["unused", "w"]
+    np.testing.assert_array_equal(irtools.load(proto).constant_value(
+        irtools.load(proto).parameter("unused").value), params["unused"])
 
     def folded(p, x):  # computed eagerly from the parameter while tracing, besides a direct use
         return x @ p["w"] + x @ jnp.asarray(np.asarray(p["w"]) * 2.0)

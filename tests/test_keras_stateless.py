@@ -6,6 +6,7 @@ built subclassed models, weights the forward pass never reads.
 """
 
 import collections
+import json
 import os
 
 import numpy as np
@@ -132,9 +133,23 @@ class Unused(keras.layers.Layer):
         return keras.ops.matmul(x, self.w)
 
 
-def test_a_weight_the_forward_pass_never_reads_is_an_error():
+def test_a_weight_the_forward_pass_never_reads_is_a_fact_not_an_error():
+    """Issue 20: the stateless route knows a weight input without a reader is never read; the weight
+    stays a parameter (an initializer no node reads, its values as Keras holds them) and is listed
+    as unread with its shape. The frozen route cannot tell unread from folded: still an error."""
     keras.utils.set_random_seed(13)
     inp = keras.Input((4,))
     model = keras.Model(inp, Unused(name="unused")(inp))
-    with pytest.raises(irtools.IrtoolsError, match=r"lost 1 Keras weight\(s\).*unused/spare"):
-        frontend.from_keras(model)
+    proto = frontend.from_keras(model)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["irtools.unread_parameters"]) == {"unused/spare": [3, 3]}
+    assert "unused/spare" in json.loads(meta["irtools.parameters"])
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    np.testing.assert_array_equal(inits["unused/spare"], model.get_layer("unused").spare.numpy())
+    assert not any("unused/spare" in n.input for n in proto.graph.node)
+    x = np.random.default_rng(13).standard_normal((1, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(frontend, "_stateless", lambda functional: False)
+        with pytest.raises(irtools.IrtoolsError, match=r"lost 1 Keras weight\(s\).*unused/spare"):
+            frontend.from_keras(model)
