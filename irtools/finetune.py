@@ -393,7 +393,7 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
                 row[f"log_spectral_norm_{suffix}"] = other.get("log_spectral_norm", math.nan)
     columns = result.columns()
     columns += [c for c in DISTANCE_COLUMNS + (MODEL_COLUMNS if models else ()) if c not in columns]
-    if extra_rows:
+    if extra_rows and "spectral_skipped" not in columns:
         columns.append("spectral_skipped")
     summary = dict(result.summary)
     summary.update(mean_columns(rows, DISTANCE_COLUMNS + (MODEL_COLUMNS[:2] if models else ())))

@@ -265,6 +265,11 @@ def test_distances_of_layers_over_the_size_cap(tmp_path, monkeypatch):
     assert capped.summary["rel_distance"] == pytest.approx(full.summary["rel_distance"], rel=1e-12)
     assert not any("max_N" in s["reason"] for s in capped.skipped)
     assert any("distances only" in n for n in capped.notes)
+    assert capped.columns.count("spectral_skipped") == 1 and len(capped.columns) == len(set(capped.columns))
+    from irtools.reports.finetune import moved_table
+
+    table = moved_table(capped)  # the page's table of the layers that moved most says why a row has no alpha
+    assert "<th>spectral_skipped</th>" in table and table.count("spectral metrics skipped") == 2
 
 
 def test_series_drift(tmp_path):

@@ -25,7 +25,8 @@ import numpy as np
 
 from irtools.errors import printable
 
-MOVED_COLUMNS = ("name", "rel_distance", "dist_raw", "dist_cka", "alpha", "alpha_model", "alpha_base", "warning")
+MOVED_COLUMNS = ("name", "rel_distance", "dist_raw", "dist_cka", "alpha", "alpha_model", "alpha_base", "warning",
+                 "spectral_skipped")
 
 
 def _esc(x) -> str:
