@@ -5,16 +5,18 @@ matches WeightWatcher (to 1e-6) or is refused in one line that names it (never w
 from __future__ import annotations
 
 import logging
+import os
 
 import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
 weightwatcher = pytest.importorskip("weightwatcher")
+nn = torch.nn
 
 import irtools.compat.weightwatcher as ww
 from irtools.errors import IrtoolsError
-from tests.test_compat_weightwatcher import Adapted, Net, assert_close_table, peft_model
+from tests.test_compat_weightwatcher import Net, assert_close_table, assert_same_table, peft_model
 
 logging.getLogger("weightwatcher").setLevel(logging.ERROR)
 
@@ -96,3 +98,201 @@ def test_base_model_wins_over_peft_as_in_weightwatcher():
     assert_close_table(ours, theirs)
     with pytest.raises(ww.UnsupportedOptionError, match=r"analyze\(\): peft=True is supported only with pool=True"):
         ww.WeightWatcher(model=one).analyze(peft=True, ww2x=True)
+
+
+# -- every option of WeightWatcher's analyze() and describe(), walked from its own signatures ------------------
+
+class Walk(nn.Module):
+    """A heavy-tailed dense layer, a 3x3 conv (slices of 12 eigenvalues) and a plain dense layer: ids 1, 2, 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 40)
+        self.conv = nn.Conv2d(12, 16, 3)
+        self.fc2 = nn.Linear(40, 30)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(2)
+            self.fc1.weight.copy_(torch.randn(40, 64, generator=g) ** 3 / 8)
+
+
+@pytest.fixture(scope="module")
+def walk():
+    """The model and another of its shape (its base: every weight differs)."""
+    torch.manual_seed(0)
+    model, other = Walk(), Walk()
+    with torch.no_grad():
+        other.fc1.weight.add_(0.05 * torch.randn_like(other.fc1.weight))
+    return model, other
+
+
+TMP, OTHER = "<tmp>", "<other model>"
+#: WeightWatcher keyword -> cases (kind, options of the call). "same": the table (and any figure files) as
+#: WeightWatcher's, to 1e-6; "refused": an UnsupportedOptionError naming the option; "random": randomize's
+#: shuffles differ (WeightWatcher's are unseeded), every other column the same; "documented": irtools
+#: deliberately differs where WeightWatcher 0.7.7 fails, checked in the test named.
+ANALYZE_CASES = {
+    "layers": [("same", {"layers": [1, 3]}), ("same", {"layers": ["conv2d"]})],
+    "min_evals": [("same", {"min_evals": 30})],
+    "max_evals": [("same", {"max_evals": 35})],
+    "min_size": [("same", {"min_size": 10})],
+    "max_size": [("same", {"max_size": 10})],
+    "max_N": [("same", {"max_N": 50, "max_evals": 40})],
+    "glorot_fix": [("same", {"glorot_fix": True})],
+    "plot": [("same", {"plot": True, "savefig": TMP, "layers": [3]}), ("refused", {"plot": "yes"})],
+    "randomize": [("random", {"randomize": True})],
+    "savefig": [("same", {"savefig": TMP}), ("refused", {"savefig": 3.5})],
+    "mp_fit": [("same", {"mp_fit": True})],
+    "conv2d_norm": [("same", {"conv2d_norm": False})],
+    "ww2x": [("same", {"ww2x": True})],
+    "pool": [("same", {"pool": False})],
+    "conv2d_fft": [("refused", {"conv2d_fft": True})],
+    "fft": [("refused", {"fft": True})],
+    "deltas": [("same", {"deltas": True}), ("refused", {"deltas": True, "plot": True, "savefig": TMP})],
+    "intra": [("refused", {"intra": True})],
+    "vectors": [("refused", {"vectors": True})],
+    "channels": [("refused", {"channels": "first"})],
+    "stacked": [("refused", {"stacked": True})],
+    "fix_fingers": [("same", {"fix_fingers": "clip_xmax"}),
+                    ("documented", {"fix_fingers": "xmin_peak"},
+                     "test_fingers.py::test_weightwatcher_itself_fails_every_xmin_peak_fit"),
+                    ("refused", {"fix_fingers": "xmin_fit"})],
+    "xmin_max": [("same", {"xmin_max": 2.0})],
+    "max_fingers": [("same", {"fix_fingers": "clip_xmax", "max_fingers": 3})],
+    "finger_thresh": [("same", {"fix_fingers": "clip_xmax", "finger_thresh": 0.5})],
+    "fit": [("same", {"fit": "power_law"}), ("refused", {"fit": "TPL"})],
+    "sparsify": [("same", {"sparsify": False})],
+    "detX": [("same", {"detX": True})],
+    "ERG": [("same", {"ERG": True})],
+    "svd_method": [("same", {"svd_method": "accurate"}), ("same", {"svd_method": "fast"})],
+    "tolerance": [("same", {"tolerance": 1e-2}), ("refused", {"tolerance": "small"})],
+    "start_ids": [("same", {"start_ids": 1})],
+    "pl_package": [("refused", {"pl_package": "powerlaw"})],
+    "xmax": [("same", {"xmax": -1}), ("refused", {"xmax": "force"})],
+    "base_model": [("same", {"base_model": OTHER})],
+    "peft": [("same", {"peft": "with_base"}), ("refused", {"peft": 2.5})],
+    "inverse": [("refused", {"inverse": True})],
+}
+DESCRIBE_CASES = {
+    "layers": [("same", {"layers": [1, 3]})],
+    "min_evals": [("same", {"min_evals": 30})],
+    "max_evals": [("same", {"max_evals": 35})],
+    "min_size": [("same", {"min_size": 10})],
+    "max_size": [("same", {"max_size": 10})],
+    "max_N": [("same", {"max_N": 50, "max_evals": 40})],
+    "glorot_fix": [("same", {"glorot_fix": True})],
+    "savefig": [("same", {"savefig": TMP})],
+    "ww2x": [("same", {"ww2x": True})],
+    "pool": [("same", {"pool": False})],
+    "conv2d_fft": [("refused", {"conv2d_fft": True})],
+    "fft": [("refused", {"fft": True})],
+    "conv2d_norm": [("same", {"conv2d_norm": False})],
+    "intra": [("refused", {"intra": True})],
+    "channels": [("refused", {"channels": "last"})],
+    "stacked": [("refused", {"stacked": True})],
+    "start_ids": [("same", {"start_ids": 1})],
+    "base_model": [("same", {"base_model": OTHER}), ("refused", {"base_model": OTHER, "pool": False})],
+    "peft": [("same", {"peft": "with_base"}), ("refused", {"peft": ["with_base"]})],
+}
+RANDOM_COLUMNS = {"max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "num_traps", "rand_num_spikes",
+                  "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale", "rand_bulk_max", "rand_bulk_min"}
+
+
+def _keywords(method) -> set[str]:
+    import inspect
+
+    return {name for name, p in inspect.signature(method).parameters.items()
+            if name not in ("self", "model") and p.kind is not p.VAR_KEYWORD}
+
+
+def test_every_weightwatcher_option_is_walked():
+    """WeightWatcher's own signatures: each keyword has cases here and is one irtools knows (so that an option a
+    new WeightWatcher adds fails this test instead of being ignored or refused as unknown)."""
+    analyze, describe = _keywords(weightwatcher.WeightWatcher.analyze), _keywords(weightwatcher.WeightWatcher.describe)
+    assert set(ANALYZE_CASES) == analyze == set(ww.WW_ANALYZE_KEYWORDS)
+    assert set(DESCRIBE_CASES) == describe == set(ww.WW_DESCRIBE_KEYWORDS)
+    # irtools' own keywords: the named ones (less its `seed`) and those it takes through **options
+    ours = _keywords(ww.WeightWatcher.analyze) - {"seed"}
+    assert ours | set(ww.SUPPORTED) | set(ww.ANALYZE_OWN) | set(ww.UNSUPPORTED) == analyze
+    ours = _keywords(ww.WeightWatcher.describe)
+    assert ours | set(ww.DESCRIBE_OPTIONS) | set(ww.DESCRIBE_UNSUPPORTED) == describe
+
+
+def _resolve(options: dict, tmp, side: str, other) -> dict:
+    out = {}
+    for key, value in options.items():
+        out[key] = str(tmp / side) if value == TMP else other if value is OTHER else value
+    return out
+
+
+def _check_refused(call, options: dict) -> None:
+    with pytest.raises(ww.UnsupportedOptionError) as caught:
+        call(**options)
+    message = str(caught.value)
+    named = [k for k in options if k in message]
+    assert named, message
+    assert "\n" not in message and len(message) < 300 and "Linear(" not in message and "Conv2d(" not in message
+
+
+@pytest.fixture(scope="module")
+def defaults(walk):
+    """Both tools' tables of the plain calls (the same: checked in test_plain_calls_match)."""
+    model = walk[0]
+    return {(side, method): getattr(tool.WeightWatcher(), method)(model=model)
+            for side, tool in (("ours", ww), ("theirs", weightwatcher)) for method in ("analyze", "describe")}
+
+
+def test_plain_calls_match(defaults):
+    theirs = defaults["theirs", "analyze"]
+    assert_same_table(defaults["ours", "analyze"], theirs, differ=_sigma_cells(theirs))
+    pd.testing.assert_frame_equal(defaults["ours", "describe"], defaults["theirs", "describe"])
+
+
+@pytest.mark.parametrize(("method", "keyword"), [("analyze", k) for k in ANALYZE_CASES] +
+                         [("describe", k) for k in DESCRIBE_CASES])
+def test_each_weightwatcher_option_matches_or_is_refused(walk, tmp_path, method, keyword):
+    model, other = walk
+    cases = (ANALYZE_CASES if method == "analyze" else DESCRIBE_CASES)[keyword]
+    for k, (kind, options, *why) in enumerate(cases):
+        tmp = tmp_path / str(k)
+        ours_call = getattr(ww.WeightWatcher(), method)
+        if kind == "refused":
+            _check_refused(lambda **o: ours_call(model=model, **o), _resolve(options, tmp, "ours", other))
+            continue
+        ours = ours_call(model=model, **_resolve(options, tmp, "ours", other))
+        if kind == "documented":
+            assert why and len(ours) > 0
+            continue
+        theirs = getattr(weightwatcher.WeightWatcher(), method)(model=model, **_resolve(options, tmp, "theirs", other))
+        context = f"{method}({options})"
+        try:
+            if method == "describe":
+                pd.testing.assert_frame_equal(ours, theirs)
+            elif kind == "random":
+                assert list(ours.columns) == list(theirs.columns)
+                keep = [c for c in theirs.columns if c not in RANDOM_COLUMNS]
+                assert_same_table(ours[keep], theirs[keep], differ=_sigma_cells(theirs))
+            else:
+                assert_same_table(ours, theirs, differ=_sigma_cells(theirs))
+        except AssertionError as failed:
+            raise AssertionError(f"{context}: {failed}") from failed
+        files = [sorted(os.listdir(tmp / side)) if (tmp / side).exists() else None for side in ("ours", "theirs")]
+        assert files[0] == files[1], context
+        if options.get("plot"):
+            assert files[0], context
+
+
+def _sigma_cells(theirs: pd.DataFrame) -> list:
+    """WeightWatcher's small-sample fallback sigma (see tests/test_compat_weightwatcher.py's SIGMA_FALLBACK)."""
+    return [(name, "sigma") for name in theirs.name[theirs.sigma < 0]] if "sigma" in theirs else []
+
+
+@pytest.mark.parametrize("method", ["analyze", "describe"])
+def test_weightwatcher_defaults_are_accepted(walk, defaults, method):
+    """Each keyword at WeightWatcher's own default value: accepted, and the table of a call without it."""
+    import inspect
+
+    model, plain = walk[0], defaults["ours", method]
+    for name, p in inspect.signature(getattr(weightwatcher.WeightWatcher, method)).parameters.items():
+        if name not in ("self", "model"):
+            pd.testing.assert_frame_equal(getattr(ww.WeightWatcher(), method)(model=model, **{name: p.default}), plain,
+                                          obj=f"{method}({name}={p.default!r})")

@@ -12,21 +12,38 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from irtools.errors import IrtoolsError
 
 
 DEFAULT_SAVEDIR = "ww-img"
 WEAK_RANK_LOSS_TOLERANCE = 1e-6
 
-#: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted).
+#: Every keyword of WeightWatcher 0.7.7's analyze() and describe() after `model`, in its order. Each is
+#: either computed as WeightWatcher computes it, accepted where WeightWatcher ignores it too, or refused in
+#: one line naming it (tests/test_compat_ww_api.py walks WeightWatcher's own signatures against these).
+WW_ANALYZE_KEYWORDS = (
+    "layers", "min_evals", "max_evals", "min_size", "max_size", "max_N", "glorot_fix", "plot", "randomize", "savefig",
+    "mp_fit", "conv2d_norm", "ww2x", "pool", "conv2d_fft", "fft", "deltas", "intra", "vectors", "channels", "stacked",
+    "fix_fingers", "xmin_max", "max_fingers", "finger_thresh", "fit", "sparsify", "detX", "ERG", "svd_method",
+    "tolerance", "start_ids", "pl_package", "xmax", "base_model", "peft", "inverse")
+WW_DESCRIBE_KEYWORDS = (
+    "layers", "min_evals", "max_evals", "min_size", "max_size", "max_N", "glorot_fix", "savefig", "ww2x", "pool",
+    "conv2d_fft", "fft", "conv2d_norm", "intra", "channels", "stacked", "start_ids", "base_model", "peft")
+#: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted): sparsify
+#: matters only with intra=True, and svd_method 'fast' and 'accurate' are the same exact eigenvalues here.
 UNSUPPORTED = {
-    "conv2d_fft": (False,), "fft": (False,), "deltas": (False,), "intra": (False,),
+    "conv2d_fft": (False,), "fft": (False,), "intra": (False,),
     "vectors": (False,), "channels": (None,), "stacked": (False,), "fit": ("PL", "power_law"), "sparsify": (True, False),
-    "ERG": (False,), "svd_method": ("fast", "accurate"), "inverse": (False,),
+    "svd_method": ("fast", "accurate"), "inverse": (False,),
 }
+#: The unsupported options WeightWatcher's describe() has.
+DESCRIBE_UNSUPPORTED = ("conv2d_fft", "fft", "intra", "channels", "stacked")
 #: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
-#: peft= (LoRA B·A rows), detX= (the detX columns).
-ANALYZE_OWN = ("base_model", "peft", "detX")
+#: peft= (LoRA B·A rows), detX= and its alias ERG= (the detX columns), deltas= (WeightWatcher's level-spacing
+#: figures: nothing without plot=True, refused with it).
+ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas")
 #: WeightWatcher's `peft` values that keep the base layers (every other true value analyses only B·A).
 PEFT_WITH_BASE = "with_base"
 DISTANCE_METHODS = ("raw", "euclidean", "cka")
@@ -118,12 +135,13 @@ def _check_fit_values(method: str, o: dict) -> None:
                               f"fix_fingers='xmin_peak' (WeightWatcher 0.7.7's powerlaw-package fits fail with powerlaw 2.0)")
 
 
-def options_of(method: str, options: Mapping, allowed: Iterable[str] = tuple(SUPPORTED)) -> Options:
-    """Check a call's keyword options (`allowed` of `SUPPORTED`, the `UNSUPPORTED` ones at their "off"
-    values) and return what irtools does with them. glorot_fix, min_size and max_size are accepted and have
-    no effect, as in WeightWatcher 0.7.7 (it stores glorot_fix under another key and ignores the sizes)."""
+def options_of(method: str, options: Mapping, allowed: Iterable[str] = tuple(SUPPORTED),
+               unsupported: Iterable[str] = tuple(UNSUPPORTED)) -> Options:
+    """Check a call's keyword options (`allowed` of `SUPPORTED`, the `unsupported` ones of `UNSUPPORTED` at
+    their "off" values) and return what irtools does with them. glorot_fix, min_size and max_size are accepted
+    and have no effect, as in WeightWatcher 0.7.7 (it stores glorot_fix under another key and ignores the sizes)."""
     allowed = tuple(allowed)
-    check_options(method, {k: v for k, v in options.items() if k not in allowed})
+    check_options(method, {k: v for k, v in options.items() if k not in allowed}, unsupported)
     o = {**{k: SUPPORTED[k] for k in allowed}, **{k: v for k, v in options.items() if k in allowed}}
     for key in ("pool", "ww2x", "conv2d_norm", "glorot_fix"):
         if key in o and not isinstance(o[key], bool):
@@ -157,6 +175,13 @@ def savedir_of(savefig) -> str | None:
     if isinstance(savefig, (str, os.PathLike)):
         return os.fspath(savefig) or None
     raise UnsupportedOptionError(f"savefig must be a folder name or a bool, got {_shown(savefig)}")
+
+
+def bool_option(method: str, key: str, value) -> bool:
+    """A True/False option's value (numpy's bools too), else refused naming the option and the value's type."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise _refuse(method, f"{key} must be True or False, not a {type(value).__name__}")
 
 
 def _peft_value(value, method: str = "analyze"):

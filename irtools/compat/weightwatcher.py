@@ -15,9 +15,18 @@ position with slice_id, scaled by rf/2), conv2d_norm=False (conv eigenvalues uns
 min_size and max_size are accepted and change nothing, as in WeightWatcher 0.7.7; base_model= (ΔW = W - W_base
 per layer matched as WeightWatcher's delta iterator matches them), peft= (True / "peft_only" / any true value:
 the LoRA B·A rows only, unscaled as WeightWatcher forms them, r eigenvalues each; "with_base": every layer and
-W + B·A too), detX=True (detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled) and
-`distances(m1, m2, method="raw" | "euclidean" | "cka")`. An option's message names the option and shows its
-value only when it is a number, a bool or a short string, else its type (never a model's repr).
+W + B·A too; describe(peft=...) lists the same rows), detX=True or its alias ERG=True (detX_num, num_ERG_spikes,
+ERG_gap, detX_val, detX_val_unrescaled) and `distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
+because WeightWatcher ignores them too: deltas=True without plot=True, sparsify (intra only), svd_method
+'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra, vectors,
+channels, stacked, inverse, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
+peft= with pool=False. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every keyword WeightWatcher 0.7.7
+takes; a test walks its signatures against them. An option's message names the option and shows its value
+only when it is a number, a bool or a short string, else its type (never a model's repr).
+
+One deliberate difference: `WeightWatcher(model=m).analyze(base_model=b)` analyses m - b; WeightWatcher 0.7.7
+ignores a base_model given to analyze()/describe() unless model= is given there too (its `set_model_`),
+and analyses m alone.
 
 Where irtools deliberately differs from WeightWatcher (documented, not hidden): a failed or
 degenerate power-law fit is NaN with status "failed" and a warning saying why, not -1; Conv1d layers
@@ -47,10 +56,10 @@ from irtools.compat._ww_layers import (
     _weights_file_layers, _ww_mats, keras_layers, layer_filter, layer_parts, model_layers, onnx_layers, source_kind,
     state_dict_layers, torch_layers, weight_layer, within_limits)
 from irtools.compat._ww_options import (
-    ANALYZE_OWN, DEFAULT_SAVEDIR, DESCRIBE_OPTIONS, DISTANCE_METHODS, FIX_FINGERS, PEFT_WITH_BASE, SUPPORTED,
-    UNSUPPORTED, WEAK_RANK_LOSS_TOLERANCE, Options, UnknownOptionError, UnsupportedMethodError,
-    UnsupportedOptionError, _check_fit_values, _number, _peft_value, _refuse, _shown, check_limits, check_options,
-    options_of, savedir_of)
+    ANALYZE_OWN, DEFAULT_SAVEDIR, DESCRIBE_OPTIONS, DESCRIBE_UNSUPPORTED, DISTANCE_METHODS, FIX_FINGERS, PEFT_WITH_BASE,
+    SUPPORTED, UNSUPPORTED, WEAK_RANK_LOSS_TOLERANCE, WW_ANALYZE_KEYWORDS, WW_DESCRIBE_KEYWORDS, Options,
+    UnknownOptionError, UnsupportedMethodError, UnsupportedOptionError, _check_fit_values, _number, _peft_value,
+    _refuse, _shown, check_limits, check_options, bool_option, options_of, savedir_of)
 from irtools.compat._ww_peft import _lora_product, _low_rank, _top_singular_diag, peft_entries
 from irtools.compat._ww_tables import (
     MP_COLUMNS, SUMMARY_METRICS, _base_row, _slice_ranks, details_row, frame, mp_columns, option_columns, pooled_esd,
@@ -106,9 +115,15 @@ class WeightWatcher:
         adds detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled."""
         base_model = options.pop("base_model", None)
         peft = _peft_value(options.pop("peft", False))
-        detx = options.pop("detX", False)
-        if not isinstance(detx, bool):
-            raise _refuse("analyze", f"detX must be True or False, not a {type(detx).__name__}")
+        detx = bool_option("analyze", "detX", options.pop("detX", False))
+        detx = bool_option("analyze", "ERG", options.pop("ERG", False)) or detx  # WeightWatcher: ERG=True sets detX=True
+        plot, randomize, mp_fit = (bool_option("analyze", k, v) for k, v in
+                                   (("plot", plot), ("randomize", randomize), ("mp_fit", mp_fit)))
+        if bool_option("analyze", "deltas", options.pop("deltas", False)) and plot:
+            raise _refuse("analyze", "deltas=True with plot=True (WeightWatcher's level-spacing figures) is not "
+                                     "supported; without plot=True it changes nothing, as in WeightWatcher")
+        if not _number(tolerance):
+            raise _refuse("analyze", f"tolerance must be a number, not {_shown(tolerance)}")
         opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
@@ -296,7 +311,7 @@ class WeightWatcher:
         product, not its rank; a `peft` column on every row); base_model= the layers of the delta iterator
         (the model's; peft= is then ignored, as in WeightWatcher)."""
         peft = _peft_value(peft, "describe")
-        opts = options_of("describe", options, DESCRIBE_OPTIONS)
+        opts = options_of("describe", options, DESCRIBE_OPTIONS, DESCRIBE_UNSUPPORTED)
         check_limits(min_evals, max_evals, max_N)
         savedir_of(savefig)
         base_model = base_model if base_model is not None else self.base_model
