@@ -419,8 +419,12 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
             if future.status == "cancelled":
                 raise ClusterLost(f"lost the Dask cluster; {done[0]} of {len(todo)} layers have rows"
                                   + (" (kept: the same run goes on from them)" if resume else ""))
-            if future.status != "finished" or not isinstance(data, tuple):
-                why = data if isinstance(data, BaseException) else None
+            if future.status != "finished":  # it raised (retries + 1 times), or its workers kept dying
+                why = data[1] if isinstance(data, tuple) and len(data) == 3 else data  # as_completed's exc_info
+                if not isinstance(why, BaseException):
+                    with contextlib.suppress(Exception):
+                        why = future.exception(timeout=5)
+                why = why if isinstance(why, BaseException) else None
                 text = (str(why).splitlines() or [""])[0] if why is not None else future.status
                 name = type(why).__name__ if why is not None else "lost"
                 if name == "KilledWorker":

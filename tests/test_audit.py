@@ -346,3 +346,71 @@ def test_a_big_model_split_per_tensor_equals_its_one_task_result(zoo, cluster, t
     assert not os.path.isdir(partial) or os.listdir(partial) == []
     again = run_audit(sources, split, client=cluster, quiet=True, split_over=100_000)
     assert again.analysed == 0 and again.resumed == 3
+
+
+@pytest.mark.parametrize("debug", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_failing_tasks_and_a_dying_worker_leave_stderr_to_irtools(zoo, tmp_path, capfd, monkeypatch, debug):
+    """Through the command line on the embedded cluster: a model whose task raises, a split model one of
+    whose tensor tasks raises, and a worker killed while it runs a tensor task. Without --debug stderr
+    holds nothing of Dask (no Compute Failed, no nanny restart, no traceback): only irtools' own lines
+    (none with -q); with --debug (the same run, slow: the proof that the quiet one hides real lines)
+    Dask's log lines are shown."""
+    from irtools.audit import runner
+    from tests.test_distributed import sharded_checkpoint
+
+    marker = tmp_path / "killed-once"
+
+    def breaking_plugin():
+        class Break(distributed.WorkerPlugin):
+            def setup(self, worker):
+                import signal
+
+                import irtools.audit.task as task
+                import irtools.distributed as dist
+
+                real_model, real_layer = task.audit_model, dist._layer_row
+
+                def audit_model(source, *args, **kwargs):
+                    if source.endswith("step_20.onnx"):
+                        raise RuntimeError("boom in a model task")
+                    return real_model(source, *args, **kwargs)
+
+                def layer_row(layer, options):
+                    if layer.name == "l1.q":
+                        raise RuntimeError("boom in a tensor task")
+                    if not os.path.exists(marker):  # the first tensor task (the largest, l0.up) kills its worker
+                        open(marker, "w").close()
+                        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies holding the task
+                    return real_layer(layer, options)
+
+                task.audit_model, dist._layer_row = audit_model, layer_row
+
+        return Break()
+
+    enter = runner._Cluster.__enter__
+
+    def entered(self):
+        client = enter(self)
+        client.register_plugin(breaking_plugin(), name="test-break")
+        return client
+
+    monkeypatch.setattr(runner._Cluster, "__enter__", entered)
+    monkeypatch.setattr(runner, "SPLIT_OVER", 100_000)
+    (tmp_path / "big").mkdir()
+    big = sharded_checkpoint(tmp_path / "big")
+    sources = [big, os.path.join(zoo[0], "step_20.onnx"), os.path.join(zoo[0], "step_100.onnx")]
+    out = str(tmp_path / "audit")
+    capfd.readouterr()
+    res = CliRunner().invoke(main, ["audit", *sources, "-o", out, "--workers", "2", "-q"]
+                             + (["--debug"] if debug else []), catch_exceptions=False)
+    err = res.stderr + capfd.readouterr().err
+    assert res.exit_code == 3, err
+    assert marker.exists()  # a worker did die
+    summary = pd.read_parquet(os.path.join(out, "summary.parquet"))
+    assert list(summary["status"]) == ["failed", "failed", "ok"]
+    assert summary["error"][0] == "layer l1.q: its cluster task failed: RuntimeError: boom in a tensor task"
+    assert summary["error"][1] == "task failed: RuntimeError: boom in a model task"
+    if not debug:
+        assert err.strip() == "", err
+    else:
+        assert "Compute Failed" in err and "boom in a tensor task" in err, err

@@ -253,3 +253,34 @@ def test_tasks_go_out_largest_first_and_rows_come_back_in_model_order(tmp_path):
     assert seen == [layers[k].name for k in order]
     assert [r["name"] for r in result.rows] == [layer.name for layer in layers]
     assert [r["layer_id"] for r in result.rows] == list(range(5))
+
+
+def test_resume_keeps_each_row_and_an_interrupted_run_computes_only_the_rest(tmp_path):
+    """`resume=FOLDER`: each row is kept as it arrives; a second run takes the kept rows (a damaged file is
+    computed again, as a missing one is) and submits only the others; the rows are the same. Other options
+    or a changed source trust none of them."""
+    import time
+
+    (tmp_path / "m").mkdir()
+    path = sharded_checkpoint(tmp_path / "m")
+    keep = tmp_path / "rows"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  silence_logs=40, **LOOPBACK) as cluster, distributed.Client(cluster) as client:
+        first = spectral_on_cluster(path, client, resume=str(keep))
+        files = sorted(os.listdir(keep))
+        assert len(files) == 6 and len({f.split("-")[0] for f in files}) == 1
+        os.remove(keep / files[1])
+        os.remove(keep / files[4])
+        (keep / files[2]).write_text("{not json")
+        seen = []
+        again = spectral_on_cluster(path, client, resume=str(keep), progress=lambda d, t, n: seen.append(d))
+        assert seen == [3, 4, 5, 6]  # the 3 kept rows at once, then the 3 computed
+        assert again.rows == first.rows and len(os.listdir(keep)) == 6
+        seen.clear()
+        spectral_on_cluster(path, client, resume=str(keep), min_evals=5, progress=lambda d, t, n: seen.append(d))
+        assert seen == [1, 2, 3, 4, 5, 6]  # other options: nothing kept holds
+        shard = os.path.join(path, "model-00002-of-00002.safetensors")
+        os.utime(shard, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        seen.clear()
+        spectral_on_cluster(path, client, resume=str(keep), progress=lambda d, t, n: seen.append(d))
+        assert seen == [1, 2, 3, 4, 5, 6]  # a changed shard: nothing kept holds
