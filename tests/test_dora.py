@@ -161,3 +161,22 @@ def test_dora_without_a_base_is_the_low_rank_update_and_says_so(tmp_path):
                       if r["name"] == "model.layers.0.self_attn.q_proj")
     assert row["scale"] == 2.0
     np.testing.assert_allclose(np.sort(evals), np.sort(np.linalg.svd(delta, compute_uv=False) ** 2)[-4:], rtol=1e-9)
+
+
+def test_peft_model_object_merges_as_its_folder(tmp_path):
+    """A PeftModel object (its active adapter) gives the same merged DoRA weights as its saved folder."""
+    from safetensors.torch import save_file
+
+    base = _llama()
+    base_file = tmp_path / "base.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in base.state_dict().items()}, str(base_file))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                      use_dora=True))
+    _perturb(model, 3)
+    model.save_pretrained(tmp_path / "adapter")
+    from_object = {layer.name: layer for layer in open_merged(model, str(base_file)).layers}
+    from_folder = {layer.name: layer for layer in open_merged(str(tmp_path / "adapter"), str(base_file)).layers}
+    assert sorted(n for n, layer in from_object.items() if layer.extra.get("dora")) == \
+        sorted(n for n, layer in from_folder.items() if layer.extra.get("dora")) != []
+    for name, layer in from_folder.items():
+        np.testing.assert_allclose(from_object[name].matrices()[0], layer.matrices()[0], rtol=1e-12, atol=0)
