@@ -1,7 +1,7 @@
 """One model over a Dask cluster: 2 single-thread workers against 1, and a projection for a 70B model.
 
 Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/cluster.py [--layers 2]
-     [--workers 1,2] [--dir DIR] [--no-embeddings] [--smoke]
+     [--workers 1,2] [--dir DIR] [--no-embeddings] [--smoke] [--layers70 N]
 
 Setup (not timed): a Llama-3.1-8B-shaped checkpoint (hidden 4096, MLP 14336, 32 heads / 8 KV heads of
 128, vocabulary 128256, untied embeddings) at reduced depth (`--layers` decoder layers of the 32), as
@@ -15,17 +15,27 @@ processes with one thread each (the BLAS threads set to 1 by the variables above
 workers; the script sets them to 1 when they are unset), every worker warmed first (irtools imported
 and numba's kernels loaded by one small analysis; not timed), then
 `irtools.distributed.spectral_on_cluster(folder, client=...)`: one task per weight matrix, each
-reading its tensor by offset from the shared folder. Prints the wall time per run, the CPU seconds
-the tasks spent (their threads' CPU time, summed), the machine's load average around each run, the
-speed-up of the wall times (target >= 1.8x with 2 workers), and whether the rows are the same.
+reading its tensor by offset from the shared folder, handed out largest first (LPT order). Prints the
+wall time per run, the CPU seconds the tasks spent (their threads' CPU time, summed), the machine's
+load average around each run, the speed-up of the wall times (target >= 1.8x with 2 workers), whether
+the rows are the same, and the task list's own limits: the speed-up the measured task CPU allows when
+handed out in model order, and in the LPT order the run uses.
 
 Projection (printed last): a 70B-shaped checkpoint (hidden 8192, MLP 28672, 64 heads / 8 KV heads of
 128, vocabulary 128256, 80 layers) on N workers, from the per-task CPU seconds measured above: per
 distinct shape (N x M, N >= M) the cost is fitted as a * N * M^2 (the Gram) + b * M^3 (the
 eigensolver) by non-negative least squares over the measured shapes (the 8B ones of the runs, and the
 70B k/v shape 8192 x 1024, measured in this process on one thread); 70B shapes not measured are
-extrapolated with the fit and marked so. The time on N workers is the in-order list schedule of the
-80 x 7 tasks (each task to the first free worker, as the scheduler hands them out), on dedicated cores.
+extrapolated with the fit and marked so. The time on N workers is the LPT list schedule of the
+80 x 7 tasks (largest first, each to the first free worker, as the cluster run hands them out), on
+dedicated cores.
+
+Check of the projection (`--layers70 N`, off by default; N = 1 writes about 1.7 GB and costs about
+7 minutes of CPU): a 70B-shaped checkpoint of N decoder layers (hidden 8192, MLP 28672, no
+embeddings: the layer list the projection is made of) written as bf16 into the temporary folder and
+run on a LocalCluster of the largest `--workers` count; per task, the measured CPU seconds against
+the fit's prediction (ratio), their sums, and the run's wall time against the LPT schedule of the
+predicted costs on that many workers.
 """
 
 from __future__ import annotations
@@ -84,12 +94,13 @@ def write_shard(path: str, tensors: list[tuple[str, tuple[int, ...]]], seed: int
                 fh.write(w.astype(ml_dtypes.bfloat16).tobytes())
 
 
-def write_checkpoint(folder: str, layers: int, embeddings: bool = True) -> float:
-    """The 8B-shaped checkpoint at `layers` depth: one shard per decoder layer, embeddings first and
-    norm + lm_head last, and the index. Returns its size in GB."""
-    h = LLAMA_8B["hidden"]
+def write_checkpoint(folder: str, layers: int, embeddings: bool = True, shape: dict | None = None) -> float:
+    """The 8B-shaped (or `shape`d) checkpoint at `layers` depth: one shard per decoder layer, embeddings
+    first and norm + lm_head last, and the index. Returns its size in GB."""
+    shape = shape or LLAMA_8B
+    h = shape["hidden"]
     shards = [[("model.embed_tokens.weight", (VOCAB, h))] if embeddings else []]
-    shards += [layer_shapes(LLAMA_8B, i) for i in range(layers)]
+    shards += [layer_shapes(shape, i) for i in range(layers)]
     shards.append([("model.norm.weight", (h,))] + ([("lm_head.weight", (VOCAB, h))] if embeddings else []))
     shards = [s for s in shards if s]
     weight_map = {}
@@ -178,6 +189,33 @@ def schedule(costs: list[float], workers: int) -> float:
     return max(free)
 
 
+def lpt(costs: list[float], workers: int) -> float:
+    """Makespan of the longest-processing-time schedule: largest first, each to the first free worker."""
+    return schedule(sorted(costs, reverse=True), workers)
+
+
+def check70(folder: str, layers: int, workers: int, warm: str, a: float, b: float) -> None:
+    """The projection's check: a 70B-shaped layer list at `layers` depth on `workers` workers, each task's
+    measured CPU seconds against the fit."""
+    t = time.perf_counter()
+    size = write_checkpoint(folder, layers, embeddings=False, shape=LLAMA_70B)
+    print(f"\ncheck: 70B-shaped checkpoint, {layers} of 80 layers, no embeddings, {size:.2f} GB bf16 in "
+          f"{time.perf_counter() - t:.0f} s; {workers} worker(s), 1 thread each", flush=True)
+    run = run_cluster(folder, workers, warm)
+    print(f"  {'tensor':40s} {'N x M':>13} {'measured s':>10} {'fit s':>8} {'ratio':>6}")
+    predicted = []
+    for c in run["costs"]:
+        fit = a * c["N"] * c["M"] ** 2 + b * c["M"] ** 3
+        predicted.append(fit)
+        print(f"  {c['name'][:40]:40s} {c['N']:6d} x {c['M']:5d} {c['cpu_s']:10.1f} {fit:8.1f} "
+              f"{c['cpu_s'] / fit:6.2f}")
+    measured = sum(c["cpu_s"] for c in run["costs"])
+    span = lpt(predicted, workers)
+    print(f"  task CPU: measured {measured:.1f} s, fit {sum(predicted):.1f} s, ratio {measured / sum(predicted):.2f}; "
+          f"wall {run['wall']:.1f} s against the LPT schedule of the fit on {workers} worker(s) {span:.1f} s, "
+          f"ratio {run['wall'] / span:.2f} (load {run['load'][0]:.1f} / {run['load'][1]:.1f})")
+
+
 def nm(shape: tuple[int, int]) -> tuple[int, int]:
     return max(shape), min(shape)
 
@@ -189,9 +227,13 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="write the checkpoint here and keep it (default: a temp folder)")
     ap.add_argument("--no-embeddings", action="store_true", help="leave out the two (skipped) embeddings")
     ap.add_argument("--smoke", action="store_true", help="the script end to end on 1/8 of the 8B widths (no figures)")
+    ap.add_argument("--layers70", type=int, default=0,
+                    help="check the projection on a LocalCluster run of this many 70B-shaped decoder layers "
+                         "(1: about 1.7 GB written, 7 CPU minutes; default 0: no check)")
     args = ap.parse_args()
     if args.smoke:
         LLAMA_8B.update(hidden=512, mlp=1792, heads=4)
+        LLAMA_70B.update(hidden=1024, mlp=3584, heads=8)
     counts = [int(w) for w in args.workers.split(",")]
     threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     print(f"threads: {threads}; cores: {os.cpu_count()}; load average at start: "
@@ -232,9 +274,10 @@ def main() -> None:
         same = all(all((a[k] == b[k]) or (a[k] != a[k] and b[k] != b[k]) for k in cols)
                    for a, b in zip(base["rows"], r["rows"], strict=True))
         ideal = schedule([c["cpu_s"] for c in base["costs"]], r["workers"])
+        best = lpt([c["cpu_s"] for c in base["costs"]], r["workers"])
         print(f"{r['workers']} workers: rows {'bit for bit equal' if same else 'DIFFER'} to the {base['workers']}"
-              f"-worker run; the task list's own limit (in-order schedule of the measured task CPU): "
-              f"{base['task_cpu'] / ideal:.2f}x")
+              f"-worker run; the task list's own limit (schedule of the measured task CPU): in model order "
+              f"{base['task_cpu'] / ideal:.2f}x, largest first (LPT, as submitted) {base['task_cpu'] / best:.2f}x")
 
     measured: dict[tuple[int, int], list[float]] = {}
     for c in base["costs"]:
@@ -267,9 +310,21 @@ def main() -> None:
           f"({biggest[1] ** 2 * 8 / 1e9:.2f} GB)")
     print(f"  {'workers':>7} {'hours':>7} {'minutes':>8} {'speed-up':>8}")
     for w in (1, 2, 4, 8, 16, 32, 64, 80, 160, 560):
-        span = schedule(tasks, w)
+        span = lpt(tasks, w)
         print(f"  {w:7d} {span / 3600:7.2f} {span / 60:8.1f} {total / span:7.1f}x")
-    print("  (one dedicated core per worker; data read from shared storage not included)")
+    print("  (one dedicated core per worker, tasks largest first; data read from shared storage not included)")
+    if args.layers70:
+        folder70 = tempfile.mkdtemp(prefix="irtools-cluster-70b-")
+        fd, warm = tempfile.mkstemp(prefix="irtools-cluster-warm-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            from safetensors.numpy import save_file
+
+            save_file({"w.weight": np.random.default_rng(0).standard_normal((300, 200)).astype(np.float32)}, warm)
+            check70(folder70, args.layers70, max(counts), warm, a, b)
+        finally:
+            os.remove(warm)
+            shutil.rmtree(folder70, ignore_errors=True)
 
 
 if __name__ == "__main__":
