@@ -374,12 +374,13 @@ def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) 
                         config.fan_in_fan_out and kind == "linear", (a_key, b_key))
         m_key = magnitudes.pop(module, None)
         if m_key is not None:
-            mag, out = tensors[m_key], update.shape[update.out_axis if kind != "conv" else 0]
-            if math.prod(mag.shape) != out:
-                skip(m_key, f"DoRA magnitude vector of {math.prod(mag.shape)} values for {out} outputs of ΔW "
-                            f"{update.shape}: the module is merged without it"[:300])
-            else:
-                update.magnitude, update.magnitude_key = mag, m_key
+            mag, out = tensors[m_key], update.shape[update.out_axis]
+            if math.prod(mag.shape) != out:  # W + ΔW without its rescaling is not the DoRA weight: no row
+                for key in (a_key, b_key, m_key):
+                    skip(key, f"DoRA magnitude vector of {math.prod(mag.shape)} values for {out} outputs of ΔW "
+                              f"{update.shape}: the module cannot be merged"[:300])
+                continue
+            update.magnitude, update.magnitude_key = mag, m_key
         updates.append(update)
     for key in magnitudes.values():
         skip(key, "DoRA magnitude vector without its module's lora_A and lora_B: nothing to rescale")

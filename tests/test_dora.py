@@ -180,3 +180,22 @@ def test_peft_model_object_merges_as_its_folder(tmp_path):
         sorted(n for n, layer in from_folder.items() if layer.extra.get("dora")) != []
     for name, layer in from_folder.items():
         np.testing.assert_allclose(from_object[name].matrices()[0], layer.matrices()[0], rtol=1e-12, atol=0)
+
+
+def test_a_magnitude_that_does_not_fit_is_refused_for_its_module(tmp_path):
+    """A magnitude vector whose length is not the module's output count: the module is not merged (W + ΔW
+    without its rescaling is not the DoRA weight), its tensors skipped with the reason; the others merge."""
+    from safetensors.numpy import load_file, save_file
+
+    _, folder, base_file = _dora(tmp_path, _llama(), ["q_proj", "v_proj"])
+    weights = f"{folder}/adapter_model.safetensors"
+    t = load_file(weights)
+    key = "base_model.model.model.layers.0.self_attn.v_proj.lora_magnitude_vector"
+    t[key] = t[key][:-1].copy()
+    save_file(t, weights)
+    merged = open_merged(folder, base_file)
+    dora = sorted(layer.name for layer in merged.layers if layer.extra.get("dora"))
+    assert dora == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj",
+                    "model.layers.1.self_attn.v_proj"]
+    reasons = [s["reason"] for s in merged.skipped if "layers.0.self_attn.v_proj" in s["name"]]
+    assert len(reasons) == 3 and all("15 values for 16 outputs" in r for r in reasons)
