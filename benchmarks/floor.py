@@ -10,7 +10,11 @@ torch layout: a conv kernel is pooled over its k x k slices), and the same matri
 layer's loader delivers them, go to the eigensolver alone:
 - pass: `SpectralPass(workers=1).analyse([layer] * k) / k`: loading the slices, float64 Gram (or
   SVD), eigvalsh, the power-law fit and every metric of the row, k copies of a small layer at
-  once (up to 32, about 1 M weights in all) so that the model's summary is shared as in a model;
+  once (up to `--copies`, default 32, about 1 M weights in all) so that the model's summary is
+  shared as in a model. The pass analyses small same-shape layers as one group (one stacked
+  eigensolve, the metrics of all rows at once), so the k copies are one group: in a model only
+  layers of one shape are (VGG-16 has one conv 3->64, ResNet-50 three 3x3 64->64, a Llama
+  checkpoint one q_proj per block); `--copies 1` times a layer alone, its model's summary included;
 - floor: per matrix the faster of LAPACK `eigvalsh(W^T W)` (numpy, the product timed, the float64
   copy of W given for free) and `svdvals(W)` (numpy `svd(compute_uv=False)` on the float64 copy),
   summed over the layer's matrices (the SVD timed up to 2 M elements: above, the Gram route is
@@ -112,7 +116,8 @@ def floor_of(mats, repeat: int) -> tuple[float, float, str]:
     return total, eig_total, "+".join(sorted(routes))
 
 
-def pass_time(weight: np.ndarray, label: str, threads: int, repeat: int) -> tuple[float, str]:
+def pass_time(weight: np.ndarray, label: str, threads: int, repeat: int, max_copies: int = MAX_COPIES
+              ) -> tuple[float, str]:
     """(the spectral pass's seconds per layer, its row with floats in hex) on `weight`."""
     from threadpoolctl import threadpool_limits
 
@@ -121,7 +126,7 @@ def pass_time(weight: np.ndarray, label: str, threads: int, repeat: int) -> tupl
     layer = layer_of(label.replace(" ", "_"), weight)
     spectral = SpectralPass(workers=1)
     # a model has many small layers: the pass's per-model work (its summary) is shared by them
-    copies = max(1, min(MAX_COPIES, COPY_ELEMENTS // (weight.shape[0] * weight.shape[1] * layer.rf)))
+    copies = max(1, min(max_copies, COPY_ELEMENTS // (weight.shape[0] * weight.shape[1] * layer.rf)))
     with threadpool_limits(threads):
         t = best(lambda: spectral.analyse([layer] * copies), repeat) / copies
         (row,) = spectral.analyse([layer]).rows
@@ -139,8 +144,8 @@ def baseline_worker() -> None:
     warm_up()
     print("ready", flush=True)
     for line in sys.stdin:
-        path, label, threads, repeat = json.loads(line)
-        t, row = pass_time(np.load(path), label, threads, repeat)
+        path, label, threads, repeat, max_copies = json.loads(line)
+        t, row = pass_time(np.load(path), label, threads, repeat, max_copies)
         print(json.dumps([t, row]), flush=True)
 
 
@@ -161,10 +166,11 @@ class Baseline:
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"the baseline {rev} did not start")
 
-    def pass_time(self, weight: np.ndarray, label: str, threads: int, repeat: int) -> tuple[float, str]:
+    def pass_time(self, weight: np.ndarray, label: str, threads: int, repeat: int, max_copies: int
+                  ) -> tuple[float, str]:
         path = os.path.join(self.dir.name, "weight.npy")
         np.save(path, weight)
-        self.proc.stdin.write(json.dumps([path, label, threads, repeat]) + "\n")
+        self.proc.stdin.write(json.dumps([path, label, threads, repeat, max_copies]) + "\n")
         self.proc.stdin.flush()
         t, row = json.loads(self.proc.stdout.readline())
         return t, row
@@ -185,6 +191,8 @@ def main() -> None:
     ap.add_argument("--clock", choices=list(CLOCKS), default="cpu",
                     help="cpu: process CPU time (steady on a loaded machine; one BLAS thread), wall: elapsed time")
     ap.add_argument("--max-elements", type=int, default=1 << 25, help="largest matrix analysed (elements)")
+    ap.add_argument("--copies", type=int, default=MAX_COPIES,
+                    help="at most this many copies of a small layer analysed at once (1: each layer alone)")
     ap.add_argument("--baseline", metavar="REV", help="also time the pass of this git revision, side by side")
     a = ap.parse_args()
     global clock
@@ -198,7 +206,7 @@ def main() -> None:
     baseline = Baseline(a.baseline, a.clock) if a.baseline else None
     env = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {env}; BLAS threads {a.threads}; "
-          f"{a.clock} time, min of {a.repeat}")
+          f"{a.clock} time, min of {a.repeat}; up to {max(1, a.copies)} copies of a small layer at once")
     base_head = f" {'base ms':>9} {'base':>6} {'rows':>5}" if baseline else ""
     print(f"{'model':<9} {'layer':<22} {'weight shape':<20} {'mats':>4} {'pass ms':>9} {'floor ms':>9} {'eig ms':>9} "
           f"{'ratio':>6}{base_head}  route")
@@ -214,10 +222,10 @@ def main() -> None:
                 continue
             weight = (rng.standard_normal(shape) / math.sqrt(shape[1])).astype(np.float32)
             layer = layer_of(label.replace(" ", "_"), weight)
-            pass_t, row = pass_time(weight, label, a.threads, a.repeat)
+            pass_t, row = pass_time(weight, label, a.threads, a.repeat, max(1, a.copies))
             base = ""
             if baseline:
-                base_t, base_row = baseline.pass_time(weight, label, a.threads, a.repeat)
+                base_t, base_row = baseline.pass_time(weight, label, a.threads, a.repeat, max(1, a.copies))
             with threadpool_limits(a.threads):
                 floor_t, eig_t, route = floor_of(layer.matrices(), a.repeat)
             ratio = pass_t / floor_t

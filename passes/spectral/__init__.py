@@ -165,9 +165,10 @@ class _Group:
 
 
 def group_small_layers(items: list, workers: int) -> list:
-    """(id, layer) items with the small ones of one shape gathered into `(None, _Group)` items (a group
-    may hold one layer), each group of at most `GROUP_ELEMENTS` weights and, with several workers, at
-    most a worker's share of its shape's layers; the other items as they are."""
+    """(id, layer) items with the small ones of one shape gathered into `(None, _Group)` items, each group
+    of at most `GROUP_ELEMENTS` weights and, with several workers, at most a worker's share of its shape's
+    layers; the other items as they are. A layer left alone stays an item: one layer's row costs 20-50 us
+    less in the scalar metrics than in one-row arrays."""
     by_shape: dict[tuple, list] = {}
     out: list = []
     for item in items:
@@ -182,7 +183,7 @@ def group_small_layers(items: list, workers: int) -> list:
             per = min(per, -(-len(members) // workers))
         for start in range(0, len(members), per):
             chunk = members[start:start + per]
-            out.append((None, _Group(chunk, n, m, rf * len(chunk))))
+            out.append((None, _Group(chunk, n, m, rf * len(chunk))) if len(chunk) > 1 else chunk[0])
     return out
 
 
