@@ -227,10 +227,14 @@ class WeightWatcher:
         if method not in svd_edit.SMOOTH_METHODS:
             raise _refuse("SVDSmoothing", f"method must be one of {', '.join(svd_edit.SMOOTH_METHODS)}, not "
                                           f"{_shown(method)}")
-        if not _number(percent) or fit not in ("PL", "power_law") or plot is not False or \
-                svd_method not in ("fast", "accurate"):
-            raise _refuse("SVDSmoothing", "supported: a numeric percent, fit='PL', plot=False, svd_method "
-                                          "'fast' or 'accurate'")
+        for key, value, ok, supported in (
+                ("percent", percent, _number(percent), "a number"),
+                ("fit", fit, isinstance(fit, str) and fit in ("PL", "power_law"), "'PL' or 'power_law'"),
+                ("plot", plot, plot is False, "False"),
+                ("svd_method", svd_method, isinstance(svd_method, str) and svd_method in ("fast", "accurate"),
+                 "'fast' or 'accurate'")):
+            if not ok:
+                raise _refuse("SVDSmoothing", f"{key}={_shown(value)} is not supported (supported: {supported})")
         model = model if model is not None else self.model
         weights = {}
         for layer in self._edit_layers(model, layers, start_ids):
@@ -260,8 +264,10 @@ class WeightWatcher:
         from irtools.compat import svd_edit
         from irtools.passes.spectral.mpfit import mp_fit
 
-        if pool is not True or plot is not False:
-            raise _refuse("SVDSharpness", "only pool=True and plot=False are supported")
+        for key, value, ok in (("pool", pool, pool is True), ("plot", plot, plot is False)):
+            if not ok:
+                raise _refuse("SVDSharpness", f"{key}={_shown(value)} is not supported (only pool=True and "
+                                              f"plot=False are)")
         model = model if model is not None else self.model
         weights = {}
         for layer in self._edit_layers(model, layers, start_ids):
@@ -273,13 +279,17 @@ class WeightWatcher:
                                                                 len(mats), -int(spikes))
         return svd_edit.edited(model, weights)
 
-    def get_ESD(self, model=None, layer=None, random: bool = False, seed: int = 0) -> np.ndarray:
+    def get_ESD(self, model=None, layer=None, random: bool = False, params=None, seed: int = 0) -> np.ndarray:
         """The sorted eigenvalues of one layer (by id or name) that `describe` lists; with `random`, those
         of its element-shuffled matrices (as `randomize` pools them). As in WeightWatcher, without the
-        0.5 scaling that `analyze` applies to pooled conv2d ESDs."""
+        0.5 scaling that `analyze` applies to pooled conv2d ESDs. `params` (WeightWatcher's dict of
+        analyze options) is supported only as None, its default."""
         import irtools
         from irtools.frontends import OpenedSource
 
+        if params is not None:
+            raise _refuse("get_ESD", f"params={_shown(params)} is not supported (only None: WeightWatcher's "
+                                     f"default options)")
         if not isinstance(layer, (numbers.Integral, str)) or isinstance(layer, bool):
             raise UnsupportedOptionError(f"get_ESD: layer must be a layer id or name, got {_shown(layer)}")
         found = [x for x in self._layers(model, [layer], 0) if within_limits(weight_layer(x), 8, 15000, 50000)]
