@@ -18,6 +18,11 @@ after its module (`conv.parametrizations.weight.original0/1` -> `conv.weight`, `
 One parameter is one layer, however many nodes compute with it (tied embeddings, an LSTM
 unrolled, a layer called twice): the other nodes are listed in `shared_with`.
 
+With `split_gate_up`, a fused gate/up projection (`gate_up_proj`: Phi-3's [2I, H], the experts'
+[E, 2I, H], gpt-oss's interleaved [E, H, 2I]) is two matrices, gate and up, one row each
+(`split_fused`, the rule the weights-only route applies too); a fused q/k/v stays one matrix, its
+`fused` column saying so.
+
 Invariant: every learnable parameter that must appear (`_must_appear`: >= 2 dims, and either
 two of them > 1 or read in a weight slot) yields a layer or a `skipped` entry with its reason,
 never silence. A 2-D parameter that no op rule analysed (DeBERTa's `rel_embeddings`, read
@@ -113,6 +118,7 @@ class _Ctx:
         self._seen: dict[tuple, WeightLayer] = {}
         self._names: set[str] = set()
         self._torch_names: bool | None = None
+        self.out_axes: dict[str, int] = {}  # parameter -> the output axis of the dense operand its layer loads
 
     def const_input(self, node: ir.Node, i: int) -> ir.Value | None:
         if i >= len(node.inputs) or node.inputs[i] is None:
@@ -243,6 +249,9 @@ def _dense_weight(ctx: _Ctx, node: ir.Node, slot: int, v: ir.Value, load: Callab
         ctx.skip(node, slot, f"constant operand of rank {len(shape)}, expected a 2-D weight")
         return
     n, m = max(shape), min(shape)
+    parameter = ctx.parameter(v)
+    if parameter and parameter not in ctx.out_axes:  # which axis holds a fused gate/up's two halves
+        ctx.out_axes[parameter] = _output_axis(node, slot)
     split = ctx.opts.split_qkv and _is_fused_qkv(node, slot, shape)
     if split:
         axis = _output_axis(node, slot)
@@ -467,6 +476,98 @@ EXTRACTORS: dict[str, Callable[[_Ctx, ir.Node], None]] = {
 }
 
 
+# -- fused projections: analysed as the matrices they are -----------------------------------------
+# The same rules as `frontends/formats/layers.py` (the weights-only and module routes), kept equal by
+# tests/test_fused.py until they move to one module both rooms may import (irtools.ir).
+# A fused `gate_up_proj` holds two matrices side by side (gate, then up, along the output features: transformers'
+# `chunk(2, dim=-1)`; gpt-oss interleaves them, gate = [..., ::2], up = [..., 1::2]). irtools' tables split it
+# into its two matrices (rows `...gate_up_proj.gate` / `.up`; experts `...gate_up_proj[e].gate`), on every route
+# alike (`split_fused`). WeightWatcher sees the nn.Linear, so its compatible API keeps the one fused matrix.
+#: The module path's last part of a fused gate/up projection.
+_GATE_UP = re.compile(r"(^|[._])(gate_up_proj|gate_up|w13)$")
+#: Fused q/k/v projections: kept one matrix (their layouts differ by architecture: contiguous, grouped-query
+#: sizes from the config, GPT-NeoX's and BLOOM's per-head interleave), the row saying so (`fused`).
+_QKV = re.compile(r"(^|[._])(qkv_proj|query_key_value|c_attn|Wqkv|qkv|in_proj_weight|W_pack)$")
+#: Architectures (config `model_type`) whose experts' gate_up_proj is stored [experts, in, 2*I] (x @ W).
+OUT_LAST_GATE_UP = frozenset({"gpt_oss", "llama4", "llama4_text", "aria", "aria_text", "openai_privacy_filter"})
+#: Architectures whose gate_up interleaves gate and up; with no config, a `gate_up_proj_bias` beside the
+#: experts (gpt-oss's layout) says interleaved.
+INTERLEAVED_GATE_UP = frozenset({"gpt_oss"})
+
+
+def fused_gate_up(parameter: str, shape, shapes=None, model_type: str | None = None,
+                  out_axis: int | None = None) -> tuple[int, bool] | None:
+    """(the axis of each matrix that holds gate and up, whether interleaved) for a fused gate/up parameter
+    of `shape` (2-D [2I, H], or experts [E, 2I, H] / [E, H, 2I]); None for any other parameter, or one whose
+    fused axis cannot be halved. `shapes` ({name: shape} of the checkpoint's other tensors) tells the experts'
+    layout: the bias `{name}_bias` [E, 2I], else `down_proj` [E, I, H] / [E, H, I]; else the config's
+    `model_type`; else transformers' [E, 2I, H]. `out_axis`: the output axis where the route knows it (an op)."""
+    path = re.sub(r"[./](weight|kernel|w)$", "", parameter)
+    if not _GATE_UP.search(path) or len(shape) not in (2, 3):
+        return None
+    shapes = shapes or {}
+    per = tuple(shape[-2:])
+    bias = shapes.get(f"{parameter}_bias") or shapes.get(f"{path}.bias") if len(shape) == 3 else None
+    if out_axis is not None:
+        axis = out_axis
+    elif len(shape) == 2:
+        axis = 0  # torch's Linear stores (out, in)
+    else:
+        even = [k for k in (0, 1) if per[k] % 2 == 0]
+        down = shapes.get(parameter.replace("gate_up_proj", "down_proj")) if "gate_up_proj" in parameter else None
+        by_bias = [k for k in even if bias is not None and per[k] == bias[-1]]
+        # down_proj maps I -> H in the same layout: [E, H, I] beside [E, 2I, H], [E, I, H] beside [E, H, 2I]
+        by_down = [k for k in even if down is not None and len(down) == 3
+                   and tuple(down[1:]) == ((per[1], per[0] // 2) if k == 0 else (per[1] // 2, per[0]))]
+        axis = (by_bias[0] if len(by_bias) == 1 else by_down[0] if len(by_down) == 1 else
+                1 if model_type in OUT_LAST_GATE_UP else 0)
+    if per[axis] % 2:
+        return None
+    interleaved = model_type in INTERLEAVED_GATE_UP if model_type else bias is not None
+    return axis, interleaved
+
+
+def gate_up_part(w: np.ndarray, axis: int, interleaved: bool, k: int) -> np.ndarray:
+    """Part k (0 gate, 1 up) of a fused gate/up matrix `w` along `axis`."""
+    half = w.shape[axis] // 2
+    index = [slice(None)] * w.ndim
+    index[axis] = slice(k, None, 2) if interleaved else slice(k * half, (k + 1) * half)
+    return w[tuple(index)]
+
+
+def split_fused(layers: list, shapes=None, model_type: str | None = None, out_axes=None) -> list:
+    """`layers` with each fused gate/up layer replaced by its gate and up matrices (`fused_gate_up`), named
+    `{name}.gate` / `{name}.up` (an expert `{name}[e].gate`), the row's `fused` column saying the layout;
+    a fused q/k/v layer kept one matrix, its `fused` column saying so. Layers already split are kept, so
+    calling it twice changes nothing. `out_axes` {parameter: output axis of the matrix its layer loads}
+    where the route knows it (the graph's op)."""
+    from dataclasses import replace
+
+    out = []
+    for layer in layers:
+        if ("fused" in layer.extra or layer.layer_type not in ("dense", "matrix") or layer.rf != 1
+                or layer.name.endswith((":q", ":k", ":v"))):  # already split (--split-qkv's thirds)
+            out.append(layer)
+            continue
+        spec = fused_gate_up(layer.parameter, layer.weight_shape, shapes, model_type,
+                             (out_axes or {}).get(layer.parameter))
+        if spec is None:
+            path = re.sub(r"[./](weight|kernel|w)$", "", layer.parameter)
+            if _QKV.search(path) or _QKV.search(layer.parameter):
+                layer = replace(layer, extra={**layer.extra, "fused": "q,k,v (one matrix)"})
+            out.append(layer)
+            continue
+        axis, interleaved = spec
+        per = list(layer.weight_shape[-2:])
+        per[axis] //= 2
+        how = f"gate_up {'interleaved' if interleaved else 'halves'}"
+        for k, part in enumerate(("gate", "up")):
+            out.append(replace(layer, name=f"{layer.name}.{part}", N=max(per), M=min(per), shared_with=list(layer.shared_with),
+                               loader=(lambda f=layer.loader, k=k: [gate_up_part(np.asarray(f()[0]), axis, interleaved, k)]),
+                               extra={**layer.extra, "fused": how}))
+    return out
+
+
 @register_pass
 class WeightsPass(Pass):
     """The 2-D weight matrices of every Gemm/MatMul/Conv/embedding/recurrent node."""
@@ -474,6 +575,9 @@ class WeightsPass(Pass):
     name = "weights"
     conv_slices: bool = False  # one layer per kernel position instead of one pooled ESD
     split_qkv: bool = False  # split fused (in, 3*in) projections into q, k, v
+    #: fused gate/up projections as their gate and up matrices (`split_fused`); off until the module route
+    #: (frontends/torch.py's module_weight_layers) splits them too, so that every route names rows alike
+    split_gate_up: bool = False
 
     def run(self, model: IRModel) -> Weights:
         ctx = _Ctx(model, self)
@@ -483,7 +587,11 @@ class WeightsPass(Pass):
             if rule is not None:
                 rule(ctx, node)
         _account_for_every_parameter(ctx)
-        return Weights(ctx.layers, ctx.skipped)
+        if not self.split_gate_up:
+            return Weights(ctx.layers, ctx.skipped)
+        # fused gate/up projections as their two matrices, as the weights-only and module routes split them
+        shapes = {p.name: tuple(p.shape) for p in model.parameters}
+        return Weights(split_fused(ctx.layers, shapes, None, ctx.out_axes), ctx.skipped)
 
 
 #: Ops that add a parameter to what they compute (the bias slots of ops with one: `irtools.ir.slots`).
@@ -585,13 +693,14 @@ def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
 
 def expert_summary(rows: list[dict]) -> dict[str, dict]:
     """Per mixture-of-experts layer, a summary across its experts' spectral rows (rows with an `expert`
-    column, grouped by name without the `[i]`): {layer: {"experts", "alpha_mean", "alpha_std",
+    column, grouped by name without the `[i]`; a fused gate/up's parts apart: `gate_up_proj[3].gate` is
+    expert 3 of `gate_up_proj.gate`): {layer: {"experts", "alpha_mean", "alpha_std",
     "alpha_max" (the worst: heaviest-tailed is lowest, so also "alpha_min"), "worst_expert"}}."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if row.get("expert") is None:
             continue
-        groups.setdefault(re.sub(r"\[\d+\]$", "", str(row.get("name", ""))), []).append(row)
+        groups.setdefault(re.sub(r"\[\d+\](?=(\.[A-Za-z_]\w*)?$)", "", str(row.get("name", ""))), []).append(row)
     out = {}
     for layer, members in groups.items():
         alphas = [(float(r["alpha"]), r["expert"]) for r in members

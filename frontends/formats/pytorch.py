@@ -1,7 +1,9 @@
 """PyTorch checkpoints: the zip format (`torch.save` since 1.6) and the legacy pre-1.6 format,
 unpickled by the restricted unpickler (`unpickler.py`), or by `torch.load` under `trust=True`;
 a folder holding `pytorch_model.bin` (or shards with `pytorch_model.bin.index.json`); and
-`torch.distributed.checkpoint` folders (`.metadata` + `*.distcp`, read by torch under `trust`).
+`torch.distributed.checkpoint` folders (`.metadata` + `*.distcp`, read by torch under `trust`); and
+DeepSpeed ZeRO-1/2/3 checkpoint folders (`latest` + `global_stepN/`), their fp32 weights reassembled
+from the ranks' optimizer partitions as DeepSpeed's `zero_to_fp32.py` does (`read_deepspeed`).
 
 A training checkpoint is a nested dict: `find_weights` searches it for the model's weights
 (`state_dict`, `model`, `module`, ... ; Lightning's, DeepSpeed's and FSDP's layouts), says which
@@ -320,8 +322,12 @@ def _numpy_of(torch, v) -> np.ndarray:
 
 def _read_trusted(path: str) -> dict[str, StoredArray]:
     torch = _torch()
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    return _trusted_result(torch, obj, path)
+    return _trusted_result(torch, _torch_load(torch, path), path)
+
+
+def _torch_load(torch, path: str, mmap: bool = False):
+    """The one full unpickling of a file (only under --trust): torch's own loader."""
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
 
 
 def _trusted_result(torch, obj, path: str) -> dict[str, StoredArray]:
@@ -564,8 +570,7 @@ def read_deepspeed(path: str, trust: bool = False) -> WeightSet:
         torch = _torch()
 
         def load(name):
-            return torch.load(model_member(folder, name, "DeepSpeed file", ModelLoadError), map_location="cpu",
-                              weights_only=False, mmap=True)
+            return _torch_load(torch, model_member(folder, name, "DeepSpeed file", ModelLoadError), mmap=True)
         is_tensor = lambda v: isinstance(v, torch.Tensor)  # noqa: E731
         part = lambda t, what, _f: _torch_part(torch, t)  # noqa: E731
         whole = lambda t, _f: (lambda: _numpy_of(torch, t))  # noqa: E731

@@ -8,8 +8,10 @@ Unpickling runs whatever globals a pickle names, so a file is never given to `pi
   than `PICKLE_MAX_DEPTH`, one that would build more than `PICKLE_MAX_OBJECTS` objects once
   shared references are expanded ("billion laughs"), or one that sets a memo slot past
   `PICKLE_MAX_MEMO`;
-- `RestrictedUnpickler` then resolves only the globals in `ALLOWED` (ordered dicts, the tensor
-  rebuild functions, storage type tags): tensors come back as `TensorRef`s over `Storage`
+- `RestrictedUnpickler` then resolves only the globals in `ALLOWED` (ordered dicts, sets, the tensor
+  rebuild functions, storage type tags, and the plain records training checkpoints hold: argparse
+  and Lightning hyper-parameters, DeepSpeed's ZeRO stage, loss scaler and fragment addresses, each
+  rebuilt as an int or a dict, nothing of their classes run or imported): tensors come back as `TensorRef`s over `Storage`
   descriptions (key, dtype, element count, checked against the memory budget), never as torch
   objects, so torch is not even imported. Every other global is refused with one line that
   names it and says `--trust` allows it (then `torch.load` does the full unpickling, in the
