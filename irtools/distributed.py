@@ -471,8 +471,8 @@ def _reuse_task(path: str, options: dict):
 def analyze_on_cluster(source, options=None, scheduler=None, *,
                        progress: Callable[[int, int, str], None] | None = None):
     """`irtools.analyze(source, options)` with the spectral family split over a cluster, one task per layer:
-    the same `Analysis`. `scheduler`: a `distributed.Client` or a `Cluster` (an address: `analyze(...,
-    scheduler=ADDR)`). A weights-only source goes through `irtools.analyze`; an ONNX file (inline or
+    the same `Analysis`. `scheduler`: an address (tcp://HOST:PORT), a scheduler file, a `distributed.Client`
+    or a `Cluster`. A weights-only source goes through `irtools.analyze`; an ONNX file (inline or
     external data) gets its reuse family as one more task on the whole graph (its weights not read),
     run while the layers' tasks are."""
     from irtools.analysis import Analysis, _add_expert_summary, analyze
@@ -486,6 +486,16 @@ def analyze_on_cluster(source, options=None, scheduler=None, *,
     if opened.kind != "onnx-file" or not model.path:
         raise IrtoolsError("a cluster run splits weights-only sources and ONNX files; this source is a framework "
                            "graph: analyse it in one process")
+    if isinstance(scheduler, (str, os.PathLike)):  # an address or a scheduler file: a client for this run
+        from irtools.frontends import require
+
+        distributed = require("distributed", missing="Dask is not installed: pip install 'irtools[dask]'")
+        own = _connect(distributed, os.fspath(scheduler))
+        try:
+            return analyze_on_cluster(opened, opts, own, progress=progress)
+        finally:
+            with quiet_dask(cli_debug()), contextlib.suppress(Exception):
+                own.close()
     families = opts.families
     notes = list(opened.notes)
     notes += [n for n in model.notes if n not in notes]
@@ -518,7 +528,7 @@ def analyze_on_cluster(source, options=None, scheduler=None, *,
                 done.append("spectral")
         if reuse_task is not None:
             try:
-                with quiet_dask(isinstance(scheduler, Cluster) and scheduler.debug):
+                with quiet_dask(scheduler.debug if isinstance(scheduler, Cluster) else cli_debug()):
                     reuse, reuse_notes = reuse_task.result()
             except IrtoolsError as exc:
                 if not done:

@@ -9,7 +9,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from irtools.distributed import spectral_on_cluster  # noqa: E402
+from irtools.distributed import analyze_on_cluster, spectral_on_cluster  # noqa: E402
 from irtools.errors import IrtoolsError  # noqa: E402
 from irtools.frontends import open_source  # noqa: E402
 from irtools.passes.spectral import SpectralPass  # noqa: E402
@@ -201,7 +201,12 @@ def test_onnx_with_external_data_over_a_local_cluster_equals_the_single_process_
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   silence_logs=40, **LOOPBACK) as cluster, distributed.Client(cluster) as client:
         result = spectral_on_cluster(path, client, progress=lambda d, t, n: seen.append((d, t)))
+        whole = analyze_on_cluster(path, None, cluster.scheduler_address)  # + the reuse family, one more task
     assert [r["name"] for r in result.rows] == [r["name"] for r in single.layers] == ["conv", "fc1", "fc2"]
+    full = irtools.analyze(path)
+    assert whole.families == full.families == ("spectral", "reuse") and whole.notes == full.notes
+    assert whole.reuse == full.reuse and whole.skipped == full.skipped and whole.columns == full.columns
+    assert whole.layers == full.layers and whole.summary == full.summary  # BLAS on one thread: bit for bit
     assert seen[-1] == (3, 3)
     for a, b in zip(single.layers, result.rows, strict=True):
         for key in single.columns:
