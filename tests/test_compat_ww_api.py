@@ -315,3 +315,16 @@ def test_the_other_methods_take_weightwatchers_keywords(walk):
                           (watcher.get_ESD, {"params": {"pool": True}, "layer": 1}),
                           (lambda **o: watcher.distances(model, other, **o), {"channels": "first"})):
         _check_refused(call, options)
+
+
+def test_base_model_given_to_analyze_is_used(net, tuned):
+    """irtools' one deliberate difference here: WeightWatcher(model=m).analyze(base_model=b) analyses m - b
+    (as WeightWatcher does when model= is given to analyze too); WeightWatcher 0.7.7 drops that base_model
+    (its set_model_ keeps it only when analyze() also gets model=) and analyses m alone."""
+    delta = weightwatcher.WeightWatcher().analyze(model=tuned, base_model=net)
+    alone = weightwatcher.WeightWatcher(model=tuned).analyze()
+    dropped = weightwatcher.WeightWatcher(model=tuned).analyze(base_model=net)
+    pd.testing.assert_series_equal(dropped.alpha, alone.alpha)  # WeightWatcher's own behaviour, checked
+    assert not delta.alpha.equals(alone.alpha)
+    assert_close_table(ww.WeightWatcher(model=tuned).analyze(base_model=net), delta)
+    assert_close_table(ww.WeightWatcher().analyze(model=tuned, base_model=net), delta)

@@ -38,6 +38,12 @@ UNSUPPORTED = {
     "vectors": (False,), "channels": (None,), "stacked": (False,), "fit": ("PL", "power_law"), "sparsify": (True, False),
     "svd_method": ("fast", "accurate"), "inverse": (False,),
 }
+#: Where WeightWatcher 0.7.7 itself gives no result for an unsupported value (seen on a small torch model).
+UNSUPPORTED_WHY = {
+    "channels": "WeightWatcher 0.7.7 fails on a string too",
+    "fft": "WeightWatcher 0.7.7 fails with it too",
+    "fit": "WeightWatcher 0.7.7's TPL fits need pl_package='powerlaw' and fail (alpha -1)",
+}
 #: The unsupported options WeightWatcher's describe() has.
 DESCRIBE_UNSUPPORTED = ("conv2d_fft", "fft", "intra", "channels", "stacked")
 #: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
@@ -76,9 +82,10 @@ def check_options(method: str, options: Mapping, allowed: Iterable[str] = UNSUPP
         if key not in allowed:
             raise UnknownOptionError(f"WeightWatcher.{method}() got an unexpected keyword argument '{key}'")
         if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in UNSUPPORTED[key]):
+            why = f"; {UNSUPPORTED_WHY[key]}" if key in UNSUPPORTED_WHY else ""
             raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={_shown(value)} is not supported "
                                          f"by irtools.compat.weightwatcher (supported: {key}="
-                                         f"{' or '.join(map(repr, UNSUPPORTED[key]))})")
+                                         f"{' or '.join(map(repr, UNSUPPORTED[key]))}{why})")
 
 
 def _shown(value) -> str:
