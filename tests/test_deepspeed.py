@@ -257,3 +257,34 @@ def test_an_unknown_object_in_the_optimizer_file_is_refused_with_the_trust_hint(
     with pytest.raises(IrtoolsError, match=r"refused to unpickle datetime.date \(pass --trust"):
         read_weights(str(top))
     _bit_equal(read_weights(str(top), trust=True), truth)
+
+
+def test_a_latest_tag_outside_the_folder_is_not_followed(tmp_path, deepspeed_classes):
+    net = _model()
+    top, _ = _write(tmp_path, net, 2, 1, deepspeed_classes)
+    (top / "global_step7").rename(tmp_path / "elsewhere")
+    (top / "latest").write_text("../elsewhere")
+    with pytest.raises(IrtoolsError, match="a folder with no weights file irtools reads"):
+        read_weights(str(top))
+
+
+def test_a_partition_cut_short_is_a_one_line_error(tmp_path, deepspeed_classes):
+    """A rank file whose partition's bytes end early (the zip's directory rewritten to claim them): the
+    error names the storage, at read time, in one line."""
+    import zipfile
+
+    net = _model()
+    top, _ = _write(tmp_path, net, 3, 2, deepspeed_classes)
+    f = top / "global_step7" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    with zipfile.ZipFile(f) as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+    # the flat partition is the largest storage: rewrite the archive with it cut to half its bytes
+    big = max((i for i, _ in entries if "/data/" in i.filename), key=lambda i: i.file_size)
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            z.writestr(info.filename, data[: len(data) // 2] if info.filename == big.filename else data)
+    with pytest.raises(IrtoolsError) as err:
+        tensors = read_weights(str(top))
+        for t in tensors.values():
+            t.load()
+    assert "\n" not in str(err.value) and "fewer than" in str(err.value)
