@@ -132,11 +132,12 @@ TMP, OTHER = "<tmp>", "<other model>"
 #: deliberately differs where WeightWatcher 0.7.7 fails, checked in the test named.
 ANALYZE_CASES = {
     "layers": [("same", {"layers": [1, 3]}), ("same", {"layers": ["conv2d"]})],
-    "min_evals": [("same", {"min_evals": 30})],
-    "max_evals": [("same", {"max_evals": 35})],
+    "min_evals": [("same", {"min_evals": 30}), ("same", {"min_evals": 0}), ("refused", {"min_evals": "8"})],
+    "max_evals": [("same", {"max_evals": 35}), ("same", {"max_evals": 0}), ("refused", {"max_evals": -5}),
+                  ("refused", {"max_evals": 10, "min_evals": 20})],
     "min_size": [("same", {"min_size": 10})],
     "max_size": [("same", {"max_size": 10})],
-    "max_N": [("same", {"max_N": 50, "max_evals": 40})],
+    "max_N": [("same", {"max_N": 50, "max_evals": 40}), ("refused", {"max_N": None})],
     "glorot_fix": [("same", {"glorot_fix": True})],
     "plot": [("same", {"plot": True, "savefig": TMP, "layers": [3]}), ("refused", {"plot": "yes"})],
     "randomize": [("random", {"randomize": True})],

@@ -169,7 +169,12 @@ def options_of(method: str, options: Mapping, allowed: Iterable[str] = tuple(SUP
 
 
 def check_limits(min_evals: int, max_evals: int, max_n: int) -> None:
-    """WeightWatcher's consistency rules for the size limits."""
+    """WeightWatcher's rules for the size limits: numbers, max_evals >= -1 (0: no limit), consistent."""
+    for key, value in (("min_evals", min_evals), ("max_evals", max_evals), ("max_N", max_n)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
+            raise UnsupportedOptionError(f"{key} must be a number, not {_shown(value)}")
+    if max_evals < -1:
+        raise UnsupportedOptionError(f"max_evals must be -1, 0 (no limit) or more, not {_shown(max_evals)}")
     if (min_evals and max_evals and min_evals >= max_evals) or max_n < max_evals or max_n < min_evals:
         raise UnsupportedOptionError(f"inconsistent limits: min_evals={min_evals}, max_evals={max_evals}, "
                                      f"max_N={max_n} (need min_evals < max_evals <= max_N)")
