@@ -375,3 +375,99 @@ def test_a_big_endian_type_with_no_defined_byte_order_is_skipped_by_name(tmp_pat
     opened = open_source(paths["BIG"])
     assert [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.v_proj"] or \
         [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.v_proj.weight"]
+
+
+# -- names of fused and expert tensors, with and without transformers -----------------------------------------
+MOE = {  # label: (GGUF architecture, transformers config class, its arguments)
+    "phi3": ("phi3", "Phi3Config", {"intermediate_size": 64, "pad_token_id": 0}),  # fused qkv_proj, gate_up_proj
+    "falcon": ("falcon", "FalconConfig", {"new_decoder_architecture": False, "multi_query": True}),  # fused qkv
+    "qwen2moe": ("qwen2moe", "Qwen2MoeConfig", {"intermediate_size": 64, "moe_intermediate_size": 16, "num_experts": 4,
+                                                "shared_expert_intermediate_size": 16, "num_experts_per_tok": 2}),
+    "mixtral": ("llama", "MixtralConfig", {"intermediate_size": 64, "num_local_experts": 4}),  # llama.cpp: "llama"
+}
+
+
+def _convert_like_llama_cpp(state: dict, arch: str, path) -> str:
+    """A checkpoint's tensors written as llama.cpp's converter writes them (gguf's own tensor-name map; the
+    experts' `experts.N.w` matrices merged into one (E, out, in) stack under `experts.w`, as its MoE models
+    do), F32 so that the values are the checkpoint's exactly."""
+    import re
+
+    forward = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), 2)
+    merged: dict = {}
+    for name, value in state.items():
+        m = re.match(r"(.*\.experts)\.(\d+)\.(.*)$", name)
+        if m:
+            merged.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = value
+        else:
+            merged[name] = value
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(2)
+    for name, value in merged.items():
+        if isinstance(value, dict):
+            value = np.stack([value[e] for e in sorted(value)])
+        gname = forward.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gname, name  # every tensor of these architectures has a GGUF name
+        w.add_tensor(gname, np.ascontiguousarray(value, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def _names_child(arch: str, blocks: int) -> set[str]:
+    """The reader's child program (gguf_file._NAMES_CHILD) run in this process: transformers' module paths."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from irtools.frontends.formats import gguf_file
+
+    out = io.StringIO()
+    argv = sys.argv
+    try:
+        sys.argv = ["names", json.dumps(gguf_file.model_types(arch)), str(blocks)]
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            exec(compile(gguf_file._NAMES_CHILD, "names", "exec"), {"__name__": "__main__"})
+    finally:
+        sys.argv = argv
+        logging.disable(logging.NOTSET)
+    names = set(json.loads(out.getvalue().strip().splitlines()[-1]))
+    assert names, arch  # transformers builds the architecture
+    return names
+
+
+@pytest.mark.parametrize("label", sorted(MOE))
+def test_fused_and_expert_tensors_line_up_with_the_safetensors_route(tmp_path, monkeypatch, label):
+    """A checkpoint saved by transformers (`save_pretrained`: fused qkv/gate_up, experts one matrix each) and
+    the GGUF llama.cpp's converter would make of it: the GGUF's rows are the safetensors route's rows, name
+    for name and value for value, with transformers importable and with it absent (gguf's map alone)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.numpy import load_file
+
+    from irtools.frontends.formats import gguf_file
+
+    arch, config, extra = MOE[label]
+    cfg = getattr(transformers, config)(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=64,
+                                        **({"num_key_value_heads": 2} if "multi_query" not in extra else {}), **extra)
+    folder = tmp_path / "hf"
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder))
+    checkpoint = str(folder / "model.safetensors")
+    state = load_file(checkpoint)
+    assert any(k in n for n in state for k in ("experts.0.", "qkv_proj", "query_key_value")), sorted(state)
+    path = _convert_like_llama_cpp(state, arch, tmp_path / "m.gguf")
+    want_rows = {layer.name for layer in open_source(checkpoint).layers}
+    for absent in (False, True):
+        # transformers' names as the reader's child process finds them, its program run here (a child would
+        # import torch and transformers again: 20 s on two busy cores)
+        monkeypatch.setattr(gguf_file, "_NAMES_CACHE", {} if absent else {(arch, 2): _names_child(arch, 2)})
+        if absent:
+            monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails, find_spec is None
+            assert gguf_file._build_transformers_names(arch, 2) == set()
+        got = read_weights(path)
+        assert set(got) <= set(state), (absent, sorted(set(got) - set(state)))
+        for name, t in got.items():
+            np.testing.assert_array_equal(t.load(), state[name], err_msg=name)
+        assert {layer.name for layer in open_source(path).layers} == want_rows, absent

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 import struct
 
 import numpy as np
@@ -222,7 +223,12 @@ def hf_names(names: list[str], architecture: str | None) -> dict[str, str]:
                 entry = parts.setdefault(part, [0, 0])
                 entry[0] += 1
                 entry[1] -= rank
+    moe_part = _MOE_PART.get(architecture)
+    if moe_part in parts and any("_exps" in stem or "_inp" in stem for stem, _ in stems.values()):
+        parts[moe_part] = [math.inf, 0]  # Mixtral's experts and router (converted under "llama")
     real = _transformers_names(architecture, blocks) if stems else set()
+    commented = _commented_architectures(gguf) if stems else {}
+    named = re.compile(re.escape(architecture or "") + r"(\d+b|-hf)?")  # `falcon`, `falcon7b`, `llama-hf`
     out = {}
     for name, (stem, suffix) in stems.items():
         keys = candidates[stem]
@@ -230,8 +236,15 @@ def hf_names(names: list[str], architecture: str | None) -> dict[str, str]:
             chosen = next(k for k in keys if k in real)
             out[name] = f"{chosen}.{suffix}" if suffix else chosen
             continue
+        # gguf's map says which architecture each checkpoint name is from (its comments): that one first
+        own = next((k for k in keys if any(named.fullmatch(w) for w in commented.get(_template(k), ()))), None)
+        if own is not None:
+            out[name] = f"{own}.{suffix}" if suffix else own
+            continue
+        stack = "_exps" in stem  # a merged stack of experts: a name of the experts' module before any other
         inside = sorted((k for k in keys if best and _block_prefix(k) == best),
-                        key=lambda k: tuple(parts.get(_module_part(k, best), (0, 0))), reverse=True)
+                        key=lambda k: (not stack or ".experts." in k, *parts.get(_module_part(k, best), (0, 0))),
+                        reverse=True)
         chosen = next(iter(inside), None) or \
             next((k for k in keys if k in _TOP_LEVEL), None) or \
             next((k for k in keys if root and k.startswith(root) and _block_prefix(k) is None), None) or \
@@ -245,6 +258,13 @@ _HF_BLOCKS = {"gpt2": "transformer.h.", "gptj": "transformer.h.", "bloom": "tran
               "starcoder": "transformer.h.", "mpt": "transformer.blocks.", "gptneox": "gpt_neox.layers.",
               "bert": "encoder.layer.", "nomic-bert": "encoder.layers.", "codeshell": "transformer.h.",
               "jais": "transformer.h.", "refact": "transformer.h.", "qwen": "transformer.h."}
+#: The module part of the experts and router where the architecture's checkpoints have a MoE model under
+#: another name than most MoE models' `mlp` (llama.cpp converts Mixtral as "llama"; its checkpoints hold
+#: `block_sparse_moe.gate` and `block_sparse_moe.experts.N.w1`).
+_MOE_PART = {"llama": "block_sparse_moe"}
+#: A merged stack of experts' matrices under its Hugging Face name (`mlp.experts.gate_proj`, what llama.cpp's
+#: converter merges `mlp.experts.N.gate_proj` into): read as one matrix per expert under the checkpoint's names.
+_MERGED_EXPERTS = re.compile(r"^(?P<stack>.+\.experts)\.(?P<part>[A-Za-z_][^.]*)(?P<suffix>\.weight|\.bias)?$")
 #: Names outside any prefix, as transformers' models call them (the output head).
 _TOP_LEVEL = ("lm_head", "lm_head.linear", "output", "head")
 
@@ -271,8 +291,7 @@ def _build_transformers_names(architecture: str, blocks: int) -> set[str]:
 
     if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
         return set()
-    types = list(dict.fromkeys((architecture, architecture.replace("moe", "_moe"), architecture.replace("-", "_"),
-                                _MODEL_TYPES.get(architecture, architecture))))
+    types = model_types(architecture)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     try:
         proc = subprocess.run([sys.executable, "-c", _NAMES_CHILD, json.dumps(types), str(max(blocks, 1))],
@@ -281,6 +300,12 @@ def _build_transformers_names(architecture: str, blocks: int) -> set[str]:
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return set()
     return {str(n) for n in names} if isinstance(names, list) else set()
+
+
+def model_types(architecture: str) -> list[str]:
+    """The transformers model types to try for a GGUF architecture, most likely first."""
+    return list(dict.fromkeys((architecture, architecture.replace("moe", "_moe"), architecture.replace("-", "_"),
+                               _MODEL_TYPES.get(architecture, architecture))))
 
 
 #: The child's program: the first model type transformers builds, its parameter and buffer paths.
@@ -304,6 +329,36 @@ else:
 
 
 _MODEL_TYPES = {"gptneox": "gpt_neox", "gpt-oss": "gpt_oss", "command-r": "cohere", "phimoe": "phimoe"}
+
+
+def _template(key: str) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `model.layers.{bid}.self_attn.q_proj` (as gguf's map writes it)."""
+    parts = key.split(".")
+    return ".".join("{bid}" if p.isdigit() else p for p in parts)
+
+
+_COMMENTED: dict[str, dict[str, frozenset]] = {}
+
+
+def _commented_architectures(gguf) -> dict[str, frozenset]:
+    """{checkpoint name template: the architectures gguf's tensor_mapping.py names beside it} (each
+    candidate there carries a comment such as `# falcon` or `# qwen2moe olmoe`): read from the installed
+    gguf's own source, so the choice among a tensor's candidates follows gguf's table where transformers
+    is not there to say; {} where the source cannot be read."""
+    module = getattr(gguf, "tensor_mapping", None)
+    source = getattr(module, "__file__", None)
+    if source not in _COMMENTED:
+        table: dict[str, set] = {}
+        try:
+            with open(source, encoding="utf-8") as fh:
+                for line in fh:
+                    m = re.match(r'\s*"([^"]+)"\s*,?\s*#\s*(.*)$', line)
+                    if m:
+                        table.setdefault(m[1], set()).update(w for w in re.split(r"[\s,()/:;]+", m[2]) if w)
+        except (OSError, TypeError, UnicodeDecodeError):
+            table = {}
+        _COMMENTED[source] = {k: frozenset(v) for k, v in table.items()}
+    return _COMMENTED[source]
 
 
 def _module_part(key: str, prefix: str) -> str | None:
@@ -338,6 +393,7 @@ def read(path: str) -> dict[str, StoredArray]:
     big = bool(tensors) and tensors[0]["order"] == ">"
     out = WeightSet()
     counts: dict[str, int] = {}
+    split = 0
     for t in tensors:
         qname = t["qtype"].name
         counts[qname] = counts.get(qname, 0) + 1
@@ -351,6 +407,13 @@ def read(path: str) -> dict[str, StoredArray]:
                                 "reason": f"GGUF type {qname} in a big-endian file: the byte order of its blocks is "
                                           "not defined (gguf's gguf_convert_endian converts only "
                                           f"{', '.join(sorted(BIG_ENDIAN_FIELDS))} and the plain types)"})
+            continue
+        merged = _MERGED_EXPERTS.match(name) if len(t["shape"]) == 3 and name != t["name"] else None
+        if merged:  # one matrix per expert, as the checkpoint the file was converted from names them
+            split += 1
+            for e in range(t["shape"][0]):
+                out[f"{merged['stack']}.{e}.{merged['part']}{merged['suffix'] or ''}"] = StoredArray(
+                    t["shape"][1:], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path, e), qname)
             continue
         out[name] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path), qname)
     out.metadata = {"format": "gguf", "architecture": arch, "quantization": dict(sorted(counts.items())),
@@ -366,6 +429,7 @@ def read(path: str) -> dict[str, StoredArray]:
     renamed = sum(1 for t in tensors if names.get(t["name"], t["name"]) != t["name"])
     out.notes.append(f"GGUF ({arch or 'unknown architecture'}): {renamed} of {len(tensors)} tensor names mapped "
                      "back to Hugging Face names with gguf's tensor-name map"
+                     + (f"; {split} merged expert stack(s) read one matrix per expert" if split else "")
                      + ("; big-endian file, byte-swapped on reading" if big else "")
                      + (f"; {len(out.skipped)} tensor(s) of a type irtools cannot dequantize skipped"
                         if out.skipped else ""))
@@ -404,17 +468,22 @@ def _swap_fields(band: np.ndarray, type_size: int, fields: tuple[int, ...]) -> n
     return out
 
 
-def _loader(gguf, start: int, t: dict, path: str):
+def _loader(gguf, start: int, t: dict, path: str, part: int | None = None):
+    """The tensor's load(); with `part`, that index along its first axis alone (one expert's matrix)."""
     qtype, shape = t["qtype"], t["shape"]
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     row_bytes = shape[-1] // block * type_size
+    offset, nbytes = start + t["offset"], t["nbytes"]
+    if part is not None:
+        nbytes //= shape[0]
+        offset += part * nbytes
+        shape = shape[1:]
     rows = math.prod(shape[:-1])
-    offset = start + t["offset"]
 
     def load() -> np.ndarray:  # the tensor's own bytes mapped and unmapped again (no file pages stay resident)
-        if not t["nbytes"]:
+        if not nbytes:
             return np.zeros(shape, np.float32)
-        raw = np.memmap(path, np.uint8, mode="r", offset=offset, shape=(t["nbytes"],)).view(np.ndarray)
+        raw = np.memmap(path, np.uint8, mode="r", offset=offset, shape=(nbytes,)).view(np.ndarray)
         if qtype.name in _PLAIN:
             stored = np.dtype(_PLAIN[qtype.name]).newbyteorder(t["order"])
             plain = raw.view(stored).reshape(shape)
