@@ -722,6 +722,9 @@ def test_stacked_spectra_are_each_matrixs_own_or_none():
     broken = [rand(50, 40) for _ in range(3)]
     broken[1][3, 3] = np.nan
     assert stacked_spectra(broken) is None and stacked_spectra([]) is None
+    wide = [rand(300, 200) for _ in range(3)]  # a Gram of 320 KB: one per LAPACK call
+    wide[2][0, 0] = np.inf
+    assert stacked_spectra(wide) is None
     assert EigenBackend.stacked_spectra(CPUBackend(), broken) is None  # the default: nothing stacked
 
 
