@@ -198,6 +198,34 @@ def test_torch_both_exporters_and_the_written_file_keep_unread_weights(torch_net
             _same_numbers(got[layer], want[layer], f"{exporter}: {layer}")
 
 
+def test_the_structure_only_export_keeps_unread_weights_lazily(torch_nets, torch_skip_analysis):
+    """The meta-device route of checkpoint folders (`export_structure`: stand-in parameters, values read
+    lazily from the checkpoint): an unread parameter is an initializer reading the checkpoint's tensor,
+    so its rows and its zero contexts are the module route's."""
+    from irtools.frontends.torch import export_structure
+
+    _, skip = torch_nets
+    state = {k: v.detach().numpy().copy() for k, v in skip.state_dict().items()}
+    reads: list[str] = []
+
+    class Stored:
+        def __init__(self, name):
+            self.name, self.shape, self.dtype = name, state[name].shape, state[name].dtype
+
+        def load(self):
+            reads.append(self.name)
+            return state[self.name]
+
+    twin = TorchNet(False).eval()
+    model = export_structure(twin, {"x": torch.zeros(1, 3, 8, 8)}, {k: Stored(k) for k in state}, name="net")
+    assert set(model.unread_parameters) >= set(TORCH_UNREAD) and not reads  # nothing read until a pass asks
+    got = irtools.analyze(model)
+    want = _rows(torch_skip_analysis)
+    for layer in TORCH_UNREAD.values():
+        _same_numbers(_rows(got)[layer], want[layer], layer)
+    _assert_zero_contexts(got, set(TORCH_UNREAD))
+
+
 def test_an_old_file_without_values_still_says_why():
     """A file whose unread parameters the exporter left out (written before they were kept) lists its
     matrices as skipped with the reason, as before: never silently lost."""
@@ -330,24 +358,48 @@ def _nnx_net(nnx, read_all: bool):
     return Net(nnx.Rngs(20))
 
 
-def test_flax_unread_parameters_are_analysed_not_refused():
-    """Before: "the conversion lost N parameter(s) (folded or unused)". Now rows named by module path,
-    equal to the twin's that reads them, and zero contexts."""
+@pytest.fixture(scope="module")
+def nnx_skip():
     nnx = _nnx()
     x = np.random.default_rng(20).standard_normal((1, 8, 8, 3)).astype(np.float32)
-    full, skip = _nnx_net(nnx, True), _nnx_net(nnx, False)  # one seed: the same weights
-    got = irtools.analyze((skip, None, (x,)), keep_eigenvalues=True)
-    want = _rows(irtools.analyze((full, None, (x,)), metrics="spectral"))
+    skip = _nnx_net(nnx, False)
+    return nnx, x, skip, irtools.analyze((skip, None, (x,)), keep_eigenvalues=True)
+
+
+FLAX_UNREAD = {"conv_b/kernel": "conv_b", "pooler/kernel": "pooler", "out_embed/embedding": "out_embed"}
+
+
+def test_flax_unread_parameters_are_analysed_not_refused(nnx_skip, tmp_path):
+    """Before: "the conversion lost N parameter(s) (folded or unused)". Now rows named by module path,
+    equal to a weights-only file's of the same tensors (Flax keeps Keras' kernel layout), and zero contexts."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    _, _, skip, got = nnx_skip
     rows = _rows(got)
-    for layer in ("conv_b", "pooler", "out_embed"):
-        assert rows[layer]["unread"] is True
+    values = {"conv_b/kernel": skip.conv_b.kernel[...], "pooler/kernel": skip.pooler.kernel[...],
+              "out_embed/embedding": skip.out_embed.embedding[...]}
+    path = tmp_path / "flax.safetensors"
+    safetensors_numpy.save_file({k.replace("/", "."): np.asarray(v) for k, v in values.items()}, str(path))
+    alone = _rows(irtools.analyze(str(path), layout="keras", metrics="spectral"))
+    for parameter, layer in FLAX_UNREAD.items():
+        assert rows[layer]["unread"] is True and rows[layer]["parameter"] == parameter
+        # the weights-only route strips `.kernel` from a row name, not Flax's `.embedding`
+        _same_numbers(rows[layer], alone.get(layer) or alone[parameter.replace("/", ".")], layer)
+    assert rows["conv_b"]["layer_type"] == "conv2d" and rows["out_embed"]["layer_type"] == "embedding"
+    names = list(rows)
+    np.testing.assert_allclose(got.eigenvalues[names.index("pooler")], _dense_evals(np.asarray(values["pooler/kernel"])),
+                               rtol=1e-5, atol=1e-8)
+    _assert_zero_contexts(got, {*FLAX_UNREAD, "conv_b/bias", "pooler/bias"})
+    assert rows["conv_a"].get("unread") is None
+
+
+@pytest.mark.slow
+def test_flax_unread_rows_equal_the_rows_of_a_twin_that_reads_them(nnx_skip):
+    nnx, x, _, got = nnx_skip
+    want = _rows(irtools.analyze((_nnx_net(nnx, True), None, (x,)), metrics="spectral"))  # one seed: same weights
+    rows = _rows(got)
+    for layer in FLAX_UNREAD.values():
         assert rows[layer]["layer_type"] == want[layer]["layer_type"], layer
         _same_numbers(rows[layer], want[layer], layer)
-    names = list(rows)
-    np.testing.assert_allclose(got.eigenvalues[names.index("pooler")], _dense_evals(np.asarray(skip.pooler.kernel[...])),
-                               rtol=1e-5, atol=1e-8)
-    _assert_zero_contexts(got, {f"{m}/{p}" for m, p in (("conv_b", "kernel"), ("conv_b", "bias"), ("pooler", "kernel"),
-                                                       ("pooler", "bias"), ("out_embed", "embedding"))})
 
 
 def test_flax_linen_parameter_never_used_is_a_matrix_row():
@@ -370,3 +422,28 @@ def test_flax_linen_parameter_never_used_is_a_matrix_row():
     np.testing.assert_allclose(got.eigenvalues[list(rows).index("spare")],
                                _dense_evals(np.asarray(variables["params"]["spare"])), rtol=1e-5, atol=1e-8)
     _assert_zero_contexts(got, {"params/spare"})
+
+
+# -- a Hugging Face checkpoint folder --------------------------------------------------------------
+@pytest.mark.slow
+def test_checkpoint_folder_with_a_head_it_never_reads(tmp_path):
+    """ESM's base model stores a contact-prediction head its forward pass never calls (only
+    `predict_contacts` does). The folder's graph route (a module built on the meta device, its
+    weights read lazily from the folder) keeps those tensors as parameters with zero contexts, and
+    its spectral rows are the weights-only route's."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(21)
+    config = tf.EsmConfig(vocab_size=33, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, max_position_embeddings=40, pad_token_id=1,
+                          position_embedding_type="rotary")
+    folder = tmp_path / "esm"
+    tf.EsmModel(config).eval().save_pretrained(folder)
+    got = irtools.analyze(str(folder), seq_len=8)
+    assert got.reuse is not None, got.notes
+    unread = {"contact_head.regression.weight", "contact_head.regression.bias"}
+    _assert_zero_contexts(got, unread)
+    rows = _rows(got)
+    plain = _rows(irtools.analyze(str(folder / "model.safetensors"), metrics="spectral"))
+    assert set(rows) == set(plain)
+    for name, row in rows.items():
+        _same_numbers(row, plain[name], name)
