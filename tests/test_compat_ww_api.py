@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -171,7 +172,11 @@ ANALYZE_CASES = {
     "xmax": [("same", {"xmax": -1}), ("refused", {"xmax": "force"})],
     "base_model": [("same", {"base_model": OTHER})],
     "peft": [("same", {"peft": "with_base"}), ("refused", {"peft": 2.5})],
-    "inverse": [("refused", {"inverse": True})],
+    "inverse": [("same", {"inverse": True, "layers": [1, 3]}), ("same", {"inverse": True, "pool": False}),
+                ("same", {"inverse": True, "layers": [1, 3], "mp_fit": True, "detX": True}),
+                ("same", {"inverse": True, "layers": [1, 3], "base_model": OTHER}),
+                ("refused", {"inverse": True}),  # the pooled conv
+                ("refused", {"inverse": True, "randomize": True, "layers": [1]})],
 }
 DESCRIBE_CASES = {
     "layers": [("same", {"layers": [1, 3]})],
@@ -329,3 +334,14 @@ def test_base_model_given_to_analyze_is_used(net, tuned):
     assert not delta.alpha.equals(alone.alpha)
     assert_close_table(ww.WeightWatcher(model=tuned).analyze(base_model=net), delta)
     assert_close_table(ww.WeightWatcher().analyze(model=tuned, base_model=net), delta)
+
+
+def test_inverse_by_hand(walk):
+    """inverse=True: the ESD of 1 / sv² of the matrix (its largest eigenvalue 1 / sv_min²), while sv_max and
+    sv_min are the matrix's own."""
+    model = walk[0]
+    sv = np.linalg.svd(model.fc2.weight.detach().double().numpy(), compute_uv=False)
+    row = ww.WeightWatcher(model=model).analyze(inverse=True, layers=[3]).iloc[0]
+    np.testing.assert_allclose([row.lambda_max, row.norm, row.sv_max, row.sv_min],
+                               [1 / sv.min() ** 2, np.sum(1 / sv ** 2), sv.max(), sv.min()], rtol=1e-9)
+    assert row.num_evals == 30 and row.rank_loss == 0

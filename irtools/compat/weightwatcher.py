@@ -16,28 +16,27 @@ min_size and max_size are accepted and change nothing, as in WeightWatcher 0.7.7
 per layer matched as WeightWatcher's delta iterator matches them), peft= (True / "peft_only" / any true value:
 the LoRA B·A rows only, unscaled as WeightWatcher forms them, r eigenvalues each; "with_base": every layer and
 W + B·A too; describe(peft=...) lists the same rows), detX=True or its alias ERG=True (detX_num, num_ERG_spikes,
-ERG_gap, detX_val, detX_val_unrescaled) and `distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
+ERG_gap, detX_val, detX_val_unrescaled), inverse=True (the ESD of 1 / λ per matrix: dense layers and conv
+slices, not pooled convs) and `distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
 because WeightWatcher ignores them too: deltas=True without plot=True, sparsify (intra only), svd_method
 'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra, vectors,
-channels, stacked, inverse, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
+channels, stacked, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
 peft= with pool=False. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every keyword WeightWatcher 0.7.7
 takes; a test walks its signatures against them. An option's message names the option and shows its value
 only when it is a number, a bool or a short string, else its type (never a model's repr).
 
-One deliberate difference: `WeightWatcher(model=m).analyze(base_model=b)` analyses m - b; WeightWatcher 0.7.7
-ignores a base_model given to analyze()/describe() unless model= is given there too (its `set_model_`),
-and analyses m alone.
-
 Where irtools deliberately differs from WeightWatcher (documented, not hidden): a failed or
 degenerate power-law fit is NaN with status "failed" and a warning saying why, not -1; Conv1d layers
 are analysed as k pooled (out, in) slices (WeightWatcher mis-reads their 3-D kernels); weights keep
-their stored precision (WeightWatcher casts to float32).
+their stored precision (WeightWatcher casts to float32); `WeightWatcher(model=m).analyze(base_model=b)`
+analyses m - b (WeightWatcher 0.7.7 drops a base_model given to analyze() or describe() unless model= is
+given there too, and analyses m alone).
 
 The class is here; its parts live beside it, and every name they define is importable from here too:
 `_ww_options` (which options are implemented or refused, and the messages), `_ww_layers` (WeightWatcher's layer
 iterators, `layers=` filter and size limits), `_ww_tables` (the details records and the table layout), `_ww_peft`
-(peft=), `_ww_base` (base_model= and distances), `_ww_detx` (detX=), `_ww_plots` (plot=True) and `svd_edit`
-(SVDSmoothing, SVDSharpness).
+(peft=), `_ww_base` (base_model= and distances), `_ww_detx` (detX=), `_ww_inverse` (inverse=), `_ww_plots`
+(plot=True) and `svd_edit` (SVDSmoothing, SVDSharpness).
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ import numpy as np
 # Every name this module defined before the split stays importable from it (many are used here too).
 from irtools.compat._ww_base import _aligned_delta, delta_layers, distance_table
 from irtools.compat._ww_detx import detx_columns
+from irtools.compat._ww_inverse import inverse_columns, inverse_part
 from irtools.compat._ww_layers import (
     ANALYSED_NDIM, CONV1D, CONV2D, DENSE, EMBEDDING, ENUMERATORS, FLATTENED, LAYER_TYPES, NORM, UNKNOWN, WWLayer,
     _adapter_layers, _classify, _keras_file_layers, _onnx_file_layers, _state_array, _torch_array,
@@ -112,11 +112,13 @@ class WeightWatcher:
         `seed` (irtools' addition) seeds `randomize`'s shuffles (WeightWatcher's are unseeded).
         base_model= analyses W - W_base (WeightWatcher's delta iterator); peft= the LoRA B·A products
         (peft="with_base": the other layers and W + B·A too; a `peft` column on every row); detX=True
-        adds detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled."""
+        adds detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled; inverse=True analyses the
+        ESD of 1 / λ (`irtools.compat._ww_inverse`)."""
         base_model = options.pop("base_model", None)
         peft = _peft_value(options.pop("peft", False))
         detx = bool_option("analyze", "detX", options.pop("detX", False))
-        detx = bool_option("analyze", "ERG", options.pop("ERG", False)) or detx  # WeightWatcher: ERG=True sets detX=True
+        # WeightWatcher: ERG=True sets detX=True
+        detx = bool_option("analyze", "ERG", options.pop("ERG", False)) or detx
         plot, randomize, mp_fit = (bool_option("analyze", k, v) for k, v in
                                    (("plot", plot), ("randomize", randomize), ("mp_fit", mp_fit)))
         if bool_option("analyze", "deltas", options.pop("deltas", False)) and plot:
@@ -124,6 +126,9 @@ class WeightWatcher:
                                      "supported; without plot=True it changes nothing, as in WeightWatcher")
         if not _number(tolerance):
             raise _refuse("analyze", f"tolerance must be a number, not {_shown(tolerance)}")
+        inverse = bool_option("analyze", "inverse", options.pop("inverse", False))
+        if inverse and (randomize or peft):
+            raise _refuse("analyze", f"inverse=True with {'randomize=True' if randomize else 'peft='} is not supported")
         opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
@@ -148,7 +153,13 @@ class WeightWatcher:
         for layer, wl, flag in entries:
             wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
             for slice_id, part in enumerate(layer_parts(layer, wl, opts)):
-                by_key[part.node] = (layer, wl, part, slice_id, flag)
+                if inverse:
+                    if part.rf > 1:
+                        raise _refuse("analyze", f"inverse=True on {layer.name}, a pooled conv (rf={part.rf}), is not "
+                                                 f"supported (WeightWatcher 0.7.7 inverts it once per slice); "
+                                                 f"pool=False analyses its slices")
+                    part, singular = inverse_part(part, layer.name)
+                by_key[part.node] = (layer, wl, part, slice_id, flag, singular if inverse else None)
         fit = dict(opts.fit)
         source = OpenedSource(_model_name(self.model), "weights", layers=[entry[2] for entry in by_key.values()])
         analysis = irtools.analyze(source, metrics="spectral", device=self.device, min_evals=min_evals,
@@ -157,9 +168,11 @@ class WeightWatcher:
                                    fit_options=fit)  # MP fits here: see `mp_columns`
         records = []
         for row, evals in zip(analysis.layers or [], analysis.eigenvalues or []):
-            layer, wl, part, slice_id, flag = by_key[row["node"]]
+            layer, wl, part, slice_id, flag, singular = by_key[row["node"]]
             record = details_row(layer, wl, row, evals, mp_fit=mp_fit, tolerance=tolerance, part=part,
                                  device=self.device)
+            if singular is not None:
+                record.update(inverse_columns(singular(), wl.N))
             record.update(option_columns(row, opts, slice_id))
             if peft and base_model is None:  # WeightWatcher's delta iterator has no peft column
                 record["peft"] = bool(flag)
