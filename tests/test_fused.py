@@ -224,3 +224,26 @@ def test_split_is_idempotent_and_the_two_copies_of_the_rule_are_one():
     layers = _module_route(_phi3())
     again = files.split_fused(layers)
     assert [layer.name for layer in again] == [layer.name for layer in layers]
+
+
+def test_each_split_layer_keeps_its_own_layout():
+    """Two fused layers of different layouts in one list: each part reads its own layer's axis and
+    interleave (not the last layer's)."""
+    from irtools.frontends.formats.layers import split_fused
+    from irtools.ir.layers import WeightLayer
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((8, 6)).astype(np.float32)  # [2I, H] halves along rows
+    experts = rng.standard_normal((2, 6, 8)).astype(np.float32)  # gpt-oss [E, H, 2I], interleaved (the bias)
+    layers = [WeightLayer("a.gate_up_proj", "a", "state_dict", "dense", "a.gate_up_proj.weight", (8, 6), 8, 6, 1, 1.0,
+                          loader=lambda: [dense]),
+              WeightLayer("b.experts.gate_up_proj[1]", "b", "state_dict", "dense", "b.experts.gate_up_proj",
+                          (2, 6, 8), 6, 6, 1, 1.0, loader=lambda: [experts[1]], extra={"expert": 1})]
+    shapes = {"b.experts.gate_up_proj_bias": (2, 8)}
+    parts = {layer.name: layer for layer in split_fused(layers, shapes)}
+    np.testing.assert_array_equal(parts["a.gate_up_proj.gate"].matrices()[0], dense[:4])
+    np.testing.assert_array_equal(parts["a.gate_up_proj.up"].matrices()[0], dense[4:])
+    np.testing.assert_array_equal(parts["b.experts.gate_up_proj[1].gate"].matrices()[0], experts[1][:, ::2])
+    np.testing.assert_array_equal(parts["b.experts.gate_up_proj[1].up"].matrices()[0], experts[1][:, 1::2])
+    assert (parts["a.gate_up_proj.gate"].N, parts["a.gate_up_proj.gate"].M) == (6, 4)
+    assert parts["b.experts.gate_up_proj[1].up"].extra == {"expert": 1, "fused": "gate_up interleaved"}
