@@ -178,6 +178,7 @@ HOSTILE = {
     "string past the file": (lambda _: f.gguf_bytes([struct.pack("<Q", 1 << 50) + b"k"], [], bytes(64)),
                              "truncated GGUF"),
     "2^60 tensors": (lambda _: f.gguf_bytes([], [], n_tensors=1 << 60), "declares 1152921504606846976 tensors"),
+    "2^40 tensors": (lambda _: f.gguf_bytes([], [], n_tensors=1 << 40), "declares 1099511627776 tensors"),
     "five dims": (lambda _: f.gguf_bytes([], [f.gguf_tensor_info("w", (32, 1, 1, 1, 1), 0, 0)], bytes(128)),
                   "5 dimensions"),
     "rows not whole blocks": (lambda _: f.gguf_bytes([], [f.gguf_tensor_info("w", (33, 2), 8, 0)], bytes(256)),
@@ -471,3 +472,37 @@ def test_fused_and_expert_tensors_line_up_with_the_safetensors_route(tmp_path, m
         for name, t in got.items():
             np.testing.assert_array_equal(t.load(), state[name], err_msg=name)
         assert {layer.name for layer in open_source(path).layers} == want_rows, absent
+
+
+@pytest.mark.parametrize("case, message", [("2^40 tensors", "declares 1099511627776 tensors"),
+                                           ("2^40 metadata entries", "1099511627776 metadata entries"),
+                                           ("truncated", "outside the file|truncated"),
+                                           ("tensor past the file", "lies outside the file")])
+def test_a_hostile_big_endian_gguf_is_one_line_within_budget(tmp_path, case, message):
+    """The big-endian header is checked as the little-endian one: counts read in the file's byte order."""
+    path = str(tmp_path / "be.gguf")
+    w = gguf.GGUFWriter(path, "llama", endianess=gguf.GGUFEndian.BIG)
+    w.add_tensor("blk.0.attn_q.weight", RNG.standard_normal((32, 64)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = bytearray(open(path, "rb").read())
+    assert read_weights(path).metadata["byte_order"] == "big-endian"  # the untouched file reads
+    if case == "2^40 tensors":
+        data[8:16] = struct.pack(">Q", 1 << 40)
+    elif case == "2^40 metadata entries":
+        data[16:24] = struct.pack(">Q", 1 << 40)
+    elif case == "truncated":
+        data = data[: len(data) - 100]
+    else:  # the tensor's offset (its info's last 8 bytes, just before the data's alignment padding)
+        info = data.index(b"blk.0.attn_q.weight") + len("blk.0.attn_q.weight")
+        data[info + 4 + 16 + 4:info + 4 + 16 + 4 + 8] = struct.pack(">Q", 1 << 40)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    tracemalloc.start()
+    with pytest.raises(IrtoolsError, match=message) as err:
+        read_weights(str(bad))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "\n" not in str(err.value) and peak < 8 << 20, (str(err.value), peak)

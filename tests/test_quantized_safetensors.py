@@ -346,3 +346,79 @@ def test_bands_change_no_value(monkeypatch, case):
     assert banded.dtype == whole.dtype and banded.shape == whole.shape and banded.strides == whole.strides
     np.testing.assert_array_equal(banded, whole)
     assert np.isfinite(whole.astype(np.float32)).any()
+
+
+# -- hostile quantized checkpoints: members that do not fit are skipped entries, never a traceback -------------
+def _i32(*shape):
+    return torch.from_numpy(RNG.integers(-2**31, 2**31 - 1, shape, dtype=np.int64).astype(np.int32))
+
+
+def _state(**fields):
+    return torch.from_numpy(np.frombuffer(json.dumps(fields).encode(), np.uint8).copy())
+
+
+GPTQ = {"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 16}}
+HOSTILE = {  # case: (tensors of the weight "m", config, words its skipped reason holds)
+    "GPTQ scales disagree with qweight": (
+        lambda: {"m.qweight": _i32(8, 32), "m.qzeros": _i32(4, 4), "m.scales": torch.rand(4, 40, dtype=torch.float16)},
+        GPTQ, "do not fit"),
+    "GPTQ g_idx past the groups": (
+        lambda: {"m.qweight": _i32(8, 32), "m.qzeros": _i32(4, 4), "m.scales": torch.rand(4, 32, dtype=torch.float16),
+                 "m.g_idx": torch.full((64,), 7, dtype=torch.int32)}, GPTQ, "g_idx points past the 4 groups"),
+    "GPTQ g_idx of floats": (
+        lambda: {"m.qweight": _i32(8, 32), "m.qzeros": _i32(4, 4), "m.scales": torch.rand(4, 32, dtype=torch.float16),
+                 "m.g_idx": torch.zeros(64)}, GPTQ, "not one integer group a row"),
+    "GPTQ 3-bit": (lambda: {"m.qweight": _i32(8, 32), "m.qzeros": _i32(4, 4),
+                            "m.scales": torch.rand(4, 32, dtype=torch.float16)},
+                   {"quantization_config": {"quant_method": "gptq", "bits": 3}}, "3-bit"),
+    "AWQ qzeros disagree with scales": (
+        lambda: {"m.qweight": _i32(64, 4), "m.qzeros": _i32(3, 4), "m.scales": torch.rand(4, 32, dtype=torch.float16)},
+        {"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 16}}, "qzeros"),
+    "MLX scales disagree with the weight": (
+        lambda: {"m.weight": _i32(16, 8).view(torch.uint32), "m.scales": torch.rand(16, 3, dtype=torch.float16),
+                 "m.biases": torch.rand(16, 3, dtype=torch.float16)},
+        {"quantization": {"bits": 4, "group_size": 32}}, "do not fit"),
+    "MLX without bits": (
+        lambda: {"m.weight": _i32(16, 8).view(torch.uint32), "m.scales": torch.rand(16, 2, dtype=torch.float16),
+                 "m.biases": torch.rand(16, 2, dtype=torch.float16)}, None, "without bits and group_size"),
+    "int8 SCB of another length": (
+        lambda: {"m.weight": torch.randint(-127, 127, (16, 16), dtype=torch.int8), "m.SCB": torch.rand(15)}, None,
+        "do not fit"),
+    "MXFP4 blocks of 15 bytes": (
+        lambda: {"m_blocks": torch.randint(0, 255, (16, 2, 15), dtype=torch.uint8),
+                 "m_scales": torch.randint(120, 130, (16, 2), dtype=torch.uint8)}, None, "do not fit"),
+    "NF4 state not JSON": (
+        lambda: {"m.weight": torch.randint(0, 255, (128, 1), dtype=torch.uint8),
+                 "m.weight.quant_state.bitsandbytes__nf4": torch.tensor([1, 2, 255], dtype=torch.uint8),
+                 "m.weight.absmax": torch.rand(4), "m.weight.quant_map": torch.rand(16)}, None, "not a JSON object"),
+    "NF4 state shape past the packed bytes": (
+        lambda: {"m.weight": torch.randint(0, 255, (128, 1), dtype=torch.uint8),
+                 "m.weight.quant_state.bitsandbytes__nf4": _state(shape=[1 << 20, 1 << 20], blocksize=64,
+                                                                  dtype="float16", quant_type="nf4"),
+                 "m.weight.absmax": torch.rand(4), "m.weight.quant_map": torch.rand(16)}, None,
+        "holds fewer than the 1099511627776 values"),
+    "FP8 scale of another grid": (
+        lambda: {"m.weight": torch.randn(32, 32).to(torch.float8_e4m3fn), "m.weight_scale_inv": torch.ones(2, 3, 5)},
+        None, "does not fit weight [32, 32]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_quantized_group_that_does_not_fit_is_skipped_in_one_line(tmp_path, case):
+    import tracemalloc
+
+    import irtools
+
+    make, config, words = HOSTILE[case]
+    path = _save(tmp_path / "bad", {**make(), "n.weight": torch.randn(16, 16)}, config)
+    _accounted(path)  # once untraced: first-use imports are not the file's cost
+    tracemalloc.start()
+    opened = _accounted(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    reasons = {s["name"]: s["reason"] for s in opened.skipped}
+    weight = "m" if case.startswith("MXFP4") else "m.weight"
+    assert set(reasons) == {weight}, reasons
+    assert words in reasons[weight] and "\n" not in reasons[weight], reasons[weight]
+    assert [layer.name for layer in opened.layers] == ["n"] and peak < 8 << 20
+    assert list(irtools.analyze(path, min_evals=1).details.name) == ["n"]  # the rest is analysed

@@ -316,17 +316,19 @@ def _gptq_awq(tensors, config, taken, path):
             if z is not None:
                 _fit(tuple(z.shape) == (s.shape[0], n_out // per), f"qzeros {list(z.shape)} do not fit scales "
                      f"{list(s.shape)}")
+            gi = None
             if g is not None and not awq:
-                _fit(tuple(g.shape) == (n_in,), f"g_idx {list(g.shape)} is not one group a row ({n_in})")
+                _fit(tuple(g.shape) == (n_in,) and np.dtype(g.dtype).kind in "iu",
+                     f"g_idx {list(g.shape)} is not one integer group a row ({n_in})")
+                gi = np.asarray(g.load())  # one int a row: checked here, so a bad one is a skipped entry
+                _fit(gi.min(initial=0) >= 0 and gi.max(initial=0) < s.shape[0],
+                     f"g_idx points past the {s.shape[0]} groups")
             v1 = str(config.get("checkpoint_format", "gptq")).lower() != "gptq_v2"
 
             def fn():
                 zeros = z.load() if z is not None else None
                 if awq:
                     return quant.awq(q.load(), zeros, s.load(), bits, group)
-                gi = g.load() if g is not None else None
-                if gi is not None and (gi.min(initial=0) < 0 or gi.max(initial=0) >= s.shape[0]):
-                    raise ValueError(f"g_idx points past the {s.shape[0]} groups")
                 return quant.gptq(q.load(), zeros, s.load(), gi, bits, group, v1)
 
             label = f"{'AWQ' if awq else 'GPTQ'} int{bits} group {group}"
@@ -404,16 +406,18 @@ def _pack_quantized(tensors, config, taken, path):
             groups = 1 if math.prod(s.shape) == 1 else math.prod(s.shape) // shape[0]
             _fit(math.prod(s.shape) in (1, shape[0] * groups) and groups <= shape[1],
                  f"weight_scale {list(s.shape)} does not fit weight {list(shape)}")
+            gi = None
             if g is not None:
-                _fit(tuple(g.shape) == (shape[1],), f"weight_g_idx {list(g.shape)} is not one group a column")
+                _fit(tuple(g.shape) == (shape[1],) and np.dtype(g.dtype).kind in "iu",
+                     f"weight_g_idx {list(g.shape)} is not one integer group a column")
+                gi = np.asarray(g.load())
+                _fit(gi.min(initial=0) >= 0 and gi.max(initial=0) < groups,
+                     f"weight_g_idx points past the {groups} groups")
             if z is not None:
                 _fit(len(z.shape) == 2 and z.shape[1] == groups and z.shape[0] == -(-shape[0] * bits // 32),
                      f"weight_zero_point {list(z.shape)} does not fit {groups} groups")
 
             def fn():
-                gi = g.load() if g is not None else None
-                if gi is not None and (gi.min(initial=0) < 0 or gi.max(initial=0) >= groups):
-                    raise ValueError(f"weight_g_idx points past the {groups} groups")
                 return quant.pack_quantized(p.load(), s.load(), z.load() if z is not None else None, shape, bits, gi)
 
             label = "per-tensor" if math.prod(s.shape) == 1 else "per-channel" if groups == 1 else \
