@@ -574,7 +574,6 @@ def read_deepspeed(path: str, trust: bool = False) -> WeightSet:
         is_tensor = lambda v: isinstance(v, torch.Tensor)  # noqa: E731
         part = lambda t, what, _f: _torch_part(torch, t)  # noqa: E731
         whole = lambda t, _f: (lambda: _numpy_of(torch, t))  # noqa: E731
-        numel = lambda t: int(t.numel())  # noqa: E731
     else:
         def load(name):
             file = model_member(folder, name, "DeepSpeed file", ModelLoadError)
@@ -592,8 +591,7 @@ def read_deepspeed(path: str, trust: bool = False) -> WeightSet:
         def whole(ref, f):
             f.storages.check(ref.storage)
             return _tensor_loader(lambda st, s=f.storages: s.read(st, 0, st.numel), ref)
-        numel = lambda ref: math.prod(ref.shape)  # noqa: E731
-    return _zero_weights(path, folder, optim, models, load, is_tensor, part, whole, numel)
+    return _zero_weights(path, folder, optim, models, load, is_tensor, part, whole)
 
 
 class _Loaded:
@@ -603,7 +601,9 @@ class _Loaded:
         self.obj, self.storages = obj, storages
 
 
-def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole, numel) -> WeightSet:
+def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> WeightSet:
+    """The weights of the ZeRO checkpoint in `folder`, its files opened by `load` (restricted or trusted),
+    its tensors told by `is_tensor`, a flat tensor as a `_Part` by `part`, a whole one's loader by `whole`."""
     tag = os.path.basename(folder.rstrip(os.sep))
 
     def obj_of(f):
