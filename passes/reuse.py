@@ -3,6 +3,8 @@
 All logarithms base 2 (conventions.md section 1). Counts arrive from the `context-counts` pass as
 float64 mantissas with a power-of-two exponent per tensor, so nothing here overflows: sums are
 taken in log space across tensors and total surprisal uses the exact form N_G log2(sum C) - sum log2 C.
+Counts stored compact (one slice of a tensor whose counts repeat along an axis) are summed once and
+weighed by their number of repeats, so no dense copy of a large tensor's counts is made.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from irtools.passing import Pass, register_pass
 
 
 class _Counts(Protocol):
-    mantissa: np.ndarray
     exponent: int
+    shape: tuple[int, ...]
+
+    def chunks(self): ...
 
 
 def _log2_sum_exp2(xs: list[float]) -> float:
@@ -28,24 +32,20 @@ def _log2_sum_exp2(xs: list[float]) -> float:
     return top + math.log2(math.fsum(2.0 ** (x - top) for x in xs))
 
 
-#: Mantissas summed at a time: a large tensor's temporaries stay a few MB, not copies of it.
-CHUNK = 1 << 20
-
-
-def _mantissa_sums(m: np.ndarray) -> tuple[int, float, float, float, float, float]:
+def _mantissa_sums(chunks) -> tuple[int, float, float, float, float, float]:
     """(number of nonzero m, sum m, sum log2 m, sum m log2 m, min and max log2 m) over the nonzero
-    entries of a flat mantissa array, chunk by chunk (sums of chunk sums: pairwise-accurate)."""
+    mantissas of a tensor, from `Counts.chunks` (flat mantissas a few MB at a time, each standing
+    for `repeats` scalars); sums of chunk sums, pairwise-accurate."""
     n, sums, logs, mlogs, low, high = 0, [], [], [], math.inf, -math.inf
-    for start in range(0, m.size, CHUNK):
-        part = m[start:start + CHUNK]
+    for part, rep in chunks:
         live = part[part > 0]
         if live.size == 0:
             continue
         log2m = np.log2(live)
-        n += live.size
-        sums.append(float(live.sum()))
-        logs.append(float(log2m.sum()))
-        mlogs.append(float(np.dot(live, log2m)))
+        n += live.size * rep
+        sums.append(float(live.sum()) * rep)
+        logs.append(float(log2m.sum()) * rep)
+        mlogs.append(float(np.dot(live, log2m)) * rep)
         low, high = min(low, float(log2m.min())), max(high, float(log2m.max()))
     return n, math.fsum(sums), math.fsum(logs), math.fsum(mlogs), low, high
 
@@ -58,13 +58,13 @@ def reuse_quantities(counts: Mapping[str, _Counts], num_inputs: int, num_outputs
     per = []
     zero = 0
     for name, c in counts.items():
-        m = np.asarray(c.mantissa, dtype=np.float64).ravel()
-        n, s, sum_log2m, m_log2m, low, high = _mantissa_sums(m)
-        zero += m.size - n
+        size = math.prod(c.shape)
+        n, s, sum_log2m, m_log2m, low, high = _mantissa_sums(c.chunks())
+        zero += size - n
         if n == 0:
-            per.append((name, m.size, None))
+            per.append((name, size, None))
             continue
-        per.append((name, m.size, {
+        per.append((name, size, {
             "n": n,
             "sum": s,
             "log2_sum": math.log2(s) + c.exponent,

@@ -81,6 +81,57 @@ def pareto_density(x: np.ndarray, alpha: float, xmin: float, tail_fraction: floa
     return np.where(x >= xmin, out, 0.0)
 
 
+def repeated_quantiles(values: np.ndarray, repeats: np.ndarray, qs) -> np.ndarray:
+    """`np.quantile(np.repeat(values, repeats), qs)` (linear interpolation) without the repeated
+    array: a tensor's compact counts stand for `repeats` scalars each."""
+    order = np.argsort(values, kind="stable")
+    v, ends = values[order], np.cumsum(repeats[order])  # the sorted repeated array's i-th entry is v[searchsorted(ends, i, 'right')]
+    h = (ends[-1] - 1) * np.asarray(qs, dtype=np.float64)
+    lo = np.floor(h)
+    at = lambda i: v[np.minimum(np.searchsorted(ends, i, side="right"), v.size - 1)]  # noqa: E731
+    a, b = at(lo.astype(np.int64)), at(np.minimum(lo + 1, ends[-1] - 1).astype(np.int64))
+    return a + (h - lo) * (b - a)
+
+
+#: Stored counts of one node over which its quantiles are taken from a histogram, not a sort.
+QUANTILE_EXACT_LIMIT = 1 << 22
+HISTOGRAM_BINS = 1 << 16
+
+
+def _log2_count_quantiles(counts: list, qs) -> tuple[np.ndarray, int]:
+    """Quantiles of log2 C over the non-zero scalars of some tensors' counts, and their number. Up to
+    `QUANTILE_EXACT_LIMIT` stored counts: exact (each stored count weighed by its repeats); beyond
+    (a large tied embedding, whose counts do not repeat), from a histogram of `HISTOGRAM_BINS` bins
+    between the extremes (error below (max - min) / 65536), read a chunk at a time."""
+    def chunks():
+        for c in counts:
+            for m, rep in c.chunks():
+                live = m[m > 0]
+                yield np.log2(live) + c.exponent, rep
+
+    if sum(c.stored_size for c in counts) <= QUANTILE_EXACT_LIMIT:
+        got = list(chunks())
+        values = np.concatenate([v for v, _ in got])
+        weights = np.concatenate([np.full(v.size, rep, dtype=np.int64) for v, rep in got])
+        if values.size == 0:
+            return np.zeros(len(qs)), 0
+        return repeated_quantiles(values, weights, qs), int(weights.sum())
+    low, high, n = np.inf, -np.inf, 0
+    for v, rep in chunks():
+        if v.size:
+            low, high, n = min(low, float(v.min())), max(high, float(v.max())), n + v.size * rep
+    if n == 0:
+        return np.zeros(len(qs)), 0
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    hist = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+    for v, rep in chunks():
+        hist += rep * np.histogram(v, bins=edges)[0]
+    centres = (edges[:-1] + edges[1:]) / 2
+    centres[0], centres[-1] = low, high
+    keep = hist > 0
+    return repeated_quantiles(centres[keep], hist[keep], qs), n
+
+
 def context_counts_by_depth(model) -> list[dict]:
     """Per node that consumes learnable parameters (in topological order): the distribution of the
     log2 context counts of all their scalars with a non-zero count (min, quartiles, max)."""
@@ -93,16 +144,10 @@ def context_counts_by_depth(model) -> list[dict]:
             by_node.setdefault(node, []).append(p.name)
     rows = []
     for node, names in by_node.items():
-        logs = []
-        for name in names:
-            c = counts[name]
-            m = np.asarray(c.mantissa, dtype=np.float64).ravel()
-            logs.append(np.log2(m[m > 0]) + c.exponent)
-        values = np.concatenate(logs)
-        if values.size == 0:
+        q, scalars = _log2_count_quantiles([counts[name] for name in names], [0.0, 0.25, 0.5, 0.75, 1.0])
+        if scalars == 0:
             continue
-        q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
-        rows.append({"depth": depth_of[node], "node": node, "parameters": names, "scalars": int(values.size),
+        rows.append({"depth": depth_of[node], "node": node, "parameters": names, "scalars": scalars,
                      "min": float(q[0]), "q1": float(q[1]), "median": float(q[2]), "q3": float(q[3]),
                      "max": float(q[4])})
     return sorted(rows, key=lambda r: r["depth"])

@@ -13,17 +13,32 @@ from collections.abc import Callable
 import numpy as np
 
 from irtools.passes.context_counts.context import RuleContext
+from irtools.passes.context_counts.counts import compact, expand
 
 
 def unbroadcast(counts: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum counts over the axes along which an operand of `shape` was broadcast."""
+    """Sum counts over the axes along which an operand of `shape` was broadcast.
+
+    Counts that repeat along an axis (a broadcast view, see `counts.compact`) are summed on their
+    stored part: the sum along a repeated axis is the stored slice times its length, and the result
+    stays a broadcast view where the input was one (a weight's counts stay as small as they came)."""
+    shape = tuple(shape)
     extra = counts.ndim - len(shape)
-    if extra > 0:
-        counts = counts.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, d in enumerate(shape) if d == 1 and counts.shape[i] != 1)
-    if axes:
-        counts = counts.sum(axis=axes, keepdims=True)
-    return counts.reshape(shape)
+    axes = [*range(max(extra, 0)),
+            *(i + extra for i, d in enumerate(shape) if d == 1 and counts.shape[i + extra] != 1)]
+    if not axes:
+        return counts.reshape(shape)
+    stored, factor = compact(counts), 1
+    summed = [a for a in axes if stored.shape[a] != 1]
+    for a in axes:
+        if stored.shape[a] == 1:
+            factor *= counts.shape[a]
+    if summed:
+        stored = stored.sum(axis=tuple(summed), keepdims=True)
+    if factor != 1:
+        stored = stored * float(factor)
+    stored = stored.reshape(stored.shape[max(extra, 0):])
+    return expand(stored, shape)
 
 
 def channel_sums(counts: np.ndarray, axis: int = 1) -> np.ndarray:

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from irtools.errors import UnsupportedError
 from irtools.ir.slots import slots_of
-from irtools.passes.context_counts.counts import Counts, SeqCounts
+from irtools.passes.context_counts.counts import Counts, SeqCounts, scaled
 
 if TYPE_CHECKING:
     from irtools.ir.model import IRModel
@@ -70,7 +70,7 @@ class RuleContext:
         c = self.outs[i] if i < len(self.outs) else None
         if c is None:
             return np.zeros(self.out_shape(i))
-        return c.mantissa if c.exponent == self.exponent else np.ldexp(c.mantissa, c.exponent - self.exponent)
+        return scaled(c.mantissa, c.exponent - self.exponent)
 
     def items(self, i: int, length: int) -> list[np.ndarray | None]:
         """A sequence output's element counts at the common exponent, positions 0..length-1."""
@@ -80,7 +80,7 @@ class RuleContext:
             if not -length <= pos < length:
                 raise UnsupportedError(f"{self.node.op_type} node '{self.name}': sequence position {pos} out of "
                                        f"range ({length} elements)", self.model.path)
-            m = np.ldexp(item.mantissa, item.exponent - self.exponent)
+            m = scaled(item.mantissa, item.exponent - self.exponent)
             got[pos] = m if got[pos] is None else got[pos] + m
         return got
 
@@ -141,7 +141,7 @@ class RuleContext:
     def give_counts(self, i: int, counts: Counts) -> None:
         """Add `counts` at their own exponent to input i's counts (a subgraph input's counts)."""
         if self.wants(i):
-            self._acc.add(self.node.inputs[i], counts.mantissa, counts.exponent)
+            self._acc.add_counts(self.node.inputs[i], counts)
 
     def note(self, text: str) -> None:
         """A note for the result (`ContextCounts.notes`): how something was counted."""

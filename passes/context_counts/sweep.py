@@ -53,11 +53,11 @@ class Sweep:
             return
         if len(node.outputs) == 1 and node.outputs[0] in self.collapse and isinstance(outs[0], Counts):
             c = outs[0]
-            self.acc.add(self.collapse[node.outputs[0]], c.mantissa, c.exponent)
+            self.acc.add_counts(self.collapse[node.outputs[0]], c)
             return
         rule = rule_for(node)
         name = model.node_names.get(node, node.op_type)
-        numel = sum(c.size if isinstance(c, SeqCounts) else c.mantissa.size for c in outs if c is not None)
+        numel = sum(c.size if isinstance(c, SeqCounts) else c.stored_size for c in outs if c is not None)
         numel += sum(math.prod(v.shape) for v in node.inputs
                      if v is not None and v in self.live and v.shape is not None and v.shape.is_static())
         budget.check(16.0 * numel, f"context counts of {node.op_type} node '{name}'", model.path)
@@ -78,7 +78,7 @@ class Sweep:
                 for pos, item in c.items.items():
                     self.acc.add_item(v, pos, item.mantissa, item.exponent)
             else:
-                self.acc.add(v, c.mantissa, c.exponent)
+                self.acc.add_counts(v, c)
 
     def subgraph(self, graph: ir.Graph, output_counts) -> list[Counts | SeqCounts | None]:
         """Sweep `graph` backwards from its outputs' counts; returns its inputs' counts (popped)."""
@@ -130,6 +130,6 @@ class ContextCountsPass(Pass):
         for p in model.parameters:
             if p.name not in sweep.done:
                 c = sweep.acc.pop(p.value)
-                sweep.done[p.name] = c if c is not None else Counts(np.zeros(p.shape), 0)
+                sweep.done[p.name] = c if c is not None else Counts(np.broadcast_to(np.zeros(()), p.shape), 0)
         return ContextCounts({p.name: sweep.done[p.name] for p in model.parameters}, int(n_in), int(n_out),
                              sweep.notes)

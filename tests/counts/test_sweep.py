@@ -450,17 +450,17 @@ def test_reuse_quantities_equal_the_definitions_computed_directly(monkeypatch, c
     the pass's per-tensor mantissa/exponent arithmetic, with exponents far apart and a zero count,
     whether a tensor is summed whole or in chunks (a chunk of only zeros included)."""
     import math
-    from types import SimpleNamespace
 
-    import irtools.passes.reuse as reuse_module
+    import irtools.passes.context_counts.counts as counts_module
+    from irtools.passes.context_counts.counts import Counts
     from irtools.passes.reuse import reuse_quantities
 
-    monkeypatch.setattr(reuse_module, "CHUNK", chunk)
+    monkeypatch.setattr(counts_module, "CHUNK", chunk)
 
     rng = np.random.default_rng(3)
     tensors = {"a": (rng.integers(1, 50, 7).astype(float), 3), "b": (rng.integers(1, 9, 5).astype(float), -40),
                "c": (np.array([0.0, 0.0, 0.0, 2.0, 5.0]), 10)}
-    counts = {k: SimpleNamespace(mantissa=m / 64, exponent=e + 6) for k, (m, e) in tensors.items()}
+    counts = {k: Counts(m / 64, e + 6) for k, (m, e) in tensors.items()}
     got = reuse_quantities(counts, num_inputs=11, num_outputs=4)
     cs = [float(x) * 2.0 ** e for m, e in tensors.values() for x in m if x > 0]
     total = math.fsum(cs)
