@@ -111,7 +111,14 @@ def _memmap_loader(path, dtype, offset, shape):
         count = math.prod(shape)
         if count == 0:
             return np.zeros(shape, dtype)
-        return np.array(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))).reshape(shape)
+        # read, not mapped: a mapped copy would count the file's pages in resident memory on top of
+        # the array (a 128256 x 2048 bf16 embedding pair: 1.65 GB peak mapped, 1.32 GB read)
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            got = np.fromfile(fh, dtype=dtype, count=count)
+        if got.size != count:
+            raise ModelLoadError(f"the file ends inside a tensor ({got.size} of {count} values; truncated file)", path)
+        return got.reshape(shape)
 
     return load
 
