@@ -562,7 +562,8 @@ def split_fused(layers: list, shapes=None, model_type: str | None = None, out_ax
         per[axis] //= 2
         how = f"gate_up {'interleaved' if interleaved else 'halves'}"
         for k, part in enumerate(("gate", "up")):
-            out.append(replace(layer, name=f"{layer.name}.{part}", N=max(per), M=min(per), shared_with=list(layer.shared_with),
+            out.append(replace(layer, name=f"{layer.name}.{part}", N=max(per), M=min(per),
+                               shared_with=list(layer.shared_with),
                                loader=(lambda f=layer.loader, k=k, a=axis, i=interleaved:
                                        [gate_up_part(np.asarray(f()[0]), a, i, k)]),
                                extra={**layer.extra, "fused": how}))

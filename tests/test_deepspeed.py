@@ -155,8 +155,8 @@ def _write(tmp_path, net, stage: int, world: int, ds, groups_of=None, extra_opti
             torch.save(model_states(r), tag / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt")
     key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
     for r in range(world):
-        inner = {"state": {i: {"step": torch.tensor(7.0), "exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
-                           for i, p in enumerate(parts[r])},
+        inner = {"state": {i: {"step": torch.tensor(7.0), "exp_avg": torch.randn_like(p),
+                               "exp_avg_sq": torch.rand_like(p)} for i, p in enumerate(parts[r])},
                  "param_groups": [{"lr": 1e-3, "params": [i]} for i in range(len(parts[r]))]}
         sd = {"loss_scaler": ds.scaler(), "dynamic_loss_scale": True, "overflow": False, "clip_grad": 1.0,
               "base_optimizer_state": inner, "optimizer_state_dict": inner, key: parts[r], "zero_stage": stage_enum,
@@ -253,7 +253,9 @@ def test_shapes_that_do_not_fit_the_partitions_are_an_error(tmp_path, deepspeed_
 
 def test_an_unknown_object_in_the_optimizer_file_is_refused_with_the_trust_hint(tmp_path, deepspeed_classes):
     net = _model()
-    top, truth = _write(tmp_path, net, 2, 1, deepspeed_classes, extra_optim={"when": __import__("datetime").date(2026, 1, 1)})
+    import datetime
+
+    top, truth = _write(tmp_path, net, 2, 1, deepspeed_classes, extra_optim={"when": datetime.date(2026, 1, 1)})
     with pytest.raises(IrtoolsError, match=r"refused to unpickle datetime.date \(pass --trust"):
         read_weights(str(top))
     _bit_equal(read_weights(str(top), trust=True), truth)

@@ -179,7 +179,8 @@ def test_qwen3_moe_parts_are_the_per_expert_matrices_transformers_saves(tmp_path
         for part in ("gate", "up"):
             got = layers[f"model.layers.0.mlp.experts.gate_up_proj[{e}].{part}"]
             assert got.extra == {"expert": e, "fused": "gate_up halves"} and (got.N, got.M) == (32, 24)
-            np.testing.assert_array_equal(got.matrices()[0], saved[f"model.layers.0.mlp.experts.{e}.{part}_proj.weight"])
+            want = saved[f"model.layers.0.mlp.experts.{e}.{part}_proj.weight"]
+            np.testing.assert_array_equal(got.matrices()[0], want)
 
 
 def test_weightwatcher_compatible_api_keeps_the_fused_linear_one_matrix():

@@ -537,7 +537,8 @@ def _ref_part(storages: _ZipStorages, ref: TensorRef, what: str) -> _Part:
     (n,), (stride,) = ref.shape, ref.stride
     if stride == 1 or n <= 1:
         return _Part(n, lambda s, c: storages.read(ref.storage, ref.offset + s, c))
-    return _Part(n, lambda s, c: storages.read(ref.storage, ref.offset + s * stride, max(0, (c - 1) * stride + 1))[::stride])
+    return _Part(n, lambda s, c: storages.read(ref.storage, ref.offset + s * stride,
+                                               max(0, (c - 1) * stride + 1))[::stride])
 
 
 def _torch_part(torch, t) -> _Part:
@@ -668,7 +669,8 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
         frags = [obj_of(m).get("frozen_param_fragments", {}).get(name) for m in model_files]
         if not all(is_tensor(t) for t in frags):
             raise ModelLoadError(f"frozen parameter '{printable(name)}' has no fragment in a model-states file", path)
-        pieces = _Part.joined([part(t, f"frozen '{printable(name)}'", m) for t, m in zip(frags, model_files, strict=True)])
+        pieces = _Part.joined([part(t, f"frozen '{printable(name)}'", m)
+                               for t, m in zip(frags, model_files, strict=True)])
         put(name, shape, _piece_loader(pieces, 0, math.prod(shape), shape, path, name), pieces.read(0, 0).dtype)
 
     dtype = groups[0][0].read(0, 0).dtype if groups[0] else np.dtype(np.float32)

@@ -11,9 +11,9 @@ Unpickling runs whatever globals a pickle names, so a file is never given to `pi
 - `RestrictedUnpickler` then resolves only the globals in `ALLOWED` (ordered dicts, sets, the tensor
   rebuild functions, storage type tags, and the plain records training checkpoints hold: argparse
   and Lightning hyper-parameters, DeepSpeed's ZeRO stage, loss scaler and fragment addresses, each
-  rebuilt as an int or a dict, nothing of their classes run or imported): tensors come back as `TensorRef`s over `Storage`
-  descriptions (key, dtype, element count, checked against the memory budget), never as torch
-  objects, so torch is not even imported. Every other global is refused with one line that
+  rebuilt as an int or a dict, nothing of their classes run or imported): tensors come back as
+  `TensorRef`s over `Storage` descriptions (key, dtype, element count, checked against the memory
+  budget), never as torch objects, so torch is not even imported. Every other global is refused with one line that
   names it and says `--trust` allows it (then `torch.load` does the full unpickling, in the
   PyTorch reader, never here);
 - every view is checked against its storage (`check_view`): no negative offset, size or stride,
