@@ -27,12 +27,13 @@ A hub id (`org/name`, optionally `@revision`) is resolved from the local Hugging
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 
 #: Token ids traced for a text model when `--seq-len` is not given (clamped to the model's maximum positions).
 DEFAULT_SEQ_LEN = 128
@@ -70,7 +71,7 @@ def is_checkpoint_folder(source) -> bool:
             return False
         with open(full, "rb") as fh:
             config = json.loads(fh.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON, a 5,000-digit number
         return False
     return isinstance(config, dict) and bool(config.get("model_type") or config.get("architectures"))
 
@@ -91,7 +92,7 @@ def read_config(path: str) -> dict:
     try:
         with open(full, "rb") as fh:
             config = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, a number past Python's digit limit
         raise IrtoolsError(f"config.json is not JSON ({type(exc).__name__})", path) from None
     if not isinstance(config, dict):
         raise IrtoolsError("config.json holds no JSON object", path)
@@ -113,7 +114,7 @@ def folder_tensors(path: str, trust: bool = False) -> dict:
         try:
             with open(full, "rb") as fh:
                 weight_map = json.loads(fh.read().decode("utf-8")).get("weight_map")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError) as exc:
+        except (ValueError, AttributeError, RecursionError) as exc:
             raise IrtoolsError(f"{_INDEXES[1]} is not a shard index ({type(exc).__name__})", path) from None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise IrtoolsError(f"{_INDEXES[1]} has no weight_map of tensor names to shard files", path)
@@ -132,24 +133,42 @@ def folder_tensors(path: str, trust: bool = False) -> dict:
 
 # -- the architecture ----------------------------------------------------------------------------
 def _transformers_class(path: str, config, raw: dict, trust: bool):
+    """The model class config.json names: a `transformers` model class (`PreTrainedModel`) by its
+    plain name in `architectures` (never a dotted path, a function or another kind of class), or,
+    with `trust`, the class `auto_map` names in code shipped with the checkpoint."""
     import transformers  # noqa: PLC0415
 
     auto_map = raw.get("auto_map")
-    names = list(raw.get("architectures") or [])
+    names = raw.get("architectures") or []
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise IrtoolsError("config.json's architectures is not a list of class names", path)
     if auto_map:
         from transformers.dynamic_module_utils import get_class_from_dynamic_module  # noqa: PLC0415
 
-        ref = next((auto_map[k] for k in ("AutoModelForCausalLM", "AutoModel") if k in auto_map),
-                   next(iter(auto_map.values())))
-        return get_class_from_dynamic_module(ref if isinstance(ref, str) else ref[0], path, local_files_only=True)
+        refs = list(auto_map.values()) if isinstance(auto_map, dict) else []
+        ref = next((auto_map[k] for k in ("AutoModelForCausalLM", "AutoModel") if k in auto_map), refs[0] if refs
+                   else None) if isinstance(auto_map, dict) else None
+        ref = ref[0] if isinstance(ref, list | tuple) and ref else ref
+        if not isinstance(ref, str) or ref.count(".") != 1:
+            raise IrtoolsError("config.json's auto_map names no class as 'module.Class'", path)
+        cls = get_class_from_dynamic_module(ref, path, local_files_only=True)
+        return _model_class(transformers, cls, ref, path)
     for arch in names:
-        cls = getattr(transformers, arch, None)
+        cls = getattr(transformers, arch, None) if arch.isidentifier() else None
         if cls is not None:
-            return cls
+            return _model_class(transformers, cls, arch, path)
     if names:
-        raise IrtoolsError(f"transformers {transformers.__version__} has no class '{names[0]}' (config.json's "
-                           "architectures)", path)
+        raise IrtoolsError(f"transformers {transformers.__version__} has no class {printable(names[0])!r} "
+                           "(config.json's architectures)", path)
     return transformers.AutoModel._model_mapping[type(config)]
+
+
+def _model_class(transformers, cls, named: str, path: str):
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise IrtoolsError(f"config.json's architectures names {printable(named)!r}, which is not a transformers "
+                           "model class", path)
+    return cls
 
 
 def build_module(path: str, raw: dict, trust: bool, tensors: dict):
@@ -158,12 +177,18 @@ def build_module(path: str, raw: dict, trust: bool, tensors: dict):
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
-    cls = _transformers_class(path, config, raw, trust)
-    with torch.device("meta"):
-        module = cls._from_config(config, attn_implementation="eager")
+    with _quiet_transformers(transformers):
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+        cls = _transformers_class(path, config, raw, trust)
+        with torch.device("meta"), _bounded_construction(torch, path, tensors):
+            module = cls._from_config(config, attn_implementation="eager")
+    from irtools import budget  # noqa: PLC0415
+
     persistent = set(module.state_dict())
-    for key, buf in list(module.named_buffers()):
+    buffers = list(module.named_buffers())
+    budget.check(sum(b.numel() * b.element_size() for _, b in buffers), "the architecture's buffers (config.json)",
+                 path)
+    for key, buf in buffers:
         owner, _, attr = key.rpartition(".")
         sub = module.get_submodule(owner) if owner else module
         if key in persistent and key in tensors and tuple(tensors[key].shape) == tuple(buf.shape):
@@ -178,6 +203,53 @@ def build_module(path: str, raw: dict, trust: bool, tensors: dict):
     except Exception:  # noqa: BLE001  (an older model's init may not run on meta parameters: buffers stay empty)
         pass
     return module.eval(), config
+
+
+#: Submodules an architecture may build per tensor of its checkpoint (plus `_MODULES_FREE`) before its
+#: construction is stopped: real models build 1-3 per tensor (activations, dropouts and rotary embeddings
+#: included); a config.json of 10^6 layers over a one-layer checkpoint would build for hours.
+MODULES_PER_TENSOR = 32
+_MODULES_FREE = 4096
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers):
+    """transformers' own warnings about a config (`Missing validation function ...`) kept off stderr:
+    what matters reaches the user as irtools' one note."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+class _bounded_construction:
+    """Stops building an architecture (one-line error) once it has registered more submodules than
+    `MODULES_PER_TENSOR` per checkpoint tensor allow, before the work is done (a config.json can declare
+    any number of layers; on the meta device each costs time, not memory)."""
+
+    def __init__(self, torch, path: str, tensors: dict):
+        self.torch, self.path = torch, path
+        self.cap = MODULES_PER_TENSOR * len(tensors) + _MODULES_FREE
+        self.count = 0
+
+    def _hook(self, module, name, submodule):
+        self.count += 1
+        if self.count > self.cap:
+            raise IrtoolsError(f"config.json's architecture builds over {self.cap:,} modules for a checkpoint of "
+                               f"{(self.cap - _MODULES_FREE) // MODULES_PER_TENSOR:,} tensors (refused before "
+                               "building it: does the config declare far more layers than the weights hold?)",
+                               self.path)
+        return None
+
+    def __enter__(self):
+        register = self.torch.nn.modules.module.register_module_module_registration_hook
+        self.handle = register(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
 
 
 def _to_torch(torch, array):
@@ -197,6 +269,17 @@ def _positions_bound(config) -> int | None:
     return None
 
 
+def _positive(value, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def check_seq_len(seq_len) -> None:
+    """`--seq-len`: a whole number of tokens from 1 to 2^31 (refused before any work)."""
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or
+                                not 1 <= seq_len <= 1 << 31):
+        raise IrtoolsError(f"--seq-len: must be a whole number from 1 to {1 << 31:,}, got {printable(seq_len)}")
+
+
 def _preprocessor(path: str) -> dict:
     full = os.path.join(path, "preprocessor_config.json")
     if not os.path.isfile(full) or os.path.getsize(full) > 1_000_000:
@@ -204,7 +287,7 @@ def _preprocessor(path: str) -> dict:
     try:
         with open(full, "rb") as fh:
             data = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -215,12 +298,20 @@ def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
 
     import torch  # noqa: PLC0415
 
+    from irtools import budget  # noqa: PLC0415
+
     main = getattr(module, "main_input_name", "input_ids")
     bound = _positions_bound(config)
     n = seq_len or DEFAULT_SEQ_LEN
     if bound is not None and seq_len is None:
         n = min(n, bound)
-    vocab = int(getattr(config, "vocab_size", None) or 2)
+    elif bound is not None and seq_len > bound and main == "input_ids":
+        raise IrtoolsError(f"--seq-len {seq_len:,} is over the model's {bound:,} positions (config.json)", path)
+    # what the trace computes grows with the input: eager attention holds seq^2 scores per head
+    heads = _positive(getattr(config, "num_attention_heads", None), 1)
+    width = _positive(getattr(config, "hidden_size", None), 1)
+    budget.check(4.0 * (n * n * heads + 8 * n * width), f"the trace of {n:,} tokens (--seq-len)", path)
+    vocab = _positive(getattr(config, "vocab_size", None), 2)
 
     def ids(k):
         return (torch.arange(k, dtype=torch.long) % max(vocab - 1, 1) + (1 if vocab > 1 else 0)).reshape(1, k)
@@ -281,6 +372,7 @@ def open_checkpoint_folder(path: str, name: str, options):
     """Both families of a checkpoint folder (see the module docstring)."""
     from irtools.frontends import OpenedSource  # noqa: PLC0415
 
+    check_seq_len(getattr(options, "seq_len", None))
     raw = read_config(path)
     if raw.get("auto_map") and not options.trust:
         raise IrtoolsError("refused: config.json's auto_map runs code shipped with the checkpoint; pass --trust "
@@ -312,6 +404,12 @@ def open_checkpoint_folder(path: str, name: str, options):
         return _weights_only(path, name, options, tensors, metadata,
                              f"reuse metrics left out: transformers cannot build the architecture "
                              f"({export_reason(exc)}); spectral metrics from the weights alone")
+    unread = [] if metadata.get("converted") else _unread_matrices(module, tensors)
+    if unread:  # the architecture is not the checkpoint's model (fewer layers, other names): no weight is dropped
+        return _weights_only(path, name, options, tensors, metadata,
+                             f"reuse metrics left out: the architecture config.json describes has no parameter for "
+                             f"{len(unread)} tensor(s) of the checkpoint (e.g. '{printable(unread[0])}'); spectral "
+                             "metrics from the weights alone")
     absent = set(metadata.get("not_in_checkpoint", ()))
     layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
               if layer.parameter not in absent]
@@ -330,7 +428,21 @@ def open_checkpoint_folder(path: str, name: str, options):
         model = export_structure(module, kwargs, values, name=name, opset=options.opset)
     except IrtoolsError as exc:
         notes.append(f"reuse metrics left out: {exc.message}")
+    except (Exception, MemoryError) as exc:  # noqa: BLE001  (the trace failed: the spectral family still holds)
+        from irtools.frontends.torch import export_reason  # noqa: PLC0415
+
+        notes.append(f"reuse metrics left out: the trace failed ({export_reason(exc)})")
     return OpenedSource(name, "checkpoint-folder", model=model, layers=layers, metadata=metadata, notes=notes)
+
+
+def _unread_matrices(module, tensors: dict) -> list[str]:
+    """The checkpoint's matrices the architecture has no parameter or buffer for (a config of fewer layers
+    than the weights hold), less what the class itself says to ignore on loading."""
+    known = set(module.state_dict()) | {k for k, _ in module.named_buffers()}
+    ignore = [re.compile(p) for p in getattr(module, "_keys_to_ignore_on_load_unexpected", None) or ()
+              if isinstance(p, str)]
+    return [k for k, t in tensors.items() if k not in known and len(t.shape) >= 2 and
+            not any(p.search(k) for p in ignore)]
 
 
 def _weights_only(path: str, name: str, options, tensors: dict, metadata: dict, note: str):
@@ -437,11 +549,19 @@ def resolve_hub_id(source: str) -> str:
     import huggingface_hub as hub  # noqa: PLC0415
 
     try:
-        return hub.snapshot_download(repo, revision=revision or None, local_files_only=True)
+        folder = hub.snapshot_download(repo, revision=revision or None, local_files_only=True)
     except Exception as exc:  # noqa: BLE001  (LocalEntryNotFoundError and friends: one line)
-        raise IrtoolsError(f"no such file or directory, and hub id '{repo}'{f' @ {revision}' if revision else ''} is "
-                           f"not in the local Hugging Face cache (irtools never downloads; "
-                           f"{type(exc).__name__})") from None
+        raise IrtoolsError(f"no such file or directory, and hub id '{repo}'"
+                           f"{f' @ {printable(revision)}' if revision else ''} is not in the local Hugging Face cache "
+                           f"(irtools never downloads; {type(exc).__name__})") from None
+    # the cache's refs/<revision> file names the snapshot: one folder name under <repo>/snapshots, never a path
+    folder = os.fspath(folder)
+    snapshots = os.path.dirname(os.path.normpath(folder))
+    if os.path.basename(snapshots) != "snapshots" or os.path.dirname(os.path.realpath(folder)) != \
+            os.path.realpath(snapshots):
+        raise IrtoolsError(f"the local Hugging Face cache's entry for '{repo}' names a snapshot outside its "
+                           f"snapshots folder ({printable(folder)!r}; refused)")
+    return folder
 
 
 def open_hub_id(source: str, name: str, options):

@@ -495,6 +495,9 @@ def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers:
 
     if scheduler is not None and workers is not None:
         raise IrtoolsError("--workers sizes the embedded cluster; an existing one (--scheduler) keeps its own")
+    if files.long_working_directory():  # multiprocessing's workers chdir to it by name, and fail
+        raise IrtoolsError(f"the working directory's path is longer than the system's limit ({files.PATH_MAX} bytes): "
+                           "audit's worker processes cannot start in it; run audit from a shorter folder")
     opts = options.AnalysisOptions.from_cli(params)
     limit = parse_size(memory_limit) if memory_limit is not None else None
     result = run_audit(list(sources), outdir, opts, series=series, scheduler=scheduler, workers=workers,
@@ -567,6 +570,10 @@ def run() -> None:
     import atexit
     import os
 
+    try:
+        files.load_native_libraries_safely()  # a working directory past PATH_MAX: torch's oneMKL would abort
+    except IrtoolsError as exc:
+        _fail(str(exc))
     code = _invoke()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -113,6 +113,58 @@ def model_member(model: str | os.PathLike, name: str, what: str, error: type[Irt
     return full
 
 
+#: The longest path the system resolves (Linux PATH_MAX); a working directory near it breaks native libraries.
+PATH_MAX = 4096
+#: Native libraries that resolve their own files against the working directory when they load (torch's
+#: bundled oneMKL aborts the whole process, "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so",
+#: when the working directory's path is longer than PATH_MAX).
+_CWD_SENSITIVE = ("torch",)
+
+
+def long_working_directory() -> bool:
+    """Whether the working directory's path is too long for native libraries and process spawning."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # ENAMETOOLONG (or a removed folder): the path cannot even be named
+        return True
+    return len(os.fsencode(cwd)) >= PATH_MAX - 256
+
+
+def load_native_libraries_safely() -> None:
+    """When the working directory's path is too long for native libraries (see `_CWD_SENSITIVE`),
+    import them once from `/` and come back (through a descriptor, so relative paths keep their
+    meaning): the run works instead of aborting. A no-op for an ordinary working directory."""
+    if not long_working_directory():
+        return
+    import importlib  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    wanted = [m for m in _CWD_SENSITIVE if m not in sys.modules and _findable(importlib.util, m)]
+    if not wanted:
+        return
+    try:
+        here = os.open(".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise IrtoolsError(f"cannot open the working directory ({exc.strerror}): run irtools from another folder") \
+            from None
+    try:
+        os.chdir("/")
+        for module in wanted:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def _findable(util, module: str) -> bool:
+    try:
+        return util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def note_input(path: str | os.PathLike) -> None:
     """Remember `path` as a file read for a model: no output may replace it."""
     with _lock:
