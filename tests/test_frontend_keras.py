@@ -453,9 +453,9 @@ def test_an_op_tf2onnx_leaves_unconverted_is_an_error():
     original = keras_nn.conv
     model = grouped_cnn()
     with pytest.MonkeyPatch.context() as mp:
-        import irtools.frontends.keras as frontend
+        import irtools.frontends.keras_patches as patches
 
-        mp.setattr(frontend, "_plain_conv", lambda tf, nn: original)
+        mp.setattr(patches, "_plain_conv", lambda tf, nn: original)
         with pytest.raises(irtools.IrtoolsError, match=r"could not convert TensorFlow op\(s\) (Stateful)?PartitionedCall"):
             from_keras(model)
 
