@@ -130,8 +130,10 @@ def run_cluster(folder: str, workers: int, warm_path: str) -> dict:
 
     from irtools.distributed import spectral_on_cluster
 
+    from irtools.audit.runner import LOOPBACK_HTTP
+
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                                  silence_logs=logging.ERROR, **LOOPBACK_HTTP) as cluster, \
             distributed.Client(cluster) as client:
         assert len(client.run(_warm, warm_path)) == workers
         costs: list[dict] = []

@@ -54,12 +54,13 @@ class Cluster:
     """A `distributed.Client` with per-run settings, usable wherever a scheduler is asked for
     (`irtools.analyze(..., scheduler=Cluster(client, resume=...))`): `resume` a folder where each
     row is kept as it arrives (an interrupted run computes only the rest), `retries` per task,
-    `debug` shows what the tasks printed."""
+    `debug` shows what the tasks printed, `announce` prints the model's estimate (`irtools: note: ...`)."""
 
     client: object
     resume: str | None = None
     retries: int = 2
     debug: bool = False
+    announce: bool = True
 
 
 def cli_debug() -> bool:
@@ -91,6 +92,7 @@ def _layer_row(layer, options: dict) -> tuple[dict, list[str], dict, str]:
     from irtools.passes.spectral import SpectralPass
 
     captured = io.StringIO()
+    started = time.time()
     cpu, wall = time.thread_time(), time.perf_counter()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured), \
@@ -103,7 +105,7 @@ def _layer_row(layer, options: dict) -> tuple[dict, list[str], dict, str]:
         release = getattr(layer.loader, "release", None)
         if release is not None:
             release()
-    cost = {"cpu_s": time.thread_time() - cpu, "wall_s": time.perf_counter() - wall}
+    cost = {"cpu_s": time.thread_time() - cpu, "wall_s": time.perf_counter() - wall, "started": started}
     return result.rows[0], result.notes, cost, captured.getvalue()
 
 
@@ -279,7 +281,7 @@ def spectral_on_cluster(source, scheduler=None, *, client=None, retries: int | N
     `weights_options` (split_qkv, conv_slices, ...) and `open_options` (input_shapes, fix_batch) are
     those of the `weights` pass and `open_source`. `progress(done, total, name)` is called as rows
     arrive. `costs`: a list to which each analysed layer's cost is appended, in the model's order:
-    {"name", "N", "M", "rf", "cpu_s" (the task thread's CPU time), "wall_s"}. `resume`: a folder
+    {"name", "N", "M", "rf", "cpu_s" (the task thread's CPU time), "wall_s", "started" (its worker's clock)}. `resume`: a folder
     where each row is written as it arrives; rows already there (same layer, same options) are not
     computed again.
 
@@ -303,6 +305,7 @@ def spectral_on_cluster(source, scheduler=None, *, client=None, retries: int | N
         debug = debug if debug is not None else run.debug
     elif scheduler is not None and not isinstance(scheduler, (str, os.PathLike)):
         client = scheduler  # a distributed.Client
+    announce = scheduler.announce if isinstance(scheduler, Cluster) else True
     retries = 2 if retries is None else retries
     debug = cli_debug() if debug is None else debug
     opened, layers, skipped_before = _layers_of(source, layout, weights_options, open_options)
@@ -317,7 +320,7 @@ def spectral_on_cluster(source, scheduler=None, *, client=None, retries: int | N
     try:
         with quiet_dask(bool(debug)):
             rows, notes, spent = _run_layers(client, todo, options, retries, progress, resume, bool(debug),
-                                             _stamp(opened))
+                                             _stamp(opened), announce)
         if costs is not None:
             costs += [{"name": layer.name, "N": layer.N, "M": layer.M, "rf": layer.rf, **cost}
                       for layer, cost in zip(todo, spent, strict=True)]
@@ -335,13 +338,16 @@ def _stamp(opened) -> str:
 
     path = getattr(getattr(opened, "model", None), "path", None) or (opened.name if isinstance(opened.name, str)
                                                                        else None)
+    from irtools.audit.results import external_files
+
     entries = []
     if path and os.path.exists(path):
-        for root, _, names in os.walk(path) if os.path.isdir(path) else [(os.path.dirname(path), [],
-                                                                         [os.path.basename(path)])]:
-            for name in sorted(names):
-                st = os.stat(os.path.join(root, name))
-                entries.append((name, st.st_size, st.st_mtime_ns))
+        found = ([os.path.join(root, n) for root, _, names in sorted(os.walk(path)) for n in sorted(names)]
+                 if os.path.isdir(path) else [path, *external_files(path)])  # an ONNX file's .data too
+        for name in found:
+            st = os.stat(name)
+            entries.append((os.path.relpath(name, path if os.path.isdir(path) else os.path.dirname(path)),
+                            st.st_size, st.st_mtime_ns))
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
@@ -383,7 +389,7 @@ def _keep_row(resume: str, digest: str, k: int, row: dict, notes: list[str], cos
 
 
 def _run_layers(client, todo, options: dict, retries: int, progress, resume: str | None, debug: bool,
-                stamp: str):
+                stamp: str, announce: bool = True):
     """(rows in the model's order, notes, costs) of `todo`, one task per layer, largest first."""
     import uuid
 
@@ -401,12 +407,13 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
     done = [len(kept)]
     if progress is not None and kept:
         progress(done[0], len(todo), rows[max(kept)]["name"])
-    if left:
+    if left and announce:
         threads = max(1, sum(client.nthreads().values()) if hasattr(client, "nthreads") else 1)
         largest = max((todo[k] for k in left), key=task_cost)
         budget.progress(f"spectral: {len(left)} layer(s) on {threads} Dask worker thread(s), the largest "
                         f"{largest.N} x {largest.M}" + (f" x {largest.rf} slices" if largest.rf > 1 else ""),
                         makespan([estimate_seconds([todo[k]], 1) for k in left], threads))
+    if left:
         run = uuid.uuid4().hex[:8]
         jobs = {f"irtools-spectral-{run}-{k}": k for k in left}
         rank = {k: len(left) - i for i, k in enumerate(left)}  # higher runs first: the LPT order

@@ -372,8 +372,8 @@ def _split_model(client, m: _Model, opened, options: AuditOptions, retries: int,
         progress.tensors(m.source.path, done, total)
 
     try:
-        analysis = analyze_on_cluster(opened, options, Cluster(client, resume=_partial_dir(m), retries=retries,
-                                                               debug=debug), progress=tensors)
+        cluster = Cluster(client, resume=_partial_dir(m), retries=retries, debug=debug, announce=not progress.quiet)
+        analysis = analyze_on_cluster(opened, options, cluster, progress=tensors)
     except ClusterLost:
         raise  # not the model's failure: no result, the next run goes on from the rows kept
     except IrtoolsError as exc:
