@@ -281,9 +281,9 @@ def spectral_on_cluster(source, scheduler=None, *, client=None, retries: int | N
     `weights_options` (split_qkv, conv_slices, ...) and `open_options` (input_shapes, fix_batch) are
     those of the `weights` pass and `open_source`. `progress(done, total, name)` is called as rows
     arrive. `costs`: a list to which each analysed layer's cost is appended, in the model's order:
-    {"name", "N", "M", "rf", "cpu_s" (the task thread's CPU time), "wall_s", "started" (its worker's clock)}. `resume`: a folder
-    where each row is written as it arrives; rows already there (same layer, same options) are not
-    computed again.
+    {"name", "N", "M", "rf", "cpu_s" (the task thread's CPU time), "wall_s", "started" (its worker's
+    clock)}. `resume`: a folder where each row is written as it arrives; rows already there (same
+    layer, same options, same source files) are not computed again.
 
     A worker lost mid-run (killed, out of memory) loses nothing: the scheduler runs its tasks again on
     the others (a task whose worker died counts as failed only after Dask's `allowed-failures`), and

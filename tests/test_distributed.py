@@ -15,7 +15,7 @@ from irtools.frontends import open_source  # noqa: E402
 from irtools.passes.spectral import SpectralPass  # noqa: E402
 from tests.conftest import EXAMPLE  # noqa: E402
 
-from irtools.audit.runner import LOOPBACK_HTTP as LOOPBACK  # noqa: E402 - HTTP on 127.0.0.1 at a free port, no dashboard
+from irtools.audit.runner import LOOPBACK_HTTP as LOOPBACK  # noqa: E402 - HTTP on 127.0.0.1, a free port
 
 
 def sharded_checkpoint(folder) -> str:
