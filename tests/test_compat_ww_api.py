@@ -129,8 +129,9 @@ def walk():
 TMP, OTHER = "<tmp>", "<other model>"
 #: WeightWatcher keyword -> cases (kind, options of the call). "same": the table (and any figure files) as
 #: WeightWatcher's, to 1e-6; "refused": an UnsupportedOptionError naming the option; "random": randomize's
-#: shuffles differ (WeightWatcher's are unseeded), every other column the same; "documented": irtools
-#: deliberately differs where WeightWatcher 0.7.7 fails, checked in the test named.
+#: shuffles differ (WeightWatcher's are unseeded), every other column the same; "vectors": the same, the
+#: eigenvector columns as `check_vector_columns` says; "documented": irtools deliberately differs where
+#: WeightWatcher 0.7.7 fails, checked in the test named.
 ANALYZE_CASES = {
     "layers": [("same", {"layers": [1, 3]}), ("same", {"layers": ["conv2d"]})],
     "min_evals": [("same", {"min_evals": 30}), ("same", {"min_evals": 0}), ("refused", {"min_evals": "8"})],
@@ -151,7 +152,9 @@ ANALYZE_CASES = {
     "fft": [("refused", {"fft": True})],
     "deltas": [("same", {"deltas": True}), ("refused", {"deltas": True, "plot": True, "savefig": TMP})],
     "intra": [("refused", {"intra": True})],
-    "vectors": [("refused", {"vectors": True})],
+    "vectors": [("vectors", {"vectors": True}), ("vectors", {"vectors": True, "pool": False}),
+                ("vectors", {"vectors": True, "base_model": OTHER, "conv2d_norm": False}),
+                ("refused", {"vectors": True, "plot": True, "savefig": TMP})],
     "channels": [("refused", {"channels": "first"})],
     "stacked": [("refused", {"stacked": True})],
     "fix_fingers": [("same", {"fix_fingers": "clip_xmax"}),
@@ -201,6 +204,36 @@ DESCRIBE_CASES = {
 }
 RANDOM_COLUMNS = {"max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "num_traps", "rand_num_spikes",
                   "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale", "rand_bulk_max", "rand_bulk_min"}
+
+
+VECTOR_COLUMNS = {f"{part}_{stat}_{name}" for part in ("bulk", "tail") for stat in ("mean", "var")
+                  for name in ("vec_entropy", "loc_ratio", "part_ratio")}
+
+
+def check_vector_columns(ours: pd.DataFrame, theirs: pd.DataFrame, model, base=None) -> None:
+    """vectors=True: per row, irtools' 12 columns split the eigenvectors at the fit's tail (its num_pl_spikes
+    largest eigenvalues). WeightWatcher's are either the same, or those of a tail one shorter: it compares
+    eigenvalues it solves again (with `eig`) with the fit's xmin, so the eigenvector of xmin itself falls on
+    either side by rounding. Each row of WeightWatcher's is one of the two; most here are the first."""
+    from irtools.compat._ww_vectors import vector_columns
+
+    columns, same = sorted(VECTOR_COLUMNS), 0
+    for (_, mine), (_, ref) in zip(ours.iterrows(), theirs.iterrows()):
+        module = dict(model.named_modules())[ref.longname]
+        w = module.weight.detach().double().numpy()
+        if base is not None:
+            w = w - dict(base.named_modules())[ref.longname].weight.detach().double().numpy()
+        mats = [w] if w.ndim == 2 else [w[:, :, i, j] for i in range(w.shape[2]) for j in range(w.shape[3])]
+        if "slice_id" in ref:
+            mats = [mats[int(ref.slice_id)]]
+        expected = np.array([ref[c] for c in columns], dtype=float)
+        got = np.array([mine[c] for c in columns], dtype=float)
+        if np.allclose(got, expected, rtol=1e-6, atol=1e-9):
+            same += 1
+            continue
+        shorter = vector_columns(mats, int(ref.num_pl_spikes) - 1)
+        np.testing.assert_allclose([shorter[c] for c in columns], expected, rtol=1e-6, atol=1e-9, err_msg=ref.name)
+    assert same >= len(theirs) / 3
 
 
 def _keywords(method) -> set[str]:
@@ -272,10 +305,13 @@ def test_each_weightwatcher_option_matches_or_is_refused(walk, tmp_path, method,
         try:
             if method == "describe":
                 pd.testing.assert_frame_equal(ours, theirs)
-            elif kind == "random":
+            elif kind in ("random", "vectors"):
                 assert list(ours.columns) == list(theirs.columns)
-                keep = [c for c in theirs.columns if c not in RANDOM_COLUMNS]
+                skip = RANDOM_COLUMNS if kind == "random" else VECTOR_COLUMNS
+                keep = [c for c in theirs.columns if c not in skip]
                 assert_same_table(ours[keep], theirs[keep], differ=_sigma_cells(theirs))
+                if kind == "vectors":
+                    check_vector_columns(ours, theirs, model, other if "base_model" in options else None)
             else:
                 assert_same_table(ours, theirs, differ=_sigma_cells(theirs))
         except AssertionError as failed:

@@ -34,7 +34,7 @@ WW_DESCRIBE_KEYWORDS = (
 #: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted): sparsify
 #: matters only with intra=True, and svd_method 'fast' and 'accurate' are the same exact eigenvalues here.
 UNSUPPORTED = {
-    "conv2d_fft": (False,), "fft": (False,), "intra": (False,), "vectors": (False,), "channels": (None,),
+    "conv2d_fft": (False,), "fft": (False,), "intra": (False,), "channels": (None,),
     "stacked": (False,), "fit": ("PL", "power_law"), "sparsify": (True, False), "svd_method": ("fast", "accurate"),
 }
 #: Where WeightWatcher 0.7.7 itself gives no result for an unsupported value (seen on a small torch model).
@@ -47,8 +47,9 @@ UNSUPPORTED_WHY = {
 DESCRIBE_UNSUPPORTED = ("conv2d_fft", "fft", "intra", "channels", "stacked")
 #: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
 #: peft= (LoRA B·A rows), detX= and its alias ERG= (the detX columns), deltas= (WeightWatcher's level-spacing
-#: figures: nothing without plot=True, refused with it), inverse= (the ESD of 1 / λ).
-ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas", "inverse")
+#: figures: nothing without plot=True, refused with it), inverse= (the ESD of 1 / λ), vectors= (eigenvector
+#: localization columns).
+ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas", "inverse", "vectors")
 #: WeightWatcher's `peft` values that keep the base layers (every other true value analyses only B·A).
 PEFT_WITH_BASE = "with_base"
 DISTANCE_METHODS = ("raw", "euclidean", "cka")

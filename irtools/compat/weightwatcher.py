@@ -17,9 +17,10 @@ per layer matched as WeightWatcher's delta iterator matches them), peft= (True /
 the LoRA B·A rows only, unscaled as WeightWatcher forms them, r eigenvalues each; "with_base": every layer and
 W + B·A too; describe(peft=...) lists the same rows), detX=True or its alias ERG=True (detX_num, num_ERG_spikes,
 ERG_gap, detX_val, detX_val_unrescaled), inverse=True (the ESD of 1 / λ per matrix: dense layers and conv
-slices, not pooled convs) and `distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
+slices, not pooled convs), vectors=True (the 12 eigenvector localization columns, `_ww_vectors`) and
+`distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
 because WeightWatcher ignores them too: deltas=True without plot=True, sparsify (intra only), svd_method
-'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra, vectors,
+'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra,
 channels, stacked, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
 peft= with pool=False. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every keyword WeightWatcher 0.7.7
 takes; a test walks its signatures against them. An option's message names the option and shows its value
@@ -30,13 +31,14 @@ degenerate power-law fit is NaN with status "failed" and a warning saying why, n
 are analysed as k pooled (out, in) slices (WeightWatcher mis-reads their 3-D kernels); weights keep
 their stored precision (WeightWatcher casts to float32); `WeightWatcher(model=m).analyze(base_model=b)`
 analyses m - b (WeightWatcher 0.7.7 drops a base_model given to analyze() or describe() unless model= is
-given there too, and analyses m alone).
+given there too, and analyses m alone); vectors=True puts the eigenvector of the fit's xmin in the tail
+(WeightWatcher's lands on either side by rounding).
 
 The class is here; its parts live beside it, and every name they define is importable from here too:
 `_ww_options` (which options are implemented or refused, and the messages), `_ww_layers` (WeightWatcher's layer
 iterators, `layers=` filter and size limits), `_ww_tables` (the details records and the table layout), `_ww_peft`
-(peft=), `_ww_base` (base_model= and distances), `_ww_detx` (detX=), `_ww_inverse` (inverse=), `_ww_plots`
-(plot=True) and `svd_edit` (SVDSmoothing, SVDSharpness).
+(peft=), `_ww_base` (base_model= and distances), `_ww_detx` (detX=), `_ww_inverse` (inverse=), `_ww_vectors`
+(vectors=), `_ww_plots` (plot=True) and `svd_edit` (SVDSmoothing, SVDSharpness).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from irtools.compat._ww_peft import _lora_product, _low_rank, _top_singular_diag
 from irtools.compat._ww_tables import (
     MP_COLUMNS, SUMMARY_METRICS, _base_row, _slice_ranks, details_row, frame, mp_columns, option_columns, pooled_esd,
     randomized, summary_of)
+from irtools.compat._ww_vectors import vector_columns
 from irtools.errors import IrtoolsError
 from irtools.frontends.weights_file import StoredArray
 from irtools.passes.spectral.metrics import DEGENERATE
@@ -129,6 +132,10 @@ class WeightWatcher:
         inverse = bool_option("analyze", "inverse", options.pop("inverse", False))
         if inverse and (randomize or peft):
             raise _refuse("analyze", f"inverse=True with {'randomize=True' if randomize else 'peft='} is not supported")
+        vectors = bool_option("analyze", "vectors", options.pop("vectors", False))
+        if vectors and (plot or peft or inverse):
+            other = "plot=True (its vector figures)" if plot else "peft=" if peft else "inverse=True"
+            raise _refuse("analyze", f"vectors=True with {other} is not supported")
         opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
@@ -180,6 +187,8 @@ class WeightWatcher:
                 sv = np.sqrt(np.maximum(evals, 0.0))
                 tol = float(sv.max()) * wl.N * np.finfo(np.float64).eps
                 record["rank_loss"] = int(sv.size - np.count_nonzero(sv > tol))
+            if vectors:
+                record.update(vector_columns(part.matrices(), record["num_pl_spikes"]))
             if detx:
                 record.update(detx_columns(evals, record.get("num_pl_spikes")))
             rand = None
