@@ -1,15 +1,17 @@
 """Peak memory of dequantizing one large quantized matrix: whole-tensor arithmetic vs the bands of rows
 irtools.ir.quant writes now, side by side in one run, each in a fresh process.
 
-Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/dequant_memory.py [--size 8192] [--formats gptq,mlx,nf4]
+Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/dequant_memory.py [--size 8192] [--formats gptq,mlx,nf4,gguf]
 
 For each format, a SIZE x SIZE weight's stored tensors (random packed codes, float16 scales; GPTQ int4 group
-128 with act-order g_idx, MLX affine int4 group 64, bitsandbytes NF4 block 64 stored as bf16) are built in a
-child process, its peak resident memory reset (/proc/self/clear_refs 5) with the inputs resident, and the
+128 with act-order g_idx, MLX affine int4 group 64, bitsandbytes NF4 block 64 stored as bf16; a GGUF file of one
+Q4_0 tensor, random codes and f16 scales) are built in a child process, its peak resident memory reset (/proc/self/clear_refs 5) with the inputs resident, and the
 matrix dequantized once by
   - "whole": the arithmetic as irtools had it before the bands (one full-size temporary a step: the unpacked
     codes as int32, the gathered scales, the differences, the products), copied below;
   - "bands": irtools.ir.quant as it is (one output array written a band of about quant.CHUNK_BYTES at a time).
+For GGUF, "whole" is gguf's own `gguf.quants.dequantize` of the memory-mapped tensor and "bands" irtools'
+reader (`frontends/formats/gguf_file.py`: bands of rows read from the file and dequantized by gguf).
 Printed per format: the output's size, each variant's peak above the inputs (VmHWM - VmRSS before, MB), the
 peak over the output's size, the wall time, and whether both outputs are the same bits (sha256).
 """
@@ -90,7 +92,43 @@ def inputs(fmt: str, size: int):
         n = size * size
         return (rng.integers(0, 256, n // 2, dtype=np.uint8), rng.uniform(0.1, 1, n // 64).astype(np.float32),
                 np.sort(rng.uniform(-1, 1, 16)).astype(np.float32), 64, (size, size), ml_dtypes.bfloat16)
+    if fmt == "gguf":
+        import tempfile
+
+        import gguf
+
+        block, tsize = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_0]
+        raw = rng.integers(0, 256, (size, size // block, tsize), dtype=np.uint8)
+        raw[..., :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)  # finite scales
+        path = os.path.join(tempfile.mkdtemp(), f"q4_0-{size}.gguf")
+        w = gguf.GGUFWriter(path, "llama")
+        w.add_tensor("blk.0.attn_q.weight", raw.reshape(size, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return (path,)
     raise SystemExit(f"unknown format {fmt}")
+
+
+def whole_gguf(path):
+    import gguf
+
+    tensor = gguf.GGUFReader(path).tensors[0]  # its data a view of gguf's memory map of the file
+    return gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+
+
+def bands_gguf(path):
+    from irtools.frontends.formats import gguf_file
+
+    return gguf_file.read(path)["model.layers.0.self_attn.q_proj.weight"].load()
+
+
+def _cleanup(fmt: str, args) -> None:
+    if fmt == "gguf":  # the GGUF file's folder
+        import shutil
+
+        shutil.rmtree(os.path.dirname(args[0]), ignore_errors=True)
 
 
 def _status(key: str) -> float:
@@ -105,10 +143,13 @@ def child(fmt: str, variant: str, size: int) -> None:
     from irtools.ir import quant
 
     fn = {("gptq", "whole"): whole_gptq, ("mlx", "whole"): whole_mlx, ("nf4", "whole"): whole_nf4,
-          ("gptq", "bands"): quant.gptq, ("mlx", "bands"): quant.mlx_affine, ("nf4", "bands"): quant.bnb_4bit}[
+          ("gptq", "bands"): quant.gptq, ("mlx", "bands"): quant.mlx_affine, ("nf4", "bands"): quant.bnb_4bit,
+          ("gguf", "whole"): whole_gguf, ("gguf", "bands"): bands_gguf}[
         (fmt, variant)]
+    warm = inputs(fmt, 256)
+    fn(*warm)  # warm: first-call imports and allocator pools out of the measurement
+    _cleanup(fmt, warm)
     args = inputs(fmt, size)
-    fn(*inputs(fmt, 256))  # warm: first-call imports and allocator pools out of the measurement
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # VmHWM := VmRSS
     before = _status("VmRSS:")
@@ -117,6 +158,7 @@ def child(fmt: str, variant: str, size: int) -> None:
     wall = time.perf_counter() - t
     peak = _status("VmHWM:")
     digest = hashlib.sha256(np.ascontiguousarray(out).view(np.uint8).reshape(-1)).hexdigest()
+    _cleanup(fmt, args)
     print(json.dumps({"peak_mb": peak - before, "wall_s": wall, "out_mb": out.nbytes / 2**20, "sha": digest,
                       "dtype": str(out.dtype), "shape": list(out.shape)}))
 
@@ -124,7 +166,7 @@ def child(fmt: str, variant: str, size: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=8192)
-    p.add_argument("--formats", default="gptq,mlx,nf4")
+    p.add_argument("--formats", default="gptq,mlx,nf4,gguf")
     p.add_argument("--child", nargs=2, metavar=("FORMAT", "VARIANT"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:

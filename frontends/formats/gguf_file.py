@@ -5,9 +5,12 @@ their Hugging Face names back.
 
 The header is parsed here first, every count and length checked against the bytes left in the
 file before anything is built (gguf's own reader would size arrays from the counts a file
-declares: a metadata array of 2^40 entries, a tensor past the end). Tensors are memory-mapped
-and dequantized one at a time, in bands of rows, into one float32 array: the full tensor is
-the only large allocation (gguf's whole-tensor call holds a second copy while it joins rows).
+declares: a metadata array of 2^40 entries, a tensor past the end). Tensors are read and
+dequantized one at a time, in bands of rows, into one float32 array: the full tensor is the
+only large allocation (gguf's whole-tensor call holds a second copy while it joins rows, and a
+memory map of the tensor would keep its pages resident). Big-endian files (gguf's writer with
+GGUFEndian.BIG, llama.cpp's s390x files) are read in their byte order: the plain types and the
+block types gguf's own gguf_convert_endian.py converts; another block type is skipped by name.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ _MAX_NESTING = 3
 _SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4), 6: ("f", 4),
             7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
 _STRING, _ARRAY = 8, 9
-#: Rows dequantized per call into the output (bounds gguf's temporaries to a band of rows).
-_BAND_BYTES = 16 << 20
+#: Bytes of float32 output dequantized per call (gguf's temporaries are a few times its band's output: with
+#: bands of 16 MB of input, a Q4_0 matrix peaked 115 MB above its output; with 4 MB of output, about 15).
+_BAND_BYTES = 4 << 20
 
 
 def looks_like(head: bytes) -> bool:
@@ -480,20 +484,28 @@ def _loader(gguf, start: int, t: dict, path: str, part: int | None = None):
         shape = shape[1:]
     rows = math.prod(shape[:-1])
 
-    def load() -> np.ndarray:  # the tensor's own bytes mapped and unmapped again (no file pages stay resident)
+    def load() -> np.ndarray:
+        """Read and dequantized a band of rows at a time into one output: the band's bytes are the only
+        other memory (a memory map would keep every page of the tensor resident until it is closed)."""
         if not nbytes:
             return np.zeros(shape, np.float32)
-        raw = np.memmap(path, np.uint8, mode="r", offset=offset, shape=(nbytes,)).view(np.ndarray)
-        if qtype.name in _PLAIN:
-            stored = np.dtype(_PLAIN[qtype.name]).newbyteorder(t["order"])
-            plain = raw.view(stored).reshape(shape)
-            return plain.astype(np.float32 if qtype.name == "F16" else stored.newbyteorder("="))
-        out = np.empty((rows, shape[-1]), np.float32)
-        raw = raw.reshape(rows, row_bytes)
-        band = max(1, _BAND_BYTES // max(row_bytes, 1))
-        fields = BIG_ENDIAN_FIELDS[qtype.name] if t["order"] == ">" else ()
-        for r in range(0, rows, band):
-            out[r:r + band] = gguf.quants.dequantize(_swap_fields(raw[r:r + band], type_size, fields), qtype)
+        plain = qtype.name in _PLAIN
+        stored = np.dtype(_PLAIN[qtype.name]).newbyteorder(t["order"]) if plain else None
+        out = np.empty((rows, shape[-1]), np.float32 if not plain or qtype.name == "F16" else
+                       stored.newbyteorder("="))
+        band = max(1, _BAND_BYTES // max(shape[-1] * 4, 1))
+        fields = BIG_ENDIAN_FIELDS[qtype.name] if t["order"] == ">" and not plain else ()
+        with open(path, "rb") as fh:
+            for r in range(0, rows, band):
+                n = min(band, rows - r)
+                fh.seek(offset + r * row_bytes)
+                raw = np.fromfile(fh, np.uint8, n * row_bytes)
+                if raw.size != n * row_bytes:
+                    raise ModelLoadError(f"tensor '{printable(t['name'])}' ends past the end of the file (the file "
+                                         "changed after it was opened?)", path)
+                raw = raw.reshape(n, row_bytes)
+                out[r:r + n] = raw.view(stored) if plain else \
+                    gguf.quants.dequantize(_swap_fields(raw, type_size, fields), qtype)
         return out.reshape(shape)
 
     return load
