@@ -316,7 +316,8 @@ def spectral_on_cluster(source, scheduler=None, *, client=None, retries: int | N
     if client is None:
         if scheduler is None:
             raise IrtoolsError("give a scheduler address (or a distributed.Client)")
-        own = client = _connect(distributed, os.fspath(scheduler))
+        with quiet_dask(bool(debug)):
+            own = client = _connect(distributed, os.fspath(scheduler))
     try:
         with quiet_dask(bool(debug)):
             rows, notes, spent = _run_layers(client, todo, options, retries, progress, resume, bool(debug),
@@ -497,7 +498,8 @@ def analyze_on_cluster(source, options=None, scheduler=None, *,
         from irtools.frontends import require
 
         distributed = require("distributed", missing="Dask is not installed: pip install 'irtools[dask]'")
-        own = _connect(distributed, os.fspath(scheduler))
+        with quiet_dask(cli_debug()):
+            own = _connect(distributed, os.fspath(scheduler))
         try:
             return analyze_on_cluster(opened, opts, own, progress=progress)
         finally:
