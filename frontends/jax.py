@@ -52,7 +52,7 @@ from irtools.frontends._fingerprint import FP_BASE, FP_LIMIT, fingerprint_occurr
 from irtools.frontends._onnx_edit import rewrite, set_metadata, view_nodes
 from irtools.errors import IrtoolsError
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
-                                   default_unread_layout)
+                                   default_unread_layout, unread_note)
 
 __all__ = ["FlaxSource", "flax_source", "from_flax", "is_flax_source", "load_flax", "load_flax_reference"]
 
@@ -736,4 +736,5 @@ def open_flax(obj, name: str, options):
     proto = from_flax(source, input_shapes=options.input_shapes, opset=options.opset)
     model = load(proto)
     model.path = name
-    return OpenedSource(name, "flax", model=model, proto=proto, reference=lambda feeds: source(*feeds.values()))
+    return OpenedSource(name, "flax", model=model, proto=proto, reference=lambda feeds: source(*feeds.values()),
+                        notes=unread_note(model.unread_parameters))

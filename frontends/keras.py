@@ -53,7 +53,7 @@ from onnx import helper, numpy_helper
 
 from irtools.errors import IrtoolsError, ModelLoadError, printable
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
-                                   default_unread_layout)
+                                   default_unread_layout, unread_note)
 
 # The fingerprint codec and the ONNX edits live in modules of their own (shared with frontends.jax);
 # the private names below are aliases kept for callers not yet moved (frontends.torch: _rename_values).
@@ -740,7 +740,8 @@ def open_keras_model(model, name: str, options, kind: str = "keras-model"):
         out = model(*feeds.values(), training=False)
         return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
-    return OpenedSource(name, kind, model=ir_model, proto=proto, reference=reference)
+    return OpenedSource(name, kind, model=ir_model, proto=proto, reference=reference,
+                        notes=unread_note(ir_model.unread_parameters))
 
 
 def open_keras_file(path: str, name: str, options):

@@ -27,7 +27,8 @@ import onnx
 
 from irtools.frontends import require
 from irtools.errors import IrtoolsError
-from irtools.ir.parameters import DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout
+from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
+                                   unread_note)
 
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 #: Model metadata key: {state_dict name: parameter name} for tied weights (one tensor, several names).
@@ -466,7 +467,8 @@ def open_torch_module(obj, name: str, options, kind: str = "torch-module"):
         out = [out] if isinstance(out, torch.Tensor) else list(out)
         return [o.detach().numpy() for o in out]
 
-    return OpenedSource(name, kind, model=model, proto=proto, reference=reference)
+    return OpenedSource(name, kind, model=model, proto=proto, reference=reference,
+                        notes=unread_note(model.unread_parameters))
 
 
 def open_saved_program(path: str, name: str, options):

@@ -48,6 +48,12 @@ def _dense_evals(w: np.ndarray) -> np.ndarray:
     return np.sort(np.linalg.eigvalsh(gram))
 
 
+def _assert_one_note(analysis, count: int) -> None:
+    """The user is told once what was done with the unread weights."""
+    (note,) = [n for n in analysis.notes if UNREAD_REASON in n]
+    assert note.startswith(f"{count} parameter(s) {UNREAD_REASON}"), note
+
+
 def _reuse_by_name(analysis) -> dict[str, dict]:
     return {p["name"]: p for p in analysis.reuse["parameters"]}
 
@@ -159,6 +165,7 @@ def test_torch_reuse_lists_unread_weights_with_zero_contexts(torch_nets, torch_s
     full, skip = torch_nets
     unread = {k for k in skip.state_dict() if k.split(".")[0] in ("conv_b", "pooler", "lm_head", "out_embed", "lstm")}
     _assert_zero_contexts(torch_skip_analysis, unread)
+    _assert_one_note(torch_skip_analysis, len(unread))
 
     class Lean(torch.nn.Module):  # the same forward pass without the unread modules
         def __init__(self):
@@ -328,6 +335,7 @@ def test_keras_unread_weights_are_analysed_not_refused(keras_nets):
         np.testing.assert_allclose(got.eigenvalues[names.index(layer)], _dense_evals(w.numpy()), rtol=1e-5, atol=1e-8)
     unread = {w.path for layer in (skip.conv_b, skip.pooler, skip.out_embed) for w in layer.weights}
     _assert_zero_contexts(got, unread)
+    _assert_one_note(got, len(unread))
     assert rows["net/conv_a"].get("unread") is None
 
 
@@ -389,6 +397,7 @@ def test_flax_unread_parameters_are_analysed_not_refused(nnx_skip, tmp_path):
     np.testing.assert_allclose(got.eigenvalues[names.index("pooler")], _dense_evals(np.asarray(values["pooler/kernel"])),
                                rtol=1e-5, atol=1e-8)
     _assert_zero_contexts(got, {*FLAX_UNREAD, "conv_b/bias", "pooler/bias"})
+    _assert_one_note(got, 5)
     assert rows["conv_a"].get("unread") is None
 
 

@@ -303,6 +303,16 @@ def unread_layouts(metadata: dict, path: str | None = None) -> dict[str, UnreadL
     return out
 
 
+def unread_note(unread) -> list[str]:
+    """The one note for a model with parameters the forward pass never reads (`IRModel.unread_parameters`),
+    or none: what was done with them, so that neither family's treatment surprises."""
+    if not unread:
+        return []
+    names = list(unread)
+    return [f"{len(names)} parameter(s) {UNREAD_REASON} (e.g. '{names[0]}'): analysed like the others (spectral "
+            "rows marked unread), zero contexts for the reuse family"]
+
+
 def default_unread_layout(name: str, shape: tuple[int, ...], layer: str) -> UnreadLayout | None:
     """The layout of an unread tensor whose framework said nothing more: a 2-D tensor is a matrix
     (an embedding when its name says so), as the `weights` pass reads a 2-D parameter no rule claims;
