@@ -414,3 +414,30 @@ def test_failing_tasks_and_a_dying_worker_leave_stderr_to_irtools(zoo, tmp_path,
         assert err.strip() == "", err
     else:
         assert "Compute Failed" in err and "boom in a tensor task" in err, err
+
+
+def test_progress_of_a_split_model_shows_its_tensors_rate_and_eta(monkeypatch):
+    """A split model's tensors on stderr without a terminal: a line at the first row, then at most one per
+    TENSOR_EVERY seconds, and at the last; the status line (a terminal's) carries them until the model ends."""
+    import io
+
+    from irtools.audit import progress as prog
+
+    clock = [1000.0]
+    monkeypatch.setattr(prog.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    p = prog.AuditProgress(3, stream=stream)
+    p.tensors("big\x1b]52;c;x\x07.safetensors", 1, 10)  # the name is escaped, never raw
+    for done in range(2, 10):
+        clock[0] += 5.0
+        p.tensors("big\x1b]52;c;x\x07.safetensors", done, 10)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "\x1b" not in stream.getvalue()
+    assert lines[0].startswith("audit: big\\x1b]52;c;x\\x07.safetensors: 1/10 tensors, ")
+    assert lines[1].split(": ", 2)[2] == "7/10 tensors, 0.2/s, ETA 0:15"  # 6 more rows in 30 s; 3 left
+    assert "; big" in p.line() and "9/10 tensors" in p.line()
+    clock[0] += 5.0
+    p.tensors("big\x1b]52;c;x\x07.safetensors", 10, 10)
+    assert stream.getvalue().splitlines()[-1].endswith("10/10 tensors, 0.2/s, ETA 0:00")
+    p.finished({"source": "big\x1b]52;c;x\x07.safetensors", "status": "ok"}, 0)
+    assert "tensors" not in p.line()

@@ -34,7 +34,7 @@ class AuditProgress:
         self.stream = stream or sys.stderr
         self.start = time.monotonic()
         self._live = None
-        self._split: dict[str, list] = {}  # source -> [done, total, first seen, last line printed]
+        self._split: dict[str, list] = {}  # source -> [done, total, first seen, last line printed, done then]
 
     # -- numbers ------------------------------------------------------------------------
     def rate(self) -> float:
@@ -56,9 +56,9 @@ class AuditProgress:
 
     def tensor_line(self, source: str) -> str:
         """A split model's tensors: done of total, rate, ETA."""
-        done, total, first, _ = self._split[source]
+        done, total, first, _, before = self._split[source]
         elapsed = time.monotonic() - first
-        rate = done / elapsed if elapsed > 0 and done else 0.0
+        rate = (done - before) / elapsed if elapsed > 0 and done > before else 0.0  # rows kept earlier: not this run's
         eta = (total - done) / rate if rate > 0 else None
         return (f"{printable(source)}: {done}/{total} tensors, {rate:.3g}/s, "
                 f"ETA {_duration(eta) if eta is not None else '?'}")
@@ -66,7 +66,7 @@ class AuditProgress:
     def tensors(self, source: str, done: int, total: int) -> None:
         """A split model's tensor rows arrived (`done` of `total`)."""
         now = time.monotonic()
-        entry = self._split.setdefault(source, [0, total, now, None])
+        entry = self._split.setdefault(source, [0, total, now, None, done])
         entry[0], entry[1] = done, total
         if self._live is not None:
             self._live.update(self.line())
