@@ -229,12 +229,16 @@ def analyze(model: str, fmt: str, output: str | None, debug: bool, scheduler: st
     from irtools.analysis import analyze as run_analysis
 
     opts = options.AnalysisOptions.from_cli(params)  # a bad --metrics fails before any work
+    if output is not None and not files.means_stdout(output):  # an output that may not be written: before the work
+        files.check_output_path(output, [model] + ([opts.base] if opts.base is not None else []))
     if opts.base is not None:
         if scheduler is not None:
             raise IrtoolsError("--base and --scheduler: a comparison with a base runs in one process")
         if opts.explicit_metrics and "spectral" not in opts.families:
             raise IrtoolsError("--base compares weights (spectral metrics of W - W_base and distances): "
                                "--metrics must include spectral")
+        if _same_path(model, opts.base):
+            raise IrtoolsError("--base names the model itself: every W - W_base would be zero", opts.base)
         from irtools.finetune import compare
 
         with _progress() as progress:
@@ -262,6 +266,15 @@ def analyze(model: str, fmt: str, output: str | None, debug: bool, scheduler: st
     _emit(text, output, [model] + ([opts.base] if opts.base is not None else []))  # neither input is replaced
     if result.partial:
         sys.exit(options.EXIT_PARTIAL)
+
+
+def _same_path(a: str, b: str) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 class _progress:
@@ -292,8 +305,11 @@ class _progress:
         now = time.perf_counter()
         rate = done / max(now - self._start, 1e-9)
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, description=f"spectral {name}"[:60],
-                             rate=f"{rate:.3g} tensors/s")
+            from rich.markup import escape
+
+            # a tensor name is the model's text: escaped (control characters) and never read as rich markup
+            self._bar.update(self._task, completed=done, total=total,
+                             description=escape(printable(f"spectral {name}")[:60]), rate=f"{rate:.3g} tensors/s")
         elif now - self._last >= self.EVERY:
             self._last = now
             eta = round((total - done) / rate) if rate else 0
