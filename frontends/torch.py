@@ -33,8 +33,9 @@ from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, 
 _MISSING = "PyTorch is not installed: pip install irtools[torch]"
 #: Model metadata key: {state_dict name: parameter name} for tied weights (one tensor, several names).
 ALIASES_KEY = "irtools.parameter_aliases"
-#: Model metadata key: {state_dict name: shape} of the float tensors the forward pass never reads
-#: (a pooler the chosen output skips): the exporters leave them out of the graph.
+# The float tensors the forward pass never reads (a pooler the chosen output skips) the exporters leave
+# out of the graph: they are put back as initializers no node reads, listed under UNREAD_PARAMETERS_KEY
+# with their layouts (UNREAD_LAYOUTS_KEY, `unread_layout`), so that both families see them.
 
 
 def _torch():

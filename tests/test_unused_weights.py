@@ -456,3 +456,95 @@ def test_checkpoint_folder_with_a_head_it_never_reads(tmp_path):
     assert set(rows) == set(plain)
     for name, row in rows.items():
         _same_numbers(row, plain[name], name)
+
+
+# -- the layouts, one by one, against an ONNX graph that reads the same tensor ----------------------
+def _onnx_model(nodes, inputs, initializers, metadata=None):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (metadata or {}).items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    return proto
+
+
+def _unread_only(name, value, layout):
+    """A graph that never reads `name` (y = Relu(x)), holding it as a declared, unread parameter."""
+    from onnx import helper
+
+    return _onnx_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 4])], {name: value},
+                       {"irtools.parameters": [name], UNREAD_PARAMETERS_KEY: {name: list(value.shape)},
+                        UNREAD_LAYOUTS_KEY: {name: layout}})
+
+
+def _reader(op, weight, x_shape, **attrs):
+    from onnx import helper
+
+    return _onnx_model([helper.make_node(op, ["x", "w"], ["y"], name="layer", **attrs)], [("x", x_shape)],
+                       {"w": weight}, {"irtools.parameters": ["w"]})
+
+
+RNG = np.random.default_rng(20)
+
+
+@pytest.mark.parametrize("case", ["conv-OI-grouped", "conv-IO", "depthwise", "conv_transpose", "dense", "embedding"])
+def test_each_layout_reads_as_the_op_that_would_read_it(case):
+    """Every `kind` of `irtools.unread_layouts` gives the row the op extractor gives the same tensor
+    read by that op (Conv with groups, a Keras-layout kernel transposed to ONNX's, a depthwise kernel
+    as ONNX's grouped Conv holds it, ConvTranspose, MatMul, Gather)."""
+    from onnx import helper
+
+    if case == "conv-OI-grouped":
+        w = RNG.standard_normal((24, 6, 3, 3)).astype(np.float32)
+        unread, layout = w, {"layer": "layer", "kind": "conv", "kernel": "OI", "groups": 2}
+        read = _reader("Conv", w, [1, 12, 8, 8], group=2)
+    elif case == "conv-IO":
+        unread = RNG.standard_normal((3, 3, 12, 20)).astype(np.float32)  # Keras / Flax: (*k, in, out)
+        layout = {"layer": "layer", "kind": "conv", "kernel": "IO", "groups": 1}
+        read = _reader("Conv", unread.transpose(3, 2, 0, 1).copy(), [1, 12, 8, 8])
+    elif case == "depthwise":
+        unread = RNG.standard_normal((3, 3, 12, 2)).astype(np.float32)  # Keras: (*k, channels, multiplier)
+        layout = {"layer": "layer", "kind": "depthwise", "kernel": "IO", "groups": 12}
+        onnx_w = unread.reshape(3, 3, 24, 1).transpose(2, 3, 0, 1).copy()  # channel c, multiplier m -> c * 2 + m
+        read = _reader("Conv", onnx_w, [1, 12, 8, 8], group=12)
+    elif case == "conv_transpose":
+        unread = RNG.standard_normal((16, 10, 3, 3)).astype(np.float32)  # (in, out / groups, *k)
+        layout = {"layer": "layer", "kind": "conv_transpose", "kernel": "OI", "groups": 1}
+        read = _reader("ConvTranspose", unread, [1, 16, 5, 5])
+    elif case == "dense":
+        unread = RNG.standard_normal((24, 40)).astype(np.float32)
+        layout, read = {"layer": "layer", "kind": "dense"}, _reader("MatMul", unread, [1, 24])
+    else:
+        unread = RNG.standard_normal((50, 16)).astype(np.float32)
+        layout = {"layer": "layer", "kind": "embedding"}
+        read = _onnx_model([helper.make_node("Gather", ["w", "ids"], ["y"], name="layer")], [],
+                           {"w": unread, "ids": np.zeros((1, 3), np.int64)}, {"irtools.parameters": ["w"]})
+    got = irtools.analyze(_unread_only("layer.weight", unread, layout), metrics="spectral")
+    want = irtools.analyze(read, metrics="spectral")
+    (row,), (reference,) = got.layers, want.layers
+    assert row["name"] == "layer" and row["unread"] is True and row["parameter"] == "layer.weight"
+    assert row["layer_type"] == reference["layer_type"]
+    _same_numbers(row, reference, case)
+
+
+def test_expert_tensors_read_one_expert_a_row():
+    w = RNG.standard_normal((3, 20, 12)).astype(np.float32)
+    got = irtools.analyze(_unread_only("moe.experts.down_proj", w, {"layer": "moe.experts.down_proj",
+                                                                     "kind": "experts"}),
+                          metrics="spectral", keep_eigenvalues=True)
+    assert [r["name"] for r in got.layers] == [f"moe.experts.down_proj[{e}]" for e in range(3)]
+    assert [r["expert"] for r in got.layers] == [0, 1, 2]
+    for e, evals in enumerate(got.eigenvalues):
+        np.testing.assert_allclose(evals, _dense_evals(w[e]), rtol=1e-5, atol=1e-8)
+
+
+def test_a_tensor_of_no_matrix_rule_is_skipped_with_the_reason():
+    w = RNG.standard_normal((4, 5, 6, 7)).astype(np.float32)
+    got = irtools.analyze(_unread_only("odd", w, {"layer": "odd", "kind": "dense"}), metrics="spectral")
+    assert not got.layers
+    (skip,) = [s for s in got.skipped if s["parameter"] == "odd"]
+    assert UNREAD_REASON in skip["reason"] and "no weight-matrix rule for a 4-D tensor" in skip["reason"]
