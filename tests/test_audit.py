@@ -441,3 +441,37 @@ def test_progress_of_a_split_model_shows_its_tensors_rate_and_eta(monkeypatch):
     assert stream.getvalue().splitlines()[-1].endswith("10/10 tensors, 0.2/s, ETA 0:00")
     p.finished({"source": "big\x1b]52;c;x\x07.safetensors", "status": "ok"}, 0)
     assert "tensors" not in p.line()
+
+
+def test_an_interrupted_split_model_computes_only_its_tensors_without_a_kept_row(cluster, tmp_path, monkeypatch):
+    """The rows a split model's earlier run kept (under models/.partial/) are taken as they are: the audit
+    submits only the tensors without one (the kept ones are never written again), and its result has every
+    row, equal to `irtools.analyze`."""
+    from irtools import distributed as dist
+    from irtools.audit import runner
+    from tests.test_distributed import sharded_checkpoint
+
+    (tmp_path / "big").mkdir()
+    big = sharded_checkpoint(tmp_path / "big")
+    out = str(tmp_path / "audit")
+    models, _ = runner.plan([big], out, AuditOptions())
+    partial = runner._partial_dir(models[0])
+    spectral = {k: v for k, v in AuditOptions().spectral_options().items() if k not in ("backend", "randomize")}
+    dist.spectral_on_cluster(big, cluster, resume=partial, **spectral)  # what the interrupted run kept...
+    files = sorted(os.listdir(partial))
+    assert len(files) == 6
+    for name in (files[0], files[3]):  # ...but for two rows
+        os.remove(os.path.join(partial, name))
+    written = []
+    keep = dist._keep_row
+    monkeypatch.setattr(dist, "_keep_row", lambda folder, digest, k, *rest: (written.append(k),
+                                                                             keep(folder, digest, k, *rest)))
+    result = run_audit([big], out, client=cluster, quiet=True, split_over=100_000)
+    assert sorted(written) == [0, 3]
+    assert result.summary["status"][0] == "ok" and result.summary["worker"][0] == "split: 6 tasks"
+    alone = irtools.analyze(big)
+    mine = result.layers.to_dict(orient="records")
+    assert [r["name"] for r in mine] == [r["name"] for r in alone.layers]
+    for got, want in zip(mine, alone.layers, strict=True):
+        assert all(same(want[c], None if got[c] is pd.NA else got[c]) for c in alone.columns)
+    assert not os.path.exists(partial)
