@@ -350,8 +350,8 @@ def test_a_big_endian_gguf_gives_the_same_rows_as_the_little_endian_one(tmp_path
 
 def test_a_big_endian_type_with_no_defined_byte_order_is_skipped_by_name(tmp_path):
     """gguf's writer with GGUFEndian.BIG swaps plain arrays itself; a Q4_1 tensor (a type gguf's converter
-    does not define big-endian) is skipped with its type named, the F32 and F16 tensors read as in the
-    little-endian file."""
+    does not define big-endian) is skipped with its type named, the F32, F16, F64 and I16 tensors read as
+    in the little-endian file."""
     x = RNG.standard_normal((16, 64)).astype(np.float32)
     paths = {}
     for order in (gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG):
@@ -361,6 +361,8 @@ def test_a_big_endian_type_with_no_defined_byte_order_is_skipped_by_name(tmp_pat
         w.add_tensor("blk.0.attn_q.weight", x)
         w.add_tensor("blk.0.attn_k.weight", x.astype(np.float16))
         w.add_tensor("blk.0.attn_v.weight", gguf.quants.quantize(x, Q.Q4_1), raw_dtype=Q.Q4_1)
+        w.add_tensor("blk.0.ffn_up.weight", x.astype(np.float64))
+        w.add_tensor("blk.0.ffn_gate.weight", (x * 1000).astype(np.int16))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -370,12 +372,15 @@ def test_a_big_endian_type_with_no_defined_byte_order_is_skipped_by_name(tmp_pat
     assert not a.skipped and "model.layers.0.self_attn.v_proj.weight" in a
     assert [s["name"] for s in b.skipped] == ["model.layers.0.self_attn.v_proj.weight"]
     assert "Q4_1 in a big-endian file" in b.skipped[0]["reason"] and "\n" not in b.skipped[0]["reason"]
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                 "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.gate_proj.weight"):
         np.testing.assert_array_equal(b[name].load(), a[name].load())
+        assert b[name].load().dtype == a[name].load().dtype and b[name].load().dtype.isnative
+    np.testing.assert_array_equal(b["model.layers.0.mlp.gate_proj.weight"].load(), (x * 1000).astype(np.int16))
     np.testing.assert_array_equal(b["model.layers.0.self_attn.q_proj.weight"].load(), x)
     opened = open_source(paths["BIG"])
-    assert [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.v_proj"] or \
-        [s["name"] for s in opened.skipped] == ["model.layers.0.self_attn.v_proj.weight"]
+    assert [s["name"] for s in opened.skipped if "Q4_1" in s["reason"]] in (["model.layers.0.self_attn.v_proj"],
+                                                                           ["model.layers.0.self_attn.v_proj.weight"])
 
 
 # -- names of fused and expert tensors, with and without transformers -----------------------------------------
