@@ -1,12 +1,13 @@
 """Peak memory of dequantizing one large quantized matrix: whole-tensor arithmetic vs the bands of rows
 irtools.ir.quant writes now, side by side in one run, each in a fresh process.
 
-Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/dequant_memory.py [--size 8192] [--formats gptq,mlx,nf4,gguf]
+Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/dequant_memory.py [--size 8192]
+     [--formats gptq,mlx,nf4,gguf]
 
 For each format, a SIZE x SIZE weight's stored tensors (random packed codes, float16 scales; GPTQ int4 group
 128 with act-order g_idx, MLX affine int4 group 64, bitsandbytes NF4 block 64 stored as bf16; a GGUF file of one
-Q4_0 tensor, random codes and f16 scales) are built in a child process, its peak resident memory reset (/proc/self/clear_refs 5) with the inputs resident, and the
-matrix dequantized once by
+Q4_0 tensor, random codes and f16 scales) are built in a child process, its peak resident memory reset
+(/proc/self/clear_refs 5) with the inputs resident, and the matrix dequantized once by
   - "whole": the arithmetic as irtools had it before the bands (one full-size temporary a step: the unpacked
     codes as int32, the gathered scales, the differences, the products), copied below;
   - "bands": irtools.ir.quant as it is (one output array written a band of about quant.CHUNK_BYTES at a time).
@@ -84,7 +85,8 @@ def inputs(fmt: str, size: int):
                 rng.permutation(np.arange(size) // group).astype(np.int32), 4, group)
     if fmt == "mlx":
         group = 64
-        return (words(size, size // 8).view(np.uint32), rng.uniform(0.01, 0.1, (size, size // group)).astype(np.float16),
+        return (words(size, size // 8).view(np.uint32),
+                rng.uniform(0.01, 0.1, (size, size // group)).astype(np.float16),
                 rng.uniform(-0.1, 0.1, (size, size // group)).astype(np.float16), 4, group)
     if fmt == "nf4":
         import ml_dtypes

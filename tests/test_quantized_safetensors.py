@@ -288,12 +288,19 @@ def test_compressed_tensors_pack_quantized_equals_its_decompress(tmp_path, bits,
 
 # -- bands: every dequantization writes its output a band of rows at a time ------------------------------------
 def _band_cases():
+    import ml_dtypes
+
     from irtools.ir import quant
 
-    words = lambda *shape: RNG.integers(-2**31, 2**31 - 1, shape, dtype=np.int64).astype(np.int32)  # noqa: E731
-    f16 = lambda *shape: RNG.uniform(0.01, 0.1, shape).astype(np.float16)  # noqa: E731
-    bf16 = lambda *shape: RNG.uniform(0.01, 0.1, shape).astype(np.float32).astype(  # noqa: E731
-        __import__("ml_dtypes").bfloat16)
+    def words(*shape):
+        return RNG.integers(-2**31, 2**31 - 1, shape, dtype=np.int64).astype(np.int32)
+
+    def f16(*shape):
+        return RNG.uniform(0.01, 0.1, shape).astype(np.float16)
+
+    def bf16(*shape):
+        return RNG.uniform(0.01, 0.1, shape).astype(np.float32).astype(ml_dtypes.bfloat16)
+
     codes4 = RNG.integers(0, 256, (7 * 64 + 5) * 40 // 2 + 3, dtype=np.uint8)
     return {  # name: (function of no arguments, rows of its output's banded axis, bytes of one band row)
         "gptq": (lambda: quant.gptq(words(7, 24), words(7, 3), f16(7, 24), RNG.permutation(np.arange(56) % 7), 4, 8),
@@ -314,9 +321,9 @@ def _band_cases():
         "int8": (lambda: quant.int8_rowwise(RNG.integers(-127, 128, (45, 33), dtype=np.int8),
                                             RNG.uniform(0.1, 3, 45).astype(np.float32)), 45, 33 * 4, 1),
         "fp8 per-tensor": (lambda: quant.fp8_blocks(RNG.standard_normal((45, 33)).astype(
-            __import__("ml_dtypes").float8_e4m3fn), np.float32(0.3)), 45, 33 * 4, 1),
+            ml_dtypes.float8_e4m3fn), np.float32(0.3)), 45, 33 * 4, 1),
         "fp8 blocks": (lambda: quant.fp8_blocks(RNG.standard_normal((2, 45, 33)).astype(
-            __import__("ml_dtypes").float8_e4m3fn), RNG.uniform(0.1, 1, (2, 3, 3)).astype(np.float32), (16, 16)),
+            ml_dtypes.float8_e4m3fn), RNG.uniform(0.1, 1, (2, 3, 3)).astype(np.float32), (16, 16)),
             16, 33 * 4, 1),
         "mxfp4": (lambda: quant.mxfp4(RNG.integers(0, 256, (3, 13, 2, 16), dtype=np.uint8),
                                       RNG.integers(120, 134, (3, 13, 2), dtype=np.uint8)), 3 * 13 * 2, 32 * 4, 1),
