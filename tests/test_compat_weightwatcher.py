@@ -257,7 +257,7 @@ def test_degenerate_layers_are_failed_fits_not_numbers(tmp_path):
 
 def test_unsupported_options_are_refused_by_name(net):
     watcher = ww.WeightWatcher(model=net)
-    for option, value in (("stacked", True), ("fit", "TPL"), ("xmax", "force"), ("fix_fingers", "xmin_fit"),
+    for option, value in (("conv2d_fft", True), ("fit", "TPL"), ("xmax", "force"), ("fix_fingers", "xmin_fit"),
                           ("pl_package", "powerlaw"), ("intra", True), ("max_fingers", 0)):
         with pytest.raises(ww.UnsupportedOptionError, match=option) as caught:
             watcher.analyze(**{option: value})

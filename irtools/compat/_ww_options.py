@@ -35,7 +35,7 @@ WW_DESCRIBE_KEYWORDS = (
 #: matters only with intra=True, and svd_method 'fast' and 'accurate' are the same exact eigenvalues here.
 UNSUPPORTED = {
     "conv2d_fft": (False,), "fft": (False,), "intra": (False,), "channels": (None,),
-    "stacked": (False,), "fit": ("PL", "power_law"), "sparsify": (True, False), "svd_method": ("fast", "accurate"),
+    "fit": ("PL", "power_law"), "sparsify": (True, False), "svd_method": ("fast", "accurate"),
 }
 #: Where WeightWatcher 0.7.7 itself gives no result for an unsupported value (seen on a small torch model).
 UNSUPPORTED_WHY = {
@@ -43,13 +43,15 @@ UNSUPPORTED_WHY = {
     "fft": "WeightWatcher 0.7.7 fails with it too",
     "fit": "WeightWatcher 0.7.7's TPL fits need pl_package='powerlaw' and fail (alpha -1)",
 }
-#: The unsupported options WeightWatcher's describe() has.
+#: The unsupported options WeightWatcher's describe() has (stacked= is implemented by analyze() only).
 DESCRIBE_UNSUPPORTED = ("conv2d_fft", "fft", "intra", "channels", "stacked")
+#: Every refused option's "off" values, describe()'s too.
+OFF_VALUES = {**UNSUPPORTED, "stacked": (False,)}
 #: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
 #: peft= (LoRA B·A rows), detX= and its alias ERG= (the detX columns), deltas= (WeightWatcher's level-spacing
 #: figures: nothing without plot=True, refused with it), inverse= (the ESD of 1 / λ), vectors= (eigenvector
 #: localization columns).
-ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas", "inverse", "vectors")
+ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas", "inverse", "vectors", "stacked")
 #: WeightWatcher's `peft` values that keep the base layers (every other true value analyses only B·A).
 PEFT_WITH_BASE = "with_base"
 DISTANCE_METHODS = ("raw", "euclidean", "cka")
@@ -81,11 +83,11 @@ def check_options(method: str, options: Mapping, allowed: Iterable[str] = UNSUPP
     for key, value in options.items():
         if key not in allowed:
             raise UnknownOptionError(f"WeightWatcher.{method}() got an unexpected keyword argument '{key}'")
-        if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in UNSUPPORTED[key]):
+        if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in OFF_VALUES[key]):
             why = f"; {UNSUPPORTED_WHY[key]}" if key in UNSUPPORTED_WHY else ""
             raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={_shown(value)} is not supported "
                                          f"by irtools.compat.weightwatcher (supported: {key}="
-                                         f"{' or '.join(map(repr, UNSUPPORTED[key]))}{why})")
+                                         f"{' or '.join(map(repr, OFF_VALUES[key]))}{why})")
 
 
 def _shown(value) -> str:

@@ -17,11 +17,12 @@ per layer matched as WeightWatcher's delta iterator matches them), peft= (True /
 the LoRA B·A rows only, unscaled as WeightWatcher forms them, r eigenvalues each; "with_base": every layer and
 W + B·A too; describe(peft=...) lists the same rows), detX=True or its alias ERG=True (detX_num, num_ERG_spikes,
 ERG_gap, detX_val, detX_val_unrescaled), inverse=True (the ESD of 1 / λ per matrix: dense layers and conv
-slices, not pooled convs), vectors=True (the 12 eigenvector localization columns, `_ww_vectors`) and
+slices, not pooled convs), vectors=True (the 12 eigenvector localization columns, `_ww_vectors`), stacked=True (one row
+for all layers' normalised matrices stacked, `_ww_stacked`) and
 `distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
 because WeightWatcher ignores them too: deltas=True without plot=True, sparsify (intra only), svd_method
 'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra,
-channels, stacked, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
+channels, describe(stacked=True), fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
 peft= with pool=False. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every keyword WeightWatcher 0.7.7
 takes; a test walks its signatures against them. An option's message names the option and shows its value
 only when it is a number, a bool or a short string, else its type (never a model's repr).
@@ -38,7 +39,7 @@ The class is here; its parts live beside it, and every name they define is impor
 `_ww_options` (which options are implemented or refused, and the messages), `_ww_layers` (WeightWatcher's layer
 iterators, `layers=` filter and size limits), `_ww_tables` (the details records and the table layout), `_ww_peft`
 (peft=), `_ww_base` (base_model= and distances), `_ww_detx` (detX=), `_ww_inverse` (inverse=), `_ww_vectors`
-(vectors=), `_ww_plots` (plot=True) and `svd_edit` (SVDSmoothing, SVDSharpness).
+(vectors=), `_ww_stacked` (stacked=), `_ww_plots` (plot=True) and `svd_edit` (SVDSmoothing, SVDSharpness).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from irtools.compat._ww_options import (
     UnknownOptionError, UnsupportedMethodError, UnsupportedOptionError, _check_fit_values, _number, _peft_value,
     _refuse, _shown, check_limits, check_options, bool_option, options_of, savedir_of)
 from irtools.compat._ww_peft import _lora_product, _low_rank, _top_singular_diag, peft_entries
+from irtools.compat._ww_stacked import stacked_entry
 from irtools.compat._ww_tables import (
     MP_COLUMNS, SUMMARY_METRICS, _base_row, _slice_ranks, details_row, frame, mp_columns, option_columns, pooled_esd,
     randomized, summary_of)
@@ -133,6 +135,11 @@ class WeightWatcher:
         if inverse and (randomize or peft):
             raise _refuse("analyze", f"inverse=True with {'randomize=True' if randomize else 'peft='} is not supported")
         vectors = bool_option("analyze", "vectors", options.pop("vectors", False))
+        stacked = bool_option("analyze", "stacked", options.pop("stacked", False))
+        if stacked and (randomize or peft or inverse or vectors):
+            other = next(k for k, v in (("randomize=True", randomize), ("peft=", peft), ("inverse=True", inverse),
+                                        ("vectors=True", vectors)) if v)
+            raise _refuse("analyze", f"stacked=True with {other} is not supported")
         if vectors and (plot or peft or inverse):
             other = "plot=True (its vector figures)" if plot else "peft=" if peft else "inverse=True"
             raise _refuse("analyze", f"vectors=True with {other} is not supported")
@@ -144,6 +151,9 @@ class WeightWatcher:
 
         base_model = base_model if base_model is not None else self.base_model
         _check_pooled("analyze", opts, base_model, peft)
+        if stacked and (base_model is not None or not opts.pool):
+            raise _refuse("analyze", "stacked=True with " + ("base_model=" if base_model is not None else "pool=False")
+                          + " is not supported")
         found = self._layers(model, layers, start_ids)
 
         def supported(layer: WWLayer) -> bool:
@@ -156,6 +166,8 @@ class WeightWatcher:
             entries = [(layer, None, None) for layer in delta_layers(found, base_found, supported)]
         elif peft:
             entries = peft_entries(found, peft == PEFT_WITH_BASE, supported)
+        elif stacked:
+            entries = [(*stacked_entry([x for x in found if supported(x)]), None)]
         by_key = {}
         for layer, wl, flag in entries:
             wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
