@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from irtools import budget
 from irtools.passes.context_counts.context import RuleContext
 from irtools.passes.context_counts.counts import compact, expand
 
@@ -58,6 +59,7 @@ def index_adjoint(out: np.ndarray, index_map: np.ndarray, in_numel: int) -> np.n
 def index_map_rule(build: Callable[[RuleContext, np.ndarray], np.ndarray]):
     def rule(n: RuleContext) -> None:
         x_shape = n.in_shape(0)
+        budget.check(24.0 * math.prod(x_shape), f"context counts of {n.node.op_type} node '{n.name}'", n.model.path)
         idx = np.arange(math.prod(x_shape), dtype=np.int64).reshape(x_shape)
         n.give(0, index_adjoint(n.out(), build(n, idx), idx.size).reshape(x_shape))
 

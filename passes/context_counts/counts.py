@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from irtools import budget
+
 
 def compact(a: np.ndarray) -> np.ndarray:
     """The part of `a` that is stored: axes along which a broadcast view repeats itself (stride 0)
@@ -182,6 +184,7 @@ class Accumulator:
         for i, p in enumerate(parts):
             size = math.prod(np.broadcast_shapes(p.shape, part.shape))
             if size <= MERGE_LIMIT or size <= 4 * (p.size + part.size):
+                budget.check(8.0 * size, f"context counts of a {'x'.join(map(str, self._shape[value]))} tensor")
                 merged = np.add(p, part, dtype=np.float64)
                 rest = [q for j, q in enumerate(parts) if j != i]
                 for q in [q for q in rest if np.broadcast_shapes(merged.shape, q.shape) == merged.shape]:

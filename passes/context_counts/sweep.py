@@ -58,8 +58,11 @@ class Sweep:
         rule = rule_for(node)
         name = model.node_names.get(node, node.op_type)
         numel = sum(c.size if isinstance(c, SeqCounts) else c.stored_size for c in outs if c is not None)
+        # inputs' counts: a parameter's are stored compact and checked where a sum grows
+        # (`Accumulator.add`) or a rule builds an index map of it (`index_map_rule`)
         numel += sum(math.prod(v.shape) for v in node.inputs
-                     if v is not None and v in self.live and v.shape is not None and v.shape.is_static())
+                     if v is not None and v in self.live and v not in self.roots and v.shape is not None
+                     and v.shape.is_static())
         budget.check(16.0 * numel, f"context counts of {node.op_type} node '{name}'", model.path)
         exponent = max(c.exponent for c in outs if c is not None)
         try:
