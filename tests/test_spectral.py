@@ -667,6 +667,7 @@ def test_same_shape_layers_analysed_as_a_group_give_each_layers_own_row(monkeypa
     and the pass run one layer at a time (grouping off), for groups that mix fitted, all-zero, rank-one,
     under-20-eigenvalue and NaN layers, fp16 weights, and the SVD and Gram routes; kept eigenvalues too."""
     import irtools.passes.spectral as ps
+
     from frontends.formats.common import StoredArray
     from frontends.formats.layers import weight_layers
 
@@ -707,8 +708,8 @@ def test_stacked_spectra_are_each_matrixs_own_or_none():
     """`stacked_spectra` (the group path's eigensolve) gives each matrix the eigenvalues and noise floor
     of `squared_singular_values` alone, bit for bit, on both routes and for wide matrices; None for
     matrices of different shapes or with a NaN (those are solved one at a time)."""
-    from irtools.backends.cpu import CPUBackend, stacked_spectra
     from irtools.backends.base import EigenBackend
+    from irtools.backends.cpu import CPUBackend, stacked_spectra
 
     rng = np.random.default_rng(12)
     for shape in ((64, 3), (200, 40), (40, 200), (96, 96)):
