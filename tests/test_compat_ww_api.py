@@ -198,7 +198,8 @@ DESCRIBE_CASES = {
     "conv2d_norm": [("same", {"conv2d_norm": False})],
     "intra": [("refused", {"intra": True})],
     "channels": [("refused", {"channels": "last"})],
-    "stacked": [("refused", {"stacked": True})],
+    "stacked": [("same", {"stacked": True}), ("same", {"stacked": True, "layers": [3, 2], "min_evals": 20}),
+                ("same", {"stacked": True, "base_model": OTHER}), ("refused", {"stacked": True, "pool": False})],
     "start_ids": [("same", {"start_ids": 1})],
     "base_model": [("same", {"base_model": OTHER}), ("refused", {"base_model": OTHER, "pool": False})],
     "peft": [("same", {"peft": "with_base"}), ("refused", {"peft": ["with_base"]})],
@@ -254,7 +255,7 @@ def test_every_weightwatcher_option_is_walked():
     ours = _keywords(ww.WeightWatcher.analyze) - {"seed"}
     assert ours | set(ww.SUPPORTED) | set(ww.ANALYZE_OWN) | set(ww.UNSUPPORTED) == analyze
     ours = _keywords(ww.WeightWatcher.describe)
-    assert ours | set(ww.DESCRIBE_OPTIONS) | set(ww.DESCRIBE_UNSUPPORTED) == describe
+    assert ours | set(ww.DESCRIBE_OPTIONS) | set(ww.DESCRIBE_UNSUPPORTED) | set(ww.DESCRIBE_OWN) == describe
 
 
 def _resolve(options: dict, tmp, side: str, other) -> dict:

@@ -43,10 +43,9 @@ UNSUPPORTED_WHY = {
     "fft": "WeightWatcher 0.7.7 fails with it too",
     "fit": "WeightWatcher 0.7.7's TPL fits need pl_package='powerlaw' and fail (alpha -1)",
 }
-#: The unsupported options WeightWatcher's describe() has (stacked= is implemented by analyze() only).
-DESCRIBE_UNSUPPORTED = ("conv2d_fft", "fft", "intra", "channels", "stacked")
-#: Every refused option's "off" values, describe()'s too.
-OFF_VALUES = {**UNSUPPORTED, "stacked": (False,)}
+#: The unsupported options WeightWatcher's describe() has, and those it handles itself (stacked=: the one row).
+DESCRIBE_UNSUPPORTED = ("conv2d_fft", "fft", "intra", "channels")
+DESCRIBE_OWN = ("stacked",)
 #: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
 #: peft= (LoRA B·A rows), detX= and its alias ERG= (the detX columns), deltas= (WeightWatcher's level-spacing
 #: figures: nothing without plot=True, refused with it), inverse= (the ESD of 1 / λ), vectors= (eigenvector
@@ -83,11 +82,11 @@ def check_options(method: str, options: Mapping, allowed: Iterable[str] = UNSUPP
     for key, value in options.items():
         if key not in allowed:
             raise UnknownOptionError(f"WeightWatcher.{method}() got an unexpected keyword argument '{key}'")
-        if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in OFF_VALUES[key]):
+        if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in UNSUPPORTED[key]):
             why = f"; {UNSUPPORTED_WHY[key]}" if key in UNSUPPORTED_WHY else ""
             raise UnsupportedOptionError(f"WeightWatcher.{method}(): option {key}={_shown(value)} is not supported "
                                          f"by irtools.compat.weightwatcher (supported: {key}="
-                                         f"{' or '.join(map(repr, OFF_VALUES[key]))}{why})")
+                                         f"{' or '.join(map(repr, UNSUPPORTED[key]))}{why})")
 
 
 def _shown(value) -> str:

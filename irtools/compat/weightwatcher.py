@@ -22,7 +22,7 @@ for all layers' normalised matrices stacked, `_ww_stacked`) and
 `distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
 because WeightWatcher ignores them too: deltas=True without plot=True, sparsify (intra only), svd_method
 'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra,
-channels, describe(stacked=True), fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
+channels, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
 peft= with pool=False. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every keyword WeightWatcher 0.7.7
 takes; a test walks its signatures against them. An option's message names the option and shows its value
 only when it is a number, a bool or a short string, else its type (never a model's repr).
@@ -59,10 +59,10 @@ from irtools.compat._ww_layers import (
     _weights_file_layers, _ww_mats, keras_layers, layer_filter, layer_parts, model_layers, onnx_layers, source_kind,
     state_dict_layers, torch_layers, weight_layer, within_limits)
 from irtools.compat._ww_options import (
-    ANALYZE_OWN, DEFAULT_SAVEDIR, DESCRIBE_OPTIONS, DESCRIBE_UNSUPPORTED, DISTANCE_METHODS, FIX_FINGERS, PEFT_WITH_BASE,
-    SUPPORTED, UNSUPPORTED, WEAK_RANK_LOSS_TOLERANCE, WW_ANALYZE_KEYWORDS, WW_DESCRIBE_KEYWORDS, Options,
-    UnknownOptionError, UnsupportedMethodError, UnsupportedOptionError, _check_fit_values, _number, _peft_value,
-    _refuse, _shown, check_limits, check_options, bool_option, options_of, savedir_of)
+    ANALYZE_OWN, DEFAULT_SAVEDIR, DESCRIBE_OPTIONS, DESCRIBE_OWN, DESCRIBE_UNSUPPORTED, DISTANCE_METHODS, FIX_FINGERS,
+    PEFT_WITH_BASE, SUPPORTED, UNSUPPORTED, WEAK_RANK_LOSS_TOLERANCE, WW_ANALYZE_KEYWORDS, WW_DESCRIBE_KEYWORDS,
+    Options, UnknownOptionError, UnsupportedMethodError, UnsupportedOptionError, _check_fit_values, _number,
+    _peft_value, _refuse, _shown, bool_option, check_limits, check_options, options_of, savedir_of)
 from irtools.compat._ww_peft import _lora_product, _low_rank, _top_singular_diag, peft_entries
 from irtools.compat._ww_stacked import stacked_entry
 from irtools.compat._ww_tables import (
@@ -355,18 +355,25 @@ class WeightWatcher:
         product, not its rank; a `peft` column on every row); base_model= the layers of the delta iterator
         (the model's; peft= is then ignored, as in WeightWatcher)."""
         peft = _peft_value(peft, "describe")
+        stacked = bool_option("describe", "stacked", options.pop("stacked", False))
         opts = options_of("describe", options, DESCRIBE_OPTIONS, DESCRIBE_UNSUPPORTED)
         check_limits(min_evals, max_evals, max_N)
         savedir_of(savefig)
         base_model = base_model if base_model is not None else self.base_model
         _check_pooled("describe", opts, base_model, peft)
+        if stacked and (peft or not opts.pool):
+            raise _refuse("describe", f"stacked=True with {'peft=' if peft else 'pool=False'} is not supported")
         found = self._layers(model, layers, start_ids)
-        if base_model is not None:
-            model_layers(base_model, int(start_ids), self.trust)  # the base must be a model irtools reads
-        elif peft:
-            def supported(layer: WWLayer) -> bool:
-                return within_limits(weight_layer(layer, opts.conv2d_norm), min_evals, max_evals, max_N)
 
+        def supported(layer: WWLayer) -> bool:
+            return within_limits(weight_layer(layer, opts.conv2d_norm), min_evals, max_evals, max_N)
+
+        if base_model is not None:  # WeightWatcher's delta iterator: the model's layers (no peft, no stack)
+            model_layers(base_model, int(start_ids), self.trust)  # the base must be a model irtools reads
+        elif stacked:  # the stack is built (every weight read), as WeightWatcher builds it here too
+            layer, wl = stacked_entry([x for x in found if supported(x)])
+            return frame([{**_base_row(layer, wl), "num_evals": wl.M * wl.rf}])
+        elif peft:
             records = []
             for layer, wl, flag in peft_entries(found, peft == PEFT_WITH_BASE, supported):
                 wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
