@@ -202,3 +202,44 @@ def _peft_value(value, method: str = "analyze"):
         return value
     raise UnsupportedOptionError(f"WeightWatcher.{method}(): peft must be False, True or a string such as "
                                  f"'with_base', not a {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzeFlags:
+    """What `analyze` does besides the fit options: base_model=, peft=, detX= (or ERG=), inverse=, vectors=,
+    stacked=."""
+
+    base_model: object = None
+    peft: object = False
+    detx: bool = False
+    inverse: bool = False
+    vectors: bool = False
+    stacked: bool = False
+
+
+def analyze_flags(options: dict, *, plot, randomize, mp_fit, tolerance) -> AnalyzeFlags:
+    """Pop `analyze`'s own options (`ANALYZE_OWN`) from `options` and check them, with the True/False options
+    analyze names (plot, randomize, mp_fit) and tolerance; the combinations irtools does not implement are
+    refused in one line."""
+    method = "analyze"
+    for key, value in (("plot", plot), ("randomize", randomize), ("mp_fit", mp_fit)):
+        bool_option(method, key, value)
+    if not _number(tolerance):
+        raise _refuse(method, f"tolerance must be a number, not {_shown(tolerance)}")
+    peft = _peft_value(options.pop("peft", False))
+    detx = bool_option(method, "detX", options.pop("detX", False))
+    detx = bool_option(method, "ERG", options.pop("ERG", False)) or detx  # WeightWatcher: ERG=True sets detX=True
+    if bool_option(method, "deltas", options.pop("deltas", False)) and plot:
+        raise _refuse(method, "deltas=True with plot=True (WeightWatcher's level-spacing figures) is not "
+                              "supported; without plot=True it changes nothing, as in WeightWatcher")
+    flags = AnalyzeFlags(options.pop("base_model", None), peft, detx,
+                         *(bool_option(method, k, options.pop(k, False)) for k in ("inverse", "vectors", "stacked")))
+    others = {"inverse": ("randomize=True" if randomize else "peft=" if peft else None),
+              "vectors": ("plot=True (its vector figures)" if plot else "peft=" if peft else
+                          "inverse=True" if flags.inverse else None),
+              "stacked": ("randomize=True" if randomize else "peft=" if peft else "inverse=True" if flags.inverse
+                          else "vectors=True" if flags.vectors else None)}
+    for key, other in others.items():
+        if getattr(flags, key) and other:
+            raise _refuse(method, f"{key}=True with {other} is not supported")
+    return flags

@@ -62,7 +62,7 @@ from irtools.compat._ww_options import (
     ANALYZE_OWN, DEFAULT_SAVEDIR, DESCRIBE_OPTIONS, DESCRIBE_OWN, DESCRIBE_UNSUPPORTED, DISTANCE_METHODS, FIX_FINGERS,
     PEFT_WITH_BASE, SUPPORTED, UNSUPPORTED, WEAK_RANK_LOSS_TOLERANCE, WW_ANALYZE_KEYWORDS, WW_DESCRIBE_KEYWORDS,
     Options, UnknownOptionError, UnsupportedMethodError, UnsupportedOptionError, _check_fit_values, _number,
-    _peft_value, _refuse, _shown, bool_option, check_limits, check_options, options_of, savedir_of)
+    _peft_value, _refuse, _shown, analyze_flags, bool_option, check_limits, check_options, options_of, savedir_of)
 from irtools.compat._ww_peft import _lora_product, _low_rank, _top_singular_diag, peft_entries
 from irtools.compat._ww_stacked import stacked_entry
 from irtools.compat._ww_tables import (
@@ -118,31 +118,11 @@ class WeightWatcher:
         base_model= analyses W - W_base (WeightWatcher's delta iterator); peft= the LoRA B·A products
         (peft="with_base": the other layers and W + B·A too; a `peft` column on every row); detX=True
         adds detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled; inverse=True analyses the
-        ESD of 1 / λ (`irtools.compat._ww_inverse`)."""
-        base_model = options.pop("base_model", None)
-        peft = _peft_value(options.pop("peft", False))
-        detx = bool_option("analyze", "detX", options.pop("detX", False))
-        # WeightWatcher: ERG=True sets detX=True
-        detx = bool_option("analyze", "ERG", options.pop("ERG", False)) or detx
-        plot, randomize, mp_fit = (bool_option("analyze", k, v) for k, v in
-                                   (("plot", plot), ("randomize", randomize), ("mp_fit", mp_fit)))
-        if bool_option("analyze", "deltas", options.pop("deltas", False)) and plot:
-            raise _refuse("analyze", "deltas=True with plot=True (WeightWatcher's level-spacing figures) is not "
-                                     "supported; without plot=True it changes nothing, as in WeightWatcher")
-        if not _number(tolerance):
-            raise _refuse("analyze", f"tolerance must be a number, not {_shown(tolerance)}")
-        inverse = bool_option("analyze", "inverse", options.pop("inverse", False))
-        if inverse and (randomize or peft):
-            raise _refuse("analyze", f"inverse=True with {'randomize=True' if randomize else 'peft='} is not supported")
-        vectors = bool_option("analyze", "vectors", options.pop("vectors", False))
-        stacked = bool_option("analyze", "stacked", options.pop("stacked", False))
-        if stacked and (randomize or peft or inverse or vectors):
-            other = next(k for k, v in (("randomize=True", randomize), ("peft=", peft), ("inverse=True", inverse),
-                                        ("vectors=True", vectors)) if v)
-            raise _refuse("analyze", f"stacked=True with {other} is not supported")
-        if vectors and (plot or peft or inverse):
-            other = "plot=True (its vector figures)" if plot else "peft=" if peft else "inverse=True"
-            raise _refuse("analyze", f"vectors=True with {other} is not supported")
+        ESD of 1 / λ (`_ww_inverse`); vectors=True adds the eigenvector columns (`_ww_vectors`); stacked=True
+        gives the one stacked row (`_ww_stacked`). The checks of these options: `_ww_options.analyze_flags`."""
+        flags = analyze_flags(options, plot=plot, randomize=randomize, mp_fit=mp_fit, tolerance=tolerance)
+        base_model, peft, detx, inverse, vectors, stacked = (flags.base_model, flags.peft, flags.detx, flags.inverse,
+                                                             flags.vectors, flags.stacked)
         opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
