@@ -151,7 +151,9 @@ ANALYZE_CASES = {
     "conv2d_fft": [("refused", {"conv2d_fft": True})],
     "fft": [("refused", {"fft": True})],
     "deltas": [("same", {"deltas": True}), ("refused", {"deltas": True, "plot": True, "savefig": TMP})],
-    "intra": [("refused", {"intra": True})],
+    "intra": [("refused", {"intra": True}),  # sparsify=True, its default: an unseeded random mask
+              ("same", {"intra": True, "sparsify": False}),  # no consecutive pair shares a dimension here
+              ("refused", {"intra": True, "sparsify": False, "pool": False})],
     "vectors": [("vectors", {"vectors": True}), ("vectors", {"vectors": True, "pool": False}),
                 ("vectors", {"vectors": True, "base_model": OTHER, "conv2d_norm": False}),
                 ("refused", {"vectors": True, "plot": True, "savefig": TMP})],
@@ -383,3 +385,34 @@ def test_inverse_by_hand(walk):
     np.testing.assert_allclose([row.lambda_max, row.norm, row.sv_max, row.sv_min],
                                [1 / sv.min() ** 2, np.sum(1 / sv ** 2), sv.max(), sv.min()], rtol=1e-9)
     assert row.num_evals == 30 and row.rank_loss == 0
+
+
+class Chain(nn.Module):
+    """Consecutive layers that share a dimension: dense -> dense -> conv -> dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 40)
+        self.fc2 = nn.Linear(40, 30)
+        self.conv = nn.Conv2d(30, 24, 3)
+        self.fc3 = nn.Linear(24, 20)
+
+
+@pytest.mark.parametrize("options", [{}, {"mp_fit": True, "conv2d_norm": False}, {"layers": [-2]}])
+def test_intra_matches_weightwatcher(net, options):
+    """intra=True, sparsify=False: a row per consecutive pair (W0 W1 / norms, its singular values as the ESD;
+    a conv by its first slice), named "<id0> X <id1> ", with Xflag; the Chain model and the test Net."""
+    torch.manual_seed(0)
+    rows = 0
+    for model in (Chain(), net):
+        theirs = weightwatcher.WeightWatcher().analyze(model=model, intra=True, sparsify=False, **options)
+        ours = ww.WeightWatcher().analyze(model=model, intra=True, sparsify=False, **options)
+        assert_same_table(ours, theirs, differ=_sigma_cells(theirs))
+        rows += len(theirs)
+        assert theirs.empty or theirs.Xflag.all()
+    assert rows >= 2
+    x = ours.iloc[0]  # by hand: net's first pair, 4 X 6 (block.0 40x64, block.2 30x40)
+    w0, w1 = net.block[0].weight.detach().double().numpy(), net.block[2].weight.detach().double().numpy()
+    product = w0.T @ w1.T / (np.linalg.norm(w0) * np.linalg.norm(w1))
+    if "layers" not in options:
+        np.testing.assert_allclose(x.lambda_max, np.linalg.svd(product, compute_uv=False).max(), rtol=1e-6)

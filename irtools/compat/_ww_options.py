@@ -31,11 +31,12 @@ WW_ANALYZE_KEYWORDS = (
 WW_DESCRIBE_KEYWORDS = (
     "layers", "min_evals", "max_evals", "min_size", "max_size", "max_N", "glorot_fix", "savefig", "ww2x", "pool",
     "conv2d_fft", "fft", "conv2d_norm", "intra", "channels", "stacked", "start_ids", "base_model", "peft")
-#: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted): sparsify
-#: matters only with intra=True, and svd_method 'fast' and 'accurate' are the same exact eigenvalues here.
+#: WeightWatcher options irtools does not implement, with the values that mean "off" (accepted): svd_method
+#: 'fast' and 'accurate' are the same exact eigenvalues here; analyze() takes intra= and sparsify= itself
+#: (`ANALYZE_OWN`), describe() only intra=False.
 UNSUPPORTED = {
     "conv2d_fft": (False,), "fft": (False,), "intra": (False,), "channels": (None,),
-    "fit": ("PL", "power_law"), "sparsify": (True, False), "svd_method": ("fast", "accurate"),
+    "fit": ("PL", "power_law"), "svd_method": ("fast", "accurate"),
 }
 #: Where WeightWatcher 0.7.7 itself gives no result for an unsupported value (seen on a small torch model).
 UNSUPPORTED_WHY = {
@@ -49,8 +50,9 @@ DESCRIBE_OWN = ("stacked",)
 #: Options `analyze` handles itself (not fit options): base_model= (ΔW = W - W_base per matched layer),
 #: peft= (LoRA B·A rows), detX= and its alias ERG= (the detX columns), deltas= (WeightWatcher's level-spacing
 #: figures: nothing without plot=True, refused with it), inverse= (the ESD of 1 / λ), vectors= (eigenvector
-#: localization columns).
-ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas", "inverse", "vectors", "stacked")
+#: localization columns), stacked= (the one stacked row), intra= with sparsify= (consecutive layer pairs;
+#: sparsify matters only with intra).
+ANALYZE_OWN = ("base_model", "peft", "detX", "ERG", "deltas", "inverse", "vectors", "stacked", "intra", "sparsify")
 #: WeightWatcher's `peft` values that keep the base layers (every other true value analyses only B·A).
 PEFT_WITH_BASE = "with_base"
 DISTANCE_METHODS = ("raw", "euclidean", "cka")
@@ -215,6 +217,7 @@ class AnalyzeFlags:
     inverse: bool = False
     vectors: bool = False
     stacked: bool = False
+    intra: bool = False
 
 
 def analyze_flags(options: dict, *, plot, randomize, mp_fit, tolerance) -> AnalyzeFlags:
@@ -233,12 +236,18 @@ def analyze_flags(options: dict, *, plot, randomize, mp_fit, tolerance) -> Analy
         raise _refuse(method, "deltas=True with plot=True (WeightWatcher's level-spacing figures) is not "
                               "supported; without plot=True it changes nothing, as in WeightWatcher")
     flags = AnalyzeFlags(options.pop("base_model", None), peft, detx,
-                         *(bool_option(method, k, options.pop(k, False)) for k in ("inverse", "vectors", "stacked")))
+                         *(bool_option(method, k, options.pop(k, False)) for k in ("inverse", "vectors", "stacked",
+                                                                                   "intra")))
+    sparsify = bool_option(method, "sparsify", options.pop("sparsify", True))
     others = {"inverse": ("randomize=True" if randomize else "peft=" if peft else None),
               "vectors": ("plot=True (its vector figures)" if plot else "peft=" if peft else
                           "inverse=True" if flags.inverse else None),
               "stacked": ("randomize=True" if randomize else "peft=" if peft else "inverse=True" if flags.inverse
-                          else "vectors=True" if flags.vectors else None)}
+                          else "vectors=True" if flags.vectors else None),
+              "intra": ("sparsify=True (WeightWatcher's default: an unseeded random 0/1 mask; sparsify=False is "
+                        "supported)" if sparsify else "randomize=True" if randomize else "peft=" if peft else
+                        "inverse=True" if flags.inverse else "vectors=True" if flags.vectors else
+                        "stacked=True" if flags.stacked else None)}
     for key, other in others.items():
         if getattr(flags, key) and other:
             raise _refuse(method, f"{key}=True with {other} is not supported")

@@ -17,15 +17,16 @@ per layer matched as WeightWatcher's delta iterator matches them), peft= (True /
 the LoRA B·A rows only, unscaled as WeightWatcher forms them, r eigenvalues each; "with_base": every layer and
 W + B·A too; describe(peft=...) lists the same rows), detX=True or its alias ERG=True (detX_num, num_ERG_spikes,
 ERG_gap, detX_val, detX_val_unrescaled), inverse=True (the ESD of 1 / λ per matrix: dense layers and conv
-slices, not pooled convs), vectors=True (the 12 eigenvector localization columns, `_ww_vectors`), stacked=True (one row
-for all layers' normalised matrices stacked, `_ww_stacked`) and
-`distances(m1, m2, method="raw" | "euclidean" | "cka")`. Accepted
-because WeightWatcher ignores them too: deltas=True without plot=True, sparsify (intra only), svd_method
-'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft, fft, intra,
-channels, fit other than 'PL'/'power_law', deltas=True with plot=True, and base_model= or
-peft= with pool=False. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every keyword WeightWatcher 0.7.7
-takes; a test walks its signatures against them. An option's message names the option and shows its value
-only when it is a number, a bool or a short string, else its type (never a model's repr).
+slices, not pooled convs; `_ww_inverse`), vectors=True (the 12 eigenvector localization columns;
+`_ww_vectors`), stacked=True (one row for every layer's normalised matrix stacked; `_ww_stacked`), intra=True
+with sparsify=False (a row per pair of consecutive layers; `_ww_intra`) and `distances(m1, m2, method="raw" |
+"euclidean" | "cka")`. Accepted because WeightWatcher ignores them too: deltas=True without plot=True, sparsify
+without intra, svd_method 'fast'/'accurate' (exact eigenvalues either way). Refused in one line: conv2d_fft,
+fft, intra=True with sparsify=True (an unseeded random mask), channels, fit other than 'PL'/'power_law',
+deltas=True or vectors=True with plot=True, base_model=/peft=/stacked=/intra= with pool=False, and the
+combinations `_ww_options.analyze_flags` lists. `WW_ANALYZE_KEYWORDS` / `WW_DESCRIBE_KEYWORDS` list every
+keyword WeightWatcher 0.7.7 takes; a test walks its signatures against them. An option's message names the
+option and shows its value only when it is a number, a bool or a short string, else its type (never a model's repr).
 
 Where irtools deliberately differs from WeightWatcher (documented, not hidden): a failed or
 degenerate power-law fit is NaN with status "failed" and a warning saying why, not -1; Conv1d layers
@@ -39,7 +40,8 @@ The class is here; its parts live beside it, and every name they define is impor
 `_ww_options` (which options are implemented or refused, and the messages), `_ww_layers` (WeightWatcher's layer
 iterators, `layers=` filter and size limits), `_ww_tables` (the details records and the table layout), `_ww_peft`
 (peft=), `_ww_base` (base_model= and distances), `_ww_detx` (detX=), `_ww_inverse` (inverse=), `_ww_vectors`
-(vectors=), `_ww_stacked` (stacked=), `_ww_plots` (plot=True) and `svd_edit` (SVDSmoothing, SVDSharpness).
+(vectors=), `_ww_stacked` (stacked=), `_ww_intra` (intra=), `_ww_plots` (plot=True) and `svd_edit`
+(SVDSmoothing, SVDSharpness).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import numpy as np
 # Every name this module defined before the split stays importable from it (many are used here too).
 from irtools.compat._ww_base import _aligned_delta, delta_layers, distance_table
 from irtools.compat._ww_detx import detx_columns
+from irtools.compat._ww_intra import intra_entries
 from irtools.compat._ww_inverse import inverse_columns, inverse_part
 from irtools.compat._ww_layers import (
     ANALYSED_NDIM, CONV1D, CONV2D, DENSE, EMBEDDING, ENUMERATORS, FLATTENED, LAYER_TYPES, NORM, UNKNOWN, WWLayer,
@@ -119,10 +122,12 @@ class WeightWatcher:
         (peft="with_base": the other layers and W + B·A too; a `peft` column on every row); detX=True
         adds detX_num, num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled; inverse=True analyses the
         ESD of 1 / λ (`_ww_inverse`); vectors=True adds the eigenvector columns (`_ww_vectors`); stacked=True
-        gives the one stacked row (`_ww_stacked`). The checks of these options: `_ww_options.analyze_flags`."""
+        gives the one stacked row (`_ww_stacked`); intra=True, sparsify=False the rows of consecutive layer
+        pairs (`_ww_intra`). The checks of these options: `_ww_options.analyze_flags`."""
         flags = analyze_flags(options, plot=plot, randomize=randomize, mp_fit=mp_fit, tolerance=tolerance)
         base_model, peft, detx, inverse, vectors, stacked = (flags.base_model, flags.peft, flags.detx, flags.inverse,
                                                              flags.vectors, flags.stacked)
+        intra = flags.intra
         opts = options_of("analyze", options)
         check_limits(min_evals, max_evals, max_N)
         savedir = savedir_of(savefig)
@@ -131,9 +136,10 @@ class WeightWatcher:
 
         base_model = base_model if base_model is not None else self.base_model
         _check_pooled("analyze", opts, base_model, peft)
-        if stacked and (base_model is not None or not opts.pool):
-            raise _refuse("analyze", "stacked=True with " + ("base_model=" if base_model is not None else "pool=False")
-                          + " is not supported")
+        for key, on in (("stacked", stacked), ("intra", intra)):
+            if on and (base_model is not None or not opts.pool):
+                raise _refuse("analyze", f"{key}=True with " + ("base_model=" if base_model is not None else
+                                                                "pool=False") + " is not supported")
         found = self._layers(model, layers, start_ids)
 
         def supported(layer: WWLayer) -> bool:
@@ -148,6 +154,8 @@ class WeightWatcher:
             entries = peft_entries(found, peft == PEFT_WITH_BASE, supported)
         elif stacked:
             entries = [(*stacked_entry([x for x in found if supported(x)]), None)]
+        elif intra:
+            entries = [(*entry, None) for entry in intra_entries([x for x in found if supported(x)], opts.conv2d_norm)]
         by_key = {}
         for layer, wl, flag in entries:
             wl = weight_layer(layer, opts.conv2d_norm) if wl is None else wl
@@ -159,6 +167,7 @@ class WeightWatcher:
                                                  f"pool=False analyses its slices")
                     part, singular = inverse_part(part, layer.name)
                 by_key[part.node] = (layer, wl, part, slice_id, flag, singular if inverse else None)
+        found_by_id = {x.layer_id: x for x in found}
         fit = dict(opts.fit)
         source = OpenedSource(_model_name(self.model), "weights", layers=[entry[2] for entry in by_key.values()])
         analysis = irtools.analyze(source, metrics="spectral", device=self.device, min_evals=min_evals,
@@ -179,6 +188,8 @@ class WeightWatcher:
                 sv = np.sqrt(np.maximum(evals, 0.0))
                 tol = float(sv.max()) * wl.N * np.finfo(np.float64).eps
                 record["rank_loss"] = int(sv.size - np.count_nonzero(sv > tol))
+            if intra:  # the second layer's rf, as WeightWatcher's copy of it keeps
+                record.update(rf=weight_layer(found_by_id[layer.layer_id]).rf, Xflag=True)
             if vectors:
                 record.update(vector_columns(part.matrices(), record["num_pl_spikes"]))
             if detx:
