@@ -102,9 +102,9 @@ def analyze(
     it was asked for explicitly); when no family asked for can be computed, the error is raised, and
     so it is for any family asked for explicitly with `allow_partial=False` (all or nothing).
 
-    `scheduler` (a Dask scheduler address or file): a weights-only source's spectral family runs one
-    task per layer on that cluster (`irtools.distributed.spectral_on_cluster`), each reading its tensor
-    from storage the workers share; the rows equal the single-process run's."""
+    `scheduler` (a Dask scheduler address or file): a weights-only source's or an ONNX file's spectral
+    family runs one task per layer on that cluster (`irtools.distributed.analyze_on_cluster`), each
+    reading its tensor by offset from storage the workers share; the rows equal the single-process run's."""
     opts = AnalysisOptions.build(options, **option_fields, **dict(fit_options or {}))
     strict = not allow_partial and opts.explicit_metrics
     families = opts.families
@@ -114,8 +114,11 @@ def analyze(
     if not opened.has_graph:
         return _analyze_layers(opened, opts, families, spectral_opts, notes, strict, scheduler)
     if scheduler is not None:
-        raise IrtoolsError("--scheduler splits weights-only sources (safetensors, GGUF, ...) one layer a task; this "
-                           "source is a graph: analyse it without --scheduler", opened.name)
+        if keep_eigenvalues:
+            raise IrtoolsError("--scheduler computes rows only: eigenvalues are not kept", opened.name)
+        from irtools.distributed import analyze_on_cluster  # noqa: PLC0415  (an ONNX file: initializers read by offset)
+
+        return analyze_on_cluster(opened, opts, scheduler, progress=progress)
     model = opened.model
     name = model.path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.graph.name or "model")
     notes += [n for n in model.notes if n not in notes]
