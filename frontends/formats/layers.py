@@ -22,6 +22,7 @@ from .common import StoredArray
 _GATES = re.compile(r"(weight_ih|weight_hh)(_l\d+(_reverse)?)?$")
 #: Float types a row may hold as stored (float8 without a scale is its own values).
 _FLOAT8 = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e8m0fnu, ml_dtypes.float4_e2m1fn)
+_FLOAT8_DTYPES = tuple(map(np.dtype, _FLOAT8))
 
 
 #: A 3-D tensor of stacked experts' matrices (transformers' fused `experts.gate_up_proj`, GGUF's `*_exps`).
@@ -129,7 +130,7 @@ def split_fused(layers: list, shapes=None, model_type: str | None = None, out_ax
 
 def is_float(dtype) -> bool:
     dtype = np.dtype(dtype)
-    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16 or dtype in tuple(map(np.dtype, _FLOAT8))
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16 or dtype in _FLOAT8_DTYPES
 
 
 def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skipped: list | None = None,
@@ -158,13 +159,13 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
             continue
         base = re.sub(r"[./](weight|kernel|embeddings|w)$", "", name)
         storage = getattr(t, "storage", None)
-        if storage is None and np.dtype(t.dtype) in tuple(map(np.dtype, _FLOAT8)):
+        if storage is None and np.dtype(t.dtype) in _FLOAT8_DTYPES:
             storage = np.dtype(t.dtype).name
         extra = {"storage": storage} if storage else {}
 
         def f64(t=t):  # stored precision; the backend forms Gram matrices in float64
             w = np.asarray(t.load())
-            return w.astype(np.float32) if w.dtype in tuple(map(np.dtype, _FLOAT8)) else w
+            return w.astype(np.float32) if w.dtype in _FLOAT8_DTYPES else w
 
         if nd == 2 and _GATES.search(name):
             gates = 4 if shape[0] % 4 == 0 else 3  # LSTM i,f,g,o / GRU r,z,n (PyTorch order)
@@ -190,13 +191,14 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
 
                 def slices(f=f64, spatial=spatial):
                     w = f()
-                    return [w[pos] for pos in np.ndindex(*spatial)]
+                    return list(w.reshape(-1, *w.shape[-2:]))  # kernel positions in C order, as views
             else:
                 spatial, n_, m_ = shape[2:], shape[0], shape[1]
 
                 def slices(f=f64, spatial=spatial):
                     w = f()
-                    return [w[(slice(None), slice(None), *pos)] for pos in np.ndindex(*spatial)]
+                    w3 = w.reshape(*w.shape[:2], -1)  # kernel positions in C order, as views
+                    return [w3[:, :, p] for p in range(w3.shape[2])]
             rf = int(np.prod(spatial))
             layers.append(WeightLayer(base, name, "state_dict", f"conv{len(spatial)}d", name, shape, max(n_, m_),
                                       min(n_, m_), rf, 0.5, loader=slices, extra=dict(extra)))
