@@ -217,11 +217,15 @@ def _quiet_transformers(transformers):
     """transformers' own warnings about a config (`Missing validation function ...`) kept off stderr:
     what matters reaches the user as irtools' one note."""
     verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights: 100%|...|" from from_pretrained
     try:
         yield
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 class _bounded_construction:
@@ -411,6 +415,13 @@ def open_checkpoint_folder(path: str, name: str, options):
                              f"{len(unread)} tensor(s) of the checkpoint (e.g. '{printable(unread[0])}'); spectral "
                              "metrics from the weights alone")
     absent = set(metadata.get("not_in_checkpoint", ()))
+    made_up = sorted(k for k in absent if len(values[k].shape) >= 2)
+    if made_up:  # the graph route would analyse the zeros it reads there as rows of weights nobody stored
+        metadata.pop("not_in_checkpoint", None)
+        return _weights_only(path, name, options, tensors, metadata,
+                             f"reuse metrics left out: the architecture config.json describes has {len(made_up)} weight "
+                             f"matri{'x' if len(made_up) == 1 else 'ces'} the checkpoint does not hold (e.g. '{printable(made_up[0])}'); spectral "
+                             "metrics from the weights alone")
     layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
               if layer.parameter not in absent]
     notes = []
@@ -498,14 +509,10 @@ def _parameter_values(module, path, config, raw, tensors, trust, metadata) -> di
         try:
             import transformers  # noqa: PLC0415
 
-            verbosity = transformers.logging.get_verbosity()
-            transformers.logging.set_verbosity_error()
-            try:
+            with _quiet_transformers(transformers):
                 loaded, info = cls.from_pretrained(path, config=config, local_files_only=True,
                                                    trust_remote_code=trust, attn_implementation="eager",
                                                    output_loading_info=True)
-            finally:
-                transformers.logging.set_verbosity(verbosity)
         except Exception as exc:  # noqa: BLE001
             from irtools.frontends.torch import export_reason  # noqa: PLC0415
 

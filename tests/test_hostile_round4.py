@@ -137,6 +137,19 @@ def test_a_config_of_fewer_layers_than_the_weights_keeps_every_weight(llama, tmp
         assert any("has no parameter for" in n and "model.layers.0." in n for n in analysis.notes), analysis.notes
 
 
+def test_a_config_of_more_layers_than_the_weights_makes_up_no_rows(llama, tmp_path):
+    """num_hidden_layers 3 over a one-layer checkpoint: the graph route analysed the zeros it reads for
+    layers 1 and 2 as 14 rows ('degenerate', norm 0) of weights nobody stored, and transformers' own
+    "Loading weights" bar reached stderr."""
+    folder = _variant(llama, tmp_path, num_hidden_layers=3)
+    analysis = irtools.analyze(folder, min_evals=1)
+    assert sorted(row["name"] for row in analysis.layers) == _weights_rows(llama)
+    assert any("14 weight matrices the checkpoint does not hold" in n for n in analysis.notes), analysis.notes
+    proc = _cli("analyze", folder, "--min-evals", "1")
+    assert proc.returncode == 0 and all(line.startswith("irtools: note: ") for line in proc.stderr.splitlines()), \
+        proc.stderr
+
+
 def test_config_numbers_past_pythons_digit_limit_are_one_line(llama, tmp_path):
     folder = _variant(llama, tmp_path)
     path = os.path.join(folder, "config.json")
