@@ -28,8 +28,9 @@ nodes reading a weight are named by its layer's Keras path. A weight the forward
 (a pooler the output skips; the stateless route knows it: its graph input has no reader) is a fact,
 not a failure: an initializer no node reads holding its values in Keras' layout, listed in
 `irtools.unread_parameters` with its layout (`irtools.unread_layouts`, from its layer), so the
-spectral family analyses it and the reuse family gives it zero contexts. The frozen route cannot
-tell an unread weight from a folded one, so a weight it lost is an error. A weight a Normalization
+spectral family analyses it and the reuse family gives it zero contexts. The frozen route tells
+an unread weight from a folded one by the traced TensorFlow function, which captures no variable it
+never reads (`_uncaptured_weights`); any other weight it lost is an error. A weight a Normalization
 layer copies into constants is a declared structural constant (metadata `irtools.structural_weights`).
 
 TensorFlow, Keras and tf2onnx are imported only when a function here is called.
@@ -60,6 +61,7 @@ from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, 
 from irtools.frontends._fingerprint import FP_LIMIT as _FP_LIMIT
 from irtools.frontends._fingerprint import fingerprint_arrays as _fingerprints
 from irtools.frontends._fingerprint import fingerprint_occurrences as _fingerprint_occurrences
+from irtools.frontends._fingerprint import require_all
 from irtools.frontends._onnx_edit import alias_uses as _alias_uses
 from irtools.frontends._onnx_edit import rename_values as _rename_values
 from irtools.frontends._onnx_edit import rewrite as _rewrite
@@ -225,9 +227,15 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
     if _stateless(functional):
         proto, found = _convert_stateless(tf, functional, specs, weights, names, opset, optimizers, set(snapshots))
     else:
+        uncaptured = _uncaptured_weights(tf, functional, specs, weights)
         proto, originals = _convert_frozen(tf2onnx, functional, specs, weights, offsets, opset, optimizers)
         _refuse_unconverted_ops(proto)
-        found = _restore_weights(proto, names, offsets, originals, optional=set(snapshots))
+        found = _restore_weights(proto, names, offsets, originals, optional=set(snapshots) | uncaptured)
+        if found & uncaptured:  # the capture test was wrong about a weight: trust it about none
+            require_all(names, found, set(snapshots), "Keras weight")
+            uncaptured = set()
+        for i in sorted(uncaptured - found - set(snapshots)):  # never read: kept as initializers no node reads
+            proto.graph.initializer.append(numpy_helper.from_array(originals[i].astype(np.float32), names[i]))
         del originals
     _name_layer_nodes(proto.graph, [names[i] for i in sorted(found)])
     structural = {names[i]: snapshots[i] for i in snapshots if i not in found}
@@ -302,6 +310,34 @@ def _name_layer_nodes(graph: onnx.GraphProto, weight_names) -> None:
                                      (f"{layer_of[weight]}/{node.op_type}_{k}" for k in itertools.count(1)))
         node.name = next(c for c in candidates if c not in taken)
         taken.add(node.name)
+
+
+def _uncaptured_weights(tf, functional, specs, weights) -> set[int]:
+    """Indices of the weights the model's traced TensorFlow function does not capture: it never reads
+    them (a weight the frozen route then misses is unread, not folded). Empty when the trace fails, or
+    when it captures no weight at all (the test then says nothing)."""
+    try:
+        call = tf.function(lambda *xs: functional(xs[0] if len(xs) == 1 else list(xs), training=False),
+                           autograph=False)
+        captured = {id(t) for t in call.get_concrete_function(*specs).captured_inputs}
+    except Exception:  # noqa: BLE001  (the conversion then says what fails)
+        return set()
+    handles = [_variable_handle(w) for w in weights]
+    if not any(h is not None and id(h) in captured for h in handles):
+        return set()
+    return {i for i, h in enumerate(handles) if h is not None and id(h) not in captured}
+
+
+def _variable_handle(w):
+    """The resource handle of a TensorFlow variable, or of the one a Keras 3 variable holds; None if neither."""
+    try:
+        handle = getattr(w, "handle", None)
+        if handle is None:
+            value = getattr(w, "value", None)  # a Keras 3 variable's tf.Variable (a tf.Variable's is a method)
+            handle = getattr(value, "handle", None) if value is not None and not callable(value) else None
+    except Exception:  # noqa: BLE001  (an uninitialised or exotic variable: no capture test for it)
+        return None
+    return handle
 
 
 def _convert_frozen(tf2onnx, functional, specs, weights, offsets, opset, optimizers):

@@ -136,7 +136,8 @@ class Unused(keras.layers.Layer):
 def test_a_weight_the_forward_pass_never_reads_is_a_fact_not_an_error():
     """Issue 20: the stateless route knows a weight input without a reader is never read; the weight
     stays a parameter (an initializer no node reads, its values as Keras holds them) and is listed
-    as unread with its shape. The frozen route cannot tell unread from folded: still an error."""
+    as unread with its shape. The frozen route knows it from the traced TensorFlow function, which
+    captures no variable it never reads: the same initializer, the same metadata."""
     keras.utils.set_random_seed(13)
     inp = keras.Input((4,))
     model = keras.Model(inp, Unused(name="unused")(inp))
@@ -151,5 +152,14 @@ def test_a_weight_the_forward_pass_never_reads_is_a_fact_not_an_error():
     np.testing.assert_allclose(_run(proto, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(frontend, "_stateless", lambda functional: False)
+        frozen = frontend.from_keras(model)
+        frozen_meta = {p.key: p.value for p in frozen.metadata_props}
+        assert frozen_meta["irtools.unread_parameters"] == meta["irtools.unread_parameters"]
+        assert frozen_meta["irtools.unread_layouts"] == meta["irtools.unread_layouts"]
+        frozen_inits = {t.name: numpy_helper.to_array(t) for t in frozen.graph.initializer}
+        np.testing.assert_array_equal(frozen_inits["unused/spare"], inits["unused/spare"])
+        np.testing.assert_allclose(_run(frozen, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        # where the capture test says nothing (no weight captured), a lost weight is still an error
+        monkeypatch.setattr(frontend, "_uncaptured_weights", lambda *a: set())
         with pytest.raises(irtools.IrtoolsError, match=r"lost 1 Keras weight\(s\).*unused/spare"):
             frontend.from_keras(model)
