@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from irtools.ir.fused import split_fused
 from irtools.ir.layers import WeightLayer
 from irtools.ir.model import IRModel
 from irtools.ir.parameters import StoredTensor
@@ -474,100 +475,6 @@ EXTRACTORS: dict[str, Callable[[_Ctx, ir.Node], None]] = {
     "com.microsoft::MatMulNBits": _matmul_nbits,
     "com.microsoft::Attention": _dense,  # input (B, S, D) @ weights (D, 3D): the fused Q, K, V projection
 }
-
-
-# -- fused projections: analysed as the matrices they are -----------------------------------------
-# The same rules as `frontends/formats/layers.py` (the weights-only and module routes), kept equal by
-# tests/test_fused.py until they move to one module both rooms may import (irtools.ir).
-# A fused `gate_up_proj` holds two matrices side by side (gate, then up, along the output features: transformers'
-# `chunk(2, dim=-1)`; gpt-oss interleaves them, gate = [..., ::2], up = [..., 1::2]). irtools' tables split it
-# into its two matrices (rows `...gate_up_proj.gate` / `.up`; experts `...gate_up_proj[e].gate`), on every route
-# alike (`split_fused`). WeightWatcher sees the nn.Linear, so its compatible API keeps the one fused matrix.
-#: The module path's last part of a fused gate/up projection.
-_GATE_UP = re.compile(r"(^|[._])(gate_up_proj|gate_up|w13)$")
-#: Fused q/k/v projections: kept one matrix (their layouts differ by architecture: contiguous, grouped-query
-#: sizes from the config, GPT-NeoX's and BLOOM's per-head interleave), the row saying so (`fused`).
-_QKV = re.compile(r"(^|[._])(qkv_proj|query_key_value|c_attn|Wqkv|qkv|in_proj_weight|W_pack)$")
-#: Architectures (config `model_type`) whose experts' gate_up_proj is stored [experts, in, 2*I] (x @ W).
-OUT_LAST_GATE_UP = frozenset({"gpt_oss", "llama4", "llama4_text", "aria", "aria_text", "openai_privacy_filter"})
-#: Architectures whose gate_up interleaves gate and up; with no config, a `gate_up_proj_bias` beside the
-#: experts (gpt-oss's layout) says interleaved.
-INTERLEAVED_GATE_UP = frozenset({"gpt_oss"})
-
-
-def fused_gate_up(parameter: str, shape, shapes=None, model_type: str | None = None,
-                  out_axis: int | None = None) -> tuple[int, bool] | None:
-    """(the axis of each matrix that holds gate and up, whether interleaved) for a fused gate/up parameter
-    of `shape` (2-D [2I, H], or experts [E, 2I, H] / [E, H, 2I]); None for any other parameter, or one whose
-    fused axis cannot be halved. `shapes` ({name: shape} of the checkpoint's other tensors) tells the experts'
-    layout: the bias `{name}_bias` [E, 2I], else `down_proj` [E, I, H] / [E, H, I]; else the config's
-    `model_type`; else transformers' [E, 2I, H]. `out_axis`: the output axis where the route knows it (an op)."""
-    path = re.sub(r"[./](weight|kernel|w)$", "", parameter)
-    if not _GATE_UP.search(path) or len(shape) not in (2, 3):
-        return None
-    shapes = shapes or {}
-    per = tuple(shape[-2:])
-    bias = shapes.get(f"{parameter}_bias") or shapes.get(f"{path}.bias") if len(shape) == 3 else None
-    if out_axis is not None:
-        axis = out_axis
-    elif len(shape) == 2:
-        axis = 0  # torch's Linear stores (out, in)
-    else:
-        even = [k for k in (0, 1) if per[k] % 2 == 0]
-        down = shapes.get(parameter.replace("gate_up_proj", "down_proj")) if "gate_up_proj" in parameter else None
-        by_bias = [k for k in even if bias is not None and per[k] == bias[-1]]
-        # down_proj maps I -> H in the same layout: [E, H, I] beside [E, 2I, H], [E, I, H] beside [E, H, 2I]
-        by_down = [k for k in even if down is not None and len(down) == 3
-                   and tuple(down[1:]) == ((per[1], per[0] // 2) if k == 0 else (per[1] // 2, per[0]))]
-        axis = (by_bias[0] if len(by_bias) == 1 else by_down[0] if len(by_down) == 1 else
-                1 if model_type in OUT_LAST_GATE_UP else 0)
-    if per[axis] % 2:
-        return None
-    interleaved = model_type in INTERLEAVED_GATE_UP if model_type else bias is not None
-    return axis, interleaved
-
-
-def gate_up_part(w: np.ndarray, axis: int, interleaved: bool, k: int) -> np.ndarray:
-    """Part k (0 gate, 1 up) of a fused gate/up matrix `w` along `axis`."""
-    half = w.shape[axis] // 2
-    index = [slice(None)] * w.ndim
-    index[axis] = slice(k, None, 2) if interleaved else slice(k * half, (k + 1) * half)
-    return w[tuple(index)]
-
-
-def split_fused(layers: list, shapes=None, model_type: str | None = None, out_axes=None) -> list:
-    """`layers` with each fused gate/up layer replaced by its gate and up matrices (`fused_gate_up`), named
-    `{name}.gate` / `{name}.up` (an expert `{name}[e].gate`), the row's `fused` column saying the layout;
-    a fused q/k/v layer kept one matrix, its `fused` column saying so. Layers already split are kept, so
-    calling it twice changes nothing. `out_axes` {parameter: output axis of the matrix its layer loads}
-    where the route knows it (the graph's op)."""
-    from dataclasses import replace
-
-    out = []
-    for layer in layers:
-        if ("fused" in layer.extra or layer.layer_type not in ("dense", "matrix") or layer.rf != 1
-                or layer.name.endswith((":q", ":k", ":v"))):  # already split (--split-qkv's thirds)
-            out.append(layer)
-            continue
-        spec = fused_gate_up(layer.parameter, layer.weight_shape, shapes, model_type,
-                             (out_axes or {}).get(layer.parameter))
-        if spec is None:
-            path = re.sub(r"[./](weight|kernel|w)$", "", layer.parameter)
-            if _QKV.search(path) or _QKV.search(layer.parameter):
-                layer = replace(layer, extra={**layer.extra, "fused": "q,k,v (one matrix)"})
-            out.append(layer)
-            continue
-        axis, interleaved = spec
-        per = list(layer.weight_shape[-2:])
-        per[axis] //= 2
-        how = f"gate_up {'interleaved' if interleaved else 'halves'}"
-        for k, part in enumerate(("gate", "up")):
-            out.append(replace(layer, name=f"{layer.name}.{part}", N=max(per), M=min(per),
-                               shared_with=list(layer.shared_with),
-                               loader=(lambda f=layer.loader, k=k, a=axis, i=interleaved:
-                                       [gate_up_part(np.asarray(f()[0]), a, i, k)]),
-                               extra={**layer.extra, "fused": how}))
-    return out
 
 
 @register_pass

@@ -11,7 +11,6 @@ the parameter in torch), transformers' own checkpoint conversion (Qwen3-MoE is s
 
 from __future__ import annotations
 
-import inspect
 
 import numpy as np
 import pytest
@@ -63,7 +62,7 @@ def _graph_route(model):
 def _module_route(model):
     """The rows the module route (checkpoint folders, modules that fail to export) gives, split as the
     other routes split them."""
-    from irtools.frontends.formats.layers import split_fused
+    from irtools.ir.fused import split_fused
     from irtools.frontends.torch import module_weight_layers
 
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
@@ -207,30 +206,26 @@ def test_weightwatcher_compatible_api_keeps_the_fused_linear_one_matrix():
     ((4, 32, 47), {}, "gpt_oss", None),  # an odd fused axis: not two halves
 ])
 def test_which_axis_holds_gate_and_up(shape, shapes, model_type, want):
-    from irtools.frontends.formats.layers import fused_gate_up
+    from irtools.ir.fused import fused_gate_up
 
     name = "m.experts.gate_up_proj" if len(shape) == 3 else "m.mlp.gate_up_proj.weight"
     assert fused_gate_up(name, shape, shapes, model_type) == want
     assert fused_gate_up("m.mlp.up_proj.weight", (96, 32)) is None
 
 
-def test_split_is_idempotent_and_the_two_copies_of_the_rule_are_one():
-    """The graph route (passes/weights.py) and the other routes (frontends/formats/layers.py) may not import
-    each other's room: the rule is kept in both, and must stay the same code."""
-    import irtools.frontends.formats.layers as files
-    import irtools.passes.weights as graph
+def test_split_is_idempotent():
+    """Splitting split layers again changes nothing (every route may call it on what another gave)."""
+    from irtools.ir.fused import split_fused
 
-    for fn in ("fused_gate_up", "gate_up_part", "split_fused"):
-        assert inspect.getsource(getattr(files, fn)) == inspect.getsource(getattr(graph, fn)), fn
     layers = _module_route(_phi3())
-    again = files.split_fused(layers)
+    again = split_fused(layers)
     assert [layer.name for layer in again] == [layer.name for layer in layers]
 
 
 def test_each_split_layer_keeps_its_own_layout():
     """Two fused layers of different layouts in one list: each part reads its own layer's axis and
     interleave (not the last layer's)."""
-    from irtools.frontends.formats.layers import split_fused
+    from irtools.ir.fused import split_fused
     from irtools.ir.layers import WeightLayer
 
     rng = np.random.default_rng(0)
