@@ -30,11 +30,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import re
 
 from irtools.errors import IrtoolsError, printable
 
+#: How many times its input's bytes a trace is budgeted for (the activations it computes on the way).
+TRACE_GROWTH = 64
 #: Token ids traced for a text model when `--seq-len` is not given (clamped to the model's maximum positions).
 DEFAULT_SEQ_LEN = 128
 CONFIG = "config.json"
@@ -320,25 +323,33 @@ def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
     def ids(k):
         return (torch.arange(k, dtype=torch.long) % max(vocab - 1, 1) + (1 if vocab > 1 else 0)).reshape(1, k)
 
+    def zeros(*shape):  # a config's sizes are checked before the input (and the trace over it) is allocated
+        shape = tuple(int(d) for d in shape)
+        if any(d <= 0 for d in shape):
+            raise IrtoolsError(f"config.json gives the trace input the shape {list(shape)}", path)
+        budget.check(4.0 * math.prod(shape) * TRACE_GROWTH, f"the trace over a {list(shape)} input (config.json)",
+                     path)
+        return torch.zeros(*shape)
+
     kwargs: dict = {}
     if main == "pixel_values":
         size = getattr(config, "image_size", None) or _preprocessor(path).get("crop_size") or 224
         size = size.get("height", 224) if isinstance(size, dict) else size
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        kwargs[main] = torch.zeros(1, int(getattr(config, "num_channels", 3) or 3), int(h), int(w))
+        kwargs[main] = zeros(1, int(getattr(config, "num_channels", 3) or 3), int(h), int(w))
     elif main == "input_values":
         pre = _preprocessor(path)
         samples = int(seq_len or pre.get("sampling_rate") or 16000)  # one second of audio
-        kwargs[main] = torch.zeros(1, samples)
+        kwargs[main] = zeros(1, samples)
     elif main == "input_features":
         pre = _preprocessor(path)
         mels = int(getattr(config, "num_mel_bins", 0) or pre.get("feature_size") or 80)
         if getattr(config, "max_source_positions", None) and getattr(config, "num_mel_bins", None):
-            kwargs[main] = torch.zeros(1, mels, 2 * int(config.max_source_positions))  # Whisper's fixed window
+            kwargs[main] = zeros(1, mels, 2 * int(config.max_source_positions))  # Whisper's fixed window
         else:
             feat = int(getattr(config, "input_feat_per_channel", mels) or mels) * int(
                 getattr(config, "input_channels", 1) or 1)
-            kwargs[main] = torch.zeros(1, seq_len or 64, feat)
+            kwargs[main] = zeros(1, seq_len or 64, feat)
     else:
         kwargs[main] = ids(n)
     try:

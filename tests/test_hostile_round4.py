@@ -97,6 +97,29 @@ def test_seq_len_is_bounded_before_the_trace(llama, tmp_path):
     assert sorted(row["name"] for row in analysis.layers) == _weights_rows(llama)
 
 
+def test_an_audio_trace_input_the_config_makes_huge_is_budgeted_before_it_is_allocated(tmp_path, monkeypatch):
+    """preprocessor_config.json's sampling_rate sizes a speech model's trace input (one second of audio):
+    10^12 samples was a 4 TB `torch.zeros` ('unexpected RuntimeError'), 10^10 an allocation overcommit
+    lets through until the trace is killed."""
+    torch.manual_seed(0)
+    cfg = tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4, vocab_size=20)
+    folder = tmp_path / "w2v"
+    tf.Wav2Vec2ForCTC(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000, "feature_size": 1}))
+    truth = sorted(r["name"] for r in irtools.analyze(str(folder), metrics="spectral", min_evals=1).layers)
+    from irtools import budget
+
+    monkeypatch.setattr(budget, "_limit", 1 << 30)  # --max-memory 1G
+    for rate in (10**12, 10**10):
+        (folder / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": rate, "feature_size": 1}))
+        analysis = irtools.analyze(str(folder), min_evals=1)
+        assert analysis.reuse is None and any("the trace over a [1, " in n and "memory budget" in n
+                                              for n in analysis.notes), analysis.notes
+        assert sorted(r["name"] for r in analysis.layers) == truth
+
+
 # -- the class config.json names --------------------------------------------------------------------------------
 @pytest.mark.parametrize("architectures, says", [
     (["AutoTokenizer"], "'AutoTokenizer', which is not a transformers model class"),
