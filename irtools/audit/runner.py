@@ -146,7 +146,9 @@ class _Cluster:
         # Closing races with the workers' last heartbeats: distributed logs CommClosedError tracebacks for
         # connections it is itself closing. Nothing is lost by then (every result is written), so the
         # shutdown is quiet; a failure to close is not the audit's failure.
-        with _quiet_logs():
+        from irtools.distributed import quiet_dask  # noqa: PLC0415
+
+        with quiet_dask():
             if self.client is not None:
                 with contextlib.suppress(Exception):
                     self.client.close()
@@ -174,20 +176,6 @@ def _quiet_worker_class():
 
 def _QuietWorker():  # noqa: N802 - a plugin instance; the class is made when Dask is imported
     return _quiet_worker_class()()
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    names = ("distributed", "tornado", "asyncio")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def _check_reachable(scheduler: str) -> None:
