@@ -431,7 +431,10 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
     from irtools.reports.compare import parse_accuracies
 
     opts = options.AnalysisOptions.from_cli(params)
-    files.check_output_path(output, models)  # a bad output path fails before any work
+    # a bad output path fails before any work (the base's folder included)
+    files.check_output_path(output, [*models, *([opts.base] if opts.base is not None else [])])
+    if opts.base is not None and any(_same_path(m, opts.base) for m in models):
+        raise IrtoolsError("--base names a model of the report itself: every W - W_base would be zero", opts.base)
     from irtools.audit.results import is_audit_dir
 
     if len(models) == 1 and is_audit_dir(models[0]):
