@@ -23,7 +23,9 @@ __all__ = ["FRAMEWORKS", "convert"]
 def _run_ort(proto: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # its warnings (an unread weight's "Removing initializer") are not ours to print
+    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 

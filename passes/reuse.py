@@ -17,6 +17,7 @@ import numpy as np
 
 from irtools.errors import IrtoolsError
 from irtools.ir.model import IRModel
+from irtools.ir.parameters import UNREAD_REASON
 from irtools.passing import Pass, register_pass
 
 
@@ -127,4 +128,8 @@ class ReusePass(Pass):
 
     def run(self, model: IRModel) -> dict:
         cc = model.results["context-counts"]
-        return reuse_quantities(cc.counts, cc.num_input_scalars, cc.num_output_scalars)
+        out = reuse_quantities(cc.counts, cc.num_input_scalars, cc.num_output_scalars)
+        for row in out["parameters"]:
+            if row["name"] in model.unread_parameters:
+                row["reason"] = UNREAD_REASON  # zero contexts, and why
+        return out

@@ -23,7 +23,7 @@ from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
 from irtools.ir.loading import (check_node_count, check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model,
                                 unread_parameter_shapes)
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY, ConstantAnalysis, StoredTensor,
-                                   classify)
+                                   classify, unread_note)
 from irtools.ir.shapes import infer_shapes
 
 
@@ -188,7 +188,7 @@ class IRModel:
     def notes(self) -> list[str]:
         """What loading assumed on the user's behalf, one line each (the CLI prints them as notes)."""
         return [f"input '{name}': symbolic batch dimension '{label}' fixed to 1 (context counts are per example; "
-                f"--input-shape sets it)" for name, label in self.batch_fixed]
+                f"--input-shape sets it)" for name, label in self.batch_fixed] + unread_note(self.unread_parameters)
 
     # -- structure ---------------------------------------------------------------------
     def _flatten(self, order: list[ir.Node]) -> None:
