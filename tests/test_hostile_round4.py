@@ -120,6 +120,25 @@ def test_an_audio_trace_input_the_config_makes_huge_is_budgeted_before_it_is_all
         assert sorted(r["name"] for r in analysis.layers) == truth
 
 
+def test_buffers_a_config_makes_huge_are_budgeted_before_they_are_allocated(tmp_path, monkeypatch):
+    """BERT's position ids are a buffer of max_position_embeddings: 2^34 of them (128 GB) were allocated
+    for real (an empty tensor that the model's initialisation then fills)."""
+    torch.manual_seed(0)
+    folder = tmp_path / "bert"
+    tf.BertModel(tf.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    truth = sorted(r["name"] for r in irtools.analyze(str(folder), metrics="spectral", min_evals=1).layers)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 34}))
+    from irtools import budget
+
+    monkeypatch.setattr(budget, "_limit", 1 << 30)  # --max-memory 1G
+    analysis = irtools.analyze(str(folder), min_evals=1)
+    assert analysis.reuse is None and any("the architecture's buffers" in n and "memory budget" in n
+                                          for n in analysis.notes), analysis.notes
+    assert sorted(r["name"] for r in analysis.layers) == truth
+
+
 # -- the class config.json names --------------------------------------------------------------------------------
 @pytest.mark.parametrize("architectures, says", [
     (["AutoTokenizer"], "'AutoTokenizer', which is not a transformers model class"),
