@@ -288,8 +288,14 @@ def check_seq_len(seq_len) -> None:
 
 
 def _preprocessor(path: str) -> dict:
-    full = os.path.join(path, "preprocessor_config.json")
-    if not os.path.isfile(full) or os.path.getsize(full) > 1_000_000:
+    from irtools.files import model_member  # noqa: PLC0415
+
+    name = "preprocessor_config.json"
+    try:  # the folder's own file (a symlink out of it, a FIFO: none), under 1 MB
+        full = model_member(path, name, name) if os.path.lexists(os.path.join(path, name)) else None
+    except IrtoolsError:
+        full = None
+    if full is None or os.path.getsize(full) > 1_000_000:
         return {}
     try:
         with open(full, "rb") as fh:
