@@ -27,6 +27,7 @@ import onnx
 
 from irtools.frontends import require
 from irtools.errors import IrtoolsError
+from irtools.ir.fused import split_fused
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
                                    unread_note)
 
@@ -610,7 +611,9 @@ def module_weight_layers(module, values: Mapping[str, object] | None = None) -> 
                 rest = shape[1] * shape[2]
                 add(layer_name(full), mod, full, "matrix", shape, max(shape[0], rest), min(shape[0], rest),
                     load=lambda load=load, s=shape: [np.asarray(load()).reshape(s[0], s[1] * s[2])])
-    return layers
+    # fused gate/up projections as their two matrices, as the weights-only and graph routes split them
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters(remove_duplicate=False)}
+    return split_fused(layers, shapes, getattr(getattr(module, "config", None), "model_type", None))
 
 
 # -- structure-only export: the graph of a module whose weights live elsewhere -------------------

@@ -484,9 +484,8 @@ class WeightsPass(Pass):
     name = "weights"
     conv_slices: bool = False  # one layer per kernel position instead of one pooled ESD
     split_qkv: bool = False  # split fused (in, 3*in) projections into q, k, v
-    #: fused gate/up projections as their gate and up matrices (`split_fused`); off until the module route
-    #: (frontends/torch.py's module_weight_layers) splits them too, so that every route names rows alike
-    split_gate_up: bool = False
+    #: fused gate/up projections as their gate and up matrices (`split_fused`), as every route splits them
+    split_gate_up: bool = True
 
     def run(self, model: IRModel) -> Weights:
         ctx = _Ctx(model, self)

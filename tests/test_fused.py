@@ -197,7 +197,7 @@ def test_weightwatcher_compatible_api_keeps_the_fused_linear_one_matrix():
 
 @pytest.mark.parametrize("shape,shapes,model_type,want", [
     ((96, 32), {}, None, (0, False)),  # a Linear [2I, H]: the output rows, halves
-    ((4, 48, 32), {}, None, (0, False)),  # transformers' experts [E, 2I, H]
+    ((4, 48, 32), {}, None, None),  # [E, 2I, H] or [E, H, 2I]: nothing tells, kept whole
     ((4, 32, 48), {"m.experts.gate_up_proj_bias": (4, 48)}, None, (1, True)),  # gpt-oss: the bias tells, interleaved
     ((4, 32, 48), {}, "gpt_oss", (1, True)),
     ((4, 32, 48), {}, "llama4_text", (1, False)),  # Llama 4 stores [E, H, 2I], halves

@@ -112,6 +112,13 @@ def test_a_torch_moe_module_gets_every_expert_from_its_parameters_without_export
     assert three_d, "the architecture keeps its experts fused"
     for k, p in three_d.items():
         rows = [layer for layer in layers if layer.parameter == k]
+        if "gate_up_proj" in k:  # the fused [E, 2I, H] gate/up: each expert's gate and up halves (chunk(2))
+            assert [(layer.extra["expert"], layer.name) for layer in rows] == [
+                (e, f"{k}[{e}].{part}") for e in range(p.shape[0]) for part in ("gate", "up")]
+            for layer in rows:
+                e, half = layer.extra["expert"], 0 if layer.name.endswith(".gate") else 1
+                np.testing.assert_array_equal(layer.matrices()[0], p[e].detach().numpy().reshape(2, -1, p.shape[2])[half])
+            continue
         assert [layer.extra["expert"] for layer in rows] == list(range(p.shape[0]))
         for e, layer in enumerate(rows):
             assert layer.name == f"{k}[{e}]"

@@ -43,7 +43,7 @@ def is_float(dtype) -> bool:
 
 
 def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skipped: list | None = None,
-                  model_type: str | None = None, split_gate_up: bool = False):
+                  model_type: str | None = None, split_gate_up: bool = True):
     """`WeightLayer`s of the matrix-like tensors: 2-D dense/embedding, 3-5-D convolutions,
     PyTorch LSTM/GRU weights split per gate; with `split_gate_up`, fused gate/up projections split in
     their gate and up matrices (`split_fused`; `model_type`, the config's, where known, tells gpt-oss's

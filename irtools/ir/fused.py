@@ -31,7 +31,8 @@ def fused_gate_up(parameter: str, shape, shapes=None, model_type: str | None = N
     of `shape` (2-D [2I, H], or experts [E, 2I, H] / [E, H, 2I]); None for any other parameter, or one whose
     fused axis cannot be halved. `shapes` ({name: shape} of the checkpoint's other tensors) tells the experts'
     layout: the bias `{name}_bias` [E, 2I], else `down_proj` [E, I, H] / [E, H, I]; else the config's
-    `model_type`; else transformers' [E, 2I, H]. `out_axis`: the output axis where the route knows it (an op)."""
+    `model_type`; else nothing (None: the experts stay whole, since splitting the wrong axis would halve the
+    input features). `out_axis`: the output axis where the route knows it (an op)."""
     path = re.sub(r"[./](weight|kernel|w)$", "", parameter)
     if not _GATE_UP.search(path) or len(shape) not in (2, 3):
         return None
@@ -49,8 +50,14 @@ def fused_gate_up(parameter: str, shape, shapes=None, model_type: str | None = N
         # down_proj maps I -> H in the same layout: [E, H, I] beside [E, 2I, H], [E, I, H] beside [E, H, 2I]
         by_down = [k for k in even if down is not None and len(down) == 3
                    and tuple(down[1:]) == ((per[1], per[0] // 2) if k == 0 else (per[1] // 2, per[0]))]
-        axis = (by_bias[0] if len(by_bias) == 1 else by_down[0] if len(by_down) == 1 else
-                1 if model_type in OUT_LAST_GATE_UP else 0)
+        if len(by_bias) == 1:
+            axis = by_bias[0]
+        elif len(by_down) == 1:
+            axis = by_down[0]
+        elif model_type is not None:
+            axis = 1 if model_type in OUT_LAST_GATE_UP else 0
+        else:  # nothing tells [E, 2I, H] from gpt-oss's [E, H, 2I]: a guess would split the wrong features
+            return None
     if per[axis] % 2:
         return None
     interleaved = model_type in INTERLEAVED_GATE_UP if model_type else bias is not None
