@@ -66,7 +66,8 @@ FORMATS: tuple[Format, ...] = (
 
 #: What irtools reads, for the message about a file it does not.
 READS = ("ONNX (.onnx), safetensors (a file, a folder, a shard index), PyTorch checkpoints (.pt .pth .bin .ckpt, "
-         "pytorch_model.bin folders), GGUF, .npz, Keras (.keras, .h5, .weights.h5), .pt2 programs")
+         "pytorch_model.bin folders, DeepSpeed ZeRO checkpoint folders), GGUF, .npz, Keras (.keras, .h5, .weights.h5), "
+         ".pt2 programs")
 
 
 def _head(path: str, n: int = 64) -> bytes:
@@ -168,7 +169,7 @@ def read_weights(path: str, trust: bool = False, *, dequantize: bool = True) -> 
     if fmt is None:
         raise ModelLoadError(describe(path) if os.path.isfile(path) else
                              "a folder with no weights file irtools reads (safetensors, pytorch_model.bin, "
-                             "torch.distributed.checkpoint)", path)
+                             "torch.distributed.checkpoint, DeepSpeed ZeRO)", path)
     with read_errors(path, fmt.label):
         tensors = fmt.read(path, trust)
     out = WeightSet({writable_name(name): StoredArray(a.shape, a.dtype, checked_load(a.load, path, fmt.label),
