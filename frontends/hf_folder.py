@@ -36,6 +36,12 @@ import re
 
 from irtools.errors import IrtoolsError, printable
 
+#: Layers a config may declare for the graph to be traced (real models have at most a few hundred): an
+#: architecture that shares one layer's weights across its depth (ALBERT) is built small whatever the
+#: count, but its trace unrolls every layer.
+MAX_TRACED_LAYERS = 1024
+_LAYER_FIELDS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
+                 "num_encoder_layers", "num_decoder_layers")
 #: How many times its input's bytes a trace is budgeted for (the activations it computes on the way).
 TRACE_GROWTH = 64
 #: Token ids traced for a text model when `--seq-len` is not given (clamped to the model's maximum positions).
@@ -413,6 +419,12 @@ def open_checkpoint_folder(path: str, name: str, options):
                              "config); spectral metrics from its dequantized weights")
     from irtools.frontends.torch import export_structure, module_weight_layers  # noqa: PLC0415
 
+    deep = _declared_depth(raw)
+    if deep is not None:
+        return _weights_only(path, name, options, tensors, metadata,
+                             f"reuse metrics left out: config.json declares {deep[1]:,} layers ({deep[0]}), over the "
+                             f"{MAX_TRACED_LAYERS:,} a graph is traced for (refused before building it); spectral "
+                             "metrics from the weights alone")
     try:
         module, config = build_module(path, raw, options.trust, tensors)
         values = _parameter_values(module, path, config, raw, tensors, options.trust, metadata)
@@ -471,6 +483,17 @@ def _unread_matrices(module, tensors: dict) -> list[str]:
               if isinstance(p, str)]
     return [k for k, t in tensors.items() if k not in known and len(t.shape) >= 2 and
             not any(p.search(k) for p in ignore)]
+
+
+def _declared_depth(raw: dict) -> tuple[str, int] | None:
+    """(field, count) of a layer count config.json declares over `MAX_TRACED_LAYERS` (at the top level
+    or in a sub-config such as `text_config`), else None."""
+    for part in [raw] + [v for v in raw.values() if isinstance(v, dict)]:
+        for key in _LAYER_FIELDS:
+            v = part.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_TRACED_LAYERS:
+                return key, v
+    return None
 
 
 def _weights_only(path: str, name: str, options, tensors: dict, metadata: dict, note: str):

@@ -68,12 +68,32 @@ def _cli(*args, cwd=None, timeout=300):
 
 
 # -- work bounded before it is done -----------------------------------------------------------------------------
-def test_a_config_of_a_million_layers_is_refused_before_it_is_built(llama, tmp_path):
-    folder = _variant(llama, tmp_path, num_hidden_layers=10**6)  # unbounded, it built for hours (killed at 150 s)
+@pytest.mark.parametrize("layers, says", [
+    (10**6, "declares 1,000,000 layers (num_hidden_layers), over the 1,024"),  # it built for hours (killed at 150 s)
+    (1000, "builds over 4,480 modules for a checkpoint of 12 tensors"),  # under the layer cap: the module cap
+])
+def test_a_config_of_absurd_depth_is_refused_before_it_is_built(llama, tmp_path, layers, says):
+    folder = _variant(llama, tmp_path, num_hidden_layers=layers)
     analysis = irtools.analyze(folder, min_evals=1)
     note = next(n for n in analysis.notes if n.startswith("reuse metrics left out"))
-    assert "modules" in note and "refused before building" in note, note
+    assert says in note and "refused before building" in note, note
     assert sorted(row["name"] for row in analysis.layers) == _weights_rows(llama)
+
+
+def test_a_shared_layer_architecture_of_absurd_depth_is_not_traced(tmp_path):
+    """ALBERT builds one layer whatever num_hidden_layers says (weights shared across depth), so no module
+    cap stops it: its trace would unroll every layer."""
+    torch.manual_seed(0)
+    folder = tmp_path / "albert"
+    tf.AlbertModel(tf.AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=64,
+                                   max_position_embeddings=32)).save_pretrained(folder)
+    truth = sorted(r["name"] for r in irtools.analyze(str(folder), metrics="spectral", min_evals=1).layers)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**6}))
+    analysis = irtools.analyze(str(folder), min_evals=1)
+    assert analysis.reuse is None and any("declares 1,000,000 layers" in n for n in analysis.notes), analysis.notes
+    assert sorted(r["name"] for r in analysis.layers) == truth
 
 
 def test_the_module_cap_counts_from_the_checkpoint(llama):
