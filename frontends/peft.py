@@ -173,16 +173,15 @@ def is_adapter(source: Any) -> bool:
 
 
 def read_config(folder: str) -> AdapterConfig:
-    path = os.path.join(folder, CONFIG_FILE)
-    from irtools.files import check_input
+    from irtools.files import model_member
 
-    check_input(path)
+    path = model_member(folder, CONFIG_FILE, "adapter config")  # inside the folder, a regular file
     if os.path.getsize(path) > _CONFIG_MAX_BYTES:
         raise IrtoolsError(f"{CONFIG_FILE} is over {_CONFIG_MAX_BYTES >> 20} MB", path)
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, a 5,000-digit number
         raise IrtoolsError(f"not valid JSON ({type(exc).__name__})", path) from None
     return AdapterConfig.from_dict(data, path)
 
@@ -194,7 +193,10 @@ def read_adapter(source: Any, trust: bool = False) -> tuple[AdapterConfig, dict,
     folder = adapter_folder(source)
     if folder is not None:
         config = read_config(folder)
-        weights = next(os.path.join(folder, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f)))
+        from irtools.files import model_member
+
+        weights = next(model_member(folder, f, "adapter weights") for f in WEIGHT_FILES
+                       if os.path.lexists(os.path.join(folder, f)))
         if config.base and not os.path.isabs(config.base) and os.path.isdir(os.path.join(folder, config.base)):
             config.base = os.path.join(folder, config.base)
         return config, read_weights(weights, trust=trust), folder

@@ -12,8 +12,8 @@ Each test builds the hostile input by hand from a tiny valid one and checks the 
 - a working directory longer than PATH_MAX gives a working run (analyze) or one line (audit), never
   a native library's abort;
 - names from a model reach the terminal progress escaped and never as rich markup.
-Failures of files other helpers own are `xfail(strict=True)`: they start passing the day the owner's
-fix lands (the fix is in the round's report).
+Adapter folders read their files as the folder's own regular members, report titles and legends never
+read a name as mathtext, and an OUTDIR inside the `--base` folder leaves the base's fingerprint alone.
 """
 
 from __future__ import annotations
@@ -360,8 +360,6 @@ def adapter(tmp_path):
     return folder
 
 
-@pytest.mark.xfail(strict=True, reason="frontends/peft.py read_config catches ValueError only: a deeply nested "
-                                       "adapter_config.json ends in 'unexpected RecursionError'")
 def test_a_deeply_nested_adapter_config_is_one_line(adapter):
     (adapter / "adapter_config.json").write_text("[" * 100_000)
     proc = _cli("analyze", str(adapter))
@@ -369,8 +367,6 @@ def test_a_deeply_nested_adapter_config_is_one_line(adapter):
         proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="frontends/peft.py reads adapter_model.safetensors by os.path.join, not "
-                                       "files.model_member: a symlink leaving the adapter folder is followed")
 def test_adapter_weights_symlinked_out_of_the_folder_are_refused(adapter, tmp_path):
     outside = tmp_path / "elsewhere.safetensors"
     shutil.move(adapter / "adapter_model.safetensors", outside)
@@ -414,9 +410,6 @@ def test_tensor_names_of_gguf_and_safetensors_are_inert_in_every_output(tmp_path
         assert any(row["name"] == EVIL.removesuffix(".weight") or row["name"] == EVIL for row in layers), layers
 
 
-@pytest.mark.xfail(strict=True, reason="irtools/reports/html.py passes tensor names to matplotlib as they are: '$...$' "
-                                       "is parsed as mathtext (report ends 'unexpected ValueError') and a raw ESC/BEL "
-                                       "reaches stderr in matplotlib's 'Glyph 27 missing' warning")
 def test_report_of_tensor_names_holding_mathtext_and_control_characters(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
@@ -430,9 +423,6 @@ def test_report_of_tensor_names_holding_mathtext_and_control_characters(tmp_path
     assert all(line.startswith(("irtools: ", "wrote ")) for line in proc.stderr.splitlines()), proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="irtools/audit/runner.py plan(): the base's fingerprint does not exclude the "
-                                       "audit's own folder, so an OUTDIR inside the --base folder changes it on "
-                                       "every run and no result is ever resumed")
 def test_an_audit_folder_inside_the_base_folder_keeps_results_resumable(llama, tmp_path):
     from irtools import options
     from irtools.audit.runner import plan

@@ -209,7 +209,7 @@ def plan(args: Sequence[str], outdir: str, options: AuditOptions, series: bool =
     sources = series_order(paths) if series else [Source(p) for p in paths]
     digest = options.digest()
     # against a base (--base), a result holds only while the base's files are unchanged too
-    base = "" if getattr(options, "base", None) is None else "+" + fingerprint(options.base)
+    base = "" if getattr(options, "base", None) is None else "+" + fingerprint(options.base, exclude=(outdir,))
     models, done = [], {}
     for src in sources:
         model = _Model(src, os.path.join(outdir, "models", result_name(src.path, digest)),

@@ -201,7 +201,7 @@ def esd_png(evals: np.ndarray, alpha: float, xmin: float, title: str, warning: s
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density")
         ax.legend(fontsize=6, loc="lower left")
-    ax.set_title(title + (f"  [{warning}]" if warning else ""), fontsize=8,
+    ax.set_title(printable(title) + (f"  [{warning}]" if warning else ""), fontsize=8, parse_math=False,
                  color="#a00000" if warning in FLAG_CLASSES else "black")
     ax.tick_params(labelsize=7)
     fig.subplots_adjust(left=0.17, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout costs 0.3 s a figure
@@ -227,7 +227,7 @@ def correlation_flow_png(reports: Sequence[ModelReport]) -> bytes:
         if d is None or d.empty:
             continue
         for ax, column in zip(axes, ("alpha", "log_spectral_norm"), strict=True):
-            line, = ax.plot(d["layer_id"], d[column], "o-", markersize=3, linewidth=1, label=_short(r.name))
+            line, = ax.plot(d["layer_id"], d[column], "o-", markersize=3, linewidth=1, label=_label(r.name))
             flagged = d["warning"].isin(list(FLAG_CLASSES))
             ax.plot(d["layer_id"][flagged], d[column][flagged], "o", markersize=8, markerfacecolor="none",
                     color=line.get_color())
@@ -264,7 +264,7 @@ def context_counts_png(reports: Sequence[ModelReport]) -> bytes:
         for r in with_counts:
             depths = [row["depth"] for row in r.depth_counts]
             line, = ax.plot(depths, [row["median"] for row in r.depth_counts], "o-", markersize=3, linewidth=1,
-                            label=_short(r.name))
+                            label=_label(r.name))
             ax.fill_between(depths, [row["q1"] for row in r.depth_counts], [row["q3"] for row in r.depth_counts],
                             color=line.get_color(), alpha=0.2)
         ax.legend(fontsize=7)
@@ -331,6 +331,11 @@ def write_report(sources: Sequence[str], output: str, **options) -> list[ModelRe
 
 def _short(name: str) -> str:
     return os.path.basename(name.rstrip("/")) or name
+
+
+def _label(name: str) -> str:
+    """A model's name as a matplotlib legend label: escaped, a '$' never read as mathtext."""
+    return printable(_short(name)).replace("$", r"\$")
 
 
 def _esc(x) -> str:
