@@ -66,14 +66,15 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 
           "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
 
 
-def parse_size(text: str) -> int:
-    """"1.5G" -> 1610612736; binary units (K, M, G, T, with or without B/iB)."""
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """"1.5G" -> 1610612736; binary units (K, M, G, T, with or without B/iB). `option` names the
+    command-line option the text came from, in the error."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _UNITS:
-        raise IrtoolsError(f"--max-memory: not a size: {text!r} (e.g. 2G, 500M, 1073741824)")
+        raise IrtoolsError(f"{option}: not a size: {text!r} (e.g. 2G, 500M, 1073741824)")
     value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if value <= 0:
-        raise IrtoolsError(f"--max-memory: must be positive, got {text!r}")
+        raise IrtoolsError(f"{option}: must be positive, got {text!r}")
     return value
 
 

@@ -445,16 +445,19 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
         return
     if opts.base is not None:  # each model against the base: model-vs-base alpha, alpha by depth, what moved
         from irtools.finetune import compare
-        from irtools.reports.finetune import finetune_section
+        from irtools.reports.finetune import drift_section, finetune_section
         from irtools.reports.html import page
 
-        sections = []
+        sections, results = [], []
         with _progress() as progress:
             for model in models:
                 result = compare(model, opts.base, options=opts, progress=progress)
                 for note in result.notes:
                     _note(note)
+                results.append(result)
                 sections.append(finetune_section(result))
+        if len(results) > 1:  # several fine-tunes of one base: how far each moved, side by side
+            sections.insert(0, drift_section(results))
         files.write_text_atomic(files.check_output_path(output, [*models, opts.base]),
                                 page("irtools: fine-tunes against their base", "".join(sections)))
         click.echo(f"wrote {output}")
@@ -487,6 +490,9 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
                    "(default: the worker's limit, the machine's memory shared by the workers).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Times a task that raised is run again.")
+@click.option("--split-over", default="2G", show_default=True, metavar="SIZE",
+              help="Split a model whose files exceed SIZE (weights-only or ONNX) into one task per weight matrix, "
+                   "each reading its tensor by offset; 0: never.")
 @click.option("--series", is_flag=True, help="Order the models by the step or epoch number in their names.")
 @click.option("--retry-failed", is_flag=True, help="Analyse again the models whose earlier result is a failure.")
 @click.option("--recheck", is_flag=True,
@@ -499,8 +505,8 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
 @options.click_options
 @_debug_option
 def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers: int | None, timeout: float | None,
-          memory_limit: str | None, retries: int, series: bool, retry_failed: bool, recheck: bool, fmt: str,
-          quiet: bool, debug: bool, **params: Any) -> None:
+          memory_limit: str | None, retries: int, split_over: str, series: bool, retry_failed: bool, recheck: bool,
+          fmt: str, quiet: bool, debug: bool, **params: Any) -> None:
     """Audit many models (files, model folders, globs, or a .txt list of them; one task each) on Dask: an
     embedded local cluster, or any cluster with --scheduler. One Parquet result per model under OUTDIR/models,
     then OUTDIR/summary and OUTDIR/layers; running it again analyses only the models without a result.
@@ -518,10 +524,11 @@ def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers:
         raise IrtoolsError(f"the working directory's path is longer than the system's limit ({files.PATH_MAX} bytes): "
                            "audit's worker processes cannot start in it; run audit from a shorter folder")
     opts = options.AnalysisOptions.from_cli(params)
-    limit = parse_size(memory_limit) if memory_limit is not None else None
+    limit = parse_size(memory_limit, "--memory-limit") if memory_limit is not None else None
+    split = 0 if split_over.strip() == "0" else parse_size(split_over, "--split-over")
     result = run_audit(list(sources), outdir, opts, series=series, scheduler=scheduler, workers=workers,
                        timeout=timeout, memory_limit=limit, retries=retries, fmt=fmt, retry_failed=retry_failed,
-                       quiet=quiet, recheck=recheck)
+                       quiet=quiet, recheck=recheck, split_over=split, debug=debug)
     partial = _partial_rows(result.summary, opts)
     if not quiet:
         click.echo(f"audit: {len(result.summary)} models, {result.failed} failed, {result.analysed} analysed in "

@@ -348,6 +348,29 @@ def test_a_big_model_split_per_tensor_equals_its_one_task_result(zoo, cluster, t
     assert again.analysed == 0 and again.resumed == 3
 
 
+def test_split_over_from_the_command_line(cluster, tmp_path):
+    """`audit --split-over SIZE` reaches the runner (the sharded folder split, its rows those of `--split-over 0`),
+    and a value that is not a size is one line naming the option, before any work."""
+    from tests.test_distributed import sharded_checkpoint
+
+    (tmp_path / "shards").mkdir()
+    source = sharded_checkpoint(tmp_path / "shards")
+    address = cluster.scheduler.address
+    runs = {}
+    for size in ("100K", "0"):
+        out = str(tmp_path / f"out{size}")
+        res = CliRunner().invoke(main, ["audit", source, "-o", out, "--scheduler", address, "-q", "--split-over", size],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        runs[size] = (pd.read_parquet(os.path.join(out, "summary.parquet")),
+                      pd.read_parquet(os.path.join(out, "layers.parquet")))
+    workers = {size: summary["worker"].iloc[0] for size, (summary, _) in runs.items()}
+    assert workers["100K"].startswith("split: ") and not workers["0"].startswith("split")
+    pd.testing.assert_frame_equal(runs["100K"][1], runs["0"][1])
+    bad = CliRunner().invoke(main, ["audit", source, "-o", str(tmp_path / "bad"), "--split-over", "lots"])
+    assert bad.exit_code == 2 and "--split-over: not a size: 'lots'" in bad.output and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("debug", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_failing_tasks_and_a_dying_worker_leave_stderr_to_irtools(zoo, tmp_path, capfd, monkeypatch, debug):
     """Through the command line on the embedded cluster: a model whose task raises, a split model one of

@@ -5,6 +5,7 @@ checkpoint's values there are what `irtools analyze MODEL --base BASE` gives for
 from __future__ import annotations
 
 import html
+import os
 import json
 import re
 
@@ -89,3 +90,25 @@ def test_report_of_an_audit_against_a_base_draws_the_drift(tmp_path):
     assert [c["summary"]["rel_distance"] for c in finetune_checkpoints(summary, layers, np.arange(2.0))] == \
         [got[n][0] for n in got]
     assert finetune_checkpoints(summary, layers.drop(columns=[c for c in layers if "dist" in c]), np.arange(2.0)) == []
+
+
+def test_report_of_several_fine_tunes_against_a_base_draws_their_drift(tmp_path):
+    """`irtools report M1 M2 --base B` (no audit folder): the same drift section, one row per model in the
+    order given, each equal to `analyze M --base B`; one model alone gets no drift section."""
+    base, _, paths = _checkpoints(tmp_path)
+    page = tmp_path / "two.html"
+    _run(["report", *paths, "--base", base, "-o", str(page)])
+    text = page.read_text()
+    section = text[text.index('<section class="finetune-drift"'):]
+    table = section[section.index('<table class="finetune-drift">'):]
+    got = _cells(table[:table.index("</table>")])
+    assert [os.path.basename(k) for k in got] == [os.path.basename(p) for p in paths]
+    from irtools.reports.finetune import DRIFT_METRICS
+
+    for path, values in zip(paths, got.values(), strict=True):
+        want = json.loads(_run(["analyze", path, "--base", base, "--format", "json"]).stdout)
+        for metric, value in zip(DRIFT_METRICS, values, strict=True):
+            assert value == pytest.approx(want["summary"][metric], rel=1e-12, abs=0), (path, metric)
+    one = tmp_path / "one.html"
+    _run(["report", paths[0], "--base", base, "-o", str(one)])
+    assert 'class="finetune-drift"' not in one.read_text()
