@@ -557,12 +557,32 @@ def module_weight_layers(module, values: Mapping[str, object] | None = None) -> 
         shape = tuple(getattr(mod.parametrizations[attr], names[-1]).shape)
         return f"{path}.{attr}" if path else attr, shape, load
 
+    def legacy_norm(path, mod, hook):
+        """`torch.nn.utils.weight_norm`'s hook (the older form): the weight it computes from `{name}_g` and
+        `{name}_v` before each call, named `{path}.{name}` as the graph route names it (DERIVED_NAMES)."""
+        g, v = getattr(mod, hook.name + "_g"), getattr(mod, hook.name + "_v")
+        seen.update((id(g), id(v)))
+        prefix = f"{path}.{hook.name}" if path else hook.name
+        lg, lv = loader(prefix + "_g", g), loader(prefix + "_v", v)
+
+        def load():
+            with torch.no_grad():
+                as_t = lambda f: torch.from_numpy(np.array(f(), dtype=np.float32))  # noqa: E731
+                return torch._weight_norm(as_t(lv), as_t(lg), hook.dim).numpy()
+        return prefix, tuple(v.shape), load
+
+    from torch.nn.utils.weight_norm import WeightNorm  # noqa: PLC0415
+
     for path, mod in module.named_modules(remove_duplicate=False):
         items = []
         if hasattr(mod, "parametrizations"):
             for attr in list(mod.parametrizations.keys()):
                 full, shape, load = effective(path, mod, attr)
                 items.append((attr, full, shape, load))
+        for hook in list(mod._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                full, shape, load = legacy_norm(path, mod, hook)
+                items.append((hook.name, full, shape, load))
         for pname, p in mod.named_parameters(recurse=False):
             if p is None or id(p) in seen or not p.is_floating_point():
                 continue

@@ -42,6 +42,51 @@ def is_float(dtype) -> bool:
     return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16 or dtype in _FLOAT8_DTYPES
 
 
+#: A weight-normalised weight's stored parts (torch's `parametrizations.weight.original0/1` and the older
+#: `weight_g`/`weight_v`): magnitude g and direction v of W = g * v / ||v||.
+_WEIGHT_NORM = (re.compile(r"(?P<path>.+)\.parametrizations\.(?P<attr>[A-Za-z_]\w*)\.original(?P<k>[01])"),
+                re.compile(r"(?P<path>.+)\.(?P<attr>[A-Za-z_]\w*)_(?P<k>[gv])"))
+
+
+def weight_normed(tensors: dict) -> dict:
+    """`tensors` with each weight-normalised pair (g, v) replaced by the weight the module computes with,
+    W = g * v / ||v|| (the norm over the axes along which g has length 1, as torch's `weight_norm`), named
+    `{path}.{attr}` as the module and graph routes name it; in float32, as torch computes it. A pair whose
+    shapes do not fit each other is left as it is."""
+    pairs: dict[str, dict[str, str]] = {}
+    for name in tensors:
+        for pattern in _WEIGHT_NORM:
+            m = pattern.fullmatch(name)
+            if m:
+                pairs.setdefault(f"{m['path']}.{m['attr']}", {})[{"0": "g", "1": "v"}.get(m["k"], m["k"])] = name
+                break
+    out, done = {}, {}  # done: {part: its target, target: the computed weight}
+    for target, parts in pairs.items():
+        if set(parts) != {"g", "v"} or target in tensors:
+            continue
+        g, v = tensors[parts["g"]], tensors[parts["v"]]
+        if len(g.shape) != len(v.shape) or any(a not in (1, b) for a, b in zip(g.shape, v.shape, strict=True)):
+            continue
+
+        def load(g=g, v=v):
+            gv, vv = np.asarray(g.load(), dtype=np.float32), np.asarray(v.load(), dtype=np.float32)
+            axes = tuple(i for i, d in enumerate(gv.shape) if d == 1)
+            return vv * (gv / np.sqrt(np.sum(vv * vv, axis=axes, keepdims=True)))
+
+        for n in parts.values():
+            done[n] = target
+        out_target = StoredArray(tuple(v.shape), np.dtype(np.float32), load)
+        done[target] = out_target
+    for name, t in tensors.items():  # the computed weight where its first part was, the parts gone
+        target = done.get(name)
+        if isinstance(target, str):
+            if target not in out:
+                out[target] = done[target]
+            continue
+        out[name] = t
+    return out
+
+
 def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skipped: list | None = None,
                   model_type: str | None = None, split_gate_up: bool = True):
     """`WeightLayer`s of the matrix-like tensors: 2-D dense/embedding, 3-5-D convolutions,
@@ -54,7 +99,7 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
     from irtools.ir.layers import WeightLayer
 
     layers: list[WeightLayer] = []
-    for name, t in tensors.items():
+    for name, t in weight_normed(tensors).items():
         shape, nd = t.shape, len(t.shape)
         if nd < 2:
             continue  # a vector: no matrix
