@@ -490,9 +490,9 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
                    "(default: the worker's limit, the machine's memory shared by the workers).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Times a task that raised is run again.")
-@click.option("--split-over", default="2G", show_default=True, metavar="SIZE",
+@click.option("--split-over", default=None, metavar="SIZE",
               help="Split a model whose files exceed SIZE (weights-only or ONNX) into one task per weight matrix, "
-                   "each reading its tensor by offset; 0: never.")
+                   "each reading its tensor by offset; 0: never. Default: 2G.")
 @click.option("--series", is_flag=True, help="Order the models by the step or epoch number in their names.")
 @click.option("--retry-failed", is_flag=True, help="Analyse again the models whose earlier result is a failure.")
 @click.option("--recheck", is_flag=True,
@@ -505,8 +505,8 @@ def report(models: tuple[str, ...], output: str, accuracies: tuple[str, ...], de
 @options.click_options
 @_debug_option
 def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers: int | None, timeout: float | None,
-          memory_limit: str | None, retries: int, split_over: str, series: bool, retry_failed: bool, recheck: bool,
-          fmt: str, quiet: bool, debug: bool, **params: Any) -> None:
+          memory_limit: str | None, retries: int, split_over: str | None, series: bool, retry_failed: bool,
+          recheck: bool, fmt: str, quiet: bool, debug: bool, **params: Any) -> None:
     """Audit many models (files, model folders, globs, or a .txt list of them; one task each) on Dask: an
     embedded local cluster, or any cluster with --scheduler. One Parquet result per model under OUTDIR/models,
     then OUTDIR/summary and OUTDIR/layers; running it again analyses only the models without a result.
@@ -525,7 +525,7 @@ def audit(sources: tuple[str, ...], outdir: str, scheduler: str | None, workers:
                            "audit's worker processes cannot start in it; run audit from a shorter folder")
     opts = options.AnalysisOptions.from_cli(params)
     limit = parse_size(memory_limit, "--memory-limit") if memory_limit is not None else None
-    split = 0 if split_over.strip() == "0" else parse_size(split_over, "--split-over")
+    split = None if split_over is None else 0 if split_over.strip() == "0" else parse_size(split_over, "--split-over")
     result = run_audit(list(sources), outdir, opts, series=series, scheduler=scheduler, workers=workers,
                        timeout=timeout, memory_limit=limit, retries=retries, fmt=fmt, retry_failed=retry_failed,
                        quiet=quiet, recheck=recheck, split_over=split, debug=debug)
