@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 from irtools.ir.layers import WeightLayer
 
 CONFIG_FILE = "adapter_config.json"
@@ -244,6 +244,8 @@ class Update:
     #: route (`adapter_updates(..., merged=True)`): W' = m * (W + ΔW) / ||W + ΔW|| per output unit.
     magnitude: Any = None
     magnitude_key: str | None = None
+    #: the r adapter_config.json gives the module, where its tensors store another rank (None: they agree)
+    config_r: int | None = None
 
     @property
     def out_axis(self) -> int:
@@ -370,10 +372,11 @@ def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) 
             for key in (a_key, b_key):
                 skip(key, f"lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not multiply to an update")
             continue
-        if A.shape[0] != r:  # the stored rank wins; the config's scale is PEFT's for the rank it built
-            r = int(A.shape[0])
+        config_r = None
+        if A.shape[0] != r:  # the stored rank wins (a note says so); PEFT itself would refuse to load it
+            config_r, r = r, int(A.shape[0])
         update = Update(module, kind, A, B, r, alpha, config.scale(r, alpha),
-                        config.fan_in_fan_out and kind == "linear", (a_key, b_key))
+                        config.fan_in_fan_out and kind == "linear", (a_key, b_key), config_r=config_r)
         m_key = magnitudes.pop(module, None)
         if m_key is not None:
             mag, out = tensors[m_key], update.shape[update.out_axis]
@@ -396,6 +399,12 @@ def _notes(config: AdapterConfig, updates: list[Update], skipped: list[dict]) ->
         notes.append(f"PEFT LoRA adapter: {len(updates)} adapted module(s), r = {', '.join(map(str, ranks))}; each "
                      f"row analyses ΔW = scale · B·A (scale = lora_alpha / {'sqrt(r)' if config.use_rslora else 'r'}), "
                      f"whose ESD is its r nonzero eigenvalues")
+    disagree = [u for u in updates if u.config_r is not None]
+    if disagree:
+        u = disagree[0]
+        notes.append(f"{len(disagree)} adapted module(s) store another rank than adapter_config.json gives (e.g. "
+                     f"'{printable(u.module)}': r = {u.r} stored, {u.config_r} in the config; PEFT would refuse to "
+                     f"load it): analysed at the stored rank, scale from it")
     if config.use_dora:
         notes.append("DoRA adapter without a base: each row analyses ΔW = scale · B·A, the low-rank direction "
                      "update, not DoRA's rescaled weight; the magnitude vectors are skipped (with --base BASE "

@@ -193,6 +193,26 @@ def test_bad_config_is_one_line_error(tmp_path):
         open_source(folder)
 
 
+def test_a_config_rank_other_than_the_stored_one_is_said(tmp_path):
+    """adapter_config.json edited to r = 4 while the tensors hold rank 8 (PEFT itself would refuse to load
+    it): each row is analysed at the stored rank with that rank's scale (alpha / 8, by hand), and one note
+    says the two disagree; an agreeing config gets no such note."""
+    model, folder = make_adapter(tmp_path)
+    assert not any("store another rank" in n for n in open_source(folder).notes)
+    cfg_path = os.path.join(folder, "adapter_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["r"] = 4
+    json.dump(cfg, open(cfg_path, "w"))
+    opened = open_source(folder)
+    (note,) = [n for n in opened.notes if "store another rank" in n]
+    assert "r = 8 stored, 4 in the config" in note and note.startswith("3 adapted module(s)")
+    layers = {layer.name: layer for layer in opened.layers}
+    a, b = factors(model, "fc1")
+    assert layers["fc1"].extra == {"r": 8, "scale": 16 / 8}
+    np.testing.assert_allclose(np.sort(np.linalg.svd(layers["fc1"].matrices()[0], compute_uv=False))[-8:],
+                               np.sort(np.linalg.svd(16 / 8 * b @ a, compute_uv=False))[-8:], rtol=1e-9)
+
+
 def test_scale_rule_by_hand():
     config = peft_frontend.AdapterConfig(r=16, lora_alpha=32, rank_pattern={"layers.1.v_proj": 4},
                                          alpha_pattern={r"layers\.\d\.q_proj": 8})
