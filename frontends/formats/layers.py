@@ -60,7 +60,8 @@ def weight_normed(tensors: dict) -> dict:
             if m:
                 pairs.setdefault(f"{m['path']}.{m['attr']}", {})[{"0": "g", "1": "v"}.get(m["k"], m["k"])] = name
                 break
-    out, done = {}, {}  # done: {part: its target, target: the computed weight}
+    computed: dict[str, StoredArray] = {}  # target -> the weight W
+    owner: dict[str, str] = {}  # a stored part -> its target
     for target, parts in pairs.items():
         if set(parts) != {"g", "v"} or target in tensors:
             continue
@@ -73,17 +74,14 @@ def weight_normed(tensors: dict) -> dict:
             axes = tuple(i for i, d in enumerate(gv.shape) if d == 1)
             return vv * (gv / np.sqrt(np.sum(vv * vv, axis=axes, keepdims=True)))
 
-        for n in parts.values():
-            done[n] = target
-        out_target = StoredArray(tuple(v.shape), np.dtype(np.float32), load)
-        done[target] = out_target
+        computed[target] = StoredArray(tuple(v.shape), np.dtype(np.float32), load)
+        owner.update(dict.fromkeys(parts.values(), target))
+    out: dict = {}
     for name, t in tensors.items():  # the computed weight where its first part was, the parts gone
-        target = done.get(name)
-        if isinstance(target, str):
-            if target not in out:
-                out[target] = done[target]
-            continue
-        out[name] = t
+        if name in owner:
+            out.setdefault(owner[name], computed[owner[name]])
+        else:
+            out[name] = t
     return out
 
 

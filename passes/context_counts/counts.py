@@ -185,12 +185,13 @@ class Accumulator:
             size = math.prod(np.broadcast_shapes(p.shape, part.shape))
             if size <= MERGE_LIMIT or size <= 4 * (p.size + part.size):
                 budget.check(8.0 * size, f"context counts of a {'x'.join(map(str, self._shape[value]))} tensor")
-                merged = np.add(p, part, dtype=np.float64)
-                rest = [q for j, q in enumerate(parts) if j != i]
-                for q in [q for q in rest if np.broadcast_shapes(merged.shape, q.shape) == merged.shape]:
-                    merged += q
-                    rest = [r for r in rest if r is not q]
-                parts[:] = [merged, *rest]
+                merged, keep = np.add(p, part, dtype=np.float64), []
+                for q in parts[:i] + parts[i + 1:]:  # the other parts the wider sum now holds, added in
+                    if np.broadcast_shapes(merged.shape, q.shape) == merged.shape:
+                        merged += q
+                    else:
+                        keep.append(q)
+                parts[:] = [merged, *keep]
                 return
         parts.append(np.array(part, dtype=np.float64, copy=True))
 
