@@ -1,7 +1,7 @@
 """The spectral pass against the eigensolver floor, per weight shape of four models.
 
 Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/floor.py [--models vgg16,bert,llama,resnet50]
-     [--repeat 3] [--threads 1] [--max-elements N] [--baseline GIT_REVISION]
+     [--repeat 3] [--threads 1] [--max-elements N] [--copies K] [--lone K] [--baseline GIT_REVISION]
 
 For every distinct weight shape of VGG-16, BERT-base, Llama-3.2-1B (one decoder block: its shapes
 repeat 16 times) and ResNet-50 (conv-heavy), a float32 weight with random values is analysed by
@@ -15,6 +15,12 @@ layer's loader delivers them, go to the eigensolver alone:
   eigensolve, the metrics of all rows at once), so the k copies are one group: in a model only
   layers of one shape are (VGG-16 has one conv 3->64, ResNet-50 three 3x3 64->64, a Llama
   checkpoint one q_proj per block); `--copies 1` times a layer alone, its model's summary included;
+- lone (`--lone K`): a layer that is the only one of its shape, in a model: K layers whose shorter side
+  is M, M+1, ..., M+K-1 (no two of one Gram size, so none is grouped), analysed in one pass; their pass
+  time against the sum of their own floors, per layer;
+- model (with `--lone`, a line per model): one layer of each of the model's shapes up to
+  `--max-elements`, all in one pass, against the sum of their floors (layers of one M and rf but
+  different N, such as VGG's conv 64->64 and 64->128, share a group on the Gram route);
 - floor: per matrix the faster of LAPACK `eigvalsh(W^T W)` (numpy, the product timed, the float64
   copy of W given for free) and `svdvals(W)` (numpy `svd(compute_uv=False)` on the float64 copy),
   summed over the layer's matrices (the SVD timed up to 2 M elements: above, the Gram route is
@@ -133,6 +139,41 @@ def pass_time(weight: np.ndarray, label: str, threads: int, repeat: int, max_cop
     return t, json.dumps({k: v.hex() if isinstance(v, float) else v for k, v in row.items()}, sort_keys=True)
 
 
+def lone_time(shape: tuple, label: str, threads: int, repeat: int, count: int, rng) -> tuple[float, float]:
+    """(the pass's seconds per layer, the floor's) for `count` layers of distinct shapes around `shape`
+    (its shorter side M + j, j < count) analysed in one pass."""
+    from threadpoolctl import threadpool_limits
+
+    from irtools.passes.spectral import SpectralPass
+
+    axis = 1 if shape[0] >= shape[1] else 0  # the shorter side of the (out, in) matrices
+    layers = []
+    for j in range(count):
+        grown = list(shape)
+        grown[axis] += j
+        w = (rng.standard_normal(grown) / math.sqrt(grown[1])).astype(np.float32)
+        layers.append(layer_of(f"{label.replace(' ', '_')}_{j}", w))
+    spectral = SpectralPass(workers=1)
+    with threadpool_limits(threads):
+        t = best(lambda: spectral.analyse(layers), repeat) / count
+        floor = sum(floor_of(layer.matrices(), repeat)[0] for layer in layers) / count
+    return t, floor
+
+
+def model_line(model: str, layers: list, threads: int, repeat: int) -> None:
+    """Print the pass over one layer of each shape of `model`, in one pass, against their floors."""
+    from threadpoolctl import threadpool_limits
+
+    from irtools.passes.spectral import SpectralPass
+
+    spectral = SpectralPass(workers=1)
+    with threadpool_limits(threads):
+        t = best(lambda: spectral.analyse(layers), repeat)
+        floor = sum(floor_of(layer.matrices(), repeat)[0] for layer in layers)
+    print(f"{model:<9} {'one layer of each shape':<22} {len(layers):>2} layers, one pass {t * 1e3:>10.3f} ms, "
+          f"floor {floor * 1e3:.3f} ms, ratio {t / floor:.2f}", flush=True)
+
+
 def baseline_worker() -> None:
     """Time the pass of this process's irtools on the weights named on stdin (one .npy path, label,
     threads and repeat a line), one JSON line each on stdout."""
@@ -193,6 +234,8 @@ def main() -> None:
     ap.add_argument("--max-elements", type=int, default=1 << 25, help="largest matrix analysed (elements)")
     ap.add_argument("--copies", type=int, default=MAX_COPIES,
                     help="at most this many copies of a small layer analysed at once (1: each layer alone)")
+    ap.add_argument("--lone", type=int, default=0, metavar="K",
+                    help="also time K layers of K distinct shapes around each one, in one pass (lone layers in a model)")
     ap.add_argument("--baseline", metavar="REV", help="also time the pass of this git revision, side by side")
     a = ap.parse_args()
     global clock
@@ -208,13 +251,16 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {env}; BLAS threads {a.threads}; "
           f"{a.clock} time, min of {a.repeat}; up to {max(1, a.copies)} copies of a small layer at once")
     base_head = f" {'base ms':>9} {'base':>6} {'rows':>5}" if baseline else ""
+    base_head += f" {'lone ms':>9} {'lone':>6}" if a.lone else ""
     print(f"{'model':<9} {'layer':<22} {'weight shape':<20} {'mats':>4} {'pass ms':>9} {'floor ms':>9} {'eig ms':>9} "
           f"{'ratio':>6}{base_head}  route")
     if baseline:
         print(f"(base: the pass of {a.baseline}, its ratio to the same floor; rows: bit-identical to it)")
     rng = np.random.default_rng(0)
-    worst = base_worst = 0.0
+    lone_rng = np.random.default_rng(1)  # its own stream: the other columns' weights are the same with or without --lone
+    worst = base_worst = lone_worst = 0.0
     for model in a.models.split(","):
+        model_layers = []
         for label, shape in MODELS[model]:
             per_matrix = shape[0] * shape[1]
             if per_matrix > a.max_elements:
@@ -222,6 +268,7 @@ def main() -> None:
                 continue
             weight = (rng.standard_normal(shape) / math.sqrt(shape[1])).astype(np.float32)
             layer = layer_of(label.replace(" ", "_"), weight)
+            model_layers.append(layer)
             pass_t, row = pass_time(weight, label, a.threads, a.repeat, max(1, a.copies))
             base = ""
             if baseline:
@@ -233,10 +280,17 @@ def main() -> None:
             if baseline:
                 base_worst = max(base_worst, base_t / floor_t)
                 base = f" {base_t * 1e3:>9.3f} {base_t / floor_t:>6.2f} {'same' if row == base_row else 'DIFF':>5}"
+            if a.lone:
+                lone_t, lone_floor = lone_time(shape, label, a.threads, a.repeat, a.lone, lone_rng)
+                lone_worst = max(lone_worst, lone_t / lone_floor)
+                base += f" {lone_t * 1e3:>9.3f} {lone_t / lone_floor:>6.2f}"
             verdict = "" if ratio <= 1.1 else "  OVER 1.1"
             print(f"{model:<9} {label:<22} {str(shape):<20} {layer.rf:>4} {pass_t * 1e3:>9.3f} {floor_t * 1e3:>9.3f} "
                   f"{eig_t * 1e3:>9.3f} {ratio:>6.2f}{base}  {route}{verdict}", flush=True)
-    print(f"worst ratio {worst:.2f} (target <= 1.1)" + (f"; the baseline's {base_worst:.2f}" if baseline else ""))
+        if a.lone and model_layers:
+            model_line(model, model_layers, a.threads, a.repeat)
+    print(f"worst ratio {worst:.2f} (target <= 1.1)" + (f"; the baseline's {base_worst:.2f}" if baseline else "")
+          + (f"; lone layers' {lone_worst:.2f}" if a.lone else ""))
     if baseline:
         baseline.close()
 

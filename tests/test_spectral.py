@@ -704,6 +704,36 @@ def test_same_shape_layers_analysed_as_a_group_give_each_layers_own_row(monkeypa
         assert {k: row[k] for k in ref} == ref, name
 
 
+def test_layers_of_one_gram_size_are_grouped_across_heights(monkeypatch):
+    """On the Gram route layers of one M and rf but different N (VGG's conv 64->64 and 64->128, ResNet's
+    1x1 256->128 and 128->512) are one group, and each row keeps its own N and equals, bit for bit, the
+    pass one layer at a time; on the SVD route (M < 32) only one shape is a group; `--method svd` groups
+    by shape alone."""
+    import irtools.passes.spectral as ps
+
+    from frontends.formats.common import StoredArray
+    from frontends.formats.layers import weight_layers
+
+    rng = np.random.default_rng(21)
+    shapes = [(64, 48, 3, 3), (96, 48, 3, 3), (48, 80, 3, 3), (64, 48, 3, 3), (128, 40, 1, 1), (40, 72, 1, 1),
+              (30, 10), (40, 10), (30, 10)]
+    weights = {f"l{j}.weight": (rng.standard_t(4, shape) / math.sqrt(shape[1])).astype(np.float32)
+               for j, shape in enumerate(shapes)}
+    layers = weight_layers({k: StoredArray(v.shape, v.dtype, lambda v=v: v) for k, v in weights.items()})
+    groups = ps.group_small_layers(list(enumerate(layers)), 1)
+    members = sorted(sorted(k for k, _ in layer.items) for _, layer in groups if isinstance(layer, ps._Group))
+    assert members == [[0, 1, 2, 3], [4, 5], [6, 8]]
+    svd = ps.group_small_layers(list(enumerate(layers)), 1, "svd")
+    assert sorted(sorted(k for k, _ in layer.items) for _, layer in svd if isinstance(layer, ps._Group)) == [
+        [0, 3], [6, 8]]
+    grouped = ps.SpectralPass(workers=1, keep_evals=True).analyse(layers)
+    assert [r["N"] for r in grouped.rows] == [64, 96, 80, 64, 128, 72, 30, 40, 30]
+    monkeypatch.setattr(ps, "GROUP_LAYER_ELEMENTS", -1)
+    alone = ps.SpectralPass(workers=1, keep_evals=True).analyse(layers)
+    assert _hex_rows(grouped.rows) == _hex_rows(alone.rows)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped.eigenvalues, alone.eigenvalues, strict=True))
+
+
 def test_stacked_spectra_are_each_matrixs_own_or_none():
     """`stacked_spectra` (the group path's eigensolve) gives each matrix the eigenvalues and noise floor
     of `squared_singular_values` alone, bit for bit, on both routes and for wide matrices; None for
@@ -720,6 +750,13 @@ def test_stacked_spectra_are_each_matrixs_own_or_none():
             assert np.array_equal(ev[k], alone.evals) and floors[k] == alone.noise_floor, shape
         assert np.array_equal(CPUBackend().stacked_spectra(mats)[0], ev)
     assert stacked_spectra([rand(50, 40), rand(40, 50), rand(50, 41)]) is None
+    # the Gram route needs one Gram size only: matrices of several heights, each its own floor
+    mixed = [rand(50, 40), rand(40, 70), rand(90, 40), rand(50, 40)]
+    ev, floors = stacked_spectra(mixed)
+    for k, w in enumerate(mixed):
+        alone = squared_singular_values(w)
+        assert np.array_equal(ev[k], alone.evals) and floors[k] == alone.noise_floor, k
+    assert stacked_spectra([rand(50, 10), rand(60, 10)]) is None  # the SVD route: one shape only
     broken = [rand(50, 40) for _ in range(3)]
     broken[1][3, 3] = np.nan
     assert stacked_spectra(broken) is None and stacked_spectra([]) is None

@@ -259,7 +259,8 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
     """(eigenvalues, one ascending row per matrix; noise floors) of finite matrices of one shape, every
     row bit for bit `squared_singular_values`' (the same products and LAPACK calls, per matrix: a Gram
     route matrix gets its own 2-D product, then the Grams go to LAPACK in stacked calls, whose gufunc
-    loops over them in C), or None when they differ in shape, are large, or hold NaN or Inf
+    loops over them in C; so on that route the matrices need only the same smaller side, their Grams'
+    size), or None when they differ in shape (in Gram size), are large, or hold NaN or Inf
     (then each matrix is solved alone). This saves the per-matrix Python of a layer's conv slices and
     of same-shape layers stacked together (`SpectralPass`), which on 64 x 64 slices costs about as
     much as the eigensolver's margin."""
@@ -267,9 +268,12 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
         return None
     mats = [_tall(w) for w in matrices]
     n, m = mats[0].shape
-    if m == 0 or n * m > _STACKED_MATRIX_ELEMENTS or any(w.shape != (n, m) for w in mats):
-        return None
     gram = gram_route(m, method)
+    if m == 0 or any(w.shape[0] * m > _STACKED_MATRIX_ELEMENTS for w in mats):
+        return None
+    # the Gram route needs only one Gram size (each matrix has its own product); the SVD route one shape
+    if any(w.shape[1] != m or (not gram and w.shape[0] != n) for w in mats):
+        return None
     with np.errstate(invalid="ignore", over="ignore"):
         if gram:
             ev = np.empty((len(mats), m))
@@ -296,7 +300,12 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
             ev, finite = _stacked_svd(stack)
             if not finite.all() or not np.isfinite(ev[:, -1]).all():  # squares past float64: the single route
                 return None
-    return ev, noise_floor(ev[:, -1], n, m, gram)
+    rows = [w.shape[0] for w in mats]
+    if all(r == n for r in rows):
+        return ev, noise_floor(ev[:, -1], n, m, gram)
+    # matrices of several heights: each floor with its own n, the same arithmetic as the common one's
+    tops = ev[:, -1]
+    return ev, np.array([noise_floor(tops[k:k + 1], r, m, gram)[0] for k, r in enumerate(rows)])
 
 
 class CPUBackend(EigenBackend):

@@ -156,34 +156,48 @@ class _Group:
     eigensolve (`EigenBackend.stacked_spectra`), their metrics over the rows of one array
     (`layer_metrics_rows`). On 64 x 64 layers the per-layer Python (loading, pooling, the fit's setup and
     each metric's numpy call) cost half as much as the eigensolve. Same numbers as one layer at a time.
+    On the Gram route (M >= 32) layers of one M and rf but different N (VGG's conv 64->64 and 64->128)
+    share a group: each matrix has its own product, the eigensolves only need one Gram size.
     N, M and rf (the group's total) make `schedule`'s cost the sum of its layers'."""
 
     items: list  # (layer id, layer)
-    N: int
+    N: float  # the layers' N, weighed by their matrices (their N differ when only their Gram size is shared)
     M: int
     rf: int
 
 
-def group_small_layers(items: list, workers: int) -> list:
+def group_small_layers(items: list, workers: int, method: str = "auto") -> list:
     """(id, layer) items with the small ones of one shape gathered into `(None, _Group)` items, each group
     of at most `GROUP_ELEMENTS` weights and, with several workers, at most a worker's share of its shape's
-    layers; the other items as they are. A layer left alone stays an item: one layer's row costs 20-50 us
-    less in the scalar metrics than in one-row arrays."""
+    layers; the other items as they are. On the Gram route of `method` (`gram_route`) a shape is M, rf
+    and the eigen scale (N may differ); on the SVD route N too. A layer left alone stays an item: one
+    layer's row costs 20-50 us less in the scalar metrics than in one-row arrays."""
+    from irtools.backends.cpu import gram_route
+
     by_shape: dict[tuple, list] = {}
     out: list = []
     for item in items:
         layer = item[1]
         if layer.N * layer.M * layer.rf <= GROUP_LAYER_ELEMENTS:
-            by_shape.setdefault((layer.N, layer.M, layer.rf, float(layer.eigen_scale)), []).append(item)
+            n = None if gram_route(layer.M, method) else layer.N
+            by_shape.setdefault((n, layer.M, layer.rf, float(layer.eigen_scale)), []).append(item)
         else:
             out.append(item)
-    for (n, m, rf, _), members in by_shape.items():
-        per = max(1, GROUP_ELEMENTS // (n * m * rf))
-        if workers > 1:
-            per = min(per, -(-len(members) // workers))
-        for start in range(0, len(members), per):
+    for (_, m, rf, _), members in by_shape.items():
+        members.sort(key=lambda it: -it[1].N)  # stable: one N's layers stay in order, the biggest first
+        start = 0
+        while start < len(members):
+            # as many as fit in GROUP_ELEMENTS (at least one), and with several workers a worker's share
+            per = max(1, GROUP_ELEMENTS // (members[start][1].N * m * rf))
+            if workers > 1:
+                per = min(per, -(-len(members) // workers))
             chunk = members[start:start + per]
-            out.append((None, _Group(chunk, n, m, rf * len(chunk))) if len(chunk) > 1 else chunk[0])
+            start += len(chunk)
+            if len(chunk) == 1:
+                out.append(chunk[0])
+                continue
+            total = rf * len(chunk)
+            out.append((None, _Group(chunk, sum(it[1].N for it in chunk) * rf / total, m, total)))
     return out
 
 
@@ -331,7 +345,7 @@ class SpectralPass(Pass):
         workers = self.workers or _usable_cores()
         items = list(enumerate(todo))
         if self.fit_options() is None and not (self.mp_fit or self.randomize):  # the rows' plain metrics
-            items = group_small_layers(items, workers)
+            items = group_small_layers(items, workers, getattr(backend, "method", "auto"))
         big, small = schedule(items, workers)
         if todo and not kernels_ready():  # numba loads while LAPACK computes the first eigenvalues (no GIL held)
             threading.Thread(target=warm_up, name="irtools-warm-up", daemon=True).start()
@@ -378,7 +392,7 @@ class SpectralPass(Pass):
         first = group.items[0][1]
         rows = []
         for j, ((k, layer), values) in enumerate(zip(group.items, layer_metrics_rows(
-                evals, first.N, first.M, noise, max_rank, self.small_n_xmin))):
+                evals, [layer.N for _, layer in group.items], first.M, noise, max_rank, self.small_n_xmin))):
             row = self._head(k, layer)
             row.update(values)
             if self.keep_evals:

@@ -74,10 +74,10 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     return row
 
 
-def layer_metrics_rows(evals: np.ndarray, n: int, m: int, noise_floors: np.ndarray, max_ranks: np.ndarray,
+def layer_metrics_rows(evals: np.ndarray, n, m: int, noise_floors: np.ndarray, max_ranks: np.ndarray,
                        small_n_xmin: str = "D") -> list[dict]:
-    """`layer_metrics` of each row of `evals` (layers of one shape: one finite spectrum a row, sorted
-    ascending) with the plain fit, the same numbers: the norms, ranks, entropies and alpha-norms of all
+    """`layer_metrics` of each row of `evals` (layers of one M and rf: one finite spectrum a row, sorted
+    ascending; `n` their N, one for all or one per row) with the plain fit, the same numbers: the norms, ranks, entropies and alpha-norms of all
     rows in whole-array operations (a row of a C-ordered array is reduced, logged and raised to a power
     with the bits of the same operation on that row alone), the standard fits in one numba call
     (`_fit_standard_rows`). A row that is degenerate, has fewer than `SMALL_N_CUTOFF` eigenvalues
@@ -88,6 +88,7 @@ def layer_metrics_rows(evals: np.ndarray, n: int, m: int, noise_floors: np.ndarr
     check_rule(small_n_xmin)
     evals = np.ascontiguousarray(evals, dtype=np.float64)
     layers, size = evals.shape
+    ns = [int(n)] * layers if np.ndim(n) == 0 else [int(v) for v in n]
     noise_floors = np.asarray(noise_floors, dtype=np.float64)
     max_ranks = np.asarray(max_ranks)
     lam_max = evals[:, -1]
@@ -121,7 +122,7 @@ def layer_metrics_rows(evals: np.ndarray, n: int, m: int, noise_floors: np.ndarr
             denom = math.log(rank + 1e-10)
             log_spectral = _log10(lam)
             row = {
-                "N": n, "M": m, "num_evals": size, "lambda_max": lam, "norm": norm, "log_norm": _log10(norm),
+                "N": ns[r], "M": m, "num_evals": size, "lambda_max": lam, "norm": norm, "log_norm": _log10(norm),
                 "spectral_norm": lam, "log_spectral_norm": log_spectral, "stable_rank": norm / lam,
                 "matrix_rank": rank, "entropy": -plp / denom if denom != 0 else math.nan,
                 "alpha": alpha, "xmin": float(evals[r, start + i]), "xmax": lam, "D": d,
@@ -133,7 +134,7 @@ def layer_metrics_rows(evals: np.ndarray, n: int, m: int, noise_floors: np.ndarr
             rows[r] = row
     for r in range(layers):
         if rows[r] is None:
-            rows[r] = layer_metrics(evals[r], n, m, float(noise_floors[r]), int(max_ranks[r]), small_n_xmin)
+            rows[r] = layer_metrics(evals[r], ns[r], m, float(noise_floors[r]), int(max_ranks[r]), small_n_xmin)
     return rows
 
 
