@@ -1,0 +1,79 @@
+"""Where one small layer's spectral time goes, stage by stage, against its eigensolver floor.
+
+Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/lone_layer.py [--shape 64,64,1,1] [--calls 2000]
+
+A float32 weight of `--shape` (torch layout; a conv kernel (out, in, kh, kw) is pooled over its slices) with
+random values, loaded as a weights file's layer is. Each stage is the median wall time of `--calls` calls on one
+BLAS thread: the layer's matrices, the CPU backend's spectra (float64 Gram and eigensolve), pooling and sorting
+them (`layer_eigen`), the row's metrics and fit (`SpectralPass._row`), and a whole pass of the layer alone
+(`SpectralPass.analyse([layer])`, its summary and scheduling included), beside the floor: numpy's
+`eigvalsh(W^T W)` per matrix (float64 W given), or `svd(W, compute_uv=False)` under 32 columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="64,64,1,1")
+    ap.add_argument("--calls", type=int, default=2000)
+    a = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    import irtools  # noqa: F401 - registers the passes
+    from floor import layer_of
+    from irtools.backends.cpu import CPUBackend
+    from irtools.passes.spectral import SpectralPass, layer_eigen
+    from irtools.passes.spectral.powerlaw import warm_up
+
+    warm_up()
+    shape = tuple(int(x) for x in a.shape.split(","))
+    rng = np.random.default_rng(0)
+    layer = layer_of("layer", (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32))
+    backend, spectral = CPUBackend(), SpectralPass(workers=1)
+
+    def median_us(fn, calls=a.calls):
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e6
+
+    with threadpool_limits(1):
+        mats = layer.matrices()
+        spectra = backend.spectra(mats)
+        state = layer_eigen(0, layer, mats, spectra, False)
+        tall = [np.ascontiguousarray(w if w.shape[0] >= w.shape[1] else w.T, dtype=np.float64) for w in mats]
+        if tall[0].shape[1] >= 32:
+            floor = sum(median_us(lambda w=w: np.linalg.eigvalsh(w.T @ w)) for w in tall)
+        else:
+            floor = sum(median_us(lambda w=w: np.linalg.svd(w, compute_uv=False)) for w in tall)
+        stages = {
+            "matrices": median_us(layer.matrices),
+            "spectra (Gram + eigensolve)": median_us(lambda: backend.spectra(mats)),
+            "pool and sort (layer_eigen)": median_us(lambda: layer_eigen(0, layer, mats, spectra, False)),
+            "row metrics and fit": median_us(lambda: spectral._row(state, backend, {}, None, None)),
+            "whole pass, layer alone": median_us(lambda: spectral.analyse([layer]), max(1, a.calls // 4)),
+        }
+    env = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    print(f"shape {shape}: {len(mats)} matrices, {layer.num_evals} eigenvalues; {env}; load average "
+          f"{os.getloadavg()[0]:.2f}; median of {a.calls} calls, wall us")
+    print(f"  {'floor (eigensolver alone)':<30} {floor:>9.1f}")
+    for name, us in stages.items():
+        print(f"  {name:<30} {us:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
