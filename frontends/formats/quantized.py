@@ -155,7 +155,7 @@ def _fp8(tensors, config, taken, path):
             grid = s.shape[-2:] if len(s.shape) >= 2 else ((rows, 1) if len(s.shape) == 1 and s.shape[0] == rows
                                                              and rows > 1 else (1, 1))
             per_matrix = grid[0] * grid[1]
-            _fit(len(s.shape) <= len(t.shape) and math.prod(s.shape) in (per_matrix, per_matrix * math.prod(
+            _fit(per_matrix > 0 and len(s.shape) <= len(t.shape) and math.prod(s.shape) in (per_matrix, per_matrix * math.prod(
                 t.shape[:-2])), f"scale '{printable(scale_name)}' {list(s.shape)} does not fit weight {list(t.shape)}")
             bm, bn = block_cfg if block_cfg and (-(-rows // block_cfg[0]), -(-cols // block_cfg[1])) == tuple(grid) \
                 else (-(-rows // grid[0]), -(-cols // grid[1]))
@@ -233,6 +233,7 @@ def _bnb_4bit(tensors, config, taken, path):
                  and type(blocksize) is int and blocksize > 0 and dtype in _BNB_DTYPES,
                  "bitsandbytes quant state lacks a shape, blocksize or float dtype")
             n = math.prod(shape)
+            blocksize = min(blocksize, max(n, 1))  # a block past the values: one block
             w, absmax, qmap = tensors[weight], tensors.get(f"{weight}.absmax"), tensors.get(f"{weight}.quant_map")
             _fit(absmax is not None and qmap is not None and math.prod(qmap.shape) == 16,
                  "bitsandbytes 4-bit weight without absmax and a 16-entry quant_map")
@@ -251,9 +252,9 @@ def _bnb_4bit(tensors, config, taken, path):
             def fn():
                 am = absmax.load()
                 if nested:
-                    am = quant.blockwise_codes(am, na.load(), nq.load(), nb)
+                    am = quant.blockwise_codes(am, na.load(), nq.load().reshape(-1), nb)
                     am += np.float32(off)
-                return quant.bnb_4bit(w.load(), am, qmap.load(), blocksize, tuple(shape), _BNB_DTYPES[dtype])
+                return quant.bnb_4bit(w.load(), am, qmap.load().reshape(-1), blocksize, tuple(shape), _BNB_DTYPES[dtype])
 
             kind = "NF4" if name.endswith("nf4") else "FP4"
             return _lazy(shape, _BNB_DTYPES[dtype], f"bitsandbytes {kind} block {blocksize}", fn,
@@ -299,22 +300,24 @@ def _gptq_awq(tensors, config, taken, path):
             s, z, g = tensors[f"{stem}.scales"], tensors.get(f"{stem}.qzeros"), tensors.get(f"{stem}.g_idx")
             _fit(type(bits) is int and bits in (2, 4, 8), f"{bits}-bit GPTQ/AWQ weights (2, 4 and 8 are read)")
             per = 32 // bits
-            _fit(len(q.shape) == 2 and len(s.shape) == 2 and np.dtype(q.dtype).kind in "iu",
-                 "qweight and scales are not 2-D with integer qweight")
+            _fit(len(q.shape) == 2 and len(s.shape) == 2 and np.dtype(q.dtype).kind in "iu" and
+                 np.dtype(q.dtype).itemsize == 4, "qweight and scales are not 2-D with 32-bit integer qweight")
             awq = method == "awq" or (method != "gptq" and q.shape[1] * per == s.shape[1] and q.shape[1] != s.shape[1])
             if awq:
                 n_in, n_out = q.shape[0], q.shape[1] * per
             else:
                 n_in, n_out = q.shape[0] * per, q.shape[1]
+            _fit(not awq or bits == 4, f"AWQ int{bits} weights (AWQ's packing order is defined for 4 bits)")
             _fit(s.shape[1] == n_out and s.shape[0] >= 1 and n_in % s.shape[0] == 0,
                  f"{'AWQ' if awq else 'GPTQ'} qweight {list(q.shape)} and scales {list(s.shape)} do not fit")
             group = config.get("group_size", config.get("q_group_size"))
             group = group if type(group) is int and group > 0 else n_in // s.shape[0]
-            group = n_in if group <= 0 else group
+            group = n_in if group <= 0 else min(group, max(n_in, 1))  # a group past the rows: one group
             _fit(-(-n_in // group) == s.shape[0], f"group size {group} does not give the {s.shape[0]} scale rows")
             _fit(z is not None or awq, "GPTQ qweight without qzeros")
             if z is not None:
-                _fit(tuple(z.shape) == (s.shape[0], n_out // per), f"qzeros {list(z.shape)} do not fit scales "
+                _fit(tuple(z.shape) == (s.shape[0], -(-n_out // per)) and np.dtype(z.dtype).kind in "iu" and
+                     np.dtype(z.dtype).itemsize == 4, f"qzeros {list(z.shape)} {np.dtype(z.dtype)} do not fit scales "
                      f"{list(s.shape)}")
             gi = None
             if g is not None and not awq:
@@ -401,10 +404,11 @@ def _pack_quantized(tensors, config, taken, path):
             shape = None
             if shp is not None and math.prod(shp.shape) == 2 and np.dtype(shp.dtype).kind in "iu":
                 shape = tuple(int(d) for d in np.asarray(shp.load()).reshape(-1))
-            _fit(shape is not None and shape[0] == p.shape[0] and -(-shape[1] * bits // 32) == p.shape[1],
+            _fit(shape is not None and shape[0] == p.shape[0] and min(shape) > 0 and
+                 -(-shape[1] * bits // 32) == p.shape[1],
                  f"weight_shape does not fit weight_packed {list(p.shape)} at {bits} bits")
             groups = 1 if math.prod(s.shape) == 1 else math.prod(s.shape) // shape[0]
-            _fit(math.prod(s.shape) in (1, shape[0] * groups) and groups <= shape[1],
+            _fit(math.prod(s.shape) in (1, shape[0] * groups) and 1 <= groups <= shape[1],
                  f"weight_scale {list(s.shape)} does not fit weight {list(shape)}")
             gi = None
             if g is not None:
