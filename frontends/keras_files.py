@@ -1,0 +1,200 @@
+"""Opening Keras *files*: `.keras` and full-model `.h5` archives and SavedModel folders, into a `keras.Model`.
+
+`frontends.keras` converts a `keras.Model` (an object) into ONNX; this module is everything before
+that: recognising a Keras model file (`is_keras_model_file`), refusing a hostile one before Keras
+opens it (`check_archive_extraction`: a `.keras` archive that inflates past the memory budget or
+`ARCHIVE_MAX_RATIO` times its size; the per-entry and HDF5 checks of `frontends.weights_file`),
+loading it in Keras' `safe_mode` or, with `trust=True` only, a SavedModel (`load_keras_file`), and
+keeping TensorFlow's native log lines off the terminal meanwhile (`native_stderr_captured`). The
+file side lives apart from the conversion so that each module holds one job; `frontends.keras`
+re-exports every public name here, so `irtools.frontends.keras.from_keras_file` etc. keep working.
+
+TensorFlow and Keras are imported only when a file is loaded; `frontends.keras` is imported inside
+the functions that convert (`from_keras_file`, `open_keras_file`), as it re-exports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from irtools.errors import IrtoolsError, ModelLoadError, printable
+from irtools.frontends.keras_patches import _import_tf
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["ARCHIVE_INFLATE_FREE", "ARCHIVE_MAX_RATIO", "check_archive_extraction", "from_keras_file",
+           "is_keras_model_file", "is_saved_model_dir", "load_keras_file", "native_stderr_captured", "open_keras_file"]
+
+
+# -- model files -------------------------------------------------------------------------------
+def is_saved_model_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def is_keras_model_file(path: str) -> bool:
+    """A whole Keras model: `.keras`, a full-model `.h5`/`.hdf5` (not weights only), or a SavedModel directory."""
+    if not isinstance(path, str):
+        return False
+    lower = path.lower()
+    if is_saved_model_dir(path):
+        return True
+    if not os.path.isfile(path):
+        return False
+    if lower.endswith(".keras"):
+        return True
+    if lower.endswith((".h5", ".hdf5")) and not lower.endswith(".weights.h5"):
+        from irtools.frontends.weights_file import h5_is_full_model  # noqa: PLC0415
+
+        return h5_is_full_model(path)
+    return False
+
+
+def load_keras_file(path: str, trust: bool = False):
+    """A `keras.Model` from a `.keras`/`.h5` file (Keras `safe_mode`) or a SavedModel directory.
+
+    `safe_mode=True` refuses Lambda layers whose function was serialized as Python bytecode, the
+    one way a `.keras`/`.h5` config carries code; the rest of the config can only name classes
+    of the keras packages or registered custom objects, and weights are read from HDF5 datasets
+    (no pickle). A SavedModel (Keras 3 `model.export`) is a TensorFlow graph, i.e. a program
+    (TensorFlow's security model: running an untrusted model is running untrusted code; its ops
+    can read and write files, and the conversion's constant folding already runs some of them),
+    so it is loaded only with `trust=True`; it is wrapped in a `TFSMLayer`, its graph already
+    traced, and its variables keep their TensorFlow names (`layer_kernel` for `layer/kernel`).
+    """
+    if not os.path.exists(path):
+        raise IrtoolsError("no such file or directory", path)
+    if path.lower().endswith(".weights.h5"):
+        raise IrtoolsError("a .weights.h5 file holds weights only, no graph to convert: analyze it, or load it "
+                           "into its model in Python", path)
+    saved_model = is_saved_model_dir(path)
+    if saved_model and not trust:
+        raise IrtoolsError("refused: a SavedModel is a TensorFlow graph whose ops can read and write files "
+                           "when it runs; pass --trust (trust=True) only for files you trust", path)
+    from irtools.frontends.weights_file import check_hdf5_file, check_keras_archive  # noqa: PLC0415
+
+    if path.lower().endswith(".keras"):  # checked before TensorFlow is imported (seconds, log lines)
+        check_archive_extraction(path)  # what Keras extracts in all, before any entry is opened
+        check_keras_archive(path)  # entries past the memory budget, zip bombs, HDF5 external/virtual storage
+    elif path.lower().endswith((".h5", ".hdf5")):
+        check_hdf5_file(path)  # HDF5 external links, external storage, virtual datasets
+    _import_tf()
+    import keras  # noqa: PLC0415
+
+    if saved_model:
+        try:
+            layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+        except Exception as exc:
+            raise IrtoolsError(f"cannot load the SavedModel: {type(exc).__name__}: {_first_line(exc)}", path) from exc
+        return _saved_model_as_keras(keras, layer, path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise IrtoolsError(f"cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}", path) from exc
+
+
+#: A whole `.keras` archive may inflate to at most this many times its own size (or
+#: `ARCHIVE_INFLATE_FREE` bytes, whichever is larger): Keras extracts every entry into a temporary
+#: folder, so 64 entries of 16 MiB of zeros (each under the per-entry check) in a 1 MB archive would
+#: write 1 GiB. Weights compress little (float32: ~1.1x); a config compresses ~10x.
+ARCHIVE_MAX_RATIO = 256
+ARCHIVE_INFLATE_FREE = 16 << 20
+
+
+def check_archive_extraction(path: str) -> int:
+    """Refuse a `.keras` archive whose entries declare, in all, more than the memory budget or more
+    than `ARCHIVE_MAX_RATIO` times the archive's own bytes (past `ARCHIVE_INFLATE_FREE`), before
+    Keras extracts any of it. Returns the declared total."""
+    import zipfile  # noqa: PLC0415
+
+    from irtools import budget  # noqa: PLC0415
+    from irtools.files import check_input  # noqa: PLC0415
+
+    try:
+        with zipfile.ZipFile(check_input(path)) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelLoadError(f"not a readable .keras archive ({printable(exc)})", path) from None
+    total = sum(e.file_size for e in entries)
+    size = os.path.getsize(path)
+    if total > max(ARCHIVE_INFLATE_FREE, size * ARCHIVE_MAX_RATIO):
+        raise ModelLoadError(f"the archive's {len(entries)} entries inflate {size} bytes to {total} in all (over "
+                             f"{ARCHIVE_MAX_RATIO}x: refused as a zip bomb before Keras extracts it)", path)
+    budget.check(total, f"extracting the archive's {len(entries)} entries", path)
+    return total
+
+
+def _first_line(exc, limit: int = 200) -> str:
+    """The exception's first line, cut at `limit` characters (Keras quotes a whole model config)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _saved_model_as_keras(keras, layer, path):
+    specs = list(getattr(layer.call_endpoint_fn, "input_signature", None) or [])
+    if len(specs) != 1:
+        raise IrtoolsError(f"SavedModel 'serve' endpoint with {len(specs)} inputs: only one is supported", path)
+    shape = tuple(specs[0].shape)
+    inp = keras.Input(batch_shape=(1, *shape[1:]) if shape and shape[0] is None else shape, dtype=specs[0].dtype.name,
+                      name=getattr(specs[0], "name", None) or "input")
+    return keras.Model(inp, layer(inp), name=os.path.basename(os.path.normpath(path)) or "saved_model")
+
+
+def from_keras_file(path: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                    opset: int | None = None, trust: bool = False) -> onnx.ModelProto:
+    """`from_keras(load_keras_file(path, trust))`, with `--input-shape`s given as {name: dims}."""
+    from irtools.frontends.keras import from_keras  # noqa: PLC0415
+
+    model = load_keras_file(path, trust=trust)
+    shape = next(iter(input_shapes.values())) if input_shapes else None
+    return from_keras(model, input_shape=tuple(shape) if shape else None, opset=opset)
+
+
+# -- the source table's row (irtools.frontends.SOURCE_KINDS) ---------------------------------
+def open_keras_file(path: str, name: str, options):
+    from irtools.frontends.keras import open_keras_model  # noqa: PLC0415
+
+    with native_stderr_captured():
+        return open_keras_model(load_keras_file(path, trust=options.trust), name, options, "keras-file")
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Keep what TensorFlow, absl and Keras write to the process's stderr (file descriptor 2: C++
+    log lines such as oneDNN and CUDA-stub notices, which no environment variable silences before
+    absl is initialised, and Python `WARNING:absl:` records) off the terminal while a Keras file
+    is loaded and converted, so a failure prints only irtools' one line. Lines irtools itself
+    writes meanwhile (`irtools: ...` notes) are passed on; with `--debug` nothing is captured."""
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    if "--debug" in sys.argv[1:] or os.environ.get("IRTOOLS_DEBUG"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            ours = [line for line in sink.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if line.startswith("irtools: ")]
+            if ours:
+                sys.stderr.write("".join(ours))
+                sys.stderr.flush()
