@@ -109,7 +109,7 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (
     SourceKind("onnx-model", "onnx", "an onnx.ModelProto or IRModel object", "onnx_file:is_onnx_object",
                "onnx_file:open_onnx"),
     SourceKind("keras-file", "tf", "a Keras model file (.keras, full-model .h5) or a SavedModel directory",
-               "keras:is_keras_model_file", "keras:open_keras_file"),
+               "keras_files:is_keras_model_file", "keras_files:open_keras_file"),
     SourceKind("torch-program", "torch", "a .pt2 ExportedProgram or TorchScript archive (needs --trust)",
                "torch:is_saved_program", "torch:open_saved_program"),
     SourceKind("peft", "weights", "a PEFT adapter (a folder with adapter_config.json, or a PeftModel): each "
