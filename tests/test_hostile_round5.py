@@ -14,7 +14,6 @@ dequantization, DoRA adapters), attacked as classes.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from irtools.errors import IrtoolsError
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from tests.test_quantized_safetensors import _i32, _save, _state  # noqa: E402
+from tests.test_quantized_safetensors import _i32, _save, _state
 
 GPTQ = {"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 16}}
 AWQ8 = {"quantization_config": {"quant_method": "awq", "bits": 8, "group_size": 16}}
@@ -120,3 +119,40 @@ def test_a_group_or_block_larger_than_the_weight_is_one_group(tmp_path):
     nibbles = np.stack([codes >> 4, codes & 0xF], axis=1).reshape(-1)  # high nibble first (bitsandbytes)
     truth = (qmap.reshape(-1).numpy()[nibbles] * np.float32(2.5)).reshape(16, 16)
     assert np.array_equal(got, want) and np.array_equal(got, truth)
+
+
+# -- DeepSpeed ZeRO folders -------------------------------------------------------------------------------------
+from tests.test_deepspeed import _model, _write, deepspeed_classes  # noqa: F401, F811  (the fixture)
+
+
+def _analyze(top):
+    return subprocess.run([sys.executable, "-m", "irtools", "analyze", str(top), "--min-evals", "1"],
+                          capture_output=True, text=True, timeout=50, check=False)
+
+
+@pytest.mark.timeout(60)
+def test_deepspeed_partitions_of_two_dtypes_are_one_line(tmp_path, deepspeed_classes):  # noqa: F811
+    """Rank 1's partitions stored float16, rank 0's float32: a tensor's declared dtype was rank 0's while
+    its values came back float16; now one line naming both dtypes."""
+    top, _ = _write(tmp_path, _model(), 2, 2, deepspeed_classes)
+    f = top / "global_step7" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    state = torch.load(f, weights_only=False)
+    sd = state["optimizer_state_dict"]
+    sd["single_partition_of_fp32_groups"] = [t.half() for t in sd["single_partition_of_fp32_groups"]]
+    torch.save(state, f)
+    from irtools.frontends.weights_file import read_weights
+
+    with pytest.raises(IrtoolsError, match=r"partitions are of 2 dtypes \(float16, float32") as err:
+        read_weights(str(top))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(60)
+def test_deepspeed_latest_that_is_a_fifo_is_never_opened(tmp_path, deepspeed_classes):  # noqa: F811
+    """A FIFO named `latest` hung the reader in open(); it is not a regular file, so no tag: exit 2, one line."""
+    top, _ = _write(tmp_path, _model(), 2, 1, deepspeed_classes)
+    (top / "latest").unlink()
+    os.mkfifo(top / "latest")
+    proc = _analyze(top)
+    assert proc.returncode == 2 and proc.stderr.startswith("irtools: error:") and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -435,7 +435,7 @@ def deepspeed_tag_folder(path: str, names: list[str]) -> str | None:
     the tag its `latest` file names; None where `path` is no DeepSpeed checkpoint."""
     if any(n.endswith(_OPTIM) for n in names) and any(n.endswith(_MODEL) for n in names):
         return path
-    if DS_LATEST not in names:
+    if DS_LATEST not in names or not os.path.isfile(os.path.join(path, DS_LATEST)):  # a FIFO or device: never opened
         return None
     try:
         with open(os.path.join(path, DS_LATEST), "rb") as fh:
@@ -671,9 +671,16 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
             raise ModelLoadError(f"frozen parameter '{printable(name)}' has no fragment in a model-states file", path)
         pieces = _Part.joined([part(t, f"frozen '{printable(name)}'", m)
                                for t, m in zip(frags, model_files, strict=True)])
+        if pieces.length < math.prod(shape):
+            raise ModelLoadError(f"frozen parameter '{printable(name)}' of shape {list(shape)} has {pieces.length} "
+                                 "elements in its fragments (not this checkpoint's shapes)", path)
         put(name, shape, _piece_loader(pieces, 0, math.prod(shape), shape, path, name), pieces.read(0, 0).dtype)
 
-    dtype = groups[0][0].read(0, 0).dtype if groups[0] else np.dtype(np.float32)
+    dtypes = {p.read(0, 0).dtype for g in groups for p in g}
+    if len(dtypes) > 1:
+        raise ModelLoadError(f"DeepSpeed ZeRO-{stage}: the ranks' fp32 partitions are of {len(dtypes)} dtypes "
+                             f"({', '.join(sorted(str(d) for d in dtypes))}; one checkpoint has one)", path)
+    dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
     if stage <= 2:
         if any(len(g) != len(groups[0]) for g in groups) or len(param_shapes) != len(groups[0]):
             raise ModelLoadError(f"DeepSpeed ZeRO-{stage}: {len(param_shapes)} param group(s) of shapes, but "
