@@ -122,7 +122,7 @@ def test_a_group_or_block_larger_than_the_weight_is_one_group(tmp_path):
 
 
 # -- DeepSpeed ZeRO folders -------------------------------------------------------------------------------------
-from tests.test_deepspeed import _model, _write, deepspeed_classes  # noqa: F401, F811  (the fixture)
+from tests.test_deepspeed import _model, _write, deepspeed_classes  # noqa: F401  (the fixture)
 
 
 def _analyze(top):
