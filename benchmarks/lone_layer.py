@@ -6,8 +6,8 @@ A float32 weight of `--shape` (torch layout; a conv kernel (out, in, kh, kw) is 
 random values, loaded as a weights file's layer is. Each stage is the median wall time of `--calls` calls on one
 BLAS thread: the layer's matrices, the CPU backend's spectra (float64 Gram and eigensolve), pooling and sorting
 them (`layer_eigen`), the row's metrics and fit (`SpectralPass._row`), and a whole pass of the layer alone
-(`SpectralPass.analyse([layer])`, its summary and scheduling included), beside the floor: numpy's
-`eigvalsh(W^T W)` per matrix (float64 W given), or `svd(W, compute_uv=False)` under 32 columns.
+(`SpectralPass.analyse([layer])`, its summary and scheduling included), beside the floor as floor.py defines
+it: per matrix the faster of numpy's `eigvalsh(W^T W)` and `svd(W, compute_uv=False)` (float64 W given).
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def main() -> None:
         spectra = backend.spectra(mats)
         state = layer_eigen(0, layer, mats, spectra, False)
         tall = [np.ascontiguousarray(w if w.shape[0] >= w.shape[1] else w.T, dtype=np.float64) for w in mats]
-        if tall[0].shape[1] >= 32:
-            floor = sum(median_us(lambda w=w: np.linalg.eigvalsh(w.T @ w)) for w in tall)
-        else:
-            floor = sum(median_us(lambda w=w: np.linalg.svd(w, compute_uv=False)) for w in tall)
+        # floor.py's floor: per matrix the faster of the two routes
+        floor = sum(min(median_us(lambda w=w: np.linalg.eigvalsh(w.T @ w)),
+                        median_us(lambda w=w: np.linalg.svd(w, compute_uv=False))) for w in tall)
         stages = {
             "matrices": median_us(layer.matrices),
             "spectra (Gram + eigensolve)": median_us(lambda: backend.spectra(mats)),

@@ -303,9 +303,8 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
     rows = [w.shape[0] for w in mats]
     if all(r == n for r in rows):
         return ev, noise_floor(ev[:, -1], n, m, gram)
-    # matrices of several heights: each floor with its own n, the same arithmetic as the common one's
-    tops = ev[:, -1]
-    return ev, np.array([noise_floor(tops[k:k + 1], r, m, gram)[0] for k, r in enumerate(rows)])
+    # matrices of several heights: each floor with its own n, as `squared_singular_values` computes it alone
+    return ev, np.array([noise_floor(top, r, m, gram) for top, r in zip(ev[:, -1].tolist(), rows)])
 
 
 class CPUBackend(EigenBackend):

@@ -161,7 +161,7 @@ class _Group:
     N, M and rf (the group's total) make `schedule`'s cost the sum of its layers'."""
 
     items: list  # (layer id, layer)
-    N: float  # the layers' N, weighed by their matrices (their N differ when only their Gram size is shared)
+    N: float  # the layers' mean N (their N differ when only their Gram size is shared)
     M: int
     rf: int
 
@@ -196,8 +196,7 @@ def group_small_layers(items: list, workers: int, method: str = "auto") -> list:
             if len(chunk) == 1:
                 out.append(chunk[0])
                 continue
-            total = rf * len(chunk)
-            out.append((None, _Group(chunk, sum(it[1].N for it in chunk) * rf / total, m, total)))
+            out.append((None, _Group(chunk, sum(it[1].N for it in chunk) / len(chunk), m, rf * len(chunk))))
     return out
 
 
