@@ -235,7 +235,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=MAX_COPIES,
                     help="at most this many copies of a small layer analysed at once (1: each layer alone)")
     ap.add_argument("--lone", type=int, default=0, metavar="K",
-                    help="also time K layers of K distinct shapes around each one, in one pass (lone layers in a model)")
+                    help="also time K layers of K distinct shapes around each one, in one pass "
+                         "(lone layers in a model)")
     ap.add_argument("--baseline", metavar="REV", help="also time the pass of this git revision, side by side")
     a = ap.parse_args()
     global clock
@@ -257,7 +258,7 @@ def main() -> None:
     if baseline:
         print(f"(base: the pass of {a.baseline}, its ratio to the same floor; rows: bit-identical to it)")
     rng = np.random.default_rng(0)
-    lone_rng = np.random.default_rng(1)  # its own stream: the other columns' weights are the same with or without --lone
+    lone_rng = np.random.default_rng(1)  # its own stream: the other columns' weights are the same without --lone
     worst = base_worst = lone_worst = 0.0
     for model in a.models.split(","):
         model_layers = []

@@ -155,8 +155,9 @@ def _fp8(tensors, config, taken, path):
             grid = s.shape[-2:] if len(s.shape) >= 2 else ((rows, 1) if len(s.shape) == 1 and s.shape[0] == rows
                                                              and rows > 1 else (1, 1))
             per_matrix = grid[0] * grid[1]
-            _fit(per_matrix > 0 and len(s.shape) <= len(t.shape) and math.prod(s.shape) in (per_matrix, per_matrix * math.prod(
-                t.shape[:-2])), f"scale '{printable(scale_name)}' {list(s.shape)} does not fit weight {list(t.shape)}")
+            _fit(per_matrix > 0 and len(s.shape) <= len(t.shape)
+                 and math.prod(s.shape) in (per_matrix, per_matrix * math.prod(t.shape[:-2])),
+                 f"scale '{printable(scale_name)}' {list(s.shape)} does not fit weight {list(t.shape)}")
             bm, bn = block_cfg if block_cfg and (-(-rows // block_cfg[0]), -(-cols // block_cfg[1])) == tuple(grid) \
                 else (-(-rows // grid[0]), -(-cols // grid[1]))
             _fit(-(-rows // bm) == grid[0] and -(-cols // bn) == grid[1],
@@ -254,7 +255,8 @@ def _bnb_4bit(tensors, config, taken, path):
                 if nested:
                     am = quant.blockwise_codes(am, na.load(), nq.load().reshape(-1), nb)
                     am += np.float32(off)
-                return quant.bnb_4bit(w.load(), am, qmap.load().reshape(-1), blocksize, tuple(shape), _BNB_DTYPES[dtype])
+                return quant.bnb_4bit(w.load(), am, qmap.load().reshape(-1), blocksize, tuple(shape),
+                                      _BNB_DTYPES[dtype])
 
             kind = "NF4" if name.endswith("nf4") else "FP4"
             return _lazy(shape, _BNB_DTYPES[dtype], f"bitsandbytes {kind} block {blocksize}", fn,

@@ -78,8 +78,9 @@ def layer_metrics_rows(evals: np.ndarray, n, m: int, noise_floors: np.ndarray, m
                        small_n_xmin: str = "D") -> list[dict]:
     """`layer_metrics` of each row of `evals` (layers of one M and rf: one finite spectrum a row, sorted
     ascending; `n` their N, one for all or one per row) with the plain fit, the same numbers: the norms,
-    ranks, entropies and alpha-norms of all rows in whole-array operations (a row of a C-ordered array is reduced, logged and raised to a power
-    with the bits of the same operation on that row alone), the standard fits in one numba call
+    ranks, entropies and alpha-norms of all rows in whole-array operations (a row of a C-ordered array is
+    reduced, logged and raised to a power with the bits of the same operation on that row alone), the
+    standard fits in one numba call
     (`_fit_standard_rows`). A row that is degenerate, has fewer than `SMALL_N_CUTOFF` eigenvalues
     above the cut, or whose fit fails, gets `layer_metrics` itself."""
     from irtools.passes.spectral._fitkernels import _fit_standard_rows
