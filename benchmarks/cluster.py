@@ -1,7 +1,7 @@
 """One model over a Dask cluster: 2 single-thread workers against 1, and a projection for a 70B model.
 
 Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/cluster.py [--layers 2]
-     [--workers 1,2] [--dir DIR] [--no-embeddings] [--smoke] [--layers70 N]
+     [--workers 1,2] [--dir DIR] [--no-embeddings] [--smoke] [--layers70 N] [--profiler off|on|both]
 
 Setup (not timed): a Llama-3.1-8B-shaped checkpoint (hidden 4096, MLP 14336, 32 heads / 8 KV heads of
 128, vocabulary 128256, untied embeddings) at reduced depth (`--layers` decoder layers of the 32), as
@@ -12,7 +12,10 @@ so both runs skip them, as the single-process run does.
 
 Timed: for each worker count of `--workers`, a LocalCluster on 127.0.0.1 of that many worker
 processes with one thread each (the BLAS threads set to 1 by the variables above, inherited by the
-workers; the script sets them to 1 when they are unset), every worker warmed first (irtools imported
+workers; the script sets them to 1 when they are unset) and the Dask settings of irtools' own embedded
+cluster (`irtools.audit.runner.EMBEDDED_CONFIG`: Dask's statistical profiler off in the workers;
+`--profiler on` keeps Dask's default, as a cluster irtools did not start has it, `both` runs each
+worker count both ways, one after the other), every worker warmed first (irtools imported
 and numba's kernels loaded by one small analysis; not timed), then
 `irtools.distributed.spectral_on_cluster(folder, client=...)`: one task per weight matrix, each
 reading its tensor by offset from the shared folder, handed out largest first (LPT order). Prints the
@@ -123,17 +126,20 @@ def _warm(path: str) -> int:
     return len(SpectralPass(workers=1).analyse(opened.layers).rows)
 
 
-def run_cluster(folder: str, workers: int, warm_path: str) -> dict:
+def run_cluster(folder: str, workers: int, warm_path: str, profile: bool = False) -> dict:
     import logging
 
+    import dask
     import distributed
 
+    from irtools.audit.runner import EMBEDDED_CONFIG, LOOPBACK_HTTP
     from irtools.distributed import spectral_on_cluster
 
-    from irtools.audit.runner import LOOPBACK_HTTP
-
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  silence_logs=logging.ERROR, **LOOPBACK_HTTP) as cluster, \
+    # the Dask settings of irtools' own embedded cluster (`irtools audit`); `profile`: Dask's default profiler on
+    config = {k: v for k, v in EMBEDDED_CONFIG.items() if not (profile and k.startswith("distributed.worker.profile"))}
+    with dask.config.set(config), \
+            distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     silence_logs=logging.ERROR, **LOOPBACK_HTTP) as cluster, \
             distributed.Client(cluster) as client:
         assert len(client.run(_warm, warm_path)) == workers
         costs: list[dict] = []
@@ -229,6 +235,9 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="write the checkpoint here and keep it (default: a temp folder)")
     ap.add_argument("--no-embeddings", action="store_true", help="leave out the two (skipped) embeddings")
     ap.add_argument("--smoke", action="store_true", help="the script end to end on 1/8 of the 8B widths (no figures)")
+    ap.add_argument("--profiler", choices=("off", "on", "both"), default="off",
+                    help="Dask's statistical profiler in the workers: off (irtools' embedded cluster), on (Dask's "
+                         "default), both (each worker count both ways)")
     ap.add_argument("--layers70", type=int, default=0,
                     help="check the projection on a LocalCluster run of this many 70B-shaped decoder layers "
                          "(1: about 1.7 GB written, 7 CPU minutes; default 0: no check)")
@@ -254,9 +263,11 @@ def main() -> None:
         print(f"setup: Llama-8B-shaped checkpoint{' (SMOKE: 1/8 widths)' if args.smoke else ''}, {args.layers} of 32 layers, {size:.2f} GB bf16 in "
               f"{time.perf_counter() - t:.0f} s ({folder})")
         runs = []
+        profiles = {"off": [False], "on": [True], "both": [False, True]}[args.profiler]
         for w in counts:
-            print(f"run: {w} worker(s), 1 thread each", flush=True)
-            runs.append(run_cluster(folder, w, warm))
+            for profile in profiles:
+                print(f"run: {w} worker(s), 1 thread each, Dask's profiler {'on' if profile else 'off'}", flush=True)
+                runs.append(dict(run_cluster(folder, w, warm, profile), profile=profile))
         kv70 = nm((KV_HEADS * HEAD_DIM, LLAMA_70B["hidden"]))
         one = measure_one(*kv70)
     finally:
@@ -266,18 +277,23 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
     base = runs[0]
+    bases = {r["profile"]: r for r in runs if r["workers"] == base["workers"]}
     print(f"\n8B-shaped, {args.layers} layers: {len(base['rows'])} tasks, {base['skipped']} skipped (over max_N)")
-    print(f"{'workers':>7} {'wall s':>8} {'task CPU s':>10} {'load before/after':>18} {'speed-up':>8}")
+    print(f"{'workers':>7} {'profiler':>8} {'wall s':>8} {'task CPU s':>10} {'load before/after':>18} "
+          f"{'speed-up':>8}  (against {base['workers']} worker(s), the same profiler setting)")
     for r in runs:
-        print(f"{r['workers']:>7} {r['wall']:8.1f} {r['task_cpu']:10.1f} "
-              f"{r['load'][0]:8.1f} /{r['load'][1]:5.1f}    {base['wall'] / r['wall']:7.2f}x")
+        ref = bases.get(r["profile"], base)
+        print(f"{r['workers']:>7} {'on' if r['profile'] else 'off':>8} {r['wall']:8.1f} {r['task_cpu']:10.1f} "
+              f"{r['load'][0]:8.1f} /{r['load'][1]:5.1f}    {ref['wall'] / r['wall']:7.2f}x")
     for r in runs[1:]:
+        if r["workers"] == base["workers"]:
+            continue
         cols = [k for k in base["rows"][0] if k != "layer_id"]
         same = all(all((a[k] == b[k]) or (a[k] != a[k] and b[k] != b[k]) for k in cols)
                    for a, b in zip(base["rows"], r["rows"], strict=True))
         ideal = schedule([c["cpu_s"] for c in base["costs"]], r["workers"])
         best = lpt([c["cpu_s"] for c in base["costs"]], r["workers"])
-        print(f"{r['workers']} workers: rows {'bit for bit equal' if same else 'DIFFER'} to the {base['workers']}"
+        print(f"{r['workers']} workers (profiler {'on' if r['profile'] else 'off'}): rows {'bit for bit equal' if same else 'DIFFER'} to the {base['workers']}"
               f"-worker run; the task list's own limit (schedule of the measured task CPU): in model order "
               f"{base['task_cpu'] / ideal:.2f}x, largest first (LPT, as submitted) {base['task_cpu'] / best:.2f}x")
 

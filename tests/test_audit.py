@@ -498,3 +498,22 @@ def test_an_interrupted_split_model_computes_only_its_tensors_without_a_kept_row
     for got, want in zip(mine, alone.layers, strict=True):
         assert all(same(want[c], None if got[c] is pd.NA else got[c]) for c in alone.columns)
     assert not os.path.exists(partial)
+
+
+def _profiler_enabled() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_the_embedded_cluster_runs_its_workers_without_dasks_profiler():
+    """The embedded cluster's workers have Dask's statistical profiler off (it samples every thread's stack
+    each 10 ms for a dashboard nobody serves), and starting that cluster leaves this process's own Dask
+    configuration as it was."""
+    from irtools.audit import runner
+
+    before = _profiler_enabled()
+    with runner._Cluster(None, 1, None, quiet=True) as client:
+        assert list(client.run(_profiler_enabled).values()) == [False]
+        assert _profiler_enabled() == before
+    assert _profiler_enabled() == before

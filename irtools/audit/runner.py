@@ -42,6 +42,12 @@ DASK_MISSING = "irtools audit runs on Dask: pip install irtools[dask]"
 LOOPBACK_HTTP = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
 #: Times the scheduler reruns a model whose worker died before it gives the model up (a failed row).
 ALLOWED_FAILURES = 3
+#: Dask settings of the embedded cluster. The workers' statistical profiler samples every thread's stack
+#: every 10 ms for a dashboard the embedded cluster does not serve; with every core busy that sampling
+#: is taken from the tasks (`benchmarks/cluster.py`, 2 single-thread workers on 2 cores: 1.75x with it,
+#: 1.87x without, the tasks' CPU 101 s against 98 s).
+EMBEDDED_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                   "distributed.worker.profile.enabled": False}
 #: A model whose files hold more bytes than this has its spectral family split into one task per weight
 #: matrix (`run_audit(split_over=...)`; 0: never split): past it one model's single task takes minutes
 #: on one worker whatever the cluster's size (an 8B-shaped bf16 checkpoint, 16 GB: 857 s on one worker).
@@ -123,10 +129,11 @@ class _Cluster:
         if self.scheduler is None:
             n = self.workers or default_workers()
             env = {v: str(blas_threads_for(n)) for v in THREAD_VARIABLES}
-            self.cluster = distributed.LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **LOOPBACK_HTTP,
-                memory_limit=self.memory_limit or "auto",
-                silence_logs=logging.WARNING if self.debug else logging.CRITICAL + 1, env=env)
+            with dask.config.set(EMBEDDED_CONFIG):  # each nanny hands the config it was made with to its worker
+                self.cluster = distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **LOOPBACK_HTTP,
+                    memory_limit=self.memory_limit or "auto",
+                    silence_logs=logging.WARNING if self.debug else logging.CRITICAL + 1, env=env)
             self.client = distributed.Client(self.cluster)
             if not self.debug:  # what the worker processes print (warnings, C libraries) stays off stderr too
                 self.client.register_plugin(_QuietWorker(), name="irtools-quiet-worker")
