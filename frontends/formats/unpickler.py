@@ -6,8 +6,12 @@ Unpickling runs whatever globals a pickle names, so a file is never given to `pi
 
 - `scan_pickle` first walks the opcodes without running them and refuses a pickle nested deeper
   than `PICKLE_MAX_DEPTH`, one that would build more than `PICKLE_MAX_OBJECTS` objects once
-  shared references are expanded ("billion laughs"), or one that sets a memo slot past
-  `PICKLE_MAX_MEMO`;
+  shared references are expanded ("billion laughs"), one that sets a memo slot past
+  `PICKLE_MAX_MEMO` or past the number of memo writes before it (the C unpickler sizes its memo
+  table by the largest slot: one PUT of slot 10^7 was 160 MB), or one that keys more than
+  `PICKLE_MAX_HASHED` dict entries or set members by values whose hash a file can choose (ints of
+  61 bits or more, tuples, frozensets, objects: equal hashes make building the dict quadratic,
+  60,000 keys took 22 s); the scan's own memory is a pointer per stack slot (shared leaves);
 - `RestrictedUnpickler` then resolves only the globals in `ALLOWED` (ordered dicts, sets, the tensor
   rebuild functions, storage type tags, and the plain records training checkpoints hold: argparse
   and Lightning hyper-parameters, DeepSpeed's ZeRO stage, loss scaler and fragment addresses, each
@@ -64,6 +68,10 @@ class TensorRef:
 PICKLE_MAX_DEPTH = 100
 PICKLE_MAX_OBJECTS = 20_000_000
 PICKLE_MAX_MEMO = 10_000_000
+#: Dict keys and set members whose hash a pickle can choose (see `scan_pickle`), per pickle.
+PICKLE_MAX_HASHED = 10_000
+#: Python hashes an int modulo this prime: ints below it in magnitude hash apart (bar -1 and -2).
+_HASH_MODULUS = (1 << 61) - 1
 _MAX_NDIM = 32
 
 
@@ -101,21 +109,29 @@ def _rebuild_parameter(data, *args):
 def scan_pickle(reader, path: str) -> None:
     """Walk one pickle's opcodes (without running it) and refuse one nested deeper than
     PICKLE_MAX_DEPTH, that would build more than PICKLE_MAX_OBJECTS objects once shared
-    references are counted as often as they are used, or that sets a memo slot past
-    PICKLE_MAX_MEMO. Leaves `reader` where it was."""
+    references are counted as often as they are used, that sets a memo slot past PICKLE_MAX_MEMO
+    or past the count of memo writes before it (a pickler numbers its slots 0, 1, 2, ...), or that
+    keys more than PICKLE_MAX_HASHED dict entries or set members by values of a chosen hash.
+    Leaves `reader` where it was.
+
+    Each stack item is [depth, objects, hash chosen]; values without children share one item
+    each, so the scan holds a pointer per stack slot, not an object (15 million leaves took 1.4 GB)."""
     start = reader.tell()
-    stack: list = []  # [depth, objects] per stack item; None for a mark
+    stack: list = []  # [depth, objects, hash chosen] per stack item; None for a mark
     memo: dict = {}
+    writes = hashed = 0
     in_place = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
     for op, arg, _ in pickletools.genops(reader):
         name = op.name
         if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             key = len(memo) if name == "MEMOIZE" else int(arg)
-            if key > PICKLE_MAX_MEMO:
-                raise pickle.UnpicklingError(f"pickle memo slot {key} is out of range (over {PICKLE_MAX_MEMO})")
+            if key > PICKLE_MAX_MEMO or key > writes:
+                raise pickle.UnpicklingError(f"pickle memo slot {key} is out of range (a pickler numbers its slots "
+                                             f"in order: {writes} written before it, at most {PICKLE_MAX_MEMO})")
             if not stack or stack[-1] is None:
                 raise pickle.UnpicklingError("pickle memoizes with nothing on the stack")
             memo[key] = stack[-1]
+            writes += 1
             continue
         if name in ("GET", "BINGET", "LONG_BINGET"):
             if int(arg) not in memo:
@@ -131,10 +147,25 @@ def scan_pickle(reader, path: str) -> None:
         if name == "DUP":
             stack.extend(popped * 2)
             continue
+        if name in ("SETITEM", "SETITEMS", "ADDITEMS", "FROZENSET", "DICT"):
+            keys = popped[1:][::2] if name in ("SETITEM", "SETITEMS") else popped[1:] if name == "ADDITEMS" \
+                else popped[::2] if name == "DICT" else popped
+            hashed += sum(1 for k in keys if k[2])
+            if hashed > PICKLE_MAX_HASHED:
+                raise pickle.UnpicklingError(f"pickle keys more than {PICKLE_MAX_HASHED} dict entries or set members "
+                                             "by ints of 61 bits or more, tuples or objects (keys of equal hash "
+                                             "make it quadratic to build): refused")
+        kind = op.stack_after[0].name if op.stack_after else None
+        if not popped and kind in _IMMUTABLE:  # a value of its own: one shared item per kind
+            stack.append(_BIG_INT if kind in ("int", "int_or_bool") and isinstance(arg, int)
+                         and abs(arg) >= _HASH_MODULUS else _CHOSEN if _IMMUTABLE[kind] else _LEAF)
+            continue
         if name in in_place:
             item, children = popped[0], popped[1:]
+            if item is _LEAF or item is _BIG_INT or item is _CHOSEN:  # never grow a shared item
+                item = list(item)
         else:
-            item, children = [0, 1], popped
+            item, children = [0, 1, _IMMUTABLE.get(kind, False)], popped
         if children:
             item[0] = max(item[0], 1 + max(c[0] for c in children))
             item[1] += sum(c[1] for c in children)
@@ -148,6 +179,44 @@ def scan_pickle(reader, path: str) -> None:
     else:
         raise pickle.UnpicklingError("pickle data was truncated (no STOP)")
     reader.seek(start)
+
+
+#: Shared scan items of values without children: one whose hash the file cannot choose, an int
+#: of 61 bits or more (Python hashes ints modulo 2^61 - 1), a global or other value of any kind.
+_LEAF, _BIG_INT, _CHOSEN = [0, 1, False], [0, 1, True], [0, 1, True]
+#: The pickletools stack kinds of values that never grow in place (their scan items may be shared), by
+#: whether the file can choose their hash (tuples, frozensets, objects; ints are judged by their size).
+#: Lists, dicts and sets grow in place and are not hashable: each has an item of its own.
+_IMMUTABLE = {"int": False, "int_or_bool": False, "bool": False, "float": False, "None": False, "str": False,
+              "bytes": False, "bytes_or_str": False, "bytearray": False, "buffer": False, "tuple": True,
+              "frozenset": True, "any": True}
+
+
+def _hashed_safely(items, what: str) -> list:
+    """`items` as a list, refused where more than PICKLE_MAX_HASHED of them hash as the file chooses."""
+    items = list(items)
+    chosen = sum(1 for x in items if not (isinstance(x, (str, bytes, float, bool)) or x is None or
+                                          (isinstance(x, int) and abs(x) < _HASH_MODULUS)))
+    if chosen > PICKLE_MAX_HASHED:
+        raise pickle.UnpicklingError(f"pickle builds a {what} of more than {PICKLE_MAX_HASHED} ints of 61 bits or "
+                                     "more, tuples or objects (members of equal hash make it quadratic): refused")
+    return items
+
+
+def _set(items=()):
+    return set(_hashed_safely(items, "set"))
+
+
+def _frozenset(items=()):
+    return frozenset(_hashed_safely(items, "set"))
+
+
+def _ordered_dict(*args):
+    if args and not isinstance(args[0], dict):
+        pairs = list(args[0])
+        _hashed_safely((p[0] for p in pairs if isinstance(p, (tuple, list)) and p), "dict")
+        return OrderedDict(pairs, *args[1:])
+    return OrderedDict(*args)
 
 
 def _pop(stack: list, op) -> list:
@@ -218,7 +287,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds tensors, dicts and plain records only; every other global is refused."""
 
     ALLOWED = {
-        ("collections", "OrderedDict"): OrderedDict,
+        ("collections", "OrderedDict"): _ordered_dict,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -228,8 +297,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("lightning_fabric.utilities.data", "AttributeDict"): Record,
         ("pytorch_lightning.utilities.parsing", "AttributeDict"): Record,
         # a set (DeepSpeed's sparse_tensor_module_names): protocol 2 names the builtin, under Python 2's name
-        ("builtins", "set"): set, ("__builtin__", "set"): set,
-        ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+        ("builtins", "set"): _set, ("__builtin__", "set"): _set,
+        ("builtins", "frozenset"): _frozenset, ("__builtin__", "frozenset"): _frozenset,
         **{key: int for key in (("deepspeed.runtime.zero.config", "ZeroStageEnum"),)},  # the ZeRO stage: its int
         # DeepSpeed's records beside a ZeRO checkpoint's tensors: their attributes as plain dicts
         **{(module, name): Record for module, name in (

@@ -1,0 +1,119 @@
+"""Hostile inputs, round 6: weight files and ONNX files as memory bombs and hangs, attacked as classes.
+
+- a pickle's cost is bounded by its bytes before it is run: a memo slot past the writes before it (the C
+  unpickler sizes its memo table by the largest slot), dict keys or set members whose hash the file
+  chooses (ints of 61 bits or more, tuples: equal hashes make the dict quadratic), and the scan itself
+  holds a pointer per stack slot;
+- a safetensors header is read as safetensors reads it, or refused: duplicate keys, a `__metadata__`
+  that is not an object of strings;
+- DeepSpeed records of the wrong Python types are one line naming the file and the field;
+- ONNX files: external data that is no regular file of the model's folder, nesting and counts past
+  the caps, are one line, never a hang.
+Every case: one `IrtoolsError` line through the public entry, no traceback, bounded time.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tracemalloc
+
+import pytest
+from irtools.frontends.weights_file import read_weights
+
+from irtools.errors import IrtoolsError
+from tests.fuzz import formats as f
+from tests.fuzz import harness
+
+P61 = (1 << 61) - 1  # Python hashes an int modulo this prime: its multiples all hash to 0
+
+
+def _cli_one_line(path, *extra, message=None, timeout=60):
+    outcome = harness.run_subprocess(["analyze", str(path), *extra], timeout=timeout)
+    folder = str(path.parent)
+    harness.check(outcome, folder, harness.snapshot(folder), expect=2, message=message)
+    return outcome
+
+
+def _weights(path, data: bytes):
+    path.write_bytes(data)
+    return str(path)
+
+
+# -- pickles: memo, hashes, the scan's own memory ------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_memo_slot_past_the_writes_before_it_is_refused_before_allocating(tmp_path):
+    """One LONG_BINPUT of slot 9,999,999 (under the old cap of 10^7) made the C unpickler allocate
+    a memo table of 2 x 10^7 pointers (160 MB) for a 250-byte file."""
+    from irtools.frontends.formats.unpickler import unpickle
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(pickle.UnpicklingError, match="memo slot 9999999 is out of range"):
+            unpickle(io.BytesIO(f.memo_pickle(9_999_999)), "m.pt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    # slots written in order (what every pickler writes) are read as before
+    assert unpickle(io.BytesIO(pickle.dumps([[1], [2], {"a": [3]}], protocol=2)), "m.pt") == [[1], [2], {"a": [3]}]
+    _weights(tmp_path / "m.pt", f.torch_zip(f.memo_pickle(9_999_999), {}))
+    _cli_one_line(tmp_path / "m.pt", message="memo slot 9999999 is out of range")
+
+
+def _colliding_dict(n: int, key=lambda i: f.p_int(P61 * (i + 1))) -> bytes:
+    return b"\x80\x02}(" + b"".join(key(i) + b"K\x01" for i in range(n)) + b"u."
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["big int keys", "tuple keys", "set of big ints", "frozenset opcode",
+                                 "OrderedDict of pairs", "DICT opcode"])
+def test_keys_of_a_chosen_hash_are_refused_before_the_dict_is_built(tmp_path, how):
+    """60,000 int keys that are multiples of 2^61 - 1 (all of hash 0) took 22 s to unpickle (quadratic);
+    a million is hours for an 11 MB file. Whatever builds the dict or set, it is refused first."""
+    n = 20_000
+    big = b"".join(f.p_int(P61 * (i + 1)) for i in range(n))
+    pickles = {
+        "big int keys": _colliding_dict(n),
+        "tuple keys": _colliding_dict(n, lambda i: f.p_tuple(f.p_int(i), f.p_int(i))),
+        "set of big ints": b"\x80\x02c__builtin__\nset\n(" + big + b"l\x85R.",
+        "frozenset opcode": b"\x80\x04(" + big + b"\x91.",
+        "OrderedDict of pairs": b"\x80\x02ccollections\nOrderedDict\n(" +
+                                b"".join(f.p_tuple(f.p_int(P61 * (i + 1)), b"K\x01") for i in range(n)) + b"l\x85R.",
+        "DICT opcode": b"\x80\x02(" + b"".join(f.p_int(P61 * (i + 1)) + b"K\x01" for i in range(n)) + b"d.",
+    }
+    path = _weights(tmp_path / "m.pt", f.torch_zip(pickles[how], {}))
+    with pytest.raises(IrtoolsError, match=r"(keys|builds a (set|dict) of) more than 10000") as err:
+        read_weights(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(60)
+def test_many_keys_of_strings_and_small_ints_are_read():
+    """The rule counts only keys of a chosen hash: a state dict's names and an optimizer's int ids pass."""
+    from irtools.frontends.formats.unpickler import unpickle
+
+    data = {**{f"layer{i}.weight": i for i in range(30_000)}, **{i: {"step": i} for i in range(30_000)}}
+    assert unpickle(io.BytesIO(pickle.dumps(data, protocol=2)), "m.pt") == data
+    assert unpickle(io.BytesIO(pickle.dumps({(1, 2): 3, P61: 4, frozenset({5}): {6, P61}}, protocol=4)), "m.pt") \
+        == {(1, 2): 3, P61: 4, frozenset({5}): {6, P61}}
+
+
+@pytest.mark.timeout(60)
+def test_the_scan_holds_a_pointer_per_stack_slot():
+    """1,000,000 ints under one MARK: the scan made a list per leaf (~72 bytes each; a 30 MB pickle
+    took 1.4 GB), now one shared item (8 bytes a slot)."""
+    from irtools.frontends.formats.unpickler import scan_pickle
+
+    n = 1_000_000
+    data = b"\x80\x02(" + b"K\x01" * n + b"l."
+    tracemalloc.start()
+    try:
+        scan_pickle(io.BytesIO(data), "m.pt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * n, peak  # the pointers (8 n) and the list's growth, not 72 n
+    # the counts still see through shared items: a billion laughs is refused as before
+    with pytest.raises(pickle.UnpicklingError, match="more than 20000000 objects"):
+        scan_pickle(io.BytesIO(f.laughs_pickle(40)), "m.pt")
