@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from irtools import budget
 from irtools.errors import IrtoolsError, ModelLoadError
 from irtools.files import check_input
 
 from . import gguf_file, hdf5, pytorch, safetensors
-from .common import StoredArray, WeightSet, checked_load, checkpoint_order, read_errors, writable_name
+from .common import RECORD_BYTES, StoredArray, WeightSet, checked_load, checkpoint_order, read_errors, writable_name
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def read_weights(path: str, trust: bool = False, *, dequantize: bool = True) -> 
                              "torch.distributed.checkpoint, DeepSpeed ZeRO)", path)
     with read_errors(path, fmt.label):
         tensors = fmt.read(path, trust)
+    budget.check(len(tensors) * RECORD_BYTES, f"the records of the file's {len(tensors)} tensors", path)
     out = WeightSet({writable_name(name): StoredArray(a.shape, a.dtype, checked_load(a.load, path, fmt.label),
                                                       a.storage)
                      for name, a in tensors.items()}).take(tensors)
