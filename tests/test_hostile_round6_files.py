@@ -166,3 +166,43 @@ def test_a_header_of_many_empty_tensors_is_budgeted_before_it_is_parsed(tmp_path
     path.write_bytes(f.safetensors_bytes(header, F32.tobytes()))
     outcome = _cli_one_line(path, "--max-memory", "256M", message="tensor records would need")
     assert outcome.maxrss < 300 << 20, outcome.maxrss
+
+
+# -- DeepSpeed records of the wrong Python types ----------------------------------------------------------------
+from tests.test_deepspeed import _model, _write, deepspeed_classes  # noqa: F401  (the fixture)
+
+DEEPSPEED = {  # field set to a value of the wrong type: words of its one line (was Python's own message)
+    "buffer_names": (5, "'mp_rank_00_model_states.pt': buffer_names is an int, not a list of names"),
+    "module": ([1], "'mp_rank_00_model_states.pt': module is a list, not a dict of tensors"),  # was: buffers dropped
+    "frozen_param_shapes": ([1, 2], "'mp_rank_00_model_states.pt': frozen_param_shapes is a list, not a dict"),
+    "frozen_param_fragments": ([1], "'mp_rank_00_model_states.pt': frozen_param_fragments is a list, not a dict"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("field", sorted(DEEPSPEED))
+@pytest.mark.parametrize("trust", [False, True])
+def test_deepspeed_fields_of_the_wrong_type_name_the_file_and_the_field(tmp_path, deepspeed_classes, field,  # noqa: F811
+                                                                        trust):
+    torch = pytest.importorskip("torch")
+    top, _ = _write(tmp_path, _model(), 2, 2, deepspeed_classes)
+    target = top / "global_step7" / "mp_rank_00_model_states.pt"
+    value, says = DEEPSPEED[field]
+    state = torch.load(target, weights_only=False)
+    state[field] = value
+    torch.save(state, target)
+    with pytest.raises(IrtoolsError) as err:
+        read_weights(str(top), trust=trust)
+    assert says in str(err.value) and "\n" not in str(err.value), err.value
+
+
+@pytest.mark.timeout(60)
+def test_deepspeed_partition_counts_that_are_not_ints_are_one_line(tmp_path, deepspeed_classes):  # noqa: F811
+    torch = pytest.importorskip("torch")
+    top, _ = _write(tmp_path, _model(), 2, 2, deepspeed_classes)
+    for f_ in sorted((top / "global_step7").glob("*_optim_states.pt")):
+        state = torch.load(f_, weights_only=False)
+        state["optimizer_state_dict"]["partition_count"] = [2, "two"]  # max() raised "'>' not supported"
+        torch.save(state, f_)
+    with pytest.raises(IrtoolsError, match=r"partition_count \[2, 'two'\]: irtools reads ZeRO stages 1-3"):
+        read_weights(str(top))

@@ -619,8 +619,8 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
                                  "optimizer_state_dict)", path)
         states.append(sd)
     stage, world = states[0]["zero_stage"], states[0].get("partition_count")
-    if isinstance(world, (list, tuple)):
-        world = max(world) if world else None
+    if isinstance(world, (list, tuple)):  # one count per param group
+        world = max(world) if world and all(type(w) is int for w in world) else world
     stage = int(stage) if isinstance(stage, int) and not isinstance(stage, bool) else stage  # torch.load: the enum
     if type(stage) is not int or stage not in (1, 2, 3) or type(world) is not int or world < 1:
         raise ModelLoadError(f"DeepSpeed checkpoint with zero_stage {printable(repr(stage)[:20])} and partition_count "
@@ -646,8 +646,10 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
     param_shapes = [param_shapes] if isinstance(param_shapes, dict) else param_shapes
     if not isinstance(param_shapes, (list, tuple)) or not all(isinstance(d, dict) for d in param_shapes):
         raise ModelLoadError("the DeepSpeed param_shapes is not a list of {name: shape}", path)
-    module = first.get("module") if isinstance(first.get("module"), dict) else {}
-    buffer_names = first["buffer_names"] or []
+    module = _field(first, "module", dict, "a dict of tensors", model_name, path)
+    buffer_names = _field(first, "buffer_names", (list, tuple), "a list of names", model_name, path)
+    if not all(isinstance(b, str) for b in buffer_names):
+        raise ModelLoadError(f"'{printable(model_name)}': buffer_names is not a list of names (strings)", path)
 
     out: dict[str, StoredArray] = {}
 
@@ -663,10 +665,12 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
         if is_tensor(t):
             put(name, tuple(t.shape), _as_float32(whole(t, model_files[0])), np.float32)
 
-    frozen = first.get("frozen_param_shapes") or {}
+    frozen = _field(first, "frozen_param_shapes", dict, "a dict of {name: shape}", model_name, path)
+    fragments = [_field(obj_of(m), "frozen_param_fragments", dict, "a dict of {name: tensor}", n, path) if frozen
+                 else {} for m, n in zip(model_files, [model_name] if stage <= 2 else models, strict=True)]
     for name, shape in frozen.items():
         shape = _shape(shape, f"frozen parameter '{printable(name)}'", path)
-        frags = [obj_of(m).get("frozen_param_fragments", {}).get(name) for m in model_files]
+        frags = [f.get(name) if isinstance(name, (str, int)) else None for f in fragments]
         if not all(is_tensor(t) for t in frags):
             raise ModelLoadError(f"frozen parameter '{printable(name)}' has no fragment in a model-states file", path)
         pieces = _Part.joined([part(t, f"frozen '{printable(name)}'", m)
@@ -731,6 +735,19 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
         notes.append(f"shared (tied) parameters read once, under their partner's name: {', '.join(tied[:6])}"
                      + (", ..." if len(tied) > 6 else ""))
     return _result(flat, notes)
+
+
+def _field(record: dict, key: str, types, what: str, file: str, path: str):
+    """`record[key]` of a DeepSpeed file where it is of `types` (missing or None: an empty one), else one
+    line naming the file and the field (its wrong type made the reader fail on Python's own message)."""
+    value = record.get(key)
+    if value is None:
+        return (types[0] if isinstance(types, tuple) else types)()
+    if not isinstance(value, types):
+        kind = type(value).__name__
+        raise ModelLoadError(f"'{printable(file)}': {key} is {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, not {what}",
+                             path)
+    return value
 
 
 def _piece_loader(part: _Part, start: int, n: int, shape, path: str, name: str):
