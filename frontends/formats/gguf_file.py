@@ -15,6 +15,7 @@ block types gguf's own gguf_convert_endian.py converts; another block type is sk
 
 from __future__ import annotations
 
+import collections
 import math
 import mmap
 import os
@@ -27,6 +28,7 @@ from irtools import budget
 from irtools.errors import ModelLoadError, UnsupportedError, printable
 from irtools.frontends import require
 
+from . import gguf_meta
 from .common import StoredArray, WeightSet
 
 MAGIC = b"GGUF"
@@ -35,6 +37,25 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 #: Metadata arrays longer than this are kept as their length only (tokenizer vocabularies).
 _KEEP_ITEMS = 16
 _MAX_NESTING = 3
+#: Metadata entries (key-value pairs, and the items of arrays of arrays) parsed into Python objects, at
+#: most: each one costs the parser a Python-level step (~1 us) and a few hundred bytes however few bytes
+#: of the file it takes (13), so a count the file's size allows (10^8 in 1.3 GB) ran for minutes. Safe:
+#: llama.cpp's converter writes 20-60 keys (a tokenizer's vocabulary is one array, walked in compiled
+#: code, not counted here), and llama.cpp's own reader (gguf.cpp) refuses arrays of arrays altogether.
+_MAX_ENTRIES = 1 << 16
+#: Tensors a file may declare: each is a Python object and a row of the analysis. Safe: the largest
+#: released models hold a few thousand tensors (Llama 3.1 405B: 1138; DeepSeek-V3, experts merged: 1025;
+#: an unmerged 128-expert Arctic: ~13,500).
+_MAX_TENSORS = 1 << 16
+#: Strings of metadata (keys, values, the first items of an array) are decoded into Python only up to
+#: this many bytes (a longer key is parsed and dropped, a longer value kept as {"string_of": bytes}):
+#: irtools reads only short keys and values (architecture, name, counts); a decoded string may take up
+#: to 4 times its bytes (an invalid byte becomes `\xNN`).
+_KEEP_BYTES = 1 << 16
+#: Blocks (`blk.N.`) that gguf's tensor-name map is built for: it costs ~0.4 ms and 270 entries per block,
+#: so a name `blk.1000000000000000000.attn_q.weight` built it for ever. Safe: the deepest released LLMs
+#: have 126-200 blocks; names of blocks past it keep their GGUF names.
+_MAX_BLOCKS = 1 << 10
 #: (struct code, size) of the scalar metadata types, by GGUFValueType id.
 _SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4), 6: ("f", 4),
             7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
@@ -53,6 +74,8 @@ class _Header:
 
     def __init__(self, buf, path: str, order: str = "<"):
         self.buf, self.pos, self.path, self.size, self.order = buf, 0, path, len(buf), order
+        self.entries = 0  # key-value pairs and items of arrays of arrays parsed (at most _MAX_ENTRIES)
+        self.scanned = 0  # array strings walked in Python (gguf_meta.PY_STRINGS, then compiled)
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -71,12 +94,31 @@ class _Header:
     def u64(self, what: str) -> int:
         return self.scalar("Q", 8, what)
 
-    def string(self, what: str, keep: bool = True) -> str | None:
+    def string(self, what: str, keep: bool = True) -> str | dict | None:
         n = self.u64(what)
         self.need(n, what)
+        keep = keep and n <= _KEEP_BYTES
         raw = bytes(self.buf[self.pos:self.pos + n]) if keep else None
         self.pos += n
-        return raw.decode("utf-8", "backslashreplace") if keep else None
+        return raw.decode("utf-8", "backslashreplace") if keep else {"string_of": n}
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Past `count` strings of an array, none decoded (gguf_meta: compiled once a file has many)."""
+        if count <= 0:
+            return
+        walk = gguf_meta.skip_strings_py if self.scanned + count <= gguf_meta.PY_STRINGS else gguf_meta.skip_strings
+        self.scanned += count
+        end = walk(self.buf, self.pos, count, self.order == ">")
+        if end < 0:
+            raise ModelLoadError(f"truncated GGUF file: {what} holds strings that run past the end of the file "
+                                 f"({self.size} bytes)", self.path)
+        self.pos = end
+
+    def entry(self, what: str, n: int = 1) -> None:
+        self.entries += n
+        if self.entries > _MAX_ENTRIES:
+            raise ModelLoadError(f"{what}: the metadata holds more than {_MAX_ENTRIES} entries (key-value pairs and "
+                                 "items of arrays of arrays; real files hold under a hundred)", self.path)
 
     def value(self, vtype: int, what: str, depth: int = 0):
         if vtype in _SCALARS:
@@ -100,10 +142,14 @@ class _Header:
             kept = list(struct.unpack_from(f"{self.order}{min(count, _KEEP_ITEMS)}{code}", self.buf, self.pos))
             self.pos += count * size
             return kept if count <= _KEEP_ITEMS else {"array_of": count}
+        if itype == _STRING:
+            kept = [self.string(what) for _ in range(min(count, _KEEP_ITEMS))]
+            self.skip_strings(count - len(kept), what)
+            return kept if count <= _KEEP_ITEMS else {"array_of": count}
+        self.entry(what, count)  # arrays of arrays: one Python step each
         kept = []
         for i in range(count):
-            item = self.value(itype, what, depth + 1) if itype == _ARRAY or i < _KEEP_ITEMS else \
-                self.string(what, keep=False)
+            item = self.value(itype, what, depth + 1)
             if i < _KEEP_ITEMS:
                 kept.append(item)
         return kept if count <= _KEEP_ITEMS else {"array_of": count}
@@ -130,14 +176,27 @@ def parse(buf, path: str) -> tuple[dict, list[dict], int]:
     if n_kv * 12 > h.size - h.pos or n_tensors * 24 > h.size - h.pos:
         raise ModelLoadError(f"the header declares {n_tensors} tensors and {n_kv} metadata entries, more than the "
                              f"{h.size} bytes of the file hold (corrupt file)", path)
+    if n_kv > _MAX_ENTRIES or n_tensors > _MAX_TENSORS:
+        raise ModelLoadError(f"the header declares {n_tensors} tensors and {n_kv} metadata entries; irtools reads at "
+                             f"most {_MAX_TENSORS} tensors and {_MAX_ENTRIES} entries (real files hold a few "
+                             "thousand tensors and under a hundred entries)", path)
     meta: dict = {}
     for _ in range(n_kv):
+        h.entry("a metadata key")
         key = h.string("a metadata key")
-        meta[key] = h.value(h.u32(f"metadata '{printable(key)}'"), f"metadata '{printable(key)}'")
+        label = f"metadata '{printable(key)[:200]}'" if isinstance(key, str) else \
+            f"a metadata key of {key['string_of']} bytes"
+        value = h.value(h.u32(label), label)
+        if isinstance(key, str):  # a key longer than _KEEP_BYTES is none irtools reads: dropped
+            if key in meta:  # as llama.cpp's gguf.cpp refuses it (which value would be meant?)
+                raise ModelLoadError(f"{label} appears twice", path)
+            meta[key] = value
     types = {int(t): t for t in gguf.GGMLQuantizationType}
     tensors, names = [], set()
     for _ in range(n_tensors):
         name = h.string("a tensor name")
+        if not isinstance(name, str):
+            raise ModelLoadError(f"a tensor name of {name['string_of']} bytes (llama.cpp's names are at most 64)", path)
         label = f"tensor '{printable(name)}'"
         if name in names:
             raise ModelLoadError(f"{label} is declared twice", path)
@@ -160,7 +219,8 @@ def parse(buf, path: str) -> tuple[dict, list[dict], int]:
                         "order": h.order})
     alignment = meta.get("general.alignment", 32)
     if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
-        raise ModelLoadError(f"general.alignment {printable(repr(alignment))[:40]} is not a power of two", path)
+        raise ModelLoadError(f"general.alignment {printable(repr(alignment))[:40]} is not a power of two from 1 to "
+                             "2^20", path)
     start = -(-h.pos // alignment) * alignment
     spans = []
     for t in tensors:
@@ -189,8 +249,8 @@ def hf_names(names: list[str], architecture: str | None) -> dict[str, str]:
     arch = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == architecture), None)
     if arch is None:
         return {}
-    blocks = 1 + max((int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()),
-                     default=-1)
+    blocks = min(_MAX_BLOCKS, 1 + max((int(n.split(".")[1]) for n in names if n.startswith("blk.") and
+                                       _block_id(n.split(".")[1])), default=-1))
     mapping = gguf.get_tensor_name_map(arch, blocks).mapping
     candidates: dict[str, list[str]] = {}
     for key, (_, gname) in mapping.items():
@@ -335,6 +395,12 @@ else:
 _MODEL_TYPES = {"gptneox": "gpt_neox", "gpt-oss": "gpt_oss", "command-r": "cohere", "phimoe": "phimoe"}
 
 
+def _block_id(part: str) -> bool:
+    """`part` is a block number irtools maps (ASCII digits, under _MAX_BLOCKS: `²` is a digit to
+    str.isdigit that int() refuses; `10^18` would size gguf's map)."""
+    return part.isascii() and part.isdigit() and len(part) <= 6 and int(part) < _MAX_BLOCKS
+
+
 def _template(key: str) -> str:
     """`model.layers.3.self_attn.q_proj` -> `model.layers.{bid}.self_attn.q_proj` (as gguf's map writes it)."""
     parts = key.split(".")
@@ -394,6 +460,19 @@ def read(path: str) -> dict[str, StoredArray]:
         meta, tensors, start = parse(buf, path)
     arch = meta.get("general.architecture") if isinstance(meta.get("general.architecture"), str) else None
     names = hf_names([t["name"] for t in tensors], arch)
+    chosen = [names.get(t["name"], t["name"]) for t in tensors]
+    twice = {n for n, k in collections.Counter(chosen).items() if k > 1}
+    # a name two tensors would read as (one's GGUF name is the other's Hugging Face name, or the map gives
+    # two the same): both keep their GGUF names, which the file's names are unique in
+    names = {t["name"]: n for t, n in zip(tensors, chosen, strict=True) if n not in twice}
+    claimed: dict[str, str] = {}
+
+    def claim(key: str, gguf_name: str) -> str:
+        if key in claimed:
+            raise ModelLoadError(f"tensors '{printable(claimed[key])}' and '{printable(gguf_name)}' would both be read "
+                                 f"as '{printable(key)}' (a GGUF name that is another tensor's Hugging Face name)", path)
+        claimed[key] = gguf_name
+        return key
     big = bool(tensors) and tensors[0]["order"] == ">"
     out = WeightSet()
     counts: dict[str, int] = {}
@@ -416,19 +495,20 @@ def read(path: str) -> dict[str, StoredArray]:
         if merged:  # one matrix per expert, as the checkpoint the file was converted from names them
             split += 1
             for e in range(t["shape"][0]):
-                out[f"{merged['stack']}.{e}.{merged['part']}{merged['suffix'] or ''}"] = StoredArray(
+                out[claim(f"{merged['stack']}.{e}.{merged['part']}{merged['suffix'] or ''}", t["name"])] = StoredArray(
                     t["shape"][1:], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path, e), qname)
             continue
-        out[name] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path), qname)
+        out[claim(name, t["name"])] = StoredArray(t["shape"], np.dtype(_float_of(t["qtype"])),
+                                                  _loader(gguf, start, t, path), qname)
     out.metadata = {"format": "gguf", "architecture": arch, "quantization": dict(sorted(counts.items())),
                     "tensors": len(tensors), "byte_order": "big-endian" if big else "little-endian"}
     for key, label in (("context_length", "context_length"), ("block_count", "block_count"),
                        ("embedding_length", "embedding_length")):
         value = meta.get(f"{arch}.{key}")
-        if value is not None:
+        if type(value) is int:  # a count; a hostile string or array there is no fact about the model
             out.metadata[label] = value
-    for key in ("general.name", "general.file_type", "general.quantization_version"):
-        if key in meta and not isinstance(meta[key], dict):
+    for key, kind in (("general.name", str), ("general.file_type", int), ("general.quantization_version", int)):
+        if type(meta.get(key)) is kind:
             out.metadata[key.split(".", 1)[1]] = meta[key]
     renamed = sum(1 for t in tensors if names.get(t["name"], t["name"]) != t["name"])
     out.notes.append(f"GGUF ({arch or 'unknown architecture'}): {renamed} of {len(tensors)} tensor names mapped "
