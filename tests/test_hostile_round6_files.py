@@ -206,3 +206,87 @@ def test_deepspeed_partition_counts_that_are_not_ints_are_one_line(tmp_path, dee
         torch.save(state, f_)
     with pytest.raises(IrtoolsError, match=r"partition_count \[2, 'two'\]: irtools reads ZeRO stages 1-3"):
         read_weights(str(top))
+
+
+# -- ONNX: nodes counted in the bytes, before the parse ---------------------------------------------------------
+def _varint(n: int) -> bytes:
+    from irtools.ir.loading import _encode_varint
+
+    return _encode_varint(n)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+EMPTY_NODES = _field(1, b"") * 1_000_000  # GraphProto.node, a million empty NodeProtos (2 bytes each)
+
+
+def _onnx_with(extra: bytes) -> bytes:
+    """The small valid model of `formats.onnx_model` with `extra` bytes of ModelProto fields after it
+    (protobuf merges a message field given twice)."""
+    return f.onnx_model().SerializeToString() + extra
+
+
+def _if_node(branch: bytes) -> bytes:
+    attribute = _field(1, b"then_branch") + _field(6, branch) + b"\xa0\x01\x05"  # name, g, type GRAPH
+    return _field(4, b"If") + _field(5, attribute)
+
+
+HIDDEN_NODES = {  # where a million nodes hide from a count of the main graph's own fields
+    "a second graph field": _field(7, EMPTY_NODES),
+    "an If branch": _field(7, _field(1, _if_node(EMPTY_NODES))),
+    "a local function": _field(25, _field(1, b"f") + _field(7, b"") * 1_000_000),  # FunctionProto.node is 7
+    "behind an unknown group field": b"\x9b\x06" + _field(1, b"x") + b"\x9c\x06" + _field(7, EMPTY_NODES),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", sorted(HIDDEN_NODES))
+def test_a_million_nodes_anywhere_in_the_file_are_refused_before_the_parse(tmp_path, where):
+    """Split over two `graph` fields (merged by protobuf) the million nodes skipped the pre-parse count
+    and were parsed first (150 MB for a 2 MB file); in an If branch or a function likewise."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_onnx_with(HIDDEN_NODES[where]))
+    onnx = pytest.importorskip("onnx")
+    model = onnx.ModelProto()
+    model.ParseFromString(path.read_bytes())  # the bytes are a valid protobuf holding the nodes
+    assert sum(len(g.node) for g in [model.graph] + [a.g for n in model.graph.node for a in n.attribute]) + \
+        sum(len(fn.node) for fn in model.functions) >= 1_000_000
+    del model
+    outcome = _cli_one_line(path, message="more nodes than the cap of 131,072")
+    assert outcome.maxrss < 200 << 20, outcome.maxrss >> 20
+
+
+@pytest.mark.timeout(60)
+def test_nodes_in_an_if_branch_under_the_scan_limit_get_their_exact_count(tmp_path):
+    """Between the cap and the scan's limit the model is parsed and refused with its exact count."""
+    import irtools
+
+    n = 140_000
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_onnx_with(_field(7, _field(1, _if_node(_field(1, b"") * n)))))
+    with pytest.raises(IrtoolsError, match=f"the model's graph has {n + 4:,} nodes, over the cap of 131,072"):
+        irtools.load(str(path))
+
+
+# -- ONNX external data that is no regular file of the model's folder -------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("location, make, says", [
+    ("/dev/zero", None, "outside the model's folder"),
+    ("../outside.bin", None, "outside the model's folder"),
+    ("fifo", lambda d: __import__("os").mkfifo(d / "fifo"), "is a FIFO, not a regular file"),
+    ("zero", lambda d: (d / "zero").symlink_to("/dev/zero"), "resolves to '/dev/zero', outside"),
+    ("link", lambda d: (d / "link").symlink_to(d.parent / "outside.bin"), "outside the model's folder"),
+    ("data.bin", lambda d: (d / "data.bin").write_bytes(bytes(100)), "is too short for tensor 'w'"),
+])
+def test_external_data_that_is_no_regular_file_of_the_folder_is_one_line_never_a_hang(tmp_path, location, make,
+                                                                                       says):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(bytes(1 << 12))
+    if make is not None:
+        make(folder)
+    proto, _ = f.with_external(f.onnx_model(), location)
+    f.save_onnx(proto, str(folder / "m.onnx"))
+    _cli_one_line(folder / "m.onnx", message=says)

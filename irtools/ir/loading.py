@@ -58,6 +58,7 @@ def read_model(path: str | os.PathLike, *, lazy: bool = True) -> tuple[onnx.Mode
         raise ModelLoadError(exc.message, path) from None
     try:
         with open(path, "rb") as fh:
+            _check_wire_nodes(fh, path)
             if lazy and os.fstat(fh.fileno()).st_size >= 4 * LAZY_MIN_BYTES:
                 found = _read_lazily(fh, path)
                 if found is not None:
@@ -139,6 +140,81 @@ def _fields(buf, start: int, end: int):
             raise _Irregular
         yield number, wire, pos, body, stop
         pos = stop
+
+
+#: Where NodeProtos lie, by message: {field number: the message it holds}. ModelProto.graph (7) and
+#: .functions (25), GraphProto.node (1), FunctionProto.node (7), NodeProto.attribute (5),
+#: AttributeProto.g (6) and .graphs (11).
+_NODE_FIELDS = {"model": {7: "graph", 25: "function"}, "graph": {1: "node"}, "function": {7: "node"},
+                "node": {5: "attribute"}, "attribute": {6: "graph", 11: "graph"}}
+
+
+def _check_wire_nodes(fh, path: str) -> None:
+    """Count the NodeProtos of every graph, subgraph and function in the file's bytes, before the
+    protobuf is parsed, against the node cap: parsing is what costs (10^6 empty nodes, 2 bytes
+    each, parsed to 150 MB before the cap refused them), and protobuf merges a message given twice,
+    so a graph split over two `graph` fields or hidden in an If branch is counted too, and the
+    functions' nodes with them (a subgraph one node more, as `count_nodes` counts). Past
+    `WIRE_SCAN_CAPS` caps the file is refused unparsed; under that, the parsed count refuses it
+    (`check_node_count`, with the exact count). Bytes the scan does not expect are left to the parser."""
+    import mmap
+
+    try:
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return
+    cap = budget.max_nodes()
+    counts = [0, 0]  # graphs' nodes, functions' nodes
+    todo = [("model", 0, len(buf), 0, 0)]
+    try:
+        while todo:
+            kind, start, end, depth, in_function = todo.pop()
+            if depth > 256:  # past any depth protobuf parses (it refuses the file)
+                continue
+            holds = _NODE_FIELDS[kind]
+            for number, wire, _, body, stop in _wire_fields(buf, start, end):
+                sub = holds.get(number)
+                if sub is None or wire != 2:
+                    continue
+                function = in_function or sub == "function"
+                if sub == "node" or (kind == "attribute" and sub == "graph"):
+                    counts[function] += 1
+                    if counts[0] + counts[1] > WIRE_SCAN_CAPS * cap:
+                        raise budget.GraphBudgetError(f"the model's graph has more nodes than the cap of {cap:,} "
+                                                      "(IRTOOLS_MAX_NODES=N to change it)", path)
+                    if sub == "node" and buf.find(b"\x32", body, stop) < 0 and buf.find(b"\x5a", body, stop) < 0:
+                        continue  # no byte that could start a subgraph field: nothing to look into
+                todo.append((sub, body, stop, depth + 1, function))
+    except _Irregular:
+        pass
+    finally:
+        buf.close()
+
+
+#: The nodes the wire scan lets through to the parser, in node caps: past the cap but within this
+#: the parsed model's own count refuses it, naming its exact count (a bounded parse).
+WIRE_SCAN_CAPS = 4
+
+
+def _wire_fields(buf, start: int, end: int):
+    """`_fields`, with groups (wire types 3 and 4, which ONNX does not use but the parser skips) skipped."""
+    pos = start
+    while pos < end:
+        key, body = _varint(buf, pos, end)
+        if key & 7 != 3:
+            number, wire, _, body, stop = next(_fields(buf, pos, end))
+            yield number, wire, pos, body, stop
+            pos = stop
+            continue
+        level, pos = 1, body
+        while level:  # to the end of the group, nested groups included
+            key, body = _varint(buf, pos, end)
+            wire = key & 7
+            if wire in (3, 4):
+                level += 1 if wire == 3 else -1
+                pos = body
+            else:
+                pos = next(_fields(buf, pos, end))[4]
 
 
 def _read_lazily(fh, path: str) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]] | None:
