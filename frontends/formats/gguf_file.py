@@ -52,6 +52,12 @@ _MAX_TENSORS = 1 << 16
 #: irtools reads only short keys and values (architecture, name, counts); a decoded string may take up
 #: to 4 times its bytes (an invalid byte becomes `\xNN`).
 _KEEP_BYTES = 1 << 16
+#: Expert stacks (`ffn_gate_exps`) are split into one matrix per expert only up to these many experts each
+#: and in all, and only when they hold data: 2^40 experts of no bytes made 2^40 Python objects. Safe: the
+#: most experts per layer released is 512 (Qwen3-Next), the most matrices split in a file ~74k (its 48 layers
+#: x 512 x 3; DeepSeek-V3 44.5k, Kimi K2 69k).
+_MAX_EXPERTS = 1 << 12
+_MAX_SPLIT = 1 << 18
 #: Blocks (`blk.N.`) that gguf's tensor-name map is built for: it costs ~0.4 ms and 270 entries per block,
 #: so a name `blk.1000000000000000000.attn_q.weight` built it for ever. Safe: the deepest released LLMs
 #: have 126-200 blocks; names of blocks past it keep their GGUF names.
@@ -470,13 +476,14 @@ def read(path: str) -> dict[str, StoredArray]:
     def claim(key: str, gguf_name: str) -> str:
         if key in claimed:
             raise ModelLoadError(f"tensors '{printable(claimed[key])}' and '{printable(gguf_name)}' would both be read "
-                                 f"as '{printable(key)}' (a GGUF name that is another tensor's Hugging Face name)", path)
+                                 f"as '{printable(key)}' (a GGUF name that is another tensor's Hugging Face name)",
+                                 path)
         claimed[key] = gguf_name
         return key
     big = bool(tensors) and tensors[0]["order"] == ">"
     out = WeightSet()
     counts: dict[str, int] = {}
-    split = 0
+    split = experts_split = 0
     for t in tensors:
         qname = t["qtype"].name
         counts[qname] = counts.get(qname, 0) + 1
@@ -492,8 +499,15 @@ def read(path: str) -> dict[str, StoredArray]:
                                           f"{', '.join(sorted(BIG_ENDIAN_FIELDS))} and the plain types)"})
             continue
         merged = _MERGED_EXPERTS.match(name) if len(t["shape"]) == 3 and name != t["name"] else None
+        experts = t["shape"][0]
+        if merged and not (0 < experts <= _MAX_EXPERTS and t["nbytes"] and experts_split + experts <= _MAX_SPLIT):
+            merged = None  # the count of experts is none the bytes vouch for: one stack, as stored
+            out.notes.append(f"GGUF tensor '{printable(t['name'])[:200]}': a stack of {experts} experts of "
+                             f"{t['nbytes'] // max(experts, 1)} bytes each read as one tensor (irtools splits "
+                             f"stacks of 1 to {_MAX_EXPERTS} experts holding data, {_MAX_SPLIT} in all)")
         if merged:  # one matrix per expert, as the checkpoint the file was converted from names them
             split += 1
+            experts_split += experts
             for e in range(t["shape"][0]):
                 out[claim(f"{merged['stack']}.{e}.{merged['part']}{merged['suffix'] or ''}", t["name"])] = StoredArray(
                     t["shape"][1:], np.dtype(_float_of(t["qtype"])), _loader(gguf, start, t, path, e), qname)
