@@ -290,3 +290,72 @@ def test_external_data_that_is_no_regular_file_of_the_folder_is_one_line_never_a
     proto, _ = f.with_external(f.onnx_model(), location)
     f.save_onnx(proto, str(folder / "m.onnx"))
     _cli_one_line(folder / "m.onnx", message=says)
+
+
+# -- zip archives (torch, npz): the entries as a whole ----------------------------------------------------------
+def _overlapping_zip(names: list[str], prefix, tail: bytes) -> bytes:
+    """A stored zip whose entry i holds `prefix(n)` then entry i+1 whole (its local header and its
+    bytes): each entry is valid alone (its own header, size and CRC), together they repeat the file's
+    bytes once per entry (the overlapping-entries zip bomb)."""
+    import struct
+    import zlib
+
+    def local(name, data):
+        return struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data),
+                           len(name), 0) + name.encode()
+
+    datas, heads, rest = [], [], tail
+    for name in reversed(names):
+        head = prefix(len(rest))
+        data = head + rest
+        datas.insert(0, data)
+        heads.insert(0, head)
+        rest = local(name, data) + data
+    body, offsets, pos = rest, [], 0
+    for name, data, head in zip(names, datas, heads, strict=True):  # entry i+1 starts after i's header and prefix
+        offsets.append(pos)
+        pos += len(local(name, data)) + len(head)
+    central = b"".join(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(d), len(d), len(d),
+                                   len(n), 0, 0, 0, 0, 0, o) + n.encode() for n, d, o in zip(names, datas, offsets,
+                                                                                            strict=True))
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(names), len(names), len(central), len(body), 0)
+    return body + central + end
+
+
+def _npy_prefix(n: int) -> bytes:
+    return f.npy_bytes((1, n), "|u1", data=b"")
+
+
+@pytest.mark.timeout(60)
+def test_zip_entries_whose_bytes_overlap_are_refused(tmp_path):
+    import zipfile
+
+    names = [f"m{i}.npy" for i in range(32)]
+    data = _overlapping_zip(names, _npy_prefix, bytes(1 << 16))
+    path = tmp_path / "m.npz"
+    path.write_bytes(data)
+    with zipfile.ZipFile(path) as z:  # each entry reads alone, its CRC right: they hold the file 32 times over
+        assert sum(len(z.read(n)) for n in names) > 16 * len(data)
+    with pytest.raises(IrtoolsError, match="entries that overlap: refused as a zip bomb"):
+        read_weights(str(path))
+    torch_path = tmp_path / "m.pt"  # the same for a torch zip's storages
+    torch_path.write_bytes(_overlapping_zip(["archive/data.pkl", *[f"archive/data/{i}" for i in range(16)]],
+                                            lambda n: b"", bytes(1 << 16)))
+    _cli_one_line(torch_path, message="entries that overlap")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_many_entries_each_under_the_free_amount_are_a_bomb_together(tmp_path, suffix):
+    """64 entries of 16 MiB of zeros each pass the per-entry check (16 MiB inflate freely); ~1 MB of
+    file declares 1 GiB in all."""
+    import zipfile
+
+    path = tmp_path / f"m{suffix}"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        if suffix == ".pt":
+            z.writestr("archive/data.pkl", f.p_state({"w": f.p_tensor("0", 16, 0, (4, 4), (4, 1))}))
+        for k in range(64):
+            z.writestr(f"archive/data/{k}" if suffix == ".pt" else f"m{k}.npy",
+                       f.npy_bytes((4096, 1024), data=bytes(16 << 20)) if suffix == ".npz" else bytes(16 << 20))
+    _cli_one_line(path, message="in all (over 256x: refused as a zip bomb)")

@@ -132,6 +132,26 @@ def zip_member(z: zipfile.ZipFile, member: str, path: str, what: str | None = No
     return info
 
 
+def zip_archive(z: zipfile.ZipFile, path: str) -> zipfile.ZipFile:
+    """`z` once its entries as a whole are no zip bomb: their stored bytes must fit in the file
+    (entries whose bytes overlap repeat one file's bytes as many tensors), and what they inflate
+    to in all within `MAX_RATIO` times the file (past `INFLATE_FREE`: many entries each just under
+    the free amount are a bomb together)."""
+    import os  # noqa: PLC0415
+
+    infos = z.infolist()
+    size = os.path.getsize(path)
+    stored = sum(i.compress_size for i in infos)
+    if stored > size:
+        raise ModelLoadError(f"the zip's {len(infos)} entries hold {stored} bytes in a file of {size} (entries that "
+                             "overlap: refused as a zip bomb)", path)
+    total = sum(i.file_size for i in infos)
+    if total > max(INFLATE_FREE, size * MAX_RATIO):
+        raise ModelLoadError(f"the zip's {len(infos)} entries inflate {size} bytes to {total} in all (over "
+                             f"{MAX_RATIO}x: refused as a zip bomb)", path)
+    return z
+
+
 def zip_read(z: zipfile.ZipFile, member: str, path: str, what: str | None = None) -> bytes:
     zip_member(z, member, path, what)
     return z.read(member)

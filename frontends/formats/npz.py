@@ -11,13 +11,14 @@ import numpy as np
 from irtools import budget
 from irtools.errors import ModelLoadError, UnsupportedError, printable
 
-from .common import OpenOnce, StoredArray, zip_member
+from .common import OpenOnce, StoredArray, zip_archive, zip_member
 
 
 def read(path: str) -> dict[str, StoredArray]:
     out = {}
     archive = OpenOnce(lambda: zipfile.ZipFile(path))
     with zipfile.ZipFile(path) as z:
+        zip_archive(z, path)
         for member in z.namelist():
             if member.endswith("/"):
                 continue

@@ -28,8 +28,8 @@ from irtools.errors import ModelLoadError, UnsupportedError, printable
 from irtools.files import model_member
 from irtools.frontends import require
 
-from .common import (INFLATE_FREE, MAX_RATIO, OpenOnce, StoredArray, WeightSet, checkpoint_order, zip_member,
-                     zip_read)
+from .common import (INFLATE_FREE, MAX_RATIO, OpenOnce, StoredArray, WeightSet, checkpoint_order, zip_archive,
+                     zip_member, zip_read)
 from .unpickler import MapReader, Storage, TensorRef, check_view, unpickle
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -223,6 +223,8 @@ def read(path: str, trust: bool = False) -> dict[str, StoredArray]:
 
 
 def _read_zip(path: str, trust: bool) -> dict[str, StoredArray]:
+    with zipfile.ZipFile(path) as z:
+        zip_archive(z, path)
     if trust:
         return _read_trusted(path)
     with zipfile.ZipFile(path) as z:
@@ -578,7 +580,7 @@ def read_deepspeed(path: str, trust: bool = False) -> WeightSet:
     else:
         def load(name):
             file = model_member(folder, name, "DeepSpeed file", ModelLoadError)
-            z = zipfile.ZipFile(file) if zipfile.is_zipfile(file) else None
+            z = zip_archive(zipfile.ZipFile(file), file) if zipfile.is_zipfile(file) else None
             if z is None:
                 raise ModelLoadError(f"'{printable(name)}' is not a torch zip checkpoint (DeepSpeed writes one)", path)
             pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
