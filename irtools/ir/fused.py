@@ -107,4 +107,38 @@ def split_fused(layers: list, shapes=None, model_type: str | None = None, out_ax
     return out
 
 
-__all__ = ["INTERLEAVED_GATE_UP", "OUT_LAST_GATE_UP", "fused_gate_up", "gate_up_part", "split_fused"]
+#: IR model metadata: {the row name the graph route gives: [the checkpoint's row name, its tensor, its shape]}
+#: for the rows of parameters a checkpoint stores under other names or in another layout (a Hugging Face
+#: folder's Mixtral experts, `block_sparse_moe.experts.3.w1`, are the module's `mlp.experts.gate_up_proj[3].gate`):
+#: the checkpoint folder's frontend writes it, `checkpoint_renamed` applies it, so that every route names a
+#: matrix by the tensor a user finds in the checkpoint (the rule: `frontends/torch.py`, `checkpoint_named`).
+CHECKPOINT_NAMES_KEY = "irtools.checkpoint_names"
+
+
+def checkpoint_renamed(layers: list, names) -> list:
+    """`layers` with the rows `names` lists (`CHECKPOINT_NAMES_KEY`'s value: a dict or its JSON text) under
+    the checkpoint's row name, tensor and shape; anything else in `names` (not JSON, not that form: a
+    hand-made file's metadata) renames nothing."""
+    import json
+    from dataclasses import replace
+
+    if isinstance(names, str):
+        try:
+            names = json.loads(names)
+        except (ValueError, RecursionError):
+            return layers
+    if not isinstance(names, dict) or not names:
+        return layers
+    out = []
+    for layer in layers:
+        new = names.get(layer.name)
+        if (isinstance(new, list) and len(new) == 3 and all(isinstance(x, str) for x in new[:2])
+                and isinstance(new[2], list) and all(isinstance(d, int) and not isinstance(d, bool) for d in new[2])):
+            layer = replace(layer, name=new[0], parameter=new[1], sources=(new[1],), weight_shape=tuple(new[2]),
+                            shared_with=list(layer.shared_with))
+        out.append(layer)
+    return out
+
+
+__all__ = ["CHECKPOINT_NAMES_KEY", "INTERLEAVED_GATE_UP", "OUT_LAST_GATE_UP", "checkpoint_renamed", "fused_gate_up",
+           "gate_up_part", "split_fused"]
