@@ -173,6 +173,7 @@ def test_a_long_key_of_invalid_bytes_is_not_decoded(tmp_path):
     key = struct.pack("<Q", 16 << 20) + b"\xff" * (16 << 20) + struct.pack("<I", 4) + b"\0" * 4
     name = f.gguf_kv("general.name", 8, f.gguf_string(b"\xfe" * (16 << 20)))
     path = _write(tmp_path, f.gguf_bytes(ARCH + [key, name], [T("blk.0.attn_q.weight", (32, 4), 0, 0)], DATA[:512]))
+    read_weights(path)  # the imports it makes (gguf, yaml: ~19 MB) before the memory is traced
     tracemalloc.start()
     try:
         got = read_weights(path)
@@ -390,3 +391,27 @@ def test_an_expert_stack_of_no_bytes_is_not_split_into_its_declared_count(tmp_pa
     assert len(got) == 2
     stacks = [got[k].load() for k in sorted(got)]
     np.testing.assert_array_equal(np.stack(stacks), np.frombuffer(DATA, np.float32).reshape(2, 4, 32))
+
+
+def test_decoded_strings_stay_within_their_total_whatever_the_file_holds(tmp_path, monkeypatch):
+    """Past the total of decoded bytes (1 MiB here), values are kept as their length and keys dropped,
+    the metadata after them still parsed; tensor names have a total of their own."""
+    monkeypatch.setattr(gguf_file, "_KEEP_TOTAL", 1 << 20)
+    values = [f.gguf_kv(f"v{i}", 8, f.gguf_string(b"\xff" * 60_000)) for i in range(100)]  # 6 MB, 24 MB decoded
+    after = f.gguf_kv("general.name", 8, f.gguf_string("kept"))
+    path = _write(tmp_path, f.gguf_bytes([*ARCH, *values, after], [T("blk.0.attn_q.weight", (32, 4), 0, 0)],
+                                         DATA[:512]))
+    tracemalloc.start()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        before = tracemalloc.get_traced_memory()[0]
+        meta, tensors, _ = gguf_file.parse(data, path)
+        used = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert used < 6 << 20, used
+    assert meta["v0"] == "\\xff" * 60_000 and meta["v99"] == {"string_of": 60_000}
+    assert meta["general.name"] == "kept" and [t["name"] for t in tensors] == ["blk.0.attn_q.weight"]
+    names = [T("n" * 60_000 + str(i), (32, 0), 0, 0) for i in range(20)]
+    _refused(_write(tmp_path, f.gguf_bytes(ARCH, names), "names.gguf"), "a tensor name of 60002 bytes, past")

@@ -52,6 +52,11 @@ _MAX_TENSORS = 1 << 16
 #: irtools reads only short keys and values (architecture, name, counts); a decoded string may take up
 #: to 4 times its bytes (an invalid byte becomes `\xNN`).
 _KEEP_BYTES = 1 << 16
+#: ... and up to this many bytes in all, for the metadata (past it a value is kept as its length, a key
+#: dropped) and again for the tensor names (past it a name is refused), so the decoded strings stay a
+#: bounded few times this whatever the file's size. Safe: a real file's keys, short values and kept
+#: tokens take under 1 MB, its tensor names under 4 MB (65536 names of 64 bytes).
+_KEEP_TOTAL = 1 << 25
 #: Expert stacks (`ffn_gate_exps`) are split into one matrix per expert only up to these many experts each
 #: and in all, and only when they hold data: 2^40 experts of no bytes made 2^40 Python objects. Safe: the
 #: most experts per layer released is 512 (Qwen3-Next), the most matrices split in a file ~74k (its 48 layers
@@ -82,6 +87,7 @@ class _Header:
         self.buf, self.pos, self.path, self.size, self.order = buf, 0, path, len(buf), order
         self.entries = 0  # key-value pairs and items of arrays of arrays parsed (at most _MAX_ENTRIES)
         self.scanned = 0  # array strings walked in Python (gguf_meta.PY_STRINGS, then compiled)
+        self.kept = 0  # bytes of strings decoded (at most _KEEP_TOTAL)
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -103,7 +109,8 @@ class _Header:
     def string(self, what: str, keep: bool = True) -> str | dict | None:
         n = self.u64(what)
         self.need(n, what)
-        keep = keep and n <= _KEEP_BYTES
+        keep = keep and n <= _KEEP_BYTES and self.kept + n <= _KEEP_TOTAL
+        self.kept += n if keep else 0
         raw = bytes(self.buf[self.pos:self.pos + n]) if keep else None
         self.pos += n
         return raw.decode("utf-8", "backslashreplace") if keep else {"string_of": n}
@@ -199,10 +206,13 @@ def parse(buf, path: str) -> tuple[dict, list[dict], int]:
             meta[key] = value
     types = {int(t): t for t in gguf.GGMLQuantizationType}
     tensors, names = [], set()
+    h.kept = 0  # the tensor names' own budget of decoded bytes
     for _ in range(n_tensors):
         name = h.string("a tensor name")
         if not isinstance(name, str):
-            raise ModelLoadError(f"a tensor name of {name['string_of']} bytes (llama.cpp's names are at most 64)", path)
+            raise ModelLoadError(f"a tensor name of {name['string_of']} bytes, past the {_KEEP_BYTES} bytes of one "
+                                 f"name or {_KEEP_TOTAL} of all names irtools reads (llama.cpp's names are at most "
+                                 "64)", path)
         label = f"tensor '{printable(name)}'"
         if name in names:
             raise ModelLoadError(f"{label} is declared twice", path)
