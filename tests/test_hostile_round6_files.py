@@ -359,3 +359,16 @@ def test_many_entries_each_under_the_free_amount_are_a_bomb_together(tmp_path, s
             z.writestr(f"archive/data/{k}" if suffix == ".pt" else f"m{k}.npy",
                        f.npy_bytes((4096, 1024), data=bytes(16 << 20)) if suffix == ".npz" else bytes(16 << 20))
     _cli_one_line(path, message="in all (over 256x: refused as a zip bomb)")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("what", ["value infos", "metadata pairs"])
+def test_a_million_small_entries_are_budgeted_before_the_parse(tmp_path, what):
+    """10^6 value infos (10 MB) took 700 MB to parse and load; under --max-memory 256M: one line, unparsed."""
+    n = 1_000_000
+    entries = _field(7, b"".join(_field(13, _field(1, b"v%d" % i)) for i in range(n))) if what == "value infos" \
+        else b"".join(_field(14, _field(1, b"k%d" % i) + _field(2, b"v")) for i in range(n))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_onnx_with(entries))
+    outcome = _cli_one_line(path, "--max-memory", "256M", message="entries (nodes, initializers, value infos")
+    assert outcome.maxrss < 200 << 20, outcome.maxrss >> 20
