@@ -261,10 +261,10 @@ def test_a_zero_dim_is_an_empty_tensor_and_a_row_of_no_eigenvalues(tmp_path):
     assert _cli("analyze", path, "--min-evals", "1").exit_code == 0
 
 
-def _every_type_file(path) -> bytes:
+def _every_type_file(path, big: bool = False) -> bytes:
     """A small GGUF from gguf's writer: a key of every metadata type, arrays of numbers, of strings and
     of arrays, and three tensors (F32, F16, Q8_0)."""
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.BIG if big else gguf.GGUFEndian.LITTLE)
     w.add_block_count(1)
     w.add_uint8("u8", 7)
     w.add_int8("i8", -7)
@@ -293,14 +293,16 @@ def _every_type_file(path) -> bytes:
 
 
 @pytest.mark.timeout(120)
-def test_the_file_cut_at_every_byte_is_one_line_or_the_whole_file(tmp_path):
-    """Every prefix of a valid file (each section boundary included): one IrtoolsError line, or (a
-    cut in the padding after the last tensor) the same tensors and values as the whole file."""
-    data = _every_type_file(tmp_path / "whole.gguf")
+@pytest.mark.parametrize("big", [False, True])
+def test_the_file_cut_at_every_byte_is_one_line_or_the_whole_file(tmp_path, big):
+    """Every prefix of a valid file, little- and big-endian (each section boundary included): one
+    IrtoolsError line, or (a cut in the padding after the last tensor) the same tensors and values as
+    the whole file."""
+    data = _every_type_file(tmp_path / "whole.gguf", big)
     whole = {k: v.load() for k, v in read_weights(str(tmp_path / "whole.gguf")).items()}
     meta = gguf_file.parse(data, "whole.gguf")[0]
     assert meta["nested"] == [[1, 2], ["a", "b"]] and meta["u64"] == 1 << 40 and meta["words"] == {"array_of": 20}
-    assert len(whole) == 3
+    assert len(whole) == 3 and np.isfinite(whole["model.layers.0.self_attn.q_proj.weight"]).all()
     cut = tmp_path / "cut.gguf"
     refused = 0
     for n in range(1, len(data)):
