@@ -372,3 +372,28 @@ def test_a_million_small_entries_are_budgeted_before_the_parse(tmp_path, what):
     path.write_bytes(_onnx_with(entries))
     outcome = _cli_one_line(path, "--max-memory", "256M", message="entries (nodes, initializers, value infos")
     assert outcome.maxrss < 200 << 20, outcome.maxrss >> 20
+
+
+@pytest.mark.timeout(60)
+def test_deepspeed_latest_symlinked_out_of_the_folder_is_never_opened(tmp_path, deepspeed_classes):  # noqa: F811
+    """`latest` -> /etc/passwd was opened and read (256 bytes) for its tag; it is no regular file of the folder."""
+    top, _ = _write(tmp_path, _model(), 2, 1, deepspeed_classes)
+    (top / "latest").unlink()
+    (top / "latest").symlink_to("/etc/passwd")
+    before = harness.snapshot(str(top))
+    outcome = harness.run_in_process(["analyze", str(top), "--min-evals", "1"])
+    assert "/etc/passwd" not in outcome.opened
+    harness.check(outcome, str(top), before, expect=2)
+
+
+@pytest.mark.timeout(60)
+def test_a_deepspeed_tag_folder_symlinked_out_of_the_folder_is_not_read(tmp_path, deepspeed_classes):  # noqa: F811
+    """`latest` names global_step7, a symlink to another checkpoint's folder: its files were read as this one's."""
+    elsewhere, _ = _write(tmp_path / "elsewhere", _model(), 2, 1, deepspeed_classes)
+    top = tmp_path / "model"
+    top.mkdir()
+    (top / "latest").write_text("global_step7\n")
+    (top / "global_step7").symlink_to(elsewhere / "global_step7")
+    outcome = harness.run_in_process(["analyze", str(top), "--min-evals", "1"])
+    assert not any(p.startswith(str(elsewhere)) for p in outcome.opened), outcome.opened
+    harness.check(outcome, str(top), harness.snapshot(str(top)), expect=2)

@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from irtools.errors import ModelLoadError, UnsupportedError, printable
-from irtools.files import model_member
+from irtools.errors import IrtoolsError, ModelLoadError, UnsupportedError, printable
+from irtools.files import model_member, model_root
 from irtools.frontends import require
 
 from .common import (INFLATE_FREE, MAX_RATIO, OpenOnce, StoredArray, WeightSet, checkpoint_order, zip_archive,
@@ -437,16 +437,20 @@ def deepspeed_tag_folder(path: str, names: list[str]) -> str | None:
     the tag its `latest` file names; None where `path` is no DeepSpeed checkpoint."""
     if any(n.endswith(_OPTIM) for n in names) and any(n.endswith(_MODEL) for n in names):
         return path
-    if DS_LATEST not in names or not os.path.isfile(os.path.join(path, DS_LATEST)):  # a FIFO or device: never opened
+    if DS_LATEST not in names:
         return None
-    try:
-        with open(os.path.join(path, DS_LATEST), "rb") as fh:
+    try:  # a regular file of the folder: no FIFO or device, no symlink out of it (it was read: /etc/passwd)
+        latest = model_member(path, DS_LATEST, f"DeepSpeed's '{DS_LATEST}' tag file", ModelLoadError)
+        with open(latest, "rb") as fh:
             tag = fh.read(256).decode("utf-8", "replace").strip()
-    except OSError:
+    except (OSError, IrtoolsError):
         return None
     if not tag or "/" in tag or "\\" in tag or tag in (".", ".."):
         return None
     sub = os.path.join(path, tag)
+    root = model_root(path)
+    if os.path.commonpath([root, os.path.realpath(sub)]) != root:  # a tag folder symlinked out of the folder
+        return None
     try:
         inner = os.listdir(sub) if os.path.isdir(sub) else []
     except OSError:
