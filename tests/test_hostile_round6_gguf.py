@@ -415,5 +415,12 @@ def test_decoded_strings_stay_within_their_total_whatever_the_file_holds(tmp_pat
     assert used < 6 << 20, used
     assert meta["v0"] == "\\xff" * 60_000 and meta["v99"] == {"string_of": 60_000}
     assert meta["general.name"] == "kept" and [t["name"] for t in tensors] == ["blk.0.attn_q.weight"]
+    # a short key after the total is still read: the alignment it gives places the tensors
+    filler = [f.gguf_kv(f"v{i}", 8, f.gguf_string(b"x" * 60_000)) for i in range(18)]
+    align = f.gguf_kv("general.alignment", 4, U32(64))
+    data = f.gguf_bytes([*ARCH, *filler, align], [T("blk.0.attn_q.weight", (32, 4), 0, 64)], bytes(64) + DATA[:512],
+                        align=64)
+    meta, tensors, start = gguf_file.parse(data, "m.gguf")
+    assert meta["general.alignment"] == 64 and meta["v17"] == {"string_of": 60_000} and start % 64 == 0
     names = [T("n" * 60_000 + str(i), (32, 0), 0, 0) for i in range(20)]
     _refused(_write(tmp_path, f.gguf_bytes(ARCH, names), "names.gguf"), "a tensor name of 60002 bytes, past")

@@ -57,6 +57,9 @@ _KEEP_BYTES = 1 << 16
 #: bounded few times this whatever the file's size. Safe: a real file's keys, short values and kept
 #: tokens take under 1 MB, its tensor names under 4 MB (65536 names of 64 bytes).
 _KEEP_TOTAL = 1 << 25
+#: Keys of up to this many bytes are decoded whatever the total (at most _MAX_ENTRIES of them: 16 MiB),
+#: so no string before it can hide a key irtools reads (general.alignment) from the parser.
+_KEY_BYTES = 256
 #: Expert stacks (`ffn_gate_exps`) are split into one matrix per expert only up to these many experts each
 #: and in all, and only when they hold data: 2^40 experts of no bytes made 2^40 Python objects. Safe: the
 #: most experts per layer released is 512 (Qwen3-Next), the most matrices split in a file ~74k (its 48 layers
@@ -106,11 +109,13 @@ class _Header:
     def u64(self, what: str) -> int:
         return self.scalar("Q", 8, what)
 
-    def string(self, what: str, keep: bool = True) -> str | dict | None:
+    def string(self, what: str, keep: bool = True, free: int = 0) -> str | dict | None:
+        """The string at the cursor, decoded where it is within _KEEP_BYTES and the total (strings of up to
+        `free` bytes: always, outside the total), else {"string_of": its bytes}."""
         n = self.u64(what)
         self.need(n, what)
-        keep = keep and n <= _KEEP_BYTES and self.kept + n <= _KEEP_TOTAL
-        self.kept += n if keep else 0
+        keep = keep and n <= _KEEP_BYTES and (n <= free or self.kept + n <= _KEEP_TOTAL)
+        self.kept += n if keep and n > free else 0
         raw = bytes(self.buf[self.pos:self.pos + n]) if keep else None
         self.pos += n
         return raw.decode("utf-8", "backslashreplace") if keep else {"string_of": n}
@@ -196,7 +201,7 @@ def parse(buf, path: str) -> tuple[dict, list[dict], int]:
     meta: dict = {}
     for _ in range(n_kv):
         h.entry("a metadata key")
-        key = h.string("a metadata key")
+        key = h.string("a metadata key", free=_KEY_BYTES)  # short keys always: general.alignment is one
         label = f"metadata '{printable(key)[:200]}'" if isinstance(key, str) else \
             f"a metadata key of {key['string_of']} bytes"
         value = h.value(h.u32(label), label)
