@@ -11,7 +11,10 @@ or `pytorch_model.bin`, sharded with `pytorch_model.bin.index.json`). Both famil
 - the spectral family reads the same tensors through the module's parameter rules
   (`torch.module_weight_layers`): layers are named by module path, as the weights-only route names
   them. Tensors `transformers` converts when it loads (mixture-of-experts checkpoints stored one
-  expert per module, loaded fused `[experts, out, in]`) are loaded through `transformers` itself.
+  expert per module, loaded fused `[experts, out, in]`) are loaded through `transformers` itself, and
+  their rows named by the checkpoint's tensors as the weights-only route names them (Mixtral's
+  `block_sparse_moe.experts.3.w1`, not the module's `mlp.experts.gate_up_proj[3].gate`); the graph
+  carries the same renaming (`irtools.ir.fused.CHECKPOINT_NAMES_KEY`).
 
 The trace input comes from the config: token ids of `seq_len` (`--seq-len`, default
 `DEFAULT_SEQ_LEN`, at most the model's maximum positions) for text models, decoder ids for
@@ -453,6 +456,12 @@ def open_checkpoint_folder(path: str, name: str, options):
                              "metrics from the weights alone")
     layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
               if layer.parameter not in absent]
+    renames = {}
+    if metadata.get("converted"):  # rows under the checkpoint's names (the rule: torch.checkpoint_named)
+        before = layers
+        layers = _checkpoint_named(layers, module, tensors, metadata["converted"], raw)
+        renames = {old.name: [new.name, new.parameter, list(new.weight_shape)]
+                   for old, new in zip(before, layers, strict=True) if old.name != new.name}
     notes = []
     if absent:
         notes.append(f"{len(absent)} parameter(s) of the architecture are not in the checkpoint (e.g. "
@@ -466,6 +475,10 @@ def open_checkpoint_folder(path: str, name: str, options):
         kwargs = trace_inputs(module, config, path, seq_len)
         metadata["trace_inputs"] = {k: list(v.shape) for k, v in kwargs.items() if hasattr(v, "shape")}
         model = export_structure(module, kwargs, values, name=name, opset=options.opset)
+        if renames:  # the graph route's rows of those parameters under the checkpoint's names too
+            from irtools.ir.fused import CHECKPOINT_NAMES_KEY  # noqa: PLC0415
+
+            model.model.metadata_props[CHECKPOINT_NAMES_KEY] = json.dumps(renames)
     except IrtoolsError as exc:
         notes.append(f"reuse metrics left out: {exc.message}")
     except (Exception, MemoryError) as exc:  # noqa: BLE001  (the trace failed: the spectral family still holds)
@@ -473,6 +486,19 @@ def open_checkpoint_folder(path: str, name: str, options):
 
         notes.append(f"reuse metrics left out: the trace failed ({export_reason(exc)})")
     return OpenedSource(name, "checkpoint-folder", model=model, layers=layers, metadata=metadata, notes=notes)
+
+
+def _checkpoint_named(layers: list, module, tensors: dict, converted: list[str], raw: dict) -> list:
+    """The rows of the parameters transformers converted on loading renamed to the checkpoint's tensors
+    holding the same matrices (the weights-only route's rows of the tensors no parameter or buffer is
+    named for): `block_sparse_moe.experts.3.w1`, not the module's `mlp.experts.gate_up_proj[3].gate`."""
+    from irtools.frontends.formats.layers import weight_layers  # noqa: PLC0415
+    from irtools.frontends.torch import checkpoint_named  # noqa: PLC0415
+
+    known = set(module.state_dict()) | {k for k, _ in module.named_buffers(remove_duplicate=False)} | \
+        {k for k, _ in module.named_parameters(remove_duplicate=False)}
+    stored = weight_layers({k: t for k, t in tensors.items() if k not in known}, model_type=raw.get("model_type"))
+    return checkpoint_named(layers, dict.fromkeys(converted, stored))
 
 
 def _unread_matrices(module, tensors: dict) -> list[str]:
