@@ -397,3 +397,61 @@ def test_a_deepspeed_tag_folder_symlinked_out_of_the_folder_is_not_read(tmp_path
     outcome = harness.run_in_process(["analyze", str(top), "--min-evals", "1"])
     assert not any(p.startswith(str(elsewhere)) for p in outcome.opened), outcome.opened
     harness.check(outcome, str(top), harness.snapshot(str(top)), expect=2)
+
+
+# -- ONNX lengths and dims past what the file holds -------------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case, says", [
+    ("graph claiming 3 GB", "not an ONNX model"),
+    ("dims overflowing, inline", "declares 21267647932558653966460912964485513216 elements but holds no data"),
+    ("dims overflowing, lazily mapped", "has raw_data bytes: 262144 but its dims and type need"),
+    ("raw_data shorter than the dims", "has raw_data bytes: 262140 but its dims and type need 262144"),
+])
+def test_onnx_lengths_past_the_file_are_one_line(tmp_path, case, says):
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    if case == "graph claiming 3 GB":
+        data = _onnx_with(_varint(7 << 3 | 2) + _varint(3 << 30) + b"\x0a\x00" * 1000)
+    else:
+        if case == "dims overflowing, inline":
+            t = onnx.TensorProto(name="big", data_type=onnx.TensorProto.FLOAT, dims=[1 << 62, 1 << 62])
+        else:  # over LAZY_MIN_BYTES: the bytes are left in the file and mapped, the dims checked against them
+            raw = bytes(262144 - 4 * (case == "raw_data shorter than the dims"))
+            t = onnx.TensorProto(name="big", data_type=onnx.TensorProto.FLOAT,
+                                 dims=[1 << 40, 1 << 40] if "overflowing" in case else [256, 256], raw_data=raw)
+        data = f.onnx_model(extra_inits=[t]).SerializeToString()
+    path.write_bytes(data)
+    _cli_one_line(path, message=says)
+
+
+# -- npz and HDF5 ------------------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("trust", [False, True])
+def test_an_npz_object_array_is_refused_even_with_trust(tmp_path, trust):
+    """An object array is a pickle inside the .npy: never unpickled (numpy's allow_pickle stays off)."""
+    buf = io.BytesIO()
+    np.save(buf, np.array([1, "x"], dtype=object), allow_pickle=True)
+    path = tmp_path / "m.npz"
+    path.write_bytes(f.npz({"w": f.npy_bytes((4, 4)), "evil": buf.getvalue()}))
+    _cli_one_line(path, *(["--trust"] if trust else []), message="npz member 'evil' holds Python objects")
+
+
+@pytest.mark.timeout(60)
+def test_hdf5_link_cycles_are_walked_once_and_huge_datasets_refused(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "m.weights.h5"
+    w = np.arange(64, dtype=np.float32).reshape(8, 8)
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("layers/dense/vars/0", data=w)
+        fh["layers/dense/loop"] = fh["layers"]  # a hard link cycle
+        fh["layers/soft"] = h5py.SoftLink("/layers/soft")  # a soft link to itself
+        fh["layers/up"] = h5py.SoftLink("/layers")
+    tensors = read_weights(str(path))
+    assert list(tensors) == ["layers/dense/vars/0"]
+    np.testing.assert_array_equal(tensors["layers/dense/vars/0"].load(), w)
+    big = tmp_path / "big" / "m.weights.h5"
+    big.parent.mkdir()
+    with h5py.File(big, "w") as fh:  # 4 TiB declared, nothing written
+        fh.create_dataset("layers/big/vars/0", shape=(1 << 20, 1 << 20), dtype="f4", chunks=(64, 64),
+                          compression="gzip")
+    _cli_one_line(big, message="dataset 'layers/big/vars/0'")
