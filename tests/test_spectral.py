@@ -780,3 +780,36 @@ def test_summary_means_are_numpys_means():
     assert summary["alpha"] == float(np.mean([2.5, 3.25, 4.0])) and summary["alpha_layers"] == 3
     assert summary["log_norm"] == float(np.mean([1 / 3, 1 / 4, 1 / 5, 1 / 6]))
     assert math.isnan(summary["stable_rank"]) and summary["stable_rank_layers"] == 0
+
+
+def test_plain_rows_shortcut_gives_the_general_codes_bits():
+    """`layer_metrics`' shortcut for the plain standard fit (one sorted tail slice, searches for the counts,
+    ufunc reductions) gives every column the general code gives from `fit_power_law`'s fit, exactly, on
+    spectra of many sizes, scales and tails: rank-deficient ones (zeros under the cut), heavy and light
+    tails, a scale near the cut; and the cases it does not take (too few above the cut, degenerate) are
+    the general code's."""
+    from irtools.passes.spectral.metrics import _plain_row, layer_metrics
+    from irtools.passes.spectral.powerlaw import fit_power_law
+
+    rng = np.random.default_rng(11)
+    taken = 0
+    for k in range(300):
+        m = int(rng.integers(10, 400))
+        n = m + int(rng.integers(0, 300))
+        w = rng.standard_t(float(rng.choice([2.5, 4, 30])), (n, m)) * 10.0 ** rng.uniform(-3, 2)
+        if k % 5 == 0:  # rank-deficient: zero eigenvalues (and round-off ones) under the cut
+            w[:, : m // 3] = w[:, m // 3: 2 * (m // 3)]
+        evals = np.sort(squared_singular_values(w).evals)
+        if k % 7 == 0:
+            evals = np.sort(np.concatenate([evals, np.zeros(5)]))
+        args = (evals, n, m, 1e-10 * float(evals[-1]), m)
+        fast = layer_metrics(*args, presorted=True)
+        general = layer_metrics(*args, fit=fit_power_law(evals))
+        assert fast == general, k
+        taken += _plain_row(*args) is not None
+    assert taken > 250  # the shortcut is the common case
+    # not taken: 12 eigenvalues above the cut (the small-sample rule), all equal, all zero
+    for evals in (np.sort(rng.uniform(1, 2, 12)), np.full(30, 2.0), np.zeros(30)):
+        assert _plain_row(evals, 30, 30, 0.0, 30) is None
+    assert layer_metrics(np.full(30, 2.0), 30, 30, 0.0, 30, presorted=True)["warning"] == "degenerate"
+    assert layer_metrics(np.zeros(30), 30, 30, 0.0, 30, presorted=True)["warning"] == "degenerate"

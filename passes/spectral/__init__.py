@@ -132,7 +132,8 @@ def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     if not np.isfinite(pooled).all():  # NaN/Inf weights, or float64 overflow
         count = sum(int(np.count_nonzero(~np.isfinite(np.asarray(w)))) for w in mats)
         return _Eigen(k, layer, None, None, nonfinite=count)
-    evals = np.sort(pooled) * layer.eigen_scale
+    # one matrix's eigenvalues come sorted (LAPACK's ascending order, clipped at 0): np.sort's own result
+    evals = (np.sort(pooled) if len(parts) > 1 else pooled) * layer.eigen_scale
     floors = [s.noise_floor for s in spectra]
     noise = max(floors) * layer.eigen_scale
     size = parts[0].size
@@ -310,7 +311,7 @@ class SpectralPass(Pass):
             return row
         evals = state.evals
         row.update(layer_metrics(evals, layer.N, layer.M, state.noise, state.max_rank, self.small_n_xmin, fit,
-                                 options))
+                                 options, presorted=layer.eigen_scale >= 0))  # `layer_eigen` sorted them
         if self.mp_fit:
             from irtools.passes.spectral.mpfit import mp_fit  # scipy.optimize: imported only when asked for
 

@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from irtools.passes.spectral.powerlaw import FitOptions, PowerLawFit, fit_layer, fit_power_law
+from irtools.passes.spectral.powerlaw import (EVALS_THRESH, SMALL_N_CUTOFF, FitOptions, PowerLawFit, fit_layer,
+                                              fit_power_law)
 
 OVER_TRAINED, UNDER_TRAINED, DEGENERATE, NON_FINITE = "over-trained", "under-trained", "degenerate", "non-finite"
 #: The model summary: plain means over the layers that have the metric.
@@ -24,16 +25,21 @@ OPTIONAL_SUMMARY_METRICS = ("mp_softrank", "rand_distance")
 
 def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int,
                   small_n_xmin: str = "D", fit: PowerLawFit | None = None,
-                  fit_options: FitOptions | None = None) -> dict:
+                  fit_options: FitOptions | None = None, presorted: bool = False) -> dict:
     """All per-layer metrics of the pooled eigenvalues `evals` of a layer whose matrices are N x M.
 
     `noise_floor` is the eigenvalue level below which the backend's eigenvalues are round-off;
     `max_rank_per_matrix` the largest rank of the layer's individual matrices; `fit` the power-law
     fit when it was computed elsewhere (the CUDA fit of many layers at once), else it is computed
     here (`small_n_xmin`, or `fit_options` when given: see `irtools.passes.spectral.powerlaw`). With
-    fix_fingers="clip_xmax" the row also has WeightWatcher's num_fingers and raw_alpha.
+    fix_fingers="clip_xmax" the row also has WeightWatcher's num_fingers and raw_alpha. `presorted`: `evals`
+    is a float64 array sorted ascending already (`layer_eigen`'s), not sorted again.
     """
-    evals = np.sort(np.asarray(evals, dtype=np.float64))
+    evals = np.sort(np.asarray(evals, dtype=np.float64)) if not presorted else evals
+    if fit is None and fit_options is None:
+        row = _plain_row(evals, n, m, noise_floor, max_rank_per_matrix)
+        if row is not None:
+            return row
     lam_max = float(evals[-1])
     norm = float(evals.sum())
     row = {
@@ -72,6 +78,54 @@ def layer_metrics(evals: np.ndarray, n: int, m: int, noise_floor: float, max_ran
     row["fit_status"] = fit_status
     row["num_nonfinite"] = 0
     return row
+
+
+_fit_standard = None  # irtools.passes.spectral._fitkernels._fit_standard, once `_plain_row` has run
+
+
+def _plain_row(evals: np.ndarray, n: int, m: int, noise_floor: float, max_rank_per_matrix: int) -> dict | None:
+    """`layer_metrics`' row of sorted float64 `evals` with the standard plain fit (at least `SMALL_N_CUTOFF`
+    eigenvalues above the cut, not degenerate, the fit a success), or None (then the general code runs).
+    The same numpy operations on the same arrays, so the same bits, with fewer calls: the tail is a slice
+    of the sorted spectrum found once (the boolean mask and sort of `tail_data` select the same values),
+    the spikes are counted by a search, reductions call the ufunc (`np.sum`'s Python layers cost 1-2 us
+    each). A 64 x 64 layer's metrics took 28 us this way against 10 us."""
+    global _fit_standard
+    if _fit_standard is None:  # numba's module, imported on first use (not with this one: start-up time)
+        from irtools.passes.spectral._fitkernels import _fit_standard
+    size = evals.size
+    if size == 0:
+        return None
+    lam = float(evals[-1])
+    start = int(evals.searchsorted(EVALS_THRESH, "right"))  # the first eigenvalue above the cut
+    if lam <= 0 or size - start < SMALL_N_CUTOFF or (max_rank_per_matrix <= 1 < m):
+        return None
+    x = evals[start:]
+    if x[-1] - x[0] <= 1e-12 * x[-1]:  # all eigenvalues above the cut equal: degenerate
+        return None
+    i, alpha, d = _fit_standard(np.log(x))
+    alpha = float(alpha)
+    if not alpha > 1.0 or math.isinf(alpha):
+        return None
+    norm = float(np.add.reduce(evals))
+    rank = int(np.count_nonzero(evals > max(noise_floor, 0.0)))
+    p = evals / norm + 1e-10
+    denom = math.log(rank + 1e-10)
+    entropy = float(-np.add.reduce(p * np.log(p)) / denom) if denom != 0 else math.nan
+    xmin = float(x[i])
+    log_spectral = _log10(lam)
+    with np.errstate(under="ignore"):  # (lambda / lambda_max) ** alpha in [0, 1]; tiny terms underflow to 0
+        scaled = float(np.add.reduce((evals / lam) ** alpha))
+    return {
+        "N": n, "M": m, "num_evals": int(size), "lambda_max": lam, "norm": norm, "log_norm": _log10(norm),
+        "spectral_norm": lam, "log_spectral_norm": log_spectral, "stable_rank": norm / lam,
+        "matrix_rank": rank, "entropy": entropy,
+        "alpha": alpha, "xmin": xmin, "xmax": lam, "D": float(d), "sigma": (alpha - 1.0) / math.sqrt(x.size - i),
+        "num_pl_spikes": int(size - evals.searchsorted(xmin, "left")),
+        "alpha_weighted": alpha * log_spectral, "log_alpha_norm": alpha * math.log10(lam) + math.log10(scaled),
+        "warning": OVER_TRAINED if alpha < 2.0 else UNDER_TRAINED if alpha > 6.0 else "",
+        "fit_status": "success", "num_nonfinite": 0,
+    }
 
 
 def layer_metrics_rows(evals: np.ndarray, n, m: int, noise_floors: np.ndarray, max_ranks: np.ndarray,
