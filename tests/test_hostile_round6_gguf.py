@@ -388,6 +388,9 @@ def test_an_expert_stack_of_no_bytes_is_not_split_into_its_declared_count(tmp_pa
     got = read_weights(path)
     assert len(got) == 1 and next(iter(got.values())).shape == tuple(reversed(dims))
     assert any("read as one tensor" in note for note in got.notes), got.notes
+    many = [T(f"blk.{i}.ffn_gate_exps.weight", dims, 0, 0) for i in range(3)]
+    notes = read_weights(_write(tmp_path, f.gguf_bytes(ARCH, many), "many.gguf")).notes
+    assert sum("read as one tensor" in note for note in notes) == 1 and any("3 expert stack(s)" in n for n in notes)
     real = _write(tmp_path, f.gguf_bytes(ARCH, [T("blk.0.ffn_gate_exps.weight", (32, 4, 2), 0, 0)], DATA), "real.gguf")
     got = read_weights(real)
     assert len(got) == 2

@@ -499,6 +499,7 @@ def read(path: str) -> dict[str, StoredArray]:
     out = WeightSet()
     counts: dict[str, int] = {}
     split = experts_split = 0
+    unsplit: list[str] = []
     for t in tensors:
         qname = t["qtype"].name
         counts[qname] = counts.get(qname, 0) + 1
@@ -517,9 +518,7 @@ def read(path: str) -> dict[str, StoredArray]:
         experts = t["shape"][0]
         if merged and not (0 < experts <= _MAX_EXPERTS and t["nbytes"] and experts_split + experts <= _MAX_SPLIT):
             merged = None  # the count of experts is none the bytes vouch for: one stack, as stored
-            out.notes.append(f"GGUF tensor '{printable(t['name'])[:200]}': a stack of {experts} experts of "
-                             f"{t['nbytes'] // max(experts, 1)} bytes each read as one tensor (irtools splits "
-                             f"stacks of 1 to {_MAX_EXPERTS} experts holding data, {_MAX_SPLIT} in all)")
+            unsplit.append(t["name"])
         if merged:  # one matrix per expert, as the checkpoint the file was converted from names them
             split += 1
             experts_split += experts
@@ -539,6 +538,10 @@ def read(path: str) -> dict[str, StoredArray]:
     for key, kind in (("general.name", str), ("general.file_type", int), ("general.quantization_version", int)):
         if type(meta.get(key)) is kind:
             out.metadata[key.split(".", 1)[1]] = meta[key]
+    if unsplit:  # one note, however many stacks
+        out.notes.append(f"GGUF: {len(unsplit)} expert stack(s) read as one tensor each (first: "
+                         f"'{printable(unsplit[0])[:200]}'): irtools splits stacks of 1 to {_MAX_EXPERTS} experts "
+                         f"holding data, {_MAX_SPLIT} matrices in all")
     renamed = sum(1 for t in tensors if names.get(t["name"], t["name"]) != t["name"])
     out.notes.append(f"GGUF ({arch or 'unknown architecture'}): {renamed} of {len(tensors)} tensor names mapped "
                      "back to Hugging Face names with gguf's tensor-name map"
