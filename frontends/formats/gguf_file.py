@@ -5,7 +5,10 @@ their Hugging Face names back.
 
 The header is parsed here first, every count and length checked against the bytes left in the
 file before anything is built (gguf's own reader would size arrays from the counts a file
-declares: a metadata array of 2^40 entries, a tensor past the end). Tensors are read and
+declares: a metadata array of 2^40 entries, a tensor past the end), and its cost kept to the
+bytes that matter: a vocabulary's strings walked in compiled code (gguf_meta), the entries parsed
+in Python, the strings decoded and the tensors, blocks and experts made into objects capped (the
+caps below say why each is safe). Tensors are read and
 dequantized one at a time, in bands of rows, into one float32 array: the full tensor is the
 only large allocation (gguf's whole-tensor call holds a second copy while it joins rows, and a
 memory map of the tensor would keep its pages resident). Big-endian files (gguf's writer with
