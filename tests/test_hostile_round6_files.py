@@ -455,3 +455,20 @@ def test_hdf5_link_cycles_are_walked_once_and_huge_datasets_refused(tmp_path):
         fh.create_dataset("layers/big/vars/0", shape=(1 << 20, 1 << 20), dtype="f4", chunks=(64, 64),
                           compression="gzip")
     _cli_one_line(big, message="dataset 'layers/big/vars/0'")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("offsets, data, says", [
+    ([[0, 64], [128, 192]], 192, "64 bytes between tensors 'a' and 'b' belong to no tensor"),
+    ([[64, 128], [128, 192]], 192, "64 bytes of the data before the tensors belong to no tensor"),
+    ([[0, 64], [64, 128]], 192, "64 bytes of the data after the tensors belong to no tensor"),
+])
+def test_safetensors_bytes_no_tensor_holds_are_refused_as_safetensors_refuses_them(tmp_path, offsets, data, says):
+    """The format allows no holes (a file that is also another format, a polyglot): safetensors refuses them."""
+    header = {name: {"dtype": "F32", "shape": [4, 4], "data_offsets": o} for name, o in zip("ab", offsets, strict=True)}
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(f.safetensors_bytes(header, bytes(data)))
+    st = pytest.importorskip("safetensors.numpy")
+    with pytest.raises(Exception, match="."):
+        st.load_file(str(path))
+    _cli_one_line(path, message=says)

@@ -74,6 +74,13 @@ def read_file(path: str) -> dict[str, StoredArray]:
         if start1 < end0:
             raise ModelLoadError(f"tensors '{printable(a)}' and '{printable(b)}' overlap in the file "
                                  "(corrupt file)", path)
+        if start1 > end0:  # the format's rule, which safetensors enforces: no holes (no polyglot files)
+            raise ModelLoadError(f"{start1 - end0} bytes between tensors '{printable(a)}' and '{printable(b)}' "
+                                 "belong to no tensor (safetensors refuses a file with holes)", path)
+    first, last = (spans[0][0], spans[-1][1]) if spans else (0, 0)
+    if first or base + last != size:
+        raise ModelLoadError(f"{first or size - base - last} bytes of the data {'before' if first else 'after'} "
+                             "the tensors belong to no tensor (safetensors refuses a file with holes)", path)
     return {name: out[name] for name in checkpoint_order([name for _, _, name in spans])}
 
 
