@@ -278,19 +278,31 @@ def rand_distance(evals: np.ndarray, rand_evals: np.ndarray) -> float:
 def _mean(vals: list) -> float:
     """`float(np.mean(vals))`, the same arithmetic (numpy's float64 sum, divided by the count) without
     `np.mean`'s Python layers (2-4 us a call: the summary's means cost more than a small layer's metrics)."""
+    if len(vals) == 1:  # numpy's sum of one value is that value
+        return float(vals[0]) / 1
     return float(np.add.reduce(np.asarray(vals, dtype=np.float64))) / len(vals)
 
 
 def summarize(rows: list[dict]) -> dict:
     """Means over layers of the summary metrics; each says over how many layers it was taken."""
+    keys = SUMMARY_METRICS + OPTIONAL_SUMMARY_METRICS
+    vals: dict[str, list] = {key: [] for key in keys}
+    warnings = dict.fromkeys((OVER_TRAINED, UNDER_TRAINED, DEGENERATE, "fit-failed", NON_FINITE), 0)
+    fitted = 0
+    for r in rows:  # one pass over the rows: a value that is there, not None and not NaN counts
+        for key in keys:
+            v = r.get(key)
+            if v is not None and not math.isnan(v):
+                vals[key].append(v)
+        fitted += r.get("fit_status") == "success"
+        if r.get("warning") in warnings:
+            warnings[r["warning"]] += 1
     out: dict = {"layers": len(rows)}
-    for key in SUMMARY_METRICS + OPTIONAL_SUMMARY_METRICS:
-        vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
-        if key in OPTIONAL_SUMMARY_METRICS and not vals:
+    for key in keys:
+        if key in OPTIONAL_SUMMARY_METRICS and not vals[key]:
             continue
-        out[key] = _mean(vals) if vals else math.nan
-        out[f"{key}_layers"] = len(vals)
-    out["fitted_layers"] = sum(1 for r in rows if r.get("fit_status") == "success")
-    out["warnings"] = {w: sum(1 for r in rows if r.get("warning") == w)
-                       for w in (OVER_TRAINED, UNDER_TRAINED, DEGENERATE, "fit-failed", NON_FINITE)}
+        out[key] = _mean(vals[key]) if vals[key] else math.nan
+        out[f"{key}_layers"] = len(vals[key])
+    out["fitted_layers"] = fitted
+    out["warnings"] = warnings
     return out
