@@ -472,3 +472,45 @@ def test_safetensors_bytes_no_tensor_holds_are_refused_as_safetensors_refuses_th
     with pytest.raises(Exception, match="."):
         st.load_file(str(path))
     _cli_one_line(path, message=says)
+
+
+def _external_model(folder, uses: list[tuple[int, int]], n: int = 512):
+    """MatMuls over weights w0, w1, ... of n x n float32, each read from data.bin at its (offset, length)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper as oh
+
+    inits, nodes, prev = [], [], "x"
+    for i, (offset, length) in enumerate(uses):
+        t = onnx.TensorProto(name=f"w{i}", data_type=onnx.TensorProto.FLOAT, dims=[n, n])
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", "data.bin"), ("offset", str(offset)), ("length", str(length))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        inits.append(t)
+        nodes.append(oh.make_node("MatMul", [prev, f"w{i}"], [f"y{i}"]))
+        prev = f"y{i}"
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n])],
+                      [oh.make_tensor_value_info(prev, onnx.TensorProto.FLOAT, [1, n])], inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    m.ir_version = 8
+    (folder / "data.bin").write_bytes(np.random.default_rng(0).standard_normal(2 * n * n).astype(np.float32))
+    return f.save_onnx(m, str(folder / "m.onnx"))
+
+
+@pytest.mark.timeout(60)
+def test_external_data_regions_read_many_times_over_are_refused(tmp_path):
+    import irtools
+
+    size = 512 * 512 * 4
+    for sub, uses, says in (
+        ("overlap", [(0, size), (4096, size)], "tensors 'w0' and 'w1' overlap in their external data file"),
+        ("repeated", [(0, size)] * 24, "read 25165824 bytes from 1048576 bytes of external data"),
+    ):
+        folder = tmp_path / sub
+        folder.mkdir()
+        with pytest.raises(IrtoolsError, match=says):
+            irtools.load(_external_model(folder, uses))
+    folder = tmp_path / "tied"  # one region named twice (a tied weight), and regions side by side: read
+    folder.mkdir()
+    model = irtools.load(_external_model(folder, [(0, size), (0, size), (size, size)]))
+    assert model is not None

@@ -8,6 +8,7 @@ and external-data references (inside the model's folder: `irtools.files.model_me
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -437,6 +438,7 @@ def check_tensors(proto: onnx.ModelProto, path: str) -> None:
     its dims and type declare: raw_data of another length, typed values of another count,
     external data that is unsafe (outside the model's folder, `irtools.files.model_member`),
     missing, shorter than the tensor, or of a declared length that is not the tensor's size."""
+    regions: dict[str, list[tuple[int, int, str]]] = {}  # external data file: (offset, end, tensor) of each use
     for t in iter_tensors(proto.graph):
         name = printable(t.name)
         if t.data_type not in SUPPORTED_DTYPES:
@@ -444,11 +446,39 @@ def check_tensors(proto: onnx.ModelProto, path: str) -> None:
         if any(d < 0 for d in t.dims):
             raise ModelLoadError(f"tensor '{name}' has a negative dimension {list(t.dims)}", path)
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            _check_external(t, name, path)
+            full, offset, nbytes = _check_external(t, name, path)
+            regions.setdefault(os.path.realpath(full), []).append((offset, offset + nbytes, name))
         else:
             _check_inline(t, name, path)
         budget.check_shape(t.dims, _BITS.get(t.data_type, 8) / 8, f"tensor '{name}'", path)
+    _check_regions(regions, path)
     densify_sparse(proto, path)
+
+
+#: How many times over the bytes of its external data files a model's tensors may read them in all
+#: (the same region named by several tensors: one tied weight is read twice), past `_REGIONS_FREE`.
+_REGIONS_MAX_TIMES, _REGIONS_FREE = 4, 16 << 20
+
+
+def _check_regions(regions: dict[str, list[tuple[int, int, str]]], path: str) -> None:
+    """Refuse external data whose tensors overlap in part (one file's bytes read as several different
+    tensors) or that read their files' bytes more than `_REGIONS_MAX_TIMES` over in all (a 100 MB file
+    named by 10^4 tensors is a terabyte of weights to analyse)."""
+    declared = held = 0
+    for uses in regions.values():
+        uses.sort()
+        end = 0
+        for (a0, a1, a), (b0, b1, b) in itertools.pairwise(uses):
+            if b0 < a1 and (b0, b1) != (a0, a1):
+                raise ModelLoadError(f"tensors '{a}' and '{b}' overlap in their external data file (corrupt file)",
+                                     path)
+        for start, stop, _ in uses:
+            declared += stop - start
+            held += max(0, stop - max(start, end))
+            end = max(end, stop)
+    if declared > max(_REGIONS_FREE, held * _REGIONS_MAX_TIMES):
+        raise ModelLoadError(f"the model's tensors read {declared} bytes from {held} bytes of external data (over "
+                             f"{_REGIONS_MAX_TIMES}x: the same bytes named by many tensors, refused)", path)
 
 
 # -- sparse tensors -----------------------------------------------------------------------------
@@ -558,7 +588,7 @@ def _external_field(t: onnx.TensorProto, info: dict, key: str, default: int | No
 _EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
 
 
-def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
+def _check_external(t: onnx.TensorProto, name: str, path: str) -> tuple[str, int, int]:
     from irtools.files import model_member  # noqa: PLC0415
 
     info = {e.key: e.value for e in t.external_data}
@@ -579,6 +609,7 @@ def _check_external(t: onnx.TensorProto, name: str, path: str) -> None:
         raise ModelLoadError(f"external data file '{printable(info['location'])}' is too short for tensor '{name}' "
                              f"(needs {offset + nbytes} bytes, has {size})", path)
     _locate(t, full, path)
+    return full, offset, nbytes
 
 
 def _locate(t: onnx.TensorProto, full: str, path: str) -> None:
