@@ -514,3 +514,25 @@ def test_external_data_regions_read_many_times_over_are_refused(tmp_path):
     folder.mkdir()
     model = irtools.load(_external_model(folder, [(0, size), (0, size), (size, size)]))
     assert model is not None
+
+
+@pytest.mark.timeout(60)
+def test_one_storage_viewed_as_many_tensors_is_refused(tmp_path):
+    """Each view lies inside its storage and within the per-tensor repeat limit; 64 views of one 1 MiB
+    storage are 64 MiB of weights to analyse from 1 MiB of file (10^5 of them: 100 GiB)."""
+    n = 512 * 512
+    storage = np.random.default_rng(0).standard_normal(n).astype(np.float32).tobytes()
+    many = f.p_state({f"l{i}.weight": f.p_tensor("0", n, 0, (512, 512), (512, 1)) for i in range(64)})
+    path = tmp_path / "m.pt"
+    path.write_bytes(f.torch_zip(many, {"0": storage}))
+    with pytest.raises(IrtoolsError, match=r"64 tensors view 67108864 bytes of 1048576 bytes of storages"):
+        read_weights(str(path))
+    tied = f.p_state({"emb.weight": f.p_tensor("0", n, 0, (512, 512), (512, 1)),
+                      "head.weight": f.p_tensor("0", n, 0, (512, 512), (512, 1)),
+                      "q.weight": f.p_tensor("0", n, 0, (256, 512), (512, 1)),
+                      "k.weight": f.p_tensor("0", n, 256 * 512, (256, 512), (512, 1))})
+    path.write_bytes(f.torch_zip(tied, {"0": storage}))
+    got = read_weights(str(path))  # tied weights and a fused parameter's parts: read
+    want = np.frombuffer(storage, np.float32).reshape(512, 512)
+    np.testing.assert_array_equal(got["head.weight"].load(), want)
+    np.testing.assert_array_equal(got["k.weight"].load(), want[256:])

@@ -164,7 +164,18 @@ def _state(obj, path: str) -> tuple[dict[str, TensorRef], list[str]]:
     flat, notes = find_weights(obj, lambda v: isinstance(v, TensorRef), path)
     for name, ref in flat.items():
         _check_view_size(name, ref, path)
+    # views of one storage as many tensors: each within its storage, together a storage read many times over
+    viewed = sum(math.prod(r.shape) * r.storage.dtype.itemsize for r in flat.values())
+    stored = sum(st.numel * st.dtype.itemsize for st in {r.storage.key: r.storage for r in flat.values()}.values())
+    if viewed > max(INFLATE_FREE, stored * VIEWS_MAX_TIMES):
+        raise ModelLoadError(f"the checkpoint's {len(flat)} tensors view {viewed} bytes of {stored} bytes of storages "
+                             f"(over {VIEWS_MAX_TIMES}x: the same storage as many tensors, refused)", path)
     return flat, notes
+
+
+#: How many times over its storages' bytes a checkpoint's tensors may view them in all (tied weights
+#: view one storage twice, a fused parameter's parts once), past `INFLATE_FREE`.
+VIEWS_MAX_TIMES = 16
 
 
 def _check_view_size(name: str, ref: TensorRef, path: str) -> None:
