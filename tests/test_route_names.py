@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 
 import numpy as np
@@ -45,6 +46,10 @@ def _config(kind: str):
         "bert": ("BertModel", "BertConfig", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                                 num_attention_heads=4, vocab_size=96, max_position_embeddings=64)),
         "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_embd=32, n_layer=1, n_head=4, vocab_size=96, n_positions=64)),
+        "t5": ("T5ForConditionalGeneration", "T5Config", dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=1,
+                                                            num_heads=4, decoder_start_token_id=0)),
+        "vit": ("ViTModel", "ViTConfig", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                              intermediate_size=48, image_size=8, patch_size=4)),
     }
     cls, cfg, kwargs = table[kind]
     if not hasattr(T, cls) or not hasattr(T, cfg):
@@ -52,12 +57,17 @@ def _config(kind: str):
     return getattr(T, cls), getattr(T, cfg)(**kwargs)
 
 
-#: Rows whose type the weights-only route reads from the name alone and gets wrong: GPT-2's `wte`/`wpe` are
-#: nn.Embedding ("embedding" on the module route), a plain 2-D tensor ("dense") to the file route, whose
-#: rule (frontends/formats/layers.py) knows embeddings by "embed" in the name. The numbers agree.
-_FILE_TYPE_GAPS = {"transformer.wte", "transformer.wpe"}
+#: Rows whose type the weights-only route reads from the name alone and gets wrong: GPT-2's `wte`/`wpe`, T5's
+#: `shared` and `relative_attention_bias` are nn.Embedding ("embedding" on the module route), a plain 2-D
+#: tensor ("dense") to the file route, whose rule (frontends/formats/layers.py) knows embeddings by "embed" in
+#: the name. The numbers agree.
+_FILE_TYPE_GAPS = re.compile(r"(^|\.)(wte|wpe|shared|relative_attention_bias)$")
 MOE = ("mixtral", "qwen2_moe", "olmoe")
-KINDS = (*MOE, "llama", "llama_tied", "bert", "gpt2")
+KINDS = (*MOE, "llama", "llama_tied", "bert", "gpt2", "t5",
+         pytest.param("vit", marks=pytest.mark.xfail(
+             strict=True, reason="the weights-only route (frontends/formats/layers.py) reads ViT's [1, 1, 32] "
+                                 "cls_token and [1, 5, 32] position_embeddings as 1-wide conv1d rows; the module "
+                                 "route has no cls_token row and the 5 x 32 matrix: patch in H15's report")))
 
 
 def _saved(kind: str, tmp_path):
@@ -117,16 +127,19 @@ def test_model_object_folder_and_file_give_the_same_rows(kind, tmp_path):
     with safe_open(str(folder / "model.safetensors"), "np") as f:
         stored = {k: f.get_tensor(k) for k in f.keys()}
     file_rows = _rows(str(folder / "model.safetensors"))
-    # the truth: one row per stored matrix (2-D here), named by its tensor without `.weight`
-    assert set(file_rows) == {k.removesuffix(".weight") for k, v in stored.items() if v.ndim == 2}
+    # the truth: one row per stored matrix (2-D, or more dims of which two or more > 1), named by its tensor
+    # without `.weight`
+    matrices = {k.removesuffix(".weight") for k, v in stored.items()
+                if v.ndim == 2 or sum(d > 1 for d in v.shape) >= 2}
+    assert set(file_rows) == matrices, sorted(set(file_rows) ^ matrices)
     _, folder_opened = _folder_layers(folder)
     routes = {"object": _rows(model), "folder": _rows(folder_opened), "file": file_rows}
     for label, rows in routes.items():
         assert set(rows) == set(file_rows), (label, sorted(set(rows) ^ set(file_rows)))
         assert not _same_numbers(rows, file_rows), (label, _same_numbers(rows, file_rows)[:5])
         for name, row in rows.items():  # the tensor a user finds in the file, and what the row holds
-            assert row["parameter"] == f"{name}.weight" and row["parameter"] in stored, (label, name, row["parameter"])
-            if name not in _FILE_TYPE_GAPS:
+            assert row["parameter"] in stored and row["parameter"].removesuffix(".weight") == name, (label, name)
+            if not _FILE_TYPE_GAPS.search(name):
                 assert row["layer_type"] == file_rows[name]["layer_type"], (label, name)
     types = {label: {n: r["layer_type"] for n, r in rows.items()} for label, rows in routes.items()}
     assert types["object"] == types["folder"]  # the module route's own rule, both times
