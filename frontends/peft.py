@@ -91,34 +91,49 @@ class AdapterConfig:
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
     base: str | None = None  # base_model_name_or_path
+    _patterns: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, d: dict, where: str | None = None) -> AdapterConfig:
         if not isinstance(d, dict):
             raise IrtoolsError(f"{CONFIG_FILE} is not a JSON object", where)
-        peft_type = str(d.get("peft_type") or "LORA").upper()
-        config = cls(peft_type=peft_type, base=d.get("base_model_name_or_path") or None)
-        if peft_type != "LORA":
-            return config
         try:
+            peft_type, base = d.get("peft_type") or "LORA", d.get("base_model_name_or_path") or None
+            if not isinstance(peft_type, str) or not isinstance(base, (str, type(None))):
+                raise TypeError("peft_type and base_model_name_or_path must be strings")
+            peft_type = printable(peft_type.upper())[:100]  # it is quoted in every skipped tensor's reason
+            config = cls(peft_type=peft_type, base=base)
+            if peft_type != "LORA":
+                return config
             config.r = _positive_int(d.get("r", 8), "r")
             config.lora_alpha = _number(d.get("lora_alpha", 8), "lora_alpha")
-            config.use_rslora = bool(d.get("use_rslora", False))
-            config.fan_in_fan_out = bool(d.get("fan_in_fan_out", False))
-            config.use_dora = bool(d.get("use_dora", False))
-            config.rank_pattern = {str(k): _positive_int(v, f"rank_pattern[{k!r}]")
-                                   for k, v in (d.get("rank_pattern") or {}).items()}
-            config.alpha_pattern = {str(k): _number(v, f"alpha_pattern[{k!r}]")
-                                    for k, v in (d.get("alpha_pattern") or {}).items()}
+            config.use_rslora = _flag(d.get("use_rslora"), "use_rslora")
+            config.fan_in_fan_out = _flag(d.get("fan_in_fan_out"), "fan_in_fan_out")
+            config.use_dora = _flag(d.get("use_dora"), "use_dora")
+            patterns = [d.get("rank_pattern") or {}, d.get("alpha_pattern") or {}]
+            if not all(isinstance(p, dict) for p in patterns):
+                raise TypeError("rank_pattern and alpha_pattern must be JSON objects")
+            if len(patterns[0]) + len(patterns[1]) > _PATTERN_KEYS_MAX:
+                raise TypeError(f"rank_pattern and alpha_pattern have {len(patterns[0]) + len(patterns[1]):,} keys "
+                                f"(over {_PATTERN_KEYS_MAX:,})")
+            config.rank_pattern = {str(k): _positive_int(v, f"rank_pattern[{printable(k)!r}]")
+                                   for k, v in patterns[0].items()}
+            config.alpha_pattern = {str(k): _number(v, f"alpha_pattern[{printable(k)!r}]")
+                                    for k, v in patterns[1].items()}
         except (TypeError, AttributeError) as exc:
             raise IrtoolsError(f"{CONFIG_FILE}: {exc}", where) from None
         return config
 
     def rank_alpha(self, module: str) -> tuple[int, float]:
         """The module's r and lora_alpha: a `rank_pattern`/`alpha_pattern` key that matches, as PEFT's
-        `get_pattern_key` matches it (the first key K with `(.*\\.)?K$` matching the module path)."""
-        return (self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r),
-                self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.lora_alpha))
+        `get_pattern_key` matches it (the first key K with `(.*\\.)?K$` matching the module path), in
+        bounded time (`_PatternSet`: a key that backtracks exponentially in `re` cannot hang the run)."""
+        if self._patterns is None:
+            budget = [_PATTERN_WORK_MAX]
+            self._patterns = (_PatternSet(self.rank_pattern, budget), _PatternSet(self.alpha_pattern, budget))
+        rank_key, alpha_key = (p.first(module) for p in self._patterns)
+        return (self.rank_pattern[rank_key] if rank_key is not None else self.r,
+                self.alpha_pattern[alpha_key] if alpha_key is not None else self.lora_alpha)
 
     def scale(self, r: int, alpha: float) -> float:
         """PEFT's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
@@ -131,20 +146,297 @@ def _positive_int(v, what: str) -> int:
     return v
 
 
+def _flag(v, what: str) -> bool:
+    if v is None or isinstance(v, bool):  # a JSON "false" is a true string: refused, not read as on
+        return bool(v)
+    raise TypeError(f"{what} must be true or false, not {type(v).__name__}")
+
+
 def _number(v, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise TypeError(f"{what} must be a finite number, not {type(v).__name__}"[:200])
     return float(v)
 
 
-def _pattern_key(patterns: dict, module: str) -> str:
-    for key in patterns:
+# -- pattern keys: PEFT's regular expressions, matched in bounded time ----------------------------------
+
+#: Keys of rank_pattern and alpha_pattern together, and the work (instruction visits and characters) all
+#: of an adapter's matching may take: a hostile config cannot make the matching the cost of the run.
+_PATTERN_KEYS_MAX = 65536
+_PATTERN_PROGRAM_MAX = 20000
+_PATTERN_WORK_MAX = 5_000_000
+
+
+def _charge(budget: list, n: int, key: str) -> None:
+    budget[0] -= n
+    if budget[0] < 0:
+        raise IrtoolsError(f"{CONFIG_FILE}: matching rank_pattern/alpha_pattern against the adapter's modules is "
+                           f"over irtools' budget of {_PATTERN_WORK_MAX:,} steps (e.g. pattern "
+                           f"'{printable(key)}')"[:300])
+
+
+class _Pattern:
+    """`re.match(rf"(.*\\.)?({key})$", name) is not None`, PEFT's `get_pattern_key` test, decided by a
+    Thompson NFA over the pattern `re` itself parses (`re._parser`): time linear in len(name) x the
+    pattern's size, however the pattern backtracks in `re` (`(a+)+`, `(a|a)*`, `.*.*.*...`). The
+    constructs no NFA decides (backreferences, lookarounds, atomic groups, possessive repeats) are
+    refused with the key; so are patterns whose repeats expand past `_PATTERN_PROGRAM_MAX`."""
+
+    def __init__(self, key: str, budget: list):
         try:
-            if re.match(rf"(.*\.)?({key})$", module):
+            from re import _constants as C  # Python 3.11+
+            from re import _parser as parser
+        except ImportError:  # pragma: no cover - Python 3.10
+            import sre_constants as C
+            import sre_parse as parser
+        self.key, self.budget, self.C = key, budget, C
+        try:
+            tree = parser.parse(rf"(.*\.)?({key})$")
+        except (re.error, OverflowError, RecursionError, ValueError):
+            raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(key)}' is not a regular expression"[:200]) from None
+        self.prog: list = []
+        self.flags = tree.state.flags
+        if self.flags & (C.SRE_FLAG_LOCALE | C.SRE_FLAG_MULTILINE):
+            self._refuse("a MULTILINE or LOCALE flag")
+        try:
+            self.entry = self._seq(list(tree), self._emit(("m",)), self.flags)
+        except RecursionError:
+            self._refuse("nesting too deep")
+        self.closures: dict = {}
+        self.steps: dict = {}
+
+    def _refuse(self, what: str):
+        raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(self.key)}' uses {what}, which irtools' "
+                           f"bounded-time matcher does not decide"[:240])
+
+    def _emit(self, ins) -> int:
+        if len(self.prog) >= _PATTERN_PROGRAM_MAX:
+            self._refuse(f"repeats that expand past {_PATTERN_PROGRAM_MAX} states")
+        self.prog.append(ins)
+        return len(self.prog) - 1
+
+    def _seq(self, items: list, nxt: int, flags: int) -> int:
+        for op, av in reversed(items):
+            nxt = self._node(op, av, nxt, flags)
+        return nxt
+
+    def _node(self, op, av, nxt: int, flags: int) -> int:
+        C = self.C
+        if op in (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN):
+            return self._emit(("c", self._pred(op, av, flags), nxt))
+        if op is C.SUBPATTERN:
+            _, add, delete, sub = av
+            return self._seq(list(sub), nxt, (flags | add) & ~delete)
+        if op is C.BRANCH:
+            return self._emit(("s", [self._seq(list(alt), nxt, flags) for alt in av[1]]))
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT):
+            lo, hi, sub = av
+            if lo > _PATTERN_PROGRAM_MAX or (hi is not C.MAXREPEAT and hi > _PATTERN_PROGRAM_MAX):
+                self._refuse(f"a repeat count over {_PATTERN_PROGRAM_MAX}")
+            if hi is C.MAXREPEAT:
+                loop = self._emit(("s", []))
+                self.prog[loop] = ("s", [self._seq(list(sub), loop, flags), nxt])
+                cur = loop
+            else:
+                cur = nxt
+                for _ in range(hi - lo):
+                    cur = self._emit(("s", [self._seq(list(sub), cur, flags), nxt]))
+            for _ in range(lo):
+                cur = self._seq(list(sub), cur, flags)
+            return cur
+        if op is C.AT:
+            if av not in (C.AT_BEGINNING, C.AT_BEGINNING_STRING, C.AT_END, C.AT_END_STRING, C.AT_BOUNDARY,
+                          C.AT_NON_BOUNDARY):
+                self._refuse(f"the anchor {av}")
+            return self._emit(("a", av, nxt))
+        self._refuse({C.GROUPREF: "a backreference", C.GROUPREF_EXISTS: "a conditional group",
+                      C.ASSERT: "a lookaround", C.ASSERT_NOT: "a lookaround"}.get(op, f"{op}".lower()))
+
+    def _pred(self, op, av, flags: int):
+        C = self.C
+        ascii_only = bool(flags & C.SRE_FLAG_ASCII)
+
+        def word(ch):
+            return (ch.isalnum() or ch == "_") and (ch.isascii() or not ascii_only)
+
+        def test(ch: str) -> bool:
+            if op is C.LITERAL:
+                return ord(ch) == av
+            if op is C.NOT_LITERAL:
+                return ord(ch) != av
+            if op is C.ANY:
+                return ch != "\n" or bool(flags & C.SRE_FLAG_DOTALL)
+            negate, hit = False, False
+            for iop, iav in av:
+                if iop is C.NEGATE:
+                    negate = True
+                elif iop is C.LITERAL:
+                    hit = hit or ord(ch) == iav
+                elif iop is C.RANGE:
+                    hit = hit or iav[0] <= ord(ch) <= iav[1]
+                elif iop is C.CATEGORY:
+                    name = str(iav)
+                    base = name.replace("CATEGORY_NOT_", "CATEGORY_")
+                    if base == "CATEGORY_DIGIT":
+                        v = ch.isdecimal() and (ch.isascii() or not ascii_only)
+                    elif base == "CATEGORY_SPACE":
+                        v = ch.isspace() and (ch.isascii() or not ascii_only)
+                    elif base == "CATEGORY_WORD":
+                        v = word(ch)
+                    else:
+                        self._refuse(f"the class {name}")
+                    hit = hit or (v != (base != name))
+                else:
+                    self._refuse(f"the set item {iop}")
+            return hit != negate
+
+        if op is C.IN:  # the set's unknown items are refused now, not when a name reaches them
+            test("a")
+        if flags & C.SRE_FLAG_IGNORECASE:
+            return lambda ch: test(ch) or test(ch.lower()) or test(ch.upper())
+        return test
+
+    def _charge(self, n: int) -> None:
+        _charge(self.budget, n, self.key)
+
+    def _closure(self, states: frozenset, ctx: tuple) -> tuple[frozenset, bool]:
+        hit = self.closures.get((states, ctx))
+        if hit is not None:
+            self._charge(1)
+            return hit
+        C = self.C
+        start, end, before_final_newline, prev_word, next_word = ctx
+        seen, stack, out, matched = set(), list(states), [], False
+        while stack:
+            pc = stack.pop()
+            if pc in seen:
+                continue
+            seen.add(pc)
+            ins = self.prog[pc]
+            if ins[0] == "c":
+                out.append(pc)
+            elif ins[0] == "s":
+                stack.extend(ins[1])
+            elif ins[0] == "m":
+                matched = True
+            else:
+                kind = ins[1]
+                ok = (start if kind in (C.AT_BEGINNING, C.AT_BEGINNING_STRING) else
+                      end or before_final_newline if kind is C.AT_END else
+                      end if kind is C.AT_END_STRING else
+                      prev_word != next_word if kind is C.AT_BOUNDARY else prev_word == next_word)
+                if ok:
+                    stack.append(ins[2])
+        self._charge(len(seen) + 1)
+        result = (frozenset(out), matched)
+        if len(self.closures) > 100_000:
+            self.closures.clear()
+        self.closures[(states, ctx)] = result
+        return result
+
+    def matches(self, text: str) -> bool:
+        n = len(text)
+        final_nl = n > 0 and text[-1] == "\n"
+        C = self.C
+        bounds = any(ins[0] == "a" and ins[1] in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY) for ins in self.prog)
+
+        def word(ch):
+            return (ch.isalnum() or ch == "_") and (ch.isascii() or not self.flags & C.SRE_FLAG_ASCII)
+
+        def ctx(pos):
+            if not bounds and 0 < pos < n - 1:
+                return _INNER
+            return (pos == 0, pos == n, final_nl and pos == n - 1,
+                    bounds and pos > 0 and word(text[pos - 1]), bounds and pos < n and word(text[pos]))
+
+        states, matched = self._closure(frozenset((self.entry,)), ctx(0))
+        steps, closures, budget = self.steps, self.closures, self.budget
+        for pos, ch in enumerate(text, 1):
+            if matched:
+                return True
+            if not states:
+                return False
+            key = (states, ch)
+            nxt = steps.get(key)
+            if nxt is None:
+                nxt = frozenset(self.prog[pc][2] for pc in states if self.prog[pc][1](ch))
+                self._charge(len(states))
+                if len(steps) > 100_000:
+                    steps.clear()
+                steps[key] = nxt
+            c = ctx(pos)
+            hit = closures.get((nxt, c))
+            if hit is None:
+                hit = self._closure(nxt, c)
+            else:
+                budget[0] -= 1
+            states, matched = hit
+        if budget[0] < 0:
+            self._charge(0)
+        return matched
+
+
+_INNER = (False, False, False, False, False)
+
+
+#: A key with none of these is a module path whose dots are regex dots (any character but a newline).
+_META = re.compile(r"[\^$*+?{}\[\]\\|()]")
+
+
+class _PatternSet:
+    """The keys of one rank_pattern/alpha_pattern in their order, and `first(module)`: the first key
+    PEFT's `get_pattern_key` would take for that module path, or None. Keys that are plain module
+    paths (the common case, thousands of them in a per-module config) are looked up by the path's
+    suffixes; the others go through `_Pattern`'s NFA, all of it charged to one `budget`."""
+
+    def __init__(self, keys, budget: list):
+        self.keys = list(keys)
+        self.budget = budget
+        self.simple: dict[int, dict[tuple, dict[str, int]]] = {}
+        self.complex: list[tuple[int, str]] = []
+        for i, key in enumerate(self.keys):
+            if key and _META.search(key) is None:
+                mask = tuple(j for j, c in enumerate(key) if c == ".")
+                self.simple.setdefault(len(key), {}).setdefault(mask, {}).setdefault(key, i)
+            else:
+                self.complex.append((i, key))
+        self.compiled: dict[str, _Pattern] = {}
+
+    def _pattern(self, key: str) -> _Pattern:
+        p = self.compiled.get(key)
+        if p is None:
+            p = self.compiled[key] = _Pattern(key, self.budget)
+            p._charge(len(p.prog))
+        return p
+
+    def first(self, module: str) -> str | None:
+        if not self.keys:
+            return None
+        if "\n" in module:  # a newline is what regex dots and $ treat apart: every key by the NFA
+            return next((k for k in self.keys if self._pattern(k).matches(module)), None)
+        best, n = len(self.keys), len(module)
+        for length, masks in self.simple.items():
+            if length > n or (length < n and module[n - length - 1] != "."):
+                continue
+            tail = module[n - length:]
+            for mask, table in masks.items():
+                self.budget[0] -= 1
+                if mask:
+                    chars = list(tail)
+                    for j in mask:
+                        chars[j] = "."
+                    i = table.get("".join(chars))
+                else:
+                    i = table.get(tail)
+                if i is not None and i < best:
+                    best = i
+        _charge(self.budget, 0, self.keys[0])
+        for i, key in self.complex:
+            if i >= best:
+                break
+            if self._pattern(key).matches(module):
                 return key
-        except re.error:
-            raise IrtoolsError(f"{CONFIG_FILE}: pattern {key!r} is not a regular expression"[:200]) from None
-    return module
+        return self.keys[best] if best < len(self.keys) else None
 
 
 # -- recognising and reading -----------------------------------------------------------------------
@@ -246,6 +538,8 @@ class Update:
     magnitude_key: str | None = None
     #: the r adapter_config.json gives the module, where its tensors store another rank (None: they agree)
     config_r: int | None = None
+    #: set by `merge`: the base has a layer of this name whose weight ΔW does not fit
+    misfit: bool = False
 
     @property
     def out_axis(self) -> int:
@@ -352,9 +646,18 @@ def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) 
         elif m["what"] == "bias":
             skip(key, "LoRA bias (lora_bias=True): a vector, not a matrix")
         else:
-            parts.setdefault(module_path(m["module"]), {})[m["part"]] = key
+            found = parts.setdefault(module_path(m["module"]), {})
+            if m["part"] in found:  # two tensors for one factor (two adapters' keys, a hand-made file): which one?
+                found.setdefault("duplicate", key)
+            else:
+                found[m["part"]] = key
     updates = []
     for module, found in parts.items():
+        if "duplicate" in found:
+            for key in found.values():
+                skip(key, f"two {_PART.match(found['duplicate'])['part']} tensors for one module "
+                          f"({printable(found['duplicate'])[:100]!r} and another): which update it is is ambiguous")
+            continue
         a_key = found.get("lora_A") or found.get("lora_embedding_A")
         b_key = found.get("lora_B") or found.get("lora_embedding_B")
         if a_key is None or b_key is None:
@@ -368,9 +671,10 @@ def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) 
             (len(A.shape) == len(B.shape) == 2 and A.shape[0] == B.shape[1])
         if kind == "conv":
             ok = ok and all(k == 1 for k in B.shape[2:])
-        if not ok:
+        if not ok or A.shape[0] == 0:
             for key in (a_key, b_key):
-                skip(key, f"lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not multiply to an update")
+                skip(key, f"lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not multiply to an update"
+                     + (" (rank 0)" if ok else ""))
             continue
         config_r = None
         if A.shape[0] != r:  # the stored rank wins (a note says so); PEFT itself would refuse to load it
@@ -380,10 +684,13 @@ def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) 
         m_key = magnitudes.pop(module, None)
         if m_key is not None:
             mag, out = tensors[m_key], update.shape[update.out_axis]
-            if math.prod(mag.shape) != out:  # W + ΔW without its rescaling is not the DoRA weight: no row
+            # one value per output, along one axis (PEFT's (out,), a conv's (1, out, 1, 1)); (6, 8) for 48 outputs
+            # is no vector. W + ΔW without its rescaling is not the DoRA weight: no row
+            if math.prod(mag.shape) != out or sum(1 for n in mag.shape if n != 1) > 1:
                 for key in (a_key, b_key, m_key):
                     skip(key, f"DoRA magnitude vector of {math.prod(mag.shape)} values for {out} outputs of ΔW "
-                              f"{update.shape}: the module cannot be merged"[:300])
+                              f"{update.shape}{'' if math.prod(mag.shape) != out else f' in shape {tuple(mag.shape)}'}"
+                              f": the module cannot be merged"[:300])
                 continue
             update.magnitude, update.magnitude_key = mag, m_key
         updates.append(update)
@@ -471,10 +778,10 @@ def dora_rescale(mats: list[np.ndarray], deltas: list[np.ndarray], magnitude: np
         if v.shape[ax] != m.size:
             raise IrtoolsError(f"{what}: DoRA magnitude of {m.size} values for {v.shape[ax]} outputs"[:300])
         norm2 += np.einsum("ij,ij->i" if ax == 0 else "ij,ij->j", v, v)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # NaN/Inf: the spectral pass's finding
         factor = m / np.sqrt(norm2)
-    for v, ax in zip(merged, axes):
-        v *= factor[:, None] if ax == 0 else factor[None, :]
+        for v, ax in zip(merged, axes):
+            v *= factor[:, None] if ax == 0 else factor[None, :]
     return merged
 
 
@@ -502,14 +809,30 @@ def merge(updates: list[Update], base_layers: list[WeightLayer]) -> tuple[list[W
     """The base's layers with W + ΔW where an update adapts them (matched by the layer name, the module
     path), and the updates no base layer matched."""
     by_module = {u.module: u for u in updates}
-    layers = [merged_layer(layer, by_module.pop(layer.name)) if layer.name in by_module else layer
-              for layer in base_layers]
-    return layers, list(by_module.values())
+    layers, misfits = [], []
+    for layer in base_layers:
+        update = by_module.pop(layer.name, None)
+        if update is not None and not _fits(update, layer):  # another hidden size: known from the shapes
+            misfits.append(update)
+            update = None
+        layers.append(layer if update is None else merged_layer(layer, update))
+    for update in misfits:
+        update.misfit = True
+    return layers, list(by_module.values()) + misfits
+
+
+def _fits(update: Update, layer: WeightLayer) -> bool:
+    """Whether ΔW can line up with the base layer's matrices (`add_aligned` checks each when loaded):
+    the same N, M and number of matrices (a base's layout, a Keras kernel, may order the axes its way)."""
+    d = update.layer()
+    return (d.N, d.M, d.rf) == (layer.N, layer.M, layer.rf)
 
 
 def unmatched_entries(updates: list[Update]) -> list[dict]:
     return [{"name": u.module, "node": u.module, "op_type": "LoRA", "parameter": u.keys[0],
-             "reason": "adapted module not found in the base (no base layer of that name)"} for u in updates]
+             "reason": f"the adapter's ΔW {tuple(u.shape)} does not fit the base layer of that name (another "
+                       f"hidden size: an adapter of another base)" if getattr(u, "misfit", False) else
+                       "adapted module not found in the base (no base layer of that name)"} for u in updates]
 
 
 __all__ = ["AdapterConfig", "LowRankLayer", "Update", "adapter_updates", "dora_rescale", "is_adapter", "local_base",

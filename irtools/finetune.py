@@ -32,6 +32,7 @@ the base's and listed so.
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 
 DISTANCE_METHODS = ("raw", "euclidean", "cka")
 #: Columns added to each ΔW row (after the spectral pass's own).
@@ -323,6 +324,9 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     if "device" in opts:
         opts["backend"] = opts.pop("device")
     notes: list[str] = []
+    if _same_file(model, base):  # the CLI's check, for every caller: W - W_base would be zero everywhere
+        raise IrtoolsError("the base is the model itself (the same file): every W - W_base would be zero",
+                           os.fspath(base))
     base_opened, base_layers, base_skipped = _opened_layers(base, open_options, weights_options)
     adapted = None
     if peft_frontend.is_adapter(model):
@@ -343,6 +347,10 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
         skipped += [{"name": m.name, "node": m.node, "op_type": m.op_type, "parameter": m.parameter,
                      "reason": "not adapted: identical to the base"} for m, _ in unchanged]
     if not pairs:
+        why = next(iter(model_skipped), None) if adapted is not None else None
+        if why is not None:  # an adapter none of whose updates merged: say why the first did not
+            raise IrtoolsError(f"the adapter adapts no layer of the base: {printable(why['name'])[:100]}: "
+                               f"{why['reason']}"[:400])
         raise IrtoolsError("no layer of the model matches a base layer by name (compare the names with "
                            "`irtools analyze` of each)")
     distances: dict[str, dict] = {}
@@ -403,6 +411,15 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     return FineTune(model_name, base_name or base_opened.name, rows, columns, summary,
                     skipped + result.skipped + [dict(s) for s in model_skipped], notes,
                     result.eigenvalues)
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def compare_series(checkpoints, base: Any, **kwargs) -> list[FineTune]:
