@@ -183,12 +183,8 @@ class _Pattern:
     refused with the key; so are patterns whose repeats expand past `_PATTERN_PROGRAM_MAX`."""
 
     def __init__(self, key: str, budget: list):
-        try:
-            from re import _constants as C  # Python 3.11+
-            from re import _parser as parser
-        except ImportError:  # pragma: no cover - Python 3.10
-            import sre_constants as C
-            import sre_parse as parser
+        from re import _constants as C  # the parser `re` itself compiles from (Python 3.11+)
+        from re import _parser as parser
         self.key, self.budget, self.C = key, budget, C
         try:
             tree = parser.parse(rf"(.*\.)?({key})$")
@@ -569,11 +565,13 @@ class Update:
         return b, a
 
     def delta(self) -> np.ndarray:
-        """ΔW in full (the base weight's layout), float64."""
+        """ΔW in full (the base weight's layout), float64 (NaN/Inf factors: a non-finite ΔW, which the
+        spectral pass reports as its finding, without numpy's warnings)."""
         b, a = self.factors()
-        if self.kind == "conv":
-            return self.scale * np.einsum("or,ri...->oi...", b, a)
-        d = self.scale * (b @ a)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.kind == "conv":
+                return self.scale * np.einsum("or,ri...->oi...", b, a)
+            d = self.scale * (b @ a)
         return d.T if self.kind == "embedding" or self.fan_in_fan_out else d
 
     def delta_matrices(self) -> list[np.ndarray]:
@@ -587,6 +585,9 @@ class Update:
     def cores(self) -> list[np.ndarray]:
         """Small matrices with exactly ΔW's nonzero singular values (one per kernel position)."""
         b, a = self.factors()
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):  # QR of NaN/Inf: LAPACK warns or fails
+            shape = (min(b.shape[0], b.shape[1]), min(a.shape[0], a.shape[1]))  # the cores' shape below
+            return [np.full(shape, np.nan) for _ in np.ndindex(*a.shape[2:])]
         rb = np.linalg.qr(b, mode="r")
         if self.kind != "conv":
             return [self.scale * rb @ np.linalg.qr(a.T, mode="r").T]
@@ -752,10 +753,11 @@ def local_base(source: Any, base: Any = None, trust: bool = False) -> Any:
 
 def add_aligned(w: np.ndarray, d: np.ndarray, what: str) -> np.ndarray:
     """w + d, d transposed when that is what lines it up (WeightWatcher's rule for mismatched layouts)."""
-    if w.shape == d.shape:
-        return np.asarray(w, dtype=np.float64) + d
-    if w.shape == d.T.shape:
-        return np.asarray(w, dtype=np.float64) + d.T
+    with np.errstate(over="ignore", invalid="ignore"):  # inf + -inf: NaN, the spectral pass's finding
+        if w.shape == d.shape:
+            return np.asarray(w, dtype=np.float64) + d
+        if w.shape == d.T.shape:
+            return np.asarray(w, dtype=np.float64) + d.T
     raise IrtoolsError(f"{what}: the adapter's ΔW {d.shape} does not fit the base weight {w.shape}"[:300])
 
 
@@ -777,7 +779,8 @@ def dora_rescale(mats: list[np.ndarray], deltas: list[np.ndarray], magnitude: np
     for v, ax in zip(merged, axes):
         if v.shape[ax] != m.size:
             raise IrtoolsError(f"{what}: DoRA magnitude of {m.size} values for {v.shape[ax]} outputs"[:300])
-        norm2 += np.einsum("ij,ij->i" if ax == 0 else "ij,ij->j", v, v)
+        with np.errstate(over="ignore", invalid="ignore"):
+            norm2 += np.einsum("ij,ij->i" if ax == 0 else "ij,ij->j", v, v)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # NaN/Inf: the spectral pass's finding
         factor = m / np.sqrt(norm2)
         for v, ax in zip(merged, axes):

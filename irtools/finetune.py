@@ -121,19 +121,20 @@ def matrix_distances(w: np.ndarray, wb: np.ndarray) -> tuple[float, float, float
     diff2 = base2 = 0.0
     k = min(rows, cols)
     g12, g11, g22 = (np.zeros((k, k)) for _ in range(3))
-    for a, b in _chunks(w, wb, axis):
-        d = a - b
-        diff2 += float(np.sum(d * d))
-        base2 += float(np.sum(b * b))
-        if axis == 0:
-            g12 += a.T @ b
-            g11 += a.T @ a
-            g22 += b.T @ b
-        else:
-            g11 += a @ a.T
-            g22 += b @ b.T
-    num = float(np.linalg.norm(g12)) if axis == 0 else math.sqrt(max(float(np.sum(g11 * g22)), 0.0))
-    norm = math.sqrt(float(np.linalg.norm(g11)) * float(np.linalg.norm(g22)))
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf weights: NaN distances, the rows' finding
+        for a, b in _chunks(w, wb, axis):
+            d = a - b
+            diff2 += float(np.sum(d * d))
+            base2 += float(np.sum(b * b))
+            if axis == 0:
+                g12 += a.T @ b
+                g11 += a.T @ a
+                g22 += b.T @ b
+            else:
+                g11 += a @ a.T
+                g22 += b @ b.T
+        num = float(np.linalg.norm(g12)) if axis == 0 else math.sqrt(max(float(np.sum(g11 * g22)), 0.0))
+        norm = math.sqrt(float(np.linalg.norm(g11)) * float(np.linalg.norm(g22)))
     if norm < CKA_EPS:
         norm += CKA_EPS
     return diff2, base2, num / norm
@@ -237,7 +238,8 @@ def delta_layer(layer, base_layer, distances: dict, lock: threading.Lock):
         for w, wb in zip(mats, base_mats):
             d = np.asarray(w, dtype=np.float64)  # a copy (or a fresh array): subtract in place
             d = d.copy() if d is w else d
-            d -= wb
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, the spectral pass's finding
+                d -= wb
             out.append(d)
         return out
 

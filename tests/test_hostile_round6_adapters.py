@@ -59,7 +59,7 @@ def _base(path, shapes=None, nan=False):
     t = {f"{k}.weight": _f(*s) for k, s in (shapes or {"fc1": (48, 40), "fc2": (24, 48)}).items()}
     if nan:
         for v in t.values():
-            v[0, 0] = np.nan
+            v[0, 0] = np.nan if nan is True else nan
     save_file(t, str(path))
     return str(path)
 
@@ -298,6 +298,18 @@ def test_dora_of_nan_or_zero_norms_is_the_non_finite_finding_without_warnings(tm
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_lora_factors_are_the_non_finite_finding(tmp_path, value):
+    """A NaN/Inf factor: the row says non-finite, alone and merged, with no warning from QR or the matmul."""
+    tensors = {f"{P}fc1.lora_A.weight": _f(4, 40), f"{P}fc1.lora_B.weight": np.full((48, 4), value, np.float32)}
+    folder = _adapter(tmp_path / "adapter", None, tensors)
+    base = _base(tmp_path / "base.safetensors")
+    for extra in ([], ["--base", base]):
+        rows, _ = _rows(_cli(["analyze", folder, "--format", "json", "--min-evals", "1", *extra], folder, 0).stdout)
+        assert rows["fc1"]["warning"] == "non-finite"
+
+
+@pytest.mark.timeout(60)
 def test_fan_in_fan_out_dora_rescales_along_the_outputs(tmp_path):
     """GPT-2's Conv1D layout (in, out): ΔW = s (B A)^T, the norm per output = per column; by hand."""
     from irtools.finetune import open_merged
@@ -350,9 +362,11 @@ def test_comparisons_of_models_that_do_not_pair_up(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("side", ["model", "base"])
-def test_nan_weights_on_either_side_are_the_non_finite_finding(tmp_path, side):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_weights_on_either_side_are_the_non_finite_finding(tmp_path, side, value):
+    """No numpy warning either (Inf in the distances' Grams warned 'invalid value in matmul')."""
     clean = _base(tmp_path / "clean.safetensors")
-    nan = _base(tmp_path / "nan.safetensors", nan=True)
+    nan = _base(tmp_path / "nan.safetensors", nan=value)
     model, base = (nan, clean) if side == "model" else (clean, nan)
     rows, _ = _rows(_cli(["analyze", model, "--base", base, "--format", "json", "--min-evals", "1"],
                          str(tmp_path), 0).stdout)
