@@ -401,3 +401,29 @@ def test_many_layers_are_compared_in_bounded_time_and_memory(tmp_path):
     row = rows["l7"]
     w = model["l7.weight"].astype(np.float64)
     assert row["rel_distance"] == pytest.approx(np.linalg.norm(0.1 * w) / np.linalg.norm(w), rel=1e-5)
+
+
+# -- tensor names ----------------------------------------------------------------------------------------
+
+def test_tensor_names_are_parsed_as_the_regex_parses_them():
+    from irtools.frontends.peft import _PART, _part
+
+    r = random.Random(1)
+    segments = ["lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "weight", "bias",
+                "default", "m", "", "x y"]
+    for _ in range(50000):
+        key = ".".join(r.choice(segments) for _ in range(r.randint(1, 7)))
+        m = _PART.match(key)
+        assert _part(key) == (None if m is None else {"module": m["module"], "part": m["part"], "what": m["what"]}), key
+
+
+@pytest.mark.timeout(60)
+def test_a_tensor_name_that_backtracks_is_parsed_in_linear_time(tmp_path):
+    """112 KB of '.lora_A' ending in '.': the module regex took 42 s on it (quadratic), 1 MB would take hours."""
+    tensors = {"m" + ".lora_A" * 150_000 + ".": _f(2, 2), **_pair("fc2", 4, 24, 48)}
+    folder = _adapter(tmp_path / "adapter", None, tensors)
+    t = time.perf_counter()
+    rows, skipped = _rows(_cli(["analyze", folder, "--format", "json", "--min-evals", "1"], folder, 0,
+                               subprocess=True).stdout)
+    assert time.perf_counter() - t < 45 and list(rows) == ["fc2"]
+    assert any("saved whole" in s["reason"] for s in skipped)
