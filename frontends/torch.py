@@ -679,10 +679,16 @@ def _reverse_conversion():
 def converted_parameters(module) -> list[str]:
     """The parameters of a transformers model that `save_pretrained` writes under other names or in another
     layout (its reverse conversion run on shapes only, the meta device); [] for any other module."""
+    return list(_saved_shapes(module)[0])
+
+
+def _saved_shapes(module) -> tuple[list[str], dict[str, tuple]]:
+    """(`converted_parameters`, {name: shape} of every tensor `save_pretrained` writes), from one reverse
+    conversion of the whole state on the meta device; ([], {}) for a module of no conversion."""
     tf = sys.modules.get("transformers")
     revert = _reverse_conversion()
     if revert is None or not isinstance(module, tf.PreTrainedModel):
-        return []
+        return [], {}
     torch = _torch()
     params = dict(module.named_parameters())
     meta = {k: torch.empty(p.shape, dtype=p.dtype, device="meta") for k, p in params.items()}
@@ -691,8 +697,9 @@ def converted_parameters(module) -> list[str]:
             warnings.simplefilter("ignore")
             saved = revert(module, dict(meta))
     except Exception:  # noqa: BLE001  (a conversion its own code cannot reverse: the module's names stay)
-        return []
-    return [k for k in params if k not in saved or tuple(saved[k].shape) != tuple(meta[k].shape)]
+        return [], {}
+    converted = [k for k in params if k not in saved or tuple(saved[k].shape) != tuple(meta[k].shape)]
+    return converted, {k: tuple(t.shape) for k, t in saved.items()}
 
 
 class _StoredRow:
@@ -711,7 +718,7 @@ def saved_layers(module) -> dict[str, list]:
     from irtools.frontends.formats.common import StoredArray  # noqa: PLC0415
     from irtools.frontends.formats.layers import weight_layers  # noqa: PLC0415
 
-    converted = converted_parameters(module)
+    converted, shapes = _saved_shapes(module)
     if not converted:
         return {}
     revert, torch = _reverse_conversion(), _torch()
@@ -724,6 +731,8 @@ def saved_layers(module) -> dict[str, list]:
                 saved = revert(module, {k: params[k].detach()})
         except Exception:  # noqa: BLE001  (reversed only with other parameters: its rows keep the module's names)
             continue
+        if any(shapes.get(name) != tuple(t.shape) for name, t in saved.items()):
+            continue  # one part of a tensor saved from several parameters (q, k, v into one qkv): names stay
         tensors = {}
         for name, t in saved.items():
             a = t.detach().cpu()
@@ -777,9 +786,11 @@ def checkpoint_named(layers: list, saved: Mapping[str, list]) -> list:
                 built[id(rows)].setdefault(key, []).append(row)
         index[k] = built[id(rows)]
     out = []
+    taken = {layer.name for layer in layers if layer.parameter not in index}
     for layer in layers:
         found = index[layer.parameter].get(_matrix_key(layer)) if layer.parameter in index else None
-        if found:
+        if found and found[0].name not in taken:  # never two rows of one name
+            taken.add(found[0].name)
             row = found.pop(0)
             layer = replace(layer, name=row.name, parameter=row.parameter, sources=(row.parameter,),
                             weight_shape=row.weight_shape, shared_with=list(layer.shared_with))

@@ -248,3 +248,24 @@ def test_a_bfloat16_moe_gives_the_file_rows_exactly(tmp_path):
     for rows in (_rows(model), _rows(_folder_layers(tmp_path)[1])):
         assert set(rows) == set(file_rows)
         assert not _same_numbers(rows, file_rows, rel=0.0)
+
+
+def test_checkpoint_named_pairs_by_value_and_never_makes_two_rows_of_one_name():
+    """Rows renamed to the stored row of the equal matrix (a transposed copy counts), each stored row used
+    once; a name another row already has is not given again."""
+    from irtools.frontends.torch import checkpoint_named
+    from irtools.ir.layers import WeightLayer
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+
+    def row(name, parameter, w):
+        return WeightLayer(name, name, "x", "dense", parameter, w.shape, 6, 4, 1, 1.0, loader=lambda w=w: [w])
+
+    module = [row("m.fused[0]", "m.fused", a), row("m.fused[1]", "m.fused", b), row("kept", "kept", a)]
+    stored = [row("m.1.w", "m.1.w.weight", b), row("m.0.w", "m.0.w.weight", a.T)]
+    got = checkpoint_named(module, {"m.fused": stored})
+    assert [(r.name, r.parameter) for r in got] == [("m.0.w", "m.0.w.weight"), ("m.1.w", "m.1.w.weight"),
+                                                    ("kept", "kept")]
+    clash = checkpoint_named(module, {"m.fused": [row("kept", "kept.weight", a)]})
+    assert [r.name for r in clash] == ["m.fused[0]", "m.fused[1]", "kept"]
