@@ -536,3 +536,25 @@ def test_one_storage_viewed_as_many_tensors_is_refused(tmp_path):
     want = np.frombuffer(storage, np.float32).reshape(512, 512)
     np.testing.assert_array_equal(got["head.weight"].load(), want)
     np.testing.assert_array_equal(got["k.weight"].load(), want[256:])
+
+
+@pytest.mark.timeout(60)
+def test_a_tensor_splitting_into_absurdly_many_matrices_is_skipped_with_its_reason(tmp_path):
+    """2 * 10^6 experts of 1x1 (an 8 MB file) made 2 * 10^6 rows: 3.3 GB and over 5 minutes; a 1-D
+    convolution of 10^7 kernel positions as many 1x1 slices. Each is one skipped entry; the rest is analysed."""
+    from irtools.frontends.weights_file import weight_layers
+
+    n = 100_000
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    header = {"mlp.experts.w": {"dtype": "F32", "shape": [n, 1, 1], "data_offsets": [0, 4 * n]},
+              "conv.weight": {"dtype": "F32", "shape": [1, 1, n], "data_offsets": [4 * n, 8 * n]},
+              "moe.experts.v": {"dtype": "F32", "shape": [2, 8, 8], "data_offsets": [8 * n, 8 * n + 512]},
+              "fc.weight": {"dtype": "F32", "shape": [8, 8], "data_offsets": [8 * n + 512, 8 * n + 768]}}
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(f.safetensors_bytes(header, bytes(8 * n) + np.stack([w, w]).tobytes() + w.tobytes()))
+    skipped = []
+    layers = weight_layers(read_weights(str(path)), skipped=skipped)
+    assert sorted(layer.name for layer in layers) == ["fc", "moe.experts.v[0]", "moe.experts.v[1]"]
+    assert {s["name"]: s["reason"] for s in skipped} == {
+        "mlp.experts.w": f"tensor of shape [{n}, 1, 1]: {n} experts' matrices, over the 65536 one tensor may split into",
+        "conv.weight": f"tensor of shape [1, 1, {n}]: {n} kernel positions, over the 65536 one tensor may split into"}

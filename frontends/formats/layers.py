@@ -85,6 +85,11 @@ def weight_normed(tensors: dict) -> dict:
     return out
 
 
+#: The most matrices one tensor splits into (experts of a stack, kernel positions of a convolution):
+#: the largest MoE stacks hold hundreds of experts, the largest kernels hundreds of positions.
+MAX_PIECES = 65536
+
+
 def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skipped: list | None = None,
                   model_type: str | None = None, split_gate_up: bool = True):
     """`WeightLayer`s of the matrix-like tensors: 2-D dense/embedding, 3-5-D convolutions,
@@ -108,6 +113,15 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
                     if not is_float(t.dtype) else f"{what}: no weight-matrix rule for {nd} dims"
                 skipped.append({"name": name, "node": name, "op_type": "state_dict", "parameter": name,
                                 "reason": reason})
+            continue
+        pieces = shape[0] if nd == 3 and _EXPERTS.search(name) else \
+            int(np.prod(shape[:-2] if layout == "keras" else shape[2:], dtype=object)) if nd > 2 else 1
+        if pieces > MAX_PIECES:  # each expert or kernel position a matrix: an 8 MB tensor of 2*10^6 1x1 experts
+            if skipped is not None:  # made 2*10^6 rows (3.3 GB, over 5 minutes)
+                what = "experts' matrices" if nd == 3 and _EXPERTS.search(name) else "kernel positions"
+                skipped.append({"name": name, "node": name, "op_type": "state_dict", "parameter": name,
+                                "reason": f"tensor of shape {list(shape)}: {pieces} {what}, over the {MAX_PIECES} "
+                                          "one tensor may split into"})
             continue
         base = re.sub(r"[./](weight|kernel|embeddings|w)$", "", name)
         storage = getattr(t, "storage", None)
