@@ -427,3 +427,32 @@ def test_a_tensor_name_that_backtracks_is_parsed_in_linear_time(tmp_path):
                                subprocess=True).stdout)
     assert time.perf_counter() - t < 45 and list(rows) == ["fc2"]
     assert any("saved whole" in s["reason"] for s in skipped)
+
+
+# -- the fine-tune report ----------------------------------------------------------------------------------
+
+MATHTEXT_NAMES = ["a$\\frac$b", "$\\foo{$", "x$^$y", "$$$", "\\$\\$", "$a_{" + "{" * 500 + "}$", "$\\sqrt[" * 50 + "$",
+                  "<script>alert(1)</script>", "\x1b[2J\u2028"]
+
+
+@pytest.mark.parametrize("values", [(1.0, 2.0), (math.inf, -math.inf), (math.nan, math.nan), (1e308, -1e308)])
+def test_fine_tune_sections_draw_any_names_and_values(values):
+    """Names that are mathtext to matplotlib (a '$\\frac$' raised ValueError while drawing the drift) and
+    values near float64's limit (LinAlgError 'Singular matrix' in the scatter) draw; names stay inert."""
+    import warnings
+
+    from irtools.finetune import FineTune
+    from irtools.reports.finetune import drift_section, finetune_section
+
+    layers = [{"name": n, "rel_distance": values[i % 2], "alpha": values[0], "alpha_model": values[1],
+               "alpha_base": values[0], "dist_cka": 0.5, "dist_raw": 1.0} for i, n in enumerate(MATHTEXT_NAMES)]
+    checkpoints = [{"model": n, "summary": {"rel_distance": values[0], "alpha_model": values[1]}, "layers": layers}
+                   for n in MATHTEXT_NAMES]
+    result = FineTune(MATHTEXT_NAMES[0], MATHTEXT_NAMES[1], layers,
+                      ["name", "rel_distance", "alpha", "alpha_model", "alpha_base", "dist_raw", "dist_cka"],
+                      {"rel_distance": values[0]}, [{"name": n, "reason": n} for n in MATHTEXT_NAMES])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pages = [drift_section(checkpoints), finetune_section(result)]
+    for page in pages:
+        assert "<script>alert" not in page and not any(c in page for c in "\x1b\u2028")

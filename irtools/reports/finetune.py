@@ -59,9 +59,26 @@ def _img(data: str, alt: str) -> str:
     return f'<img class="finetune-figure" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
+#: Values past this magnitude are not drawn (the tables keep them): matplotlib's axis arithmetic overflows
+#: near float64's limit (alphas of 1e308 raised LinAlgError 'Singular matrix' while drawing).
+PLOT_MAX = 1e100
+
+
+def _plottable(values) -> np.ndarray:
+    a = np.array(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(a) & (np.abs(a) < PLOT_MAX), a, np.nan)
+
+
+def _label(text, keep: int) -> str:
+    """A name as a matplotlib label: control characters escaped, its last `keep` characters, a '$'
+    never read as mathtext (a name like 'a$\\frac$' raised ValueError while drawing)."""
+    return printable(text)[-keep:].replace("$", r"\$")
+
+
 def _finite(rows, key) -> np.ndarray:
-    return np.array([r.get(key, math.nan) if isinstance(r.get(key), (int, float)) else math.nan for r in rows],
-                    dtype=np.float64)
+    return _plottable([r.get(key, math.nan) if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+                       else math.nan for r in rows])
 
 
 def alpha_scatter_png(rows: list[dict]) -> str:
@@ -185,12 +202,13 @@ def drift_section(results, labels=None, k: int = DRIFT_LAYERS) -> str:
 
     def draw(ax):
         x = np.arange(len(rows))
-        ax.plot(x, [r["rel_distance"] for r in rows], "o-", label="mean ||W - W_base|| / ||W_base||")
+        ax.plot(x, _plottable([r["rel_distance"] for r in rows]), "o-", label="mean ||W - W_base|| / ||W_base||")
         ax.set_xticks(x)
-        ax.set_xticklabels([lab[-18:] for lab in names], rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels([_label(lab, 18) for lab in names], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("relative distance")
         twin = ax.twinx()
-        twin.plot(x, [r["alpha_model"] for r in rows], "s--", color="tab:orange", label="mean alpha (checkpoint)")
+        twin.plot(x, _plottable([r["alpha_model"] for r in rows]), "s--", color="tab:orange",
+                  label="mean alpha (checkpoint)")
         twin.set_ylabel("alpha")
         ax.set_title("Drift from the base over the checkpoints")
         ax.legend(loc="upper left", fontsize=8)
@@ -201,9 +219,9 @@ def drift_section(results, labels=None, k: int = DRIFT_LAYERS) -> str:
     def draw_layers(ax):
         x = np.arange(len(rows))
         for name, y in zip(layer_names, drift):
-            ax.plot(x, y, "o-", ms=3, lw=1, label=printable(name)[-28:])
+            ax.plot(x, _plottable(y), "o-", ms=3, lw=1, label=_label(name, 28))
         ax.set_xticks(x)
-        ax.set_xticklabels([lab[-18:] for lab in names], rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels([_label(lab, 18) for lab in names], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("||W - W_base|| / ||W_base||")
         ax.set_title(f"The {len(layer_names)} layer(s) that moved most, per checkpoint")
         ax.legend(fontsize=6, loc="upper left")
