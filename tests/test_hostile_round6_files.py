@@ -558,3 +558,14 @@ def test_a_tensor_splitting_into_absurdly_many_matrices_is_skipped_with_its_reas
     assert {s["name"]: s["reason"] for s in skipped} == {
         "mlp.experts.w": f"tensor of shape [{n}, 1, 1]: {n} experts' matrices, over the 65536 one tensor may split into",
         "conv.weight": f"tensor of shape [1, 1, {n}]: {n} kernel positions, over the 65536 one tensor may split into"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("part", ["\u00b2", "1" * 5000])
+def test_a_name_part_that_is_a_digit_but_no_int_is_read(tmp_path, part):
+    """Names stored sorted are put in forward order by their numbered parts: '²' (a digit to str.isdigit,
+    no int) and a 5000-digit part (past Python's digit limit) refused the whole file."""
+    w = np.eye(4, dtype=np.float32)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(f.safetensors_of({"layers.0.weight": w, f"layers.{part}.weight": w}))  # stored sorted
+    assert list(read_weights(str(path))) == ["layers.0.weight", f"layers.{part}.weight"]

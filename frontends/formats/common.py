@@ -196,7 +196,7 @@ _LAST = {"norm": 1, "ln_f": 1, "final_layernorm": 1, "final_layer_norm": 1, "lm_
 
 
 def _forward_key(name: str) -> list[tuple]:
-    return [(0, int(part), "") if part.isdigit() else
+    return [(0, int(part), "") if part.isascii() and part.isdigit() and len(part) <= 1000 else  # '²' is a digit
             (1, _FORWARD_ORDER[part], part) if part in _FORWARD_ORDER else
             (3, _LAST[part], part) if part in _LAST else (2, 0, part) for part in name.split(".")]
 
