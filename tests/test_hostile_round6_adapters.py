@@ -456,3 +456,21 @@ def test_fine_tune_sections_draw_any_names_and_values(values):
         pages = [drift_section(checkpoints), finetune_section(result)]
     for page in pages:
         assert "<script>alert" not in page and not any(c in page for c in "\x1b\u2028")
+
+
+@pytest.mark.timeout(60)
+def test_an_update_far_larger_than_its_base_layer_is_never_built(tmp_path):
+    """Factors of 1.6 MB whose ΔW is 200,000 x 200,000 (320 GB of float64) for a 48 x 40 base layer: the
+    shapes say it cannot fit, so it is skipped before ΔW is formed (it was formed first, then compared);
+    the adapter alone is analysed from its factors (QR of each, r = 1), within the harness's RSS bound."""
+    n = 200_000
+    tensors = {f"{P}fc1.lora_A.weight": _f(1, n), f"{P}fc1.lora_B.weight": _f(n, 1), **_pair("fc2", 4, 24, 48)}
+    folder = _adapter(tmp_path / "adapter", {"r": 1, "rank_pattern": {"fc2": 4}}, tensors)
+    base = _base(tmp_path / "base.safetensors")
+    out = _cli(["analyze", folder, "--base", base, "--format", "json", "--min-evals", "1"], folder, 0,
+               subprocess=True)
+    rows, skipped = _rows(out.stdout)
+    assert list(rows) == ["fc2"] and any("does not fit the base layer" in s["reason"] for s in skipped)
+    rows, _ = _rows(_cli(["analyze", folder, "--format", "json", "--min-evals", "1", "--max-n", str(n)], folder, 0,
+                         subprocess=True).stdout)
+    assert rows["fc1"]["N"] == n and rows["fc1"]["num_evals"] == 1
