@@ -329,6 +329,10 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     if _same_file(model, base):  # the CLI's check, for every caller: W - W_base would be zero everywhere
         raise IrtoolsError("the base is the model itself (the same file): every W - W_base would be zero",
                            os.fspath(base))
+    if peft_frontend.is_adapter(base):  # its layers are ΔW's r x r cores, no weights to subtract or merge into
+        raise IrtoolsError("the base is a PEFT adapter: --base takes the model it was trained on (an adapter is "
+                           "analysed alone, or as the model against that base)",
+                           os.fspath(base) if isinstance(base, (str, os.PathLike)) else None)
     base_opened, base_layers, base_skipped = _opened_layers(base, open_options, weights_options)
     adapted = None
     if peft_frontend.is_adapter(model):

@@ -474,3 +474,19 @@ def test_an_update_far_larger_than_its_base_layer_is_never_built(tmp_path):
     rows, _ = _rows(_cli(["analyze", folder, "--format", "json", "--min-evals", "1", "--max-n", str(n)], folder, 0,
                          subprocess=True).stdout)
     assert rows["fc1"]["N"] == n and rows["fc1"]["num_evals"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_an_adapter_as_the_base_is_one_line_before_any_work(tmp_path):
+    """An adapter's layers are ΔW's r x r cores: as a base there is nothing to subtract or merge into (it was
+    'fc1: shapes (48, 40) and (4, 4) cannot be compared' from the middle of the spectral pass), and its
+    adapter_config.json against its folder compared the adapter with itself."""
+    from irtools.finetune import compare
+
+    base = _base(tmp_path / "base.safetensors")
+    one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    for model, other in ((base, one), (one, two), (os.path.join(one, "adapter_config.json"), one),
+                         (one, os.path.join(one, "adapter_config.json"))):
+        _cli(["analyze", model, "--base", other], str(tmp_path), 2, message="the base is a PEFT adapter")
+        with pytest.raises(IrtoolsError, match="the base is a PEFT adapter"):
+            compare(model, other)
