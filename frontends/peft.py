@@ -607,10 +607,11 @@ class Update:
             shape = (min(b.shape[0], b.shape[1]), min(a.shape[0], a.shape[1]))  # the cores' shape below
             return [np.full(shape, np.nan) for _ in np.ndindex(*a.shape[2:])]
         rb = np.linalg.qr(b, mode="r")
-        if self.kind != "conv":
-            return [self.scale * rb @ np.linalg.qr(a.T, mode="r").T]
-        return [self.scale * rb @ np.linalg.qr(a[(slice(None), slice(None), *pos)].T, mode="r").T
-                for pos in np.ndindex(*a.shape[2:])]
+        with np.errstate(over="ignore", invalid="ignore"):  # a scale of 1e308 overflows: the non-finite finding
+            if self.kind != "conv":
+                return [self.scale * rb @ np.linalg.qr(a.T, mode="r").T]
+            return [self.scale * rb @ np.linalg.qr(a[(slice(None), slice(None), *pos)].T, mode="r").T
+                    for pos in np.ndindex(*a.shape[2:])]
 
     def layer(self) -> LowRankLayer:
         shape = self.shape

@@ -298,11 +298,12 @@ def test_dora_of_nan_or_zero_norms_is_the_non_finite_finding_without_warnings(tm
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_non_finite_lora_factors_are_the_non_finite_finding(tmp_path, value):
-    """A NaN/Inf factor: the row says non-finite, alone and merged, with no warning from QR or the matmul."""
+@pytest.mark.parametrize("value, alpha", [(np.nan, 8), (np.inf, 8), (1.0, 1e308), (1.0, -1e308)])
+def test_non_finite_lora_factors_are_the_non_finite_finding(tmp_path, value, alpha):
+    """A NaN/Inf factor, or a lora_alpha whose scale overflows: the row says non-finite, alone and merged,
+    with no warning from QR or the matmul."""
     tensors = {f"{P}fc1.lora_A.weight": _f(4, 40), f"{P}fc1.lora_B.weight": np.full((48, 4), value, np.float32)}
-    folder = _adapter(tmp_path / "adapter", None, tensors)
+    folder = _adapter(tmp_path / "adapter", {"lora_alpha": alpha}, tensors)
     base = _base(tmp_path / "base.safetensors")
     for extra in ([], ["--base", base]):
         rows, _ = _rows(_cli(["analyze", folder, "--format", "json", "--min-evals", "1", *extra], folder, 0).stdout)
