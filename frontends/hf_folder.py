@@ -456,12 +456,11 @@ def open_checkpoint_folder(path: str, name: str, options):
                              "metrics from the weights alone")
     layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
               if layer.parameter not in absent]
-    renames = {}
+    renames, named = {}, layers
     if metadata.get("converted"):  # rows under the checkpoint's names (the rule: torch.checkpoint_named)
-        before = layers
-        layers = _checkpoint_named(layers, module, tensors, metadata["converted"], raw)
+        named = _checkpoint_named(layers, module, tensors, metadata["converted"], raw)
         renames = {old.name: [new.name, new.parameter, list(new.weight_shape)]
-                   for old, new in zip(before, layers, strict=True) if old.name != new.name}
+                   for old, new in zip(layers, named, strict=True) if old.name != new.name}
     notes = []
     if absent:
         notes.append(f"{len(absent)} parameter(s) of the architecture are not in the checkpoint (e.g. "
@@ -485,7 +484,19 @@ def open_checkpoint_folder(path: str, name: str, options):
         from irtools.frontends.torch import export_reason  # noqa: PLC0415
 
         notes.append(f"reuse metrics left out: the trace failed ({export_reason(exc)})")
+    if model is None or _graph_applies_checkpoint_names():  # the rows and the graph's rows: one name each
+        layers = named
     return OpenedSource(name, "checkpoint-folder", model=model, layers=layers, metadata=metadata, notes=notes)
+
+
+def _graph_applies_checkpoint_names() -> bool:
+    """Whether the weights pass names a graph's rows by its `CHECKPOINT_NAMES_KEY` (it applies
+    `ir.fused.checkpoint_renamed`): until it does, a folder's rows keep the module names its graph gives, so
+    that both hold the same names."""
+    from irtools.ir.fused import checkpoint_renamed  # noqa: PLC0415
+    from irtools.passes import weights  # noqa: PLC0415
+
+    return getattr(weights, "checkpoint_renamed", None) is checkpoint_renamed
 
 
 def _checkpoint_named(layers: list, module, tensors: dict, converted: list[str], raw: dict) -> list:

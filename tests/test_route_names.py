@@ -109,14 +109,24 @@ def _same_numbers(a: dict, b: dict, rel: float = 1e-12) -> list[str]:
     return bad
 
 
-def _folder_layers(folder):
-    """The checkpoint folder's spectral rows as its frontend makes them (its module route, `opened.layers`),
-    the graph left aside."""
+def _folder(folder) -> tuple[dict, dict, object]:
+    """The checkpoint folder's rows as `analyze` gives them (its graph's weights pass), the rows its frontend
+    makes from the module's parameters (`opened.layers`, the graph left aside), and the opened source."""
     from irtools.frontends import open_source
 
     opened = open_source(str(folder))
-    assert opened.kind == "checkpoint-folder"
-    return opened, dataclasses.replace(opened, model=None)
+    assert opened.kind == "checkpoint-folder" and opened.model is not None, opened.notes
+    return _rows(opened), _rows(dataclasses.replace(opened, model=None)), opened
+
+
+def _pending_graph_names(opened) -> None:
+    """Until the weights pass applies the graph's checkpoint names, a folder whose tensors transformers
+    converts keeps the module's names on the graph route (and in its rows, to agree with its graph)."""
+    from irtools.frontends.hf_folder import _graph_applies_checkpoint_names
+
+    if opened.metadata.get("converted") and not _graph_applies_checkpoint_names():
+        pytest.xfail("passes/weights.py does not yet apply the graph's irtools.checkpoint_names "
+                     "(ir.fused.checkpoint_renamed): the patch is in H15's report")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,18 +142,46 @@ def test_model_object_folder_and_file_give_the_same_rows(kind, tmp_path):
     matrices = {k.removesuffix(".weight") for k, v in stored.items()
                 if v.ndim == 2 or sum(d > 1 for d in v.shape) >= 2}
     assert set(file_rows) == matrices, sorted(set(file_rows) ^ matrices)
-    _, folder_opened = _folder_layers(folder)
-    routes = {"object": _rows(model), "folder": _rows(folder_opened), "file": file_rows}
+    graph_rows, folder_rows, opened = _folder(folder)
+    # the folder's two sets of rows hold one name each, whatever the state of the graph's names
+    assert set(folder_rows) == set(graph_rows), sorted(set(folder_rows) ^ set(graph_rows))
+    routes = {"object": _rows(model), "file": file_rows}
+    routes["folder"] = graph_rows  # analysed on its own (a trace of the model: its weights pass)
     for label, rows in routes.items():
+        if label == "folder":
+            _pending_graph_names(opened)
         assert set(rows) == set(file_rows), (label, sorted(set(rows) ^ set(file_rows)))
         assert not _same_numbers(rows, file_rows), (label, _same_numbers(rows, file_rows)[:5])
         for name, row in rows.items():  # the tensor a user finds in the file, and what the row holds
             assert row["parameter"] in stored and row["parameter"].removesuffix(".weight") == name, (label, name)
             if not _FILE_TYPE_GAPS.search(name):
                 assert row["layer_type"] == file_rows[name]["layer_type"], (label, name)
+        if label == "object":  # one dtype path (the same stored values, the same code): equal, not near
+            assert not _same_numbers(rows, file_rows, rel=0.0)
+    assert not _same_numbers(folder_rows, file_rows)
     types = {label: {n: r["layer_type"] for n, r in rows.items()} for label, rows in routes.items()}
-    assert types["object"] == types["folder"]  # the module route's own rule, both times
-    assert not _same_numbers(routes["object"], routes["folder"], rel=0.0)  # one dtype path: equal, not near
+    assert types["object"] == types["folder"]  # the module's types, on the graph too
+
+
+@pytest.mark.parametrize("kind", [*MOE, "llama_tied", "gpt2"])
+def test_a_folder_whose_trace_fails_gives_the_file_rows(kind, tmp_path, monkeypatch):
+    """No graph (an architecture the exporter cannot trace, as DeepSeek-V2's): the folder's rows are its
+    module-route rows, under the checkpoint's names, with the stored numbers to the last bit."""
+    import irtools.frontends.torch as torch_frontend
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no trace here")
+
+    monkeypatch.setattr(torch_frontend, "export_structure", fails)
+    _, folder = _saved(kind, tmp_path)
+    from irtools.frontends import open_source
+
+    opened = open_source(str(folder))
+    assert opened.model is None and any("no trace here" in n for n in opened.notes)
+    rows, file_rows = _rows(opened), _rows(str(folder / "model.safetensors"))
+    assert set(rows) == set(file_rows), sorted(set(rows) ^ set(file_rows))
+    assert not _same_numbers(rows, file_rows, rel=0.0)
+    assert all(rows[n]["parameter"] == file_rows[n]["parameter"] for n in rows)
 
 
 @pytest.mark.parametrize("kind", MOE)
@@ -176,8 +214,7 @@ def test_folder_graph_rows_carry_the_checkpoint_names(kind, tmp_path):
     from irtools.ir.fused import CHECKPOINT_NAMES_KEY
 
     _, folder = _saved(kind, tmp_path)
-    opened, _ = _folder_layers(folder)
-    assert opened.model is not None
+    *_, opened = _folder(folder)
     import json
 
     names = json.loads(opened.model.model.metadata_props[CHECKPOINT_NAMES_KEY])
@@ -185,25 +222,6 @@ def test_folder_graph_rows_carry_the_checkpoint_names(kind, tmp_path):
         shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     assert names and all(shapes.get(p) == s for _, p, s in names.values())
     assert any("gate_up_proj[" in k for k in names)
-
-
-def _graph_and_file(kind, tmp_path):
-    _, folder = _saved(kind, tmp_path)
-    rows, file_rows = _rows(str(folder)), _rows(str(folder / "model.safetensors"))
-    assert set(rows) == set(file_rows), sorted(set(rows) ^ set(file_rows))[:6]
-    assert not _same_numbers(rows, file_rows)
-
-
-@pytest.mark.parametrize("kind", ["llama_tied", "bert", "gpt2"])
-def test_folder_analysed_with_its_graph_gives_the_file_rows(kind, tmp_path):
-    """The folder with its graph (the weights pass reads the traced graph's initializers): the file's rows."""
-    _graph_and_file(kind, tmp_path)
-
-
-@pytest.mark.xfail(reason="passes/weights.py does not yet apply the graph's irtools.checkpoint_names "
-                          "(ir.fused.checkpoint_renamed): the patch is in H15's report", strict=True)
-def test_moe_folder_analysed_with_its_graph_gives_the_file_rows(tmp_path):
-    _graph_and_file("mixtral", tmp_path)
 
 
 def test_checkpoint_renamed_ignores_metadata_of_other_forms():
@@ -245,9 +263,14 @@ def test_a_bfloat16_moe_gives_the_file_rows_exactly(tmp_path):
         model.save_pretrained(tmp_path)
     file_rows = _rows(str(tmp_path / "model.safetensors"))
     assert any(".experts.3.w1" in n for n in file_rows)
-    for rows in (_rows(model), _rows(_folder_layers(tmp_path)[1])):
-        assert set(rows) == set(file_rows)
-        assert not _same_numbers(rows, file_rows, rel=0.0)
+    rows = _rows(model)
+    assert set(rows) == set(file_rows)
+    assert not _same_numbers(rows, file_rows, rel=0.0)
+    graph_rows, folder_rows, opened = _folder(tmp_path)
+    assert set(graph_rows) == set(folder_rows)
+    _pending_graph_names(opened)
+    assert set(graph_rows) == set(file_rows)
+    assert not _same_numbers(graph_rows, file_rows, rel=1e-12)
 
 
 def test_checkpoint_named_pairs_by_value_and_never_makes_two_rows_of_one_name():
