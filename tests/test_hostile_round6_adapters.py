@@ -493,3 +493,26 @@ def test_an_adapter_as_the_base_is_one_line_before_any_work(tmp_path):
         _cli(["analyze", model, "--base", other], str(tmp_path), 2, message="the base is a PEFT adapter")
         with pytest.raises(IrtoolsError, match="the base is a PEFT adapter"):
             compare(model, other)
+
+
+@pytest.mark.timeout(60)
+def test_extreme_r_and_alpha_are_read_as_peft_scales_them(tmp_path):
+    """r = 10^30 in the config with rank-4 factors: the stored rank wins (a note says so); lora_alpha 0 is a
+    zero update, -8 has the singular values of +8 (sigma(-X) = sigma(X)), both scale = alpha / stored r."""
+    import irtools
+
+    tensors = _pair("fc1", 4, 48, 40)
+    a, b = (tensors[f"{P}fc1.lora_{x}.weight"].astype(np.float64) for x in "AB")
+    truth = np.sort(np.linalg.svd(2.0 * b @ a, compute_uv=False) ** 2)
+    got = {}
+    for alpha in (8, -8, 0):
+        folder = _adapter(tmp_path / f"a{alpha}", {"r": 10**30, "lora_alpha": alpha}, tensors)
+        result = irtools.analyze(folder, metrics="spectral", min_evals=1, keep_eigenvalues=True)
+        (row,), (evals,) = result.layers, result.eigenvalues
+        assert row["r"] == 4 and row["scale"] == alpha / 4
+        assert any("store another rank" in n and "1000000000000000000000000000000 in the config" in n
+                   for n in result.notes)
+        got[alpha] = np.sort(np.asarray(evals))
+    np.testing.assert_allclose(got[8], truth[-4:], rtol=1e-6)
+    np.testing.assert_allclose(got[-8], truth[-4:], rtol=1e-6)
+    assert np.all(got[0] == 0)
