@@ -361,13 +361,23 @@ def test_many_entries_each_under_the_free_amount_are_a_bomb_together(tmp_path, s
     _cli_one_line(path, message="in all (over 256x: refused as a zip bomb)")
 
 
+def _entries(what: str, n: int) -> bytes:
+    if what == "value infos":
+        return _field(7, b"".join(_field(13, _field(1, b"v%d" % i)) for i in range(n)))
+    if what == "metadata pairs":
+        return b"".join(_field(14, _field(1, b"k%d" % i) + _field(2, b"v")) for i in range(n))
+    if what == "node inputs":  # one Identity node of 2 * 10^6 inputs
+        return _field(7, _field(1, _field(4, b"Identity") + _field(2, b"o") + _field(1, b"x") * (2 * n)))
+    attribute = _field(1, b"a") + b"\xa0\x01\x08" + _field(9, b"") * (2 * n)  # STRINGS, 2 * 10^6 of them
+    return _field(7, _field(1, _field(4, b"Identity") + _field(1, b"x") + _field(2, b"o2") + _field(5, attribute)))
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("what", ["value infos", "metadata pairs"])
+@pytest.mark.parametrize("what", ["value infos", "metadata pairs", "node inputs", "attribute strings"])
 def test_a_million_small_entries_are_budgeted_before_the_parse(tmp_path, what):
-    """10^6 value infos (10 MB) took 700 MB to parse and load; under --max-memory 256M: one line, unparsed."""
-    n = 1_000_000
-    entries = _field(7, b"".join(_field(13, _field(1, b"v%d" % i)) for i in range(n))) if what == "value infos" \
-        else b"".join(_field(14, _field(1, b"k%d" % i) + _field(2, b"v")) for i in range(n))
+    """10^6 value infos (10 MB) took 700 MB to parse and load, 2 * 10^6 inputs of one node (5 MB) 800 MB,
+    2 * 10^6 strings of one attribute (3 MB) 480 MB; under --max-memory 256M: one line, unparsed."""
+    entries = _entries(what, 1_000_000)
     path = tmp_path / "m.onnx"
     path.write_bytes(_onnx_with(entries))
     outcome = _cli_one_line(path, "--max-memory", "256M", message="entries (nodes, initializers, value infos")

@@ -156,7 +156,8 @@ def _check_wire_nodes(fh, path: str) -> None:
     each, parsed to 150 MB before the cap refused them), and protobuf merges a message given twice,
     so a graph split over two `graph` fields or hidden in an If branch is counted too, and the
     functions' nodes with them (a subgraph one node more, as `count_nodes` counts); the entries of
-    every graph (nodes, initializers, value infos, metadata) against the memory budget. Past
+    every graph (nodes, initializers, value infos, metadata, node inputs, attribute values) against
+    the memory budget. Past
     `WIRE_SCAN_CAPS` caps the file is refused unparsed; under that, the parsed count refuses it
     (`check_node_count`, with the exact count). Bytes the scan does not expect are left to the parser."""
     import mmap
@@ -167,7 +168,7 @@ def _check_wire_nodes(fh, path: str) -> None:
         return
     cap = budget.max_nodes()
     counts = [0, 0]  # graphs' nodes, functions' nodes
-    entries, most = 0, budget.limit() // ENTRY_BYTES
+    cost, most = 0, budget.limit()
     todo = [("model", 0, len(buf), 0, 0)]
     try:
         while todo:
@@ -175,14 +176,18 @@ def _check_wire_nodes(fh, path: str) -> None:
             if depth > 256:  # past any depth protobuf parses (it refuses the file)
                 continue
             holds = _NODE_FIELDS[kind]
+            inner = kind == "node" or kind == "attribute"
             for number, wire, _, body, stop in _wire_fields(buf, start, end):
-                if wire == 2 and kind != "node" and kind != "attribute":
-                    entries += 1  # a message or string of a model, graph or function: an object once parsed
-                    if entries > most:
-                        raise budget.MemoryBudgetError(
-                            f"the model's graphs hold over {most:,} entries (nodes, initializers, value infos, "
-                            f"metadata; ~{ENTRY_BYTES} bytes each once parsed), over the memory budget of "
-                            f"{budget.format_size(budget.limit())} (--max-memory SIZE to change it)", path)
+                if wire == 2:  # a message or string: an object once parsed; packed numbers: one each
+                    cost += (stop - body) // (4 if number == 7 else 1) * NUMBER_BYTES \
+                        if kind == "attribute" and number in (7, 8) else STRING_BYTES if inner else ENTRY_BYTES
+                elif kind == "attribute" and number in (7, 8):
+                    cost += NUMBER_BYTES
+                if cost > most:
+                    raise budget.MemoryBudgetError(
+                        f"the model's graphs hold entries (nodes, initializers, value infos, metadata, node inputs "
+                        f"and attributes) that would take over {budget.format_size(most)} once parsed, the memory "
+                        "budget (--max-memory SIZE to change it)", path)
                 sub = holds.get(number)
                 if sub is None or wire != 2:
                     continue
@@ -192,8 +197,6 @@ def _check_wire_nodes(fh, path: str) -> None:
                     if counts[0] + counts[1] > WIRE_SCAN_CAPS * cap:
                         raise budget.GraphBudgetError(f"the model's graph has more nodes than the cap of {cap:,} "
                                                       "(IRTOOLS_MAX_NODES=N to change it)", path)
-                    if sub == "node" and buf.find(b"\x32", body, stop) < 0 and buf.find(b"\x5a", body, stop) < 0:
-                        continue  # no byte that could start a subgraph field: nothing to look into
                 todo.append((sub, body, stop, depth + 1, function))
     except _Irregular:
         pass
@@ -202,8 +205,10 @@ def _check_wire_nodes(fh, path: str) -> None:
 
 
 #: Memory one entry of a graph (a node, an initializer, a value info, a metadata pair) costs once
-#: parsed and loaded (measured ~610 bytes a value info: 10^6 of them, 10 MB, took 700 MB).
-ENTRY_BYTES = 600
+#: parsed and loaded (measured ~610 bytes a value info: 10^6 of them, 10 MB, took 700 MB), a string
+#: or message of a node or attribute (~355 bytes a node input, ~195 an attribute's string), and one
+#: number of an attribute's ints or floats.
+ENTRY_BYTES, STRING_BYTES, NUMBER_BYTES = 600, 200, 40
 #: The nodes the wire scan lets through to the parser, in node caps: past the cap but within this
 #: the parsed model's own count refuses it, naming its exact count (a bounded parse).
 WIRE_SCAN_CAPS = 4
