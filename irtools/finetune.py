@@ -279,6 +279,7 @@ def open_merged(adapter: Any, base: Any = None, *, name: str | None = None, trus
     from irtools.frontends import peft as peft_frontend
 
     base = peft_frontend.local_base(adapter, base, trust)
+    _not_an_adapter(base)
     config, tensors, label = peft_frontend.read_adapter(adapter, trust)
     updates, skipped = peft_frontend.adapter_updates(config, tensors, merged=True)
     base_opened = open_source(base, trust=trust, **open_options)
@@ -329,10 +330,7 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     if _same_file(model, base):  # the CLI's check, for every caller: W - W_base would be zero everywhere
         raise IrtoolsError("the base is the model itself (the same file): every W - W_base would be zero",
                            os.fspath(base))
-    if peft_frontend.is_adapter(base):  # its layers are ΔW's r x r cores, no weights to subtract or merge into
-        raise IrtoolsError("the base is a PEFT adapter: --base takes the model it was trained on (an adapter is "
-                           "analysed alone, or as the model against that base)",
-                           os.fspath(base) if isinstance(base, (str, os.PathLike)) else None)
+    _not_an_adapter(base)
     base_opened, base_layers, base_skipped = _opened_layers(base, open_options, weights_options)
     adapted = None
     if peft_frontend.is_adapter(model):
@@ -417,6 +415,15 @@ def compare(model: Any, base: Any, *, models: bool = True, keep_eigenvalues: boo
     return FineTune(model_name, base_name or base_opened.name, rows, columns, summary,
                     skipped + result.skipped + [dict(s) for s in model_skipped], notes,
                     result.eigenvalues)
+
+
+def _not_an_adapter(base: Any) -> None:
+    from irtools.frontends import peft as peft_frontend
+
+    if peft_frontend.is_adapter(base):  # its layers are ΔW's r x r cores, no weights to subtract or merge into
+        raise IrtoolsError("the base is a PEFT adapter: --base takes the model it was trained on (an adapter is "
+                           "analysed alone, or as the model against that base)",
+                           os.fspath(base) if isinstance(base, (str, os.PathLike)) else None)
 
 
 def _same_file(a: Any, b: Any) -> bool:

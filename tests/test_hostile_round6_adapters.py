@@ -484,7 +484,7 @@ def test_an_adapter_as_the_base_is_one_line_before_any_work(tmp_path):
     """An adapter's layers are ΔW's r x r cores: as a base there is nothing to subtract or merge into (it was
     'fc1: shapes (48, 40) and (4, 4) cannot be compared' from the middle of the spectral pass), and its
     adapter_config.json against its folder compared the adapter with itself."""
-    from irtools.finetune import compare
+    from irtools.finetune import compare, open_merged
 
     base = _base(tmp_path / "base.safetensors")
     one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
@@ -493,6 +493,8 @@ def test_an_adapter_as_the_base_is_one_line_before_any_work(tmp_path):
         _cli(["analyze", model, "--base", other], str(tmp_path), 2, message="the base is a PEFT adapter")
         with pytest.raises(IrtoolsError, match="the base is a PEFT adapter"):
             compare(model, other)
+    with pytest.raises(IrtoolsError, match="the base is a PEFT adapter"):
+        open_merged(one, two)
 
 
 @pytest.mark.timeout(60)
