@@ -292,3 +292,32 @@ def test_checkpoint_named_pairs_by_value_and_never_makes_two_rows_of_one_name():
                                                     ("kept", "kept")]
     clash = checkpoint_named(module, {"m.fused": [row("kept", "kept.weight", a)]})
     assert [r.name for r in clash] == ["m.fused[0]", "m.fused[1]", "kept"]
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "llama_tied"])
+def test_a_model_object_exported_with_inputs_gives_the_file_rows(kind, tmp_path):
+    """A model object with example inputs goes the graph route (its ONNX export): the export records the
+    checkpoint names of its converted parameters (`irtools.checkpoint_names`), each a stored tensor of the
+    stored shape, and the graph's rows are the file's."""
+    import json
+
+    from safetensors import safe_open
+
+    from irtools.frontends.hf_folder import _graph_applies_checkpoint_names
+    from irtools.frontends.torch import from_torch
+    from irtools.ir.fused import CHECKPOINT_NAMES_KEY
+
+    model, folder = _saved(kind, tmp_path)
+    model.config.use_cache = False  # a cache object is no ONNX output
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    meta = {p.key: p.value for p in from_torch(model, (ids,)).metadata_props}
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (safe_open is no mapping)
+    names = json.loads(meta.get(CHECKPOINT_NAMES_KEY, "{}"))
+    assert bool(names) == (kind == "mixtral")
+    assert all(shapes.get(p) == s for _, p, s in names.values())
+    rows, file_rows = _rows((model, (ids,))), _rows(str(folder / "model.safetensors"))
+    if names and not _graph_applies_checkpoint_names():
+        pytest.xfail("passes/weights.py does not yet apply the graph's irtools.checkpoint_names: H15's report")
+    assert set(rows) == set(file_rows), sorted(set(rows) ^ set(file_rows))
+    assert not _same_numbers(rows, file_rows)
