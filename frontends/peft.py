@@ -118,9 +118,9 @@ class AdapterConfig:
             if len(patterns[0]) + len(patterns[1]) > _PATTERN_KEYS_MAX:
                 raise TypeError(f"rank_pattern and alpha_pattern have {len(patterns[0]) + len(patterns[1]):,} keys "
                                 f"(over {_PATTERN_KEYS_MAX:,})")
-            config.rank_pattern = {str(k): _positive_int(v, f"rank_pattern[{printable(k)!r}]")
+            config.rank_pattern = {str(k): _positive_int(v, f"rank_pattern['{printable(k)}']")
                                    for k, v in patterns[0].items()}
-            config.alpha_pattern = {str(k): _number(v, f"alpha_pattern[{printable(k)!r}]")
+            config.alpha_pattern = {str(k): _number(v, f"alpha_pattern['{printable(k)}']")
                                     for k, v in patterns[1].items()}
         except (TypeError, AttributeError) as exc:
             raise IrtoolsError(f"{CONFIG_FILE}: {exc}", where) from None
@@ -678,7 +678,7 @@ def adapter_updates(config: AdapterConfig, tensors: dict, merged: bool = False) 
         if "duplicate" in found:
             for key in found.values():
                 skip(key, f"two {_part(found['duplicate'])['part']} tensors for one module "
-                          f"({printable(found['duplicate'])[:100]!r} and another): which update it is is ambiguous")
+                          f"('{printable(found['duplicate'])[:100]}' and another): which update it is is ambiguous")
             continue
         a_key = found.get("lora_A") or found.get("lora_embedding_A")
         b_key = found.get("lora_B") or found.get("lora_embedding_B")
