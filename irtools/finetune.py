@@ -26,7 +26,8 @@ one pair at a time), through each side's lazy loader (safetensors are memory-map
 distances are computed from that one pair (the distances' reductions in chunks of `CHUNK` elements
 converted to float64 at a time, the CKA's Grams min(N, M) square), and nothing of it is kept. An
 adapter as MODEL is merged into BASE first (`open_merged`); its layers not adapted are identical to
-the base's and listed so.
+the base's and listed so. Refused in one line before any work: the model as its own base (the same
+file, by any path), and an adapter as the base (its layers are ΔW's r x r cores, no weights).
 """
 
 from __future__ import annotations
