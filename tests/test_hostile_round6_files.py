@@ -579,3 +579,15 @@ def test_a_name_part_that_is_a_digit_but_no_int_is_read(tmp_path, part):
     path = tmp_path / "m.safetensors"
     path.write_bytes(f.safetensors_of({"layers.0.weight": w, f"layers.{part}.weight": w}))  # stored sorted
     assert list(read_weights(str(path))) == ["layers.0.weight", f"layers.{part}.weight"]
+
+
+@pytest.mark.timeout(60)
+def test_a_pickle_of_too_many_opcodes_is_refused(monkeypatch):
+    """Leaves left on the stack build no object the counts see: the opcodes themselves are bounded
+    (a 1 GB data.pkl of them was a 15-minute scan holding 4 GB)."""
+    from irtools.frontends.formats import unpickler
+
+    monkeypatch.setattr(unpickler, "PICKLE_MAX_OPCODES", 1000)
+    with pytest.raises(pickle.UnpicklingError, match="more than 1000 opcodes"):
+        unpickler.scan_pickle(io.BytesIO(b"\x80\x02(" + b"K\x01" * 2000 + b"l."), "m.pt")
+    unpickler.scan_pickle(io.BytesIO(b"\x80\x02(" + b"K\x01" * 900 + b"l."), "m.pt")  # under it: scanned

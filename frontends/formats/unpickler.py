@@ -70,6 +70,9 @@ PICKLE_MAX_OBJECTS = 20_000_000
 PICKLE_MAX_MEMO = 10_000_000
 #: Dict keys and set members whose hash a pickle can choose (see `scan_pickle`), per pickle.
 PICKLE_MAX_HASHED = 10_000
+#: Opcodes of one pickle (the scan walks ~1 million a second; leaves left on the stack build nothing
+#: the object count sees): a state dict takes ~30 a tensor.
+PICKLE_MAX_OPCODES = 40_000_000
 #: Python hashes an int modulo this prime: ints below it in magnitude hash apart (bar -1 and -2).
 _HASH_MODULUS = (1 << 61) - 1
 _MAX_NDIM = 32
@@ -121,7 +124,9 @@ def scan_pickle(reader, path: str) -> None:
     memo: dict = {}
     writes = hashed = 0
     in_place = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
-    for op, arg, _ in pickletools.genops(reader):
+    for ops, (op, arg, _) in enumerate(pickletools.genops(reader)):
+        if ops >= PICKLE_MAX_OPCODES:
+            raise pickle.UnpicklingError(f"pickle of more than {PICKLE_MAX_OPCODES} opcodes: refused")
         name = op.name
         if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             key = len(memo) if name == "MEMOIZE" else int(arg)
