@@ -166,6 +166,7 @@ def _number(v, what: str) -> float:
 #: of an adapter's matching may take: a hostile config cannot make the matching the cost of the run.
 _PATTERN_KEYS_MAX = 65536
 _PATTERN_PROGRAM_MAX = 20000
+_PATTERN_KEY_CHARS = 4096
 _PATTERN_WORK_MAX = 5_000_000
 
 
@@ -174,7 +175,7 @@ def _charge(budget: list, n: int, key: str) -> None:
     if budget[0] < 0:
         raise IrtoolsError(f"{CONFIG_FILE}: matching rank_pattern/alpha_pattern against the adapter's modules is "
                            f"over irtools' budget of {_PATTERN_WORK_MAX:,} steps (e.g. pattern "
-                           f"'{printable(key)}')"[:300])
+                           f"'{printable(key)[:80]}')"[:300])
 
 
 class _Pattern:
@@ -188,10 +189,13 @@ class _Pattern:
         from re import _constants as C  # the parser `re` itself compiles from (Python 3.11+)
         from re import _parser as parser
         self.key, self.budget, self.C = key, budget, C
+        if len(key) > _PATTERN_KEY_CHARS:  # re's parser is Python: a 4 MB key took 10 s to parse
+            self._refuse(f"{len(key):,} characters (over {_PATTERN_KEY_CHARS:,})")
+        _charge(budget, 4 * len(key), key)  # the parse, before it runs
         try:
             tree = parser.parse(rf"(.*\.)?({key})$")
         except (re.error, OverflowError, RecursionError, ValueError):
-            raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(key)}' is not a regular expression"[:200]) from None
+            raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(key)[:80]}' is not a regular expression"[:200]) from None
         self.prog: list = []
         self.flags = tree.state.flags
         if self.flags & (C.SRE_FLAG_LOCALE | C.SRE_FLAG_MULTILINE):
@@ -204,7 +208,7 @@ class _Pattern:
         self.steps: dict = {}
 
     def _refuse(self, what: str):
-        raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(self.key)}' uses {what}, which irtools' "
+        raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(self.key)[:80]}' uses {what}, which irtools' "
                            f"bounded-time matcher does not decide"[:240])
 
     def _emit(self, ins) -> int:
