@@ -167,7 +167,7 @@ def _number(v, what: str) -> float:
 _PATTERN_KEYS_MAX = 65536
 _PATTERN_PROGRAM_MAX = 20000
 _PATTERN_KEY_CHARS = 4096
-_PATTERN_WORK_MAX = 5_000_000
+_PATTERN_WORK_MAX = 3_000_000
 
 
 def _charge(budget: list, n: int, key: str) -> None:
@@ -191,7 +191,7 @@ class _Pattern:
         self.key, self.budget, self.C = key, budget, C
         if len(key) > _PATTERN_KEY_CHARS:  # re's parser is Python: a 4 MB key took 10 s to parse
             self._refuse(f"{len(key):,} characters (over {_PATTERN_KEY_CHARS:,})")
-        _charge(budget, 4 * len(key), key)  # the parse, before it runs
+        _charge(budget, 200 + 10 * len(key), key)  # the parse (Python: ~100 us a key, 2 us a character), before it runs
         try:
             tree = parser.parse(rf"(.*\.)?({key})$")
         except (re.error, OverflowError, RecursionError, ValueError):
@@ -206,6 +206,8 @@ class _Pattern:
             self._refuse("nesting too deep")
         self.closures: dict = {}
         self.steps: dict = {}
+        self.dfa: dict = {}  # (states, character) -> the closure after it, inside the name
+        self.bounds = any(ins[0] == "a" and ins[1] in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY) for ins in self.prog)
 
     def _refuse(self, what: str):
         raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(self.key)[:80]}' uses {what}, which irtools' "
@@ -338,44 +340,48 @@ class _Pattern:
 
     def matches(self, text: str) -> bool:
         n = len(text)
+        # a tenth of a step per character (a cached DFA step is a dict lookup; each new state set, closure and
+        # compiled instruction is charged a step where it is made), charged before the walk
+        _charge(self.budget, n // 10 + 1, self.key)
         final_nl = n > 0 and text[-1] == "\n"
-        C = self.C
-        bounds = any(ins[0] == "a" and ins[1] in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY) for ins in self.prog)
+        C, bounds = self.C, self.bounds
 
         def word(ch):
             return (ch.isalnum() or ch == "_") and (ch.isascii() or not self.flags & C.SRE_FLAG_ASCII)
 
         def ctx(pos):
-            if not bounds and 0 < pos < n - 1:
-                return _INNER
             return (pos == 0, pos == n, final_nl and pos == n - 1,
                     bounds and pos > 0 and word(text[pos - 1]), bounds and pos < n and word(text[pos]))
 
         states, matched = self._closure(frozenset((self.entry,)), ctx(0))
-        steps, closures, budget = self.steps, self.closures, self.budget
+        dfa, inner_end = self.dfa, (n - 1 if not bounds else 0)
         for pos, ch in enumerate(text, 1):
             if matched:
                 return True
             if not states:
                 return False
-            key = (states, ch)
-            nxt = steps.get(key)
-            if nxt is None:
-                nxt = frozenset(self.prog[pc][2] for pc in states if self.prog[pc][1](ch))
-                self._charge(len(states))
-                if len(steps) > 100_000:
-                    steps.clear()
-                steps[key] = nxt
-            c = ctx(pos)
-            hit = closures.get((nxt, c))
-            if hit is None:
-                hit = self._closure(nxt, c)
+            if pos < inner_end:  # no anchor can hold inside the name: a cached DFA step
+                hit = dfa.get((states, ch))
+                if hit is None:
+                    hit = self._closure(self._step(states, ch), _INNER)
+                    if len(dfa) > 100_000:
+                        dfa.clear()
+                    dfa[(states, ch)] = hit
             else:
-                budget[0] -= 1
+                hit = self._closure(self._step(states, ch), ctx(pos))
             states, matched = hit
-        if budget[0] < 0:
-            self._charge(0)
         return matched
+
+    def _step(self, states: frozenset, ch: str) -> frozenset:
+        key = (states, ch)
+        nxt = self.steps.get(key)
+        if nxt is None:
+            self._charge(len(states))
+            nxt = frozenset(self.prog[pc][2] for pc in states if self.prog[pc][1](ch))
+            if len(self.steps) > 100_000:
+                self.steps.clear()
+            self.steps[key] = nxt
+        return nxt
 
 
 _INNER = (False, False, False, False, False)
@@ -408,7 +414,7 @@ class _PatternSet:
         p = self.compiled.get(key)
         if p is None:
             p = self.compiled[key] = _Pattern(key, self.budget)
-            p._charge(len(p.prog))
+            p._charge(2 * len(p.prog))
         return p
 
     def first(self, module: str) -> str | None:

@@ -230,6 +230,24 @@ def test_pattern_matching_has_one_budget_for_the_whole_adapter():
 
 
 @pytest.mark.timeout(60)
+def test_an_honest_moe_config_of_regex_keys_stays_well_inside_the_budget():
+    """11,520 expert modules against 30 regex keys (PEFT's own test per pair as truth): under a fifth of the
+    budget, so the budget refuses only what no honest config does."""
+    from irtools.frontends.peft import _PATTERN_WORK_MAX, _PatternSet
+
+    names = [f"model.layers.{i}.mlp.experts.{j}.{p}" for i in range(60) for j in range(64)
+             for p in ("gate_proj", "up_proj", "down_proj")]
+    keys = [r"layers\.\d+\.mlp\.experts\.(1|2|3)\.up_proj", r".*\.experts\.6[0-3]\..*", "layers.*.down_proj",
+            r"(gate|up)_proj", r"layers\.5\d\..*", r"model\.layers\.[0-9]+\.mlp\.experts\.4\d\.gate_proj", ".*proj_x",
+            "[a-z]+_proj_y", "experts.1[0-9].up", r"\w+\.\w+z"]
+    keys = keys + [k + "q" for k in keys] + [k + "r" for k in keys]
+    budget = [_PATTERN_WORK_MAX]
+    patterns = _PatternSet(keys, budget)
+    assert [patterns.first(n) for n in names] == [next((k for k in keys if _reference(k, n)), None) for n in names]
+    assert _PATTERN_WORK_MAX - budget[0] < _PATTERN_WORK_MAX / 5
+
+
+@pytest.mark.timeout(60)
 def test_thousands_of_plain_module_keys_match_exactly_and_fast():
     from irtools.frontends.peft import _PATTERN_WORK_MAX, _PatternSet
 
