@@ -13,7 +13,7 @@ import math
 import os
 import re
 
-from irtools.errors import IrtoolsError
+from irtools.errors import IrtoolsError, printable
 
 #: The default budget: this share of the memory available (MemAvailable, else physical memory).
 DEFAULT_SHARE = 0.5
@@ -205,7 +205,7 @@ def progress(what: str, estimate_s: float, *, tty_after_s: float = 1.0) -> bool:
     attached = getattr(sys.stderr, "isatty", lambda: False)()
     if estimate_s < PROGRESS_AFTER_S and not (attached and estimate_s >= tty_after_s):
         return False
-    sys.stderr.write(f"irtools: note: {what} (about {_duration(estimate_s)})\n")
+    sys.stderr.write(f"irtools: note: {printable(what)} (about {_duration(estimate_s)})\n")
     sys.stderr.flush()
     return True
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from irtools.ir.fused import split_fused
+from irtools.ir.fused import CHECKPOINT_NAMES_KEY, checkpoint_renamed, split_fused
 from irtools.ir.layers import WeightLayer
 from irtools.ir.model import IRModel
 from irtools.ir.parameters import StoredTensor
@@ -499,7 +499,9 @@ class WeightsPass(Pass):
             return Weights(ctx.layers, ctx.skipped)
         # fused gate/up projections as their two matrices, as the weights-only and module routes split them
         shapes = {p.name: tuple(p.shape) for p in model.parameters}
-        return Weights(split_fused(ctx.layers, shapes, None, ctx.out_axes), ctx.skipped)
+        layers = split_fused(ctx.layers, shapes, None, ctx.out_axes)
+        # rows of parameters the checkpoint stores under other names (a folder's Mixtral experts): its names
+        return Weights(checkpoint_renamed(layers, model.model.metadata_props.get(CHECKPOINT_NAMES_KEY)), ctx.skipped)
 
 
 #: Ops that add a parameter to what they compute (the bias slots of ops with one: `irtools.ir.slots`).
@@ -608,7 +610,8 @@ def expert_summary(rows: list[dict]) -> dict[str, dict]:
     for row in rows:
         if row.get("expert") is None:
             continue
-        groups.setdefault(re.sub(r"\[\d+\](?=(\.[A-Za-z_]\w*)?$)", "", str(row.get("name", ""))), []).append(row)
+        name = re.sub(r"\[\d+\](?=(\.[A-Za-z_]\w*)?$)", "", str(row.get("name", "")))
+        groups.setdefault(re.sub(r"(^|\.)experts\.\d+\.", r"\1experts.*.", name), []).append(row)
     out = {}
     for layer, members in groups.items():
         alphas = [(float(r["alpha"]), r["expert"]) for r in members

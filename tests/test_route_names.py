@@ -57,17 +57,8 @@ def _config(kind: str):
     return getattr(T, cls), getattr(T, cfg)(**kwargs)
 
 
-#: Rows whose type the weights-only route reads from the name alone and gets wrong: GPT-2's `wte`/`wpe`, T5's
-#: `shared` and `relative_attention_bias` are nn.Embedding ("embedding" on the module route), a plain 2-D
-#: tensor ("dense") to the file route, whose rule (frontends/formats/layers.py) knows embeddings by "embed" in
-#: the name. The numbers agree.
-_FILE_TYPE_GAPS = re.compile(r"(^|\.)(wte|wpe|shared|relative_attention_bias)$")
 MOE = ("mixtral", "qwen2_moe", "olmoe")
-KINDS = (*MOE, "llama", "llama_tied", "bert", "gpt2", "t5",
-         pytest.param("vit", marks=pytest.mark.xfail(
-             strict=True, reason="the weights-only route (frontends/formats/layers.py) reads ViT's [1, 1, 32] "
-                                 "cls_token and [1, 5, 32] position_embeddings as 1-wide conv1d rows; the module "
-                                 "route has no cls_token row and the 5 x 32 matrix: patch in H15's report")))
+KINDS = (*MOE, "llama", "llama_tied", "bert", "gpt2", "t5", "vit")
 
 
 def _saved(kind: str, tmp_path):
@@ -154,8 +145,7 @@ def test_model_object_folder_and_file_give_the_same_rows(kind, tmp_path):
         assert not _same_numbers(rows, file_rows), (label, _same_numbers(rows, file_rows)[:5])
         for name, row in rows.items():  # the tensor a user finds in the file, and what the row holds
             assert row["parameter"] in stored and row["parameter"].removesuffix(".weight") == name, (label, name)
-            if not _FILE_TYPE_GAPS.search(name):
-                assert row["layer_type"] == file_rows[name]["layer_type"], (label, name)
+            assert row["layer_type"] == file_rows[name]["layer_type"], (label, name)
         if label == "object":  # one dtype path (the same stored values, the same code): equal, not near
             assert not _same_numbers(rows, file_rows, rel=0.0)
     assert not _same_numbers(folder_rows, file_rows)

@@ -30,6 +30,15 @@ _FLOAT8_DTYPES = tuple(map(np.dtype, _FLOAT8))
 _EXPERTS = re.compile(r"(^|[._])(experts?|exps)([._]|$)", re.IGNORECASE)
 
 
+#: A checkpoint's expert stored one module per expert (`block_sparse_moe.experts.3.w1.weight`): group 1 the index.
+_STORED_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+#: A tensor of a unit first dim that is a table by name (`[1, positions, hidden]` position embeddings, a
+#: `[1, 1, hidden]` class token), not a convolution's kernel.
+_TABLE = re.compile(r"embed|token|position", re.IGNORECASE)
+#: 2-D tensors that are embedding tables by name (GPT-2's `wte` / `wpe`, T5's `shared` hold no "embed").
+_EMBEDDING = re.compile(r"embed|(^|\.)(wte|wpe|shared|relative_attention_bias)(\.|$)", re.IGNORECASE)
+
+
 def _expert_name(base: str, e: int) -> str:
     """`mlp.experts.gate_up_proj`, expert 3 -> `mlp.experts.gate_up_proj[3]`: the name the graph route and the
     module route give the same expert (the stored tensor's path and the index along its first axis), so a
@@ -133,6 +142,12 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
             w = np.asarray(t.load())
             return w.astype(np.float32) if w.dtype in _FLOAT8_DTYPES else w
 
+        big = tuple(d for d in shape if d > 1)
+        if nd >= 3 and shape[0] == 1 and len(big) <= 2 and _TABLE.search(name):
+            if len(big) == 2:  # a [1, positions, hidden] table (ViT's position_embeddings): the matrix it is
+                layers.append(WeightLayer(base, name, "state_dict", "matrix", name, shape, max(big), min(big), 1, 1.0,
+                                          loader=(lambda f=f64, big=big: [f().reshape(big)]), extra=dict(extra)))
+            continue  # [1, 1, hidden] (ViT's cls_token): a vector, no matrix on any route
         if nd == 2 and _GATES.search(name):
             gates = 4 if shape[0] % 4 == 0 else 3  # LSTM i,f,g,o / GRU r,z,n (PyTorch order)
             hidden = shape[0] // gates
@@ -148,9 +163,11 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
                                           max(shape[1:]), min(shape[1:]), 1, 1.0,
                                           loader=(lambda e=e, f=f64: [f()[e]]), extra={**extra, "expert": e}))
         elif nd == 2:
-            kind = "embedding" if "embed" in name.lower() else "dense"
+            kind = "embedding" if _EMBEDDING.search(name) else "dense"
+            expert = _STORED_EXPERT.search(name)  # one module per expert (Mixtral's experts.3.w1): its index
             layers.append(WeightLayer(base, name, "state_dict", kind, name, shape, max(shape), min(shape), 1, 1.0,
-                                      loader=(lambda f=f64: [f()]), extra=dict(extra)))
+                                      loader=(lambda f=f64: [f()]),
+                                      extra={**extra, "expert": int(expert[1])} if expert else dict(extra)))
         else:
             if layout == "keras":  # (k..., in, out) -> slices (in, out) per kernel position
                 spatial, n_, m_ = shape[:-2], shape[-2], shape[-1]
