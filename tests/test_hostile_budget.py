@@ -172,3 +172,13 @@ def test_the_probe_run_counts_loop_steps_and_bounds_branch_inlining(monkeypatch)
     assert _with_branches_inlined(light) is not None
     monkeypatch.setenv("IRTOOLS_MAX_NODES", "20")
     assert _with_branches_inlined(light) is None
+
+
+def test_progress_notes_print_names_from_files_escaped(capsys):
+    """A note quoting a name from a file (a Loop node's) never writes its control characters raw."""
+    from irtools import budget
+
+    assert budget.progress("unrolling Loop node 'a\x1b[2J\r\nirtools: error: forged'", 1e6)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\r" not in err and err.count("\n") == 1, err
+    assert err.startswith("irtools: note: unrolling Loop node 'a")
