@@ -484,19 +484,8 @@ def open_checkpoint_folder(path: str, name: str, options):
         from irtools.frontends.torch import export_reason  # noqa: PLC0415
 
         notes.append(f"reuse metrics left out: the trace failed ({export_reason(exc)})")
-    if model is None or _graph_applies_checkpoint_names():  # the rows and the graph's rows: one name each
-        layers = named
-    return OpenedSource(name, "checkpoint-folder", model=model, layers=layers, metadata=metadata, notes=notes)
-
-
-def _graph_applies_checkpoint_names() -> bool:
-    """Whether the weights pass names a graph's rows by its `CHECKPOINT_NAMES_KEY` (it applies
-    `ir.fused.checkpoint_renamed`): until it does, a folder's rows keep the module names its graph gives, so
-    that both hold the same names."""
-    from irtools.ir.fused import checkpoint_renamed  # noqa: PLC0415
-    from irtools.passes import weights  # noqa: PLC0415
-
-    return getattr(weights, "checkpoint_renamed", None) is checkpoint_renamed
+    # the weights pass names the graph's rows by CHECKPOINT_NAMES_KEY too: the rows of both routes, one name each
+    return OpenedSource(name, "checkpoint-folder", model=model, layers=named, metadata=metadata, notes=notes)
 
 
 def _checkpoint_named(layers: list, module, tensors: dict, converted: list[str], raw: dict) -> list:

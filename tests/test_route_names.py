@@ -110,16 +110,6 @@ def _folder(folder) -> tuple[dict, dict, object]:
     return _rows(opened), _rows(dataclasses.replace(opened, model=None)), opened
 
 
-def _pending_graph_names(opened) -> None:
-    """Until the weights pass applies the graph's checkpoint names, a folder whose tensors transformers
-    converts keeps the module's names on the graph route (and in its rows, to agree with its graph)."""
-    from irtools.frontends.hf_folder import _graph_applies_checkpoint_names
-
-    if opened.metadata.get("converted") and not _graph_applies_checkpoint_names():
-        pytest.xfail("passes/weights.py does not yet apply the graph's irtools.checkpoint_names "
-                     "(ir.fused.checkpoint_renamed): the patch is in H15's report")
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_model_object_folder_and_file_give_the_same_rows(kind, tmp_path):
     model, folder = _saved(kind, tmp_path)
@@ -134,13 +124,11 @@ def test_model_object_folder_and_file_give_the_same_rows(kind, tmp_path):
                 if v.ndim == 2 or sum(d > 1 for d in v.shape) >= 2}
     assert set(file_rows) == matrices, sorted(set(file_rows) ^ matrices)
     graph_rows, folder_rows, opened = _folder(folder)
-    # the folder's two sets of rows hold one name each, whatever the state of the graph's names
+    # the folder's two sets of rows hold one name each
     assert set(folder_rows) == set(graph_rows), sorted(set(folder_rows) ^ set(graph_rows))
     routes = {"object": _rows(model), "file": file_rows}
     routes["folder"] = graph_rows  # analysed on its own (a trace of the model: its weights pass)
     for label, rows in routes.items():
-        if label == "folder":
-            _pending_graph_names(opened)
         assert set(rows) == set(file_rows), (label, sorted(set(rows) ^ set(file_rows)))
         assert not _same_numbers(rows, file_rows), (label, _same_numbers(rows, file_rows)[:5])
         for name, row in rows.items():  # the tensor a user finds in the file, and what the row holds
@@ -258,7 +246,6 @@ def test_a_bfloat16_moe_gives_the_file_rows_exactly(tmp_path):
     assert not _same_numbers(rows, file_rows, rel=0.0)
     graph_rows, folder_rows, opened = _folder(tmp_path)
     assert set(graph_rows) == set(folder_rows)
-    _pending_graph_names(opened)
     assert set(graph_rows) == set(file_rows)
     assert not _same_numbers(graph_rows, file_rows, rel=1e-12)
 
@@ -293,7 +280,6 @@ def test_a_model_object_exported_with_inputs_gives_the_file_rows(kind, tmp_path)
 
     from safetensors import safe_open
 
-    from irtools.frontends.hf_folder import _graph_applies_checkpoint_names
     from irtools.frontends.torch import from_torch
     from irtools.ir.fused import CHECKPOINT_NAMES_KEY
 
@@ -307,7 +293,5 @@ def test_a_model_object_exported_with_inputs_gives_the_file_rows(kind, tmp_path)
     assert bool(names) == (kind == "mixtral")
     assert all(shapes.get(p) == s for _, p, s in names.values())
     rows, file_rows = _rows((model, (ids,))), _rows(str(folder / "model.safetensors"))
-    if names and not _graph_applies_checkpoint_names():
-        pytest.xfail("passes/weights.py does not yet apply the graph's irtools.checkpoint_names: H15's report")
     assert set(rows) == set(file_rows), sorted(set(rows) ^ set(file_rows))
     assert not _same_numbers(rows, file_rows)
