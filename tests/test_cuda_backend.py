@@ -60,7 +60,7 @@ def test_batches_respect_the_memory_bound_and_split_or_fall_back(monkeypatch):
     """Matrices of one shape go in batches no bigger than max_bytes; a matrix over the bound has
     its Gram accumulated over row blocks; one whose Gram alone does not fit goes to the CPU with
     a note. Every result equals the CPU backend's."""
-    layers = [[heavy(60, 40) for _ in range(3)] for _ in range(4)] + [[heavy(600, 40)], [heavy(30, 200)]]
+    layers = [[heavy(60, 40) for _ in range(3)] for _ in range(4)] + [[heavy(600, 40)], [heavy(70, 80)]]
     need = cb.device_bytes(60, 40, 4, "auto")
     backend = cb.CUDABackend(device="cpu", max_bytes=2 * need)
     batches = []
@@ -77,7 +77,7 @@ def test_batches_respect_the_memory_bound_and_split_or_fall_back(monkeypatch):
         assert_same_spectra(got[pos], CPUBackend().spectra(mats))
     assert set(batches) == {(2, 60, 40)} and len(batches) == 6  # 12 matrices, 2 per batch
     assert len(blocked) == 1 and 1 <= blocked[0] < 600  # the 600 x 40 one, in row blocks
-    assert len(backend.notes) == 1 and "200 x 30" in backend.notes[0] and "on the CPU" in backend.notes[0]
+    assert len(backend.notes) == 1 and "80 x 70" in backend.notes[0] and "on the CPU" in backend.notes[0]
 
 
 def test_layers_are_spread_over_devices(monkeypatch):

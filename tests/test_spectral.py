@@ -549,10 +549,10 @@ def test_stacked_slices_give_each_matrixs_own_spectrum():
             zip(stacked_squared_singular_values(square), CPUBackend().spectra(square))] == [True] * 3
 
 
-def _reference_row(w: np.ndarray, eigen_scale: float) -> dict:
+def _reference_row(w: np.ndarray, eigen_scale: float, method: str = "auto") -> dict:
     """A layer's metrics computed the straightforward way, matrix by matrix: each (N, M) slice
-    transposed to N >= M and copied to float64; eigvalsh(W^T W) clipped at 0 when M >= 32 (the
-    Gram route), the sorted squared singular values below; the pooled ESD sorted and scaled; each
+    transposed to N >= M and copied to float64; eigvalsh(W^T W) clipped at 0 (the Gram route, "auto"),
+    or the sorted squared singular values ("svd"); the pooled ESD sorted and scaled; each
     metric by its formula (conventions.md section 2) on that ESD."""
     from irtools.passes.spectral.powerlaw import fit_power_law
 
@@ -563,7 +563,7 @@ def _reference_row(w: np.ndarray, eigen_scale: float) -> dict:
         s = s.T if s.shape[0] < s.shape[1] else s
         n, m = s.shape
         s64 = np.asarray(s, dtype=np.float64)
-        if m >= 32:
+        if method != "svd":
             ev = np.clip(np.linalg.eigvalsh(s64.T @ s64), 0.0, None)
             floors.append(float(ev[-1]) * max((n * eps) ** 2, 4.0 * m * eps))
         else:
@@ -587,16 +587,18 @@ def _reference_row(w: np.ndarray, eigen_scale: float) -> dict:
             "num_nonfinite": 0}
 
 
-def test_rows_equal_a_straightforward_reference_bit_for_bit():
-    """The pass's fast paths (stacked SVDs of a conv's small slices, numpy's LAPACK gufuncs called
+@pytest.mark.parametrize("method", ["auto", "svd"])
+def test_rows_equal_a_straightforward_reference_bit_for_bit(method):
+    """The pass's fast paths (stacked eigensolves of a conv's small slices, numpy's LAPACK gufuncs called
     directly, one floating-point context per layer, vectorised ranks and noise floors, bounded fit
-    scans) give every number of the row that the plain matrix-by-matrix computation gives, exactly;
-    a layer with a NaN is reported non-finite with its count and leaves the others unchanged."""
+    scans) give every number of the row that the plain matrix-by-matrix computation gives, exactly, on
+    the Gram route ("auto") and the reference's SVD route; a layer with a NaN is reported non-finite with
+    its count and leaves the others unchanged."""
     from frontends.formats.common import StoredArray
     from frontends.formats.layers import weight_layers
 
     rng = np.random.default_rng(3)
-    weights = {"conv3to64.weight": rng.standard_normal((64, 3, 3, 3)),  # SVD route, 9 slices in one stack
+    weights = {"conv3to64.weight": rng.standard_normal((64, 3, 3, 3)),  # 9 small slices in one stack
                "conv7x7.weight": rng.standard_normal((64, 3, 7, 7)),
                "conv64.weight": rng.standard_t(4, (64, 48, 3, 3)),  # Gram route, 9 slices
                "pointwise.weight": rng.standard_normal((128, 64, 1, 1)),
@@ -609,7 +611,7 @@ def test_rows_equal_a_straightforward_reference_bit_for_bit():
     layers = weight_layers({k: StoredArray(v.shape, v.dtype, lambda v=v: v) for k, v in weights.items()})
     from irtools.passes.spectral import SpectralPass
 
-    result = SpectralPass().analyse(layers)
+    result = SpectralPass(method=method).analyse(layers)
     rows = {r["name"]: r for r in result.rows}
     assert set(rows) == {k.removesuffix(".weight") for k in weights}
     for name, w in weights.items():
@@ -617,7 +619,7 @@ def test_rows_equal_a_straightforward_reference_bit_for_bit():
         if name == "broken.weight":
             assert row["warning"] == "non-finite" and row["num_nonfinite"] == 2 and math.isnan(row["alpha"])
             continue
-        ref = _reference_row(w, 0.5 if w.ndim == 4 else 1.0)
+        ref = _reference_row(w, 0.5 if w.ndim == 4 else 1.0, method)
         assert row["fit_status"] == "success"
         assert {k: row[k] for k in ref} == ref, name
 
@@ -707,8 +709,7 @@ def test_same_shape_layers_analysed_as_a_group_give_each_layers_own_row(monkeypa
 def test_layers_of_one_gram_size_are_grouped_across_heights(monkeypatch):
     """On the Gram route layers of one M and rf but different N (VGG's conv 64->64 and 64->128, ResNet's
     1x1 256->128 and 128->512) are one group, and each row keeps its own N and equals, bit for bit, the
-    pass one layer at a time; on the SVD route (M < 32) only one shape is a group; `--method svd` groups
-    by shape alone."""
+    pass one layer at a time, at every M (30 x 10 and 40 x 10 too); `--method svd` groups by shape alone."""
     import irtools.passes.spectral as ps
 
     from frontends.formats.common import StoredArray
@@ -722,7 +723,7 @@ def test_layers_of_one_gram_size_are_grouped_across_heights(monkeypatch):
     layers = weight_layers({k: StoredArray(v.shape, v.dtype, lambda v=v: v) for k, v in weights.items()})
     groups = ps.group_small_layers(list(enumerate(layers)), 1)
     members = sorted(sorted(k for k, _ in layer.items) for _, layer in groups if isinstance(layer, ps._Group))
-    assert members == [[0, 1, 2, 3], [4, 5], [6, 8]]
+    assert members == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]
     svd = ps.group_small_layers(list(enumerate(layers)), 1, "svd")
     assert sorted(sorted(k for k, _ in layer.items) for _, layer in svd if isinstance(layer, ps._Group)) == [
         [0, 3], [6, 8]]
@@ -756,7 +757,7 @@ def test_stacked_spectra_are_each_matrixs_own_or_none():
     for k, w in enumerate(mixed):
         alone = squared_singular_values(w)
         assert np.array_equal(ev[k], alone.evals) and floors[k] == alone.noise_floor, k
-    assert stacked_spectra([rand(50, 10), rand(60, 10)]) is None  # the SVD route: one shape only
+    assert stacked_spectra([rand(50, 10), rand(60, 10)], "svd") is None  # the SVD route: one shape only
     broken = [rand(50, 40) for _ in range(3)]
     broken[1][3, 3] = np.nan
     assert stacked_spectra(broken) is None and stacked_spectra([]) is None

@@ -1,9 +1,9 @@
 """CPU backend: eigenvalues with LAPACK, one matrix after another.
 
-Route per matrix, chosen by measurement: for matrices with a smaller side of at least 32, the
-eigenvalues of the smaller Gram matrix W^T W (one BLAS product and LAPACK's symmetric
-eigensolver: 2-4x faster than an SVD of a tall matrix on this machine); below that, the
-singular values, as the reference computes them. The eigensolver is numpy's (dsyevd), not
+Route per matrix, chosen by measurement: the eigenvalues of the smaller Gram matrix W^T W (one
+BLAS product and LAPACK's symmetric eigensolver: as fast as an SVD of the same matrix or up to 5x
+faster on every shape measured, `benchmarks/routes.py`); `method="svd"` takes the singular values, as the
+reference computes them. The eigensolver is numpy's (dsyevd), not
 scipy's: both take the same time from 256 x 256 to 4096 x 4096 (evr and evd, 1 and 2 BLAS
 threads), but scipy's LAPACK wrappers hold the GIL, so layers analysed side by side in threads
 ran one after another; numpy's release it. The Gram route loses relative precision only in eigenvalues below about
@@ -113,8 +113,11 @@ def _gram(w: np.ndarray, quiet: bool = False) -> tuple[np.ndarray, bool]:
 
 def gram_route(m: int, method: str) -> bool:
     """Whether the eigenvalues of a matrix whose smaller side is `m` come from its Gram matrix
-    (else from an SVD), for `method` "auto", "gram" or "svd" (shared with the CUDA backend)."""
-    return method == "gram" or (method == "auto" and m >= 32)
+    (else from an SVD), for `method` "auto", "gram" or "svd" (shared with the CUDA backend).
+    "auto" is the Gram route at every size: benchmarks/routes.py measured it as fast as the SVD or
+    faster on every shape from 16 x 1 to 4096 x 31 (0.96-4.8x alone, 1.0-5.5x in stacks of nine
+    conv slices), the eigenvalues equal to 2e-15 of the largest; "svd" is the reference's own route."""
+    return method != "svd"
 
 
 def noise_floor(top: float, n: int, m: int, gram: bool) -> float:
@@ -197,8 +200,11 @@ def _spectrum(w: np.ndarray, method: str, quiet: bool) -> Spectrum:
     return Spectrum(ev, noise_floor(float(ev[-1]), n, m, False))
 
 
-#: Same-shape matrices (conv kernel slices) are solved in stacks of at most this many float64 elements.
+#: Same-shape matrices (conv kernel slices) are solved in stacks of at most this many float64 elements,
+#: on the Gram route only when their smaller side is under `STACK_BELOW` (benchmarks/routes.py: nine
+#: 64 x 3 slices 36 us stacked against 77 us one at a time, 64 x 31 318 against 355).
 _STACK_ELEMENTS = 1 << 22
+STACK_BELOW = 32
 
 
 def _tall(w: np.ndarray) -> np.ndarray:
@@ -280,11 +286,23 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
             per = max(1, min(len(mats), _STACKED_GRAM_BYTES // (8 * m * m)))
             grams = np.empty((per, m, m))
             gufunc = _EIGVALSH[True]
+            # small matrices of one shape (a conv's k x k slices): their float64 copies in one stack and one
+            # batched product, each matrix's the same BLAS call as alone (49 slices of 64 x 3: 0.19 -> 0.15 ms)
+            batched = m < STACK_BELOW and all(w.shape[0] == n for w in mats)
+            if batched:
+                per = max(1, min(per, _STACK_ELEMENTS // (n * m)))
+                rows64 = np.empty((per, n, m))
             for start in range(0, len(mats), per):
                 part = mats[start:start + per]
-                for k, w in enumerate(part):
-                    a = np.asarray(w, dtype=np.float64)  # `_gram`'s float64 copy and product, into the stack
-                    np.matmul(a.T, a, out=grams[k])
+                if batched:
+                    for k, w in enumerate(part):
+                        rows64[k] = w
+                    a = rows64[:len(part)]
+                    np.matmul(a.transpose(0, 2, 1), a, out=grams[:len(part)])
+                else:
+                    for k, w in enumerate(part):
+                        a = np.asarray(w, dtype=np.float64)  # `_gram`'s float64 copy and product, into the stack
+                        np.matmul(a.T, a, out=grams[k])
                 stack = grams[:len(part)]
                 if not np.isfinite(np.diagonal(stack, axis1=1, axis2=2)).all():
                     return None
@@ -319,9 +337,10 @@ class CPUBackend(EigenBackend):
 
     def spectra(self, matrices: Sequence[np.ndarray]) -> list[Spectrum]:
         """Each matrix alone, or same-shape matrices (conv slices) in stacks (`stacked_squared_singular_values`)."""
-        # stacks only for the SVD route (smaller side < 32: a 7x7 conv's 49 slices of 64 x 3): on the
-        # Gram route a stack measured 5-15% slower than one matrix at a time (64-256 square slices)
-        if len(matrices) < 2 or gram_route(min(np.shape(matrices[0])), self.method):
+        # stacks below a smaller side of `STACK_BELOW` (a 7x7 conv's 49 slices of 64 x 3) or on the SVD
+        # route: above it a stack of Gram-route slices measured 5-15% slower than one at a time (64-256 square)
+        if len(matrices) < 2 or (gram_route(min(np.shape(matrices[0])), self.method)
+                                 and min(np.shape(matrices[0])) >= STACK_BELOW):
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf weights are reported, not warned about
                 return [_spectrum(w, self.method, quiet=True) for w in matrices]
         first = np.asarray(matrices[0])

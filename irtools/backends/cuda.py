@@ -2,9 +2,8 @@
 
 Weights go to the device in their stored dtype (float16, bfloat16, float32, float64) and are
 widened to float64 there; the Gram product W^T W and the symmetric eigensolve
-(`torch.linalg.eigvalsh`, cuSOLVER syevd) run in float64, and matrices whose smaller side is
-under 32 take singular values instead (`torch.linalg.svdvals`), exactly the routes and noise
-floors of the CPU backend (`irtools.backends.cpu.gram_route`, `noise_floor`), so that the
+(`torch.linalg.eigvalsh`, cuSOLVER syevd) run in float64, or with `method="svd"` the singular
+values (`torch.linalg.svdvals`), exactly the routes and noise floors of the CPU backend (`irtools.backends.cpu.gram_route`, `noise_floor`), so that the
 numbers equal the CPU's (eigenvalues to round-off; NaN/Inf weights give NaN spectra there too).
 
 Scheduling (`map_spectra`): the spectral pass hands over layers sorted by shape; matrices of

@@ -145,6 +145,18 @@ def layer_eigen(k: int, layer, mats, spectra, keep_mats: bool) -> _Eigen:
     return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
 
 
+def stacked_eigen(k: int, layer, mats, ev: np.ndarray, floors: np.ndarray, keep_mats: bool) -> _Eigen:
+    """`layer_eigen` of a layer whose matrices' spectra came stacked (`EigenBackend.stacked_spectra`: one
+    finite ascending row of `ev` per matrix, `floors` their noise floors): the same pooled, sorted and
+    scaled eigenvalues, noise floor and max rank, from the two arrays instead of a Spectrum per matrix
+    (a 3 x 3 conv's nine slices: 4-8% of its time on small layers)."""
+    scale = layer.eigen_scale
+    evals = np.sort(ev.reshape(-1)) * scale
+    noise = float(floors.max()) * scale
+    max_rank = int(np.count_nonzero(ev > floors[:, None], axis=1).max())
+    return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
+
+
 #: Layers of at most this many weights are analysed in groups of one shape (`_Group`), the groups of at
 #: most `GROUP_ELEMENTS` weights in all.
 GROUP_LAYER_ELEMENTS = 1 << 20
@@ -157,7 +169,7 @@ class _Group:
     eigensolve (`EigenBackend.stacked_spectra`), their metrics over the rows of one array
     (`layer_metrics_rows`). On 64 x 64 layers the per-layer Python (loading, pooling, the fit's setup and
     each metric's numpy call) cost half as much as the eigensolve. Same numbers as one layer at a time.
-    On the Gram route (M >= 32) layers of one M and rf but different N (VGG's conv 64->64 and 64->128)
+    On the Gram route (every M, unless `method="svd"`) layers of one M and rf but different N (VGG's conv 64->64 and 64->128)
     share a group: each matrix has its own product, the eigensolves only need one Gram size.
     N, M and rf (the group's total) make `schedule`'s cost the sum of its layers'."""
 
@@ -333,7 +345,9 @@ class SpectralPass(Pass):
 
         def analyse_one(k, layer, mats=None):
             mats = layer.matrices() if mats is None else mats
-            state = layer_eigen(k, layer, mats, backend.spectra(mats), self.randomize)
+            stacked = backend.stacked_spectra(mats) if len(mats) > 1 else None  # a conv's slices: one stack
+            state = (stacked_eigen(k, layer, mats, *stacked, self.randomize) if stacked is not None
+                     else layer_eigen(k, layer, mats, backend.spectra(mats), self.randomize))
             return metrics(state) if kernels_ready() or state.evals is None else state
 
         def analyse(item):
