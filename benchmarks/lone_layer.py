@@ -4,8 +4,8 @@ Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/lone_layer.py [-
 
 A float32 weight of `--shape` (torch layout; a conv kernel (out, in, kh, kw) is pooled over its slices) with
 random values, loaded as a weights file's layer is. Each stage is the median wall time of `--calls` calls on one
-BLAS thread: the layer's matrices, the CPU backend's spectra (float64 Gram and eigensolve), pooling and sorting
-them (`layer_eigen`), the row's metrics and fit (`SpectralPass._row`), and a whole pass of the layer alone
+BLAS thread: the layer's matrices, the CPU backend's spectra (float64 Gram and eigensolve; a conv's slices in one
+stack, as the pass computes them), pooling and sorting them (`stacked_eigen` or `layer_eigen`), the row's metrics and fit (`SpectralPass._row`), and a whole pass of the layer alone
 (`SpectralPass.analyse([layer])`, its summary and scheduling included), beside the floor as floor.py defines
 it: per matrix the faster of numpy's `eigvalsh(W^T W)` and `svd(W, compute_uv=False)` (float64 W given).
 """
@@ -34,7 +34,7 @@ def main() -> None:
     import irtools  # noqa: F401 - registers the passes
     from floor import layer_of
     from irtools.backends.cpu import CPUBackend
-    from irtools.passes.spectral import SpectralPass, layer_eigen
+    from irtools.passes.spectral import SpectralPass, layer_eigen, stacked_eigen
     from irtools.passes.spectral.powerlaw import warm_up
 
     warm_up()
@@ -53,16 +53,32 @@ def main() -> None:
 
     with threadpool_limits(1):
         mats = layer.matrices()
-        spectra = backend.spectra(mats)
-        state = layer_eigen(0, layer, mats, spectra, False)
+        # the pass's own path: a layer of several matrices (a conv's slices) in one stack where the backend
+        # stacks them (`stacked_spectra`, pooled by `stacked_eigen`), else a spectrum per matrix (`layer_eigen`)
+        stacked = backend.stacked_spectra(mats) if len(mats) > 1 else None
+        if stacked is not None:
+            def spectra_stage():
+                return backend.stacked_spectra(mats)
+
+            def pool_stage():
+                return stacked_eigen(0, layer, mats, *stacked, False)
+        else:
+            spectra = backend.spectra(mats)
+
+            def spectra_stage():
+                return backend.spectra(mats)
+
+            def pool_stage():
+                return layer_eigen(0, layer, mats, spectra, False)
+        state = pool_stage()
         tall = [np.ascontiguousarray(w if w.shape[0] >= w.shape[1] else w.T, dtype=np.float64) for w in mats]
         # floor.py's floor: per matrix the faster of the two routes
         floor = sum(min(median_us(lambda w=w: np.linalg.eigvalsh(w.T @ w)),
                         median_us(lambda w=w: np.linalg.svd(w, compute_uv=False))) for w in tall)
         stages = {
             "matrices": median_us(layer.matrices),
-            "spectra (Gram + eigensolve)": median_us(lambda: backend.spectra(mats)),
-            "pool and sort (layer_eigen)": median_us(lambda: layer_eigen(0, layer, mats, spectra, False)),
+            "spectra (Gram + eigensolve)": median_us(spectra_stage),
+            "pool and sort": median_us(pool_stage),
             "row metrics and fit": median_us(lambda: spectral._row(state, backend, {}, None, None)),
             "whole pass, layer alone": median_us(lambda: spectral.analyse([layer]), max(1, a.calls // 4)),
         }

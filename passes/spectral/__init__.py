@@ -64,6 +64,8 @@ def _announce(todo, backend) -> None:
         return
     from irtools import budget
 
+    if estimate_seconds(todo) < min(budget.PROGRESS_AFTER_S, 1.0):  # short on one core: no note on any (11 us a pass)
+        return
     largest = max(todo, key=_cost)
     budget.progress(f"spectral: {len(todo)} layer(s), the largest {largest.N} x {largest.M}"
                     + (f" x {largest.rf} slices" if largest.rf > 1 else ""), estimate_seconds(todo, _usable_cores()))
