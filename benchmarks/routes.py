@@ -53,9 +53,9 @@ def main() -> None:
             for m in (int(x) for x in a.sides.split(",")):
                 w = rng.standard_normal((n, m)).astype(np.float32)
                 calls = a.calls if n * m < 1 << 16 else max(20, a.calls // 5)
-                alone = {r: best_us(lambda r=r: cpu.squared_singular_values(w, r), calls) for r in ("svd", "gram")}
+                alone = {r: best_us(lambda r=r, w=w: cpu.squared_singular_values(w, r), calls) for r in ("svd", "gram")}
                 ws = [rng.standard_normal((n, m)).astype(np.float32) for _ in range(a.slices)]
-                stack = {r: best_us(lambda r=r: cpu.stacked_squared_singular_values(ws, r), calls)
+                stack = {r: best_us(lambda r=r, ws=ws: cpu.stacked_squared_singular_values(ws, r), calls)
                          for r in ("svd", "gram")}
                 e_svd = cpu.squared_singular_values(w, "svd").evals
                 e_gram = cpu.squared_singular_values(w, "gram").evals
