@@ -555,6 +555,10 @@ def _einsum_roles(equation: str, slot: int) -> tuple[str, str, str, str] | None:
     return w, batch, contracted, free
 
 
+#: Constant ops between a weight and its use that keep its axes as stored (an Einsum's letters then name them).
+_SAME_LAYOUT_OPS = frozenset({"Cast", "Identity", "DequantizeLinear"})
+
+
 def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
     """A parameter of rank >= 3 holding matrices: mixture-of-experts tensors ([experts, out, in], fused
     gate_up_proj, read through the router's Gather / a batched MatMul) one matrix per expert
@@ -575,6 +579,8 @@ def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
                 _einsum_roles(eq.value, u.input_index) != roles for u in p.uses):
             return False
         w, batch, contracted, free = roles
+        if len(w) != len(shape) or any(op not in _SAME_LAYOUT_OPS for op in p.via):
+            return False  # the Einsum reads a tensor computed from the weight (XLNet's r through a constant Einsum)
         dims = dict(zip(w, shape, strict=True))
         rows, cols = math.prod(dims[c] for c in contracted), math.prod(dims[c] for c in free)
         order = [w.index(c) for c in batch + contracted + free]

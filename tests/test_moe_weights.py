@@ -84,6 +84,36 @@ def test_an_einsum_weight_is_the_matrix_of_its_contraction():
         np.testing.assert_allclose(xe[i] @ layer.matrices()[0], want[i], rtol=1e-5)
 
 
+@pytest.mark.parametrize("between", ["Einsum", "Transpose"])
+def test_an_einsum_that_reads_a_tensor_computed_from_the_weight_is_no_einsum_weight(between):
+    """XLNet's r [d, heads, head_dim] reaches the attention's `ibnd,jbnd->bnij` only through a constant Einsum with
+    the relative positions (`ibh,hnd->ibnd`); a Transpose between them reorders the axes. The Einsum's letters
+    then name another tensor's axes, not the weight's: the weights pass made no layer from them (a 4-letter operand
+    against the 3-D weight was a ValueError that stopped the whole pass) and says why in `skipped`; the other
+    weights are analysed."""
+    rng = np.random.default_rng(2)
+    r = rng.standard_normal((16, 2, 8)).astype(np.float32)
+    pos = rng.standard_normal((6, 1, 16)).astype(np.float32)
+    inits = {"rel_attn.r": r, "pos": pos, "rel_attn.q": rng.standard_normal((16, 2, 8)).astype(np.float32)}
+    if between == "Einsum":
+        first = helper.make_node("Einsum", ["pos", "rel_attn.r"], ["k_r"], equation="ibh,hnd->ibnd")
+        second = helper.make_node("Einsum", ["q", "k_r"], ["y"], equation="ibnd,jbnd->bnij")
+    else:
+        first = helper.make_node("Transpose", ["rel_attn.r"], ["k_r"], perm=[2, 1, 0])
+        second = helper.make_node("Einsum", ["x", "k_r"], ["y"], equation="td,dnh->tnh")
+    q = helper.make_node("Einsum", ["xq", "rel_attn.q"], ["q"], equation="ibh,hnd->ibnd")
+    nodes = [first, q, second]
+    model = _model(nodes, inits, [helper.make_tensor_value_info("xq", TensorProto.FLOAT, [6, 1, 16]),
+                                  helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    weights = irtools.run_passes(model, ["weights"])["weights"]
+    assert not [layer for layer in weights.layers if layer.parameter == "rel_attn.r"]
+    (skip,) = [s for s in weights.skipped if s["parameter"] == "rel_attn.r"]
+    assert "no weight-matrix rule" in skip["reason"]
+    (q_layer,) = [layer for layer in weights.layers if layer.parameter == "rel_attn.q"]
+    assert (q_layer.N, q_layer.M) == (16, 16)
+
+
 def test_expert_summary_is_mean_spread_and_worst_across_experts():
     rows = [{"name": f"m.experts.down_proj[{i}]", "expert": i, "alpha": a} for i, a in enumerate([3.0, 5.0, 1.5, 4.0])]
     rows += [{"name": "m.q_proj", "alpha": 9.0}]
