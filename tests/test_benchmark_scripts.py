@@ -41,5 +41,5 @@ def test_lone_layer_stages():
     assert "9 matrices, 216 eigenvalues" in out
     stages = dict(re.findall(r"^  (\S.*?) +([\d.]+)$", out, re.M))
     assert set(stages) == {"floor (eigensolver alone)", "matrices", "spectra (Gram + eigensolve)",
-                           "pool and sort (layer_eigen)", "row metrics and fit", "whole pass, layer alone"}
+                           "pool and sort", "row metrics and fit", "whole pass, layer alone"}
     assert all(float(v) > 0 for v in stages.values())
