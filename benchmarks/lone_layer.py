@@ -5,7 +5,8 @@ Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/lone_layer.py [-
 A float32 weight of `--shape` (torch layout; a conv kernel (out, in, kh, kw) is pooled over its slices) with
 random values, loaded as a weights file's layer is. Each stage is the median wall time of `--calls` calls on one
 BLAS thread: the layer's matrices, the CPU backend's spectra (float64 Gram and eigensolve; a conv's slices in one
-stack, as the pass computes them), pooling and sorting them (`stacked_eigen` or `layer_eigen`), the row's metrics and fit (`SpectralPass._row`), and a whole pass of the layer alone
+stack, as the pass computes them), pooling and sorting them (`stacked_eigen` or `layer_eigen`), the row's metrics
+and fit (`SpectralPass._row`), and a whole pass of the layer alone
 (`SpectralPass.analyse([layer])`, its summary and scheduling included), beside the floor as floor.py defines
 it: per matrix the faster of numpy's `eigvalsh(W^T W)` and `svd(W, compute_uv=False)` (float64 W given).
 """

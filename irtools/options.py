@@ -83,7 +83,8 @@ class AnalysisOptions:
     mp_fit: bool = _opt(False, "--mp-fit", "Also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank).",
                         pass_field=("spectral", "mp_fit"))
     method: str = _opt("auto", "--eigen-method", "Eigenvalues from the Gram matrix W^T W, or the SVD (the "
-                       "reference's route); auto: the Gram matrix, measured faster at every size.", choices=("auto", "svd", "gram"), pass_field=("spectral", "method"))
+                       "reference's route); auto: the Gram matrix, measured faster at every size.",
+                       choices=("auto", "svd", "gram"), pass_field=("spectral", "method"))
     device: str = _opt("auto", "--device", "Where eigenvalues are computed. auto: a GPU when the installed PyTorch "
                        "is a CUDA build (read from torch/version.py), the NVIDIA driver loads (libcuda.so.1) and "
                        "cuInit finds a device (torch is imported only then), else the CPU; cpu; cuda (every "

@@ -572,6 +572,8 @@ def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
     first = p.uses[0]
     ops = {u.op_type for u in p.uses}
     if ops == {"Einsum"}:
+        if any(op not in _SAME_LAYOUT_OPS for op in p.via):
+            return False  # the Einsum reads a tensor computed from the weight (XLNet's r through a constant Einsum)
         node = next(n for n in ctx.model.all_nodes if ctx.model.node_names[n] == first.node)
         eq = node.attributes.get("equation")
         roles = _einsum_roles(eq.value if eq is not None else "", first.input_index)
@@ -579,8 +581,8 @@ def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
                 _einsum_roles(eq.value, u.input_index) != roles for u in p.uses):
             return False
         w, batch, contracted, free = roles
-        if len(w) != len(shape) or any(op not in _SAME_LAYOUT_OPS for op in p.via):
-            return False  # the Einsum reads a tensor computed from the weight (XLNet's r through a constant Einsum)
+        if len(w) != len(shape):
+            return False
         dims = dict(zip(w, shape, strict=True))
         rows, cols = math.prod(dims[c] for c in contracted), math.prod(dims[c] for c in free)
         order = [w.index(c) for c in batch + contracted + free]

@@ -284,7 +284,6 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
         if gram:
             ev = np.empty((len(mats), m))
             per = max(1, min(len(mats), _STACKED_GRAM_BYTES // (8 * m * m)))
-            grams = np.empty((per, m, m))
             gufunc = _EIGVALSH[True]
             # small matrices of one shape (a conv's k x k slices): their float64 copies in one stack and one
             # batched product, each matrix's the same BLAS call as alone (49 slices of 64 x 3: 0.19 -> 0.15 ms)
@@ -292,6 +291,7 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
             if batched:
                 per = max(1, min(per, _STACK_ELEMENTS // (n * m)))
                 rows64 = np.empty((per, n, m))
+            grams = np.empty((per, m, m))
             for start in range(0, len(mats), per):
                 part = mats[start:start + per]
                 if batched:
@@ -339,8 +339,8 @@ class CPUBackend(EigenBackend):
         """Each matrix alone, or same-shape matrices (conv slices) in stacks (`stacked_squared_singular_values`)."""
         # stacks below a smaller side of `STACK_BELOW` (a 7x7 conv's 49 slices of 64 x 3) or on the SVD
         # route: above it a stack of Gram-route slices measured 5-15% slower than one at a time (64-256 square)
-        if len(matrices) < 2 or (gram_route(min(np.shape(matrices[0])), self.method)
-                                 and min(np.shape(matrices[0])) >= STACK_BELOW):
+        side = min(np.shape(matrices[0])) if matrices else 0
+        if len(matrices) < 2 or (gram_route(side, self.method) and side >= STACK_BELOW):
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf weights are reported, not warned about
                 return [_spectrum(w, self.method, quiet=True) for w in matrices]
         first = np.asarray(matrices[0])

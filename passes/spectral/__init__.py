@@ -64,11 +64,12 @@ def _announce(todo, backend) -> None:
         return
     from irtools import budget
 
-    if estimate_seconds(todo) < min(budget.PROGRESS_AFTER_S, 1.0):  # short on one core: no note on any (11 us a pass)
+    one_core = estimate_seconds(todo)
+    if one_core < min(budget.PROGRESS_AFTER_S, 1.0):  # short on one core: no note on any (11 us a pass)
         return
     largest = max(todo, key=_cost)
     budget.progress(f"spectral: {len(todo)} layer(s), the largest {largest.N} x {largest.M}"
-                    + (f" x {largest.rf} slices" if largest.rf > 1 else ""), estimate_seconds(todo, _usable_cores()))
+                    + (f" x {largest.rf} slices" if largest.rf > 1 else ""), one_core / max(1, _usable_cores()))
 
 
 def schedule(items: list, workers: int) -> tuple[list, list]:
@@ -171,8 +172,8 @@ class _Group:
     eigensolve (`EigenBackend.stacked_spectra`), their metrics over the rows of one array
     (`layer_metrics_rows`). On 64 x 64 layers the per-layer Python (loading, pooling, the fit's setup and
     each metric's numpy call) cost half as much as the eigensolve. Same numbers as one layer at a time.
-    On the Gram route (every M, unless `method="svd"`) layers of one M and rf but different N (VGG's conv 64->64 and 64->128)
-    share a group: each matrix has its own product, the eigensolves only need one Gram size.
+    On the Gram route (every M, unless `method="svd"`) layers of one M and rf but different N (VGG's conv
+    64->64 and 64->128) share a group: each matrix has its own product, the eigensolves only need one Gram size.
     N, M and rf (the group's total) make `schedule`'s cost the sum of its layers'."""
 
     items: list  # (layer id, layer)
