@@ -482,8 +482,8 @@ def test_irtools_threads_caps_the_layers_analysed_at_once(monkeypatch, cap, expe
     monkeypatch.setattr(ps.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setenv(ps.THREADS_VARIABLE, cap)
     pools = []
-    real = ps.ThreadPoolExecutor
-    monkeypatch.setattr(ps, "ThreadPoolExecutor", lambda n: pools.append(n) or real(n))
+    real = ps.each_on_threads
+    monkeypatch.setattr(ps, "each_on_threads", lambda fn, items, n, take: pools.append(n) or real(fn, items, n, take))
     model = b.model([h.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(4)],
                     [b.vinfo("x", [1, 16])], [b.vinfo(f"y{i}", [1, 12]) for i in range(4)],
                     [b.tensor(f"w{i}", rand(16, 12)) for i in range(4)])

@@ -6,7 +6,8 @@ faster on every shape measured, `benchmarks/routes.py`); `method="svd"` takes th
 reference computes them. The eigensolver is numpy's (dsyevd), not
 scipy's: both take the same time from 256 x 256 to 4096 x 4096 (evr and evd, 1 and 2 BLAS
 threads), but scipy's LAPACK wrappers hold the GIL, so layers analysed side by side in threads
-ran one after another; numpy's release it. The Gram route loses relative precision only in eigenvalues below about
+ran one after another. numpy's gufuncs hold it too on small problems (`GIL_HELD_UP_TO`): there the
+backend calls numpy's own dsyevd through ctypes, which releases it, with the same bits. The Gram route loses relative precision only in eigenvalues below about
 M * eps * lambda_max, far under any power-law xmin; it reports that noise floor so that
 ranks are counted above it. Parallelism is across layers (the `spectral` pass).
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,30 +38,152 @@ _COL_MAJOR, _UPPER, _NO_TRANS, _TRANS = 102, 121, 111, 112
 
 
 @functools.cache
-def _numpy_dsyrk():
-    """numpy's OpenBLAS cblas_dsyrk through ctypes, or None (then scipy's is used).
+def _numpy_openblas():
+    """numpy's own OpenBLAS library (ctypes.CDLL), or None (a numpy built against another BLAS).
 
-    ctypes releases the GIL during the call, and this avoids importing scipy.linalg (0.23 s)
-    before the first big layer can start; scipy's f2py wrapper holds the GIL throughout."""
+    Calls through ctypes release the GIL for their whole duration, and they avoid importing scipy.linalg
+    (0.23 s); numpy's linalg functions on small matrices hold the GIL (below), scipy's f2py wrappers
+    always do. An OpenBLAS whose path is under numpy's installation is preferred (PyPI wheels: numpy.libs),
+    so that the LAPACK numpy itself calls is the one called here."""
     try:
         import ctypes
 
         from threadpoolctl import threadpool_info
 
-        for info in threadpool_info():
-            if info.get("internal_api") != "openblas":
-                continue
-            lib = ctypes.CDLL(info["filepath"])
-            for symbol in _CBLAS_DSYRK:
-                fn = getattr(lib, symbol, None)
-                if fn is not None:
-                    i, i64, dbl, ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
-                    fn.argtypes = [i, i, i, i64, i64, dbl, ptr, i64, dbl, ptr, i64]
-                    fn.restype = None
-                    return fn
+        found = [info["filepath"] for info in threadpool_info() if info.get("internal_api") == "openblas"]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+        mine = [path for path in found if os.path.basename(os.path.dirname(path)).startswith("numpy")
+                and os.path.abspath(path).startswith(root)]
+        for path in mine or found:
+            return ctypes.CDLL(path)
     except (ImportError, OSError):
         pass
     return None
+
+
+def _symbol(names: tuple[str, ...]):
+    lib = _numpy_openblas()
+    for name in names if lib is not None else ():
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            return fn
+    return None
+
+
+@functools.cache
+def _numpy_dsyrk():
+    """numpy's OpenBLAS cblas_dsyrk through ctypes, or None (then scipy's is used)."""
+    import ctypes
+
+    fn = _symbol(_CBLAS_DSYRK)
+    if fn is not None:
+        i, i64, dbl, ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+        fn.argtypes = [i, i, i, i64, i64, dbl, ptr, i64, dbl, ptr, i64]
+        fn.restype = None
+    return fn
+
+
+#: LAPACK's dsyevd in numpy's OpenBLAS (ILP64: 64-bit integer arguments), the routine np.linalg.eigvalsh calls.
+_DSYEVD = ("scipy_dsyevd_64_", "dsyevd_64_")
+
+
+@functools.cache
+def _numpy_dsyevd():
+    """numpy's OpenBLAS dsyevd (Fortran interface) through ctypes, or None."""
+    import ctypes
+
+    fn = _symbol(_DSYEVD)
+    if fn is not None:
+        ptr = ctypes.c_void_p
+        # jobz, uplo, n, a, lda, w, work, lwork, iwork, liwork, info, and gfortran's hidden lengths of jobz, uplo
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p] + [ptr] * 9 + [ctypes.c_size_t, ctypes.c_size_t]
+        fn.restype = None
+    return fn
+
+
+#: numpy's linalg gufuncs release the GIL only when (matrices in the call) x (their size) is over 500 (numpy 2.x's
+#: threshold, measured: eigvalsh of one 480 x 480 matrix in two threads 0.91x of one thread, of one 520 x 520
+#: 1.57x, of 8 x 62 x 62 1.11x, of 8 x 63 x 63 2.04x). Under it, the CPU backend calls the same dsyevd itself.
+GIL_HELD_UP_TO = 500
+#: ... for matrices of at least this size: below, the eigensolve takes under 10 us and the call's own 1-2 us
+#: would cost more than the GIL held for it.
+OWN_CALL_FROM = 16
+
+_LOCAL = threading.local()
+_WORKSPACE_BYTES = 8 << 20  # per thread: dsyevd's buffers for the sizes met, dropped above this
+
+
+@functools.cache
+def _dsyevd_work(n: int, uplo: bytes) -> tuple[int, int]:
+    """(lwork, liwork) that dsyevd asks for on an n x n eigenvalues-only solve: numpy queries and allocates
+    the same, and the work size chooses dsytrd's blocking, so the eigenvalues are numpy's bit for bit."""
+    work, iwork = np.zeros(1), np.zeros(1, dtype=np.int64)
+    args = np.array([n, max(1, n), -1, -1, 0], dtype=np.int64)  # a workspace query: lwork = liwork = -1
+    p = args.ctypes.data
+    _numpy_dsyevd()(b"N", uplo, p, np.zeros(1).ctypes.data, p + 8, np.zeros(max(1, n)).ctypes.data,
+                    work.ctypes.data, p + 16, iwork.ctypes.data, p + 24, p + 32, 1, 1)
+    if args[4] != 0:
+        raise np.linalg.LinAlgError(f"dsyevd's workspace query failed (info {int(args[4])})")
+    return max(1, int(work[0])), max(1, int(iwork[0]))
+
+
+class _Workspace:
+    """One thread's dsyevd buffers for one n and triangle, in one allocation whose addresses are taken once
+    (numpy's `.ctypes.data` costs 1 us each): the Fortran-ordered matrix, the eigenvalues, the work arrays
+    and the integer arguments (n, lda, lwork, liwork, info)."""
+
+    __slots__ = ("a", "w", "args", "call", "nbytes")
+
+    def __init__(self, n: int, uplo: bytes):
+        lwork, liwork = _dsyevd_work(n, uplo)
+        sizes = (n * n, n, lwork, liwork, 5)  # float64 slots; the integers are int64 views of theirs
+        buf = np.empty(sum(sizes))
+        ends = np.cumsum(sizes).tolist()
+        self.a = buf[: ends[0]].reshape((n, n), order="F")
+        self.w = buf[ends[0]: ends[1]]
+        self.args = buf[ends[3]: ends[4]].view(np.int64)
+        self.args[:] = (n, max(1, n), lwork, liwork, 0)
+        base = buf.ctypes.data
+        p = base + 8 * ends[3]
+        self.call = (b"N", uplo, p, base, p + 8, base + 8 * ends[0], base + 8 * ends[1], p + 16,
+                     base + 8 * ends[2], p + 24, p + 32, 1, 1)
+        self.nbytes = buf.nbytes
+
+
+def _workspace(n: int, uplo: bytes) -> _Workspace:
+    cache = getattr(_LOCAL, "workspaces", None)
+    if cache is None:
+        cache = _LOCAL.workspaces = {}
+    ws = cache.get((n, uplo))
+    if ws is None:
+        ws = _Workspace(n, uplo)
+        if sum(w.nbytes for w in cache.values()) + ws.nbytes > _WORKSPACE_BYTES:
+            cache.clear()
+        cache[(n, uplo)] = ws
+    return ws
+
+
+def _dsyevd(gram: np.ndarray, lower: bool) -> np.ndarray:
+    """The eigenvalues of the float64 square `gram` (its lower or upper triangle), ascending, from numpy's own
+    dsyevd called through ctypes, which releases the GIL: what `_umath_linalg.eigvalsh_lo/up` computes, bit
+    for bit (the same routine and workspace sizes, the matrix copied to Fortran order as numpy copies it).
+    For matrices up to `GIL_HELD_UP_TO` (`_eigvalsh`); failure to converge raises numpy's LinAlgError."""
+    uplo = b"L" if lower else b"U"
+    ws = _workspace(gram.shape[0], uplo)
+    np.copyto(ws.a, gram)
+    _numpy_dsyevd()(*ws.call)
+    if ws.args[4] != 0:
+        info, ws.args[4] = int(ws.args[4]), 0
+        if info < 0:
+            raise ValueError(f"dsyevd: argument {-info} is invalid")
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+    return ws.w.copy()
+
+
+def own_call(count: int, m: int) -> bool:
+    """Whether `count` m x m eigensolves in one call go through `_dsyevd` (the GIL released) rather than
+    numpy's gufunc, which holds the GIL for them (`GIL_HELD_UP_TO`)."""
+    return OWN_CALL_FROM <= m and count * m <= GIL_HELD_UP_TO and _numpy_dsyevd() is not None
 
 
 def _syrk_add(c: np.ndarray, a: np.ndarray, trans: bool) -> np.ndarray:
@@ -143,6 +268,8 @@ def _eigvalsh(gram: np.ndarray, lower: bool) -> np.ndarray:
     LAPACK call without the wrapper's checks and its floating-point context (10-15 us a call: on a
     conv layer's 3 x 3 slices more than the eigensolve). The caller ignores "invalid": LAPACK's
     failure to converge, which numpy reports as NaN eigenvalues, raises numpy's LinAlgError here."""
+    if own_call(1, gram.shape[0]):
+        return _dsyevd(gram, lower)
     gufunc = _EIGVALSH[lower]
     if gufunc is None:
         return np.linalg.eigvalsh(gram, UPLO="L" if lower else "U")
@@ -306,8 +433,12 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
                 stack = grams[:len(part)]
                 if not np.isfinite(np.diagonal(stack, axis1=1, axis2=2)).all():
                     return None
-                ev[start:start + len(part)] = (gufunc(stack, signature="d->d") if gufunc is not None
-                                               else np.linalg.eigvalsh(stack))
+                if own_call(len(part), m):  # numpy's gufunc would hold the GIL: one call each, GIL released
+                    for k in range(len(part)):
+                        ev[start + k] = _dsyevd(stack[k], True)
+                else:
+                    ev[start:start + len(part)] = (gufunc(stack, signature="d->d") if gufunc is not None
+                                                   else np.linalg.eigvalsh(stack))
             if np.isnan(ev[:, -1]).any():  # numpy fills the eigenvalues of a failed solve with NaN
                 raise np.linalg.LinAlgError("Eigenvalues did not converge")
             np.maximum(ev, 0.0, out=ev)

@@ -13,14 +13,16 @@ A layer whose weights hold NaN or Inf gets no eigenvalues and no fit: its row sa
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from irtools.backends import EigenBackend, get_backend
 from irtools.ir.model import IRModel
@@ -89,6 +91,71 @@ def schedule(items: list, workers: int) -> tuple[list, list]:
         total -= _cost(rest[0][1])
         big.append(rest.pop(0))
     return big, rest
+
+
+_CONTROLLER: list = [None, -1]  # a ThreadpoolController, and len(sys.modules) when it was made
+
+
+def one_blas_thread():
+    """`threadpoolctl.threadpool_limits(1)`: one thread in every BLAS/OpenMP library loaded, for layers run side
+    by side. threadpool_limits looks for the libraries afresh on every call (212 us a call here, more with
+    torch loaded: 0.4 ms or more a pass); this reuses one controller while no module has been imported since
+    it was made (a native library arrives with the module that loads it), 9 us a call."""
+    count = len(sys.modules)
+    if _CONTROLLER[0] is None or _CONTROLLER[1] != count:
+        _CONTROLLER[:] = [ThreadpoolController(), count]
+    return _CONTROLLER[0].limit(limits=1)
+
+
+def each_on_threads(fn: Callable, items: list, workers: int, take: Callable) -> None:
+    """`take(fn(item))` for every item, `fn` on `workers` threads, the caller's among them, and `take`
+    always in the caller's thread (the pass's progress callback), results in the order they finish.
+
+    The threads share one counter of items and keep their results until the caller's thread next
+    looks: no future, queue wake-up or hand-off per item. concurrent.futures' `pool.map` cost 30-35 us
+    a layer (wall, benchmarks/lone_layer.py's 256 x 64 layers): the caller's thread woke for every
+    result and took the GIL back from the worker between its BLAS calls. One worker (or one item)
+    runs in the caller's thread alone. The first exception any `fn` raised is raised here, after
+    every thread has stopped (each finishes the item it holds, and takes no other)."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            take(fn(item))
+        return
+    counter, finished, failures = itertools.count(), deque(), []
+
+    def work(keep: Callable) -> None:
+        while not failures:
+            i = next(counter)  # atomic: itertools.count holds the GIL
+            if i >= len(items):
+                return
+            try:
+                result = fn(items[i])
+            except BaseException as exc:  # re-raised in the caller's thread, once every thread stopped
+                failures.append(exc)
+                return
+            keep(result)
+
+    def mine(result) -> None:
+        take(result)
+        while finished:
+            take(finished.popleft())
+
+    threads = [threading.Thread(target=work, args=(finished.append,), name=f"irtools-spectral-{j}", daemon=True)
+               for j in range(min(workers, len(items)) - 1)]
+    for thread in threads:
+        thread.start()
+    try:
+        work(mine)
+    except BaseException as exc:  # `take` raised (or the caller was interrupted): the threads stop too
+        failures.append(exc)
+        raise
+    finally:
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    while finished:
+        take(finished.popleft())
 
 
 @dataclass(slots=True)
@@ -380,13 +447,11 @@ class SpectralPass(Pass):
         for item in big:
             collect(analyse(item))
         if small:
-            with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
-                for result in pool.map(analyse, small):
-                    collect(result)
+            with one_blas_thread():
+                each_on_threads(analyse, small, workers, collect)
         if deferred:
-            with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
-                for row in pool.map(metrics, deferred):
-                    done(row)
+            with one_blas_thread():
+                each_on_threads(metrics, list(deferred), workers, done)
 
     def _analyse_group(self, group: _Group, backend, analyse_one, kept) -> list:
         """The rows of a group's layers (`_Group`): one stacked eigensolve, the metrics of all rows at

@@ -1,0 +1,67 @@
+"""The CPU backend's own dsyevd call (numpy's OpenBLAS through ctypes, the GIL released): the same
+eigenvalues as numpy's eigvalsh bit for bit, on every size and triangle, and other threads run during it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from irtools.backends import cpu
+
+pytestmark = pytest.mark.skipif(cpu._numpy_dsyevd() is None, reason="numpy is not built on OpenBLAS here")
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_own_dsyevd_equals_numpys_eigvalsh_bit_for_bit(lower):
+    rng = np.random.default_rng(0)
+    uplo = "L" if lower else "U"
+    for n in [*range(0, 70), 100, 127, 128, 129, 255, 256, 300, 480, 520]:
+        w = rng.standard_normal((n + 7, n)).astype(np.float32).astype(np.float64)
+        gram = w.T @ w
+        np.testing.assert_array_equal(cpu._dsyevd(gram, lower), np.linalg.eigvalsh(gram, UPLO=uplo))
+        # not symmetric: only the named triangle is read, as numpy reads it, whatever the memory order
+        a = rng.standard_normal((n, n))
+        for order in "CF":
+            got = cpu._dsyevd(np.array(a, order=order), lower)
+            np.testing.assert_array_equal(got, np.linalg.eigvalsh(a, UPLO=uplo))
+        before = a.copy()
+        cpu._dsyevd(a, lower)
+        np.testing.assert_array_equal(a, before)  # the input is never overwritten
+
+
+def test_results_do_not_share_the_threads_workspace():
+    rng = np.random.default_rng(1)
+    g1, g2 = (np.cov(rng.standard_normal((20, 40))) for _ in range(2))
+    e1 = cpu._dsyevd(g1, True)
+    e2 = cpu._dsyevd(g2, True)  # the same size: the same workspace
+    np.testing.assert_array_equal(e1, np.linalg.eigvalsh(g1))
+    np.testing.assert_array_equal(e2, np.linalg.eigvalsh(g2))
+
+
+def test_failure_to_converge_and_a_bad_argument_raise_and_leave_the_workspace_usable(monkeypatch):
+    with pytest.raises(np.linalg.LinAlgError):
+        cpu._dsyevd(np.full((20, 20), np.nan), True)
+    g = np.diag(np.arange(20.0))
+    np.testing.assert_array_equal(cpu._dsyevd(g, True), np.arange(20.0))
+
+
+def test_which_calls_go_through_ctypes():
+    """numpy's gufunc holds the GIL while (matrices x size) <= GIL_HELD_UP_TO; below OWN_CALL_FROM the
+    eigensolve is too short to be worth the call's own cost."""
+    assert cpu.own_call(1, 64) and cpu.own_call(1, cpu.GIL_HELD_UP_TO) and cpu.own_call(2, 128)
+    assert not cpu.own_call(1, cpu.GIL_HELD_UP_TO + 1) and not cpu.own_call(9, 64)
+    assert not cpu.own_call(1, cpu.OWN_CALL_FROM - 1)
+
+
+def test_the_call_releases_the_gil():
+    """ctypes releases the GIL during a call into a CDLL (not a PyDLL) function: the call is one of numpy's
+    OpenBLAS's own symbols. (benchmarks/threads.py measures what it does: two threads' speed-up.)"""
+    import ctypes
+
+    lib = cpu._numpy_openblas()
+    assert isinstance(lib, ctypes.CDLL) and not isinstance(lib, ctypes.PyDLL)
+    assert cpu._numpy_dsyevd().__name__ in cpu._DSYEVD
+    # numpy's own library (PyPI wheels: numpy.libs), the LAPACK numpy.linalg calls, not another package's OpenBLAS
+    assert os.path.basename(os.path.dirname(lib._name)).startswith("numpy")
