@@ -5,7 +5,9 @@ Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/threads.py [--re
 
 1. Per Gram size, the speed-up of two threads over one (the same calls, twice as many, wall time) for numpy's
    eigvalsh gufunc and for the CPU backend's own dsyevd call (`irtools.backends.cpu._dsyevd`, numpy's OpenBLAS
-   through ctypes): numpy holds the GIL when (matrices x size) <= 500, so its two threads run one after another.
+   through ctypes): numpy holds the GIL when (matrices x size) <= 500, so its two threads run one after another;
+   the same for the singular values of the Gram (numpy's svd, which holds the GIL on one matrix of any size,
+   and the backend's own dgesdd call, the `--eigen-method svd` route).
 2. The spectral pass (`SpectralPass(workers=W).analyse`, one BLAS thread) with 1 and 2 workers on the layers of a
    ResNet-50 (53 convolutions and the classifier, float32 random weights, torch layout) and on 8 lone layers
    (256 x (64 + j) 1x1 convolutions, no two of one Gram size), min of `--repeat` runs, wall time. `--baseline REV`
@@ -140,7 +142,7 @@ def main() -> None:
     env = ", ".join(f"{v}={os.environ.get(v, '-')}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {env}; one BLAS thread; wall time")
     print("two threads' speed-up over one, 8 eigensolves a round (1.0: one after another; 2.0: side by side)")
-    print(f"{'Gram size':>10} {'numpy eigvalsh':>15} {'own dsyevd':>11}")
+    print(f"{'Gram size':>10} {'numpy eigvalsh':>15} {'own dsyevd':>11} {'numpy svd':>10} {'own dgesdd':>11}")
     rng = np.random.default_rng(1)
     own = cpu._numpy_dsyevd() is not None
     with threadpool_limits(1):
@@ -148,7 +150,9 @@ def main() -> None:
             grams = [(lambda w: w.T @ w)(rng.standard_normal((m + 16, m))) for _ in range(8)]
             gufunc = two_thread_speedup(lambda gs: [np.linalg.eigvalsh(g) for g in gs], grams)
             mine = two_thread_speedup(lambda gs: [cpu._dsyevd(g, True) for g in gs], grams) if own else math.nan
-            print(f"{m:>10} {gufunc:>15.2f} {mine:>11.2f}", flush=True)
+            svd = two_thread_speedup(lambda gs: [np.linalg.svd(g, compute_uv=False) for g in gs], grams)
+            own_svd = two_thread_speedup(lambda gs: [cpu._svdvals(g) for g in gs], grams)
+            print(f"{m:>10} {gufunc:>15.2f} {mine:>11.2f} {svd:>10.2f} {own_svd:>11.2f}", flush=True)
     names = a.models.split(",")
     now = pass_times(a.repeat, names)
     base = baseline_times(a.baseline, a.repeat, names) if a.baseline else None

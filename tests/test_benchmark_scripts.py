@@ -49,7 +49,7 @@ def test_threads_speedups_and_passes():
     git = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True).returncode == 0
     out = _run("benchmarks/threads.py", "--models", "lone8", "--sizes", "32", "--repeat", "1",
                *(["--baseline", "HEAD"] if git else []))
-    (row,) = re.findall(r"^ +32 +([\d.]+) +([\d.na]+)$", out, re.M)
+    (row,) = re.findall(r"^ +32 +([\d.]+) +([\d.na]+) +([\d.]+) +([\d.na]+)$", out, re.M)
     assert float(row[0]) > 0
     line = re.search(r"lone8 +this checkout: 1 worker +([\d.]+), 2 workers +([\d.]+) \(([\d.]+)x\)"
                      + (r"; HEAD: +([\d.]+), +([\d.]+) \(([\d.]+)x\); 2 workers ([\d.]+)x faster" if git else ""), out)

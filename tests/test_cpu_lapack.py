@@ -65,3 +65,19 @@ def test_the_call_releases_the_gil():
     assert cpu._numpy_dsyevd().__name__ in cpu._DSYEVD
     # numpy's own library (PyPI wheels: numpy.libs), the LAPACK numpy.linalg calls, not another package's OpenBLAS
     assert os.path.basename(os.path.dirname(lib._name)).startswith("numpy")
+
+
+def test_own_dgesdd_equals_numpys_svd_bit_for_bit():
+    """`--eigen-method svd`: numpy's dgesdd with numpy's workspace sizes, on C, Fortran and transposed views,
+    wide and tall, and on stacks (`_svdvals`)."""
+    rng = np.random.default_rng(3)
+    for m in [*range(0, 40), 64, 100, 200, 513]:
+        for n in (1, 3, 16, 17, 64, 130):
+            a = rng.standard_normal((m, n))
+            for x in (a, np.asfortranarray(a), a.T):
+                np.testing.assert_array_equal(cpu._dgesdd(x), np.linalg.svd(x, compute_uv=False))
+    stack = rng.standard_normal((5, 70, 20))
+    np.testing.assert_array_equal(cpu._svdvals(stack), np.linalg.svd(stack, compute_uv=False))
+    with pytest.raises(np.linalg.LinAlgError):
+        cpu._dgesdd(np.full((20, 20), np.nan))
+    np.testing.assert_array_equal(cpu._dgesdd(np.diag(np.arange(20.0))), np.arange(20.0)[::-1])

@@ -7,7 +7,8 @@ reference computes them. The eigensolver is numpy's (dsyevd), not
 scipy's: both take the same time from 256 x 256 to 4096 x 4096 (evr and evd, 1 and 2 BLAS
 threads), but scipy's LAPACK wrappers hold the GIL, so layers analysed side by side in threads
 ran one after another. numpy's gufuncs hold it too on small problems (`GIL_HELD_UP_TO`): there the
-backend calls numpy's own dsyevd through ctypes, which releases it, with the same bits. The Gram route loses relative precision only in eigenvalues below about
+backend calls numpy's own dsyevd through ctypes, which releases it, with the same bits (and dgesdd on the SVD
+route, whose gufunc holds the GIL on one matrix of any size). The Gram route loses relative precision only in eigenvalues below about
 M * eps * lambda_max, far under any power-law xmin; it reports that noise floor so that
 ranks are counted above it. Parallelism is across layers (the `spectral` pass).
 """
@@ -150,16 +151,19 @@ class _Workspace:
         self.nbytes = buf.nbytes
 
 
-def _workspace(n: int, uplo: bytes) -> _Workspace:
+def _workspace(key: tuple, make):
+    """This thread's workspace for `key` (made by `make()` the first time): at most `_WORKSPACE_BYTES` of them are
+    kept; a bigger one is used once."""
     cache = getattr(_LOCAL, "workspaces", None)
     if cache is None:
         cache = _LOCAL.workspaces = {}
-    ws = cache.get((n, uplo))
+    ws = cache.get(key)
     if ws is None:
-        ws = _Workspace(n, uplo)
-        if sum(w.nbytes for w in cache.values()) + ws.nbytes > _WORKSPACE_BYTES:
-            cache.clear()
-        cache[(n, uplo)] = ws
+        ws = make()
+        if ws.nbytes <= _WORKSPACE_BYTES // 4:
+            if sum(w.nbytes for w in cache.values()) + ws.nbytes > _WORKSPACE_BYTES:
+                cache.clear()
+            cache[key] = ws
     return ws
 
 
@@ -169,7 +173,8 @@ def _dsyevd(gram: np.ndarray, lower: bool) -> np.ndarray:
     for bit (the same routine and workspace sizes, the matrix copied to Fortran order as numpy copies it).
     For matrices up to `GIL_HELD_UP_TO` (`_eigvalsh`); failure to converge raises numpy's LinAlgError."""
     uplo = b"L" if lower else b"U"
-    ws = _workspace(gram.shape[0], uplo)
+    n = gram.shape[0]
+    ws = _workspace(("syevd", n, uplo), lambda: _Workspace(n, uplo))
     np.copyto(ws.a, gram)
     _numpy_dsyevd()(*ws.call)
     if ws.args[4] != 0:
@@ -178,6 +183,67 @@ def _dsyevd(gram: np.ndarray, lower: bool) -> np.ndarray:
             raise ValueError(f"dsyevd: argument {-info} is invalid")
         raise np.linalg.LinAlgError("Eigenvalues did not converge")
     return ws.w.copy()
+
+
+#: LAPACK's dgesdd in numpy's OpenBLAS (ILP64), the routine np.linalg.svd calls.
+_DGESDD = ("scipy_dgesdd_64_", "dgesdd_64_")
+
+
+@functools.cache
+def _numpy_dgesdd():
+    """numpy's OpenBLAS dgesdd (Fortran interface) through ctypes, or None."""
+    import ctypes
+
+    fn = _symbol(_DGESDD) if _numpy_dsyevd() is not None else None  # the same library, 64-bit integers
+    if fn is not None:
+        # jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info, and gfortran's hidden length of jobz
+        fn.argtypes = [ctypes.c_char_p] + [ctypes.c_void_p] * 13 + [ctypes.c_size_t]
+        fn.restype = None
+    return fn
+
+
+class _SvdWorkspace:
+    """One thread's dgesdd buffers (singular values only) for an m x n matrix, as numpy's svd_N sizes them:
+    lda = ldu = max(1, m), ldvt = 1, lwork from LAPACK's query (0 read as 1), 8 min(m, n) integers of iwork;
+    the integer arguments are (m, n, lda, ldu, ldvt, lwork, info)."""
+
+    __slots__ = ("a", "s", "args", "call", "nbytes")
+
+    def __init__(self, m: int, n: int):
+        k = min(m, n)
+        self.args = np.array([m, n, max(1, m), max(1, m), 1, -1, 0], dtype=np.int64)
+        p = self.args.ctypes.data
+        query, dummy = np.zeros(1), np.zeros(max(1, k) + 2)
+        iwork0 = np.zeros(8 * k + 1, dtype=np.int64)
+        _numpy_dgesdd()(b"N", p, p + 8, dummy.ctypes.data, p + 16, dummy.ctypes.data, dummy.ctypes.data, p + 24,
+                        dummy.ctypes.data, p + 32, query.ctypes.data, p + 40, iwork0.ctypes.data, p + 48, 1)
+        if self.args[6] != 0:
+            raise np.linalg.LinAlgError(f"dgesdd's workspace query failed (info {int(self.args[6])})")
+        lwork = int(query[0]) or 1
+        self.args[5] = lwork
+        sizes = (m * n, k, 2, lwork, 8 * k + 1)  # a, s, u and vt (never written with jobz N), work, iwork
+        buf = np.empty(sum(sizes))
+        ends = np.cumsum(sizes).tolist()
+        self.a = buf[: ends[0]].reshape((m, n), order="F")
+        self.s = buf[ends[0]: ends[1]]
+        base = buf.ctypes.data
+        self.call = (b"N", p, p + 8, base, p + 16, base + 8 * ends[0], base + 8 * ends[1], p + 24,
+                     base + 8 * ends[1] + 8, p + 32, base + 8 * ends[2], p + 40, base + 8 * ends[3], p + 48, 1)
+        self.nbytes = buf.nbytes + self.args.nbytes
+
+
+def _dgesdd(a: np.ndarray) -> np.ndarray:
+    """The singular values of the float64 matrix `a`, descending, from numpy's own dgesdd called through ctypes,
+    which releases the GIL (numpy's svd gufunc holds it on one matrix of any size): what
+    `np.linalg.svd(a, compute_uv=False)` computes, bit for bit. A failed SVD raises numpy's LinAlgError."""
+    m, n = a.shape
+    ws = _workspace(("gesdd", m, n), lambda: _SvdWorkspace(m, n))
+    np.copyto(ws.a, a)
+    _numpy_dgesdd()(*ws.call)
+    if ws.args[6] != 0:
+        info, ws.args[6] = int(ws.args[6]), 0  # -4: NaN in the matrix (LAPACK checks), > 0: no convergence
+        raise np.linalg.LinAlgError(f"SVD did not converge (dgesdd info {info})")
+    return ws.s.copy()
 
 
 def own_call(count: int, m: int) -> bool:
@@ -282,6 +348,10 @@ def _eigvalsh(gram: np.ndarray, lower: bool) -> np.ndarray:
 def _svdvals(stack: np.ndarray) -> np.ndarray:
     """`np.linalg.svd(stack, compute_uv=False)` of a float64 stack, numpy's same gufunc without the
     wrapper (the caller ignores "invalid"; a failed SVD, NaN in numpy's output, raises its LinAlgError)."""
+    if min(stack.shape[-2:]) >= OWN_CALL_FROM and _numpy_dgesdd() is not None:  # the GIL released (`_dgesdd`)
+        if stack.ndim == 2:
+            return _dgesdd(stack)
+        return np.stack([_dgesdd(a) for a in stack]) if len(stack) else np.zeros((0, min(stack.shape[-2:])))
     gufunc = getattr(_umath_linalg, "svd", None) if _umath_linalg is not None else None
     if gufunc is None:
         return np.linalg.svd(stack, compute_uv=False)
@@ -322,7 +392,7 @@ def _spectrum(w: np.ndarray, method: str, quiet: bool) -> Spectrum:
     w = np.asarray(w, dtype=np.float64)
     if not np.isfinite(w).all():
         return non_finite(m)
-    sv = np.linalg.svd(w, compute_uv=False)
+    sv = _svdvals(w)
     ev = np.sort(sv * sv)
     return Spectrum(ev, noise_floor(float(ev[-1]), n, m, False))
 
