@@ -106,3 +106,34 @@ def test_one_blas_thread_limits_every_blas_and_restores_it_and_sees_libraries_lo
         with ps.one_blas_thread():
             pass
         assert ps._CONTROLLER[0] is not first  # a module arrived (it may have loaded a BLAS): looked again
+
+
+@pytest.mark.parametrize("method", ["auto", "svd"])
+def test_two_workers_give_the_rows_of_one_bit_for_bit(method):
+    """Layers side by side (each_on_threads, the backend's own LAPACK calls in threads) give the rows and summary
+    of the layers one after another: lone layers of 16-100 columns, conv slices, a same-shape group."""
+    import math
+
+    import numpy as np
+
+    from irtools.frontends.formats.common import StoredArray
+    from irtools.frontends.formats.layers import weight_layers
+    from irtools.passes.spectral import SpectralPass
+
+    rng = np.random.default_rng(5)
+    shapes = [(120, 16 + 7 * j) for j in range(12)] + [(64, 32, 3, 3), (48, 20, 3, 3)] + [(90, 40)] * 6
+    weights = {f"l{k}.weight": (rng.standard_normal(s) / math.sqrt(s[1])).astype(np.float32)
+               for k, s in enumerate(shapes)}
+    layers = weight_layers({k: StoredArray(w.shape, w.dtype, lambda w=w: w) for k, w in weights.items()})
+    one = SpectralPass(workers=1, method=method, keep_evals=True).analyse(layers)
+    two = SpectralPass(workers=2, method=method, keep_evals=True).analyse(layers)
+    assert len(one.rows) == len(shapes)
+    assert [json_bits(r) for r in two.rows] == [json_bits(r) for r in one.rows]
+    assert json_bits(two.summary) == json_bits(one.summary)
+    for a, b in zip(one.eigenvalues, two.eigenvalues):
+        np.testing.assert_array_equal(a, b)
+
+
+def json_bits(row: dict) -> dict:
+    """A row with its floats as their exact hex (NaN equal to NaN)."""
+    return {k: (v.hex() if isinstance(v, float) else json_bits(v) if isinstance(v, dict) else v) for k, v in row.items()}

@@ -121,10 +121,10 @@ def each_on_threads(fn: Callable, items: list, workers: int, take: Callable) -> 
         for item in items:
             take(fn(item))
         return
-    counter, finished, failures = itertools.count(), deque(), []
+    counter, finished, failures, stop = itertools.count(), deque(), [], []
 
     def work(keep: Callable) -> None:
-        while not failures:
+        while not failures and not stop:
             i = next(counter)  # atomic: itertools.count holds the GIL
             if i >= len(items):
                 return
@@ -149,7 +149,8 @@ def each_on_threads(fn: Callable, items: list, workers: int, take: Callable) -> 
     except BaseException as exc:  # `take` raised (or the caller was interrupted): the threads stop too
         failures.append(exc)
         raise
-    finally:
+    finally:  # the threads finish the items they hold, and take no other (an interrupted join leaves none going)
+        stop.append(True)
         for thread in threads:
             thread.join()
     if failures:
