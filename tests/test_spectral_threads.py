@@ -136,4 +136,5 @@ def test_two_workers_give_the_rows_of_one_bit_for_bit(method):
 
 def json_bits(row: dict) -> dict:
     """A row with its floats as their exact hex (NaN equal to NaN)."""
-    return {k: (v.hex() if isinstance(v, float) else json_bits(v) if isinstance(v, dict) else v) for k, v in row.items()}
+    return {k: (v.hex() if isinstance(v, float) else json_bits(v) if isinstance(v, dict) else v)
+            for k, v in row.items()}

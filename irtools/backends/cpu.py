@@ -8,8 +8,8 @@ scipy's: both take the same time from 256 x 256 to 4096 x 4096 (evr and evd, 1 a
 threads), but scipy's LAPACK wrappers hold the GIL, so layers analysed side by side in threads
 ran one after another. numpy's gufuncs hold it too on small problems (`GIL_HELD_UP_TO`): there the
 backend calls numpy's own dsyevd through ctypes, which releases it, with the same bits (and dgesdd on the SVD
-route, whose gufunc holds the GIL on one matrix of any size). The Gram route loses relative precision only in eigenvalues below about
-M * eps * lambda_max, far under any power-law xmin; it reports that noise floor so that
+route, whose gufunc holds the GIL on one matrix of any size). The Gram route loses relative precision only in
+eigenvalues below about M * eps * lambda_max, far under any power-law xmin; it reports that noise floor so that
 ranks are counted above it. Parallelism is across layers (the `spectral` pass).
 """
 
