@@ -431,7 +431,10 @@ def stacked_squared_singular_values(matrices: Sequence[np.ndarray], method: str 
             finite = np.isfinite(np.diagonal(grams, axis1=1, axis2=2)).all(axis=1)
             if not finite.all():
                 grams[~finite] = 0.0
-            ev = np.linalg.eigvalsh(grams)
+            if own_call(len(grams), m):  # numpy's gufunc would hold the GIL: one call each, the GIL released
+                ev = np.stack([_dsyevd(g, True) for g in grams])
+            else:
+                ev = np.linalg.eigvalsh(grams)
             np.clip(ev, 0.0, None, out=ev)
         else:
             ev, finite = _stacked_svd(stack)
