@@ -457,7 +457,7 @@ def open_checkpoint_folder(path: str, name: str, options):
     layers = [layer for layer in module_weight_layers(module, {k: v.load for k, v in values.items()})
               if layer.parameter not in absent]
     renames, named = {}, layers
-    if metadata.get("converted"):  # rows under the checkpoint's names (the rule: torch.checkpoint_named)
+    if metadata.get("converted"):  # rows under the checkpoint's names (the rule: torch_names.checkpoint_named)
         named = _checkpoint_named(layers, module, tensors, metadata["converted"], raw)
         renames = {old.name: [new.name, new.parameter, list(new.weight_shape)]
                    for old, new in zip(layers, named, strict=True) if old.name != new.name}
@@ -493,7 +493,7 @@ def _checkpoint_named(layers: list, module, tensors: dict, converted: list[str],
     holding the same matrices (the weights-only route's rows of the tensors no parameter or buffer is
     named for): `block_sparse_moe.experts.3.w1`, not the module's `mlp.experts.gate_up_proj[3].gate`."""
     from irtools.frontends.formats.layers import weight_layers  # noqa: PLC0415
-    from irtools.frontends.torch import checkpoint_named  # noqa: PLC0415
+    from irtools.frontends.torch_names import checkpoint_named  # noqa: PLC0415
 
     known = set(module.state_dict()) | {k for k, _ in module.named_buffers(remove_duplicate=False)} | \
         {k for k, _ in module.named_parameters(remove_duplicate=False)}

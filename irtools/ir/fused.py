@@ -111,7 +111,7 @@ def split_fused(layers: list, shapes=None, model_type: str | None = None, out_ax
 #: for the rows of parameters a checkpoint stores under other names or in another layout (a Hugging Face
 #: folder's Mixtral experts, `block_sparse_moe.experts.3.w1`, are the module's `mlp.experts.gate_up_proj[3].gate`):
 #: the checkpoint folder's frontend writes it, `checkpoint_renamed` applies it, so that every route names a
-#: matrix by the tensor a user finds in the checkpoint (the rule: `frontends/torch.py`, `checkpoint_named`).
+#: matrix by the tensor a user finds in the checkpoint (the rule: `frontends/torch_names.py`, `checkpoint_named`).
 CHECKPOINT_NAMES_KEY = "irtools.checkpoint_names"
 
 
