@@ -4,7 +4,7 @@
   base_model_name_or_path was a TypeError traceback, the string "false" as use_rslora turned rsLoRA
   on), peft_type is quoted with its control characters escaped, and rank_pattern/alpha_pattern keys
   (regular expressions, as PEFT matches them) are decided in bounded time: a catastrophic-backtracking
-  key cannot hang irtools (`frontends.peft._Pattern`, checked against `re` itself);
+  key cannot hang irtools (`frontends.peft_patterns._Pattern`, checked against `re` itself);
 - adapter tensors: a rank-0 pair (a ZeroDivisionError), two tensors for one factor, a magnitude that is
   no vector, NaN or zero norms of DoRA's merged weight, an adapter of another hidden size than the base;
 - the comparison: disjoint names, other shapes, NaN weights, the model given as its own base (any
@@ -160,7 +160,7 @@ def _reference(key, module):
 
 
 def test_the_pattern_matcher_is_re_on_every_construct_it_accepts():
-    from irtools.frontends.peft import _Pattern, _PatternSet
+    from irtools.frontends.peft_patterns import _Pattern, _PatternSet
 
     keys = ["q_proj", "layers.0.q_proj", "q.proj", ".*q_proj", "model.layers.*.mlp", "(q|k|v)_proj", "[qk]_proj",
             r"\w+\.fc\d", "^fc1", "fc1$", r"fc1\b", r"\bfc1", r"\Bc1", "a{2,4}", "x*", "", r"layers\.[0-9]+\.q_proj",
@@ -219,7 +219,7 @@ def test_catastrophic_patterns_are_matched_in_bounded_time(tmp_path):
 @pytest.mark.timeout(60)
 def test_pattern_matching_has_one_budget_for_the_whole_adapter():
     """Many regex keys against many long names: one line when the work passes the budget, in seconds."""
-    from irtools.frontends.peft import _PATTERN_WORK_MAX, _PatternSet
+    from irtools.frontends.peft_patterns import _PATTERN_WORK_MAX, _PatternSet
 
     patterns = _PatternSet([f"(a|a)*b{i}" for i in range(60000)], [_PATTERN_WORK_MAX])
     t = time.perf_counter()
@@ -233,7 +233,7 @@ def test_pattern_matching_has_one_budget_for_the_whole_adapter():
 def test_an_honest_moe_config_of_regex_keys_stays_well_inside_the_budget():
     """11,520 expert modules against 30 regex keys (PEFT's own test per pair as truth): under a fifth of the
     budget, so the budget refuses only what no honest config does."""
-    from irtools.frontends.peft import _PATTERN_WORK_MAX, _PatternSet
+    from irtools.frontends.peft_patterns import _PATTERN_WORK_MAX, _PatternSet
 
     names = [f"model.layers.{i}.mlp.experts.{j}.{p}" for i in range(60) for j in range(64)
              for p in ("gate_proj", "up_proj", "down_proj")]
@@ -249,7 +249,7 @@ def test_an_honest_moe_config_of_regex_keys_stays_well_inside_the_budget():
 
 @pytest.mark.timeout(60)
 def test_thousands_of_plain_module_keys_match_exactly_and_fast():
-    from irtools.frontends.peft import _PATTERN_WORK_MAX, _PatternSet
+    from irtools.frontends.peft_patterns import _PATTERN_WORK_MAX, _PatternSet
 
     names = [f"model.layers.{i}.mlp.experts.{j}.up_proj" for i in range(40) for j in range(64)]
     keys = list(reversed(names)) + ["up_proj"]
