@@ -210,7 +210,7 @@ def test_deepspeed_partition_counts_that_are_not_ints_are_one_line(tmp_path, dee
 
 # -- ONNX: nodes counted in the bytes, before the parse ---------------------------------------------------------
 def _varint(n: int) -> bytes:
-    from irtools.ir.loading import _encode_varint
+    from irtools.ir.wire import _encode_varint
 
     return _encode_varint(n)
 
