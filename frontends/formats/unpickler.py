@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import pickle
 import pickletools
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -339,6 +340,11 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def unpickle(reader, path: str):
-    """One restricted pickle from `reader`, scanned first (`scan_pickle`)."""
-    scan_pickle(reader, path)
-    return RestrictedUnpickler(reader, path).load()
+    """One restricted pickle from `reader`, scanned first (`scan_pickle`). A protocol-0 string with an escape
+    Python does not know (`S'\\Â'`) is read as pickle reads it, without the DeprecationWarning that both the
+    scan (pickletools) and the unpickler would print about the file's bytes (a second line on stderr)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)  # what later Pythons may raise for the same escapes
+        scan_pickle(reader, path)
+        return RestrictedUnpickler(reader, path).load()

@@ -1,0 +1,53 @@
+"""Hostile files found by this round's randomized fuzzing (IRTOOLS_FUZZ_RANDOM=1): what a file's bytes make
+Python itself print. A protocol-0 pickle string with an escape Python does not know (`S'a\\q'`) made both the
+opcode scan (pickletools) and the unpickler warn "invalid escape sequence" on stderr, a second line beside
+irtools' one-line error (or beside a successful run)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+import zipfile
+
+import pytest
+from click.testing import CliRunner
+
+from irtools.frontends.formats.unpickler import unpickle
+from tests.fuzz import formats as f
+
+
+def test_an_unknown_escape_in_a_pickle_string_is_read_as_pickle_reads_it_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert unpickle(io.BytesIO(b"S'a\\q'\n."), "m.pt") == "a\\q"  # pickle's own reading of the bytes
+
+
+def test_a_checkpoint_with_such_a_key_prints_only_its_rows(tmp_path):
+    """A state-dict key written as a protocol-0 string with an unknown escape, beside a real tensor: the CLI
+    analyses it and stderr holds no warning, even with every warning shown."""
+    from irtools.cli import main
+
+    state = f.p_state({"w": f.p_tensor("0", 12, 0, (3, 4), (4, 1))})
+    assert b"X\x01\x00\x00\x00w" in state  # the key as BINUNICODE, replaced below
+    state = state.replace(b"X\x01\x00\x00\x00w", b"S'w\\q'\n", 1)  # the key as STRING, with an unknown escape
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", state)
+        z.writestr("archive/data/0", bytes(range(48)))
+    path = tmp_path / "m.pt"
+    path.write_bytes(buf.getvalue())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, ["analyze", str(path), "--metrics", "spectral"])
+    assert result.exit_code == 0, result.output
+    assert "w\\q" in result.stdout
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, SyntaxWarning))]
+
+
+@pytest.mark.parametrize("data", [b"\x80\x02S'0\\\xc2\x80'\n."])
+def test_an_escape_before_non_ascii_text_is_one_error_without_a_warning(data):
+    """(The readers map the UnicodeDecodeError to their one-line error: "text that is not valid in the pickle".)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UnicodeDecodeError):
+            unpickle(io.BytesIO(data), "m.pt")
