@@ -11,6 +11,7 @@ parses, every step charged to one budget for the whole adapter. Used by `irtools
 from __future__ import annotations
 
 import re
+import warnings
 
 from irtools.errors import IrtoolsError, printable
 
@@ -47,7 +48,9 @@ class _Pattern:
             self._refuse(f"{len(key):,} characters (over {_PATTERN_KEY_CHARS:,})")
         _charge(budget, 200 + 10 * len(key), key)  # the parse (Python: ~100 us a key, 2 us a character), before it runs
         try:
-            tree = parser.parse(rf"(.*\.)?({key})$")
+            with warnings.catch_warnings():  # re's FutureWarnings about the file's pattern ("possible nested set")
+                warnings.simplefilter("ignore")  # are about the key, not irtools: a second line on stderr
+                tree = parser.parse(rf"(.*\.)?({key})$")
         except (re.error, OverflowError, RecursionError, ValueError):
             raise IrtoolsError(f"{CONFIG_FILE}: pattern '{printable(key)[:80]}' is not a regular expression"[:200]) from None
         self.prog: list = []

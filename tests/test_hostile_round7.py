@@ -51,3 +51,20 @@ def test_an_escape_before_non_ascii_text_is_one_error_without_a_warning(data):
         warnings.simplefilter("error")
         with pytest.raises(UnicodeDecodeError):
             unpickle(io.BytesIO(data), "m.pt")
+
+
+def test_a_pattern_key_re_warns_about_is_matched_without_the_warning():
+    """`[[a]` is a valid pattern that re's parser warns about ("possible nested set"): the warning is about the
+    adapter's key, printed under irtools' own file name; the key is matched as PEFT matches it, silently."""
+    import re
+
+    from irtools.frontends.peft_patterns import _Pattern
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = _Pattern("m.[[q]", [10**6])
+        for name in ("m.q", "x.m.[", "m.[", "m.qq", "x.m.q"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want = re.match(r"(.*\.)?(m.[[q])$", name) is not None
+            assert p.matches(name) == want, name
