@@ -46,7 +46,7 @@ def test_a_checkpoint_with_such_a_key_prints_only_its_rows(tmp_path):
 
 @pytest.mark.parametrize("data", [b"\x80\x02S'0\\\xc2\x80'\n."])
 def test_an_escape_before_non_ascii_text_is_one_error_without_a_warning(data):
-    """(The readers map the UnicodeDecodeError to their one-line error: "text that is not valid in the pickle".)"""
+    """(The readers map the UnicodeDecodeError to their one-line error: test below.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(UnicodeDecodeError):
@@ -68,3 +68,16 @@ def test_a_pattern_key_re_warns_about_is_matched_without_the_warning():
                 warnings.simplefilter("ignore")
                 want = re.match(r"(.*\.)?(m.[[q])$", name) is not None
             assert p.matches(name) == want, name
+
+
+def test_text_that_does_not_decode_is_named_by_its_bytes_not_the_codecs_wording():
+    """A checkpoint whose key is cut inside a UTF-8 character: one line naming the bytes and where they are (the
+    codec's own "unexpected end of data" read like an unexpected error)."""
+    from irtools.errors import ModelLoadError
+    from irtools.frontends.formats.common import read_errors
+
+    with pytest.raises(ModelLoadError) as err:
+        with read_errors("m.pt", "PyTorch checkpoint"):
+            b"ab\xc2".decode("utf-8")
+    assert str(err.value) == ("m.pt: not a readable PyTorch checkpoint (text that does not decode: not utf-8: bytes c2 "
+                              "at position 2 of a string)")

@@ -70,7 +70,7 @@ CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, KeyError, struct.error,
 
 #: What a low-level exception means in a weights file, for its one-line error.
 CAUSES = {pickle.UnpicklingError: "refused pickle", EOFError: "truncated", struct.error: "truncated",
-          zipfile.BadZipFile: "corrupt zip archive", UnicodeDecodeError: "text that is not valid in the pickle",
+          zipfile.BadZipFile: "corrupt zip archive", UnicodeDecodeError: "text that does not decode",
           RecursionError: "nested too deeply"}
 
 
@@ -83,6 +83,9 @@ def read_errors(path: str, kind: str):
         raise
     except CORRUPT as exc:
         detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if isinstance(exc, UnicodeDecodeError):  # the bytes and where, not the codec's own wording
+            bad = exc.object[exc.start:exc.start + 4] if isinstance(exc.object, (bytes, bytearray)) else b""
+            detail = f"not {exc.encoding}: bytes {bad.hex(' ')} at position {exc.start} of a string"
         raise ModelLoadError(f"not a readable {kind} ({CAUSES.get(type(exc), 'corrupt')}: {detail[:200]})",
                              path) from None
     except OSError as exc:
