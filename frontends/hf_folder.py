@@ -568,6 +568,9 @@ def _parameter_values(module, path, config, raw, tensors, trust, metadata) -> di
         found = next((n for n in names if n in tensors), None)
         if found is None:
             missing.append(k)
+        elif tuple(tensors[found].shape) != tuple(state[k].shape):  # config.json describes another model
+            raise IrtoolsError(f"tensor '{printable(found)}' has shape {tuple(tensors[found].shape)} in the checkpoint, "
+                               f"the architecture config.json describes has {tuple(state[k].shape)}", path)
         else:
             values[k] = tensors[found]
     if missing:

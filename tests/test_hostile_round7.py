@@ -81,3 +81,33 @@ def test_text_that_does_not_decode_is_named_by_its_bytes_not_the_codecs_wording(
             b"ab\xc2".decode("utf-8")
     assert str(err.value) == ("m.pt: not a readable PyTorch checkpoint (text that does not decode: not utf-8: bytes c2 "
                               "at position 2 of a string)")
+
+
+@pytest.mark.parametrize("hidden", [0, 16, 48])
+def test_a_config_describing_other_shapes_than_the_checkpoint_gives_the_checkpoints_rows(tmp_path, hidden):
+    """config.json's hidden_size changed (found by the config fuzz at 0): the architecture's parameters have other
+    shapes than the checkpoint's tensors. Every tensor gets its row from the weights alone, named and shaped as
+    the weights-only route has it, with a note; before, hidden_size 0 gave no row at all."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    import json
+    import os
+
+    import irtools
+
+    folder = tmp_path / "llama"
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2,
+                                       max_position_embeddings=32)).save_pretrained(folder)
+    truth = irtools.analyze(os.path.join(folder, "model.safetensors"), metrics="spectral", min_evals=1)
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] = hidden
+    (folder / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own note on zero-element tensors
+        got = irtools.analyze(str(folder), metrics="spectral", min_evals=1, trust=True)
+    key = lambda r: r["name"]  # noqa: E731
+    assert [(r["name"], r["N"], r["M"]) for r in sorted(got.layers, key=key)] == \
+        [(r["name"], r["N"], r["M"]) for r in sorted(truth.layers, key=key)]
+    assert any("spectral metrics from the weights alone" in n and "config.json describes" in n for n in got.notes)
