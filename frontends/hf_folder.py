@@ -587,6 +587,10 @@ def _parameter_values(module, path, config, raw, tensors, trust, metadata) -> di
 
             raise IrtoolsError(f"parameter '{missing[0]}' is not in the checkpoint and transformers cannot load it "
                                f"({export_reason(exc)})", path) from None
+        unread = sorted(k for k in info.get("unexpected_keys") or () if k in tensors and len(tensors[k].shape) >= 2)
+        if unread:  # the checkpoint's matrices the architecture reads nothing from (a base class for a head model)
+            raise IrtoolsError(f"the architecture config.json describes reads no parameter from {len(unread)} tensor(s) "
+                               f"of the checkpoint (e.g. '{printable(unread[0])}')", path)
         got = dict(loaded.named_parameters(remove_duplicate=False))
         absent = set(info.get("missing_keys") or ()) | {k for k in missing if k not in got}
         for k in missing:

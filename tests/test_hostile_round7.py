@@ -83,11 +83,17 @@ def test_text_that_does_not_decode_is_named_by_its_bytes_not_the_codecs_wording(
                               "at position 2 of a string)")
 
 
-@pytest.mark.parametrize("hidden", [0, 16, 48])
-def test_a_config_describing_other_shapes_than_the_checkpoint_gives_the_checkpoints_rows(tmp_path, hidden):
-    """config.json's hidden_size changed (found by the config fuzz at 0): the architecture's parameters have other
-    shapes than the checkpoint's tensors. Every tensor gets its row from the weights alone, named and shaped as
-    the weights-only route has it, with a note; before, hidden_size 0 gave no row at all."""
+@pytest.mark.parametrize(("field", "value", "said"), [("hidden_size", 0, "config.json describes has"),
+                                                      ("hidden_size", 16, "config.json describes has"),
+                                                      ("hidden_size", 48, "config.json describes has"),
+                                                      ("architectures", [], "reads no parameter from 1 tensor")])
+def test_a_config_describing_another_model_than_the_checkpoint_gives_the_checkpoints_rows(tmp_path, field, value,
+                                                                                         said):
+    """config.json changed (found by the config fuzz): a hidden_size that gives the architecture's parameters
+    other shapes than the checkpoint's tensors (before: hidden_size 0 gave no row at all, 16 and 48 rows of the
+    architecture's shapes, silently wrong), or no `architectures`, so that the base model is built for a
+    checkpoint of the LM-head model (before: lm_head's row was dropped without a word). Every stored matrix gets
+    its row from the weights alone, named and shaped as the weights-only route has it, with a note."""
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
     import json
@@ -102,7 +108,7 @@ def test_a_config_describing_other_shapes_than_the_checkpoint_gives_the_checkpoi
                                        max_position_embeddings=32)).save_pretrained(folder)
     truth = irtools.analyze(os.path.join(folder, "model.safetensors"), metrics="spectral", min_evals=1)
     config = json.loads((folder / "config.json").read_text())
-    config["hidden_size"] = hidden
+    config[field] = value
     (folder / "config.json").write_text(json.dumps(config))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own note on zero-element tensors
@@ -110,4 +116,4 @@ def test_a_config_describing_other_shapes_than_the_checkpoint_gives_the_checkpoi
     key = lambda r: r["name"]  # noqa: E731
     assert [(r["name"], r["N"], r["M"]) for r in sorted(got.layers, key=key)] == \
         [(r["name"], r["N"], r["M"]) for r in sorted(truth.layers, key=key)]
-    assert any("spectral metrics from the weights alone" in n and "config.json describes" in n for n in got.notes)
+    assert any("spectral metrics from the weights alone" in n and said in n for n in got.notes), got.notes
