@@ -566,6 +566,7 @@ def _parameter_values(module, path, config, raw, tensors, trust, metadata) -> di
     for k in params:
         names = [k] + [a for a, o in aliases.items() if o == k]
         found = next((n for n in names if n in tensors), None)
+        _check_tied(names, tensors, path)
         if found is None:
             missing.append(k)
         elif tuple(tensors[found].shape) != tuple(state[k].shape):  # config.json describes another model
@@ -604,6 +605,20 @@ def _parameter_values(module, path, config, raw, tensors, trust, metadata) -> di
         if absent:
             metadata["not_in_checkpoint"] = sorted(k for k in missing if k in absent)
     return values
+
+
+def _check_tied(names: list[str], tensors: dict, path: str) -> None:
+    """The architecture ties these parameter names to one tensor (config.json's tie_word_embeddings); if the
+    checkpoint stores several of them, they must hold the same values, else the model is not tied and the graph
+    would analyse one matrix where the checkpoint holds two (its other row dropped without a word)."""
+    import numpy as np  # noqa: PLC0415
+
+    present = [n for n in names if n in tensors]
+    for other in present[1:]:
+        a, b = tensors[present[0]], tensors[other]
+        if tuple(a.shape) != tuple(b.shape) or not np.array_equal(np.asarray(a.load()), np.asarray(b.load())):
+            raise IrtoolsError(f"config.json ties '{printable(other)}' to '{printable(present[0])}', but the "
+                               "checkpoint holds different values under the two names", path)
 
 
 class _Absent:

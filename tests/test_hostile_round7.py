@@ -117,3 +117,43 @@ def test_a_config_describing_another_model_than_the_checkpoint_gives_the_checkpo
     assert [(r["name"], r["N"], r["M"]) for r in sorted(got.layers, key=key)] == \
         [(r["name"], r["N"], r["M"]) for r in sorted(truth.layers, key=key)]
     assert any("spectral metrics from the weights alone" in n and said in n for n in got.notes), got.notes
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_tied_config_over_a_checkpoint_that_stores_both_names(tmp_path, same):
+    """config.json ties lm_head to the embedding; the checkpoint stores both names. The same values: a tied model
+    saved with both keys, the module route as usual (one row, reuse kept). Different values (found beside the
+    config fuzz: tie_word_embeddings set on an untied checkpoint): before, lm_head's row was dropped without a
+    word and the graph read the embedding for it; now the weights-only route gives both rows, with a note."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    import json
+    import os
+
+    from safetensors.numpy import load_file, save_file
+
+    import irtools
+
+    folder = tmp_path / "llama"
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                       tie_word_embeddings=False)).save_pretrained(folder)
+    path = os.path.join(folder, "model.safetensors")
+    weights = load_file(path)
+    if same:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].copy()
+        save_file(weights, path, metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = irtools.analyze(str(folder), metrics=["spectral", "reuse"], min_evals=1, trust=True)
+    names = sorted(r["name"] for r in got.layers)
+    tied_note = [n for n in got.notes if "ties 'lm_head.weight'" in n]
+    if same:
+        assert not tied_note and not [n for n in got.notes if n.startswith("reuse metrics left out")]  # the graph
+        assert "model.embed_tokens" in names
+    else:
+        assert tied_note and "lm_head" in names and "model.embed_tokens" in names
