@@ -196,11 +196,9 @@ class Baseline:
     def __init__(self, rev: str, clock_name: str):
         self.dir = tempfile.TemporaryDirectory(prefix="irtools-floor-")
         tree = self.dir.name
-        archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "irtools", "passes", "frontends"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        for pkg in ("passes", "frontends"):  # as the editable install maps them: irtools.passes, irtools.frontends
-            os.symlink(os.path.join(tree, pkg), os.path.join(tree, "irtools", pkg))
+        from _revision import unpack_revision
+
+        unpack_revision(rev, tree)
         env = dict(os.environ, PYTHONPATH=tree)
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), WORKER, clock_name], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tree)

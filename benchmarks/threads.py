@@ -89,11 +89,9 @@ def pass_times(repeat: int, names: list[str]) -> dict:
 
 def baseline_times(rev: str, repeat: int, names: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="irtools-threads-") as tree:
-        archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "irtools", "passes", "frontends"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        for pkg in ("passes", "frontends"):  # as the editable install maps them: irtools.passes, irtools.frontends
-            os.symlink(os.path.join(tree, pkg), os.path.join(tree, "irtools", pkg))
+        from _revision import unpack_revision
+
+        unpack_revision(rev, tree)
         done = subprocess.run([sys.executable, os.path.abspath(__file__), WORKER, str(repeat), ",".join(names)],
                               cwd=tree,
                               env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True, check=True)

@@ -128,23 +128,26 @@ def _dsyevd_work(n: int, uplo: bytes) -> tuple[int, int]:
     return max(1, int(work[0])), max(1, int(iwork[0]))
 
 
+def _packed(sizes: tuple[int, ...]) -> tuple[np.ndarray, list[int], int]:
+    """One float64 buffer of `sizes` slots in a row: (the buffer, each part's end, its address). A workspace's
+    parts are slices of it, and their addresses are taken once (numpy's `.ctypes.data` costs 1 us each)."""
+    buf = np.empty(sum(sizes))
+    return buf, np.cumsum(sizes).tolist(), buf.ctypes.data
+
+
 class _Workspace:
-    """One thread's dsyevd buffers for one n and triangle, in one allocation whose addresses are taken once
-    (numpy's `.ctypes.data` costs 1 us each): the Fortran-ordered matrix, the eigenvalues, the work arrays
-    and the integer arguments (n, lda, lwork, liwork, info)."""
+    """One thread's dsyevd buffers for one n and triangle (`_packed`): the Fortran-ordered matrix, the
+    eigenvalues, the work arrays and the integer arguments (n, lda, lwork, liwork, info)."""
 
     __slots__ = ("a", "w", "args", "call", "nbytes")
 
     def __init__(self, n: int, uplo: bytes):
         lwork, liwork = _dsyevd_work(n, uplo)
-        sizes = (n * n, n, lwork, liwork, 5)  # float64 slots; the integers are int64 views of theirs
-        buf = np.empty(sum(sizes))
-        ends = np.cumsum(sizes).tolist()
+        buf, ends, base = _packed((n * n, n, lwork, liwork, 5))  # the integers are int64 views of their slots
         self.a = buf[: ends[0]].reshape((n, n), order="F")
         self.w = buf[ends[0]: ends[1]]
         self.args = buf[ends[3]: ends[4]].view(np.int64)
         self.args[:] = (n, max(1, n), lwork, liwork, 0)
-        base = buf.ctypes.data
         p = base + 8 * ends[3]
         self.call = (b"N", uplo, p, base, p + 8, base + 8 * ends[0], base + 8 * ends[1], p + 16,
                      base + 8 * ends[2], p + 24, p + 32, 1, 1)
@@ -202,34 +205,39 @@ def _numpy_dgesdd():
     return fn
 
 
+@functools.cache
+def _dgesdd_work(m: int, n: int) -> int:
+    """The lwork dgesdd asks for on an m x n singular-values-only solve (0 read as 1, as numpy reads it)."""
+    k = min(m, n)
+    args = np.array([m, n, max(1, m), max(1, m), 1, -1, 0], dtype=np.int64)  # a workspace query: lwork = -1
+    p = args.ctypes.data
+    query, dummy, iwork = np.zeros(1), np.zeros(max(1, k) + 2), np.zeros(8 * k + 1, dtype=np.int64)
+    _numpy_dgesdd()(b"N", p, p + 8, dummy.ctypes.data, p + 16, dummy.ctypes.data, dummy.ctypes.data, p + 24,
+                    dummy.ctypes.data, p + 32, query.ctypes.data, p + 40, iwork.ctypes.data, p + 48, 1)
+    if args[6] != 0:
+        raise np.linalg.LinAlgError(f"dgesdd's workspace query failed (info {int(args[6])})")
+    return int(query[0]) or 1
+
+
 class _SvdWorkspace:
-    """One thread's dgesdd buffers (singular values only) for an m x n matrix, as numpy's svd_N sizes them:
-    lda = ldu = max(1, m), ldvt = 1, lwork from LAPACK's query (0 read as 1), 8 min(m, n) integers of iwork;
-    the integer arguments are (m, n, lda, ldu, ldvt, lwork, info)."""
+    """One thread's dgesdd buffers (singular values only) for an m x n matrix (`_packed`), as numpy's svd_N
+    sizes them: lda = ldu = max(1, m), ldvt = 1, lwork from LAPACK's query, 8 min(m, n) integers of iwork; the
+    integer arguments are (m, n, lda, ldu, ldvt, lwork, info)."""
 
     __slots__ = ("a", "s", "args", "call", "nbytes")
 
     def __init__(self, m: int, n: int):
-        k = min(m, n)
-        self.args = np.array([m, n, max(1, m), max(1, m), 1, -1, 0], dtype=np.int64)
-        p = self.args.ctypes.data
-        query, dummy = np.zeros(1), np.zeros(max(1, k) + 2)
-        iwork0 = np.zeros(8 * k + 1, dtype=np.int64)
-        _numpy_dgesdd()(b"N", p, p + 8, dummy.ctypes.data, p + 16, dummy.ctypes.data, dummy.ctypes.data, p + 24,
-                        dummy.ctypes.data, p + 32, query.ctypes.data, p + 40, iwork0.ctypes.data, p + 48, 1)
-        if self.args[6] != 0:
-            raise np.linalg.LinAlgError(f"dgesdd's workspace query failed (info {int(self.args[6])})")
-        lwork = int(query[0]) or 1
-        self.args[5] = lwork
-        sizes = (m * n, k, 2, lwork, 8 * k + 1)  # a, s, u and vt (never written with jobz N), work, iwork
-        buf = np.empty(sum(sizes))
-        ends = np.cumsum(sizes).tolist()
+        k, lwork = min(m, n), _dgesdd_work(m, n)
+        # a, s, u and vt (never written with jobz N), work, iwork, the integer arguments
+        buf, ends, base = _packed((m * n, k, 2, lwork, 8 * k + 1, 7))
         self.a = buf[: ends[0]].reshape((m, n), order="F")
         self.s = buf[ends[0]: ends[1]]
-        base = buf.ctypes.data
+        self.args = buf[ends[4]: ends[5]].view(np.int64)
+        self.args[:] = (m, n, max(1, m), max(1, m), 1, lwork, 0)
+        p = base + 8 * ends[4]
         self.call = (b"N", p, p + 8, base, p + 16, base + 8 * ends[0], base + 8 * ends[1], p + 24,
                      base + 8 * ends[1] + 8, p + 32, base + 8 * ends[2], p + 40, base + 8 * ends[3], p + 48, 1)
-        self.nbytes = buf.nbytes + self.args.nbytes
+        self.nbytes = buf.nbytes
 
 
 def _dgesdd(a: np.ndarray) -> np.ndarray:
@@ -345,6 +353,23 @@ def _eigvalsh(gram: np.ndarray, lower: bool) -> np.ndarray:
     return ev
 
 
+def _eigvalsh_stack(stack: np.ndarray) -> np.ndarray:
+    """`_eigvalsh` (lower triangles) of a C-ordered float64 stack of square matrices, one ascending row each:
+    numpy's gufunc over the stack, or one GIL-free `_dsyevd` call each where the gufunc would hold the GIL
+    (`own_call`). A failed solve raises numpy's LinAlgError."""
+    count, m = stack.shape[0], stack.shape[-1]
+    if own_call(count, m):
+        ev = np.empty((count, m))
+        for k in range(count):
+            ev[k] = _dsyevd(stack[k], True)
+        return ev
+    gufunc = _EIGVALSH[True]
+    ev = gufunc(stack, signature="d->d") if gufunc is not None else np.linalg.eigvalsh(stack)
+    if ev.size and np.isnan(ev[:, -1]).any():  # numpy fills the eigenvalues of a failed solve with NaN
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+    return ev
+
+
 def _svdvals(stack: np.ndarray) -> np.ndarray:
     """`np.linalg.svd(stack, compute_uv=False)` of a float64 stack, numpy's same gufunc without the
     wrapper (the caller ignores "invalid"; a failed SVD, NaN in numpy's output, raises its LinAlgError)."""
@@ -431,10 +456,7 @@ def stacked_squared_singular_values(matrices: Sequence[np.ndarray], method: str 
             finite = np.isfinite(np.diagonal(grams, axis1=1, axis2=2)).all(axis=1)
             if not finite.all():
                 grams[~finite] = 0.0
-            if own_call(len(grams), m):  # numpy's gufunc would hold the GIL: one call each, the GIL released
-                ev = np.stack([_dsyevd(g, True) for g in grams])
-            else:
-                ev = np.linalg.eigvalsh(grams)
+            ev = _eigvalsh_stack(grams)
             np.clip(ev, 0.0, None, out=ev)
         else:
             ev, finite = _stacked_svd(stack)
@@ -484,7 +506,6 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
         if gram:
             ev = np.empty((len(mats), m))
             per = max(1, min(len(mats), _STACKED_GRAM_BYTES // (8 * m * m)))
-            gufunc = _EIGVALSH[True]
             # small matrices of one shape (a conv's k x k slices): their float64 copies in one stack and one
             # batched product, each matrix's the same BLAS call as alone (49 slices of 64 x 3: 0.19 -> 0.15 ms)
             batched = m < STACK_BELOW and all(w.shape[0] == n for w in mats)
@@ -506,14 +527,7 @@ def stacked_spectra(matrices: Sequence[np.ndarray], method: str = "auto") -> tup
                 stack = grams[:len(part)]
                 if not np.isfinite(np.diagonal(stack, axis1=1, axis2=2)).all():
                     return None
-                if own_call(len(part), m):  # numpy's gufunc would hold the GIL: one call each, GIL released
-                    for k in range(len(part)):
-                        ev[start + k] = _dsyevd(stack[k], True)
-                else:
-                    ev[start:start + len(part)] = (gufunc(stack, signature="d->d") if gufunc is not None
-                                                   else np.linalg.eigvalsh(stack))
-            if np.isnan(ev[:, -1]).any():  # numpy fills the eigenvalues of a failed solve with NaN
-                raise np.linalg.LinAlgError("Eigenvalues did not converge")
+                ev[start:start + len(part)] = _eigvalsh_stack(stack)
             np.maximum(ev, 0.0, out=ev)
         else:
             stack = np.empty((len(mats), n, m))

@@ -4,7 +4,8 @@ Weights go to the device in their stored dtype (float16, bfloat16, float32, floa
 widened to float64 there; the Gram product W^T W and the symmetric eigensolve
 (`torch.linalg.eigvalsh`, cuSOLVER syevd) run in float64, or with `method="svd"` the singular
 values (`torch.linalg.svdvals`), exactly the routes and noise floors of the CPU backend
-(`irtools.backends.cpu.gram_route`, `noise_floor`), so that the numbers equal the CPU's (eigenvalues to round-off; NaN/Inf weights give NaN spectra there too).
+(`irtools.backends.cpu.gram_route`, `noise_floor`), so that the numbers equal the CPU's (eigenvalues
+to round-off; NaN/Inf weights give NaN spectra there too).
 
 Scheduling (`map_spectra`): the spectral pass hands over layers sorted by shape; matrices of
 one shape and dtype (conv kernel slices, attention heads, layers of one size) are stacked into

@@ -221,11 +221,18 @@ def stacked_eigen(k: int, layer, mats, ev: np.ndarray, floors: np.ndarray, keep_
     finite ascending row of `ev` per matrix, `floors` their noise floors): the same pooled, sorted and
     scaled eigenvalues, noise floor and max rank, from the two arrays instead of a Spectrum per matrix
     (a 3 x 3 conv's nine slices: 4-8% of its time on small layers)."""
-    scale = layer.eigen_scale
-    evals = np.sort(ev.reshape(-1)) * scale
-    noise = float(floors.max()) * scale
-    max_rank = int(np.count_nonzero(ev > floors[:, None], axis=1).max())
-    return _Eigen(k, layer, mats if keep_mats else None, evals, noise, max_rank)
+    evals, noise, max_rank = pooled(ev, floors, 1, layer.eigen_scale)
+    return _Eigen(k, layer, mats if keep_mats else None, evals[0], float(noise[0]), int(max_rank[0]))
+
+
+def pooled(ev: np.ndarray, floors: np.ndarray, layers: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`layer_eigen` for `layers` layers of one shape whose matrices' spectra came stacked, in layer order (one
+    ascending row of `ev` per matrix, `floors` their noise floors): per layer its matrices' eigenvalues pooled,
+    sorted and scaled (a row), its noise floor and the largest rank of its matrices."""
+    evals = np.sort(ev.reshape(layers, -1), axis=1) * scale
+    noise = floors.reshape(layers, -1).max(axis=1) * scale
+    max_rank = np.count_nonzero(ev > floors[:, None], axis=1).reshape(layers, -1).max(axis=1)
+    return evals, noise, max_rank
 
 
 #: Layers of at most this many weights are analysed in groups of one shape (`_Group`), the groups of at
@@ -465,14 +472,8 @@ class SpectralPass(Pass):
             stacked = backend.stacked_spectra([w for mats in mats_of for w in mats])
         if stacked is None:
             return [analyse_one(k, layer, mats) for (k, layer), mats in zip(group.items, mats_of)]
-        ev, floors = stacked
-        count, m = len(mats_of), ev.shape[1]
-        scale = group.items[0][1].eigen_scale
-        # `layer_eigen` for every layer: its slices' eigenvalues pooled (a row), sorted and scaled
-        evals = np.sort(ev.reshape(count, rf * m), axis=1) * scale
-        noise = floors.reshape(count, rf).max(axis=1) * scale
-        max_rank = np.count_nonzero(ev > floors[:, None], axis=1).reshape(count, rf).max(axis=1)
         first = group.items[0][1]
+        evals, noise, max_rank = pooled(*stacked, len(mats_of), first.eigen_scale)
         rows = []
         for j, ((k, layer), values) in enumerate(zip(group.items, layer_metrics_rows(
                 evals, [layer.N for _, layer in group.items], first.M, noise, max_rank, self.small_n_xmin))):
