@@ -81,3 +81,41 @@ def test_own_dgesdd_equals_numpys_svd_bit_for_bit():
     with pytest.raises(np.linalg.LinAlgError):
         cpu._dgesdd(np.full((20, 20), np.nan))
     np.testing.assert_array_equal(cpu._dgesdd(np.diag(np.arange(20.0))), np.arange(20.0)[::-1])
+
+
+def _numpy_spectrum(w: np.ndarray) -> np.ndarray:
+    """What the Gram route computed before the product went straight into the workspace: numpy's own
+    `W^T W` (its syrk call) of the float64 copy, eigvalsh, clipped at 0."""
+    w = np.asarray(w)
+    w = w.T if w.shape[0] < w.shape[1] else w
+    w64 = np.asarray(w, dtype=np.float64)
+    return np.clip(np.linalg.eigvalsh(w64.T @ w64), 0.0, None)
+
+
+def test_the_gram_written_into_the_workspace_gives_numpys_eigenvalues_bit_for_bit():
+    """`_gram_eigvalsh` (numpy's syrk call into dsyevd's workspace): the spectrum of numpy's product and
+    eigvalsh, on C- and Fortran-ordered, float32 and float64, wide and tall matrices of every own-call size,
+    through the backend's public call; the input never written."""
+    rng = np.random.default_rng(3)
+    seen = 0
+    for m in [*range(cpu.OWN_CALL_FROM - 2, 70), 100, 128, 129, 256, 300, cpu.GIL_HELD_UP_TO]:
+        n = m + int(rng.integers(0, 3 * m + 1))
+        base = rng.standard_normal((n, m)) / np.sqrt(m)
+        for w in (base, base.astype(np.float32), np.asfortranarray(base), base.T, base.astype(np.float32).T,
+                  np.ascontiguousarray(base.T)):
+            before = np.array(w, copy=True)
+            got = cpu.squared_singular_values(w)
+            np.testing.assert_array_equal(got.evals, _numpy_spectrum(w), err_msg=f"{w.shape} {w.dtype}")
+            np.testing.assert_array_equal(w, before)
+            seen += cpu.own_call(1, m)
+    assert seen >= 6 * 50  # the direct path ran on most of them (sizes from OWN_CALL_FROM up)
+
+
+def test_the_direct_gram_reports_nan_and_inf_weights_and_leaves_the_workspace_usable():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((80, 40))
+    for bad in (np.nan, np.inf, 1e200):  # 1e200: finite, but its square overflows the Gram's diagonal
+        x = w.copy()
+        x[7, 13] = bad
+        assert np.isnan(cpu.squared_singular_values(x).evals).all()
+    np.testing.assert_array_equal(cpu.squared_singular_values(w).evals, _numpy_spectrum(w))

@@ -35,7 +35,7 @@ _BLOCK_ELEMENTS = 1 << 22  # float64 elements per row block (32 MB)
 
 # cblas_dsyrk in numpy's own OpenBLAS (ILP64 wheels export it with these names), and its enums.
 _CBLAS_DSYRK = ("scipy_cblas_dsyrk64_", "cblas_dsyrk64_")
-_COL_MAJOR, _UPPER, _NO_TRANS, _TRANS = 102, 121, 111, 112
+_ROW_MAJOR, _COL_MAJOR, _UPPER, _NO_TRANS, _TRANS = 101, 102, 121, 111, 112
 
 
 @functools.cache
@@ -179,6 +179,11 @@ def _dsyevd(gram: np.ndarray, lower: bool) -> np.ndarray:
     n = gram.shape[0]
     ws = _workspace(("syevd", n, uplo), lambda: _Workspace(n, uplo))
     np.copyto(ws.a, gram)
+    return _call_dsyevd(ws)
+
+
+def _call_dsyevd(ws: _Workspace) -> np.ndarray:
+    """dsyevd on the matrix in `ws.a` (overwritten): its eigenvalues, a new array."""
     _numpy_dsyevd()(*ws.call)
     if ws.args[4] != 0:
         info, ws.args[4] = int(ws.args[4]), 0
@@ -272,6 +277,26 @@ def _syrk_add(c: np.ndarray, a: np.ndarray, trans: bool) -> np.ndarray:
     fn(_COL_MAJOR, _UPPER, _TRANS if trans else _NO_TRANS, n, k, 1.0, a.ctypes.data, a.shape[0], 1.0,
        c.ctypes.data, c.shape[0])
     return c
+
+
+def _gram_eigvalsh(w: np.ndarray) -> np.ndarray | None:
+    """`_eigvalsh(w.T @ w)` of a float64 n x m `w` (n >= m) in C or Fortran order with `own_call(1, m)`, the
+    product written by numpy's own syrk call straight into the eigensolve's workspace, or None when the Gram
+    has a NaN or Inf on its diagonal (`non_finite`). numpy's `w.T @ w` calls cblas_dsyrk (row-major, upper,
+    these arguments) into a new array and mirrors its triangle, and eigvalsh copies that into Fortran order:
+    the same triangle reaches dsyevd here, so the eigenvalues are the same bits, without the product's
+    array, the mirroring and the copy: a 512 x 128 float32 matrix's spectrum in 0.88 ms against 0.93 ms, the
+    same time under 128 columns (one BLAS thread; a reused float64 buffer for the conversion measured slower)."""
+    n, m = w.shape
+    fn = _numpy_dsyrk()
+    ws = _workspace(("syevd", m, b"L"), lambda: _Workspace(m, b"L"))
+    # w.T @ w of a C-ordered w: A = w.T read transposed (lda m); of a Fortran-ordered one: w.T is C-ordered
+    trans, lda = (_TRANS, m) if w.flags.c_contiguous else (_NO_TRANS, n)
+    fn(_ROW_MAJOR, _UPPER, trans, m, n, 1.0, w.ctypes.data, lda, 0.0, ws.a.ctypes.data, m)
+    # row-major upper = column-major lower: dsyevd("L") reads the triangle just written
+    if not np.isfinite(ws.a.diagonal()).all():  # a NaN/Inf in column j makes G[j, j] NaN/Inf
+        return None
+    return _call_dsyevd(ws)
 
 
 def _gram(w: np.ndarray, quiet: bool = False) -> tuple[np.ndarray, bool]:
@@ -407,10 +432,18 @@ def _spectrum(w: np.ndarray, method: str, quiet: bool) -> Spectrum:
         if not quiet:
             with np.errstate(invalid="ignore", over="ignore"):
                 return _spectrum(w, method, quiet=True)
-        gram, lower = _gram(w, quiet=True)
-        if not np.isfinite(np.diagonal(gram)).all():  # a NaN/Inf in column j makes G[j, j] NaN/Inf
-            return non_finite(m)
-        ev = _eigvalsh(gram, lower)
+        direct = own_call(1, m) and _numpy_dsyrk() is not None  # the product straight into dsyevd's workspace
+        if direct and n * m <= _BLOCKED_GRAM_ELEMENTS:
+            w = np.asarray(w, dtype=np.float64)  # the layout kept (what `_gram` multiplies)
+        if direct and w.dtype == np.float64 and (w.flags.c_contiguous or w.flags.f_contiguous):
+            ev = _gram_eigvalsh(w)
+            if ev is None:
+                return non_finite(m)
+        else:
+            gram, lower = _gram(w, quiet=True)
+            if not np.isfinite(np.diagonal(gram)).all():  # a NaN/Inf in column j makes G[j, j] NaN/Inf
+                return non_finite(m)
+            ev = _eigvalsh(gram, lower)
         np.maximum(ev, 0.0, out=ev)  # np.clip(ev, 0.0, None)'s own operation
         top = float(ev[-1])
         return Spectrum(ev, noise_floor(top, n, m, True))
