@@ -239,8 +239,56 @@ def _dense(ctx: _Ctx, node: ir.Node) -> None:
         v = ctx.const_input(node, slot)
         if v is None or not (v.dtype is not None and v.dtype.is_floating_point()):
             continue
+        whole = _whole_of_part(ctx, v)
+        if whole is not None:
+            _whole_dense_weight(ctx, node, slot, whole)
+            return
         _dense_weight(ctx, node, slot, v, lambda v=v: ctx.value(v))
         return
+
+
+#: Ops that take a part of their first input's values (with the views of `VIEW_OPS` between them): the dynamo
+#: exporter writes torch's split as SplitToSequence and a SequenceAt per part.
+PART_OPS = frozenset({"Split", "Slice", "SplitToSequence", "SequenceAt"})
+
+
+def _whole_of_part(ctx: _Ctx, v: ir.Value) -> StoredTensor | None:
+    """The 2-D parameter a dense operand is a part of (through `PART_OPS` and views), or None.
+    nn.MultiheadAttention with a query other than its keys (cross-attention, SigLIP's pooling head) splits
+    its stored (3E, E) `in_proj_weight` into a (E, E) and a (2E, E) part, one matmul each: the layer is the
+    stored matrix, as the module and weights-only routes analyse it. (Each part as a layer of the
+    parameter's name analysed the first part alone, the others taken for shared uses of it.)"""
+    part = False
+    for _ in range(64):  # a chain of views and parts; a graph's chains are short
+        p = ctx._parameter_of.get(v)
+        if p is not None:
+            return p if part and len(p.shape) == 2 and min(p.shape) > 0 else None
+        producer = v.producer()
+        if producer is None or producer.op_type not in PART_OPS | VIEW_OPS or not producer.inputs or \
+                producer.inputs[0] is None or not ctx.model.constants_analysis.is_constant(producer.inputs[0]):
+            return None
+        part = part or producer.op_type in PART_OPS
+        v = producer.inputs[0]
+    return None
+
+
+def _whole_dense_weight(ctx: _Ctx, node: ir.Node, slot: int, p: StoredTensor) -> None:
+    """`_dense_weight` of the whole stored parameter `p` a node reads a part of (`_whole_of_part`): one layer
+    for all its parts' nodes (the other parts' nodes are its shared uses); with --split-qkv a (3E, E) or (E, 3E)
+    parameter in thirds along its long axis, as stored."""
+    shape = tuple(p.shape)
+    axis = 0 if shape[0] >= shape[1] else 1
+    if ctx.opts.split_qkv and shape[axis] == 3 * shape[1 - axis]:
+        third = shape[axis] // 3
+        for k, part in enumerate("qkv"):
+            sub = list(shape)
+            sub[axis] = third
+            ctx.add(node, slot, "dense", sub, max(sub), min(sub), 1, 1.0,
+                    (lambda k=k, v=p.value: [np.take(ctx.value(v), range(k * third, (k + 1) * third), axis)]),
+                    suffix=f":{part}", value=p.value)
+        return
+    ctx.add(node, slot, "dense", shape, max(shape), min(shape), 1, 1.0, lambda v=p.value: [ctx.value(v)],
+            value=p.value)
 
 
 def _dense_weight(ctx: _Ctx, node: ir.Node, slot: int, v: ir.Value, load: Callable[[], np.ndarray]) -> None:
