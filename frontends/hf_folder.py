@@ -19,7 +19,8 @@ or `pytorch_model.bin`, sharded with `pytorch_model.bin.index.json`). Both famil
 The trace input comes from the config: token ids of `seq_len` (`--seq-len`, default
 `DEFAULT_SEQ_LEN`, at most the model's maximum positions) for text models, decoder ids for
 encoder-decoders, `image_size` x `num_channels` pixels for vision models, the feature extractor's
-sizes (`preprocessor_config.json`) for audio. Caches are off (`use_cache=False`), attention is
+sizes (`preprocessor_config.json`) for audio, text and an image for dual encoders (CLIP, SigLIP). Caches are
+off (`use_cache=False`, in the config too), attention is
 `eager`. Weights come from the folder only, never the hub; a config with `auto_map` (code shipped
 with the checkpoint) is refused unless `trust`. Without `transformers`, the spectral family still
 runs from the weights and one note names the extra to install.
@@ -277,7 +278,21 @@ def _to_torch(torch, array):
     return torch.from_numpy(np.array(a))
 
 
+def _text_config(config):
+    """The config's text part: itself, or its text sub-config (CLIP's, LLaVA's `text_config`) where the
+    top level has no vocabulary of its own."""
+    if getattr(config, "vocab_size", None) is None:
+        try:
+            text = config.get_text_config()
+        except Exception:  # noqa: BLE001  (an older or odd config: the top level it is)
+            text = None
+        if text is not None:
+            return text
+    return config
+
+
 def _positions_bound(config) -> int | None:
+    config = _text_config(config)
     for key in _MAX_POSITIONS:
         v = getattr(config, key, None)
         if isinstance(v, int) and v > 0:
@@ -314,6 +329,12 @@ def _preprocessor(path: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _image_tokens(config) -> bool:
+    """Whether the config places image features at image tokens of its text (LLaVA-style): its image input
+    needs those tokens in the ids, so the trace is of the text alone."""
+    return any(getattr(config, key, None) is not None for key in ("image_token_id", "image_token_index"))
+
+
 def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
     """The keyword inputs the model is traced with, from its config (see the module docstring)."""
     import inspect  # noqa: PLC0415
@@ -330,10 +351,11 @@ def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
     elif bound is not None and seq_len > bound and main == "input_ids":
         raise IrtoolsError(f"--seq-len {seq_len:,} is over the model's {bound:,} positions (config.json)", path)
     # what the trace computes grows with the input: eager attention holds seq^2 scores per head
-    heads = _positive(getattr(config, "num_attention_heads", None), 1)
-    width = _positive(getattr(config, "hidden_size", None), 1)
+    text = _text_config(config)
+    heads = _positive(getattr(text, "num_attention_heads", None), 1)
+    width = _positive(getattr(text, "hidden_size", None), 1)
     budget.check(4.0 * (n * n * heads + 8 * n * width), f"the trace of {n:,} tokens (--seq-len)", path)
-    vocab = _positive(getattr(config, "vocab_size", None), 2)
+    vocab = _positive(getattr(text, "vocab_size", None), 2)
 
     def ids(k):
         return (torch.arange(k, dtype=torch.long) % max(vocab - 1, 1) + (1 if vocab > 1 else 0)).reshape(1, k)
@@ -346,12 +368,19 @@ def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
                      path)
         return torch.zeros(*shape)
 
-    kwargs: dict = {}
-    if main == "pixel_values":
-        size = getattr(config, "image_size", None) or _preprocessor(path).get("crop_size") or 224
+    def image(vision):  # one num_channels x image_size x image_size image of the (vision) config
+        size = getattr(vision, "image_size", None) or _preprocessor(path).get("crop_size") or 224
         size = size.get("height", 224) if isinstance(size, dict) else size
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        kwargs[main] = zeros(1, int(getattr(config, "num_channels", 3) or 3), int(h), int(w))
+        return zeros(1, int(getattr(vision, "num_channels", 3) or 3), int(h), int(w))
+
+    try:
+        accepted = set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    kwargs: dict = {}
+    if main == "pixel_values":
+        kwargs[main] = image(config)
     elif main == "input_values":
         pre = _preprocessor(path)
         samples = int(seq_len or pre.get("sampling_rate") or 16000)  # one second of audio
@@ -367,14 +396,20 @@ def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
             kwargs[main] = zeros(1, seq_len or 64, feat)
     else:
         kwargs[main] = ids(n)
-    try:
-        accepted = set(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
+    vision = getattr(config, "vision_config", None)
+    if main == "input_ids" and "pixel_values" in accepted and vision is not None and not _image_tokens(config):
+        # a dual encoder (CLIP, SigLIP): its forward runs both towers, on the text and on an image
+        kwargs["pixel_values"] = image(vision)
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
         kwargs["decoder_input_ids"] = ids(max(1, min(n, 8) if main != "input_ids" else n))
     if "use_cache" in accepted:
         kwargs["use_cache"] = False
+    # a forward that takes use_cache only through **kwargs (GraniteMoe's LM head) reads it from the config:
+    # with the cache on it returns a cache object, which no exporter can write as an output
+    for top in {id(c): c for c in (config, getattr(module, "config", None)) if c is not None}.values():
+        for part in [top] + [v for v in vars(top).values() if hasattr(v, "use_cache")]:
+            if getattr(part, "use_cache", False) is True:
+                part.use_cache = False
     if "return_dict" in accepted:
         kwargs["return_dict"] = True
     return kwargs

@@ -107,9 +107,32 @@ def _mistral():
     return tf.MistralForCausalLM(tf.MistralConfig(**SMALL, **KV, sliding_window=4))
 
 
-FAST = {"llama": _llama, "mixtral": _mixtral, "deepseek-v3": _deepseek_v3, "bert": _bert, "t5": _t5, "vit": _vit}
+_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+
+
+def _siglip():
+    """A dual encoder: the trace needs text and an image, sized from the sub-configs; its pooling head's
+    cross-attention splits `in_proj_weight` before its matmuls."""
+    return tf.SiglipModel(tf.SiglipConfig(text_config=dict(vocab_size=V, max_position_embeddings=16, **_TOWER),
+                                          vision_config=dict(image_size=32, patch_size=8, **_TOWER)))
+
+
+def _clip():
+    return tf.CLIPModel(tf.CLIPConfig(text_config=dict(vocab_size=V, max_position_embeddings=16, **_TOWER),
+                                      vision_config=dict(image_size=32, patch_size=8, **_TOWER), projection_dim=16,
+                                      bos_token_id=1, eos_token_id=2))
+
+
+def _granitemoe():
+    """Its LM head takes `use_cache` only through **kwargs: the cache must be off in the config."""
+    return tf.GraniteMoeForCausalLM(tf.GraniteMoeConfig(**SMALL, **KV, num_local_experts=4, num_experts_per_tok=2))
+
+
+FAST = {"llama": _llama, "mixtral": _mixtral, "deepseek-v3": _deepseek_v3, "bert": _bert, "t5": _t5, "vit": _vit,
+        "siglip": _siglip}
 SLOW = {"gpt2": _gpt2, "qwen2-moe": _qwen2_moe, "qwen3-moe": _qwen3_moe, "deepseek-v2": _deepseek_v2,
-        "wav2vec2": _wav2vec2, "whisper": _whisper, "qwen2": _qwen2, "mistral": _mistral}
+        "wav2vec2": _wav2vec2, "whisper": _whisper, "qwen2": _qwen2, "mistral": _mistral, "clip": _clip,
+        "granitemoe": _granitemoe}
 ZOO = [pytest.param(k, id=k) for k in FAST] + [pytest.param(k, id=k, marks=pytest.mark.slow) for k in SLOW]
 
 
