@@ -75,12 +75,21 @@ def _weight_files(path: str) -> list[str]:
 def is_checkpoint_folder(source) -> bool:
     """A directory holding weights and a `transformers` `config.json` (one naming `model_type` or
     `architectures`; a folder with an empty or foreign config.json stays a weights folder). Cheap: a
-    directory listing and one small JSON file, no import."""
+    directory listing and one small JSON file, no import. A config.json the folder may not read (a
+    symlink out of it, a FIFO: `model_member`) is not opened here: the folder is a checkpoint, and
+    `read_config` says why its config is refused (before, the symlink's target was read)."""
+    from irtools.files import model_member  # noqa: PLC0415
+
     if not (isinstance(source, str) and os.path.isdir(source) and _weight_files(source)):
         return False
-    full = os.path.join(source, CONFIG)
+    if not os.path.lexists(os.path.join(source, CONFIG)):
+        return False
     try:
-        if not os.path.isfile(full) or os.path.getsize(full) > 16_000_000:
+        full = model_member(source, CONFIG, "config")
+    except IrtoolsError:
+        return True
+    try:
+        if os.path.getsize(full) > 16_000_000:
             return False
         with open(full, "rb") as fh:
             config = json.loads(fh.read().decode("utf-8"))

@@ -154,7 +154,14 @@ def _flag(v, what: str) -> bool:
 
 
 def _number(v, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    """A finite float; a JSON integer past float's range (`1e309` written out in digits: math.isfinite and
+    float() raised OverflowError, an unexpected error) is refused like an infinity."""
+    try:
+        finite = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    except OverflowError:
+        raise TypeError(f"{what} must be a finite number, not an integer of {len(str(abs(v)))} digits (past a "
+                        "float's range)"[:200]) from None
+    if not finite:
         raise TypeError(f"{what} must be a finite number, not {type(v).__name__}"[:200])
     return float(v)
 

@@ -5,6 +5,7 @@ Every user error is one line on stderr and exit code 2; `--debug` shows the trac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -32,6 +33,30 @@ def _quiet_library_warnings(warnings) -> None:
     warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
 
 
+#: Loggers of the libraries that read a model's bytes, whose records are about what they make of them: with no
+#: handler configured, logging's last resort printed them on stderr, lines beside irtools' own (onnx-ir's
+#: "Initializer tensor must have a name ... Skipping this initializer", "Attribute 'x' contains invalid UTF-8
+#: bytes", for a file that says so). What irtools has to say about a file is in its notes and its errors.
+_LIBRARY_LOGGERS = ("onnx", "onnx_ir", "onnxscript", "onnxruntime", "numba", "h5py", "gguf", "tf2onnx", "jax2onnx")
+
+
+class _QuietLibraryLogs:
+    """Within it (unless `--debug`), the records of `_LIBRARY_LOGGERS` below CRITICAL + 1 are dropped; their
+    levels are restored after."""
+
+    def __enter__(self):
+        import logging
+
+        self.saved = [(lg, lg.level) for lg in map(logging.getLogger, _LIBRARY_LOGGERS)]
+        for lg, _ in self.saved:
+            lg.setLevel(logging.CRITICAL + 1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for lg, level in self.saved:
+            lg.setLevel(level)
+
+
 class _Group(click.Group):
     """Turns every error into one line on stderr (exit 2), unless --debug is given."""
 
@@ -40,7 +65,7 @@ class _Group(click.Group):
 
         debug = "--debug" in sys.argv[1:] or (ctx.params or {}).get("debug", False)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), contextlib.nullcontext() if debug else _QuietLibraryLogs():
                 if not debug:
                     _quiet_library_warnings(warnings)
                 return super().invoke(ctx)

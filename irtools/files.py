@@ -261,8 +261,11 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     limit = _name_max(directory) - len(".irtools-") - 12
     while len(os.fsencode(tail)) > limit:
         tail = tail[1:]
-    fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=tail, dir=directory)
-    os.close(fd)
+    try:  # a folder that takes no new file (read-only, /proc/self): one line, not an unexpected OSError
+        fd, tmp = tempfile.mkstemp(prefix=".irtools-", suffix=tail, dir=directory)
+        os.close(fd)
+    except OSError as exc:
+        raise IrtoolsError(f"cannot write output: {exc.strerror or exc}", out) from None
     with temporary(tmp):  # removed on an error or a signal
         yield tmp
         check_output_path(out)
@@ -270,8 +273,11 @@ def atomic_path(out: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             mode = stat.S_IMODE(os.stat(out).st_mode)
         except FileNotFoundError:
             mode = 0o666 & ~_umask()  # mkstemp makes it 0600; give it the mode open() would
-        os.chmod(tmp, mode)
-        os.replace(tmp, out)
+        try:
+            os.chmod(tmp, mode)
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise IrtoolsError(f"cannot write output: {exc.strerror or exc}", out) from None
 
 
 @contextlib.contextmanager
@@ -334,8 +340,12 @@ def remove_temporaries() -> None:
 
 def write_text_atomic(out: str | os.PathLike, text: str) -> None:
     """Write `text` to `out` atomically."""
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with atomic_path(out) as tmp:
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:  # a full disk, a quota: the temporary is removed, the output left as it was
+            raise IrtoolsError(f"cannot write output: {exc.strerror or exc}", out) from None
 
 
 def write_atomic(out: str | os.PathLike, writer: Callable[[str], None]) -> None:

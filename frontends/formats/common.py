@@ -139,10 +139,16 @@ def zip_archive(z: zipfile.ZipFile, path: str) -> zipfile.ZipFile:
     """`z` once its entries as a whole are no zip bomb: their stored bytes must fit in the file
     (entries whose bytes overlap repeat one file's bytes as many tensors), and what they inflate
     to in all within `MAX_RATIO` times the file (past `INFLATE_FREE`: many entries each just under
-    the free amount are a bomb together)."""
+    the free amount are a bomb together); and once no two entries share a name (zipfile reads the
+    last of them, so one tensor of the two was dropped without a word)."""
     import os  # noqa: PLC0415
 
     infos = z.infolist()
+    if len({i.filename for i in infos}) != len(infos):  # zipfile reads the last of them, other tools the first
+        seen: set[str] = set()
+        twice = next(i.filename for i in infos if i.filename in seen or seen.add(i.filename))
+        raise ModelLoadError(f"the zip holds two entries named '{printable(twice)}' (which one is meant is a guess: "
+                             "refused)", path)
     size = os.path.getsize(path)
     stored = sum(i.compress_size for i in infos)
     if stored > size:

@@ -155,6 +155,9 @@ def read(path: str) -> dict[str, StoredArray]:
         for name, obj in datasets:
             _check_h5_dataset(name, obj, path)
             key = name[:-2] if name.endswith(":0") else name
+            if key in found:  # `kernel` and `kernel:0`: one was dropped without a word
+                raise ModelLoadError(f"datasets '{printable(key)}' and '{printable(key)}:0' are both tensor "
+                                     f"'{printable(key)}' (which one is meant is a guess: refused)", path)
             found[key] = StoredArray(tuple(obj.shape), np.dtype(obj.dtype), _h5_loader(h5file, name))
     if not found:
         raise ModelLoadError("the HDF5 file holds no float weights", path)

@@ -1,9 +1,16 @@
 """NumPy `.npz` archives: each `.npy` member a tensor, its header parsed without pickle (object
-arrays refused), its size checked against the memory budget and the zip's compression ratio."""
+arrays refused), its size checked against the memory budget and the zip's compression ratio.
+
+numpy parses a member's header (a Python dict literal) with `ast.literal_eval`, which warns about an escape
+Python does not know (`{'\\q': ...}`: a DeprecationWarning, a SyntaxWarning from Python 3.12 on, printed by
+default) as it compiles the file's bytes: both header reads are quiet (`_quiet`), so a file cannot add a second
+line beside irtools' one-line error or its output."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 import zipfile
 
 import numpy as np
@@ -23,6 +30,9 @@ def read(path: str) -> dict[str, StoredArray]:
             if member.endswith("/"):
                 continue
             name = member[:-4] if member.endswith(".npy") else member
+            if name in out:  # `a` and `a.npy`: both numpy's key `a`; one was dropped without a word
+                raise ModelLoadError(f"npz members '{printable(name)}' and '{printable(name)}.npy' are both tensor "
+                                     f"'{printable(name)}' (which one is meant is a guess: refused)", path)
             info = zip_member(z, member, path, f"npz member '{printable(name)}'")
             with z.open(member) as fh:
                 shape, dtype, header = _npy_header(fh, name, path)
@@ -42,7 +52,8 @@ def _npy_header(fh, name: str, path: str) -> tuple[tuple[int, ...], np.dtype, in
         reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
         if reader is None:
             raise ValueError(f"npy format version {version}")
-        shape, _, dtype = reader(fh)
+        with _quiet():
+            shape, _, dtype = reader(fh)
     except Exception as exc:  # numpy parses the header with tokenize/ast: any of their errors means corrupt
         raise ModelLoadError(f"npz member '{printable(name)}' is not a readable .npy array "
                              f"({printable(str(exc) or type(exc).__name__)[:200]})", path) from None
@@ -53,7 +64,16 @@ def _npy_header(fh, name: str, path: str) -> tuple[tuple[int, ...], np.dtype, in
 
 def _npz_loader(archive: OpenOnce, member: str):
     def load():
-        with archive().open(member) as fh:
+        with archive().open(member) as fh, _quiet():
             return np.lib.format.read_array(fh, allow_pickle=False)
 
     return load
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No warning about the escapes of a header's text (see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        yield

@@ -78,7 +78,7 @@ def find_weights(obj, is_tensor: Callable, path: str) -> tuple[dict[str, object]
             raise ModelLoadError(f"no weights found: the checkpoint's tensors are all under "
                                  f"{', '.join(repr(h) for h in holders)} (not model weights); its entries: {top}", path)
         raise ModelLoadError(f"no weights found: the checkpoint holds no tensor (its entries: {top or 'none'})", path)
-    flat = _flatten(chosen, is_tensor, "", 0)
+    flat = _flatten(chosen, is_tensor, "", 0, path)
     notes = []
     if where:
         others = [str(k) for k in obj if k != where[0]]
@@ -90,7 +90,7 @@ def find_weights(obj, is_tensor: Callable, path: str) -> tuple[dict[str, object]
                 notes.append(f"the checkpoint also holds '{key}' weights ({_count(obj[key], is_tensor, 0)} "
                              "tensors), not analysed")
     flat, stripped = _strip_wrappers(flat, lightning="pytorch-lightning_version" in obj or
-                                     "lightning_version" in obj)
+                                     "lightning_version" in obj, path=path)
     notes += stripped
     if flat and all(math.prod(getattr(v, "shape", (1,))) == 0 for v in flat.values()):
         raise ModelLoadError("every weight in the checkpoint is empty (a partitioned DeepSpeed ZeRO-3 or sharded "
@@ -130,27 +130,41 @@ def _choose(obj: dict, is_tensor, where: tuple, path: str):
     return where, obj  # several weight-holding entries: all of them, by their dotted names
 
 
-def _flatten(obj: dict, is_tensor, prefix: str, depth: int) -> dict:
+def _flatten(obj: dict, is_tensor, prefix: str, depth: int, path: str | None = None) -> dict:
+    """{dotted name: tensor} of a nested state dict. Two tensors of one dotted name (`{"a.b": t, "a": {"b": u}}`,
+    keys 1 and "1") are refused: before, the later one replaced the other without a word."""
     out = {}
     for k, v in obj.items():
         if not isinstance(k, (str, int)):
             if is_tensor(v):
-                raise ModelLoadError(f"a tensor is stored under a {type(k).__name__} key, not a name")
+                raise ModelLoadError(f"a tensor is stored under a {type(k).__name__} key, not a name", path)
             continue
         name = f"{prefix}{k}"
-        if is_tensor(v):
-            out[name] = v
-        elif isinstance(v, dict) and k not in NOT_WEIGHTS and depth < _MAX_DEPTH:
-            out.update(_flatten(v, is_tensor, f"{name}.", depth + 1))
+        found = {name: v} if is_tensor(v) else _flatten(v, is_tensor, f"{name}.", depth + 1, path) \
+            if isinstance(v, dict) and k not in NOT_WEIGHTS and depth < _MAX_DEPTH else {}
+        _unique_names(out, found, "", path)
+        out.update(found)
     return out
 
 
-def _strip_wrappers(flat: dict, lightning: bool) -> tuple[dict, list[str]]:
+def _unique_names(out: dict, new: dict, why: str, path: str | None) -> None:
+    twice = next((n for n in new if n in out), None)
+    if twice is not None:
+        raise ModelLoadError(f"two tensors of the checkpoint are both named '{printable(twice)}'{why} (which one is "
+                             "meant is a guess: refused)", path)
+
+
+def _strip_wrappers(flat: dict, lightning: bool, path: str | None = None) -> tuple[dict, list[str]]:
     """Names without the parts wrappers add: FSDP's and torch.compile's module parts, DDP's and
     DeepSpeed's `module.` prefix, a Lightning module's attribute holding the model."""
     notes = []
     if any(p in name.split(".") for name in flat for p in WRAPPER_PARTS):
-        flat = {".".join(p for p in name.split(".") if p not in WRAPPER_PARTS): v for name, v in flat.items()}
+        stripped: dict = {}
+        for name, v in flat.items():
+            bare = ".".join(p for p in name.split(".") if p not in WRAPPER_PARTS)
+            _unique_names(stripped, {bare: v}, " once the wrapper module names are dropped", path)
+            stripped[bare] = v
+        flat = stripped
         notes.append(f"wrapper module names ({', '.join(WRAPPER_PARTS)}) dropped from the tensor names")
     for prefix in ("module.",) + (("model.",) if lightning else ()):
         if len(flat) and all(name.startswith(prefix) for name in flat):
@@ -675,6 +689,7 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
 
         name = str(name)
         budget.check_shape(shape, np.dtype(dtype).itemsize, f"tensor '{printable(name)}'", path)
+        _unique_names(out, {name: None}, "", path)  # a buffer and a parameter, keys 1 and "1"
         out[name] = StoredArray(tuple(shape), np.dtype(dtype), loader)
 
     for name in buffer_names:  # buffers are whole in the module's state (zero_to_fp32 makes them fp32)
@@ -744,7 +759,7 @@ def _zero_weights(path, folder, optim, models, load, is_tensor, part, whole) -> 
             if str(p) in out and str(n) not in out]
     if not out:
         raise ModelLoadError(f"DeepSpeed checkpoint '{printable(tag)}' holds no parameter shapes", path)
-    flat, notes = _strip_wrappers(out, lightning=False)
+    flat, notes = _strip_wrappers(out, lightning=False, path=path)
     notes.insert(0, f"DeepSpeed ZeRO-{stage} checkpoint '{printable(tag)}' of {world} rank(s): the fp32 weights "
                     f"reassembled from the optimizer partitions as DeepSpeed's zero_to_fp32.py does, each tensor read "
                     f"from its own pieces ({len(flat)} tensors; the 16-bit module copy is not read)")

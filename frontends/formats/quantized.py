@@ -30,7 +30,8 @@ import ml_dtypes
 import numpy as np
 
 from irtools import budget
-from irtools.errors import printable
+from irtools.errors import ModelLoadError, printable
+from irtools.files import model_member
 from irtools.ir import quant
 
 from .common import StoredArray, WeightSet
@@ -42,14 +43,20 @@ _CONFIG_MAX = 10 << 20
 
 def read_config(path: str) -> dict:
     """The quantization facts of the checkpoint's folder: config.json's `quantization_config`
-    (transformers) and `quantization` (MLX), or quantize_config.json (AutoGPTQ). {} without."""
+    (transformers) and `quantization` (MLX), or quantize_config.json (AutoGPTQ). {} without.
+
+    Each file is one of the folder's own (`model_member`): a symlink out of the folder, a FIFO or a
+    hard link is refused with one line naming it (before, the symlink's target was read, and what
+    it said decided how the weights were dequantized)."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     out: dict = {}
     for name, key in (("config.json", "quantization_config"), ("config.json", "quantization"),
                       ("quantize_config.json", None), ("quant_config.json", None)):
-        full = os.path.join(folder, name)
+        if not os.path.lexists(os.path.join(folder, name)):
+            continue
+        full = model_member(path, name, "quantization config", ModelLoadError)
         try:
-            if not os.path.isfile(full) or os.path.getsize(full) > _CONFIG_MAX:
+            if os.path.getsize(full) > _CONFIG_MAX:
                 continue
             with open(full, encoding="utf-8") as fh:
                 data = json.load(fh)
@@ -231,7 +238,7 @@ def _bnb_4bit(tensors, config, taken, path):
             _fit(isinstance(state, dict), "bitsandbytes quant state is not a JSON object")
             shape, blocksize, dtype = state.get("shape"), state.get("blocksize"), state.get("dtype")
             _fit(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and 1 <= len(shape) <= 5
-                 and type(blocksize) is int and blocksize > 0 and dtype in _BNB_DTYPES,
+                 and type(blocksize) is int and blocksize > 0 and isinstance(dtype, str) and dtype in _BNB_DTYPES,
                  "bitsandbytes quant state lacks a shape, blocksize or float dtype")
             n = math.prod(shape)
             blocksize = min(blocksize, max(n, 1))  # a block past the values: one block

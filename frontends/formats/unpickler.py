@@ -147,7 +147,10 @@ def scan_pickle(reader, path: str) -> None:
         if name == "MARK":
             stack.append(None)
             continue
-        if name == "STOP":
+        if name == "STOP":  # it returns the top of the stack: a mark there was pickle's "unexpected MARK found"
+            if not stack or stack[-1] is None:
+                raise pickle.UnpicklingError(f"pickle stops with {'a mark' if stack else 'nothing'} on top of its "
+                                             "stack (no value to return)")
             break
         popped = _pop(stack, op)
         if name == "DUP":

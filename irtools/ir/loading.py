@@ -295,6 +295,7 @@ def check_tensors(proto: onnx.ModelProto, path: str) -> None:
     its dims and type declare: raw_data of another length, typed values of another count,
     external data that is unsafe (outside the model's folder, `irtools.files.model_member`),
     missing, shorter than the tensor, or of a declared length that is not the tensor's size."""
+    _check_text(proto, path)  # before any name is used: a field of bytes is no str
     regions: dict[str, list[tuple[int, int, str]]] = {}  # external data file: (offset, end, tensor) of each use
     for t in iter_tensors(proto.graph):
         name = printable(t.name)
@@ -497,9 +498,19 @@ def check_structure(proto: onnx.ModelProto, path: str) -> None:
 
 def _names(proto: onnx.ModelProto):
     """(what, value) of every name-like string field irtools reads: ONNX declares them proto2
-    `string`, which the parser does not check, so bytes that are not UTF-8 come back as `bytes`."""
+    `string`, which the parser does not check, so bytes that are not UTF-8 come back as `bytes`.
+    Tensors' external data entries (their keys and locations: a key of bytes made sorting the keys
+    an unexpected TypeError), the producer and the local functions are among them."""
     yield from (("opset domain", o.domain) for o in proto.opset_import)
     yield from (("metadata", x) for e in proto.metadata_props for x in (e.key, e.value))
+    yield from (("producer", x) for x in (proto.producer_name, proto.producer_version, proto.domain))
+    for t in iter_tensors(proto.graph):
+        yield "tensor", t.name
+        yield from (("external data", x) for e in t.external_data for x in (e.key, e.value))
+    for fn in proto.functions:
+        yield from (("function", x) for x in (fn.name, fn.domain, *fn.input, *fn.output, *fn.attribute))
+        for node in fn.node:
+            yield from (("node", x) for x in (node.name, node.op_type, node.domain, *node.input, *node.output))
     for g in all_graphs(proto.graph):
         yield "graph name", g.name
         yield from (("initializer", t.name) for t in g.initializer)
@@ -513,10 +524,24 @@ def _names(proto: onnx.ModelProto):
 
 
 def _check_text(proto: onnx.ModelProto, path: str) -> None:
-    """Refuse names that are not UTF-8 text (onnx-ir cannot build a graph from them)."""
+    """Refuse names that are not UTF-8 text (onnx-ir cannot build a graph from them), and lists of strings in
+    attributes that are not (`bytes` in the proto: onnx-ir decodes them, and failed with "Error calling
+    _deserialize_graph with: g"). A single string attribute may hold any bytes (an EPContext node's embedded
+    engine): onnx-ir keeps them as bytes."""
     for what, value in _names(proto):
         if not isinstance(value, str):
             raise ModelLoadError(f"{what} name {printable(repr(value)[:80])} is not UTF-8 text (corrupt file)", path)
+    nodes = [n for g in all_graphs(proto.graph) for n in g.node] + [n for fn in proto.functions for n in fn.node]
+    for node in nodes:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.STRINGS:
+                try:
+                    for text in a.strings:
+                        text.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ModelLoadError(f"attribute '{printable(a.name)}' of node '{printable(node.name)}' holds "
+                                         f"{printable(repr(text)[:80])}, which is not UTF-8 text (corrupt file)",
+                                         path) from None
 
 
 def _check_declared_parameters(proto: onnx.ModelProto, path: str) -> None:
