@@ -36,7 +36,12 @@ def is_saved_model_dir(path: str) -> bool:
 
 
 def is_keras_model_file(path: str) -> bool:
-    """A whole Keras model: `.keras`, a full-model `.h5`/`.hdf5` (not weights only), or a SavedModel directory."""
+    """A whole Keras model: `.keras`, a full-model `.h5`/`.hdf5` (not weights only), or a SavedModel directory.
+
+    By content where the name and the bytes disagree: a `.keras` file whose first bytes are a weights file's
+    (a torch zip, safetensors, GGUF: `formats.find_format` by magic) and an `.h5` that is no HDF5 file are
+    left to the weights row, which reads what they hold with a note (before: Keras' `There is no item named
+    'config.json' in the archive`, or h5py's `file signature not found` for a GGUF named `.h5`)."""
     if not isinstance(path, str):
         return False
     lower = path.lower()
@@ -45,12 +50,22 @@ def is_keras_model_file(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     if lower.endswith(".keras"):
-        return True
+        return not _holds_weights_format(path)
     if lower.endswith((".h5", ".hdf5")) and not lower.endswith(".weights.h5"):
+        if _holds_weights_format(path):
+            return False
         from irtools.frontends.weights_file import h5_is_full_model  # noqa: PLC0415
 
         return h5_is_full_model(path)
     return False
+
+
+def _holds_weights_format(path: str) -> bool:
+    """Whether a file's first bytes are those of a weights format other than HDF5 (`formats.FORMATS`' magic)."""
+    from irtools.frontends.formats import FORMATS, _head  # noqa: PLC0415
+
+    head = _head(path)
+    return any(f.magic is not None and f.name != "hdf5" and f.magic(head, path) for f in FORMATS)
 
 
 def load_keras_file(path: str, trust: bool = False):
@@ -105,17 +120,19 @@ ARCHIVE_INFLATE_FREE = 16 << 20
 
 
 def check_archive_extraction(path: str) -> int:
-    """Refuse a `.keras` archive whose entries declare, in all, more than the memory budget or more
-    than `ARCHIVE_MAX_RATIO` times the archive's own bytes (past `ARCHIVE_INFLATE_FREE`), before
-    Keras extracts any of it. Returns the declared total."""
+    """Refuse a `.keras` archive with two entries of one name (`formats.common.unique_entries`), or
+    whose entries declare, in all, more than the memory budget or more than `ARCHIVE_MAX_RATIO` times
+    the archive's own bytes (past `ARCHIVE_INFLATE_FREE`), before Keras extracts any of it. Returns the
+    declared total."""
     import zipfile  # noqa: PLC0415
 
     from irtools import budget  # noqa: PLC0415
     from irtools.files import check_input  # noqa: PLC0415
+    from irtools.frontends.formats.common import unique_entries  # noqa: PLC0415
 
     try:
         with zipfile.ZipFile(check_input(path)) as z:
-            entries = z.infolist()
+            entries = unique_entries(z, path)  # the zip rule of npz and torch zips: no name twice
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
         raise ModelLoadError(f"not a readable .keras archive ({printable(exc)})", path) from None
     total = sum(e.file_size for e in entries)

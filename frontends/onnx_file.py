@@ -39,10 +39,14 @@ def open_onnx(source, name: str, options):
 
             raise ModelLoadError(f"not an ONNX model, and {describe(source)}", exc.path) from None
         raise
+    notes = []
     if isinstance(source, str):
         model.path = source
+        from irtools.frontends.formats import content_note  # a `.pt` that holds an ONNX model says so
+
+        notes = [n for n in (content_note(source, "ONNX model"),) if n]
     return OpenedSource(name, "onnx-file" if isinstance(source, str) else "onnx-model", model=model,
-                        reference=_onnxruntime_reference(source))
+                        reference=_onnxruntime_reference(source), notes=notes)
 
 
 def _onnxruntime_reference(source):

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from irtools.errors import IrtoolsError, printable
+from irtools.errors import IrtoolsError, json_problem, printable
 from irtools.frontends.peft_patterns import _PATTERN_KEYS_MAX, _PATTERN_WORK_MAX, CONFIG_FILE, _PatternSet
 from irtools.ir.layers import WeightLayer
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -201,7 +201,7 @@ def read_config(folder: str) -> AdapterConfig:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, a 5,000-digit number
-        raise IrtoolsError(f"not valid JSON ({type(exc).__name__})", path) from None
+        raise IrtoolsError(f"not valid JSON ({json_problem(exc)})", path) from None
     return AdapterConfig.from_dict(data, path)
 
 
@@ -490,12 +490,28 @@ def open_adapter(source: Any, name: str, options) -> Any:
 
 def local_base(source: Any, base: Any = None, trust: bool = False) -> Any:
     """The base to merge into: `base` if given, else the adapter config's base_model_name_or_path when
-    it is a local folder or file; else a one-line error."""
+    it is a local folder or file; else a one-line error.
+
+    An adapter folder's config is a file's word, so its path is followed only where it resolves
+    (symlinks followed, read as PEFT reads it: from the working directory) inside the folder that holds
+    the adapter folder: a sibling (`runs/base` beside `runs/adapter`) or a folder inside the adapter.
+    Anywhere else (`/etc`, `../../other`, a symlink out) is a one-line error asking for the base:
+    before, any existing path a config named was opened as the model. A PeftModel's config (an object
+    the caller built from its base) is followed as before."""
     if base is not None:
         return base
     config, _, where = read_adapter(source, trust)
+    folder = adapter_folder(source)
     if config.base and os.path.exists(config.base):
-        return config.base
+        if folder is None:
+            return config.base
+        parent = os.path.dirname(os.path.realpath(folder))
+        real = os.path.realpath(config.base)
+        if os.path.commonpath([real, parent]) == parent and parent != os.path.dirname(parent):
+            return config.base
+        raise IrtoolsError(f"base_model_name_or_path '{printable(config.base)[:200]}' resolves outside the folder "
+                           "that holds the adapter (not followed: give the base, --base BASE)",
+                           where if isinstance(where, str) else None)
     raise IrtoolsError("no base to merge the adapter into: give one (--base BASE); "
                        + (f"base_model_name_or_path {config.base!r} is not a local folder"[:200] if config.base else
                           "adapter_config.json names none"), where if isinstance(where, str) else None)

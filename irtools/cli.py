@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from irtools import files, options
-from irtools.errors import IrtoolsError, printable
+from irtools.errors import IrtoolsError, own_words, printable
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -82,8 +82,8 @@ class _Group(click.Group):
         except Exception as exc:  # a bug or an input nothing foresaw: still one line
             if debug:
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {printable(str(exc).splitlines()[0]) if str(exc) else ''} "
-                  "(run with --debug for the traceback)")
+            first = own_words(str(exc).splitlines()[0]) if str(exc) else ""  # Python's advice is not for a user
+            _fail(f"unexpected {type(exc).__name__}: {printable(first)} (run with --debug for the traceback)")
 
 
 def _debug_option(f):

@@ -25,6 +25,38 @@ def printable(text) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+#: Python's refusal of a decimal number past its digit limit (a JSON integer, a pickle's INT, a `.npy` header's
+#: literal): its advice, `use sys.set_int_max_str_digits()`, is for a programmer, not for the user of a file.
+_DIGITS = re.compile(r"Exceeds the limit \((\d+) digits\) for integer string conversion(?:: value has (\d+) digits)?"
+                     r"(?:; use sys\.set_int_max_str_digits\(\)(?: to increase the limit)?(?: - Consider hexadecimal "
+                     r"for huge integer literals to avoid decimal conversion limits\.?)?(?: \(<[^>]*>, line \d+\))?)?")
+
+
+def own_words(text) -> str:
+    """`text` with Python's wording of a number past its digit limit in irtools' own: `a number of 5000
+    digits, over the 4300 irtools reads`. Anything else unchanged."""
+    text = str(text)
+    m = _DIGITS.search(text)
+    if m is None:
+        return text
+    said = f"a number of {m[2]} digits" if m[2] else "a number of too many digits"
+    return f"{text[:m.start()]}{said}, over the {m[1]} irtools reads{text[m.end():]}"
+
+
+def json_problem(exc: BaseException) -> str:
+    """Why `json.loads` refused a file's bytes, in a few words for a one-line error (`not JSON (...)`)."""
+    import json  # noqa: PLC0415
+
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at byte {exc.pos}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not {exc.encoding} text at byte {exc.start}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = own_words(exc)
+    return printable(text.splitlines()[0])[:200] if text.strip() else type(exc).__name__
+
+
 class IrtoolsError(Exception):
     """A problem with the user's input, reported as one line."""
 
@@ -35,7 +67,7 @@ class IrtoolsError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.message}" if self.path else self.message
-        return printable(text)
+        return printable(own_words(text))  # a library's wording of a too-long number, quoted in a message
 
 
 class ModelLoadError(IrtoolsError):

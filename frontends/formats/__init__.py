@@ -22,7 +22,7 @@ from irtools import budget
 from irtools.errors import IrtoolsError, ModelLoadError
 from irtools.files import check_input
 
-from . import gguf_file, hdf5, pytorch, safetensors
+from . import gguf_file, hdf5, npz, pytorch, safetensors
 from .common import RECORD_BYTES, StoredArray, WeightSet, checked_load, checkpoint_order, read_errors, writable_name
 
 
@@ -55,7 +55,7 @@ FORMATS: tuple[Format, ...] = (
     Format("safetensors-index", "safetensors shard index", "safetensors:read_index_file", (".safetensors.index.json",)),
     Format("safetensors", "safetensors file", "safetensors:read_file", (".safetensors",),
            lambda head, _: safetensors.looks_like(head)),
-    Format("npz", "npz archive", "npz:read", (".npz",)),
+    Format("npz", "npz archive", "npz:read", (".npz",), npz.looks_like),
     Format("hdf5", "HDF5 file", "hdf5:read", (".weights.h5", *hdf5.SUFFIXES), lambda head, _: hdf5.looks_like(head)),
     Format("pytorch", "PyTorch checkpoint", "pytorch:read", pytorch.SUFFIXES, pytorch.looks_like, trusts=True),
     Format("dcp-folder", "torch.distributed.checkpoint folder", "pytorch:read_dcp", folder=pytorch.is_dcp_folder,
@@ -97,13 +97,54 @@ def find_format(path: str) -> Format | None:
     return max(by_suffix, key=lambda x: x[0])[1] if by_suffix else None
 
 
+def named_as(path: str) -> tuple[str, str] | None:
+    """(suffix, label) of what a file's name says it is (`.safetensors`: "safetensors file", `.onnx`: "ONNX
+    model"), by its longest known suffix; None for a name no format claims (`model.dat`)."""
+    lower = os.fspath(path).lower()
+    claims = [(s, f.label) for f in FORMATS for s in f.suffixes] + list(_OTHER_NAMES.items())
+    found = [(s, what) for s, what in claims if lower.endswith(s)]
+    return max(found, key=lambda x: len(x[0])) if found else None
+
+
+#: Suffixes of the files other routes read, for the note on a file whose content is not what its name says.
+_OTHER_NAMES = {".onnx": "ONNX model", ".keras": "Keras archive", ".pt2": ".pt2 program"}
+
+
+def content_note(path: str, label: str) -> str | None:
+    """The note for a file read as `label` (what its first bytes are) whose name says it is something else
+    (a torch zip named `.safetensors`, a GGUF named `.bin`), else None."""
+    claim = named_as(path) if os.path.isfile(path) else None
+    if claim is None or claim[1] == label:
+        return None
+    return f"its name says {_a(claim[1])} ({claim[0]}) but the file holds {_a(label)}: read as what it holds"
+
+
+def _a(label: str) -> str:
+    return f"{'an' if label[:1] in 'aeiouHNOn' else 'a'} {label}"
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """A serialized ONNX ModelProto's first bytes: field 1 (ir_version, a one-byte varint) then the tag of one
+    of the fields that follow it (producer_name ... graph, opset_import, metadata_props): what no pickle, zip,
+    safetensors header, GGUF or HDF5 file starts with."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] < 0x80 and head[2] in _ONNX_NEXT
+
+
+_ONNX_NEXT = (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72)
+
+
 def is_weights_file(path) -> bool:
     """Whether `path` is a weights-only source: a format of `FORMATS` (a Keras `.h5` only when it
     holds weights alone), or a file whose first bytes say it is a container irtools recognises
-    but does not read (a zip, a pickle), which then gets `describe`'s one-line error."""
+    but does not read (a zip, a pickle), which then gets `describe`'s one-line error. A file named
+    as a weights file (`.pt`, `.safetensors`) whose first bytes are an ONNX model's is not: the ONNX
+    row reads it (before, the pickle reader said `opcode b'\\x08' unknown`)."""
     if not isinstance(path, str):
         return False
     fmt = find_format(path)
+    if fmt is not None and fmt.folder is None and os.path.isfile(path) and looks_like_onnx(_head(path)) \
+            and not (fmt.magic is not None and fmt.magic(_head(path), path)):
+        return False
     if fmt is not None and fmt.name == "hdf5":
         lower = path.lower()
         return lower.endswith(".weights.h5") or (os.path.isfile(path) and not hdf5.h5_is_full_model(path))
@@ -180,6 +221,9 @@ def read_weights(path: str, trust: bool = False, *, dequantize: bool = True) -> 
     if len(out) != len(tensors):
         raise ModelLoadError("two tensor names differ only in characters that are not valid text", path)
     out.metadata.setdefault("format", fmt.name)
+    note = content_note(path, fmt.label)
+    if note is not None:
+        out.notes.append(note)
     if dequantize:
         from .quantized import dequantized  # noqa: PLC0415
 

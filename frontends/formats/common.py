@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from irtools import budget
-from irtools.errors import IrtoolsError, ModelLoadError, printable
+from irtools.errors import IrtoolsError, ModelLoadError, own_words, printable
 
 #: A compressed zip entry, npz member or HDF5 dataset may inflate to at most this many times its
 #: stored size once it is over `INFLATE_FREE` bytes (weights compress 1-10x; zip bombs ~1000x).
@@ -82,7 +82,7 @@ def read_errors(path: str, kind: str):
     except IrtoolsError:
         raise
     except CORRUPT as exc:
-        detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        detail = printable(own_words(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__)
         if isinstance(exc, UnicodeDecodeError):  # the bytes and where, not the codec's own wording
             bad = exc.object[exc.start:exc.start + 4] if isinstance(exc.object, (bytes, bytearray)) else b""
             detail = f"not {exc.encoding}: bytes {bad.hex(' ')} at position {exc.start} of a string"
@@ -135,6 +135,19 @@ def zip_member(z: zipfile.ZipFile, member: str, path: str, what: str | None = No
     return info
 
 
+def unique_entries(z: zipfile.ZipFile, path: str) -> list[zipfile.ZipInfo]:
+    """`z`'s entries once no two share a name: zipfile reads the last entry of a name and other tools
+    (Keras' extraction, unzip) the first, so one of the two was dropped without a word. For every
+    reader of a zip (npz, torch zips, `.keras` archives)."""
+    infos = z.infolist()
+    if len({i.filename for i in infos}) != len(infos):
+        seen: set[str] = set()
+        twice = next(i.filename for i in infos if i.filename in seen or seen.add(i.filename))
+        raise ModelLoadError(f"the zip holds two entries named '{printable(twice)}' (which one is meant is a guess: "
+                             "refused)", path)
+    return infos
+
+
 def zip_archive(z: zipfile.ZipFile, path: str) -> zipfile.ZipFile:
     """`z` once its entries as a whole are no zip bomb: their stored bytes must fit in the file
     (entries whose bytes overlap repeat one file's bytes as many tensors), and what they inflate
@@ -143,12 +156,7 @@ def zip_archive(z: zipfile.ZipFile, path: str) -> zipfile.ZipFile:
     last of them, so one tensor of the two was dropped without a word)."""
     import os  # noqa: PLC0415
 
-    infos = z.infolist()
-    if len({i.filename for i in infos}) != len(infos):  # zipfile reads the last of them, other tools the first
-        seen: set[str] = set()
-        twice = next(i.filename for i in infos if i.filename in seen or seen.add(i.filename))
-        raise ModelLoadError(f"the zip holds two entries named '{printable(twice)}' (which one is meant is a guess: "
-                             "refused)", path)
+    infos = unique_entries(z, path)
     size = os.path.getsize(path)
     stored = sum(i.compress_size for i in infos)
     if stored > size:

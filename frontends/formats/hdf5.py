@@ -15,7 +15,7 @@ from irtools.errors import ModelLoadError, UnsupportedError, printable
 from irtools.files import check_input
 from irtools.frontends import require
 
-from .common import INFLATE_FREE, MAX_RATIO, OpenOnce, StoredArray, zip_member
+from .common import INFLATE_FREE, MAX_RATIO, OpenOnce, StoredArray, unique_entries, zip_member
 
 SUFFIXES = (".h5", ".hdf5")
 MISSING = "reading HDF5 weights needs h5py: pip install h5py"
@@ -89,12 +89,13 @@ def check_hdf5_file(path: str) -> None:
 
 
 def check_keras_archive(path: str) -> None:
-    """Refuse a `.keras` archive (a zip) with an entry that inflates past the memory budget or
-    like a zip bomb, or whose HDF5 weights (`model.weights.h5`) would read other files
+    """Refuse a `.keras` archive (a zip) with two entries of one name, an entry that inflates past
+    the memory budget or like a zip bomb, or whose HDF5 weights (`model.weights.h5`) would read other files
     (`check_hdf5_storage`). For `frontends.keras` to call before Keras opens the archive."""
     h5py = _h5py()
     try:
         with zipfile.ZipFile(check_input(path)) as z:
+            unique_entries(z, path)  # two `config.json`: Keras reads one, the checks here the other
             for member in z.namelist():
                 zip_member(z, member, path)
             for member in (n for n in z.namelist() if n.lower().endswith((".h5", ".hdf5"))):
@@ -130,10 +131,12 @@ def _check_h5_dataset(name: str, obj, path: str) -> None:
 
 
 def read(path: str) -> dict[str, StoredArray]:
-    """Every float dataset of a Keras weights file, named by its HDF5 path as Keras stored it.
+    """Every dataset of a Keras weights file, named by its HDF5 path as Keras stored it.
 
     Keras 3 `.weights.h5`: `layers/<layer>/vars/<i>`; Keras 2 `save_weights("x.h5")`:
-    `<layer>/<layer>/kernel:0` (the `:0` is dropped). Optimizer state is left out. Datasets are
+    `<layer>/<layer>/kernel:0` (the `:0` is dropped). Optimizer state is left out. A dataset of
+    integers, bools or strings is kept like a float one, for `weight_layers` to make a skipped entry
+    of it with its reason, as the other readers' (before, it was dropped without a word). Datasets are
     read directly with h5py: no Keras, no code from the file, no other file (`check_hdf5_storage`).
     """
     h5py = _h5py()
@@ -146,9 +149,7 @@ def read(path: str) -> dict[str, StoredArray]:
         def visit(name, obj):
             if not isinstance(obj, h5py.Dataset) or name.split("/")[0] in ("optimizer", "optimizer_weights"):
                 return
-            if obj.dtype.kind != "f" or obj.ndim == 0:
-                return
-            datasets.append((name, obj))
+            datasets.append((name, obj))  # every dtype: `weight_layers` makes a skipped entry of a non-float matrix
 
         datasets: list = []
         f.visititems(visit)  # collected first: an exception raised inside an h5py visitor breaks h5py
@@ -160,7 +161,7 @@ def read(path: str) -> dict[str, StoredArray]:
                                      f"'{printable(key)}' (which one is meant is a guess: refused)", path)
             found[key] = StoredArray(tuple(obj.shape), np.dtype(obj.dtype), _h5_loader(h5file, name))
     if not found:
-        raise ModelLoadError("the HDF5 file holds no float weights", path)
+        raise ModelLoadError("the HDF5 file holds no weights (no dataset outside the optimizer's state)", path)
     return found
 
 

@@ -16,9 +16,22 @@ import zipfile
 import numpy as np
 
 from irtools import budget
-from irtools.errors import ModelLoadError, UnsupportedError, printable
+from irtools.errors import ModelLoadError, UnsupportedError, own_words, printable
 
 from .common import OpenOnce, StoredArray, zip_archive, zip_member
+
+
+def looks_like(head: bytes, path: str) -> bool:
+    """An npz from its content: a zip whose entries (the first 64) are all `.npy` arrays (`np.savez`'s
+    names), whatever the file is called."""
+    if not head.startswith(b"PK\x03\x04"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist()[:64] if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def read(path: str) -> dict[str, StoredArray]:
@@ -55,8 +68,9 @@ def _npy_header(fh, name: str, path: str) -> tuple[tuple[int, ...], np.dtype, in
         with _quiet():
             shape, _, dtype = reader(fh)
     except Exception as exc:  # numpy parses the header with tokenize/ast: any of their errors means corrupt
+        cause = exc.__cause__ if own_words(exc.__cause__) != str(exc.__cause__) else exc  # numpy quotes the header
         raise ModelLoadError(f"npz member '{printable(name)}' is not a readable .npy array "
-                             f"({printable(str(exc) or type(exc).__name__)[:200]})", path) from None
+                             f"({printable(own_words(cause) or type(cause).__name__)[:200]})", path) from None
     if dtype.hasobject:
         raise UnsupportedError(f"npz member '{printable(name)}' holds Python objects (a pickle): refused", path)
     return tuple(int(d) for d in shape), dtype, fh.tell()

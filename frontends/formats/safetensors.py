@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from irtools import budget
-from irtools.errors import ModelLoadError, UnsupportedError, printable
+from irtools.errors import ModelLoadError, UnsupportedError, json_problem, printable
 from irtools.files import model_member
 
 from .common import RECORD_BYTES, StoredArray, checkpoint_order, ints
@@ -96,6 +96,8 @@ def _header(raw: bytes, path: str) -> dict:
         raise ModelLoadError(f"safetensors header is not JSON ({exc.msg} at byte {exc.pos})", path) from None
     except RecursionError:
         raise ModelLoadError("safetensors header is JSON nested too deeply (corrupt file)", path) from None
+    except ValueError as exc:  # a number of 5000 digits: Python's own advice is no message for a file's user
+        raise ModelLoadError(f"safetensors header is not readable JSON ({json_problem(exc)})", path) from None
     if not isinstance(header, dict):
         raise ModelLoadError(f"safetensors header is a JSON {type(header).__name__}, not an object", path)
     metadata = header.pop("__metadata__", {})
@@ -205,8 +207,8 @@ def read_index(path: str, index: str) -> dict[str, str]:
         raw = fh.read()
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelLoadError(f"{name} is not JSON ({type(exc).__name__})", path) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, a number past Python's digit limit
+        raise ModelLoadError(f"{name} is not JSON ({json_problem(exc)})", path) from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in weight_map.items()):
