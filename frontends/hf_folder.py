@@ -344,6 +344,33 @@ def _image_tokens(config) -> bool:
     return any(getattr(config, key, None) is not None for key in ("image_token_id", "image_token_index"))
 
 
+def _documented_rank(module, name: str) -> int | None:
+    """The rank of input `name` as the model's forward documents it (transformers' docstrings: `name (`torch.Tensor`
+    of shape `(batch_size, channels, sequence_length)`)`), or None where it says no shape."""
+    doc = getattr(getattr(module, "forward", None), "__doc__", None) or ""
+    found = re.search(rf"\b{re.escape(name)} \(`[^`]*` of shape `\(([^)`]*)\)`", doc)
+    return len([d for d in found.group(1).split(",") if d.strip()]) if found else None
+
+
+def _series_inputs(config, accepted: set, zeros) -> dict:
+    """A time-series model's trace inputs: `past_values` over its context (PatchTST, PatchTSMixer: [1, context,
+    channels]; Informer, Time Series Transformer: [1, context + largest lag(, input_size)] with the time features
+    and the observed mask they require, and the prediction window's for their decoder)."""
+    lags = [int(v) for v in getattr(config, "lags_sequence", None) or [] if isinstance(v, int)]
+    past = _positive(getattr(config, "context_length", None), 32) + max(lags, default=0)
+    width = _positive(getattr(config, "num_input_channels", None), 0) or _positive(
+        getattr(config, "input_size", None), 1)
+    per = (width,) if width > 1 or getattr(config, "num_input_channels", None) else ()
+    out = {"past_values": zeros(1, past, *per)}
+    times = sum(int(getattr(config, k, 0) or 0) for k in ("num_time_features", "num_dynamic_real_features"))
+    ahead = _positive(getattr(config, "prediction_length", None), 1)
+    for key, shape in (("past_time_features", (1, past, times)), ("past_observed_mask", (1, past, *per)),
+                       ("future_values", (1, ahead, *per)), ("future_time_features", (1, ahead, times))):
+        if key in accepted and (times or "time_features" not in key):
+            out[key] = zeros(*shape) + 1 if key.endswith("mask") else zeros(*shape)
+    return out
+
+
 def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
     """The keyword inputs the model is traced with, from its config (see the module docstring)."""
     import inspect  # noqa: PLC0415
@@ -389,20 +416,27 @@ def trace_inputs(module, config, path: str, seq_len: int | None = None) -> dict:
         accepted = set()
     kwargs: dict = {}
     if main == "pixel_values":
-        kwargs[main] = image(config)
+        # the image size of the config, else of its vision tower's (SAM's `vision_config`)
+        kwargs[main] = image(config if getattr(config, "image_size", None) is not None else
+                             getattr(config, "vision_config", None) or config)
     elif main == "input_values":
         pre = _preprocessor(path)
-        samples = int(seq_len or pre.get("sampling_rate") or 16000)  # one second of audio
-        kwargs[main] = zeros(1, samples)
+        # one second of audio; an audio codec (EnCodec, Mimi, DAC) documents it (batch, channels, time)
+        samples = int(seq_len or pre.get("sampling_rate") or _positive(getattr(config, "sampling_rate", None), 16000))
+        channels = _positive(getattr(config, "audio_channels", None), 1)
+        kwargs[main] = zeros(1, channels, samples) if _documented_rank(module, main) == 3 else zeros(1, samples)
     elif main == "input_features":
         pre = _preprocessor(path)
         mels = int(getattr(config, "num_mel_bins", 0) or pre.get("feature_size") or 80)
         if getattr(config, "max_source_positions", None) and getattr(config, "num_mel_bins", None):
             kwargs[main] = zeros(1, mels, 2 * int(config.max_source_positions))  # Whisper's fixed window
-        else:
-            feat = int(getattr(config, "input_feat_per_channel", mels) or mels) * int(
+        else:  # (batch, frames, features): Wav2Vec2-BERT's stacked frames are its feature projection's input
+            per = int(getattr(config, "input_feat_per_channel", mels) or mels)
+            feat = _positive(getattr(config, "feature_projection_input_dim", None), 0) or per * int(
                 getattr(config, "input_channels", 1) or 1)
             kwargs[main] = zeros(1, seq_len or 64, feat)
+    elif main == "past_values":  # a time series: a context window (Informer's lags reach further back)
+        kwargs.update(_series_inputs(config, accepted, zeros))
     else:
         kwargs[main] = ids(n)
     vision = getattr(config, "vision_config", None)

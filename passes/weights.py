@@ -607,11 +607,24 @@ def _einsum_roles(equation: str, slot: int) -> tuple[str, str, str, str] | None:
 _SAME_LAYOUT_OPS = frozenset({"Cast", "Identity", "DequantizeLinear"})
 
 
+def _direct_readers(value: ir.Value) -> list[tuple[ir.Node, int]]:
+    """(node, input index) of the nodes that read `value` itself or through `_SAME_LAYOUT_OPS` (constant or not)."""
+    out, stack, seen = [], [value], {value}
+    while stack:
+        for usage in stack.pop().uses():
+            if usage.node.op_type in _SAME_LAYOUT_OPS:
+                stack.extend(o for o in usage.node.outputs if o not in seen and not seen.add(o))
+            else:
+                out.append((usage.node, usage.idx))
+    return out
+
+
 def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
     """A parameter of rank >= 3 holding matrices: mixture-of-experts tensors ([experts, out, in], fused
     gate_up_proj, read through the router's Gather / a batched MatMul) one matrix per expert
     (`extra={"expert": i}`), and a weight an Einsum contracts (Funnel's r_kernel [d, heads, head_dim] in
-    `td,dnh->tnh`: a d x (heads*head_dim) matrix, one per batch index). Returns whether it made layers."""
+    `td,dnh->tnh`: a d x (heads*head_dim) matrix, one per batch index; the Einsum that reads the weight, even where
+    it computes a constant, as against the positional encodings). Returns whether it made layers."""
     shape = tuple(p.shape)
     if len(shape) < 3 or sum(d > 1 for d in shape) < 3 or not p.uses:
         return False
@@ -619,14 +632,17 @@ def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
     base = module_path(p.name) if torch and _is_state_name(p.name) else p.name
     first = p.uses[0]
     ops = {u.op_type for u in p.uses}
-    if ops == {"Einsum"}:
-        if any(op not in _SAME_LAYOUT_OPS for op in p.via):
-            return False  # the Einsum reads a tensor computed from the weight (XLNet's r through a constant Einsum)
-        node = next(n for n in ctx.model.all_nodes if ctx.model.node_names[n] == first.node)
-        eq = node.attributes.get("equation")
-        roles = _einsum_roles(eq.value if eq is not None else "", first.input_index)
-        if roles is None or len({(u.node, u.input_index) for u in p.uses}) > 1 and any(
-                _einsum_roles(eq.value, u.input_index) != roles for u in p.uses):
+    readers = _direct_readers(p.value)
+    if readers and all(node.op_type == "Einsum" for node, _ in readers):
+        # the Einsums that read the weight itself (through views that keep its axes): their letters name its
+        # axes. One whose other operand is a constant (Funnel's r_kernel and XLNet's r against the positional
+        # encodings) computes a constant: the weight's products are then read only through it
+        def roles_of(node, slot):
+            eq = node.attributes.get("equation")
+            return _einsum_roles(eq.value if eq is not None else "", slot)
+        node, slot = readers[0]
+        node_name, roles = ctx.model.node_names[node], roles_of(node, slot)
+        if roles is None or any(roles_of(n, i) != roles for n, i in readers[1:]):
             return False
         w, batch, contracted, free = roles
         if len(w) != len(shape):
@@ -642,7 +658,7 @@ def _stacked_matrices(ctx: _Ctx, p: StoredTensor) -> bool:
         for b in range(count):
             suffix = f"[{b}]" if batch else ""
             ctx.layers.append(WeightLayer(
-                name=base + suffix, node=first.node, op_type="Einsum", layer_type="matrix", parameter=p.name,
+                name=base + suffix, node=node_name, op_type="Einsum", layer_type="matrix", parameter=p.name,
                 weight_shape=shape, N=max(rows, cols), M=min(rows, cols), rf=1, eigen_scale=1.0,
                 loader=(lambda b=b: load(b)), sources=(p.name,),
                 extra={"expert": b} if batch and "expert" in p.name.lower() else {}))

@@ -128,11 +128,73 @@ def _granitemoe():
     return tf.GraniteMoeForCausalLM(tf.GraniteMoeConfig(**SMALL, **KV, num_local_experts=4, num_experts_per_tok=2))
 
 
+def _funnel():
+    """Its r_kernel [d, heads, head_dim] is contracted against the (constant) positional encodings: the Einsum
+    that reads it computes a constant."""
+    return tf.FunnelModel(tf.FunnelConfig(vocab_size=V, block_sizes=[1, 1], d_model=32, n_head=4, d_head=8,
+                                          d_inner=64, max_position_embeddings=64))
+
+
+def _xlnet():
+    """Its rel_attn.r likewise (`ibh,hnd->ibnd` with the relative positions)."""
+    return tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=V, d_model=32, n_layer=1, n_head=4, d_inner=64))
+
+
+def _dac():
+    """An audio codec: its forward documents input_values (batch, 1, time), one second at the config's rate."""
+    return tf.DacModel(tf.DacConfig(encoder_hidden_size=4, downsampling_ratios=[2, 4], decoder_hidden_size=16,
+                                    n_codebooks=2, codebook_size=16, codebook_dim=4, hidden_size=32,
+                                    sampling_rate=800))
+
+
+def _wav2vec2_bert():
+    """Its input_features are stacked frames: the feature projection's input width, not the mel bins."""
+    return tf.Wav2Vec2BertModel(tf.Wav2Vec2BertConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        feature_projection_input_dim=16, conv_depthwise_kernel_size=3, vocab_size=32,
+        position_embeddings_type="relative_key", max_source_positions=64, left_max_position_embeddings=8,
+        right_max_position_embeddings=8))
+
+
+def _sam():
+    """An image model whose image size is its vision tower's (`vision_config`), not the top config's."""
+    return tf.SamModel(tf.SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8, mlp_dim=64, global_attn_indexes=[0], window_size=2,
+                           num_pos_feats=8),
+        prompt_encoder_config=dict(hidden_size=16, image_size=32, patch_size=8, mask_input_channels=4,
+                                   image_embedding_size=4),
+        mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32,
+                                 iou_head_hidden_dim=16)))
+
+
+def _informer():
+    """A time series: past values over its context and lags, with the time features and mask it requires."""
+    return tf.InformerModel(tf.InformerConfig(prediction_length=8, context_length=16, input_size=1, d_model=32,
+                                              encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                                              decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                              lags_sequence=[1, 2], num_time_features=1))
+
+
+def _patchtsmixer():
+    return tf.PatchTSMixerModel(tf.PatchTSMixerConfig(context_length=32, patch_length=8, patch_stride=8,
+                                                      num_input_channels=2, d_model=16, num_layers=1,
+                                                      prediction_length=8))
+
+
+def _gpt_oss():
+    """Its experts store gate_up_proj [E, H, 2I] (x @ W) with gate and up interleaved."""
+    return tf.GptOssForCausalLM(tf.GptOssConfig(**SMALL, **KV, head_dim=8, num_local_experts=4,
+                                                num_experts_per_tok=2))
+
+
 FAST = {"llama": _llama, "mixtral": _mixtral, "deepseek-v3": _deepseek_v3, "bert": _bert, "t5": _t5, "vit": _vit,
         "siglip": _siglip}
 SLOW = {"gpt2": _gpt2, "qwen2-moe": _qwen2_moe, "qwen3-moe": _qwen3_moe, "deepseek-v2": _deepseek_v2,
         "wav2vec2": _wav2vec2, "whisper": _whisper, "qwen2": _qwen2, "mistral": _mistral, "clip": _clip,
-        "granitemoe": _granitemoe}
+        "granitemoe": _granitemoe, "funnel": _funnel, "xlnet": _xlnet,
+        "dac": _dac, "wav2vec2-bert": _wav2vec2_bert, "sam": _sam,
+        "informer": _informer, "patchtsmixer": _patchtsmixer, "gpt-oss": _gpt_oss}
 ZOO = [pytest.param(k, id=k) for k in FAST] + [pytest.param(k, id=k, marks=pytest.mark.slow) for k in SLOW]
 
 
@@ -254,8 +316,13 @@ def test_a_checkpoint_folder_gets_both_families_named_by_module_path(folders, na
             want = np.asarray(files[layer.parameter].load(), dtype=np.float32)
         else:
             want = experts[(layer.parameter, expert)] if expert is not None else params[layer.parameter].detach().numpy()
-        if str(layer.extra.get("fused", "")).startswith("gate_up") and layer.parameter in params:  # [2I, H]: chunk(2)
-            want = want.reshape(2, -1, want.shape[-1])[0 if layer.name.endswith(".gate") else 1]
+        fused = str(layer.extra.get("fused", ""))
+        if fused.startswith("gate_up") and layer.parameter in params:
+            part = 0 if layer.name.endswith(".gate") else 1
+            if "interleaved" in fused:  # gpt-oss's experts [H, 2I] (x @ W): gate_up[..., ::2], gate_up[..., 1::2]
+                want = want[..., part::2]
+            else:  # [2I, H]: chunk(2)
+                want = want.reshape(2, -1, want.shape[-1])[part]
         if want.ndim > 2:
             want = want.reshape(w.shape)
         np.testing.assert_array_equal(np.asarray(w, dtype=np.float32), want)

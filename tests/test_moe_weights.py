@@ -85,12 +85,13 @@ def test_an_einsum_weight_is_the_matrix_of_its_contraction():
 
 
 @pytest.mark.parametrize("between", ["Einsum", "Transpose"])
-def test_an_einsum_that_reads_a_tensor_computed_from_the_weight_is_no_einsum_weight(between):
+def test_the_einsum_that_reads_the_weight_itself_names_its_matrix(between):
     """XLNet's r [d, heads, head_dim] reaches the attention's `ibnd,jbnd->bnij` only through a constant Einsum with
-    the relative positions (`ibh,hnd->ibnd`); a Transpose between them reorders the axes. The Einsum's letters
-    then name another tensor's axes, not the weight's: the weights pass made no layer from them (a 4-letter operand
-    against the 3-D weight was a ValueError that stopped the whole pass) and says why in `skipped`; the other
-    weights are analysed."""
+    the relative positions (`ibh,hnd->ibnd`); a Transpose between them reorders the axes. The Einsum that reads the
+    weight itself names its axes: r is the d x (heads*head_dim) matrix of that product, as the module route
+    analyses it (the attention's Einsum names another tensor's axes: read as the weight's, a 4-letter operand
+    against the 3-D weight was a ValueError that stopped the whole pass). Behind a Transpose no Einsum reads the
+    weight: no layer, and `skipped` says why; the other weights are analysed."""
     rng = np.random.default_rng(2)
     r = rng.standard_normal((16, 2, 8)).astype(np.float32)
     pos = rng.standard_normal((6, 1, 16)).astype(np.float32)
@@ -107,9 +108,15 @@ def test_an_einsum_that_reads_a_tensor_computed_from_the_weight_is_no_einsum_wei
                                   helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 8])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     weights = irtools.run_passes(model, ["weights"])["weights"]
-    assert not [layer for layer in weights.layers if layer.parameter == "rel_attn.r"]
-    (skip,) = [s for s in weights.skipped if s["parameter"] == "rel_attn.r"]
-    assert "no weight-matrix rule" in skip["reason"]
+    if between == "Einsum":
+        (r_layer,) = [layer for layer in weights.layers if layer.parameter == "rel_attn.r"]
+        assert (r_layer.name, r_layer.op_type, r_layer.N, r_layer.M) == ("rel_attn.r", "Einsum", 16, 16)
+        np.testing.assert_array_equal(r_layer.matrices()[0], r.reshape(16, 16))
+        assert not [s for s in weights.skipped if s["parameter"] == "rel_attn.r"]
+    else:
+        assert not [layer for layer in weights.layers if layer.parameter == "rel_attn.r"]
+        (skip,) = [s for s in weights.skipped if s["parameter"] == "rel_attn.r"]
+        assert "no weight-matrix rule" in skip["reason"]
     (q_layer,) = [layer for layer in weights.layers if layer.parameter == "rel_attn.q"]
     assert (q_layer.N, q_layer.M) == (16, 16)
 
