@@ -31,6 +31,7 @@ from click.testing import CliRunner
 
 from tests.fuzz import formats as f
 from tests.fuzz import harness
+from tests.test_hostile_round8 import _adapter, _one_line  # the contract and the adapter both rounds use
 
 BIG = "9" * 5000
 
@@ -47,16 +48,6 @@ def _cli(*args):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line(result, match: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("irtools: error:"), result.stderr
-    assert "unexpected" not in lines[0] and "Traceback" not in result.output, lines[0]
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 # -- 1. two zip entries of one name in a .keras archive -------------------------------------------------------
@@ -214,15 +205,7 @@ def test_a_file_its_name_describes_gets_no_note(tmp_path):
 
 # -- 5. an adapter's base path ----------------------------------------------------------------------------------
 def _adapter_with_base(root, base: str) -> str:
-    folder = root / "adapter"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(9)
-    (folder / "adapter_model.safetensors").write_bytes(_safetensors({
-        "base_model.model.l.lora_A.weight": rng.standard_normal((4, 16)).astype(np.float32),
-        "base_model.model.l.lora_B.weight": rng.standard_normal((16, 4)).astype(np.float32)}))
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
-                                                            "base_model_name_or_path": base}))
-    return str(folder)
+    return _adapter(root, json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": base}))
 
 
 def test_an_adapters_base_path_is_followed_only_inside_the_folder_that_holds_it(tmp_path, monkeypatch):
