@@ -278,17 +278,8 @@ def _whole_dense_weight(ctx: _Ctx, node: ir.Node, slot: int, p: StoredTensor) ->
     parameter in thirds along its long axis, as stored."""
     shape = tuple(p.shape)
     axis = 0 if shape[0] >= shape[1] else 1
-    if ctx.opts.split_qkv and shape[axis] == 3 * shape[1 - axis]:
-        third = shape[axis] // 3
-        for k, part in enumerate("qkv"):
-            sub = list(shape)
-            sub[axis] = third
-            ctx.add(node, slot, "dense", sub, max(sub), min(sub), 1, 1.0,
-                    (lambda k=k, v=p.value: [np.take(ctx.value(v), range(k * third, (k + 1) * third), axis)]),
-                    suffix=f":{part}", value=p.value)
-        return
-    ctx.add(node, slot, "dense", shape, max(shape), min(shape), 1, 1.0, lambda v=p.value: [ctx.value(v)],
-            value=p.value)
+    _add_dense(ctx, node, slot, shape, axis if ctx.opts.split_qkv and shape[axis] == 3 * shape[1 - axis] else None,
+               lambda v=p.value: ctx.value(v), value=p.value)
 
 
 def _dense_weight(ctx: _Ctx, node: ir.Node, slot: int, v: ir.Value, load: Callable[[], np.ndarray]) -> None:
@@ -297,22 +288,27 @@ def _dense_weight(ctx: _Ctx, node: ir.Node, slot: int, v: ir.Value, load: Callab
     if len(shape) != 2:
         ctx.skip(node, slot, f"constant operand of rank {len(shape)}, expected a 2-D weight")
         return
-    n, m = max(shape), min(shape)
     parameter = ctx.parameter(v)
     if parameter and parameter not in ctx.out_axes:  # which axis holds a fused gate/up's two halves
         ctx.out_axes[parameter] = _output_axis(node, slot)
     split = ctx.opts.split_qkv and _is_fused_qkv(node, slot, shape)
-    if split:
-        axis = _output_axis(node, slot)
-        third = shape[axis] // 3
-        for k, part in enumerate("qkv"):
-            sub = list(shape)
-            sub[axis] = third
-            ctx.add(node, slot, "dense", sub, max(sub), min(sub), 1, 1.0,
-                    (lambda k=k, axis=axis, t=third: [np.take(load(), range(k * t, (k + 1) * t), axis)]),
-                    suffix=f":{part}")
+    _add_dense(ctx, node, slot, shape, _output_axis(node, slot) if split else None, load)
+
+
+def _add_dense(ctx: _Ctx, node: ir.Node, slot: int, shape, qkv_axis: int | None, load: Callable[[], np.ndarray],
+               value: ir.Value | None = None) -> None:
+    """A dense layer of the 2-D `shape` (values from `load`), or, with `qkv_axis`, its q, k and v thirds
+    along that axis (`--split-qkv`); `value`: the weight's IR value when it is not the node's input."""
+    if qkv_axis is None:
+        ctx.add(node, slot, "dense", shape, max(shape), min(shape), 1, 1.0, lambda: [load()], value=value)
         return
-    ctx.add(node, slot, "dense", shape, n, m, 1, 1.0, lambda: [load()])
+    third = shape[qkv_axis] // 3
+    for k, part in enumerate("qkv"):
+        sub = list(shape)
+        sub[qkv_axis] = third
+        ctx.add(node, slot, "dense", sub, max(sub), min(sub), 1, 1.0,
+                (lambda k=k: [np.take(load(), range(k * third, (k + 1) * third), qkv_axis)]),
+                suffix=f":{part}", value=value)
 
 
 def _output_axis(node: ir.Node, slot: int) -> int:
