@@ -280,7 +280,7 @@ def test_a_bias_kept_per_head_is_no_layer_but_an_added_table_is():
     import onnx
     from onnx import helper as oh
 
-    from irtools.passes.weights import _is_split_bias
+    from irtools.passes.weights import is_split_bias
     from tests import builders as b
 
     rng = np.random.default_rng(0)
@@ -299,7 +299,7 @@ def test_a_bias_kept_per_head_is_no_layer_but_an_added_table_is():
              onnx.numpy_helper.from_array(np.array([1, 10, 64], np.int64), "seq")]
     proto = b.model(nodes, [b.vinfo("x", [1, 10, 64])], [b.vinfo("y", [1, 10, 64])], inits)
     model = irtools.load(proto)
-    split = {p.name: _is_split_bias(p) for p in model.parameters}
+    split = {p.name: is_split_bias(p) for p in model.parameters}
     assert split == {"q.kernel": False, "q.bias": True, "k/bias": True, "pos_embedding": False}
     result = irtools.analyze(proto, metrics="spectral")
     assert {row["parameter"] for row in result.layers} == {"q.kernel", "pos_embedding"}

@@ -1,5 +1,5 @@
 """Fused projections, analysed as the matrices they are: one set of rules for every route (the
-weights-only and module routes in `frontends/formats/layers.py`, the graph route in `passes/weights.py`).
+weights-only and module routes in `frontends/formats/layers.py`, the graph route in `passes/weights/`).
 
 A fused `gate_up_proj` holds two matrices side by side (gate, then up, along the output features:
 transformers' `chunk(2, dim=-1)`; gpt-oss interleaves them, gate = [..., ::2], up = [..., 1::2]).
