@@ -544,8 +544,10 @@ def open_checkpoint_folder(path: str, name: str, options):
         notes.append(f"{len(absent)} parameter(s) of the architecture are not in the checkpoint (e.g. "
                      f"'{sorted(absent)[0]}'): no spectral row; the graph reads zeros there")
     if metadata.get("converted"):
-        notes.append(f"{len(metadata['converted'])} tensor(s) are stored in another layout than the architecture "
-                     "uses (e.g. one module per expert): read through transformers' own loading")
+        converted = metadata["converted"]
+        notes.append(f"{len(converted)} parameter(s) of the architecture are not stored under their own names "
+                     f"(e.g. '{printable(converted[0])}'): their values are transformers' own loading of the "
+                     "checkpoint, which renames or converts them")
     seq_len = getattr(options, "seq_len", None)
     model = None
     try:
