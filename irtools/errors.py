@@ -11,18 +11,21 @@ from __future__ import annotations
 import os
 import re
 
-#: C0 and C1 control characters, DEL, the Unicode line/paragraph separators, bidi controls and lone
-#: surrogates (which no terminal encoding can write).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+def _escape(c: str) -> str:
+    return c if c == " " or c.isprintable() else c.encode("unicode_escape").decode("ascii")
 
 
 def printable(text) -> str:
-    """`text` with every control character written as an escape (`\\n`, `\\x1b`, `\\u2028`), so a
-    name from a model file prints on one line and sends nothing to the terminal."""
+    """`text` with every character that is not printable written as an escape (`\\n`, `\\x1b`, `\\u200f`), so
+    a name from a model file prints on one line, sends nothing to the terminal and shows what it holds.
+    Not printable, by Unicode category (`str.isprintable`): controls (C0, C1, DEL), format characters (bidi
+    marks, embeddings, overrides and isolates, zero-width spaces and joiners, the BOM), line and paragraph
+    separators, lone surrogates, private-use and unassigned code points, and every space but the ASCII one
+    (a no-break space looks like a space but is not one)."""
     text = str(text)
-    if not _CONTROL.search(text):
+    if text.isprintable():
         return text
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return "".join(map(_escape, text))
 
 
 #: Python's refusal of a decimal number past its digit limit (a JSON integer, a pickle's INT, a `.npy` header's

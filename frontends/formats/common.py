@@ -23,6 +23,15 @@ from irtools.errors import IrtoolsError, ModelLoadError, own_words, printable
 #: stored size once it is over `INFLATE_FREE` bytes (weights compress 1-10x; zip bombs ~1000x).
 MAX_RATIO = 256
 INFLATE_FREE = 16 << 20
+
+
+def expands_too_far(declared: float, stored: float) -> bool:
+    """Whether `declared` bytes from `stored` bytes is a bomb: past `INFLATE_FREE` and over `MAX_RATIO`x. The one
+    rule for every container, per member and for the members of a file together (many members each under the
+    free amount are a bomb in all): zip entries, npz members, HDF5 datasets (standalone and in `.keras`)."""
+    return declared > max(INFLATE_FREE, stored * MAX_RATIO)
+
+
 #: Memory one tensor of a weights file may cost as a record, read and analysed (measured ~5 KB a
 #: tensor: 10^6 empty tensors were 1.5 GB from a 67 MB file), budgeted per file before the analysis.
 RECORD_BYTES = 6 << 10
@@ -127,8 +136,7 @@ def zip_member(z: zipfile.ZipFile, member: str, path: str, what: str | None = No
     except KeyError:
         raise ModelLoadError(f"zip entry '{printable(member)}' is missing", path) from None
     what = what or f"zip entry '{printable(member)}'"
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(INFLATE_FREE,
-                                                                         info.compress_size * MAX_RATIO):
+    if info.compress_type != zipfile.ZIP_STORED and expands_too_far(info.file_size, info.compress_size):
         raise ModelLoadError(f"{what} inflates {info.compress_size} bytes to {info.file_size} (over "
                              f"{MAX_RATIO}x: refused as a zip bomb)", path)
     budget.check(info.file_size, what, path)
@@ -163,7 +171,7 @@ def zip_archive(z: zipfile.ZipFile, path: str) -> zipfile.ZipFile:
         raise ModelLoadError(f"the zip's {len(infos)} entries hold {stored} bytes in a file of {size} (entries that "
                              "overlap: refused as a zip bomb)", path)
     total = sum(i.file_size for i in infos)
-    if total > max(INFLATE_FREE, size * MAX_RATIO):
+    if expands_too_far(total, size):
         raise ModelLoadError(f"the zip's {len(infos)} entries inflate {size} bytes to {total} in all (over "
                              f"{MAX_RATIO}x: refused as a zip bomb)", path)
     return z

@@ -6,6 +6,7 @@ against the budget and what the file stores."""
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -15,7 +16,7 @@ from irtools.errors import ModelLoadError, UnsupportedError, printable
 from irtools.files import check_input
 from irtools.frontends import require
 
-from .common import INFLATE_FREE, MAX_RATIO, OpenOnce, StoredArray, unique_entries, zip_member
+from .common import MAX_RATIO, OpenOnce, StoredArray, expands_too_far, unique_entries, zip_member
 
 SUFFIXES = (".h5", ".hdf5")
 MISSING = "reading HDF5 weights needs h5py: pip install h5py"
@@ -82,16 +83,17 @@ def check_hdf5_storage(h5file, path: str) -> None:
 
 
 def check_hdf5_file(path: str) -> None:
-    """Refuse an HDF5 file (a full-model Keras `.h5`) that would read other files: for
-    `frontends.keras` to call before Keras opens it."""
-    with _open_h5(path):
-        pass
+    """Refuse an HDF5 file (a full-model Keras `.h5`) that would read other files, or whose datasets declare
+    more than it stores (`check_h5_datasets`): for `frontends.keras` to call before Keras opens it."""
+    with _open_h5(path) as f:
+        check_h5_datasets(f, os.path.getsize(path), path)  # what Keras allocates for them when it loads
 
 
 def check_keras_archive(path: str) -> None:
     """Refuse a `.keras` archive (a zip) with two entries of one name, an entry that inflates past
     the memory budget or like a zip bomb, or whose HDF5 weights (`model.weights.h5`) would read other files
-    (`check_hdf5_storage`). For `frontends.keras` to call before Keras opens the archive."""
+    (`check_hdf5_storage`) or declare more than they store (`check_h5_datasets`). For `frontends.keras` to call
+    before Keras opens the archive."""
     h5py = _h5py()
     try:
         with zipfile.ZipFile(check_input(path)) as z:
@@ -101,6 +103,7 @@ def check_keras_archive(path: str) -> None:
             for member in (n for n in z.namelist() if n.lower().endswith((".h5", ".hdf5"))):
                 with z.open(member) as fh, h5py.File(fh, "r") as f:
                     check_hdf5_storage(f, path)
+                    check_h5_datasets(f, z.getinfo(member).file_size, path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
         raise ModelLoadError(f"not a readable .keras archive ({printable(exc)})", path) from None
 
@@ -120,14 +123,31 @@ def _visit_links(h5py, group, visit, prefix: str = ""):
     return None
 
 
-def _check_h5_dataset(name: str, obj, path: str) -> None:
-    """A dataset's declared bytes against the budget and against what the file stores."""
+def _check_h5_dataset(name: str, obj, path: str) -> int:
+    """A dataset's declared bytes against the budget and against what the file stores; returns them."""
     budget.check_shape(obj.shape, obj.dtype.itemsize, f"dataset '{printable(name)}'", path)
     nbytes = math.prod(obj.shape) * obj.dtype.itemsize
     stored = obj.id.get_storage_size()
-    if nbytes > max(INFLATE_FREE, stored * MAX_RATIO):
+    if expands_too_far(nbytes, stored):
         raise ModelLoadError(f"dataset '{printable(name)}' declares {nbytes} bytes but the file stores {stored} "
                              f"(over {MAX_RATIO}x: refused)", path)
+    return nbytes
+
+
+def check_h5_datasets(h5file, file_bytes: int, path: str) -> int:
+    """Every dataset of an open HDF5 file (weights, a full Keras model, a `.keras` archive's weights) against
+    the budget and what the file stores, one by one (`_check_h5_dataset`) and together: `file_bytes` (the
+    HDF5 file's own size) must hold what they declare in all (`expands_too_far`: 400 datasets of fill values,
+    each under the free amount, were minutes of analysis from 1 MB). Returns the declared total."""
+    h5py = _h5py()
+    datasets: list = []
+    h5file.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    total = sum(_check_h5_dataset(name, obj, path) for name, obj in datasets)
+    budget.check(total, f"the {len(datasets)} datasets of the HDF5 file", path)
+    if expands_too_far(total, file_bytes):
+        raise ModelLoadError(f"the HDF5 file's {len(datasets)} datasets declare {total:,} bytes in all, but the file "
+                             f"is {file_bytes:,} bytes (over {MAX_RATIO}x: refused)", path)
+    return total
 
 
 def read(path: str) -> dict[str, StoredArray]:
@@ -153,8 +173,8 @@ def read(path: str) -> dict[str, StoredArray]:
 
         datasets: list = []
         f.visititems(visit)  # collected first: an exception raised inside an h5py visitor breaks h5py
+        check_h5_datasets(f, os.path.getsize(path), path)
         for name, obj in datasets:
-            _check_h5_dataset(name, obj, path)
             key = name[:-2] if name.endswith(":0") else name
             if key in found:  # `kernel` and `kernel:0`: one was dropped without a word
                 raise ModelLoadError(f"datasets '{printable(key)}' and '{printable(key)}:0' are both tensor "

@@ -128,11 +128,18 @@ class _Mismatch(Exception):
 
 
 def _group(tensors, name: str, members: list[str], build, path: str):
-    """The float StoredArray `build` makes of a group, or the reason it cannot (a string)."""
+    """The float StoredArray `build` makes of a group, or the reason it cannot (a string). A member with a
+    zero dimension holds no matrix (and the formats' group and block sizes, derived from the dims, would divide
+    by zero); arithmetic on sizes the file made up is that group's reason, not the whole checkpoint's error."""
     try:
         return build()
     except _Mismatch as exc:
         return f"{exc} (not dequantized)"
+    except (ZeroDivisionError, OverflowError, ValueError, IndexError) as exc:
+        empty = next((m for m in members if m in tensors and 0 in tuple(tensors[m].shape)), None)
+        if empty is not None:
+            return f"'{printable(empty)}' {list(tensors[empty].shape)} has a zero dimension (not dequantized)"
+        return f"sizes that do not fit the format ({type(exc).__name__}: {printable(exc)}) (not dequantized)"
 
 
 def _lazy(shape, dtype, storage: str, fn, what: str, path: str) -> StoredArray:

@@ -344,9 +344,10 @@ def densify_sparse(proto: onnx.ModelProto, path: str) -> None:
     """Replace every sparse initializer by the dense initializer it stands for, and a Constant's
     `sparse_value` by its dense `value` (in place), once its indices are checked: the IR has no
     sparse tensors, and a parameter stored sparse must be analysed, not silently dropped."""
+    dense_bytes = [0]  # all sparse tensors of the model together, dense: the budget is the model's, not one tensor's
     for g in all_graphs(proto.graph):
         for sparse in g.sparse_initializer:
-            g.initializer.append(_dense(sparse, path))
+            g.initializer.append(_dense(sparse, path, dense_bytes))
         del g.sparse_initializer[:]
         for node in g.node:
             for attr in node.attribute:
@@ -354,7 +355,7 @@ def densify_sparse(proto: onnx.ModelProto, path: str) -> None:
                     if node.op_type != "Constant" or attr.name != "sparse_value":
                         raise UnsupportedError(f"node '{printable(node.name or node.op_type)}' has a sparse tensor "
                                                f"attribute '{printable(attr.name)}'", path)
-                    dense = _dense(attr.sparse_tensor, path)
+                    dense = _dense(attr.sparse_tensor, path, dense_bytes)
                     attr.Clear()
                     attr.name, attr.type = "value", onnx.AttributeProto.TENSOR
                     attr.t.CopyFrom(dense)
@@ -363,8 +364,11 @@ def densify_sparse(proto: onnx.ModelProto, path: str) -> None:
                                            "tensors", path)
 
 
-def _dense(sparse: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
-    """The dense tensor of one sparse tensor (values at linear or coordinate indices, zeros elsewhere)."""
+def _dense(sparse: onnx.SparseTensorProto, path: str, dense_bytes: list[int]) -> onnx.TensorProto:
+    """The dense tensor of one sparse tensor (values at linear or coordinate indices, zeros elsewhere).
+    Its bytes are charged to `dense_bytes` (the model's sparse tensors so far, against the memory budget)
+    and, like any constant computed from stored bytes, may expand its stored values and indices at most
+    `budget.COMPUTED_RATIO` times past `budget.COMPUTED_FREE` (1 of 10^8 values stored is no pruned weight)."""
     from onnx import numpy_helper  # noqa: PLC0415
 
     values, indices = sparse.values, sparse.indices
@@ -379,7 +383,10 @@ def _dense(sparse: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
     if indices.data_type != onnx.TensorProto.INT64:
         raise ModelLoadError(f"sparse tensor '{name}' has indices of type {indices.data_type}, not INT64", path)
     numel = math.prod(dims)
-    budget.check(numel * _BITS[values.data_type] / 8, f"sparse tensor '{name}' (dense)", path)
+    nbytes = numel * _BITS[values.data_type] / 8
+    dense_bytes[0] += nbytes
+    budget.check(dense_bytes[0], f"the model's sparse tensors up to '{name}' (dense)", path)
+    budget.check_computed(nbytes, values.ByteSize() + indices.ByteSize(), f"sparse tensor '{name}' (dense)", path)
     vals = numpy_helper.to_array(values).reshape(-1)
     idx = numpy_helper.to_array(indices)
     nnz = len(vals)

@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from irtools import budget, files
-from irtools.errors import IrtoolsError, ModelLoadError, ShapeError
+from irtools.errors import IrtoolsError, ModelLoadError, ShapeError, printable
 from irtools.ir.loading import (check_node_count, check_structure, check_tensors, declared_parameter_names, iter_tensors, read_model,
                                 unread_parameter_shapes)
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_PARAMETERS_KEY, ConstantAnalysis, StoredTensor,
@@ -366,8 +366,13 @@ class IRModel:
             ins = [self._constant_value(v) if v is not None else None for v in producer.inputs]
             axis = producer.attributes.get("axis")
             block = producer.attributes.get("block_size")
-            return dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
-                                     axis.value if axis is not None else 1, block.value if block is not None else 0)
+            try:
+                return dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
+                                         axis.value if axis is not None else 1, block.value if block is not None else 0)
+            except ValueError as exc:  # shapes ONNX does not define: no broadcast of the weight stands in for it
+                label = self.node_names.get(producer, producer.op_type)
+                raise IrtoolsError(f"constant '{printable(value.name)}' (DequantizeLinear node '{printable(label)}'): "
+                                   f"{exc}", self.path) from None
         cached = self._evaluated.get(value)
         if cached is not None:
             return cached

@@ -12,11 +12,43 @@ import numpy as np
 from numba import njit
 
 
+def dequantize_problem(q_shape, scale_shape, zero_shape, axis: int = 1, block_size: int = 0) -> str | None:
+    """Why a DequantizeLinear of these shapes is not one ONNX defines, or None. The result has the
+    quantized tensor's shape, never a broadcast of it: the scale (and a zero point, of the scale's shape)
+    is one value, one per index of `axis` (1-D), or, with `block_size`, q's shape with `axis` cut into
+    blocks of that size."""
+    q_shape, scale_shape = tuple(q_shape), tuple(scale_shape)
+    if zero_shape is not None and tuple(zero_shape) != scale_shape and not (
+            math.prod(zero_shape) == 1 == math.prod(scale_shape) and len(zero_shape) <= 1 and len(scale_shape) <= 1):
+        return f"zero point of shape {tuple(zero_shape)} for a scale of shape {scale_shape}"
+    if len(scale_shape) <= 1 and math.prod(scale_shape) == 1 and block_size <= 0:
+        return None
+    if not q_shape or not -len(q_shape) <= axis < len(q_shape):
+        return f"axis {axis} of a tensor of shape {q_shape}"
+    axis %= len(q_shape)
+    if block_size > 0:
+        want = list(q_shape)
+        want[axis] = -(-q_shape[axis] // block_size)
+        if scale_shape != tuple(want):
+            return f"scale of shape {scale_shape} for {q_shape} in blocks of {block_size} along axis {axis} " \
+                   f"(expected {tuple(want)})"
+        return None
+    if scale_shape != (q_shape[axis],):
+        return f"scale of shape {scale_shape} for a tensor of shape {q_shape} along axis {axis} " \
+               f"(expected ({q_shape[axis]},))"
+    return None
+
+
 def dequantize_linear(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int = 1,
                       block_size: int = 0) -> np.ndarray:
-    """ONNX DequantizeLinear in float64: per-tensor, per-axis (1-D scale along `axis`) or blocked."""
-    q = np.asarray(q).astype(np.float64)
-    scale = np.asarray(scale, dtype=np.float64)
+    """ONNX DequantizeLinear in float64: per-tensor, per-axis (1-D scale along `axis`) or blocked.
+    Shapes ONNX does not define (`dequantize_problem`) raise ValueError rather than broadcast."""
+    q, scale = np.asarray(q), np.asarray(scale)
+    problem = dequantize_problem(q.shape, scale.shape, None if zero is None else np.shape(zero), axis, block_size)
+    if problem:
+        raise ValueError(f"DequantizeLinear: {problem}")
+    q = q.astype(np.float64)
+    scale = scale.astype(np.float64)
     zero = np.zeros_like(scale) if zero is None else np.asarray(zero).astype(np.float64)
     if scale.size == 1:
         return (q - zero.ravel()[0]) * scale.ravel()[0]
@@ -51,11 +83,42 @@ def _unpack_nbits(packed, scales, zeros, n_rows, k, block, bits, has_zero):
     return out
 
 
+def matmul_nbits_problem(n, k, block_size, bits, packed_size: int, scales_size: int,
+                         zeros_size: int | None) -> str | None:
+    """Why a MatMulNBits weight of these attributes and stored sizes cannot be unpacked, or None: the
+    kernel indexes the stored arrays by the attributes, so each size must be the one they imply
+    (bits 2, 4 or 8, block_size a power of two >= 16; B (N, ceil(K / block_size),
+    block_size * bits / 8), one scale per row and block, zero points packed per row to whole bytes)."""
+    if not all(isinstance(x, int | np.integer) for x in (n, k, block_size, bits)):
+        return "attributes N, K, block_size and bits must be whole numbers"
+    if bits not in (2, 4, 8):
+        return f"bits={bits} (2, 4 or 8: codes packed whole into bytes)"
+    if block_size < 16 or block_size & (block_size - 1):
+        return f"block_size={block_size} (a power of two >= 16)"
+    if n < 1 or k < 1:
+        return f"N={n}, K={k} (each must be >= 1)"
+    blocks = -(-k // block_size)
+    if packed_size != n * blocks * (block_size * bits // 8):
+        return (f"B holds {packed_size:,} bytes, but N={n:,}, K={k:,}, block_size={block_size}, bits={bits} "
+                f"need {n * blocks * (block_size * bits // 8):,}")
+    if scales_size != n * blocks:
+        return f"{scales_size:,} scales, but N x ceil(K / block_size) = {n * blocks:,}"
+    if zeros_size is not None and zeros_size != n * ((blocks * bits + 7) // 8):
+        return f"{zeros_size:,} zero-point bytes, but N rows of {blocks:,} packed zero points need {n * ((blocks * bits + 7) // 8):,}"
+    return None
+
+
 def dequantize_matmul_nbits(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, n: int, k: int,
                             block_size: int, bits: int = 4) -> np.ndarray:
-    """com.microsoft MatMulNBits weight B (N, blocks, blob) -> float64 (N, K)."""
+    """com.microsoft MatMulNBits weight B (N, blocks, blob) -> float64 (N, K). Sizes that do not match the
+    attributes (`matmul_nbits_problem`) raise ValueError: the kernel would read past the stored arrays."""
+    packed, scales = np.asarray(packed), np.asarray(scales)
+    has_zero = zeros is not None and np.asarray(zeros).dtype == np.uint8
+    problem = matmul_nbits_problem(n, k, block_size, bits, packed.size, scales.size,
+                                   np.asarray(zeros).size if has_zero else None)
+    if problem:
+        raise ValueError(f"MatMulNBits weight: {problem}")
     packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(n, -1, block_size * bits // 8)
-    has_zero = zeros is not None and zeros.dtype == np.uint8
     z = np.ascontiguousarray(zeros, dtype=np.uint8).ravel() if has_zero else np.zeros(1, np.uint8)
     return _unpack_nbits(packed, np.asarray(scales, dtype=np.float64).ravel(), z, n, k, block_size, bits, has_zero)
 

@@ -173,6 +173,22 @@ def _recurrent(ctx: Context, node: ir.Node) -> None:
         if quantized:
             shape = (shape[0], shape[2], shape[1])
         hidden = shape[1] // len(gates)  # shape: (directions, gates * hidden, input or hidden)
+        if quantized:
+            from irtools.ir.quant import dequantize_problem
+
+            s_slot, z_slot = next(sc[1:] for sc in slots.scales if sc[0] == slot)
+            if ctx.const_input(node, s_slot) is None:
+                ctx.skip(node, slot, "quantized weight whose scale is not a constant the graph shows")
+                continue
+            s_shape = ctx.model.static_shape(node.inputs[s_slot])
+            z_shape = ctx.model.static_shape(node.inputs[z_slot]) if ctx.const_input(node, z_slot) is not None \
+                else None
+            per_channel = (shape[0], shape[1])
+            problem = (None if s_shape == per_channel and z_shape in (None, per_channel) else
+                       dequantize_problem((shape[0], shape[2], shape[1]), s_shape, z_shape, 0))
+            if problem:
+                ctx.skip(node, slot, f"quantized weight not dequantized: {problem}")
+                continue
 
         def load(v=v, slot=slot):
             w = ctx.value(v)
@@ -182,6 +198,10 @@ def _recurrent(ctx: Context, node: ir.Node) -> None:
 
             s, z = (ctx.model.constant_value(node.inputs[i]) if ctx.const_input(node, i) is not None else None
                     for i in next(sc[1:] for sc in slots.scales if sc[0] == slot))
+            s, z = np.asarray(s), None if z is None else np.asarray(z)
+            if s.ndim == 2:  # per channel: (directions, gates * hidden) scales of W's last axis
+                zero = 0.0 if z is None else z.astype(np.float64)[:, None, :]
+                return ((w.astype(np.float64) - zero) * s.astype(np.float64)[:, None, :]).transpose(0, 2, 1)
             return dequantize_linear(w, s, z, axis=0).transpose(0, 2, 1)
 
         for d in range(shape[0]):
@@ -193,15 +213,28 @@ def _recurrent(ctx: Context, node: ir.Node) -> None:
 
 
 def _matmul_nbits(ctx: Context, node: ir.Node) -> None:
-    from irtools.ir.quant import dequantize_matmul_nbits
+    from irtools.ir.quant import dequantize_matmul_nbits, matmul_nbits_problem
 
     b = ctx.const_input(node, 1)
     s = ctx.const_input(node, 2)
     if b is None or s is None:
         return
     attrs = {k: a.value for k, a in node.attributes.items()}
-    n, k, block, bits = int(attrs["N"]), int(attrs["K"]), int(attrs["block_size"]), int(attrs.get("bits", 4))
+    n, k, block, bits = (attrs.get(name, default) for name, default in
+                         (("N", None), ("K", None), ("block_size", None), ("bits", 4)))
     z = ctx.const_input(node, 3)
+    if z is None and len(node.inputs) > 3 and node.inputs[3] is not None:
+        ctx.skip(node, 1, "MatMulNBits zero points are not a constant the graph shows")
+        return
+    if z is not None and z.dtype != ir.DataType.UINT8:  # zero points of the scales' float type, one per block
+        ctx.skip(node, 1, f"MatMulNBits zero points of type {z.dtype}: only packed uint8 zero points are read")
+        return
+    sizes = [math.prod(ctx.model.static_shape(v)) for v in (b, s)]
+    zeros = math.prod(ctx.model.static_shape(z)) if z is not None else None
+    problem = matmul_nbits_problem(n, k, block, bits, *sizes, zeros)
+    if problem:  # the unpacking kernel reads the stored arrays where the attributes say they are
+        ctx.skip(node, 1, f"MatMulNBits weight not unpacked: {problem}")
+        return
 
     def load():
         zeros = ctx.model.constant_value(z) if z is not None else None
@@ -264,7 +297,7 @@ def _output_scale(ctx: Context, node: ir.Node) -> np.ndarray | None:
 
 
 def _quantized(ctx: Context, node: ir.Node) -> None:
-    from irtools.ir.quant import dequantize_linear
+    from irtools.ir.quant import dequantize_linear, dequantize_problem
 
     key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     spec = QUANTIZED_WEIGHTS[key]
@@ -285,9 +318,14 @@ def _quantized(ctx: Context, node: ir.Node) -> None:
         axis = 1 if node.op_type == "QLinearConvTranspose" else 0
     else:
         axis = _output_axis(node, spec.slot)
+    zero_shape = None if z is None else (math.prod(ctx.model.static_shape(z)),)
+    problem = dequantize_problem(ctx.model.static_shape(v), scale.ravel().shape, zero_shape, axis)
+    if problem:  # the product would be a broadcast of the stored weight, not the weight
+        ctx.skip(node, spec.slot, f"quantized weight not dequantized: {problem}")
+        return
 
     def load(v=v, z=z, scale=scale, axis=axis):
-        zero = None if z is None else np.asarray(ctx.model.constant_value(z))
+        zero = None if z is None else np.asarray(ctx.model.constant_value(z)).ravel()
         return dequantize_linear(ctx.model.constant_value(v), scale.ravel(), zero, axis=axis)
 
     if spec.kind == "conv":
