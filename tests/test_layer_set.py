@@ -304,3 +304,34 @@ def test_a_bias_kept_per_head_is_no_layer_but_an_added_table_is():
     result = irtools.analyze(proto, metrics="spectral")
     assert {row["parameter"] for row in result.layers} == {"q.kernel", "pos_embedding"}
     assert not {entry["parameter"] for entry in result.skipped} & {"q.bias", "k/bias"}
+
+
+def test_a_table_named_bias_that_is_read_by_index_before_it_is_added_is_a_matrix_row():
+    """Swin's and BEiT's `relative_position_bias_table` (positions x heads) is gathered by a constant index, then
+    added to the attention scores: named a bias and only added, it was taken for a per-head bias and had neither
+    a row nor a skipped entry (on the module route it had a row). Built by hand: Gather of a constant index,
+    views, Add; the same table added as stored stays a bias."""
+    import onnx
+    from onnx import helper as oh
+
+    from irtools.passes.weights import is_split_bias
+    from tests import builders as b
+
+    rng = np.random.default_rng(3)
+    index = rng.integers(0, 49, size=(16 * 16,)).astype(np.int64)
+    nodes = [oh.make_node("Gather", ["attn.relative_position_bias_table", "index"], ["g"]),
+             oh.make_node("Reshape", ["g", "grid"], ["g3"]),
+             oh.make_node("Transpose", ["g3"], ["bias"], perm=[2, 0, 1]),
+             oh.make_node("Add", ["scores", "bias"], ["s2"]),
+             oh.make_node("Add", ["s2", "attn.head_bias"], ["y"])]
+    inits = [b.tensor("attn.relative_position_bias_table", rng.standard_normal((49, 8))),
+             b.tensor("attn.head_bias", rng.standard_normal((16, 16))),
+             onnx.numpy_helper.from_array(index, "index"),
+             onnx.numpy_helper.from_array(np.array([16, 16, 8], np.int64), "grid")]
+    proto = b.model(nodes, [b.vinfo("scores", [8, 16, 16])], [b.vinfo("y", [8, 16, 16])], inits)
+    model = irtools.load(proto)
+    assert {p.name: is_split_bias(p) for p in model.parameters} == {
+        "attn.relative_position_bias_table": False, "attn.head_bias": True}
+    result = irtools.analyze(proto, metrics="spectral", min_evals=1)
+    (row,) = result.layers
+    assert row["parameter"] == "attn.relative_position_bias_table" and (row["N"], row["M"]) == (49, 8)

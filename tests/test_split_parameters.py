@@ -91,3 +91,41 @@ def test_split_qkv_cuts_the_stored_matrix_in_thirds():
     for k, part in enumerate("qkv"):
         ev = got[f"attn.in_proj_weight:{part}"]
         np.testing.assert_allclose(ev, _squared_singular_values(w[k * E:(k + 1) * E]), rtol=1e-9, atol=1e-12)
+
+
+def test_a_weight_split_into_a_sequence_without_types_is_still_one_parameter(tmp_path):
+    """An unoptimized exporter's file (torch.onnx dynamo, optimize=False) writes no type for the SplitToSequence /
+    SequenceAt values between a weight and its matmuls: each part was taken for a new tensor computed from
+    integers (a 'constant-subgraph' parameter with the weight's contexts, the weight itself left with none), and
+    `inspect` failed on the sequence's shape. Built by hand: w (3E, E) split in a sequence of three parts."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from irtools.cli import main
+    from tests import builders as b
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("SplitToSequence", ["w", "sizes"], ["parts"], axis=0),
+             *(helper.make_node("SequenceAt", ["parts", f"i{k}"], [f"w{k}"]) for k in range(3)),
+             *(helper.make_node("Transpose", [f"w{k}"], [f"t{k}"], perm=[1, 0]) for k in range(3)),
+             *(helper.make_node("MatMul", ["x", f"t{k}"], [f"y{k}"]) for k in range(3)),
+             helper.make_node("Sum", ["y0", "y1", "y2"], ["y"])]
+    inits = [b.tensor("w", rng.standard_normal((3 * E, E))),
+             onnx.numpy_helper.from_array(np.array([E, E, E], np.int64), "sizes"),
+             *(onnx.numpy_helper.from_array(np.array(k, np.int64), f"i{k}") for k in range(3))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, E])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, E])], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model = irtools.load(proto)
+    assert [p.name for p in model.parameters if p.learnable] == ["w"]
+    result = irtools.analyze(proto, min_evals=1)
+    (row,) = result.layers
+    assert row["parameter"] == "w" and (row["N"], row["M"]) == (3 * E, E)
+    (param,) = result.reuse["parameters"]
+    assert param["name"] == "w" and param["scalars"] == 3 * E * E
+    path = tmp_path / "seq.onnx"
+    path.write_bytes(proto.SerializeToString())
+    from click.testing import CliRunner
+
+    assert CliRunner().invoke(main, ["inspect", str(path)]).exit_code == 0

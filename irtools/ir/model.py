@@ -299,7 +299,11 @@ class IRModel:
         consts = getattr(self, "constants_analysis", None)
         if consts is not None and consts.is_constant(value) and value not in consts.from_shape:
             # a weight behind view-like ops whose shape inference lost (spectral needs no inference)
-            return tuple(int(d) for d in self.constant_value(value).shape)
+            const = self.constant_value(value)
+            if isinstance(const, list):  # a sequence (SplitToSequence of a weight): no one shape; its rules read
+                raise ShapeError(f"'{printable(value.name)}' is a sequence of tensors, which has no one static "
+                                 "shape", self.path)  # its elements' shapes (context_counts.rules.sequence)
+            return tuple(int(d) for d in const.shape)
         if self.probe_shapes():
             return self.static_shape(value)
         producer = value.producer()

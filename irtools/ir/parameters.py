@@ -111,6 +111,23 @@ def _is_float(value: ir.Value) -> bool:
     return dt is not None and dt.is_floating_point()
 
 
+def _may_be_float(value: ir.Value, memo: dict[ir.Value, bool]) -> bool:
+    """Whether a value is (or may be) float: its dtype (a sequence's element type) where known; one whose type
+    the file does not say (an unoptimized exporter's SplitToSequence of a weight) is float when any input of its
+    producer may be, so that the parts of a stored weight are not taken for new tensors computed from integers."""
+    if value in memo:
+        return memo[value]
+    memo[value] = False  # a cycle cannot occur in a valid graph; guard anyway
+    dt = _dtype(value)
+    if dt is not None:
+        result = dt.is_floating_point()
+    else:
+        producer = value.producer()
+        result = producer is not None and any(i is not None and _may_be_float(i, memo) for i in producer.inputs)
+    memo[value] = result
+    return result
+
+
 class ConstantAnalysis:
     """Decides, for every value of a model (subgraphs included), whether it is constant."""
 
@@ -171,6 +188,7 @@ def classify(
     """
     stored: list[StoredTensor] = []
     seen: set[ir.Value] = set()
+    float_memo: dict[ir.Value, bool] = {}
 
     def add(value: ir.Value, source: str, graph: ir.Graph) -> None:
         if value in seen:
@@ -190,7 +208,7 @@ def classify(
             add(node.outputs[0], "constant-node", graph)
         elif node.op_type == "DequantizeLinear" and not _is_float(node.inputs[0]):
             add(node.outputs[0], "dequantized", graph)
-        elif all(i is None or not _is_float(i) for i in node.inputs):
+        elif all(i is None or not _may_be_float(i, float_memo) for i in node.inputs):
             for out in node.outputs:
                 if _is_float(out):  # e.g. ConstantOfShape: a weight made from a shape
                     add(out, "constant-subgraph", graph)

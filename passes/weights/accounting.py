@@ -15,7 +15,7 @@ import numpy as np
 from irtools.ir.layers import WeightLayer
 from irtools.ir.parameters import StoredTensor
 from irtools.ir.slots import op_slots
-from irtools.passes.weights.context import Context, is_state_name, module_path
+from irtools.passes.weights.context import VIEW_OPS, Context, is_state_name, module_path
 from irtools.passes.weights.stacked import stacked_matrices
 
 
@@ -25,15 +25,17 @@ ADDITIVE_OPS = frozenset({"Add", "Sub", "BiasAdd"})
 
 def is_split_bias(p: StoredTensor) -> bool:
     """A bias kept per head, (heads, head_dim) in Flax DenseGeneral and Keras EinsumDense: read
-    only in bias slots, or named a bias and only ever added. Like every 1-D bias it is no weight
+    only in bias slots, or named a bias and only ever added as it is stored. Like every 1-D bias it is no weight
     matrix (a learned position table added to the input is one, and stays a layer)."""
     if not p.uses:
         return False
     if all(op_slots(u.domain, u.op_type).bias == u.input_index for u in p.uses):
         return True
     last = re.split(r"[/.:]", p.name)[-1].lower()
-    return "bias" in last and all(u.op_type in ADDITIVE_OPS or op_slots(u.domain, u.op_type).bias == u.input_index
-                                  for u in p.uses)
+    # added as stored (through views at most): a table read by index first (Swin's and BEiT's
+    # `relative_position_bias_table`, gathered then added to the scores) is a matrix, whatever its name
+    return "bias" in last and set(p.via) <= VIEW_OPS and all(
+        u.op_type in ADDITIVE_OPS or op_slots(u.domain, u.op_type).bias == u.input_index for u in p.uses)
 
 
 def must_appear(p: StoredTensor) -> bool:
