@@ -134,14 +134,22 @@ def _check_h5_dataset(name: str, obj, path: str) -> int:
     return nbytes
 
 
-def check_h5_datasets(h5file, file_bytes: int, path: str) -> int:
-    """Every dataset of an open HDF5 file (weights, a full Keras model, a `.keras` archive's weights) against
-    the budget and what the file stores, one by one (`_check_h5_dataset`) and together: `file_bytes` (the
-    HDF5 file's own size) must hold what they declare in all (`expands_too_far`: 400 datasets of fill values,
-    each under the free amount, were minutes of analysis from 1 MB). Returns the declared total."""
+def _datasets(h5file) -> list:
+    """(name, dataset) of every dataset of an open HDF5 file, collected first: an exception raised inside an
+    h5py visitor breaks h5py."""
     h5py = _h5py()
-    datasets: list = []
-    h5file.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    found: list = []
+    h5file.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def check_h5_datasets(h5file, file_bytes: int, path: str, datasets: list | None = None) -> int:
+    """Every dataset of an open HDF5 file (weights, a full Keras model, a `.keras` archive's weights; or the
+    `datasets` already collected from it) against the budget and what the file stores, one by one
+    (`_check_h5_dataset`) and together: `file_bytes` (the HDF5 file's own size) must hold what they declare in
+    all (`expands_too_far`: 400 datasets of fill values, each under the free amount, were minutes of analysis
+    from 1 MB). Returns the declared total."""
+    datasets = _datasets(h5file) if datasets is None else datasets
     total = sum(_check_h5_dataset(name, obj, path) for name, obj in datasets)
     budget.check(total, f"the {len(datasets)} datasets of the HDF5 file", path)
     if expands_too_far(total, file_bytes):
@@ -159,22 +167,18 @@ def read(path: str) -> dict[str, StoredArray]:
     of it with its reason, as the other readers' (before, it was dropped without a word). Datasets are
     read directly with h5py: no Keras, no code from the file, no other file (`check_hdf5_storage`).
     """
-    h5py = _h5py()
     found: dict[str, StoredArray] = {}
     h5file = OpenOnce(lambda: _open_h5(path))
     with _open_h5(path) as f:
         if "model_config" in f.attrs:
             raise UnsupportedError("a whole Keras model, not a weights file", path)
 
-        def visit(name, obj):
-            if not isinstance(obj, h5py.Dataset) or name.split("/")[0] in ("optimizer", "optimizer_weights"):
-                return
-            datasets.append((name, obj))  # every dtype: `weight_layers` makes a skipped entry of a non-float matrix
-
-        datasets: list = []
-        f.visititems(visit)  # collected first: an exception raised inside an h5py visitor breaks h5py
-        check_h5_datasets(f, os.path.getsize(path), path)
-        for name, obj in datasets:
+        everything = _datasets(f)
+        check_h5_datasets(f, os.path.getsize(path), path, everything)  # the optimizer's state too: all it declares
+        # every dtype: `weight_layers` makes a skipped entry of a non-float matrix
+        for name, obj in everything:
+            if name.split("/")[0] in ("optimizer", "optimizer_weights"):
+                continue
             key = name[:-2] if name.endswith(":0") else name
             if key in found:  # `kernel` and `kernel:0`: one was dropped without a word
                 raise ModelLoadError(f"datasets '{printable(key)}' and '{printable(key)}:0' are both tensor "

@@ -111,21 +111,15 @@ def _is_float(value: ir.Value) -> bool:
     return dt is not None and dt.is_floating_point()
 
 
-def _may_be_float(value: ir.Value, memo: dict[ir.Value, bool]) -> bool:
-    """Whether a value is (or may be) float: its dtype (a sequence's element type) where known; one whose type
-    the file does not say (an unoptimized exporter's SplitToSequence of a weight) is float when any input of its
-    producer may be, so that the parts of a stored weight are not taken for new tensors computed from integers."""
-    if value in memo:
-        return memo[value]
-    memo[value] = False  # a cycle cannot occur in a valid graph; guard anyway
-    dt = _dtype(value)
-    if dt is not None:
-        result = dt.is_floating_point()
-    else:
-        producer = value.producer()
-        result = producer is not None and any(i is not None and _may_be_float(i, memo) for i in producer.inputs)
-    memo[value] = result
-    return result
+def _untyped_floats(nodes_topo: list[ir.Node]) -> set[ir.Value]:
+    """The values whose type the file does not say (an unoptimized exporter's SplitToSequence / SequenceAt of a
+    weight) that may be float: one whose producer has an input that is float or may be. One pass in topological
+    order, so that the parts of a stored weight are not taken for new tensors computed from integers."""
+    found: set[ir.Value] = set()
+    for node in nodes_topo:
+        if any(i is not None and (_is_float(i) or i in found) for i in node.inputs):
+            found.update(o for o in node.outputs if _dtype(o) is None)
+    return found
 
 
 class ConstantAnalysis:
@@ -188,7 +182,7 @@ def classify(
     """
     stored: list[StoredTensor] = []
     seen: set[ir.Value] = set()
-    float_memo: dict[ir.Value, bool] = {}
+    untyped_floats = _untyped_floats(nodes_topo)
 
     def add(value: ir.Value, source: str, graph: ir.Graph) -> None:
         if value in seen:
@@ -208,7 +202,7 @@ def classify(
             add(node.outputs[0], "constant-node", graph)
         elif node.op_type == "DequantizeLinear" and not _is_float(node.inputs[0]):
             add(node.outputs[0], "dequantized", graph)
-        elif all(i is None or not _may_be_float(i, float_memo) for i in node.inputs):
+        elif all(i is None or not (_is_float(i) or i in untyped_floats) for i in node.inputs):
             for out in node.outputs:
                 if _is_float(out):  # e.g. ConstantOfShape: a weight made from a shape
                     add(out, "constant-subgraph", graph)

@@ -173,10 +173,10 @@ def _recurrent(ctx: Context, node: ir.Node) -> None:
         if quantized:
             shape = (shape[0], shape[2], shape[1])
         hidden = shape[1] // len(gates)  # shape: (directions, gates * hidden, input or hidden)
+        s_slot, z_slot = next(sc[1:] for sc in slots.scales if sc[0] == slot) if quantized else (None, None)
         if quantized:
             from irtools.ir.quant import dequantize_problem
 
-            s_slot, z_slot = next(sc[1:] for sc in slots.scales if sc[0] == slot)
             if ctx.const_input(node, s_slot) is None:
                 ctx.skip(node, slot, "quantized weight whose scale is not a constant the graph shows")
                 continue
@@ -190,14 +190,14 @@ def _recurrent(ctx: Context, node: ir.Node) -> None:
                 ctx.skip(node, slot, f"quantized weight not dequantized: {problem}")
                 continue
 
-        def load(v=v, slot=slot):
+        def load(v=v, s_slot=s_slot, z_slot=z_slot):
             w = ctx.value(v)
             if not quantized:
                 return w
             from irtools.ir.quant import dequantize_linear
 
             s, z = (ctx.model.constant_value(node.inputs[i]) if ctx.const_input(node, i) is not None else None
-                    for i in next(sc[1:] for sc in slots.scales if sc[0] == slot))
+                    for i in (s_slot, z_slot))
             s, z = np.asarray(s), None if z is None else np.asarray(z)
             if s.ndim == 2:  # per channel: (directions, gates * hidden) scales of W's last axis
                 zero = 0.0 if z is None else z.astype(np.float64)[:, None, :]

@@ -273,6 +273,34 @@ def test_int8_lstm_counts_like_the_float_lstm(tmp_path):
         assert got_w.shape == want_w.shape and 0 < np.abs(got_w - want_w).max() <= step / 2 + 1e-6, key
 
 
+def test_int8_lstm_quantized_per_channel_gives_each_gate_its_own_scale(tmp_path):
+    """onnxruntime's per-channel dynamic quantizer writes DynamicQuantizeLSTM scales and zero points of shape
+    (directions, 4 * hidden): one per output column of the transposed W and R. Each gate matrix is the float one
+    to within half of its own columns' step (one gate's rows are 20x the others: a single scale would lose them).
+    Before, the (2, 16) scale was broadcast against W's axis 0."""
+    rng = np.random.default_rng(4)
+    hidden, inp = 4, 3
+    w, r = rng.standard_normal((2, 4 * hidden, inp)).astype(F), rng.standard_normal((2, 4 * hidden, hidden)).astype(F)
+    w[:, :hidden] *= 20
+    node = h.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, direction="bidirectional")
+    proto = b.model([node], [b.vinfo("X", [5, 1, inp])], [b.vinfo("Y", [5, 2, 1, hidden])],
+                    [b.tensor("W", w), b.tensor("R", r), b.tensor("B", rng.standard_normal((2, 8 * hidden)).astype(F))],
+                    opset=14)
+    src, dst = str(tmp_path / "lstm.onnx"), str(tmp_path / "lstm_pc.onnx")
+    onnx.save(proto, src)
+    quantization.quantize_dynamic(src, dst, weight_type=quantization.QuantType.QInt8, per_channel=True)
+    scales = {i.name: tuple(i.dims) for i in onnx.load(dst).graph.initializer if i.name.endswith("_scale")}
+    assert scales == {"W_scale": (2, 16), "R_scale": (2, 16)}
+    floats = {x.name.split(":")[-1]: x for x in irtools.run_passes(irtools.load(src), ["weights"])["weights"].layers}
+    quant = {x.name.split(":")[-1]: x for x in irtools.run_passes(irtools.load(dst), ["weights"])["weights"].layers}
+    gate_layers = {k for k in quant if k[0] in "WR"}
+    assert len(gate_layers) == 16 and gate_layers <= set(floats)
+    for key in gate_layers:
+        got_w, want_w = quant[key].loader()[0], floats[key].loader()[0]
+        step = 2 * np.abs(want_w).max(axis=1, keepdims=True) / 254  # per output row of the gate: its own scale
+        assert got_w.shape == want_w.shape and (np.abs(got_w - want_w) <= step / 2 + 1e-6).all(), key
+
+
 I8, U8 = np.int8, np.uint8
 MSQ = "com.microsoft"
 
