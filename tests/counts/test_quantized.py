@@ -242,18 +242,25 @@ def test_quantized_fused_attention_counts_like_the_float_one(tmp_path):
     np.testing.assert_array_equal(floats[0].loader()[0], w)  # the float Attention's weight is a layer too
 
 
+def _bidirectional_lstm(first_gate_scale: float = 1.0, hidden: int = 4, inp: int = 3):
+    """A float bidirectional LSTM (hidden 4, input 3) and its W and R; the first gate's W rows times
+    `first_gate_scale`."""
+    rng = np.random.default_rng(4)
+    w, r = rng.standard_normal((2, 4 * hidden, inp)).astype(F), rng.standard_normal((2, 4 * hidden, hidden)).astype(F)
+    w[:, :hidden] *= first_gate_scale
+    node = h.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, direction="bidirectional")
+    proto = b.model([node], [b.vinfo("X", [5, 1, inp])], [b.vinfo("Y", [5, 2, 1, hidden])],
+                    [b.tensor("W", w), b.tensor("R", r), b.tensor("B", rng.standard_normal((2, 8 * hidden)).astype(F))],
+                    opset=14)
+    return proto, w, r
+
+
 @covers(("com.microsoft", "DynamicQuantizeLSTM"))
 def test_int8_lstm_counts_like_the_float_lstm(tmp_path):
     """onnxruntime's dynamic quantizer turns an LSTM into com.microsoft DynamicQuantizeLSTM with
     int8 W and R stored transposed: the counts are the float LSTM's (transposed), and the
     spectral family's gate matrices are the float ones to within half a quantization step."""
-    rng = np.random.default_rng(4)
-    hidden, inp = 4, 3
-    w, r = rng.standard_normal((2, 4 * hidden, inp)).astype(F), rng.standard_normal((2, 4 * hidden, hidden)).astype(F)
-    node = h.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, direction="bidirectional")
-    proto = b.model([node], [b.vinfo("X", [5, 1, inp])], [b.vinfo("Y", [5, 2, 1, hidden])],
-                    [b.tensor("W", w), b.tensor("R", r), b.tensor("B", rng.standard_normal((2, 8 * hidden)).astype(F))],
-                    opset=14)
+    proto, w, r = _bidirectional_lstm()
     src, dst = str(tmp_path / "lstm.onnx"), str(tmp_path / "lstm_q.onnx")
     onnx.save(proto, src)
     quantization.quantize_dynamic(src, dst, weight_type=quantization.QuantType.QInt8)
@@ -278,14 +285,7 @@ def test_int8_lstm_quantized_per_channel_gives_each_gate_its_own_scale(tmp_path)
     (directions, 4 * hidden): one per output column of the transposed W and R. Each gate matrix is the float one
     to within half of its own columns' step (one gate's rows are 20x the others: a single scale would lose them).
     Before, the (2, 16) scale was broadcast against W's axis 0."""
-    rng = np.random.default_rng(4)
-    hidden, inp = 4, 3
-    w, r = rng.standard_normal((2, 4 * hidden, inp)).astype(F), rng.standard_normal((2, 4 * hidden, hidden)).astype(F)
-    w[:, :hidden] *= 20
-    node = h.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, direction="bidirectional")
-    proto = b.model([node], [b.vinfo("X", [5, 1, inp])], [b.vinfo("Y", [5, 2, 1, hidden])],
-                    [b.tensor("W", w), b.tensor("R", r), b.tensor("B", rng.standard_normal((2, 8 * hidden)).astype(F))],
-                    opset=14)
+    proto, _, _ = _bidirectional_lstm(first_gate_scale=20)
     src, dst = str(tmp_path / "lstm.onnx"), str(tmp_path / "lstm_pc.onnx")
     onnx.save(proto, src)
     quantization.quantize_dynamic(src, dst, weight_type=quantization.QuantType.QInt8, per_channel=True)
