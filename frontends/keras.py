@@ -56,6 +56,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from irtools.errors import IrtoolsError
+from irtools.ir.fused import RECURRENT_GATES_KEY
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
                                    default_unread_layout, unread_note)
 
@@ -262,6 +263,9 @@ def from_keras(model, input_shape=None, *, opset: int | None = None) -> onnx.Mod
                    if (layout := unread_layout(owners.get(id(weights[i])), names[i], weights[i].shape)) is not None}
         if layouts:
             metadata[UNREAD_LAYOUTS_KEY] = json.dumps(layouts)
+    gates = recurrent_gate_layout(_weight_owners(functional), weights, names)
+    if gates:
+        metadata[RECURRENT_GATES_KEY] = json.dumps(gates)
     _set_metadata(proto, metadata)
     proto.producer_name = proto.producer_name or "tf2onnx"
     return proto
@@ -284,6 +288,29 @@ def _weight_owners(model) -> dict[int, object]:
 _KERAS_KERNELS = {"Dense": "dense", "Embedding": "embedding", "Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
                   "Conv1DTranspose": "conv_transpose", "Conv2DTranspose": "conv_transpose",
                   "Conv3DTranspose": "conv_transpose", "DepthwiseConv1D": "depthwise", "DepthwiseConv2D": "depthwise"}
+
+
+#: Keras recurrent cells whose `kernel` and `recurrent_kernel` hold their gates side by side on the last axis
+#: (in, gates x units), in Keras' order: LSTM i, f, c, o (ONNX's letters, torch's i, f, g, o), GRU z, r, h.
+#: (ConvLSTM's kernels reach their convolutions as a TensorFlow loop's state, split per gate inside the loop:
+#: the `weights` pass lists them as skipped, with that reason.)
+_KERAS_GATES = {"LSTMCell": "ifco", "LSTM": "ifco", "GRUCell": "zrh", "GRU": "zrh"}
+
+
+def recurrent_gate_layout(owners: Mapping[int, object], weights, names) -> dict[str, list]:
+    """`RECURRENT_GATES_KEY`'s value: {weight name: [gate letters, units]} for the kernels and recurrent kernels
+    of Keras' LSTM and GRU cells (`owners`: `_weight_owners`), so that the `weights` pass analyses each
+    gate as its own matrix, as ONNX's LSTM / GRU ops and PyTorch's routes do for the same weights."""
+    out = {}
+    for w, name in zip(weights, names):
+        layer = owners.get(id(w))
+        letters = _KERAS_GATES.get(type(layer).__name__) if layer is not None else None
+        units = getattr(layer, "units", None) or getattr(layer, "filters", None)
+        attr = name.partition("#")[0].rpartition("/")[2]
+        if letters and attr in ("kernel", "recurrent_kernel") and isinstance(units, int) and units > 0 \
+                and len(w.shape) >= 2 and int(w.shape[-1]) == len(letters) * units:
+            out[name] = [letters, units]
+    return out
 
 
 def unread_layout(layer, name: str, shape) -> UnreadLayout | None:

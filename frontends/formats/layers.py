@@ -21,6 +21,11 @@ from irtools.ir.fused import fused_gate_up, gate_up_part, split_fused  # noqa: F
 from .common import StoredArray
 
 _GATES = re.compile(r"(weight_ih|weight_hh)(_l\d+(_reverse)?)?$")
+#: A Keras LSTM / GRU cell's kernels by Keras' default names (an LSTM's cell is `lstm_cell`: `lstm/lstm_cell/kernel`;
+#: a Keras 3 `.weights.h5` stores them as `layers/lstm/cell/vars/0` and `1`), in Keras' (in, gates x units) layout
+#: and gate order (`frontends.keras`' `_KERAS_GATES`, the graph route's); a layer the user named otherwise is a matrix.
+_KERAS_CELL = re.compile(r"(^|/)(lstm|gru)(_cell)?(_\d+)?/((recurrent_)?kernel(:0)?|cell/vars/[01])$")
+_KERAS_CELL_GATES = {"lstm": "ifco", "gru": "zrh"}
 #: Float types a row may hold as stored (float8 without a scale is its own values).
 _FLOAT8 = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e8m0fnu, ml_dtypes.float4_e2m1fn)
 _FLOAT8_DTYPES = tuple(map(np.dtype, _FLOAT8))
@@ -148,7 +153,17 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
                 layers.append(WeightLayer(base, name, "state_dict", "matrix", name, shape, max(big), min(big), 1, 1.0,
                                           loader=(lambda f=f64, big=big: [f().reshape(big)]), extra=dict(extra)))
             continue  # [1, 1, hidden] (ViT's cls_token): a vector, no matrix on any route
-        if nd == 2 and _GATES.search(name):
+        cell = _KERAS_CELL.search(name) if layout == "keras" and nd == 2 else None
+        if cell and shape[1] % len(_KERAS_CELL_GATES[cell[2]]) == 0 and shape[1]:
+            # Keras' (in, gates x units) kernel of an LSTM / GRU cell: a matrix per gate, as the graph route cuts it
+            letters = _KERAS_CELL_GATES[cell[2]]
+            units = shape[1] // len(letters)
+            for g, letter in enumerate(letters):
+                layers.append(WeightLayer(f"{name}.{letter}", name, "state_dict", cell[2], name, shape,
+                                          max(units, shape[0]), min(units, shape[0]), 1, 1.0,
+                                          loader=(lambda g=g, f=f64, u=units: [f()[:, g * u:(g + 1) * u]]),
+                                          extra=dict(extra)))
+        elif nd == 2 and _GATES.search(name):
             gates = 4 if shape[0] % 4 == 0 else 3  # LSTM i,f,g,o / GRU r,z,n (PyTorch order)
             hidden = shape[0] // gates
             labels = "ifgo" if gates == 4 else "rzn"

@@ -107,6 +107,84 @@ def split_fused(layers: list, shapes=None, model_type: str | None = None, out_ax
     return out
 
 
+#: IR model metadata: {parameter: [gate letters, units]} for the recurrent weights of a route that computes them as
+#: one plain matrix (Keras' LSTM / GRU / ConvLSTM kernels, read by a MatMul or Conv on the whole (in, gates x units)
+#: tensor): the axis of `units` x len(letters) holds one block per gate, in the letters' order (Keras' LSTM "ifco",
+#: GRU "zrh"). The frontend that knows the layer writes it; `split_gates` applies it, so that the matrices are the
+#: gates that ONNX's LSTM / GRU op and the state-dict route give for the same weights (letters as ONNX names them).
+RECURRENT_GATES_KEY = "irtools.recurrent_gates"
+
+
+def recurrent_gates(text) -> dict[str, tuple[str, int]]:
+    """`RECURRENT_GATES_KEY`'s value (JSON text or a dict) as {parameter: (gate letters, units)}; an entry not of
+    that form (a hand-made file's metadata can hold anything) is left out: it only decides how a matrix is cut."""
+    import json
+
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except (ValueError, RecursionError):
+            return {}
+    out: dict[str, tuple[str, int]] = {}
+    for name, entry in (text.items() if isinstance(text, dict) else ()):
+        if (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and 2 <= len(entry[0]) <= 8 and entry[0].isascii() and entry[0].isalpha()
+                and len(set(entry[0])) == len(entry[0]) and type(entry[1]) is int and entry[1] > 0):
+            out[name] = (entry[0], entry[1])
+    return out
+
+
+def _gate_axis(shape: tuple[int, ...], size: int, out_axis: int | None) -> int | None:
+    """The axis of a 2-D matrix of `shape` that holds the gates (`size` = gates x units): the only one of that
+    length, else the output axis where the route knows it (a square (4H, 4H) kernel); None: no such axis."""
+    axes = [a for a in (0, 1) if shape[a] == size]
+    if len(axes) == 1:
+        return axes[0]
+    return out_axis if out_axis in axes else None
+
+
+def split_gates(layers: list, gates: dict[str, tuple[str, int]], out_axes=None) -> list:
+    """`layers` with each layer of a recurrent weight (`RECURRENT_GATES_KEY`) replaced by one layer per gate, named
+    `{name}.{letter}` (type "lstm" for the four gates i, f, c, o, "gru" for z, r, h, else "rnn"): a plain matrix cut
+    along its gate axis (`_gate_axis`, `out_axes` {parameter: output axis} where the graph's op says it), a conv
+    kernel's positions each cut along their output axis (an ONNX Conv slice is (out, in)). A layer whose matrices
+    have no axis of gates x units is kept whole, as is one already split (its type is not dense / matrix / conv)."""
+    from dataclasses import replace
+
+    if not gates:
+        return layers
+    out = []
+    for layer in layers:
+        spec = gates.get(layer.parameter)
+        conv = layer.layer_type.startswith("conv") and layer.layer_type != "conv_transpose"
+        if spec is None or not (conv or layer.layer_type in ("dense", "matrix")) or layer.groups != 1:
+            out.append(layer)
+            continue
+        letters, units = spec
+        size = len(letters) * units
+        shape = tuple(layer.weight_shape)
+        if conv:  # every slice of an ONNX Conv kernel (out, in, *k) is (out, in): the gates on its axis 0
+            axis = 0 if len(shape) >= 3 and shape[0] == size else None
+        else:  # the matrix the layer loads has the shape it records
+            axis = _gate_axis(shape, size, (out_axes or {}).get(layer.parameter)) if len(shape) == 2 else None
+        if axis is None:
+            out.append(layer)
+            continue
+        kind = "lstm" if sorted(letters) == sorted("ifco") else "gru" if sorted(letters) == sorted("zrh") else "rnn"
+        other = shape[1 - axis] if not conv else shape[1]
+        for g, letter in enumerate(letters):
+            out.append(replace(layer, name=f"{layer.name}.{letter}", layer_type=kind, N=max(units, other),
+                               M=min(units, other), shared_with=list(layer.shared_with),
+                               loader=(lambda f=layer.loader, g=g, a=axis, u=units: _gate_blocks(f(), g, a, u))))
+    return out
+
+
+def _gate_blocks(matrices: list, g: int, axis: int, units: int) -> list:
+    """Gate g's block of each matrix: its rows (axis 0) or columns (axis 1) g x units to (g + 1) x units."""
+    cut = slice(g * units, (g + 1) * units)
+    return [np.asarray(w)[cut] if axis == 0 else np.asarray(w)[:, cut] for w in matrices]
+
+
 #: IR model metadata: {the row name the graph route gives: [the checkpoint's row name, its tensor, its shape]}
 #: for the rows of parameters a checkpoint stores under other names or in another layout (a Hugging Face
 #: folder's Mixtral experts, `block_sparse_moe.experts.3.w1`, are the module's `mlp.experts.gate_up_proj[3].gate`):
@@ -140,5 +218,5 @@ def checkpoint_renamed(layers: list, names) -> list:
     return out
 
 
-__all__ = ["CHECKPOINT_NAMES_KEY", "INTERLEAVED_GATE_UP", "OUT_LAST_GATE_UP", "checkpoint_renamed", "fused_gate_up",
-           "gate_up_part", "split_fused"]
+__all__ = ["CHECKPOINT_NAMES_KEY", "INTERLEAVED_GATE_UP", "OUT_LAST_GATE_UP", "RECURRENT_GATES_KEY",
+           "checkpoint_renamed", "fused_gate_up", "gate_up_part", "recurrent_gates", "split_fused", "split_gates"]

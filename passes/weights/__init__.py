@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from irtools.ir.fused import CHECKPOINT_NAMES_KEY, checkpoint_renamed, split_fused
+from irtools.ir.fused import (CHECKPOINT_NAMES_KEY, RECURRENT_GATES_KEY, checkpoint_renamed, recurrent_gates,
+                              split_fused, split_gates)
 from irtools.ir.layers import WeightLayer
 from irtools.ir.model import IRModel
 from irtools.passes.weights.accounting import account_for_every_parameter, is_split_bias, must_appear
@@ -62,10 +63,13 @@ class WeightsPass(Pass):
             if rule is not None:
                 rule(ctx, node)
         account_for_every_parameter(ctx)
+        # recurrent weights a route computes as one matrix (Keras' LSTM / GRU kernels) as their gates, as ONNX's ops
+        layers = split_gates(ctx.layers, recurrent_gates(model.model.metadata_props.get(RECURRENT_GATES_KEY)),
+                             ctx.out_axes)
         if not self.split_gate_up:
-            return Weights(ctx.layers, ctx.skipped)
+            return Weights(layers, ctx.skipped)
         # fused gate/up projections as their two matrices, as the weights-only and module routes split them
         shapes = {p.name: tuple(p.shape) for p in model.parameters}
-        layers = split_fused(ctx.layers, shapes, None, ctx.out_axes)
+        layers = split_fused(layers, shapes, None, ctx.out_axes)
         # rows of parameters the checkpoint stores under other names (a folder's Mixtral experts): its names
         return Weights(checkpoint_renamed(layers, model.model.metadata_props.get(CHECKPOINT_NAMES_KEY)), ctx.skipped)
