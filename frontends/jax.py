@@ -551,6 +551,11 @@ def module_path(parameter: str) -> str:
     return "/".join(keys[:-1]) or keys[0]
 
 
+#: Ops that apply a weight: on constants alone (an unrolled RNN's first step on its zero state) their result is
+#: a constant computed with the weight, not the weight in another layout.
+_APPLYING_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum"})
+
+
 def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
     """Name every node that computes with parameters of one module after that module's path
     (`Block_0/Conv_1`), as PyTorch layers are named after module paths, instead of jax2onnx's
@@ -567,15 +572,17 @@ def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
     applying: list[tuple[onnx.NodeProto, str]] = []
     preparing: list[tuple[onnx.NodeProto, str]] = []
     for node in graph.node:  # topological order: a prepared weight's owner is known before it is read
-        if node.op_type == "Constant":
-            constant.update(node.output)
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant" or (inputs and all(i in constant for i in inputs)):
+            constant.update(node.output)  # a constant, or computed from constants alone (an RNN's zero state)
             continue
         modules = {owner[i] for i in node.input if i in owner}
         if len(modules) != 1:
             continue
         path = modules.pop()
         if all(not i or i in owner or i in constant for i in node.input):
-            owner.update((out, path) for out in node.output)
+            if node.op_type not in _APPLYING_OPS:  # a matmul on a zero state computes with the weight, not a layout
+                owner.update((out, path) for out in node.output)
             if not (node.input and node.name.startswith(f"{node.input[0]}/view")):  # our views keep their names
                 preparing.append((node, path))
         else:

@@ -33,8 +33,9 @@ def _torch_rows(rnn, head):
             return self.fc(self.rnn(x)[0][:, -1])
 
     result = irtools.analyze((Net().eval(), (torch.randn(1, T, I),)), metrics=["spectral"])
-    # `rnn.weight_ih_l0:W[0].i`: ONNX's W (input) / R (recurrent) and its gate letter
-    return {("kernel" if ":W" in r["name"] else "recurrent_kernel", r["name"][-1]): r
+    # `rnn.weight_ih_l0.i`: torch's tensor and its gate letter (torch's g and n are Keras' c and h)
+    return {("kernel" if "weight_ih" in r["name"] else "recurrent_kernel", {"g": "c", "n": "h"}.get(r["name"][-1],
+                                                                                                r["name"][-1])): r
             for r in result.layers if r["name"].startswith("rnn.")}
 
 
@@ -118,6 +119,35 @@ def test_each_gate_row_is_its_block_of_the_keras_weight(wrap):
         assert (layer.N, layer.M) == (max(expected.shape), min(expected.shape))
         seen.add((layer.parameter, gate))
     assert seen == {(k, g) for k in kernels for g in letters}
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_torch_graph_rows_are_the_module_routes_rows(cls):
+    """PyTorch's export stacks both directions of a layer into one ONNX W with its gates reordered: each row is still
+    named by torch's own tensor and gate letter, its parameter that tensor, as the module route names it."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(4)
+    rnn = getattr(torch.nn, cls)(I, H, num_layers=2, bidirectional=True, batch_first=True)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    graph = irtools.analyze((Net().eval(), (torch.randn(1, T, I),)), metrics=["spectral"])
+    module = {r["name"]: r for r in irtools.analyze(Net().eval(), metrics=["spectral"]).layers}
+    letters = "ifgo" if cls == "LSTM" else "rzn"
+    expected = {f"rnn.weight_{w}_l{k}{d}.{g}" for w in ("ih", "hh") for k in "01" for d in ("", "_reverse")
+                for g in letters}
+    assert {r["name"] for r in graph.layers} == set(module) == expected
+    assert not [s for s in graph.skipped if s.get("parameter", "").startswith("rnn.")]
+    for row in graph.layers:
+        assert row["parameter"] == row["name"].rsplit(".", 1)[0]
+        for col in SPECTRAL:
+            assert row[col] == pytest.approx(module[row["name"]][col], rel=1e-9), (row["name"], col)
 
 
 def _layer(name, shape, kind="dense", loader=None):

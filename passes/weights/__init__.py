@@ -57,11 +57,18 @@ class WeightsPass(Pass):
 
     def run(self, model: IRModel) -> Weights:
         ctx = Context(model, self)
-        for node in model.all_nodes:
+        # the nodes that apply weights to activations first, then those that compute constants alone (an unrolled
+        # RNN's first step on its zero state, zeros @ W): a layer is named after a node that applies it, and the
+        # rows keep the order of each weight's first use
+        constant = model.constants_analysis.node_is_constant
+        nodes = model.all_nodes
+        for node in [n for n in nodes if not constant(n)] + [n for n in nodes if constant(n)]:
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
             rule = EXTRACTORS.get(key)
             if rule is not None:
                 rule(ctx, node)
+        position = {model.node_names[n]: k for k, n in enumerate(nodes)}
+        ctx.layers.sort(key=lambda layer: min(position.get(u, len(nodes)) for u in (layer.node, *layer.shared_with)))
         account_for_every_parameter(ctx)
         # recurrent weights a route computes as one matrix (Keras' LSTM / GRU kernels) as their gates, as ONNX's ops
         layers = split_gates(ctx.layers, recurrent_gates(model.model.metadata_props.get(RECURRENT_GATES_KEY)),

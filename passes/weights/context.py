@@ -170,16 +170,22 @@ class Context:
         return scope_path(node) or name
 
     def add(self, node, slot, layer_type, shape, n, m, rf, scale, loader, suffix="", groups=1, value=None,
-            extra=None):
+            extra=None, label=None, parameter=None):
+        """One layer of the parameter behind `value` (else the node's input `slot`; `parameter`: the one stored
+        tensor it is a part of, where the rule knows it), named `label` (else by `layer_name`) + `suffix`; a
+        parameter already analysed gains the node as a shared use instead."""
         name = self.model.node_names[node]
         v = value if value is not None else (node.inputs[slot] if slot < len(node.inputs) else None)
-        parameter = self.parameter(v)
-        sources = self.origin(v)[0] if v is not None else ()
+        if parameter is None:
+            parameter = self.parameter(v)
+            sources = self.origin(v)[0] if v is not None else ()
+        else:
+            sources = (parameter,)
         key = (parameter, suffix.split(":")[-1] if ":" in suffix else suffix)
         if parameter and key in self._seen:  # one parameter, one layer: tied, unrolled or shared weights
             self._seen[key].shared_with.append(name)
             return
-        label = self.layer_name(node, parameter, tuple(sources))
+        label = label or self.layer_name(node, parameter, tuple(sources))
         if label + suffix in self.layer_names:  # two layers of one module scope: the node tells them apart
             label = name
         extra = dict(extra or {})

@@ -14,6 +14,7 @@ quantizer). Matrices are loaded lazily, one layer at a time.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import onnx_ir as ir
 
 from irtools.ir.parameters import StoredTensor
 from irtools.ir.slots import slots_of
-from irtools.passes.weights.context import VIEW_OPS, Context
+from irtools.passes.weights.context import VIEW_OPS, Context, module_path
 
 
 def _dense(ctx: Context, node: ir.Node) -> None:
@@ -34,8 +35,55 @@ def _dense(ctx: Context, node: ir.Node) -> None:
         if whole is not None:
             _whole_dense_weight(ctx, node, slot, whole)
             return
+        parts = _concatenated_parameters(ctx, v)
+        if parts:
+            _dense_parts(ctx, node, slot, parts)
+            return
         _dense_weight(ctx, node, slot, v, lambda v=v: ctx.value(v))
         return
+
+
+#: Ops between a Concat of parameters and the matmul that reads it which keep each part's values as a matrix.
+_PART_VIEWS = frozenset({"Identity", "Cast", "Transpose"})
+
+
+def _concatenated_parameters(ctx: Context, v: ir.Value) -> list[ir.Value]:
+    """The parts of a dense operand that is a Concat of 2-D views of stored parameters (through Identity, Cast or
+    Transpose), or []: Flax's OptimizedLSTMCell concatenates its four gate kernels at run time, a custom attention
+    its q, k and v weights. x @ [A | B] is [x @ A | x @ B] (and [x1, x2] @ [A; B] is x1 @ A + x2 @ B): each stored
+    part is a matrix of its own, as the module route and a weights file analyse them, not one fused matrix."""
+    for _ in range(8):
+        producer = v.producer()
+        if producer is None or producer.op_type not in _PART_VIEWS or not producer.inputs or \
+                producer.inputs[0] is None:
+            break
+        v = producer.inputs[0]
+    producer = v.producer()
+    if producer is None or producer.op_type != "Concat" or producer.domain not in ("", "ai.onnx") or \
+            len(producer.inputs) < 2 or not ctx.model.constants_analysis.is_constant(v):
+        return []
+    parts = list(producer.inputs)
+    for part in parts:
+        if part is None:
+            return []
+        names, view = ctx.origin(part)
+        if not (view and len(names) == 1) or len(ctx.model.static_shape(part)) != 2:
+            return []
+    return parts
+
+
+def _dense_parts(ctx: Context, node: ir.Node, slot: int, parts: list[ir.Value]) -> None:
+    """One dense layer per concatenated parameter (`_concatenated_parameters`), named by its module path
+    (`attn.q_proj.weight` -> `attn.q_proj`; Flax's `params/OptimizedLSTMCell_0/ii/kernel` ->
+    `OptimizedLSTMCell_0/ii`, as the JAX frontend names a module's node): the node computes with all of them."""
+    for part in parts:
+        shape = tuple(ctx.model.static_shape(part))
+        parameter = ctx.parameter(part)
+        name = ctx.layer_name(node, parameter, (parameter,)) if ctx.torch_names else module_path(parameter)
+        if name.startswith("params/") and name.count("/") >= 2:  # a Flax collection is no part of the path
+            name = name[len("params/"):]
+        ctx.add(node, slot, "dense", shape, max(shape), min(shape), 1, 1.0, lambda part=part: [ctx.value(part)],
+                value=part, label=name)
 
 
 #: Ops that take a part of their first input's values (with the views of `VIEW_OPS` between them): the dynamo
@@ -204,12 +252,38 @@ def _recurrent(ctx: Context, node: ir.Node) -> None:
                 return ((w.astype(np.float64) - zero) * s.astype(np.float64)[:, None, :]).transpose(0, 2, 1)
             return dequantize_linear(w, s, z, axis=0).transpose(0, 2, 1)
 
+        torch_names = _torch_recurrent_names(ctx, v, shape[0])
         for d in range(shape[0]):
             for g, gate in enumerate(gates):
-                ctx.add(node, slot, "lstm" if quantized else node.op_type.lower(), shape, max(hidden, shape[2]),
-                        min(hidden, shape[2]), 1, 1.0,
-                        (lambda load=load, d=d, g=g, hd=hidden: [load()[d, g * hd:(g + 1) * hd, :]]),
-                        suffix=f":{label}[{d}].{gate}")
+                loader = (lambda load=load, d=d, g=g, hd=hidden: [load()[d, g * hd:(g + 1) * hd, :]])
+                kind, n, m = "lstm" if quantized else node.op_type.lower(), max(hidden, shape[2]), min(hidden, shape[2])
+                if torch_names:  # PyTorch's own tensor per direction, its gate letters: the module route's rows
+                    ctx.add(node, slot, kind, shape, n, m, 1, 1.0, loader, suffix=f".{_TORCH_GATE.get(gate, gate)}",
+                            label=torch_names[d], parameter=torch_names[d])
+                else:
+                    ctx.add(node, slot, kind, shape, n, m, 1, 1.0, loader, suffix=f":{label}[{d}].{gate}")
+
+
+#: PyTorch's recurrent weights (`rnn.weight_ih_l0`, `rnn.weight_hh_l1_reverse`) and its names of ONNX's gates
+#: (LSTM i, o, f, c are torch's i, o, f, g; GRU z, r, h are z, r, n), as the module and weights-only routes name rows.
+_TORCH_RECURRENT = re.compile(r"weight_(ih|hh)_l(\d+)(_reverse)?$")
+_TORCH_GATE = {"c": "g", "h": "n"}
+
+
+def _torch_recurrent_names(ctx: Context, v: ir.Value, directions: int) -> list[str]:
+    """On a PyTorch graph, the torch tensor behind each direction of a recurrent op's W or R (the exporter stacks
+    `weight_ih_l0` and `weight_ih_l0_reverse`, its gates reordered): one per direction, or [] (another source)."""
+    if not ctx.torch_names:
+        return []
+    names = ctx.origin(v)[0]
+    found = {name: _TORCH_RECURRENT.search(name) for name in names}
+    if len(names) != directions or not all(found.values()):
+        return []
+    by_direction = sorted(names, key=lambda n: found[n][3] is not None)  # forward, then _reverse
+    if len({found[n].group(1, 2) for n in names}) != 1 or [found[n][3] is not None for n in by_direction] != \
+            [d == 1 for d in range(directions)]:
+        return []
+    return by_direction
 
 
 def _matmul_nbits(ctx: Context, node: ir.Node) -> None:
