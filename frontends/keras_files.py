@@ -106,9 +106,73 @@ def load_keras_file(path: str, trust: bool = False):
             raise IrtoolsError(f"cannot load the SavedModel: {type(exc).__name__}: {_first_line(exc)}", path) from exc
         return _saved_model_as_keras(keras, layer, path)
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        with _declared_variables_bounded(path):
+            return keras.models.load_model(path, compile=False, safe_mode=True)
+    except IrtoolsError:
+        raise
     except Exception as exc:
         raise IrtoolsError(f"cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}", path) from exc
+
+
+#: The variables a Keras file's config declares may take at most this many times the bytes of the weights the file
+#: stores (or `DECLARED_VARIABLES_FREE` bytes more): Keras allocates every variable when it builds the model from
+#: its config, before it reads the weights, so a 2 KB config naming Dense(100000) twice asked for 80 GB.
+DECLARED_VARIABLES_RATIO = 16
+DECLARED_VARIABLES_FREE = 64 << 20
+
+
+def _stored_weight_bytes(path: str) -> int:
+    """The bytes of weights a Keras file stores: its HDF5 entries inflated (a `.keras` archive), or its size."""
+    if not path.lower().endswith(".keras"):
+        return os.path.getsize(path)
+    import zipfile  # noqa: PLC0415
+
+    with zipfile.ZipFile(path) as z:
+        return sum(i.file_size for i in z.infolist() if i.filename.lower().endswith((".h5", ".hdf5", ".npz")))
+
+
+@contextlib.contextmanager
+def _declared_variables_bounded(path: str) -> Iterator[None]:
+    """Keras' variable creation refused, before it allocates, once the variables declared so far take more than
+    the memory budget or `DECLARED_VARIABLES_RATIO` times the weights the file stores (`_stored_weight_bytes`):
+    the model's config, not its weights, decides what Keras allocates at build time."""
+    import math  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from irtools import budget  # noqa: PLC0415
+
+    try:
+        from keras.src.backend.common import variables  # noqa: PLC0415
+    except ImportError:  # another Keras layout: nothing to bound
+        yield
+        return
+    stored = _stored_weight_bytes(path)
+    allowed = DECLARED_VARIABLES_FREE + DECLARED_VARIABLES_RATIO * stored
+    original = variables.Variable.__init__
+    declared = [0]
+
+    def bounded(self, initializer, shape=None, dtype=None, *args, **kwargs):
+        dims = getattr(initializer, "shape", None) if shape is None else shape
+        try:
+            count = math.prod(int(d) for d in dims) if dims is not None else 0
+            itemsize = np.dtype(getattr(dtype, "name", dtype) or "float32").itemsize
+        except (TypeError, ValueError):
+            count, itemsize = 0, 4
+        declared[0] += max(count, 0) * itemsize
+        if declared[0] > allowed:
+            raise ModelLoadError(f"the model's config declares {budget.format_size(declared[0])} of variables (so far, "
+                                 f"at '{printable(str(kwargs.get('name') or ''))}') for "
+                                 f"{budget.format_size(stored)} of stored weights: refused before Keras allocates "
+                                 "them", path)
+        budget.check(declared[0], "the variables the model's config declares", path)
+        return original(self, initializer, shape, dtype, *args, **kwargs)
+
+    variables.Variable.__init__ = bounded
+    try:
+        yield
+    finally:
+        variables.Variable.__init__ = original
 
 
 #: A whole `.keras` archive may inflate to at most this many times its own size (or
