@@ -424,10 +424,13 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
                                  priority=rank[k])
 
         def finished(k: int, future, data, _left: int) -> None:
-            if future.status == "cancelled":
+            # a task's own result is its row whatever the future's status says by now: a worker killed after the
+            # result came back makes the scheduler recompute the key, and the status reads lost or pending meanwhile
+            result = isinstance(data, tuple) and len(data) == 4 and isinstance(data[0], dict)
+            if not result and future.status == "cancelled":
                 raise ClusterLost(f"lost the Dask cluster; {done[0]} of {len(todo)} layers have rows"
                                   + (" (kept: the same run goes on from them)" if resume else ""))
-            if future.status != "finished":  # it raised (retries + 1 times), or its workers kept dying
+            if not result:  # it raised (retries + 1 times), or its workers kept dying
                 why = data[1] if isinstance(data, tuple) and len(data) == 3 else data  # as_completed's exc_info
                 if not isinstance(why, BaseException):
                     with contextlib.suppress(Exception):

@@ -289,3 +289,32 @@ def test_resume_keeps_each_row_and_an_interrupted_run_computes_only_the_rest(tmp
         seen.clear()
         spectral_on_cluster(path, client, resume=str(keep), progress=lambda d, t, n: seen.append(d))
         assert seen == [1, 2, 3, 4, 5, 6]  # a changed shard: nothing kept holds
+
+
+def test_a_result_whose_future_no_longer_reads_finished_is_still_its_row(monkeypatch):
+    """A worker killed after its task's result came back makes the scheduler recompute the key: the future reads
+    lost or pending while the result is already in hand. That result is the row (the status was read as a failed
+    task: `layer l05.w: its cluster task failed: lost: finished`, seen once in the killed-worker test)."""
+    from irtools import distributed
+    from irtools.audit import runner
+    from irtools.frontends.formats.common import StoredArray
+    from irtools.frontends.formats.layers import weight_layers
+
+    rng = np.random.default_rng(0)
+    values = {f"l{k}.weight": rng.standard_normal((24, 16 + k)).astype(np.float32) for k in range(3)}
+    layers = weight_layers({n: StoredArray(v.shape, v.dtype, lambda v=v: v) for n, v in values.items()})
+
+    class Moved:  # the future of a task whose key the scheduler is recomputing
+        def __init__(self, status):
+            self.status = status
+
+    def complete(client, jobs, submit, finished):
+        for left, (key, k) in enumerate(jobs.items()):
+            finished(k, Moved("lost" if left % 2 else "pending"), distributed._layer_row(layers[k], {}),
+                     len(jobs) - left - 1)
+
+    monkeypatch.setattr(runner, "complete", complete)
+    rows, _, _ = distributed._run_layers(None, layers, {}, 0, None, None, False, "stamp", announce=False)
+    single = SpectralPass(workers=1).analyse(layers).rows
+    assert [r["name"] for r in rows] == [r["name"] for r in single]
+    assert [r["alpha"] for r in rows] == [r["alpha"] for r in single]

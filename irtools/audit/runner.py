@@ -426,6 +426,8 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
     def finished(m: _Model, future, data, left: int) -> None:
         if isinstance(data, _Stalled):  # the watchdog gave it up: a failed row with the reason
             data = _failure(m, data)
+        elif isinstance(data, bytes):  # its result, whatever the future's status reads by now (a worker killed after
+            pass  # the result came back: the scheduler recomputes the key, the status reads lost or pending)
         elif future.status == "cancelled":  # the scheduler dropped it: the cluster went away
             raise IrtoolsError(f"lost the Dask cluster; {done[0]} of {len(todo)} models of this run have "
                                "results: run the same command again to analyse the rest")
