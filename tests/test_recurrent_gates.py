@@ -88,12 +88,14 @@ def test_keras_gru_gates_are_torch_gru_gates():
     _assert_same(rows, _torch_rows(gru, fc))
 
 
-@pytest.mark.parametrize("wrap", ["bidirectional", "rnn_cell", "gru_reset_before"])
+@pytest.mark.parametrize("wrap", ["bidirectional", "rnn_cell", "gru_reset_before", "square"])
 def test_each_gate_row_is_its_block_of_the_keras_weight(wrap):
     keras = _keras()
     keras.utils.set_random_seed(2)
-    x = keras.Input((T, I))
-    if wrap == "bidirectional":
+    x = keras.Input((T, 4 * H if wrap == "square" else I))  # square: a (4H, 4H) kernel, both axes gates x units
+    if wrap == "square":
+        y = keras.layers.LSTM(H, name="lstm")(x)
+    elif wrap == "bidirectional":
         y = keras.layers.Bidirectional(keras.layers.LSTM(H), name="bi")(x)
     elif wrap == "rnn_cell":
         y = keras.layers.RNN(keras.layers.LSTMCell(H), name="rnn")(x)
@@ -222,7 +224,12 @@ def test_keras_weights_files_cut_lstm_and_gru_kernels_by_gate(tmp_path):
     tensors = {"layers/lstm/cell/vars/0": rng.standard_normal((I, 4 * H)),  # Keras 3 .weights.h5
                "layers/lstm/cell/vars/1": rng.standard_normal((H, 4 * H)),
                "model_weights/gru/gru/gru_cell/kernel:0": rng.standard_normal((I, 3 * H)),  # a legacy .h5
-               "model_weights/encoder/encoder/kernel:0": rng.standard_normal((I, 4 * H))}  # a Dense: one matrix
+               "model_weights/encoder/encoder/kernel:0": rng.standard_normal((I, 4 * H)),  # a Dense: one matrix
+               # Keras 3 paths name no class: the recurrent kernel's (units, gates x units) says GRU, or a plain RNN
+               "layers/bidirectional/forward_layer/cell/vars/0": rng.standard_normal((I, 3 * H)),
+               "layers/bidirectional/forward_layer/cell/vars/1": rng.standard_normal((H, 3 * H)),
+               "layers/simple_rnn/cell/vars/0": rng.standard_normal((I, H)),
+               "layers/simple_rnn/cell/vars/1": rng.standard_normal((H, H))}
     path = tmp_path / "w.weights.h5"
     with h5py.File(path, "w") as f:
         for name, value in tensors.items():
@@ -230,12 +237,15 @@ def test_keras_weights_files_cut_lstm_and_gru_kernels_by_gate(tmp_path):
     rows = {r["name"]: r for r in irtools.analyze(str(path), metrics=["spectral"]).layers}
     assert sorted(rows) == sorted([f"layers/lstm/cell/vars/{v}.{g}" for v in "01" for g in "ifco"]
                                   + [f"model_weights/gru/gru/gru_cell/kernel.{g}" for g in "zrh"]  # ":0" dropped
-                                  + ["model_weights/encoder/encoder"])
+                                  + [f"layers/bidirectional/forward_layer/cell/vars/{v}.{g}"
+                                     for v in "01" for g in "zrh"]
+                                  + ["model_weights/encoder/encoder", "layers/simple_rnn/cell/vars/0",
+                                     "layers/simple_rnn/cell/vars/1"])
     for name, row in rows.items():
         tensor, _, gate = name.rpartition(".")
         if gate not in "ifcozrh" or "/encoder" in name:
             continue
-        letters = "zrh" if "gru" in name else "ifco"
+        letters = "zrh" if "gru" in name or "bidirectional" in name else "ifco"
         g = letters.index(gate)
         stored = tensors.get(tensor, tensors.get(f"{tensor}:0")).astype(np.float32).astype(np.float64)
         block = stored[:, g * H:(g + 1) * H]

@@ -21,11 +21,28 @@ from irtools.ir.fused import fused_gate_up, gate_up_part, split_fused  # noqa: F
 from .common import StoredArray
 
 _GATES = re.compile(r"(weight_ih|weight_hh)(_l\d+(_reverse)?)?$")
-#: A Keras LSTM / GRU cell's kernels by Keras' default names (an LSTM's cell is `lstm_cell`: `lstm/lstm_cell/kernel`;
-#: a Keras 3 `.weights.h5` stores them as `layers/lstm/cell/vars/0` and `1`), in Keras' (in, gates x units) layout
-#: and gate order (`frontends.keras`' `_KERAS_GATES`, the graph route's); a layer the user named otherwise is a matrix.
-_KERAS_CELL = re.compile(r"(^|/)(lstm|gru)(_cell)?(_\d+)?/((recurrent_)?kernel(:0)?|cell/vars/[01])$")
+#: A Keras LSTM / GRU cell's kernels, in Keras' (in, gates x units) layout and gate order (`frontends.keras`'
+#: `_KERAS_GATES`, the graph route's): by Keras' default cell names (an LSTM's cell is `lstm_cell`:
+#: `lstm/lstm_cell/kernel`; a layer the user named otherwise is a matrix), and in a Keras 3 `.weights.h5`, whose
+#: paths name no class, every recurrent layer's `.../cell/vars/0` and `1` (kernel, recurrent kernel), the gate count
+#: read from the recurrent kernel's (units, gates x units): 4 an LSTM, 3 a GRU (`_keras_cell_gates`).
+_KERAS_CELL = re.compile(r"(^|/)(lstm|gru)(_cell)?(_\d+)?/(recurrent_)?kernel(:0)?$")
+_KERAS_CELL_VARS = re.compile(r"(^|/)cell/vars/[01]$")
 _KERAS_CELL_GATES = {"lstm": "ifco", "gru": "zrh"}
+
+
+def _keras_cell_gates(name: str, shapes: dict) -> tuple[str, str] | None:
+    """(kind, gate letters) of a Keras recurrent cell's 2-D kernel `name` (--layout keras), or None."""
+    cell = _KERAS_CELL.search(name)
+    if cell:
+        return cell[2], _KERAS_CELL_GATES[cell[2]]
+    if _KERAS_CELL_VARS.search(name):
+        recurrent = shapes.get(name[:-1] + "1")
+        if recurrent is not None and len(recurrent) == 2 and recurrent[0] > 0:
+            kind = {4 * recurrent[0]: "lstm", 3 * recurrent[0]: "gru"}.get(recurrent[1])
+            if kind is not None:
+                return kind, _KERAS_CELL_GATES[kind]
+    return None
 #: Float types a row may hold as stored (float8 without a scale is its own values).
 _FLOAT8 = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e8m0fnu, ml_dtypes.float4_e2m1fn)
 _FLOAT8_DTYPES = tuple(map(np.dtype, _FLOAT8))
@@ -116,6 +133,7 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
     from irtools.ir.layers import WeightLayer
 
     layers: list[WeightLayer] = []
+    stored_shapes = {n: tuple(t.shape) for n, t in tensors.items()} if layout == "keras" else {}
     for name, t in weight_normed(tensors).items():
         shape, nd = t.shape, len(t.shape)
         if nd < 2:
@@ -153,13 +171,13 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
                 layers.append(WeightLayer(base, name, "state_dict", "matrix", name, shape, max(big), min(big), 1, 1.0,
                                           loader=(lambda f=f64, big=big: [f().reshape(big)]), extra=dict(extra)))
             continue  # [1, 1, hidden] (ViT's cls_token): a vector, no matrix on any route
-        cell = _KERAS_CELL.search(name) if layout == "keras" and nd == 2 else None
-        if cell and shape[1] % len(_KERAS_CELL_GATES[cell[2]]) == 0 and shape[1]:
+        cell = _keras_cell_gates(name, stored_shapes) if layout == "keras" and nd == 2 else None
+        if cell and shape[1] % len(cell[1]) == 0 and shape[1]:
             # Keras' (in, gates x units) kernel of an LSTM / GRU cell: a matrix per gate, as the graph route cuts it
-            letters = _KERAS_CELL_GATES[cell[2]]
+            kind, letters = cell
             units = shape[1] // len(letters)
             for g, letter in enumerate(letters):
-                layers.append(WeightLayer(f"{name}.{letter}", name, "state_dict", cell[2], name, shape,
+                layers.append(WeightLayer(f"{name}.{letter}", name, "state_dict", kind, name, shape,
                                           max(units, shape[0]), min(units, shape[0]), 1, 1.0,
                                           loader=(lambda g=g, f=f64, u=units: [f()[:, g * u:(g + 1) * u]]),
                                           extra=dict(extra)))

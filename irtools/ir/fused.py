@@ -134,19 +134,24 @@ def recurrent_gates(text) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _gate_axis(shape: tuple[int, ...], size: int, out_axis: int | None) -> int | None:
+def _gate_axis(shape: tuple[int, ...], size: int, out_axis: int | None, stored: tuple[int, ...] | None) -> int | None:
     """The axis of a 2-D matrix of `shape` that holds the gates (`size` = gates x units): the only one of that
-    length, else the output axis where the route knows it (a square (4H, 4H) kernel); None: no such axis."""
+    length; for a square (4H, 4H) kernel the output axis where the route knows it, else the stored tensor's last
+    axis when the layer loads the tensor as stored (`stored`: its shape; the metadata describes Keras' stored
+    (in, gates x units) layout); None: no such axis."""
     axes = [a for a in (0, 1) if shape[a] == size]
     if len(axes) == 1:
         return axes[0]
-    return out_axis if out_axis in axes else None
+    if out_axis in axes:
+        return out_axis
+    return 1 if axes and stored == shape else None
 
 
-def split_gates(layers: list, gates: dict[str, tuple[str, int]], out_axes=None) -> list:
+def split_gates(layers: list, gates: dict[str, tuple[str, int]], out_axes=None, shapes=None) -> list:
     """`layers` with each layer of a recurrent weight (`RECURRENT_GATES_KEY`) replaced by one layer per gate, named
     `{name}.{letter}` (type "lstm" for the four gates i, f, c, o, "gru" for z, r, h, else "rnn"): a plain matrix cut
-    along its gate axis (`_gate_axis`, `out_axes` {parameter: output axis} where the graph's op says it), a conv
+    along its gate axis (`_gate_axis`: `out_axes` {parameter: output axis} where the graph's op says it, `shapes`
+    {parameter: stored shape}), a conv
     kernel's positions each cut along their output axis (an ONNX Conv slice is (out, in)). A layer whose matrices
     have no axis of gates x units is kept whole, as is one already split (its type is not dense / matrix / conv)."""
     from dataclasses import replace
@@ -166,7 +171,9 @@ def split_gates(layers: list, gates: dict[str, tuple[str, int]], out_axes=None) 
         if conv:  # every slice of an ONNX Conv kernel (out, in, *k) is (out, in): the gates on its axis 0
             axis = 0 if len(shape) >= 3 and shape[0] == size else None
         else:  # the matrix the layer loads has the shape it records
-            axis = _gate_axis(shape, size, (out_axes or {}).get(layer.parameter)) if len(shape) == 2 else None
+            stored = (shapes or {}).get(layer.parameter)
+            axis = _gate_axis(shape, size, (out_axes or {}).get(layer.parameter), tuple(stored) if stored else None) \
+                if len(shape) == 2 else None
         if axis is None:
             out.append(layer)
             continue

@@ -71,12 +71,12 @@ class WeightsPass(Pass):
         ctx.layers.sort(key=lambda layer: min(position.get(u, len(nodes)) for u in (layer.node, *layer.shared_with)))
         account_for_every_parameter(ctx)
         # recurrent weights a route computes as one matrix (Keras' LSTM / GRU kernels) as their gates, as ONNX's ops
+        shapes = {p.name: tuple(p.shape) for p in model.parameters}
         layers = split_gates(ctx.layers, recurrent_gates(model.model.metadata_props.get(RECURRENT_GATES_KEY)),
-                             ctx.out_axes)
+                             ctx.out_axes, shapes)
         if not self.split_gate_up:
             return Weights(layers, ctx.skipped)
         # fused gate/up projections as their two matrices, as the weights-only and module routes split them
-        shapes = {p.name: tuple(p.shape) for p in model.parameters}
         layers = split_fused(layers, shapes, None, ctx.out_axes)
         # rows of parameters the checkpoint stores under other names (a folder's Mixtral experts): its names
         return Weights(checkpoint_renamed(layers, model.model.metadata_props.get(CHECKPOINT_NAMES_KEY)), ctx.skipped)
