@@ -581,7 +581,10 @@ def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
             continue
         path = modules.pop()
         if all(not i or i in owner or i in constant for i in node.input):
-            if node.op_type not in _APPLYING_OPS:  # a matmul on a zero state computes with the weight, not a layout
+            # a matmul on a zero state (a constant not the module's) computes with the weight: not its layout; one
+            # whose operands are the module's own weights (a @ b of its low-rank factors, plus a constant zero
+            # bias) is the weight the module applies
+            if node.op_type not in _APPLYING_OPS or all(i in owner for i in node.input[:2] if i):
                 owner.update((out, path) for out in node.output)
             if not (node.input and node.name.startswith(f"{node.input[0]}/view")):  # our views keep their names
                 preparing.append((node, path))

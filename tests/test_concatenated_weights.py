@@ -56,6 +56,21 @@ def test_each_concatenated_parameter_is_its_own_matrix(tmp_path, axis):
     assert result.reuse["num_params"] == sum(w.size for w in parts.values())
 
 
+def test_concatenated_parts_of_one_module_path_get_distinct_row_names(tmp_path):
+    """Parts whose module paths are one name (`mm/w` and `mm/kernel` are both `mm`, the node's own name too) still
+    make one row each, each under a name of its own."""
+    rng = np.random.default_rng(4)
+    parts = {"mm/w": rng.standard_normal((16, 10)), "mm/kernel": rng.standard_normal((16, 12)),
+             "mm/weight": rng.standard_normal((16, 9))}
+    path = _file(tmp_path, parts, 1)
+    model = onnx.load(path)
+    model.graph.node[-1].name = "mm"
+    onnx.save(model, path)
+    rows = irtools.analyze(path, metrics=["spectral"]).layers
+    assert sorted(r["parameter"] for r in rows) == sorted(parts)
+    assert len({r["name"] for r in rows}) == 3
+
+
 def test_a_concatenation_with_a_computed_part_stays_one_computed_matrix(tmp_path):
     rng = np.random.default_rng(1)
     parts = {"a/kernel": rng.standard_normal((16, 10)), "b/kernel": rng.standard_normal((16, 10))}
@@ -137,3 +152,29 @@ def test_flax_optimized_lstm_cell_rows_are_lstm_cell_rows():
         assert row["name"] == rows["LSTMCell"][parameter]["name"] == parameter[len("params/"):-len("/kernel")]
         for col in SPECTRAL:
             assert row[col] == pytest.approx(rows["LSTMCell"][parameter][col], rel=1e-9), (parameter, col)
+
+
+@pytest.mark.skipif(not HAVE_FLAX, reason="needs jax, flax and jax2onnx")
+def test_a_flax_kernel_computed_from_its_modules_own_factors_keeps_the_modules_name():
+    """x @ (a @ b) inside one module: the product of its own parameters is the weight it applies (the row is `lora`,
+    not the exporter's `node_Gemm_1`), while a zero-state step's product (`test_flax_optimized...`) is not."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    class LowRank(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = self.param("a", nn.initializers.normal(1.0), (x.shape[-1], 4))
+            b = self.param("b", nn.initializers.normal(1.0), (4, 16))
+            return x @ (a @ b)
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3, name="head")(LowRank(name="lora")(x))
+
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 12)), jnp.float32)
+    net = Net()
+    result = irtools.analyze((net, net.init(jax.random.PRNGKey(0), x), (x,)), metrics=["spectral"], min_evals=1)
+    assert [r["name"] for r in result.layers] == ["lora", "head"]

@@ -188,6 +188,11 @@ class Context:
         label = label or self.layer_name(node, parameter, tuple(sources))
         if label + suffix in self.layer_names:  # two layers of one module scope: the node tells them apart
             label = name
+        if label + suffix in self.layer_names and parameter:  # one node, several parameters (concatenated parts)
+            label = f"{name}:{parameter}"
+        base, k = label, 2
+        while label + suffix in self.layer_names:  # never two rows of one name
+            label, k = f"{base}_{k}", k + 1
         extra = dict(extra or {})
         if len(sources) > 1 and parameter in sources:
             # a weight computed from several parameters (weight standardisation: w x gain x scale) that
@@ -212,4 +217,4 @@ class Context:
         elif names:  # an operand computed from weights, not one (DeBERTa's per-head pos_key)
             reason += f"; computed from {', '.join(names)}"
         self.skipped.append({"name": name, "node": name, "op_type": node.op_type,
-                             "parameter": names[0] if view else "", "reason": reason})
+                             "parameter": names[0] if view and names else "", "reason": reason})
