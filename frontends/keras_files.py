@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -122,57 +123,85 @@ DECLARED_VARIABLES_FREE = 64 << 20
 
 
 def _stored_weight_bytes(path: str) -> int:
-    """The bytes of weights a Keras file stores: its HDF5 entries inflated (a `.keras` archive), or its size."""
+    """The bytes of weights a Keras file stores: the weights entry Keras reads from a `.keras` archive
+    (`model.weights.h5` / `.npz`, inflated; another entry, padding, raises nothing), or the file's size."""
     if not path.lower().endswith(".keras"):
         return os.path.getsize(path)
     import zipfile  # noqa: PLC0415
 
     with zipfile.ZipFile(path) as z:
-        return sum(i.file_size for i in z.infolist() if i.filename.lower().endswith((".h5", ".hdf5", ".npz")))
+        return sum(i.file_size for i in z.infolist() if i.filename in ("model.weights.h5", "model.weights.npz"))
 
 
-@contextlib.contextmanager
-def _declared_variables_bounded(path: str) -> Iterator[None]:
-    """Keras' variable creation refused, before it allocates, once the variables declared so far take more than
-    the memory budget or `DECLARED_VARIABLES_RATIO` times the weights the file stores (`_stored_weight_bytes`):
-    the model's config, not its weights, decides what Keras allocates at build time."""
-    import math  # noqa: PLC0415
+#: The bound of the Keras load in progress on each thread (`_declared_variables_bounded`); the wrapper on Keras'
+#: Variable is installed while any load runs, and passes through on threads with none.
+_BOUNDS = threading.local()
+_PATCH_LOCK = threading.Lock()
+_PATCH: list = [0, None]  # loads in progress, Keras' own Variable.__init__
 
-    import numpy as np  # noqa: PLC0415
 
-    from irtools import budget  # noqa: PLC0415
+def _bounded_init(self, initializer, shape=None, dtype=None, *args, **kwargs):
+    """Keras' Variable.__init__, after counting the variable against this thread's bound (if a load set one)."""
+    bound = getattr(_BOUNDS, "current", None)
+    if bound is not None:
+        bound.count(initializer, shape, dtype, kwargs.get("name"))
+    return _PATCH[1](self, initializer, shape, dtype, *args, **kwargs)
 
-    try:
-        from keras.src.backend.common import variables  # noqa: PLC0415
-    except ImportError:  # another Keras layout: nothing to bound
-        yield
-        return
-    stored = _stored_weight_bytes(path)
-    allowed = DECLARED_VARIABLES_FREE + DECLARED_VARIABLES_RATIO * stored
-    original = variables.Variable.__init__
-    declared = [0]
 
-    def bounded(self, initializer, shape=None, dtype=None, *args, **kwargs):
+class _Bound:
+    """The variable bytes one Keras load may declare: `allowed` (the ratio rule) and the memory budget."""
+
+    def __init__(self, path: str, stored: int):
+        self.path, self.stored, self.declared = path, stored, 0
+        self.allowed = DECLARED_VARIABLES_FREE + DECLARED_VARIABLES_RATIO * stored
+
+    def count(self, initializer, shape, dtype, name) -> None:
+        import math  # noqa: PLC0415
+
+        import numpy as np  # noqa: PLC0415
+
+        from irtools import budget  # noqa: PLC0415
+
         dims = getattr(initializer, "shape", None) if shape is None else shape
         try:
             count = math.prod(int(d) for d in dims) if dims is not None else 0
             itemsize = np.dtype(getattr(dtype, "name", dtype) or "float32").itemsize
         except (TypeError, ValueError):
             count, itemsize = 0, 4
-        declared[0] += max(count, 0) * itemsize
-        if declared[0] > allowed:
-            raise ModelLoadError(f"the model's config declares {budget.format_size(declared[0])} of variables (so far, "
-                                 f"at '{printable(str(kwargs.get('name') or ''))}') for "
-                                 f"{budget.format_size(stored)} of stored weights: refused before Keras allocates "
-                                 "them", path)
-        budget.check(declared[0], "the variables the model's config declares", path)
-        return original(self, initializer, shape, dtype, *args, **kwargs)
+        self.declared += max(count, 0) * itemsize
+        if self.declared > self.allowed:
+            raise ModelLoadError(f"the model's config declares {budget.format_size(self.declared)} of variables (so "
+                                 f"far, at '{printable(str(name or ''))}') for {budget.format_size(self.stored)} of "
+                                 "stored weights: refused before Keras allocates them", self.path)
+        budget.check(self.declared, "the variables the model's config declares", self.path)
 
-    variables.Variable.__init__ = bounded
+
+@contextlib.contextmanager
+def _declared_variables_bounded(path: str) -> Iterator[None]:
+    """Keras' variable creation on this thread refused, before it allocates, once the variables declared so far
+    take more than the memory budget or `DECLARED_VARIABLES_RATIO` times the weights the file stores
+    (`_stored_weight_bytes`): the model's config, not its weights, decides what Keras allocates at build time.
+    Loads on several threads each count their own; other threads' variables pass through."""
+    try:
+        from keras.src.backend.common import variables  # noqa: PLC0415
+    except ImportError:  # another Keras layout: nothing to bound
+        yield
+        return
+    outer = getattr(_BOUNDS, "current", None)
+    _BOUNDS.current = _Bound(path, _stored_weight_bytes(path))
+    with _PATCH_LOCK:
+        if _PATCH[0] == 0:
+            _PATCH[1] = variables.Variable.__init__
+            variables.Variable.__init__ = _bounded_init
+        _PATCH[0] += 1
     try:
         yield
     finally:
-        variables.Variable.__init__ = original
+        _BOUNDS.current = outer
+        with _PATCH_LOCK:
+            _PATCH[0] -= 1
+            if _PATCH[0] == 0:
+                variables.Variable.__init__ = _PATCH[1]
 
 
 #: A whole `.keras` archive may inflate to at most this many times its own size (or

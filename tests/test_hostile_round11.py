@@ -95,3 +95,66 @@ def test_files_whose_config_fits_their_weights_still_load(tmp_path):
         result = irtools.analyze(str(tmp_path / name), metrics=["spectral"], min_evals=1)
         rows.append([(r["name"], r["N"], r["M"], r["lambda_max"]) for r in result.layers])
     assert rows[0] == rows[1] and [r[:3] for r in rows[0]] == [("d", 8, 4)]
+
+
+def test_an_entry_keras_never_reads_raises_no_allowance(tmp_path):
+    """A zero-filled `pad.h5` beside `model.weights.h5` does not count as stored weights: the allowance is what the
+    weights entry Keras reads holds."""
+    h5py = pytest.importorskip("h5py")
+    import io
+
+    import numpy as np
+
+    from irtools.errors import IrtoolsError
+
+    path = _inflated_archive(tmp_path, units=7000)  # 187 MiB declared, 64 MiB + 16 x 11.5 KiB allowed
+    pad = io.BytesIO()
+    with h5py.File(pad, "w") as f:
+        f.create_dataset("z", data=np.zeros((16 << 20) // 4, np.float32))
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("pad.h5", pad.getvalue())
+    with pytest.raises(IrtoolsError, match="refused before Keras allocates"):
+        irtools.analyze(str(path), metrics=["spectral"])
+
+
+def test_a_bounded_load_counts_only_its_own_threads_variables(tmp_path):
+    """While one thread loads a Keras file, another builds a 128 MiB Dense of its own: not refused, and Keras'
+    Variable is itself again once the load ends."""
+    import threading
+
+    from keras.src.backend.common import variables
+
+    from irtools.frontends.keras_files import _declared_variables_bounded
+
+    original = variables.Variable.__init__
+    small = tmp_path / "small.keras"
+    _small_model().save(small)
+    inside, leave = threading.Event(), threading.Event()
+
+    def load():
+        with _declared_variables_bounded(str(small)):
+            inside.set()
+            leave.wait(30)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        assert inside.wait(30) and variables.Variable.__init__ is not original
+        dense = keras.layers.Dense(8192)
+        dense.build((None, 4096))  # 4096 x 8192 float32 on this thread: no bound here
+        assert tuple(dense.kernel.shape) == (4096, 8192)
+    finally:
+        leave.set()
+        loader.join()
+    assert variables.Variable.__init__ is original
+
+
+def test_a_keras_int8_quantized_model_is_skipped_entries_not_a_crash(tmp_path):
+    """Keras' int8 quantization stores int8 kernels with scales the graph computes: skipped entries, each with its
+    reason (before: IndexError in the weights pass)."""
+    model = _small_model()
+    model.quantize("int8")
+    model.save(tmp_path / "int8.keras")
+    result = irtools.analyze(str(tmp_path / "int8.keras"), metrics=["spectral"], min_evals=1)
+    assert result.layers == [] and result.skipped
+    assert all("quantized weight" in s["reason"] for s in result.skipped)

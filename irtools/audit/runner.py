@@ -431,8 +431,13 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
         elif future.status == "cancelled":  # the scheduler dropped it: the cluster went away
             raise IrtoolsError(f"lost the Dask cluster; {done[0]} of {len(todo)} models of this run have "
                                "results: run the same command again to analyse the rest")
-        elif future.status == "error":  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times
-            data = _failure(m, future.exception())
+        else:  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times: a failed row, never no row
+            why = data[1] if isinstance(data, tuple) and len(data) == 3 else data  # as_completed's exc_info
+            if not isinstance(why, BaseException) and future.status == "error":
+                why = future.exception()
+            if not isinstance(why, BaseException):
+                why = RuntimeError(f"its task ended {future.status}, with no result")
+            data = _failure(m, why)
         record(m, data, left + len(big) - split_done[0])
 
     split_done, split_error = [0], []
