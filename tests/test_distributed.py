@@ -318,3 +318,33 @@ def test_a_result_whose_future_no_longer_reads_finished_is_still_its_row(monkeyp
     single = SpectralPass(workers=1).analyse(layers).rows
     assert [r["name"] for r in rows] == [r["name"] for r in single]
     assert [r["alpha"] for r in rows] == [r["alpha"] for r in single]
+
+
+def test_an_audit_task_that_ended_with_no_result_is_a_failed_row(monkeypatch, tmp_path):
+    """The audit side of the same race: a task whose future reads lost or pending and whose data is an exception, not
+    its result bytes, is a failed row with the reason (it went on to `write_result` as if it were bytes)."""
+    from irtools.audit import runner
+    from irtools.audit.results import AuditOptions, read_row
+    from irtools.audit.sources import Source
+
+    class Ended:
+        def __init__(self, status):
+            self.status = status
+
+    rows = []
+
+    class Progress:
+        def finished(self, row, _running):
+            rows.append(row)
+
+    def complete(client, jobs, submit, finished):
+        for k, (key, m) in enumerate(jobs.items()):
+            error = RuntimeError("the worker went away")
+            finished(m, Ended("lost" if k else "pending"), (RuntimeError, error, None) if k else error, 0)
+
+    monkeypatch.setattr(runner, "complete", complete)
+    models = [runner._Model(Source(str(tmp_path / f"m{k}.onnx")), str(tmp_path / f"m{k}.parquet"), "f")
+              for k in range(2)]
+    runner._run(None, models, AuditOptions(), None, None, 0, Progress(), None)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("the worker went away" in read_row(m.path)["error"] for m in models)
