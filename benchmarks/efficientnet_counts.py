@@ -127,8 +127,10 @@ def main() -> None:
         print(f"  run {run}: passes {r['passes_s']:.2f} s, load+passes {r['load_and_passes_s']:.2f} s, "
               f"imports {r['import_s']:.2f} s, process {wall:.2f} s wall, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"[target < 5 s, < 2048 MB: {verdict}]")
-    print(f"  N_G {r['num_params']:,}  S_G {r['total_surprisal']:.6f}  H {r['entropy']:.12f}  "
-          f"E {r['expected_spread']:.12f}  P_G {r['performance_surprisal']:.12f}  P'_G {r['performance_spread']:.12f}")
+    if a.runs > 0:  # `--runs 0` only converts (cold_start.py's use)
+        print(f"  N_G {r['num_params']:,}  S_G {r['total_surprisal']:.6f}  H {r['entropy']:.12f}  "
+              f"E {r['expected_spread']:.12f}  P_G {r['performance_surprisal']:.12f}  "
+              f"P'_G {r['performance_spread']:.12f}")
     if tmp is not None:
         tmp.cleanup()
 
