@@ -572,9 +572,8 @@ def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
     applying: list[tuple[onnx.NodeProto, str]] = []
     preparing: list[tuple[onnx.NodeProto, str]] = []
     for node in graph.node:  # topological order: a prepared weight's owner is known before it is read
-        inputs = [i for i in node.input if i]
-        if node.op_type == "Constant" or (inputs and all(i in constant for i in inputs)):
-            constant.update(node.output)  # a constant, or computed from constants alone (an RNN's zero state)
+        if node.op_type == "Constant":
+            constant.update(node.output)
             continue
         modules = {owner[i] for i in node.input if i in owner}
         if len(modules) != 1:
@@ -590,6 +589,9 @@ def _name_nodes_by_module(graph: onnx.GraphProto, names: Sequence[str]) -> None:
                 preparing.append((node, path))
         else:
             applying.append((node, path))
+    # the bare path to the module's first node that applies a weight (Gemm, Conv, a table's Gather, ...), before one
+    # that only adds a prepared bias (an RNN's zero-state step: zeros @ W + b is a constant, b's Add reads it)
+    applying.sort(key=lambda item: item[0].op_type not in _APPLYING_OPS | {"Gather"})  # stable: the graph's order
     renamed = [(node, path, True) for node, path in applying] + [(node, path, False) for node, path in preparing]
     taken = {n.name for n in graph.node} - {node.name for node, _, _ in renamed}
     for node, path, applies in renamed:

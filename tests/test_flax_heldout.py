@@ -153,3 +153,13 @@ def test_narrow_parameters_keep_their_exact_values():
     for leaf, value in c.floats.items():
         assert str(value.dtype) == "bfloat16" and values[leaf].dtype == np.float32
         np.testing.assert_array_equal(values[leaf], value.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["linen-rnn-lstmcell", "linen-rnn-grucell", "linen-bidirectional-lstm"])
+def test_recurrent_rows_of_a_model_object_are_named_by_module_path(name):
+    """`irtools.analyze((module, variables, inputs))`: each recurrent kernel's row is its module's path
+    (`LSTMCell_0/hi`), not the node of the zero-state step's bias Add or a later step's `LSTMCell_0/hi/Gemm`."""
+    result = irtools.analyze(REGISTRY[name](), metrics=["spectral"], min_evals=1)
+    assert result.layers
+    for row in result.layers:
+        assert row["name"] == module_path(row["parameter"]), (row["parameter"], row["name"])

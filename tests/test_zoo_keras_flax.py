@@ -37,13 +37,22 @@ def _lambda_max(kernel: np.ndarray, equation: str | None = None) -> float:
 
 
 def _check_rows_against_kernels(analysis, kernels: dict, equations: dict | None = None):
-    rows = {r.parameter: r for r in analysis.details.itertuples()}
+    rows: dict = {}
+    for r in analysis.details.itertuples():
+        rows.setdefault(r.parameter, []).append(r)
     skipped = {s["parameter"] for s in analysis.skipped}
     for name, kernel in kernels.items():
         assert name in rows or name in skipped, f"{name}: neither a layer nor skipped"
-        if name in rows:
+        if name not in rows:
+            continue
+        if len(rows[name]) == 1:
             expected = _lambda_max(kernel, (equations or {}).get(name))
-            assert rows[name].lambda_max == pytest.approx(expected, rel=1e-6), name
+            assert rows[name][0].lambda_max == pytest.approx(expected, rel=1e-6), name
+            continue
+        # a recurrent kernel, one row per gate: Keras' (in, gates x units) cut on its last axis, in Keras' order
+        assert all(r.name.rpartition(".")[2] in "ifcozrh" for r in rows[name]), name
+        for r, block in zip(rows[name], np.split(kernel, len(rows[name]), axis=-1)):
+            assert r.lambda_max == pytest.approx(_lambda_max(block), rel=1e-6), r.name
     return rows
 
 
@@ -150,7 +159,8 @@ def test_flax_spectral_rows_match_the_kernels_and_are_named_by_module_path(flax_
     kernels = {n: a for n, a in params.items() if a.ndim >= 2}
     rows = _check_rows_against_kernels(analysis, kernels)
     assert set(rows) == set(kernels)
-    for parameter, row in rows.items():
+    for parameter, (row, *more) in rows.items():
+        assert not more, parameter  # one row per Flax kernel
         keys = parameter.split("/")
         module = keys[1:-1] if kind == "linen" else keys[:-1]  # linen: drop the 'params' collection
         assert row.name == "/".join(module)
