@@ -56,7 +56,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from irtools.errors import IrtoolsError
-from irtools.ir.fused import RECURRENT_GATES_KEY
+from irtools.ir.fused import KERAS_GATES, RECURRENT_GATES_KEY
 from irtools.ir.parameters import (DECLARED_PARAMETERS_KEY, UNREAD_LAYOUTS_KEY, UNREAD_PARAMETERS_KEY, UnreadLayout,
                                    default_unread_layout, unread_note)
 
@@ -294,7 +294,8 @@ _KERAS_KERNELS = {"Dense": "dense", "Embedding": "embedding", "Conv1D": "conv", 
 #: (in, gates x units), in Keras' order: LSTM i, f, c, o (ONNX's letters, torch's i, f, g, o), GRU z, r, h.
 #: (ConvLSTM's kernels reach their convolutions as a TensorFlow loop's state, split per gate inside the loop:
 #: the `weights` pass lists them as skipped, with that reason.)
-_KERAS_GATES = {"LSTMCell": "ifco", "LSTM": "ifco", "GRUCell": "zrh", "GRU": "zrh"}
+_KERAS_GATES = {"LSTMCell": KERAS_GATES["lstm"], "LSTM": KERAS_GATES["lstm"], "GRUCell": KERAS_GATES["gru"],
+                "GRU": KERAS_GATES["gru"]}
 
 
 def recurrent_gate_layout(owners: Mapping[int, object], weights, names) -> dict[str, list]:

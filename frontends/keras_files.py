@@ -16,11 +16,15 @@ the functions that convert (`from_keras_file`, `open_keras_file`), as it re-expo
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from irtools import budget
 from irtools.errors import IrtoolsError, ModelLoadError, printable
 from irtools.frontends.keras_patches import _import_tf
 
@@ -156,12 +160,6 @@ class _Bound:
         self.allowed = DECLARED_VARIABLES_FREE + DECLARED_VARIABLES_RATIO * stored
 
     def count(self, initializer, shape, dtype, name) -> None:
-        import math  # noqa: PLC0415
-
-        import numpy as np  # noqa: PLC0415
-
-        from irtools import budget  # noqa: PLC0415
-
         dims = getattr(initializer, "shape", None) if shape is None else shape
         try:
             count = math.prod(int(d) for d in dims) if dims is not None else 0
@@ -219,7 +217,6 @@ def check_archive_extraction(path: str) -> int:
     declared total."""
     import zipfile  # noqa: PLC0415
 
-    from irtools import budget  # noqa: PLC0415
     from irtools.files import check_input  # noqa: PLC0415
     from irtools.frontends.formats.common import unique_entries  # noqa: PLC0415
 

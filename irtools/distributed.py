@@ -395,7 +395,7 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
     import uuid
 
     from irtools import budget
-    from irtools.audit.runner import complete
+    from irtools.audit.runner import complete, task_exception
     from irtools.passes.spectral import estimate_seconds
 
     rows: list[dict | None] = [None] * len(todo)
@@ -431,11 +431,7 @@ def _run_layers(client, todo, options: dict, retries: int, progress, resume: str
                 raise ClusterLost(f"lost the Dask cluster; {done[0]} of {len(todo)} layers have rows"
                                   + (" (kept: the same run goes on from them)" if resume else ""))
             if not result:  # it raised (retries + 1 times), or its workers kept dying
-                why = data[1] if isinstance(data, tuple) and len(data) == 3 else data  # as_completed's exc_info
-                if not isinstance(why, BaseException):
-                    with contextlib.suppress(Exception):
-                        why = future.exception(timeout=5)
-                why = why if isinstance(why, BaseException) else None
+                why = task_exception(future, data)
                 text = (str(why).splitlines() or [""])[0] if why is not None else future.status
                 name = type(why).__name__ if why is not None else "lost"
                 if name == "KilledWorker":

@@ -16,7 +16,8 @@ import re
 import ml_dtypes
 import numpy as np
 
-from irtools.ir.fused import fused_gate_up, gate_up_part, split_fused  # noqa: F401  (the first two re-exported)
+from irtools.ir.fused import (KERAS_GATES, fused_gate_up, gate_block, gate_up_part,  # noqa: F401 (re-exported)
+                              split_fused)
 
 from .common import StoredArray
 
@@ -28,21 +29,33 @@ _GATES = re.compile(r"(weight_ih|weight_hh)(_l\d+(_reverse)?)?$")
 #: read from the recurrent kernel's (units, gates x units): 4 an LSTM, 3 a GRU (`_keras_cell_gates`).
 _KERAS_CELL = re.compile(r"(^|/)(lstm|gru)(_cell)?(_\d+)?/(recurrent_)?kernel(:0)?$")
 _KERAS_CELL_VARS = re.compile(r"(^|/)cell/vars/[01]$")
-_KERAS_CELL_GATES = {"lstm": "ifco", "gru": "zrh"}
 
 
 def _keras_cell_gates(name: str, shapes: dict) -> tuple[str, str] | None:
     """(kind, gate letters) of a Keras recurrent cell's 2-D kernel `name` (--layout keras), or None."""
     cell = _KERAS_CELL.search(name)
     if cell:
-        return cell[2], _KERAS_CELL_GATES[cell[2]]
+        return cell[2], KERAS_GATES[cell[2]]
     if _KERAS_CELL_VARS.search(name):
         recurrent = shapes.get(name[:-1] + "1")
         if recurrent is not None and len(recurrent) == 2 and recurrent[0] > 0:
             kind = {4 * recurrent[0]: "lstm", 3 * recurrent[0]: "gru"}.get(recurrent[1])
             if kind is not None:
-                return kind, _KERAS_CELL_GATES[kind]
+                return kind, KERAS_GATES[kind]
     return None
+
+
+def _gate_layers(name: str, shape, kind: str, letters: str, axis: int, load, extra: dict) -> list:
+    """One row per gate of a recurrent tensor whose `axis` holds its gates side by side in `letters`' order
+    (PyTorch's (gates x hidden, in) on axis 0, Keras' (in, gates x units) on axis 1), named `{name}.{letter}`."""
+    from irtools.ir.layers import WeightLayer
+
+    units, other = shape[axis] // len(letters), shape[1 - axis]
+    return [WeightLayer(f"{name}.{letter}", name, "state_dict", kind, name, shape, max(units, other),
+                        min(units, other), 1, 1.0, loader=(lambda g=g: [gate_block(load(), g, axis, units)]),
+                        extra=dict(extra)) for g, letter in enumerate(letters)]
+
+
 #: Float types a row may hold as stored (float8 without a scale is its own values).
 _FLOAT8 = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e8m0fnu, ml_dtypes.float4_e2m1fn)
 _FLOAT8_DTYPES = tuple(map(np.dtype, _FLOAT8))
@@ -174,22 +187,11 @@ def weight_layers(tensors: dict[str, StoredArray], layout: str = "torch", skippe
         cell = _keras_cell_gates(name, stored_shapes) if layout == "keras" and nd == 2 else None
         if cell and shape[1] % len(cell[1]) == 0 and shape[1]:
             # Keras' (in, gates x units) kernel of an LSTM / GRU cell: a matrix per gate, as the graph route cuts it
-            kind, letters = cell
-            units = shape[1] // len(letters)
-            for g, letter in enumerate(letters):
-                layers.append(WeightLayer(f"{name}.{letter}", name, "state_dict", kind, name, shape,
-                                          max(units, shape[0]), min(units, shape[0]), 1, 1.0,
-                                          loader=(lambda g=g, f=f64, u=units: [f()[:, g * u:(g + 1) * u]]),
-                                          extra=dict(extra)))
+            layers += _gate_layers(name, shape, *cell, 1, f64, extra)
         elif nd == 2 and _GATES.search(name):
             gates = 4 if shape[0] % 4 == 0 else 3  # LSTM i,f,g,o / GRU r,z,n (PyTorch order)
-            hidden = shape[0] // gates
-            labels = "ifgo" if gates == 4 else "rzn"
-            for g in range(gates):
-                layers.append(WeightLayer(f"{name}.{labels[g]}", name, "state_dict", "lstm" if gates == 4 else "gru",
-                                          name, shape, max(hidden, shape[1]), min(hidden, shape[1]), 1, 1.0,
-                                          loader=(lambda g=g, f=f64: [f()[g * hidden:(g + 1) * hidden]]),
-                                          extra=dict(extra)))
+            layers += _gate_layers(name, shape, "lstm" if gates == 4 else "gru", "ifgo" if gates == 4 else "rzn", 0,
+                                   f64, extra)
         elif nd == 3 and _EXPERTS.search(name):  # (experts, out, in): one matrix per expert
             for e in range(shape[0]):
                 layers.append(WeightLayer(_expert_name(base, e), name, "state_dict", "dense", name, shape,

@@ -432,11 +432,7 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
             raise IrtoolsError(f"lost the Dask cluster; {done[0]} of {len(todo)} models of this run have "
                                "results: run the same command again to analyse the rest")
         else:  # its workers kept dying (KilledWorker), or it raised `retries` + 1 times: a failed row, never no row
-            why = data[1] if isinstance(data, tuple) and len(data) == 3 else data  # as_completed's exc_info
-            if not isinstance(why, BaseException) and future.status == "error":
-                why = future.exception()
-            if not isinstance(why, BaseException):
-                why = RuntimeError(f"its task ended {future.status}, with no result")
+            why = task_exception(future, data) or RuntimeError(f"its task ended {future.status}, with no result")
             data = _failure(m, why)
         record(m, data, left + len(big) - split_done[0])
 
@@ -473,6 +469,16 @@ def _run(client, todo: list[_Model], options: AuditOptions, timeout, memory_limi
 STALL_CHECK_S = 60.0
 #: Times a task the cluster holds but no worker runs is submitted again before it is a failed row.
 RESUBMITS = 2
+
+
+def task_exception(future, data) -> BaseException | None:
+    """Why a task `complete` reports ended with no result: the exception it came with (`data`: as_completed's
+    exc_info, or the exception), else the future's own (waited for 5 s at most); None when neither says."""
+    why = data[1] if isinstance(data, tuple) and len(data) == 3 else data
+    if not isinstance(why, BaseException):
+        with contextlib.suppress(Exception):
+            why = future.exception(timeout=5)
+    return why if isinstance(why, BaseException) else None
 
 
 class _Stalled(Exception):

@@ -113,6 +113,8 @@ def split_fused(layers: list, shapes=None, model_type: str | None = None, out_ax
 #: GRU "zrh"). The frontend that knows the layer writes it; `split_gates` applies it, so that the matrices are the
 #: gates that ONNX's LSTM / GRU op and the state-dict route give for the same weights (letters as ONNX names them).
 RECURRENT_GATES_KEY = "irtools.recurrent_gates"
+#: Keras' gate letters of each recurrent kind, in its stored order (the frontend's metadata, a weights file's rule).
+KERAS_GATES = {"lstm": "ifco", "gru": "zrh"}
 
 
 def recurrent_gates(text) -> dict[str, tuple[str, int]]:
@@ -177,19 +179,20 @@ def split_gates(layers: list, gates: dict[str, tuple[str, int]], out_axes=None, 
         if axis is None:
             out.append(layer)
             continue
-        kind = "lstm" if sorted(letters) == sorted("ifco") else "gru" if sorted(letters) == sorted("zrh") else "rnn"
+        kind = next((k for k, order in KERAS_GATES.items() if sorted(order) == sorted(letters)), "rnn")
         other = shape[1 - axis] if not conv else shape[1]
         for g, letter in enumerate(letters):
             out.append(replace(layer, name=f"{layer.name}.{letter}", layer_type=kind, N=max(units, other),
                                M=min(units, other), shared_with=list(layer.shared_with),
-                               loader=(lambda f=layer.loader, g=g, a=axis, u=units: _gate_blocks(f(), g, a, u))))
+                               loader=(lambda f=layer.loader, g=g, a=axis, u=units:
+                                       [gate_block(w, g, a, u) for w in f()])))
     return out
 
 
-def _gate_blocks(matrices: list, g: int, axis: int, units: int) -> list:
-    """Gate g's block of each matrix: its rows (axis 0) or columns (axis 1) g x units to (g + 1) x units."""
+def gate_block(w, g: int, axis: int, units: int) -> np.ndarray:
+    """Gate g's block of a 2-D matrix: its rows (axis 0) or columns (axis 1) g x units to (g + 1) x units."""
     cut = slice(g * units, (g + 1) * units)
-    return [np.asarray(w)[cut] if axis == 0 else np.asarray(w)[:, cut] for w in matrices]
+    return np.asarray(w)[cut] if axis == 0 else np.asarray(w)[:, cut]
 
 
 #: IR model metadata: {the row name the graph route gives: [the checkpoint's row name, its tensor, its shape]}
@@ -225,5 +228,6 @@ def checkpoint_renamed(layers: list, names) -> list:
     return out
 
 
-__all__ = ["CHECKPOINT_NAMES_KEY", "INTERLEAVED_GATE_UP", "OUT_LAST_GATE_UP", "RECURRENT_GATES_KEY",
-           "checkpoint_renamed", "fused_gate_up", "gate_up_part", "recurrent_gates", "split_fused", "split_gates"]
+__all__ = ["CHECKPOINT_NAMES_KEY", "INTERLEAVED_GATE_UP", "KERAS_GATES", "OUT_LAST_GATE_UP", "RECURRENT_GATES_KEY",
+           "checkpoint_renamed", "fused_gate_up", "gate_block", "gate_up_part", "recurrent_gates", "split_fused",
+           "split_gates"]
